@@ -1,0 +1,3 @@
+//! Streaming delta apply.
+
+pub mod cli;

@@ -1,0 +1,3 @@
+//! Delta image builder.
+
+pub mod cli;

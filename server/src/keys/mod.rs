@@ -1,0 +1,3 @@
+//! Metadata keys: generation, root rotation, signing.
+
+pub mod cli;

@@ -1,0 +1,36 @@
+//! `ota-server`: thin entry point over the `ota_server` library.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "ota-server", version, about = "OTA orchestration server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Key management: create, rotate, show and sign with the metadata keys.
+    #[command(subcommand)]
+    Keys(ota_server::keys::cli::KeysCommand),
+    /// Delta images: build a delta from two full images.
+    #[command(subcommand)]
+    Delta(ota_server::delta::cli::DeltaCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keys(cmd) => ota_server::keys::cli::run(cmd),
+        Command::Delta(cmd) => ota_server::delta::cli::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
