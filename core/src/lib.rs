@@ -1,1 +1,23 @@
-//! Placeholder
+//! `ota-core`: what the server and the agent must agree on byte for byte, and its
+//! verification. Pure: no IO, no clock, no RNG — time, seeds and bytes are passed in.
+//!
+//! Layout:
+//! - [`encoding`]: strict JSON (no duplicate keys, no trailing bytes), hex/base64 newtypes.
+//! - [`time`]: RFC 3339 UTC timestamps in the one wire form we accept.
+//! - [`key`]: Ed25519 public keys (weak keys refused) and key ids.
+//! - [`envelope`]: the DSSE signed envelope, PAE, signing.
+//! - [`metadata`]: the role documents `root`, `targets`, `director`.
+//! - [`threshold`]: counting valid signatures of distinct authorised keys.
+//! - [`trust`]: trusted state, root rotation, full verification of an update.
+//! - [`error`]: the typed rejections, one variant per attack class.
+
+pub mod encoding;
+pub mod envelope;
+pub mod error;
+pub mod key;
+pub mod metadata;
+pub mod threshold;
+pub mod time;
+pub mod trust;
+
+pub use error::{Error, SignatureRejection};

@@ -1,0 +1,81 @@
+//! `director`: what one vehicle must install now (signed online by the server).
+
+use super::{impl_role_document, Role, SPEC_VERSION};
+use crate::encoding::Sha256Digest;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// The full image an ECU must end up running. Must match the targets entry of `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRef {
+    pub name: String,
+    pub version: String,
+    pub length: u64,
+    pub sha256: Sha256Digest,
+    /// Where to download the full image (`/v1/blobs/{sha256}` on the server).
+    pub url: String,
+}
+
+/// A delta from the image the ECU runs now to [`ImageRef`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaRef {
+    /// The image the delta applies to: the agent refuses it unless its active slot is this.
+    pub source_sha256: Sha256Digest,
+    pub source_length: u64,
+    /// The delta blob itself.
+    pub length: u64,
+    pub sha256: Sha256Digest,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assignment {
+    /// The ECU's name within the vehicle, e.g. `"main"`, `"tcu"`.
+    pub ecu: String,
+    pub hardware_id: String,
+    /// The deployment this assignment belongs to (progress events carry it back).
+    pub deployment_id: String,
+    pub image: ImageRef,
+    /// Absent when the full image must be downloaded.
+    pub delta: Option<DeltaRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorMetadata {
+    #[serde(rename = "_type")]
+    pub type_: String,
+    pub spec_version: String,
+    pub version: u64,
+    pub expires: Timestamp,
+    /// The vehicle's opaque id (never the VIN).
+    pub vehicle_id: String,
+    /// Empty: nothing to do.
+    pub assignments: Vec<Assignment>,
+    /// When to check in next, in seconds (the agent adds jitter).
+    pub next_poll_seconds: u32,
+}
+impl_role_document!(DirectorMetadata, Role::Director);
+
+impl DirectorMetadata {
+    pub fn new(
+        version: u64,
+        expires: Timestamp,
+        vehicle_id: impl Into<String>,
+        assignments: Vec<Assignment>,
+        next_poll_seconds: u32,
+    ) -> Self {
+        DirectorMetadata {
+            type_: Role::Director.as_str().to_owned(),
+            spec_version: SPEC_VERSION.to_owned(),
+            version,
+            expires,
+            vehicle_id: vehicle_id.into(),
+            assignments,
+            next_poll_seconds,
+        }
+    }
+}

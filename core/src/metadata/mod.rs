@@ -1,0 +1,127 @@
+//! The role documents, as carried in envelope payloads.
+//!
+//! Every document has `_type` (its role), `spec_version` (`"1"`), `version` (an integer
+//! ≥ 1 that only grows) and `expires` (see [`crate::time`]). Parsing is strict: exact
+//! JSON, no unknown fields, no duplicate keys.
+
+mod director;
+mod root;
+mod targets;
+
+pub use director::{Assignment, DeltaRef, DirectorMetadata, ImageRef};
+pub use root::{Root, RootMetadata, RoleKeys, Roles};
+pub use targets::{TargetImage, TargetsMetadata};
+
+use crate::encoding::from_slice_exact;
+use crate::error::Error;
+use crate::time::Timestamp;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The only `spec_version` this implementation reads and writes.
+pub const SPEC_VERSION: &str = "1";
+
+/// The three signing roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Root,
+    Targets,
+    Director,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Root => "root",
+            Role::Targets => "targets",
+            Role::Director => "director",
+        }
+    }
+
+    pub fn payload_type(self) -> &'static str {
+        match self {
+            Role::Root => crate::envelope::PAYLOAD_TYPE_ROOT,
+            Role::Targets => crate::envelope::PAYLOAD_TYPE_TARGETS,
+            Role::Director => crate::envelope::PAYLOAD_TYPE_DIRECTOR,
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "root" => Some(Role::Root),
+            "targets" => Some(Role::Targets),
+            "director" => Some(Role::Director),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What every role document has in common, for the checks shared by all of them.
+pub trait RoleDocument: DeserializeOwned {
+    const ROLE: Role;
+    fn type_field(&self) -> &str;
+    fn spec_version(&self) -> &str;
+    fn version(&self) -> u64;
+    fn expires(&self) -> Timestamp;
+}
+
+/// Parses a role document from exact payload bytes and checks the common fields.
+pub fn parse_document<T: RoleDocument>(payload: &[u8]) -> Result<T, Error> {
+    let malformed = |reason: String| Error::MalformedMetadata {
+        role: T::ROLE,
+        reason,
+    };
+    let doc: T = from_slice_exact(payload).map_err(malformed)?;
+    if doc.type_field() != T::ROLE.as_str() {
+        return Err(malformed(format!(
+            "_type is {:?}, expected {:?}",
+            doc.type_field(),
+            T::ROLE.as_str()
+        )));
+    }
+    if doc.spec_version() != SPEC_VERSION {
+        return Err(malformed(format!(
+            "spec_version is {:?}, expected {SPEC_VERSION:?}",
+            doc.spec_version()
+        )));
+    }
+    if doc.version() == 0 {
+        return Err(malformed("version must be at least 1".to_owned()));
+    }
+    Ok(doc)
+}
+
+/// Serializes a role document to the compact JSON bytes that get signed.
+pub fn to_payload<T: Serialize>(doc: &T) -> Vec<u8> {
+    // Our document types contain only strings, integers, maps and vectors: infallible.
+    serde_json::to_vec(doc).unwrap_or_default()
+}
+
+macro_rules! impl_role_document {
+    ($ty:ty, $role:expr) => {
+        impl $crate::metadata::RoleDocument for $ty {
+            const ROLE: $crate::metadata::Role = $role;
+            fn type_field(&self) -> &str {
+                &self.type_
+            }
+            fn spec_version(&self) -> &str {
+                &self.spec_version
+            }
+            fn version(&self) -> u64 {
+                self.version
+            }
+            fn expires(&self) -> $crate::time::Timestamp {
+                self.expires
+            }
+        }
+    };
+}
+pub(crate) use impl_role_document;

@@ -1,0 +1,6 @@
+//! Integration tests of `ota-core`'s trust layer: adversarial tables named after the
+//! attack they mount, root rotation, persistence.
+
+mod attacks;
+mod fixtures;
+mod rotation;
