@@ -150,7 +150,10 @@ pub fn parse_lower_hex<const N: usize>(text: &str) -> Result<[u8; N], String> {
             text.len()
         ));
     }
-    if !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if !text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err("expected lowercase hex digits only".to_owned());
     }
     let mut out = [0u8; N];
@@ -208,17 +211,38 @@ mod tests {
     #[test]
     fn hex_is_lowercase_and_exact_length() {
         assert!(Sha256Digest::parse(&"ab".repeat(32)).is_ok());
-        assert!(Sha256Digest::parse(&"AB".repeat(32)).is_err(), "uppercase must be refused");
-        assert!(Sha256Digest::parse(&"ab".repeat(31)).is_err(), "short must be refused");
-        assert!(Sha256Digest::parse(&"ab".repeat(33)).is_err(), "long must be refused");
-        assert!(Sha256Digest::parse(&"zz".repeat(32)).is_err(), "non-hex must be refused");
+        assert!(
+            Sha256Digest::parse(&"AB".repeat(32)).is_err(),
+            "uppercase must be refused"
+        );
+        assert!(
+            Sha256Digest::parse(&"ab".repeat(31)).is_err(),
+            "short must be refused"
+        );
+        assert!(
+            Sha256Digest::parse(&"ab".repeat(33)).is_err(),
+            "long must be refused"
+        );
+        assert!(
+            Sha256Digest::parse(&"zz".repeat(32)).is_err(),
+            "non-hex must be refused"
+        );
     }
 
     #[test]
     fn base64_is_canonical() {
         assert_eq!(decode_base64("aGk=").unwrap(), b"hi");
-        assert!(decode_base64("aGk").is_err(), "missing padding must be refused");
-        assert!(decode_base64("aGl=").is_err(), "non-zero padding bits must be refused");
-        assert!(decode_base64("aG k=").is_err(), "whitespace must be refused");
+        assert!(
+            decode_base64("aGk").is_err(),
+            "missing padding must be refused"
+        );
+        assert!(
+            decode_base64("aGl=").is_err(),
+            "non-zero padding bits must be refused"
+        );
+        assert!(
+            decode_base64("aG k=").is_err(),
+            "whitespace must be refused"
+        );
     }
 }

@@ -71,8 +71,8 @@ impl Envelope {
                 limit: MAX_ENVELOPE_BYTES,
             });
         }
-        let wire: WireEnvelope = from_slice_exact(bytes)
-            .map_err(|reason| Error::MalformedEnvelope { reason })?;
+        let wire: WireEnvelope =
+            from_slice_exact(bytes).map_err(|reason| Error::MalformedEnvelope { reason })?;
         if wire.signatures.len() > MAX_SIGNATURES {
             return Err(Error::MalformedEnvelope {
                 reason: format!(

@@ -10,7 +10,7 @@ use crate::encoding::decode_base64;
 use crate::envelope::Envelope;
 use crate::error::{Error, SignatureRejection};
 use crate::key::{KeyId, PublicKey};
-use crate::metadata::{RoleKeys, Role};
+use crate::metadata::{Role, RoleKeys};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Checks that `envelope` carries at least `role_keys.threshold` valid signatures by

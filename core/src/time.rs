@@ -90,6 +90,10 @@ mod tests {
             assert_eq!(Timestamp::parse(text).is_ok(), ok, "{text}");
         }
         let t = Timestamp::parse("2027-01-02T03:04:05Z").unwrap();
-        assert_eq!(t.to_string(), "2027-01-02T03:04:05Z", "display must round-trip");
+        assert_eq!(
+            t.to_string(),
+            "2027-01-02T03:04:05Z",
+            "display must round-trip"
+        );
     }
 }

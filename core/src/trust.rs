@@ -124,8 +124,7 @@ fn check_version(
             received: received.version,
         });
     }
-    if received.version == trusted.version && received.payload_sha256 != trusted.payload_sha256
-    {
+    if received.version == trusted.version && received.payload_sha256 != trusted.payload_sha256 {
         return Err(Error::VersionReused {
             role,
             version: received.version,

@@ -1,1 +1,37 @@
-//! End-to-end test helpers.
+//! End-to-end test helpers: locating the workspace's real binaries.
+//!
+//! Integration tests of this crate drive `ota-server`, `otactl` and `ota-agent` as a
+//! user would. Cargo builds another package's binaries only for that package's own
+//! tests, so [`binary`] runs `cargo build --bins` for the workspace once per test
+//! process (a no-op when they are fresh) and returns the path in the target directory.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The directory holding the workspace's binaries for this build profile.
+fn bin_dir() -> PathBuf {
+    // The test executable lives in `<target>/<profile>/deps/`.
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executables live in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, built fresh on first use.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut command = std::process::Command::new(cargo);
+        command.args(["build", "--bins", "-p", "ota-server", "-p", "ota-agent"]);
+        if bin_dir().file_name().is_some_and(|p| p == "release") {
+            command.arg("--release");
+        }
+        let status = command.status().expect("running cargo build");
+        assert!(status.success(), "building the workspace binaries failed");
+    });
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}

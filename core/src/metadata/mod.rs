@@ -9,7 +9,7 @@ mod root;
 mod targets;
 
 pub use director::{Assignment, DeltaRef, DirectorMetadata, ImageRef};
-pub use root::{Root, RootMetadata, RoleKeys, Roles};
+pub use root::{RoleKeys, Roles, Root, RootMetadata};
 pub use targets::{TargetImage, TargetsMetadata};
 
 use crate::encoding::from_slice_exact;

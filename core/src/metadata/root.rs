@@ -50,12 +50,7 @@ impl_role_document!(RootMetadata, Role::Root);
 
 impl RootMetadata {
     /// A new root document (for key tooling and tests).
-    pub fn new(
-        version: u64,
-        expires: Timestamp,
-        keys: &[PublicKey],
-        roles: Roles,
-    ) -> RootMetadata {
+    pub fn new(version: u64, expires: Timestamp, keys: &[PublicKey], roles: Roles) -> RootMetadata {
         RootMetadata {
             type_: Role::Root.as_str().to_owned(),
             spec_version: SPEC_VERSION.to_owned(),
@@ -92,12 +87,11 @@ impl Root {
                     reason: format!("keytype {:?} is not {KEYTYPE_ED25519:?}", entry.keytype),
                 });
             }
-            let raw = parse_lower_hex::<32>(&entry.public).map_err(|reason| {
-                Error::InvalidPublicKey {
+            let raw =
+                parse_lower_hex::<32>(&entry.public).map_err(|reason| Error::InvalidPublicKey {
                     keyid: listed.to_string(),
                     reason,
-                }
-            })?;
+                })?;
             let computed = KeyId::of_public_key(&raw);
             if &computed != listed {
                 return Err(Error::KeyIdMismatch {

@@ -35,8 +35,8 @@ fn case(attack: &'static str, expect: fn(&Result<VerifiedUpdate, Error>) -> bool
 /// for a lax verifier, but S is no longer canonical (malleability).
 fn non_canonical_s(sig: &[u8]) -> Vec<u8> {
     const L: [u8; 32] = [
-        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
-        0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
     ];
     let mut out = sig.to_vec();
     let mut carry = 0u16;
@@ -66,14 +66,23 @@ fn cases() -> Vec<Case> {
         matches!(r, Ok(u) if u.assignments.len() == 1 && u.assignments[0].security_version == 5)
     }));
 
-    let mut c = case("no-signatures", |r| {
-        matches!(r, Err(Error::ThresholdNotMet { role: Role::Director, valid: 0, rejected, .. }) if rejected.is_empty())
-    });
+    let mut c = case(
+        "no-signatures",
+        |r| matches!(r, Err(Error::ThresholdNotMet { role: Role::Director, valid: 0, rejected, .. }) if rejected.is_empty()),
+    );
     c.update.director = edit_signatures(&c.update.director, |s| s.clear());
     cases.push(c);
 
     let mut c = case("under-threshold", |r| {
-        matches!(r, Err(Error::ThresholdNotMet { role: Role::Targets, valid: 1, required: 2, .. }))
+        matches!(
+            r,
+            Err(Error::ThresholdNotMet {
+                role: Role::Targets,
+                valid: 1,
+                required: 2,
+                ..
+            })
+        )
     });
     c.update.targets = sign(Role::Targets, to_payload(&targets_doc(1)), &[&key(11)]);
     cases.push(c);
@@ -83,7 +92,11 @@ fn cases() -> Vec<Case> {
             matches!(j, SignatureRejection::DuplicateKey { .. })
         })
     });
-    c.update.targets = sign(Role::Targets, to_payload(&targets_doc(1)), &[&key(11), &key(11)]);
+    c.update.targets = sign(
+        Role::Targets,
+        to_payload(&targets_doc(1)),
+        &[&key(11), &key(11)],
+    );
     cases.push(c);
 
     // The second signature claims another key id for the same key (an uppercase
@@ -105,7 +118,13 @@ fn cases() -> Vec<Case> {
 
     let mut c = case("wrong-role-key", |r| {
         threshold_not_met(r, Role::Director, 0, |j| {
-            matches!(j, SignatureRejection::NotAuthorisedForRole { role: Role::Director, .. })
+            matches!(
+                j,
+                SignatureRejection::NotAuthorisedForRole {
+                    role: Role::Director,
+                    ..
+                }
+            )
         })
     });
     c.update.director = sign(Role::Director, to_payload(&director_doc(1)), &[&key(11)]);
@@ -173,13 +192,25 @@ fn cases() -> Vec<Case> {
 
     // Role documents of every role, expired.
     let mut c = case("expired-root", |r| {
-        matches!(r, Err(Error::Expired { role: Role::Root, .. }))
+        matches!(
+            r,
+            Err(Error::Expired {
+                role: Role::Root,
+                ..
+            })
+        )
     });
     c.now = Timestamp::parse("2027-06-01T00:00:00Z").unwrap();
     cases.push(c);
 
     let mut c = case("expired-targets", |r| {
-        matches!(r, Err(Error::Expired { role: Role::Targets, .. }))
+        matches!(
+            r,
+            Err(Error::Expired {
+                role: Role::Targets,
+                ..
+            })
+        )
     });
     let mut doc = targets_doc(1);
     doc.expires = past();
@@ -187,7 +218,13 @@ fn cases() -> Vec<Case> {
     cases.push(c);
 
     let mut c = case("expired-director", |r| {
-        matches!(r, Err(Error::Expired { role: Role::Director, .. }))
+        matches!(
+            r,
+            Err(Error::Expired {
+                role: Role::Director,
+                ..
+            })
+        )
     });
     let mut doc = director_doc(1);
     doc.expires = now(); // expiring exactly now is expired
@@ -210,7 +247,14 @@ fn cases() -> Vec<Case> {
             .state
     };
     let mut c = case("targets-version-rollback", |r| {
-        matches!(r, Err(Error::Rollback { role: Role::Targets, trusted: 5, received: 4 }))
+        matches!(
+            r,
+            Err(Error::Rollback {
+                role: Role::Targets,
+                trusted: 5,
+                received: 4
+            })
+        )
     });
     c.state = trusting_v5(&repo);
     c.update.targets = repo.targets(&targets_doc(4));
@@ -218,7 +262,14 @@ fn cases() -> Vec<Case> {
     cases.push(c);
 
     let mut c = case("director-version-rollback", |r| {
-        matches!(r, Err(Error::Rollback { role: Role::Director, trusted: 5, received: 4 }))
+        matches!(
+            r,
+            Err(Error::Rollback {
+                role: Role::Director,
+                trusted: 5,
+                received: 4
+            })
+        )
     });
     c.state = trusting_v5(&repo);
     c.update.targets = repo.targets(&targets_doc(5));
@@ -226,7 +277,13 @@ fn cases() -> Vec<Case> {
     cases.push(c);
 
     let mut c = case("director-version-reused-with-other-content", |r| {
-        matches!(r, Err(Error::VersionReused { role: Role::Director, version: 5 }))
+        matches!(
+            r,
+            Err(Error::VersionReused {
+                role: Role::Director,
+                version: 5
+            })
+        )
     });
     c.state = trusting_v5(&repo);
     c.update.targets = repo.targets(&targets_doc(5));
@@ -242,20 +299,30 @@ fn cases() -> Vec<Case> {
     cases.push(c);
 
     let mut c = case("root-version-rollback", |r| {
-        matches!(r, Err(Error::Rollback { role: Role::Root, trusted: 2, received: 1 }))
+        matches!(
+            r,
+            Err(Error::Rollback {
+                role: Role::Root,
+                trusted: 2,
+                received: 1
+            })
+        )
     });
     let mut old_root = repo.root_metadata(1, future());
     old_root.expires = Timestamp::parse("2027-01-01T00:00:00Z").unwrap(); // other content than v1
     c.state = repo.anchor().update_root(&[repo.root(2)]).unwrap();
-    c.update.roots = vec![sign(
-        Role::Root,
-        to_payload(&old_root),
-        &[&key(1), &key(2)],
-    )];
+    c.update.roots = vec![sign(Role::Root, to_payload(&old_root), &[&key(1), &key(2)])];
     cases.push(c);
 
     let mut c = case("security-version-rollback", |r| {
-        matches!(r, Err(Error::SecurityVersionRollback { floor: 6, received: 5, .. }))
+        matches!(
+            r,
+            Err(Error::SecurityVersionRollback {
+                floor: 6,
+                received: 5,
+                ..
+            })
+        )
     });
     c.state = repo.anchor().with_installed(HARDWARE_ID, 6);
     cases.push(c);
@@ -294,9 +361,10 @@ fn cases() -> Vec<Case> {
     cases.push(c);
 
     // Targets and director agree, but the vehicle's ECU is another hardware.
-    let mut c = case("wrong-hardware-id-for-this-vehicle", |r| {
-        matches!(r, Err(Error::WrongHardwareId { expected, .. }) if expected == "ecu-main-v3")
-    });
+    let mut c = case(
+        "wrong-hardware-id-for-this-vehicle",
+        |r| matches!(r, Err(Error::WrongHardwareId { expected, .. }) if expected == "ecu-main-v3"),
+    );
     let mut identity = vehicle();
     identity
         .ecus
@@ -321,7 +389,13 @@ fn cases() -> Vec<Case> {
     cases.push(c);
 
     let mut c = case("same-ecu-assigned-twice", |r| {
-        matches!(r, Err(Error::MalformedMetadata { role: Role::Director, .. }))
+        matches!(
+            r,
+            Err(Error::MalformedMetadata {
+                role: Role::Director,
+                ..
+            })
+        )
     });
     let mut doc = director_doc(1);
     doc.assignments.push(assignment());
@@ -329,33 +403,42 @@ fn cases() -> Vec<Case> {
     cases.push(c);
 
     // Signed, but the payload itself is not one exact JSON document.
-    let mut c = case("payload-trailing-bytes", |r| {
-        matches!(r, Err(Error::MalformedMetadata { role: Role::Targets, reason }) if reason.contains("trailing"))
-    });
+    let mut c = case(
+        "payload-trailing-bytes",
+        |r| matches!(r, Err(Error::MalformedMetadata { role: Role::Targets, reason }) if reason.contains("trailing")),
+    );
     let mut payload = to_payload(&targets_doc(1));
     payload.extend_from_slice(b"{}");
     c.update.targets = sign(Role::Targets, payload, &repo.targets_keys());
     cases.push(c);
 
     let mut c = case("payload-trailing-whitespace", |r| {
-        matches!(r, Err(Error::MalformedMetadata { role: Role::Targets, .. }))
+        matches!(
+            r,
+            Err(Error::MalformedMetadata {
+                role: Role::Targets,
+                ..
+            })
+        )
     });
     let mut payload = to_payload(&targets_doc(1));
     payload.push(b'\n');
     c.update.targets = sign(Role::Targets, payload, &repo.targets_keys());
     cases.push(c);
 
-    let mut c = case("payload-duplicate-json-keys", |r| {
-        matches!(r, Err(Error::MalformedMetadata { role: Role::Director, reason }) if reason.contains("duplicate"))
-    });
+    let mut c = case(
+        "payload-duplicate-json-keys",
+        |r| matches!(r, Err(Error::MalformedMetadata { role: Role::Director, reason }) if reason.contains("duplicate")),
+    );
     let payload = String::from_utf8(to_payload(&director_doc(1))).unwrap();
     let payload = payload.replacen("{\"_type\"", "{\"version\":99,\"_type\"", 1);
     c.update.director = sign(Role::Director, payload.into_bytes(), &repo.director_keys());
     cases.push(c);
 
-    let mut c = case("payload-duplicate-image-names", |r| {
-        matches!(r, Err(Error::MalformedMetadata { role: Role::Targets, reason }) if reason.contains("duplicate"))
-    });
+    let mut c = case(
+        "payload-duplicate-image-names",
+        |r| matches!(r, Err(Error::MalformedMetadata { role: Role::Targets, reason }) if reason.contains("duplicate")),
+    );
     let payload = String::from_utf8(to_payload(&targets_doc(1))).unwrap();
     let entry = serde_json::to_string(&target_image()).unwrap();
     let payload = payload.replacen(
@@ -367,7 +450,13 @@ fn cases() -> Vec<Case> {
     cases.push(c);
 
     let mut c = case("payload-unknown-field", |r| {
-        matches!(r, Err(Error::MalformedMetadata { role: Role::Director, .. }))
+        matches!(
+            r,
+            Err(Error::MalformedMetadata {
+                role: Role::Director,
+                ..
+            })
+        )
     });
     let payload = String::from_utf8(to_payload(&director_doc(1))).unwrap();
     let payload = payload.replacen("{\"_type\"", "{\"allow_downgrade\":true,\"_type\"", 1);
@@ -375,12 +464,24 @@ fn cases() -> Vec<Case> {
     cases.push(c);
 
     let mut c = case("payload-of-another-role", |r| {
-        matches!(r, Err(Error::MalformedMetadata { role: Role::Director, .. }))
+        matches!(
+            r,
+            Err(Error::MalformedMetadata {
+                role: Role::Director,
+                ..
+            })
+        )
     });
-    c.update.director = sign(Role::Director, to_payload(&targets_doc(1)), &repo.director_keys());
+    c.update.director = sign(
+        Role::Director,
+        to_payload(&targets_doc(1)),
+        &repo.director_keys(),
+    );
     cases.push(c);
 
-    let mut c = case("endless-data", |r| matches!(r, Err(Error::EnvelopeTooLarge { .. })));
+    let mut c = case("endless-data", |r| {
+        matches!(r, Err(Error::EnvelopeTooLarge { .. }))
+    });
     c.update.director = vec![b'{'; 2 * 1024 * 1024];
     cases.push(c);
 
@@ -397,9 +498,17 @@ fn every_attack_is_rejected_with_its_typed_error_and_trusted_state_is_unchanged(
             .state
             .verify_update(&case.update, case.vehicle.as_ref(), case.now);
         if !(case.expect)(&result) {
-            failures.push(format!("{}: got {:?}", case.attack, result.map(|_| "accepted")));
+            failures.push(format!(
+                "{}: got {:?}",
+                case.attack,
+                result.map(|_| "accepted")
+            ));
         }
-        assert_eq!(case.state, before, "{}: trusted state must not change", case.attack);
+        assert_eq!(
+            case.state, before,
+            "{}: trusted state must not change",
+            case.attack
+        );
         assert_eq!(
             case.state.to_persisted(),
             persisted_before,
@@ -407,7 +516,11 @@ fn every_attack_is_rejected_with_its_typed_error_and_trusted_state_is_unchanged(
             case.attack
         );
     }
-    assert!(failures.is_empty(), "unexpected outcomes:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "unexpected outcomes:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -426,7 +539,12 @@ fn accepted_update_raises_version_floors_but_not_the_security_floor() {
     );
     let installed = verified.state.with_installed(HARDWARE_ID, 5);
     assert_eq!(installed.security_floor(HARDWARE_ID), 5);
-    assert_eq!(installed.with_installed(HARDWARE_ID, 3).security_floor(HARDWARE_ID), 5);
+    assert_eq!(
+        installed
+            .with_installed(HARDWARE_ID, 3)
+            .security_floor(HARDWARE_ID),
+        5
+    );
 }
 
 #[test]
@@ -460,7 +578,10 @@ fn trusted_state_survives_persistence_and_corruption_fails_closed() {
     };
     assert!(matches!(
         TrustedState::from_persisted(&tampered_root),
-        Err(Error::ThresholdNotMet { role: Role::Root, .. })
+        Err(Error::ThresholdNotMet {
+            role: Role::Root,
+            ..
+        })
     ));
     assert!(TrustedState::from_persisted(b"{}").is_err());
 }

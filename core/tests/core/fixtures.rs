@@ -89,7 +89,11 @@ impl Repo {
     /// Root `version` signed by this repo's own root keys.
     pub fn root(&self, version: u64) -> Vec<u8> {
         let keys: Vec<&SigningKey> = self.root_keys.iter().collect();
-        sign(Role::Root, to_payload(&self.root_metadata(version, future())), &keys)
+        sign(
+            Role::Root,
+            to_payload(&self.root_metadata(version, future())),
+            &keys,
+        )
     }
 
     pub fn anchor(&self) -> TrustedState {
@@ -137,11 +141,7 @@ pub fn target_image() -> TargetImage {
 }
 
 pub fn targets_doc(version: u64) -> TargetsMetadata {
-    TargetsMetadata::new(
-        version,
-        future(),
-        [(IMAGE_NAME.to_owned(), target_image())],
-    )
+    TargetsMetadata::new(version, future(), [(IMAGE_NAME.to_owned(), target_image())])
 }
 
 pub fn assignment() -> Assignment {

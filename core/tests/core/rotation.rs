@@ -37,13 +37,18 @@ fn valid_chain_of_rotations_is_walked_to_the_newest_root() {
         roots: vec![v1.root(1), root2, root3],
         ..v3.update()
     };
-    let verified = state.verify_update(&update, Some(&vehicle()), now()).unwrap();
+    let verified = state
+        .verify_update(&update, Some(&vehicle()), now())
+        .unwrap();
     assert_eq!(verified.state.root().version(), 3, "must end on root v3");
     // The new state now refuses what only the retired keys sign.
     let old_keys_only = signed(&v1.root_metadata(4, future()), &[&key(1), &key(2)]);
     assert!(matches!(
         verified.state.update_root(&[old_keys_only]),
-        Err(Error::ThresholdNotMet { role: Role::Root, .. })
+        Err(Error::ThresholdNotMet {
+            role: Role::Root,
+            ..
+        })
     ));
 }
 
@@ -51,26 +56,77 @@ fn valid_chain_of_rotations_is_walked_to_the_newest_root() {
 fn rotation_attacks_are_rejected_and_state_is_unchanged() {
     let v1 = Repo::standard();
     let v2 = rotated(vec![key(4), key(5), key(6)]);
-    let cases: Vec<(&str, Vec<Vec<u8>>, fn(&Error) -> bool)> = vec![
+    type Expectation = fn(&Error) -> bool;
+    let cases: Vec<(&str, Vec<Vec<u8>>, Expectation)> = vec![
         (
             "not-signed-by-old-keys",
-            vec![signed(&v2.root_metadata(2, future()), &[&key(4), &key(5), &key(6)])],
-            |e| matches!(e, Error::ThresholdNotMet { role: Role::Root, signed_by: "trusted root", .. }),
+            vec![signed(
+                &v2.root_metadata(2, future()),
+                &[&key(4), &key(5), &key(6)],
+            )],
+            |e| {
+                matches!(
+                    e,
+                    Error::ThresholdNotMet {
+                        role: Role::Root,
+                        signed_by: "trusted root",
+                        ..
+                    }
+                )
+            },
         ),
         (
             "old-threshold-not-met",
-            vec![signed(&v2.root_metadata(2, future()), &[&key(1), &key(4), &key(5)])],
-            |e| matches!(e, Error::ThresholdNotMet { role: Role::Root, signed_by: "trusted root", valid: 1, .. }),
+            vec![signed(
+                &v2.root_metadata(2, future()),
+                &[&key(1), &key(4), &key(5)],
+            )],
+            |e| {
+                matches!(
+                    e,
+                    Error::ThresholdNotMet {
+                        role: Role::Root,
+                        signed_by: "trusted root",
+                        valid: 1,
+                        ..
+                    }
+                )
+            },
         ),
         (
             "new-threshold-not-met",
-            vec![signed(&v2.root_metadata(2, future()), &[&key(1), &key(2), &key(4)])],
-            |e| matches!(e, Error::ThresholdNotMet { role: Role::Root, signed_by: "its own root keys", valid: 1, .. }),
+            vec![signed(
+                &v2.root_metadata(2, future()),
+                &[&key(1), &key(2), &key(4)],
+            )],
+            |e| {
+                matches!(
+                    e,
+                    Error::ThresholdNotMet {
+                        role: Role::Root,
+                        signed_by: "its own root keys",
+                        valid: 1,
+                        ..
+                    }
+                )
+            },
         ),
         (
             "version-skipped",
-            vec![signed(&v2.root_metadata(3, future()), &[&key(1), &key(2), &key(4), &key(5)])],
-            |e| matches!(e, Error::RootVersionSkipped { trusted: 1, expected: 2, received: 3 }),
+            vec![signed(
+                &v2.root_metadata(3, future()),
+                &[&key(1), &key(2), &key(4), &key(5)],
+            )],
+            |e| {
+                matches!(
+                    e,
+                    Error::RootVersionSkipped {
+                        trusted: 1,
+                        expected: 2,
+                        received: 3
+                    }
+                )
+            },
         ),
         (
             "weak-public-key-in-root",
@@ -81,7 +137,10 @@ fn rotation_attacks_are_rejected_and_state_is_unchanged() {
                 let id = ota_core::key::KeyId::of_public_key(&weak);
                 meta.keys.0.insert(
                     id.clone(),
-                    ota_core::key::KeyEntry { keytype: "ed25519".into(), public: hex::encode(weak) },
+                    ota_core::key::KeyEntry {
+                        keytype: "ed25519".into(),
+                        public: hex::encode(weak),
+                    },
                 );
                 meta.roles.targets.keyids.push(id);
                 vec![signed(&meta, &[&key(1), &key(2)])]
@@ -107,7 +166,15 @@ fn rotation_attacks_are_rejected_and_state_is_unchanged() {
                 meta.roles.director.threshold = 0;
                 vec![signed(&meta, &[&key(1), &key(2)])]
             },
-            |e| matches!(e, Error::InvalidThreshold { role: Role::Director, .. }),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidThreshold {
+                        role: Role::Director,
+                        ..
+                    }
+                )
+            },
         ),
         (
             "too-many-rotations",
@@ -116,7 +183,11 @@ fn rotation_attacks_are_rejected_and_state_is_unchanged() {
         ),
         (
             "wrong-payload-type",
-            vec![sign(Role::Targets, to_payload(&v2.root_metadata(2, future())), &[&key(1), &key(2)])],
+            vec![sign(
+                Role::Targets,
+                to_payload(&v2.root_metadata(2, future())),
+                &[&key(1), &key(2)],
+            )],
             |e| matches!(e, Error::WrongPayloadType { .. }),
         ),
     ];
@@ -170,7 +241,10 @@ fn rotating_the_targets_key_forgets_the_targets_version_floor() {
     };
     assert!(matches!(
         verified.state.verify_update(&replay, None, now()),
-        Err(Error::Rollback { role: Role::Director, .. })
+        Err(Error::Rollback {
+            role: Role::Director,
+            ..
+        })
     ));
 }
 
@@ -180,6 +254,11 @@ fn anchor_must_be_self_signed_and_well_formed() {
     let unsigned = signed(&v1.root_metadata(1, future()), &[&key(1)]);
     assert!(matches!(
         ota_core::trust::TrustedState::from_anchor(&unsigned),
-        Err(Error::ThresholdNotMet { role: Role::Root, valid: 1, required: 2, .. })
+        Err(Error::ThresholdNotMet {
+            role: Role::Root,
+            valid: 1,
+            required: 2,
+            ..
+        })
     ));
 }

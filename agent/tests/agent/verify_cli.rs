@@ -1,0 +1,312 @@
+//! `ota-agent verify-metadata` end to end: accepted updates print the assignment, every
+//! attack prints its typed rejection and exits 1, and the trust store on disk is
+//! byte-for-byte unchanged unless `--persist` was given and the update was accepted.
+
+use ota_core::encoding::Sha256Digest;
+use ota_core::envelope::Envelope;
+use ota_core::key::SigningKey;
+use ota_core::metadata::{
+    to_payload, Assignment, DirectorMetadata, ImageRef, Role, RoleKeys, Roles, RootMetadata,
+    TargetImage, TargetsMetadata,
+};
+use ota_core::time::Timestamp;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const NOW: &str = "2026-06-01T00:00:00Z";
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_seed(&[seed; 32])
+}
+
+fn ts(text: &str) -> Timestamp {
+    Timestamp::parse(text).unwrap()
+}
+
+fn one(key: &SigningKey) -> RoleKeys {
+    RoleKeys {
+        keyids: vec![key.key_id()],
+        threshold: 1,
+    }
+}
+
+fn root(version: u64) -> Vec<u8> {
+    let meta = RootMetadata::new(
+        version,
+        ts("2027-06-01T00:00:00Z"),
+        &[
+            key(1).public_key(),
+            key(2).public_key(),
+            key(3).public_key(),
+        ],
+        Roles {
+            root: one(&key(1)),
+            targets: one(&key(2)),
+            director: one(&key(3)),
+        },
+    );
+    Envelope::sign(Role::Root.payload_type(), to_payload(&meta), &[&key(1)]).to_json_bytes()
+}
+
+fn image() -> TargetImage {
+    TargetImage {
+        hardware_id: "tcu-v2".into(),
+        version: "3.1.0".into(),
+        security_version: 4,
+        length: 4096,
+        sha256: Sha256Digest::of(b"tcu image 3.1.0"),
+    }
+}
+
+fn targets(version: u64) -> Vec<u8> {
+    let doc = TargetsMetadata::new(
+        version,
+        ts("2027-01-01T00:00:00Z"),
+        [("tcu-3.1.0".to_owned(), image())],
+    );
+    Envelope::sign(Role::Targets.payload_type(), to_payload(&doc), &[&key(2)]).to_json_bytes()
+}
+
+fn director_doc(version: u64) -> DirectorMetadata {
+    let image = image();
+    DirectorMetadata::new(
+        version,
+        ts("2026-06-02T00:00:00Z"),
+        "veh-42",
+        vec![Assignment {
+            ecu: "tcu".into(),
+            hardware_id: "tcu-v2".into(),
+            deployment_id: "dep-7".into(),
+            image: ImageRef {
+                name: "tcu-3.1.0".into(),
+                version: image.version,
+                length: image.length,
+                sha256: image.sha256,
+                url: format!("/v1/blobs/{}", image.sha256),
+            },
+            delta: None,
+        }],
+        600,
+    )
+}
+
+fn sign_director(doc: &DirectorMetadata, signer: &SigningKey) -> Vec<u8> {
+    Envelope::sign(Role::Director.payload_type(), to_payload(doc), &[signer]).to_json_bytes()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    trust: PathBuf,
+    files: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let trust = dir.path().join("trust");
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&trust).unwrap();
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(trust.join("root.json"), root(1)).unwrap();
+    Setup {
+        trust,
+        files,
+        _dir: dir,
+    }
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+struct Outcome {
+    code: i32,
+    stdout: serde_json::Value,
+    stderr: String,
+}
+
+fn verify(setup: &Setup, targets: &[u8], director: &[u8], extra: &[&str]) -> Outcome {
+    let targets = write(&setup.files, "targets.json", targets);
+    let director = write(&setup.files, "director.json", director);
+    let output = Command::new(env!("CARGO_BIN_EXE_ota-agent"))
+        .arg("verify-metadata")
+        .arg("--trust")
+        .arg(&setup.trust)
+        .arg("--targets")
+        .arg(&targets)
+        .arg("--director")
+        .arg(&director)
+        .args([
+            "--now",
+            NOW,
+            "--vehicle-id",
+            "veh-42",
+            "--ecu",
+            "tcu=tcu-v2",
+        ])
+        .args(extra)
+        .output()
+        .expect("ota-agent must run");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    Outcome {
+        code: output.status.code().unwrap_or(-1),
+        stdout: serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null),
+        stderr: String::from_utf8_lossy(&output.stderr).to_string(),
+    }
+}
+
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().to_string(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn accepted_metadata_prints_the_assignment_and_persists_nothing_by_default() {
+    let setup = setup();
+    let before = snapshot(&setup.trust);
+    let out = verify(
+        &setup,
+        &targets(1),
+        &sign_director(&director_doc(1), &key(3)),
+        &[],
+    );
+    assert_eq!(
+        out.code, 0,
+        "valid metadata must be accepted: {}",
+        out.stderr
+    );
+    assert_eq!(out.stdout["accepted"], true);
+    assert_eq!(out.stdout["vehicle_id"], "veh-42");
+    assert_eq!(out.stdout["assignments"][0]["ecu"], "tcu");
+    assert_eq!(out.stdout["assignments"][0]["security_version"], 4);
+    assert_eq!(
+        out.stdout["assignments"][0]["image"]["sha256"],
+        Sha256Digest::of(b"tcu image 3.1.0").to_hex()
+    );
+    assert_eq!(
+        snapshot(&setup.trust),
+        before,
+        "without --persist nothing may be written"
+    );
+}
+
+#[test]
+fn each_attack_exits_1_with_its_typed_rejection_and_leaves_the_store_unchanged() {
+    let setup = setup();
+    // First accept version 5 with --persist, so that rollbacks have a floor to hit.
+    let out = verify(
+        &setup,
+        &targets(5),
+        &sign_director(&director_doc(5), &key(3)),
+        &["--persist"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        setup.trust.join("state.json").exists(),
+        "--persist must write state.json"
+    );
+
+    let mut wrong_hw = director_doc(6);
+    wrong_hw.assignments[0].hardware_id = "bcm-v1".into();
+    let mut other_hash = director_doc(6);
+    other_hash.assignments[0].image.sha256 = Sha256Digest::of(b"evil");
+    let mut expired = director_doc(6);
+    expired.expires = ts("2026-05-31T00:00:00Z");
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>, &str)> = vec![
+        (
+            "director-version-rollback",
+            targets(5),
+            sign_director(&director_doc(4), &key(3)),
+            "rollback",
+        ),
+        (
+            "targets-version-rollback",
+            targets(4),
+            sign_director(&director_doc(6), &key(3)),
+            "rollback",
+        ),
+        (
+            "director-signed-by-targets-key",
+            targets(5),
+            sign_director(&director_doc(6), &key(2)),
+            "threshold_not_met",
+        ),
+        (
+            "director-hash-differs",
+            targets(5),
+            sign_director(&other_hash, &key(3)),
+            "hash_mismatch",
+        ),
+        (
+            "wrong-hardware-id",
+            targets(5),
+            sign_director(&wrong_hw, &key(3)),
+            "wrong_hardware_id",
+        ),
+        (
+            "expired-director",
+            targets(5),
+            sign_director(&expired, &key(3)),
+            "expired",
+        ),
+        (
+            "garbage-envelope",
+            targets(5),
+            b"{\"payloadType\":1}".to_vec(),
+            "malformed_envelope",
+        ),
+    ];
+    for (attack, targets, director, kind) in cases {
+        let before = snapshot(&setup.trust);
+        let out = verify(&setup, &targets, &director, &["--persist"]);
+        assert_eq!(out.code, 1, "{attack}: must exit 1, stderr: {}", out.stderr);
+        assert_eq!(out.stdout["accepted"], false, "{attack}");
+        assert_eq!(
+            out.stdout["rejection"]["kind"], kind,
+            "{attack}: {}",
+            out.stdout
+        );
+        assert!(
+            out.stderr.contains(kind),
+            "{attack}: stderr must name the rejection"
+        );
+        assert_eq!(
+            snapshot(&setup.trust),
+            before,
+            "{attack}: trust store must be unchanged"
+        );
+    }
+}
+
+#[test]
+fn missing_trust_anchor_is_an_error_not_an_acceptance() {
+    let setup = setup();
+    std::fs::remove_file(setup.trust.join("root.json")).unwrap();
+    let out = verify(
+        &setup,
+        &targets(1),
+        &sign_director(&director_doc(1), &key(3)),
+        &[],
+    );
+    assert_eq!(
+        out.code, 2,
+        "no anchor must fail with exit 2: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("root.json"),
+        "must say what is missing: {}",
+        out.stderr
+    );
+}

@@ -1,0 +1,3 @@
+//! Integration tests of `ota-server`.
+
+mod keys;

@@ -1,0 +1,3 @@
+//! End-to-end tests across crates, through the real binaries.
+
+mod keys_to_agent;
