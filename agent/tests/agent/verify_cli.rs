@@ -310,3 +310,14 @@ fn missing_trust_anchor_is_an_error_not_an_acceptance() {
         out.stderr
     );
 }
+
+#[test]
+fn the_development_anchor_in_the_repository_loads_as_a_trust_anchor() {
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = Path::new(env!("CARGO_MANIFEST_DIR")).join("../keys/dev-root.json");
+    std::fs::copy(&anchor, dir.path().join("root.json")).unwrap();
+    let state = ota_agent::trust_store::FileTrustStore::new(dir.path())
+        .load()
+        .expect("keys/dev-root.json must be a valid self-signed root");
+    assert_eq!(state.root().version(), 1);
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Installs (when missing) and starts the services the test suite talks to, on loopback:
+#   PostgreSQL   127.0.0.1:5432 (machine service; started if down)
+#   Mosquitto    127.0.0.1:1883 (machine service; started if down)
+#   tansu        127.0.0.1:${OTA_TEST_KAFKA_PORT:-19092}, a Kafka-protocol broker, in memory
+#                (installed with `cargo install tansu --locked --features dynostore`)
+#   SoftHSM2     PKCS#11 module + pkcs11-tool (Debian packages softhsm2, opensc)
+# Source it (`. deploy/services.sh`) to get the OTA_TEST_* variables the tests read.
+# Every service is checked at the end; a missing one is a hard failure.
+set -euo pipefail
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+port_open() { # host port
+  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && exec 3>&- 3<&- && return 0
+  return 1
+}
+
+wait_port() { # name host port seconds
+  local i
+  for ((i = 0; i < $4 * 10; i++)); do
+    port_open "$2" "$3" && return 0
+    sleep 0.1
+  done
+  log "$1 is not reachable on $2:$3 after $4 s"
+  return 1
+}
+
+apt_updated=no
+apt_install() { # packages...
+  if [ "$apt_updated" = no ]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    apt_updated=yes
+  fi
+  log "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- PostgreSQL -------------------------------------------------------------------
+export OTA_TEST_POSTGRES_URL=${OTA_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
+if ! port_open 127.0.0.1 5432; then
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    apt_install postgresql
+  fi
+  log "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main start || true
+fi
+wait_port PostgreSQL 127.0.0.1 5432 30
+
+# --- Mosquitto --------------------------------------------------------------------
+export OTA_TEST_MQTT_URL=${OTA_TEST_MQTT_URL:-mqtt://127.0.0.1:1883}
+if ! port_open 127.0.0.1 1883; then
+  command -v mosquitto >/dev/null || apt_install mosquitto
+  log "starting Mosquitto"
+  if [ -f /etc/mosquitto/mosquitto.conf ]; then
+    mosquitto -d -c /etc/mosquitto/mosquitto.conf
+  else
+    mosquitto -d -p 1883
+  fi
+fi
+wait_port Mosquitto 127.0.0.1 1883 15
+
+# --- SoftHSM2 ---------------------------------------------------------------------
+if ! command -v softhsm2-util >/dev/null || ! command -v pkcs11-tool >/dev/null; then
+  apt_install softhsm2 opensc
+fi
+module=$(ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so 2>/dev/null | head -n1 || true)
+if [ -z "$module" ]; then
+  log "SoftHSM2's PKCS#11 module libsofthsm2.so was not found"
+  exit 1
+fi
+export OTA_TEST_PKCS11_MODULE=${OTA_TEST_PKCS11_MODULE:-$module}
+
+# --- tansu (Kafka protocol) -------------------------------------------------------
+export PATH="$HOME/.cargo/bin:$PATH"
+kafka_port=${OTA_TEST_KAFKA_PORT:-19092}
+export OTA_TEST_KAFKA_BROKERS=${OTA_TEST_KAFKA_BROKERS:-127.0.0.1:$kafka_port}
+if ! command -v tansu >/dev/null; then
+  log "installing tansu (cargo install, takes ~10 minutes once)"
+  cargo install tansu --locked --features dynostore >&2
+fi
+if ! port_open 127.0.0.1 "$kafka_port"; then
+  log "starting tansu on 127.0.0.1:$kafka_port"
+  mkdir -p target
+  nohup tansu broker \
+    --listener-url "tcp://127.0.0.1:$kafka_port" \
+    --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
+    --storage-engine memory://tansu/ >target/tansu.log 2>&1 &
+  echo $! >target/tansu.pid
+fi
+wait_port tansu 127.0.0.1 "$kafka_port" 30
+
+log "ready: postgres=$OTA_TEST_POSTGRES_URL mqtt=$OTA_TEST_MQTT_URL kafka=$OTA_TEST_KAFKA_BROKERS pkcs11=$OTA_TEST_PKCS11_MODULE"
