@@ -1,12 +1,17 @@
 //! `ota-agent`: the on-vehicle OTA agent.
 //!
 //! Layout:
-//! - `trust_store`: the file trust store (anchor root, persisted trusted state), atomic writes.
+//! - `hsm`: the vehicle HSM over PKCS#11: the root anchor public-key object.
+//! - `hsm_cli`: `ota-agent hsm install-anchor|show-anchor` and the shared PKCS#11 options.
+//! - `trust_store`: the trust store (provisioned root, root chain, trusted state), re-verified from the
+//!   anchor at every load, atomic writes.
 //! - `verifier`: metadata verification as run by the agent (load, verify, persist).
 //! - `verify_cli`: `ota-agent verify-metadata`, offline verification through `verifier`.
 //! - `delta`: streaming delta apply (CLI `ota-agent delta apply`).
 
 pub mod delta;
+pub mod hsm;
+pub mod hsm_cli;
 pub mod trust_store;
 pub mod verifier;
 pub mod verify_cli;

@@ -14,6 +14,9 @@ struct Cli {
 enum Command {
     /// Verify signed metadata offline, exactly as the agent does at run time.
     VerifyMetadata(ota_agent::verify_cli::VerifyMetadataArgs),
+    /// The vehicle HSM's trust anchor: provisioning and inspection.
+    #[command(subcommand)]
+    Hsm(ota_agent::hsm_cli::HsmCommand),
     /// Delta images: apply a delta to an old image.
     #[command(subcommand)]
     Delta(ota_agent::delta::cli::DeltaCommand),
@@ -23,12 +26,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::VerifyMetadata(args) => ota_agent::verify_cli::run(args),
-        Command::Delta(cmd) => match ota_agent::delta::cli::run(cmd) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("error: {err:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Hsm(cmd) => report(ota_agent::hsm_cli::run(cmd)),
+        Command::Delta(cmd) => report(ota_agent::delta::cli::run(cmd)),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -43,7 +43,7 @@ impl Verifier {
         let state = self.store.load()?;
         let verified = state.verify_update(update, self.vehicle.as_ref(), now)?;
         if persist == Persist::Yes {
-            self.store.save(&verified.state)?;
+            self.store.save(&verified.state, &update.roots)?;
         }
         Ok(verified)
     }

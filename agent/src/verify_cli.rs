@@ -2,6 +2,7 @@
 //! ([`crate::verifier::Verifier`]). Prints the accepted assignment as JSON and exits 0,
 //! or prints the typed rejection and exits 1 (2 for usage and IO errors).
 
+use crate::hsm_cli::HsmArgs;
 use crate::trust_store::FileTrustStore;
 use crate::verifier::{Persist, Verifier, VerifyError};
 use ota_core::time::Timestamp;
@@ -38,6 +39,9 @@ pub struct VerifyMetadataArgs {
     /// is ever written.
     #[arg(long)]
     pub persist: bool,
+    /// The vehicle HSM holding the root anchor (optional in development).
+    #[command(flatten)]
+    pub hsm: HsmArgs,
 }
 
 fn parse_ecu(text: &str) -> Result<(String, String), String> {
@@ -95,7 +99,16 @@ pub fn run(args: VerifyMetadataArgs) -> ExitCode {
     } else {
         Persist::No
     };
-    let verifier = Verifier::new(FileTrustStore::new(&args.trust), vehicle);
+    let mut store = FileTrustStore::new(&args.trust);
+    match args.hsm.anchor_key() {
+        Ok(Some(key)) => store = store.with_hardware_anchor(key),
+        Ok(None) => {}
+        Err(err) => {
+            eprintln!("error: trust anchor: {err:#}");
+            return ExitCode::from(2);
+        }
+    }
+    let verifier = Verifier::new(store, vehicle);
     match verifier.verify(&update, now, persist) {
         Ok(verified) => {
             println!("{:#}", accepted_json(&verified, args.persist));

@@ -15,7 +15,7 @@ use std::process::Command;
 
 const NOW: &str = "2026-06-01T00:00:00Z";
 
-fn key(seed: u8) -> SigningKey {
+pub fn key(seed: u8) -> SigningKey {
     SigningKey::from_seed(&[seed; 32])
 }
 
@@ -23,14 +23,14 @@ fn ts(text: &str) -> Timestamp {
     Timestamp::parse(text).unwrap()
 }
 
-fn one(key: &SigningKey) -> RoleKeys {
+pub fn one(key: &SigningKey) -> RoleKeys {
     RoleKeys {
         keyids: vec![key.key_id()],
         threshold: 1,
     }
 }
 
-fn root(version: u64) -> Vec<u8> {
+pub fn root(version: u64) -> Vec<u8> {
     let meta = RootMetadata::new(
         version,
         ts("2027-06-01T00:00:00Z"),
@@ -58,7 +58,7 @@ fn image() -> TargetImage {
     }
 }
 
-fn targets(version: u64) -> Vec<u8> {
+pub fn targets(version: u64) -> Vec<u8> {
     let doc = TargetsMetadata::new(
         version,
         ts("2027-01-01T00:00:00Z"),
@@ -67,7 +67,7 @@ fn targets(version: u64) -> Vec<u8> {
     Envelope::sign(Role::Targets.payload_type(), to_payload(&doc), &[&key(2)]).to_json_bytes()
 }
 
-fn director_doc(version: u64) -> DirectorMetadata {
+pub fn director_doc(version: u64) -> DirectorMetadata {
     let image = image();
     DirectorMetadata::new(
         version,
@@ -90,7 +90,7 @@ fn director_doc(version: u64) -> DirectorMetadata {
     )
 }
 
-fn sign_director(doc: &DirectorMetadata, signer: &SigningKey) -> Vec<u8> {
+pub fn sign_director(doc: &DirectorMetadata, signer: &SigningKey) -> Vec<u8> {
     Envelope::sign(Role::Director.payload_type(), to_payload(doc), &[signer]).to_json_bytes()
 }
 
@@ -320,4 +320,85 @@ fn the_development_anchor_in_the_repository_loads_as_a_trust_anchor() {
         .load()
         .expect("keys/dev-root.json must be a valid self-signed root");
     assert_eq!(state.root().version(), 1);
+}
+
+/// A root v1 signed by, and naming as root key, a key the vehicle never trusted.
+pub fn attacker_root() -> Vec<u8> {
+    let one = |seed: u8| RoleKeys {
+        keyids: vec![key(seed).key_id()],
+        threshold: 1,
+    };
+    let meta = RootMetadata::new(
+        1,
+        Timestamp::parse("2027-06-01T00:00:00Z").unwrap(),
+        &[
+            key(9).public_key(),
+            key(2).public_key(),
+            key(3).public_key(),
+        ],
+        Roles {
+            root: one(9),
+            targets: one(2),
+            director: one(3),
+        },
+    );
+    Envelope::sign(Role::Root.payload_type(), to_payload(&meta), &[&key(9)]).to_json_bytes()
+}
+
+#[test]
+fn root_rotation_is_kept_as_a_chain_and_a_forged_state_root_fails_closed() {
+    let setup = setup();
+    let mut meta = RootMetadata::new(
+        2,
+        ts("2027-09-01T00:00:00Z"),
+        &[
+            key(1).public_key(),
+            key(2).public_key(),
+            key(3).public_key(),
+        ],
+        Roles {
+            root: one(&key(1)),
+            targets: one(&key(2)),
+            director: one(&key(3)),
+        },
+    );
+    meta.version = 2;
+    let root2 = write(
+        &setup.files,
+        "root2.json",
+        &Envelope::sign(Role::Root.payload_type(), to_payload(&meta), &[&key(1)]).to_json_bytes(),
+    );
+    let root2_arg = root2.display().to_string();
+    let director = sign_director(&director_doc(1), &key(3));
+    let out = verify(
+        &setup,
+        &targets(1),
+        &director,
+        &["--root", &root2_arg, "--persist"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout["root_version"], 2);
+    assert!(
+        setup.trust.join("roots/2.json").exists(),
+        "the accepted root must be kept"
+    );
+
+    // The next start walks root.json -> roots/2.json and finds state.json at its end.
+    let out = verify(&setup, &targets(1), &director, &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout["root_version"], 2);
+
+    // A state file whose root was swapped for a self-signed one does not chain.
+    let state_path = setup.trust.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["root"] = ota_core::encoding::encode_base64(&attacker_root()).into();
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let out = verify(&setup, &targets(1), &director, &[]);
+    assert_eq!(
+        out.code, 2,
+        "a forged state root must fail closed: {}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("does not chain"), "{}", out.stderr);
 }

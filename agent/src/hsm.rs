@@ -1,0 +1,301 @@
+//! The vehicle's hardware security module, through PKCS#11 (`cryptoki`; SoftHSM2 in
+//! tests).
+//!
+//! The trust anchor is one Ed25519 **public-key object** on the token, stored at
+//! provisioning as a token object that is neither modifiable nor destroyable, so software
+//! on the vehicle — including a compromised agent — cannot replace it. At start-up the
+//! agent looks the token up **by label** (slot ids are assigned by the module and are not
+//! stable) and requires **exactly one** public-key object with the anchor label; zero,
+//! several, a modifiable or destroyable one, or one that is not a valid Ed25519 key all
+//! fail closed.
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use ota_core::key::PublicKey;
+use std::path::PathBuf;
+
+/// DER of the Ed25519 curve OID 1.3.101.112, the `CKA_EC_PARAMS` of Ed25519 keys.
+const ED25519_EC_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
+
+/// The default label of the root anchor object.
+pub const DEFAULT_ANCHOR_LABEL: &str = "ota-root-anchor";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HsmError {
+    #[error("PKCS#11 module {module}: {source}")]
+    Module { module: PathBuf, source: CkError },
+    #[error("PKCS#11: no token labelled {label:?} (tokens present: {present:?})")]
+    TokenNotFound { label: String, present: Vec<String> },
+    #[error("PKCS#11: {count} tokens are labelled {label:?}; refusing to guess")]
+    AmbiguousToken { label: String, count: usize },
+    #[error("PKCS#11 {action}: {source}")]
+    Operation {
+        action: &'static str,
+        source: CkError,
+    },
+    #[error("no public-key object labelled {label:?} on the token: no trust anchor")]
+    AnchorMissing { label: String },
+    #[error("{count} public-key objects are labelled {label:?}; exactly one is required")]
+    AnchorAmbiguous { label: String, count: usize },
+    #[error("the anchor object {label:?} is {problem}; it must be a non-modifiable, non-destroyable token object")]
+    AnchorNotProtected {
+        label: String,
+        problem: &'static str,
+    },
+    #[error("the anchor object {label:?} is not a valid Ed25519 public key: {reason}")]
+    AnchorInvalid { label: String, reason: String },
+    #[error("an object labelled {label:?} already exists; the anchor is never replaced")]
+    AnchorExists { label: String },
+}
+
+/// Where the token is and how to log in.
+#[derive(Debug, Clone)]
+pub struct HsmConfig {
+    pub module: PathBuf,
+    pub token_label: String,
+    pub pin: String,
+}
+
+/// An open, logged-in PKCS#11 session on the token with the configured label.
+#[derive(Debug)]
+pub struct Hsm {
+    context: Pkcs11,
+    session: Session,
+}
+
+fn op(action: &'static str) -> impl FnOnce(CkError) -> HsmError {
+    move |source| HsmError::Operation { action, source }
+}
+
+impl Hsm {
+    /// Loads the module, finds the token by label, opens a session and logs in as user.
+    pub fn open(config: &HsmConfig, read_write: bool) -> Result<Hsm, HsmError> {
+        let module_err = |source| HsmError::Module {
+            module: config.module.clone(),
+            source,
+        };
+        let context = Pkcs11::new(&config.module).map_err(module_err)?;
+        match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(source) => return Err(module_err(source)),
+        }
+        let slot = find_token(&context, &config.token_label)?;
+        let session = if read_write {
+            context.open_rw_session(slot)
+        } else {
+            context.open_ro_session(slot)
+        }
+        .map_err(op("opening a session"))?;
+        session
+            .login(UserType::User, Some(&AuthPin::from(config.pin.clone())))
+            .map_err(op("logging in"))?;
+        Ok(Hsm { context, session })
+    }
+
+    /// Closes the session and finalizes the module (PKCS#11 allows one initialization
+    /// per process; dropping without this keeps the module initialized).
+    pub fn close(self) -> Result<(), HsmError> {
+        let Hsm { context, session } = self;
+        drop(session);
+        context.finalize().map_err(op("finalizing the module"))
+    }
+
+    fn public_keys_labelled(&self, label: &str) -> Result<Vec<ObjectHandle>, HsmError> {
+        self.session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])
+            .map_err(op("finding objects"))
+    }
+
+    /// The root anchor key: exactly one protected Ed25519 public-key object with `label`.
+    pub fn root_anchor(&self, label: &str) -> Result<PublicKey, HsmError> {
+        let objects = self.public_keys_labelled(label)?;
+        let object = match objects.as_slice() {
+            [] => {
+                return Err(HsmError::AnchorMissing {
+                    label: label.to_owned(),
+                })
+            }
+            [one] => *one,
+            many => {
+                return Err(HsmError::AnchorAmbiguous {
+                    label: label.to_owned(),
+                    count: many.len(),
+                })
+            }
+        };
+        let attributes = self
+            .session
+            .get_attributes(
+                object,
+                &[
+                    AttributeType::Token,
+                    AttributeType::Modifiable,
+                    AttributeType::Destroyable,
+                    AttributeType::KeyType,
+                    AttributeType::EcPoint,
+                ],
+            )
+            .map_err(op("reading the anchor's attributes"))?;
+        let (mut token, mut modifiable, mut destroyable) = (false, true, true);
+        let (mut key_type, mut point) = (None, None);
+        for attribute in attributes {
+            match attribute {
+                Attribute::Token(value) => token = value,
+                Attribute::Modifiable(value) => modifiable = value,
+                Attribute::Destroyable(value) => destroyable = value,
+                Attribute::KeyType(value) => key_type = Some(value),
+                Attribute::EcPoint(value) => point = Some(value),
+                _ => {}
+            }
+        }
+        let protection_problem = if !token {
+            Some("a session object")
+        } else if modifiable {
+            Some("modifiable")
+        } else if destroyable {
+            Some("destroyable")
+        } else {
+            None
+        };
+        if let Some(problem) = protection_problem {
+            return Err(HsmError::AnchorNotProtected {
+                label: label.to_owned(),
+                problem,
+            });
+        }
+        let invalid = |reason: String| HsmError::AnchorInvalid {
+            label: label.to_owned(),
+            reason,
+        };
+        if key_type != Some(KeyType::EC_EDWARDS) {
+            return Err(invalid(format!("key type {key_type:?} is not EC_EDWARDS")));
+        }
+        let raw = decode_ec_point(&point.unwrap_or_default()).map_err(invalid)?;
+        PublicKey::from_bytes(&raw).map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Provisioning: stores `key` as the root anchor, a non-modifiable, non-destroyable
+    /// token object. Refuses when any public key with that label exists.
+    pub fn install_root_anchor(&self, label: &str, key: &PublicKey) -> Result<(), HsmError> {
+        if !self.public_keys_labelled(label)?.is_empty() {
+            return Err(HsmError::AnchorExists {
+                label: label.to_owned(),
+            });
+        }
+        self.session
+            .create_object(&anchor_template(label, key, false))
+            .map_err(op("creating the anchor object"))?;
+        Ok(())
+    }
+
+    /// Test and migration helper: creates a public-key object exactly as given, without
+    /// the provisioning checks (so that tests can plant unprotected or duplicate anchors).
+    pub fn create_public_key_object(
+        &self,
+        label: &str,
+        key: &PublicKey,
+        protected: bool,
+    ) -> Result<(), HsmError> {
+        self.session
+            .create_object(&anchor_template(label, key, !protected))
+            .map_err(op("creating a public-key object"))?;
+        Ok(())
+    }
+}
+
+fn anchor_template(label: &str, key: &PublicKey, mutable: bool) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::EC_EDWARDS),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Modifiable(mutable),
+        Attribute::Destroyable(mutable),
+        Attribute::Label(label.as_bytes().to_vec()),
+        // CKA_ID: the raw 32-byte key id, so tools can match the object to root metadata.
+        Attribute::Id(hex::decode(key.key_id().as_str()).unwrap_or_default()),
+        Attribute::EcParams(ED25519_EC_PARAMS.to_vec()),
+        Attribute::EcPoint(encode_ec_point(key)),
+    ]
+}
+
+fn find_token(context: &Pkcs11, label: &str) -> Result<Slot, HsmError> {
+    let slots = context
+        .get_slots_with_initialized_token()
+        .map_err(op("listing slots"))?;
+    let mut present = Vec::new();
+    let mut matching = Vec::new();
+    for slot in slots {
+        let info = context
+            .get_token_info(slot)
+            .map_err(op("reading token info"))?;
+        let token_label = info.label().trim_end().to_owned();
+        if token_label == label {
+            matching.push(slot);
+        }
+        present.push(token_label);
+    }
+    match matching.as_slice() {
+        [slot] => Ok(*slot),
+        [] => Err(HsmError::TokenNotFound {
+            label: label.to_owned(),
+            present,
+        }),
+        many => Err(HsmError::AmbiguousToken {
+            label: label.to_owned(),
+            count: many.len(),
+        }),
+    }
+}
+
+/// `CKA_EC_POINT` of an Ed25519 key: the 32 raw bytes wrapped in a DER OCTET STRING
+/// (`04 20 ‖ key`), as SoftHSM2 and most modules return it.
+pub fn encode_ec_point(key: &PublicKey) -> Vec<u8> {
+    let mut out = vec![0x04, 0x20];
+    out.extend_from_slice(&key.to_bytes());
+    out
+}
+
+/// Accepts the DER-wrapped form (`04 20 ‖ 32 bytes`) and, for modules that return it
+/// unwrapped, exactly 32 raw bytes.
+pub fn decode_ec_point(value: &[u8]) -> Result<[u8; 32], String> {
+    let raw = match value {
+        [0x04, 0x20, rest @ ..] if rest.len() == 32 => rest,
+        raw if raw.len() == 32 => raw,
+        other => {
+            return Err(format!(
+                "CKA_EC_POINT of {} bytes is neither 04 20 + 32 bytes nor 32 raw bytes",
+                other.len()
+            ))
+        }
+    };
+    let mut out = [0u8; 32];
+    out.copy_from_slice(raw);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ec_point_decoding_accepts_der_wrapped_and_raw_and_nothing_else() {
+        let key = ota_core::key::SigningKey::from_seed(&[3; 32]).public_key();
+        let wrapped = encode_ec_point(&key);
+        assert_eq!(decode_ec_point(&wrapped).unwrap(), key.to_bytes());
+        assert_eq!(decode_ec_point(&key.to_bytes()).unwrap(), key.to_bytes());
+        assert!(decode_ec_point(&wrapped[..33]).is_err());
+        assert!(decode_ec_point(&[0x04, 0x21, 0]).is_err());
+        assert!(decode_ec_point(&[]).is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! `ota-agent hsm ...`: provisioning and inspection of the vehicle HSM's trust anchor,
+//! and the PKCS#11 options shared with `verify-metadata`.
+
+use crate::hsm::{Hsm, HsmConfig, DEFAULT_ANCHOR_LABEL};
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use ota_core::key::PublicKey;
+use ota_core::trust::TrustedState;
+use std::path::PathBuf;
+
+/// Where the vehicle's PKCS#11 token is. Without `--pkcs11-module` the file trust
+/// store alone is used (development).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HsmArgs {
+    /// PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).
+    #[arg(long, env = "OTA_PKCS11_MODULE")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// Label of the token (slots are looked up by token label, never by id).
+    #[arg(long, env = "OTA_PKCS11_TOKEN", default_value = "ota-vehicle")]
+    pub pkcs11_token: String,
+    /// User PIN of the token.
+    #[arg(long, env = "OTA_PKCS11_PIN", hide_env_values = true)]
+    pub pkcs11_pin: Option<String>,
+    /// Label of the root anchor public-key object.
+    #[arg(long, default_value = DEFAULT_ANCHOR_LABEL)]
+    pub anchor_label: String,
+}
+
+impl HsmArgs {
+    /// The token configuration, or `None` when no module is configured.
+    pub fn config(&self) -> anyhow::Result<Option<HsmConfig>> {
+        let Some(module) = &self.pkcs11_module else {
+            return Ok(None);
+        };
+        let Some(pin) = &self.pkcs11_pin else {
+            bail!("--pkcs11-pin (or OTA_PKCS11_PIN) is required with --pkcs11-module");
+        };
+        Ok(Some(HsmConfig {
+            module: module.clone(),
+            token_label: self.pkcs11_token.clone(),
+            pin: pin.clone(),
+        }))
+    }
+
+    /// Reads the root anchor key from the token, when one is configured.
+    pub fn anchor_key(&self) -> anyhow::Result<Option<PublicKey>> {
+        let Some(config) = self.config()? else {
+            return Ok(None);
+        };
+        let hsm = Hsm::open(&config, false)?;
+        Ok(Some(hsm.root_anchor(&self.anchor_label)?))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HsmCommand {
+    /// Provisioning: store a root key of `--root` in the token as the non-modifiable,
+    /// non-destroyable trust anchor. Refuses if an anchor already exists.
+    InstallAnchor {
+        #[command(flatten)]
+        hsm: HsmArgs,
+        /// The root envelope the vehicle is provisioned with.
+        #[arg(long)]
+        root: PathBuf,
+        /// Which of its root keys (required when the root role has several).
+        #[arg(long)]
+        keyid: Option<String>,
+    },
+    /// Print the key id of the token's root anchor.
+    ShowAnchor {
+        #[command(flatten)]
+        hsm: HsmArgs,
+    },
+}
+
+pub fn run(cmd: HsmCommand) -> anyhow::Result<()> {
+    match cmd {
+        HsmCommand::InstallAnchor { hsm, root, keyid } => {
+            let bytes =
+                std::fs::read(&root).with_context(|| format!("reading {}", root.display()))?;
+            let state = TrustedState::from_anchor(&bytes)
+                .with_context(|| format!("{} is not a valid signed root", root.display()))?;
+            let root_keys = &state
+                .root()
+                .role_keys(ota_core::metadata::Role::Root)
+                .keyids;
+            let chosen = match (&keyid, root_keys.as_slice()) {
+                (Some(wanted), _) => root_keys
+                    .iter()
+                    .find(|id| id.as_str() == wanted)
+                    .with_context(|| format!("{wanted} is not a root key of {}", root.display()))?,
+                (None, [only]) => only,
+                (None, _) => bail!(
+                    "the root role has {} keys; choose one with --keyid",
+                    root_keys.len()
+                ),
+            };
+            let key = state.root().keys[chosen];
+            let config = hsm
+                .config()?
+                .context("--pkcs11-module (or OTA_PKCS11_MODULE) is required")?;
+            Hsm::open(&config, true)?.install_root_anchor(&hsm.anchor_label, &key)?;
+            println!(
+                "installed root anchor {} as {:?} on token {:?}",
+                key.key_id(),
+                hsm.anchor_label,
+                config.token_label
+            );
+        }
+        HsmCommand::ShowAnchor { hsm } => {
+            let key = hsm
+                .anchor_key()?
+                .context("--pkcs11-module (or OTA_PKCS11_MODULE) is required")?;
+            println!("{}", key.key_id());
+        }
+    }
+    Ok(())
+}
