@@ -3,4 +3,5 @@
 
 mod attacks;
 mod fixtures;
+mod properties;
 mod rotation;
