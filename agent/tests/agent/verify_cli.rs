@@ -348,26 +348,7 @@ pub fn attacker_root() -> Vec<u8> {
 #[test]
 fn root_rotation_is_kept_as_a_chain_and_a_forged_state_root_fails_closed() {
     let setup = setup();
-    let mut meta = RootMetadata::new(
-        2,
-        ts("2027-09-01T00:00:00Z"),
-        &[
-            key(1).public_key(),
-            key(2).public_key(),
-            key(3).public_key(),
-        ],
-        Roles {
-            root: one(&key(1)),
-            targets: one(&key(2)),
-            director: one(&key(3)),
-        },
-    );
-    meta.version = 2;
-    let root2 = write(
-        &setup.files,
-        "root2.json",
-        &Envelope::sign(Role::Root.payload_type(), to_payload(&meta), &[&key(1)]).to_json_bytes(),
-    );
+    let root2 = write(&setup.files, "root2.json", &root(2));
     let root2_arg = root2.display().to_string();
     let director = sign_director(&director_doc(1), &key(3));
     let out = verify(
