@@ -16,7 +16,7 @@
 //! - [`jobs`]: the durable delta-build queue and its workers.
 //! - [`tokens`]: API bearer tokens and scopes.
 //! - [`cli`]: the `serve` and `tokens` subcommands of `ota-server`.
-//! - [`client`]: the HTTP client `otactl` uses.
+//! - [`client`]: the HTTP client `otactl` uses; [`otactl`]: its commands and output.
 
 pub mod api;
 pub mod blobs;
@@ -29,6 +29,7 @@ pub mod engine;
 pub mod gateway;
 pub mod jobs;
 pub mod keys;
+pub mod otactl;
 pub mod rollout;
 pub mod settings;
 pub mod signing;

@@ -265,8 +265,8 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(
-                err.contains("workers") && err.contains("OTA_DELTA__WORKERS"),
-                "error must name the key and variable: {err}"
+                err.to_lowercase().contains("delta.workers") && err.contains("\"many\"") && err.contains("OTA_"),
+                "error must name the key, the bad value and the environment as its source: {err}"
             );
 
             jail.set_env("OTA_DELTA__WORKERS", "1");

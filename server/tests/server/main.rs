@@ -1,1 +1,5 @@
-
+mod api;
+mod helpers;
+mod mqtt;
+mod otactl;
+mod store;
