@@ -2,7 +2,7 @@
 //! content-addressed), list, get.
 
 use super::error::ApiError;
-use super::extract::{parse_id, ApiQuery, Caller};
+use super::extract::{Authorized, ReleaseWriteScope, parse_id, ApiQuery, Caller};
 use super::{AppState, Routes};
 use crate::blobs::BlobError;
 use crate::store::{ImageRecord, NewImage};
@@ -49,7 +49,7 @@ struct UploadQuery {
 
 async fn upload(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(caller, _): Authorized<ReleaseWriteScope>,
     ApiQuery(query): ApiQuery<UploadQuery>,
     headers: HeaderMap,
     body: Body,

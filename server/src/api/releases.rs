@@ -3,7 +3,7 @@
 //! against the trusted root before it is accepted.
 
 use super::error::ApiError;
-use super::extract::{parse_id, ApiJson, Caller};
+use super::extract::{Authorized, ReleaseWriteScope, parse_id, ApiJson, Caller};
 use super::images::check_name;
 use super::{AppState, Routes};
 use crate::store::{NewRelease, ReleaseRecord};
@@ -43,7 +43,7 @@ pub struct CreateRelease {
 
 async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(caller, _): Authorized<ReleaseWriteScope>,
     ApiJson(request): ApiJson<CreateRelease>,
 ) -> Result<(StatusCode, Json<ReleaseRecord>), ApiError> {
     caller.require(Scope::ReleaseWrite)?;

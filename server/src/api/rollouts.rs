@@ -2,7 +2,7 @@
 //! counts and breaker state; the delta builds a rollout started.
 
 use super::error::ApiError;
-use super::extract::{parse_id, ApiJson, ApiQuery, Caller};
+use super::extract::{Authorized, RolloutWriteScope, parse_id, ApiJson, ApiQuery, Caller};
 use super::images::check_name;
 use super::{AppState, Routes};
 use crate::engine::RolloutStatus;
@@ -62,7 +62,7 @@ fn random_salt() -> Result<String, ApiError> {
 
 async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(caller, _): Authorized<RolloutWriteScope>,
     ApiJson(request): ApiJson<CreateRollout>,
 ) -> Result<(StatusCode, Json<RolloutRecord>), ApiError> {
     caller.require(Scope::RolloutWrite)?;

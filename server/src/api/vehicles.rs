@@ -2,7 +2,7 @@
 //! with filters, and one vehicle's installed versions, last check-in and deployments.
 
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery, Caller};
+use super::extract::{Authorized, AdminScope, ApiJson, ApiQuery, Caller};
 use super::images::check_name;
 use super::{AppState, Routes};
 use crate::store::{DeploymentRecord, NewVehicle, VehicleFilter, VehicleRecord};
@@ -56,7 +56,7 @@ pub fn check_vehicle_id(id: &str) -> Result<(), ApiError> {
 
 async fn register(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(caller, _): Authorized<AdminScope>,
     ApiJson(request): ApiJson<RegisterVehicle>,
 ) -> Result<(StatusCode, Json<VehicleRecord>), ApiError> {
     caller.require(Scope::Admin)?;

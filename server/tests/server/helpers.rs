@@ -269,12 +269,13 @@ impl TestApp {
 
     /// Uploads one image, creates a server-signed release and a draft rollout of it.
     pub async fn release_and_rollout(&self, hardware_id: &str, phases: Value) -> (Value, Value, Value) {
-        let image = self.upload(hardware_id, "2.0.0", b"new firmware image bytes".repeat(100)).await;
+        let version = unique("2.0.");
+        let image = self.upload(hardware_id, &version, b"new firmware image bytes".repeat(100)).await;
         let (status, release) = self
             .post(
                 "/api/v1/releases",
                 &self.admin_token,
-                &serde_json::json!({ "name": unique("rel-"), "version": "2.0.0", "security_version": 2, "images": [image["id"]] }),
+                &serde_json::json!({ "name": unique("rel-"), "version": version, "security_version": 2, "images": [image["id"]] }),
             )
             .await;
         assert_eq!(status, 201, "release: {release}");
