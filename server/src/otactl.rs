@@ -18,7 +18,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "otactl", version, about = "Command-line client of the OTA server")]
+#[command(
+    name = "otactl",
+    version,
+    about = "Command-line client of the OTA server"
+)]
 pub struct Cli {
     /// Server base URL, e.g. http://127.0.0.1:8080
     #[arg(long, env = "OTACTL_URL", global = true)]
@@ -174,11 +178,21 @@ pub struct RolloutCreate {
 pub enum RolloutCommand {
     Create(RolloutCreate),
     List,
-    Start { id: String },
-    Pause { id: String },
-    Resume { id: String },
-    Abort { id: String },
-    Rollback { id: String },
+    Start {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Abort {
+        id: String,
+    },
+    Rollback {
+        id: String,
+    },
     /// Per-phase progress; `--watch` redraws live progress bars.
     Status {
         id: String,
@@ -213,12 +227,17 @@ fn connect(cli: &Cli) -> anyhow::Result<ApiClient> {
     };
     let config: ConfigFile = match &file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
         }
         None => ConfigFile::default(),
     };
-    let url = cli.url.clone().or(config.url).context("no server URL: pass --url, set OTACTL_URL or url in the config file")?;
+    let url = cli
+        .url
+        .clone()
+        .or(config.url)
+        .context("no server URL: pass --url, set OTACTL_URL or url in the config file")?;
     let token = cli
         .token
         .clone()
@@ -269,15 +288,30 @@ fn short(sha: &Value) -> String {
 }
 
 fn list_of(value: &Value) -> Vec<Value> {
-    value.as_array().cloned().unwrap_or_else(|| vec![value.clone()])
+    value
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| vec![value.clone()])
 }
 
 fn images_table(value: &Value) -> String {
     let rows: Vec<Vec<String>> = list_of(value)
         .iter()
-        .map(|i| vec![s(&i["id"]), s(&i["name"]), s(&i["hardware_id"]), s(&i["version"]), s(&i["length"]), short(&i["sha256"])])
+        .map(|i| {
+            vec![
+                s(&i["id"]),
+                s(&i["name"]),
+                s(&i["hardware_id"]),
+                s(&i["version"]),
+                s(&i["length"]),
+                short(&i["sha256"]),
+            ]
+        })
         .collect();
-    table(&["id", "name", "hardware_id", "version", "bytes", "sha256"], &rows)
+    table(
+        &["id", "name", "hardware_id", "version", "bytes", "sha256"],
+        &rows,
+    )
 }
 
 fn releases_table(value: &Value) -> String {
@@ -291,11 +325,26 @@ fn releases_table(value: &Value) -> String {
                 s(&r["security_version"]),
                 s(&r["targets_version"]),
                 s(&r["signed_by"]),
-                r["images"].as_array().map(|a| a.len()).unwrap_or(0).to_string(),
+                r["images"]
+                    .as_array()
+                    .map(|a| a.len())
+                    .unwrap_or(0)
+                    .to_string(),
             ]
         })
         .collect();
-    table(&["id", "name", "version", "security", "targets_v", "signed_by", "images"], &rows)
+    table(
+        &[
+            "id",
+            "name",
+            "version",
+            "security",
+            "targets_v",
+            "signed_by",
+            "images",
+        ],
+        &rows,
+    )
 }
 
 fn vehicles_table(value: &Value) -> String {
@@ -306,7 +355,14 @@ fn vehicles_table(value: &Value) -> String {
                 .as_array()
                 .map(|a| {
                     a.iter()
-                        .map(|e| format!("{}={}@{}", s(&e["ecu"]), s(&e["hardware_id"]), s(&e["installed_version"])))
+                        .map(|e| {
+                            format!(
+                                "{}={}@{}",
+                                s(&e["ecu"]),
+                                s(&e["hardware_id"]),
+                                s(&e["installed_version"])
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join(",")
                 })
@@ -335,14 +391,23 @@ fn rollouts_table(value: &Value) -> String {
             ]
         })
         .collect();
-    table(&["id", "name", "release", "state", "phase", "breaker"], &rows)
+    table(
+        &["id", "name", "release", "state", "phase", "breaker"],
+        &rows,
+    )
 }
 
 /// A text progress bar: committed `█`, installing `▓`, downloading/assigned `▒`,
 /// failed/rolled back `x`, the rest of the phase's eligible vehicles `·`.
 pub fn progress_bar(phase: &Value, width: usize) -> String {
     let n = |k: &str| phase[k].as_u64().unwrap_or(0);
-    let started = n("assigned") + n("downloading") + n("installed") + n("committed") + n("failed") + n("rolled_back") + n("cancelled");
+    let started = n("assigned")
+        + n("downloading")
+        + n("installed")
+        + n("committed")
+        + n("failed")
+        + n("rolled_back")
+        + n("cancelled");
     let total = n("eligible").max(started).max(1);
     let cells = |count: u64| ((count as f64 / total as f64) * width as f64).round() as usize;
     let mut bar = String::new();
@@ -369,7 +434,10 @@ pub fn status_text(status: &Value) -> String {
         s(&r["state"]),
         s(&r["current_phase"]),
         s(&r["breaker_state"]),
-        r["breaker_reason"].as_str().map(|why| format!(" ({why})")).unwrap_or_default(),
+        r["breaker_reason"]
+            .as_str()
+            .map(|why| format!(" ({why})"))
+            .unwrap_or_default(),
     );
     let rows: Vec<Vec<String>> = status["phases"]
         .as_array()
@@ -378,7 +446,11 @@ pub fn status_text(status: &Value) -> String {
                 .iter()
                 .map(|p| {
                     vec![
-                        format!("{}{}", if p["active"] == true { "▶ " } else { "  " }, s(&p["name"])),
+                        format!(
+                            "{}{}",
+                            if p["active"] == true { "▶ " } else { "  " },
+                            s(&p["name"])
+                        ),
                         format!("{}%", s(&p["percent"])),
                         progress_bar(p, 24),
                         s(&p["eligible"]),
@@ -394,7 +466,18 @@ pub fn status_text(status: &Value) -> String {
         })
         .unwrap_or_default();
     out.push_str(&table(
-        &["phase", "percent", "progress", "eligible", "assigned", "downloading", "installed", "committed", "failed", "rolled_back"],
+        &[
+            "phase",
+            "percent",
+            "progress",
+            "eligible",
+            "assigned",
+            "downloading",
+            "installed",
+            "committed",
+            "failed",
+            "rolled_back",
+        ],
         &rows,
     ));
     out
@@ -405,13 +488,19 @@ fn parse_phase(text: &str) -> anyhow::Result<Value> {
     if parts.len() < 2 || parts.len() > 4 {
         bail!("--phase {text:?}: expected name:percent[:min_soak_seconds[:success_threshold_percent]]");
     }
-    let percent: f64 = parts[1].parse().with_context(|| format!("--phase {text:?}: percent"))?;
+    let percent: f64 = parts[1]
+        .parse()
+        .with_context(|| format!("--phase {text:?}: percent"))?;
     let mut phase = json!({ "name": parts[0], "percent": percent });
     if let Some(soak) = parts.get(2) {
-        phase["min_soak_seconds"] = json!(soak.parse::<u64>().with_context(|| format!("--phase {text:?}: soak"))?);
+        phase["min_soak_seconds"] = json!(soak
+            .parse::<u64>()
+            .with_context(|| format!("--phase {text:?}: soak"))?);
     }
     if let Some(gate) = parts.get(3) {
-        phase["success_threshold_percent"] = json!(gate.parse::<f64>().with_context(|| format!("--phase {text:?}: success gate"))?);
+        phase["success_threshold_percent"] = json!(gate
+            .parse::<f64>()
+            .with_context(|| format!("--phase {text:?}: success gate"))?);
     }
     Ok(phase)
 }
@@ -419,20 +508,31 @@ fn parse_phase(text: &str) -> anyhow::Result<Value> {
 fn rollout_body(args: &RolloutCreate) -> anyhow::Result<Value> {
     let mut body = match &args.spec {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str::<Value>(&text).with_context(|| format!("parsing {}", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str::<Value>(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
         }
         None => json!({}),
     };
     body["name"] = json!(args.name);
     body["release_id"] = json!(args.release);
     if !args.phases.is_empty() {
-        body["phases"] = Value::Array(args.phases.iter().map(|p| parse_phase(p)).collect::<anyhow::Result<_>>()?);
+        body["phases"] = Value::Array(
+            args.phases
+                .iter()
+                .map(|p| parse_phase(p))
+                .collect::<anyhow::Result<_>>()?,
+        );
     }
     if body.get("phases").is_none() {
         bail!("give at least one --phase (or phases in --spec)");
     }
-    for (key, values) in [("tags", &args.tags), ("hardware_ids", &args.hardware_ids), ("vehicle_ids", &args.vehicles)] {
+    for (key, values) in [
+        ("tags", &args.tags),
+        ("hardware_ids", &args.hardware_ids),
+        ("vehicle_ids", &args.vehicles),
+    ] {
         if !values.is_empty() {
             body["selector"][key] = json!(values);
         }
@@ -464,7 +564,8 @@ async fn sign_targets_offline(
     let mut targets = Vec::new();
     for id in image_ids {
         let image = client.get(&format!("/api/v1/images/{id}")).await?;
-        let sha256 = Sha256Digest::parse(image["sha256"].as_str().unwrap_or_default()).map_err(anyhow::Error::msg)?;
+        let sha256 = Sha256Digest::parse(image["sha256"].as_str().unwrap_or_default())
+            .map_err(anyhow::Error::msg)?;
         targets.push((
             s(&image["name"]),
             TargetImage {
@@ -480,10 +581,19 @@ async fn sign_targets_offline(
         .get("/api/v1/releases")
         .await?
         .as_array()
-        .map(|rs| rs.iter().filter_map(|r| r["targets_version"].as_u64()).max().unwrap_or(0))
+        .map(|rs| {
+            rs.iter()
+                .filter_map(|r| r["targets_version"].as_u64())
+                .max()
+                .unwrap_or(0)
+        })
         .unwrap_or(0);
     let now = Timestamp::from_datetime(chrono::Utc::now());
-    let metadata = TargetsMetadata::new(current + 1, now.plus_seconds(i64::from(expires_in_days) * 86_400), targets);
+    let metadata = TargetsMetadata::new(
+        current + 1,
+        now.plus_seconds(i64::from(expires_in_days) * 86_400),
+        targets,
+    );
     let envelope = Envelope::sign(Role::Targets.payload_type(), to_payload(&metadata), &[&key]);
     Ok(serde_json::from_slice(&envelope.to_json_bytes())?)
 }
@@ -493,9 +603,17 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let client = connect(&cli)?;
     let json_out = cli.json;
     let (value, render): (Value, fn(&Value) -> String) = match cli.command {
-        Command::Image(ImageCommand::Upload { file, hardware_id, version, name }) => {
-            (client.upload_image(&file, &hardware_id, &version, name.as_deref()).await?, images_table)
-        }
+        Command::Image(ImageCommand::Upload {
+            file,
+            hardware_id,
+            version,
+            name,
+        }) => (
+            client
+                .upload_image(&file, &hardware_id, &version, name.as_deref())
+                .await?,
+            images_table,
+        ),
         Command::Image(ImageCommand::List { hardware_id }) => {
             let path = match hardware_id {
                 Some(hw) => format!("/api/v1/images?hardware_id={hw}"),
@@ -503,18 +621,50 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             };
             (client.get(&path).await?, images_table)
         }
-        Command::Image(ImageCommand::Get { id }) => (client.get(&format!("/api/v1/images/{id}")).await?, images_table),
-        Command::Release(ReleaseCommand::Create { name, version, security_version, images, sign_key, expires_in_days }) => {
+        Command::Image(ImageCommand::Get { id }) => (
+            client.get(&format!("/api/v1/images/{id}")).await?,
+            images_table,
+        ),
+        Command::Release(ReleaseCommand::Create {
+            name,
+            version,
+            security_version,
+            images,
+            sign_key,
+            expires_in_days,
+        }) => {
             let mut body = json!({ "name": name, "version": version, "security_version": security_version, "images": images });
             match sign_key {
-                Some(key) => body["targets"] = sign_targets_offline(&client, &key, &images, security_version, expires_in_days).await?,
+                Some(key) => {
+                    body["targets"] = sign_targets_offline(
+                        &client,
+                        &key,
+                        &images,
+                        security_version,
+                        expires_in_days,
+                    )
+                    .await?
+                }
                 None => body["expires_in_days"] = json!(expires_in_days),
             }
-            (client.post_json("/api/v1/releases", &body).await?, releases_table)
+            (
+                client.post_json("/api/v1/releases", &body).await?,
+                releases_table,
+            )
         }
-        Command::Release(ReleaseCommand::List) => (client.get("/api/v1/releases").await?, releases_table),
-        Command::Release(ReleaseCommand::Get { id }) => (client.get(&format!("/api/v1/releases/{id}")).await?, releases_table),
-        Command::Vehicle(VehicleCommand::Register { id, public_key, ecus, tags }) => {
+        Command::Release(ReleaseCommand::List) => {
+            (client.get("/api/v1/releases").await?, releases_table)
+        }
+        Command::Release(ReleaseCommand::Get { id }) => (
+            client.get(&format!("/api/v1/releases/{id}")).await?,
+            releases_table,
+        ),
+        Command::Vehicle(VehicleCommand::Register {
+            id,
+            public_key,
+            ecus,
+            tags,
+        }) => {
             let ecus = ecus
                 .iter()
                 .map(|e| {
@@ -524,31 +674,82 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let body = json!({ "id": id, "public_key": public_key, "ecus": ecus, "tags": tags });
-            (client.post_json("/api/v1/vehicles", &body).await?, vehicles_table)
+            (
+                client.post_json("/api/v1/vehicles", &body).await?,
+                vehicles_table,
+            )
         }
-        Command::Vehicle(VehicleCommand::List { hardware_id, tag, installed_version }) => {
+        Command::Vehicle(VehicleCommand::List {
+            hardware_id,
+            tag,
+            installed_version,
+        }) => {
             let mut query = Vec::new();
-            for (k, v) in [("hardware_id", hardware_id), ("tag", tag), ("installed_version", installed_version)] {
+            for (k, v) in [
+                ("hardware_id", hardware_id),
+                ("tag", tag),
+                ("installed_version", installed_version),
+            ] {
                 if let Some(v) = v {
                     query.push(format!("{k}={v}"));
                 }
             }
-            let path = if query.is_empty() { "/api/v1/vehicles".to_owned() } else { format!("/api/v1/vehicles?{}", query.join("&")) };
+            let path = if query.is_empty() {
+                "/api/v1/vehicles".to_owned()
+            } else {
+                format!("/api/v1/vehicles?{}", query.join("&"))
+            };
             (client.get(&path).await?, vehicles_table)
         }
-        Command::Vehicle(VehicleCommand::Get { id }) => (client.get(&format!("/api/v1/vehicles/{id}")).await?, vehicles_table),
-        Command::Rollout(RolloutCommand::Create(args)) => {
-            (client.post_json("/api/v1/rollouts", &rollout_body(&args)?).await?, rollouts_table)
+        Command::Vehicle(VehicleCommand::Get { id }) => (
+            client.get(&format!("/api/v1/vehicles/{id}")).await?,
+            vehicles_table,
+        ),
+        Command::Rollout(RolloutCommand::Create(args)) => (
+            client
+                .post_json("/api/v1/rollouts", &rollout_body(&args)?)
+                .await?,
+            rollouts_table,
+        ),
+        Command::Rollout(RolloutCommand::List) => {
+            (client.get("/api/v1/rollouts").await?, rollouts_table)
         }
-        Command::Rollout(RolloutCommand::List) => (client.get("/api/v1/rollouts").await?, rollouts_table),
-        Command::Rollout(RolloutCommand::Start { id }) => (client.post_empty(&format!("/api/v1/rollouts/{id}/start")).await?, rollouts_table),
-        Command::Rollout(RolloutCommand::Pause { id }) => (client.post_empty(&format!("/api/v1/rollouts/{id}/pause")).await?, rollouts_table),
-        Command::Rollout(RolloutCommand::Resume { id }) => (client.post_empty(&format!("/api/v1/rollouts/{id}/resume")).await?, rollouts_table),
-        Command::Rollout(RolloutCommand::Abort { id }) => (client.post_empty(&format!("/api/v1/rollouts/{id}/abort")).await?, rollouts_table),
-        Command::Rollout(RolloutCommand::Rollback { id }) => {
-            (client.post_empty(&format!("/api/v1/rollouts/{id}/rollback")).await?, rollouts_table)
-        }
-        Command::Rollout(RolloutCommand::Status { id, watch, interval, updates }) => {
+        Command::Rollout(RolloutCommand::Start { id }) => (
+            client
+                .post_empty(&format!("/api/v1/rollouts/{id}/start"))
+                .await?,
+            rollouts_table,
+        ),
+        Command::Rollout(RolloutCommand::Pause { id }) => (
+            client
+                .post_empty(&format!("/api/v1/rollouts/{id}/pause"))
+                .await?,
+            rollouts_table,
+        ),
+        Command::Rollout(RolloutCommand::Resume { id }) => (
+            client
+                .post_empty(&format!("/api/v1/rollouts/{id}/resume"))
+                .await?,
+            rollouts_table,
+        ),
+        Command::Rollout(RolloutCommand::Abort { id }) => (
+            client
+                .post_empty(&format!("/api/v1/rollouts/{id}/abort"))
+                .await?,
+            rollouts_table,
+        ),
+        Command::Rollout(RolloutCommand::Rollback { id }) => (
+            client
+                .post_empty(&format!("/api/v1/rollouts/{id}/rollback"))
+                .await?,
+            rollouts_table,
+        ),
+        Command::Rollout(RolloutCommand::Status {
+            id,
+            watch,
+            interval,
+            updates,
+        }) => {
             let path = format!("/api/v1/rollouts/{id}/status");
             if !watch {
                 (client.get(&path).await?, status_text)
@@ -564,7 +765,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                     }
                     out.flush()?;
                     shown += 1;
-                    let finished = matches!(status["rollout"]["state"].as_str(), Some("aborted" | "completed" | "rolled_back"));
+                    let finished = matches!(
+                        status["rollout"]["state"].as_str(),
+                        Some("aborted" | "completed" | "rolled_back")
+                    );
                     if finished || updates.is_some_and(|max| shown >= max) {
                         return Ok(());
                     }
@@ -580,9 +784,21 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             let render: fn(&Value) -> String = |v| {
                 let rows: Vec<Vec<String>> = list_of(v)
                     .iter()
-                    .map(|j| vec![s(&j["id"]), s(&j["hardware_id"]), short(&j["source_sha256"]), short(&j["target_sha256"]), s(&j["status"]), s(&j["error"])])
+                    .map(|j| {
+                        vec![
+                            s(&j["id"]),
+                            s(&j["hardware_id"]),
+                            short(&j["source_sha256"]),
+                            short(&j["target_sha256"]),
+                            s(&j["status"]),
+                            s(&j["error"]),
+                        ]
+                    })
                     .collect();
-                table(&["id", "hardware_id", "source", "target", "status", "error"], &rows)
+                table(
+                    &["id", "hardware_id", "source", "target", "status", "error"],
+                    &rows,
+                )
             };
             (client.get(&path).await?, render)
         }
@@ -590,11 +806,22 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             let render: fn(&Value) -> String = |v| {
                 let rows: Vec<Vec<String>> = list_of(v)
                     .iter()
-                    .map(|a| vec![s(&a["id"]), s(&a["at"]), s(&a["actor"]), s(&a["action"]), s(&a["subject"])])
+                    .map(|a| {
+                        vec![
+                            s(&a["id"]),
+                            s(&a["at"]),
+                            s(&a["actor"]),
+                            s(&a["action"]),
+                            s(&a["subject"]),
+                        ]
+                    })
                     .collect();
                 table(&["id", "at", "actor", "action", "subject"], &rows)
             };
-            (client.get(&format!("/api/v1/audit?limit={limit}")).await?, render)
+            (
+                client.get(&format!("/api/v1/audit?limit={limit}")).await?,
+                render,
+            )
         }
     };
     if json_out {
@@ -608,7 +835,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
 /// Entry point of the `otactl` binary.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: starting the runtime: {err}");
@@ -634,19 +864,32 @@ mod tests {
         let phase = json!({ "eligible": 10, "committed": 5, "installed": 0, "downloading": 0, "assigned": 0, "failed": 1, "rolled_back": 0, "cancelled": 0 });
         let bar = progress_bar(&phase, 10);
         assert_eq!(bar, "█████x····");
-        assert_eq!(progress_bar(&json!({}), 4), "····", "an empty phase shows an empty bar");
+        assert_eq!(
+            progress_bar(&json!({}), 4),
+            "····",
+            "an empty phase shows an empty bar"
+        );
     }
 
     #[test]
     fn phases_parse_from_flags() {
-        assert_eq!(parse_phase("canary:1:60:95").unwrap(), json!({ "name": "canary", "percent": 1.0, "min_soak_seconds": 60, "success_threshold_percent": 95.0 }));
+        assert_eq!(
+            parse_phase("canary:1:60:95").unwrap(),
+            json!({ "name": "canary", "percent": 1.0, "min_soak_seconds": 60, "success_threshold_percent": 95.0 })
+        );
         assert!(parse_phase("canary").is_err());
         assert!(parse_phase("canary:x").is_err());
     }
 
     #[test]
     fn tables_align_columns() {
-        let t = table(&["id", "name"], &[vec!["a".into(), "long-name".into()], vec!["bbbb".into(), "x".into()]]);
+        let t = table(
+            &["id", "name"],
+            &[
+                vec!["a".into(), "long-name".into()],
+                vec!["bbbb".into(), "x".into()],
+            ],
+        );
         assert_eq!(t, "ID    NAME\na     long-name\nbbbb  x\n");
     }
 }

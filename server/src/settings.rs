@@ -7,6 +7,12 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// A configuration error: figment's, which names the key, the bad value and its source
+/// (file path or environment variable). Boxed: figment's error is large.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(pub Box<figment::Error>);
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -180,15 +186,21 @@ impl Settings {
         )
     }
 
-    pub fn load(file: Option<&Path>) -> Result<Settings, figment::Error> {
-        let settings: Settings = Self::figment(file).extract()?;
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let settings: Settings = Self::figment(file)
+            .extract()
+            .map_err(|e| SettingsError(Box::new(e)))?;
         settings.check()?;
         Ok(settings)
     }
 
     /// Checks that serde's types cannot express.
-    fn check(&self) -> Result<(), figment::Error> {
-        let bad = |key: &str, msg: String| Err(figment::Error::from(format!("{key}: {msg}")));
+    fn check(&self) -> Result<(), SettingsError> {
+        let bad = |key: &str, msg: String| {
+            Err(SettingsError(Box::new(figment::Error::from(format!(
+                "{key}: {msg}"
+            )))))
+        };
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return bad(
                 "listen",
@@ -246,6 +258,8 @@ impl Settings {
 mod tests {
     use super::*;
 
+    // figment's Jail takes a closure returning figment's (large) error type.
+    #[allow(clippy::result_large_err)]
     #[test]
     fn file_then_env_with_clear_errors() {
         figment::Jail::expect_with(|jail| {
@@ -265,7 +279,9 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(
-                err.to_lowercase().contains("delta.workers") && err.contains("\"many\"") && err.contains("OTA_"),
+                err.to_lowercase().contains("delta.workers")
+                    && err.contains("\"many\"")
+                    && err.contains("OTA_"),
                 "error must name the key, the bad value and the environment as its source: {err}"
             );
 

@@ -207,7 +207,9 @@ mod tests {
 
     #[test]
     fn range_table() {
-        let cases: [(&str, Option<Option<(u64, u64)>>); 9] = [
+        // None: refused (416); Some(None): whole blob; Some(Some(range)): partial.
+        type Expected = Option<Option<(u64, u64)>>;
+        let cases: [(&str, Expected); 9] = [
             ("bytes=0-9", Some(Some((0, 9)))),
             ("bytes=90-", Some(Some((90, 99)))),
             ("bytes=-10", Some(Some((90, 99)))),

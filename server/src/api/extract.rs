@@ -223,7 +223,10 @@ pub struct Authorized<S: RequiredScope>(pub Caller, pub std::marker::PhantomData
 impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let caller = Caller::from_request_parts(parts, state).await?;
         caller.require(S::SCOPE)?;
         Ok(Authorized(caller, std::marker::PhantomData))

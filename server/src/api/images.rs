@@ -2,7 +2,7 @@
 //! content-addressed), list, get.
 
 use super::error::ApiError;
-use super::extract::{Authorized, ReleaseWriteScope, parse_id, ApiQuery, Caller};
+use super::extract::{parse_id, ApiQuery, Authorized, Caller, ReleaseWriteScope};
 use super::{AppState, Routes};
 use crate::blobs::BlobError;
 use crate::store::{ImageRecord, NewImage};

@@ -3,7 +3,7 @@
 //! against the trusted root before it is accepted.
 
 use super::error::ApiError;
-use super::extract::{Authorized, ReleaseWriteScope, parse_id, ApiJson, Caller};
+use super::extract::{parse_id, ApiJson, Authorized, Caller, ReleaseWriteScope};
 use super::images::check_name;
 use super::{AppState, Routes};
 use crate::store::{NewRelease, ReleaseRecord};

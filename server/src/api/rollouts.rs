@@ -2,7 +2,7 @@
 //! counts and breaker state; the delta builds a rollout started.
 
 use super::error::ApiError;
-use super::extract::{Authorized, RolloutWriteScope, parse_id, ApiJson, ApiQuery, Caller};
+use super::extract::{parse_id, ApiJson, ApiQuery, Authorized, Caller, RolloutWriteScope};
 use super::images::check_name;
 use super::{AppState, Routes};
 use crate::engine::RolloutStatus;

@@ -2,7 +2,7 @@
 //! with filters, and one vehicle's installed versions, last check-in and deployments.
 
 use super::error::ApiError;
-use super::extract::{Authorized, AdminScope, ApiJson, ApiQuery, Caller};
+use super::extract::{AdminScope, ApiJson, ApiQuery, Authorized, Caller};
 use super::images::check_name;
 use super::{AppState, Routes};
 use crate::store::{DeploymentRecord, NewVehicle, VehicleFilter, VehicleRecord};

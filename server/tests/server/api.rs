@@ -1,10 +1,15 @@
 //! The web API, endpoint by endpoint: success and bad input, against both backends.
 
 use crate::both_backends;
-use crate::helpers::{checkin, device_key, signed_checkin, spawn_app, spawn_app_with, unique, Backend, Options, TestApp};
+use crate::helpers::{
+    checkin, device_key, signed_checkin, spawn_app, spawn_app_with, unique, Backend, Options,
+    TestApp,
+};
 use ota_core::encoding::Sha256Digest;
 use ota_core::envelope::Envelope;
-use ota_core::metadata::{parse_document, to_payload, DirectorMetadata, Role, TargetImage, TargetsMetadata};
+use ota_core::metadata::{
+    parse_document, to_payload, DirectorMetadata, Role, TargetImage, TargetsMetadata,
+};
 use ota_core::protocol::blob_auth_header;
 use ota_core::time::Timestamp;
 use serde_json::{json, Value};
@@ -24,8 +29,19 @@ async fn health_ready_and_metrics() {
     assert_eq!(body["broker"], "disabled");
     let (status, _) = app.get("/api/v1/images", &app.read_token).await;
     assert_eq!(status, 200);
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("ota_http_requests_total"), "metrics must count requests: {metrics}");
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ota_http_requests_total"),
+        "metrics must count requests: {metrics}"
+    );
     app.stop().await;
 }
 
@@ -34,7 +50,10 @@ async fn openapi_document_is_served_valid_and_every_route_exists() {
     let app = spawn_app().await;
     let (status, doc) = app.get("/api/v1/openapi.json", "").await;
     assert_eq!(status, 200);
-    assert_eq!(ota_server::api::openapi::validate(&doc), Vec::<String>::new());
+    assert_eq!(
+        ota_server::api::openapi::validate(&doc),
+        Vec::<String>::new()
+    );
     for (method, path) in ota_server::api::openapi::documented_routes() {
         let concrete = path
             .replace("{id}", "x")
@@ -47,11 +66,22 @@ async fn openapi_document_is_served_valid_and_every_route_exists() {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        assert!(status != 405 && body["type"] != "urn:ota:problem:no-route", "{method} {path} is documented but not routed ({status} {body})");
+        assert!(
+            status != 405 && body["type"] != "urn:ota:problem:no-route",
+            "{method} {path} is documented but not routed ({status} {body})"
+        );
     }
     let (status, body) = app.get("/api/v1/nothing-here", &app.admin_token).await;
-    assert_eq!((status, body["type"].as_str()), (404, Some("urn:ota:problem:no-route")));
-    let response = app.http.delete(app.url("/api/v1/images")).send().await.unwrap();
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (404, Some("urn:ota:problem:no-route"))
+    );
+    let response = app
+        .http
+        .delete(app.url("/api/v1/images"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 405);
     app.stop().await;
 }
@@ -63,10 +93,14 @@ async fn tokens_and_scopes_are_enforced() {
     assert_eq!(status, 401, "no token: {body}");
     let (status, _) = app.get("/api/v1/images", "ota_not-a-real-token").await;
     assert_eq!(status, 401);
-    let (status, body) = app.post("/api/v1/vehicles", &app.read_token, &json!({})).await;
+    let (status, body) = app
+        .post("/api/v1/vehicles", &app.read_token, &json!({}))
+        .await;
     assert_eq!(status, 403, "read cannot provision: {body}");
     assert!(body["detail"].as_str().unwrap().contains("admin"));
-    let (status, _) = app.post("/api/v1/releases", &app.rollout_token, &json!({})).await;
+    let (status, _) = app
+        .post("/api/v1/releases", &app.rollout_token, &json!({}))
+        .await;
     assert_eq!(status, 403, "rollout:write cannot create releases");
     let (status, _) = app.get("/api/v1/audit", &app.read_token).await;
     assert_eq!(status, 403, "the audit log is for admins");
@@ -74,49 +108,140 @@ async fn tokens_and_scopes_are_enforced() {
 }
 
 async fn images(backend: Backend) {
-    let Some(app) = app(backend, Options { max_image_bytes: Some(4096), ..Options::default() }).await else { return };
+    let Some(app) = app(
+        backend,
+        Options {
+            max_image_bytes: Some(4096),
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let bytes = b"firmware".repeat(100);
     let image = app.upload("hw-a", "1.0.0", bytes.clone()).await;
-    assert_eq!(image["sha256"], Sha256Digest::of(&bytes).to_hex(), "SHA-256 computed while streaming");
+    assert_eq!(
+        image["sha256"],
+        Sha256Digest::of(&bytes).to_hex(),
+        "SHA-256 computed while streaming"
+    );
     assert_eq!(image["length"], 800);
     assert_eq!(image["name"], "hw-a-1.0.0");
     let id = image["id"].as_str().unwrap();
-    let (status, got) = app.get(&format!("/api/v1/images/{id}"), &app.read_token).await;
+    let (status, got) = app
+        .get(&format!("/api/v1/images/{id}"), &app.read_token)
+        .await;
     assert_eq!((status, &got), (200, &image));
-    let (status, list) = app.get("/api/v1/images?hardware_id=hw-a", &app.read_token).await;
+    let (status, list) = app
+        .get("/api/v1/images?hardware_id=hw-a", &app.read_token)
+        .await;
     assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
-    let blob = app.dir.path().join("blobs/sha256").join(Sha256Digest::of(&bytes).to_hex());
-    assert_eq!(std::fs::read(blob).unwrap(), bytes, "stored content-addressed");
+    let blob = app
+        .dir
+        .path()
+        .join("blobs/sha256")
+        .join(Sha256Digest::of(&bytes).to_hex());
+    assert_eq!(
+        std::fs::read(blob).unwrap(),
+        bytes,
+        "stored content-addressed"
+    );
 
     let upload = |q: &str| format!("/api/v1/images?{q}");
     let cases: Vec<(String, &str, Vec<u8>, u16, &str)> = vec![
-        (upload("hardware_id=hw-a&version=1.0.0"), "application/octet-stream", b"other".to_vec(), 409, "conflict"),
-        (upload("hardware_id=hw-a&version=2.0.0"), "application/octet-stream", vec![0u8; 5000], 413, "payload-too-large"),
-        (upload("hardware_id=hw-a&version=2.0.0"), "text/plain", b"x".to_vec(), 415, "unsupported-media-type"),
-        (upload("hardware_id=hw-a"), "application/octet-stream", b"x".to_vec(), 400, "bad-request"),
-        (upload("hardware_id=hw-a&version=2.0.0&colour=red"), "application/octet-stream", b"x".to_vec(), 400, "bad-request"),
-        (upload("hardware_id=hw%2Fa&version=2.0.0"), "application/octet-stream", b"x".to_vec(), 422, "validation"),
-        (upload("hardware_id=hw-a&version=3.0.0"), "application/octet-stream", vec![], 422, "validation"),
+        (
+            upload("hardware_id=hw-a&version=1.0.0"),
+            "application/octet-stream",
+            b"other".to_vec(),
+            409,
+            "conflict",
+        ),
+        (
+            upload("hardware_id=hw-a&version=2.0.0"),
+            "application/octet-stream",
+            vec![0u8; 5000],
+            413,
+            "payload-too-large",
+        ),
+        (
+            upload("hardware_id=hw-a&version=2.0.0"),
+            "text/plain",
+            b"x".to_vec(),
+            415,
+            "unsupported-media-type",
+        ),
+        (
+            upload("hardware_id=hw-a"),
+            "application/octet-stream",
+            b"x".to_vec(),
+            400,
+            "bad-request",
+        ),
+        (
+            upload("hardware_id=hw-a&version=2.0.0&colour=red"),
+            "application/octet-stream",
+            b"x".to_vec(),
+            400,
+            "bad-request",
+        ),
+        (
+            upload("hardware_id=hw%2Fa&version=2.0.0"),
+            "application/octet-stream",
+            b"x".to_vec(),
+            422,
+            "validation",
+        ),
+        (
+            upload("hardware_id=hw-a&version=3.0.0"),
+            "application/octet-stream",
+            vec![],
+            422,
+            "validation",
+        ),
     ];
     for (path, content_type, body, status, kind) in cases {
-        let (got, problem) = app.post_raw(&path, &app.admin_token, content_type, body).await;
+        let (got, problem) = app
+            .post_raw(&path, &app.admin_token, content_type, body)
+            .await;
         assert_eq!(got, status, "{path} ({content_type}): {problem}");
-        assert_eq!(problem["type"], format!("urn:ota:problem:{kind}"), "{path}: {problem}");
-        assert!(!problem["detail"].as_str().unwrap_or("").is_empty(), "problems say what was wrong");
+        assert_eq!(
+            problem["type"],
+            format!("urn:ota:problem:{kind}"),
+            "{path}: {problem}"
+        );
+        assert!(
+            !problem["detail"].as_str().unwrap_or("").is_empty(),
+            "problems say what was wrong"
+        );
     }
     let (status, problem) = app.get("/api/v1/images/not-an-id", &app.read_token).await;
     assert_eq!(status, 422);
     assert_eq!(problem["errors"][0]["field"], "image id");
-    let (status, _) = app.get("/api/v1/images/img_0123456789abcdef", &app.read_token).await;
+    let (status, _) = app
+        .get("/api/v1/images/img_0123456789abcdef", &app.read_token)
+        .await;
     assert_eq!(status, 404);
-    let tmp = std::fs::read_dir(app.dir.path().join("blobs/tmp")).unwrap().count();
+    let tmp = std::fs::read_dir(app.dir.path().join("blobs/tmp"))
+        .unwrap()
+        .count();
     assert_eq!(tmp, 0, "refused uploads leave no temporary files");
     app.stop().await;
 }
 both_backends!(images_upload_list_get_and_bad_input, images);
 
 async fn releases(backend: Backend) {
-    let Some(app) = app(backend, Options { max_json_bytes: Some(2048), ..Options::default() }).await else { return };
+    let Some(app) = app(
+        backend,
+        Options {
+            max_json_bytes: Some(2048),
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let a = app.upload("hw-a", "2.0.0", b"aaaa".repeat(10)).await;
     let b = app.upload("hw-b", "2.0.0", b"bbbb".repeat(10)).await;
     let a2 = app.upload("hw-a", "2.0.1", b"cccc".repeat(10)).await;
@@ -128,12 +253,22 @@ async fn releases(backend: Backend) {
     assert_eq!(release["targets_version"], 1);
     let envelope = serde_json::to_vec(&release["targets"]).unwrap();
     let state = ota_server::signing::ServerKeys::load(&app.dir.path().join("dev-keys")).unwrap();
-    let targets = state.verify_targets(&envelope).expect("server-signed targets verify against root");
+    let targets = state
+        .verify_targets(&envelope)
+        .expect("server-signed targets verify against root");
     assert_eq!(targets.targets.len(), 2);
-    assert_eq!(targets.targets.get(&"hw-a-2.0.0".to_owned()).unwrap().security_version, 4);
+    assert_eq!(
+        targets
+            .targets
+            .get(&"hw-a-2.0.0".to_owned())
+            .unwrap()
+            .security_version,
+        4
+    );
 
     // Pre-signed offline with the targets key: accepted after verification.
-    let key = ota_server::signing::read_key_file(&app.dir.path().join("dev-keys/targets.key.json")).unwrap();
+    let key = ota_server::signing::read_key_file(&app.dir.path().join("dev-keys/targets.key.json"))
+        .unwrap();
     let image = TargetImage {
         hardware_id: "hw-a".into(),
         version: "2.0.1".into(),
@@ -143,61 +278,153 @@ async fn releases(backend: Backend) {
     };
     let expires = Timestamp::from_datetime(chrono::Utc::now()).plus_seconds(86_400);
     let sign = |version: u64, key: &ota_core::key::SigningKey| -> Value {
-        let metadata = TargetsMetadata::new(version, expires, [("hw-a-2.0.1".to_owned(), image.clone())]);
-        serde_json::from_slice(&Envelope::sign(Role::Targets.payload_type(), to_payload(&metadata), &[key]).to_json_bytes()).unwrap()
+        let metadata =
+            TargetsMetadata::new(version, expires, [("hw-a-2.0.1".to_owned(), image.clone())]);
+        serde_json::from_slice(
+            &Envelope::sign(Role::Targets.payload_type(), to_payload(&metadata), &[key])
+                .to_json_bytes(),
+        )
+        .unwrap()
     };
     let body = |targets: Value| json!({ "name": unique("off-"), "version": "2.0.1", "security_version": 5, "images": [a2["id"]], "targets": targets });
-    let (status, offline) = app.post("/api/v1/releases", &app.admin_token, &body(sign(2, &key))).await;
-    assert_eq!((status, offline["signed_by"].as_str()), (201, Some("offline")), "{offline}");
-    let (status, problem) = app.post("/api/v1/releases", &app.admin_token, &body(sign(3, &device_key()))).await;
-    assert_eq!(status, 422, "a targets envelope signed by a key root does not trust must be refused: {problem}");
+    let (status, offline) = app
+        .post("/api/v1/releases", &app.admin_token, &body(sign(2, &key)))
+        .await;
+    assert_eq!(
+        (status, offline["signed_by"].as_str()),
+        (201, Some("offline")),
+        "{offline}"
+    );
+    let (status, problem) = app
+        .post(
+            "/api/v1/releases",
+            &app.admin_token,
+            &body(sign(3, &device_key())),
+        )
+        .await;
+    assert_eq!(
+        status, 422,
+        "a targets envelope signed by a key root does not trust must be refused: {problem}"
+    );
     assert_eq!(problem["errors"][0]["field"], "targets");
-    let (status, problem) = app.post("/api/v1/releases", &app.admin_token, &body(sign(2, &key))).await;
+    let (status, problem) = app
+        .post("/api/v1/releases", &app.admin_token, &body(sign(2, &key)))
+        .await;
     assert_eq!(status, 422, "targets versions must grow: {problem}");
 
     let (status, list) = app.get("/api/v1/releases", &app.read_token).await;
     assert_eq!((status, list.as_array().unwrap().len()), (200, 2));
-    let (status, got) = app.get(&format!("/api/v1/releases/{}", release["id"].as_str().unwrap()), &app.read_token).await;
+    let (status, got) = app
+        .get(
+            &format!("/api/v1/releases/{}", release["id"].as_str().unwrap()),
+            &app.read_token,
+        )
+        .await;
     assert_eq!((status, &got["id"]), (200, &release["id"]));
 
     let cases: Vec<(Value, u16, &str)> = vec![
-        (json!({ "name": "r-2", "version": "2", "security_version": 1, "images": [b["id"]] }), 409, "duplicate name"),
-        (json!({ "name": "x", "version": "2", "security_version": 1, "images": [a["id"], a2["id"]] }), 422, "two images for one hardware id"),
-        (json!({ "name": "x", "version": "2", "security_version": 1, "images": [] }), 422, "no images"),
-        (json!({ "name": "x", "version": "2", "security_version": 1, "images": ["img_0123456789abcdef"] }), 422, "unknown image"),
-        (json!({ "name": "x", "version": "2", "security_version": 1, "images": ["bad"] }), 422, "malformed id"),
-        (json!({ "name": "x", "version": "2", "security_version": -1, "images": [a["id"]] }), 422, "negative security_version"),
-        (json!({ "name": "x", "version": "2", "security_version": 1, "images": [a["id"]], "colour": 1 }), 422, "unknown field"),
-        (json!({ "name": "x", "version": "2", "images": [a["id"]] }), 422, "missing field"),
+        (
+            json!({ "name": "r-2", "version": "2", "security_version": 1, "images": [b["id"]] }),
+            409,
+            "duplicate name",
+        ),
+        (
+            json!({ "name": "x", "version": "2", "security_version": 1, "images": [a["id"], a2["id"]] }),
+            422,
+            "two images for one hardware id",
+        ),
+        (
+            json!({ "name": "x", "version": "2", "security_version": 1, "images": [] }),
+            422,
+            "no images",
+        ),
+        (
+            json!({ "name": "x", "version": "2", "security_version": 1, "images": ["img_0123456789abcdef"] }),
+            422,
+            "unknown image",
+        ),
+        (
+            json!({ "name": "x", "version": "2", "security_version": 1, "images": ["bad"] }),
+            422,
+            "malformed id",
+        ),
+        (
+            json!({ "name": "x", "version": "2", "security_version": -1, "images": [a["id"]] }),
+            422,
+            "negative security_version",
+        ),
+        (
+            json!({ "name": "x", "version": "2", "security_version": 1, "images": [a["id"]], "colour": 1 }),
+            422,
+            "unknown field",
+        ),
+        (
+            json!({ "name": "x", "version": "2", "images": [a["id"]] }),
+            422,
+            "missing field",
+        ),
     ];
     for (request, status, what) in cases {
-        let (got, problem) = app.post("/api/v1/releases", &app.admin_token, &request).await;
+        let (got, problem) = app
+            .post("/api/v1/releases", &app.admin_token, &request)
+            .await;
         assert_eq!(got, status, "{what}: {problem}");
     }
     let (_, problem) = app
         .post("/api/v1/releases", &app.admin_token, &json!({ "name": "x", "version": "2", "security_version": 1, "images": [a["id"]], "colour": 1 }))
         .await;
-    assert_eq!(problem["errors"][0]["field"], "colour", "unknown fields are named: {problem}");
-    let (status, problem) = app.post_raw("/api/v1/releases", &app.admin_token, "application/json", b"{\"name\": ".to_vec()).await;
-    assert_eq!((status, problem["type"].as_str()), (400, Some("urn:ota:problem:malformed-json")));
-    let (status, _) = app.post_raw("/api/v1/releases", &app.admin_token, "text/plain", b"{}".to_vec()).await;
+    assert_eq!(
+        problem["errors"][0]["field"], "colour",
+        "unknown fields are named: {problem}"
+    );
+    let (status, problem) = app
+        .post_raw(
+            "/api/v1/releases",
+            &app.admin_token,
+            "application/json",
+            b"{\"name\": ".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (400, Some("urn:ota:problem:malformed-json"))
+    );
+    let (status, _) = app
+        .post_raw(
+            "/api/v1/releases",
+            &app.admin_token,
+            "text/plain",
+            b"{}".to_vec(),
+        )
+        .await;
     assert_eq!(status, 415);
-    let huge = json!({ "name": "x".repeat(3000), "version": "1", "security_version": 1, "images": [] });
+    let huge =
+        json!({ "name": "x".repeat(3000), "version": "1", "security_version": 1, "images": [] });
     let (status, problem) = app.post("/api/v1/releases", &app.admin_token, &huge).await;
     assert_eq!(status, 413, "oversize JSON bodies: {problem}");
     app.stop().await;
 }
-both_backends!(releases_server_signed_offline_signed_and_bad_input, releases);
+both_backends!(
+    releases_server_signed_offline_signed_and_bad_input,
+    releases
+);
 
 async fn vehicles(backend: Backend) {
-    let Some(app) = app(backend, Options::default()).await else { return };
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
     let key = device_key();
-    let vehicle = app.register_vehicle("veh-a", &key, "hw-a", &["eu", "beta"]).await;
+    let vehicle = app
+        .register_vehicle("veh-a", &key, "hw-a", &["eu", "beta"])
+        .await;
     assert_eq!(vehicle["ecus"][0]["hardware_id"], "hw-a");
-    app.register_vehicle("veh-b", &device_key(), "hw-b", &["us"]).await;
+    app.register_vehicle("veh-b", &device_key(), "hw-b", &["us"])
+        .await;
     let (status, list) = app.get("/api/v1/vehicles?tag=eu", &app.read_token).await;
     assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
-    let (_, list) = app.get("/api/v1/vehicles?hardware_id=hw-b", &app.read_token).await;
+    let (_, list) = app
+        .get("/api/v1/vehicles?hardware_id=hw-b", &app.read_token)
+        .await;
     assert_eq!(list[0]["id"], "veh-b");
     let (status, detail) = app.get("/api/v1/vehicles/veh-a", &app.read_token).await;
     assert_eq!(status, 200);
@@ -207,16 +434,46 @@ async fn vehicles(backend: Backend) {
     let pk = key.public_key().to_hex();
     let ecus = json!([{ "ecu": "main", "hardware_id": "hw-a" }]);
     let cases: Vec<(Value, u16, &str)> = vec![
-        (json!({ "id": "veh-a", "public_key": pk, "ecus": ecus }), 409, "id"),
-        (json!({ "id": "veh/../x", "public_key": pk, "ecus": ecus }), 422, "id"),
-        (json!({ "id": "veh-c", "public_key": "zz", "ecus": ecus }), 422, "public_key"),
-        (json!({ "id": "veh-c", "public_key": "00".repeat(32), "ecus": ecus }), 422, "public_key"),
-        (json!({ "id": "veh-c", "public_key": pk, "ecus": [] }), 422, "ecus"),
-        (json!({ "id": "veh-c", "public_key": pk, "ecus": [{ "ecu": "m", "hardware_id": "a" }, { "ecu": "m", "hardware_id": "b" }] }), 422, "ecus[1].ecu"),
-        (json!({ "id": "veh-c", "public_key": pk, "ecus": ecus, "vin": "WVW123" }), 422, "vin"),
+        (
+            json!({ "id": "veh-a", "public_key": pk, "ecus": ecus }),
+            409,
+            "id",
+        ),
+        (
+            json!({ "id": "veh/../x", "public_key": pk, "ecus": ecus }),
+            422,
+            "id",
+        ),
+        (
+            json!({ "id": "veh-c", "public_key": "zz", "ecus": ecus }),
+            422,
+            "public_key",
+        ),
+        (
+            json!({ "id": "veh-c", "public_key": "00".repeat(32), "ecus": ecus }),
+            422,
+            "public_key",
+        ),
+        (
+            json!({ "id": "veh-c", "public_key": pk, "ecus": [] }),
+            422,
+            "ecus",
+        ),
+        (
+            json!({ "id": "veh-c", "public_key": pk, "ecus": [{ "ecu": "m", "hardware_id": "a" }, { "ecu": "m", "hardware_id": "b" }] }),
+            422,
+            "ecus[1].ecu",
+        ),
+        (
+            json!({ "id": "veh-c", "public_key": pk, "ecus": ecus, "vin": "WVW123" }),
+            422,
+            "vin",
+        ),
     ];
     for (request, status, field) in cases {
-        let (got, problem) = app.post("/api/v1/vehicles", &app.admin_token, &request).await;
+        let (got, problem) = app
+            .post("/api/v1/vehicles", &app.admin_token, &request)
+            .await;
         assert_eq!(got, status, "{request}: {problem}");
         if status == 422 {
             assert_eq!(problem["errors"][0]["field"], field, "{problem}");
@@ -231,17 +488,27 @@ async fn vehicles(backend: Backend) {
 both_backends!(vehicles_register_list_get_and_bad_input, vehicles);
 
 async fn rollouts(backend: Backend) {
-    let Some(app) = app(backend, Options::default()).await else { return };
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
     let key = device_key();
     app.register_vehicle("veh-r1", &key, "hw-a", &[]).await;
-    let (_, release, rollout) = app.release_and_rollout("hw-a", json!([{ "name": "all", "percent": 100 }])).await;
+    let (_, release, rollout) = app
+        .release_and_rollout("hw-a", json!([{ "name": "all", "percent": 100 }]))
+        .await;
     let id = rollout["id"].as_str().unwrap().to_owned();
     assert_eq!(rollout["state"], "draft");
     let act = |action: &'static str| {
         let path = format!("/api/v1/rollouts/{id}/{action}");
         let app = &app;
         async move {
-            let response = app.http.post(app.url(&path)).bearer_auth(&app.rollout_token).send().await.unwrap();
+            let response = app
+                .http
+                .post(app.url(&path))
+                .bearer_auth(&app.rollout_token)
+                .send()
+                .await
+                .unwrap();
             crate::helpers::decode(response).await
         }
     };
@@ -255,34 +522,73 @@ async fn rollouts(backend: Backend) {
     // assignment of the release's image.
     let engine = &app.state;
     let bytes = signed_checkin(&key, &checkin("veh-r1", Some(("1.0.0", b"old")), 0));
-    let directive = engine.engine.handle_checkin("veh-r1", &bytes).await.expect("a registered vehicle's check-in is accepted");
+    let directive = engine
+        .engine
+        .handle_checkin("veh-r1", &bytes)
+        .await
+        .expect("a registered vehicle's check-in is accepted");
     let envelope = Envelope::parse(&directive).unwrap();
     let metadata: DirectorMetadata = parse_document(&envelope.payload).unwrap();
-    assert_eq!(metadata.assignments.len(), 1, "a vehicle in a 100% phase is assigned");
-    assert_eq!(metadata.assignments[0].image.name, release["images"][0]["name"].as_str().unwrap());
+    assert_eq!(
+        metadata.assignments.len(),
+        1,
+        "a vehicle in a 100% phase is assigned"
+    );
+    assert_eq!(
+        metadata.assignments[0].image.name,
+        release["images"][0]["name"].as_str().unwrap()
+    );
     let forged = signed_checkin(&device_key(), &checkin("veh-r1", None, 0));
-    assert!(engine.engine.handle_checkin("veh-r1", &forged).await.is_err(), "a check-in signed by another key is refused");
+    assert!(
+        engine
+            .engine
+            .handle_checkin("veh-r1", &forged)
+            .await
+            .is_err(),
+        "a check-in signed by another key is refused"
+    );
 
-    let (status, status_body) = app.get(&format!("/api/v1/rollouts/{id}/status"), &app.read_token).await;
+    let (status, status_body) = app
+        .get(&format!("/api/v1/rollouts/{id}/status"), &app.read_token)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(status_body["phases"][0]["assigned"], 1, "{status_body}");
     assert_eq!(status_body["phases"][0]["eligible"], 1);
     assert_eq!(status_body["rollout"]["breaker_state"], "closed");
     let (_, detail) = app.get("/api/v1/vehicles/veh-r1", &app.read_token).await;
-    assert_eq!(detail["deployments"][0]["status"], "assigned", "deployment history: {detail}");
+    assert_eq!(
+        detail["deployments"][0]["status"], "assigned",
+        "deployment history: {detail}"
+    );
     assert_eq!(detail["ecus"][0]["installed_version"], "1.0.0");
 
     assert_eq!(act("abort").await.1["state"], "aborted");
     let (_, detail) = app.get("/api/v1/vehicles/veh-r1", &app.read_token).await;
-    assert_eq!(detail["deployments"][0]["status"], "cancelled", "abort cancels vehicles not yet installing");
+    assert_eq!(
+        detail["deployments"][0]["status"], "cancelled",
+        "abort cancels vehicles not yet installing"
+    );
     assert_eq!(act("resume").await.0, 409);
     assert_eq!(act("rollback").await.1["state"], "rolled_back");
-    let (status, list) = app.get("/api/v1/rollouts?state=rolled_back", &app.read_token).await;
+    let (status, list) = app
+        .get("/api/v1/rollouts?state=rolled_back", &app.read_token)
+        .await;
     assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
-    let (status, _) = app.get("/api/v1/rollouts?state=bogus", &app.read_token).await;
+    let (status, _) = app
+        .get("/api/v1/rollouts?state=bogus", &app.read_token)
+        .await;
     assert_eq!(status, 422);
-    let (status, jobs) = app.get(&format!("/api/v1/delta-jobs?rollout_id={id}"), &app.read_token).await;
-    assert_eq!((status, jobs.as_array().map(Vec::len)), (200, Some(0)), "no source image bytes held: nothing to build");
+    let (status, jobs) = app
+        .get(
+            &format!("/api/v1/delta-jobs?rollout_id={id}"),
+            &app.read_token,
+        )
+        .await;
+    assert_eq!(
+        (status, jobs.as_array().map(Vec::len)),
+        (200, Some(0)),
+        "no source image bytes held: nothing to build"
+    );
 
     let base = json!({ "name": "bad", "release_id": release["id"], "phases": [{ "name": "a", "percent": 10 }] });
     let with = |patch: Value| {
@@ -294,55 +600,133 @@ async fn rollouts(backend: Backend) {
     };
     let cases: Vec<(Value, &str)> = vec![
         (with(json!({ "phases": [] })), "phases"),
-        (with(json!({ "phases": [{ "name": "a", "percent": 50 }, { "name": "b", "percent": 10 }] })), "phases[1].percent"),
-        (with(json!({ "phases": [{ "name": "a", "percent": 101 }] })), "phases[0].percent"),
-        (with(json!({ "rate_limit": { "maximum_per_minute": 0 } })), "rate_limit.maximum_per_minute"),
-        (with(json!({ "abort_criteria": { "threshold_percentage": 150 } })), "abort_criteria.threshold_percentage"),
-        (with(json!({ "abort_criteria": { "action": "explode" } })), "abort_criteria.action"),
-        (with(json!({ "maintenance_window": { "start_utc": "25:00", "end_utc": "01:00" } })), "maintenance_window.start_utc"),
-        (with(json!({ "release_id": "rel_0123456789abcdef" })), "release_id"),
+        (
+            with(
+                json!({ "phases": [{ "name": "a", "percent": 50 }, { "name": "b", "percent": 10 }] }),
+            ),
+            "phases[1].percent",
+        ),
+        (
+            with(json!({ "phases": [{ "name": "a", "percent": 101 }] })),
+            "phases[0].percent",
+        ),
+        (
+            with(json!({ "rate_limit": { "maximum_per_minute": 0 } })),
+            "rate_limit.maximum_per_minute",
+        ),
+        (
+            with(json!({ "abort_criteria": { "threshold_percentage": 150 } })),
+            "abort_criteria.threshold_percentage",
+        ),
+        (
+            with(json!({ "abort_criteria": { "action": "explode" } })),
+            "abort_criteria.action",
+        ),
+        (
+            with(json!({ "maintenance_window": { "start_utc": "25:00", "end_utc": "01:00" } })),
+            "maintenance_window.start_utc",
+        ),
+        (
+            with(json!({ "release_id": "rel_0123456789abcdef" })),
+            "release_id",
+        ),
         (with(json!({ "release_id": 7 })), "release_id"),
-        (with(json!({ "selector": { "colour": ["red"] } })), "selector.colour"),
+        (
+            with(json!({ "selector": { "colour": ["red"] } })),
+            "selector.colour",
+        ),
     ];
     for (body, field) in cases {
-        let (status, problem) = app.post("/api/v1/rollouts", &app.rollout_token, &body).await;
+        let (status, problem) = app
+            .post("/api/v1/rollouts", &app.rollout_token, &body)
+            .await;
         assert_eq!(status, 422, "{body}: {problem}");
         assert_eq!(problem["errors"][0]["field"], field, "{problem}");
     }
     let (status, _) = app.get("/api/v1/rollouts/ro_zz", &app.read_token).await;
     assert_eq!(status, 422);
-    let (status, _) = app.post("/api/v1/rollouts/ro_0123456789abcdef/start", &app.rollout_token, &json!({})).await;
+    let (status, _) = app
+        .post(
+            "/api/v1/rollouts/ro_0123456789abcdef/start",
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
     assert_eq!(status, 404);
 
     let (status, audit) = app.get("/api/v1/audit?limit=100", &app.admin_token).await;
     assert_eq!(status, 200);
-    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
-    for expected in ["rollout.create", "rollout.start", "rollout.pause", "rollout.resume", "rollout.abort", "rollout.rollback", "release.create", "image.upload", "vehicle.register"] {
-        assert!(actions.contains(&expected), "{expected} must be audited: {actions:?}");
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "rollout.create",
+        "rollout.start",
+        "rollout.pause",
+        "rollout.resume",
+        "rollout.abort",
+        "rollout.rollback",
+        "release.create",
+        "image.upload",
+        "vehicle.register",
+    ] {
+        assert!(
+            actions.contains(&expected),
+            "{expected} must be audited: {actions:?}"
+        );
     }
-    let start = audit.as_array().unwrap().iter().find(|a| a["action"] == "rollout.start").unwrap();
+    let start = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "rollout.start")
+        .unwrap();
     assert_eq!(start["actor"], "test-rollouts");
-    assert!(start["request_id"].as_str().is_some_and(|r| !r.is_empty()), "audit entries carry the request id");
+    assert!(
+        start["request_id"].as_str().is_some_and(|r| !r.is_empty()),
+        "audit entries carry the request id"
+    );
     app.stop().await;
 }
 both_backends!(rollouts_lifecycle_status_director_and_audit, rollouts);
 
 async fn blobs(backend: Backend) {
-    let Some(app) = app(backend, Options::default()).await else { return };
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
     let key = device_key();
     app.register_vehicle("veh-blob", &key, "hw-a", &[]).await;
     let bytes: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
     let image = app.upload("hw-a", "9.0.0", bytes.clone()).await;
     let path = format!("/v1/blobs/{}", image["sha256"].as_str().unwrap());
     let auth = || blob_auth_header("veh-blob", chrono::Utc::now().timestamp(), &key);
-    let full = app.http.get(app.url(&path)).header("authorization", auth()).send().await.unwrap();
+    let full = app
+        .http
+        .get(app.url(&path))
+        .header("authorization", auth())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(full.status().as_u16(), 200);
     let etag = full.headers()["etag"].to_str().unwrap().to_owned();
     assert_eq!(full.bytes().await.unwrap().to_vec(), bytes);
-    let part = app.http.get(app.url(&path)).header("authorization", auth()).header("range", "bytes=100-199").send().await.unwrap();
+    let part = app
+        .http
+        .get(app.url(&path))
+        .header("authorization", auth())
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(part.status().as_u16(), 206);
     assert_eq!(part.headers()["content-range"], "bytes 100-199/1000");
-    assert_eq!(part.bytes().await.unwrap().to_vec(), bytes[100..200].to_vec());
+    assert_eq!(
+        part.bytes().await.unwrap().to_vec(),
+        bytes[100..200].to_vec()
+    );
     let resumed = app
         .http
         .get(app.url(&path))
@@ -363,21 +747,51 @@ async fn blobs(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(stale.status().as_u16(), 200, "If-Range mismatch must send the whole blob");
-    let outside = app.http.get(app.url(&path)).header("authorization", auth()).header("range", "bytes=5000-").send().await.unwrap();
+    assert_eq!(
+        stale.status().as_u16(),
+        200,
+        "If-Range mismatch must send the whole blob"
+    );
+    let outside = app
+        .http
+        .get(app.url(&path))
+        .header("authorization", auth())
+        .header("range", "bytes=5000-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(outside.status().as_u16(), 416);
     assert_eq!(outside.headers()["content-range"], "bytes */1000");
-    let (status, _) = crate::helpers::decode(app.http.get(app.url(&path)).send().await.unwrap()).await;
+    let (status, _) =
+        crate::helpers::decode(app.http.get(app.url(&path)).send().await.unwrap()).await;
     assert_eq!(status, 401, "anonymous downloads are refused");
     let old = blob_auth_header("veh-blob", chrono::Utc::now().timestamp() - 3600, &key);
-    let (status, _) = crate::helpers::decode(app.http.get(app.url(&path)).header("authorization", old).send().await.unwrap()).await;
+    let (status, _) = crate::helpers::decode(
+        app.http
+            .get(app.url(&path))
+            .header("authorization", old)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 401, "stale vehicle credentials are refused");
     let forged = blob_auth_header("veh-blob", chrono::Utc::now().timestamp(), &device_key());
-    let (status, _) = crate::helpers::decode(app.http.get(app.url(&path)).header("authorization", forged).send().await.unwrap()).await;
+    let (status, _) = crate::helpers::decode(
+        app.http
+            .get(app.url(&path))
+            .header("authorization", forged)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 401, "a credential signed by another key is refused");
     let (status, _) = app.get(&path, &app.read_token).await;
     assert_eq!(status, 200, "operators with the read scope may download");
-    let (status, _) = app.get(&format!("/v1/blobs/{}", "0".repeat(64)), &app.read_token).await;
+    let (status, _) = app
+        .get(&format!("/v1/blobs/{}", "0".repeat(64)), &app.read_token)
+        .await;
     assert_eq!(status, 404);
     let (status, _) = app.get("/v1/blobs/XYZ", &app.read_token).await;
     assert_eq!(status, 422);

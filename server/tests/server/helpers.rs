@@ -3,7 +3,9 @@
 //! `require_service`, which fails under `CI=true` and skips with a message elsewhere.
 
 use ota_core::key::SigningKey;
-use ota_core::protocol::{sign_message, CheckIn, EcuReport, InstalledImage, TrustedVersions, PAYLOAD_TYPE_CHECKIN};
+use ota_core::protocol::{
+    sign_message, CheckIn, EcuReport, InstalledImage, TrustedVersions, PAYLOAD_TYPE_CHECKIN,
+};
 use ota_core::time::Timestamp;
 use ota_server::settings::Settings;
 use ota_server::startup::Application;
@@ -26,7 +28,11 @@ pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut bytes = [0u8; 4];
     getrandom::getrandom(&mut bytes).expect("random bytes");
-    format!("{prefix}{}{}", hex::encode(bytes), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}{}",
+        hex::encode(bytes),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn host_port(url: &str) -> String {
@@ -40,7 +46,11 @@ fn host_port(url: &str) -> String {
 pub async fn require_service(name: &str, url: &str) -> bool {
     let address = host_port(url);
     let reachable = matches!(
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&address)).await,
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&address)
+        )
+        .await,
         Ok(Ok(_))
     );
     if reachable {
@@ -49,7 +59,9 @@ pub async fn require_service(name: &str, url: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{name} is not reachable at {address} and CI=true: the service must be running");
     }
-    eprintln!("SKIPPING: {name} is not reachable at {address} (set CI=true to make this a failure)");
+    eprintln!(
+        "SKIPPING: {name} is not reachable at {address} (set CI=true to make this a failure)"
+    );
     false
 }
 
@@ -86,25 +98,40 @@ impl TestDatabase {
             .await
             .expect("creating a test database");
         let url = format!("{}/{name}", base.trim_end_matches('/'));
-        Some(TestDatabase { admin_url, name, url })
+        Some(TestDatabase {
+            admin_url,
+            name,
+            url,
+        })
     }
 
     pub async fn drop_now(&self) {
-        if let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(&self.admin_url).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .execute(&mut conn)
-                .await;
+        if let Ok(mut conn) =
+            <sqlx::AnyConnection as sqlx::Connection>::connect(&self.admin_url).await
+        {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
         }
     }
 }
 
 /// A store on a fresh database of the given backend (None = skipped, see above).
-pub async fn fresh_store(backend: Backend) -> Option<(Store, Option<TestDatabase>, tempfile::TempDir)> {
+pub async fn fresh_store(
+    backend: Backend,
+) -> Option<(Store, Option<TestDatabase>, tempfile::TempDir)> {
     let dir = tempfile::tempdir().expect("temp dir");
     match backend {
         Backend::Sqlite => {
             let url = format!("sqlite://{}", dir.path().join("ota.db").display());
-            Some((Store::connect(&url, 5).await.expect("sqlite store"), None, dir))
+            Some((
+                Store::connect(&url, 5).await.expect("sqlite store"),
+                None,
+                dir,
+            ))
         }
         Backend::Postgres => {
             let db = TestDatabase::create().await?;
@@ -137,7 +164,9 @@ pub struct Options {
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(Backend::Sqlite, Options::default()).await.expect("sqlite never skips")
+    spawn_app_with(Backend::Sqlite, Options::default())
+        .await
+        .expect("sqlite never skips")
 }
 
 pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestApp> {
@@ -176,14 +205,22 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
         settings.mqtt.share_group = unique("g");
         settings.mqtt.client_id = unique("ota-server-test-");
     }
-    let app = Application::build(settings).await.expect("application builds");
+    let app = Application::build(settings)
+        .await
+        .expect("application builds");
     let address = format!("http://{}", app.address());
     let store = app.state().store.clone();
     let state = app.state().clone();
     let system = Actor::system();
-    let (_, admin_token) = create_token(&store, &system, "test-admin", &[Scope::Admin]).await.expect("token");
-    let (_, read_token) = create_token(&store, &system, "test-reader", &[Scope::Read]).await.expect("token");
-    let (_, rollout_token) = create_token(&store, &system, "test-rollouts", &[Scope::RolloutWrite]).await.expect("token");
+    let (_, admin_token) = create_token(&store, &system, "test-admin", &[Scope::Admin])
+        .await
+        .expect("token");
+    let (_, read_token) = create_token(&store, &system, "test-reader", &[Scope::Read])
+        .await
+        .expect("token");
+    let (_, rollout_token) = create_token(&store, &system, "test-rollouts", &[Scope::RolloutWrite])
+        .await
+        .expect("token");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
@@ -214,7 +251,10 @@ impl TestApp {
         }
         if let Some(server) = self.server.take() {
             let result = tokio::time::timeout(Duration::from_secs(30), server).await;
-            assert!(matches!(result, Ok(Ok(Ok(())))), "server must shut down cleanly: {result:?}");
+            assert!(
+                matches!(result, Ok(Ok(Ok(())))),
+                "server must shut down cleanly: {result:?}"
+            );
         }
         if let Some(db) = &self.database {
             db.drop_now().await;
@@ -222,16 +262,35 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        let response = self.http.get(self.url(path)).bearer_auth(token).send().await.expect("request");
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
         decode(response).await
     }
 
     pub async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
-        let response = self.http.post(self.url(path)).bearer_auth(token).json(body).send().await.expect("request");
+        let response = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request");
         decode(response).await
     }
 
-    pub async fn post_raw(&self, path: &str, token: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
         let response = self
             .http
             .post(self.url(path))
@@ -257,20 +316,38 @@ impl TestApp {
         body
     }
 
-    pub async fn register_vehicle(&self, id: &str, key: &SigningKey, hardware_id: &str, tags: &[&str]) -> Value {
+    pub async fn register_vehicle(
+        &self,
+        id: &str,
+        key: &SigningKey,
+        hardware_id: &str,
+        tags: &[&str],
+    ) -> Value {
         let body = serde_json::json!({
             "id": id, "public_key": key.public_key().to_hex(),
             "ecus": [{ "ecu": "main", "hardware_id": hardware_id }], "tags": tags,
         });
-        let (status, body) = self.post("/api/v1/vehicles", &self.admin_token, &body).await;
+        let (status, body) = self
+            .post("/api/v1/vehicles", &self.admin_token, &body)
+            .await;
         assert_eq!(status, 201, "registering must succeed: {body}");
         body
     }
 
     /// Uploads one image, creates a server-signed release and a draft rollout of it.
-    pub async fn release_and_rollout(&self, hardware_id: &str, phases: Value) -> (Value, Value, Value) {
+    pub async fn release_and_rollout(
+        &self,
+        hardware_id: &str,
+        phases: Value,
+    ) -> (Value, Value, Value) {
         let version = unique("2.0.");
-        let image = self.upload(hardware_id, &version, b"new firmware image bytes".repeat(100)).await;
+        let image = self
+            .upload(
+                hardware_id,
+                &version,
+                b"new firmware image bytes".repeat(100),
+            )
+            .await;
         let (status, release) = self
             .post(
                 "/api/v1/releases",
@@ -302,9 +379,13 @@ pub async fn decode(response: reqwest::Response) -> (u16, Value) {
         .to_owned();
     let bytes = response.bytes().await.expect("body");
     if status >= 400 {
-        assert_eq!(content_type, "application/problem+json", "error {status} must be problem+json: {bytes:?}");
+        assert_eq!(
+            content_type, "application/problem+json",
+            "error {status} must be problem+json: {bytes:?}"
+        );
     }
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, value)
 }
 
@@ -314,7 +395,11 @@ pub fn device_key() -> SigningKey {
     SigningKey::from_seed(&seed)
 }
 
-pub fn checkin(vehicle_id: &str, installed: Option<(&str, &[u8])>, director_version: u64) -> CheckIn {
+pub fn checkin(
+    vehicle_id: &str,
+    installed: Option<(&str, &[u8])>,
+    director_version: u64,
+) -> CheckIn {
     CheckIn {
         vehicle_id: vehicle_id.to_owned(),
         nonce: unique("n"),

@@ -5,7 +5,11 @@ use crate::helpers::{device_key, spawn_app};
 use serde_json::Value;
 use std::process::Command;
 
-fn otactl(app: &crate::helpers::TestApp, config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+fn otactl(
+    app: &crate::helpers::TestApp,
+    config: &std::path::Path,
+    args: &[&str],
+) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_otactl"))
         .args(args)
         .env("OTACTL_CONFIG", config)
@@ -26,47 +30,132 @@ fn json_of(args: &[&str], run: impl Fn(&[&str]) -> (bool, String, String)) -> Va
     with_json.extend_from_slice(args);
     let (ok, stdout, stderr) = run(&with_json);
     assert!(ok, "otactl {args:?} failed: {stderr}");
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("otactl {args:?} printed non-JSON ({e}): {stdout}"))
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("otactl {args:?} printed non-JSON ({e}): {stdout}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otactl_drives_release_rollout_pause_resume() {
     let app = spawn_app().await;
     let config = app.dir.path().join("otactl.toml");
-    std::fs::write(&config, format!("url = \"{}\"\ntoken = \"{}\"\n", app.address, app.admin_token)).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"{}\"\ntoken = \"{}\"\n",
+            app.address, app.admin_token
+        ),
+    )
+    .unwrap();
     let image_file = app.dir.path().join("fw.bin");
     std::fs::write(&image_file, b"firmware 3.0".repeat(50)).unwrap();
     let run = |args: &[&str]| otactl(&app, &config, args);
 
     // Blocking child processes: keep them off the async workers.
-    let (image, release, vehicle, rollout, paused, resumed, status, table, watch, bad) = tokio::task::block_in_place(|| {
-        let image = json_of(&["image", "upload", image_file.to_str().unwrap(), "--hardware-id", "hw-c", "--version", "3.0.0"], run);
-        let image_id = image["id"].as_str().unwrap().to_owned();
-        // Offline signing: otactl signs the targets metadata with the targets key itself.
-        let key = app.dir.path().join("dev-keys/targets.key.json");
-        let release = json_of(
-            &["release", "create", "--name", "r3", "--version", "3.0.0", "--security-version", "3", "--image", &image_id, "--sign-key", key.to_str().unwrap()],
-            run,
-        );
-        let public = device_key().public_key().to_hex();
-        let vehicle = json_of(&["vehicle", "register", "--id", "veh-ctl", "--public-key", &public, "--ecu", "main=hw-c", "--tag", "fleet-a"], run);
-        let release_id = release["id"].as_str().unwrap().to_owned();
-        let rollout = json_of(
-            &["rollout", "create", "--name", "r3-canary", "--release", &release_id, "--phase", "canary:10:0:90", "--phase", "all:100", "--max-per-minute", "50", "--tag", "fleet-a"],
-            run,
-        );
-        let id = rollout["id"].as_str().unwrap().to_owned();
-        json_of(&["rollout", "start", &id], run);
-        let paused = json_of(&["rollout", "pause", &id], run);
-        let resumed = json_of(&["rollout", "resume", &id], run);
-        let status = json_of(&["rollout", "status", &id], run);
-        let table = run(&["rollout", "status", &id]);
-        let watch = run(&["rollout", "status", &id, "--watch", "--updates", "2", "--interval", "1"]);
-        let bad = run(&["rollout", "create", "--name", "x", "--release", &release_id, "--phase", "a:500"]);
-        (image, release, vehicle, rollout, paused, resumed, status, table, watch, bad)
-    });
+    let (image, release, vehicle, rollout, paused, resumed, status, table, watch, bad) =
+        tokio::task::block_in_place(|| {
+            let image = json_of(
+                &[
+                    "image",
+                    "upload",
+                    image_file.to_str().unwrap(),
+                    "--hardware-id",
+                    "hw-c",
+                    "--version",
+                    "3.0.0",
+                ],
+                run,
+            );
+            let image_id = image["id"].as_str().unwrap().to_owned();
+            // Offline signing: otactl signs the targets metadata with the targets key itself.
+            let key = app.dir.path().join("dev-keys/targets.key.json");
+            let release = json_of(
+                &[
+                    "release",
+                    "create",
+                    "--name",
+                    "r3",
+                    "--version",
+                    "3.0.0",
+                    "--security-version",
+                    "3",
+                    "--image",
+                    &image_id,
+                    "--sign-key",
+                    key.to_str().unwrap(),
+                ],
+                run,
+            );
+            let public = device_key().public_key().to_hex();
+            let vehicle = json_of(
+                &[
+                    "vehicle",
+                    "register",
+                    "--id",
+                    "veh-ctl",
+                    "--public-key",
+                    &public,
+                    "--ecu",
+                    "main=hw-c",
+                    "--tag",
+                    "fleet-a",
+                ],
+                run,
+            );
+            let release_id = release["id"].as_str().unwrap().to_owned();
+            let rollout = json_of(
+                &[
+                    "rollout",
+                    "create",
+                    "--name",
+                    "r3-canary",
+                    "--release",
+                    &release_id,
+                    "--phase",
+                    "canary:10:0:90",
+                    "--phase",
+                    "all:100",
+                    "--max-per-minute",
+                    "50",
+                    "--tag",
+                    "fleet-a",
+                ],
+                run,
+            );
+            let id = rollout["id"].as_str().unwrap().to_owned();
+            json_of(&["rollout", "start", &id], run);
+            let paused = json_of(&["rollout", "pause", &id], run);
+            let resumed = json_of(&["rollout", "resume", &id], run);
+            let status = json_of(&["rollout", "status", &id], run);
+            let table = run(&["rollout", "status", &id]);
+            let watch = run(&[
+                "rollout",
+                "status",
+                &id,
+                "--watch",
+                "--updates",
+                "2",
+                "--interval",
+                "1",
+            ]);
+            let bad = run(&[
+                "rollout",
+                "create",
+                "--name",
+                "x",
+                "--release",
+                &release_id,
+                "--phase",
+                "a:500",
+            ]);
+            (
+                image, release, vehicle, rollout, paused, resumed, status, table, watch, bad,
+            )
+        });
     assert_eq!(image["hardware_id"], "hw-c");
-    assert_eq!(release["signed_by"], "offline", "otactl signed the targets metadata");
+    assert_eq!(
+        release["signed_by"], "offline",
+        "otactl signed the targets metadata"
+    );
     assert_eq!(vehicle["tags"][0], "fleet-a");
     assert_eq!(rollout["spec"]["rate_limit"]["maximum_per_minute"], 50);
     assert_eq!(paused["state"], "paused");
@@ -74,14 +163,33 @@ async fn otactl_drives_release_rollout_pause_resume() {
     assert_eq!(status["phases"].as_array().unwrap().len(), 2);
     assert_eq!(status["rollout"]["state"], "running");
     let (ok, table, _) = table;
-    assert!(ok && table.contains("PHASE") && table.contains("canary") && table.contains("state: running"), "human table:\n{table}");
+    assert!(
+        ok && table.contains("PHASE")
+            && table.contains("canary")
+            && table.contains("state: running"),
+        "human table:\n{table}"
+    );
     let (ok, watch, _) = watch;
-    assert!(ok && watch.matches("\x1b[2J").count() == 2, "--watch redraws each update:\n{watch}");
+    assert!(
+        ok && watch.matches("\x1b[2J").count() == 2,
+        "--watch redraws each update:\n{watch}"
+    );
     let (ok, _, stderr) = bad;
-    assert!(!ok && stderr.contains("phases[0].percent"), "errors name the field: {stderr}");
+    assert!(
+        !ok && stderr.contains("phases[0].percent"),
+        "errors name the field: {stderr}"
+    );
 
     let (_, audit) = app.get("/api/v1/audit?limit=100", &app.admin_token).await;
-    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
-    assert!(actions.contains(&"rollout.pause") && actions.contains(&"rollout.resume"), "{actions:?}");
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"rollout.pause") && actions.contains(&"rollout.resume"),
+        "{actions:?}"
+    );
     app.stop().await;
 }
