@@ -798,3 +798,91 @@ async fn blobs(backend: Backend) {
     app.stop().await;
 }
 both_backends!(blobs_range_if_range_and_vehicle_credentials, blobs);
+
+#[tokio::test]
+async fn readyz_reports_an_unreachable_broker() {
+    // Port 9 (discard) on localhost is closed on test machines: the broker is unreachable.
+    let options = Options {
+        mqtt_url_unchecked: Some("mqtt://127.0.0.1:9".to_owned()),
+        ..Options::default()
+    };
+    let app = spawn_app_with(Backend::Sqlite, options).await.unwrap();
+    let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        503,
+        "not ready without the broker"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (body["broker"].as_str(), body["database"].as_str()),
+        (Some("unreachable"), Some("ok"))
+    );
+    app.stop().await;
+}
+
+async fn delta_jobs(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let key = device_key();
+    app.register_vehicle("veh-d", &key, "hw-d", &[]).await;
+    let old = b"old firmware".repeat(20);
+    app.upload("hw-d", "1.0.0", old.clone()).await;
+    // The vehicle reports the old image installed; the server holds its bytes.
+    let c = signed_checkin(&key, &checkin("veh-d", Some(("1.0.0", &old)), 0));
+    app.state.engine.handle_checkin("veh-d", &c).await.unwrap();
+    let (_, _, rollout) = app
+        .release_and_rollout("hw-d", json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let id = rollout["id"].as_str().unwrap();
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/start"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, again) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/pause"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(again["state"], "paused");
+    let mut jobs = Value::Null;
+    for _ in 0..100 {
+        let (_, list) = app
+            .get(
+                &format!("/api/v1/delta-jobs?rollout_id={id}"),
+                &app.read_token,
+            )
+            .await;
+        if list[0]["status"] == "failed" {
+            jobs = list;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        jobs.as_array().map(Vec::len),
+        Some(1),
+        "one build per installed source version: {jobs}"
+    );
+    assert_eq!(jobs[0]["source_sha256"], Sha256Digest::of(&old).to_hex());
+    assert!(
+        jobs[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no delta engine"),
+        "without the delta engine linked, the job fails saying so: {jobs}"
+    );
+    let (_, status) = app
+        .get(&format!("/api/v1/rollouts/{id}/status"), &app.read_token)
+        .await;
+    assert_eq!(status["delta_jobs"]["failed"], 1);
+    app.stop().await;
+}
+both_backends!(delta_jobs_are_enqueued_on_start_and_visible, delta_jobs);

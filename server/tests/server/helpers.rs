@@ -159,6 +159,8 @@ pub struct TestApp {
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub mqtt: bool,
+    /// A broker URL used as is, without checking reachability (for failure tests).
+    pub mqtt_url_unchecked: Option<String>,
     pub max_image_bytes: Option<u64>,
     pub max_json_bytes: Option<usize>,
 }
@@ -203,6 +205,10 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
         // A share group and client id of its own: tests run in parallel against one
         // broker, and each server must receive every check-in meant for it.
         settings.mqtt.share_group = unique("g");
+        settings.mqtt.client_id = unique("ota-server-test-");
+    }
+    if let Some(url) = options.mqtt_url_unchecked {
+        settings.mqtt.url = Some(url);
         settings.mqtt.client_id = unique("ota-server-test-");
     }
     let app = Application::build(settings)

@@ -193,3 +193,55 @@ async fn otactl_drives_release_rollout_pause_resume() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ota_server_tokens_create_makes_a_working_scoped_token() {
+    let app = spawn_app().await;
+    let output = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_ota-server"))
+            .args([
+                "tokens", "create", "--name", "ci-bot", "--scope", "read", "--json",
+            ])
+            .env("OTA_DATA_DIR", app.dir.path())
+            .env_remove("OTA_CONFIG")
+            .output()
+            .expect("running ota-server")
+    });
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let created: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let token = created["token"].as_str().unwrap();
+    let (status, _) = app.get("/api/v1/rollouts", token).await;
+    assert_eq!(status, 200, "the new token reads");
+    let (status, _) = app
+        .post("/api/v1/rollouts", token, &serde_json::json!({}))
+        .await;
+    assert_eq!(status, 403, "but has only the read scope");
+    let bad = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_ota-server"))
+            .args(["tokens", "create", "--name", "x", "--scope", "root"])
+            .env("OTA_DATA_DIR", app.dir.path())
+            .output()
+            .unwrap()
+    });
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown scope")
+    );
+    let bad_config = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_ota-server"))
+            .args(["tokens", "create", "--name", "x", "--scope", "read"])
+            .env("OTA_DATA_DIR", app.dir.path())
+            .env("OTA_DATABASE_MAX_CONNECTIONS", "lots")
+            .output()
+            .unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&bad_config.stderr);
+    assert!(
+        !bad_config.status.success() && stderr.contains("DATABASE_MAX_CONNECTIONS"),
+        "bad settings are named: {stderr}"
+    );
+    app.stop().await;
+}
