@@ -175,38 +175,42 @@ async fn problem_for_405(request: Request, next: Next) -> Response {
 
 /// The full application: routes, fallback, and the tower layers for request ids,
 /// tracing, timeouts, body limits, concurrency limiting with load shedding, metrics.
+///
+/// The request-id, trace, load-shed, concurrency-limit and timeout layers wrap the whole
+/// router as one service: `Router::layer` would give every route its own copy, and so
+/// its own concurrency budget, which is not a server-wide limit.
 pub fn app(state: AppState) -> Router {
     let limits = state.settings.limits.clone();
     let request_id = HeaderName::from_static("x-request-id");
     let json_limit = limits.max_json_bytes;
-    routes()
+    let router = routes()
         .router
         .fallback(no_route)
         .layer(axum::middleware::from_fn(problem_for_405))
         .layer(axum::middleware::from_fn(record_metrics))
         .layer(DefaultBodyLimit::max(json_limit))
-        .layer(axum::middleware::from_fn(move |mut request: Request, next: Next| async move {
-            request.extensions_mut().insert(JsonLimit(json_limit));
-            next.run(request).await
+        .layer(axum::middleware::from_fn(
+            move |mut request: Request, next: Next| async move {
+                request.extensions_mut().insert(JsonLimit(json_limit));
+                next.run(request).await
+            },
+        ))
+        .with_state(state);
+    let service = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %id)
         }))
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                        let id = request
-                            .headers()
-                            .get("x-request-id")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("-");
-                        tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %id)
-                    }),
-                )
-                .layer(PropagateRequestIdLayer::new(request_id))
-                .layer(HandleErrorLayer::new(overloaded))
-                .load_shed()
-                .concurrency_limit(limits.max_concurrent_requests)
-                .timeout(Duration::from_secs(limits.request_timeout_seconds)),
-        )
-        .with_state(state)
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(HandleErrorLayer::new(overloaded))
+        .load_shed()
+        .concurrency_limit(limits.max_concurrent_requests)
+        .timeout(Duration::from_secs(limits.request_timeout_seconds))
+        .service(router);
+    Router::new().fallback_service(service)
 }

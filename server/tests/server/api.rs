@@ -886,3 +886,175 @@ async fn delta_jobs(backend: Backend) {
     app.stop().await;
 }
 both_backends!(delta_jobs_are_enqueued_on_start_and_visible, delta_jobs);
+
+#[tokio::test]
+async fn garbage_bodies_never_cause_a_server_error() {
+    let app = spawn_app().await;
+    let bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("application/json", b"".to_vec()),
+        ("application/json", b"null".to_vec()),
+        ("application/json", b"[]".to_vec()),
+        ("application/json", b"\"text\"".to_vec()),
+        ("application/json", b"{\"name\": 1e999}".to_vec()),
+        ("application/json", "[".repeat(10_000).into_bytes()),
+        ("application/json", b"{\"name\": \"\\ud800\"}".to_vec()),
+        ("application/json", vec![0xff, 0xfe, 0x00]),
+        ("application/json", b"{} {}".to_vec()),
+        (
+            "application/json; charset=utf-8",
+            b"{\"phases\": [{\"percent\": -1}]}".to_vec(),
+        ),
+        ("application/x-www-form-urlencoded", b"a=b".to_vec()),
+        ("application/octet-stream", b"\x00\x01".to_vec()),
+    ];
+    let targets = [
+        "/api/v1/releases",
+        "/api/v1/vehicles",
+        "/api/v1/rollouts",
+        "/api/v1/images?hardware_id=a&version=1",
+        "/api/v1/rollouts/ro_0123456789abcdef/start",
+    ];
+    for target in targets {
+        for (content_type, body) in &bodies {
+            let response = app
+                .http
+                .post(app.url(target))
+                .bearer_auth(&app.admin_token)
+                .header("content-type", *content_type)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let is_upload =
+                target.starts_with("/api/v1/images") && *content_type == "application/octet-stream";
+            assert!(
+                (400..500).contains(&status) || (is_upload && status == 201),
+                "{target} with {content_type} {:?}: got {status}",
+                String::from_utf8_lossy(&body[..body.len().min(40)])
+            );
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limit_sheds_load_with_503() {
+    let options = Options {
+        max_concurrent_requests: Some(1),
+        ..Options::default()
+    };
+    let app = spawn_app_with(Backend::Sqlite, options).await.unwrap();
+    // Hold the only slot with an upload whose body never finishes.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"start".to_vec())).await.unwrap();
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let held = app
+        .http
+        .post(app.url("/api/v1/images?hardware_id=a&version=1"))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send();
+    let held = tokio::spawn(held);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, problem) = app.get("/api/v1/images", &app.read_token).await;
+    assert_eq!(
+        status, 503,
+        "a second request beyond the limit is shed, not queued: {problem}"
+    );
+    drop(tx);
+    let finished = held.await.unwrap().unwrap();
+    assert_eq!(
+        finished.status().as_u16(),
+        201,
+        "the held upload completes once its body ends"
+    );
+    let (status, _) = app.get("/api/v1/images", &app.read_token).await;
+    assert_eq!(
+        status, 200,
+        "capacity is back after the slow request finished"
+    );
+    app.stop().await;
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn rate_limit_and_phases(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let keys: Vec<_> = (0..3).map(|_| device_key()).collect();
+    for (i, key) in keys.iter().enumerate() {
+        app.register_vehicle(&format!("veh-p{i}"), key, "hw-p", &[])
+            .await;
+    }
+    // Phase 0 admits (practically) nobody and needs no soak: the engine's tick must
+    // advance to phase 1 (100%) on its own. Then the rate limit of 1 per minute lets
+    // exactly one of the three vehicles start.
+    let image = app.upload("hw-p", "5.0.0", b"p".repeat(64)).await;
+    let (_, release) = app
+        .post("/api/v1/releases", &app.admin_token, &json!({ "name": "rp", "version": "5.0.0", "security_version": 5, "images": [image["id"]] }))
+        .await;
+    let (status, rollout) = app
+        .post(
+            "/api/v1/rollouts",
+            &app.rollout_token,
+            &json!({ "name": "rp", "release_id": release["id"],
+                     "phases": [{ "name": "tiny", "percent": 0.001 }, { "name": "all", "percent": 100 }],
+                     "rate_limit": { "maximum_per_minute": 1 } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let id = rollout["id"].as_str().unwrap();
+    app.post(
+        &format!("/api/v1/rollouts/{id}/start"),
+        &app.rollout_token,
+        &json!({}),
+    )
+    .await;
+    let mut phase = Value::Null;
+    for _ in 0..50 {
+        let (_, r) = app
+            .get(&format!("/api/v1/rollouts/{id}"), &app.read_token)
+            .await;
+        if r["current_phase"] == 1 {
+            phase = r["current_phase"].clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(phase, 1, "an empty, soaked phase advances by itself");
+    let mut assigned = 0;
+    for (i, key) in keys.iter().enumerate() {
+        let vid = format!("veh-p{i}");
+        let directive = app
+            .state
+            .engine
+            .handle_checkin(&vid, &signed_checkin(key, &checkin(&vid, None, 0)))
+            .await
+            .unwrap();
+        let metadata: DirectorMetadata =
+            parse_document(&Envelope::parse(&directive).unwrap().payload).unwrap();
+        assigned += metadata.assignments.len();
+    }
+    assert_eq!(
+        assigned, 1,
+        "maximum_per_minute = 1 admits one vehicle per minute"
+    );
+    let (_, audit) = app.get("/api/v1/audit?limit=20", &app.admin_token).await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "rollout.phase_advance"),
+        "phase advances are audited"
+    );
+    app.stop().await;
+}
+both_backends!(phases_advance_and_rate_limit_holds, rate_limit_and_phases);

@@ -163,6 +163,7 @@ pub struct Options {
     pub mqtt_url_unchecked: Option<String>,
     pub max_image_bytes: Option<u64>,
     pub max_json_bytes: Option<usize>,
+    pub max_concurrent_requests: Option<usize>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -182,6 +183,9 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     settings.director.poll_seconds = 30;
     if let Some(max) = options.max_image_bytes {
         settings.limits.max_image_bytes = max;
+    }
+    if let Some(max) = options.max_concurrent_requests {
+        settings.limits.max_concurrent_requests = max;
     }
     if let Some(max) = options.max_json_bytes {
         settings.limits.max_json_bytes = max;

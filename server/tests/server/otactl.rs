@@ -245,3 +245,64 @@ async fn ota_server_tokens_create_makes_a_working_scoped_token() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ota_server_serve_starts_with_defaults_and_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ota-server"))
+        .arg("serve")
+        .env("OTA_DATA_DIR", dir.path())
+        .env("OTA_LISTEN", format!("127.0.0.1:{port}"))
+        .env("OTA_LOG__FORMAT", "json")
+        .env_remove("OTA_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut healthy = false;
+    for _ in 0..100 {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+        {
+            healthy = r.status().is_success();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(healthy, "the server must answer /healthz");
+    assert!(
+        dir.path().join("dev-keys/root.json").exists(),
+        "dev keys are generated on first start"
+    );
+    assert!(
+        dir.path().join("ota.db").exists(),
+        "the embedded SQLite database is created"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    assert!(
+        output.status.success(),
+        "SIGTERM must shut down cleanly: {output:?}"
+    );
+    let logs = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        logs.contains("\"message\":\"stopped\""),
+        "JSON logs record the clean stop: {logs}"
+    );
+    assert!(
+        logs.contains("EPHEMERAL DEVELOPMENT key set"),
+        "dev keys are announced loudly: {logs}"
+    );
+}
