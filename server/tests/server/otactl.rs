@@ -254,7 +254,7 @@ async fn ota_server_serve_starts_with_defaults_and_stops_gracefully_on_sigterm()
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ota-server"))
+    let child = Command::new(env!("CARGO_BIN_EXE_ota-server"))
         .arg("serve")
         .env("OTA_DATA_DIR", dir.path())
         .env("OTA_LISTEN", format!("127.0.0.1:{port}"))
