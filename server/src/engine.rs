@@ -49,6 +49,11 @@ pub enum Rejected {
     Message(#[from] MessageError),
     #[error("deployment {0:?} is not this vehicle's")]
     UnknownDeployment(String),
+    #[error("message sent at {sent_at}, more than {window_seconds} s from the server's clock")]
+    Stale {
+        sent_at: Timestamp,
+        window_seconds: i64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -61,6 +66,7 @@ impl Rejected {
             Rejected::Message(MessageError::BadSignature) => "bad_signature",
             Rejected::Message(_) => "malformed",
             Rejected::UnknownDeployment(_) => "unknown_deployment",
+            Rejected::Stale { .. } => "stale",
             Rejected::Store(_) => "store_error",
         }
     }
@@ -303,6 +309,16 @@ impl Engine {
         Self::check_topic(topic_vehicle, bytes)?;
         let (vehicle, key) = self.vehicle_key(topic_vehicle).await?;
         let checkin: CheckIn = open_message(bytes, PAYLOAD_TYPE_CHECKIN, &key)?;
+        // A captured check-in replayed much later must not move the vehicle's recorded
+        // state backwards; the window matches the directive lifetime.
+        let window_seconds = self.inner.settings.director.expiry_seconds;
+        if (checkin.sent_at.unix_seconds() - now_timestamp().unix_seconds()).abs() > window_seconds
+        {
+            return Err(Rejected::Stale {
+                sent_at: checkin.sent_at,
+                window_seconds,
+            });
+        }
         if checkin.vehicle_id != vehicle.id {
             return Err(Rejected::TopicMismatch {
                 topic: vehicle.id,

@@ -547,6 +547,29 @@ async fn rollouts(backend: Backend) {
             .is_err(),
         "a check-in signed by another key is refused"
     );
+    let mut replayed = checkin("veh-r1", None, 0);
+    replayed.sent_at = replayed.sent_at.plus_seconds(-3600);
+    let rejected = engine
+        .engine
+        .handle_checkin("veh-r1", &signed_checkin(&key, &replayed))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rejected.label(),
+        "stale",
+        "an hour-old check-in is a replay: {rejected}"
+    );
+    let other_topic = signed_checkin(&key, &checkin("veh-r1", None, 0));
+    let rejected = engine
+        .engine
+        .handle_checkin("veh-other", &other_topic)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rejected.label(),
+        "topic_mismatch",
+        "a check-in for another vehicle's topic: {rejected}"
+    );
 
     let (status, status_body) = app
         .get(&format!("/api/v1/rollouts/{id}/status"), &app.read_token)
