@@ -99,6 +99,10 @@ pub struct ExistingDeployment {
     pub deployment_id: String,
     pub ecu: String,
     pub status: DeploymentStatus,
+    /// How many times it has been handed out (retry policy).
+    pub attempts: u32,
+    /// When its status last changed (retry backoff).
+    pub updated_unix_seconds: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +163,8 @@ pub struct NewDeployment {
     pub deployment_id: String,
     pub ecu: String,
     pub from_sha256: Option<Sha256Digest>,
+    /// A failed deployment handed out again under the retry policy (same id).
+    pub retry: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +268,7 @@ fn decide_one(
     // Deployments already handed out keep being re-sent until they finish, even while the
     // rollout is paused: pausing stops new vehicles, it does not strand ones mid-update
     // (as AWS IoT Jobs' pause does). Abort and rollback stop them through `cancel`.
+    let mut retries: BTreeMap<&str, &str> = BTreeMap::new();
     if !rollout.existing.is_empty() {
         let in_flight: Vec<Assignment> = targeted
             .iter()
@@ -273,20 +280,40 @@ fn decide_one(
                     .map(|d| assignment_for(rollout, input, ecu, target, d.deployment_id.clone()))
             })
             .collect();
-        if in_flight.is_empty() {
+        if !in_flight.is_empty() {
+            return Ok(Directive::Assign {
+                rollout_id: rollout.id.clone(),
+                phase: rollout.current_phase,
+                assignments: in_flight,
+                new_deployments: Vec::new(),
+                next_poll_seconds: input.poll_seconds,
+            });
+        }
+        // Failed deployments go out again while the retry policy allows, after its
+        // backoff, through the same admission checks as a new vehicle.
+        let retry = &rollout.spec.retry;
+        for d in &rollout.existing {
+            let due = d
+                .updated_unix_seconds
+                .saturating_add(retry.backoff_seconds as i64)
+                <= input.now_unix_seconds;
+            if d.status == DeploymentStatus::Failed && d.attempts < retry.max_attempts && due {
+                retries.insert(d.ecu.as_str(), d.deployment_id.as_str());
+            }
+        }
+        if retries.is_empty() {
             return Err(NothingReason::AlreadyFinished);
         }
-        return Ok(Directive::Assign {
-            rollout_id: rollout.id.clone(),
-            phase: rollout.current_phase,
-            assignments: in_flight,
-            new_deployments: Vec::new(),
-            next_poll_seconds: input.poll_seconds,
-        });
     }
     let needed: Vec<(&EcuView, &TargetView)> = targeted
         .into_iter()
-        .filter(|(ecu, target)| ecu.installed.as_ref().map(|i| i.sha256) != Some(target.sha256))
+        .filter(|(ecu, target)| {
+            if rollout.existing.is_empty() {
+                ecu.installed.as_ref().map(|i| i.sha256) != Some(target.sha256)
+            } else {
+                retries.contains_key(ecu.ecu.as_str())
+            }
+        })
         .collect();
     if needed.is_empty() {
         return Err(NothingReason::UpToDate);
@@ -312,11 +339,15 @@ fn decide_one(
     let mut assignments = Vec::new();
     let mut new_deployments = Vec::new();
     for (ecu, target) in needed {
-        let id = deployment_id(&rollout.id, &vehicle.id, &ecu.ecu);
+        let retry = retries.get(ecu.ecu.as_str()).map(|id| (*id).to_owned());
+        let id = retry
+            .clone()
+            .unwrap_or_else(|| deployment_id(&rollout.id, &vehicle.id, &ecu.ecu));
         new_deployments.push(NewDeployment {
             deployment_id: id.clone(),
             ecu: ecu.ecu.clone(),
             from_sha256: ecu.installed.as_ref().map(|i| i.sha256),
+            retry: retry.is_some(),
         });
         assignments.push(assignment_for(rollout, input, ecu, target, id));
     }
@@ -501,6 +532,8 @@ mod tests {
             deployment_id: "d".into(),
             ecu: "main".into(),
             status: DeploymentStatus::Committed,
+            attempts: 1,
+            updated_unix_seconds: 0,
         }];
         let cases: Vec<(&str, &VehicleView, Vec<RolloutView>, Option<NothingReason>)> = vec![
             (
@@ -613,6 +646,8 @@ mod tests {
             deployment_id: "dep_x".into(),
             ecu: "main".into(),
             status: DeploymentStatus::Downloading,
+            attempts: 1,
+            updated_unix_seconds: 0,
         }];
         let Directive::Assign {
             assignments,
@@ -624,6 +659,70 @@ mod tests {
         };
         assert_eq!(assignments[0].deployment_id, "dep_x");
         assert!(new_deployments.is_empty());
+    }
+
+    #[test]
+    fn failed_deployments_are_retried_within_the_policy() {
+        let failed = |attempts: u32, updated: i64| ExistingDeployment {
+            deployment_id: "dep_f".into(),
+            ecu: "main".into(),
+            status: DeploymentStatus::Failed,
+            attempts,
+            updated_unix_seconds: updated,
+        };
+        let now = 12 * 3600;
+        let cases = [
+            // (attempts, max attempts, backoff, updated, retried?)
+            (1, 1, 0, 0, false),
+            (1, 2, 0, 0, true),
+            (2, 2, 0, 0, false),
+            (1, 3, 600, now - 599, false),
+            (1, 3, 600, now - 600, true),
+        ];
+        for (attempts, max, backoff, updated, retried) in cases {
+            let mut r = rollout(100.0);
+            r.spec.retry.max_attempts = max;
+            r.spec.retry.backoff_seconds = backoff;
+            r.existing = vec![failed(attempts, updated)];
+            let d = run(&vehicle("veh-1", Some(1)), &[r], &BTreeMap::new());
+            match d {
+                Directive::Assign {
+                    new_deployments, ..
+                } => {
+                    assert!(
+                        retried,
+                        "attempt {attempts}/{max}, backoff {backoff}: must not retry"
+                    );
+                    assert_eq!(
+                        (
+                            new_deployments[0].deployment_id.as_str(),
+                            new_deployments[0].retry
+                        ),
+                        ("dep_f", true)
+                    );
+                }
+                Directive::Nothing { reason, .. } => {
+                    assert!(
+                        !retried,
+                        "attempt {attempts}/{max}, backoff {backoff}: must retry"
+                    );
+                    assert_eq!(reason, NothingReason::AlreadyFinished);
+                }
+            }
+        }
+        let mut paused = rollout(100.0);
+        paused.state = RolloutState::Paused;
+        paused.spec.retry.max_attempts = 3;
+        paused.existing = vec![failed(1, 0)];
+        assert_eq!(
+            reason(&run(
+                &vehicle("veh-1", Some(1)),
+                &[paused],
+                &BTreeMap::new()
+            )),
+            Some(NothingReason::Paused),
+            "retries respect pause"
+        );
     }
 
     #[test]

@@ -429,6 +429,8 @@ impl Engine {
                         deployment_id: d.id.clone(),
                         ecu: d.ecu.clone(),
                         status: d.status,
+                        attempts: d.attempts,
+                        updated_unix_seconds: d.updated_ms / 1000,
                     })
                     .collect(),
                 spec: rollout.spec,

@@ -45,6 +45,9 @@ pub struct DeploymentRecord {
     pub ecu: String,
     pub phase: usize,
     pub status: DeploymentStatus,
+    pub attempts: u32,
+    #[serde(skip)]
+    pub updated_ms: i64,
     pub from_sha256: Option<String>,
     pub reason_code: Option<String>,
     pub assigned_at: String,
@@ -127,6 +130,8 @@ fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRecord, StoreError> {
         phase: row.try_get::<i64, _>("phase_index")?.max(0) as usize,
         status: DeploymentStatus::parse(&status)
             .ok_or_else(|| corrupt("deployment status", &status))?,
+        attempts: row.try_get::<i64, _>("attempts")?.clamp(0, u32::MAX as i64) as u32,
+        updated_ms: row.try_get("updated_ms")?,
         from_sha256: row.try_get("from_sha256")?,
         reason_code: row.try_get("reason_code")?,
         assigned_at: ms_to_rfc3339(row.try_get("assigned_ms")?),
@@ -383,7 +388,19 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.begin().await?;
-        for d in new {
+        for d in new.iter().filter(|d| d.retry) {
+            // A retry reuses the failed deployment: back to assigned, one more attempt,
+            // progress sequences start over (the agent numbers each attempt from 1).
+            sqlx::query(
+                "UPDATE deployments SET status = 'assigned', attempts = attempts + 1, last_sequence = 0, \
+                 reason_code = NULL, assigned_ms = $1, updated_ms = $1 WHERE id = $2 AND status = 'failed'",
+            )
+            .bind(now)
+            .bind(&d.deployment_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for d in new.iter().filter(|d| !d.retry) {
             sqlx::query(
                 "INSERT INTO deployments (id, rollout_id, vehicle_id, ecu, phase_index, status, from_sha256, \
                  assigned_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, 'assigned', $6, $7, $7) \

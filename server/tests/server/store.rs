@@ -223,6 +223,7 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
         deployment_id: "dep_1".into(),
         ecu: "main".into(),
         from_sha256: None,
+        retry: false,
     }];
     store
         .insert_deployments(&rollout.id, "veh-1", 0, &new)
@@ -263,6 +264,29 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
         .update_deployment("dep_1", "veh-1", DeploymentStatus::Failed, 2, Some("hash"))
         .await
         .unwrap());
+    let retry = [NewDeployment {
+        deployment_id: "dep_1".into(),
+        ecu: "main".into(),
+        from_sha256: None,
+        retry: true,
+    }];
+    store
+        .insert_deployments(&rollout.id, "veh-1", 0, &retry)
+        .await
+        .unwrap();
+    let again = &store.deployments_for_vehicle("veh-1").await.unwrap()[0];
+    assert_eq!(
+        (again.status, again.attempts),
+        (DeploymentStatus::Assigned, 2),
+        "a retry reuses the deployment"
+    );
+    assert!(
+        store
+            .update_deployment("dep_1", "veh-1", DeploymentStatus::Failed, 1, Some("hash"))
+            .await
+            .unwrap(),
+        "sequences restart per attempt"
+    );
     let counts = store.phase_counts(&rollout.id).await.unwrap();
     assert_eq!(counts[&0].failed, 1);
     assert_eq!(
