@@ -354,3 +354,34 @@ both_backends!(
     rollouts_deployments_and_delta_jobs,
     rollouts_deployments_and_jobs
 );
+
+async fn migrations_are_idempotent(backend: Backend) {
+    let Some((store, db, dir)) = fresh_store(backend).await else {
+        return;
+    };
+    store
+        .insert_image(&actor(), image("hw-m", "1.0"))
+        .await
+        .unwrap();
+    store.close().await;
+    let url = match &db {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}", dir.path().join("ota.db").display()),
+    };
+    let reopened = ota_server::store::Store::connect(&url, 2)
+        .await
+        .expect("re-running applied migrations is a no-op");
+    assert_eq!(
+        reopened.list_images(None).await.unwrap().len(),
+        1,
+        "data survives a restart"
+    );
+    reopened.close().await;
+    if let Some(db) = db {
+        db.drop_now().await;
+    }
+}
+both_backends!(
+    migrations_apply_once_and_data_survives_restart,
+    migrations_are_idempotent
+);
