@@ -9,13 +9,17 @@
 //! - [`metadata`]: the role documents `root`, `targets`, `director`.
 //! - [`threshold`]: counting valid signatures of distinct authorised keys.
 //! - [`trust`]: trusted state, root rotation, full verification of an update.
+//! - [`cohort`]: canary cohort bucketing (SHA-256 of salt ‖ vehicle id).
+//! - [`protocol`]: MQTT topics and the signed vehicle/server messages.
 //! - [`error`]: the typed rejections, one variant per attack class.
 
+pub mod cohort;
 pub mod encoding;
 pub mod envelope;
 pub mod error;
 pub mod key;
 pub mod metadata;
+pub mod protocol;
 pub mod threshold;
 pub mod time;
 pub mod trust;

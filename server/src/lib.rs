@@ -3,6 +3,37 @@
 //! Layout:
 //! - `keys`: metadata key generation, root rotation, offline signing (CLI `ota-server keys`).
 //! - `delta`: the delta builder (CLI `ota-server delta`).
+//! - [`settings`]: typed configuration from a file and `OTA_*` environment variables.
+//! - [`startup`]: `Application::build` (binds, reports its port) and `run_until_stopped`.
+//! - [`store`]: sqlx storage over SQLite or PostgreSQL, migrations, audit log.
+//! - [`blobs`]: the content-addressed blob store (streaming writes, hashed on the way).
+//! - [`signing`]: the server's targets/director keys (key directory or dev ephemeral set).
+//! - [`api`]: the axum web API under `/api/v1`, problem+json errors, OpenAPI document.
+//! - pure logic, no IO: [`rollout`] (spec, state machine, phases), [`breaker`],
+//!   [`director`] (who gets what), tested with tables and property tests.
+//! - [`engine`]: applies check-ins and progress, advances phases, evaluates breakers.
+//! - [`gateway`]: the MQTT fast lane (check-ins in, directives and control out).
+//! - [`jobs`]: the durable delta-build queue and its workers.
+//! - [`tokens`]: API bearer tokens and scopes.
+//! - [`cli`]: the `serve` and `tokens` subcommands of `ota-server`.
+//! - [`client`]: the HTTP client `otactl` uses; [`otactl`]: its commands and output.
 
+pub mod api;
+pub mod blobs;
+pub mod breaker;
+pub mod cli;
+pub mod client;
 pub mod delta;
+pub mod director;
+pub mod engine;
+pub mod gateway;
+pub mod jobs;
 pub mod keys;
+pub mod otactl;
+pub mod rollout;
+pub mod settings;
+pub mod signing;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;

@@ -18,6 +18,11 @@ enum Command {
     /// Delta images: build a delta from two full images.
     #[command(subcommand)]
     Delta(ota_server::delta::cli::DeltaCommand),
+    /// Run the server (web API, vehicle channel, rollout engine, delta workers).
+    Serve(ota_server::cli::ServeArgs),
+    /// API bearer tokens.
+    #[command(subcommand)]
+    Tokens(ota_server::cli::TokensCommand),
 }
 
 fn main() -> ExitCode {
@@ -25,6 +30,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keys(cmd) => ota_server::keys::cli::run(cmd),
         Command::Delta(cmd) => ota_server::delta::cli::run(cmd),
+        Command::Serve(args) => ota_server::cli::serve(args),
+        Command::Tokens(cmd) => ota_server::cli::tokens(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,228 @@
+//! `GET /v1/blobs/{sha256}` for vehicles: Range and If-Range support so interrupted
+//! downloads resume. Vehicles authenticate with their device key (`Authorization:
+//! Vehicle {vid}.{unix}.{sig}`, see `ota_core::protocol::blob_auth_header`); operators
+//! may use a bearer token with the read scope.
+
+use super::error::ApiError;
+use super::extract::bearer;
+use super::{AppState, Routes};
+use crate::tokens::{grants, hash_token, Scope};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ota_core::encoding::{parse_lower_hex, Sha256Digest};
+use ota_core::key::PublicKey;
+use ota_core::protocol::{blob_auth_message, parse_blob_auth_header};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+/// How far a vehicle's clock may be from ours for its blob credential to count.
+const VEHICLE_AUTH_SKEW_SECONDS: i64 = 300;
+
+pub fn routes() -> Routes {
+    Routes::default().add("get", "/v1/blobs/{sha256}", get(download))
+}
+
+async fn authorise(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Unauthorized)?;
+    if value.starts_with("Bearer ") {
+        let (parts, _) = axum::http::Request::builder()
+            .header(header::AUTHORIZATION, value)
+            .body(())
+            .map_err(|e| ApiError::Internal(e.into()))?
+            .into_parts();
+        let token = bearer(&parts).ok_or(ApiError::Unauthorized)?;
+        let record = state
+            .store
+            .find_token(&hash_token(token))
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        let scopes: Vec<Scope> = record
+            .scopes
+            .iter()
+            .filter_map(|s| Scope::parse(s).ok())
+            .collect();
+        return if grants(&scopes, Scope::Read) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden { needed: "read" })
+        };
+    }
+    let (vehicle_id, time, signature) =
+        parse_blob_auth_header(value).ok_or(ApiError::Unauthorized)?;
+    let now = chrono::Utc::now().timestamp();
+    if (now - time).abs() > VEHICLE_AUTH_SKEW_SECONDS {
+        return Err(ApiError::Unauthorized);
+    }
+    let vehicle = match state.store.get_vehicle(&vehicle_id).await {
+        Ok(v) => v,
+        Err(crate::store::StoreError::NotFound { .. }) => return Err(ApiError::Unauthorized),
+        Err(e) => return Err(e.into()),
+    };
+    let key = parse_lower_hex::<32>(&vehicle.public_key)
+        .ok()
+        .and_then(|raw| PublicKey::from_bytes(&raw).ok())
+        .ok_or(ApiError::Unauthorized)?;
+    if key.verify_strict(&blob_auth_message(&vehicle_id, time), &signature) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Parses a single `bytes=` range against `length`. `Ok(None)` = serve everything (no
+/// header, or a multi-range request, which we may answer with the full body).
+fn parse_range(value: &str, length: u64) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(spec) = value.strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let (start, end) = spec
+        .split_once('-')
+        .ok_or(ApiError::RangeNotSatisfiable { length })?;
+    let unsatisfiable = ApiError::RangeNotSatisfiable { length };
+    let (first, last) = match (start.trim(), end.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix
+                .parse()
+                .map_err(|_| ApiError::RangeNotSatisfiable { length })?;
+            if n == 0 || length == 0 {
+                return Err(unsatisfiable);
+            }
+            (length.saturating_sub(n), length - 1)
+        }
+        (start, "") => {
+            let s: u64 = start
+                .parse()
+                .map_err(|_| ApiError::RangeNotSatisfiable { length })?;
+            (s, length.saturating_sub(1))
+        }
+        (start, end) => {
+            let s: u64 = start
+                .parse()
+                .map_err(|_| ApiError::RangeNotSatisfiable { length })?;
+            let e: u64 = end
+                .parse()
+                .map_err(|_| ApiError::RangeNotSatisfiable { length })?;
+            if e < s {
+                return Err(unsatisfiable);
+            }
+            (s, e.min(length.saturating_sub(1)))
+        }
+    };
+    if first >= length {
+        return Err(unsatisfiable);
+    }
+    Ok(Some((first, last)))
+}
+
+async fn download(
+    State(state): State<AppState>,
+    Path(sha256): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let digest = Sha256Digest::parse(&sha256)
+        .map_err(|e| ApiError::invalid("sha256", "64 lowercase hex digits", e))?;
+    authorise(&state, &headers).await?;
+    let path = state.blobs.path_of(&digest);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::NotFound {
+                entity: "blob",
+                id: digest.to_hex(),
+            })
+        }
+        Err(e) => return Err(ApiError::Internal(e.into())),
+    };
+    let length = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .len();
+    // Blobs are immutable and named by content, so the digest is a perfect strong ETag.
+    let etag = format!("\"{}\"", digest.to_hex());
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let if_range_matches = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v == etag);
+    let range = match range_header {
+        Some(value) if if_range_matches => parse_range(value, length)?,
+        _ => None,
+    };
+    let common = [
+        (header::ACCEPT_RANGES, "bytes".to_owned()),
+        (header::ETAG, etag),
+        (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        (
+            header::CACHE_CONTROL,
+            "private, max-age=31536000, immutable".to_owned(),
+        ),
+    ];
+    match range {
+        None => {
+            let body = Body::from_stream(ReaderStream::new(file));
+            Ok((
+                StatusCode::OK,
+                common,
+                [(header::CONTENT_LENGTH, length.to_string())],
+                body,
+            )
+                .into_response())
+        }
+        Some((first, last)) => {
+            file.seek(std::io::SeekFrom::Start(first))
+                .await
+                .map_err(|e| ApiError::Internal(e.into()))?;
+            let count = last - first + 1;
+            let body = Body::from_stream(ReaderStream::new(file.take(count)));
+            Ok((
+                StatusCode::PARTIAL_CONTENT,
+                common,
+                [
+                    (header::CONTENT_LENGTH, count.to_string()),
+                    (
+                        header::CONTENT_RANGE,
+                        format!("bytes {first}-{last}/{length}"),
+                    ),
+                ],
+                body,
+            )
+                .into_response())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_table() {
+        // None: refused (416); Some(None): whole blob; Some(Some(range)): partial.
+        type Expected = Option<Option<(u64, u64)>>;
+        let cases: [(&str, Expected); 9] = [
+            ("bytes=0-9", Some(Some((0, 9)))),
+            ("bytes=90-", Some(Some((90, 99)))),
+            ("bytes=-10", Some(Some((90, 99)))),
+            ("bytes=95-200", Some(Some((95, 99)))),
+            ("bytes=0-1,5-6", Some(None)),
+            ("items=0-1", Some(None)),
+            ("bytes=100-", None),
+            ("bytes=9-1", None),
+            ("bytes=x-1", None),
+        ];
+        for (header, expected) in cases {
+            let got = parse_range(header, 100).ok();
+            assert_eq!(got, expected, "{header}");
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! One error type for the whole API, rendered as RFC 9457 `application/problem+json`.
+//! Client errors say what to fix (field, expected, got); server errors are generic to the
+//! client and logged in full.
+
+use crate::rollout::FieldError;
+use crate::store::StoreError;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid request: {} problem(s)", .0.len())]
+    Invalid(Vec<FieldError>),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("unsupported content type: expected {expected}, got {got}")]
+    UnsupportedMediaType { expected: &'static str, got: String },
+    #[error("request body exceeds the {limit}-byte limit")]
+    PayloadTooLarge { limit: u64 },
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("this call needs the {needed} scope")]
+    Forbidden { needed: &'static str },
+    #[error("{entity} {id:?} not found")]
+    NotFound { entity: &'static str, id: String },
+    #[error("no route for {method} {path}")]
+    NoRoute { method: String, path: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("requested range not satisfiable (blob is {length} bytes)")]
+    RangeNotSatisfiable { length: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+#[derive(Debug, Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    type_: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+impl ApiError {
+    pub fn invalid(
+        field: impl Into<String>,
+        expected: impl Into<String>,
+        got: impl std::fmt::Display,
+    ) -> ApiError {
+        ApiError::Invalid(vec![FieldError {
+            field: field.into(),
+            expected: expected.into(),
+            got: got.to_string(),
+        }])
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::Invalid(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Request failed validation",
+            ),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            ApiError::MalformedJson(_) => {
+                (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
+            }
+            ApiError::UnsupportedMediaType { .. } => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            ApiError::PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no-route", "No such route"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::RangeNotSatisfiable { .. } => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range-not-satisfiable",
+                "Range not satisfiable",
+            ),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+            ),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound { entity, id } => ApiError::NotFound { entity, id },
+            StoreError::Conflict { entity, detail } => {
+                ApiError::Conflict(format!("{entity}: {detail}"))
+            }
+            other => ApiError::Internal(anyhow::Error::new(other)),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = self.parts();
+        let detail = match &self {
+            ApiError::Internal(err) => {
+                tracing::error!(error = ?err, "internal error answering a request");
+                "the server failed to handle the request; see its log".to_owned()
+            }
+            ApiError::Invalid(errors) => errors
+                .iter()
+                .map(|e| format!("{}: expected {}, got {}", e.field, e.expected, e.got))
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => other.to_string(),
+        };
+        let errors: &[FieldError] = match &self {
+            ApiError::Invalid(errors) => errors,
+            _ => &[],
+        };
+        let body = Problem {
+            type_: format!("urn:ota:problem:{slug}"),
+            title,
+            status: status.as_u16(),
+            detail,
+            errors,
+        };
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            serde_json::to_vec(&body).unwrap_or_default(),
+        )
+            .into_response();
+        if let ApiError::RangeNotSatisfiable { length } = self {
+            if let Ok(v) = format!("bytes */{length}").parse() {
+                response.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,234 @@
+//! Extractors that turn every malformed input into a clear 4xx `ApiError`: JSON bodies
+//! (content type, size, syntax, unknown fields — with the field path), query strings,
+//! ids, and the bearer-token caller.
+
+use super::error::ApiError;
+use super::AppState;
+use crate::tokens::{grants, hash_token, Scope};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+
+/// A JSON body: `application/json` only, within the body limit, every field known.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let mime = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if mime != "application/json" {
+            return Err(ApiError::UnsupportedMediaType {
+                expected: "application/json",
+                got: if content_type.is_empty() {
+                    "no Content-Type".to_owned()
+                } else {
+                    content_type
+                },
+            });
+        }
+        let limit = req
+            .extensions()
+            .get::<JsonLimit>()
+            .map(|l| l.0)
+            .unwrap_or(1024 * 1024);
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge {
+                    limit: limit as u64,
+                }
+            } else {
+                ApiError::BadRequest(format!(
+                    "could not read the body: {}",
+                    rejection.body_text()
+                ))
+            }
+        })?;
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data => ApiError::invalid(
+                    if path == "." { "body".to_owned() } else { path },
+                    "a valid value",
+                    inner,
+                ),
+                _ => ApiError::MalformedJson(inner.to_string()),
+            }
+        })?;
+        deserializer.end().map_err(|e| {
+            ApiError::MalformedJson(format!("trailing characters after the JSON value: {e}"))
+        })?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// The JSON body limit, put in request extensions by the router (used for the message).
+#[derive(Debug, Clone, Copy)]
+pub struct JsonLimit(pub usize);
+
+/// A query string; unknown or malformed parameters are a 400 naming the problem.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded_from_str(query)
+            .map(ApiQuery)
+            .map_err(|e| ApiError::BadRequest(format!("invalid query string: {e}")))
+    }
+}
+
+fn serde_urlencoded_from_str<T: DeserializeOwned>(query: &str) -> Result<T, String> {
+    axum::extract::Query::<T>::try_from_uri(
+        &format!("/?{query}").parse().map_err(|e| format!("{e}"))?,
+    )
+    .map(|q| q.0)
+    .map_err(|e| e.body_text())
+}
+
+/// Checks an id path segment: `<prefix>_` + 16 lowercase hex digits.
+pub fn parse_id(kind: &'static str, prefix: &str, id: &str) -> Result<String, ApiError> {
+    let ok = id
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|hex| {
+            hex.len() == 16
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+    if ok {
+        Ok(id.to_owned())
+    } else {
+        Err(ApiError::invalid(
+            format!("{kind} id"),
+            format!("{prefix}_ followed by 16 lowercase hex digits"),
+            format!("{id:?}"),
+        ))
+    }
+}
+
+/// The authenticated caller of an API call.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token_name: String,
+    pub scopes: Vec<Scope>,
+    pub request_id: Option<String>,
+}
+
+impl Caller {
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if grants(&self.scopes, scope) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden {
+                needed: scope.as_str(),
+            })
+        }
+    }
+
+    pub fn actor(&self) -> crate::store::Actor {
+        crate::store::Actor {
+            name: self.token_name.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
+pub fn request_id(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let record = state
+            .store
+            .find_token(&hash_token(token))
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        Ok(Caller {
+            token_name: record.name,
+            scopes: record
+                .scopes
+                .iter()
+                .filter_map(|s| Scope::parse(s).ok())
+                .collect(),
+            request_id: request_id(parts),
+        })
+    }
+}
+
+/// A scope as a type, so a handler can demand it in its signature.
+pub trait RequiredScope: Send + Sync + 'static {
+    const SCOPE: Scope;
+}
+
+macro_rules! scope_marker {
+    ($name:ident, $scope:expr) => {
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name;
+        impl RequiredScope for $name {
+            const SCOPE: Scope = $scope;
+        }
+    };
+}
+scope_marker!(AdminScope, Scope::Admin);
+scope_marker!(ReleaseWriteScope, Scope::ReleaseWrite);
+scope_marker!(RolloutWriteScope, Scope::RolloutWrite);
+
+/// A caller holding scope `S`. As a request-parts extractor it runs before the body is
+/// read, so an unauthorised caller gets 401/403 rather than a validation error about a
+/// body they were never allowed to send.
+#[derive(Debug, Clone)]
+pub struct Authorized<S: RequiredScope>(pub Caller, pub std::marker::PhantomData<S>);
+
+impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require(S::SCOPE)?;
+        Ok(Authorized(caller, std::marker::PhantomData))
+    }
+}

@@ -1,0 +1,47 @@
+//! Liveness, readiness (database and broker reachability) and Prometheus metrics.
+
+use super::{AppState, Routes};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Json;
+
+pub fn routes() -> Routes {
+    Routes::default()
+        .add("get", "/healthz", get(healthz))
+        .add("get", "/readyz", get(readyz))
+        .add("get", "/metrics", get(metrics))
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let database = state.store.ping().await.is_ok();
+    let blobs = state.blobs.ready().await;
+    let broker = state.engine.broker_status();
+    let ready = database && blobs && broker != "unreachable";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "database": if database { "ok" } else { "unreachable" },
+            "blob_store": if blobs { "ok" } else { "unavailable" },
+            "broker": broker,
+        })),
+    )
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,216 @@
+//! The web API: `/api/v1/...` for release engineers (bearer tokens with scopes),
+//! `/v1/blobs/{sha256}` for vehicles, `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Each module exposes `routes()`; [`Routes`] records every (method, path) it mounts so a
+//! test can check the OpenAPI document lists exactly the routes that exist.
+
+pub mod audit;
+pub mod blobs;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod images;
+pub mod openapi;
+pub mod releases;
+pub mod rollouts;
+pub mod vehicles;
+
+use crate::blobs::BlobStore;
+use crate::engine::Engine;
+use crate::settings::Settings;
+use crate::signing::ServerKeys;
+use crate::store::Store;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use axum::Router;
+use error::ApiError;
+use extract::JsonLimit;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+/// Everything a handler may need. Cheap to clone (all shared).
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub blobs: BlobStore,
+    pub keys: Arc<ServerKeys>,
+    pub settings: Arc<Settings>,
+    pub engine: Engine,
+    pub metrics: PrometheusHandle,
+    /// Base URL of blob downloads for vehicles.
+    pub public_url: String,
+}
+
+impl fmt::Debug for AppState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppState")
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A router that remembers what it mounted.
+#[derive(Debug)]
+pub struct Routes {
+    pub router: Router<AppState>,
+    pub mounted: Vec<(&'static str, &'static str)>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes {
+            router: Router::new(),
+            mounted: Vec::new(),
+        }
+    }
+}
+
+impl Routes {
+    pub fn add(
+        mut self,
+        method: &'static str,
+        path: &'static str,
+        handler: MethodRouter<AppState>,
+    ) -> Self {
+        self.mounted.push((method, path));
+        self.router = self.router.route(path, handler);
+        self
+    }
+
+    pub fn merge(mut self, other: Routes) -> Self {
+        self.mounted.extend(other.mounted);
+        self.router = self.router.merge(other.router);
+        self
+    }
+}
+
+/// Every route of the API (before middleware), with the list of what was mounted.
+pub fn routes() -> Routes {
+    Routes::default()
+        .merge(health::routes())
+        .merge(openapi::routes())
+        .merge(images::routes())
+        .merge(releases::routes())
+        .merge(vehicles::routes())
+        .merge(rollouts::routes())
+        .merge(blobs::routes())
+        .merge(audit::routes())
+}
+
+async fn no_route(request: Request) -> ApiError {
+    ApiError::NoRoute {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+}
+
+async fn overloaded(err: tower::BoxError) -> Response {
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Unavailable("server is at its concurrency limit; retry shortly".to_owned())
+            .into_response()
+    } else if err.is::<tower::timeout::error::Elapsed>() {
+        (StatusCode::REQUEST_TIMEOUT, "request timed out").into_response()
+    } else {
+        ApiError::Internal(anyhow::anyhow!("middleware error: {err}")).into_response()
+    }
+}
+
+/// Counts requests and their latency by matched route (never by raw path, which would
+/// explode label cardinality) and status.
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("ota_http_requests_total", &labels).increment(1);
+    metrics::histogram!("ota_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Method-not-allowed answers from axum have an empty body; give them a problem body.
+async fn problem_for_405(request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let allow = response.headers().get(axum::http::header::ALLOW).cloned();
+        let mut problem = (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
+            serde_json::json!({
+                "type": "urn:ota:problem:method-not-allowed", "title": "Method not allowed",
+                "status": 405, "detail": format!("{method} is not allowed on {path}"),
+            })
+            .to_string(),
+        )
+            .into_response();
+        if let Some(allow) = allow {
+            problem
+                .headers_mut()
+                .insert(axum::http::header::ALLOW, allow);
+        }
+        return problem;
+    }
+    response
+}
+
+/// The full application: routes, fallback, and the tower layers for request ids,
+/// tracing, timeouts, body limits, concurrency limiting with load shedding, metrics.
+///
+/// The request-id, trace, load-shed, concurrency-limit and timeout layers wrap the whole
+/// router as one service: `Router::layer` would give every route its own copy, and so
+/// its own concurrency budget, which is not a server-wide limit.
+pub fn app(state: AppState) -> Router {
+    let limits = state.settings.limits.clone();
+    let request_id = HeaderName::from_static("x-request-id");
+    let json_limit = limits.max_json_bytes;
+    let router = routes()
+        .router
+        .fallback(no_route)
+        .layer(axum::middleware::from_fn(problem_for_405))
+        .layer(axum::middleware::from_fn(record_metrics))
+        .layer(DefaultBodyLimit::max(json_limit))
+        .layer(axum::middleware::from_fn(
+            move |mut request: Request, next: Next| async move {
+                request.extensions_mut().insert(JsonLimit(json_limit));
+                next.run(request).await
+            },
+        ))
+        .with_state(state);
+    let service = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(HandleErrorLayer::new(overloaded))
+        .load_shed()
+        .concurrency_limit(limits.max_concurrent_requests)
+        .timeout(Duration::from_secs(limits.request_timeout_seconds))
+        .service(router);
+    Router::new().fallback_service(service)
+}

@@ -1,0 +1,389 @@
+//! The OpenAPI 3.1 document, served at `/api/v1/openapi.json`.
+//!
+//! Built by hand from one table of operations rather than derived: the table is short,
+//! readable, and a test checks it against the routes the router actually mounts (see
+//! `super::Routes`), so the document cannot drift from the server.
+
+use super::{AppState, Routes};
+use axum::routing::get;
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+pub fn routes() -> Routes {
+    Routes::default().add("get", "/api/v1/openapi.json", get(serve))
+}
+
+async fn serve(_: axum::extract::State<AppState>) -> Json<Value> {
+    Json(document())
+}
+
+/// One documented operation.
+#[derive(Debug)]
+struct Op {
+    method: &'static str,
+    path: &'static str,
+    id: &'static str,
+    summary: &'static str,
+    /// Required scope; `None` = no bearer token (public or vehicle-authenticated).
+    scope: Option<&'static str>,
+    /// (content type, schema name)
+    body: Option<(&'static str, &'static str)>,
+    /// (status, schema name or "" for a non-JSON body)
+    ok: (u16, &'static str),
+    query: &'static [&'static str],
+}
+
+const OPS: &[Op] = &[
+    Op { method: "get", path: "/healthz", id: "healthz", summary: "Liveness", scope: None, body: None, ok: (200, "Health"), query: &[] },
+    Op { method: "get", path: "/readyz", id: "readyz", summary: "Readiness: database, blob store and broker reachability", scope: None, body: None, ok: (200, "Ready"), query: &[] },
+    Op { method: "get", path: "/metrics", id: "metrics", summary: "Prometheus metrics (text exposition format)", scope: None, body: None, ok: (200, ""), query: &[] },
+    Op { method: "get", path: "/api/v1/openapi.json", id: "openapi", summary: "This document", scope: None, body: None, ok: (200, "Object"), query: &[] },
+    Op { method: "post", path: "/api/v1/images", id: "uploadImage", summary: "Stream a full image (application/octet-stream); hashed while streaming, size-limited", scope: Some("release:write"), body: Some(("application/octet-stream", "")), ok: (201, "Image"), query: &["hardware_id", "version", "name"] },
+    Op { method: "get", path: "/api/v1/images", id: "listImages", summary: "List images", scope: Some("read"), body: None, ok: (200, "ImageList"), query: &["hardware_id"] },
+    Op { method: "get", path: "/api/v1/images/{id}", id: "getImage", summary: "One image", scope: Some("read"), body: None, ok: (200, "Image"), query: &[] },
+    Op { method: "post", path: "/api/v1/releases", id: "createRelease", summary: "Create a release; targets signed by the server or uploaded pre-signed and verified against root", scope: Some("release:write"), body: Some(("application/json", "CreateRelease")), ok: (201, "Release"), query: &[] },
+    Op { method: "get", path: "/api/v1/releases", id: "listReleases", summary: "List releases", scope: Some("read"), body: None, ok: (200, "ReleaseList"), query: &[] },
+    Op { method: "get", path: "/api/v1/releases/{id}", id: "getRelease", summary: "One release with its signed targets envelope", scope: Some("read"), body: None, ok: (200, "Release"), query: &[] },
+    Op { method: "post", path: "/api/v1/vehicles", id: "registerVehicle", summary: "Provision a vehicle: id, ECUs, device public key, tags", scope: Some("admin"), body: Some(("application/json", "RegisterVehicle")), ok: (201, "Vehicle"), query: &[] },
+    Op { method: "get", path: "/api/v1/vehicles", id: "listVehicles", summary: "List vehicles with filters", scope: Some("read"), body: None, ok: (200, "VehicleList"), query: &["hardware_id", "tag", "installed_version", "limit"] },
+    Op { method: "get", path: "/api/v1/vehicles/{id}", id: "getVehicle", summary: "One vehicle: installed versions, last check-in, deployment history", scope: Some("read"), body: None, ok: (200, "VehicleDetail"), query: &[] },
+    Op { method: "post", path: "/api/v1/rollouts", id: "createRollout", summary: "Create a rollout (draft)", scope: Some("rollout:write"), body: Some(("application/json", "CreateRollout")), ok: (201, "Rollout"), query: &[] },
+    Op { method: "get", path: "/api/v1/rollouts", id: "listRollouts", summary: "List rollouts", scope: Some("read"), body: None, ok: (200, "RolloutList"), query: &["state"] },
+    Op { method: "get", path: "/api/v1/rollouts/{id}", id: "getRollout", summary: "One rollout", scope: Some("read"), body: None, ok: (200, "Rollout"), query: &[] },
+    Op { method: "get", path: "/api/v1/rollouts/{id}/status", id: "getRolloutStatus", summary: "Per-phase counts and breaker state", scope: Some("read"), body: None, ok: (200, "RolloutStatus"), query: &[] },
+    Op { method: "post", path: "/api/v1/rollouts/{id}/start", id: "startRollout", summary: "Start (enqueues delta builds)", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
+    Op { method: "post", path: "/api/v1/rollouts/{id}/pause", id: "pauseRollout", summary: "Pause: no new vehicles", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
+    Op { method: "post", path: "/api/v1/rollouts/{id}/resume", id: "resumeRollout", summary: "Resume (half-opens an open breaker)", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
+    Op { method: "post", path: "/api/v1/rollouts/{id}/abort", id: "abortRollout", summary: "Abort: cancel vehicles not yet installing", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
+    Op { method: "post", path: "/api/v1/rollouts/{id}/rollback", id: "rollbackRollout", summary: "Roll back: tell updated vehicles to return to their previous image", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
+    Op { method: "get", path: "/api/v1/delta-jobs", id: "listDeltaJobs", summary: "Delta builds and their progress", scope: Some("read"), body: None, ok: (200, "DeltaJobList"), query: &["rollout_id"] },
+    Op { method: "get", path: "/api/v1/audit", id: "listAudit", summary: "Audit log of mutating calls, newest first", scope: Some("admin"), body: None, ok: (200, "AuditList"), query: &["limit", "before"] },
+    Op { method: "get", path: "/v1/blobs/{sha256}", id: "getBlob", summary: "Download a blob (Range, If-Range); vehicle credential or read token", scope: None, body: None, ok: (200, ""), query: &[] },
+];
+
+fn obj(required: &[&str], props: Value) -> Value {
+    json!({ "type": "object", "required": required, "properties": props })
+}
+
+fn array_of(name: &str) -> Value {
+    json!({ "type": "array", "items": { "$ref": format!("#/components/schemas/{name}") } })
+}
+
+fn schemas() -> Value {
+    let s = json!({ "type": "string" });
+    let i = json!({ "type": "integer", "minimum": 0 });
+    let strings = json!({ "type": "array", "items": { "type": "string" } });
+    let any = json!({});
+    json!({
+        "Object": { "type": "object" },
+        "Problem": obj(&["type", "title", "status", "detail"], json!({
+            "type": s, "title": s, "status": i, "detail": s,
+            "errors": { "type": "array", "items": obj(&["field", "expected", "got"], json!({ "field": s, "expected": s, "got": s })) },
+        })),
+        "Health": obj(&["status"], json!({ "status": s })),
+        "Ready": obj(&["status", "database", "blob_store", "broker"], json!({ "status": s, "database": s, "blob_store": s, "broker": s })),
+        "Image": obj(&["id", "name", "hardware_id", "version", "length", "sha256", "created_at"], json!({
+            "id": s, "name": s, "hardware_id": s, "version": s, "length": i, "sha256": s, "created_at": s })),
+        "ImageList": array_of("Image"),
+        "CreateRelease": obj(&["name", "version", "security_version", "images"], json!({
+            "name": s, "version": s, "security_version": i, "images": strings,
+            "targets": { "description": "DSSE envelope of targets metadata signed offline", "type": "object" },
+            "expires_in_days": i })),
+        "Release": obj(&["id", "name", "version", "security_version", "targets_version", "signed_by", "images", "targets"], json!({
+            "id": s, "name": s, "version": s, "security_version": i, "targets_version": i, "signed_by": s,
+            "images": { "type": "array", "items": obj(&[], json!({ "hardware_id": s, "image_id": s, "name": s, "version": s, "length": i, "sha256": s })) },
+            "targets": any, "created_at": s })),
+        "ReleaseList": array_of("Release"),
+        "RegisterVehicle": obj(&["id", "public_key", "ecus"], json!({
+            "id": s, "public_key": s, "tags": strings,
+            "ecus": { "type": "array", "items": obj(&["ecu", "hardware_id"], json!({ "ecu": s, "hardware_id": s })) } })),
+        "Vehicle": obj(&["id", "public_key", "tags", "ecus"], json!({
+            "id": s, "public_key": s, "tags": strings, "created_at": s, "last_seen_at": s, "agent_state": s, "director_version": i,
+            "ecus": { "type": "array", "items": obj(&[], json!({ "ecu": s, "hardware_id": s, "installed_version": s, "installed_sha256": s, "installed_length": i })) } })),
+        "VehicleList": array_of("Vehicle"),
+        "VehicleDetail": { "allOf": [ { "$ref": "#/components/schemas/Vehicle" },
+            obj(&["deployments"], json!({ "deployments": array_of("Deployment") })) ] },
+        "Deployment": obj(&[], json!({ "id": s, "rollout_id": s, "vehicle_id": s, "ecu": s, "phase": i, "status": s, "from_sha256": s, "reason_code": s, "assigned_at": s, "updated_at": s })),
+        "CreateRollout": obj(&["name", "release_id", "phases"], json!({
+            "name": s, "release_id": s,
+            "selector": obj(&[], json!({ "hardware_ids": strings, "current_versions": strings, "tags": strings, "vehicle_ids": strings })),
+            "phases": { "type": "array", "items": obj(&["name", "percent"], json!({
+                "name": s, "percent": { "type": "number" }, "min_soak_seconds": i,
+                "success_threshold_percent": { "type": "number" }, "error_threshold_percent": { "type": "number" } })) },
+            "rate_limit": obj(&[], json!({ "maximum_per_minute": i, "exponential": obj(&[], json!({
+                "base_rate_per_minute": i, "increment_factor": { "type": "number" }, "increase_after_succeeded": i })) })),
+            "abort_criteria": obj(&[], json!({ "failure_type": { "enum": ["all", "failed", "rolled_back", "timed_out"] },
+                "threshold_percentage": { "type": "number" }, "min_number_of_executed_things": i,
+                "action": { "enum": ["pause", "abort", "rollback"] } })),
+            "preconditions": obj(&[], json!({ "parked": { "type": "boolean" }, "min_state_of_charge_percent": i, "network": s })),
+            "maintenance_window": obj(&["start_utc", "end_utc"], json!({ "start_utc": s, "end_utc": s })),
+            "retry": obj(&[], json!({ "max_attempts": i, "backoff_seconds": i })) })),
+        "Rollout": obj(&["id", "name", "release_id", "spec", "state", "current_phase", "breaker_state"], json!({
+            "id": s, "name": s, "release_id": s, "spec": any, "salt": s, "state": s, "current_phase": i,
+            "breaker_state": { "enum": ["closed", "open", "half_open"] }, "breaker_reason": s, "created_at": s, "updated_at": s })),
+        "RolloutList": array_of("Rollout"),
+        "RolloutStatus": obj(&["rollout", "phases"], json!({
+            "rollout": { "$ref": "#/components/schemas/Rollout" },
+            "phases": { "type": "array", "items": obj(&[], json!({
+                "index": i, "name": s, "percent": { "type": "number" }, "active": { "type": "boolean" },
+                "eligible": i, "assigned": i, "downloading": i, "installed": i, "committed": i, "failed": i, "rolled_back": i, "cancelled": i })) } })),
+        "DeltaJob": obj(&["id", "status"], json!({ "id": s, "rollout_id": s, "hardware_id": s, "source_sha256": s, "target_sha256": s,
+            "status": { "enum": ["queued", "running", "done", "skipped", "failed"] }, "attempts": i, "delta_sha256": s, "delta_length": i, "error": s })),
+        "DeltaJobList": array_of("DeltaJob"),
+        "AuditEntry": obj(&["id", "at", "actor", "action", "subject"], json!({ "id": i, "at": s, "actor": s, "action": s, "subject": s, "detail": any, "request_id": s })),
+        "AuditList": array_of("AuditEntry"),
+    })
+}
+
+fn problem_response(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } })
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut paths: Map<String, Value> = Map::new();
+    for op in OPS {
+        let mut parameters: Vec<Value> = Vec::new();
+        for segment in op.path.split('/') {
+            if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                parameters.push(json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }));
+            }
+        }
+        for name in op.query {
+            let required = op.id == "uploadImage" && *name != "name";
+            parameters.push(json!({ "name": name, "in": "query", "required": required, "schema": { "type": "string" } }));
+        }
+        let ok_content = match op.ok.1 {
+            "" if op.path == "/metrics" => {
+                json!({ "text/plain": { "schema": { "type": "string" } } })
+            }
+            "" => {
+                json!({ "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } })
+            }
+            name => {
+                json!({ "application/json": { "schema": { "$ref": format!("#/components/schemas/{name}") } } })
+            }
+        };
+        let mut responses = Map::new();
+        responses.insert(
+            op.ok.0.to_string(),
+            json!({ "description": "Success", "content": ok_content }),
+        );
+        if op.path == "/v1/blobs/{sha256}" {
+            responses.insert(
+                "206".into(),
+                json!({ "description": "Partial content (Range)" }),
+            );
+            responses.insert("416".into(), problem_response("Range not satisfiable"));
+            responses.insert(
+                "401".into(),
+                problem_response("Missing or invalid vehicle credential or token"),
+            );
+            responses.insert("404".into(), problem_response("No such blob"));
+        }
+        if op.scope.is_some() {
+            responses.insert(
+                "401".into(),
+                problem_response("Missing or invalid bearer token"),
+            );
+            responses.insert(
+                "403".into(),
+                problem_response("Token lacks the required scope"),
+            );
+        }
+        if op.path.contains("{id}") {
+            responses.insert("404".into(), problem_response("Not found"));
+            responses.insert("422".into(), problem_response("Malformed id"));
+        }
+        if op.method == "post" {
+            responses.insert("400".into(), problem_response("Malformed request"));
+            responses.insert(
+                "409".into(),
+                problem_response("Conflicts with the current state"),
+            );
+            responses.insert("413".into(), problem_response("Body too large"));
+            responses.insert("415".into(), problem_response("Wrong content type"));
+            responses.insert(
+                "422".into(),
+                problem_response("Validation failed: field, expected, got"),
+            );
+        }
+        let mut operation = json!({
+            "operationId": op.id,
+            "summary": op.summary,
+            "parameters": parameters,
+            "responses": responses,
+        });
+        if let Some(scope) = op.scope {
+            operation["security"] = json!([{ "bearer": [scope] }]);
+            operation["description"] = json!(format!(
+                "Requires a bearer token with the `{scope}` scope (admin grants all)."
+            ));
+        } else {
+            operation["security"] = json!([]);
+        }
+        if let Some((content_type, schema)) = op.body {
+            let schema = if schema.is_empty() {
+                json!({ "type": "string", "format": "binary" })
+            } else {
+                json!({ "$ref": format!("#/components/schemas/{schema}") })
+            };
+            operation["requestBody"] =
+                json!({ "required": true, "content": { content_type: { "schema": schema } } });
+        }
+        let entry = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
+        entry[op.method] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "OTA orchestration server",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Release engineers' API: images, releases, vehicles, rollouts, audit. Errors are application/problem+json.",
+        },
+        "servers": [ { "url": "/" } ],
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+        },
+    })
+}
+
+/// (method, path) of every documented operation.
+pub fn documented_routes() -> Vec<(String, String)> {
+    let doc = document();
+    let mut out = Vec::new();
+    if let Some(paths) = doc["paths"].as_object() {
+        for (path, item) in paths {
+            if let Some(item) = item.as_object() {
+                for method in item.keys() {
+                    out.push((method.clone(), path.clone()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Structural validation of the document: the OpenAPI 3.1 fields we rely on are present,
+/// operation ids are unique, every path parameter is declared, every `$ref` resolves.
+/// Returns the problems found (empty = valid).
+pub fn validate(doc: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    if doc["openapi"]
+        .as_str()
+        .is_none_or(|v| !v.starts_with("3.1"))
+    {
+        problems.push("openapi must be 3.1.x".to_owned());
+    }
+    for field in ["title", "version"] {
+        if !doc["info"][field].is_string() {
+            problems.push(format!("info.{field} missing"));
+        }
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    let methods = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        if !path.starts_with('/') {
+            problems.push(format!("path {path} must start with /"));
+        }
+        for (method, op) in item.as_object().into_iter().flatten() {
+            if !methods.contains(&method.as_str()) {
+                problems.push(format!("{path}: unknown method {method}"));
+            }
+            match op["operationId"].as_str() {
+                Some(id) if ids.insert(id.to_owned()) => {}
+                _ => problems.push(format!("{method} {path}: missing or duplicate operationId")),
+            }
+            if op["responses"].as_object().is_none_or(|r| r.is_empty()) {
+                problems.push(format!("{method} {path}: no responses"));
+            }
+            for segment in path.split('/') {
+                if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    let declared = op["parameters"].as_array().is_some_and(|ps| {
+                        ps.iter().any(|p| {
+                            p["name"] == name && p["in"] == "path" && p["required"] == true
+                        })
+                    });
+                    if !declared {
+                        problems.push(format!(
+                            "{method} {path}: path parameter {name} not declared"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    out.push(r);
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(doc, &mut all);
+    for r in all {
+        let resolved = r
+            .strip_prefix("#/components/schemas/")
+            .is_some_and(|name| doc["components"]["schemas"].get(name).is_some());
+        if !resolved {
+            problems.push(format!("unresolved $ref {r}"));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_is_valid_and_matches_the_mounted_routes() {
+        let doc = document();
+        assert_eq!(
+            validate(&doc),
+            Vec::<String>::new(),
+            "the OpenAPI document must validate"
+        );
+        let mut mounted: Vec<(String, String)> = super::super::routes()
+            .mounted
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        mounted.sort();
+        assert_eq!(
+            documented_routes(),
+            mounted,
+            "every mounted route must be documented and vice versa"
+        );
+    }
+
+    #[test]
+    fn validator_catches_broken_documents() {
+        let mut doc = document();
+        doc["paths"]["/api/v1/images/{id}"]["get"]["parameters"] = json!([]);
+        doc["components"]["schemas"]
+            .as_object_mut()
+            .unwrap()
+            .remove("Image");
+        let problems = validate(&doc);
+        assert!(
+            problems.iter().any(|p| p.contains("path parameter id")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("unresolved $ref")),
+            "{problems:?}"
+        );
+    }
+}

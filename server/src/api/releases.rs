@@ -1,0 +1,184 @@
+//! Releases: a set of images (one per hardware id) with version and security_version,
+//! whose targets metadata is signed here (dev) or uploaded pre-signed and verified
+//! against the trusted root before it is accepted.
+
+use super::error::ApiError;
+use super::extract::{parse_id, ApiJson, Authorized, Caller, ReleaseWriteScope};
+use super::images::check_name;
+use super::{AppState, Routes};
+use crate::store::{NewRelease, ReleaseRecord};
+use crate::tokens::Scope;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Json;
+use ota_core::encoding::Sha256Digest;
+use ota_core::metadata::{TargetImage, TargetsMetadata};
+use ota_core::time::Timestamp;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+pub fn routes() -> Routes {
+    Routes::default()
+        .add("post", "/api/v1/releases", post(create))
+        .add("get", "/api/v1/releases", get(list))
+        .add("get", "/api/v1/releases/{id}", get(get_one))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRelease {
+    pub name: String,
+    pub version: String,
+    pub security_version: u64,
+    /// Image ids, at most one per hardware id.
+    pub images: Vec<String>,
+    /// A targets envelope signed offline (e.g. `otactl release create --sign-key`).
+    #[serde(default)]
+    pub targets: Option<serde_json::Value>,
+    /// Expiry of server-signed targets metadata.
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Authorized(caller, _): Authorized<ReleaseWriteScope>,
+    ApiJson(request): ApiJson<CreateRelease>,
+) -> Result<(StatusCode, Json<ReleaseRecord>), ApiError> {
+    caller.require(Scope::ReleaseWrite)?;
+    check_name("name", &request.name)?;
+    check_name("version", &request.version)?;
+    if request.images.is_empty() || request.images.len() > 64 {
+        return Err(ApiError::invalid(
+            "images",
+            "1 to 64 image ids",
+            request.images.len(),
+        ));
+    }
+    let mut expected: BTreeMap<String, TargetImage> = BTreeMap::new();
+    let mut by_hardware: BTreeMap<String, String> = BTreeMap::new();
+    for (i, id) in request.images.iter().enumerate() {
+        let id = parse_id("image", "img", id).map_err(|_| {
+            ApiError::invalid(
+                format!("images[{i}]"),
+                "an image id (img_ + 16 hex digits)",
+                format!("{id:?}"),
+            )
+        })?;
+        let image = state.store.get_image(&id).await.map_err(|e| match e {
+            crate::store::StoreError::NotFound { .. } => ApiError::invalid(
+                format!("images[{i}]"),
+                "an existing image",
+                format!("{id:?}"),
+            ),
+            other => other.into(),
+        })?;
+        if let Some(previous) = by_hardware.insert(image.hardware_id.clone(), id.clone()) {
+            return Err(ApiError::invalid(
+                format!("images[{i}]"),
+                format!(
+                    "one image per hardware id ({} already has {previous})",
+                    image.hardware_id
+                ),
+                format!("{id:?}"),
+            ));
+        }
+        let sha256 = Sha256Digest::parse(&image.sha256)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored image digest: {e}")))?;
+        expected.insert(
+            image.name.clone(),
+            TargetImage {
+                hardware_id: image.hardware_id.clone(),
+                version: image.version.clone(),
+                security_version: request.security_version,
+                length: image.length,
+                sha256,
+            },
+        );
+    }
+    let current = state.store.max_targets_version().await?;
+    let (envelope, version, signed_by) = match &request.targets {
+        Some(value) => {
+            let bytes = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.into()))?;
+            let metadata = state.keys.verify_targets(&bytes).map_err(|e| {
+                ApiError::invalid(
+                    "targets",
+                    "targets metadata signed by a threshold of the root's targets keys",
+                    e,
+                )
+            })?;
+            if metadata.targets.0 != expected {
+                return Err(ApiError::invalid(
+                    "targets.targets",
+                    "exactly the release's images with this security_version",
+                    "a different image list",
+                ));
+            }
+            if metadata.version <= current {
+                return Err(ApiError::invalid(
+                    "targets.version",
+                    format!("greater than {current}"),
+                    metadata.version,
+                ));
+            }
+            (
+                String::from_utf8_lossy(&bytes).into_owned(),
+                metadata.version,
+                "offline",
+            )
+        }
+        None => {
+            let days = i64::from(request.expires_in_days.unwrap_or(365).clamp(1, 3650));
+            let now = Timestamp::from_datetime(chrono::Utc::now());
+            let metadata =
+                TargetsMetadata::new(current + 1, now.plus_seconds(days * 86_400), expected);
+            let envelope = state.keys.sign_targets(&metadata).ok_or_else(|| {
+                ApiError::invalid(
+                    "targets",
+                    "a pre-signed targets envelope (this server holds no targets key)",
+                    "none",
+                )
+            })?;
+            (
+                String::from_utf8_lossy(&envelope.to_json_bytes()).into_owned(),
+                current + 1,
+                "server",
+            )
+        }
+    };
+    let record = state
+        .store
+        .insert_release(
+            &caller.actor(),
+            NewRelease {
+                name: request.name,
+                version: request.version,
+                security_version: request.security_version,
+                targets_version: version,
+                targets_envelope: envelope,
+                signed_by: signed_by.to_owned(),
+                images: by_hardware.into_iter().collect(),
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<ReleaseRecord>>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(state.store.list_releases().await?))
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ReleaseRecord>, ApiError> {
+    caller.require(Scope::Read)?;
+    let id = parse_id("release", "rel", &id)?;
+    Ok(Json(state.store.get_release(&id).await?))
+}

@@ -1,0 +1,231 @@
+//! Rollouts: create, start, pause, resume, abort, rollback; status with per-phase
+//! counts and breaker state; the delta builds a rollout started.
+
+use super::error::ApiError;
+use super::extract::{parse_id, ApiJson, ApiQuery, Authorized, Caller, RolloutWriteScope};
+use super::images::check_name;
+use super::{AppState, Routes};
+use crate::engine::RolloutStatus;
+use crate::rollout::{
+    AbortCriteria, MaintenanceWindow, PhaseSpec, Preconditions, RateLimit, RetryPolicy,
+    RolloutAction, RolloutSpec, RolloutState, Selector,
+};
+use crate::store::TransitionError;
+use crate::store::{DeltaJob, NewRollout, RolloutRecord, StoreError};
+use crate::tokens::Scope;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Json;
+use serde::Deserialize;
+
+pub fn routes() -> Routes {
+    Routes::default()
+        .add("post", "/api/v1/rollouts", post(create))
+        .add("get", "/api/v1/rollouts", get(list))
+        .add("get", "/api/v1/rollouts/{id}", get(get_one))
+        .add("get", "/api/v1/rollouts/{id}/status", get(status))
+        .add("post", "/api/v1/rollouts/{id}/start", post(start))
+        .add("post", "/api/v1/rollouts/{id}/pause", post(pause))
+        .add("post", "/api/v1/rollouts/{id}/resume", post(resume))
+        .add("post", "/api/v1/rollouts/{id}/abort", post(abort))
+        .add("post", "/api/v1/rollouts/{id}/rollback", post(rollback))
+        .add("get", "/api/v1/delta-jobs", get(delta_jobs))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRollout {
+    pub name: String,
+    pub release_id: String,
+    #[serde(default)]
+    pub selector: Selector,
+    pub phases: Vec<PhaseSpec>,
+    #[serde(default)]
+    pub rate_limit: RateLimit,
+    #[serde(default)]
+    pub abort_criteria: AbortCriteria,
+    #[serde(default)]
+    pub preconditions: Preconditions,
+    #[serde(default)]
+    pub maintenance_window: Option<MaintenanceWindow>,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+fn random_salt() -> Result<String, ApiError> {
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("random salt: {e}")))?;
+    Ok(hex::encode(salt))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Authorized(caller, _): Authorized<RolloutWriteScope>,
+    ApiJson(request): ApiJson<CreateRollout>,
+) -> Result<(StatusCode, Json<RolloutRecord>), ApiError> {
+    caller.require(Scope::RolloutWrite)?;
+    check_name("name", &request.name)?;
+    let release_id = parse_id("release", "rel", &request.release_id).map_err(|_| {
+        ApiError::invalid(
+            "release_id",
+            "a release id (rel_ + 16 hex digits)",
+            format!("{:?}", request.release_id),
+        )
+    })?;
+    let spec = RolloutSpec {
+        selector: request.selector,
+        phases: request.phases,
+        rate_limit: request.rate_limit,
+        abort_criteria: request.abort_criteria,
+        preconditions: request.preconditions,
+        maintenance_window: request.maintenance_window,
+        retry: request.retry,
+    };
+    spec.validate().map_err(ApiError::Invalid)?;
+    match state.store.get_release(&release_id).await {
+        Ok(_) => {}
+        Err(StoreError::NotFound { .. }) => {
+            return Err(ApiError::invalid(
+                "release_id",
+                "an existing release",
+                format!("{release_id:?}"),
+            ))
+        }
+        Err(other) => return Err(other.into()),
+    }
+    let record = state
+        .store
+        .insert_rollout(
+            &caller.actor(),
+            NewRollout {
+                name: request.name,
+                release_id,
+                spec,
+                salt: random_salt()?,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<RolloutRecord>>, ApiError> {
+    caller.require(Scope::Read)?;
+    let filter = match query.state.as_deref() {
+        None => None,
+        Some(s) => Some(RolloutState::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "state",
+                "draft, running, paused, aborted, completed or rolled_back",
+                format!("{s:?}"),
+            )
+        })?),
+    };
+    Ok(Json(state.store.list_rollouts(filter).await?))
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutRecord>, ApiError> {
+    caller.require(Scope::Read)?;
+    let id = parse_id("rollout", "ro", &id)?;
+    Ok(Json(state.store.get_rollout(&id).await?))
+}
+
+async fn status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutStatus>, ApiError> {
+    caller.require(Scope::Read)?;
+    let id = parse_id("rollout", "ro", &id)?;
+    Ok(Json(state.engine.rollout_status(&id).await?))
+}
+
+async fn act(
+    state: AppState,
+    caller: Caller,
+    id: String,
+    action: RolloutAction,
+) -> Result<Json<RolloutRecord>, ApiError> {
+    caller.require(Scope::RolloutWrite)?;
+    let id = parse_id("rollout", "ro", &id)?;
+    let record = state
+        .store
+        .transition_rollout(&caller.actor(), &id, action, None)
+        .await
+        .map_err(|err| match err {
+            TransitionError::Illegal(illegal) => ApiError::Conflict(illegal.to_string()),
+            TransitionError::Store(store) => store.into(),
+        })?;
+    state.engine.after_transition(&record, action).await?;
+    Ok(Json(record))
+}
+
+async fn start(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutRecord>, ApiError> {
+    act(s, c, id, RolloutAction::Start).await
+}
+async fn pause(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutRecord>, ApiError> {
+    act(s, c, id, RolloutAction::Pause).await
+}
+async fn resume(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutRecord>, ApiError> {
+    act(s, c, id, RolloutAction::Resume).await
+}
+async fn abort(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutRecord>, ApiError> {
+    act(s, c, id, RolloutAction::Abort).await
+}
+async fn rollback(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutRecord>, ApiError> {
+    act(s, c, id, RolloutAction::Rollback).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsQuery {
+    rollout_id: Option<String>,
+}
+
+async fn delta_jobs(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<JobsQuery>,
+) -> Result<Json<Vec<DeltaJob>>, ApiError> {
+    caller.require(Scope::Read)?;
+    let rollout = match query.rollout_id {
+        Some(id) => Some(parse_id("rollout", "ro", &id)?),
+        None => None,
+    };
+    Ok(Json(state.store.list_delta_jobs(rollout.as_deref()).await?))
+}

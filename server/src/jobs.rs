@@ -1,0 +1,193 @@
+//! Delta builds: a durable job table (see `store::deltas`) drained by a bounded pool of
+//! workers. Jobs are idempotent per (source, target), claimed atomically, and any job a
+//! crash left `running` is re-queued at startup.
+//!
+//! The delta engine itself is built by another part of the project; the server calls it
+//! only through [`DeltaEngine`]. Until it is linked in, [`EngineNotLinked`] fails every
+//! job with a clear reason and vehicles receive full images (the director falls back to
+//! the full image whenever no delta was built).
+
+use crate::blobs::BlobStore;
+use crate::store::{DeltaJobStatus, Store, StoreError};
+use ota_core::encoding::Sha256Digest;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// What a delta build produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaOutcome {
+    /// The delta was written to `out`.
+    Built,
+    /// Not meaningfully smaller than the full image: ship the full image instead.
+    NotWorthIt,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaBuildError {
+    #[error("delta engine unavailable: {0}")]
+    Unavailable(String),
+    #[error("delta build failed: {0}")]
+    Failed(String),
+    #[error("delta build I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The boundary to the delta engine. Blocking and CPU-heavy: called on the blocking pool.
+pub trait DeltaEngine: Send + Sync + fmt::Debug + 'static {
+    fn build_delta(
+        &self,
+        old: &Path,
+        new: &Path,
+        out: &Path,
+    ) -> Result<DeltaOutcome, DeltaBuildError>;
+}
+
+/// Stands in for the delta engine until `server/src/delta` provides one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineNotLinked;
+
+impl DeltaEngine for EngineNotLinked {
+    fn build_delta(
+        &self,
+        _old: &Path,
+        _new: &Path,
+        _out: &Path,
+    ) -> Result<DeltaOutcome, DeltaBuildError> {
+        Err(DeltaBuildError::Unavailable(
+            "no delta engine is linked into this server build; vehicles get full images".to_owned(),
+        ))
+    }
+}
+
+/// What one worker iteration did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    Idle,
+    Built { job: String, delta_sha256: String },
+    Skipped { job: String },
+    Failed { job: String, error: String },
+}
+
+/// Claims and builds one job.
+pub async fn run_one(
+    store: &Store,
+    blobs: &BlobStore,
+    engine: Arc<dyn DeltaEngine>,
+) -> Result<JobOutcome, StoreError> {
+    let Some(job) = store.claim_delta_job().await? else {
+        return Ok(JobOutcome::Idle);
+    };
+    let (Ok(source), Ok(target)) = (
+        Sha256Digest::parse(&job.source_sha256),
+        Sha256Digest::parse(&job.target_sha256),
+    ) else {
+        let error = "job names a malformed digest".to_owned();
+        store
+            .finish_delta_job(&job.id, DeltaJobStatus::Failed, None, Some(&error))
+            .await?;
+        return Ok(JobOutcome::Failed { job: job.id, error });
+    };
+    let (old, new, out) = (
+        blobs.path_of(&source),
+        blobs.path_of(&target),
+        blobs.temp_path(),
+    );
+    let built = {
+        let out = out.clone();
+        tokio::task::spawn_blocking(move || engine.build_delta(&old, &new, &out))
+            .await
+            .unwrap_or_else(|join| {
+                Err(DeltaBuildError::Failed(format!("builder panicked: {join}")))
+            })
+    };
+    let outcome = match built {
+        Ok(DeltaOutcome::Built) => match blobs.import_file(&out).await {
+            Ok(blob) => {
+                let sha = blob.sha256.to_hex();
+                store
+                    .finish_delta_job(
+                        &job.id,
+                        DeltaJobStatus::Done,
+                        Some((&sha, blob.length)),
+                        None,
+                    )
+                    .await?;
+                JobOutcome::Built {
+                    job: job.id,
+                    delta_sha256: sha,
+                }
+            }
+            Err(err) => {
+                let error = err.to_string();
+                store
+                    .finish_delta_job(&job.id, DeltaJobStatus::Failed, None, Some(&error))
+                    .await?;
+                JobOutcome::Failed { job: job.id, error }
+            }
+        },
+        Ok(DeltaOutcome::NotWorthIt) => {
+            store
+                .finish_delta_job(&job.id, DeltaJobStatus::Skipped, None, None)
+                .await?;
+            JobOutcome::Skipped { job: job.id }
+        }
+        Err(err) => {
+            let error = err.to_string();
+            store
+                .finish_delta_job(&job.id, DeltaJobStatus::Failed, None, Some(&error))
+                .await?;
+            JobOutcome::Failed { job: job.id, error }
+        }
+    };
+    let _ = tokio::fs::remove_file(&out).await;
+    metrics::counter!("ota_delta_jobs_total", "outcome" => match &outcome {
+        JobOutcome::Built { .. } => "built",
+        JobOutcome::Skipped { .. } => "skipped",
+        JobOutcome::Failed { .. } => "failed",
+        JobOutcome::Idle => "idle",
+    })
+    .increment(1);
+    Ok(outcome)
+}
+
+/// One worker: builds jobs until the queue is empty, then waits for a notification (or
+/// polls every few seconds, for jobs enqueued by other replicas). Shutdown is checked
+/// between jobs, so a job in progress always finishes.
+pub async fn worker(
+    store: Store,
+    blobs: BlobStore,
+    engine: Arc<dyn DeltaEngine>,
+    notify: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match run_one(&store, &blobs, engine.clone()).await {
+            Ok(JobOutcome::Idle) => {
+                tokio::select! {
+                    _ = notify.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            Ok(outcome) => {
+                backoff = Duration::from_millis(500);
+                tracing::info!(?outcome, "delta job finished");
+            }
+            Err(err) => {
+                tracing::warn!(%err, retry_in = ?backoff, "delta worker store error");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

@@ -1,0 +1,895 @@
+//! `otactl`: the release engineer's command line over the web API. Human tables by
+//! default, `--json` for scripts. URL and token come from flags, `OTACTL_URL` /
+//! `OTACTL_TOKEN`, or a TOML config file (`--config`, default
+//! `$XDG_CONFIG_HOME/otactl/config.toml` or `~/.config/otactl/config.toml`) with
+//! `url = "..."` and `token = "..."`.
+
+use crate::client::ApiClient;
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use ota_core::encoding::Sha256Digest;
+use ota_core::envelope::Envelope;
+use ota_core::metadata::{to_payload, Role, TargetImage, TargetsMetadata};
+use ota_core::time::Timestamp;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "otactl",
+    version,
+    about = "Command-line client of the OTA server"
+)]
+pub struct Cli {
+    /// Server base URL, e.g. http://127.0.0.1:8080
+    #[arg(long, env = "OTACTL_URL", global = true)]
+    pub url: Option<String>,
+    /// Bearer token (see `ota-server tokens create`).
+    #[arg(long, env = "OTACTL_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Config file with `url` and `token`.
+    #[arg(long, env = "OTACTL_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Print the server's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Full images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Releases.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Vehicles.
+    #[command(subcommand)]
+    Vehicle(VehicleCommand),
+    /// Rollouts.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Delta builds.
+    DeltaJobs {
+        #[arg(long)]
+        rollout: Option<String>,
+    },
+    /// The audit log (admin).
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Upload a full image (streamed).
+    Upload {
+        file: PathBuf,
+        #[arg(long)]
+        hardware_id: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        hardware_id: Option<String>,
+    },
+    Get {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Create a release from uploaded images.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        security_version: u64,
+        /// Image ids; repeat for one image per hardware id.
+        #[arg(long = "image", required = true)]
+        images: Vec<String>,
+        /// Sign the targets metadata here with this offline targets key file; the
+        /// server only verifies it.
+        #[arg(long)]
+        sign_key: Option<PathBuf>,
+        #[arg(long, default_value_t = 365)]
+        expires_in_days: u32,
+    },
+    List,
+    Get {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VehicleCommand {
+    /// Provision a vehicle.
+    Register {
+        #[arg(long)]
+        id: String,
+        /// Hex of the device's Ed25519 public key.
+        #[arg(long)]
+        public_key: String,
+        /// `ecu=hardware_id`; repeat per ECU.
+        #[arg(long = "ecu", required = true)]
+        ecus: Vec<String>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    List {
+        #[arg(long)]
+        hardware_id: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        installed_version: Option<String>,
+    },
+    Get {
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutCreate {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub release: String,
+    /// `name:percent[:min_soak_seconds[:success_threshold_percent]]`, in order.
+    #[arg(long = "phase")]
+    pub phases: Vec<String>,
+    /// A JSON file with any of the create-rollout fields (selector, rate_limit,
+    /// abort_criteria, preconditions, maintenance_window, retry, phases); flags override.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    #[arg(long = "hardware-id")]
+    pub hardware_ids: Vec<String>,
+    #[arg(long = "vehicle")]
+    pub vehicles: Vec<String>,
+    /// Vehicles started per minute (AWS maximumPerMinute).
+    #[arg(long)]
+    pub max_per_minute: Option<u32>,
+    /// Breaker: failure percentage that opens it.
+    #[arg(long)]
+    pub failure_threshold: Option<f64>,
+    /// Breaker: minimum finished deployments before it may open.
+    #[arg(long)]
+    pub min_executed: Option<u32>,
+    /// Breaker action: pause, abort or rollback.
+    #[arg(long)]
+    pub breaker_action: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    Create(RolloutCreate),
+    List,
+    Start {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Abort {
+        id: String,
+    },
+    Rollback {
+        id: String,
+    },
+    /// Per-phase progress; `--watch` redraws live progress bars.
+    Status {
+        id: String,
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+        /// Stop watching after this many updates (default: until the rollout ends).
+        #[arg(long)]
+        updates: Option<u64>,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    url: Option<String>,
+    token: Option<String>,
+}
+
+fn default_config_path() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|base| base.join("otactl").join("config.toml"))
+}
+
+fn connect(cli: &Cli) -> anyhow::Result<ApiClient> {
+    let file = match &cli.config {
+        Some(path) => Some(path.clone()),
+        None => default_config_path().filter(|p| p.exists()),
+    };
+    let config: ConfigFile = match &file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => ConfigFile::default(),
+    };
+    let url = cli
+        .url
+        .clone()
+        .or(config.url)
+        .context("no server URL: pass --url, set OTACTL_URL or url in the config file")?;
+    let token = cli
+        .token
+        .clone()
+        .or(config.token)
+        .context("no token: pass --token, set OTACTL_TOKEN or token in the config file")?;
+    ApiClient::new(&url, &token)
+}
+
+/// Prints rows as aligned columns.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = line(headers.iter().map(|h| h.to_uppercase()).collect());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.clone()));
+        out.push('\n');
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn short(sha: &Value) -> String {
+    s(sha).chars().take(12).collect()
+}
+
+fn list_of(value: &Value) -> Vec<Value> {
+    value
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| vec![value.clone()])
+}
+
+fn images_table(value: &Value) -> String {
+    let rows: Vec<Vec<String>> = list_of(value)
+        .iter()
+        .map(|i| {
+            vec![
+                s(&i["id"]),
+                s(&i["name"]),
+                s(&i["hardware_id"]),
+                s(&i["version"]),
+                s(&i["length"]),
+                short(&i["sha256"]),
+            ]
+        })
+        .collect();
+    table(
+        &["id", "name", "hardware_id", "version", "bytes", "sha256"],
+        &rows,
+    )
+}
+
+fn releases_table(value: &Value) -> String {
+    let rows: Vec<Vec<String>> = list_of(value)
+        .iter()
+        .map(|r| {
+            vec![
+                s(&r["id"]),
+                s(&r["name"]),
+                s(&r["version"]),
+                s(&r["security_version"]),
+                s(&r["targets_version"]),
+                s(&r["signed_by"]),
+                r["images"]
+                    .as_array()
+                    .map(|a| a.len())
+                    .unwrap_or(0)
+                    .to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "id",
+            "name",
+            "version",
+            "security",
+            "targets_v",
+            "signed_by",
+            "images",
+        ],
+        &rows,
+    )
+}
+
+fn vehicles_table(value: &Value) -> String {
+    let rows: Vec<Vec<String>> = list_of(value)
+        .iter()
+        .map(|v| {
+            let ecus = v["ecus"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| {
+                            format!(
+                                "{}={}@{}",
+                                s(&e["ecu"]),
+                                s(&e["hardware_id"]),
+                                s(&e["installed_version"])
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let tags = v["tags"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+                .unwrap_or_default();
+            vec![s(&v["id"]), ecus, tags, s(&v["last_seen_at"])]
+        })
+        .collect();
+    table(&["id", "ecus", "tags", "last_seen"], &rows)
+}
+
+fn rollouts_table(value: &Value) -> String {
+    let rows: Vec<Vec<String>> = list_of(value)
+        .iter()
+        .map(|r| {
+            vec![
+                s(&r["id"]),
+                s(&r["name"]),
+                s(&r["release_id"]),
+                s(&r["state"]),
+                s(&r["current_phase"]),
+                s(&r["breaker_state"]),
+            ]
+        })
+        .collect();
+    table(
+        &["id", "name", "release", "state", "phase", "breaker"],
+        &rows,
+    )
+}
+
+/// A text progress bar: committed `█`, installing `▓`, downloading/assigned `▒`,
+/// failed/rolled back `x`, the rest of the phase's eligible vehicles `·`.
+pub fn progress_bar(phase: &Value, width: usize) -> String {
+    let n = |k: &str| phase[k].as_u64().unwrap_or(0);
+    let started = n("assigned")
+        + n("downloading")
+        + n("installed")
+        + n("committed")
+        + n("failed")
+        + n("rolled_back")
+        + n("cancelled");
+    let total = n("eligible").max(started).max(1);
+    let cells = |count: u64| ((count as f64 / total as f64) * width as f64).round() as usize;
+    let mut bar = String::new();
+    for (count, ch) in [
+        (n("committed"), '█'),
+        (n("installed"), '▓'),
+        (n("downloading") + n("assigned"), '▒'),
+        (n("failed") + n("rolled_back"), 'x'),
+    ] {
+        bar.extend(std::iter::repeat_n(ch, cells(count)));
+    }
+    let used = bar.chars().count().min(width);
+    let mut bar: String = bar.chars().take(width).collect();
+    bar.extend(std::iter::repeat_n('·', width - used));
+    bar
+}
+
+pub fn status_text(status: &Value) -> String {
+    let r = &status["rollout"];
+    let mut out = format!(
+        "rollout {} ({})  state: {}  phase: {}  breaker: {}{}\n",
+        s(&r["id"]),
+        s(&r["name"]),
+        s(&r["state"]),
+        s(&r["current_phase"]),
+        s(&r["breaker_state"]),
+        r["breaker_reason"]
+            .as_str()
+            .map(|why| format!(" ({why})"))
+            .unwrap_or_default(),
+    );
+    let rows: Vec<Vec<String>> = status["phases"]
+        .as_array()
+        .map(|phases| {
+            phases
+                .iter()
+                .map(|p| {
+                    vec![
+                        format!(
+                            "{}{}",
+                            if p["active"] == true { "▶ " } else { "  " },
+                            s(&p["name"])
+                        ),
+                        format!("{}%", s(&p["percent"])),
+                        progress_bar(p, 24),
+                        s(&p["eligible"]),
+                        s(&p["assigned"]),
+                        s(&p["downloading"]),
+                        s(&p["installed"]),
+                        s(&p["committed"]),
+                        s(&p["failed"]),
+                        s(&p["rolled_back"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str(&table(
+        &[
+            "phase",
+            "percent",
+            "progress",
+            "eligible",
+            "assigned",
+            "downloading",
+            "installed",
+            "committed",
+            "failed",
+            "rolled_back",
+        ],
+        &rows,
+    ));
+    out
+}
+
+fn parse_phase(text: &str) -> anyhow::Result<Value> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() < 2 || parts.len() > 4 {
+        bail!("--phase {text:?}: expected name:percent[:min_soak_seconds[:success_threshold_percent]]");
+    }
+    let percent: f64 = parts[1]
+        .parse()
+        .with_context(|| format!("--phase {text:?}: percent"))?;
+    let mut phase = json!({ "name": parts[0], "percent": percent });
+    if let Some(soak) = parts.get(2) {
+        phase["min_soak_seconds"] = json!(soak
+            .parse::<u64>()
+            .with_context(|| format!("--phase {text:?}: soak"))?);
+    }
+    if let Some(gate) = parts.get(3) {
+        phase["success_threshold_percent"] = json!(gate
+            .parse::<f64>()
+            .with_context(|| format!("--phase {text:?}: success gate"))?);
+    }
+    Ok(phase)
+}
+
+fn rollout_body(args: &RolloutCreate) -> anyhow::Result<Value> {
+    let mut body = match &args.spec {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str::<Value>(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => json!({}),
+    };
+    body["name"] = json!(args.name);
+    body["release_id"] = json!(args.release);
+    if !args.phases.is_empty() {
+        body["phases"] = Value::Array(
+            args.phases
+                .iter()
+                .map(|p| parse_phase(p))
+                .collect::<anyhow::Result<_>>()?,
+        );
+    }
+    if body.get("phases").is_none() {
+        bail!("give at least one --phase (or phases in --spec)");
+    }
+    for (key, values) in [
+        ("tags", &args.tags),
+        ("hardware_ids", &args.hardware_ids),
+        ("vehicle_ids", &args.vehicles),
+    ] {
+        if !values.is_empty() {
+            body["selector"][key] = json!(values);
+        }
+    }
+    if let Some(n) = args.max_per_minute {
+        body["rate_limit"]["maximum_per_minute"] = json!(n);
+    }
+    if let Some(t) = args.failure_threshold {
+        body["abort_criteria"]["threshold_percentage"] = json!(t);
+    }
+    if let Some(m) = args.min_executed {
+        body["abort_criteria"]["min_number_of_executed_things"] = json!(m);
+    }
+    if let Some(a) = &args.breaker_action {
+        body["abort_criteria"]["action"] = json!(a);
+    }
+    Ok(body)
+}
+
+/// Builds and signs targets metadata locally with an offline targets key.
+async fn sign_targets_offline(
+    client: &ApiClient,
+    key_file: &Path,
+    image_ids: &[String],
+    security_version: u64,
+    expires_in_days: u32,
+) -> anyhow::Result<Value> {
+    let key = crate::signing::read_key_file(key_file)?;
+    let mut targets = Vec::new();
+    for id in image_ids {
+        let image = client.get(&format!("/api/v1/images/{id}")).await?;
+        let sha256 = Sha256Digest::parse(image["sha256"].as_str().unwrap_or_default())
+            .map_err(anyhow::Error::msg)?;
+        targets.push((
+            s(&image["name"]),
+            TargetImage {
+                hardware_id: s(&image["hardware_id"]),
+                version: s(&image["version"]),
+                security_version,
+                length: image["length"].as_u64().unwrap_or(0),
+                sha256,
+            },
+        ));
+    }
+    let current = client
+        .get("/api/v1/releases")
+        .await?
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .filter_map(|r| r["targets_version"].as_u64())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let now = Timestamp::from_datetime(chrono::Utc::now());
+    let metadata = TargetsMetadata::new(
+        current + 1,
+        now.plus_seconds(i64::from(expires_in_days) * 86_400),
+        targets,
+    );
+    let envelope = Envelope::sign(Role::Targets.payload_type(), to_payload(&metadata), &[&key]);
+    Ok(serde_json::from_slice(&envelope.to_json_bytes())?)
+}
+
+/// Runs one command, writing its output to `out`.
+pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let client = connect(&cli)?;
+    let json_out = cli.json;
+    let (value, render): (Value, fn(&Value) -> String) = match cli.command {
+        Command::Image(ImageCommand::Upload {
+            file,
+            hardware_id,
+            version,
+            name,
+        }) => (
+            client
+                .upload_image(&file, &hardware_id, &version, name.as_deref())
+                .await?,
+            images_table,
+        ),
+        Command::Image(ImageCommand::List { hardware_id }) => {
+            let path = match hardware_id {
+                Some(hw) => format!("/api/v1/images?hardware_id={hw}"),
+                None => "/api/v1/images".to_owned(),
+            };
+            (client.get(&path).await?, images_table)
+        }
+        Command::Image(ImageCommand::Get { id }) => (
+            client.get(&format!("/api/v1/images/{id}")).await?,
+            images_table,
+        ),
+        Command::Release(ReleaseCommand::Create {
+            name,
+            version,
+            security_version,
+            images,
+            sign_key,
+            expires_in_days,
+        }) => {
+            let mut body = json!({ "name": name, "version": version, "security_version": security_version, "images": images });
+            match sign_key {
+                Some(key) => {
+                    body["targets"] = sign_targets_offline(
+                        &client,
+                        &key,
+                        &images,
+                        security_version,
+                        expires_in_days,
+                    )
+                    .await?
+                }
+                None => body["expires_in_days"] = json!(expires_in_days),
+            }
+            (
+                client.post_json("/api/v1/releases", &body).await?,
+                releases_table,
+            )
+        }
+        Command::Release(ReleaseCommand::List) => {
+            (client.get("/api/v1/releases").await?, releases_table)
+        }
+        Command::Release(ReleaseCommand::Get { id }) => (
+            client.get(&format!("/api/v1/releases/{id}")).await?,
+            releases_table,
+        ),
+        Command::Vehicle(VehicleCommand::Register {
+            id,
+            public_key,
+            ecus,
+            tags,
+        }) => {
+            let ecus = ecus
+                .iter()
+                .map(|e| {
+                    e.split_once('=')
+                        .map(|(ecu, hw)| json!({ "ecu": ecu, "hardware_id": hw }))
+                        .with_context(|| format!("--ecu {e:?}: expected ecu=hardware_id"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let body = json!({ "id": id, "public_key": public_key, "ecus": ecus, "tags": tags });
+            (
+                client.post_json("/api/v1/vehicles", &body).await?,
+                vehicles_table,
+            )
+        }
+        Command::Vehicle(VehicleCommand::List {
+            hardware_id,
+            tag,
+            installed_version,
+        }) => {
+            let mut query = Vec::new();
+            for (k, v) in [
+                ("hardware_id", hardware_id),
+                ("tag", tag),
+                ("installed_version", installed_version),
+            ] {
+                if let Some(v) = v {
+                    query.push(format!("{k}={v}"));
+                }
+            }
+            let path = if query.is_empty() {
+                "/api/v1/vehicles".to_owned()
+            } else {
+                format!("/api/v1/vehicles?{}", query.join("&"))
+            };
+            (client.get(&path).await?, vehicles_table)
+        }
+        Command::Vehicle(VehicleCommand::Get { id }) => (
+            client.get(&format!("/api/v1/vehicles/{id}")).await?,
+            vehicles_table,
+        ),
+        Command::Rollout(RolloutCommand::Create(args)) => (
+            client
+                .post_json("/api/v1/rollouts", &rollout_body(&args)?)
+                .await?,
+            rollouts_table,
+        ),
+        Command::Rollout(RolloutCommand::List) => {
+            (client.get("/api/v1/rollouts").await?, rollouts_table)
+        }
+        Command::Rollout(RolloutCommand::Start { id }) => (
+            client
+                .post_empty(&format!("/api/v1/rollouts/{id}/start"))
+                .await?,
+            rollouts_table,
+        ),
+        Command::Rollout(RolloutCommand::Pause { id }) => (
+            client
+                .post_empty(&format!("/api/v1/rollouts/{id}/pause"))
+                .await?,
+            rollouts_table,
+        ),
+        Command::Rollout(RolloutCommand::Resume { id }) => (
+            client
+                .post_empty(&format!("/api/v1/rollouts/{id}/resume"))
+                .await?,
+            rollouts_table,
+        ),
+        Command::Rollout(RolloutCommand::Abort { id }) => (
+            client
+                .post_empty(&format!("/api/v1/rollouts/{id}/abort"))
+                .await?,
+            rollouts_table,
+        ),
+        Command::Rollout(RolloutCommand::Rollback { id }) => (
+            client
+                .post_empty(&format!("/api/v1/rollouts/{id}/rollback"))
+                .await?,
+            rollouts_table,
+        ),
+        Command::Rollout(RolloutCommand::Status {
+            id,
+            watch,
+            interval,
+            updates,
+        }) => {
+            let path = format!("/api/v1/rollouts/{id}/status");
+            if !watch {
+                (client.get(&path).await?, status_text)
+            } else {
+                let mut shown = 0u64;
+                loop {
+                    let status = client.get(&path).await?;
+                    if json_out {
+                        writeln!(out, "{status}")?;
+                    } else {
+                        // Clear the screen and redraw in place.
+                        write!(out, "\x1b[2J\x1b[H{}", status_text(&status))?;
+                    }
+                    out.flush()?;
+                    shown += 1;
+                    let finished = matches!(
+                        status["rollout"]["state"].as_str(),
+                        Some("aborted" | "completed" | "rolled_back")
+                    );
+                    if finished || updates.is_some_and(|max| shown >= max) {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_secs(interval.max(1))).await;
+                }
+            }
+        }
+        Command::DeltaJobs { rollout } => {
+            let path = match rollout {
+                Some(r) => format!("/api/v1/delta-jobs?rollout_id={r}"),
+                None => "/api/v1/delta-jobs".to_owned(),
+            };
+            let render: fn(&Value) -> String = |v| {
+                let rows: Vec<Vec<String>> = list_of(v)
+                    .iter()
+                    .map(|j| {
+                        vec![
+                            s(&j["id"]),
+                            s(&j["hardware_id"]),
+                            short(&j["source_sha256"]),
+                            short(&j["target_sha256"]),
+                            s(&j["status"]),
+                            s(&j["error"]),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["id", "hardware_id", "source", "target", "status", "error"],
+                    &rows,
+                )
+            };
+            (client.get(&path).await?, render)
+        }
+        Command::Audit { limit } => {
+            let render: fn(&Value) -> String = |v| {
+                let rows: Vec<Vec<String>> = list_of(v)
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            s(&a["id"]),
+                            s(&a["at"]),
+                            s(&a["actor"]),
+                            s(&a["action"]),
+                            s(&a["subject"]),
+                        ]
+                    })
+                    .collect();
+                table(&["id", "at", "actor", "action", "subject"], &rows)
+            };
+            (
+                client.get(&format!("/api/v1/audit?limit={limit}")).await?,
+                render,
+            )
+        }
+    };
+    if json_out {
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+    } else {
+        write!(out, "{}", render(&value))?;
+    }
+    Ok(())
+}
+
+/// Entry point of the `otactl` binary.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: starting the runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout();
+    match runtime.block_on(run(cli, &mut stdout)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_bar_fills_by_status() {
+        let phase = json!({ "eligible": 10, "committed": 5, "installed": 0, "downloading": 0, "assigned": 0, "failed": 1, "rolled_back": 0, "cancelled": 0 });
+        let bar = progress_bar(&phase, 10);
+        assert_eq!(bar, "█████x····");
+        assert_eq!(
+            progress_bar(&json!({}), 4),
+            "····",
+            "an empty phase shows an empty bar"
+        );
+    }
+
+    #[test]
+    fn phases_parse_from_flags() {
+        assert_eq!(
+            parse_phase("canary:1:60:95").unwrap(),
+            json!({ "name": "canary", "percent": 1.0, "min_soak_seconds": 60, "success_threshold_percent": 95.0 })
+        );
+        assert!(parse_phase("canary").is_err());
+        assert!(parse_phase("canary:x").is_err());
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(
+            &["id", "name"],
+            &[
+                vec!["a".into(), "long-name".into()],
+                vec!["bbbb".into(), "x".into()],
+            ],
+        );
+        assert_eq!(t, "ID    NAME\na     long-name\nbbbb  x\n");
+    }
+}

@@ -1,0 +1,302 @@
+//! Typed configuration: defaults, then an optional TOML file, then `OTA_*` environment
+//! variables (nested keys with `__`, e.g. `OTA_MQTT__URL`). Bad values are reported by
+//! figment with the key and where it came from (file path or variable name).
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A configuration error: figment's, which names the key, the bad value and its source
+/// (file path or environment variable). Boxed: figment's error is large.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(pub Box<figment::Error>);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Address to listen on; port 0 picks a free port (tests).
+    pub listen: String,
+    /// Where the SQLite file, blobs and dev keys live.
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; default `sqlite://<data_dir>/ota.db`.
+    pub database_url: Option<String>,
+    pub database_max_connections: u32,
+    /// Directory made by `ota-server keys init`; unset = dev keys under `<data_dir>/dev-keys`.
+    pub key_dir: Option<PathBuf>,
+    /// Base URL vehicles download blobs from; default `http://<listen address>`.
+    pub public_url: Option<String>,
+    pub mqtt: MqttSettings,
+    pub limits: LimitSettings,
+    pub director: DirectorSettings,
+    pub delta: DeltaSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSettings {
+    /// `mqtt://host:port`; unset disables the vehicle channel.
+    pub url: Option<String>,
+    pub client_id: String,
+    /// Shared-subscription group: replicas in one group split check-ins between them.
+    pub share_group: String,
+    pub keep_alive_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    pub max_image_bytes: u64,
+    pub max_json_bytes: usize,
+    pub request_timeout_seconds: u64,
+    pub max_concurrent_requests: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectorSettings {
+    /// Lifetime of signed director metadata: short, so a withheld directive goes stale.
+    pub expiry_seconds: i64,
+    pub poll_seconds: u32,
+    /// How often the engine re-evaluates breakers and phase progress.
+    pub tick_milliseconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeltaSettings {
+    /// Concurrent delta builds (each is CPU- and memory-heavy).
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// `tracing` filter directives; `RUST_LOG` overrides.
+    pub filter: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "127.0.0.1:8080".to_owned(),
+            data_dir: PathBuf::from("ota-data"),
+            database_url: None,
+            database_max_connections: 10,
+            key_dir: None,
+            public_url: None,
+            mqtt: MqttSettings::default(),
+            limits: LimitSettings::default(),
+            director: DirectorSettings::default(),
+            delta: DeltaSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        MqttSettings {
+            url: None,
+            client_id: "ota-server".to_owned(),
+            share_group: "ota-server".to_owned(),
+            keep_alive_seconds: 30,
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_image_bytes: 4 * 1024 * 1024 * 1024,
+            max_json_bytes: 1024 * 1024,
+            request_timeout_seconds: 30,
+            max_concurrent_requests: 512,
+        }
+    }
+}
+
+impl Default for DirectorSettings {
+    fn default() -> Self {
+        DirectorSettings {
+            expiry_seconds: 600,
+            poll_seconds: 300,
+            tick_milliseconds: 1000,
+        }
+    }
+}
+
+impl Default for DeltaSettings {
+    fn default() -> Self {
+        DeltaSettings { workers: 1 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Top-level keys read from the environment. Other `OTA_*` variables (the agent's, the
+/// test suite's `OTA_TEST_*`) are not ours and must not trip `deny_unknown_fields`.
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "database_max_connections",
+    "key_dir",
+    "public_url",
+    "mqtt",
+    "limits",
+    "director",
+    "delta",
+    "log",
+];
+
+impl Settings {
+    /// Defaults, then `file` (if given; it must exist), then the environment.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment.merge(
+            Env::prefixed("OTA_")
+                .filter(|key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    ENV_KEYS
+                        .iter()
+                        .any(|k| key == *k || key.starts_with(&format!("{k}__")))
+                })
+                .split("__"),
+        )
+    }
+
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let settings: Settings = Self::figment(file)
+            .extract()
+            .map_err(|e| SettingsError(Box::new(e)))?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Checks that serde's types cannot express.
+    fn check(&self) -> Result<(), SettingsError> {
+        let bad = |key: &str, msg: String| {
+            Err(SettingsError(Box::new(figment::Error::from(format!(
+                "{key}: {msg}"
+            )))))
+        };
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "listen",
+                format!(
+                    "expected host:port (e.g. 127.0.0.1:8080), got {:?}",
+                    self.listen
+                ),
+            );
+        }
+        if let Some(url) = &self.database_url {
+            if crate::store::Backend::from_url(url).is_err() {
+                return bad(
+                    "database_url",
+                    format!("expected sqlite:... or postgres://..., got {url:?}"),
+                );
+            }
+        }
+        if let Some(url) = &self.mqtt.url {
+            if crate::gateway::parse_broker_url(url).is_none() {
+                return bad(
+                    "mqtt.url",
+                    format!("expected mqtt://host:port, got {url:?}"),
+                );
+            }
+        }
+        if self.delta.workers == 0 || self.delta.workers > 64 {
+            return bad(
+                "delta.workers",
+                format!("expected 1..=64, got {}", self.delta.workers),
+            );
+        }
+        if self.director.expiry_seconds < 30 {
+            return bad(
+                "director.expiry_seconds",
+                format!("expected at least 30, got {}", self.director.expiry_seconds),
+            );
+        }
+        if self.limits.max_concurrent_requests == 0 {
+            return bad(
+                "limits.max_concurrent_requests",
+                "expected at least 1, got 0".to_owned(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("ota.db").display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // figment's Jail takes a closure returning figment's (large) error type.
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn file_then_env_with_clear_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "ota.toml",
+                "listen = \"0.0.0.0:9000\"\n[mqtt]\nurl = \"mqtt://broker:1883\"\n",
+            )?;
+            jail.set_env("OTA_DELTA__WORKERS", "3");
+            jail.set_env("OTA_TEST_POSTGRES_URL", "ignored");
+            let s = Settings::load(Some(Path::new("ota.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.listen, "0.0.0.0:9000");
+            assert_eq!(s.mqtt.url.as_deref(), Some("mqtt://broker:1883"));
+            assert_eq!(s.delta.workers, 3);
+
+            jail.set_env("OTA_DELTA__WORKERS", "many");
+            let err = Settings::load(Some(Path::new("ota.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.to_lowercase().contains("delta.workers")
+                    && err.contains("\"many\"")
+                    && err.contains("OTA_"),
+                "error must name the key, the bad value and the environment as its source: {err}"
+            );
+
+            jail.set_env("OTA_DELTA__WORKERS", "1");
+            jail.set_env("OTA_LISTEN", "nowhere");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("listen"), "{err}");
+
+            jail.set_env("OTA_LISTEN", "127.0.0.1:0");
+            jail.create_file("bad.toml", "lissten = \"x\"\n")?;
+            let err = Settings::load(Some(Path::new("bad.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("lissten"), "unknown keys must be named: {err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,184 @@
+//! Building and running the server: `Application::build` connects storage, loads keys
+//! and binds the listener (port 0 in tests, reported by [`Application::port`]);
+//! [`Application::run_until_stopped`] serves until the shutdown future resolves, then
+//! finishes in-flight requests, MQTT messages and delta jobs before returning.
+
+use crate::api::{self, AppState};
+use crate::blobs::BlobStore;
+use crate::engine::Engine;
+use crate::jobs::{DeltaEngine, EngineNotLinked};
+use crate::settings::Settings;
+use crate::signing::ServerKeys;
+use crate::store::Store;
+use anyhow::Context;
+use ota_core::time::Timestamp;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    address: SocketAddr,
+    state: AppState,
+    jobs: Arc<Notify>,
+    delta_engine: Arc<dyn DeltaEngine>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "creating the data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
+        let url = settings.database_url();
+        let store = Store::connect(&url, settings.database_max_connections)
+            .await
+            .with_context(|| {
+                format!(
+                    "opening the database ({})",
+                    url.split('@').next_back().unwrap_or("")
+                )
+            })?;
+        let blobs =
+            BlobStore::open(&settings.data_dir.join("blobs")).context("opening the blob store")?;
+        let keys = match &settings.key_dir {
+            Some(dir) => ServerKeys::load(dir)
+                .with_context(|| format!("loading keys from {}", dir.display()))?,
+            None => ServerKeys::load_or_create_dev(
+                &settings.data_dir.join("dev-keys"),
+                Timestamp::from_datetime(chrono::Utc::now()),
+            )
+            .context("creating development keys")?,
+        };
+        let listener = TcpListener::bind(&settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let address = listener.local_addr().context("reading the bound address")?;
+        let public_url = settings
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{address}"));
+        let requeued = store.requeue_interrupted_delta_jobs().await?;
+        if requeued > 0 {
+            tracing::info!(requeued, "re-queued delta jobs interrupted by a restart");
+        }
+        let jobs = Arc::new(Notify::new());
+        let settings = Arc::new(settings);
+        let keys = Arc::new(keys);
+        let engine = Engine::new(
+            store.clone(),
+            keys.clone(),
+            settings.clone(),
+            public_url.clone(),
+            jobs.clone(),
+        );
+        let state = AppState {
+            store,
+            blobs,
+            keys,
+            settings,
+            engine,
+            metrics: crate::telemetry::metrics_handle(),
+            public_url,
+        };
+        Ok(Application {
+            listener,
+            address,
+            state,
+            jobs,
+            delta_engine: Arc::new(EngineNotLinked),
+        })
+    }
+
+    /// Plugs in the delta engine (the default reports itself unavailable).
+    pub fn with_delta_engine(mut self, engine: Arc<dyn DeltaEngine>) -> Application {
+        self.delta_engine = engine;
+        self
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let settings = self.state.settings.clone();
+        let mut background = Vec::new();
+        if settings.mqtt.url.is_some() {
+            background.push(tokio::spawn(crate::gateway::run(
+                settings.mqtt.clone(),
+                self.state.engine.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        for _ in 0..settings.delta.workers {
+            background.push(tokio::spawn(crate::jobs::worker(
+                self.state.store.clone(),
+                self.state.blobs.clone(),
+                self.delta_engine.clone(),
+                self.jobs.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        {
+            let engine = self.state.engine.clone();
+            let mut stop = stop_rx.clone();
+            let period = Duration::from_millis(settings.director.tick_milliseconds.max(50));
+            background.push(tokio::spawn(async move {
+                let mut interval = tokio::time::interval(period);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = interval.tick() => {
+                            if let Err(err) = engine.tick().await {
+                                tracing::warn!(%err, "rollout engine tick failed");
+                            }
+                        }
+                        _ = stop.changed() => return,
+                    }
+                }
+            }));
+        }
+        tracing::info!(address = %self.address, "serving");
+        let store = self.state.store.clone();
+        let app = api::app(self.state);
+        let signal_tx = stop_tx.clone();
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: finishing in-flight requests and jobs");
+                let _ = signal_tx.send(true);
+            })
+            .await
+            .context("serving HTTP")?;
+        let _ = stop_tx.send(true);
+        for task in background {
+            if tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a background task did not stop within 60 s");
+            }
+        }
+        store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

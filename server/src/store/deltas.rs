@@ -1,0 +1,225 @@
+//! The durable delta job table: one row per (source, target) pair, built at most once.
+
+use super::{ms_to_rfc3339, new_id, now_ms, Store, StoreError};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeltaJobStatus {
+    Queued,
+    Running,
+    Done,
+    /// The delta would not be meaningfully smaller than the full image: vehicles get the
+    /// full image.
+    Skipped,
+    Failed,
+}
+
+impl DeltaJobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeltaJobStatus::Queued => "queued",
+            DeltaJobStatus::Running => "running",
+            DeltaJobStatus::Done => "done",
+            DeltaJobStatus::Skipped => "skipped",
+            DeltaJobStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Queued,
+            Self::Running,
+            Self::Done,
+            Self::Skipped,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeltaJob {
+    pub id: String,
+    pub rollout_id: Option<String>,
+    pub hardware_id: String,
+    pub source_sha256: String,
+    pub target_sha256: String,
+    pub status: DeltaJobStatus,
+    pub attempts: u32,
+    pub delta_sha256: Option<String>,
+    pub delta_length: Option<u64>,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn job_from_row(row: &AnyRow) -> Result<DeltaJob, StoreError> {
+    let status: String = row.try_get("status")?;
+    Ok(DeltaJob {
+        id: row.try_get("id")?,
+        rollout_id: row.try_get("rollout_id")?,
+        hardware_id: row.try_get("hardware_id")?,
+        source_sha256: row.try_get("source_sha256")?,
+        target_sha256: row.try_get("target_sha256")?,
+        status: DeltaJobStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
+            what: "delta job status",
+            reason: status.clone(),
+        })?,
+        attempts: row.try_get::<i64, _>("attempts")?.clamp(0, u32::MAX as i64) as u32,
+        delta_sha256: row.try_get("delta_sha256")?,
+        delta_length: row
+            .try_get::<Option<i64>, _>("delta_length")?
+            .map(|l| l.max(0) as u64),
+        error: row.try_get("error")?,
+        created_at: ms_to_rfc3339(row.try_get("created_ms")?),
+        updated_at: ms_to_rfc3339(row.try_get("updated_ms")?),
+    })
+}
+
+impl Store {
+    /// Enqueues a build unless one exists for the pair (idempotent). Returns whether a
+    /// new job was created.
+    pub async fn enqueue_delta(
+        &self,
+        rollout_id: &str,
+        hardware_id: &str,
+        source_sha256: &str,
+        target_sha256: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO delta_jobs (id, rollout_id, hardware_id, source_sha256, target_sha256, status, \
+             created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(new_id("dj"))
+        .bind(rollout_id)
+        .bind(hardware_id)
+        .bind(source_sha256)
+        .bind(target_sha256)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(inserted.rows_affected() > 0)
+    }
+
+    /// Claims the oldest queued job. The conditional update makes the claim atomic, so
+    /// two workers (or replicas) never build the same job.
+    pub async fn claim_delta_job(&self) -> Result<Option<DeltaJob>, StoreError> {
+        loop {
+            let Some(row) = sqlx::query(
+                "SELECT * FROM delta_jobs WHERE status = 'queued' ORDER BY created_ms, id LIMIT 1",
+            )
+            .fetch_optional(self.pool())
+            .await?
+            else {
+                return Ok(None);
+            };
+            let job = job_from_row(&row)?;
+            let claimed = sqlx::query(
+                "UPDATE delta_jobs SET status = 'running', attempts = attempts + 1, updated_ms = $1 \
+                 WHERE id = $2 AND status = 'queued'",
+            )
+            .bind(now_ms())
+            .bind(&job.id)
+            .execute(self.pool())
+            .await?;
+            if claimed.rows_affected() == 1 {
+                return self.get_delta_job(&job.id).await.map(Some);
+            }
+        }
+    }
+
+    /// Jobs left `running` by a crash go back to the queue (called at startup).
+    pub async fn requeue_interrupted_delta_jobs(&self) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE delta_jobs SET status = 'queued', updated_ms = $1 WHERE status = 'running'",
+        )
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn finish_delta_job(
+        &self,
+        id: &str,
+        status: DeltaJobStatus,
+        delta: Option<(&str, u64)>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE delta_jobs SET status = $1, delta_sha256 = $2, delta_length = $3, error = $4, updated_ms = $5 \
+             WHERE id = $6",
+        )
+        .bind(status.as_str())
+        .bind(delta.map(|(sha, _)| sha.to_owned()))
+        .bind(delta.map(|(_, len)| len as i64))
+        .bind(error)
+        .bind(now_ms())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_delta_job(&self, id: &str) -> Result<DeltaJob, StoreError> {
+        let row = sqlx::query("SELECT * FROM delta_jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                entity: "delta job",
+                id: id.to_owned(),
+            })?;
+        job_from_row(&row)
+    }
+
+    pub async fn list_delta_jobs(
+        &self,
+        rollout_id: Option<&str>,
+    ) -> Result<Vec<DeltaJob>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM delta_jobs WHERE ($1 = '' OR rollout_id = $1) ORDER BY created_ms, id",
+        )
+        .bind(rollout_id.unwrap_or(""))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Built deltas: (source, target, delta sha256, delta length).
+    pub async fn built_deltas(&self) -> Result<Vec<(String, String, String, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source_sha256, target_sha256, delta_sha256, delta_length FROM delta_jobs WHERE status = 'done'",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("source_sha256")?,
+                    row.try_get("target_sha256")?,
+                    row.try_get::<Option<String>, _>("delta_sha256")?
+                        .unwrap_or_default(),
+                    row.try_get::<Option<i64>, _>("delta_length")?
+                        .unwrap_or(0)
+                        .max(0) as u64,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Whether a built delta has this content (blob authorisation).
+    pub async fn is_delta_blob(&self, sha256: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM delta_jobs WHERE delta_sha256 = $1")
+            .bind(sha256)
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+}

@@ -1,0 +1,130 @@
+//! Full images: metadata rows; the bytes live content-addressed in the blob store.
+
+use super::{audit, conflict_or, ms_to_rfc3339, new_id, now_ms, Actor, Store, StoreError};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub id: String,
+    pub name: String,
+    pub hardware_id: String,
+    pub version: String,
+    pub length: u64,
+    pub sha256: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewImage {
+    pub name: String,
+    pub hardware_id: String,
+    pub version: String,
+    pub length: u64,
+    pub sha256: String,
+}
+
+fn image_from_row(row: &AnyRow) -> Result<ImageRecord, sqlx::Error> {
+    Ok(ImageRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        hardware_id: row.try_get("hardware_id")?,
+        version: row.try_get("version")?,
+        length: row.try_get::<i64, _>("length")?.max(0) as u64,
+        sha256: row.try_get("sha256")?,
+        created_at: ms_to_rfc3339(row.try_get("created_ms")?),
+    })
+}
+
+const IMAGE_COLUMNS: &str = "id, name, hardware_id, version, length, sha256, created_ms";
+
+impl Store {
+    pub async fn insert_image(
+        &self,
+        actor: &Actor,
+        image: NewImage,
+    ) -> Result<ImageRecord, StoreError> {
+        let id = new_id("img");
+        let created = now_ms();
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO images (id, name, hardware_id, version, length, sha256, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&id)
+        .bind(&image.name)
+        .bind(&image.hardware_id)
+        .bind(&image.version)
+        .bind(image.length as i64)
+        .bind(&image.sha256)
+        .bind(created)
+        .execute(&mut *tx)
+        .await
+        .map_err(conflict_or(
+            "image",
+            format!(
+                "hardware id {:?} already has version {:?}",
+                image.hardware_id, image.version
+            ),
+        ))?;
+        audit::record(
+            &mut tx,
+            actor,
+            "image.upload",
+            &id,
+            serde_json::json!({
+                "hardware_id": image.hardware_id, "version": image.version,
+                "sha256": image.sha256, "length": image.length,
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ImageRecord {
+            id,
+            name: image.name,
+            hardware_id: image.hardware_id,
+            version: image.version,
+            length: image.length,
+            sha256: image.sha256,
+            created_at: ms_to_rfc3339(created),
+        })
+    }
+
+    pub async fn get_image(&self, id: &str) -> Result<ImageRecord, StoreError> {
+        let row = sqlx::query(&format!("SELECT {IMAGE_COLUMNS} FROM images WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                entity: "image",
+                id: id.to_owned(),
+            })?;
+        Ok(image_from_row(&row)?)
+    }
+
+    pub async fn list_images(
+        &self,
+        hardware_id: Option<&str>,
+    ) -> Result<Vec<ImageRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE ($1 = '' OR hardware_id = $1) \
+             ORDER BY created_ms, id"
+        ))
+        .bind(hardware_id.unwrap_or(""))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(image_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Whether any image (or built delta) has this content, for blob authorisation.
+    pub async fn image_by_sha256(&self, sha256: &str) -> Result<Option<ImageRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE sha256 = $1 ORDER BY created_ms LIMIT 1"
+        ))
+        .bind(sha256)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.as_ref().map(image_from_row).transpose()?)
+    }
+}

@@ -1,0 +1,201 @@
+//! Storage: every table the server keeps, behind one [`Store`].
+//!
+//! Backend choice: one `sqlx::AnyPool` over portable SQL rather than an enum of
+//! `SqlitePool`/`PgPool` with two copies of every query. The schemas in
+//! `migrations/{sqlite,postgres}` are kept column-for-column identical and use only
+//! `TEXT` and `BIGINT` (the types the Any driver maps on both sides); placeholders are
+//! `$1, $2, ...`, which both SQLite and PostgreSQL accept. The backend is picked from the
+//! URL scheme, and the matching migration folder is embedded and applied at startup.
+//!
+//! Architecture invariant: only the server talks to the database, and every mutating
+//! API call writes its audit entry in the same transaction as the change.
+
+mod audit;
+mod deltas;
+mod images;
+mod releases;
+mod rollouts;
+mod tokens;
+mod vehicles;
+
+pub use audit::AuditEntry;
+pub use deltas::{DeltaJob, DeltaJobStatus};
+pub use images::{ImageRecord, NewImage};
+pub use releases::{NewRelease, ReleaseImage, ReleaseRecord};
+pub use rollouts::{DeploymentRecord, NewRollout, PhaseCounts, RolloutRecord, TransitionError};
+pub use tokens::TokenRecord;
+pub use vehicles::{EcuRecord, NewVehicle, VehicleFilter, VehicleRecord};
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Transaction};
+use std::time::Duration;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Which database the URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn from_url(url: &str) -> Result<Backend, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(StoreError::UnsupportedUrl {
+                scheme: url.split(':').next().unwrap_or_default().to_owned(),
+            })
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{entity} {id:?} not found")]
+    NotFound { entity: &'static str, id: String },
+    #[error("{entity} conflicts with an existing one: {detail}")]
+    Conflict {
+        entity: &'static str,
+        detail: String,
+    },
+    #[error("database URL scheme {scheme:?} is not supported (use sqlite: or postgres://)")]
+    UnsupportedUrl { scheme: String },
+    #[error("stored {what} is corrupt: {reason}")]
+    Corrupt { what: &'static str, reason: String },
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("applying migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        StoreError::Database(err)
+    }
+}
+
+/// Maps a unique-constraint violation to `Conflict`, anything else to `Database`.
+pub(crate) fn conflict_or(
+    entity: &'static str,
+    detail: String,
+) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |err| {
+        let unique = err
+            .as_database_error()
+            .is_some_and(|db| db.is_unique_violation());
+        if unique {
+            StoreError::Conflict { entity, detail }
+        } else {
+            StoreError::Database(err)
+        }
+    }
+}
+
+/// Who made a change, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// The API token's name, or `"system"` for the server itself.
+    pub name: String,
+    pub request_id: Option<String>,
+}
+
+impl Actor {
+    pub fn system() -> Actor {
+        Actor {
+            name: "system".to_owned(),
+            request_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Unix milliseconds as RFC 3339 for API responses.
+pub fn ms_to_rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// A random identifier with a type prefix, e.g. `rel_3f9a...` (64 random bits).
+pub fn new_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 8];
+    // getrandom only fails when the OS has no entropy source at all; an id from the clock
+    // is then still unique enough for one process.
+    if getrandom::getrandom(&mut bytes).is_err() {
+        bytes = (now_ms() as u64).to_be_bytes();
+    }
+    format!("{prefix}_{}", hex::encode(bytes))
+}
+
+impl Store {
+    /// Connects (creating a SQLite file if needed) and applies the migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await?;
+        let store = Store { pool, backend };
+        match backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&store.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&store.pool).await?,
+        }
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// A trivial round trip, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    text: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        what,
+        reason: e.to_string(),
+    })
+}

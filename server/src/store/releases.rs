@@ -1,0 +1,165 @@
+//! Releases: a set of images (one per hardware id) and their signed targets metadata.
+
+use super::{audit, conflict_or, ms_to_rfc3339, new_id, now_ms, Actor, Store, StoreError};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReleaseImage {
+    pub hardware_id: String,
+    pub image_id: String,
+    pub name: String,
+    pub version: String,
+    pub length: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseRecord {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub security_version: u64,
+    pub targets_version: u64,
+    /// `"server"` (signed online, dev) or `"offline"` (uploaded pre-signed by otactl).
+    pub signed_by: String,
+    pub images: Vec<ReleaseImage>,
+    /// The signed targets envelope, exactly as vehicles receive it.
+    pub targets: serde_json::Value,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRelease {
+    pub name: String,
+    pub version: String,
+    pub security_version: u64,
+    pub targets_version: u64,
+    pub targets_envelope: String,
+    pub signed_by: String,
+    /// (hardware id, image id)
+    pub images: Vec<(String, String)>,
+}
+
+impl Store {
+    pub async fn insert_release(
+        &self,
+        actor: &Actor,
+        release: NewRelease,
+    ) -> Result<ReleaseRecord, StoreError> {
+        let id = new_id("rel");
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO releases (id, name, version, security_version, targets_version, \
+             targets_envelope, signed_by, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&id)
+        .bind(&release.name)
+        .bind(&release.version)
+        .bind(release.security_version as i64)
+        .bind(release.targets_version as i64)
+        .bind(&release.targets_envelope)
+        .bind(&release.signed_by)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(conflict_or(
+            "release",
+            format!("a release named {:?} exists", release.name),
+        ))?;
+        for (hardware_id, image_id) in &release.images {
+            sqlx::query("INSERT INTO release_images (release_id, hardware_id, image_id) VALUES ($1, $2, $3)")
+                .bind(&id)
+                .bind(hardware_id)
+                .bind(image_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        audit::record(
+            &mut tx,
+            actor,
+            "release.create",
+            &id,
+            serde_json::json!({
+                "name": release.name, "version": release.version,
+                "security_version": release.security_version, "signed_by": release.signed_by,
+                "images": release.images.iter().map(|(_, image)| image).collect::<Vec<_>>(),
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        self.get_release(&id).await
+    }
+
+    /// The highest targets version issued so far (new releases sign above it).
+    pub async fn max_targets_version(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(targets_version), 0) AS v FROM releases")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get::<i64, _>("v")?.max(0) as u64)
+    }
+
+    async fn release_images(&self, release_id: &str) -> Result<Vec<ReleaseImage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT ri.hardware_id, ri.image_id, i.name, i.version, i.length, i.sha256 \
+             FROM release_images ri JOIN images i ON i.id = ri.image_id \
+             WHERE ri.release_id = $1 ORDER BY ri.hardware_id",
+        )
+        .bind(release_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ReleaseImage {
+                    hardware_id: row.try_get("hardware_id")?,
+                    image_id: row.try_get("image_id")?,
+                    name: row.try_get("name")?,
+                    version: row.try_get("version")?,
+                    length: row.try_get::<i64, _>("length")?.max(0) as u64,
+                    sha256: row.try_get("sha256")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn release_from_row(&self, row: &AnyRow) -> Result<ReleaseRecord, StoreError> {
+        let id: String = row.try_get("id")?;
+        let envelope: String = row.try_get("targets_envelope")?;
+        Ok(ReleaseRecord {
+            images: self.release_images(&id).await?,
+            id,
+            name: row.try_get("name")?,
+            version: row.try_get("version")?,
+            security_version: row.try_get::<i64, _>("security_version")?.max(0) as u64,
+            targets_version: row.try_get::<i64, _>("targets_version")?.max(0) as u64,
+            signed_by: row.try_get("signed_by")?,
+            targets: super::parse_json("targets envelope", &envelope)?,
+            created_at: ms_to_rfc3339(row.try_get("created_ms")?),
+        })
+    }
+
+    pub async fn get_release(&self, id: &str) -> Result<ReleaseRecord, StoreError> {
+        let row = sqlx::query("SELECT * FROM releases WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                entity: "release",
+                id: id.to_owned(),
+            })?;
+        self.release_from_row(&row).await
+    }
+
+    pub async fn list_releases(&self) -> Result<Vec<ReleaseRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM releases ORDER BY created_ms, id")
+            .fetch_all(self.pool())
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(self.release_from_row(row).await?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,544 @@
+//! Rollouts and their deployments (one row per vehicle ECU assigned).
+
+use super::{audit, ms_to_rfc3339, new_id, now_ms, parse_json, Actor, Store, StoreError};
+use crate::breaker::{BreakerState, Outcomes};
+use crate::director::{DeploymentStatus, NewDeployment};
+use crate::rollout::{transition, IllegalTransition, RolloutAction, RolloutSpec, RolloutState};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutRecord {
+    pub id: String,
+    pub name: String,
+    pub release_id: String,
+    pub spec: RolloutSpec,
+    /// Hex of the cohort salt (DESIGN §7): publishing it lets anyone reproduce cohorts.
+    pub salt: String,
+    pub state: RolloutState,
+    pub current_phase: usize,
+    #[serde(skip)]
+    pub phase_started_ms: Option<i64>,
+    pub breaker_state: BreakerState,
+    pub breaker_reason: Option<String>,
+    #[serde(skip)]
+    pub window_start_ms: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRollout {
+    pub name: String,
+    pub release_id: String,
+    pub spec: RolloutSpec,
+    pub salt: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploymentRecord {
+    pub id: String,
+    pub rollout_id: String,
+    pub vehicle_id: String,
+    pub ecu: String,
+    pub phase: usize,
+    pub status: DeploymentStatus,
+    pub attempts: u32,
+    #[serde(skip)]
+    pub updated_ms: i64,
+    pub from_sha256: Option<String>,
+    pub reason_code: Option<String>,
+    pub assigned_at: String,
+    pub updated_at: String,
+}
+
+/// Deployment counts of one phase, by status.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PhaseCounts {
+    pub assigned: u64,
+    pub downloading: u64,
+    pub installed: u64,
+    pub committed: u64,
+    pub failed: u64,
+    pub rolled_back: u64,
+    pub cancelled: u64,
+}
+
+impl PhaseCounts {
+    fn add(&mut self, status: DeploymentStatus, n: u64) {
+        match status {
+            DeploymentStatus::Assigned => self.assigned += n,
+            DeploymentStatus::Downloading => self.downloading += n,
+            DeploymentStatus::Installed => self.installed += n,
+            DeploymentStatus::Committed => self.committed += n,
+            DeploymentStatus::Failed => self.failed += n,
+            DeploymentStatus::RolledBack => self.rolled_back += n,
+            DeploymentStatus::Cancelled => self.cancelled += n,
+        }
+    }
+
+    /// Every deployment ever started in the phase, whatever its status now.
+    pub fn total(&self) -> u64 {
+        self.assigned
+            + self.downloading
+            + self.installed
+            + self.committed
+            + self.failed
+            + self.rolled_back
+            + self.cancelled
+    }
+}
+
+fn corrupt(what: &'static str, got: &str) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        reason: format!("unknown value {got:?}"),
+    }
+}
+
+fn rollout_from_row(row: &AnyRow) -> Result<RolloutRecord, StoreError> {
+    let state: String = row.try_get("state")?;
+    let breaker: String = row.try_get("breaker_state")?;
+    let spec: String = row.try_get("spec")?;
+    Ok(RolloutRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        release_id: row.try_get("release_id")?,
+        spec: parse_json("rollout spec", &spec)?,
+        salt: row.try_get("salt")?,
+        state: RolloutState::parse(&state).ok_or_else(|| corrupt("rollout state", &state))?,
+        current_phase: row.try_get::<i64, _>("current_phase")?.max(0) as usize,
+        phase_started_ms: row.try_get("phase_started_ms")?,
+        breaker_state: BreakerState::parse(&breaker)
+            .ok_or_else(|| corrupt("breaker state", &breaker))?,
+        breaker_reason: row.try_get("breaker_reason")?,
+        window_start_ms: row.try_get("window_start_ms")?,
+        created_at: ms_to_rfc3339(row.try_get("created_ms")?),
+        updated_at: ms_to_rfc3339(row.try_get("updated_ms")?),
+    })
+}
+
+fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRecord, StoreError> {
+    let status: String = row.try_get("status")?;
+    Ok(DeploymentRecord {
+        id: row.try_get("id")?,
+        rollout_id: row.try_get("rollout_id")?,
+        vehicle_id: row.try_get("vehicle_id")?,
+        ecu: row.try_get("ecu")?,
+        phase: row.try_get::<i64, _>("phase_index")?.max(0) as usize,
+        status: DeploymentStatus::parse(&status)
+            .ok_or_else(|| corrupt("deployment status", &status))?,
+        attempts: row.try_get::<i64, _>("attempts")?.clamp(0, u32::MAX as i64) as u32,
+        updated_ms: row.try_get("updated_ms")?,
+        from_sha256: row.try_get("from_sha256")?,
+        reason_code: row.try_get("reason_code")?,
+        assigned_at: ms_to_rfc3339(row.try_get("assigned_ms")?),
+        updated_at: ms_to_rfc3339(row.try_get("updated_ms")?),
+    })
+}
+
+/// Why a rollout state change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for TransitionError {
+    fn from(err: sqlx::Error) -> Self {
+        TransitionError::Store(err.into())
+    }
+}
+
+impl Store {
+    pub async fn insert_rollout(
+        &self,
+        actor: &Actor,
+        rollout: NewRollout,
+    ) -> Result<RolloutRecord, StoreError> {
+        let id = new_id("ro");
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO rollouts (id, name, release_id, spec, salt, state, created_ms, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, 'draft', $6, $6)",
+        )
+        .bind(&id)
+        .bind(&rollout.name)
+        .bind(&rollout.release_id)
+        .bind(serde_json::to_string(&rollout.spec).unwrap_or_default())
+        .bind(&rollout.salt)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        audit::record(
+            &mut tx,
+            actor,
+            "rollout.create",
+            &id,
+            serde_json::json!({ "name": rollout.name, "release_id": rollout.release_id, "spec": rollout.spec }),
+        )
+        .await?;
+        tx.commit().await?;
+        self.get_rollout(&id).await
+    }
+
+    pub async fn get_rollout(&self, id: &str) -> Result<RolloutRecord, StoreError> {
+        let row = sqlx::query("SELECT * FROM rollouts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                entity: "rollout",
+                id: id.to_owned(),
+            })?;
+        rollout_from_row(&row)
+    }
+
+    pub async fn list_rollouts(
+        &self,
+        state: Option<RolloutState>,
+    ) -> Result<Vec<RolloutRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM rollouts WHERE ($1 = '' OR state = $1) ORDER BY created_ms, id",
+        )
+        .bind(state.map(|s| s.as_str()).unwrap_or(""))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(rollout_from_row).collect()
+    }
+
+    /// Running and paused rollouts, oldest first (the director's priority order).
+    pub async fn active_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM rollouts WHERE state IN ('running', 'paused') ORDER BY created_ms, id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(rollout_from_row).collect()
+    }
+
+    /// Applies `action` through the state machine. The update is conditional on the state
+    /// read, so two concurrent operators cannot both win a race.
+    pub async fn transition_rollout(
+        &self,
+        actor: &Actor,
+        id: &str,
+        action: RolloutAction,
+        reason: Option<&str>,
+    ) -> Result<RolloutRecord, TransitionError> {
+        let current = self.get_rollout(id).await?;
+        let to = transition(current.state, action)?;
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let (phase_started, breaker, window_start) = match action {
+            RolloutAction::Start => (Some(now), BreakerState::Closed, now),
+            // An operator resume half-opens an open breaker: a probe batch decides.
+            RolloutAction::Resume if current.breaker_state == BreakerState::Open => {
+                (current.phase_started_ms, BreakerState::HalfOpen, now)
+            }
+            _ => (
+                current.phase_started_ms,
+                current.breaker_state,
+                current.window_start_ms,
+            ),
+        };
+        let updated = sqlx::query(
+            "UPDATE rollouts SET state = $1, phase_started_ms = $2, breaker_state = $3, \
+             window_start_ms = $4, updated_ms = $5 WHERE id = $6 AND state = $7",
+        )
+        .bind(to.as_str())
+        .bind(phase_started)
+        .bind(breaker.as_str())
+        .bind(window_start)
+        .bind(now)
+        .bind(id)
+        .bind(current.state.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            // Someone else changed the state between our read and write: report it as the
+            // transition from the state they left.
+            let latest = self.get_rollout(id).await?;
+            return Err(IllegalTransition {
+                from: latest.state,
+                action,
+            }
+            .into());
+        }
+        audit::record(
+            &mut tx,
+            actor,
+            &format!("rollout.{}", action.as_str()),
+            id,
+            serde_json::json!({ "from": current.state, "to": to, "reason": reason }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(self.get_rollout(id).await?)
+    }
+
+    /// Moves a running rollout to `phase` (the engine's phase-advance), audited.
+    pub async fn advance_phase(
+        &self,
+        actor: &Actor,
+        id: &str,
+        from: usize,
+        to: usize,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE rollouts SET current_phase = $1, phase_started_ms = $2, updated_ms = $2 \
+             WHERE id = $3 AND current_phase = $4 AND state = 'running'",
+        )
+        .bind(to as i64)
+        .bind(now)
+        .bind(id)
+        .bind(from as i64)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        audit::record(
+            &mut tx,
+            actor,
+            "rollout.phase_advance",
+            id,
+            serde_json::json!({ "from": from, "to": to }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Records a breaker transition, audited.
+    pub async fn set_breaker(
+        &self,
+        actor: &Actor,
+        id: &str,
+        from: BreakerState,
+        to: BreakerState,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE rollouts SET breaker_state = $1, breaker_reason = $2, updated_ms = $3 \
+             WHERE id = $4 AND breaker_state = $5",
+        )
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(now)
+        .bind(id)
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        audit::record(
+            &mut tx,
+            actor,
+            "rollout.breaker",
+            id,
+            serde_json::json!({ "from": from, "to": to, "reason": reason }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn deployments_for_vehicle(
+        &self,
+        vehicle_id: &str,
+    ) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM deployments WHERE vehicle_id = $1 ORDER BY assigned_ms, id")
+                .bind(vehicle_id)
+                .fetch_all(self.pool())
+                .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    pub async fn deployments_for_rollout(
+        &self,
+        rollout_id: &str,
+    ) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM deployments WHERE rollout_id = $1 ORDER BY assigned_ms, id")
+                .bind(rollout_id)
+                .fetch_all(self.pool())
+                .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    /// Records new deployments; an id that exists already is left as it is (idempotent).
+    pub async fn insert_deployments(
+        &self,
+        rollout_id: &str,
+        vehicle_id: &str,
+        phase: usize,
+        new: &[NewDeployment],
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        for d in new.iter().filter(|d| d.retry) {
+            // A retry reuses the failed deployment: back to assigned, one more attempt,
+            // progress sequences start over (the agent numbers each attempt from 1).
+            sqlx::query(
+                "UPDATE deployments SET status = 'assigned', attempts = attempts + 1, last_sequence = 0, \
+                 reason_code = NULL, assigned_ms = $1, updated_ms = $1 WHERE id = $2 AND status = 'failed'",
+            )
+            .bind(now)
+            .bind(&d.deployment_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for d in new.iter().filter(|d| !d.retry) {
+            sqlx::query(
+                "INSERT INTO deployments (id, rollout_id, vehicle_id, ecu, phase_index, status, from_sha256, \
+                 assigned_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, 'assigned', $6, $7, $7) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&d.deployment_id)
+            .bind(rollout_id)
+            .bind(vehicle_id)
+            .bind(&d.ecu)
+            .bind(phase as i64)
+            .bind(d.from_sha256.map(|s| s.to_hex()))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Vehicles newly assigned in this rollout since `since_ms` (rate limiting).
+    pub async fn vehicles_started_since(
+        &self,
+        rollout_id: &str,
+        since_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(DISTINCT vehicle_id) AS n FROM deployments WHERE rollout_id = $1 AND assigned_ms >= $2",
+        )
+        .bind(rollout_id)
+        .bind(since_ms)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
+    }
+
+    /// Counts by phase and status.
+    pub async fn phase_counts(
+        &self,
+        rollout_id: &str,
+    ) -> Result<BTreeMap<usize, PhaseCounts>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT phase_index, status, COUNT(*) AS n FROM deployments WHERE rollout_id = $1 \
+             GROUP BY phase_index, status",
+        )
+        .bind(rollout_id)
+        .fetch_all(self.pool())
+        .await?;
+        let mut out: BTreeMap<usize, PhaseCounts> = BTreeMap::new();
+        for row in &rows {
+            let status: String = row.try_get("status")?;
+            let status = DeploymentStatus::parse(&status)
+                .ok_or_else(|| corrupt("deployment status", &status))?;
+            let phase = row.try_get::<i64, _>("phase_index")?.max(0) as usize;
+            out.entry(phase)
+                .or_default()
+                .add(status, row.try_get::<i64, _>("n")?.max(0) as u64);
+        }
+        Ok(out)
+    }
+
+    /// Finished deployments updated since `since_ms`, by outcome (the breaker's window).
+    pub async fn outcomes_since(
+        &self,
+        rollout_id: &str,
+        since_ms: i64,
+    ) -> Result<Outcomes, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM deployments WHERE rollout_id = $1 AND assigned_ms >= $2 \
+             GROUP BY status",
+        )
+        .bind(rollout_id)
+        .bind(since_ms)
+        .fetch_all(self.pool())
+        .await?;
+        let mut outcomes = Outcomes::default();
+        for row in &rows {
+            let status: String = row.try_get("status")?;
+            let n = row.try_get::<i64, _>("n")?.max(0) as u64;
+            match DeploymentStatus::parse(&status) {
+                Some(DeploymentStatus::Committed) => outcomes.succeeded += n,
+                Some(DeploymentStatus::Failed) => outcomes.failed += n,
+                Some(DeploymentStatus::RolledBack) => outcomes.rolled_back += n,
+                _ => {}
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Applies a progress report to a deployment of `vehicle_id`. Reports with a sequence
+    /// at or below the last applied one are ignored, so redelivery is harmless.
+    /// Returns whether anything changed.
+    pub async fn update_deployment(
+        &self,
+        deployment_id: &str,
+        vehicle_id: &str,
+        status: DeploymentStatus,
+        sequence: u64,
+        reason_code: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE deployments SET status = $1, last_sequence = $2, reason_code = $3, updated_ms = $4 \
+             WHERE id = $5 AND vehicle_id = $6 AND last_sequence < $2 \
+             AND status NOT IN ('committed', 'failed', 'rolled_back', 'cancelled')",
+        )
+        .bind(status.as_str())
+        .bind(sequence.min(i64::MAX as u64) as i64)
+        .bind(reason_code)
+        .bind(now_ms())
+        .bind(deployment_id)
+        .bind(vehicle_id)
+        .execute(self.pool())
+        .await?;
+        Ok(updated.rows_affected() > 0)
+    }
+
+    /// Marks the vehicle's unfinished deployments of a rollout cancelled (abort).
+    pub async fn cancel_unfinished(
+        &self,
+        rollout_id: &str,
+    ) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM deployments WHERE rollout_id = $1 AND status IN ('assigned', 'downloading')",
+        )
+        .bind(rollout_id)
+        .fetch_all(self.pool())
+        .await?;
+        let cancelled: Vec<DeploymentRecord> = rows
+            .iter()
+            .map(deployment_from_row)
+            .collect::<Result<_, _>>()?;
+        sqlx::query(
+            "UPDATE deployments SET status = 'cancelled', updated_ms = $1 WHERE rollout_id = $2 \
+             AND status IN ('assigned', 'downloading')",
+        )
+        .bind(now_ms())
+        .bind(rollout_id)
+        .execute(self.pool())
+        .await?;
+        Ok(cancelled)
+    }
+}

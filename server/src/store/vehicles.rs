@@ -1,0 +1,243 @@
+//! Vehicles: identity (opaque id, device public key), ECUs, installed images, check-ins.
+
+use super::{audit, conflict_or, ms_to_rfc3339, now_ms, Actor, Store, StoreError};
+use ota_core::protocol::CheckIn;
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EcuRecord {
+    pub ecu: String,
+    pub hardware_id: String,
+    pub installed_version: Option<String>,
+    pub installed_sha256: Option<String>,
+    pub installed_length: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VehicleRecord {
+    pub id: String,
+    /// Hex of the raw Ed25519 device public key.
+    pub public_key: String,
+    pub tags: Vec<String>,
+    pub ecus: Vec<EcuRecord>,
+    pub created_at: String,
+    pub last_seen_at: Option<String>,
+    pub agent_state: Option<String>,
+    pub director_version: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewVehicle {
+    pub id: String,
+    pub public_key: String,
+    pub tags: Vec<String>,
+    /// (ecu, hardware id)
+    pub ecus: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VehicleFilter {
+    pub hardware_id: Option<String>,
+    pub tag: Option<String>,
+    pub installed_version: Option<String>,
+    pub limit: i64,
+}
+
+impl Store {
+    pub async fn insert_vehicle(
+        &self,
+        actor: &Actor,
+        vehicle: NewVehicle,
+    ) -> Result<VehicleRecord, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO vehicles (id, public_key, tags, created_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&vehicle.id)
+        .bind(&vehicle.public_key)
+        .bind(serde_json::to_string(&vehicle.tags).unwrap_or_default())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(conflict_or(
+            "vehicle",
+            format!("vehicle {:?} is already registered", vehicle.id),
+        ))?;
+        for (ecu, hardware_id) in &vehicle.ecus {
+            sqlx::query(
+                "INSERT INTO vehicle_ecus (vehicle_id, ecu, hardware_id) VALUES ($1, $2, $3)",
+            )
+            .bind(&vehicle.id)
+            .bind(ecu)
+            .bind(hardware_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        audit::record(
+            &mut tx,
+            actor,
+            "vehicle.register",
+            &vehicle.id,
+            serde_json::json!({ "ecus": vehicle.ecus, "tags": vehicle.tags }),
+        )
+        .await?;
+        tx.commit().await?;
+        self.get_vehicle(&vehicle.id).await
+    }
+
+    async fn vehicle_ecus(&self, id: &str) -> Result<Vec<EcuRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT ecu, hardware_id, installed_version, installed_sha256, installed_length \
+             FROM vehicle_ecus WHERE vehicle_id = $1 ORDER BY ecu",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(EcuRecord {
+                    ecu: row.try_get("ecu")?,
+                    hardware_id: row.try_get("hardware_id")?,
+                    installed_version: row.try_get("installed_version")?,
+                    installed_sha256: row.try_get("installed_sha256")?,
+                    installed_length: row
+                        .try_get::<Option<i64>, _>("installed_length")?
+                        .map(|l| l.max(0) as u64),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn vehicle_from_row(&self, row: &AnyRow) -> Result<VehicleRecord, StoreError> {
+        let id: String = row.try_get("id")?;
+        let tags: String = row.try_get("tags")?;
+        Ok(VehicleRecord {
+            ecus: self.vehicle_ecus(&id).await?,
+            id,
+            public_key: row.try_get("public_key")?,
+            tags: super::parse_json("vehicle tags", &tags)?,
+            created_at: ms_to_rfc3339(row.try_get("created_ms")?),
+            last_seen_at: row
+                .try_get::<Option<i64>, _>("last_seen_ms")?
+                .map(ms_to_rfc3339),
+            agent_state: row.try_get("agent_state")?,
+            director_version: row.try_get::<i64, _>("director_version")?.max(0) as u64,
+        })
+    }
+
+    pub async fn get_vehicle(&self, id: &str) -> Result<VehicleRecord, StoreError> {
+        let row = sqlx::query("SELECT * FROM vehicles WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                entity: "vehicle",
+                id: id.to_owned(),
+            })?;
+        self.vehicle_from_row(&row).await
+    }
+
+    pub async fn list_vehicles(
+        &self,
+        filter: &VehicleFilter,
+    ) -> Result<Vec<VehicleRecord>, StoreError> {
+        // Tags are a JSON array of strings; matching the quoted tag inside it is exact
+        // because tags are validated to contain no quote characters.
+        let rows = sqlx::query(
+            "SELECT * FROM vehicles v WHERE \
+               ($1 = '' OR EXISTS (SELECT 1 FROM vehicle_ecus e WHERE e.vehicle_id = v.id AND e.hardware_id = $1)) \
+               AND ($2 = '' OR v.tags LIKE $3) \
+               AND ($4 = '' OR EXISTS (SELECT 1 FROM vehicle_ecus e WHERE e.vehicle_id = v.id AND e.installed_version = $4)) \
+             ORDER BY v.id LIMIT $5",
+        )
+        .bind(filter.hardware_id.clone().unwrap_or_default())
+        .bind(filter.tag.clone().unwrap_or_default())
+        .bind(format!("%\"{}\"%", filter.tag.clone().unwrap_or_default()))
+        .bind(filter.installed_version.clone().unwrap_or_default())
+        .bind(if filter.limit > 0 { filter.limit } else { 1000 })
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(self.vehicle_from_row(row).await?);
+        }
+        Ok(out)
+    }
+
+    /// Every vehicle, for director decisions over a fleet (bounded by `limit`).
+    pub async fn all_vehicles(&self, limit: i64) -> Result<Vec<VehicleRecord>, StoreError> {
+        self.list_vehicles(&VehicleFilter {
+            limit,
+            ..VehicleFilter::default()
+        })
+        .await
+    }
+
+    /// Records a verified check-in: last seen, agent state, installed image per known ECU.
+    /// Reports for ECUs the vehicle was not provisioned with are ignored.
+    pub async fn record_checkin(&self, checkin: &CheckIn) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let updated =
+            sqlx::query("UPDATE vehicles SET last_seen_ms = $1, agent_state = $2 WHERE id = $3")
+                .bind(now_ms())
+                .bind(&checkin.agent_state)
+                .bind(&checkin.vehicle_id)
+                .execute(&mut *tx)
+                .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                entity: "vehicle",
+                id: checkin.vehicle_id.clone(),
+            });
+        }
+        for ecu in &checkin.ecus {
+            let (version, sha, length) = match &ecu.installed {
+                Some(i) => (
+                    Some(i.version.clone()),
+                    Some(i.sha256.to_hex()),
+                    Some(i.length as i64),
+                ),
+                None => (None, None, None),
+            };
+            sqlx::query(
+                "UPDATE vehicle_ecus SET installed_version = $1, installed_sha256 = $2, installed_length = $3 \
+                 WHERE vehicle_id = $4 AND ecu = $5",
+            )
+            .bind(version)
+            .bind(sha)
+            .bind(length)
+            .bind(&checkin.vehicle_id)
+            .bind(&ecu.ecu)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Reserves the next director metadata version for a vehicle: above both what the
+    /// server issued and what the vehicle says it trusts, so versions only ever grow.
+    pub async fn next_director_version(
+        &self,
+        vehicle_id: &str,
+        trusted: u64,
+    ) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "UPDATE vehicles SET director_version = \
+               CASE WHEN director_version > $1 THEN director_version + 1 ELSE $1 + 1 END \
+             WHERE id = $2 RETURNING director_version",
+        )
+        .bind(trusted.min(i64::MAX as u64 - 1) as i64)
+        .bind(vehicle_id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            entity: "vehicle",
+            id: vehicle_id.to_owned(),
+        })?;
+        Ok(row.try_get::<i64, _>("director_version")?.max(0) as u64)
+    }
+}

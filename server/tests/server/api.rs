@@ -1,0 +1,1083 @@
+//! The web API, endpoint by endpoint: success and bad input, against both backends.
+
+use crate::both_backends;
+use crate::helpers::{
+    checkin, device_key, signed_checkin, spawn_app, spawn_app_with, unique, Backend, Options,
+    TestApp,
+};
+use ota_core::encoding::Sha256Digest;
+use ota_core::envelope::Envelope;
+use ota_core::metadata::{
+    parse_document, to_payload, DirectorMetadata, Role, TargetImage, TargetsMetadata,
+};
+use ota_core::protocol::blob_auth_header;
+use ota_core::time::Timestamp;
+use serde_json::{json, Value};
+
+async fn app(backend: Backend, options: Options) -> Option<TestApp> {
+    spawn_app_with(backend, options).await
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let app = spawn_app().await;
+    let (status, body) = app.get("/healthz", "").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = app.get("/readyz", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["database"], "ok");
+    assert_eq!(body["broker"], "disabled");
+    let (status, _) = app.get("/api/v1/images", &app.read_token).await;
+    assert_eq!(status, 200);
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ota_http_requests_total"),
+        "metrics must count requests: {metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_document_is_served_valid_and_every_route_exists() {
+    let app = spawn_app().await;
+    let (status, doc) = app.get("/api/v1/openapi.json", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        ota_server::api::openapi::validate(&doc),
+        Vec::<String>::new()
+    );
+    for (method, path) in ota_server::api::openapi::documented_routes() {
+        let concrete = path
+            .replace("{id}", "x")
+            .replace("{sha256}", &"0".repeat(64));
+        let request = match method.as_str() {
+            "get" => app.http.get(app.url(&concrete)),
+            "post" => app.http.post(app.url(&concrete)),
+            other => panic!("undocumented method {other}"),
+        };
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(
+            status != 405 && body["type"] != "urn:ota:problem:no-route",
+            "{method} {path} is documented but not routed ({status} {body})"
+        );
+    }
+    let (status, body) = app.get("/api/v1/nothing-here", &app.admin_token).await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (404, Some("urn:ota:problem:no-route"))
+    );
+    let response = app
+        .http
+        .delete(app.url("/api/v1/images"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_and_scopes_are_enforced() {
+    let app = spawn_app().await;
+    let (status, body) = app.get("/api/v1/images", "").await;
+    assert_eq!(status, 401, "no token: {body}");
+    let (status, _) = app.get("/api/v1/images", "ota_not-a-real-token").await;
+    assert_eq!(status, 401);
+    let (status, body) = app
+        .post("/api/v1/vehicles", &app.read_token, &json!({}))
+        .await;
+    assert_eq!(status, 403, "read cannot provision: {body}");
+    assert!(body["detail"].as_str().unwrap().contains("admin"));
+    let (status, _) = app
+        .post("/api/v1/releases", &app.rollout_token, &json!({}))
+        .await;
+    assert_eq!(status, 403, "rollout:write cannot create releases");
+    let (status, _) = app.get("/api/v1/audit", &app.read_token).await;
+    assert_eq!(status, 403, "the audit log is for admins");
+    app.stop().await;
+}
+
+async fn images(backend: Backend) {
+    let Some(app) = app(
+        backend,
+        Options {
+            max_image_bytes: Some(4096),
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let bytes = b"firmware".repeat(100);
+    let image = app.upload("hw-a", "1.0.0", bytes.clone()).await;
+    assert_eq!(
+        image["sha256"],
+        Sha256Digest::of(&bytes).to_hex(),
+        "SHA-256 computed while streaming"
+    );
+    assert_eq!(image["length"], 800);
+    assert_eq!(image["name"], "hw-a-1.0.0");
+    let id = image["id"].as_str().unwrap();
+    let (status, got) = app
+        .get(&format!("/api/v1/images/{id}"), &app.read_token)
+        .await;
+    assert_eq!((status, &got), (200, &image));
+    let (status, list) = app
+        .get("/api/v1/images?hardware_id=hw-a", &app.read_token)
+        .await;
+    assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
+    let blob = app
+        .dir
+        .path()
+        .join("blobs/sha256")
+        .join(Sha256Digest::of(&bytes).to_hex());
+    assert_eq!(
+        std::fs::read(blob).unwrap(),
+        bytes,
+        "stored content-addressed"
+    );
+
+    let upload = |q: &str| format!("/api/v1/images?{q}");
+    let cases: Vec<(String, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            upload("hardware_id=hw-a&version=1.0.0"),
+            "application/octet-stream",
+            b"other".to_vec(),
+            409,
+            "conflict",
+        ),
+        (
+            upload("hardware_id=hw-a&version=2.0.0"),
+            "application/octet-stream",
+            vec![0u8; 5000],
+            413,
+            "payload-too-large",
+        ),
+        (
+            upload("hardware_id=hw-a&version=2.0.0"),
+            "text/plain",
+            b"x".to_vec(),
+            415,
+            "unsupported-media-type",
+        ),
+        (
+            upload("hardware_id=hw-a"),
+            "application/octet-stream",
+            b"x".to_vec(),
+            400,
+            "bad-request",
+        ),
+        (
+            upload("hardware_id=hw-a&version=2.0.0&colour=red"),
+            "application/octet-stream",
+            b"x".to_vec(),
+            400,
+            "bad-request",
+        ),
+        (
+            upload("hardware_id=hw%2Fa&version=2.0.0"),
+            "application/octet-stream",
+            b"x".to_vec(),
+            422,
+            "validation",
+        ),
+        (
+            upload("hardware_id=hw-a&version=3.0.0"),
+            "application/octet-stream",
+            vec![],
+            422,
+            "validation",
+        ),
+    ];
+    for (path, content_type, body, status, kind) in cases {
+        let (got, problem) = app
+            .post_raw(&path, &app.admin_token, content_type, body)
+            .await;
+        assert_eq!(got, status, "{path} ({content_type}): {problem}");
+        assert_eq!(
+            problem["type"],
+            format!("urn:ota:problem:{kind}"),
+            "{path}: {problem}"
+        );
+        assert!(
+            !problem["detail"].as_str().unwrap_or("").is_empty(),
+            "problems say what was wrong"
+        );
+    }
+    let (status, problem) = app.get("/api/v1/images/not-an-id", &app.read_token).await;
+    assert_eq!(status, 422);
+    assert_eq!(problem["errors"][0]["field"], "image id");
+    let (status, _) = app
+        .get("/api/v1/images/img_0123456789abcdef", &app.read_token)
+        .await;
+    assert_eq!(status, 404);
+    let tmp = std::fs::read_dir(app.dir.path().join("blobs/tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(tmp, 0, "refused uploads leave no temporary files");
+    app.stop().await;
+}
+both_backends!(images_upload_list_get_and_bad_input, images);
+
+async fn releases(backend: Backend) {
+    let Some(app) = app(
+        backend,
+        Options {
+            max_json_bytes: Some(2048),
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let a = app.upload("hw-a", "2.0.0", b"aaaa".repeat(10)).await;
+    let b = app.upload("hw-b", "2.0.0", b"bbbb".repeat(10)).await;
+    let a2 = app.upload("hw-a", "2.0.1", b"cccc".repeat(10)).await;
+    let (status, release) = app
+        .post("/api/v1/releases", &app.admin_token, &json!({ "name": "r-2", "version": "2.0.0", "security_version": 4, "images": [a["id"], b["id"]] }))
+        .await;
+    assert_eq!(status, 201, "{release}");
+    assert_eq!(release["signed_by"], "server");
+    assert_eq!(release["targets_version"], 1);
+    let envelope = serde_json::to_vec(&release["targets"]).unwrap();
+    let state = ota_server::signing::ServerKeys::load(&app.dir.path().join("dev-keys")).unwrap();
+    let targets = state
+        .verify_targets(&envelope)
+        .expect("server-signed targets verify against root");
+    assert_eq!(targets.targets.len(), 2);
+    assert_eq!(
+        targets
+            .targets
+            .get(&"hw-a-2.0.0".to_owned())
+            .unwrap()
+            .security_version,
+        4
+    );
+
+    // Pre-signed offline with the targets key: accepted after verification.
+    let key = ota_server::signing::read_key_file(&app.dir.path().join("dev-keys/targets.key.json"))
+        .unwrap();
+    let image = TargetImage {
+        hardware_id: "hw-a".into(),
+        version: "2.0.1".into(),
+        security_version: 5,
+        length: 40,
+        sha256: Sha256Digest::parse(a2["sha256"].as_str().unwrap()).unwrap(),
+    };
+    let expires = Timestamp::from_datetime(chrono::Utc::now()).plus_seconds(86_400);
+    let sign = |version: u64, key: &ota_core::key::SigningKey| -> Value {
+        let metadata =
+            TargetsMetadata::new(version, expires, [("hw-a-2.0.1".to_owned(), image.clone())]);
+        serde_json::from_slice(
+            &Envelope::sign(Role::Targets.payload_type(), to_payload(&metadata), &[key])
+                .to_json_bytes(),
+        )
+        .unwrap()
+    };
+    let body = |targets: Value| json!({ "name": unique("off-"), "version": "2.0.1", "security_version": 5, "images": [a2["id"]], "targets": targets });
+    let (status, offline) = app
+        .post("/api/v1/releases", &app.admin_token, &body(sign(2, &key)))
+        .await;
+    assert_eq!(
+        (status, offline["signed_by"].as_str()),
+        (201, Some("offline")),
+        "{offline}"
+    );
+    let (status, problem) = app
+        .post(
+            "/api/v1/releases",
+            &app.admin_token,
+            &body(sign(3, &device_key())),
+        )
+        .await;
+    assert_eq!(
+        status, 422,
+        "a targets envelope signed by a key root does not trust must be refused: {problem}"
+    );
+    assert_eq!(problem["errors"][0]["field"], "targets");
+    let (status, problem) = app
+        .post("/api/v1/releases", &app.admin_token, &body(sign(2, &key)))
+        .await;
+    assert_eq!(status, 422, "targets versions must grow: {problem}");
+
+    let (status, list) = app.get("/api/v1/releases", &app.read_token).await;
+    assert_eq!((status, list.as_array().unwrap().len()), (200, 2));
+    let (status, got) = app
+        .get(
+            &format!("/api/v1/releases/{}", release["id"].as_str().unwrap()),
+            &app.read_token,
+        )
+        .await;
+    assert_eq!((status, &got["id"]), (200, &release["id"]));
+
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (
+            json!({ "name": "r-2", "version": "2", "security_version": 1, "images": [b["id"]] }),
+            409,
+            "duplicate name",
+        ),
+        (
+            json!({ "name": "x", "version": "2", "security_version": 1, "images": [a["id"], a2["id"]] }),
+            422,
+            "two images for one hardware id",
+        ),
+        (
+            json!({ "name": "x", "version": "2", "security_version": 1, "images": [] }),
+            422,
+            "no images",
+        ),
+        (
+            json!({ "name": "x", "version": "2", "security_version": 1, "images": ["img_0123456789abcdef"] }),
+            422,
+            "unknown image",
+        ),
+        (
+            json!({ "name": "x", "version": "2", "security_version": 1, "images": ["bad"] }),
+            422,
+            "malformed id",
+        ),
+        (
+            json!({ "name": "x", "version": "2", "security_version": -1, "images": [a["id"]] }),
+            422,
+            "negative security_version",
+        ),
+        (
+            json!({ "name": "x", "version": "2", "security_version": 1, "images": [a["id"]], "colour": 1 }),
+            422,
+            "unknown field",
+        ),
+        (
+            json!({ "name": "x", "version": "2", "images": [a["id"]] }),
+            422,
+            "missing field",
+        ),
+    ];
+    for (request, status, what) in cases {
+        let (got, problem) = app
+            .post("/api/v1/releases", &app.admin_token, &request)
+            .await;
+        assert_eq!(got, status, "{what}: {problem}");
+    }
+    let (_, problem) = app
+        .post("/api/v1/releases", &app.admin_token, &json!({ "name": "x", "version": "2", "security_version": 1, "images": [a["id"]], "colour": 1 }))
+        .await;
+    assert_eq!(
+        problem["errors"][0]["field"], "colour",
+        "unknown fields are named: {problem}"
+    );
+    let (status, problem) = app
+        .post_raw(
+            "/api/v1/releases",
+            &app.admin_token,
+            "application/json",
+            b"{\"name\": ".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (400, Some("urn:ota:problem:malformed-json"))
+    );
+    let (status, _) = app
+        .post_raw(
+            "/api/v1/releases",
+            &app.admin_token,
+            "text/plain",
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!(status, 415);
+    let huge =
+        json!({ "name": "x".repeat(3000), "version": "1", "security_version": 1, "images": [] });
+    let (status, problem) = app.post("/api/v1/releases", &app.admin_token, &huge).await;
+    assert_eq!(status, 413, "oversize JSON bodies: {problem}");
+    app.stop().await;
+}
+both_backends!(
+    releases_server_signed_offline_signed_and_bad_input,
+    releases
+);
+
+async fn vehicles(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let key = device_key();
+    let vehicle = app
+        .register_vehicle("veh-a", &key, "hw-a", &["eu", "beta"])
+        .await;
+    assert_eq!(vehicle["ecus"][0]["hardware_id"], "hw-a");
+    app.register_vehicle("veh-b", &device_key(), "hw-b", &["us"])
+        .await;
+    let (status, list) = app.get("/api/v1/vehicles?tag=eu", &app.read_token).await;
+    assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
+    let (_, list) = app
+        .get("/api/v1/vehicles?hardware_id=hw-b", &app.read_token)
+        .await;
+    assert_eq!(list[0]["id"], "veh-b");
+    let (status, detail) = app.get("/api/v1/vehicles/veh-a", &app.read_token).await;
+    assert_eq!(status, 200);
+    assert_eq!(detail["deployments"], json!([]));
+    assert_eq!(detail["last_seen_at"], Value::Null);
+
+    let pk = key.public_key().to_hex();
+    let ecus = json!([{ "ecu": "main", "hardware_id": "hw-a" }]);
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (
+            json!({ "id": "veh-a", "public_key": pk, "ecus": ecus }),
+            409,
+            "id",
+        ),
+        (
+            json!({ "id": "veh/../x", "public_key": pk, "ecus": ecus }),
+            422,
+            "id",
+        ),
+        (
+            json!({ "id": "veh-c", "public_key": "zz", "ecus": ecus }),
+            422,
+            "public_key",
+        ),
+        (
+            json!({ "id": "veh-c", "public_key": "00".repeat(32), "ecus": ecus }),
+            422,
+            "public_key",
+        ),
+        (
+            json!({ "id": "veh-c", "public_key": pk, "ecus": [] }),
+            422,
+            "ecus",
+        ),
+        (
+            json!({ "id": "veh-c", "public_key": pk, "ecus": [{ "ecu": "m", "hardware_id": "a" }, { "ecu": "m", "hardware_id": "b" }] }),
+            422,
+            "ecus[1].ecu",
+        ),
+        (
+            json!({ "id": "veh-c", "public_key": pk, "ecus": ecus, "vin": "WVW123" }),
+            422,
+            "vin",
+        ),
+    ];
+    for (request, status, field) in cases {
+        let (got, problem) = app
+            .post("/api/v1/vehicles", &app.admin_token, &request)
+            .await;
+        assert_eq!(got, status, "{request}: {problem}");
+        if status == 422 {
+            assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+        }
+    }
+    let (status, _) = app.get("/api/v1/vehicles/nobody", &app.read_token).await;
+    assert_eq!(status, 404);
+    let (status, _) = app.get("/api/v1/vehicles?limit=0", &app.read_token).await;
+    assert_eq!(status, 422);
+    app.stop().await;
+}
+both_backends!(vehicles_register_list_get_and_bad_input, vehicles);
+
+async fn rollouts(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let key = device_key();
+    app.register_vehicle("veh-r1", &key, "hw-a", &[]).await;
+    let (_, release, rollout) = app
+        .release_and_rollout("hw-a", json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let id = rollout["id"].as_str().unwrap().to_owned();
+    assert_eq!(rollout["state"], "draft");
+    let act = |action: &'static str| {
+        let path = format!("/api/v1/rollouts/{id}/{action}");
+        let app = &app;
+        async move {
+            let response = app
+                .http
+                .post(app.url(&path))
+                .bearer_auth(&app.rollout_token)
+                .send()
+                .await
+                .unwrap();
+            crate::helpers::decode(response).await
+        }
+    };
+    let (status, problem) = act("pause").await;
+    assert_eq!(status, 409, "a draft cannot be paused: {problem}");
+    assert_eq!(act("start").await.1["state"], "running");
+    assert_eq!(act("pause").await.1["state"], "paused");
+    assert_eq!(act("resume").await.1["state"], "running");
+
+    // The director path (as the MQTT gateway drives it): a signed check-in gets a signed
+    // assignment of the release's image.
+    let engine = &app.state;
+    let bytes = signed_checkin(&key, &checkin("veh-r1", Some(("1.0.0", b"old")), 0));
+    let directive = engine
+        .engine
+        .handle_checkin("veh-r1", &bytes)
+        .await
+        .expect("a registered vehicle's check-in is accepted");
+    let envelope = Envelope::parse(&directive).unwrap();
+    let metadata: DirectorMetadata = parse_document(&envelope.payload).unwrap();
+    assert_eq!(
+        metadata.assignments.len(),
+        1,
+        "a vehicle in a 100% phase is assigned"
+    );
+    assert_eq!(
+        metadata.assignments[0].image.name,
+        release["images"][0]["name"].as_str().unwrap()
+    );
+    let forged = signed_checkin(&device_key(), &checkin("veh-r1", None, 0));
+    assert!(
+        engine
+            .engine
+            .handle_checkin("veh-r1", &forged)
+            .await
+            .is_err(),
+        "a check-in signed by another key is refused"
+    );
+    let mut replayed = checkin("veh-r1", None, 0);
+    replayed.sent_at = replayed.sent_at.plus_seconds(-3600);
+    let rejected = engine
+        .engine
+        .handle_checkin("veh-r1", &signed_checkin(&key, &replayed))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rejected.label(),
+        "stale",
+        "an hour-old check-in is a replay: {rejected}"
+    );
+    let other_topic = signed_checkin(&key, &checkin("veh-r1", None, 0));
+    let rejected = engine
+        .engine
+        .handle_checkin("veh-other", &other_topic)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rejected.label(),
+        "topic_mismatch",
+        "a check-in for another vehicle's topic: {rejected}"
+    );
+
+    let (status, status_body) = app
+        .get(&format!("/api/v1/rollouts/{id}/status"), &app.read_token)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(status_body["phases"][0]["assigned"], 1, "{status_body}");
+    assert_eq!(status_body["phases"][0]["eligible"], 1);
+    assert_eq!(status_body["rollout"]["breaker_state"], "closed");
+    let (_, detail) = app.get("/api/v1/vehicles/veh-r1", &app.read_token).await;
+    assert_eq!(
+        detail["deployments"][0]["status"], "assigned",
+        "deployment history: {detail}"
+    );
+    assert_eq!(detail["ecus"][0]["installed_version"], "1.0.0");
+
+    assert_eq!(act("abort").await.1["state"], "aborted");
+    let (_, detail) = app.get("/api/v1/vehicles/veh-r1", &app.read_token).await;
+    assert_eq!(
+        detail["deployments"][0]["status"], "cancelled",
+        "abort cancels vehicles not yet installing"
+    );
+    assert_eq!(act("resume").await.0, 409);
+    assert_eq!(act("rollback").await.1["state"], "rolled_back");
+    let (status, list) = app
+        .get("/api/v1/rollouts?state=rolled_back", &app.read_token)
+        .await;
+    assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
+    let (status, _) = app
+        .get("/api/v1/rollouts?state=bogus", &app.read_token)
+        .await;
+    assert_eq!(status, 422);
+    let (status, jobs) = app
+        .get(
+            &format!("/api/v1/delta-jobs?rollout_id={id}"),
+            &app.read_token,
+        )
+        .await;
+    assert_eq!(
+        (status, jobs.as_array().map(Vec::len)),
+        (200, Some(0)),
+        "no source image bytes held: nothing to build"
+    );
+
+    let base = json!({ "name": "bad", "release_id": release["id"], "phases": [{ "name": "a", "percent": 10 }] });
+    let with = |patch: Value| {
+        let mut body = base.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (with(json!({ "phases": [] })), "phases"),
+        (
+            with(
+                json!({ "phases": [{ "name": "a", "percent": 50 }, { "name": "b", "percent": 10 }] }),
+            ),
+            "phases[1].percent",
+        ),
+        (
+            with(json!({ "phases": [{ "name": "a", "percent": 101 }] })),
+            "phases[0].percent",
+        ),
+        (
+            with(json!({ "rate_limit": { "maximum_per_minute": 0 } })),
+            "rate_limit.maximum_per_minute",
+        ),
+        (
+            with(json!({ "abort_criteria": { "threshold_percentage": 150 } })),
+            "abort_criteria.threshold_percentage",
+        ),
+        (
+            with(json!({ "abort_criteria": { "action": "explode" } })),
+            "abort_criteria.action",
+        ),
+        (
+            with(json!({ "maintenance_window": { "start_utc": "25:00", "end_utc": "01:00" } })),
+            "maintenance_window.start_utc",
+        ),
+        (
+            with(json!({ "release_id": "rel_0123456789abcdef" })),
+            "release_id",
+        ),
+        (with(json!({ "release_id": 7 })), "release_id"),
+        (
+            with(json!({ "selector": { "colour": ["red"] } })),
+            "selector.colour",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, problem) = app
+            .post("/api/v1/rollouts", &app.rollout_token, &body)
+            .await;
+        assert_eq!(status, 422, "{body}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    let (status, _) = app.get("/api/v1/rollouts/ro_zz", &app.read_token).await;
+    assert_eq!(status, 422);
+    let (status, _) = app
+        .post(
+            "/api/v1/rollouts/ro_0123456789abcdef/start",
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    let (status, audit) = app.get("/api/v1/audit?limit=100", &app.admin_token).await;
+    assert_eq!(status, 200);
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "rollout.create",
+        "rollout.start",
+        "rollout.pause",
+        "rollout.resume",
+        "rollout.abort",
+        "rollout.rollback",
+        "release.create",
+        "image.upload",
+        "vehicle.register",
+    ] {
+        assert!(
+            actions.contains(&expected),
+            "{expected} must be audited: {actions:?}"
+        );
+    }
+    let start = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "rollout.start")
+        .unwrap();
+    assert_eq!(start["actor"], "test-rollouts");
+    assert!(
+        start["request_id"].as_str().is_some_and(|r| !r.is_empty()),
+        "audit entries carry the request id"
+    );
+    app.stop().await;
+}
+both_backends!(rollouts_lifecycle_status_director_and_audit, rollouts);
+
+async fn blobs(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let key = device_key();
+    app.register_vehicle("veh-blob", &key, "hw-a", &[]).await;
+    let bytes: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    let image = app.upload("hw-a", "9.0.0", bytes.clone()).await;
+    let path = format!("/v1/blobs/{}", image["sha256"].as_str().unwrap());
+    let auth = || blob_auth_header("veh-blob", chrono::Utc::now().timestamp(), &key);
+    let full = app
+        .http
+        .get(app.url(&path))
+        .header("authorization", auth())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(full.status().as_u16(), 200);
+    let etag = full.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(full.bytes().await.unwrap().to_vec(), bytes);
+    let part = app
+        .http
+        .get(app.url(&path))
+        .header("authorization", auth())
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status().as_u16(), 206);
+    assert_eq!(part.headers()["content-range"], "bytes 100-199/1000");
+    assert_eq!(
+        part.bytes().await.unwrap().to_vec(),
+        bytes[100..200].to_vec()
+    );
+    let resumed = app
+        .http
+        .get(app.url(&path))
+        .header("authorization", auth())
+        .header("range", "bytes=900-")
+        .header("if-range", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status().as_u16(), 206);
+    assert_eq!(resumed.bytes().await.unwrap().len(), 100);
+    let stale = app
+        .http
+        .get(app.url(&path))
+        .header("authorization", auth())
+        .header("range", "bytes=900-")
+        .header("if-range", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stale.status().as_u16(),
+        200,
+        "If-Range mismatch must send the whole blob"
+    );
+    let outside = app
+        .http
+        .get(app.url(&path))
+        .header("authorization", auth())
+        .header("range", "bytes=5000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(outside.status().as_u16(), 416);
+    assert_eq!(outside.headers()["content-range"], "bytes */1000");
+    let (status, _) =
+        crate::helpers::decode(app.http.get(app.url(&path)).send().await.unwrap()).await;
+    assert_eq!(status, 401, "anonymous downloads are refused");
+    let old = blob_auth_header("veh-blob", chrono::Utc::now().timestamp() - 3600, &key);
+    let (status, _) = crate::helpers::decode(
+        app.http
+            .get(app.url(&path))
+            .header("authorization", old)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401, "stale vehicle credentials are refused");
+    let forged = blob_auth_header("veh-blob", chrono::Utc::now().timestamp(), &device_key());
+    let (status, _) = crate::helpers::decode(
+        app.http
+            .get(app.url(&path))
+            .header("authorization", forged)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401, "a credential signed by another key is refused");
+    let (status, _) = app.get(&path, &app.read_token).await;
+    assert_eq!(status, 200, "operators with the read scope may download");
+    let (status, _) = app
+        .get(&format!("/v1/blobs/{}", "0".repeat(64)), &app.read_token)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = app.get("/v1/blobs/XYZ", &app.read_token).await;
+    assert_eq!(status, 422);
+    app.stop().await;
+}
+both_backends!(blobs_range_if_range_and_vehicle_credentials, blobs);
+
+#[tokio::test]
+async fn readyz_reports_an_unreachable_broker() {
+    // Port 9 (discard) on localhost is closed on test machines: the broker is unreachable.
+    let options = Options {
+        mqtt_url_unchecked: Some("mqtt://127.0.0.1:9".to_owned()),
+        ..Options::default()
+    };
+    let app = spawn_app_with(Backend::Sqlite, options).await.unwrap();
+    let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        503,
+        "not ready without the broker"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (body["broker"].as_str(), body["database"].as_str()),
+        (Some("unreachable"), Some("ok"))
+    );
+    app.stop().await;
+}
+
+async fn delta_jobs(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let key = device_key();
+    app.register_vehicle("veh-d", &key, "hw-d", &[]).await;
+    let old = b"old firmware".repeat(20);
+    app.upload("hw-d", "1.0.0", old.clone()).await;
+    // The vehicle reports the old image installed; the server holds its bytes.
+    let c = signed_checkin(&key, &checkin("veh-d", Some(("1.0.0", &old)), 0));
+    app.state.engine.handle_checkin("veh-d", &c).await.unwrap();
+    let (_, _, rollout) = app
+        .release_and_rollout("hw-d", json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let id = rollout["id"].as_str().unwrap();
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/start"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, again) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/pause"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(again["state"], "paused");
+    let mut jobs = Value::Null;
+    for _ in 0..100 {
+        let (_, list) = app
+            .get(
+                &format!("/api/v1/delta-jobs?rollout_id={id}"),
+                &app.read_token,
+            )
+            .await;
+        if list[0]["status"] == "failed" {
+            jobs = list;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        jobs.as_array().map(Vec::len),
+        Some(1),
+        "one build per installed source version: {jobs}"
+    );
+    assert_eq!(jobs[0]["source_sha256"], Sha256Digest::of(&old).to_hex());
+    assert!(
+        jobs[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no delta engine"),
+        "without the delta engine linked, the job fails saying so: {jobs}"
+    );
+    let (_, status) = app
+        .get(&format!("/api/v1/rollouts/{id}/status"), &app.read_token)
+        .await;
+    assert_eq!(status["delta_jobs"]["failed"], 1);
+    app.stop().await;
+}
+both_backends!(delta_jobs_are_enqueued_on_start_and_visible, delta_jobs);
+
+#[tokio::test]
+async fn garbage_bodies_never_cause_a_server_error() {
+    let app = spawn_app().await;
+    let bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("application/json", b"".to_vec()),
+        ("application/json", b"null".to_vec()),
+        ("application/json", b"[]".to_vec()),
+        ("application/json", b"\"text\"".to_vec()),
+        ("application/json", b"{\"name\": 1e999}".to_vec()),
+        ("application/json", "[".repeat(10_000).into_bytes()),
+        ("application/json", b"{\"name\": \"\\ud800\"}".to_vec()),
+        ("application/json", vec![0xff, 0xfe, 0x00]),
+        ("application/json", b"{} {}".to_vec()),
+        (
+            "application/json; charset=utf-8",
+            b"{\"phases\": [{\"percent\": -1}]}".to_vec(),
+        ),
+        ("application/x-www-form-urlencoded", b"a=b".to_vec()),
+        ("application/octet-stream", b"\x00\x01".to_vec()),
+    ];
+    let targets = [
+        "/api/v1/releases",
+        "/api/v1/vehicles",
+        "/api/v1/rollouts",
+        "/api/v1/images?hardware_id=a&version=1",
+        "/api/v1/rollouts/ro_0123456789abcdef/start",
+    ];
+    for target in targets {
+        for (content_type, body) in &bodies {
+            let response = app
+                .http
+                .post(app.url(target))
+                .bearer_auth(&app.admin_token)
+                .header("content-type", *content_type)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let is_upload =
+                target.starts_with("/api/v1/images") && *content_type == "application/octet-stream";
+            assert!(
+                (400..500).contains(&status) || (is_upload && status == 201),
+                "{target} with {content_type} {:?}: got {status}",
+                String::from_utf8_lossy(&body[..body.len().min(40)])
+            );
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limit_sheds_load_with_503() {
+    let options = Options {
+        max_concurrent_requests: Some(1),
+        ..Options::default()
+    };
+    let app = spawn_app_with(Backend::Sqlite, options).await.unwrap();
+    // Hold the only slot with an upload whose body never finishes.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"start".to_vec())).await.unwrap();
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let held = app
+        .http
+        .post(app.url("/api/v1/images?hardware_id=a&version=1"))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send();
+    let held = tokio::spawn(held);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, problem) = app.get("/api/v1/images", &app.read_token).await;
+    assert_eq!(
+        status, 503,
+        "a second request beyond the limit is shed, not queued: {problem}"
+    );
+    drop(tx);
+    let finished = held.await.unwrap().unwrap();
+    assert_eq!(
+        finished.status().as_u16(),
+        201,
+        "the held upload completes once its body ends"
+    );
+    let (status, _) = app.get("/api/v1/images", &app.read_token).await;
+    assert_eq!(
+        status, 200,
+        "capacity is back after the slow request finished"
+    );
+    app.stop().await;
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn rate_limit_and_phases(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let keys: Vec<_> = (0..3).map(|_| device_key()).collect();
+    for (i, key) in keys.iter().enumerate() {
+        app.register_vehicle(&format!("veh-p{i}"), key, "hw-p", &[])
+            .await;
+    }
+    // Phase 0 admits (practically) nobody and needs no soak: the engine's tick must
+    // advance to phase 1 (100%) on its own. Then the rate limit of 1 per minute lets
+    // exactly one of the three vehicles start.
+    let image = app.upload("hw-p", "5.0.0", b"p".repeat(64)).await;
+    let (_, release) = app
+        .post("/api/v1/releases", &app.admin_token, &json!({ "name": "rp", "version": "5.0.0", "security_version": 5, "images": [image["id"]] }))
+        .await;
+    let (status, rollout) = app
+        .post(
+            "/api/v1/rollouts",
+            &app.rollout_token,
+            &json!({ "name": "rp", "release_id": release["id"],
+                     "phases": [{ "name": "tiny", "percent": 0.001 }, { "name": "all", "percent": 100 }],
+                     "rate_limit": { "maximum_per_minute": 1 } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let id = rollout["id"].as_str().unwrap();
+    app.post(
+        &format!("/api/v1/rollouts/{id}/start"),
+        &app.rollout_token,
+        &json!({}),
+    )
+    .await;
+    let mut phase = Value::Null;
+    for _ in 0..50 {
+        let (_, r) = app
+            .get(&format!("/api/v1/rollouts/{id}"), &app.read_token)
+            .await;
+        if r["current_phase"] == 1 {
+            phase = r["current_phase"].clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(phase, 1, "an empty, soaked phase advances by itself");
+    let mut assigned = 0;
+    for (i, key) in keys.iter().enumerate() {
+        let vid = format!("veh-p{i}");
+        let directive = app
+            .state
+            .engine
+            .handle_checkin(&vid, &signed_checkin(key, &checkin(&vid, None, 0)))
+            .await
+            .unwrap();
+        let metadata: DirectorMetadata =
+            parse_document(&Envelope::parse(&directive).unwrap().payload).unwrap();
+        assigned += metadata.assignments.len();
+    }
+    assert_eq!(
+        assigned, 1,
+        "maximum_per_minute = 1 admits one vehicle per minute"
+    );
+    let (_, audit) = app.get("/api/v1/audit?limit=20", &app.admin_token).await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "rollout.phase_advance"),
+        "phase advances are audited"
+    );
+    app.stop().await;
+}
+both_backends!(phases_advance_and_rate_limit_holds, rate_limit_and_phases);

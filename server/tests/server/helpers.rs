@@ -1,0 +1,456 @@
+//! Test harness: `spawn_app` on port 0 with a fresh database (a SQLite file in a temp
+//! dir, or a fresh PostgreSQL database per test), tokens, signed-message helpers, and
+//! `require_service`, which fails under `CI=true` and skips with a message elsewhere.
+
+use ota_core::key::SigningKey;
+use ota_core::protocol::{
+    sign_message, CheckIn, EcuReport, InstalledImage, TrustedVersions, PAYLOAD_TYPE_CHECKIN,
+};
+use ota_core::time::Timestamp;
+use ota_server::settings::Settings;
+use ota_server::startup::Application;
+use ota_server::store::{Actor, Store};
+use ota_server::tokens::{create_token, Scope};
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub const POSTGRES_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432";
+pub const MQTT_DEFAULT: &str = "mqtt://127.0.0.1:1883";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 4];
+    getrandom::getrandom(&mut bytes).expect("random bytes");
+    format!(
+        "{prefix}{}{}",
+        hex::encode(bytes),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn host_port(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let rest = rest.rsplit('@').next().unwrap_or(rest);
+    rest.split('/').next().unwrap_or(rest).to_owned()
+}
+
+/// Whether a test service is reachable. Under `CI=true` or `OTA_REQUIRE_SERVICES=1`
+/// (set by `deploy/test.sh`) an unreachable service is a failure; elsewhere the test
+/// prints why it skips and returns, so plain `cargo test` stays hermetic.
+pub async fn require_service(name: &str, url: &str) -> bool {
+    let address = host_port(url);
+    let reachable = matches!(
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&address)
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    if reachable {
+        return true;
+    }
+    let required = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var("OTA_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+    if required {
+        panic!("{name} is not reachable at {address} and services are required (CI): it must be running");
+    }
+    eprintln!("SKIPPING: {name} is not reachable at {address} (CI=true makes this a failure)");
+    false
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("OTA_TEST_POSTGRES_URL").unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned())
+}
+
+pub fn mqtt_url() -> String {
+    std::env::var("OTA_TEST_MQTT_URL").unwrap_or_else(|_| MQTT_DEFAULT.to_owned())
+}
+
+/// A fresh PostgreSQL database, dropped by [`TestDatabase::drop_now`].
+#[derive(Debug)]
+pub struct TestDatabase {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Option<TestDatabase> {
+        let base = postgres_url();
+        if !require_service("postgres", &base).await {
+            return None;
+        }
+        sqlx::any::install_default_drivers();
+        let admin_url = format!("{}/postgres", base.trim_end_matches('/'));
+        let name = unique("ota_test_");
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .expect("connecting to PostgreSQL as admin");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("creating a test database");
+        let url = format!("{}/{name}", base.trim_end_matches('/'));
+        Some(TestDatabase {
+            admin_url,
+            name,
+            url,
+        })
+    }
+
+    pub async fn drop_now(&self) {
+        if let Ok(mut conn) =
+            <sqlx::AnyConnection as sqlx::Connection>::connect(&self.admin_url).await
+        {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+/// A store on a fresh database of the given backend (None = skipped, see above).
+pub async fn fresh_store(
+    backend: Backend,
+) -> Option<(Store, Option<TestDatabase>, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    match backend {
+        Backend::Sqlite => {
+            let url = format!("sqlite://{}", dir.path().join("ota.db").display());
+            Some((
+                Store::connect(&url, 5).await.expect("sqlite store"),
+                None,
+                dir,
+            ))
+        }
+        Backend::Postgres => {
+            let db = TestDatabase::create().await?;
+            let store = Store::connect(&db.url, 5).await.expect("postgres store");
+            Some((store, Some(db), dir))
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct TestApp {
+    pub address: String,
+    pub admin_token: String,
+    pub read_token: String,
+    pub rollout_token: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    /// The running server's state: the same engine the MQTT gateway drives.
+    pub state: ota_server::api::AppState,
+    database: Option<TestDatabase>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub mqtt: bool,
+    /// A broker URL used as is, without checking reachability (for failure tests).
+    pub mqtt_url_unchecked: Option<String>,
+    pub max_image_bytes: Option<u64>,
+    pub max_json_bytes: Option<usize>,
+    pub max_concurrent_requests: Option<usize>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Backend::Sqlite, Options::default())
+        .await
+        .expect("sqlite never skips")
+}
+
+pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestApp> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".to_owned(),
+        data_dir: dir.path().to_owned(),
+        ..Settings::default()
+    };
+    settings.director.tick_milliseconds = 100;
+    settings.director.poll_seconds = 30;
+    if let Some(max) = options.max_image_bytes {
+        settings.limits.max_image_bytes = max;
+    }
+    if let Some(max) = options.max_concurrent_requests {
+        settings.limits.max_concurrent_requests = max;
+    }
+    if let Some(max) = options.max_json_bytes {
+        settings.limits.max_json_bytes = max;
+    }
+    let database = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(TestDatabase::create().await?),
+    };
+    if let Some(db) = &database {
+        settings.database_url = Some(db.url.clone());
+    }
+    if options.mqtt {
+        let url = mqtt_url();
+        if !require_service("mosquitto", &url).await {
+            if let Some(db) = &database {
+                db.drop_now().await;
+            }
+            return None;
+        }
+        settings.mqtt.url = Some(url);
+        // A share group and client id of its own: tests run in parallel against one
+        // broker, and each server must receive every check-in meant for it.
+        settings.mqtt.share_group = unique("g");
+        settings.mqtt.client_id = unique("ota-server-test-");
+    }
+    if let Some(url) = options.mqtt_url_unchecked {
+        settings.mqtt.url = Some(url);
+        settings.mqtt.client_id = unique("ota-server-test-");
+    }
+    let app = Application::build(settings)
+        .await
+        .expect("application builds");
+    let address = format!("http://{}", app.address());
+    let store = app.state().store.clone();
+    let state = app.state().clone();
+    let system = Actor::system();
+    let (_, admin_token) = create_token(&store, &system, "test-admin", &[Scope::Admin])
+        .await
+        .expect("token");
+    let (_, read_token) = create_token(&store, &system, "test-reader", &[Scope::Read])
+        .await
+        .expect("token");
+    let (_, rollout_token) = create_token(&store, &system, "test-rollouts", &[Scope::RolloutWrite])
+        .await
+        .expect("token");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    Some(TestApp {
+        address,
+        admin_token,
+        read_token,
+        rollout_token,
+        http: reqwest::Client::new(),
+        dir,
+        state,
+        database,
+        shutdown: Some(tx),
+        server: Some(server),
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// Stops the server gracefully and drops the test database.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let result = tokio::time::timeout(Duration::from_secs(30), server).await;
+            assert!(
+                matches!(result, Ok(Ok(Ok(())))),
+                "server must shut down cleanly: {result:?}"
+            );
+        }
+        if let Some(db) = &self.database {
+            db.drop_now().await;
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        decode(response).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        decode(response).await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        decode(response).await
+    }
+
+    pub async fn upload(&self, hardware_id: &str, version: &str, bytes: Vec<u8>) -> Value {
+        let (status, body) = self
+            .post_raw(
+                &format!("/api/v1/images?hardware_id={hardware_id}&version={version}"),
+                &self.admin_token,
+                "application/octet-stream",
+                bytes,
+            )
+            .await;
+        assert_eq!(status, 201, "upload must succeed: {body}");
+        body
+    }
+
+    pub async fn register_vehicle(
+        &self,
+        id: &str,
+        key: &SigningKey,
+        hardware_id: &str,
+        tags: &[&str],
+    ) -> Value {
+        let body = serde_json::json!({
+            "id": id, "public_key": key.public_key().to_hex(),
+            "ecus": [{ "ecu": "main", "hardware_id": hardware_id }], "tags": tags,
+        });
+        let (status, body) = self
+            .post("/api/v1/vehicles", &self.admin_token, &body)
+            .await;
+        assert_eq!(status, 201, "registering must succeed: {body}");
+        body
+    }
+
+    /// Uploads one image, creates a server-signed release and a draft rollout of it.
+    pub async fn release_and_rollout(
+        &self,
+        hardware_id: &str,
+        phases: Value,
+    ) -> (Value, Value, Value) {
+        let version = unique("2.0.");
+        let image = self
+            .upload(
+                hardware_id,
+                &version,
+                b"new firmware image bytes".repeat(100),
+            )
+            .await;
+        let (status, release) = self
+            .post(
+                "/api/v1/releases",
+                &self.admin_token,
+                &serde_json::json!({ "name": unique("rel-"), "version": version, "security_version": 2, "images": [image["id"]] }),
+            )
+            .await;
+        assert_eq!(status, 201, "release: {release}");
+        let (status, rollout) = self
+            .post(
+                "/api/v1/rollouts",
+                &self.admin_token,
+                &serde_json::json!({ "name": "r", "release_id": release["id"], "phases": phases,
+                                     "abort_criteria": { "threshold_percentage": 50, "min_number_of_executed_things": 2 } }),
+            )
+            .await;
+        assert_eq!(status, 201, "rollout: {rollout}");
+        (image, release, rollout)
+    }
+}
+
+pub async fn decode(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let bytes = response.bytes().await.expect("body");
+    if status >= 400 {
+        assert_eq!(
+            content_type, "application/problem+json",
+            "error {status} must be problem+json: {bytes:?}"
+        );
+    }
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+pub fn device_key() -> SigningKey {
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).expect("random seed");
+    SigningKey::from_seed(&seed)
+}
+
+pub fn checkin(
+    vehicle_id: &str,
+    installed: Option<(&str, &[u8])>,
+    director_version: u64,
+) -> CheckIn {
+    CheckIn {
+        vehicle_id: vehicle_id.to_owned(),
+        nonce: unique("n"),
+        sent_at: Timestamp::from_datetime(chrono::Utc::now()),
+        ecus: vec![EcuReport {
+            ecu: "main".to_owned(),
+            hardware_id: "ignored-server-uses-provisioning".to_owned(),
+            installed: installed.map(|(version, bytes)| InstalledImage {
+                version: version.to_owned(),
+                sha256: ota_core::encoding::Sha256Digest::of(bytes),
+                length: bytes.len() as u64,
+            }),
+            active_slot: "a".to_owned(),
+        }],
+        agent_state: "idle".to_owned(),
+        trusted: TrustedVersions {
+            root: 1,
+            targets: 0,
+            director: director_version,
+        },
+    }
+}
+
+pub fn signed_checkin(key: &SigningKey, checkin: &CheckIn) -> Vec<u8> {
+    sign_message(PAYLOAD_TYPE_CHECKIN, checkin, key)
+}
+
+/// Runs `body` against SQLite and, when reachable, PostgreSQL.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$body($crate::helpers::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$body($crate::helpers::Backend::Postgres).await;
+            }
+        }
+    };
+}

@@ -1,0 +1,416 @@
+//! The vehicle channel against the machine's MQTT broker: signed check-ins in, signed
+//! directives and control messages out, bad messages dropped and counted, progress
+//! events driving the breaker. Each test uses its own vehicle ids and share group.
+
+use crate::helpers::{
+    checkin, device_key, mqtt_url, signed_checkin, spawn_app_with, unique, Backend, Options,
+    TestApp,
+};
+use ota_core::envelope::Envelope;
+use ota_core::key::SigningKey;
+use ota_core::metadata::{parse_document, DirectorMetadata};
+use ota_core::protocol::{
+    open_message, sign_message, topic, Channel, ControlCommand, ControlMessage, ProgressEvent,
+    ProgressPhase, PAYLOAD_TYPE_CONTROL, PAYLOAD_TYPE_PROGRESS,
+};
+use ota_core::time::Timestamp;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::json;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A vehicle-side MQTT client collecting what arrives on its subscriptions.
+struct VehicleClient {
+    client: AsyncClient,
+    inbox: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+}
+
+impl VehicleClient {
+    async fn connect(vehicle_ids: &[&str]) -> VehicleClient {
+        let (host, port) = ota_server::gateway::parse_broker_url(&mqtt_url()).expect("broker url");
+        let mut options = MqttOptions::new(unique("vehicle-test-"), host, port);
+        options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let (tx, inbox) = mpsc::unbounded_channel();
+        let (subscribed_tx, mut subscribed) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                match event {
+                    Event::Incoming(Packet::Publish(p)) => {
+                        let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        let _ = subscribed_tx.send(());
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let mut count = 0;
+        for vid in vehicle_ids {
+            for channel in [Channel::Directive, Channel::Control] {
+                client
+                    .subscribe(topic(vid, channel), QoS::AtLeastOnce)
+                    .await
+                    .unwrap();
+                count += 1;
+            }
+        }
+        for _ in 0..count {
+            tokio::time::timeout(Duration::from_secs(10), subscribed.recv())
+                .await
+                .expect("SUBACK from the broker");
+        }
+        VehicleClient { client, inbox }
+    }
+
+    async fn publish(&self, vid: &str, channel: Channel, payload: Vec<u8>) {
+        self.client
+            .publish(topic(vid, channel), QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+
+    /// Waits for a message on `topic_name`, re-sending `retry` every second meanwhile
+    /// (the server may still be subscribing when the test starts).
+    async fn expect(&mut self, topic_name: &str, retry: Option<(&str, Channel, &[u8])>) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some((vid, channel, payload)) = retry {
+                self.publish(vid, channel, payload.to_vec()).await;
+            }
+            let wait = tokio::time::timeout(Duration::from_secs(1), async {
+                loop {
+                    match self.inbox.recv().await {
+                        Some((t, payload)) if t == topic_name => return payload,
+                        Some(_) => continue,
+                        None => panic!("vehicle client disconnected"),
+                    }
+                }
+            })
+            .await;
+            if let Ok(payload) = wait {
+                return payload;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing arrived on {topic_name} within 15 s"
+            );
+        }
+    }
+
+    /// Asserts nothing arrives on `topic_name` for `duration`.
+    async fn expect_silence(&mut self, topic_name: &str, duration: Duration) {
+        let end = tokio::time::Instant::now() + duration;
+        while let Ok(Some((t, _))) = tokio::time::timeout_at(end, self.inbox.recv()).await {
+            assert_ne!(t, topic_name, "nothing must be published on {topic_name}");
+        }
+    }
+}
+
+async fn mqtt_app() -> Option<TestApp> {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        Options {
+            mqtt: true,
+            ..Options::default()
+        },
+    )
+    .await?;
+    for _ in 0..100 {
+        // Not `app.get`: /readyz answers 503 with its JSON status document while the
+        // broker connection is still coming up, which is not a problem document.
+        let ready: serde_json::Value = app
+            .http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["broker"] == "ok" {
+            return Some(app);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the server did not connect to the broker within 10 s");
+}
+
+fn director_metadata(app: &TestApp, bytes: &[u8]) -> DirectorMetadata {
+    let envelope = Envelope::parse(bytes).expect("a directive is a DSSE envelope");
+    let director = app.state.keys.director.public_key();
+    let sig = ota_core::encoding::decode_base64(&envelope.signatures[0].sig).unwrap();
+    assert!(
+        director.verify_strict(&envelope.signed_message(), &sig.try_into().unwrap()),
+        "directives are signed by the director key"
+    );
+    parse_document(&envelope.payload).expect("director metadata")
+}
+
+fn control(app: &TestApp, bytes: &[u8]) -> ControlMessage {
+    open_message(
+        bytes,
+        PAYLOAD_TYPE_CONTROL,
+        &app.state.keys.director.public_key(),
+    )
+    .expect("control messages are signed by the director key")
+}
+
+fn progress(
+    key: &SigningKey,
+    vid: &str,
+    deployment: &str,
+    sequence: u64,
+    phase: ProgressPhase,
+) -> Vec<u8> {
+    let event = ProgressEvent {
+        vehicle_id: vid.to_owned(),
+        deployment_id: deployment.to_owned(),
+        sequence,
+        phase,
+        bytes_done: 0,
+        bytes_total: 0,
+        reason_code: Some("health_check_failed".to_owned()),
+        at: Timestamp::from_datetime(chrono::Utc::now()),
+    };
+    sign_message(PAYLOAD_TYPE_PROGRESS, &event, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkins_get_signed_directives_and_bad_ones_are_dropped() {
+    let Some(app) = mqtt_app().await else { return };
+    let vid = unique("veh-");
+    let key = device_key();
+    app.register_vehicle(&vid, &key, "hw-m", &[]).await;
+    let mut vehicle = VehicleClient::connect(&[&vid]).await;
+    let directive_topic = topic(&vid, Channel::Directive);
+
+    // No rollout yet: a signed "nothing to do".
+    let first = signed_checkin(&key, &checkin(&vid, Some(("1.0.0", b"old")), 0));
+    let nothing = director_metadata(
+        &app,
+        &vehicle
+            .expect(&directive_topic, Some((&vid, Channel::CheckIn, &first)))
+            .await,
+    );
+    assert!(nothing.assignments.is_empty());
+    assert_eq!(
+        (nothing.vehicle_id.as_str(), nothing.next_poll_seconds),
+        (vid.as_str(), 30)
+    );
+
+    let (_, _, rollout) = app
+        .release_and_rollout("hw-m", json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/rollouts/{}/start", rollout["id"].as_str().unwrap()),
+            &app.admin_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let again = signed_checkin(
+        &key,
+        &checkin(&vid, Some(("1.0.0", b"old")), nothing.version),
+    );
+    let assigned = director_metadata(
+        &app,
+        &vehicle
+            .expect(&directive_topic, Some((&vid, Channel::CheckIn, &again)))
+            .await,
+    );
+    assert_eq!(
+        assigned.assignments.len(),
+        1,
+        "a vehicle in a running 100% rollout is assigned"
+    );
+    assert!(
+        assigned.version > nothing.version,
+        "director versions only grow"
+    );
+    assert!(assigned.assignments[0].image.url.ends_with(&format!(
+        "/v1/blobs/{}",
+        assigned.assignments[0].image.sha256
+    )));
+
+    // Forged and unknown check-ins are dropped (no directive) and counted.
+    let forged = signed_checkin(&device_key(), &checkin(&vid, None, 0));
+    vehicle.publish(&vid, Channel::CheckIn, forged).await;
+    vehicle
+        .publish(&vid, Channel::CheckIn, b"not an envelope".to_vec())
+        .await;
+    vehicle
+        .expect_silence(&directive_topic, Duration::from_millis(1500))
+        .await;
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("reason=\"bad_signature\""),
+        "forged check-ins must be counted:\n{metrics}"
+    );
+    let (_, detail) = app
+        .get(&format!("/api/v1/vehicles/{vid}"), &app.read_token)
+        .await;
+    assert!(
+        detail["last_seen_at"].is_string(),
+        "check-ins record last seen"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_abort_send_control_and_failures_open_the_breaker() {
+    let Some(app) = mqtt_app().await else { return };
+    let (v1, v2) = (unique("veh-"), unique("veh-"));
+    let (k1, k2) = (device_key(), device_key());
+    app.register_vehicle(&v1, &k1, "hw-n", &[]).await;
+    app.register_vehicle(&v2, &k2, "hw-n", &[]).await;
+    let mut vehicles = VehicleClient::connect(&[&v1, &v2]).await;
+    let (_, _, rollout) = app
+        .release_and_rollout("hw-n", json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let id = rollout["id"].as_str().unwrap().to_owned();
+    app.post(
+        &format!("/api/v1/rollouts/{id}/start"),
+        &app.admin_token,
+        &json!({}),
+    )
+    .await;
+    let mut deployments = Vec::new();
+    for (vid, key) in [(&v1, &k1), (&v2, &k2)] {
+        let c = signed_checkin(key, &checkin(vid, Some(("1.0.0", b"old")), 0));
+        let d = director_metadata(
+            &app,
+            &vehicles
+                .expect(
+                    &topic(vid, Channel::Directive),
+                    Some((vid, Channel::CheckIn, &c)),
+                )
+                .await,
+        );
+        deployments.push(d.assignments[0].deployment_id.clone());
+    }
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/pause"),
+            &app.admin_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let poll = control(
+        &app,
+        &vehicles.expect(&topic(&v1, Channel::Control), None).await,
+    );
+    assert_eq!(
+        (poll.command, poll.vehicle_id.as_str()),
+        (ControlCommand::PollNow, v1.as_str())
+    );
+    app.post(
+        &format!("/api/v1/rollouts/{id}/resume"),
+        &app.admin_token,
+        &json!({}),
+    )
+    .await;
+
+    // Both vehicles fail: 100% failures over the minimum of 2 opens the breaker, which
+    // pauses the rollout (the default action).
+    vehicles
+        .publish(
+            &v1,
+            Channel::Progress,
+            progress(&k1, &v1, &deployments[0], 1, ProgressPhase::Failed),
+        )
+        .await;
+    vehicles
+        .publish(
+            &v2,
+            Channel::Progress,
+            progress(&k2, &v2, &deployments[1], 1, ProgressPhase::Failed),
+        )
+        .await;
+    let mut last = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (_, status) = app
+            .get(&format!("/api/v1/rollouts/{id}/status"), &app.read_token)
+            .await;
+        if status["rollout"]["breaker_state"] == "open" {
+            last = status;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        last["rollout"]["breaker_state"], "open",
+        "two failures must open the breaker within 5 s: {last}"
+    );
+    assert_eq!(last["rollout"]["state"], "paused");
+    assert_eq!(last["phases"][0]["failed"], 2);
+    let (_, audit) = app.get("/api/v1/audit?limit=50", &app.admin_token).await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "rollout.breaker" && a["actor"] == "system"),
+        "breaker transitions are audited"
+    );
+
+    // Abort: vehicles not yet installing are told to cancel.
+    let v3 = unique("veh-");
+    let k3 = device_key();
+    app.register_vehicle(&v3, &k3, "hw-n", &[]).await;
+    let (_, _, second) = app
+        .release_and_rollout("hw-n", json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let second = second["id"].as_str().unwrap().to_owned();
+    app.post(
+        &format!("/api/v1/rollouts/{id}/abort"),
+        &app.admin_token,
+        &json!({}),
+    )
+    .await;
+    app.post(
+        &format!("/api/v1/rollouts/{second}/start"),
+        &app.admin_token,
+        &json!({}),
+    )
+    .await;
+    let mut v3_client = VehicleClient::connect(&[&v3]).await;
+    let c = signed_checkin(&k3, &checkin(&v3, None, 0));
+    let d = director_metadata(
+        &app,
+        &v3_client
+            .expect(
+                &topic(&v3, Channel::Directive),
+                Some((&v3, Channel::CheckIn, &c)),
+            )
+            .await,
+    );
+    assert_eq!(d.assignments.len(), 1);
+    app.post(
+        &format!("/api/v1/rollouts/{second}/abort"),
+        &app.admin_token,
+        &json!({}),
+    )
+    .await;
+    let cancel = control(
+        &app,
+        &v3_client.expect(&topic(&v3, Channel::Control), None).await,
+    );
+    assert_eq!(cancel.command, ControlCommand::Cancel);
+    assert_eq!(
+        cancel.deployment_id.as_deref(),
+        Some(d.assignments[0].deployment_id.as_str())
+    );
+    app.stop().await;
+}

@@ -1,0 +1,308 @@
+//! `otactl` (the real binary) drives a full release → rollout → pause/resume cycle
+//! against a running server.
+
+use crate::helpers::{device_key, spawn_app};
+use serde_json::Value;
+use std::process::Command;
+
+fn otactl(
+    app: &crate::helpers::TestApp,
+    config: &std::path::Path,
+    args: &[&str],
+) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_otactl"))
+        .args(args)
+        .env("OTACTL_CONFIG", config)
+        .env_remove("OTACTL_URL")
+        .env_remove("OTACTL_TOKEN")
+        .output()
+        .expect("running otactl");
+    let _ = app;
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn json_of(args: &[&str], run: impl Fn(&[&str]) -> (bool, String, String)) -> Value {
+    let mut with_json = vec!["--json"];
+    with_json.extend_from_slice(args);
+    let (ok, stdout, stderr) = run(&with_json);
+    assert!(ok, "otactl {args:?} failed: {stderr}");
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("otactl {args:?} printed non-JSON ({e}): {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otactl_drives_release_rollout_pause_resume() {
+    let app = spawn_app().await;
+    let config = app.dir.path().join("otactl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"{}\"\ntoken = \"{}\"\n",
+            app.address, app.admin_token
+        ),
+    )
+    .unwrap();
+    let image_file = app.dir.path().join("fw.bin");
+    std::fs::write(&image_file, b"firmware 3.0".repeat(50)).unwrap();
+    let run = |args: &[&str]| otactl(&app, &config, args);
+
+    // Blocking child processes: keep them off the async workers.
+    let (image, release, vehicle, rollout, paused, resumed, status, table, watch, bad) =
+        tokio::task::block_in_place(|| {
+            let image = json_of(
+                &[
+                    "image",
+                    "upload",
+                    image_file.to_str().unwrap(),
+                    "--hardware-id",
+                    "hw-c",
+                    "--version",
+                    "3.0.0",
+                ],
+                run,
+            );
+            let image_id = image["id"].as_str().unwrap().to_owned();
+            // Offline signing: otactl signs the targets metadata with the targets key itself.
+            let key = app.dir.path().join("dev-keys/targets.key.json");
+            let release = json_of(
+                &[
+                    "release",
+                    "create",
+                    "--name",
+                    "r3",
+                    "--version",
+                    "3.0.0",
+                    "--security-version",
+                    "3",
+                    "--image",
+                    &image_id,
+                    "--sign-key",
+                    key.to_str().unwrap(),
+                ],
+                run,
+            );
+            let public = device_key().public_key().to_hex();
+            let vehicle = json_of(
+                &[
+                    "vehicle",
+                    "register",
+                    "--id",
+                    "veh-ctl",
+                    "--public-key",
+                    &public,
+                    "--ecu",
+                    "main=hw-c",
+                    "--tag",
+                    "fleet-a",
+                ],
+                run,
+            );
+            let release_id = release["id"].as_str().unwrap().to_owned();
+            let rollout = json_of(
+                &[
+                    "rollout",
+                    "create",
+                    "--name",
+                    "r3-canary",
+                    "--release",
+                    &release_id,
+                    "--phase",
+                    "canary:10:0:90",
+                    "--phase",
+                    "all:100",
+                    "--max-per-minute",
+                    "50",
+                    "--tag",
+                    "fleet-a",
+                ],
+                run,
+            );
+            let id = rollout["id"].as_str().unwrap().to_owned();
+            json_of(&["rollout", "start", &id], run);
+            let paused = json_of(&["rollout", "pause", &id], run);
+            let resumed = json_of(&["rollout", "resume", &id], run);
+            let status = json_of(&["rollout", "status", &id], run);
+            let table = run(&["rollout", "status", &id]);
+            let watch = run(&[
+                "rollout",
+                "status",
+                &id,
+                "--watch",
+                "--updates",
+                "2",
+                "--interval",
+                "1",
+            ]);
+            let bad = run(&[
+                "rollout",
+                "create",
+                "--name",
+                "x",
+                "--release",
+                &release_id,
+                "--phase",
+                "a:500",
+            ]);
+            (
+                image, release, vehicle, rollout, paused, resumed, status, table, watch, bad,
+            )
+        });
+    assert_eq!(image["hardware_id"], "hw-c");
+    assert_eq!(
+        release["signed_by"], "offline",
+        "otactl signed the targets metadata"
+    );
+    assert_eq!(vehicle["tags"][0], "fleet-a");
+    assert_eq!(rollout["spec"]["rate_limit"]["maximum_per_minute"], 50);
+    assert_eq!(paused["state"], "paused");
+    assert_eq!(resumed["state"], "running");
+    assert_eq!(status["phases"].as_array().unwrap().len(), 2);
+    assert_eq!(status["rollout"]["state"], "running");
+    let (ok, table, _) = table;
+    assert!(
+        ok && table.contains("PHASE")
+            && table.contains("canary")
+            && table.contains("state: running"),
+        "human table:\n{table}"
+    );
+    let (ok, watch, _) = watch;
+    assert!(
+        ok && watch.matches("\x1b[2J").count() == 2,
+        "--watch redraws each update:\n{watch}"
+    );
+    let (ok, _, stderr) = bad;
+    assert!(
+        !ok && stderr.contains("phases[0].percent"),
+        "errors name the field: {stderr}"
+    );
+
+    let (_, audit) = app.get("/api/v1/audit?limit=100", &app.admin_token).await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"rollout.pause") && actions.contains(&"rollout.resume"),
+        "{actions:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ota_server_tokens_create_makes_a_working_scoped_token() {
+    let app = spawn_app().await;
+    let output = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_ota-server"))
+            .args([
+                "tokens", "create", "--name", "ci-bot", "--scope", "read", "--json",
+            ])
+            .env("OTA_DATA_DIR", app.dir.path())
+            .env_remove("OTA_CONFIG")
+            .output()
+            .expect("running ota-server")
+    });
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let created: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let token = created["token"].as_str().unwrap();
+    let (status, _) = app.get("/api/v1/rollouts", token).await;
+    assert_eq!(status, 200, "the new token reads");
+    let (status, _) = app
+        .post("/api/v1/rollouts", token, &serde_json::json!({}))
+        .await;
+    assert_eq!(status, 403, "but has only the read scope");
+    let bad = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_ota-server"))
+            .args(["tokens", "create", "--name", "x", "--scope", "root"])
+            .env("OTA_DATA_DIR", app.dir.path())
+            .output()
+            .unwrap()
+    });
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown scope")
+    );
+    let bad_config = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_ota-server"))
+            .args(["tokens", "create", "--name", "x", "--scope", "read"])
+            .env("OTA_DATA_DIR", app.dir.path())
+            .env("OTA_DATABASE_MAX_CONNECTIONS", "lots")
+            .output()
+            .unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&bad_config.stderr);
+    assert!(
+        !bad_config.status.success() && stderr.contains("DATABASE_MAX_CONNECTIONS"),
+        "bad settings are named: {stderr}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ota_server_serve_starts_with_defaults_and_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ota-server"))
+        .arg("serve")
+        .env("OTA_DATA_DIR", dir.path())
+        .env("OTA_LISTEN", format!("127.0.0.1:{port}"))
+        .env("OTA_LOG__FORMAT", "json")
+        .env_remove("OTA_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut healthy = false;
+    for _ in 0..100 {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+        {
+            healthy = r.status().is_success();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(healthy, "the server must answer /healthz");
+    assert!(
+        dir.path().join("dev-keys/root.json").exists(),
+        "dev keys are generated on first start"
+    );
+    assert!(
+        dir.path().join("ota.db").exists(),
+        "the embedded SQLite database is created"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    assert!(
+        output.status.success(),
+        "SIGTERM must shut down cleanly: {output:?}"
+    );
+    let logs = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        logs.contains("\"message\":\"stopped\""),
+        "JSON logs record the clean stop: {logs}"
+    );
+    assert!(
+        logs.contains("EPHEMERAL DEVELOPMENT key set"),
+        "dev keys are announced loudly: {logs}"
+    );
+}

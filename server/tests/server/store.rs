@@ -1,0 +1,387 @@
+//! The store suite, run against SQLite and PostgreSQL (a fresh database per test).
+
+use crate::both_backends;
+use crate::helpers::{checkin, device_key, fresh_store, Backend};
+use ota_core::encoding::Sha256Digest;
+use ota_server::director::{DeploymentStatus, NewDeployment};
+use ota_server::rollout::{RolloutAction, RolloutSpec, RolloutState};
+use ota_server::store::{
+    Actor, DeltaJobStatus, NewImage, NewRelease, NewRollout, NewVehicle, StoreError,
+    TransitionError, VehicleFilter,
+};
+
+fn actor() -> Actor {
+    Actor {
+        name: "store-test".to_owned(),
+        request_id: Some("req-1".to_owned()),
+    }
+}
+
+fn image(hw: &str, version: &str) -> NewImage {
+    NewImage {
+        name: format!("{hw}-{version}"),
+        hardware_id: hw.to_owned(),
+        version: version.to_owned(),
+        length: 10,
+        sha256: Sha256Digest::of(format!("{hw}{version}").as_bytes()).to_hex(),
+    }
+}
+
+async fn images_and_audit(backend: Backend) {
+    let Some((store, db, _dir)) = fresh_store(backend).await else {
+        return;
+    };
+    let first = store
+        .insert_image(&actor(), image("hw-a", "1.0"))
+        .await
+        .unwrap();
+    assert_eq!(store.get_image(&first.id).await.unwrap(), first);
+    let err = store
+        .insert_image(&actor(), image("hw-a", "1.0"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { .. }),
+        "a duplicate (hardware id, version) must conflict: {err:?}"
+    );
+    store
+        .insert_image(&actor(), image("hw-b", "1.0"))
+        .await
+        .unwrap();
+    assert_eq!(store.list_images(Some("hw-b")).await.unwrap().len(), 1);
+    assert_eq!(store.list_images(None).await.unwrap().len(), 2);
+    assert!(matches!(
+        store.get_image("img_0000000000000000").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let audit = store.list_audit(10, None).await.unwrap();
+    assert_eq!(
+        audit.len(),
+        2,
+        "the refused duplicate must leave no audit entry (same transaction)"
+    );
+    assert_eq!(audit[0].action, "image.upload");
+    assert_eq!(audit[0].request_id.as_deref(), Some("req-1"));
+    if let Some(db) = db {
+        db.drop_now().await;
+    }
+}
+both_backends!(images_and_audit_in_one_transaction, images_and_audit);
+
+async fn vehicles_checkins_and_director_versions(backend: Backend) {
+    let Some((store, db, _dir)) = fresh_store(backend).await else {
+        return;
+    };
+    let key = device_key();
+    store
+        .insert_vehicle(
+            &actor(),
+            NewVehicle {
+                id: "veh-1".into(),
+                public_key: key.public_key().to_hex(),
+                tags: vec!["eu".into(), "beta".into()],
+                ecus: vec![("main".into(), "hw-a".into())],
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .insert_vehicle(
+            &actor(),
+            NewVehicle {
+                id: "veh-2".into(),
+                public_key: key.public_key().to_hex(),
+                tags: vec![],
+                ecus: vec![("main".into(), "hw-b".into())],
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .record_checkin(&checkin("veh-1", Some(("1.0", b"old")), 0))
+        .await
+        .unwrap();
+    let v = store.get_vehicle("veh-1").await.unwrap();
+    assert_eq!(v.ecus[0].installed_version.as_deref(), Some("1.0"));
+    assert!(v.last_seen_at.is_some(), "a check-in must record last seen");
+    let by_tag = store
+        .list_vehicles(&VehicleFilter {
+            tag: Some("beta".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_tag.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+        ["veh-1"]
+    );
+    let by_hw = store
+        .list_vehicles(&VehicleFilter {
+            hardware_id: Some("hw-b".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_hw.len(), 1);
+    let by_version = store
+        .list_vehicles(&VehicleFilter {
+            installed_version: Some("1.0".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_version.len(), 1);
+    assert_eq!(store.next_director_version("veh-1", 0).await.unwrap(), 1);
+    assert_eq!(store.next_director_version("veh-1", 0).await.unwrap(), 2);
+    assert_eq!(
+        store.next_director_version("veh-1", 10).await.unwrap(),
+        11,
+        "must sign above what the vehicle trusts"
+    );
+    assert!(matches!(
+        store.record_checkin(&checkin("nobody", None, 0)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    if let Some(db) = db {
+        db.drop_now().await;
+    }
+}
+both_backends!(
+    vehicles_checkins_and_director_versions_grow,
+    vehicles_checkins_and_director_versions
+);
+
+async fn rollouts_deployments_and_jobs(backend: Backend) {
+    let Some((store, db, _dir)) = fresh_store(backend).await else {
+        return;
+    };
+    let img = store
+        .insert_image(&actor(), image("hw-a", "2.0"))
+        .await
+        .unwrap();
+    let release = store
+        .insert_release(
+            &actor(),
+            NewRelease {
+                name: "r1".into(),
+                version: "2.0".into(),
+                security_version: 2,
+                targets_version: 1,
+                targets_envelope: "{}".into(),
+                signed_by: "server".into(),
+                images: vec![("hw-a".into(), img.id.clone())],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(release.images.len(), 1);
+    assert_eq!(store.max_targets_version().await.unwrap(), 1);
+    let key = device_key();
+    store
+        .insert_vehicle(
+            &actor(),
+            NewVehicle {
+                id: "veh-1".into(),
+                public_key: key.public_key().to_hex(),
+                tags: vec![],
+                ecus: vec![("main".into(), "hw-a".into())],
+            },
+        )
+        .await
+        .unwrap();
+    let spec: RolloutSpec = serde_json::from_value(
+        serde_json::json!({ "phases": [{ "name": "all", "percent": 100 }] }),
+    )
+    .unwrap();
+    let rollout = store
+        .insert_rollout(
+            &actor(),
+            NewRollout {
+                name: "ro".into(),
+                release_id: release.id.clone(),
+                spec,
+                salt: "00ff".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rollout.state, RolloutState::Draft);
+    let started = store
+        .transition_rollout(&actor(), &rollout.id, RolloutAction::Start, None)
+        .await
+        .unwrap();
+    assert_eq!(started.state, RolloutState::Running);
+    assert!(matches!(
+        store
+            .transition_rollout(&actor(), &rollout.id, RolloutAction::Resume, None)
+            .await,
+        Err(TransitionError::Illegal(_))
+    ));
+    assert_eq!(store.active_rollouts().await.unwrap().len(), 1);
+
+    let new = [NewDeployment {
+        deployment_id: "dep_1".into(),
+        ecu: "main".into(),
+        from_sha256: None,
+        retry: false,
+    }];
+    store
+        .insert_deployments(&rollout.id, "veh-1", 0, &new)
+        .await
+        .unwrap();
+    store
+        .insert_deployments(&rollout.id, "veh-1", 0, &new)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.deployments_for_vehicle("veh-1").await.unwrap().len(),
+        1,
+        "inserting twice is idempotent"
+    );
+    assert_eq!(
+        store.vehicles_started_since(&rollout.id, 0).await.unwrap(),
+        1
+    );
+    assert!(store
+        .update_deployment("dep_1", "veh-1", DeploymentStatus::Downloading, 1, None)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .update_deployment("dep_1", "veh-1", DeploymentStatus::Assigned, 1, None)
+            .await
+            .unwrap(),
+        "a replayed sequence is ignored"
+    );
+    assert!(
+        !store
+            .update_deployment("dep_1", "veh-2", DeploymentStatus::Failed, 5, None)
+            .await
+            .unwrap(),
+        "another vehicle cannot touch it"
+    );
+    assert!(store
+        .update_deployment("dep_1", "veh-1", DeploymentStatus::Failed, 2, Some("hash"))
+        .await
+        .unwrap());
+    let retry = [NewDeployment {
+        deployment_id: "dep_1".into(),
+        ecu: "main".into(),
+        from_sha256: None,
+        retry: true,
+    }];
+    store
+        .insert_deployments(&rollout.id, "veh-1", 0, &retry)
+        .await
+        .unwrap();
+    let again = &store.deployments_for_vehicle("veh-1").await.unwrap()[0];
+    assert_eq!(
+        (again.status, again.attempts),
+        (DeploymentStatus::Assigned, 2),
+        "a retry reuses the deployment"
+    );
+    assert!(
+        store
+            .update_deployment("dep_1", "veh-1", DeploymentStatus::Failed, 1, Some("hash"))
+            .await
+            .unwrap(),
+        "sequences restart per attempt"
+    );
+    let counts = store.phase_counts(&rollout.id).await.unwrap();
+    assert_eq!(counts[&0].failed, 1);
+    assert_eq!(
+        store.outcomes_since(&rollout.id, 0).await.unwrap().failed,
+        1
+    );
+
+    assert!(store
+        .enqueue_delta(&rollout.id, "hw-a", "aa", "bb")
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .enqueue_delta(&rollout.id, "hw-a", "aa", "bb")
+            .await
+            .unwrap(),
+        "one job per (source, target)"
+    );
+    let job = store
+        .claim_delta_job()
+        .await
+        .unwrap()
+        .expect("a queued job");
+    assert_eq!(job.status, DeltaJobStatus::Running);
+    assert!(
+        store.claim_delta_job().await.unwrap().is_none(),
+        "a claimed job is not claimed twice"
+    );
+    assert_eq!(
+        store.requeue_interrupted_delta_jobs().await.unwrap(),
+        1,
+        "a crash leaves it running: requeue it"
+    );
+    let again = store
+        .claim_delta_job()
+        .await
+        .unwrap()
+        .expect("requeued job");
+    assert_eq!(again.attempts, 2);
+    store
+        .finish_delta_job(&again.id, DeltaJobStatus::Done, Some(("cc", 3)), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.built_deltas().await.unwrap(),
+        vec![("aa".to_owned(), "bb".to_owned(), "cc".to_owned(), 3)]
+    );
+    let actions: Vec<String> = store
+        .list_audit(20, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    assert!(
+        actions.contains(&"rollout.start".to_owned())
+            && actions.contains(&"release.create".to_owned()),
+        "{actions:?}"
+    );
+    if let Some(db) = db {
+        db.drop_now().await;
+    }
+}
+both_backends!(
+    rollouts_deployments_and_delta_jobs,
+    rollouts_deployments_and_jobs
+);
+
+async fn migrations_are_idempotent(backend: Backend) {
+    let Some((store, db, dir)) = fresh_store(backend).await else {
+        return;
+    };
+    store
+        .insert_image(&actor(), image("hw-m", "1.0"))
+        .await
+        .unwrap();
+    store.close().await;
+    let url = match &db {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}", dir.path().join("ota.db").display()),
+    };
+    let reopened = ota_server::store::Store::connect(&url, 2)
+        .await
+        .expect("re-running applied migrations is a no-op");
+    assert_eq!(
+        reopened.list_images(None).await.unwrap().len(),
+        1,
+        "data survives a restart"
+    );
+    reopened.close().await;
+    if let Some(db) = db {
+        db.drop_now().await;
+    }
+}
+both_backends!(
+    migrations_apply_once_and_data_survives_restart,
+    migrations_are_idempotent
+);
