@@ -8,57 +8,19 @@
 //! verified here. Dev: with no key directory configured, an ephemeral key set is
 //! generated once under `<data_dir>/dev-keys` and logged loudly.
 
+use crate::keys::keyfile::KeyFile;
 use anyhow::{bail, Context};
-use ota_core::encoding::parse_lower_hex;
 use ota_core::envelope::Envelope;
 use ota_core::key::{KeyId, SigningKey};
-use ota_core::metadata::{
-    parse_document, to_payload, Role, RoleKeys, Roles, Root, RootMetadata, TargetsMetadata,
-};
+use ota_core::metadata::{parse_document, to_payload, Role, Root, TargetsMetadata};
 use ota_core::threshold::verify_threshold;
 use ota_core::time::Timestamp;
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyFile {
-    pub keytype: String,
-    pub role: String,
-    pub keyid: String,
-    pub public: String,
-    pub private: String,
-}
-
-impl KeyFile {
-    pub fn new(role: Role, key: &SigningKey) -> KeyFile {
-        KeyFile {
-            keytype: ota_core::key::KEYTYPE_ED25519.to_owned(),
-            role: role.as_str().to_owned(),
-            keyid: key.key_id().to_string(),
-            public: key.public_key().to_hex(),
-            private: hex::encode(key.seed()),
-        }
-    }
-
-    /// Parses and checks that the public key and key id belong to the private seed.
-    pub fn to_signing_key(&self) -> anyhow::Result<SigningKey> {
-        let seed =
-            parse_lower_hex::<32>(&self.private).map_err(|e| anyhow::anyhow!("private: {e}"))?;
-        let key = SigningKey::from_seed(&seed);
-        if key.public_key().to_hex() != self.public || key.key_id().as_str() != self.keyid {
-            bail!("public key or key id does not match the private key");
-        }
-        Ok(key)
-    }
-}
-
+/// Reads a private key file (format in [`crate::keys::keyfile`]) and checks it.
 pub fn read_key_file(path: &Path) -> anyhow::Result<SigningKey> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: KeyFile =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    file.to_signing_key()
+    KeyFile::read(path)?
+        .signing_key()
         .with_context(|| format!("key file {}", path.display()))
 }
 
@@ -82,20 +44,7 @@ pub enum TargetsRejection {
 
 impl ServerKeys {
     pub fn load(dir: &Path) -> anyhow::Result<ServerKeys> {
-        let root_path = dir.join("root.json");
-        let root_envelope = std::fs::read(&root_path)
-            .with_context(|| format!("reading {}", root_path.display()))?;
-        let envelope = Envelope::parse(&root_envelope)
-            .with_context(|| format!("parsing {}", root_path.display()))?;
-        let root = Root::from_payload(&envelope.payload).context("root.json payload")?;
-        verify_threshold(
-            &envelope,
-            Role::Root,
-            &root.keys,
-            root.role_keys(Role::Root),
-            "its own root keys",
-        )
-        .context("root.json must be signed by a threshold of its own root keys")?;
+        let (root_envelope, root) = crate::keys::load_root(dir)?;
         let director = read_key_file(&dir.join("director.key.json"))?;
         let targets_path = dir.join("targets.key.json");
         let targets = if targets_path.exists() {
@@ -131,47 +80,7 @@ impl ServerKeys {
         if dir.join("root.json").exists() {
             return Self::load(dir);
         }
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let seed = || -> anyhow::Result<SigningKey> {
-            let mut s = [0u8; 32];
-            getrandom::getrandom(&mut s).context("reading random bytes for a dev key")?;
-            Ok(SigningKey::from_seed(&s))
-        };
-        let (root_key, targets_key, director_key) = (seed()?, seed()?, seed()?);
-        let role = |k: &SigningKey| RoleKeys {
-            keyids: vec![k.key_id()],
-            threshold: 1,
-        };
-        let metadata = RootMetadata::new(
-            1,
-            now.plus_seconds(365 * 86_400),
-            &[
-                root_key.public_key(),
-                targets_key.public_key(),
-                director_key.public_key(),
-            ],
-            Roles {
-                root: role(&root_key),
-                targets: role(&targets_key),
-                director: role(&director_key),
-            },
-        );
-        let envelope = Envelope::sign(
-            Role::Root.payload_type(),
-            to_payload(&metadata),
-            &[&root_key],
-        );
-        for (role, key) in [
-            (Role::Root, &root_key),
-            (Role::Targets, &targets_key),
-            (Role::Director, &director_key),
-        ] {
-            let path = dir.join(format!("{}.key.json", role.as_str()));
-            std::fs::write(&path, serde_json::to_vec_pretty(&KeyFile::new(role, key))?)
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        std::fs::write(dir.join("root.json"), envelope.to_json_bytes())
-            .context("writing root.json")?;
+        crate::keys::init(dir, now, 365)?;
         tracing::warn!(
             dir = %dir.display(),
             "generated an EPHEMERAL DEVELOPMENT key set (root, targets, director private keys on disk): not for production"
@@ -195,7 +104,7 @@ impl ServerKeys {
         if envelope.payload_type != Role::Targets.payload_type() {
             return Err(TargetsRejection::WrongType(envelope.payload_type));
         }
-        let metadata: TargetsMetadata = parse_document(&envelope.payload)?;
+        // Signatures first: nothing unauthenticated is parsed further.
         verify_threshold(
             &envelope,
             Role::Targets,
@@ -203,7 +112,7 @@ impl ServerKeys {
             self.root.role_keys(Role::Targets),
             "trusted root",
         )?;
-        Ok(metadata)
+        Ok(parse_document(&envelope.payload)?)
     }
 
     pub fn director_key_id(&self) -> KeyId {
