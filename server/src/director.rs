@@ -232,7 +232,7 @@ fn assignment_for(
                 url: url(&blob.sha256),
             })
     });
-    let _ = rollout;
+    let preconditions = &rollout.spec.preconditions;
     Assignment {
         ecu: ecu.ecu.clone(),
         hardware_id: ecu.hardware_id.clone(),
@@ -245,6 +245,7 @@ fn assignment_for(
             url: url(&target.sha256),
         },
         delta,
+        preconditions: (!preconditions.is_unconstrained()).then(|| preconditions.clone()),
     }
 }
 
@@ -635,6 +636,37 @@ mod tests {
         assert!(
             assignments[0].delta.is_none(),
             "no delta without an installed source"
+        );
+    }
+
+    #[test]
+    fn the_rollouts_preconditions_travel_in_the_assignment() {
+        let v = vehicle("veh-1", Some(1));
+        let Directive::Assign { assignments, .. } = run(&v, &[rollout(100.0)], &BTreeMap::new())
+        else {
+            panic!("must be assigned");
+        };
+        assert_eq!(
+            assignments[0].preconditions, None,
+            "no preconditions, none sent"
+        );
+        let mut constrained = rollout(100.0);
+        constrained.spec.preconditions = Preconditions {
+            parked: true,
+            min_state_of_charge_percent: Some(40),
+            network: None,
+        };
+        let Directive::Assign { assignments, .. } = run(&v, &[constrained], &BTreeMap::new())
+        else {
+            panic!("must be assigned");
+        };
+        assert_eq!(
+            assignments[0]
+                .preconditions
+                .as_ref()
+                .map(|p| (p.parked, p.min_state_of_charge_percent)),
+            Some((true, Some(40))),
+            "the vehicle must be told what to wait for"
         );
     }
 

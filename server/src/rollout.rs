@@ -108,14 +108,8 @@ impl Default for AbortCriteria {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Preconditions {
-    pub parked: bool,
-    pub min_state_of_charge_percent: Option<u8>,
-    /// e.g. `"wifi"`; `None` accepts any network.
-    pub network: Option<String>,
-}
+/// The vehicle conditions of a rollout, sent to vehicles in their director metadata.
+pub use ota_core::metadata::Preconditions;
 
 /// A daily window in UTC, `"HH:MM"`; `end` before `start` wraps past midnight.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -85,6 +85,7 @@ pub fn director_doc(version: u64) -> DirectorMetadata {
                 url: format!("/v1/blobs/{}", image.sha256),
             },
             delta: None,
+            preconditions: None,
         }],
         600,
     )

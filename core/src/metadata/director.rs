@@ -30,6 +30,26 @@ pub struct DeltaRef {
     pub url: String,
 }
 
+/// Vehicle conditions that must hold before the agent starts installing (it reports
+/// `waiting` with the unmet condition meanwhile). Absent members impose nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Preconditions {
+    /// The vehicle must be parked.
+    pub parked: bool,
+    /// Minimum state of charge of the traction (or 12 V) battery, 0–100.
+    pub min_state_of_charge_percent: Option<u8>,
+    /// Required network kind, e.g. `"wifi"`; absent: any network.
+    pub network: Option<String>,
+}
+
+impl Preconditions {
+    /// True when nothing is required.
+    pub fn is_unconstrained(&self) -> bool {
+        *self == Preconditions::default()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Assignment {
@@ -41,6 +61,9 @@ pub struct Assignment {
     pub image: ImageRef,
     /// Absent when the full image must be downloaded.
     pub delta: Option<DeltaRef>,
+    /// Absent when the installation may start at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preconditions: Option<Preconditions>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

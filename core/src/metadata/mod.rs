@@ -8,7 +8,7 @@ mod director;
 mod root;
 mod targets;
 
-pub use director::{Assignment, DeltaRef, DirectorMetadata, ImageRef};
+pub use director::{Assignment, DeltaRef, DirectorMetadata, ImageRef, Preconditions};
 pub use root::{RoleKeys, Roles, Root, RootMetadata};
 pub use targets::{TargetImage, TargetsMetadata};
 

@@ -158,6 +158,7 @@ pub fn assignment() -> Assignment {
             url: format!("/v1/blobs/{}", target.sha256),
         },
         delta: None,
+        preconditions: None,
     }
 }
 

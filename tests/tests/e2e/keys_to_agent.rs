@@ -55,6 +55,7 @@ fn director(version: u64, hardware_id: &str) -> DirectorMetadata {
                 url: format!("/v1/blobs/{}", image.sha256),
             },
             delta: None,
+            preconditions: None,
         }],
         120,
     )
