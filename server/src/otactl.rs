@@ -561,12 +561,43 @@ async fn sign_targets_offline(
     expires_in_days: u32,
 ) -> anyhow::Result<Value> {
     let key = crate::signing::read_key_file(key_file)?;
-    let mut targets = Vec::new();
+    // Targets are cumulative: extend the current document, after checking that it really
+    // is signed by this targets key (the server must not be able to slip an image into
+    // what the offline key signs next).
+    let has_release = client
+        .get("/api/v1/releases")
+        .await?
+        .as_array()
+        .is_some_and(|releases| !releases.is_empty());
+    let (current, mut targets) = if has_release {
+        let latest = client.get("/api/v1/targets").await?;
+        let envelope = Envelope::parse(&serde_json::to_vec(&latest["envelope"])?)
+            .map_err(|e| anyhow::anyhow!("current targets envelope: {e}"))?;
+        let own = std::collections::BTreeMap::from([(key.key_id(), key.public_key())]);
+        ota_core::threshold::verify_threshold(
+            &envelope,
+            Role::Targets,
+            &own,
+            &ota_core::metadata::RoleKeys {
+                keyids: vec![key.key_id()],
+                threshold: 1,
+            },
+            "this targets key",
+        )
+        .map_err(|e| {
+            anyhow::anyhow!("refusing to extend the current targets metadata: it is not signed by this key ({e})")
+        })?;
+        let metadata: TargetsMetadata = ota_core::metadata::parse_document(&envelope.payload)
+            .map_err(|e| anyhow::anyhow!("current targets payload: {e}"))?;
+        (metadata.version, metadata.targets.0)
+    } else {
+        (0, std::collections::BTreeMap::new())
+    };
     for id in image_ids {
         let image = client.get(&format!("/api/v1/images/{id}")).await?;
         let sha256 = Sha256Digest::parse(image["sha256"].as_str().unwrap_or_default())
             .map_err(anyhow::Error::msg)?;
-        targets.push((
+        targets.insert(
             s(&image["name"]),
             TargetImage {
                 hardware_id: s(&image["hardware_id"]),
@@ -575,19 +606,8 @@ async fn sign_targets_offline(
                 length: image["length"].as_u64().unwrap_or(0),
                 sha256,
             },
-        ));
+        );
     }
-    let current = client
-        .get("/api/v1/releases")
-        .await?
-        .as_array()
-        .map(|rs| {
-            rs.iter()
-                .filter_map(|r| r["targets_version"].as_u64())
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0);
     let now = Timestamp::from_datetime(chrono::Utc::now());
     let metadata = TargetsMetadata::new(
         current + 1,

@@ -26,6 +26,8 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<SigningKey> {
 
 #[derive(Debug)]
 pub struct ServerKeys {
+    /// The key directory: `root.<N>.json` of every root version live here.
+    pub dir: std::path::PathBuf,
     pub root_envelope: Vec<u8>,
     pub root: Root,
     pub director: SigningKey,
@@ -53,6 +55,7 @@ impl ServerKeys {
             None
         };
         let keys = ServerKeys {
+            dir: dir.to_owned(),
             root_envelope,
             root,
             director,
@@ -113,6 +116,15 @@ impl ServerKeys {
             "trusted root",
         )?;
         Ok(parse_document(&envelope.payload)?)
+    }
+
+    /// The signed root of `version` (for vehicles walking the chain), if this key
+    /// directory has it.
+    pub fn root_version(&self, version: u64) -> Option<Vec<u8>> {
+        if version == self.root.version() {
+            return Some(self.root_envelope.clone());
+        }
+        std::fs::read(self.dir.join(format!("root.{version}.json"))).ok()
     }
 
     pub fn director_key_id(&self) -> KeyId {

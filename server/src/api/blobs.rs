@@ -25,7 +25,8 @@ pub fn routes() -> Routes {
     Routes::default().add("get", "/v1/blobs/{sha256}", get(download))
 }
 
-async fn authorise(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// A vehicle credential (device key) or a bearer token with the read scope.
+pub(super) async fn authorise(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

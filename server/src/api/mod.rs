@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod images;
+pub mod metadata;
 pub mod openapi;
 pub mod releases;
 pub mod rollouts;
@@ -103,6 +104,7 @@ pub fn routes() -> Routes {
         .merge(vehicles::routes())
         .merge(rollouts::routes())
         .merge(blobs::routes())
+        .merge(metadata::routes())
         .merge(audit::routes())
 }
 

@@ -58,6 +58,9 @@ const OPS: &[Op] = &[
     Op { method: "post", path: "/api/v1/rollouts/{id}/rollback", id: "rollbackRollout", summary: "Roll back: tell updated vehicles to return to their previous image", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
     Op { method: "get", path: "/api/v1/delta-jobs", id: "listDeltaJobs", summary: "Delta builds and their progress", scope: Some("read"), body: None, ok: (200, "DeltaJobList"), query: &["rollout_id"] },
     Op { method: "get", path: "/api/v1/audit", id: "listAudit", summary: "Audit log of mutating calls, newest first", scope: Some("admin"), body: None, ok: (200, "AuditList"), query: &["limit", "before"] },
+    Op { method: "get", path: "/api/v1/targets", id: "getTargets", summary: "The newest signed targets metadata (cumulative: every released image), decoded and as an envelope", scope: Some("read"), body: None, ok: (200, "Targets"), query: &[] },
+    Op { method: "get", path: "/v1/metadata/targets.json", id: "getVehicleTargets", summary: "The newest targets envelope, byte for byte; vehicle credential or read token", scope: None, body: None, ok: (200, "Object"), query: &[] },
+    Op { method: "get", path: "/v1/metadata/root/{version}", id: "getVehicleRoot", summary: "Root metadata version N ({version} = N.json), for walking the root chain; vehicle credential or read token", scope: None, body: None, ok: (200, "Object"), query: &[] },
     Op { method: "get", path: "/v1/blobs/{sha256}", id: "getBlob", summary: "Download a blob (Range, If-Range); vehicle credential or read token", scope: None, body: None, ok: (200, ""), query: &[] },
 ];
 
@@ -80,6 +83,10 @@ fn schemas() -> Value {
             "type": s, "title": s, "status": i, "detail": s,
             "errors": { "type": "array", "items": obj(&["field", "expected", "got"], json!({ "field": s, "expected": s, "got": s })) },
         })),
+        "Targets": obj(&["version", "expires", "targets", "envelope"], json!({
+            "version": i, "expires": s,
+            "targets": { "type": "object", "description": "image name → {hardware_id, version, security_version, length, sha256}" },
+            "envelope": { "type": "object", "description": "DSSE envelope (PROTOCOL.md)" } })),
         "Health": obj(&["status"], json!({ "status": s })),
         "Ready": obj(&["status", "database", "blob_store", "broker"], json!({ "status": s, "database": s, "blob_store": s, "broker": s })),
         "Image": obj(&["id", "name", "hardware_id", "version", "length", "sha256", "created_at"], json!({
@@ -169,17 +176,23 @@ pub fn document() -> Value {
             op.ok.0.to_string(),
             json!({ "description": "Success", "content": ok_content }),
         );
+        if op.path.starts_with("/v1/") {
+            responses.insert(
+                "401".into(),
+                problem_response("Missing or invalid vehicle credential or token"),
+            );
+            responses.insert("404".into(), problem_response("Not found"));
+            responses.insert("422".into(), problem_response("Malformed path parameter"));
+        }
         if op.path == "/v1/blobs/{sha256}" {
             responses.insert(
                 "206".into(),
                 json!({ "description": "Partial content (Range)" }),
             );
             responses.insert("416".into(), problem_response("Range not satisfiable"));
-            responses.insert(
-                "401".into(),
-                problem_response("Missing or invalid vehicle credential or token"),
-            );
-            responses.insert("404".into(), problem_response("No such blob"));
+        }
+        if op.path == "/api/v1/targets" {
+            responses.insert("404".into(), problem_response("No release yet"));
         }
         if op.scope.is_some() {
             responses.insert(

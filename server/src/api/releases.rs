@@ -56,7 +56,14 @@ async fn create(
             request.images.len(),
         ));
     }
-    let mut expected: BTreeMap<String, TargetImage> = BTreeMap::new();
+    // Targets are cumulative: every image released so far stays listed (a vehicle can only
+    // be sent back to an image its newest trusted targets still list), and this
+    // release's images are added or, for the same image, updated.
+    let latest = state.store.latest_targets().await?;
+    let (current, mut expected) = match &latest {
+        Some((version, envelope)) => (*version, stored_targets(envelope)?.targets.0),
+        None => (0, BTreeMap::new()),
+    };
     let mut by_hardware: BTreeMap<String, String> = BTreeMap::new();
     for (i, id) in request.images.iter().enumerate() {
         let id = parse_id("image", "img", id).map_err(|_| {
@@ -86,18 +93,23 @@ async fn create(
         }
         let sha256 = Sha256Digest::parse(&image.sha256)
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored image digest: {e}")))?;
-        expected.insert(
-            image.name.clone(),
-            TargetImage {
-                hardware_id: image.hardware_id.clone(),
-                version: image.version.clone(),
-                security_version: request.security_version,
-                length: image.length,
-                sha256,
-            },
-        );
+        let entry = TargetImage {
+            hardware_id: image.hardware_id.clone(),
+            version: image.version.clone(),
+            security_version: request.security_version,
+            length: image.length,
+            sha256,
+        };
+        if let Some(listed) = expected.get(&image.name) {
+            if (listed.sha256, listed.length) != (entry.sha256, entry.length) {
+                return Err(ApiError::Conflict(format!(
+                    "image name {:?} is already released with other content (sha256 {})",
+                    image.name, listed.sha256
+                )));
+            }
+        }
+        expected.insert(image.name.clone(), entry);
     }
-    let current = state.store.max_targets_version().await?;
     let (envelope, version, signed_by) = match &request.targets {
         Some(value) => {
             let bytes = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.into()))?;
@@ -111,7 +123,7 @@ async fn create(
             if metadata.targets.0 != expected {
                 return Err(ApiError::invalid(
                     "targets.targets",
-                    "exactly the release's images with this security_version",
+                    "every image of the current targets plus the release's images with this security_version (GET /api/v1/targets)",
                     "a different image list",
                 ));
             }
@@ -181,4 +193,12 @@ async fn get_one(
     caller.require(Scope::Read)?;
     let id = parse_id("release", "rel", &id)?;
     Ok(Json(state.store.get_release(&id).await?))
+}
+
+/// Parses a targets envelope this server stored after verifying it.
+pub(super) fn stored_targets(envelope: &str) -> Result<TargetsMetadata, ApiError> {
+    let envelope = ota_core::envelope::Envelope::parse(envelope.as_bytes())
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored targets envelope: {e}")))?;
+    ota_core::metadata::parse_document(&envelope.payload)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored targets payload: {e}")))
 }

@@ -92,12 +92,23 @@ impl Store {
         self.get_release(&id).await
     }
 
-    /// The highest targets version issued so far (new releases sign above it).
-    pub async fn max_targets_version(&self) -> Result<u64, StoreError> {
-        let row = sqlx::query("SELECT COALESCE(MAX(targets_version), 0) AS v FROM releases")
-            .fetch_one(self.pool())
-            .await?;
-        Ok(row.try_get::<i64, _>("v")?.max(0) as u64)
+    /// The newest signed targets envelope (the one with the highest version), if any.
+    /// Every release's targets list every image released so far, so this one document
+    /// is what vehicles verify any assignment against.
+    pub async fn latest_targets(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT targets_version, targets_envelope FROM releases \
+             ORDER BY targets_version DESC LIMIT 1",
+        )
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(match row {
+            Some(row) => Some((
+                row.try_get::<i64, _>("targets_version")?.max(0) as u64,
+                row.try_get::<String, _>("targets_envelope")?,
+            )),
+            None => None,
+        })
     }
 
     async fn release_images(&self, release_id: &str) -> Result<Vec<ReleaseImage>, StoreError> {

@@ -277,7 +277,15 @@ async fn releases(backend: Backend) {
         sha256: Sha256Digest::parse(a2["sha256"].as_str().unwrap()).unwrap(),
     };
     let expires = Timestamp::from_datetime(chrono::Utc::now()).plus_seconds(86_400);
-    let sign = |version: u64, key: &ota_core::key::SigningKey| -> Value {
+    let (status, current) = app.get("/api/v1/targets", &app.read_token).await;
+    assert_eq!((status, &current["version"]), (200, &json!(1)), "{current}");
+    assert_eq!(
+        current["envelope"], release["targets"],
+        "the latest targets are release 1's"
+    );
+    let previous: Vec<(String, TargetImage)> = targets.targets.0.clone().into_iter().collect();
+    // Targets are cumulative: an offline signer must keep every released image listed.
+    let sign_only_new = |version: u64, key: &ota_core::key::SigningKey| -> Value {
         let metadata =
             TargetsMetadata::new(version, expires, [("hw-a-2.0.1".to_owned(), image.clone())]);
         serde_json::from_slice(
@@ -286,7 +294,29 @@ async fn releases(backend: Backend) {
         )
         .unwrap()
     };
+    let sign = |version: u64, key: &ota_core::key::SigningKey| -> Value {
+        let mut entries = previous.clone();
+        entries.push(("hw-a-2.0.1".to_owned(), image.clone()));
+        let metadata = TargetsMetadata::new(version, expires, entries);
+        serde_json::from_slice(
+            &Envelope::sign(Role::Targets.payload_type(), to_payload(&metadata), &[key])
+                .to_json_bytes(),
+        )
+        .unwrap()
+    };
     let body = |targets: Value| json!({ "name": unique("off-"), "version": "2.0.1", "security_version": 5, "images": [a2["id"]], "targets": targets });
+    let (status, problem) = app
+        .post(
+            "/api/v1/releases",
+            &app.admin_token,
+            &body(sign_only_new(2, &key)),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["errors"][0]["field"].as_str()),
+        (422, Some("targets.targets")),
+        "targets that drop released images must be refused: {problem}"
+    );
     let (status, offline) = app
         .post("/api/v1/releases", &app.admin_token, &body(sign(2, &key)))
         .await;
@@ -294,6 +324,13 @@ async fn releases(backend: Backend) {
         (status, offline["signed_by"].as_str()),
         (201, Some("offline")),
         "{offline}"
+    );
+    let (_, current) = app.get("/api/v1/targets", &app.read_token).await;
+    assert_eq!(current["version"], 2);
+    assert_eq!(
+        current["targets"].as_object().map(|t| t.len()),
+        Some(3),
+        "the newest targets list every released image: {current}"
     );
     let (status, problem) = app
         .post(
@@ -715,6 +752,78 @@ async fn rollouts(backend: Backend) {
     app.stop().await;
 }
 both_backends!(rollouts_lifecycle_status_director_and_audit, rollouts);
+
+async fn vehicle_metadata(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let key = device_key();
+    app.register_vehicle("veh-meta", &key, "hw-a", &[]).await;
+    let auth = || blob_auth_header("veh-meta", chrono::Utc::now().timestamp(), &key);
+    let get = |path: &str, authorised: bool| {
+        let mut request = app.http.get(app.url(path));
+        if authorised {
+            request = request.header("authorization", auth());
+        }
+        request.send()
+    };
+    let response = get("/v1/metadata/targets.json", true).await.unwrap();
+    assert_eq!(response.status().as_u16(), 404, "no release, no targets");
+    let image = app.upload("hw-a", "3.0.0", b"meta".repeat(8)).await;
+    let (status, release) = app
+        .post("/api/v1/releases", &app.admin_token, &json!({ "name": "meta", "version": "3.0.0", "security_version": 1, "images": [image["id"]] }))
+        .await;
+    assert_eq!(status, 201, "{release}");
+
+    let response = get("/v1/metadata/targets.json", false).await.unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        401,
+        "vehicles must authenticate"
+    );
+    let response = get("/v1/metadata/targets.json", true).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let bytes = response.bytes().await.unwrap().to_vec();
+    let envelope = Envelope::parse(&bytes).expect("the exact signed envelope");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&bytes).unwrap(),
+        release["targets"],
+        "the newest targets envelope is served"
+    );
+    assert_eq!(envelope.payload_type, Role::Targets.payload_type());
+
+    let root = get("/v1/metadata/root/1.json", true).await.unwrap();
+    assert_eq!(root.status().as_u16(), 200);
+    let root = root.bytes().await.unwrap().to_vec();
+    let anchor = ota_core::trust::TrustedState::from_anchor(&root).expect("root v1 verifies");
+    assert_eq!(anchor.root().version(), 1);
+    assert_eq!(
+        get("/v1/metadata/root/2.json", true)
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+    assert_eq!(
+        get("/v1/metadata/root/two.json", true)
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        422
+    );
+    assert_eq!(
+        get("/v1/metadata/root/1.json", false)
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    app.stop().await;
+}
+both_backends!(vehicle_metadata_targets_and_root_chain, vehicle_metadata);
 
 async fn blobs(backend: Backend) {
     let Some(app) = app(backend, Options::default()).await else {

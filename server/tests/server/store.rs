@@ -175,7 +175,11 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(release.images.len(), 1);
-    assert_eq!(store.max_targets_version().await.unwrap(), 1);
+    assert_eq!(
+        store.latest_targets().await.unwrap(),
+        Some((1, "{}".to_owned())),
+        "the newest targets are the release's"
+    );
     let key = device_key();
     store
         .insert_vehicle(
