@@ -8,7 +8,7 @@
 //! with the next version and a short expiry. Time, versions and keys are passed in.
 
 use crate::breaker::BreakerState;
-use crate::rollout::{RolloutSpec, RolloutState};
+use crate::rollout::{Preconditions, RolloutSpec, RolloutState};
 use ota_core::cohort;
 use ota_core::encoding::Sha256Digest;
 use ota_core::envelope::Envelope;
@@ -208,7 +208,7 @@ pub fn selector_matches(spec: &RolloutSpec, vehicle: &VehicleView) -> bool {
 }
 
 fn assignment_for(
-    rollout: &RolloutView,
+    preconditions: &Preconditions,
     input: &DirectorInput<'_>,
     ecu: &EcuView,
     target: &TargetView,
@@ -232,7 +232,6 @@ fn assignment_for(
                 url: url(&blob.sha256),
             })
     });
-    let preconditions = &rollout.spec.preconditions;
     Assignment {
         ecu: ecu.ecu.clone(),
         hardware_id: ecu.hardware_id.clone(),
@@ -278,7 +277,15 @@ fn decide_one(
                     .existing
                     .iter()
                     .find(|d| d.ecu == ecu.ecu && !d.status.is_terminal())
-                    .map(|d| assignment_for(rollout, input, ecu, target, d.deployment_id.clone()))
+                    .map(|d| {
+                        assignment_for(
+                            &rollout.spec.preconditions,
+                            input,
+                            ecu,
+                            target,
+                            d.deployment_id.clone(),
+                        )
+                    })
             })
             .collect();
         if !in_flight.is_empty() {
@@ -350,7 +357,13 @@ fn decide_one(
             from_sha256: ecu.installed.as_ref().map(|i| i.sha256),
             retry: retry.is_some(),
         });
-        assignments.push(assignment_for(rollout, input, ecu, target, id));
+        assignments.push(assignment_for(
+            &rollout.spec.preconditions,
+            input,
+            ecu,
+            target,
+            id,
+        ));
     }
     Ok(Directive::Assign {
         rollout_id: rollout.id.clone(),
@@ -383,6 +396,99 @@ pub fn decide(input: &DirectorInput<'_>) -> Directive {
         next_poll_seconds: input.poll_seconds,
         reason,
     }
+}
+
+/// One ECU that a rolled-back rollout updated, and what it ran before.
+#[derive(Debug, Clone)]
+pub struct RollbackCandidate {
+    pub deployment_id: String,
+    pub ecu: String,
+    /// The image the rollout installed.
+    pub release: TargetView,
+    /// The image the ECU ran before, as the newest targets list it (`None`: not listed,
+    /// so no vehicle could verify an assignment back to it).
+    pub previous: Option<TargetView>,
+    pub preconditions: Preconditions,
+}
+
+/// Why an ECU is not sent back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackBlock {
+    /// The release raised `security_version`: the vehicle would refuse the old image,
+    /// and must (anti-rollback), so it is never offered.
+    SecurityVersion { previous: u64, release: u64 },
+    /// The previous image is not in the targets metadata.
+    PreviousNotListed,
+    /// The ECU runs neither the release's nor the previous image.
+    RunsAnotherImage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackStep {
+    /// The ECU runs its previous image again: the deployment is rolled back.
+    Done { deployment_id: String },
+    /// Send the ECU back to its previous image.
+    Assign(Box<Assignment>),
+    Blocked {
+        deployment_id: String,
+        reason: RollbackBlock,
+    },
+}
+
+/// Whether going back from the release to the previous image is allowed at all: a
+/// vehicle's `security_version` floor never goes down.
+pub fn rollback_permitted(
+    previous: &TargetView,
+    release: &TargetView,
+) -> Result<(), RollbackBlock> {
+    if previous.security_version < release.security_version {
+        return Err(RollbackBlock::SecurityVersion {
+            previous: previous.security_version,
+            release: release.security_version,
+        });
+    }
+    Ok(())
+}
+
+/// What each ECU of a rolled-back rollout must do, from what the vehicle runs now.
+/// The assignment back uses the best delta (release → previous) when one was built.
+pub fn plan_rollback(
+    input: &DirectorInput<'_>,
+    candidates: &[RollbackCandidate],
+) -> Vec<RollbackStep> {
+    candidates
+        .iter()
+        .filter_map(|candidate| {
+            let ecu = input.vehicle.ecus.iter().find(|e| e.ecu == candidate.ecu)?;
+            let installed = ecu.installed.as_ref().map(|i| i.sha256);
+            let blocked = |reason| RollbackStep::Blocked {
+                deployment_id: candidate.deployment_id.clone(),
+                reason,
+            };
+            let Some(previous) = &candidate.previous else {
+                return Some(blocked(RollbackBlock::PreviousNotListed));
+            };
+            if installed == Some(previous.sha256) {
+                return Some(RollbackStep::Done {
+                    deployment_id: candidate.deployment_id.clone(),
+                });
+            }
+            if installed != Some(candidate.release.sha256) {
+                return Some(blocked(RollbackBlock::RunsAnotherImage));
+            }
+            if let Err(reason) = rollback_permitted(previous, &candidate.release) {
+                return Some(blocked(reason));
+            }
+            Some(RollbackStep::Assign(Box::new(assignment_for(
+                &candidate.preconditions,
+                input,
+                ecu,
+                previous,
+                candidate.deployment_id.clone(),
+            ))))
+        })
+        .collect()
 }
 
 /// Signs the directive as director metadata for `vehicle_id` (nothing = no assignments).
@@ -636,6 +742,81 @@ mod tests {
         assert!(
             assignments[0].delta.is_none(),
             "no delta without an installed source"
+        );
+    }
+
+    #[test]
+    fn rollback_plan_table() {
+        let target = |n: u8, security_version: u64| TargetView {
+            name: format!("img-{n}"),
+            version: format!("1.{n}"),
+            security_version,
+            length: 100,
+            sha256: sha(n),
+        };
+        let candidate = |previous: Option<TargetView>| RollbackCandidate {
+            deployment_id: "dep_1".to_owned(),
+            ecu: "main".to_owned(),
+            release: target(2, 5),
+            previous,
+            preconditions: Preconditions::default(),
+        };
+        let deltas = BTreeMap::from([(
+            (sha(2), sha(1)),
+            DeltaBlob {
+                length: 7,
+                sha256: sha(8),
+            },
+        )]);
+        let plan = |installed: Option<u8>, previous: Option<TargetView>| {
+            let v = vehicle("veh-1", installed);
+            let input = DirectorInput {
+                vehicle: &v,
+                rollouts: &[],
+                deltas: &deltas,
+                now_unix_seconds: 0,
+                blob_base_url: "http://ota.test",
+                poll_seconds: 60,
+            };
+            plan_rollback(&input, &[candidate(previous)])
+        };
+        let blocked = |reason| {
+            vec![RollbackStep::Blocked {
+                deployment_id: "dep_1".to_owned(),
+                reason,
+            }]
+        };
+        // Runs the release, previous listed with an equal security_version: sent back,
+        // with the release → previous delta.
+        let steps = plan(Some(2), Some(target(1, 5)));
+        let [RollbackStep::Assign(assignment)] = steps.as_slice() else {
+            panic!("must be sent back: {steps:?}");
+        };
+        assert_eq!(assignment.image.sha256, sha(1));
+        assert_eq!(assignment.deployment_id, "dep_1");
+        assert_eq!(assignment.delta.as_ref().map(|d| d.sha256), Some(sha(8)));
+        // Already back.
+        assert_eq!(
+            plan(Some(1), Some(target(1, 5))),
+            vec![RollbackStep::Done {
+                deployment_id: "dep_1".to_owned()
+            }]
+        );
+        // The release raised security_version: never offered.
+        assert_eq!(
+            plan(Some(2), Some(target(1, 4))),
+            blocked(RollbackBlock::SecurityVersion {
+                previous: 4,
+                release: 5
+            })
+        );
+        assert_eq!(
+            plan(Some(2), None),
+            blocked(RollbackBlock::PreviousNotListed)
+        );
+        assert_eq!(
+            plan(Some(3), Some(target(1, 5))),
+            blocked(RollbackBlock::RunsAnotherImage)
         );
     }
 

@@ -6,7 +6,7 @@
 use crate::breaker::{self, BreakerState};
 use crate::director::{
     self, DeltaBlob, DeploymentStatus, Directive, DirectorInput, EcuView, ExistingDeployment,
-    RolloutView, TargetView, VehicleView,
+    RollbackBlock, RollbackCandidate, RollbackStep, RolloutView, TargetView, VehicleView,
 };
 use crate::rollout::{
     effective_rate_per_minute, phase_decision, BreakerAction, PhaseOutcomes, RolloutAction,
@@ -373,8 +373,32 @@ impl Engine {
     /// (and commits that the check-in proves: the ECU now runs the target image).
     pub async fn decide_and_record(&self, vehicle: &VehicleView) -> Result<Directive, StoreError> {
         let store = &self.inner.store;
-        let active = store.active_rollouts().await?;
         let mut deployments = store.deployments_for_vehicle(&vehicle.id).await?;
+        let deltas: BTreeMap<(Sha256Digest, Sha256Digest), DeltaBlob> = store
+            .built_deltas()
+            .await?
+            .into_iter()
+            .filter_map(|(source, target, delta, length)| {
+                Some((
+                    (
+                        Sha256Digest::parse(&source).ok()?,
+                        Sha256Digest::parse(&target).ok()?,
+                    ),
+                    DeltaBlob {
+                        length,
+                        sha256: Sha256Digest::parse(&delta).ok()?,
+                    },
+                ))
+            })
+            .collect();
+        // Vehicles updated by a rolled-back rollout are sent home before anything else.
+        if let Some(directive) = self
+            .rollback_directive(vehicle, &deployments, &deltas)
+            .await?
+        {
+            return Ok(directive);
+        }
+        let active = store.active_rollouts().await?;
         let mut views = Vec::with_capacity(active.len());
         let minute_ago = chrono::Utc::now().timestamp_millis() - 60_000;
         for rollout in active {
@@ -436,23 +460,6 @@ impl Engine {
                 spec: rollout.spec,
             });
         }
-        let deltas: BTreeMap<(Sha256Digest, Sha256Digest), DeltaBlob> = store
-            .built_deltas()
-            .await?
-            .into_iter()
-            .filter_map(|(source, target, delta, length)| {
-                Some((
-                    (
-                        Sha256Digest::parse(&source).ok()?,
-                        Sha256Digest::parse(&target).ok()?,
-                    ),
-                    DeltaBlob {
-                        length,
-                        sha256: Sha256Digest::parse(&delta).ok()?,
-                    },
-                ))
-            })
-            .collect();
         let directive = director::decide(&DirectorInput {
             vehicle,
             rollouts: &views,
@@ -475,6 +482,207 @@ impl Engine {
             }
         }
         Ok(directive)
+    }
+
+    /// The newest targets metadata's images by (hardware id, SHA-256): what any vehicle
+    /// can be sent to, including back.
+    async fn listed_images(
+        &self,
+    ) -> Result<BTreeMap<(String, Sha256Digest), TargetView>, StoreError> {
+        let Some((_, envelope)) = self.inner.store.latest_targets().await? else {
+            return Ok(BTreeMap::new());
+        };
+        let metadata = ota_core::envelope::Envelope::parse(envelope.as_bytes())
+            .ok()
+            .and_then(|e| {
+                ota_core::metadata::parse_document::<ota_core::metadata::TargetsMetadata>(
+                    &e.payload,
+                )
+                .ok()
+            });
+        Ok(metadata
+            .map(|m| {
+                m.targets
+                    .0
+                    .into_iter()
+                    .map(|(name, t)| {
+                        (
+                            (t.hardware_id.clone(), t.sha256),
+                            TargetView {
+                                name,
+                                version: t.version,
+                                security_version: t.security_version,
+                                length: t.length,
+                                sha256: t.sha256,
+                            },
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The rollback candidates among `deployments`: installed or committed deployments of
+    /// rolled-back rollouts that know the image they replaced.
+    async fn rollback_candidates(
+        &self,
+        ecus: &[(String, String)],
+        deployments: &[crate::store::DeploymentRecord],
+    ) -> Result<Vec<(RollbackCandidate, String, usize)>, StoreError> {
+        let store = &self.inner.store;
+        let relevant: Vec<_> = deployments
+            .iter()
+            .filter(|d| {
+                matches!(
+                    d.status,
+                    DeploymentStatus::Installed | DeploymentStatus::Committed
+                ) && d.from_sha256.is_some()
+            })
+            .collect();
+        if relevant.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut rollouts: BTreeMap<String, (RolloutRecord, BTreeMap<String, TargetView>)> =
+            BTreeMap::new();
+        let listed = self.listed_images().await?;
+        let mut candidates = Vec::new();
+        for d in relevant {
+            if !rollouts.contains_key(&d.rollout_id) {
+                let rollout = store.get_rollout(&d.rollout_id).await?;
+                let targets = self.targets_of(&rollout).await?;
+                rollouts.insert(d.rollout_id.clone(), (rollout, targets));
+            }
+            let (rollout, targets) = &rollouts[&d.rollout_id];
+            if rollout.state != RolloutState::RolledBack {
+                continue;
+            }
+            let Some((_, hardware_id)) = ecus.iter().find(|(ecu, _)| *ecu == d.ecu) else {
+                continue;
+            };
+            let Some(release) = targets.get(hardware_id) else {
+                continue;
+            };
+            let previous = d
+                .from_sha256
+                .as_deref()
+                .and_then(|sha| Sha256Digest::parse(sha).ok())
+                .and_then(|sha| listed.get(&(hardware_id.clone(), sha)).cloned());
+            candidates.push((
+                RollbackCandidate {
+                    deployment_id: d.id.clone(),
+                    ecu: d.ecu.clone(),
+                    release: release.clone(),
+                    previous,
+                    preconditions: rollout.spec.preconditions.clone(),
+                },
+                rollout.id.clone(),
+                d.phase,
+            ));
+        }
+        Ok(candidates)
+    }
+
+    /// Sends a vehicle back to the images it ran before a rolled-back rollout, and marks
+    /// deployments rolled back once the vehicle runs them again.
+    async fn rollback_directive(
+        &self,
+        vehicle: &VehicleView,
+        deployments: &[crate::store::DeploymentRecord],
+        deltas: &BTreeMap<(Sha256Digest, Sha256Digest), DeltaBlob>,
+    ) -> Result<Option<Directive>, StoreError> {
+        let ecus: Vec<(String, String)> = vehicle
+            .ecus
+            .iter()
+            .map(|e| (e.ecu.clone(), e.hardware_id.clone()))
+            .collect();
+        let candidates = self.rollback_candidates(&ecus, deployments).await?;
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let origin: BTreeMap<String, (String, usize)> = candidates
+            .iter()
+            .map(|(c, rollout, phase)| (c.deployment_id.clone(), (rollout.clone(), *phase)))
+            .collect();
+        let candidates: Vec<RollbackCandidate> =
+            candidates.into_iter().map(|(c, _, _)| c).collect();
+        let input = DirectorInput {
+            vehicle,
+            rollouts: &[],
+            deltas,
+            now_unix_seconds: chrono::Utc::now().timestamp(),
+            blob_base_url: &self.inner.public_url,
+            poll_seconds: self.inner.settings.director.poll_seconds,
+        };
+        let mut assignments = Vec::new();
+        let mut first = None;
+        for step in director::plan_rollback(&input, &candidates) {
+            match step {
+                RollbackStep::Done { deployment_id } => {
+                    self.inner
+                        .store
+                        .mark_rolled_back(&deployment_id, &vehicle.id)
+                        .await?;
+                }
+                RollbackStep::Assign(assignment) => {
+                    if first.is_none() {
+                        first = origin.get(&assignment.deployment_id).cloned();
+                    }
+                    assignments.push(*assignment);
+                }
+                RollbackStep::Blocked {
+                    deployment_id,
+                    reason,
+                } => {
+                    tracing::debug!(vehicle = %vehicle.id, deployment = %deployment_id, ?reason, "not rolled back");
+                }
+            }
+        }
+        Ok(first.map(|(rollout_id, phase)| Directive::Assign {
+            rollout_id,
+            phase,
+            assignments,
+            new_deployments: Vec::new(),
+            next_poll_seconds: input.poll_seconds,
+        }))
+    }
+
+    /// Why a rollout cannot be rolled back: deployments whose previous image has a lower
+    /// `security_version` than the release (vehicles must refuse it). Empty = permitted.
+    pub async fn rollback_blockers(
+        &self,
+        rollout: &RolloutRecord,
+    ) -> Result<Vec<String>, StoreError> {
+        let store = &self.inner.store;
+        let targets = self.targets_of(rollout).await?;
+        let listed = self.listed_images().await?;
+        let mut blockers = Vec::new();
+        for d in store.deployments_for_rollout(&rollout.id).await? {
+            let Some(from) = d
+                .from_sha256
+                .as_deref()
+                .and_then(|s| Sha256Digest::parse(s).ok())
+            else {
+                continue;
+            };
+            for (hardware_id, release) in &targets {
+                if let Some(previous) = listed.get(&(hardware_id.clone(), from)) {
+                    if let Err(RollbackBlock::SecurityVersion {
+                        previous: p,
+                        release: r,
+                    }) = director::rollback_permitted(previous, release)
+                    {
+                        let text = format!(
+                            "{} {} has security_version {p}, below the release's {r}",
+                            hardware_id, previous.version
+                        );
+                        if !blockers.contains(&text) {
+                            blockers.push(text);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(blockers)
     }
 
     /// Verifies and applies a progress event, then re-evaluates that rollout at once so a
@@ -565,6 +773,14 @@ impl Engine {
                 let action = match rollout.spec.abort_criteria.action {
                     BreakerAction::Pause => RolloutAction::Pause,
                     BreakerAction::Abort => RolloutAction::Abort,
+                    // A rollback the security_version floors forbid degrades to a pause:
+                    // the rollout stops, and an operator decides.
+                    BreakerAction::Rollback
+                        if !self.rollback_blockers(rollout).await?.is_empty() =>
+                    {
+                        tracing::warn!(rollout = %rollout.id, "rollback policy not permitted by security_version; pausing instead");
+                        RolloutAction::Pause
+                    }
                     BreakerAction::Rollback => RolloutAction::Rollback,
                 };
                 tracing::warn!(rollout = %rollout.id, reason = ?verdict.opened_because, action = action.as_str(), "breaker opened");

@@ -203,11 +203,23 @@ async fn abort(
 ) -> Result<Json<RolloutRecord>, ApiError> {
     act(s, c, id, RolloutAction::Abort).await
 }
+/// Refused (409) when a vehicle would have to go below the `security_version` floor the
+/// release gave it: the agent must refuse such an image, so none is ever sent.
 async fn rollback(
     State(s): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RolloutRecord>, ApiError> {
+    c.require(Scope::RolloutWrite)?;
+    let rollout_id = parse_id("rollout", "ro", &id)?;
+    let rollout = s.store.get_rollout(&rollout_id).await?;
+    let blockers = s.engine.rollback_blockers(&rollout).await?;
+    if !blockers.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "rollback not permitted: vehicles never install a lower security_version ({})",
+            blockers.join("; ")
+        )));
+    }
     act(s, c, id, RolloutAction::Rollback).await
 }
 

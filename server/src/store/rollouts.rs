@@ -516,6 +516,25 @@ impl Store {
         Ok(updated.rows_affected() > 0)
     }
 
+    /// Marks a deployment whose vehicle runs its previous image again as rolled back.
+    /// Only an installed or committed deployment can be rolled back.
+    pub async fn mark_rolled_back(
+        &self,
+        deployment_id: &str,
+        vehicle_id: &str,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE deployments SET status = 'rolled_back', reason_code = 'rollback', updated_ms = $1 \
+             WHERE id = $2 AND vehicle_id = $3 AND status IN ('installed', 'committed')",
+        )
+        .bind(now_ms())
+        .bind(deployment_id)
+        .bind(vehicle_id)
+        .execute(self.pool())
+        .await?;
+        Ok(updated.rows_affected() > 0)
+    }
+
     /// Marks the vehicle's unfinished deployments of a rollout cancelled (abort).
     pub async fn cancel_unfinished(
         &self,

@@ -1190,3 +1190,199 @@ async fn rate_limit_and_phases(backend: Backend) {
     app.stop().await;
 }
 both_backends!(phases_advance_and_rate_limit_holds, rate_limit_and_phases);
+
+/// Director metadata from a check-in, parsed.
+async fn directive_for(
+    app: &TestApp,
+    key: &ota_core::key::SigningKey,
+    vid: &str,
+    installed: &[u8],
+    version: &str,
+) -> (Vec<u8>, DirectorMetadata) {
+    let bytes = signed_checkin(key, &checkin(vid, Some((version, installed)), 0));
+    let directive = app
+        .state
+        .engine
+        .handle_checkin(vid, &bytes)
+        .await
+        .expect("a registered vehicle's check-in is accepted");
+    let envelope = Envelope::parse(&directive).unwrap();
+    let metadata = parse_document(&envelope.payload).unwrap();
+    (directive, metadata)
+}
+
+async fn rollback_to_previous_images(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let key = device_key();
+    let vid = unique("veh-rb-");
+    app.register_vehicle(&vid, &key, "hw-rb", &[]).await;
+    let (old_bytes, new_bytes) = (b"old firmware".repeat(50), b"new firmware".repeat(50));
+    let old = app.upload("hw-rb", "1.0.0", old_bytes.clone()).await;
+    let new = app.upload("hw-rb", "2.0.0", new_bytes.clone()).await;
+    let release = |name: &str, image: &Value, security_version: u64| json!({ "name": name, "version": name, "security_version": security_version, "images": [image["id"]] });
+    let (status, _) = app
+        .post(
+            "/api/v1/releases",
+            &app.admin_token,
+            &release("rb-1", &old, 3),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, new_release) = app
+        .post(
+            "/api/v1/releases",
+            &app.admin_token,
+            &release("rb-2", &new, 3),
+        )
+        .await;
+    assert_eq!(status, 201, "{new_release}");
+    let (status, rollout) = app
+        .post("/api/v1/rollouts", &app.admin_token, &json!({ "name": "rb", "release_id": new_release["id"], "phases": [{ "name": "all", "percent": 100 }] }))
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let rid = rollout["id"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/rollouts/{rid}/start"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Updated: assigned the new image, then reports running it (committed).
+    let (_, assigned) = directive_for(&app, &key, &vid, &old_bytes, "1.0.0").await;
+    assert_eq!(
+        assigned.assignments[0].image.sha256,
+        Sha256Digest::of(&new_bytes)
+    );
+    let (_, settled) = directive_for(&app, &key, &vid, &new_bytes, "2.0.0").await;
+    assert!(
+        settled.assignments.is_empty(),
+        "an updated vehicle has nothing to do"
+    );
+
+    let (status, rolled) = app
+        .post(
+            &format!("/api/v1/rollouts/{rid}/rollback"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, &rolled["state"]),
+        (200, &json!("rolled_back")),
+        "{rolled}"
+    );
+
+    // The vehicle is sent back to the image it ran before, in director metadata that
+    // the agent's verifier accepts against the newest targets (which still list it).
+    let (director, back) = directive_for(&app, &key, &vid, &new_bytes, "2.0.0").await;
+    assert_eq!(
+        back.assignments.len(),
+        1,
+        "the vehicle must be sent back: {back:?}"
+    );
+    assert_eq!(
+        back.assignments[0].image.sha256,
+        Sha256Digest::of(&old_bytes)
+    );
+    assert_eq!(
+        back.assignments[0].deployment_id,
+        assigned.assignments[0].deployment_id
+    );
+    let auth = blob_auth_header(&vid, chrono::Utc::now().timestamp(), &key);
+    let fetch = |path: &'static str| {
+        app.http
+            .get(app.url(path))
+            .header("authorization", auth.clone())
+            .send()
+    };
+    let targets = fetch("/v1/metadata/targets.json")
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let root = fetch("/v1/metadata/root/1.json")
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let vehicle = ota_core::trust::VehicleIdentity {
+        vehicle_id: vid.clone(),
+        ecus: [("main".to_owned(), "hw-rb".to_owned())].into(),
+    };
+    let verified = ota_core::trust::TrustedState::from_anchor(&root)
+        .unwrap()
+        .with_installed("hw-rb", 3)
+        .verify_update(
+            &ota_core::trust::MetadataUpdate {
+                roots: vec![],
+                targets,
+                director,
+            },
+            Some(&vehicle),
+            Timestamp::from_datetime(chrono::Utc::now()),
+        )
+        .expect("the rollback assignment must verify exactly as the agent verifies it");
+    assert_eq!(verified.assignments[0].security_version, 3);
+
+    // Back on the old image: the deployment is rolled back, nothing more to do.
+    let (_, done) = directive_for(&app, &key, &vid, &old_bytes, "1.0.0").await;
+    assert!(done.assignments.is_empty(), "{done:?}");
+    let (_, status_body) = app
+        .get(&format!("/api/v1/rollouts/{rid}/status"), &app.read_token)
+        .await;
+    assert_eq!(status_body["phases"][0]["rolled_back"], 1, "{status_body}");
+
+    // A release that raised security_version cannot be rolled back: vehicles must refuse
+    // the old image, so the server refuses to send it.
+    let newer = app
+        .upload("hw-rb", "3.0.0", b"newer firmware".repeat(50))
+        .await;
+    let (_, secure) = app
+        .post(
+            "/api/v1/releases",
+            &app.admin_token,
+            &release("rb-3", &newer, 4),
+        )
+        .await;
+    let (_, rollout) = app
+        .post("/api/v1/rollouts", &app.admin_token, &json!({ "name": "rb3", "release_id": secure["id"], "phases": [{ "name": "all", "percent": 100 }] }))
+        .await;
+    let rid = rollout["id"].as_str().unwrap().to_owned();
+    app.post(
+        &format!("/api/v1/rollouts/{rid}/start"),
+        &app.rollout_token,
+        &json!({}),
+    )
+    .await;
+    let (_, assigned) = directive_for(&app, &key, &vid, &old_bytes, "1.0.0").await;
+    assert_eq!(assigned.assignments.len(), 1);
+    let (status, problem) = app
+        .post(
+            &format!("/api/v1/rollouts/{rid}/rollback"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("security_version"),
+        "{problem}"
+    );
+    app.stop().await;
+}
+both_backends!(
+    rollback_sends_vehicles_back_when_security_version_permits,
+    rollback_to_previous_images
+);
