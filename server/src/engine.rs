@@ -54,6 +54,8 @@ pub enum Rejected {
         sent_at: Timestamp,
         window_seconds: i64,
     },
+    #[error("check-in replayed: not newer than the last accepted one (nonce {nonce:?})")]
+    Replayed { nonce: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -67,6 +69,7 @@ impl Rejected {
             Rejected::Message(_) => "malformed",
             Rejected::UnknownDeployment(_) => "unknown_deployment",
             Rejected::Stale { .. } => "stale",
+            Rejected::Replayed { .. } => "replayed",
             Rejected::Store(_) => "store_error",
         }
     }
@@ -325,7 +328,11 @@ impl Engine {
                 claimed: checkin.vehicle_id,
             });
         }
-        self.inner.store.record_checkin(&checkin).await?;
+        if !self.inner.store.record_checkin(&checkin).await? {
+            return Err(Rejected::Replayed {
+                nonce: checkin.nonce,
+            });
+        }
         let ecus: Vec<EcuView> = vehicle
             .ecus
             .iter()

@@ -178,16 +178,34 @@ impl Store {
 
     /// Records a verified check-in: last seen, agent state, installed image per known ECU.
     /// Reports for ECUs the vehicle was not provisioned with are ignored.
-    pub async fn record_checkin(&self, checkin: &CheckIn) -> Result<(), StoreError> {
+    /// Records a verified check-in unless it is a replay: a check-in is accepted only if
+    /// it was sent after the newest accepted one, or in the same second with another
+    /// nonce (send times have whole-second resolution). Returns `false` for a replay.
+    pub async fn record_checkin(&self, checkin: &CheckIn) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        let updated =
-            sqlx::query("UPDATE vehicles SET last_seen_ms = $1, agent_state = $2 WHERE id = $3")
-                .bind(now_ms())
-                .bind(&checkin.agent_state)
-                .bind(&checkin.vehicle_id)
-                .execute(&mut *tx)
-                .await?;
+        let sent_ms = checkin.sent_at.unix_seconds().saturating_mul(1000);
+        let updated = sqlx::query(
+            "UPDATE vehicles SET last_seen_ms = $1, agent_state = $2, \
+             last_checkin_sent_ms = $3, last_checkin_nonce = $4 \
+             WHERE id = $5 AND (last_checkin_sent_ms IS NULL OR last_checkin_sent_ms < $3 \
+             OR (last_checkin_sent_ms = $3 AND last_checkin_nonce <> $4))",
+        )
+        .bind(now_ms())
+        .bind(&checkin.agent_state)
+        .bind(sent_ms)
+        .bind(&checkin.nonce)
+        .bind(&checkin.vehicle_id)
+        .execute(&mut *tx)
+        .await?;
         if updated.rows_affected() == 0 {
+            let exists = sqlx::query("SELECT id FROM vehicles WHERE id = $1")
+                .bind(&checkin.vehicle_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if exists {
+                return Ok(false);
+            }
             return Err(StoreError::NotFound {
                 entity: "vehicle",
                 id: checkin.vehicle_id.clone(),
@@ -215,7 +233,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Reserves the next director metadata version for a vehicle: above both what the

@@ -596,6 +596,16 @@ async fn rollouts(backend: Backend) {
         "stale",
         "an hour-old check-in is a replay: {rejected}"
     );
+    let rejected = engine
+        .engine
+        .handle_checkin("veh-r1", &bytes)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rejected.label(),
+        "replayed",
+        "the same signed check-in twice is a replay: {rejected}"
+    );
     let other_topic = signed_checkin(&key, &checkin("veh-r1", None, 0));
     let rejected = engine
         .engine

@@ -97,10 +97,27 @@ async fn vehicles_checkins_and_director_versions(backend: Backend) {
         )
         .await
         .unwrap();
-    store
-        .record_checkin(&checkin("veh-1", Some(("1.0", b"old")), 0))
-        .await
-        .unwrap();
+    let first = checkin("veh-1", Some(("1.0", b"old")), 0);
+    assert!(
+        store.record_checkin(&first).await.unwrap(),
+        "a fresh check-in is recorded"
+    );
+    assert!(
+        !store.record_checkin(&first).await.unwrap(),
+        "the same check-in again is a replay"
+    );
+    let mut older = checkin("veh-1", Some(("0.9", b"older")), 0);
+    older.sent_at = first.sent_at.plus_seconds(-5);
+    assert!(
+        !store.record_checkin(&older).await.unwrap(),
+        "a check-in older than the newest accepted one is a replay"
+    );
+    let mut same_second = checkin("veh-1", Some(("1.0", b"old")), 0);
+    same_second.sent_at = first.sent_at;
+    assert!(
+        store.record_checkin(&same_second).await.unwrap(),
+        "another nonce in the same second is a new check-in"
+    );
     let v = store.get_vehicle("veh-1").await.unwrap();
     assert_eq!(v.ecus[0].installed_version.as_deref(), Some("1.0"));
     assert!(v.last_seen_at.is_some(), "a check-in must record last seen");
