@@ -1,0 +1,295 @@
+//! The header in front of every segment of a bsdiff-zstd body.
+//!
+//! A segment produces at most [`SEGMENT_MAX_TARGET`] bytes of the target. Its three
+//! streams follow the header as separate zstd frames, in the order control, extra, diff:
+//! the applier holds the (small) control block and the extra bytes of one segment in
+//! memory and streams the diff frame, so its memory is bounded by these caps and never
+//! by the image size.
+
+use super::DeltaError;
+
+/// First four bytes of every segment header; catches a desynchronised stream early.
+pub const SEGMENT_TAG: [u8; 4] = *b"OSEG";
+/// Encoded segment header size in bytes.
+pub const SEGMENT_HEADER_LEN: usize = 32;
+/// Most target bytes one segment may produce (16 MiB). The applier buffers up to this
+/// many extra bytes, so this is the main term of its memory bound.
+pub const SEGMENT_MAX_TARGET: u32 = 16 << 20;
+/// Largest decoded control block of one segment (1 MiB).
+pub const SEGMENT_MAX_CONTROL: u32 = 1 << 20;
+
+/// Worst-case size of a zstd frame holding `raw` bytes (`ZSTD_COMPRESSBOUND`). A declared
+/// frame larger than this cannot have come from an honest encoder.
+pub fn zstd_compress_bound(raw: u32) -> u64 {
+    let raw = u64::from(raw);
+    let small_input_margin = if raw < (128 << 10) {
+        ((128 << 10) - raw) >> 11
+    } else {
+        0
+    };
+    raw + (raw >> 8) + small_input_margin
+}
+
+/// Sizes of one segment and of its three zstd frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Target bytes this segment produces: `diff_len + extra_len`.
+    pub target_len: u32,
+    /// Decoded size of the control block.
+    pub control_len: u32,
+    /// Size of the control block's zstd frame.
+    pub control_zlen: u32,
+    /// Bytes added to old bytes (the bsdiff "diff" stream), decoded size.
+    pub diff_len: u32,
+    /// Size of the diff stream's zstd frame (0 when `diff_len` is 0).
+    pub diff_zlen: u32,
+    /// Literal target bytes (the bsdiff "extra" stream), decoded size.
+    pub extra_len: u32,
+    /// Size of the extra stream's zstd frame (0 when `extra_len` is 0).
+    pub extra_zlen: u32,
+}
+
+impl SegmentHeader {
+    /// The header as it goes on the wire.
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut out = [0u8; SEGMENT_HEADER_LEN];
+        out[0..4].copy_from_slice(&SEGMENT_TAG);
+        let fields = [
+            self.target_len,
+            self.control_len,
+            self.control_zlen,
+            self.diff_len,
+            self.diff_zlen,
+            self.extra_len,
+            self.extra_zlen,
+        ];
+        for (slot, value) in out[4..].chunks_exact_mut(4).zip(fields) {
+            slot.copy_from_slice(&value.to_le_bytes());
+        }
+        out
+    }
+
+    /// Parses and validates a segment header: every length is checked against the caps
+    /// and against the others, so the caller may size buffers from the result.
+    pub fn parse(bytes: &[u8]) -> Result<Self, DeltaError> {
+        let Some(bytes) = bytes.get(..SEGMENT_HEADER_LEN) else {
+            return Err(DeltaError::Truncated {
+                what: "segment header",
+                needed: SEGMENT_HEADER_LEN,
+                available: bytes.len(),
+            });
+        };
+        let mut tag = [0u8; 4];
+        tag.copy_from_slice(&bytes[0..4]);
+        if tag != SEGMENT_TAG {
+            return Err(DeltaError::BadSegmentTag { found: tag });
+        }
+        let mut fields = bytes[4..].chunks_exact(4).map(|c| {
+            let mut le = [0u8; 4];
+            le.copy_from_slice(c);
+            u32::from_le_bytes(le)
+        });
+        let mut next = || fields.next().unwrap_or(0);
+        let header = SegmentHeader {
+            target_len: next(),
+            control_len: next(),
+            control_zlen: next(),
+            diff_len: next(),
+            diff_zlen: next(),
+            extra_len: next(),
+            extra_zlen: next(),
+        };
+        header.validate()?;
+        Ok(header)
+    }
+
+    fn validate(&self) -> Result<(), DeltaError> {
+        let over = |field, value: u32, cap: u32| DeltaError::LengthOverCap {
+            field,
+            value: u64::from(value),
+            cap: u64::from(cap),
+        };
+        if self.target_len == 0 {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "target length",
+                reason: "a segment must produce at least one byte",
+            });
+        }
+        if self.target_len > SEGMENT_MAX_TARGET {
+            return Err(over(
+                "segment target length",
+                self.target_len,
+                SEGMENT_MAX_TARGET,
+            ));
+        }
+        if self.control_len == 0 {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "control length",
+                reason: "a segment needs at least one control entry",
+            });
+        }
+        if self.control_len > SEGMENT_MAX_CONTROL {
+            return Err(over(
+                "segment control length",
+                self.control_len,
+                SEGMENT_MAX_CONTROL,
+            ));
+        }
+        if u64::from(self.diff_len) + u64::from(self.extra_len) != u64::from(self.target_len) {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "diff and extra lengths",
+                reason: "they must add up to the segment target length",
+            });
+        }
+        for (field, raw, zlen) in [
+            ("control frame length", self.control_len, self.control_zlen),
+            ("diff frame length", self.diff_len, self.diff_zlen),
+            ("extra frame length", self.extra_len, self.extra_zlen),
+        ] {
+            if raw == 0 && zlen != 0 {
+                return Err(DeltaError::SegmentInconsistent {
+                    field,
+                    reason: "an empty stream has no frame",
+                });
+            }
+            if raw != 0 && zlen == 0 {
+                return Err(DeltaError::SegmentInconsistent {
+                    field,
+                    reason: "a non-empty stream needs a frame",
+                });
+            }
+            if u64::from(zlen) > zstd_compress_bound(raw) {
+                return Err(DeltaError::LengthOverCap {
+                    field,
+                    value: u64::from(zlen),
+                    cap: zstd_compress_bound(raw),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses this segment when it would write past the container's declared target
+    /// length, given that `written` bytes were produced so far. Checked before the first
+    /// byte of the segment is written.
+    pub fn check_fits(&self, written: u64, declared_target_len: u64) -> Result<(), DeltaError> {
+        let end = written + u64::from(self.target_len);
+        if end > declared_target_len {
+            return Err(DeltaError::TargetOverrun {
+                declared: declared_target_len,
+                attempted: end,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SegmentHeader {
+        SegmentHeader {
+            target_len: 1000,
+            control_len: 10,
+            control_zlen: 19,
+            diff_len: 900,
+            diff_zlen: 40,
+            extra_len: 100,
+            extra_zlen: 90,
+        }
+    }
+
+    #[test]
+    fn encode_then_parse_is_identity() {
+        assert_eq!(SegmentHeader::parse(&sample().encode()), Ok(sample()));
+    }
+
+    #[test]
+    fn hostile_segment_headers_are_refused() {
+        type Mutate = fn(&mut SegmentHeader);
+        let cases: &[(&str, Mutate)] = &[
+            ("zero target", |h| {
+                h.target_len = 0;
+                h.diff_len = 0;
+                h.extra_len = 0;
+                h.diff_zlen = 0;
+                h.extra_zlen = 0;
+            }),
+            ("target over the segment cap", |h| {
+                h.target_len = SEGMENT_MAX_TARGET + 1;
+                h.diff_len = SEGMENT_MAX_TARGET + 1 - h.extra_len;
+            }),
+            ("control over the cap", |h| {
+                h.control_len = SEGMENT_MAX_CONTROL + 1
+            }),
+            ("no control entries", |h| {
+                h.control_len = 0;
+                h.control_zlen = 0;
+            }),
+            ("diff and extra do not add up", |h| h.diff_len += 1),
+            ("frame for an empty stream", |h| {
+                h.extra_len = 0;
+                h.diff_len = 1000;
+            }),
+            ("missing frame", |h| h.diff_zlen = 0),
+            ("frame larger than the zstd bound", |h| {
+                h.extra_zlen = u32::MAX
+            }),
+            ("u32 overflow in the sum", |h| {
+                h.diff_len = u32::MAX;
+                h.extra_len = 1001;
+            }),
+        ];
+        for (name, mutate) in cases {
+            let mut header = sample();
+            mutate(&mut header);
+            let parsed = SegmentHeader::parse(&header.encode());
+            assert!(
+                parsed.is_err(),
+                "case `{name}` should be refused, got {parsed:?}"
+            );
+        }
+        let mut bytes = sample().encode();
+        bytes[0] = b'X';
+        assert_eq!(
+            SegmentHeader::parse(&bytes),
+            Err(DeltaError::BadSegmentTag { found: *b"XSEG" })
+        );
+        assert!(matches!(
+            SegmentHeader::parse(&bytes[..10]),
+            Err(DeltaError::Truncated {
+                needed: SEGMENT_HEADER_LEN,
+                available: 10,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn segment_that_passes_the_declared_target_is_refused_before_writing() {
+        let header = sample();
+        assert_eq!(header.check_fits(0, 1000), Ok(()));
+        assert_eq!(
+            header.check_fits(1, 1000),
+            Err(DeltaError::TargetOverrun {
+                declared: 1000,
+                attempted: 1001
+            })
+        );
+    }
+
+    #[test]
+    fn compress_bound_matches_zstd_for_reference_sizes() {
+        // Values of ZSTD_COMPRESSBOUND from zstd.h for a few sizes.
+        let table = [
+            (0u32, 64u64),
+            (1, 64),
+            (131_072, 131_584),
+            (1 << 20, (1 << 20) + 4096),
+        ];
+        for (raw, bound) in table {
+            assert_eq!(zstd_compress_bound(raw), bound, "bound of {raw} bytes");
+        }
+    }
+}
