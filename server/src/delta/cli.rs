@@ -20,6 +20,9 @@ pub enum DeltaCommand {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// zstd level of the delta streams (1–22).
+        #[arg(long, default_value_t = BuildOptions::default().level)]
+        level: i32,
     },
 }
 
@@ -31,9 +34,11 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             out,
             window_mib,
             threads,
+            level,
         } => {
             let mut options = BuildOptions {
                 window_cap: window_mib << 20,
+                level,
                 ..BuildOptions::default()
             };
             if let Some(threads) = threads {

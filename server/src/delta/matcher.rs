@@ -13,8 +13,10 @@ use suffix_array::SuffixArray;
 
 /// Exact matches this short are ignored: they cost more in control data than they save.
 const SMALL_MATCH: usize = 12;
-/// A new exact match is taken only when it beats the current alignment by this many bytes.
-const MISMATCH_COUNT: usize = 8;
+/// A new exact match is taken only when it beats the current alignment by more than this
+/// many bytes. qbsdiff uses 8; 4 gave 1–2% smaller deltas on the corpus (measured 12×{4,8,16}
+/// with small-match lengths {8,12,16,24}; 12/4 was best on every pair).
+const MISMATCH_COUNT: usize = 4;
 /// Above this length the end of a similar run is found by binary search instead of
 /// stepping byte by byte.
 const LONG_SUFFIX: usize = 256;
