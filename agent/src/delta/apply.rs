@@ -352,6 +352,9 @@ impl<'a, D: Read> DiffStream<'a, D> {
                     declared,
                 })
             }
+            Err(_) if decoder.get_ref().get_ref().hit_eof => {
+                return Err(ApplyError::TruncatedDelta { what: "diff frame" })
+            }
             Err(source) => {
                 return Err(ApplyError::CorruptStream {
                     stream: "diff",

@@ -51,6 +51,9 @@ pub struct BuildOptions {
     pub threads: usize,
     /// zstd level of all streams.
     pub level: i32,
+    /// Most target bytes per segment, at most `SEGMENT_MAX_TARGET` (the default).
+    /// Smaller segments lower the agent's memory and cost some compression.
+    pub segment_len: u32,
 }
 
 impl Default for BuildOptions {
@@ -59,6 +62,7 @@ impl Default for BuildOptions {
             window_cap: DEFAULT_WINDOW_CAP,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             level: 19,
+            segment_len: SEGMENT_MAX_TARGET,
         }
     }
 }
@@ -200,6 +204,7 @@ fn build_into<S: ContainerSink>(
         window_cap: options.window_cap.clamp(1, suffix_array::MAX_LENGTH as u64),
         threads: options.threads.max(1),
         level: options.level,
+        segment_len: options.segment_len.clamp(1, SEGMENT_MAX_TARGET),
     };
     let (facts, body) = std::thread::scope(|scope| {
         let side = scope.spawn(|| image_facts(old, new));
@@ -371,8 +376,8 @@ fn write_delta_body(
                     source,
                 })?;
         let matches = diff_part(&old_window, &new_part, options.threads);
-        let segments = plan_segments(&matches, part.old.start, &mut cursor);
-        let encoded = encode_segments(&segments, &old_window, part.old.start, &new_part, options)?;
+        let segments = plan_segments(&matches, part.old.start, options.segment_len, &mut cursor);
+        let encoded = encode_segments(&segments, &old_window, &new_part, options)?;
         drop(matches);
         for segment in encoded {
             for piece in [
@@ -449,24 +454,29 @@ impl SegmentPlan {
         self.diff_len + self.extra_len
     }
 
-    fn is_full(&self) -> bool {
-        self.target_len() == SEGMENT_MAX_TARGET || self.entries.len() == MAX_ENTRIES_PER_SEGMENT
+    fn is_full(&self, segment_len: u32) -> bool {
+        self.target_len() >= segment_len || self.entries.len() == MAX_ENTRIES_PER_SEGMENT
     }
 }
 
 /// Cuts matches into segments within the caps, splitting a match that straddles a
 /// segment edge. `cursor` is the absolute old cursor, carried across parts.
-fn plan_segments(matches: &[Match], old_base: u64, cursor: &mut u64) -> Vec<SegmentPlan> {
+fn plan_segments(
+    matches: &[Match],
+    old_base: u64,
+    segment_len: u32,
+    cursor: &mut u64,
+) -> Vec<SegmentPlan> {
     let mut segments = Vec::new();
     let mut current = SegmentPlan::new(0);
     let mut new_pos = 0usize;
     for m in matches {
         let (mut old_at, mut diff, mut extra) = (m.old_start, m.diff_len, m.extra_len);
         while diff > 0 || extra > 0 {
-            if current.is_full() {
+            if current.is_full(segment_len) {
                 segments.push(std::mem::replace(&mut current, SegmentPlan::new(new_pos)));
             }
-            let room = u64::from(SEGMENT_MAX_TARGET - current.target_len());
+            let room = u64::from(segment_len - current.target_len());
             let take_diff = diff.min(room);
             let take_extra = extra.min(room - take_diff);
             // An entry without diff bytes does not read old bytes: keep the cursor put.
@@ -482,7 +492,7 @@ fn plan_segments(matches: &[Match], old_base: u64, cursor: &mut u64) -> Vec<Segm
             });
             current
                 .entries
-                .push((absolute - old_base, take_diff as u32, take_extra as u32));
+                .push((old_at, take_diff as u32, take_extra as u32));
             *cursor = absolute + take_diff;
             current.diff_len += take_diff as u32;
             current.extra_len += take_extra as u32;
@@ -517,7 +527,6 @@ enum StreamKind {
 fn encode_segments(
     segments: &[SegmentPlan],
     old_window: &[u8],
-    _old_base: u64,
     new_part: &[u8],
     options: &BuildOptions,
 ) -> Result<Vec<EncodedSegment>, BuildError> {
