@@ -9,13 +9,14 @@
 //! [`ApplyError::WrongBase`] and the output is untouched.
 //!
 //! Memory is bounded by the format's per-segment caps, never by the image size: one
-//! segment's control block (≤ 1 MiB) and extra bytes (≤ 16 MiB, plus their compressed
-//! frame, ≤ 16 MiB), one streaming zstd decoder with a window of at most 8 MiB, and
-//! fixed 256 KiB IO buffers: at most about 42 MiB in the worst case.
+//! segment's control block (≤ 1 MiB), extra bytes (≤ 16 MiB, plus their compressed
+//! frame while it is decoded, ≤ 16 MiB) and runs block (≤ 4 MiB), one streaming zstd
+//! decoder for the codes with a window of at most 8 MiB, and fixed 256 KiB IO buffers:
+//! about 46 MiB in the worst case, typically far less (see `docs/delta-bench.txt`).
 
 use ota_core::delta::{
-    add_old_bytes, Algorithm, ContainerHeader, ControlBlock, DeltaError, SegmentHeader, HEADER_LEN,
-    SEGMENT_HEADER_LEN,
+    add_old_bytes, Algorithm, ContainerHeader, ControlBlock, DeltaError, RunBlock, RunPairs,
+    SegmentHeader, HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -182,15 +183,17 @@ fn apply_segments<D: Read, O: Read + Seek, W: Write>(
         drop(control);
         cursor = block.end_cursor;
         let extra = read_frame(delta, segment.extra_zlen, segment.extra_len, "extra")?;
+        let runs = read_frame(delta, segment.runs_zlen, segment.runs_len, "runs")?;
+        let runs = RunBlock::parse(&runs, segment.diff_len, segment.codes_len)?;
 
-        let mut diff = DiffStream::open(delta, segment.diff_zlen)?;
+        let mut diff = DiffStream::open(delta, runs, segment.codes_zlen, segment.diff_len)?;
         let mut extra_at = 0usize;
         for entry in &block.entries {
             let mut old_at = entry.old_start;
             let mut remaining = entry.diff_len as usize;
             while remaining > 0 {
                 let n = remaining.min(IO_BUFFER);
-                diff.read_exact(&mut diff_buf[..n], u64::from(segment.diff_len))?;
+                diff.read_exact(&mut diff_buf[..n])?;
                 old.read_at(old_at, &mut old_buf[..n])?;
                 add_old_bytes(&mut diff_buf[..n], &old_buf[..n]);
                 target.write(&diff_buf[..n])?;
@@ -201,7 +204,7 @@ fn apply_segments<D: Read, O: Read + Seek, W: Write>(
             target.write(&extra[extra_at..extra_at + extra_len])?;
             extra_at += extra_len;
         }
-        diff.finish(u64::from(segment.diff_len))?;
+        diff.finish()?;
     }
     Ok(())
 }
@@ -284,63 +287,105 @@ fn read_frame<D: Read>(
     Ok(raw)
 }
 
-/// The diff frame of one segment, decoded as it is read from the delta stream.
-struct DiffStream<'a, D: Read> {
-    decoder: Option<zstd::stream::read::Decoder<'static, BufReader<FrameReader<'a, D>>>>,
+/// The diff bytes of one segment: zero runs from the (held) runs block, non-zero bytes
+/// from the codes frame, decoded as it is read from the delta stream.
+struct DiffStream<'a, 'r, D: Read> {
+    pairs: RunPairs<'r>,
+    zeros_left: u64,
+    codes_left: u64,
+    codes: Option<zstd::stream::read::Decoder<'static, BufReader<FrameReader<'a, D>>>>,
+    declared: u64,
 }
 
-impl<'a, D: Read> DiffStream<'a, D> {
-    fn open(delta: &'a mut D, zlen: u32) -> Result<Self, ApplyError> {
-        if zlen == 0 {
-            return Ok(DiffStream { decoder: None });
-        }
-        let corrupt = |source| ApplyError::CorruptStream {
-            stream: "diff",
-            source,
+impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
+    fn open(
+        delta: &'a mut D,
+        runs: RunBlock<'r>,
+        codes_zlen: u32,
+        diff_len: u32,
+    ) -> Result<Self, ApplyError> {
+        let codes = if codes_zlen == 0 {
+            None
+        } else {
+            let corrupt = |source| ApplyError::CorruptStream {
+                stream: "codes",
+                source,
+            };
+            let reader = BufReader::with_capacity(
+                IO_BUFFER.min(codes_zlen as usize),
+                FrameReader::new(delta, u64::from(codes_zlen)),
+            );
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(reader)
+                .map_err(corrupt)?
+                .single_frame();
+            decoder
+                .window_log_max(MAX_STREAM_WINDOW_LOG)
+                .map_err(corrupt)?;
+            Some(decoder)
         };
-        let reader = BufReader::with_capacity(
-            IO_BUFFER.min(zlen as usize),
-            FrameReader::new(delta, u64::from(zlen)),
-        );
-        let mut decoder = zstd::stream::read::Decoder::with_buffer(reader)
-            .map_err(corrupt)?
-            .single_frame();
-        decoder
-            .window_log_max(MAX_STREAM_WINDOW_LOG)
-            .map_err(corrupt)?;
         Ok(DiffStream {
-            decoder: Some(decoder),
+            pairs: runs.pairs(),
+            zeros_left: 0,
+            codes_left: 0,
+            codes,
+            declared: u64::from(diff_len),
         })
     }
 
-    fn read_exact(&mut self, buf: &mut [u8], declared: u64) -> Result<(), ApplyError> {
-        let Some(decoder) = self.decoder.as_mut() else {
-            return Err(ApplyError::StreamLength {
-                stream: "diff",
-                declared,
-            });
-        };
-        match decoder.read_exact(buf) {
-            Ok(()) => Ok(()),
-            Err(_) if decoder.get_ref().get_ref().hit_eof => {
-                Err(ApplyError::TruncatedDelta { what: "diff frame" })
-            }
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
-                Err(ApplyError::StreamLength {
-                    stream: "diff",
-                    declared,
-                })
-            }
-            Err(source) => Err(ApplyError::CorruptStream {
-                stream: "diff",
-                source,
-            }),
+    fn too_short(&self) -> ApplyError {
+        ApplyError::StreamLength {
+            stream: "diff",
+            declared: self.declared,
         }
     }
 
-    /// The frame must end exactly where the segment header says it does.
-    fn finish(self, declared: u64) -> Result<(), ApplyError> {
-        let Some(mut decoder) = self.decoder else {
+    fn codes_error(&mut self, err: io::Error) -> ApplyError {
+        match &self.codes {
+            Some(decoder) if decoder.get_ref().get_ref().hit_eof => ApplyError::TruncatedDelta {
+                what: "codes frame",
+            },
+            _ if err.kind() == io::ErrorKind::UnexpectedEof => ApplyError::StreamLength {
+                stream: "codes",
+                declared: self.declared,
+            },
+            _ => ApplyError::CorruptStream {
+                stream: "codes",
+                source: err,
+            },
+        }
+    }
+
+    fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), ApplyError> {
+        while !buf.is_empty() {
+            if self.zeros_left > 0 {
+                let n = (buf.len() as u64).min(self.zeros_left) as usize;
+                buf[..n].fill(0);
+                self.zeros_left -= n as u64;
+                buf = &mut buf[n..];
+            } else if self.codes_left > 0 {
+                let n = (buf.len() as u64).min(self.codes_left) as usize;
+                let Some(decoder) = self.codes.as_mut() else {
+                    return Err(self.too_short());
+                };
+                if let Err(err) = decoder.read_exact(&mut buf[..n]) {
+                    return Err(self.codes_error(err));
+                }
+                self.codes_left -= n as u64;
+                buf = &mut buf[n..];
+            } else {
+                let Some((zeros, codes)) = self.pairs.next() else {
+                    return Err(self.too_short());
+                };
+                self.zeros_left = zeros;
+                self.codes_left = codes;
+            }
+        }
+        Ok(())
+    }
+
+    /// The codes frame must end exactly where the segment header says it does.
+    fn finish(mut self) -> Result<(), ApplyError> {
+        let Some(mut decoder) = self.codes.take() else {
             return Ok(());
         };
         let mut probe = [0u8; 1];
@@ -348,16 +393,18 @@ impl<'a, D: Read> DiffStream<'a, D> {
             Ok(0) => {}
             Ok(_) => {
                 return Err(ApplyError::StreamLength {
-                    stream: "diff",
-                    declared,
+                    stream: "codes",
+                    declared: self.declared,
                 })
             }
             Err(_) if decoder.get_ref().get_ref().hit_eof => {
-                return Err(ApplyError::TruncatedDelta { what: "diff frame" })
+                return Err(ApplyError::TruncatedDelta {
+                    what: "codes frame",
+                })
             }
             Err(source) => {
                 return Err(ApplyError::CorruptStream {
-                    stream: "diff",
+                    stream: "codes",
                     source,
                 })
             }
@@ -365,7 +412,7 @@ impl<'a, D: Read> DiffStream<'a, D> {
         let reader = decoder.finish();
         if !reader.buffer().is_empty() || reader.get_ref().remaining != 0 {
             return Err(ApplyError::CorruptStream {
-                stream: "diff",
+                stream: "codes",
                 source: io::Error::new(
                     io::ErrorKind::InvalidData,
                     "frame shorter than its declared length",

@@ -1,6 +1,8 @@
 //! `ota-agent delta apply`, run as the real binary on hand-built containers.
 
-use ota_core::delta::{encode_control_block, Algorithm, ContainerHeader, Control, SegmentHeader};
+use ota_core::delta::{
+    encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, SegmentHeader,
+};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -22,8 +24,9 @@ fn bsdiff_container(source: &[u8]) -> (Vec<u8>, Vec<u8>) {
         diff_len: 15,
         extra_len: 1,
     }]);
+    let (runs, codes) = encode_runs(&diff);
     let frame = |raw: &[u8]| zstd::bulk::compress(raw, 19).expect("zstd compresses");
-    let (control_z, extra_z, diff_z) = (frame(&control), frame(b"!"), frame(&diff));
+    let frames = [frame(&control), frame(b"!"), frame(&runs), frame(&codes)];
     let header = ContainerHeader {
         algorithm: Algorithm::BsdiffZstd,
         source_len: source.len() as u64,
@@ -34,20 +37,16 @@ fn bsdiff_container(source: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let segment = SegmentHeader {
         target_len: 16,
         control_len: control.len() as u32,
-        control_zlen: control_z.len() as u32,
-        diff_len: 15,
-        diff_zlen: diff_z.len() as u32,
+        control_zlen: frames[0].len() as u32,
         extra_len: 1,
-        extra_zlen: extra_z.len() as u32,
+        extra_zlen: frames[1].len() as u32,
+        diff_len: 15,
+        runs_len: runs.len() as u32,
+        runs_zlen: frames[2].len() as u32,
+        codes_len: codes.len() as u32,
+        codes_zlen: frames[3].len() as u32,
     };
-    let container = [
-        &header.encode()[..],
-        &segment.encode(),
-        &control_z,
-        &extra_z,
-        &diff_z,
-    ]
-    .concat();
+    let container = [&header.encode()[..], &segment.encode(), &frames.concat()].concat();
     (container, target)
 }
 

@@ -5,6 +5,7 @@
 //! lengths) as LEB128 varints, because each column compresses far better on its own
 //! than interleaved triples of fixed 8-byte integers as in the original bsdiff.
 
+use super::varint::{put_varint, VarintReader};
 use super::{DeltaError, SegmentHeader};
 
 /// One control entry as it is on the wire.
@@ -64,15 +65,13 @@ impl ControlBlock {
         cursor: u64,
         source_len: u64,
     ) -> Result<Self, DeltaError> {
-        let mut reader = VarintReader { bytes: raw, pos: 0 };
+        let mut reader = VarintReader::new(raw, "control block");
         let count = reader.next()?;
         // Every entry takes at least three bytes, so this bounds the allocation by the
         // (already capped) size of the block rather than by a number read from the wire.
-        let remaining = (raw.len() - reader.pos) as u64;
+        let remaining = reader.remaining() as u64;
         if count == 0 || count.saturating_mul(3) > remaining {
-            return Err(DeltaError::ControlMalformed {
-                reason: "entry count does not fit the block",
-            });
+            return Err(reader.malformed("entry count does not fit the block"));
         }
         let count = count as usize;
         let mut seeks = Vec::with_capacity(count);
@@ -113,15 +112,11 @@ impl ControlBlock {
             entry.extra_len = reader.next_u32()?;
             extra_total += u64::from(entry.extra_len);
             if entry.diff_len == 0 && entry.extra_len == 0 {
-                return Err(DeltaError::ControlMalformed {
-                    reason: "empty control entry",
-                });
+                return Err(reader.malformed("empty control entry"));
             }
         }
-        if reader.pos != raw.len() {
-            return Err(DeltaError::ControlMalformed {
-                reason: "trailing bytes after the last column",
-            });
+        if reader.remaining() != 0 {
+            return Err(reader.malformed("trailing bytes after the last column"));
         }
         if diff_total != u64::from(segment.diff_len) || extra_total != u64::from(segment.extra_len)
         {
@@ -152,52 +147,6 @@ fn unzigzag(value: u64) -> i64 {
     ((value >> 1) as i64) ^ -((value & 1) as i64)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-struct VarintReader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl VarintReader<'_> {
-    fn next(&mut self) -> Result<u64, DeltaError> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let Some(&byte) = self.bytes.get(self.pos) else {
-                return Err(DeltaError::ControlMalformed {
-                    reason: "varint runs past the end of the block",
-                });
-            };
-            self.pos += 1;
-            let bits = u64::from(byte & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(DeltaError::ControlMalformed {
-                    reason: "varint overflows 64 bits",
-                });
-            }
-            value |= bits << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(DeltaError::ControlMalformed {
-            reason: "varint longer than ten bytes",
-        })
-    }
-
-    fn next_u32(&mut self) -> Result<u32, DeltaError> {
-        u32::try_from(self.next()?).map_err(|_| DeltaError::ControlMalformed {
-            reason: "length does not fit 32 bits",
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,10 +158,13 @@ mod tests {
             target_len: diff_len + extra_len,
             control_len: encode_control_block(entries).len() as u32,
             control_zlen: 1,
-            diff_len,
-            diff_zlen: u32::from(diff_len > 0),
             extra_len,
             extra_zlen: u32::from(extra_len > 0),
+            diff_len,
+            runs_len: u32::from(diff_len > 0),
+            runs_zlen: u32::from(diff_len > 0),
+            codes_len: 0,
+            codes_zlen: 0,
         }
     }
 
@@ -336,7 +288,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn parse_never_panics_on_arbitrary_blocks(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..64), cursor in 0u64..1000, source_len in 0u64..1000) {
-            let header = SegmentHeader { target_len: 10, control_len: 8, control_zlen: 8, diff_len: 5, diff_zlen: 5, extra_len: 5, extra_zlen: 5 };
+            let header = SegmentHeader { target_len: 10, control_len: 8, control_zlen: 8, extra_len: 5, extra_zlen: 5, diff_len: 5, runs_len: 2, runs_zlen: 2, codes_len: 5, codes_zlen: 5 };
             let _ = ControlBlock::parse(&raw, &header, cursor, source_len);
         }
     }

@@ -6,8 +6,10 @@
 //! Layout:
 //! - `header`: the fixed 92-byte container header (magic, version, algorithm, source and
 //!   target length + SHA-256).
-//! - `segment`: the 32-byte header in front of every body segment of a bsdiff-zstd delta.
+//! - `segment`: the 44-byte header in front of every body segment of a bsdiff-zstd delta.
 //! - `control`: the columnar control block of a segment and its bounds-checked decoding.
+//! - `runs`: the diff stream as zero runs + non-zero bytes.
+//! - `varint`: LEB128 integers of the control and runs blocks.
 //!
 //! Nothing here does IO: the applier feeds bytes in and gets typed decisions back. Every
 //! length read from the wire is checked against a cap *before* it can size an allocation,
@@ -15,12 +17,15 @@
 
 mod control;
 mod header;
+mod runs;
 mod segment;
+mod varint;
 
 pub use control::{add_old_bytes, encode_control_block, Control, ControlBlock, PlannedControl};
 pub use header::{Algorithm, ContainerHeader, HEADER_LEN, MAGIC, MAX_IMAGE_LEN, VERSION};
+pub use runs::{encode_runs, RunBlock, RunPairs};
 pub use segment::{
-    zstd_compress_bound, SegmentHeader, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL,
+    zstd_compress_bound, SegmentHeader, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS,
     SEGMENT_MAX_TARGET, SEGMENT_TAG,
 };
 
@@ -59,8 +64,11 @@ pub enum DeltaError {
         field: &'static str,
         reason: &'static str,
     },
-    #[error("control block is malformed: {reason}")]
-    ControlMalformed { reason: &'static str },
+    #[error("{block} is malformed: {reason}")]
+    Malformed {
+        block: &'static str,
+        reason: &'static str,
+    },
     #[error("control entry {index} reads old bytes {start}..{end} outside the source image of {source_len} bytes")]
     ControlOutOfBounds {
         index: usize,

@@ -1,22 +1,24 @@
 //! The header in front of every segment of a bsdiff-zstd body.
 //!
-//! A segment produces at most [`SEGMENT_MAX_TARGET`] bytes of the target. Its three
-//! streams follow the header as separate zstd frames, in the order control, extra, diff:
-//! the applier holds the (small) control block and the extra bytes of one segment in
-//! memory and streams the diff frame, so its memory is bounded by these caps and never
-//! by the image size.
+//! A segment produces at most [`SEGMENT_MAX_TARGET`] bytes of the target. Its four
+//! streams follow the header as separate zstd frames, in the order control, extra, runs,
+//! codes: the applier holds the control block, the extra bytes and the runs block of one
+//! segment in memory and streams the codes frame, so its memory is bounded by these caps
+//! and never by the image size.
 
 use super::DeltaError;
 
 /// First four bytes of every segment header; catches a desynchronised stream early.
 pub const SEGMENT_TAG: [u8; 4] = *b"OSEG";
 /// Encoded segment header size in bytes.
-pub const SEGMENT_HEADER_LEN: usize = 32;
+pub const SEGMENT_HEADER_LEN: usize = 44;
 /// Most target bytes one segment may produce (16 MiB). The applier buffers up to this
 /// many extra bytes, so this is the main term of its memory bound.
 pub const SEGMENT_MAX_TARGET: u32 = 16 << 20;
 /// Largest decoded control block of one segment (1 MiB).
 pub const SEGMENT_MAX_CONTROL: u32 = 1 << 20;
+/// Largest decoded runs block of one segment (4 MiB).
+pub const SEGMENT_MAX_RUNS: u32 = 4 << 20;
 
 /// Worst-case size of a zstd frame holding `raw` bytes (`ZSTD_COMPRESSBOUND`). A declared
 /// frame larger than this cannot have come from an honest encoder.
@@ -30,7 +32,8 @@ pub fn zstd_compress_bound(raw: u32) -> u64 {
     raw + (raw >> 8) + small_input_margin
 }
 
-/// Sizes of one segment and of its three zstd frames.
+/// Sizes of one segment and of its four zstd frames. A `*_zlen` is 0 exactly when its
+/// stream is empty (no frame is written for an empty stream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
     /// Target bytes this segment produces: `diff_len + extra_len`.
@@ -39,14 +42,18 @@ pub struct SegmentHeader {
     pub control_len: u32,
     /// Size of the control block's zstd frame.
     pub control_zlen: u32,
-    /// Bytes added to old bytes (the bsdiff "diff" stream), decoded size.
-    pub diff_len: u32,
-    /// Size of the diff stream's zstd frame (0 when `diff_len` is 0).
-    pub diff_zlen: u32,
     /// Literal target bytes (the bsdiff "extra" stream), decoded size.
     pub extra_len: u32,
-    /// Size of the extra stream's zstd frame (0 when `extra_len` is 0).
     pub extra_zlen: u32,
+    /// Target bytes made by adding diff bytes to old bytes (the bsdiff "diff" stream,
+    /// carried as runs + codes).
+    pub diff_len: u32,
+    /// Decoded size of the runs block of the diff stream.
+    pub runs_len: u32,
+    pub runs_zlen: u32,
+    /// Non-zero diff bytes (the codes stream), decoded size.
+    pub codes_len: u32,
+    pub codes_zlen: u32,
 }
 
 impl SegmentHeader {
@@ -58,10 +65,13 @@ impl SegmentHeader {
             self.target_len,
             self.control_len,
             self.control_zlen,
-            self.diff_len,
-            self.diff_zlen,
             self.extra_len,
             self.extra_zlen,
+            self.diff_len,
+            self.runs_len,
+            self.runs_zlen,
+            self.codes_len,
+            self.codes_zlen,
         ];
         for (slot, value) in out[4..].chunks_exact_mut(4).zip(fields) {
             slot.copy_from_slice(&value.to_le_bytes());
@@ -94,10 +104,13 @@ impl SegmentHeader {
             target_len: next(),
             control_len: next(),
             control_zlen: next(),
-            diff_len: next(),
-            diff_zlen: next(),
             extra_len: next(),
             extra_zlen: next(),
+            diff_len: next(),
+            runs_len: next(),
+            runs_zlen: next(),
+            codes_len: next(),
+            codes_zlen: next(),
         };
         header.validate()?;
         Ok(header)
@@ -141,10 +154,26 @@ impl SegmentHeader {
                 reason: "they must add up to the segment target length",
             });
         }
+        if self.runs_len > SEGMENT_MAX_RUNS {
+            return Err(over("segment runs length", self.runs_len, SEGMENT_MAX_RUNS));
+        }
+        if self.codes_len > self.diff_len {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "codes length",
+                reason: "there cannot be more non-zero diff bytes than diff bytes",
+            });
+        }
+        if (self.diff_len == 0) != (self.runs_len == 0) {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "runs length",
+                reason: "diff bytes need a runs block, and only diff bytes have one",
+            });
+        }
         for (field, raw, zlen) in [
             ("control frame length", self.control_len, self.control_zlen),
-            ("diff frame length", self.diff_len, self.diff_zlen),
             ("extra frame length", self.extra_len, self.extra_zlen),
+            ("runs frame length", self.runs_len, self.runs_zlen),
+            ("codes frame length", self.codes_len, self.codes_zlen),
         ] {
             if raw == 0 && zlen != 0 {
                 return Err(DeltaError::SegmentInconsistent {
@@ -193,10 +222,13 @@ mod tests {
             target_len: 1000,
             control_len: 10,
             control_zlen: 19,
-            diff_len: 900,
-            diff_zlen: 40,
             extra_len: 100,
             extra_zlen: 90,
+            diff_len: 900,
+            runs_len: 30,
+            runs_zlen: 25,
+            codes_len: 40,
+            codes_zlen: 40,
         }
     }
 
@@ -213,7 +245,10 @@ mod tests {
                 h.target_len = 0;
                 h.diff_len = 0;
                 h.extra_len = 0;
-                h.diff_zlen = 0;
+                h.runs_len = 0;
+                h.runs_zlen = 0;
+                h.codes_len = 0;
+                h.codes_zlen = 0;
                 h.extra_zlen = 0;
             }),
             ("target over the segment cap", |h| {
@@ -232,7 +267,13 @@ mod tests {
                 h.extra_len = 0;
                 h.diff_len = 1000;
             }),
-            ("missing frame", |h| h.diff_zlen = 0),
+            ("missing frame", |h| h.codes_zlen = 0),
+            ("runs over the cap", |h| h.runs_len = SEGMENT_MAX_RUNS + 1),
+            ("more codes than diff bytes", |h| h.codes_len = 901),
+            ("diff bytes without runs", |h| {
+                h.runs_len = 0;
+                h.runs_zlen = 0;
+            }),
             ("frame larger than the zstd bound", |h| {
                 h.extra_zlen = u32::MAX
             }),

@@ -2,7 +2,8 @@
 //!
 //! Pipeline, per part of the new image (see `chunking`): suffix array of the old window,
 //! parallel match search over slices of the new part (`matcher`), cut into segments of at
-//! most 16 MiB of target, and the three streams of every segment compressed with zstd on
+//! most 16 MiB of target, and the four streams of every segment (control, extra, and the
+//! diff as zero runs + non-zero codes) compressed with zstd on
 //! all worker threads. Hashes of both images and a quick estimate of the full image's
 //! compressed size are computed on a side thread meanwhile. When the delta is not at
 //! least 30% smaller than the full image compressed, the full image is shipped instead.
@@ -14,8 +15,9 @@ use super::chunking::plan_parts;
 use super::image::{FileImage, ImageSource};
 use super::matcher::{find_matches, Match};
 use ota_core::delta::{
-    encode_control_block, Algorithm, ContainerHeader, Control, SegmentHeader, HEADER_LEN,
-    MAX_IMAGE_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_TARGET,
+    encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, SegmentHeader,
+    HEADER_LEN, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS,
+    SEGMENT_MAX_TARGET,
 };
 use std::io::{self, Seek, SeekFrom, Write};
 use std::ops::Range;
@@ -377,20 +379,17 @@ fn write_delta_body(
                 })?;
         let matches = diff_part(&old_window, &new_part, options.threads);
         let segments = plan_segments(&matches, part.old.start, options.segment_len, &mut cursor);
-        let encoded = encode_segments(&segments, &old_window, &new_part, options)?;
         drop(matches);
+        let encoded = encode_segments(segments, &old_window, &new_part, options)?;
+        stats.segments += encoded.len();
         for segment in encoded {
-            for piece in [
-                &segment.header[..],
-                &segment.control,
-                &segment.extra,
-                &segment.diff,
-            ] {
+            let pieces = std::iter::once(&segment.header[..])
+                .chain(segment.frames.iter().map(Vec::as_slice));
+            for piece in pieces {
                 out.write_all(piece).map_err(BuildError::Write)?;
                 stats.len += piece.len() as u64;
             }
         }
-        stats.segments += segments.len();
     }
     Ok(stats)
 }
@@ -485,17 +484,15 @@ fn plan_segments(
             } else {
                 *cursor
             };
-            current.wire.push(Control {
-                seek: absolute as i64 - *cursor as i64,
-                diff_len: take_diff as u32,
-                extra_len: take_extra as u32,
-            });
-            current
-                .entries
-                .push((old_at, take_diff as u32, take_extra as u32));
+            current.push(
+                (old_at, take_diff as u32, take_extra as u32),
+                Control {
+                    seek: absolute as i64 - *cursor as i64,
+                    diff_len: take_diff as u32,
+                    extra_len: take_extra as u32,
+                },
+            );
             *cursor = absolute + take_diff;
-            current.diff_len += take_diff as u32;
-            current.extra_len += take_extra as u32;
             old_at += take_diff;
             diff -= take_diff;
             extra -= take_extra;
@@ -509,49 +506,121 @@ fn plan_segments(
 }
 
 struct EncodedSegment {
-    header: [u8; ota_core::delta::SEGMENT_HEADER_LEN],
-    control: Vec<u8>,
-    extra: Vec<u8>,
-    diff: Vec<u8>,
+    header: [u8; SEGMENT_HEADER_LEN],
+    /// The four frames in wire order: control, extra, runs, codes.
+    frames: [Vec<u8>; 4],
 }
 
 #[derive(Clone, Copy)]
 enum StreamKind {
     Control,
-    Diff,
     Extra,
+    Runs,
+    Codes,
 }
 
-/// Raw streams of every segment, then all 3 × segments zstd jobs spread over the
-/// worker threads.
+/// Wire order of a segment's frames.
+const STREAM_ORDER: [StreamKind; 4] = [
+    StreamKind::Control,
+    StreamKind::Extra,
+    StreamKind::Runs,
+    StreamKind::Codes,
+];
+
+impl SegmentPlan {
+    /// Decoded streams of this segment, in wire order, and the diff length.
+    fn raw_streams(&self, old_window: &[u8], new_part: &[u8]) -> [Vec<u8>; 4] {
+        let mut diff = Vec::with_capacity(self.diff_len as usize);
+        let mut extra = Vec::with_capacity(self.extra_len as usize);
+        let mut at = self.new_start;
+        for &(old_start, diff_len, extra_len) in &self.entries {
+            let (old_start, diff_len, extra_len) =
+                (old_start as usize, diff_len as usize, extra_len as usize);
+            let olds = &old_window[old_start..old_start + diff_len];
+            let news = &new_part[at..at + diff_len];
+            diff.extend(news.iter().zip(olds).map(|(n, o)| n.wrapping_sub(*o)));
+            at += diff_len;
+            extra.extend_from_slice(&new_part[at..at + extra_len]);
+            at += extra_len;
+        }
+        let (runs, codes) = if diff.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            encode_runs(&diff)
+        };
+        [encode_control_block(&self.wire), extra, runs, codes]
+    }
+
+    /// Splits the plan in two with the same entries (so the same seeks), or, for a
+    /// single entry, by halving its diff run.
+    fn split(self) -> (SegmentPlan, SegmentPlan) {
+        let mut first = SegmentPlan::new(self.new_start);
+        let mut second;
+        if self.entries.len() >= 2 {
+            let mid = self.entries.len() / 2;
+            for (entry, wire) in self.entries[..mid].iter().zip(&self.wire[..mid]) {
+                first.push(*entry, *wire);
+            }
+            second = SegmentPlan::new(self.new_start + first.target_len() as usize);
+            for (entry, wire) in self.entries[mid..].iter().zip(&self.wire[mid..]) {
+                second.push(*entry, *wire);
+            }
+        } else {
+            let ((old, diff, extra), wire) = (self.entries[0], self.wire[0]);
+            let half = diff / 2;
+            first.push(
+                (old, half, 0),
+                Control {
+                    seek: wire.seek,
+                    diff_len: half,
+                    extra_len: 0,
+                },
+            );
+            second = SegmentPlan::new(self.new_start + half as usize);
+            second.push(
+                (old + u64::from(half), diff - half, extra),
+                Control {
+                    seek: 0,
+                    diff_len: diff - half,
+                    extra_len: extra,
+                },
+            );
+        }
+        (first, second)
+    }
+
+    fn push(&mut self, entry: (u64, u32, u32), wire: Control) {
+        self.entries.push(entry);
+        self.wire.push(wire);
+        self.diff_len += entry.1;
+        self.extra_len += entry.2;
+    }
+}
+
+/// Raw streams of every segment (splitting segments whose runs block would pass its
+/// cap), then all 4 × segments zstd jobs spread over the worker threads.
 fn encode_segments(
-    segments: &[SegmentPlan],
+    segments: Vec<SegmentPlan>,
     old_window: &[u8],
     new_part: &[u8],
     options: &BuildOptions,
 ) -> Result<Vec<EncodedSegment>, BuildError> {
-    let raws: Vec<[Vec<u8>; 3]> = segments
-        .iter()
-        .map(|segment| {
-            let mut diff = Vec::with_capacity(segment.diff_len as usize);
-            let mut extra = Vec::with_capacity(segment.extra_len as usize);
-            let mut at = segment.new_start;
-            for &(old_start, diff_len, extra_len) in &segment.entries {
-                let (old_start, diff_len, extra_len) =
-                    (old_start as usize, diff_len as usize, extra_len as usize);
-                let olds = &old_window[old_start..old_start + diff_len];
-                let news = &new_part[at..at + diff_len];
-                diff.extend(news.iter().zip(olds).map(|(n, o)| n.wrapping_sub(*o)));
-                at += diff_len;
-                extra.extend_from_slice(&new_part[at..at + extra_len]);
-                at += extra_len;
-            }
-            [encode_control_block(&segment.wire), diff, extra]
-        })
-        .collect();
-    let kinds = [StreamKind::Control, StreamKind::Diff, StreamKind::Extra];
-    let jobs: Vec<(usize, usize)> = (0..segments.len())
-        .flat_map(|s| (0..3).map(move |k| (s, k)))
+    let mut pending: Vec<SegmentPlan> = segments.into_iter().rev().collect();
+    let mut fitted: Vec<(SegmentPlan, [Vec<u8>; 4])> = Vec::new();
+    while let Some(plan) = pending.pop() {
+        let raw = plan.raw_streams(old_window, new_part);
+        // Runs take at most about two bytes per diff byte, so halving terminates well
+        // before a segment gets small.
+        if raw[2].len() > SEGMENT_MAX_RUNS as usize {
+            let (first, second) = plan.split();
+            pending.push(second);
+            pending.push(first);
+            continue;
+        }
+        fitted.push((plan, raw));
+    }
+    let jobs: Vec<(usize, usize)> = (0..fitted.len())
+        .flat_map(|s| (0..4).map(move |k| (s, k)))
         .collect();
     let outputs: Vec<Mutex<Option<io::Result<Vec<u8>>>>> =
         jobs.iter().map(|_| Mutex::new(None)).collect();
@@ -563,7 +632,8 @@ fn encode_segments(
                 let Some(&(segment, kind)) = jobs.get(index) else {
                     break;
                 };
-                let compressed = compress_stream(&raws[segment][kind], kinds[kind], options.level);
+                let compressed =
+                    compress_stream(&fitted[segment].1[kind], STREAM_ORDER[kind], options.level);
                 if let Ok(mut slot) = outputs[index].lock() {
                     *slot = Some(compressed);
                 }
@@ -576,30 +646,30 @@ fn encode_segments(
             .flatten()
             .unwrap_or_else(|| Err(io::Error::other("compression worker did not finish")))
     });
-    let mut encoded = Vec::with_capacity(segments.len());
-    for (segment, raw) in segments.iter().zip(&raws) {
-        let mut next_output = || {
-            outputs
+    let mut encoded = Vec::with_capacity(fitted.len());
+    for (segment, raw) in &fitted {
+        let mut frames: [Vec<u8>; 4] = Default::default();
+        for frame in &mut frames {
+            *frame = outputs
                 .next()
-                .unwrap_or_else(|| Err(io::Error::other("missing job")))
-        };
-        let control = next_output().map_err(BuildError::Compress)?;
-        let diff = next_output().map_err(BuildError::Compress)?;
-        let extra = next_output().map_err(BuildError::Compress)?;
+                .unwrap_or_else(|| Err(io::Error::other("missing compression job")))
+                .map_err(BuildError::Compress)?;
+        }
         let header = SegmentHeader {
             target_len: segment.target_len(),
             control_len: raw[0].len() as u32,
-            control_zlen: control.len() as u32,
-            diff_len: segment.diff_len,
-            diff_zlen: diff.len() as u32,
+            control_zlen: frames[0].len() as u32,
             extra_len: segment.extra_len,
-            extra_zlen: extra.len() as u32,
+            extra_zlen: frames[1].len() as u32,
+            diff_len: segment.diff_len,
+            runs_len: raw[2].len() as u32,
+            runs_zlen: frames[2].len() as u32,
+            codes_len: raw[3].len() as u32,
+            codes_zlen: frames[3].len() as u32,
         };
         encoded.push(EncodedSegment {
             header: header.encode(),
-            control,
-            extra,
-            diff,
+            frames,
         });
     }
     Ok(encoded)
@@ -613,11 +683,11 @@ fn compress_stream(raw: &[u8], kind: StreamKind, level: i32) -> io::Result<Vec<u
     let mut compressor = zstd::bulk::Compressor::new(level)?;
     compressor.set_parameter(CParameter::ChecksumFlag(true))?;
     match kind {
-        // The agent streams diff frames, so their window is capped at what it accepts.
-        StreamKind::Diff => compressor.set_parameter(CParameter::WindowLog(STREAM_WINDOW_LOG))?,
-        // Control and extra frames are decoded in one piece into a buffer of the
-        // declared size, so a window covering the whole segment costs the agent nothing.
-        StreamKind::Control | StreamKind::Extra => {
+        // The agent streams codes frames, so their window is capped at what it accepts.
+        StreamKind::Codes => compressor.set_parameter(CParameter::WindowLog(STREAM_WINDOW_LOG))?,
+        // The other frames are decoded in one piece into a buffer of the declared size,
+        // so a window covering the whole segment costs the agent nothing.
+        StreamKind::Control | StreamKind::Extra | StreamKind::Runs => {
             compressor.set_parameter(CParameter::WindowLog(24))?
         }
     }

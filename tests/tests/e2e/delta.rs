@@ -4,8 +4,8 @@
 
 use ota_agent::delta::{apply_delta, ApplyError};
 use ota_core::delta::{
-    encode_control_block, Algorithm, ContainerHeader, Control, DeltaError, SegmentHeader,
-    HEADER_LEN, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_TARGET,
+    encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, DeltaError,
+    SegmentHeader, HEADER_LEN, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_TARGET,
 };
 use ota_server::delta::{build_delta, BuildOptions};
 use ota_tests::synthetic;
@@ -447,6 +447,7 @@ fn garbage_anywhere_in_the_body_is_refused() {
 /// A hand-written one-segment container, to reach checks the builder never trips.
 fn handmade(old: &[u8], controls: &[Control], diff: &[u8], extra: &[u8], target: &[u8]) -> Vec<u8> {
     let control = encode_control_block(controls);
+    let (runs, codes) = encode_runs(diff);
     let frame = |raw: &[u8]| {
         if raw.is_empty() {
             Vec::new()
@@ -454,7 +455,7 @@ fn handmade(old: &[u8], controls: &[Control], diff: &[u8], extra: &[u8], target:
             zstd::bulk::compress(raw, 3).expect("zstd")
         }
     };
-    let (control_z, diff_z, extra_z) = (frame(&control), frame(diff), frame(extra));
+    let frames = [frame(&control), frame(extra), frame(&runs), frame(&codes)];
     let header = ContainerHeader {
         algorithm: Algorithm::BsdiffZstd,
         source_len: old.len() as u64,
@@ -465,18 +466,19 @@ fn handmade(old: &[u8], controls: &[Control], diff: &[u8], extra: &[u8], target:
     let segment = SegmentHeader {
         target_len: (diff.len() + extra.len()) as u32,
         control_len: control.len() as u32,
-        control_zlen: control_z.len() as u32,
-        diff_len: diff.len() as u32,
-        diff_zlen: diff_z.len() as u32,
+        control_zlen: frames[0].len() as u32,
         extra_len: extra.len() as u32,
-        extra_zlen: extra_z.len() as u32,
+        extra_zlen: frames[1].len() as u32,
+        diff_len: diff.len() as u32,
+        runs_len: runs.len() as u32,
+        runs_zlen: frames[2].len() as u32,
+        codes_len: codes.len() as u32,
+        codes_zlen: frames[3].len() as u32,
     };
     [
         &header.encode()[..],
         &segment.encode()[..],
-        &control_z,
-        &extra_z,
-        &diff_z,
+        &frames.concat(),
     ]
     .concat()
 }
