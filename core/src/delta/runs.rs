@@ -53,6 +53,15 @@ impl<'a> RunBlock<'a> {
     /// well-formed varints, no empty pair, no trailing bytes, and sums that match.
     /// Nothing is allocated, whatever the block claims.
     pub fn parse(raw: &'a [u8], diff_len: u32, codes_len: u32) -> Result<Self, DeltaError> {
+        // A segment of literal bytes only has no diff stream at all.
+        if raw.is_empty() && diff_len == 0 && codes_len == 0 {
+            return Ok(RunBlock {
+                raw,
+                count: 0,
+                zeros_at: 0,
+                nonzeros_at: 0,
+            });
+        }
         let mut header = VarintReader::new(raw, "runs block");
         let count = header.next()?;
         let zeros_at = raw.len() - header.remaining();
@@ -153,7 +162,7 @@ mod tests {
     #[test]
     fn runs_round_trip_diff_shapes() {
         let cases: [(&str, Vec<u8>); 6] = [
-            ("empty", vec![]),
+            ("empty (a segment of literal bytes only)", vec![]),
             ("all zeros", vec![0; 1000]),
             ("no zeros", vec![3; 300]),
             (
