@@ -10,9 +10,10 @@
 //!
 //! Memory is bounded by the format's per-segment caps, never by the image size: one
 //! segment's control block (≤ 1 MiB), extra bytes (≤ 16 MiB, plus their compressed
-//! frame while it is decoded, ≤ 16 MiB) and runs block (≤ 4 MiB), one streaming zstd
-//! decoder for the codes with a window of at most 8 MiB, and fixed 256 KiB IO buffers:
-//! about 46 MiB in the worst case, typically far less (see `docs/delta-bench.txt`).
+//! frame and their ≤ 4 MiB prefix of old bytes while they are decoded, ≤ 16 MiB) and
+//! runs block (≤ 4 MiB), one streaming zstd decoder for the codes with a window of at
+//! most 8 MiB, and fixed 256 KiB IO buffers: about 50 MiB in the worst case, typically
+//! far less (see `docs/delta-bench.txt`).
 
 use ota_core::delta::{
     add_old_bytes, Algorithm, ContainerHeader, ControlBlock, DeltaError, RunBlock, RunPairs,
@@ -182,7 +183,8 @@ fn apply_segments<D: Read, O: Read + Seek, W: Write>(
         let block = ControlBlock::parse(&control, &segment, cursor, header.source_len)?;
         drop(control);
         cursor = block.end_cursor;
-        let extra = read_frame(delta, segment.extra_zlen, segment.extra_len, "extra")?;
+        segment.check_prefix(header.source_len)?;
+        let extra = read_extra_frame(delta, &segment, old)?;
         let runs = read_frame(delta, segment.runs_zlen, segment.runs_len, "runs")?;
         let runs = RunBlock::parse(&runs, segment.diff_len, segment.codes_len)?;
 
@@ -259,6 +261,41 @@ fn apply_full<D: Read, W: Write>(
         return Err(ApplyError::TrailingData);
     }
     Ok(())
+}
+
+/// Reads the extra frame and decodes it against its prefix of old bytes.
+fn read_extra_frame<D: Read, O: Read + Seek>(
+    delta: &mut D,
+    segment: &SegmentHeader,
+    old: &mut OldReader<O>,
+) -> Result<Vec<u8>, ApplyError> {
+    if segment.extra_zlen == 0 {
+        return Ok(Vec::new());
+    }
+    // Frame length and prefix length were checked against their caps, the prefix range
+    // against the source length.
+    let mut compressed = vec![0u8; segment.extra_zlen as usize];
+    read_exact_or_truncated(delta, &mut compressed, "extra frame")?;
+    let mut prefix = vec![0u8; segment.extra_prefix_len as usize];
+    old.read_at(segment.extra_prefix_start, &mut prefix)?;
+    let corrupt = |code| ApplyError::CorruptStream {
+        stream: "extra",
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            zstd::zstd_safe::get_error_name(code),
+        ),
+    };
+    let mut dctx = zstd::zstd_safe::DCtx::create();
+    dctx.ref_prefix(&prefix).map_err(corrupt)?;
+    let mut raw = Vec::with_capacity(segment.extra_len as usize);
+    let decoded = dctx.decompress(&mut raw, &compressed).map_err(corrupt)?;
+    if decoded != segment.extra_len as usize {
+        return Err(ApplyError::StreamLength {
+            stream: "extra",
+            declared: u64::from(segment.extra_len),
+        });
+    }
+    Ok(raw)
 }
 
 /// Reads a whole (small, capped) frame and decodes it into exactly `raw_len` bytes.

@@ -45,6 +45,8 @@ fn bsdiff_container(source: &[u8]) -> (Vec<u8>, Vec<u8>) {
         runs_zlen: frames[2].len() as u32,
         codes_len: codes.len() as u32,
         codes_zlen: frames[3].len() as u32,
+        extra_prefix_start: 0,
+        extra_prefix_len: 0,
     };
     let container = [&header.encode()[..], &segment.encode(), &frames.concat()].concat();
     (container, target)

@@ -165,6 +165,8 @@ mod tests {
             runs_zlen: u32::from(diff_len > 0),
             codes_len: 0,
             codes_zlen: 0,
+            extra_prefix_start: 0,
+            extra_prefix_len: 0,
         }
     }
 
@@ -288,7 +290,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn parse_never_panics_on_arbitrary_blocks(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..64), cursor in 0u64..1000, source_len in 0u64..1000) {
-            let header = SegmentHeader { target_len: 10, control_len: 8, control_zlen: 8, extra_len: 5, extra_zlen: 5, diff_len: 5, runs_len: 2, runs_zlen: 2, codes_len: 5, codes_zlen: 5 };
+            let header = SegmentHeader { target_len: 10, control_len: 8, control_zlen: 8, extra_len: 5, extra_zlen: 5, diff_len: 5, runs_len: 2, runs_zlen: 2, codes_len: 5, codes_zlen: 5, extra_prefix_start: 0, extra_prefix_len: 0 };
             let _ = ControlBlock::parse(&raw, &header, cursor, source_len);
         }
     }

@@ -6,7 +6,7 @@
 //! Layout:
 //! - `header`: the fixed 92-byte container header (magic, version, algorithm, source and
 //!   target length + SHA-256).
-//! - `segment`: the 44-byte header in front of every body segment of a bsdiff-zstd delta.
+//! - `segment`: the 56-byte header in front of every body segment of a bsdiff-zstd delta.
 //! - `control`: the columnar control block of a segment and its bounds-checked decoding.
 //! - `runs`: the diff stream as zero runs + non-zero bytes.
 //! - `varint`: LEB128 integers of the control and runs blocks.
@@ -25,8 +25,8 @@ pub use control::{add_old_bytes, encode_control_block, Control, ControlBlock, Pl
 pub use header::{Algorithm, ContainerHeader, HEADER_LEN, MAGIC, MAX_IMAGE_LEN, VERSION};
 pub use runs::{encode_runs, RunBlock, RunPairs};
 pub use segment::{
-    zstd_compress_bound, SegmentHeader, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS,
-    SEGMENT_MAX_TARGET, SEGMENT_TAG,
+    zstd_compress_bound, SegmentHeader, EXTRA_PREFIX_MAX, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL,
+    SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET, SEGMENT_TAG,
 };
 
 /// Why a container, a segment or a control block was refused.
@@ -74,6 +74,12 @@ pub enum DeltaError {
         index: usize,
         start: i128,
         end: i128,
+        source_len: u64,
+    },
+    #[error("extra prefix {start}+{len} lies outside the source image of {source_len} bytes")]
+    PrefixOutOfBounds {
+        start: u64,
+        len: u32,
         source_len: u64,
     },
     #[error("delta writes past the declared target length {declared} (at byte {attempted})")]

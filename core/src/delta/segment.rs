@@ -11,12 +11,14 @@ use super::DeltaError;
 /// First four bytes of every segment header; catches a desynchronised stream early.
 pub const SEGMENT_TAG: [u8; 4] = *b"OSEG";
 /// Encoded segment header size in bytes.
-pub const SEGMENT_HEADER_LEN: usize = 44;
+pub const SEGMENT_HEADER_LEN: usize = 56;
 /// Most target bytes one segment may produce (16 MiB). The applier buffers up to this
 /// many extra bytes, so this is the main term of its memory bound.
 pub const SEGMENT_MAX_TARGET: u32 = 16 << 20;
 /// Largest decoded control block of one segment (1 MiB).
 pub const SEGMENT_MAX_CONTROL: u32 = 1 << 20;
+/// Longest run of old bytes the extra frame may be compressed against (4 MiB).
+pub const EXTRA_PREFIX_MAX: u32 = 4 << 20;
 /// Largest decoded runs block of one segment (4 MiB).
 pub const SEGMENT_MAX_RUNS: u32 = 4 << 20;
 
@@ -54,6 +56,11 @@ pub struct SegmentHeader {
     /// Non-zero diff bytes (the codes stream), decoded size.
     pub codes_len: u32,
     pub codes_zlen: u32,
+    /// Old bytes `[extra_prefix_start, + extra_prefix_len)` are the zstd prefix (raw
+    /// content dictionary) of the extra frame: literal bytes of a new release often
+    /// resemble old bytes in short pieces that bsdiff's matching does not take.
+    pub extra_prefix_start: u64,
+    pub extra_prefix_len: u32,
 }
 
 impl SegmentHeader {
@@ -73,9 +80,11 @@ impl SegmentHeader {
             self.codes_len,
             self.codes_zlen,
         ];
-        for (slot, value) in out[4..].chunks_exact_mut(4).zip(fields) {
+        for (slot, value) in out[4..44].chunks_exact_mut(4).zip(fields) {
             slot.copy_from_slice(&value.to_le_bytes());
         }
+        out[44..52].copy_from_slice(&self.extra_prefix_start.to_le_bytes());
+        out[52..56].copy_from_slice(&self.extra_prefix_len.to_le_bytes());
         out
     }
 
@@ -111,6 +120,17 @@ impl SegmentHeader {
             runs_zlen: next(),
             codes_len: next(),
             codes_zlen: next(),
+            extra_prefix_start: 0,
+            extra_prefix_len: 0,
+        };
+        let mut start = [0u8; 8];
+        start.copy_from_slice(&bytes[44..52]);
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&bytes[52..56]);
+        let header = SegmentHeader {
+            extra_prefix_start: u64::from_le_bytes(start),
+            extra_prefix_len: u32::from_le_bytes(len),
+            ..header
         };
         header.validate()?;
         Ok(header)
@@ -157,6 +177,19 @@ impl SegmentHeader {
         if self.runs_len > SEGMENT_MAX_RUNS {
             return Err(over("segment runs length", self.runs_len, SEGMENT_MAX_RUNS));
         }
+        if self.extra_prefix_len > EXTRA_PREFIX_MAX {
+            return Err(over(
+                "extra prefix length",
+                self.extra_prefix_len,
+                EXTRA_PREFIX_MAX,
+            ));
+        }
+        if self.extra_len == 0 && (self.extra_prefix_len != 0 || self.extra_prefix_start != 0) {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "extra prefix",
+                reason: "a segment without extra bytes has no extra prefix",
+            });
+        }
         if self.codes_len > self.diff_len {
             return Err(DeltaError::SegmentInconsistent {
                 field: "codes length",
@@ -198,6 +231,21 @@ impl SegmentHeader {
         Ok(())
     }
 
+    /// Refuses an extra prefix that does not lie inside the source image.
+    pub fn check_prefix(&self, source_len: u64) -> Result<(), DeltaError> {
+        let end = self
+            .extra_prefix_start
+            .checked_add(u64::from(self.extra_prefix_len));
+        match end {
+            Some(end) if end <= source_len => Ok(()),
+            _ => Err(DeltaError::PrefixOutOfBounds {
+                start: self.extra_prefix_start,
+                len: self.extra_prefix_len,
+                source_len,
+            }),
+        }
+    }
+
     /// Refuses this segment when it would write past the container's declared target
     /// length, given that `written` bytes were produced so far. Checked before the first
     /// byte of the segment is written.
@@ -229,6 +277,8 @@ mod tests {
             runs_zlen: 25,
             codes_len: 40,
             codes_zlen: 40,
+            extra_prefix_start: 7,
+            extra_prefix_len: 1000,
         }
     }
 
@@ -269,6 +319,14 @@ mod tests {
             }),
             ("missing frame", |h| h.codes_zlen = 0),
             ("runs over the cap", |h| h.runs_len = SEGMENT_MAX_RUNS + 1),
+            ("prefix over the cap", |h| {
+                h.extra_prefix_len = EXTRA_PREFIX_MAX + 1
+            }),
+            ("prefix without extra bytes", |h| {
+                h.extra_len = 0;
+                h.extra_zlen = 0;
+                h.diff_len = 1000;
+            }),
             ("more codes than diff bytes", |h| h.codes_len = 901),
             ("diff bytes without runs", |h| {
                 h.runs_len = 0;
@@ -305,6 +363,21 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn prefix_outside_the_source_is_refused() {
+        let header = sample();
+        assert_eq!(header.check_prefix(1007), Ok(()));
+        assert!(header.check_prefix(1006).is_err());
+        let overflow = SegmentHeader {
+            extra_prefix_start: u64::MAX,
+            ..sample()
+        };
+        assert!(
+            overflow.check_prefix(u64::MAX).is_err(),
+            "start + len must not wrap"
+        );
     }
 
     #[test]

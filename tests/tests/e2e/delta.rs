@@ -474,6 +474,8 @@ fn handmade(old: &[u8], controls: &[Control], diff: &[u8], extra: &[u8], target:
         runs_zlen: frames[2].len() as u32,
         codes_len: codes.len() as u32,
         codes_zlen: frames[3].len() as u32,
+        extra_prefix_start: 0,
+        extra_prefix_len: 0,
     };
     [
         &header.encode()[..],
