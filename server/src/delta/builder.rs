@@ -627,6 +627,14 @@ impl SegmentPlan {
     }
 }
 
+/// A segment whose streams fit the caps: its plan, its decoded streams in wire order,
+/// and its extra prefix as (offset in the old window, length).
+struct FittedSegment {
+    plan: SegmentPlan,
+    raw: [Vec<u8>; 4],
+    prefix: (usize, usize),
+}
+
 /// Raw streams of every segment (splitting segments whose runs block would pass its
 /// cap), then all 4 × segments zstd jobs spread over the worker threads.
 fn encode_segments(
@@ -637,7 +645,7 @@ fn encode_segments(
     options: &BuildOptions,
 ) -> Result<Vec<EncodedSegment>, BuildError> {
     let mut pending: Vec<SegmentPlan> = segments.into_iter().rev().collect();
-    let mut fitted: Vec<(SegmentPlan, [Vec<u8>; 4], (usize, usize))> = Vec::new();
+    let mut fitted: Vec<FittedSegment> = Vec::new();
     while let Some(plan) = pending.pop() {
         let raw = plan.raw_streams(old_window, new_part);
         // Runs take at most about two bytes per diff byte, so halving terminates well
@@ -649,7 +657,7 @@ fn encode_segments(
             continue;
         }
         let prefix = plan.extra_prefix(old_window.len());
-        fitted.push((plan, raw, prefix));
+        fitted.push(FittedSegment { plan, raw, prefix });
     }
     let jobs: Vec<(usize, usize)> = (0..fitted.len())
         .flat_map(|s| (0..4).map(move |k| (s, k)))
@@ -664,8 +672,8 @@ fn encode_segments(
                 let Some(&(segment, kind)) = jobs.get(index) else {
                     break;
                 };
-                let (_, raw, (prefix_start, prefix_len)) = &fitted[segment];
-                let prefix = &old_window[*prefix_start..prefix_start + prefix_len];
+                let FittedSegment { raw, prefix, .. } = &fitted[segment];
+                let prefix = &old_window[prefix.0..prefix.0 + prefix.1];
                 let compressed =
                     compress_stream(&raw[kind], STREAM_ORDER[kind], prefix, options.level);
                 if let Ok(mut slot) = outputs[index].lock() {
@@ -681,7 +689,12 @@ fn encode_segments(
             .unwrap_or_else(|| Err(io::Error::other("compression worker did not finish")))
     });
     let mut encoded = Vec::with_capacity(fitted.len());
-    for (segment, raw, (prefix_start, prefix_len)) in &fitted {
+    for FittedSegment {
+        plan: segment,
+        raw,
+        prefix: (prefix_start, prefix_len),
+    } in &fitted
+    {
         let mut frames: [Vec<u8>; 4] = Default::default();
         for frame in &mut frames {
             *frame = outputs
