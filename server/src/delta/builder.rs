@@ -29,7 +29,7 @@ use zstd::zstd_safe::CParameter;
 
 /// Default cap on the old window and new part held in memory at once (see `chunking`).
 pub const DEFAULT_WINDOW_CAP: u64 = 256 << 20;
-/// zstd window of diff frames and full-image streams. The agent decodes those streaming
+/// zstd window of codes frames and full-image streams. The agent decodes those streaming
 /// and refuses larger windows, so this fixes its decoder memory at 8 MiB per stream.
 pub const STREAM_WINDOW_LOG: u32 = 23;
 /// A delta is shipped only when it is at most this fraction (in percent) of the full
@@ -755,9 +755,10 @@ fn compress_stream(raw: &[u8], kind: StreamKind, prefix: &[u8], level: i32) -> i
     match kind {
         // The agent streams codes frames, so their window is capped at what it accepts.
         StreamKind::Codes => compressor.set_parameter(CParameter::WindowLog(STREAM_WINDOW_LOG))?,
-        // The other frames are decoded in one piece into a buffer of the declared size,
-        // so a window covering the whole segment costs the agent nothing.
-        StreamKind::Control | StreamKind::Extra | StreamKind::Runs => {
+        // Control and runs frames are decoded in one piece into a buffer of the declared
+        // size, so a window covering the whole segment costs the agent nothing. (Extra
+        // frames took the prefix path above.)
+        StreamKind::Control | StreamKind::Runs | StreamKind::Extra => {
             compressor.set_parameter(CParameter::WindowLog(24))?
         }
     }

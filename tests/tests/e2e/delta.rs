@@ -369,6 +369,16 @@ fn hostile_containers_are_refused_with_typed_errors() {
             |e| matches!(e, ApplyError::Container(DeltaError::LengthOverCap { .. })),
         ),
         (
+            "extra prefix outside the old image",
+            rewrite_first_segment(&container, |s| s.extra_prefix_start = u64::MAX / 2),
+            |e| {
+                matches!(
+                    e,
+                    ApplyError::Container(DeltaError::PrefixOutOfBounds { .. })
+                )
+            },
+        ),
+        (
             "declared target shorter than the body",
             rewrite_header(&container, |h| h.target_len = 100),
             |e| {
