@@ -1,12 +1,13 @@
 //! Builds a delta container from two full images.
 //!
 //! Pipeline, per part of the new image (see `chunking`): suffix array of the old window,
-//! parallel match search over slices of the new part (`matcher`), cut into segments of at
-//! most 16 MiB of target, and the four streams of every segment (control, extra, and the
-//! diff as zero runs + non-zero codes) compressed with zstd on
-//! all worker threads. Hashes of both images and a quick estimate of the full image's
-//! compressed size are computed on a side thread meanwhile. When the delta is not at
-//! least 30% smaller than the full image compressed, the full image is shipped instead.
+//! parallel match search over slices of the new part and a cost-based pruning of weak
+//! matches (`matcher`), cut into segments of at most 16 MiB of target, and the four
+//! streams of every segment (control; extra, compressed against 1 MiB of old bytes; the
+//! diff as zero runs + non-zero codes) compressed with zstd level 19 on all worker
+//! threads. Hashes of both images and a quick estimate of the full image's compressed
+//! size are computed on a side thread meanwhile. When the delta is not at least 30%
+//! smaller than the full image compressed, the full image is shipped instead.
 //!
 //! Everything here is blocking and CPU-bound: async callers use
 //! [`build_delta_file_in_background`], which runs it on tokio's blocking pool.
