@@ -9,11 +9,13 @@
 //! - [`metadata`]: the role documents `root`, `targets`, `director`.
 //! - [`threshold`]: counting valid signatures of distinct authorised keys.
 //! - [`trust`]: trusted state, root rotation, full verification of an update.
+//! - [`delta`]: the delta container (header, segments, control blocks), strictly bounded.
 //! - [`cohort`]: canary cohort bucketing (SHA-256 of salt ‖ vehicle id).
 //! - [`protocol`]: MQTT topics and the signed vehicle/server messages.
 //! - [`error`]: the typed rejections, one variant per attack class.
 
 pub mod cohort;
+pub mod delta;
 pub mod encoding;
 pub mod envelope;
 pub mod error;

@@ -2,10 +2,9 @@
 //! workers. Jobs are idempotent per (source, target), claimed atomically, and any job a
 //! crash left `running` is re-queued at startup.
 //!
-//! The delta engine itself is built by another part of the project; the server calls it
-//! only through [`DeltaEngine`]. Until it is linked in, [`EngineNotLinked`] fails every
-//! job with a clear reason and vehicles receive full images (the director falls back to
-//! the full image whenever no delta was built).
+//! Workers call the delta engine through [`DeltaEngine`] ([`BuilderEngine`] in
+//! production, on the blocking pool); a job whose delta is not worth shipping is
+//! `skipped`, and the director then sends the full image.
 
 use crate::blobs::BlobStore;
 use crate::store::{DeltaJobStatus, Store, StoreError};
@@ -45,20 +44,27 @@ pub trait DeltaEngine: Send + Sync + fmt::Debug + 'static {
     ) -> Result<DeltaOutcome, DeltaBuildError>;
 }
 
-/// Stands in for the delta engine until `server/src/delta` provides one.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EngineNotLinked;
+/// The delta engine of `crate::delta`: suffix-array bsdiff matching, zstd streams, the
+/// full-image fallback when a delta is not at least 30% smaller.
+#[derive(Debug, Clone, Default)]
+pub struct BuilderEngine {
+    pub options: crate::delta::BuildOptions,
+}
 
-impl DeltaEngine for EngineNotLinked {
+impl DeltaEngine for BuilderEngine {
     fn build_delta(
         &self,
-        _old: &Path,
-        _new: &Path,
-        _out: &Path,
+        old: &Path,
+        new: &Path,
+        out: &Path,
     ) -> Result<DeltaOutcome, DeltaBuildError> {
-        Err(DeltaBuildError::Unavailable(
-            "no delta engine is linked into this server build; vehicles get full images".to_owned(),
-        ))
+        let report = crate::delta::build_delta_file(old, new, out, &self.options)
+            .map_err(|e| DeltaBuildError::Failed(format!("{e:#}")))?;
+        Ok(match report.algorithm {
+            ota_core::delta::Algorithm::BsdiffZstd => DeltaOutcome::Built,
+            // The builder chose the full image: vehicles download the image itself.
+            ota_core::delta::Algorithm::FullZstd => DeltaOutcome::NotWorthIt,
+        })
     }
 }
 

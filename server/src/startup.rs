@@ -6,7 +6,7 @@
 use crate::api::{self, AppState};
 use crate::blobs::BlobStore;
 use crate::engine::Engine;
-use crate::jobs::{DeltaEngine, EngineNotLinked};
+use crate::jobs::{BuilderEngine, DeltaEngine};
 use crate::settings::Settings;
 use crate::signing::ServerKeys;
 use crate::store::Store;
@@ -92,7 +92,7 @@ impl Application {
             address,
             state,
             jobs,
-            delta_engine: Arc::new(EngineNotLinked),
+            delta_engine: Arc::new(BuilderEngine::default()),
         })
     }
 

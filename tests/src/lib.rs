@@ -1,9 +1,12 @@
-//! End-to-end test helpers: locating the workspace's real binaries.
+//! End-to-end test helpers: locating the workspace's real binaries, and synthetic
+//! firmware-like image pairs (`synthetic`) for delta tests and benchmarks.
 //!
 //! Integration tests of this crate drive `ota-server`, `otactl` and `ota-agent` as a
 //! user would. Cargo builds another package's binaries only for that package's own
 //! tests, so [`binary`] runs `cargo build --bins` for the workspace once per test
 //! process (a no-op when they are fresh) and returns the path in the target directory.
+
+pub mod synthetic;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

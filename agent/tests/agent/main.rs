@@ -1,6 +1,7 @@
 //! Integration tests of `ota-agent`, through its real binary where the CLI is the
 //! interface, against a real PKCS#11 token (SoftHSM2) where the HSM is involved.
 
+mod delta;
 mod hsm;
 mod services;
 mod verify_cli;

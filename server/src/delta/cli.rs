@@ -1,5 +1,7 @@
 //! `ota-server delta ...` subcommands.
 
+use super::builder::{build_delta_file, BuildOptions, DEFAULT_WINDOW_CAP};
+use anyhow::Context;
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
@@ -12,11 +14,54 @@ pub enum DeltaCommand {
         new: std::path::PathBuf,
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Most MiB of old window / new part in memory at once (peak memory ≈ 7×).
+        #[arg(long, default_value_t = DEFAULT_WINDOW_CAP >> 20)]
+        window_mib: u64,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// zstd level of the delta streams (1–22).
+        #[arg(long, default_value_t = BuildOptions::default().level)]
+        level: i32,
     },
 }
 
 pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
     match cmd {
-        DeltaCommand::Build { .. } => anyhow::bail!("delta build is not implemented yet"),
+        DeltaCommand::Build {
+            old,
+            new,
+            out,
+            window_mib,
+            threads,
+            level,
+        } => {
+            let mut options = BuildOptions {
+                window_cap: window_mib << 20,
+                level,
+                ..BuildOptions::default()
+            };
+            if let Some(threads) = threads {
+                options.threads = threads;
+            }
+            let report = build_delta_file(&old, &new, &out, &options).with_context(|| {
+                format!(
+                    "building a delta from {} to {}",
+                    old.display(),
+                    new.display()
+                )
+            })?;
+            println!(
+                "{}: {} bytes ({} → {} bytes, delta {} bytes, {} part(s), {} segment(s))",
+                report.algorithm.name(),
+                report.container_len,
+                report.source_len,
+                report.target_len,
+                report.delta_container_len,
+                report.parts,
+                report.segments
+            );
+            Ok(())
+        }
     }
 }

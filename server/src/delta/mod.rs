@@ -1,3 +1,19 @@
-//! Delta image builder.
+//! Delta image builder: full image old + new → delta container (`ota_core::delta`).
+//!
+//! Layout:
+//! - `builder`: the build pipeline, the full-image fallback, and the async entry point.
+//! - `chunking`: how big images are split so memory stays under an explicit cap.
+//! - `matcher`: the bsdiff-style approximate-match search over a suffix array.
+//! - `image`: reading images by range from memory or files.
+//! - `cli`: `ota-server delta build`.
 
+pub mod builder;
+pub mod chunking;
 pub mod cli;
+pub mod image;
+pub mod matcher;
+
+pub use builder::{
+    build_delta, build_delta_file, build_delta_file_in_background, BuildError, BuildOptions,
+    BuildReport,
+};

@@ -969,14 +969,27 @@ async fn delta_jobs(backend: Backend) {
     };
     let key = device_key();
     app.register_vehicle("veh-d", &key, "hw-d", &[]).await;
-    let old = b"old firmware".repeat(20);
+    // Incompressible image bytes (as machine code mostly is), and an old version that
+    // differs by a few edits, as adjacent firmware versions do.
+    let new: Vec<u8> = (0u32..2048)
+        .flat_map(|i| Sha256Digest::of(&i.to_le_bytes()).0)
+        .collect();
+    let mut old = new.clone();
+    old[1000..1008].copy_from_slice(b"OLDBYTES");
+    old.drain(30_000..30_100);
     app.upload("hw-d", "1.0.0", old.clone()).await;
     // The vehicle reports the old image installed; the server holds its bytes.
     let c = signed_checkin(&key, &checkin("veh-d", Some(("1.0.0", &old)), 0));
     app.state.engine.handle_checkin("veh-d", &c).await.unwrap();
-    let (_, _, rollout) = app
-        .release_and_rollout("hw-d", json!([{ "name": "all", "percent": 100 }]))
+    let image = app.upload("hw-d", "2.0.0", new.clone()).await;
+    let (status, release) = app
+        .post("/api/v1/releases", &app.admin_token, &json!({ "name": "delta-rel", "version": "2.0.0", "security_version": 1, "images": [image["id"]] }))
         .await;
+    assert_eq!(status, 201, "{release}");
+    let (status, rollout) = app
+        .post("/api/v1/rollouts", &app.admin_token, &json!({ "name": "d", "release_id": release["id"], "phases": [{ "name": "all", "percent": 100 }] }))
+        .await;
+    assert_eq!(status, 201, "{rollout}");
     let id = rollout["id"].as_str().unwrap();
     let (status, _) = app
         .post(
@@ -986,23 +999,18 @@ async fn delta_jobs(backend: Backend) {
         )
         .await;
     assert_eq!(status, 200);
-    let (_, again) = app
-        .post(
-            &format!("/api/v1/rollouts/{id}/pause"),
-            &app.rollout_token,
-            &json!({}),
-        )
-        .await;
-    assert_eq!(again["state"], "paused");
     let mut jobs = Value::Null;
-    for _ in 0..100 {
+    for _ in 0..300 {
         let (_, list) = app
             .get(
                 &format!("/api/v1/delta-jobs?rollout_id={id}"),
                 &app.read_token,
             )
             .await;
-        if list[0]["status"] == "failed" {
+        if !matches!(
+            list[0]["status"].as_str(),
+            Some("queued" | "running") | None
+        ) {
             jobs = list;
             break;
         }
@@ -1014,17 +1022,42 @@ async fn delta_jobs(backend: Backend) {
         "one build per installed source version: {jobs}"
     );
     assert_eq!(jobs[0]["source_sha256"], Sha256Digest::of(&old).to_hex());
-    assert!(
-        jobs[0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("no delta engine"),
-        "without the delta engine linked, the job fails saying so: {jobs}"
-    );
+    assert_eq!(jobs[0]["status"], "done", "the delta must be built: {jobs}");
     let (_, status) = app
         .get(&format!("/api/v1/rollouts/{id}/status"), &app.read_token)
         .await;
-    assert_eq!(status["delta_jobs"]["failed"], 1);
+    assert_eq!(status["delta_jobs"]["done"], 1, "{status}");
+
+    // The vehicle is offered the delta, and the agent's applier turns old into new.
+    let c = signed_checkin(&key, &checkin("veh-d", Some(("1.0.0", &old)), 0));
+    let directive = app.state.engine.handle_checkin("veh-d", &c).await.unwrap();
+    let envelope = Envelope::parse(&directive).unwrap();
+    let metadata: DirectorMetadata = parse_document(&envelope.payload).unwrap();
+    let delta = metadata.assignments[0]
+        .delta
+        .clone()
+        .expect("the built delta must be offered");
+    assert_eq!(delta.source_sha256, Sha256Digest::of(&old));
+    let bytes = app
+        .http
+        .get(app.url(&format!("/v1/blobs/{}", delta.sha256)))
+        .bearer_auth(&app.read_token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    assert_eq!(bytes.len() as u64, delta.length);
+    let mut rebuilt = Vec::new();
+    ota_agent::delta::apply_delta(&bytes[..], std::io::Cursor::new(&old), &mut rebuilt)
+        .expect("the agent applies the server's delta");
+    assert_eq!(
+        Sha256Digest::of(&rebuilt).to_hex(),
+        image["sha256"].as_str().unwrap(),
+        "old + delta must be exactly the release's image"
+    );
     app.stop().await;
 }
 both_backends!(delta_jobs_are_enqueued_on_start_and_visible, delta_jobs);

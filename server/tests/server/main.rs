@@ -1,8 +1,9 @@
 //! Integration tests of `ota-server`: the API and store on SQLite and PostgreSQL, the MQTT
-//! vehicle channel against a real broker, `otactl` and the key tooling through the real
-//! binaries.
+//! vehicle channel against a real broker, `otactl`, the key tooling and the delta builder
+//! through the real binaries.
 
 mod api;
+mod delta;
 mod helpers;
 mod keys;
 mod mqtt;

@@ -1,3 +1,5 @@
-//! End-to-end tests across crates, through the real binaries.
+//! End-to-end tests across crates: the real binaries meeting through files, and the delta
+//! engine's builder and applier round-tripping real and hostile inputs.
 
+mod delta;
 mod keys_to_agent;

@@ -1,0 +1,586 @@
+//! Streaming delta apply: delta stream + source slot → target slot.
+//!
+//! The delta is consumed strictly front to back (it may come straight from the network
+//! or a partially downloaded file), the source slot is read with seeks, and the target
+//! is written sequentially and hashed while it is written.
+//!
+//! Architecture Invariant: no target byte is written before the source slot's SHA-256
+//! and length matched the container header. A wrong base is refused with
+//! [`ApplyError::WrongBase`] and the output is untouched.
+//!
+//! Memory is bounded by the format's per-segment caps, never by the image size: one
+//! segment's control block (≤ 1 MiB), extra bytes (≤ 16 MiB, plus their compressed
+//! frame and their ≤ 4 MiB prefix of old bytes while they are decoded, ≤ 16 MiB) and
+//! runs block (≤ 4 MiB), one streaming zstd decoder for the codes with a window of at
+//! most 8 MiB, and fixed 256 KiB IO buffers: about 50 MiB in the worst case, typically
+//! far less (see `docs/delta-bench.txt`).
+
+use ota_core::delta::{
+    add_old_bytes, Algorithm, ContainerHeader, ControlBlock, DeltaError, RunBlock, RunPairs,
+    SegmentHeader, HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+
+/// Largest zstd window the applier accepts in a streamed frame (8 MiB). The builder
+/// never writes larger ones; a frame asking for more is refused instead of allocated.
+pub const MAX_STREAM_WINDOW_LOG: u32 = 23;
+/// Size of the IO buffers for old bytes, diff bytes and reading the delta.
+const IO_BUFFER: usize = 256 << 10;
+
+/// Length and SHA-256 of an image, as declared or as found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageId {
+    pub len: u64,
+    pub sha256: [u8; 32],
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes, sha256 {}", self.len, hex::encode(self.sha256))
+    }
+}
+
+/// What an apply produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub algorithm: Algorithm,
+    pub target: ImageId,
+}
+
+/// Why an apply failed. Nothing produced by a failed apply may be used as the target.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("delta container refused")]
+    Container(#[from] DeltaError),
+    #[error("delta stream ends inside the {what}")]
+    TruncatedDelta { what: &'static str },
+    #[error("reading the delta stream failed")]
+    ReadDelta(#[source] io::Error),
+    #[error("reading the source slot failed")]
+    ReadSource(#[source] io::Error),
+    #[error("writing the target failed")]
+    WriteTarget(#[source] io::Error),
+    #[error("wrong base: the delta needs source ({expected}), the slot holds ({actual})")]
+    WrongBase { expected: ImageId, actual: ImageId },
+    #[error("the {stream} stream is corrupt")]
+    CorruptStream {
+        stream: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the {stream} stream does not hold the {declared} bytes its header declares")]
+    StreamLength { stream: &'static str, declared: u64 },
+    #[error("bytes follow the end of the delta")]
+    TrailingData,
+    #[error("target digest mismatch: expected ({expected}), produced ({actual})")]
+    TargetMismatch { expected: ImageId, actual: ImageId },
+}
+
+/// Applies the container read from `delta` to the source slot `old`, writing the target
+/// to `out`. On success the target's length and SHA-256 matched the header.
+pub fn apply_delta<D: Read, O: Read + Seek, W: Write>(
+    mut delta: D,
+    old: O,
+    out: W,
+) -> Result<ApplyReport, ApplyError> {
+    let mut header_bytes = [0u8; HEADER_LEN];
+    read_exact_or_truncated(&mut delta, &mut header_bytes, "container header")?;
+    let header = ContainerHeader::parse(&header_bytes)?;
+    let mut target = TargetWriter {
+        out,
+        hasher: Sha256::new(),
+        written: 0,
+        declared: header.target_len,
+    };
+    match header.algorithm {
+        Algorithm::BsdiffZstd => {
+            let mut old = OldReader::new(old);
+            verify_source(&mut old, &header)?;
+            apply_segments(&mut delta, &mut old, &header, &mut target)?;
+        }
+        Algorithm::FullZstd => apply_full(&mut delta, &mut target)?,
+    }
+    let mut probe = [0u8; 1];
+    match delta.read(&mut probe) {
+        Ok(0) => {}
+        Ok(_) => return Err(ApplyError::TrailingData),
+        Err(err) => return Err(ApplyError::ReadDelta(err)),
+    }
+    target.out.flush().map_err(ApplyError::WriteTarget)?;
+    let actual = ImageId {
+        len: target.written,
+        sha256: target.hasher.finalize().into(),
+    };
+    let expected = ImageId {
+        len: header.target_len,
+        sha256: header.target_sha256,
+    };
+    if actual != expected {
+        return Err(ApplyError::TargetMismatch { expected, actual });
+    }
+    Ok(ApplyReport {
+        algorithm: header.algorithm,
+        target: actual,
+    })
+}
+
+/// Hashes the first `source_len` bytes of the slot (a partition may be larger than the
+/// image it holds) and refuses a slot that does not match the header.
+fn verify_source<O: Read + Seek>(
+    old: &mut OldReader<O>,
+    header: &ContainerHeader,
+) -> Result<(), ApplyError> {
+    let slot = &mut old.inner;
+    slot.seek(SeekFrom::Start(0))
+        .map_err(ApplyError::ReadSource)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; IO_BUFFER];
+    let mut read = 0u64;
+    while read < header.source_len {
+        let want = (header.source_len - read).min(IO_BUFFER as u64) as usize;
+        let n = match slot.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(ApplyError::ReadSource(err)),
+        };
+        hasher.update(&buf[..n]);
+        read += n as u64;
+    }
+    let actual = ImageId {
+        len: read,
+        sha256: hasher.finalize().into(),
+    };
+    let expected = ImageId {
+        len: header.source_len,
+        sha256: header.source_sha256,
+    };
+    if actual != expected {
+        return Err(ApplyError::WrongBase { expected, actual });
+    }
+    old.invalidate();
+    Ok(())
+}
+
+fn apply_segments<D: Read, O: Read + Seek, W: Write>(
+    delta: &mut D,
+    old: &mut OldReader<O>,
+    header: &ContainerHeader,
+    target: &mut TargetWriter<W>,
+) -> Result<(), ApplyError> {
+    let mut cursor = 0u64;
+    let mut diff_buf = vec![0u8; IO_BUFFER];
+    let mut old_buf = vec![0u8; IO_BUFFER];
+    while target.written < header.target_len {
+        let mut segment_bytes = [0u8; SEGMENT_HEADER_LEN];
+        read_exact_or_truncated(delta, &mut segment_bytes, "segment header")?;
+        let segment = SegmentHeader::parse(&segment_bytes)?;
+        segment.check_fits(target.written, header.target_len)?;
+
+        let control = read_frame(delta, segment.control_zlen, segment.control_len, "control")?;
+        let block = ControlBlock::parse(&control, &segment, cursor, header.source_len)?;
+        drop(control);
+        cursor = block.end_cursor;
+        segment.check_prefix(header.source_len)?;
+        let extra = read_extra_frame(delta, &segment, old)?;
+        let runs = read_frame(delta, segment.runs_zlen, segment.runs_len, "runs")?;
+        let runs = RunBlock::parse(&runs, segment.diff_len, segment.codes_len)?;
+
+        let mut diff = DiffStream::open(delta, runs, segment.codes_zlen, segment.diff_len)?;
+        let mut extra_at = 0usize;
+        for entry in &block.entries {
+            let mut old_at = entry.old_start;
+            let mut remaining = entry.diff_len as usize;
+            while remaining > 0 {
+                let n = remaining.min(IO_BUFFER);
+                diff.read_exact(&mut diff_buf[..n])?;
+                old.read_at(old_at, &mut old_buf[..n])?;
+                add_old_bytes(&mut diff_buf[..n], &old_buf[..n]);
+                target.write(&diff_buf[..n])?;
+                old_at += n as u64;
+                remaining -= n;
+            }
+            let extra_len = entry.extra_len as usize;
+            target.write(&extra[extra_at..extra_at + extra_len])?;
+            extra_at += extra_len;
+        }
+        diff.finish()?;
+    }
+    Ok(())
+}
+
+fn apply_full<D: Read, W: Write>(
+    delta: &mut D,
+    target: &mut TargetWriter<W>,
+) -> Result<(), ApplyError> {
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
+        IO_BUFFER,
+        FrameReader::new(delta, u64::MAX),
+    ))
+    .map_err(|source| ApplyError::CorruptStream {
+        stream: "full image",
+        source,
+    })?
+    .single_frame();
+    decoder
+        .window_log_max(MAX_STREAM_WINDOW_LOG)
+        .map_err(|source| ApplyError::CorruptStream {
+            stream: "full image",
+            source,
+        })?;
+    let mut buf = vec![0u8; IO_BUFFER];
+    loop {
+        let n = match decoder.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                if decoder.get_ref().get_ref().hit_eof {
+                    return Err(ApplyError::TruncatedDelta {
+                        what: "full image stream",
+                    });
+                }
+                return Err(ApplyError::CorruptStream {
+                    stream: "full image",
+                    source,
+                });
+            }
+        };
+        target.write(&buf[..n])?;
+    }
+    if target.written != target.declared {
+        return Err(ApplyError::StreamLength {
+            stream: "full image",
+            declared: target.declared,
+        });
+    }
+    // Bytes the decoder buffered past its frame are bytes past the end of the delta.
+    if !decoder.finish().buffer().is_empty() {
+        return Err(ApplyError::TrailingData);
+    }
+    Ok(())
+}
+
+/// Reads the extra frame and decodes it against its prefix of old bytes.
+fn read_extra_frame<D: Read, O: Read + Seek>(
+    delta: &mut D,
+    segment: &SegmentHeader,
+    old: &mut OldReader<O>,
+) -> Result<Vec<u8>, ApplyError> {
+    if segment.extra_zlen == 0 {
+        return Ok(Vec::new());
+    }
+    // Frame length and prefix length were checked against their caps, the prefix range
+    // against the source length.
+    let mut compressed = vec![0u8; segment.extra_zlen as usize];
+    read_exact_or_truncated(delta, &mut compressed, "extra frame")?;
+    let mut prefix = vec![0u8; segment.extra_prefix_len as usize];
+    old.read_at(segment.extra_prefix_start, &mut prefix)?;
+    let corrupt = |code| ApplyError::CorruptStream {
+        stream: "extra",
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            zstd::zstd_safe::get_error_name(code),
+        ),
+    };
+    let mut dctx = zstd::zstd_safe::DCtx::create();
+    dctx.ref_prefix(&prefix).map_err(corrupt)?;
+    let mut raw = Vec::with_capacity(segment.extra_len as usize);
+    let decoded = dctx.decompress(&mut raw, &compressed).map_err(corrupt)?;
+    if decoded != segment.extra_len as usize {
+        return Err(ApplyError::StreamLength {
+            stream: "extra",
+            declared: u64::from(segment.extra_len),
+        });
+    }
+    Ok(raw)
+}
+
+/// Reads a whole (small, capped) frame and decodes it into exactly `raw_len` bytes.
+fn read_frame<D: Read>(
+    delta: &mut D,
+    zlen: u32,
+    raw_len: u32,
+    stream: &'static str,
+) -> Result<Vec<u8>, ApplyError> {
+    if zlen == 0 {
+        return Ok(Vec::new());
+    }
+    // Both lengths were checked against the segment caps by `SegmentHeader::parse`.
+    let mut compressed = vec![0u8; zlen as usize];
+    read_exact_or_truncated(delta, &mut compressed, stream)?;
+    let mut raw = Vec::with_capacity(raw_len as usize);
+    let decoded = zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(&compressed[..], &mut raw))
+        .map_err(|source| ApplyError::CorruptStream { stream, source })?;
+    if decoded != raw_len as usize {
+        return Err(ApplyError::StreamLength {
+            stream,
+            declared: u64::from(raw_len),
+        });
+    }
+    Ok(raw)
+}
+
+/// The diff bytes of one segment: zero runs from the (held) runs block, non-zero bytes
+/// from the codes frame, decoded as it is read from the delta stream.
+struct DiffStream<'a, 'r, D: Read> {
+    pairs: RunPairs<'r>,
+    zeros_left: u64,
+    codes_left: u64,
+    codes: Option<zstd::stream::read::Decoder<'static, BufReader<FrameReader<'a, D>>>>,
+    declared: u64,
+}
+
+impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
+    fn open(
+        delta: &'a mut D,
+        runs: RunBlock<'r>,
+        codes_zlen: u32,
+        diff_len: u32,
+    ) -> Result<Self, ApplyError> {
+        let codes = if codes_zlen == 0 {
+            None
+        } else {
+            let corrupt = |source| ApplyError::CorruptStream {
+                stream: "codes",
+                source,
+            };
+            let reader = BufReader::with_capacity(
+                IO_BUFFER.min(codes_zlen as usize),
+                FrameReader::new(delta, u64::from(codes_zlen)),
+            );
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(reader)
+                .map_err(corrupt)?
+                .single_frame();
+            decoder
+                .window_log_max(MAX_STREAM_WINDOW_LOG)
+                .map_err(corrupt)?;
+            Some(decoder)
+        };
+        Ok(DiffStream {
+            pairs: runs.pairs(),
+            zeros_left: 0,
+            codes_left: 0,
+            codes,
+            declared: u64::from(diff_len),
+        })
+    }
+
+    fn too_short(&self) -> ApplyError {
+        ApplyError::StreamLength {
+            stream: "diff",
+            declared: self.declared,
+        }
+    }
+
+    fn codes_error(&mut self, err: io::Error) -> ApplyError {
+        match &self.codes {
+            Some(decoder) if decoder.get_ref().get_ref().hit_eof => ApplyError::TruncatedDelta {
+                what: "codes frame",
+            },
+            _ if err.kind() == io::ErrorKind::UnexpectedEof => ApplyError::StreamLength {
+                stream: "codes",
+                declared: self.declared,
+            },
+            _ => ApplyError::CorruptStream {
+                stream: "codes",
+                source: err,
+            },
+        }
+    }
+
+    fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), ApplyError> {
+        while !buf.is_empty() {
+            if self.zeros_left > 0 {
+                let n = (buf.len() as u64).min(self.zeros_left) as usize;
+                buf[..n].fill(0);
+                self.zeros_left -= n as u64;
+                buf = &mut buf[n..];
+            } else if self.codes_left > 0 {
+                let n = (buf.len() as u64).min(self.codes_left) as usize;
+                let Some(decoder) = self.codes.as_mut() else {
+                    return Err(self.too_short());
+                };
+                if let Err(err) = decoder.read_exact(&mut buf[..n]) {
+                    return Err(self.codes_error(err));
+                }
+                self.codes_left -= n as u64;
+                buf = &mut buf[n..];
+            } else {
+                let Some((zeros, codes)) = self.pairs.next() else {
+                    return Err(self.too_short());
+                };
+                self.zeros_left = zeros;
+                self.codes_left = codes;
+            }
+        }
+        Ok(())
+    }
+
+    /// The codes frame must end exactly where the segment header says it does.
+    fn finish(mut self) -> Result<(), ApplyError> {
+        let Some(mut decoder) = self.codes.take() else {
+            return Ok(());
+        };
+        let mut probe = [0u8; 1];
+        match decoder.read(&mut probe) {
+            Ok(0) => {}
+            Ok(_) => {
+                return Err(ApplyError::StreamLength {
+                    stream: "codes",
+                    declared: self.declared,
+                })
+            }
+            Err(_) if decoder.get_ref().get_ref().hit_eof => {
+                return Err(ApplyError::TruncatedDelta {
+                    what: "codes frame",
+                })
+            }
+            Err(source) => {
+                return Err(ApplyError::CorruptStream {
+                    stream: "codes",
+                    source,
+                })
+            }
+        }
+        let reader = decoder.finish();
+        if !reader.buffer().is_empty() || reader.get_ref().remaining != 0 {
+            return Err(ApplyError::CorruptStream {
+                stream: "codes",
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "frame shorter than its declared length",
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// At most `remaining` bytes of the delta stream, remembering whether the stream ended
+/// first so a short download is reported as truncation, not corruption.
+struct FrameReader<'a, D: Read> {
+    inner: &'a mut D,
+    remaining: u64,
+    hit_eof: bool,
+}
+
+impl<'a, D: Read> FrameReader<'a, D> {
+    fn new(inner: &'a mut D, remaining: u64) -> Self {
+        FrameReader {
+            inner,
+            remaining,
+            hit_eof: false,
+        }
+    }
+}
+
+impl<D: Read> Read for FrameReader<'_, D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (buf.len() as u64).min(self.remaining) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            self.hit_eof = true;
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The target, hashed and counted as it is written; refuses the first byte past the
+/// declared length.
+struct TargetWriter<W: Write> {
+    out: W,
+    hasher: Sha256,
+    written: u64,
+    declared: u64,
+}
+
+impl<W: Write> TargetWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), ApplyError> {
+        let end = self.written + bytes.len() as u64;
+        if end > self.declared {
+            return Err(DeltaError::TargetOverrun {
+                declared: self.declared,
+                attempted: end,
+            }
+            .into());
+        }
+        self.out.write_all(bytes).map_err(ApplyError::WriteTarget)?;
+        self.hasher.update(bytes);
+        self.written = end;
+        Ok(())
+    }
+}
+
+/// Positioned reads from the source slot through one buffer, so the many short,
+/// mostly ascending reads of a patch cost few seeks and syscalls.
+struct OldReader<O: Read + Seek> {
+    inner: O,
+    buf: Vec<u8>,
+    buf_start: u64,
+    buf_len: usize,
+}
+
+impl<O: Read + Seek> OldReader<O> {
+    fn new(inner: O) -> Self {
+        OldReader {
+            inner,
+            buf: vec![0u8; IO_BUFFER],
+            buf_start: 0,
+            buf_len: 0,
+        }
+    }
+
+    fn invalidate(&mut self) {
+        self.buf_len = 0;
+    }
+
+    fn read_at(&mut self, mut pos: u64, mut out: &mut [u8]) -> Result<(), ApplyError> {
+        while !out.is_empty() {
+            let in_buffer = pos >= self.buf_start && pos < self.buf_start + self.buf_len as u64;
+            if !in_buffer {
+                self.inner
+                    .seek(SeekFrom::Start(pos))
+                    .map_err(ApplyError::ReadSource)?;
+                self.buf_start = pos;
+                self.buf_len = 0;
+                while self.buf_len < self.buf.len() {
+                    match self.inner.read(&mut self.buf[self.buf_len..]) {
+                        Ok(0) => break,
+                        Ok(n) => self.buf_len += n,
+                        Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                        Err(err) => return Err(ApplyError::ReadSource(err)),
+                    }
+                }
+                if self.buf_len == 0 {
+                    // The slot shrank after it was verified.
+                    return Err(ApplyError::ReadSource(io::ErrorKind::UnexpectedEof.into()));
+                }
+            }
+            let offset = (pos - self.buf_start) as usize;
+            let n = out.len().min(self.buf_len - offset);
+            out[..n].copy_from_slice(&self.buf[offset..offset + n]);
+            out = &mut out[n..];
+            pos += n as u64;
+        }
+        Ok(())
+    }
+}
+
+fn read_exact_or_truncated<D: Read>(
+    delta: &mut D,
+    buf: &mut [u8],
+    what: &'static str,
+) -> Result<(), ApplyError> {
+    delta.read_exact(buf).map_err(|err| match err.kind() {
+        io::ErrorKind::UnexpectedEof => ApplyError::TruncatedDelta { what },
+        _ => ApplyError::ReadDelta(err),
+    })
+}

@@ -1,0 +1,297 @@
+//! The control block of a segment: which old bytes to add the diff stream to, and how
+//! many literal extra bytes follow.
+//!
+//! Entries are stored column by column (all seeks, then all diff lengths, then all extra
+//! lengths) as LEB128 varints, because each column compresses far better on its own
+//! than interleaved triples of fixed 8-byte integers as in the original bsdiff.
+
+use super::varint::{put_varint, VarintReader};
+use super::{DeltaError, SegmentHeader};
+
+/// One control entry as it is on the wire.
+///
+/// Applying it: move the old cursor by `seek`, produce `diff_len` target bytes as
+/// `old[cursor..] + diff` (byte-wise wrapping add) while advancing the cursor, then
+/// copy `extra_len` bytes from the extra stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Control {
+    pub seek: i64,
+    pub diff_len: u32,
+    pub extra_len: u32,
+}
+
+/// A validated entry with its absolute old offset resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedControl {
+    /// Offset in the source image where the diff bytes are added.
+    pub old_start: u64,
+    pub diff_len: u32,
+    pub extra_len: u32,
+}
+
+/// A decoded and fully validated control block: every old range lies inside the source
+/// image and the lengths add up to the segment header's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlBlock {
+    pub entries: Vec<PlannedControl>,
+    /// Old cursor after the last entry; the next segment continues from here.
+    pub end_cursor: u64,
+}
+
+/// Encodes entries into a control block.
+pub fn encode_control_block(entries: &[Control]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * 4 + 4);
+    put_varint(&mut out, entries.len() as u64);
+    for entry in entries {
+        put_varint(&mut out, zigzag(entry.seek));
+    }
+    for entry in entries {
+        put_varint(&mut out, u64::from(entry.diff_len));
+    }
+    for entry in entries {
+        put_varint(&mut out, u64::from(entry.extra_len));
+    }
+    out
+}
+
+impl ControlBlock {
+    /// Decodes `raw` (the decompressed control frame of the segment described by
+    /// `segment`), starting from old cursor `cursor`, against a source of `source_len`
+    /// bytes. Refuses malformed varints, trailing bytes, empty entries, lengths that do
+    /// not match the segment header and old ranges outside the source.
+    pub fn parse(
+        raw: &[u8],
+        segment: &SegmentHeader,
+        cursor: u64,
+        source_len: u64,
+    ) -> Result<Self, DeltaError> {
+        let mut reader = VarintReader::new(raw, "control block");
+        let count = reader.next()?;
+        // Every entry takes at least three bytes, so this bounds the allocation by the
+        // (already capped) size of the block rather than by a number read from the wire.
+        let remaining = reader.remaining() as u64;
+        if count == 0 || count.saturating_mul(3) > remaining {
+            return Err(reader.malformed("entry count does not fit the block"));
+        }
+        let count = count as usize;
+        let mut seeks = Vec::with_capacity(count);
+        for _ in 0..count {
+            seeks.push(unzigzag(reader.next()?));
+        }
+        let mut entries = Vec::with_capacity(count);
+        let mut diff_total = 0u64;
+        let mut cursor = i128::from(cursor);
+        for (index, seek) in seeks.into_iter().enumerate() {
+            let diff_len = reader.next_u32()?;
+            diff_total += u64::from(diff_len);
+            if diff_total > u64::from(segment.diff_len) {
+                return Err(DeltaError::SegmentInconsistent {
+                    field: "diff length",
+                    reason: "control entries add more diff bytes than the header declares",
+                });
+            }
+            let start = cursor + i128::from(seek);
+            let end = start + i128::from(diff_len);
+            if start < 0 || end > i128::from(source_len) {
+                return Err(DeltaError::ControlOutOfBounds {
+                    index,
+                    start,
+                    end,
+                    source_len,
+                });
+            }
+            cursor = end;
+            entries.push(PlannedControl {
+                old_start: start as u64,
+                diff_len,
+                extra_len: 0,
+            });
+        }
+        let mut extra_total = 0u64;
+        for entry in &mut entries {
+            entry.extra_len = reader.next_u32()?;
+            extra_total += u64::from(entry.extra_len);
+            if entry.diff_len == 0 && entry.extra_len == 0 {
+                return Err(reader.malformed("empty control entry"));
+            }
+        }
+        if reader.remaining() != 0 {
+            return Err(reader.malformed("trailing bytes after the last column"));
+        }
+        if diff_total != u64::from(segment.diff_len) || extra_total != u64::from(segment.extra_len)
+        {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "diff and extra lengths",
+                reason: "control entries do not add up to the header's lengths",
+            });
+        }
+        Ok(ControlBlock {
+            entries,
+            end_cursor: cursor as u64,
+        })
+    }
+}
+
+/// Adds old bytes to diff bytes in place, producing target bytes (the bsdiff "add").
+pub fn add_old_bytes(diff: &mut [u8], old: &[u8]) {
+    for (d, o) in diff.iter_mut().zip(old) {
+        *d = d.wrapping_add(*o);
+    }
+}
+
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+fn unzigzag(value: u64) -> i64 {
+    ((value >> 1) as i64) ^ -((value & 1) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment_for(entries: &[Control]) -> SegmentHeader {
+        let diff_len: u32 = entries.iter().map(|e| e.diff_len).sum();
+        let extra_len: u32 = entries.iter().map(|e| e.extra_len).sum();
+        SegmentHeader {
+            target_len: diff_len + extra_len,
+            control_len: encode_control_block(entries).len() as u32,
+            control_zlen: 1,
+            extra_len,
+            extra_zlen: u32::from(extra_len > 0),
+            diff_len,
+            runs_len: u32::from(diff_len > 0),
+            runs_zlen: u32::from(diff_len > 0),
+            codes_len: 0,
+            codes_zlen: 0,
+            extra_prefix_start: 0,
+            extra_prefix_len: 0,
+        }
+    }
+
+    #[test]
+    fn encode_then_parse_resolves_absolute_old_offsets() {
+        let entries = [
+            Control {
+                seek: 10,
+                diff_len: 5,
+                extra_len: 3,
+            },
+            Control {
+                seek: -15,
+                diff_len: 4,
+                extra_len: 0,
+            },
+            Control {
+                seek: 0,
+                diff_len: 0,
+                extra_len: 7,
+            },
+        ];
+        let block = ControlBlock::parse(
+            &encode_control_block(&entries),
+            &segment_for(&entries),
+            0,
+            100,
+        )
+        .expect("a block the encoder wrote must parse");
+        let starts: Vec<u64> = block.entries.iter().map(|e| e.old_start).collect();
+        assert_eq!(starts, vec![10, 0, 4]);
+        assert_eq!(block.end_cursor, 4);
+    }
+
+    #[test]
+    fn hostile_control_blocks_are_refused() {
+        let ok = [Control {
+            seek: 0,
+            diff_len: 4,
+            extra_len: 1,
+        }];
+        let header = segment_for(&ok);
+        let cases: Vec<(&str, Vec<u8>, SegmentHeader, u64)> = vec![
+            ("empty block", vec![], header, 100),
+            (
+                "count larger than the block",
+                vec![200, 1, 0, 4, 1],
+                header,
+                100,
+            ),
+            ("zero entries", vec![0], header, 100),
+            (
+                "trailing byte",
+                [encode_control_block(&ok), vec![0]].concat(),
+                header,
+                100,
+            ),
+            ("unterminated varint", vec![1, 0x80, 0x80], header, 100),
+            (
+                "eleven-byte varint",
+                [vec![1], vec![0xff; 10], vec![1, 4, 1]].concat(),
+                header,
+                100,
+            ),
+            (
+                "seek before the start of the old image",
+                encode_control_block(&[Control {
+                    seek: -1,
+                    diff_len: 4,
+                    extra_len: 1,
+                }]),
+                header,
+                100,
+            ),
+            (
+                "diff past the end of the old image",
+                encode_control_block(&ok),
+                header,
+                3,
+            ),
+            (
+                "empty entry",
+                encode_control_block(&[
+                    ok[0],
+                    Control {
+                        seek: 0,
+                        diff_len: 0,
+                        extra_len: 0,
+                    },
+                ]),
+                header,
+                100,
+            ),
+            (
+                "lengths disagree with the header",
+                encode_control_block(&[Control {
+                    seek: 0,
+                    diff_len: 5,
+                    extra_len: 0,
+                }]),
+                header,
+                100,
+            ),
+        ];
+        for (name, raw, header, source_len) in cases {
+            let parsed = ControlBlock::parse(&raw, &header, 0, source_len);
+            assert!(
+                parsed.is_err(),
+                "case `{name}` should be refused, got {parsed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn zigzag_round_trips_extremes() {
+        for value in [0, 1, -1, i64::MAX, i64::MIN, 123_456, -987_654] {
+            assert_eq!(unzigzag(zigzag(value)), value);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_on_arbitrary_blocks(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..64), cursor in 0u64..1000, source_len in 0u64..1000) {
+            let header = SegmentHeader { target_len: 10, control_len: 8, control_zlen: 8, extra_len: 5, extra_zlen: 5, diff_len: 5, runs_len: 2, runs_zlen: 2, codes_len: 5, codes_zlen: 5, extra_prefix_start: 0, extra_prefix_len: 0 };
+            let _ = ControlBlock::parse(&raw, &header, cursor, source_len);
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The fixed-size container header.
+
+use super::DeltaError;
+
+/// First eight bytes of every container.
+pub const MAGIC: [u8; 8] = *b"OTADELTA";
+/// The only container format version this build writes and reads.
+pub const VERSION: u16 = 1;
+/// Encoded header size in bytes.
+pub const HEADER_LEN: usize = 92;
+/// Largest source or target image a container may declare (64 GiB). Far above any ECU
+/// image we ship, low enough that a declared length can never overflow offset arithmetic.
+pub const MAX_IMAGE_LEN: u64 = 64 << 30;
+
+/// How the body after the header turns into the target image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Segments of bsdiff control/diff/extra streams, each stream a zstd frame.
+    BsdiffZstd,
+    /// The whole target image as a zstd stream; the source image is not used.
+    FullZstd,
+}
+
+impl Algorithm {
+    /// Wire id of the algorithm.
+    pub fn id(self) -> u8 {
+        match self {
+            Algorithm::BsdiffZstd => 1,
+            Algorithm::FullZstd => 2,
+        }
+    }
+
+    /// The algorithm with wire id `id`.
+    pub fn from_id(id: u8) -> Result<Self, DeltaError> {
+        match id {
+            1 => Ok(Algorithm::BsdiffZstd),
+            2 => Ok(Algorithm::FullZstd),
+            _ => Err(DeltaError::UnknownAlgorithm { id }),
+        }
+    }
+
+    /// Short stable name, for logs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::BsdiffZstd => "bsdiff-zstd",
+            Algorithm::FullZstd => "full-zstd",
+        }
+    }
+}
+
+/// The container header: what the delta turns into what.
+///
+/// For [`Algorithm::FullZstd`] the source fields are all zero: a full image has no base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerHeader {
+    pub algorithm: Algorithm,
+    pub source_len: u64,
+    pub source_sha256: [u8; 32],
+    pub target_len: u64,
+    pub target_sha256: [u8; 32],
+}
+
+impl ContainerHeader {
+    /// The header as it goes on the wire.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0..8].copy_from_slice(&MAGIC);
+        out[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        out[10] = self.algorithm.id();
+        out[11] = 0;
+        out[12..20].copy_from_slice(&self.source_len.to_le_bytes());
+        out[20..52].copy_from_slice(&self.source_sha256);
+        out[52..60].copy_from_slice(&self.target_len.to_le_bytes());
+        out[60..92].copy_from_slice(&self.target_sha256);
+        out
+    }
+
+    /// Parses the first [`HEADER_LEN`] bytes of `bytes`; extra bytes are ignored (they
+    /// are the body). Refuses anything this build would not have written.
+    pub fn parse(bytes: &[u8]) -> Result<Self, DeltaError> {
+        let Some(bytes) = bytes.get(..HEADER_LEN) else {
+            return Err(DeltaError::Truncated {
+                what: "container header",
+                needed: HEADER_LEN,
+                available: bytes.len(),
+            });
+        };
+        let magic = array::<8>(&bytes[0..8]);
+        if magic != MAGIC {
+            return Err(DeltaError::BadMagic { found: magic });
+        }
+        let version = u16::from_le_bytes(array::<2>(&bytes[8..10]));
+        if version != VERSION {
+            return Err(DeltaError::UnsupportedVersion { version });
+        }
+        let algorithm = Algorithm::from_id(bytes[10])?;
+        if bytes[11] != 0 {
+            return Err(DeltaError::ReservedNonZero { value: bytes[11] });
+        }
+        let source_len = u64::from_le_bytes(array::<8>(&bytes[12..20]));
+        let source_sha256 = array::<32>(&bytes[20..52]);
+        let target_len = u64::from_le_bytes(array::<8>(&bytes[52..60]));
+        let target_sha256 = array::<32>(&bytes[60..92]);
+        for (field, value) in [("source length", source_len), ("target length", target_len)] {
+            if value > MAX_IMAGE_LEN {
+                return Err(DeltaError::LengthOverCap {
+                    field,
+                    value,
+                    cap: MAX_IMAGE_LEN,
+                });
+            }
+        }
+        if algorithm == Algorithm::FullZstd && (source_len != 0 || source_sha256 != [0; 32]) {
+            return Err(DeltaError::FullImageWithSource);
+        }
+        Ok(ContainerHeader {
+            algorithm,
+            source_len,
+            source_sha256,
+            target_len,
+            target_sha256,
+        })
+    }
+}
+
+/// Copies a slice whose length the caller already fixed into an array.
+fn array<const N: usize>(slice: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(slice);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ContainerHeader {
+        ContainerHeader {
+            algorithm: Algorithm::BsdiffZstd,
+            source_len: 1234,
+            source_sha256: [0x11; 32],
+            target_len: 5678,
+            target_sha256: [0x22; 32],
+        }
+    }
+
+    #[test]
+    fn encode_then_parse_is_identity_for_both_algorithms() {
+        let delta = sample();
+        assert_eq!(ContainerHeader::parse(&delta.encode()), Ok(delta));
+        let full = ContainerHeader {
+            algorithm: Algorithm::FullZstd,
+            source_len: 0,
+            source_sha256: [0; 32],
+            ..sample()
+        };
+        assert_eq!(ContainerHeader::parse(&full.encode()), Ok(full));
+    }
+
+    #[test]
+    fn hostile_headers_are_refused_with_typed_errors() {
+        type Mutate = fn(&mut Vec<u8>);
+        let cases: &[(&str, Mutate, DeltaError)] = &[
+            (
+                "empty input",
+                |b| b.clear(),
+                DeltaError::Truncated {
+                    what: "container header",
+                    needed: HEADER_LEN,
+                    available: 0,
+                },
+            ),
+            (
+                "one byte short",
+                |b| {
+                    b.pop();
+                },
+                DeltaError::Truncated {
+                    what: "container header",
+                    needed: HEADER_LEN,
+                    available: HEADER_LEN - 1,
+                },
+            ),
+            (
+                "bad magic",
+                |b| b[0] = b'X',
+                DeltaError::BadMagic {
+                    found: *b"XTADELTA",
+                },
+            ),
+            (
+                "future version",
+                |b| b[8] = 2,
+                DeltaError::UnsupportedVersion { version: 2 },
+            ),
+            (
+                "unknown algorithm",
+                |b| b[10] = 9,
+                DeltaError::UnknownAlgorithm { id: 9 },
+            ),
+            (
+                "algorithm zero",
+                |b| b[10] = 0,
+                DeltaError::UnknownAlgorithm { id: 0 },
+            ),
+            (
+                "reserved byte set",
+                |b| b[11] = 0x80,
+                DeltaError::ReservedNonZero { value: 0x80 },
+            ),
+            (
+                "oversized source length",
+                |b| b[12..20].copy_from_slice(&u64::MAX.to_le_bytes()),
+                DeltaError::LengthOverCap {
+                    field: "source length",
+                    value: u64::MAX,
+                    cap: MAX_IMAGE_LEN,
+                },
+            ),
+            (
+                "target length one over the cap",
+                |b| b[52..60].copy_from_slice(&(MAX_IMAGE_LEN + 1).to_le_bytes()),
+                DeltaError::LengthOverCap {
+                    field: "target length",
+                    value: MAX_IMAGE_LEN + 1,
+                    cap: MAX_IMAGE_LEN,
+                },
+            ),
+            (
+                "full image that declares a source",
+                |b| b[10] = Algorithm::FullZstd.id(),
+                DeltaError::FullImageWithSource,
+            ),
+        ];
+        for (name, mutate, expected) in cases {
+            let mut bytes = sample().encode().to_vec();
+            mutate(&mut bytes);
+            assert_eq!(
+                ContainerHeader::parse(&bytes).as_ref(),
+                Err(expected),
+                "case `{name}` should be refused with {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lengths_at_the_cap_are_accepted() {
+        let header = ContainerHeader {
+            source_len: MAX_IMAGE_LEN,
+            target_len: MAX_IMAGE_LEN,
+            ..sample()
+        };
+        assert_eq!(ContainerHeader::parse(&header.encode()), Ok(header));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = ContainerHeader::parse(&bytes);
+        }
+    }
+}

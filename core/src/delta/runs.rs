@@ -1,0 +1,270 @@
+//! The diff stream of a segment, split into zero runs and non-zero bytes.
+//!
+//! Where old and new bytes agree the diff byte is zero, and most diff bytes are: a
+//! bsdiff diff is long stretches of zeros sprinkled with small values (typically the
+//! changed bytes of shifted addresses). Encoding it as run lengths (a "runs" block) plus
+//! only the non-zero bytes (the "codes" stream) lets zstd model each part on its own; on
+//! the corpus this made deltas 1–10% smaller and compression 2–3× faster than zstd on
+//! the raw diff bytes (HDiffPatch splits its diff data the same way).
+//!
+//! Runs block: `varint N` (LEB128), then N zero-run lengths, then N non-zero-run
+//! lengths, each in "escape" coding: a value v is `v / 255` bytes 0xFF followed by one
+//! byte `v % 255`. Most runs are short, so nearly every length is one byte whose value
+//! zstd's entropy coder models directly; on the corpus this was 1–4% smaller than LEB128
+//! columns. Pair i stands for `zero_i` zero bytes followed by the next `nonzero_i` bytes
+//! of the codes stream. Every pair covers at least one byte.
+
+use super::varint::{put_varint, VarintReader};
+use super::DeltaError;
+
+fn put_escaped(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 255 {
+        out.push(255);
+        value -= 255;
+    }
+    out.push(value as u8);
+}
+
+/// Reads escape-coded values (see the module doc) from a column.
+struct EscapedReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> EscapedReader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        EscapedReader { bytes, pos: 0 }
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn next(&mut self) -> Result<u64, DeltaError> {
+        let mut value = 0u64;
+        loop {
+            let Some(&byte) = self.bytes.get(self.pos) else {
+                return Err(DeltaError::Malformed {
+                    block: "runs block",
+                    reason: "run length runs past the end of the block",
+                });
+            };
+            self.pos += 1;
+            // At most 4 MiB of 0xFF bytes: no overflow.
+            value += u64::from(byte);
+            if byte != 255 {
+                return Ok(value);
+            }
+        }
+    }
+}
+
+/// Splits raw diff bytes into a runs block and the codes (non-zero bytes).
+pub fn encode_runs(diff: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut zeros = Vec::new();
+    let mut nonzeros = Vec::new();
+    let mut codes = Vec::new();
+    let mut at = 0;
+    let mut count = 0u64;
+    while at < diff.len() {
+        let zero = diff[at..].iter().take_while(|&&b| b == 0).count();
+        at += zero;
+        let nonzero = diff[at..].iter().take_while(|&&b| b != 0).count();
+        codes.extend_from_slice(&diff[at..at + nonzero]);
+        at += nonzero;
+        put_escaped(&mut zeros, zero as u64);
+        put_escaped(&mut nonzeros, nonzero as u64);
+        count += 1;
+    }
+    let mut runs = Vec::with_capacity(zeros.len() + nonzeros.len() + 10);
+    put_varint(&mut runs, count);
+    runs.extend_from_slice(&zeros);
+    runs.extend_from_slice(&nonzeros);
+    (runs, codes)
+}
+
+/// A validated runs block; iterate it with [`RunBlock::pairs`].
+#[derive(Debug, Clone, Copy)]
+pub struct RunBlock<'a> {
+    raw: &'a [u8],
+    count: u64,
+    /// Offset of the first zero-run length and of the first non-zero-run length.
+    zeros_at: usize,
+    nonzeros_at: usize,
+}
+
+impl<'a> RunBlock<'a> {
+    /// Validates `raw` against the segment's declared diff length and codes length:
+    /// well-formed varints, no empty pair, no trailing bytes, and sums that match.
+    /// Nothing is allocated, whatever the block claims.
+    pub fn parse(raw: &'a [u8], diff_len: u32, codes_len: u32) -> Result<Self, DeltaError> {
+        // A segment of literal bytes only has no diff stream at all.
+        if raw.is_empty() && diff_len == 0 && codes_len == 0 {
+            return Ok(RunBlock {
+                raw,
+                count: 0,
+                zeros_at: 0,
+                nonzeros_at: 0,
+            });
+        }
+        let mut header = VarintReader::new(raw, "runs block");
+        let count = header.next()?;
+        let zeros_at = raw.len() - header.remaining();
+        // Every pair takes at least two bytes.
+        if count.saturating_mul(2) > header.remaining() as u64 {
+            return Err(header.malformed("pair count does not fit the block"));
+        }
+        let mut zeros = EscapedReader::new(&raw[zeros_at..]);
+        for _ in 0..count {
+            zeros.next()?;
+        }
+        let nonzeros_at = raw.len() - zeros.remaining();
+        let block = RunBlock {
+            raw,
+            count,
+            zeros_at,
+            nonzeros_at,
+        };
+        let mut zeros = EscapedReader::new(&raw[zeros_at..nonzeros_at]);
+        let mut nonzeros = EscapedReader::new(&raw[nonzeros_at..]);
+        let (mut total, mut codes) = (0u64, 0u64);
+        for _ in 0..count {
+            let zero = zeros.next()?;
+            let nonzero = nonzeros.next()?;
+            if zero == 0 && nonzero == 0 {
+                return Err(DeltaError::Malformed {
+                    block: "runs block",
+                    reason: "empty run pair",
+                });
+            }
+            total = total.saturating_add(zero).saturating_add(nonzero);
+            codes = codes.saturating_add(nonzero);
+        }
+        if nonzeros.remaining() != 0 {
+            return Err(DeltaError::Malformed {
+                block: "runs block",
+                reason: "trailing bytes after the last run",
+            });
+        }
+        if total != u64::from(diff_len) || codes != u64::from(codes_len) {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "runs block",
+                reason: "runs do not add up to the declared diff and codes lengths",
+            });
+        }
+        Ok(block)
+    }
+
+    /// The (zero run, non-zero run) pairs, in order.
+    pub fn pairs(&self) -> RunPairs<'a> {
+        RunPairs {
+            zeros: EscapedReader::new(&self.raw[self.zeros_at..self.nonzeros_at]),
+            nonzeros: EscapedReader::new(&self.raw[self.nonzeros_at..]),
+            left: self.count,
+        }
+    }
+}
+
+/// Iterator over a validated runs block.
+pub struct RunPairs<'a> {
+    zeros: EscapedReader<'a>,
+    nonzeros: EscapedReader<'a>,
+    left: u64,
+}
+
+impl std::fmt::Debug for RunPairs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunPairs")
+            .field("left", &self.left)
+            .finish()
+    }
+}
+
+impl Iterator for RunPairs<'_> {
+    type Item = (u64, u64);
+
+    fn next(&mut self) -> Option<(u64, u64)> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // The block was validated by `RunBlock::parse`, so these cannot fail; ending
+        // the iteration early would in any case be caught by the applier's length check.
+        Some((self.zeros.next().ok()?, self.nonzeros.next().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(runs: &[u8], codes: &[u8], diff_len: usize) -> Vec<u8> {
+        let block =
+            RunBlock::parse(runs, diff_len as u32, codes.len() as u32).expect("own runs parse");
+        let mut out = Vec::new();
+        let mut codes = codes.iter();
+        for (zero, nonzero) in block.pairs() {
+            out.extend(std::iter::repeat_n(0, zero as usize));
+            out.extend(codes.by_ref().take(nonzero as usize));
+        }
+        out
+    }
+
+    #[test]
+    fn runs_round_trip_diff_shapes() {
+        let cases: [(&str, Vec<u8>); 6] = [
+            ("empty (a segment of literal bytes only)", vec![]),
+            ("all zeros", vec![0; 1000]),
+            ("no zeros", vec![3; 300]),
+            (
+                "sparse",
+                (0..5000u32).map(|i| u8::from(i % 97 == 0) * 4).collect(),
+            ),
+            ("leading non-zero", vec![1, 0, 0, 2, 2, 0]),
+            (
+                "long runs need multi-byte varints",
+                [vec![0; 70_000], vec![9; 200], vec![0; 3]].concat(),
+            ),
+        ];
+        for (name, diff) in cases {
+            let (runs, codes) = encode_runs(&diff);
+            assert_eq!(
+                codes.len(),
+                diff.iter().filter(|&&b| b != 0).count(),
+                "case `{name}`"
+            );
+            assert_eq!(
+                decode(&runs, &codes, diff.len()),
+                diff,
+                "case `{name}` must round-trip"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_runs_blocks_are_refused() {
+        let (good, codes) = encode_runs(&[0, 0, 5, 0, 7]);
+        let codes_len = codes.len() as u32;
+        let cases: Vec<(&str, Vec<u8>, u32, u32)> = vec![
+            ("empty block", vec![], 5, codes_len),
+            ("count too large", vec![100, 0, 0], 5, codes_len),
+            ("empty pair", vec![1, 0, 0], 0, 0),
+            (
+                "trailing byte",
+                [good.clone(), vec![0]].concat(),
+                5,
+                codes_len,
+            ),
+            ("wrong diff length", good.clone(), 6, codes_len),
+            ("wrong codes length", good.clone(), 5, codes_len + 1),
+            ("huge run", vec![1, 0xff, 0xff, 0xff, 0xff, 0x0f, 0], 5, 0),
+            ("unterminated escape", vec![1, 0xff, 0xff], 510, 0),
+        ];
+        for (name, raw, diff_len, codes_len) in cases {
+            assert!(
+                RunBlock::parse(&raw, diff_len, codes_len).is_err(),
+                "case `{name}` must be refused"
+            );
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The header in front of every segment of a bsdiff-zstd body.
+//!
+//! A segment produces at most [`SEGMENT_MAX_TARGET`] bytes of the target. Its four
+//! streams follow the header as separate zstd frames, in the order control, extra, runs,
+//! codes: the applier holds the control block, the extra bytes and the runs block of one
+//! segment in memory and streams the codes frame, so its memory is bounded by these caps
+//! and never by the image size.
+
+use super::DeltaError;
+
+/// First four bytes of every segment header; catches a desynchronised stream early.
+pub const SEGMENT_TAG: [u8; 4] = *b"OSEG";
+/// Encoded segment header size in bytes.
+pub const SEGMENT_HEADER_LEN: usize = 56;
+/// Most target bytes one segment may produce (16 MiB). The applier buffers up to this
+/// many extra bytes, so this is the main term of its memory bound.
+pub const SEGMENT_MAX_TARGET: u32 = 16 << 20;
+/// Largest decoded control block of one segment (1 MiB).
+pub const SEGMENT_MAX_CONTROL: u32 = 1 << 20;
+/// Longest run of old bytes the extra frame may be compressed against (4 MiB).
+pub const EXTRA_PREFIX_MAX: u32 = 4 << 20;
+/// Largest decoded runs block of one segment (4 MiB).
+pub const SEGMENT_MAX_RUNS: u32 = 4 << 20;
+
+/// Worst-case size of a zstd frame holding `raw` bytes (`ZSTD_COMPRESSBOUND`). A declared
+/// frame larger than this cannot have come from an honest encoder.
+pub fn zstd_compress_bound(raw: u32) -> u64 {
+    let raw = u64::from(raw);
+    let small_input_margin = if raw < (128 << 10) {
+        ((128 << 10) - raw) >> 11
+    } else {
+        0
+    };
+    raw + (raw >> 8) + small_input_margin
+}
+
+/// Sizes of one segment and of its four zstd frames. A `*_zlen` is 0 exactly when its
+/// stream is empty (no frame is written for an empty stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Target bytes this segment produces: `diff_len + extra_len`.
+    pub target_len: u32,
+    /// Decoded size of the control block.
+    pub control_len: u32,
+    /// Size of the control block's zstd frame.
+    pub control_zlen: u32,
+    /// Literal target bytes (the bsdiff "extra" stream), decoded size.
+    pub extra_len: u32,
+    pub extra_zlen: u32,
+    /// Target bytes made by adding diff bytes to old bytes (the bsdiff "diff" stream,
+    /// carried as runs + codes).
+    pub diff_len: u32,
+    /// Decoded size of the runs block of the diff stream.
+    pub runs_len: u32,
+    pub runs_zlen: u32,
+    /// Non-zero diff bytes (the codes stream), decoded size.
+    pub codes_len: u32,
+    pub codes_zlen: u32,
+    /// Old bytes `[extra_prefix_start, + extra_prefix_len)` are the zstd prefix (raw
+    /// content dictionary) of the extra frame: literal bytes of a new release often
+    /// resemble old bytes in short pieces that bsdiff's matching does not take.
+    pub extra_prefix_start: u64,
+    pub extra_prefix_len: u32,
+}
+
+impl SegmentHeader {
+    /// The header as it goes on the wire.
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut out = [0u8; SEGMENT_HEADER_LEN];
+        out[0..4].copy_from_slice(&SEGMENT_TAG);
+        let fields = [
+            self.target_len,
+            self.control_len,
+            self.control_zlen,
+            self.extra_len,
+            self.extra_zlen,
+            self.diff_len,
+            self.runs_len,
+            self.runs_zlen,
+            self.codes_len,
+            self.codes_zlen,
+        ];
+        for (slot, value) in out[4..44].chunks_exact_mut(4).zip(fields) {
+            slot.copy_from_slice(&value.to_le_bytes());
+        }
+        out[44..52].copy_from_slice(&self.extra_prefix_start.to_le_bytes());
+        out[52..56].copy_from_slice(&self.extra_prefix_len.to_le_bytes());
+        out
+    }
+
+    /// Parses and validates a segment header: every length is checked against the caps
+    /// and against the others, so the caller may size buffers from the result.
+    pub fn parse(bytes: &[u8]) -> Result<Self, DeltaError> {
+        let Some(bytes) = bytes.get(..SEGMENT_HEADER_LEN) else {
+            return Err(DeltaError::Truncated {
+                what: "segment header",
+                needed: SEGMENT_HEADER_LEN,
+                available: bytes.len(),
+            });
+        };
+        let mut tag = [0u8; 4];
+        tag.copy_from_slice(&bytes[0..4]);
+        if tag != SEGMENT_TAG {
+            return Err(DeltaError::BadSegmentTag { found: tag });
+        }
+        let mut fields = bytes[4..].chunks_exact(4).map(|c| {
+            let mut le = [0u8; 4];
+            le.copy_from_slice(c);
+            u32::from_le_bytes(le)
+        });
+        let mut next = || fields.next().unwrap_or(0);
+        let header = SegmentHeader {
+            target_len: next(),
+            control_len: next(),
+            control_zlen: next(),
+            extra_len: next(),
+            extra_zlen: next(),
+            diff_len: next(),
+            runs_len: next(),
+            runs_zlen: next(),
+            codes_len: next(),
+            codes_zlen: next(),
+            extra_prefix_start: 0,
+            extra_prefix_len: 0,
+        };
+        let mut start = [0u8; 8];
+        start.copy_from_slice(&bytes[44..52]);
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&bytes[52..56]);
+        let header = SegmentHeader {
+            extra_prefix_start: u64::from_le_bytes(start),
+            extra_prefix_len: u32::from_le_bytes(len),
+            ..header
+        };
+        header.validate()?;
+        Ok(header)
+    }
+
+    fn validate(&self) -> Result<(), DeltaError> {
+        let over = |field, value: u32, cap: u32| DeltaError::LengthOverCap {
+            field,
+            value: u64::from(value),
+            cap: u64::from(cap),
+        };
+        if self.target_len == 0 {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "target length",
+                reason: "a segment must produce at least one byte",
+            });
+        }
+        if self.target_len > SEGMENT_MAX_TARGET {
+            return Err(over(
+                "segment target length",
+                self.target_len,
+                SEGMENT_MAX_TARGET,
+            ));
+        }
+        if self.control_len == 0 {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "control length",
+                reason: "a segment needs at least one control entry",
+            });
+        }
+        if self.control_len > SEGMENT_MAX_CONTROL {
+            return Err(over(
+                "segment control length",
+                self.control_len,
+                SEGMENT_MAX_CONTROL,
+            ));
+        }
+        if u64::from(self.diff_len) + u64::from(self.extra_len) != u64::from(self.target_len) {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "diff and extra lengths",
+                reason: "they must add up to the segment target length",
+            });
+        }
+        if self.runs_len > SEGMENT_MAX_RUNS {
+            return Err(over("segment runs length", self.runs_len, SEGMENT_MAX_RUNS));
+        }
+        if self.extra_prefix_len > EXTRA_PREFIX_MAX {
+            return Err(over(
+                "extra prefix length",
+                self.extra_prefix_len,
+                EXTRA_PREFIX_MAX,
+            ));
+        }
+        if self.extra_len == 0 && (self.extra_prefix_len != 0 || self.extra_prefix_start != 0) {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "extra prefix",
+                reason: "a segment without extra bytes has no extra prefix",
+            });
+        }
+        if self.codes_len > self.diff_len {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "codes length",
+                reason: "there cannot be more non-zero diff bytes than diff bytes",
+            });
+        }
+        if (self.diff_len == 0) != (self.runs_len == 0) {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "runs length",
+                reason: "diff bytes need a runs block, and only diff bytes have one",
+            });
+        }
+        for (field, raw, zlen) in [
+            ("control frame length", self.control_len, self.control_zlen),
+            ("extra frame length", self.extra_len, self.extra_zlen),
+            ("runs frame length", self.runs_len, self.runs_zlen),
+            ("codes frame length", self.codes_len, self.codes_zlen),
+        ] {
+            if raw == 0 && zlen != 0 {
+                return Err(DeltaError::SegmentInconsistent {
+                    field,
+                    reason: "an empty stream has no frame",
+                });
+            }
+            if raw != 0 && zlen == 0 {
+                return Err(DeltaError::SegmentInconsistent {
+                    field,
+                    reason: "a non-empty stream needs a frame",
+                });
+            }
+            if u64::from(zlen) > zstd_compress_bound(raw) {
+                return Err(DeltaError::LengthOverCap {
+                    field,
+                    value: u64::from(zlen),
+                    cap: zstd_compress_bound(raw),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses an extra prefix that does not lie inside the source image.
+    pub fn check_prefix(&self, source_len: u64) -> Result<(), DeltaError> {
+        let end = self
+            .extra_prefix_start
+            .checked_add(u64::from(self.extra_prefix_len));
+        match end {
+            Some(end) if end <= source_len => Ok(()),
+            _ => Err(DeltaError::PrefixOutOfBounds {
+                start: self.extra_prefix_start,
+                len: self.extra_prefix_len,
+                source_len,
+            }),
+        }
+    }
+
+    /// Refuses this segment when it would write past the container's declared target
+    /// length, given that `written` bytes were produced so far. Checked before the first
+    /// byte of the segment is written.
+    pub fn check_fits(&self, written: u64, declared_target_len: u64) -> Result<(), DeltaError> {
+        let end = written + u64::from(self.target_len);
+        if end > declared_target_len {
+            return Err(DeltaError::TargetOverrun {
+                declared: declared_target_len,
+                attempted: end,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SegmentHeader {
+        SegmentHeader {
+            target_len: 1000,
+            control_len: 10,
+            control_zlen: 19,
+            extra_len: 100,
+            extra_zlen: 90,
+            diff_len: 900,
+            runs_len: 30,
+            runs_zlen: 25,
+            codes_len: 40,
+            codes_zlen: 40,
+            extra_prefix_start: 7,
+            extra_prefix_len: 1000,
+        }
+    }
+
+    #[test]
+    fn encode_then_parse_is_identity() {
+        assert_eq!(SegmentHeader::parse(&sample().encode()), Ok(sample()));
+    }
+
+    #[test]
+    fn hostile_segment_headers_are_refused() {
+        type Mutate = fn(&mut SegmentHeader);
+        let cases: &[(&str, Mutate)] = &[
+            ("zero target", |h| {
+                h.target_len = 0;
+                h.diff_len = 0;
+                h.extra_len = 0;
+                h.runs_len = 0;
+                h.runs_zlen = 0;
+                h.codes_len = 0;
+                h.codes_zlen = 0;
+                h.extra_zlen = 0;
+            }),
+            ("target over the segment cap", |h| {
+                h.target_len = SEGMENT_MAX_TARGET + 1;
+                h.diff_len = SEGMENT_MAX_TARGET + 1 - h.extra_len;
+            }),
+            ("control over the cap", |h| {
+                h.control_len = SEGMENT_MAX_CONTROL + 1
+            }),
+            ("no control entries", |h| {
+                h.control_len = 0;
+                h.control_zlen = 0;
+            }),
+            ("diff and extra do not add up", |h| h.diff_len += 1),
+            ("frame for an empty stream", |h| {
+                h.extra_len = 0;
+                h.diff_len = 1000;
+            }),
+            ("missing frame", |h| h.codes_zlen = 0),
+            ("runs over the cap", |h| h.runs_len = SEGMENT_MAX_RUNS + 1),
+            ("prefix over the cap", |h| {
+                h.extra_prefix_len = EXTRA_PREFIX_MAX + 1
+            }),
+            ("prefix without extra bytes", |h| {
+                h.extra_len = 0;
+                h.extra_zlen = 0;
+                h.diff_len = 1000;
+            }),
+            ("more codes than diff bytes", |h| h.codes_len = 901),
+            ("diff bytes without runs", |h| {
+                h.runs_len = 0;
+                h.runs_zlen = 0;
+            }),
+            ("frame larger than the zstd bound", |h| {
+                h.extra_zlen = u32::MAX
+            }),
+            ("u32 overflow in the sum", |h| {
+                h.diff_len = u32::MAX;
+                h.extra_len = 1001;
+            }),
+        ];
+        for (name, mutate) in cases {
+            let mut header = sample();
+            mutate(&mut header);
+            let parsed = SegmentHeader::parse(&header.encode());
+            assert!(
+                parsed.is_err(),
+                "case `{name}` should be refused, got {parsed:?}"
+            );
+        }
+        let mut bytes = sample().encode();
+        bytes[0] = b'X';
+        assert_eq!(
+            SegmentHeader::parse(&bytes),
+            Err(DeltaError::BadSegmentTag { found: *b"XSEG" })
+        );
+        assert!(matches!(
+            SegmentHeader::parse(&bytes[..10]),
+            Err(DeltaError::Truncated {
+                needed: SEGMENT_HEADER_LEN,
+                available: 10,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn prefix_outside_the_source_is_refused() {
+        let header = sample();
+        assert_eq!(header.check_prefix(1007), Ok(()));
+        assert!(header.check_prefix(1006).is_err());
+        let overflow = SegmentHeader {
+            extra_prefix_start: u64::MAX,
+            ..sample()
+        };
+        assert!(
+            overflow.check_prefix(u64::MAX).is_err(),
+            "start + len must not wrap"
+        );
+    }
+
+    #[test]
+    fn segment_that_passes_the_declared_target_is_refused_before_writing() {
+        let header = sample();
+        assert_eq!(header.check_fits(0, 1000), Ok(()));
+        assert_eq!(
+            header.check_fits(1, 1000),
+            Err(DeltaError::TargetOverrun {
+                declared: 1000,
+                attempted: 1001
+            })
+        );
+    }
+
+    #[test]
+    fn compress_bound_matches_zstd_for_reference_sizes() {
+        // Values of ZSTD_COMPRESSBOUND from zstd.h for a few sizes.
+        let table = [
+            (0u32, 64u64),
+            (1, 64),
+            (131_072, 131_584),
+            (1 << 20, (1 << 20) + 4096),
+        ];
+        for (raw, bound) in table {
+            assert_eq!(zstd_compress_bound(raw), bound, "bound of {raw} bytes");
+        }
+    }
+}

@@ -1,0 +1,797 @@
+//! Builds a delta container from two full images.
+//!
+//! Pipeline, per part of the new image (see `chunking`): suffix array of the old window,
+//! parallel match search over slices of the new part and a cost-based pruning of weak
+//! matches (`matcher`), cut into segments of at most 16 MiB of target, and the four
+//! streams of every segment (control; extra, compressed against 1 MiB of old bytes; the
+//! diff as zero runs + non-zero codes) compressed with zstd level 19 on all worker
+//! threads. Hashes of both images and a quick estimate of the full image's compressed
+//! size are computed on a side thread meanwhile. When the delta is not at least 30%
+//! smaller than the full image compressed, the full image is shipped instead.
+//!
+//! Everything here is blocking and CPU-bound: async callers use
+//! [`build_delta_file_in_background`], which runs it on tokio's blocking pool.
+
+use super::chunking::plan_parts;
+use super::image::{FileImage, ImageSource};
+use super::matcher::{find_matches, prune_weak_matches, Match};
+use ota_core::delta::{
+    encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, SegmentHeader,
+    EXTRA_PREFIX_MAX, HEADER_LEN, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL,
+    SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET,
+};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use suffix_array::SuffixArray;
+use zstd::zstd_safe::CParameter;
+
+/// Default cap on the old window and new part held in memory at once (see `chunking`).
+pub const DEFAULT_WINDOW_CAP: u64 = 256 << 20;
+/// zstd window of codes frames and full-image streams. The agent decodes those streaming
+/// and refuses larger windows, so this fixes its decoder memory at 8 MiB per stream.
+pub const STREAM_WINDOW_LOG: u32 = 23;
+/// A delta is shipped only when it is at most this fraction (in percent) of the full
+/// image compressed, i.e. at least 30% smaller.
+const DELTA_MAX_PERCENT_OF_FULL: u64 = 70;
+/// Level-19 zstd is assumed to shrink a binary image by at most 40% more than level 3.
+/// Under that assumption a delta below 70% × 60% of the level-3 size certainly beats
+/// the full image, and the expensive level-19 compression of the full image is skipped.
+const LEVEL19_MIN_PERCENT_OF_LEVEL3: u64 = 60;
+/// Old bytes the extra frame of a segment is compressed against (at most the format's
+/// `EXTRA_PREFIX_MAX`). On the corpus 4 MiB made deltas another 1–2.5% smaller than
+/// 1 MiB but doubled the build time (zstd indexes the whole prefix at level 19), and
+/// 1 MiB cost no measurable time; without a prefix deltas were 1.5–3% larger.
+const EXTRA_PREFIX_LEN: usize = 1 << 20;
+const _: () = assert!(EXTRA_PREFIX_LEN <= EXTRA_PREFIX_MAX as usize);
+/// Most control entries per segment, so that the encoded block (at most 20 bytes per
+/// entry plus the count) stays under `SEGMENT_MAX_CONTROL`.
+const MAX_ENTRIES_PER_SEGMENT: usize = (SEGMENT_MAX_CONTROL as usize - 16) / 20;
+
+/// Tuning of a build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Most bytes of old window or of new part in memory at once; peak memory is about
+    /// seven times this (see `chunking`).
+    pub window_cap: u64,
+    /// Worker threads for match search and compression.
+    pub threads: usize,
+    /// zstd level of all streams.
+    pub level: i32,
+    /// Most target bytes per segment, at most `SEGMENT_MAX_TARGET` (the default).
+    /// Smaller segments lower the agent's memory and cost some compression.
+    pub segment_len: u32,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            window_cap: DEFAULT_WINDOW_CAP,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            level: 19,
+            segment_len: SEGMENT_MAX_TARGET,
+        }
+    }
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("reading the {which} image failed")]
+    ReadImage {
+        which: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the {which} image is {len} bytes, over the container cap of {cap}")]
+    ImageTooLarge {
+        which: &'static str,
+        len: u64,
+        cap: u64,
+    },
+    #[error("zstd compression failed")]
+    Compress(#[source] io::Error),
+    #[error("writing the container failed")]
+    Write(#[source] io::Error),
+    #[error("the build worker did not finish (panicked or cancelled)")]
+    WorkerFailed,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildReport {
+    /// What was shipped: the delta, or the full image when the delta was not worth it.
+    pub algorithm: Algorithm,
+    /// Size of the written container.
+    pub container_len: u64,
+    /// Size of the delta container, whether or not it was shipped.
+    pub delta_container_len: u64,
+    /// Size of the full-image container, when it was computed.
+    pub full_container_len: Option<u64>,
+    pub source_len: u64,
+    pub target_len: u64,
+    /// How many parts the images were split into (1 unless over the window cap).
+    pub parts: usize,
+    pub segments: usize,
+}
+
+/// Builds a container from in-memory images.
+pub fn build_delta(
+    old: &[u8],
+    new: &[u8],
+    options: &BuildOptions,
+) -> Result<(Vec<u8>, BuildReport), BuildError> {
+    let mut sink = io::Cursor::new(Vec::new());
+    let report = build_into(old, new, options, &mut sink)?;
+    Ok((sink.into_inner(), report))
+}
+
+/// Builds a container from image files into `out`. The container is written to a
+/// temporary file next to `out` and renamed only when complete, so `out` never holds a
+/// partial container.
+pub fn build_delta_file(
+    old: &Path,
+    new: &Path,
+    out: &Path,
+    options: &BuildOptions,
+) -> Result<BuildReport, BuildError> {
+    let read_err = |which| move |source| BuildError::ReadImage { which, source };
+    let old = FileImage::open(old).map_err(read_err("old"))?;
+    let new = FileImage::open(new).map_err(read_err("new"))?;
+    let dir = match out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(BuildError::Write)?;
+    let report = build_into(&old, &new, options, temp.as_file_mut())?;
+    temp.as_file().sync_all().map_err(BuildError::Write)?;
+    temp.persist(out).map_err(|e| BuildError::Write(e.error))?;
+    Ok(report)
+}
+
+/// [`build_delta_file`] on tokio's blocking pool, for async callers (the API server's
+/// delta worker): diffing takes seconds to minutes of CPU and must not stall the executor.
+pub async fn build_delta_file_in_background(
+    old: PathBuf,
+    new: PathBuf,
+    out: PathBuf,
+    options: BuildOptions,
+) -> Result<BuildReport, BuildError> {
+    tokio::task::spawn_blocking(move || build_delta_file(&old, &new, &out, &options))
+        .await
+        .map_err(|_| BuildError::WorkerFailed)?
+}
+
+/// A container destination that can be started over (for the full-image fallback).
+trait ContainerSink: Write + Seek {
+    fn start_over(&mut self) -> io::Result<()>;
+}
+
+impl ContainerSink for io::Cursor<Vec<u8>> {
+    fn start_over(&mut self) -> io::Result<()> {
+        self.get_mut().clear();
+        self.set_position(0);
+        Ok(())
+    }
+}
+
+impl ContainerSink for std::fs::File {
+    fn start_over(&mut self) -> io::Result<()> {
+        self.set_len(0)?;
+        self.seek(SeekFrom::Start(0)).map(|_| ())
+    }
+}
+
+/// What the side thread computes while the main thread diffs.
+struct ImageFacts {
+    old_sha256: [u8; 32],
+    new_sha256: [u8; 32],
+    /// Level-3 compressed size of the new image plus the header: a quick upper bound
+    /// on the full-image container.
+    fast_full_len: u64,
+}
+
+fn build_into<S: ContainerSink>(
+    old: &(impl ImageSource + ?Sized),
+    new: &(impl ImageSource + ?Sized),
+    options: &BuildOptions,
+    sink: &mut S,
+) -> Result<BuildReport, BuildError> {
+    for (which, len) in [("old", old.len()), ("new", new.len())] {
+        if len > MAX_IMAGE_LEN {
+            return Err(BuildError::ImageTooLarge {
+                which,
+                len,
+                cap: MAX_IMAGE_LEN,
+            });
+        }
+    }
+    let options = BuildOptions {
+        // The suffix array indexes with 32-bit signed offsets.
+        window_cap: options.window_cap.clamp(1, suffix_array::MAX_LENGTH as u64),
+        threads: options.threads.max(1),
+        level: options.level,
+        segment_len: options.segment_len.clamp(1, SEGMENT_MAX_TARGET),
+    };
+    let (facts, body) = std::thread::scope(|scope| {
+        let side = scope.spawn(|| image_facts(old, new));
+        let body = sink
+            .write_all(&[0u8; HEADER_LEN])
+            .map_err(BuildError::Write)
+            .and_then(|()| write_delta_body(old, new, &options, sink));
+        let facts = side.join().map_err(|_| BuildError::WorkerFailed);
+        (facts, body)
+    });
+    let facts = facts??;
+    let body = body?;
+    let delta_header = ContainerHeader {
+        algorithm: Algorithm::BsdiffZstd,
+        source_len: old.len(),
+        source_sha256: facts.old_sha256,
+        target_len: new.len(),
+        target_sha256: facts.new_sha256,
+    };
+    sink.seek(SeekFrom::Start(0)).map_err(BuildError::Write)?;
+    sink.write_all(&delta_header.encode())
+        .map_err(BuildError::Write)?;
+    sink.seek(SeekFrom::End(0)).map_err(BuildError::Write)?;
+    let delta_container_len = HEADER_LEN as u64 + body.len;
+    let mut report = BuildReport {
+        algorithm: Algorithm::BsdiffZstd,
+        container_len: delta_container_len,
+        delta_container_len,
+        full_container_len: None,
+        source_len: old.len(),
+        target_len: new.len(),
+        parts: body.parts,
+        segments: body.segments,
+    };
+    let certainly_smaller = delta_container_len * 100
+        <= facts.fast_full_len * DELTA_MAX_PERCENT_OF_FULL * LEVEL19_MIN_PERCENT_OF_LEVEL3 / 100;
+    if certainly_smaller {
+        return Ok(report);
+    }
+    let mut full = tempfile::tempfile().map_err(BuildError::Write)?;
+    let full_len = write_full_container(new, facts.new_sha256, &options, &mut full)?;
+    report.full_container_len = Some(full_len);
+    if delta_container_len * 100 > full_len * DELTA_MAX_PERCENT_OF_FULL {
+        sink.start_over().map_err(BuildError::Write)?;
+        full.seek(SeekFrom::Start(0)).map_err(BuildError::Write)?;
+        io::copy(&mut full, sink).map_err(BuildError::Write)?;
+        report.algorithm = Algorithm::FullZstd;
+        report.container_len = full_len;
+    }
+    sink.flush().map_err(BuildError::Write)?;
+    Ok(report)
+}
+
+fn image_facts(
+    old: &(impl ImageSource + ?Sized),
+    new: &(impl ImageSource + ?Sized),
+) -> Result<ImageFacts, BuildError> {
+    let old_sha256 = old.sha256().map_err(|source| BuildError::ReadImage {
+        which: "old",
+        source,
+    })?;
+    let new_sha256 = new.sha256().map_err(|source| BuildError::ReadImage {
+        which: "new",
+        source,
+    })?;
+    let mut counter = CountingWriter(0);
+    compress_image_stream(new, 3, 0, &mut counter)?;
+    Ok(ImageFacts {
+        old_sha256,
+        new_sha256,
+        fast_full_len: HEADER_LEN as u64 + counter.0,
+    })
+}
+
+/// Writes the full-image container and returns its length.
+fn write_full_container(
+    new: &(impl ImageSource + ?Sized),
+    new_sha256: [u8; 32],
+    options: &BuildOptions,
+    out: &mut impl Write,
+) -> Result<u64, BuildError> {
+    let header = ContainerHeader {
+        algorithm: Algorithm::FullZstd,
+        source_len: 0,
+        source_sha256: [0; 32],
+        target_len: new.len(),
+        target_sha256: new_sha256,
+    };
+    let mut counter = CountingWriter(0);
+    let mut tee = Tee {
+        out,
+        counter: &mut counter,
+    };
+    tee.write_all(&header.encode()).map_err(BuildError::Write)?;
+    compress_image_stream(new, options.level, options.threads, &mut tee)?;
+    Ok(counter.0)
+}
+
+/// zstd stream of a whole image with a window the agent accepts; `workers` > 0 uses
+/// zstd's own multithreading.
+fn compress_image_stream(
+    image: &(impl ImageSource + ?Sized),
+    level: i32,
+    workers: usize,
+    out: &mut impl Write,
+) -> Result<(), BuildError> {
+    let mut encoder = zstd::stream::Encoder::new(out, level).map_err(BuildError::Compress)?;
+    encoder
+        .window_log(STREAM_WINDOW_LOG)
+        .map_err(BuildError::Compress)?;
+    encoder
+        .include_checksum(true)
+        .map_err(BuildError::Compress)?;
+    encoder
+        .set_pledged_src_size(Some(image.len()))
+        .map_err(BuildError::Compress)?;
+    if workers > 1 {
+        encoder
+            .multithread(workers as u32)
+            .map_err(BuildError::Compress)?;
+    }
+    let mut start = 0;
+    while start < image.len() {
+        let end = (start + (8 << 20)).min(image.len());
+        let bytes = image
+            .read_range(start..end)
+            .map_err(|source| BuildError::ReadImage {
+                which: "new",
+                source,
+            })?;
+        encoder.write_all(&bytes).map_err(BuildError::Write)?;
+        start = end;
+    }
+    encoder.finish().map_err(BuildError::Compress)?;
+    Ok(())
+}
+
+struct BodyStats {
+    len: u64,
+    parts: usize,
+    segments: usize,
+}
+
+fn write_delta_body(
+    old: &(impl ImageSource + ?Sized),
+    new: &(impl ImageSource + ?Sized),
+    options: &BuildOptions,
+    out: &mut impl Write,
+) -> Result<BodyStats, BuildError> {
+    let parts = plan_parts(old.len(), new.len(), options.window_cap);
+    let mut stats = BodyStats {
+        len: 0,
+        parts: parts.len(),
+        segments: 0,
+    };
+    // The old cursor runs across segments and parts: seeks are relative to it.
+    let mut cursor = 0u64;
+    for part in parts {
+        let old_window =
+            old.read_range(part.old.clone())
+                .map_err(|source| BuildError::ReadImage {
+                    which: "old",
+                    source,
+                })?;
+        let new_part =
+            new.read_range(part.new.clone())
+                .map_err(|source| BuildError::ReadImage {
+                    which: "new",
+                    source,
+                })?;
+        let matches = diff_part(&old_window, &new_part, options.threads);
+        let segments = plan_segments(&matches, part.old.start, options.segment_len, &mut cursor);
+        drop(matches);
+        let encoded = encode_segments(segments, &old_window, part.old.start, &new_part, options)?;
+        stats.segments += encoded.len();
+        for segment in encoded {
+            let pieces = std::iter::once(&segment.header[..])
+                .chain(segment.frames.iter().map(Vec::as_slice));
+            for piece in pieces {
+                out.write_all(piece).map_err(BuildError::Write)?;
+                stats.len += piece.len() as u64;
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// Matches of a whole new part against its old window, searched in parallel slices.
+fn diff_part(old: &[u8], new: &[u8], threads: usize) -> Vec<Match> {
+    let mut sa = SuffixArray::new(old);
+    sa.enable_buckets();
+    // Several slices per thread balance the load; slices of at least 256 KiB keep the
+    // matches lost at slice edges negligible.
+    let slice_len = (new.len() / (threads * 8)).max(256 << 10);
+    let slices: Vec<Range<usize>> = (0..new.len())
+        .step_by(slice_len)
+        .map(|start| start..(start + slice_len).min(new.len()))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Vec<Match>>> = slices.iter().map(|_| Mutex::new(Vec::new())).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(slices.len()) {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(range) = slices.get(index) else {
+                    break;
+                };
+                let found = find_matches(old, &sa, &new[range.clone()]);
+                let found = prune_weak_matches(found, old, &new[range.clone()]);
+                if let Ok(mut slot) = results[index].lock() {
+                    *slot = found;
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .flat_map(|slot| slot.into_inner().unwrap_or_default())
+        .collect()
+}
+
+/// Control entries of one segment, with where its target bytes start in the new part.
+#[derive(Debug)]
+struct SegmentPlan {
+    new_start: usize,
+    /// (old offset relative to the window, diff length, extra length) of each entry.
+    entries: Vec<(u64, u32, u32)>,
+    wire: Vec<Control>,
+    diff_len: u32,
+    extra_len: u32,
+}
+
+impl SegmentPlan {
+    fn new(new_start: usize) -> Self {
+        SegmentPlan {
+            new_start,
+            entries: Vec::new(),
+            wire: Vec::new(),
+            diff_len: 0,
+            extra_len: 0,
+        }
+    }
+
+    fn target_len(&self) -> u32 {
+        self.diff_len + self.extra_len
+    }
+
+    fn is_full(&self, segment_len: u32) -> bool {
+        self.target_len() >= segment_len || self.entries.len() == MAX_ENTRIES_PER_SEGMENT
+    }
+}
+
+/// Cuts matches into segments within the caps, splitting a match that straddles a
+/// segment edge. `cursor` is the absolute old cursor, carried across parts.
+fn plan_segments(
+    matches: &[Match],
+    old_base: u64,
+    segment_len: u32,
+    cursor: &mut u64,
+) -> Vec<SegmentPlan> {
+    let mut segments = Vec::new();
+    let mut current = SegmentPlan::new(0);
+    let mut new_pos = 0usize;
+    for m in matches {
+        let (mut old_at, mut diff, mut extra) = (m.old_start, m.diff_len, m.extra_len);
+        while diff > 0 || extra > 0 {
+            if current.is_full(segment_len) {
+                segments.push(std::mem::replace(&mut current, SegmentPlan::new(new_pos)));
+            }
+            let room = u64::from(segment_len - current.target_len());
+            let take_diff = diff.min(room);
+            let take_extra = extra.min(room - take_diff);
+            // An entry without diff bytes does not read old bytes: keep the cursor put.
+            let absolute = if take_diff > 0 {
+                old_base + old_at
+            } else {
+                *cursor
+            };
+            current.push(
+                (old_at, take_diff as u32, take_extra as u32),
+                Control {
+                    seek: absolute as i64 - *cursor as i64,
+                    diff_len: take_diff as u32,
+                    extra_len: take_extra as u32,
+                },
+            );
+            *cursor = absolute + take_diff;
+            old_at += take_diff;
+            diff -= take_diff;
+            extra -= take_extra;
+            new_pos += (take_diff + take_extra) as usize;
+        }
+    }
+    if !current.entries.is_empty() {
+        segments.push(current);
+    }
+    segments
+}
+
+struct EncodedSegment {
+    header: [u8; SEGMENT_HEADER_LEN],
+    /// The four frames in wire order: control, extra, runs, codes.
+    frames: [Vec<u8>; 4],
+}
+
+#[derive(Clone, Copy)]
+enum StreamKind {
+    Control,
+    Extra,
+    Runs,
+    Codes,
+}
+
+/// Wire order of a segment's frames.
+const STREAM_ORDER: [StreamKind; 4] = [
+    StreamKind::Control,
+    StreamKind::Extra,
+    StreamKind::Runs,
+    StreamKind::Codes,
+];
+
+impl SegmentPlan {
+    /// Where in the old window the extra frame's prefix starts, and its length: centred
+    /// on the median old offset the segment's diff runs read, where literal bytes of a
+    /// new release most likely resemble old bytes.
+    fn extra_prefix(&self, window_len: usize) -> (usize, usize) {
+        if self.extra_len == 0 {
+            return (0, 0);
+        }
+        let len = window_len.min(EXTRA_PREFIX_LEN);
+        let mut starts: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|e| e.1 > 0)
+            .map(|e| e.0)
+            .collect();
+        let centre = if starts.is_empty() {
+            window_len / 2
+        } else {
+            let middle = starts.len() / 2;
+            *starts.select_nth_unstable(middle).1 as usize
+        };
+        (centre.saturating_sub(len / 2).min(window_len - len), len)
+    }
+
+    /// Decoded streams of this segment, in wire order, and the diff length.
+    fn raw_streams(&self, old_window: &[u8], new_part: &[u8]) -> [Vec<u8>; 4] {
+        let mut diff = Vec::with_capacity(self.diff_len as usize);
+        let mut extra = Vec::with_capacity(self.extra_len as usize);
+        let mut at = self.new_start;
+        for &(old_start, diff_len, extra_len) in &self.entries {
+            let (old_start, diff_len, extra_len) =
+                (old_start as usize, diff_len as usize, extra_len as usize);
+            let olds = &old_window[old_start..old_start + diff_len];
+            let news = &new_part[at..at + diff_len];
+            diff.extend(news.iter().zip(olds).map(|(n, o)| n.wrapping_sub(*o)));
+            at += diff_len;
+            extra.extend_from_slice(&new_part[at..at + extra_len]);
+            at += extra_len;
+        }
+        let (runs, codes) = if diff.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            encode_runs(&diff)
+        };
+        [encode_control_block(&self.wire), extra, runs, codes]
+    }
+
+    /// Splits the plan in two with the same entries (so the same seeks), or, for a
+    /// single entry, by halving its diff run.
+    fn split(self) -> (SegmentPlan, SegmentPlan) {
+        let mut first = SegmentPlan::new(self.new_start);
+        let mut second;
+        if self.entries.len() >= 2 {
+            let mid = self.entries.len() / 2;
+            for (entry, wire) in self.entries[..mid].iter().zip(&self.wire[..mid]) {
+                first.push(*entry, *wire);
+            }
+            second = SegmentPlan::new(self.new_start + first.target_len() as usize);
+            for (entry, wire) in self.entries[mid..].iter().zip(&self.wire[mid..]) {
+                second.push(*entry, *wire);
+            }
+        } else {
+            let ((old, diff, extra), wire) = (self.entries[0], self.wire[0]);
+            let half = diff / 2;
+            first.push(
+                (old, half, 0),
+                Control {
+                    seek: wire.seek,
+                    diff_len: half,
+                    extra_len: 0,
+                },
+            );
+            second = SegmentPlan::new(self.new_start + half as usize);
+            second.push(
+                (old + u64::from(half), diff - half, extra),
+                Control {
+                    seek: 0,
+                    diff_len: diff - half,
+                    extra_len: extra,
+                },
+            );
+        }
+        (first, second)
+    }
+
+    fn push(&mut self, entry: (u64, u32, u32), wire: Control) {
+        self.entries.push(entry);
+        self.wire.push(wire);
+        self.diff_len += entry.1;
+        self.extra_len += entry.2;
+    }
+}
+
+/// A segment whose streams fit the caps: its plan, its decoded streams in wire order,
+/// and its extra prefix as (offset in the old window, length).
+struct FittedSegment {
+    plan: SegmentPlan,
+    raw: [Vec<u8>; 4],
+    prefix: (usize, usize),
+}
+
+/// Raw streams of every segment (splitting segments whose runs block would pass its
+/// cap), then all 4 × segments zstd jobs spread over the worker threads.
+fn encode_segments(
+    segments: Vec<SegmentPlan>,
+    old_window: &[u8],
+    old_base: u64,
+    new_part: &[u8],
+    options: &BuildOptions,
+) -> Result<Vec<EncodedSegment>, BuildError> {
+    let mut pending: Vec<SegmentPlan> = segments.into_iter().rev().collect();
+    let mut fitted: Vec<FittedSegment> = Vec::new();
+    while let Some(plan) = pending.pop() {
+        let raw = plan.raw_streams(old_window, new_part);
+        // Runs take at most about two bytes per diff byte, so halving terminates well
+        // before a segment gets small.
+        if raw[2].len() > SEGMENT_MAX_RUNS as usize {
+            let (first, second) = plan.split();
+            pending.push(second);
+            pending.push(first);
+            continue;
+        }
+        let prefix = plan.extra_prefix(old_window.len());
+        fitted.push(FittedSegment { plan, raw, prefix });
+    }
+    let jobs: Vec<(usize, usize)> = (0..fitted.len())
+        .flat_map(|s| (0..4).map(move |k| (s, k)))
+        .collect();
+    let outputs: Vec<Mutex<Option<io::Result<Vec<u8>>>>> =
+        jobs.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..options.threads.min(jobs.len()) {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(segment, kind)) = jobs.get(index) else {
+                    break;
+                };
+                let FittedSegment { raw, prefix, .. } = &fitted[segment];
+                let prefix = &old_window[prefix.0..prefix.0 + prefix.1];
+                let compressed =
+                    compress_stream(&raw[kind], STREAM_ORDER[kind], prefix, options.level);
+                if let Ok(mut slot) = outputs[index].lock() {
+                    *slot = Some(compressed);
+                }
+            });
+        }
+    });
+    let mut outputs = outputs.into_iter().map(|slot| {
+        slot.into_inner()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Err(io::Error::other("compression worker did not finish")))
+    });
+    let mut encoded = Vec::with_capacity(fitted.len());
+    for FittedSegment {
+        plan: segment,
+        raw,
+        prefix: (prefix_start, prefix_len),
+    } in &fitted
+    {
+        let mut frames: [Vec<u8>; 4] = Default::default();
+        for frame in &mut frames {
+            *frame = outputs
+                .next()
+                .unwrap_or_else(|| Err(io::Error::other("missing compression job")))
+                .map_err(BuildError::Compress)?;
+        }
+        let header = SegmentHeader {
+            target_len: segment.target_len(),
+            control_len: raw[0].len() as u32,
+            control_zlen: frames[0].len() as u32,
+            extra_len: segment.extra_len,
+            extra_zlen: frames[1].len() as u32,
+            diff_len: segment.diff_len,
+            runs_len: raw[2].len() as u32,
+            runs_zlen: frames[2].len() as u32,
+            codes_len: raw[3].len() as u32,
+            codes_zlen: frames[3].len() as u32,
+            extra_prefix_start: if *prefix_len > 0 {
+                old_base + *prefix_start as u64
+            } else {
+                0
+            },
+            extra_prefix_len: *prefix_len as u32,
+        };
+        encoded.push(EncodedSegment {
+            header: header.encode(),
+            frames,
+        });
+    }
+    Ok(encoded)
+}
+
+/// One zstd frame per stream; empty streams get no frame at all. The extra frame is
+/// compressed against `prefix` (old bytes), the others on their own.
+fn compress_stream(raw: &[u8], kind: StreamKind, prefix: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let StreamKind::Extra = kind {
+        let zstd_error = |code| io::Error::other(zstd::zstd_safe::get_error_name(code));
+        let mut cctx = zstd::zstd_safe::CCtx::create();
+        cctx.set_parameter(CParameter::CompressionLevel(level))
+            .map_err(zstd_error)?;
+        cctx.set_parameter(CParameter::ChecksumFlag(true))
+            .map_err(zstd_error)?;
+        // Matches must reach back over the whole prefix (≤ 4 MiB) from the end of the
+        // extra bytes (≤ 16 MiB); the agent decodes in one piece, so this costs it nothing.
+        cctx.set_parameter(CParameter::WindowLog(25))
+            .map_err(zstd_error)?;
+        cctx.ref_prefix(prefix).map_err(zstd_error)?;
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+        cctx.compress2(&mut out, raw).map_err(zstd_error)?;
+        return Ok(out);
+    }
+    let mut compressor = zstd::bulk::Compressor::new(level)?;
+    compressor.set_parameter(CParameter::ChecksumFlag(true))?;
+    match kind {
+        // The agent streams codes frames, so their window is capped at what it accepts.
+        StreamKind::Codes => compressor.set_parameter(CParameter::WindowLog(STREAM_WINDOW_LOG))?,
+        // Control and runs frames are decoded in one piece into a buffer of the declared
+        // size, so a window covering the whole segment costs the agent nothing. (Extra
+        // frames took the prefix path above.)
+        StreamKind::Control | StreamKind::Runs | StreamKind::Extra => {
+            compressor.set_parameter(CParameter::WindowLog(24))?
+        }
+    }
+    compressor.compress(raw)
+}
+
+struct CountingWriter(u64);
+
+impl Write for CountingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Tee<'a, W: Write> {
+    out: &'a mut W,
+    counter: &'a mut CountingWriter,
+}
+
+impl<W: Write> Write for Tee<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.out.write(buf)?;
+        self.counter.0 += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}

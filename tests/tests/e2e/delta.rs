@@ -1,0 +1,557 @@
+//! Delta engine end to end: the server's builder and the agent's streaming applier must
+//! round-trip every image pair, and the applier must refuse hostile containers with
+//! typed errors, writing nothing when the base is wrong.
+
+use ota_agent::delta::{apply_delta, ApplyError};
+use ota_core::delta::{
+    encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, DeltaError,
+    SegmentHeader, HEADER_LEN, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_TARGET,
+};
+use ota_server::delta::{build_delta, BuildOptions};
+use ota_tests::synthetic;
+use proptest::prelude::*;
+use sha2::{Digest, Sha256};
+use std::io::Cursor;
+
+fn options() -> BuildOptions {
+    BuildOptions {
+        threads: 2,
+        ..BuildOptions::default()
+    }
+}
+
+fn apply(
+    container: &[u8],
+    old: &[u8],
+) -> (Result<ota_agent::delta::ApplyReport, ApplyError>, Vec<u8>) {
+    let mut out = Vec::new();
+    let result = apply_delta(container, Cursor::new(old), &mut out);
+    (result, out)
+}
+
+/// Builds with `options`, applies, and checks the result is `new`, byte for byte.
+fn round_trip_with(
+    old: &[u8],
+    new: &[u8],
+    options: &BuildOptions,
+) -> ota_server::delta::BuildReport {
+    let (container, report) =
+        build_delta(old, new, options).expect("building a delta must succeed");
+    assert_eq!(report.container_len, container.len() as u64);
+    let (result, out) = apply(&container, old);
+    let applied = result.expect("applying a freshly built delta must succeed");
+    assert_eq!(applied.algorithm, report.algorithm);
+    assert!(
+        out == new,
+        "applied image differs from the new image ({} vs {} bytes)",
+        out.len(),
+        new.len()
+    );
+    report
+}
+
+fn round_trip(old: &[u8], new: &[u8]) -> ota_server::delta::BuildReport {
+    round_trip_with(old, new, &options())
+}
+
+#[test]
+fn edge_case_pairs_round_trip() {
+    let image = synthetic::image(1, 200_000);
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+        ("empty to empty", vec![], vec![]),
+        ("empty to one byte", vec![], vec![7]),
+        ("one byte to empty", vec![7], vec![]),
+        ("one byte to another byte", vec![7], vec![8]),
+        ("one byte unchanged", vec![7], vec![7]),
+        ("identical images", image.clone(), image.clone()),
+        ("empty old image", vec![], image.clone()),
+        ("empty new image", image.clone(), vec![]),
+        ("all zeros grown", vec![0; 50_000], vec![0; 70_000]),
+        (
+            "next release",
+            image.clone(),
+            synthetic::next_release(&image, 2, 20),
+        ),
+    ];
+    for (name, old, new) in cases {
+        let report = round_trip(&old, &new);
+        assert_eq!(report.target_len, new.len() as u64, "case `{name}`");
+    }
+}
+
+#[test]
+fn similar_images_ship_a_delta_and_unrelated_images_ship_the_full_image() {
+    let old = synthetic::image(3, 300_000);
+    let new = synthetic::next_release(&old, 4, 10);
+    let report = round_trip(&old, &new);
+    assert_eq!(
+        report.algorithm,
+        Algorithm::BsdiffZstd,
+        "a small edit must ship as a delta"
+    );
+    assert!(
+        report.container_len * 10 < new.len() as u64,
+        "a 10-edit release should be far below a tenth of the image, got {} bytes",
+        report.container_len
+    );
+
+    let unrelated = synthetic::image(99, 300_000);
+    let report = round_trip(&old, &unrelated);
+    assert_eq!(
+        report.algorithm,
+        Algorithm::FullZstd,
+        "an unrelated image must ship as a full image"
+    );
+    assert_eq!(Some(report.container_len), report.full_container_len);
+    assert!(report.delta_container_len * 10 > report.container_len * 7);
+}
+
+#[test]
+fn full_image_container_applies_whatever_the_old_slot_holds() {
+    let old = synthetic::image(5, 50_000);
+    let new = synthetic::image(6, 50_000);
+    let (container, report) = build_delta(&old, &new, &options()).expect("build");
+    assert_eq!(report.algorithm, Algorithm::FullZstd);
+    let (result, out) = apply(&container, b"some other slot content");
+    result.expect("a full image needs no base");
+    assert!(out == new);
+}
+
+#[test]
+fn big_images_are_split_into_parts_and_segments_and_still_round_trip() {
+    let old = synthetic::image(7, 600_000);
+    let new = synthetic::next_release(&old, 8, 30);
+    let cases = [
+        (
+            "window cap splits into parts",
+            128 << 10,
+            SEGMENT_MAX_TARGET,
+        ),
+        ("small segments", 256 << 20, 50_000),
+        ("both", 100_000, 30_000),
+    ];
+    for (name, window_cap, segment_len) in cases {
+        let report = round_trip_with(
+            &old,
+            &new,
+            &BuildOptions {
+                window_cap,
+                segment_len,
+                ..options()
+            },
+        );
+        let expected_parts = (new.len() as u64).div_ceil(window_cap.min(256 << 20)) as usize;
+        assert_eq!(report.parts, expected_parts, "case `{name}`");
+        assert!(
+            report.segments >= new.len() / segment_len as usize,
+            "case `{name}`: {} segments for {} bytes of {segment_len}",
+            report.segments,
+            new.len()
+        );
+    }
+}
+
+/// One structured edit of an image, as a release makes them.
+#[derive(Debug, Clone)]
+enum Edit {
+    Insert { at: usize, bytes: Vec<u8> },
+    Delete { at: usize, len: usize },
+    Move { from: usize, len: usize, to: usize },
+    Flip { at: usize, mask: u8 },
+}
+
+fn edit_strategy() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..2000))
+            .prop_map(|(at, bytes)| Edit::Insert { at, bytes }),
+        (any::<usize>(), 1usize..5000).prop_map(|(at, len)| Edit::Delete { at, len }),
+        (any::<usize>(), 1usize..8000, any::<usize>()).prop_map(|(from, len, to)| Edit::Move {
+            from,
+            len,
+            to
+        }),
+        (any::<usize>(), 1u8..=255).prop_map(|(at, mask)| Edit::Flip { at, mask }),
+    ]
+}
+
+fn apply_edits(old: &[u8], edits: &[Edit]) -> Vec<u8> {
+    let mut new = old.to_vec();
+    for edit in edits {
+        let len = new.len();
+        match edit.clone() {
+            Edit::Insert { at, bytes } => {
+                let at = at % (len + 1);
+                new.splice(at..at, bytes);
+            }
+            Edit::Delete { at, len: n } if len > 0 => {
+                let at = at % len;
+                new.drain(at..(at + n).min(len));
+            }
+            Edit::Move { from, len: n, to } if len > 0 => {
+                let from = from % len;
+                let moved: Vec<u8> = new.drain(from..(from + n).min(len)).collect();
+                let to = to % (new.len() + 1);
+                new.splice(to..to, moved);
+            }
+            Edit::Flip { at, mask } if len > 0 => new[at % len] ^= mask,
+            _ => {}
+        }
+    }
+    new
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn structured_edits_round_trip(
+        seed in any::<u64>(),
+        len in 0usize..60_000,
+        edits in prop::collection::vec(edit_strategy(), 0..12),
+    ) {
+        let old = synthetic::image(seed, len);
+        let new = apply_edits(&old, &edits);
+        round_trip(&old, &new);
+    }
+
+    #[test]
+    fn random_pairs_round_trip(
+        old in prop::collection::vec(any::<u8>(), 0..3000),
+        new in prop::collection::vec(any::<u8>(), 0..3000),
+    ) {
+        round_trip(&old, &new);
+    }
+
+    #[test]
+    fn random_pairs_with_tiny_windows_and_segments_round_trip(
+        old in prop::collection::vec(0u8..4, 0..5000),
+        edits in prop::collection::vec(edit_strategy(), 0..6),
+        window_cap in 1u64..3000,
+        segment_len in 1u32..2000,
+    ) {
+        let new = apply_edits(&old, &edits);
+        round_trip_with(&old, &new, &BuildOptions { window_cap, segment_len, ..options() });
+    }
+
+    #[test]
+    fn applying_arbitrary_bytes_never_panics(body in prop::collection::vec(any::<u8>(), 0..400), old in prop::collection::vec(any::<u8>(), 0..100)) {
+        let header = ContainerHeader {
+            algorithm: Algorithm::BsdiffZstd,
+            source_len: old.len() as u64,
+            source_sha256: Sha256::digest(&old).into(),
+            target_len: 1000,
+            target_sha256: [0; 32],
+        };
+        let container = [&header.encode()[..], &body].concat();
+        let (result, out) = apply(&container, &old);
+        prop_assert!(result.is_err(), "random bytes must not apply");
+        prop_assert!(out.len() <= 1000, "nothing may be written past the declared target length");
+    }
+}
+
+/// A delta of a structured pair with several segments, its images, and where the body
+/// starts.
+fn sample_delta() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let old = synthetic::image(11, 120_000);
+    let new = synthetic::next_release(&old, 12, 12);
+    let (container, report) = build_delta(
+        &old,
+        &new,
+        &BuildOptions {
+            segment_len: 40_000,
+            ..options()
+        },
+    )
+    .expect("build");
+    assert_eq!(report.algorithm, Algorithm::BsdiffZstd);
+    assert!(report.segments >= 3);
+    (container, old, new)
+}
+
+#[test]
+fn truncated_containers_are_refused_as_truncated_at_every_cut() {
+    let (container, old, _) = sample_delta();
+    let cuts: Vec<usize> = (0..container.len())
+        .step_by(97)
+        .chain([HEADER_LEN, HEADER_LEN + 1, container.len() - 1])
+        .collect();
+    for cut in cuts {
+        let (result, _) = apply(&container[..cut], &old);
+        assert!(
+            matches!(result, Err(ApplyError::TruncatedDelta { .. })),
+            "a container cut at {cut} of {} bytes must be refused as truncated, got {result:?}",
+            container.len()
+        );
+    }
+}
+
+#[test]
+fn wrong_base_is_refused_before_writing_anything() {
+    let (container, old, _) = sample_delta();
+    let mut other = old.clone();
+    other[1000] ^= 1;
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("one flipped byte", other),
+        ("shorter slot", old[..old.len() - 1].to_vec()),
+        ("empty slot", vec![]),
+        ("different image", synthetic::image(12, 120_000)),
+    ];
+    for (name, slot) in cases {
+        let (result, out) = apply(&container, &slot);
+        match result {
+            Err(ApplyError::WrongBase { expected, actual }) => {
+                assert_eq!(expected.len, old.len() as u64, "case `{name}`");
+                assert_ne!(expected, actual, "case `{name}`");
+            }
+            other => panic!("case `{name}`: expected WrongBase, got {other:?}"),
+        }
+        assert!(
+            out.is_empty(),
+            "case `{name}`: {} bytes were written before the base was checked",
+            out.len()
+        );
+    }
+}
+
+#[test]
+fn a_larger_slot_whose_prefix_is_the_base_is_accepted() {
+    // A/B slots are partitions, usually larger than the image they hold.
+    let (container, old, new) = sample_delta();
+    let mut partition = old.clone();
+    partition.extend_from_slice(&[0xff; 4096]);
+    let (result, out) = apply(&container, &partition);
+    result.expect("the image at the start of a larger partition is the base");
+    assert!(out == new);
+}
+
+fn rewrite_header(container: &[u8], edit: impl FnOnce(&mut ContainerHeader)) -> Vec<u8> {
+    let mut header = ContainerHeader::parse(container).expect("own header parses");
+    edit(&mut header);
+    [&header.encode()[..], &container[HEADER_LEN..]].concat()
+}
+
+fn rewrite_first_segment(container: &[u8], edit: impl FnOnce(&mut SegmentHeader)) -> Vec<u8> {
+    let at = HEADER_LEN;
+    let mut segment = SegmentHeader::parse(&container[at..]).expect("own segment parses");
+    edit(&mut segment);
+    [
+        &container[..at],
+        &segment.encode()[..],
+        &container[at + SEGMENT_HEADER_LEN..],
+    ]
+    .concat()
+}
+
+#[test]
+fn hostile_containers_are_refused_with_typed_errors() {
+    let (container, old, _) = sample_delta();
+    let declared_target = ContainerHeader::parse(&container)
+        .expect("header")
+        .target_len;
+    type Check = fn(&ApplyError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Check)> = vec![
+        (
+            "oversized target length",
+            rewrite_header(&container, |h| h.target_len = MAX_IMAGE_LEN + 1),
+            |e| matches!(e, ApplyError::Container(DeltaError::LengthOverCap { .. })),
+        ),
+        (
+            "oversized segment length",
+            rewrite_first_segment(&container, |s| {
+                s.target_len = SEGMENT_MAX_TARGET + 1;
+                s.extra_len = SEGMENT_MAX_TARGET + 1 - s.diff_len;
+            }),
+            |e| matches!(e, ApplyError::Container(DeltaError::LengthOverCap { .. })),
+        ),
+        (
+            "oversized frame length",
+            rewrite_first_segment(&container, |s| s.extra_zlen = u32::MAX),
+            |e| matches!(e, ApplyError::Container(DeltaError::LengthOverCap { .. })),
+        ),
+        (
+            "extra prefix outside the old image",
+            rewrite_first_segment(&container, |s| s.extra_prefix_start = u64::MAX / 2),
+            |e| {
+                matches!(
+                    e,
+                    ApplyError::Container(DeltaError::PrefixOutOfBounds { .. })
+                )
+            },
+        ),
+        (
+            "declared target shorter than the body",
+            rewrite_header(&container, |h| h.target_len = 100),
+            |e| {
+                matches!(
+                    e,
+                    ApplyError::Container(DeltaError::TargetOverrun { declared: 100, .. })
+                )
+            },
+        ),
+        (
+            "declared target longer than the body",
+            rewrite_header(&container, |h| h.target_len += 10),
+            |e| matches!(e, ApplyError::TruncatedDelta { .. }),
+        ),
+        (
+            "wrong target digest",
+            rewrite_header(&container, |h| h.target_sha256[0] ^= 1),
+            |e| matches!(e, ApplyError::TargetMismatch { .. }),
+        ),
+        (
+            "garbage body",
+            [&container[..HEADER_LEN], &synthetic::image(77, 5000)[..]].concat(),
+            |e| matches!(e, ApplyError::Container(DeltaError::BadSegmentTag { .. })),
+        ),
+        (
+            "garbage inside the control frame",
+            {
+                let mut c = container.clone();
+                let frame = HEADER_LEN + SEGMENT_HEADER_LEN;
+                for b in &mut c[frame + 4..frame + 12] {
+                    *b ^= 0xa5;
+                }
+                c
+            },
+            |e| {
+                matches!(
+                    e,
+                    ApplyError::CorruptStream { .. }
+                        | ApplyError::StreamLength { .. }
+                        | ApplyError::Container(_)
+                )
+            },
+        ),
+        ("trailing bytes", [&container[..], b"x"].concat(), |e| {
+            matches!(e, ApplyError::TrailingData)
+        }),
+        ("bad magic", [b"NOTDELTA", &container[8..]].concat(), |e| {
+            matches!(e, ApplyError::Container(DeltaError::BadMagic { .. }))
+        }),
+    ];
+    for (name, hostile, check) in cases {
+        let (result, out) = apply(&hostile, &old);
+        match result {
+            Err(err) => assert!(check(&err), "case `{name}`: unexpected error {err:?}"),
+            Ok(report) => panic!("case `{name}`: a hostile container applied: {report:?}"),
+        }
+        assert!(
+            out.len() as u64 <= declared_target,
+            "case `{name}`: wrote past the declared target"
+        );
+    }
+}
+
+#[test]
+fn garbage_anywhere_in_the_body_is_refused() {
+    let (container, old, _) = sample_delta();
+    for at in (HEADER_LEN..container.len()).step_by(131) {
+        let mut hostile = container.clone();
+        hostile[at] ^= 0x5a;
+        let (result, out) = apply(&hostile, &old);
+        assert!(result.is_err(), "a flipped byte at {at} must not apply");
+        assert!(out.len() <= 120_000 * 2, "output must stay bounded");
+    }
+}
+
+/// A hand-written one-segment container, to reach checks the builder never trips.
+fn handmade(old: &[u8], controls: &[Control], diff: &[u8], extra: &[u8], target: &[u8]) -> Vec<u8> {
+    let control = encode_control_block(controls);
+    let (runs, codes) = encode_runs(diff);
+    let frame = |raw: &[u8]| {
+        if raw.is_empty() {
+            Vec::new()
+        } else {
+            zstd::bulk::compress(raw, 3).expect("zstd")
+        }
+    };
+    let frames = [frame(&control), frame(extra), frame(&runs), frame(&codes)];
+    let header = ContainerHeader {
+        algorithm: Algorithm::BsdiffZstd,
+        source_len: old.len() as u64,
+        source_sha256: Sha256::digest(old).into(),
+        target_len: target.len() as u64,
+        target_sha256: Sha256::digest(target).into(),
+    };
+    let segment = SegmentHeader {
+        target_len: (diff.len() + extra.len()) as u32,
+        control_len: control.len() as u32,
+        control_zlen: frames[0].len() as u32,
+        extra_len: extra.len() as u32,
+        extra_zlen: frames[1].len() as u32,
+        diff_len: diff.len() as u32,
+        runs_len: runs.len() as u32,
+        runs_zlen: frames[2].len() as u32,
+        codes_len: codes.len() as u32,
+        codes_zlen: frames[3].len() as u32,
+        extra_prefix_start: 0,
+        extra_prefix_len: 0,
+    };
+    [
+        &header.encode()[..],
+        &segment.encode()[..],
+        &frames.concat(),
+    ]
+    .concat()
+}
+
+#[test]
+fn handmade_containers_apply_and_out_of_bounds_seeks_are_refused() {
+    let old = b"0123456789abcdef";
+    let good = handmade(
+        old,
+        &[Control {
+            seek: 4,
+            diff_len: 4,
+            extra_len: 2,
+        }],
+        &[0, 0, 0, 1],
+        b"XY",
+        b"4568XY",
+    );
+    let (result, out) = apply(&good, old);
+    result.expect("a hand-made container applies");
+    assert_eq!(out, b"4568XY");
+
+    let cases: [(&str, Control); 3] = [
+        (
+            "seek before the start",
+            Control {
+                seek: -1,
+                diff_len: 4,
+                extra_len: 2,
+            },
+        ),
+        (
+            "diff past the end",
+            Control {
+                seek: 14,
+                diff_len: 4,
+                extra_len: 2,
+            },
+        ),
+        (
+            "seek far past the end",
+            Control {
+                seek: i64::MAX,
+                diff_len: 4,
+                extra_len: 2,
+            },
+        ),
+    ];
+    for (name, control) in cases {
+        let hostile = handmade(old, &[control], &[0, 0, 0, 1], b"XY", b"4568XY");
+        let (result, out) = apply(&hostile, old);
+        assert!(
+            matches!(
+                result,
+                Err(ApplyError::Container(DeltaError::ControlOutOfBounds { .. }))
+            ),
+            "case `{name}`: expected ControlOutOfBounds, got {result:?}"
+        );
+        assert!(
+            out.is_empty(),
+            "case `{name}`: nothing may be written for a refused segment"
+        );
+    }
+}
