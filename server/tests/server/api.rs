@@ -54,6 +54,21 @@ async fn openapi_document_is_served_valid_and_every_route_exists() {
         ota_server::api::openapi::validate(&doc),
         Vec::<String>::new()
     );
+    // An independent OpenAPI 3.1 implementation must read it too, with every route.
+    let spec = oas3::from_json(doc.to_string())
+        .unwrap_or_else(|e| panic!("oas3 must parse the document as OpenAPI 3.1: {e}"));
+    let paths = spec.paths.unwrap_or_default();
+    for (method, path) in ota_server::api::openapi::documented_routes() {
+        let item = paths
+            .get(&path)
+            .unwrap_or_else(|| panic!("oas3 sees no path {path}"));
+        let operation = match method.as_str() {
+            "get" => item.get.as_ref(),
+            "post" => item.post.as_ref(),
+            _ => None,
+        };
+        assert!(operation.is_some(), "oas3 sees no {method} {path}");
+    }
     for (method, path) in ota_server::api::openapi::documented_routes() {
         let concrete = path
             .replace("{id}", "x")
