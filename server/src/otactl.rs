@@ -206,6 +206,20 @@ pub enum RolloutCommand {
     },
 }
 
+impl RolloutCommand {
+    /// The rollout id and API action of a state change (`start`, `pause`, ...).
+    fn transition(&self) -> Option<(&str, &'static str)> {
+        match self {
+            RolloutCommand::Start { id } => Some((id, "start")),
+            RolloutCommand::Pause { id } => Some((id, "pause")),
+            RolloutCommand::Resume { id } => Some((id, "resume")),
+            RolloutCommand::Abort { id } => Some((id, "abort")),
+            RolloutCommand::Rollback { id } => Some((id, "rollback")),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
@@ -734,36 +748,23 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         Command::Rollout(RolloutCommand::List) => {
             (client.get("/api/v1/rollouts").await?, rollouts_table)
         }
-        Command::Rollout(RolloutCommand::Start { id }) => (
-            client
-                .post_empty(&format!("/api/v1/rollouts/{id}/start"))
-                .await?,
-            rollouts_table,
-        ),
-        Command::Rollout(RolloutCommand::Pause { id }) => (
-            client
-                .post_empty(&format!("/api/v1/rollouts/{id}/pause"))
-                .await?,
-            rollouts_table,
-        ),
-        Command::Rollout(RolloutCommand::Resume { id }) => (
-            client
-                .post_empty(&format!("/api/v1/rollouts/{id}/resume"))
-                .await?,
-            rollouts_table,
-        ),
-        Command::Rollout(RolloutCommand::Abort { id }) => (
-            client
-                .post_empty(&format!("/api/v1/rollouts/{id}/abort"))
-                .await?,
-            rollouts_table,
-        ),
-        Command::Rollout(RolloutCommand::Rollback { id }) => (
-            client
-                .post_empty(&format!("/api/v1/rollouts/{id}/rollback"))
-                .await?,
-            rollouts_table,
-        ),
+        Command::Rollout(
+            command @ (RolloutCommand::Start { .. }
+            | RolloutCommand::Pause { .. }
+            | RolloutCommand::Resume { .. }
+            | RolloutCommand::Abort { .. }
+            | RolloutCommand::Rollback { .. }),
+        ) => {
+            let (id, action) = command
+                .transition()
+                .context("a rollout state change has an id and an action")?;
+            (
+                client
+                    .post_empty(&format!("/api/v1/rollouts/{id}/{action}"))
+                    .await?,
+                rollouts_table,
+            )
+        }
         Command::Rollout(RolloutCommand::Status {
             id,
             watch,
