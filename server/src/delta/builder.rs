@@ -402,7 +402,7 @@ fn write_delta_body(
 
 /// Matches of a whole new part against its old window, searched in parallel slices.
 fn diff_part(old: &[u8], new: &[u8], threads: usize) -> Vec<Match> {
-    let old_index = OldIndex::build(old);
+    let old_index = OldIndex::build(old, threads);
     // Several slices per thread balance the load; slices of at least 256 KiB keep the
     // matches lost at slice edges negligible.
     let slice_len = (new.len() / (threads * 8)).max(256 << 10);
