@@ -14,7 +14,7 @@
 
 use super::chunking::plan_parts;
 use super::image::{FileImage, ImageSource};
-use super::matcher::{find_matches, prune_weak_matches, Match};
+use super::matcher::{find_matches, prune_weak_matches, Match, OldIndex};
 use ota_core::delta::{
     encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, SegmentHeader,
     EXTRA_PREFIX_MAX, HEADER_LEN, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL,
@@ -25,7 +25,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use suffix_array::SuffixArray;
 use zstd::zstd_safe::CParameter;
 
 /// Default cap on the old window and new part held in memory at once (see `chunking`).
@@ -403,8 +402,7 @@ fn write_delta_body(
 
 /// Matches of a whole new part against its old window, searched in parallel slices.
 fn diff_part(old: &[u8], new: &[u8], threads: usize) -> Vec<Match> {
-    let mut sa = SuffixArray::new(old);
-    sa.enable_buckets();
+    let old_index = OldIndex::build(old, threads);
     // Several slices per thread balance the load; slices of at least 256 KiB keep the
     // matches lost at slice edges negligible.
     let slice_len = (new.len() / (threads * 8)).max(256 << 10);
@@ -421,7 +419,7 @@ fn diff_part(old: &[u8], new: &[u8], threads: usize) -> Vec<Match> {
                 let Some(range) = slices.get(index) else {
                     break;
                 };
-                let found = find_matches(old, &sa, &new[range.clone()]);
+                let found = find_matches(old, &old_index, &new[range.clone()]);
                 let found = prune_weak_matches(found, old, &new[range.clone()]);
                 if let Ok(mut slot) = results[index].lock() {
                     *slot = found;
