@@ -308,56 +308,47 @@ fn list_of(value: &Value) -> Vec<Value> {
         .unwrap_or_else(|| vec![value.clone()])
 }
 
-fn images_table(value: &Value) -> String {
+/// One table column: its header and how to show a row's value in it.
+type Column = (&'static str, fn(&Value) -> String);
+
+/// A table with one row per object of `value` (a JSON array, or one object).
+fn columns(value: &Value, spec: &[Column]) -> String {
+    let headers: Vec<&str> = spec.iter().map(|(header, _)| *header).collect();
     let rows: Vec<Vec<String>> = list_of(value)
         .iter()
-        .map(|i| {
-            vec![
-                s(&i["id"]),
-                s(&i["name"]),
-                s(&i["hardware_id"]),
-                s(&i["version"]),
-                s(&i["length"]),
-                short(&i["sha256"]),
-            ]
-        })
+        .map(|row| spec.iter().map(|(_, show)| show(row)).collect())
         .collect();
-    table(
-        &["id", "name", "hardware_id", "version", "bytes", "sha256"],
-        &rows,
+    table(&headers, &rows)
+}
+
+fn images_table(value: &Value) -> String {
+    columns(
+        value,
+        &[
+            ("id", |i| s(&i["id"])),
+            ("name", |i| s(&i["name"])),
+            ("hardware_id", |i| s(&i["hardware_id"])),
+            ("version", |i| s(&i["version"])),
+            ("bytes", |i| s(&i["length"])),
+            ("sha256", |i| short(&i["sha256"])),
+        ],
     )
 }
 
 fn releases_table(value: &Value) -> String {
-    let rows: Vec<Vec<String>> = list_of(value)
-        .iter()
-        .map(|r| {
-            vec![
-                s(&r["id"]),
-                s(&r["name"]),
-                s(&r["version"]),
-                s(&r["security_version"]),
-                s(&r["targets_version"]),
-                s(&r["signed_by"]),
-                r["images"]
-                    .as_array()
-                    .map(|a| a.len())
-                    .unwrap_or(0)
-                    .to_string(),
-            ]
-        })
-        .collect();
-    table(
+    columns(
+        value,
         &[
-            "id",
-            "name",
-            "version",
-            "security",
-            "targets_v",
-            "signed_by",
-            "images",
+            ("id", |r| s(&r["id"])),
+            ("name", |r| s(&r["name"])),
+            ("version", |r| s(&r["version"])),
+            ("security", |r| s(&r["security_version"])),
+            ("targets_v", |r| s(&r["targets_version"])),
+            ("signed_by", |r| s(&r["signed_by"])),
+            ("images", |r| {
+                r["images"].as_array().map_or(0, Vec::len).to_string()
+            }),
         ],
-        &rows,
     )
 }
 
@@ -392,22 +383,16 @@ fn vehicles_table(value: &Value) -> String {
 }
 
 fn rollouts_table(value: &Value) -> String {
-    let rows: Vec<Vec<String>> = list_of(value)
-        .iter()
-        .map(|r| {
-            vec![
-                s(&r["id"]),
-                s(&r["name"]),
-                s(&r["release_id"]),
-                s(&r["state"]),
-                s(&r["current_phase"]),
-                s(&r["breaker_state"]),
-            ]
-        })
-        .collect();
-    table(
-        &["id", "name", "release", "state", "phase", "breaker"],
-        &rows,
+    columns(
+        value,
+        &[
+            ("id", |r| s(&r["id"])),
+            ("name", |r| s(&r["name"])),
+            ("release", |r| s(&r["release_id"])),
+            ("state", |r| s(&r["state"])),
+            ("phase", |r| s(&r["current_phase"])),
+            ("breaker", |r| s(&r["breaker_state"])),
+        ],
     )
 }
 
@@ -803,41 +788,32 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 None => "/api/v1/delta-jobs".to_owned(),
             };
             let render: fn(&Value) -> String = |v| {
-                let rows: Vec<Vec<String>> = list_of(v)
-                    .iter()
-                    .map(|j| {
-                        vec![
-                            s(&j["id"]),
-                            s(&j["hardware_id"]),
-                            short(&j["source_sha256"]),
-                            short(&j["target_sha256"]),
-                            s(&j["status"]),
-                            s(&j["error"]),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &["id", "hardware_id", "source", "target", "status", "error"],
-                    &rows,
+                columns(
+                    v,
+                    &[
+                        ("id", |j| s(&j["id"])),
+                        ("hardware_id", |j| s(&j["hardware_id"])),
+                        ("source", |j| short(&j["source_sha256"])),
+                        ("target", |j| short(&j["target_sha256"])),
+                        ("status", |j| s(&j["status"])),
+                        ("error", |j| s(&j["error"])),
+                    ],
                 )
             };
             (client.get(&path).await?, render)
         }
         Command::Audit { limit } => {
             let render: fn(&Value) -> String = |v| {
-                let rows: Vec<Vec<String>> = list_of(v)
-                    .iter()
-                    .map(|a| {
-                        vec![
-                            s(&a["id"]),
-                            s(&a["at"]),
-                            s(&a["actor"]),
-                            s(&a["action"]),
-                            s(&a["subject"]),
-                        ]
-                    })
-                    .collect();
-                table(&["id", "at", "actor", "action", "subject"], &rows)
+                columns(
+                    v,
+                    &[
+                        ("id", |a| s(&a["id"])),
+                        ("at", |a| s(&a["at"])),
+                        ("actor", |a| s(&a["actor"])),
+                        ("action", |a| s(&a["action"])),
+                        ("subject", |a| s(&a["subject"])),
+                    ],
+                )
             };
             (
                 client.get(&format!("/api/v1/audit?limit={limit}")).await?,
