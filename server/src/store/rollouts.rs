@@ -358,23 +358,31 @@ impl Store {
         &self,
         vehicle_id: &str,
     ) -> Result<Vec<DeploymentRecord>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM deployments WHERE vehicle_id = $1 ORDER BY assigned_ms, id")
-                .bind(vehicle_id)
-                .fetch_all(self.pool())
-                .await?;
-        rows.iter().map(deployment_from_row).collect()
+        self.deployments_where(
+            "SELECT * FROM deployments WHERE vehicle_id = $1 ORDER BY assigned_ms, id",
+            vehicle_id,
+        )
+        .await
     }
 
     pub async fn deployments_for_rollout(
         &self,
         rollout_id: &str,
     ) -> Result<Vec<DeploymentRecord>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM deployments WHERE rollout_id = $1 ORDER BY assigned_ms, id")
-                .bind(rollout_id)
-                .fetch_all(self.pool())
-                .await?;
+        self.deployments_where(
+            "SELECT * FROM deployments WHERE rollout_id = $1 ORDER BY assigned_ms, id",
+            rollout_id,
+        )
+        .await
+    }
+
+    /// Deployments selected by `query`, whose one parameter is `key`.
+    async fn deployments_where(
+        &self,
+        query: &'static str,
+        key: &str,
+    ) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let rows = sqlx::query(query).bind(key).fetch_all(self.pool()).await?;
         rows.iter().map(deployment_from_row).collect()
     }
 
