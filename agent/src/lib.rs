@@ -8,9 +8,12 @@
 //! - `verifier`: metadata verification as run by the agent (load, verify, persist).
 //! - `verify_cli`: `ota-agent verify-metadata`, offline verification through `verifier`.
 //! - `delta`: streaming delta apply (CLI `ota-agent delta apply`).
+//! - `identity`: the device key ([`identity::DeviceSigner`]: PKCS#11 token or dev file) and
+//!   everything it signs (envelopes, blob credentials).
 
 pub mod delta;
 pub mod hsm;
+pub mod identity;
 pub mod hsm_cli;
 pub mod trust_store;
 pub mod verifier;
