@@ -14,6 +14,8 @@
 pub mod delta;
 pub mod hsm;
 pub mod identity;
+pub mod machine;
+pub mod slots;
 pub mod hsm_cli;
 pub mod trust_store;
 pub mod verifier;
