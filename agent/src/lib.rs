@@ -13,8 +13,11 @@
 
 pub mod delta;
 pub mod hsm;
+pub mod directive;
 pub mod identity;
+pub mod journal;
 pub mod machine;
+pub mod mqtt;
 pub mod slots;
 pub mod hsm_cli;
 pub mod trust_store;
