@@ -18,6 +18,7 @@ pub mod identity;
 pub mod journal;
 pub mod machine;
 pub mod mqtt;
+pub mod preconditions;
 pub mod slots;
 pub mod hsm_cli;
 pub mod trust_store;
