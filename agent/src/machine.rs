@@ -173,6 +173,9 @@ pub struct Finished {
     /// A directive without this deployment arrived since it ended: a later assignment
     /// of the same id is the server's retry, not a resend of the old one.
     pub absent_since: bool,
+    /// What was downloaded for it (`None`: nothing, e.g. a server rollback).
+    #[serde(default)]
+    pub via: Option<PayloadKind>,
 }
 
 /// The journaled state.
@@ -401,6 +404,7 @@ impl Step {
                     outcome,
                     next_sequence: d.next_sequence,
                     absent_since: false,
+                    via: Some(d.payload.kind),
                 },
             );
         }
@@ -703,6 +707,7 @@ fn report_server_rollback(s: &mut Step, deployment_id: &str) {
             outcome: ProgressPhase::RolledBack,
             next_sequence: sequence + 1,
             absent_since: false,
+            via: None,
         },
     );
     if s.state.last_committed.as_deref() == Some(deployment_id) {

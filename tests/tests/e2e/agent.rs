@@ -1,0 +1,310 @@
+//! The vehicle loop end to end: a real server on SQLite, the machine's Mosquitto, and
+//! agents with file slots and a file bootloader. Release, rollout, delta download,
+//! install into the inactive slot, reboot, health check, commit, server-driven rollback,
+//! a failing health check, and a crash at every journaled step.
+
+use crate::fleet::{require_mqtt, unique, wait_for, RunningAgent, Server, Vehicle};
+use ota_agent::journal::CrashHook;
+use ota_agent::machine::{AgentState, PayloadKind, Phase, SlotName};
+use ota_agent::run::{HealthCheck, RunOutcome};
+use ota_agent::slots::file::FileBootloader;
+use ota_agent::slots::Bootloader;
+use ota_agent::trust_store::FileTrustStore;
+use ota_tests::synthetic;
+use serde_json::Value;
+use std::time::Duration;
+
+const IMAGE_BYTES: usize = 192 * 1024;
+
+/// A server holding release 1.0.0 (the factory image) of a fresh hardware id.
+struct Fixture {
+    server: Server,
+    hardware_id: String,
+    v1: Vec<u8>,
+    v2: Vec<u8>,
+    root: Vec<u8>,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Option<Fixture> {
+        if !require_mqtt().await {
+            return None;
+        }
+        let server = Server::start(2).await;
+        let hardware_id = unique("hw-");
+        let v1 = synthetic::image(7, IMAGE_BYTES);
+        let v2 = synthetic::next_release(&v1, 8, 40);
+        let image = server.upload(&hardware_id, "1.0.0", v1.clone()).await;
+        server.release(&image, "1.0.0", 1).await;
+        let root = server.root().await;
+        Some(Fixture {
+            server,
+            hardware_id,
+            v1,
+            v2,
+            root,
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    async fn vehicle(&self, name: &str) -> Vehicle {
+        let vehicle = Vehicle::provision(
+            self.dir.path(),
+            &unique(name),
+            &self.hardware_id,
+            &self.root,
+            &self.v1,
+        );
+        self.server
+            .register(&vehicle.id, &vehicle.key, &self.hardware_id)
+            .await;
+        vehicle
+    }
+
+    /// Runs the agent until the server knows it runs 1.0.0, then stops it.
+    async fn first_check_in(&self, vehicle: &Vehicle) {
+        let agent = RunningAgent::start(vehicle.parts(
+            &self.server,
+            HealthCheck::BootIsEnough,
+            CrashHook::default(),
+        ));
+        wait_for("the first check-in to record 1.0.0", 30, || async {
+            (self.server.installed_version(&vehicle.id).await.as_deref() == Some("1.0.0"))
+                .then_some(())
+        })
+        .await;
+        assert_eq!(agent.stop().await, RunOutcome::Stopped);
+    }
+
+    /// Releases 2.0.0 and starts a rollout of it; waits until its delta is built.
+    async fn release_v2(&self) -> String {
+        let image = self
+            .server
+            .upload(&self.hardware_id, "2.0.0", self.v2.clone())
+            .await;
+        let release = self.server.release(&image, "2.0.0", 1).await;
+        let rollout = self.server.rollout(&release, &self.hardware_id).await;
+        wait_for("the delta build", 60, || async {
+            let (_, jobs) = self
+                .server
+                .call("GET", &format!("/api/v1/delta-jobs?rollout_id={rollout}"), None)
+                .await;
+            let status = jobs[0]["status"].as_str().map(str::to_owned);
+            match status.as_deref() {
+                Some("queued" | "running") | None => None,
+                Some(other) => Some(other.to_owned()),
+            }
+        })
+        .await;
+        rollout
+    }
+}
+
+fn slot_bytes(vehicle: &Vehicle, slot: SlotName, len: usize) -> Vec<u8> {
+    let bytes = std::fs::read(vehicle.dir.join(format!("slot_{}", slot.as_str()))).unwrap();
+    bytes[..len].to_vec()
+}
+
+async fn wait_for_status(server: &Server, vehicle: &Vehicle, rollout: &str, want: &str) {
+    wait_for(&format!("{} to be {want}", vehicle.id), 60, || async {
+        (server.deployment_status(&vehicle.id, rollout).await.as_deref() == Some(want))
+            .then_some(())
+    })
+    .await;
+}
+
+fn idle(state: &Option<AgentState>) -> &AgentState {
+    let state = state.as_ref().expect("a journal");
+    assert_eq!(state.phase, Phase::Idle, "the agent is idle: {state:?}");
+    state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_goes_from_1_to_2_by_a_delta_commits_and_is_rolled_back_by_the_server() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let vehicle = fx.vehicle("veh-delta-").await;
+    fx.first_check_in(&vehicle).await;
+    let rollout = fx.release_v2().await;
+
+    let agent = RunningAgent::start(vehicle.parts(
+        &fx.server,
+        HealthCheck::Command {
+            argv: vec!["true".to_owned()],
+            timeout: Duration::from_secs(30),
+        },
+        CrashHook::default(),
+    ));
+    wait_for_status(&fx.server, &vehicle, &rollout, "committed").await;
+    wait_for("the agent to be idle on 2.0.0", 30, || async {
+        vehicle
+            .journal()
+            .filter(|s| s.phase == Phase::Idle && s.active == SlotName::B)
+            .map(|_| ())
+    })
+    .await;
+    let state = vehicle.journal();
+    let state = idle(&state);
+    assert_eq!(
+        state.installed().as_ref().map(|i| i.version.as_str()),
+        Some("2.0.0")
+    );
+    let finished = state.finished.last().expect("the deployment is remembered");
+    assert_eq!(
+        finished.via,
+        Some(PayloadKind::Delta),
+        "the update must come as a delta from 1.0.0"
+    );
+    assert_eq!(slot_bytes(&vehicle, SlotName::B, fx.v2.len()), fx.v2);
+    assert_eq!(
+        slot_bytes(&vehicle, SlotName::A, fx.v1.len()),
+        fx.v1,
+        "the previous slot is untouched"
+    );
+    let boot = FileBootloader::new(vehicle.dir.join("bootenv.json"))
+        .read()
+        .unwrap();
+    assert_eq!((boot.active, boot.trying), (SlotName::B, None));
+    let floor = FileTrustStore::new(vehicle.dir.join("trust"))
+        .load()
+        .unwrap()
+        .security_floor(&fx.hardware_id);
+    assert_eq!(floor, 1, "the security floor rises on commit");
+    wait_for("the server to see 2.0.0 installed", 30, || async {
+        (fx.server.installed_version(&vehicle.id).await.as_deref() == Some("2.0.0")).then_some(())
+    })
+    .await;
+
+    // The release engineer rolls the rollout back: the vehicle returns to slot A.
+    fx.server
+        .ok("POST", &format!("/api/v1/rollouts/{rollout}/rollback"), None)
+        .await;
+    wait_for_status(&fx.server, &vehicle, &rollout, "rolled_back").await;
+    wait_for("the agent to be back on slot A", 30, || async {
+        vehicle
+            .journal()
+            .filter(|s| s.phase == Phase::Idle && s.active == SlotName::A)
+            .map(|_| ())
+    })
+    .await;
+    assert_eq!(
+        fx.server.installed_version(&vehicle.id).await.as_deref(),
+        Some("1.0.0")
+    );
+    assert_eq!(agent.stop().await, RunOutcome::Stopped);
+    fx.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_health_check_falls_back_to_the_old_slot_and_reports_rolled_back() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let vehicle = fx.vehicle("veh-unhealthy-").await;
+    fx.first_check_in(&vehicle).await;
+    let rollout = fx.release_v2().await;
+    let agent = RunningAgent::start(vehicle.parts(
+        &fx.server,
+        HealthCheck::Command {
+            argv: vec!["false".to_owned()],
+            timeout: Duration::from_secs(30),
+        },
+        CrashHook::default(),
+    ));
+    wait_for_status(&fx.server, &vehicle, &rollout, "rolled_back").await;
+    let state = vehicle.journal();
+    let state = idle(&state);
+    assert_eq!(state.active, SlotName::A, "the old slot stays active");
+    assert_eq!(
+        state.finished.last().map(|f| f.outcome),
+        Some(ota_core::protocol::ProgressPhase::RolledBack)
+    );
+    assert_eq!(slot_bytes(&vehicle, SlotName::A, fx.v1.len()), fx.v1);
+    let floor = FileTrustStore::new(vehicle.dir.join("trust"))
+        .load()
+        .unwrap()
+        .security_floor(&fx.hardware_id);
+    assert_eq!(floor, 0, "the floor does not rise without a commit");
+    assert_eq!(agent.stop().await, RunOutcome::Stopped);
+    fx.server.stop().await;
+}
+
+/// The slot the firmware would boot now holds a complete, known image.
+fn assert_bootable(vehicle: &Vehicle, fx: &Fixture, step: &str) {
+    let boot = FileBootloader::new(vehicle.dir.join("bootenv.json"))
+        .read()
+        .unwrap();
+    let image = slot_bytes(vehicle, boot.active, fx.v1.len().max(fx.v2.len()));
+    let holds_v1 = image[..fx.v1.len()] == fx.v1[..];
+    let holds_v2 = image[..fx.v2.len()] == fx.v2[..];
+    assert!(
+        holds_v1 || holds_v2,
+        "after a crash at {step:?} the active slot {:?} must hold a whole image",
+        boot.active
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_every_journaled_step_resumes_to_committed_and_never_leaves_an_unbootable_slot() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let steps = [
+        "waiting",
+        "downloading",
+        "installing",
+        "installed",
+        "rebooting",
+        "health_check",
+        "committing",
+        "idle",
+    ];
+    let mut vehicles = Vec::new();
+    for step in steps {
+        let vehicle = fx.vehicle(&format!("veh-crash-{}-", step.replace('_', ""))).await;
+        fx.first_check_in(&vehicle).await;
+        vehicles.push((step, vehicle));
+    }
+    let rollout = fx.release_v2().await;
+    let crashes = vehicles.iter().map(|(step, vehicle)| {
+        let fx = &fx;
+        async move {
+            let agent = RunningAgent::start(vehicle.parts(
+                &fx.server,
+                HealthCheck::BootIsEnough,
+                CrashHook::at(step),
+            ));
+            let outcome = agent.finished().await;
+            assert_eq!(
+                outcome,
+                RunOutcome::Crashed {
+                    step: (*step).to_owned()
+                },
+                "the crash hook fires at {step}"
+            );
+            assert_bootable(vehicle, fx, step);
+            // Restart without the hook: the agent resumes and finishes the update.
+            let agent = RunningAgent::start(vehicle.parts(
+                &fx.server,
+                HealthCheck::BootIsEnough,
+                CrashHook::default(),
+            ));
+            wait_for_status(&fx.server, vehicle, &rollout, "committed").await;
+            wait_for(&format!("{step}: idle on slot B"), 30, || async {
+                vehicle
+                    .journal()
+                    .filter(|s| s.phase == Phase::Idle && s.active == SlotName::B)
+                    .map(|_| ())
+            })
+            .await;
+            assert_eq!(slot_bytes(vehicle, SlotName::B, fx.v2.len()), fx.v2, "{step}");
+            assert_eq!(agent.stop().await, RunOutcome::Stopped);
+        }
+    });
+    futures_util::future::join_all(crashes).await;
+    let totals: Value = fx.server.totals(&rollout).await;
+    assert_eq!(totals["committed"], steps.len() as u64, "{totals}");
+    fx.server.stop().await;
+}
