@@ -58,11 +58,11 @@ pub struct InstallReport {
 /// be booted; it is the inactive slot, so nothing boots it unless a try is armed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("resolving the slot path {path}: {source}")]
+    #[error("resolving the slot path {path}")]
     ResolveSlot { path: PathBuf, source: io::Error },
-    #[error("opening the slot {path} for writing: {source}")]
+    #[error("opening the slot {path} for writing")]
     OpenSlot { path: PathBuf, source: io::Error },
-    #[error("opening the source slot {path}: {source}")]
+    #[error("opening the source slot {path}")]
     OpenSource { path: PathBuf, source: io::Error },
     #[error("refusing to install into {slot}: it is the delta's source slot ({source_slot})")]
     SlotIsSource { slot: PathBuf, source_slot: PathBuf },
@@ -72,13 +72,13 @@ pub enum InstallError {
         capacity: u64,
         needed: u64,
     },
-    #[error("reading the image stream: {0}")]
+    #[error("reading the image stream")]
     ReadImage(#[source] io::Error),
-    #[error("reading the delta header: {0}")]
+    #[error("reading the delta header")]
     ReadDeltaHeader(#[source] io::Error),
     #[error("the delta stream ends inside its header")]
     TruncatedDeltaHeader,
-    #[error("delta header refused: {0}")]
+    #[error("delta header refused")]
     DeltaHeader(#[source] DeltaError),
     #[error(
         "the delta builds {declared_length} bytes with sha256 {declared_sha256}, the signed target is {expected_length} bytes with sha256 {expected_sha256}"
@@ -89,13 +89,13 @@ pub enum InstallError {
         expected_length: u64,
         expected_sha256: Sha256Digest,
     },
-    #[error("applying the delta: {0}")]
+    #[error("applying the delta")]
     Apply(#[source] ApplyError),
     #[error("the image continues past its signed length of {limit} bytes; stopped before writing byte {limit}")]
     Overrun { limit: u64 },
-    #[error("writing the slot {path}: {source}")]
+    #[error("writing the slot {path}")]
     WriteSlot { path: PathBuf, source: io::Error },
-    #[error("syncing the slot {path}: {source}")]
+    #[error("syncing the slot {path}")]
     SyncSlot { path: PathBuf, source: io::Error },
     #[error("the image is {actual} bytes, the signed length is {expected}")]
     LengthMismatch { expected: u64, actual: u64 },
@@ -104,7 +104,7 @@ pub enum InstallError {
         expected: Sha256Digest,
         actual: Sha256Digest,
     },
-    #[error("reading the slot {path}: {source}")]
+    #[error("reading the slot {path}")]
     ReadSlot { path: PathBuf, source: io::Error },
     #[error("the slot {path} holds {available} bytes, fewer than the {wanted} asked for")]
     SlotShorter {
@@ -297,10 +297,7 @@ pub fn apply_delta_bounded<W: Write>(
         }
         Err(err) => return Err(InstallError::Apply(err)),
     };
-    out.flush().map_err(|source| InstallError::WriteSlot {
-        path: PathBuf::new(),
-        source,
-    })?;
+    // `apply_delta` flushed `out` before it returned.
     out.check(&expected)?;
     Ok((InstallMethod::Delta(report.algorithm), expected, out))
 }

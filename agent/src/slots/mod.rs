@@ -232,19 +232,19 @@ impl SlotPaths {
 /// Why a bootloader operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
-    #[error("reading the boot env file {path}: {source}")]
+    #[error("reading the boot env file {path}")]
     ReadEnvFile {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the boot env file {path} is corrupt: {source}")]
+    #[error("the boot env file {path} is corrupt")]
     CorruptEnvFile {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("writing the boot env file: {0}")]
+    #[error("writing the boot env file")]
     WriteEnvFile(#[source] crate::trust_store::TrustStoreError),
-    #[error("running `{command}`: {source}")]
+    #[error("running `{command}`")]
     SpawnTool {
         command: String,
         source: std::io::Error,
@@ -264,7 +264,7 @@ pub enum SlotError {
         value: String,
         expected: &'static str,
     },
-    #[error("reading the kernel command line {path}: {source}")]
+    #[error("reading the kernel command line {path}")]
     ReadCmdline {
         path: PathBuf,
         source: std::io::Error,
