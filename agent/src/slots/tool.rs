@@ -3,7 +3,7 @@
 //! command line.
 
 use super::{BootState, SlotError, SlotName};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 pub(super) const ACTIVE: &str = "ota_active";
@@ -130,10 +130,10 @@ pub(super) fn render(program: &Path, args: &[String]) -> String {
 
 /// The slot the running system booted from: the `ota.slot=` key of the kernel command
 /// line, which the boot script passes.
-pub(super) fn booted_slot(cmdline_path: &PathBuf) -> Result<SlotName, SlotError> {
+pub(super) fn booted_slot(cmdline_path: &Path) -> Result<SlotName, SlotError> {
     let cmdline =
         std::fs::read_to_string(cmdline_path).map_err(|source| SlotError::ReadCmdline {
-            path: cmdline_path.clone(),
+            path: cmdline_path.to_owned(),
             source,
         })?;
     let mut found = None;
@@ -146,7 +146,7 @@ pub(super) fn booted_slot(cmdline_path: &PathBuf) -> Result<SlotName, SlotError>
     match found {
         Some(Some(slot)) => Ok(slot),
         _ => Err(SlotError::NoBootedSlot {
-            path: cmdline_path.clone(),
+            path: cmdline_path.to_owned(),
             cmdline: cmdline.trim_end().to_owned(),
         }),
     }
