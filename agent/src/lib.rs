@@ -10,17 +10,22 @@
 //! - `delta`: streaming delta apply (CLI `ota-agent delta apply`).
 //! - `identity`: the device key ([`identity::DeviceSigner`]: PKCS#11 token or dev file) and
 //!   everything it signs (envelopes, blob credentials).
+//! - `slots`: A/B slots and the [`slots::Bootloader`] trait (try-boot counter), with its
+//!   `file`, U-Boot and GRUB implementations and the pure firmware rule.
+//! - `install`: streaming a full image or a delta into the inactive slot in place, bounded
+//!   by the signed length and checked against the signed SHA-256.
 
 pub mod delta;
 pub mod hsm;
+pub mod hsm_cli;
 pub mod directive;
 pub mod identity;
+pub mod install;
 pub mod journal;
 pub mod machine;
 pub mod mqtt;
 pub mod preconditions;
 pub mod slots;
-pub mod hsm_cli;
 pub mod trust_store;
 pub mod verifier;
 pub mod verify_cli;

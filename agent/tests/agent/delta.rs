@@ -4,14 +4,15 @@ use ota_core::delta::{
     encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, SegmentHeader,
 };
 use sha2::{Digest, Sha256};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output};
 
-const OLD: &[u8] = b"The quick brown fox jumps over the lazy dog. 0123456789";
+pub(crate) const OLD: &[u8] = b"The quick brown fox jumps over the lazy dog. 0123456789";
 
 /// A one-segment bsdiff container turning `OLD` into `"quick brown cat!"`: 11 bytes of
 /// old text with two diff bytes changing "fox" into "cat", then literal "!".
-fn bsdiff_container(source: &[u8]) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn bsdiff_container(source: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let target = b"quick brown cat!".to_vec();
     let old_run = &OLD[4..19];
     let diff: Vec<u8> = target[..15]
@@ -52,7 +53,7 @@ fn bsdiff_container(source: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (container, target)
 }
 
-fn full_container(target: &[u8]) -> Vec<u8> {
+pub(crate) fn full_container(target: &[u8]) -> Vec<u8> {
     let header = ContainerHeader {
         algorithm: Algorithm::FullZstd,
         source_len: 0,
@@ -155,4 +156,215 @@ fn cli_failure_keeps_an_existing_output_untouched() {
         b"previous image"
     );
     assert_eq!(files_in(dir.path()), vec!["delta", "new", "old"]);
+}
+
+fn run_apply_to(dir: &Path, container: &[u8], out: &Path, extra: &[&str]) -> Output {
+    std::fs::write(dir.join("old"), OLD).expect("write old");
+    std::fs::write(dir.join("delta"), container).expect("write delta");
+    Command::new(env!("CARGO_BIN_EXE_ota-agent"))
+        .args(["delta", "apply", "--old"])
+        .arg(dir.join("old"))
+        .arg("--delta")
+        .arg(dir.join("delta"))
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("ota-agent runs")
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+}
+
+#[test]
+fn cli_gives_new_files_mode_0644_and_removes_leftover_temporaries() {
+    let (container, target) = bsdiff_container(OLD);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A run killed earlier left a temporary behind.
+    std::fs::write(dir.path().join(".ota-tmp-Xy12ab"), b"partial").expect("leftover");
+    let out = dir.path().join("new");
+    let output = run_apply_to(dir.path(), &container, &out, &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(std::fs::read(&out).expect("read"), target);
+    assert_eq!(
+        mode(&out),
+        0o644,
+        "a new output is 0644, not tempfile's 0600"
+    );
+    assert_eq!(
+        files_in(dir.path()),
+        vec!["delta", "new", "old"],
+        "the leftover temporary is removed"
+    );
+}
+
+#[test]
+fn cli_writes_through_a_symlink_keeps_it_and_the_files_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let (container, target) = bsdiff_container(OLD);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).expect("mkdir");
+    let file = images.join("slot_b.img");
+    std::fs::write(&file, b"previous image").expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let link = dir.path().join("slot_b");
+    std::os::unix::fs::symlink("images/slot_b.img", &link).expect("symlink");
+
+    let output = run_apply_to(dir.path(), &container, &link, &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read_link(&link).expect("--out must stay a symlink"),
+        Path::new("images/slot_b.img")
+    );
+    assert_eq!(
+        std::fs::read(&file).expect("read"),
+        target,
+        "the file it names is written"
+    );
+    assert_eq!(mode(&file), 0o640, "an existing output keeps its mode");
+    assert_eq!(files_in(&images), vec!["slot_b.img"]);
+}
+
+#[test]
+fn cli_writes_a_device_in_place_through_a_symlink() {
+    let (container, target) = bsdiff_container(OLD);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A character device stands in for a partition (see `null_device`).
+    let device = crate::install::null_device(dir.path());
+    let link = dir.path().join("by-partlabel-slot_b");
+    std::os::unix::fs::symlink(&device, &link).expect("symlink");
+    let sha = hex::encode(Sha256::digest(&target));
+    let len = target.len().to_string();
+    let output = run_apply_to(
+        dir.path(),
+        &container,
+        &link,
+        &["--expect-length", &len, "--expect-sha256", &sha],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("in place"));
+    assert_eq!(std::fs::read_link(&link).expect("still a symlink"), device);
+    assert!(
+        std::fs::metadata(&device)
+            .expect("stat")
+            .file_type()
+            .is_char_device(),
+        "the device node was not replaced"
+    );
+    let mut expected_files = vec!["by-partlabel-slot_b", "delta", "old"];
+    if device.starts_with(dir.path()) {
+        expected_files.insert(2, "null-device");
+    }
+    assert_eq!(
+        files_in(dir.path()),
+        expected_files,
+        "no temporary file remains"
+    );
+}
+
+use std::os::unix::fs::FileTypeExt;
+
+/// The hostile delta: a few KB that decompress to far more than the signed
+/// target. With the signed length given, nothing is written at all.
+#[test]
+fn cli_refuses_a_delta_larger_than_the_signed_target_before_writing() {
+    let huge = 64u64 << 20;
+    let header = ContainerHeader {
+        algorithm: Algorithm::FullZstd,
+        source_len: 0,
+        source_sha256: [0; 32],
+        target_len: huge,
+        target_sha256: [7; 32],
+    };
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 19).expect("zstd");
+    std::io::copy(&mut std::io::repeat(0).take(huge), &mut encoder).expect("compress");
+    let container = [&header.encode()[..], &encoder.finish().expect("zstd")].concat();
+    assert!(container.len() < 16 << 10, "the hostile delta is small");
+
+    let signed = b"the signed image";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("new");
+    let output = run_apply_to(
+        dir.path(),
+        &container,
+        &out,
+        &[
+            "--expect-length",
+            &signed.len().to_string(),
+            "--expect-sha256",
+            &hex::encode(Sha256::digest(signed)),
+        ],
+    );
+    assert!(
+        !output.status.success(),
+        "an oversized delta must be refused"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("signed target"),
+        "stderr names the cause: {stderr}"
+    );
+    assert_eq!(
+        files_in(dir.path()),
+        vec!["delta", "old"],
+        "nothing was written"
+    );
+}
+
+/// The header agrees with the signed target but the stream produces more: the write
+/// past the signed length is refused.
+#[test]
+fn cli_stops_an_overlong_stream_at_the_signed_length() {
+    let target = b"sixteen bytes!!!".to_vec();
+    let header = ContainerHeader {
+        algorithm: Algorithm::FullZstd,
+        source_len: 0,
+        source_sha256: [0; 32],
+        target_len: target.len() as u64,
+        target_sha256: Sha256::digest(&target).into(),
+    };
+    let longer = [&target[..], &[0u8; 1 << 20]].concat();
+    let container = [
+        &header.encode()[..],
+        &zstd::stream::encode_all(&longer[..], 3).expect("zstd"),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("new");
+    let output = run_apply_to(
+        dir.path(),
+        &container,
+        &out,
+        &[
+            "--expect-length",
+            &target.len().to_string(),
+            "--expect-sha256",
+            &hex::encode(Sha256::digest(&target)),
+        ],
+    );
+    assert!(
+        !output.status.success(),
+        "an overlong stream must be refused"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("past"),
+        "stderr names the overrun: {stderr}"
+    );
+    assert_eq!(files_in(dir.path()), vec!["delta", "old"]);
 }

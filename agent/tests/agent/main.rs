@@ -3,5 +3,6 @@
 
 mod delta;
 mod hsm;
+mod install;
 mod services;
 mod verify_cli;
