@@ -8,9 +8,14 @@
 //! - `verifier`: metadata verification as run by the agent (load, verify, persist).
 //! - `verify_cli`: `ota-agent verify-metadata`, offline verification through `verifier`.
 //! - `delta`: streaming delta apply (CLI `ota-agent delta apply`).
+//! - `config`: the agent's TOML config file (`AgentConfig`), strict, errors name the key.
+//! - `cli`: command-line front ends (`provision`).
 //! - `identity`: the device key ([`identity::DeviceSigner`]: PKCS#11 token or dev file) and
-//!   everything it signs (envelopes, blob credentials).
+//!   everything it signs (envelopes, blob credentials); `identity::pkcs11` (token key,
+//!   `CKM_EDDSA`), `identity::file` (development key file).
 
+pub mod cli;
+pub mod config;
 pub mod delta;
 pub mod hsm;
 pub mod identity;
