@@ -232,7 +232,9 @@ fn tagged_table<'de, D: Deserializer<'de>>(
 }
 
 /// The variant's struct from the rest of the table; errors start with the field's path.
-fn section<T: serde::de::DeserializeOwned, E: serde::de::Error>(table: toml::Table) -> Result<T, E> {
+fn section<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+    table: toml::Table,
+) -> Result<T, E> {
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
@@ -357,28 +359,31 @@ impl AgentConfig {
     /// Parses and validates `text`; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<AgentConfig, ConfigError> {
         let deserializer = toml::Deserializer::new(text);
-        let config: AgentConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
-            let key = match err.path().to_string() {
-                root if root == "." || root.is_empty() => "(top level)".to_owned(),
-                key => key,
-            };
-            let inner = err.into_inner();
-            let line = inner
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-            let (key, message) = join_field_path(key, inner.message());
-            ConfigError::Parse {
+        let config: AgentConfig =
+            serde_path_to_error::deserialize(deserializer).map_err(|err| {
+                let key = match err.path().to_string() {
+                    root if root == "." || root.is_empty() => "(top level)".to_owned(),
+                    key => key,
+                };
+                let inner = err.into_inner();
+                let line = inner
+                    .span()
+                    .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+                let (key, message) = join_field_path(key, inner.message());
+                ConfigError::Parse {
+                    origin: origin.to_owned(),
+                    key,
+                    line,
+                    message,
+                }
+            })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Value {
                 origin: origin.to_owned(),
                 key,
-                line,
-                message,
-            }
-        })?;
-        config.validate().map_err(|(key, reason)| ConfigError::Value {
-            origin: origin.to_owned(),
-            key,
-            reason,
-        })?;
+                reason,
+            })?;
         Ok(config)
     }
 
@@ -518,7 +523,11 @@ fn positive(key: &'static str, value: u64) -> Result<(), (&'static str, String)>
     Ok(())
 }
 
-fn check_url(key: &'static str, value: &str, schemes: &[&str]) -> Result<(), (&'static str, String)> {
+fn check_url(
+    key: &'static str,
+    value: &str,
+    schemes: &[&str],
+) -> Result<(), (&'static str, String)> {
     let url = reqwest::Url::parse(value).map_err(|e| (key, format!("{value:?}: {e}")))?;
     if !schemes.contains(&url.scheme()) {
         return Err((
@@ -577,7 +586,10 @@ deadline_seconds = 3600
     fn the_documented_file_parses_into_typed_fields_and_round_trips() {
         let config = AgentConfig::parse(GOOD, "good.toml").unwrap();
         assert_eq!(config.vehicle_id, "veh-0001");
-        assert_eq!(config.trust_dir(), PathBuf::from("/var/lib/ota-agent/trust"));
+        assert_eq!(
+            config.trust_dir(),
+            PathBuf::from("/var/lib/ota-agent/trust")
+        );
         let KeyConfig::Pkcs11(key) = &config.key else {
             panic!("pkcs11 expected")
         };
@@ -634,46 +646,130 @@ deadline_seconds = 3600
         );
         let config = AgentConfig::parse(&grub, "t").unwrap();
         assert!(matches!(config.bootloader, BootloaderConfig::Grub(ref g) if g.tries == 2));
-        assert_eq!(AgentConfig::parse(&config.to_toml().unwrap(), "t").unwrap(), config);
+        assert_eq!(
+            AgentConfig::parse(&config.to_toml().unwrap(), "t").unwrap(),
+            config
+        );
     }
 
     fn error_of(text: &str) -> String {
-        AgentConfig::parse(text, "bad.toml").unwrap_err().to_string()
+        AgentConfig::parse(text, "bad.toml")
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn every_bad_value_names_its_key() {
         // (replace this, with that, the error must contain these)
         let cases: &[(&str, &str, &[&str])] = &[
-            ("vehicle_id = \"veh-0001\"", "vehicle_id = \"veh 1\"", &["vehicle_id", "veh 1"]),
-            ("vehicle_id = \"veh-0001\"", "vehicle_id = 7", &["vehicle_id", "invalid type"]),
-            ("server_url = \"http://127.0.0.1:8080\"", "server_url = \"ftp://x\"", &["server_url", "scheme"]),
-            ("server_url = \"http://127.0.0.1:8080\"", "server_url = \"not a url\"", &["server_url"]),
-            ("mqtt_url = \"mqtt://127.0.0.1:1883\"", "mqtt_url = \"http://127.0.0.1:1883\"", &["mqtt_url", "scheme"]),
-            ("hardware_id = \"hw-a\"", "hardware_id = \"\"", &["ecu.hardware_id", "empty"]),
-            ("hardware_id = \"hw-a\"", "", &["ecu", "missing field `hardware_id`"]),
-            ("store = \"pkcs11\"", "store = \"tpm\"", &["key.store: unknown key store \"tpm\""]),
+            (
+                "vehicle_id = \"veh-0001\"",
+                "vehicle_id = \"veh 1\"",
+                &["vehicle_id", "veh 1"],
+            ),
+            (
+                "vehicle_id = \"veh-0001\"",
+                "vehicle_id = 7",
+                &["vehicle_id", "invalid type"],
+            ),
+            (
+                "server_url = \"http://127.0.0.1:8080\"",
+                "server_url = \"ftp://x\"",
+                &["server_url", "scheme"],
+            ),
+            (
+                "server_url = \"http://127.0.0.1:8080\"",
+                "server_url = \"not a url\"",
+                &["server_url"],
+            ),
+            (
+                "mqtt_url = \"mqtt://127.0.0.1:1883\"",
+                "mqtt_url = \"http://127.0.0.1:1883\"",
+                &["mqtt_url", "scheme"],
+            ),
+            (
+                "hardware_id = \"hw-a\"",
+                "hardware_id = \"\"",
+                &["ecu.hardware_id", "empty"],
+            ),
+            (
+                "hardware_id = \"hw-a\"",
+                "",
+                &["ecu", "missing field `hardware_id`"],
+            ),
+            (
+                "store = \"pkcs11\"",
+                "store = \"tpm\"",
+                &["key.store: unknown key store \"tpm\""],
+            ),
             ("store = \"pkcs11\"", "", &["key.store: missing"]),
             ("pin = \"1234\"", "pin = 1234", &["key.pin: invalid type"]),
             ("pin = \"1234\"", "", &["key.pin", "one of pin and pin_env"]),
-            ("pin = \"1234\"", "pin = \"1\"\npin_env = \"P\"", &["key.pin", "not both"]),
-            ("label = \"ota-device-key\"", "label = \"ota-device-key\"\nlabell = \"x\"", &["key.labell: unknown field `labell`"]),
-            ("label = \"ota-root-anchor\"", "label = \"\"", &["anchor.label", "empty"]),
-            ("b = \"/dev/disk/by-partlabel/rootfs_b\"", "b = \"/dev/disk/by-partlabel/rootfs_a\"", &["slots.b", "differ"]),
-            ("kind = \"file\"", "kind = \"lilo\"", &["bootloader.kind: unknown bootloader \"lilo\""]),
+            (
+                "pin = \"1234\"",
+                "pin = \"1\"\npin_env = \"P\"",
+                &["key.pin", "not both"],
+            ),
+            (
+                "label = \"ota-device-key\"",
+                "label = \"ota-device-key\"\nlabell = \"x\"",
+                &["key.labell: unknown field `labell`"],
+            ),
+            (
+                "label = \"ota-root-anchor\"",
+                "label = \"\"",
+                &["anchor.label", "empty"],
+            ),
+            (
+                "b = \"/dev/disk/by-partlabel/rootfs_b\"",
+                "b = \"/dev/disk/by-partlabel/rootfs_a\"",
+                &["slots.b", "differ"],
+            ),
+            (
+                "kind = \"file\"",
+                "kind = \"lilo\"",
+                &["bootloader.kind: unknown bootloader \"lilo\""],
+            ),
             ("tries = 3", "tries = 0", &["bootloader.tries", "between"]),
-            ("tries = 3", "tries = -1", &["bootloader.tries: invalid value"]),
-            ("command = [\"/usr/bin/systemctl\", \"is-system-running\"]", "command = []", &["health.command", "empty"]),
-            ("timeout_seconds = 120", "timeout_seconds = \"soon\"", &["health.timeout_seconds", "invalid type"]),
-            ("deadline_seconds = 3600", "deadline_seconds = 0", &["download.deadline_seconds", "greater than 0"]),
-            ("deadline_seconds = 3600", "deadline_seconds = 3600\nspeed = 1", &["download", "unknown field `speed`"]),
-            ("vehicle_id = \"veh-0001\"", "vehicle_id = \"veh-0001\"\ncolour = \"red\"", &["colour", "unknown field `colour`"]),
+            (
+                "tries = 3",
+                "tries = -1",
+                &["bootloader.tries: invalid value"],
+            ),
+            (
+                "command = [\"/usr/bin/systemctl\", \"is-system-running\"]",
+                "command = []",
+                &["health.command", "empty"],
+            ),
+            (
+                "timeout_seconds = 120",
+                "timeout_seconds = \"soon\"",
+                &["health.timeout_seconds", "invalid type"],
+            ),
+            (
+                "deadline_seconds = 3600",
+                "deadline_seconds = 0",
+                &["download.deadline_seconds", "greater than 0"],
+            ),
+            (
+                "deadline_seconds = 3600",
+                "deadline_seconds = 3600\nspeed = 1",
+                &["download", "unknown field `speed`"],
+            ),
+            (
+                "vehicle_id = \"veh-0001\"",
+                "vehicle_id = \"veh-0001\"\ncolour = \"red\"",
+                &["colour", "unknown field `colour`"],
+            ),
         ];
         for (from, to, expected) in cases {
             assert!(GOOD.contains(from), "case setup: {from}");
             let message = error_of(&GOOD.replacen(from, to, 1));
             for part in *expected {
-                assert!(message.contains(part), "{to:?}: expected {part:?} in {message:?}");
+                assert!(
+                    message.contains(part),
+                    "{to:?}: expected {part:?} in {message:?}"
+                );
             }
             assert!(message.contains("bad.toml"), "{message}");
         }
@@ -681,7 +777,10 @@ deadline_seconds = 3600
 
     #[test]
     fn pin_env_is_resolved_and_an_unset_variable_is_named() {
-        let text = GOOD.replace("pin = \"1234\"", "pin_env = \"OTA_CONFIG_TEST_PIN_UNSET_4711\"");
+        let text = GOOD.replace(
+            "pin = \"1234\"",
+            "pin_env = \"OTA_CONFIG_TEST_PIN_UNSET_4711\"",
+        );
         let config = AgentConfig::parse(&text, "t").unwrap();
         let KeyConfig::Pkcs11(key) = &config.key else {
             panic!("pkcs11 expected")

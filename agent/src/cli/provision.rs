@@ -16,8 +16,8 @@
 
 use crate::config::{
     AgentConfig, AnchorConfig, BootloaderConfig, DownloadConfig, EcuConfig, FileBootloaderConfig,
-    FileKeyConfig, GrubConfig, HealthConfig, KeyConfig, Pkcs11KeyConfig, SlotsConfig,
-    UbootConfig, VehicleStateConfig,
+    FileKeyConfig, GrubConfig, HealthConfig, KeyConfig, Pkcs11KeyConfig, SlotsConfig, UbootConfig,
+    VehicleStateConfig,
 };
 use crate::hsm::{Hsm, HsmError, DEFAULT_ANCHOR_LABEL};
 use crate::hsm_cli::root_anchor_key;

@@ -99,10 +99,35 @@ pub enum IdentityError {
 
 /// What the agent runs with: its device key and, when the config names one, the root
 /// anchor key read from the same token.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DeviceIdentity {
-    pub signer: Arc<dyn DeviceSigner>,
-    pub root_anchor: Option<PublicKey>,
+    signer: Arc<dyn DeviceSigner>,
+    token: Option<Arc<Pkcs11Key>>,
+    root_anchor: Option<PublicKey>,
+}
+
+impl DeviceIdentity {
+    /// The device key, shareable across tasks.
+    pub fn signer(&self) -> Arc<dyn DeviceSigner> {
+        Arc::clone(&self.signer)
+    }
+
+    /// The root anchor key read from the token (`[anchor]` in the config).
+    pub fn root_anchor(&self) -> Option<PublicKey> {
+        self.root_anchor
+    }
+
+    /// Releases the key; for a token key held nowhere else, closes the session and
+    /// finalizes the PKCS#11 module.
+    pub fn close(self) -> Result<(), HsmError> {
+        let DeviceIdentity { signer, token, .. } = self;
+        drop(signer);
+        match token.map(Arc::try_unwrap) {
+            Some(Ok(key)) => key.close(),
+            // Still shared (or a file key): nothing to finalize here.
+            Some(Err(_)) | None => Ok(()),
+        }
+    }
 }
 
 /// Opens the key store the config names and reads the root anchor from the token,
@@ -122,8 +147,10 @@ pub fn open_identity(config: &AgentConfig) -> Result<DeviceIdentity, IdentityErr
                 },
                 None => None,
             };
+            let key = Arc::new(key);
             Ok(DeviceIdentity {
-                signer: Arc::new(key),
+                signer: key.clone(),
+                token: Some(key),
                 root_anchor,
             })
         }
@@ -133,6 +160,7 @@ pub fn open_identity(config: &AgentConfig) -> Result<DeviceIdentity, IdentityErr
             }
             Ok(DeviceIdentity {
                 signer: Arc::new(FileKey::load(&key_config.path)?),
+                token: None,
                 root_anchor: None,
             })
         }
@@ -148,11 +176,18 @@ mod tests {
     fn device_envelopes_equal_the_reference_signer_and_open_with_the_device_key() {
         let key = SigningKey::from_seed(&[7u8; 32]);
         let payload = br#"{"vehicle_id":"veh-1"}"#.to_vec();
-        let ours = sign_envelope(PAYLOAD_TYPE_CHECKIN, payload.clone(), &MemoryKey(key.clone()))
-            .unwrap();
+        let ours = sign_envelope(
+            PAYLOAD_TYPE_CHECKIN,
+            payload.clone(),
+            &MemoryKey(key.clone()),
+        )
+        .unwrap();
         let value: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         let reference = sign_message(PAYLOAD_TYPE_CHECKIN, &value, &key);
-        assert_eq!(ours, reference, "both signers must produce the same wire bytes");
+        assert_eq!(
+            ours, reference,
+            "both signers must produce the same wire bytes"
+        );
         let opened: serde_json::Value =
             open_message(&ours, PAYLOAD_TYPE_CHECKIN, &key.public_key()).unwrap();
         assert_eq!(opened["vehicle_id"], "veh-1");

@@ -113,7 +113,10 @@ impl Pkcs11Key {
     /// Runs `f` on the token session this key holds (e.g. to read the root anchor
     /// through the same PKCS#11 context).
     pub fn with_hsm<T>(&self, f: impl FnOnce(&Hsm) -> T) -> T {
-        let hsm = self.hsm.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let hsm = self
+            .hsm
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&hsm)
     }
 
@@ -332,7 +335,8 @@ mod tests {
             sign: true,
         };
         assert_eq!(good.problem(), None);
-        let cases: [(&str, fn(&mut PrivateFlags)); 6] = [
+        type Case = (&'static str, fn(&mut PrivateFlags));
+        let cases: [Case; 6] = [
             ("a session object", |f| f.token = false),
             ("not sensitive", |f| f.sensitive = false),
             ("extractable", |f| f.extractable = true),

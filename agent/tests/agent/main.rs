@@ -3,5 +3,6 @@
 
 mod delta;
 mod hsm;
+mod identity;
 mod services;
 mod verify_cli;
