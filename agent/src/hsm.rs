@@ -8,6 +8,9 @@
 //! stable) and requires **exactly one** public-key object with the anchor label; zero,
 //! several, a modifiable or destroyable one, or one that is not a valid Ed25519 key all
 //! fail closed.
+//!
+//! The same token holds the vehicle's device key; [`crate::identity::pkcs11`] generates
+//! and opens it through [`Hsm`]'s session.
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};

@@ -248,8 +248,9 @@ pub fn run(args: ProvisionArgs) -> anyhow::Result<()> {
             let hsm_config = key_config.hsm_config()?;
             let hsm = Hsm::open(&hsm_config, true)?;
             let result = provision_token(&hsm, &key_config.label, &args, &anchor_key);
-            hsm.close()?;
+            let closed = hsm.close();
             let public_key = result?;
+            closed?;
             (
                 public_key,
                 format!(
