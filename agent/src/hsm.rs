@@ -8,6 +8,9 @@
 //! stable) and requires **exactly one** public-key object with the anchor label; zero,
 //! several, a modifiable or destroyable one, or one that is not a valid Ed25519 key all
 //! fail closed.
+//!
+//! The same token holds the vehicle's device key; [`crate::identity::pkcs11`] generates
+//! and opens it through [`Hsm`]'s session.
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -19,7 +22,7 @@ use ota_core::key::PublicKey;
 use std::path::PathBuf;
 
 /// DER of the Ed25519 curve OID 1.3.101.112, the `CKA_EC_PARAMS` of Ed25519 keys.
-const ED25519_EC_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
+pub(crate) const ED25519_EC_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 
 /// The default label of the root anchor object.
 pub const DEFAULT_ANCHOR_LABEL: &str = "ota-root-anchor";
@@ -50,6 +53,25 @@ pub enum HsmError {
     AnchorInvalid { label: String, reason: String },
     #[error("an object labelled {label:?} already exists; the anchor is never replaced")]
     AnchorExists { label: String },
+    #[error("{count} object(s) labelled {label:?} already exist on the token; the device key is never replaced")]
+    DeviceKeyExists { label: String, count: usize },
+    #[error("no {class} object labelled {label:?} on the token: the vehicle has no device key (run `ota-agent provision`)")]
+    DeviceKeyMissing { label: String, class: &'static str },
+    #[error("{count} {class} objects are labelled {label:?}; exactly one private key and one public key are required")]
+    DeviceKeyAmbiguous {
+        label: String,
+        class: &'static str,
+        count: usize,
+    },
+    #[error("the device key objects labelled {label:?} have different CKA_IDs; they are not one key pair")]
+    DeviceKeyIdMismatch { label: String },
+    #[error("the device private key {label:?} is {problem}; it must be a sensitive, never-extractable token key generated in the token")]
+    DeviceKeyNotProtected {
+        label: String,
+        problem: &'static str,
+    },
+    #[error("the device key {label:?} is not a valid Ed25519 key pair: {reason}")]
+    DeviceKeyInvalid { label: String, reason: String },
 }
 
 /// Where the token is and how to log in.
@@ -67,7 +89,7 @@ pub struct Hsm {
     session: Session,
 }
 
-fn op(action: &'static str) -> impl FnOnce(CkError) -> HsmError {
+pub(crate) fn op(action: &'static str) -> impl FnOnce(CkError) -> HsmError {
     move |source| HsmError::Operation { action, source }
 }
 
@@ -102,6 +124,21 @@ impl Hsm {
         let Hsm { context, session } = self;
         drop(session);
         context.finalize().map_err(op("finalizing the module"))
+    }
+
+    /// The logged-in session (the device key in [`crate::identity::pkcs11`] uses it).
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// How many objects of any class carry `label` (provisioning checks a label is free
+    /// before creating anything).
+    pub fn objects_labelled(&self, label: &str) -> Result<usize, HsmError> {
+        Ok(self
+            .session
+            .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
+            .map_err(op("finding objects"))?
+            .len())
     }
 
     fn public_keys_labelled(&self, label: &str) -> Result<Vec<ObjectHandle>, HsmError> {

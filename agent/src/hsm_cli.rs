@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use ota_core::key::PublicKey;
 use ota_core::trust::TrustedState;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where the vehicle's PKCS#11 token is. Without `--pkcs11-module` the file trust
 /// store alone is used (development).
@@ -73,29 +73,34 @@ pub enum HsmCommand {
     },
 }
 
+/// The root key of the signed root at `root` that becomes the token's anchor: the one
+/// named by `keyid`, or the only root key. The root must verify as an anchor.
+pub fn root_anchor_key(root: &Path, keyid: Option<&str>) -> anyhow::Result<PublicKey> {
+    let bytes = std::fs::read(root).with_context(|| format!("reading {}", root.display()))?;
+    let state = TrustedState::from_anchor(&bytes)
+        .with_context(|| format!("{} is not a valid signed root", root.display()))?;
+    let root_keys = &state
+        .root()
+        .role_keys(ota_core::metadata::Role::Root)
+        .keyids;
+    let chosen = match (keyid, root_keys.as_slice()) {
+        (Some(wanted), _) => root_keys
+            .iter()
+            .find(|id| id.as_str() == wanted)
+            .with_context(|| format!("{wanted} is not a root key of {}", root.display()))?,
+        (None, [only]) => only,
+        (None, _) => bail!(
+            "the root role has {} keys; choose one with --keyid",
+            root_keys.len()
+        ),
+    };
+    Ok(state.root().keys[chosen])
+}
+
 pub fn run(cmd: HsmCommand) -> anyhow::Result<()> {
     match cmd {
         HsmCommand::InstallAnchor { hsm, root, keyid } => {
-            let bytes =
-                std::fs::read(&root).with_context(|| format!("reading {}", root.display()))?;
-            let state = TrustedState::from_anchor(&bytes)
-                .with_context(|| format!("{} is not a valid signed root", root.display()))?;
-            let root_keys = &state
-                .root()
-                .role_keys(ota_core::metadata::Role::Root)
-                .keyids;
-            let chosen = match (&keyid, root_keys.as_slice()) {
-                (Some(wanted), _) => root_keys
-                    .iter()
-                    .find(|id| id.as_str() == wanted)
-                    .with_context(|| format!("{wanted} is not a root key of {}", root.display()))?,
-                (None, [only]) => only,
-                (None, _) => bail!(
-                    "the root role has {} keys; choose one with --keyid",
-                    root_keys.len()
-                ),
-            };
-            let key = state.root().keys[chosen];
+            let key = root_anchor_key(&root, keyid.as_deref())?;
             let config = hsm
                 .config()?
                 .context("--pkcs11-module (or OTA_PKCS11_MODULE) is required")?;

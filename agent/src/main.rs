@@ -17,6 +17,8 @@ enum Command {
     /// The vehicle HSM's trust anchor: provisioning and inspection.
     #[command(subcommand)]
     Hsm(ota_agent::hsm_cli::HsmCommand),
+    /// Provision a vehicle: device key in the token, root anchor, trust store, config.
+    Provision(Box<ota_agent::cli::provision::ProvisionArgs>),
     /// Delta images: apply a delta to an old image.
     #[command(subcommand)]
     Delta(ota_agent::delta::cli::DeltaCommand),
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::VerifyMetadata(args) => ota_agent::verify_cli::run(args),
         Command::Hsm(cmd) => report(ota_agent::hsm_cli::run(cmd)),
+        Command::Provision(args) => report(ota_agent::cli::provision::run(*args)),
         Command::Delta(cmd) => report(ota_agent::delta::cli::run(cmd)),
     }
 }

@@ -10,10 +10,18 @@
 //! Everything the agent signs goes through [`sign_envelope`], so the two stores produce
 //! byte-identical wire messages.
 
+pub mod file;
+pub mod pkcs11;
+
+use crate::config::{AgentConfig, ConfigError, KeyConfig};
+use crate::hsm::HsmError;
+use file::{FileKey, FileKeyError};
 use ota_core::encoding::encode_base64;
 use ota_core::envelope::{pae, Envelope, EnvelopeSignature};
 use ota_core::key::{PublicKey, SigningKey};
+use pkcs11::Pkcs11Key;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 /// Why the device key could not sign.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +82,89 @@ pub fn blob_credential(
         "Vehicle {vehicle_id}.{unix_seconds}.{}",
         encode_base64(&signature)
     ))
+}
+
+/// Why the agent's identity could not be opened: it refuses to run.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("vehicle token: {0}")]
+    Hsm(#[from] HsmError),
+    #[error(transparent)]
+    File(#[from] FileKeyError),
+    #[error("agent config: anchor: a root anchor in a token needs key.store = \"pkcs11\"")]
+    AnchorWithoutToken,
+}
+
+/// What the agent runs with: its device key and, when the config names one, the root
+/// anchor key read from the same token.
+#[derive(Debug)]
+pub struct DeviceIdentity {
+    signer: Arc<dyn DeviceSigner>,
+    token: Option<Arc<Pkcs11Key>>,
+    root_anchor: Option<PublicKey>,
+}
+
+impl DeviceIdentity {
+    /// The device key, shareable across tasks.
+    pub fn signer(&self) -> Arc<dyn DeviceSigner> {
+        Arc::clone(&self.signer)
+    }
+
+    /// The root anchor key read from the token (`[anchor]` in the config).
+    pub fn root_anchor(&self) -> Option<PublicKey> {
+        self.root_anchor
+    }
+
+    /// Releases the key; for a token key held nowhere else, closes the session and
+    /// finalizes the PKCS#11 module.
+    pub fn close(self) -> Result<(), HsmError> {
+        let DeviceIdentity { signer, token, .. } = self;
+        drop(signer);
+        match token.map(Arc::try_unwrap) {
+            Some(Ok(key)) => key.close(),
+            // Still shared (or a file key): nothing to finalize here.
+            Some(Err(_)) | None => Ok(()),
+        }
+    }
+}
+
+/// Opens the key store the config names and reads the root anchor from the token,
+/// failing closed on a missing, duplicate or unprotected key or anchor.
+pub fn open_identity(config: &AgentConfig) -> Result<DeviceIdentity, IdentityError> {
+    match &config.key {
+        KeyConfig::Pkcs11(key_config) => {
+            let key = Pkcs11Key::open(&key_config.hsm_config()?, &key_config.label)?;
+            let root_anchor = match &config.anchor {
+                Some(anchor) => match key.with_hsm(|hsm| hsm.root_anchor(&anchor.label)) {
+                    Ok(anchor_key) => Some(anchor_key),
+                    Err(err) => {
+                        // Refusing to run; a failure to finalize adds nothing.
+                        let _ = key.close();
+                        return Err(err.into());
+                    }
+                },
+                None => None,
+            };
+            let key = Arc::new(key);
+            Ok(DeviceIdentity {
+                signer: key.clone(),
+                token: Some(key),
+                root_anchor,
+            })
+        }
+        KeyConfig::File(key_config) => {
+            if config.anchor.is_some() {
+                return Err(IdentityError::AnchorWithoutToken);
+            }
+            Ok(DeviceIdentity {
+                signer: Arc::new(FileKey::load(&key_config.path)?),
+                token: None,
+                root_anchor: None,
+            })
+        }
+    }
 }
 
 #[cfg(test)]

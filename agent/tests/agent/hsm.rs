@@ -3,16 +3,11 @@
 
 use crate::services::{SoftHsm, PIN, TOKEN};
 use crate::verify_cli::{attacker_root, director_doc, key, root, sign_director, targets};
-use ota_agent::hsm::{Hsm, HsmConfig, DEFAULT_ANCHOR_LABEL};
+use ota_agent::hsm::{Hsm, DEFAULT_ANCHOR_LABEL};
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::Mutex;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_ota-agent");
-
-/// PKCS#11 allows one initialization per process, and SoftHSM reads `SOFTHSM2_CONF`
-/// when initialized: in-process token access is serialized through this lock.
-static IN_PROCESS_TOKEN: Mutex<()> = Mutex::new(());
 
 fn run(hsm: &SoftHsm, args: &[&str], extra: &[String]) -> Output {
     hsm.command(AGENT).args(args).args(extra).output().unwrap()
@@ -74,17 +69,8 @@ fn verify(vehicle: &Vehicle, with_hsm: bool) -> Output {
 
 /// Plants a public-key object directly (bypassing the provisioning checks).
 fn plant(hsm: &SoftHsm, seed: u8, protected: bool) {
-    let _guard = IN_PROCESS_TOKEN.lock().unwrap_or_else(|e| e.into_inner());
-    std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
-    let token = Hsm::open(
-        &HsmConfig {
-            module: hsm.module.clone(),
-            token_label: TOKEN.into(),
-            pin: PIN.into(),
-        },
-        true,
-    )
-    .unwrap();
+    let _guard = hsm.in_process();
+    let token = Hsm::open(&hsm.config(), true).unwrap();
     token
         .create_public_key_object(DEFAULT_ANCHOR_LABEL, &key(seed).public_key(), protected)
         .unwrap();

@@ -3,6 +3,7 @@
 
 mod delta;
 mod hsm;
+mod identity;
 mod install;
 mod services;
 mod verify_cli;

@@ -4,6 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+/// PKCS#11 allows one initialization per process, and SoftHSM reads `SOFTHSM2_CONF`
+/// when initialized: in-process token access is serialized through this lock (and every
+/// in-process user finalizes the module before releasing it).
+static IN_PROCESS_TOKEN: Mutex<()> = Mutex::new(());
 
 pub fn services_required() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -80,6 +86,22 @@ impl SoftHsm {
             "--pkcs11-pin".into(),
             PIN.into(),
         ]
+    }
+
+    /// Exclusive in-process access to this token: the lock held, `SOFTHSM2_CONF` set.
+    pub fn in_process(&self) -> MutexGuard<'static, ()> {
+        let guard = IN_PROCESS_TOKEN.lock().unwrap_or_else(|e| e.into_inner());
+        std::env::set_var("SOFTHSM2_CONF", &self.conf);
+        guard
+    }
+
+    /// The in-process token configuration.
+    pub fn config(&self) -> ota_agent::hsm::HsmConfig {
+        ota_agent::hsm::HsmConfig {
+            module: self.module.clone(),
+            token_label: TOKEN.into(),
+            pin: PIN.into(),
+        }
     }
 
     /// A command with this token's `SOFTHSM2_CONF`.
