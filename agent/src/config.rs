@@ -102,6 +102,17 @@ pub struct AgentConfig {
 pub struct EcuConfig {
     pub name: String,
     pub hardware_id: String,
+    /// The image in the active slot when the vehicle left the factory: its version and
+    /// length (the agent hashes that many bytes of the slot at first start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factory: Option<FactoryConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactoryConfig {
+    pub version: String,
+    pub length: u64,
 }
 
 /// Where the device key lives.

@@ -19,6 +19,10 @@ enum Command {
     Hsm(ota_agent::hsm_cli::HsmCommand),
     /// Provision a vehicle: device key in the token, root anchor, trust store, config.
     Provision(Box<ota_agent::cli::provision::ProvisionArgs>),
+    /// Run the agent on a vehicle: check in, download, install, report.
+    Run(ota_agent::cli::run::RunArgs),
+    /// Run a simulated fleet of agents against a server (demos, load tests).
+    Simulate(Box<ota_agent::simulate::SimulateArgs>),
     /// Delta images: apply a delta to an old image.
     #[command(subcommand)]
     Delta(ota_agent::delta::cli::DeltaCommand),
@@ -30,6 +34,8 @@ fn main() -> ExitCode {
         Command::VerifyMetadata(args) => ota_agent::verify_cli::run(args),
         Command::Hsm(cmd) => report(ota_agent::hsm_cli::run(cmd)),
         Command::Provision(args) => report(ota_agent::cli::provision::run(*args)),
+        Command::Run(args) => report(ota_agent::cli::run::cli(args)),
+        Command::Simulate(args) => report(ota_agent::simulate::cli(*args)),
         Command::Delta(cmd) => report(ota_agent::delta::cli::run(cmd)),
     }
 }

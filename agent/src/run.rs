@@ -114,6 +114,8 @@ pub struct AgentParts<T: Transport + 'static> {
     pub bootloader: Arc<dyn Bootloader>,
     /// The bootloader's `reboot` only emulates one and returns (file bootloader).
     pub simulated_reboot: bool,
+    /// Boots a new slot gets before the counter falls back.
+    pub boot_tries: u32,
     pub slots: SlotPaths,
     pub state_dir: PathBuf,
     pub outbox: Outbox,
@@ -504,7 +506,11 @@ impl<T: Transport + 'static> Driver<T> {
                 length,
                 sha256,
             } => self.start_install(payload, from, to, length, sha256),
-            Action::ArmTry { slot, tries } => match self.parts.bootloader.arm_try(slot, tries) {
+            Action::ArmTry { slot, tries } => match self
+                .parts
+                .bootloader
+                .arm_try(slot, if self.parts.boot_tries > 0 { self.parts.boot_tries } else { tries })
+            {
                 Ok(()) => queue.push_back(Event::Armed),
                 Err(err) => queue.push_back(Event::ActionFailed {
                     reason: format!("arming slot {}: {err}", slot.as_str()),

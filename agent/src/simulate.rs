@@ -223,6 +223,7 @@ pub fn parts(
         transport: Arc::new(transport),
         bootloader: Arc::new(FileBootloader::new(vehicle.dir.join("bootenv.json"))),
         simulated_reboot: true,
+        boot_tries: 3,
         slots: SlotPaths {
             a: vehicle.dir.join("slot_a"),
             b: vehicle.dir.join("slot_b"),

@@ -2,5 +2,7 @@
 //!
 //! - `provision`: `ota-agent provision`, a vehicle's device key, root anchor, trust
 //!   store and config.
+//! - `run`: `ota-agent run`, the agent on a vehicle, from its config file.
 
 pub mod provision;
+pub mod run;

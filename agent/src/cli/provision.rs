@@ -82,6 +82,12 @@ pub struct ProvisionArgs {
     /// The ECU's name.
     #[arg(long)]
     pub ecu: String,
+    /// Version of the image the active slot holds now (with `--factory-length`).
+    #[arg(long, requires = "factory_length")]
+    pub factory_version: Option<String>,
+    /// Length in bytes of that image.
+    #[arg(long, requires = "factory_version")]
+    pub factory_length: Option<u64>,
     /// The signed root the vehicle trusts (becomes `state_dir/trust/root.json`).
     #[arg(long)]
     pub root: PathBuf,
@@ -193,6 +199,13 @@ pub fn config_for(args: &ProvisionArgs) -> anyhow::Result<AgentConfig> {
         ecu: EcuConfig {
             name: args.ecu.clone(),
             hardware_id: args.hardware_id.clone(),
+            factory: match (&args.factory_version, args.factory_length) {
+                (Some(version), Some(length)) => Some(crate::config::FactoryConfig {
+                    version: version.clone(),
+                    length,
+                }),
+                _ => None,
+            },
         },
         key,
         anchor,

@@ -321,6 +321,7 @@ impl Vehicle {
             transport: Arc::new(HttpTransport::new(&server.url, Some(credential)).unwrap()),
             bootloader: Arc::new(FileBootloader::new(self.dir.join("bootenv.json"))),
             simulated_reboot: true,
+            boot_tries: 3,
             slots: SlotPaths {
                 a: self.dir.join("slot_a"),
                 b: self.dir.join("slot_b"),
