@@ -10,11 +10,17 @@
 //! - `delta`: streaming delta apply (CLI `ota-agent delta apply`).
 //! - `identity`: the device key ([`identity::DeviceSigner`]: PKCS#11 token or dev file) and
 //!   everything it signs (envelopes, blob credentials).
+//! - `fetch`: downloads over a [`fetch::Transport`] (HTTP(S), files) with the signed length and
+//!   digest enforced while streaming, `Range` resume of a `.part` file, slow-retrieval limits.
+//! - `reporter`: the progress outbox ([`reporter::Outbox`]), buffered on disk while offline,
+//!   bounded (oldest byte counts dropped first, never a transition), in order.
 
 pub mod delta;
+pub mod fetch;
 pub mod hsm;
 pub mod identity;
 pub mod hsm_cli;
+pub mod reporter;
 pub mod trust_store;
 pub mod verifier;
 pub mod verify_cli;
