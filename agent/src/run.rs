@@ -272,7 +272,7 @@ pub async fn run<T: Transport + 'static>(
                 driver.process(Event::CheckInDue).await?
             }
             _ = tokio::time::sleep_until(precondition_at.unwrap_or_else(Instant::now)), if precondition_at.is_some() => {
-                let (_, required) = driver.precondition_check.take().unwrap_or_default();
+                let required = driver.precondition_check.take().map(|(_, p)| p).unwrap_or_default();
                 let result = crate::preconditions::evaluate(&required, driver.parts.vehicle_state.as_deref());
                 driver.process(Event::Preconditions(result)).await?
             }

@@ -21,7 +21,7 @@ use ota_core::key::SigningKey;
 use ota_core::trust::VehicleIdentity;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -205,7 +205,7 @@ pub fn parts(
     let vid = vehicle.id.clone();
     let credential: crate::fetch::Credential = Arc::new(move || {
         blob_credential(&vid, chrono::Utc::now().timestamp(), credential_signer.as_ref())
-            .map_err(|e| crate::fetch::FetchError::Credential(e.to_string()))
+            .map_err(|e| crate::fetch::FetchError::credential(e))
     });
     let transport = HttpTransport::new(&args.server, Some(credential))
         .with_context(|| format!("HTTP transport for {}", args.server))?;

@@ -67,7 +67,7 @@ pub fn parts_from_config(config: &AgentConfig) -> anyhow::Result<AgentParts<Http
     let vehicle_id = config.vehicle_id.clone();
     let credential: Credential = Arc::new(move || {
         blob_credential(&vehicle_id, chrono::Utc::now().timestamp(), credential_signer.as_ref())
-            .map_err(|e| FetchError::Credential(e.to_string()))
+            .map_err(|e| FetchError::credential(e))
     });
     let transport = HttpTransport::new(&config.server_url, Some(credential))
         .with_context(|| format!("server URL {}", config.server_url))?;

@@ -302,7 +302,7 @@ impl Vehicle {
         let vid = self.id.clone();
         let credential: Credential = Arc::new(move || {
             blob_credential(&vid, chrono::Utc::now().timestamp(), credential_signer.as_ref())
-                .map_err(|e| FetchError::Credential(e.to_string()))
+                .map_err(|e| FetchError::credential(e))
         });
         let identity = VehicleIdentity {
             vehicle_id: self.id.clone(),
