@@ -270,6 +270,7 @@ async fn a_crash_at_every_journaled_step_resumes_to_committed_and_never_leaves_a
     let rollout = fx.release_v2().await;
     let crashes = vehicles.iter().map(|(step, vehicle)| {
         let fx = &fx;
+        let rollout = &rollout;
         async move {
             let agent = RunningAgent::start(vehicle.parts(
                 &fx.server,
@@ -291,7 +292,7 @@ async fn a_crash_at_every_journaled_step_resumes_to_committed_and_never_leaves_a
                 HealthCheck::BootIsEnough,
                 CrashHook::default(),
             ));
-            wait_for_status(&fx.server, vehicle, &rollout, "committed").await;
+            wait_for_status(&fx.server, vehicle, rollout, "committed").await;
             wait_for(&format!("{step}: idle on slot B"), 30, || async {
                 vehicle
                     .journal()
