@@ -354,8 +354,10 @@ impl<T: Transport + 'static> Driver<T> {
                             self.parts.vehicle_id,
                             err.kind()
                         );
-                        // Try again later rather than hammering a broken server.
-                        self.next_checkin = Instant::now() + jittered(60);
+                        // A fetch failure is usually passing (a busy server): check in again
+                        // soon. A refused directive waits longer rather than hammering.
+                        let retry = if err.kind() == "fetch" { 5 } else { 60 };
+                        self.next_checkin = Instant::now() + jittered(retry);
                     }
                 }
             }

@@ -309,3 +309,78 @@ async fn a_crash_at_every_journaled_step_resumes_to_committed_and_never_leaves_a
     assert_eq!(totals["committed"], steps.len() as u64, "{totals}");
     fx.server.stop().await;
 }
+
+/// The fleet simulator, in this process, against the same real server: every simulated
+/// vehicle checks in on 1.0.0, then a rollout of 2.0.0 reaches all of them by delta.
+/// `OTA_SIM_VEHICLES` sets the fleet size (CI runs the default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_simulator_takes_every_vehicle_through_a_rollout() {
+    if !require_mqtt().await {
+        return;
+    }
+    let vehicles: usize = std::env::var("OTA_SIM_VEHICLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let server = Server::start(10).await;
+    let hardware_id = unique("hw-sim-");
+    let v1 = synthetic::image(11, 16 * 1024);
+    let v2 = synthetic::next_release(&v1, 12, 8);
+    let image = server.upload(&hardware_id, "1.0.0", v1.clone()).await;
+    server.release(&image, "1.0.0", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("root.json"), server.root().await).unwrap();
+    std::fs::write(dir.path().join("factory.img"), &v1).unwrap();
+    let args = ota_agent::simulate::SimulateArgs {
+        vehicles,
+        server: server.url.clone(),
+        mqtt: crate::fleet::mqtt_url(),
+        root: dir.path().join("root.json"),
+        factory_image: dir.path().join("factory.img"),
+        factory_version: "1.0.0".to_owned(),
+        slot_bytes: 64 * 1024,
+        ecu: "main".to_owned(),
+        hardware_id: hardware_id.clone(),
+        dir: dir.path().join("fleet"),
+        id_prefix: unique("sim-"),
+        seed: 3,
+        register_token: Some(server.admin.clone()),
+        registration_file: None,
+        fail_rate: 0.0,
+        fail_phase: ota_agent::simulate::FailPhase::Install,
+        unhealthy_rate: 0.0,
+        duration_seconds: None,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let fleet = tokio::spawn(async move {
+        ota_agent::simulate::run_fleet(&args, async move {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    wait_for("every simulated vehicle to check in on 1.0.0", 240, || async {
+        (server.count_installed(&hardware_id, "1.0.0").await == vehicles).then_some(())
+    })
+    .await;
+    let image = server.upload(&hardware_id, "2.0.0", v2).await;
+    let release = server.release(&image, "2.0.0", 1).await;
+    let rollout = server
+        .rollout_with(
+            &release,
+            &hardware_id,
+            serde_json::json!({ "rate_limit": { "maximum_per_minute": 100000 } }),
+        )
+        .await;
+    let totals = wait_for("every simulated vehicle to commit 2.0.0", 300, || async {
+        let totals = server.totals(&rollout).await;
+        (totals["committed"] == vehicles as u64).then_some(totals)
+    })
+    .await;
+    assert_eq!(totals["failed"], 0, "{totals}");
+    let _ = stop_tx.send(());
+    fleet
+        .await
+        .expect("the simulator task")
+        .expect("the simulator runs");
+    server.stop().await;
+}

@@ -87,7 +87,6 @@ pub struct Server {
     pub url: String,
     pub admin: String,
     pub http: reqwest::Client,
-    pub state: ota_server::api::AppState,
     _dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -120,7 +119,7 @@ impl Server {
             url,
             admin,
             http: reqwest::Client::new(),
-            state,
+
             _dir: dir,
             shutdown: Some(tx),
             task: Some(task),
@@ -238,6 +237,18 @@ impl Server {
             .and_then(|d| d["status"].as_str().map(str::to_owned))
     }
 
+    /// How many vehicles of `hardware_id` the server saw running `version` (≤ 1000).
+    pub async fn count_installed(&self, hardware_id: &str, version: &str) -> usize {
+        let (_, list) = self
+            .call(
+                "GET",
+                &format!("/api/v1/vehicles?hardware_id={hardware_id}&installed_version={version}&limit=1000"),
+                None,
+            )
+            .await;
+        list.as_array().map_or(0, Vec::len)
+    }
+
     /// A rollout's totals (assigned, committed, failed, rolled_back, ...).
     pub async fn totals(&self, rollout: &str) -> Value {
         let (_, status) = self
@@ -248,15 +259,20 @@ impl Server {
 
     /// Creates and starts a rollout of `release` to every vehicle with `hardware_id`.
     pub async fn rollout(&self, release: &Value, hardware_id: &str) -> String {
-        let rollout = self
-            .ok(
-                "POST",
-                "/api/v1/rollouts",
-                Some(json!({ "name": unique("ro-"), "release_id": release["id"],
-                             "selector": { "hardware_ids": [hardware_id] },
-                             "phases": [{ "name": "all", "percent": 100 }] })),
-            )
-            .await;
+        self.rollout_with(release, hardware_id, json!({})).await
+    }
+
+    /// Like [`Server::rollout`], with more of the rollout spec (`extra` is merged in).
+    pub async fn rollout_with(&self, release: &Value, hardware_id: &str, extra: Value) -> String {
+        let mut body = json!({ "name": unique("ro-"), "release_id": release["id"],
+                               "selector": { "hardware_ids": [hardware_id] },
+                               "phases": [{ "name": "all", "percent": 100 }] });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                body.insert(k.clone(), v.clone());
+            }
+        }
+        let rollout = self.ok("POST", "/api/v1/rollouts", Some(body)).await;
         let id = rollout["id"].as_str().unwrap().to_owned();
         self.ok("POST", &format!("/api/v1/rollouts/{id}/start"), None)
             .await;
