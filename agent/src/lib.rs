@@ -18,8 +18,8 @@
 pub mod delta;
 pub mod fetch;
 pub mod hsm;
-pub mod identity;
 pub mod hsm_cli;
+pub mod identity;
 pub mod reporter;
 pub mod trust_store;
 pub mod verifier;

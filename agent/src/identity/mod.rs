@@ -85,11 +85,18 @@ mod tests {
     fn device_envelopes_equal_the_reference_signer_and_open_with_the_device_key() {
         let key = SigningKey::from_seed(&[7u8; 32]);
         let payload = br#"{"vehicle_id":"veh-1"}"#.to_vec();
-        let ours = sign_envelope(PAYLOAD_TYPE_CHECKIN, payload.clone(), &MemoryKey(key.clone()))
-            .unwrap();
+        let ours = sign_envelope(
+            PAYLOAD_TYPE_CHECKIN,
+            payload.clone(),
+            &MemoryKey(key.clone()),
+        )
+        .unwrap();
         let value: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         let reference = sign_message(PAYLOAD_TYPE_CHECKIN, &value, &key);
-        assert_eq!(ours, reference, "both signers must produce the same wire bytes");
+        assert_eq!(
+            ours, reference,
+            "both signers must produce the same wire bytes"
+        );
         let opened: serde_json::Value =
             open_message(&ours, PAYLOAD_TYPE_CHECKIN, &key.public_key()).unwrap();
         assert_eq!(opened["vehicle_id"], "veh-1");
