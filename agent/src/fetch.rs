@@ -952,6 +952,26 @@ mod tests {
         assert_eq!(guard.next_check(), Duration::from_secs(30));
     }
 
+    fn assert_send<F: Future + Send>(_: F) {}
+
+    /// The driver spawns downloads on the runtime, so their futures must be `Send`.
+    #[test]
+    fn download_futures_can_be_spawned() {
+        let expected = Expected {
+            length: 1,
+            sha256: Sha256Digest([0; 32]),
+        };
+        let http = HttpTransport::new("http://127.0.0.1:9", None).unwrap();
+        let file = FileTransport::new();
+        let dest = Path::new("unused.part");
+        let limits = FetchLimits::default();
+        // Futures do nothing until polled; these are only type-checked.
+        assert_send(fetch_to_file(&http, "/x", &expected, dest, &limits, |_| {}));
+        assert_send(fetch_to_file(&file, "/x", &expected, dest, &limits, |_| {}));
+        assert_send(fetch_small(&http, "/x", 1));
+        assert_send(fetch_small(&file, "/x", 1));
+    }
+
     #[test]
     fn content_range_start_is_read_from_the_header_value() {
         assert_eq!(content_range_start("bytes 100-199/200"), Some(100));
