@@ -384,3 +384,236 @@ async fn the_fleet_simulator_takes_every_vehicle_through_a_rollout() {
         .expect("the simulator runs");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_slot_that_never_confirms_falls_back_through_the_boot_counter() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let vehicle = fx.vehicle("veh-counter-").await;
+    fx.first_check_in(&vehicle).await;
+    let rollout = fx.release_v2().await;
+    // The new slot boots, then the system resets before its health check confirms it.
+    let agent = RunningAgent::start(vehicle.parts(
+        &fx.server,
+        HealthCheck::BootIsEnough,
+        CrashHook::at("health_check"),
+    ));
+    assert_eq!(
+        agent.finished().await,
+        RunOutcome::Crashed {
+            step: "health_check".to_owned()
+        }
+    );
+    let firmware = FileBootloader::new(vehicle.dir.join("bootenv.json"));
+    let mut booted = Vec::new();
+    for _ in 0..3 {
+        // Power cycles: the firmware spends the try counter, then boots the old slot.
+        firmware.reboot().unwrap();
+        booted.push(firmware.read().unwrap().booted);
+    }
+    assert_eq!(booted, [SlotName::B, SlotName::B, SlotName::A]);
+    let agent = RunningAgent::start(vehicle.parts(
+        &fx.server,
+        HealthCheck::BootIsEnough,
+        CrashHook::default(),
+    ));
+    wait_for_status(&fx.server, &vehicle, &rollout, "rolled_back").await;
+    let state = vehicle.journal();
+    let state = idle(&state);
+    assert_eq!(state.active, SlotName::A);
+    assert_eq!(slot_bytes(&vehicle, SlotName::A, fx.v1.len()), fx.v1);
+    assert_eq!(agent.stop().await, RunOutcome::Stopped);
+    fx.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preconditions_hold_an_update_until_met_and_cancel_stops_one_that_waits() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let parked = fx.vehicle("veh-parked-").await;
+    let driving = fx.vehicle("veh-driving-").await;
+    for vehicle in [&parked, &driving] {
+        std::fs::write(
+            vehicle.dir.join("vehicle-state.json"),
+            br#"{"parked": false, "state_of_charge_percent": 80}"#,
+        )
+        .unwrap();
+        fx.first_check_in(vehicle).await;
+    }
+    let image = fx
+        .server
+        .upload(&fx.hardware_id, "2.0.0", fx.v2.clone())
+        .await;
+    let release = fx.server.release(&image, "2.0.0", 1).await;
+    let rollout = fx
+        .server
+        .rollout_with(
+            &release,
+            &fx.hardware_id,
+            serde_json::json!({ "preconditions": { "parked": true } }),
+        )
+        .await;
+    let agents: Vec<RunningAgent> = [&parked, &driving]
+        .iter()
+        .map(|v| {
+            RunningAgent::start(v.parts(
+                &fx.server,
+                HealthCheck::BootIsEnough,
+                CrashHook::default(),
+            ))
+        })
+        .collect();
+    for vehicle in [&parked, &driving] {
+        wait_for("the agent to report the unmet condition", 60, || async {
+            let (_, v) = fx
+                .server
+                .call("GET", &format!("/api/v1/vehicles/{}", vehicle.id), None)
+                .await;
+            (v["agent_state"] == "waiting:parked").then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        slot_bytes(&driving, SlotName::B, 4096),
+        vec![0u8; 4096],
+        "nothing is downloaded or written while waiting"
+    );
+    // One vehicle parks: its update proceeds.
+    std::fs::write(
+        parked.dir.join("vehicle-state.json"),
+        br#"{"parked": true, "state_of_charge_percent": 80}"#,
+    )
+    .unwrap();
+    wait_for_status(&fx.server, &parked, &rollout, "committed").await;
+    // The rollout is aborted: the server cancels the one still waiting.
+    fx.server
+        .ok("POST", &format!("/api/v1/rollouts/{rollout}/abort"), None)
+        .await;
+    wait_for("the waiting vehicle to cancel", 30, || async {
+        driving
+            .journal()
+            .filter(|s| s.phase == Phase::Idle && s.deployment.is_none())
+            .map(|_| ())
+    })
+    .await;
+    let state = driving.journal();
+    let finished = idle(&state).finished.last().cloned().expect("remembered");
+    assert_eq!(finished.outcome, ota_core::protocol::ProgressPhase::Failed);
+    assert_eq!(idle(&state).active, SlotName::A);
+    assert_eq!(slot_bytes(&driving, SlotName::B, 4096), vec![0u8; 4096]);
+    for agent in agents {
+        assert_eq!(agent.stop().await, RunOutcome::Stopped);
+    }
+    fx.server.stop().await;
+}
+
+/// Progress events buffered while the vehicle had no connection are all delivered, in
+/// order, when it connects, and leave the outbox only once the broker acknowledged them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_buffered_progress_events_are_delivered_in_order_after_reconnecting() {
+    use ota_agent::identity::sign_envelope;
+    use ota_agent::reporter::{EventKind, Outbox};
+    use ota_core::protocol::{
+        open_message, topic, Channel, ProgressEvent, ProgressPhase, PAYLOAD_TYPE_PROGRESS,
+    };
+    if !require_mqtt().await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = synthetic::image(5, 4096);
+    let root = {
+        use ota_core::metadata::{to_payload, Role, RoleKeys, Roles, RootMetadata};
+        let key = ota_core::key::SigningKey::from_seed(&[9u8; 32]);
+        let role = RoleKeys {
+            keyids: vec![key.key_id()],
+            threshold: 1,
+        };
+        let metadata = RootMetadata::new(
+            1,
+            ota_core::time::Timestamp::from_unix_seconds(4_102_444_800).unwrap(),
+            &[key.public_key()],
+            Roles {
+                root: role.clone(),
+                targets: role.clone(),
+                director: role,
+            },
+        );
+        ota_core::envelope::Envelope::sign(Role::Root.payload_type(), to_payload(&metadata), &[&key])
+            .to_json_bytes()
+    };
+    let vehicle = Vehicle::provision(dir.path(), &unique("veh-offline-"), "hw-x", &root, &image);
+    // Offline: the events pile up in the outbox on disk.
+    {
+        let mut outbox = Outbox::open(&vehicle.dir.join("outbox"), 10_000).unwrap();
+        let signer = ota_agent::identity::MemoryKey(vehicle.key.clone());
+        for sequence in 1..=1000u64 {
+            let event = ProgressEvent {
+                vehicle_id: vehicle.id.clone(),
+                deployment_id: "dep-offline".to_owned(),
+                sequence,
+                phase: ProgressPhase::Downloading,
+                bytes_done: sequence,
+                bytes_total: 1000,
+                reason_code: None,
+                at: ota_core::time::Timestamp::from_unix_seconds(1_800_000_000).unwrap(),
+            };
+            let bytes =
+                sign_envelope(PAYLOAD_TYPE_PROGRESS, serde_json::to_vec(&event).unwrap(), &signer)
+                    .unwrap();
+            outbox.push(EventKind::Transition, bytes).unwrap();
+        }
+    }
+    // A third-party subscriber on the vehicle's progress topic.
+    let (host, port) = ota_agent::mqtt::parse_broker_url(&crate::fleet::mqtt_url()).unwrap();
+    let options = rumqttc::MqttOptions::new(unique("observer-"), host, port);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+    client
+        .subscribe(topic(&vehicle.id, Channel::Progress), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let observer = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    let _ = tx.send(None);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let _ = tx.send(Some(p.payload.to_vec()));
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    assert_eq!(rx.recv().await, Some(None), "subscribed");
+    // The agent connects (its server is unreachable: only the broker matters here).
+    let agent = RunningAgent::start(vehicle.parts_for(
+        "http://127.0.0.1:9",
+        HealthCheck::BootIsEnough,
+        CrashHook::default(),
+    ));
+    let mut sequences = Vec::new();
+    while sequences.len() < 1000 {
+        let payload = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("all 1,000 events arrive within 60 s")
+            .expect("observer running")
+            .expect("a publish");
+        let event: ProgressEvent =
+            open_message(&payload, PAYLOAD_TYPE_PROGRESS, &vehicle.key.public_key())
+                .expect("signed by the device key");
+        sequences.push(event.sequence);
+    }
+    assert_eq!(sequences, (1..=1000).collect::<Vec<u64>>(), "in order, once each");
+    assert_eq!(agent.stop().await, RunOutcome::Stopped);
+    observer.abort();
+    let outbox = Outbox::open(&vehicle.dir.join("outbox"), 10_000).unwrap();
+    assert!(
+        outbox.is_empty(),
+        "acknowledged events leave the outbox ({} left)",
+        outbox.len()
+    );
+}

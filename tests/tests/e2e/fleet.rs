@@ -313,6 +313,10 @@ impl Vehicle {
     }
 
     pub fn parts(&self, server: &Server, health: HealthCheck, crash: CrashHook) -> AgentParts<HttpTransport> {
+        self.parts_for(&server.url, health, crash)
+    }
+
+    pub fn parts_for(&self, server_url: &str, health: HealthCheck, crash: CrashHook) -> AgentParts<HttpTransport> {
         let signer: Arc<dyn DeviceSigner> = Arc::new(MemoryKey(self.key.clone()));
         let credential_signer = signer.clone();
         let vid = self.id.clone();
@@ -334,7 +338,7 @@ impl Vehicle {
                 identity,
                 "main",
             ),
-            transport: Arc::new(HttpTransport::new(&server.url, Some(credential)).unwrap()),
+            transport: Arc::new(HttpTransport::new(server_url, Some(credential)).unwrap()),
             bootloader: Arc::new(FileBootloader::new(self.dir.join("bootenv.json"))),
             simulated_reboot: true,
             boot_tries: 3,
