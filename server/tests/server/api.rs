@@ -973,7 +973,7 @@ async fn readyz_reports_an_unreachable_broker() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(
         (body["broker"].as_str(), body["database"].as_str()),
-        (Some("unreachable"), Some("ok"))
+        (Some("disconnected"), Some("ok"))
     );
     app.stop().await;
 }
