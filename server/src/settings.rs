@@ -326,6 +326,19 @@ mod tests {
             assert!(err.contains("listen"), "{err}");
 
             jail.set_env("OTA_LISTEN", "127.0.0.1:0");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.mqtt.client_id, None, "unset: unique per process");
+            jail.set_env("OTA_MQTT__CLIENT_ID", "replica-a");
+            jail.set_env("OTA_MQTT__WORKERS", "8");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                (s.mqtt.client_id.as_deref(), s.mqtt.workers),
+                (Some("replica-a"), 8)
+            );
+            jail.set_env("OTA_MQTT__WORKERS", "0");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("mqtt.workers"), "{err}");
+            jail.set_env("OTA_MQTT__WORKERS", "8");
             jail.create_file("bad.toml", "lissten = \"x\"\n")?;
             let err = Settings::load(Some(Path::new("bad.toml")))
                 .unwrap_err()
