@@ -124,7 +124,7 @@ impl Default for MqttSettings {
             client_id: None,
             share_group: "ota-server".to_owned(),
             keep_alive_seconds: 30,
-            workers: 64,
+            workers: 10,
             queue: 1024,
             outbox: 4096,
             stall_seconds: 15,
