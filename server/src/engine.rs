@@ -27,16 +27,11 @@ use ota_core::time::Timestamp;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, Notify};
+use std::sync::Arc;
+use tokio::sync::Notify;
 
-/// A message for the broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    pub topic: String,
-    pub payload: Vec<u8>,
-}
+use crate::gateway::Outbox;
+pub use crate::gateway::Outgoing;
 
 /// Why a vehicle message was dropped (each is counted in metrics).
 #[derive(Debug, thiserror::Error)]
@@ -75,17 +70,12 @@ impl Rejected {
     }
 }
 
-const BROKER_DISABLED: u8 = 0;
-const BROKER_DOWN: u8 = 1;
-const BROKER_UP: u8 = 2;
-
 struct Inner {
     store: Store,
     keys: Arc<ServerKeys>,
     settings: Arc<Settings>,
     public_url: String,
-    outbox: Mutex<Option<mpsc::UnboundedSender<Outgoing>>>,
-    broker: AtomicU8,
+    outbox: Outbox,
     jobs: Arc<Notify>,
 }
 
@@ -172,20 +162,15 @@ impl Engine {
         settings: Arc<Settings>,
         public_url: String,
         jobs: Arc<Notify>,
+        outbox: Outbox,
     ) -> Engine {
-        let broker = if settings.mqtt.url.is_some() {
-            BROKER_DOWN
-        } else {
-            BROKER_DISABLED
-        };
         Engine {
             inner: Arc::new(Inner {
                 store,
                 keys,
                 settings,
                 public_url,
-                outbox: Mutex::new(None),
-                broker: AtomicU8::new(broker),
+                outbox,
                 jobs,
             }),
         }
@@ -195,40 +180,9 @@ impl Engine {
         &self.inner.store
     }
 
-    /// Connects the engine's outgoing messages to the gateway.
-    pub fn set_outbox(&self, sender: mpsc::UnboundedSender<Outgoing>) {
-        if let Ok(mut outbox) = self.inner.outbox.lock() {
-            *outbox = Some(sender);
-        }
-    }
-
-    pub fn set_broker_connected(&self, connected: bool) {
-        self.inner.broker.store(
-            if connected { BROKER_UP } else { BROKER_DOWN },
-            Ordering::Relaxed,
-        );
-    }
-
-    pub fn broker_status(&self) -> &'static str {
-        match self.inner.broker.load(Ordering::Relaxed) {
-            BROKER_DISABLED => "disabled",
-            BROKER_UP => "ok",
-            _ => "unreachable",
-        }
-    }
-
+    /// Queues a message for vehicles; never waits (a full outbox drops and counts it).
     fn publish(&self, outgoing: Outgoing) {
-        let sent = self
-            .inner
-            .outbox
-            .lock()
-            .ok()
-            .and_then(|outbox| outbox.as_ref().map(|tx| tx.send(outgoing).is_ok()))
-            .unwrap_or(false);
-        if !sent {
-            metrics::counter!("ota_mqtt_unsent_total").increment(1);
-            tracing::debug!("no broker connection: message not sent");
-        }
+        self.inner.outbox.send(outgoing);
     }
 
     fn send_control(

@@ -4,17 +4,50 @@
 //! `ota/v1/{vid}/directive`. Control messages from the engine go out on
 //! `ota/v1/{vid}/control`. Works with MQTT 3.1.1 brokers (Mosquitto, EMQX, HiveMQ all
 //! support `$share/` for 3.1.1 clients).
+//!
+//! Shape, so that nothing can wait on itself:
+//!
+//! - **The event-loop task never blocks on anything but the network.** It polls rumqttc
+//!   and hands each incoming publish to a worker with a non-blocking `try_acquire`; when
+//!   `workers + queue` messages are already accepted it *sheds* the message (counted in
+//!   `ota_vehicle_messages_shed_total`). rumqttc acknowledges QoS 1 publishes as it reads
+//!   them, so a shed message is dropped deliberately, not left un-acked: an un-acked one
+//!   would hold a slot of the broker's in-flight window for this client until the next
+//!   reconnect (with a clean session it is never redelivered anyway), and a full window
+//!   would stop delivery altogether. The vehicle checks in again at its poll interval.
+//! - **Handlers never wait on the broker.** Directives and control messages go into the
+//!   bounded [`Outbox`] with `try_send` (full: dropped, counted in `ota_mqtt_unsent_total`).
+//! - **One outbox task** moves them into rumqttc's request channel; it may wait there,
+//!   but the event loop that drains that channel waits on nobody.
+//! - The gateway owns the vehicle channel's health ([`ChannelHealth`]), which `/readyz`
+//!   reports: `disconnected` until the broker's CONNACK and after any connection error
+//!   (it reconnects with backoff), `stalled` when messages are pending and neither the
+//!   event loop nor the workers made progress for `stall_seconds`.
+//! - Shutdown is checked in every loop and every wait is bounded.
 
-use crate::engine::{Engine, Outgoing};
+use crate::engine::Engine;
 use crate::settings::MqttSettings;
 use ota_core::protocol::{parse_topic, topic, Channel};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS, SubscribeFilter};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
 
-/// Most vehicle messages handled at once; more wait in the broker's queue.
-const MAX_IN_FLIGHT: u32 = 64;
+/// rumqttc's request channel (client → event loop); the outbox in front of it is larger.
+const REQUEST_CHANNEL: usize = 256;
+/// How long shutdown waits for messages already being handled.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A message for the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
 
 /// `mqtt://host:port` (or `tcp://`) → (host, port); port defaults to 1883.
 pub fn parse_broker_url(url: &str) -> Option<(String, u16)> {
@@ -32,27 +65,246 @@ pub fn parse_broker_url(url: &str) -> Option<(String, u16)> {
     Some((host.to_owned(), port))
 }
 
-async fn handle(engine: Engine, client: AsyncClient, topic_name: String, payload: Vec<u8>) {
-    let Some((vehicle_id, channel)) = parse_topic(&topic_name) else {
+/// `ota-server-<hostname>-<pid>-<random>`: unique per process, so two replicas never
+/// share a client id (the broker would disconnect one for the other).
+pub fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    let mut random = [0u8; 4];
+    // Without an entropy source the pid still separates processes on one host.
+    let _ = getrandom::getrandom(&mut random);
+    format!(
+        "ota-server-{host}-{}-{}",
+        std::process::id(),
+        hex::encode(random)
+    )
+}
+
+/// What `/readyz` says about the vehicle channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelStatus {
+    /// No broker configured.
+    Disabled,
+    Ok,
+    /// Not connected to the broker (not yet, or the connection dropped; it retries).
+    Disconnected,
+    /// Connected, messages pending, but no progress for `stall_seconds`.
+    Stalled,
+}
+
+impl ChannelStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelStatus::Disabled => "disabled",
+            ChannelStatus::Ok => "ok",
+            ChannelStatus::Disconnected => "disconnected",
+            ChannelStatus::Stalled => "stalled",
+        }
+    }
+
+    /// Whether the server can take traffic with the channel in this state.
+    pub fn is_ready(self) -> bool {
+        matches!(self, ChannelStatus::Disabled | ChannelStatus::Ok)
+    }
+}
+
+/// A snapshot of the channel's state, for [`channel_status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelSnapshot {
+    pub enabled: bool,
+    pub connected: bool,
+    /// Vehicle messages accepted and not yet handled.
+    pub pending_in: usize,
+    /// Outgoing messages not yet handed to the MQTT client.
+    pub pending_out: usize,
+    /// Since the event loop last returned an event.
+    pub loop_idle: Duration,
+    /// Since a worker last finished a message.
+    pub workers_idle: Duration,
+}
+
+/// The pure readiness rule. An idle channel (nothing pending) is never stalled: the
+/// event loop legitimately sleeps between keep-alive pings.
+pub fn channel_status(s: &ChannelSnapshot, stall_after: Duration) -> ChannelStatus {
+    if !s.enabled {
+        return ChannelStatus::Disabled;
+    }
+    if !s.connected {
+        return ChannelStatus::Disconnected;
+    }
+    let loop_stuck = (s.pending_in > 0 || s.pending_out > 0) && s.loop_idle >= stall_after;
+    let workers_stuck = s.pending_in > 0 && s.workers_idle >= stall_after;
+    if loop_stuck || workers_stuck {
+        ChannelStatus::Stalled
+    } else {
+        ChannelStatus::Ok
+    }
+}
+
+/// Live counters of the vehicle channel, shared by the gateway (writer) and `/readyz`
+/// (reader).
+#[derive(Debug)]
+pub struct ChannelHealth {
+    enabled: bool,
+    stall_after: Duration,
+    epoch: Instant,
+    connected: AtomicBool,
+    /// Milliseconds since `epoch`.
+    loop_progress_ms: AtomicU64,
+    workers_progress_ms: AtomicU64,
+    pending_in: AtomicUsize,
+    pending_out: AtomicUsize,
+    received: AtomicU64,
+    shed: AtomicU64,
+    handled: AtomicU64,
+}
+
+/// Totals since the process started, for tests and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelCounts {
+    pub received: u64,
+    pub shed: u64,
+    pub handled: u64,
+}
+
+impl ChannelHealth {
+    pub fn new(enabled: bool, stall_after: Duration) -> ChannelHealth {
+        ChannelHealth {
+            enabled,
+            stall_after,
+            epoch: Instant::now(),
+            connected: AtomicBool::new(false),
+            loop_progress_ms: AtomicU64::new(0),
+            workers_progress_ms: AtomicU64::new(0),
+            pending_in: AtomicUsize::new(0),
+            pending_out: AtomicUsize::new(0),
+            received: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+            handled: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn idle(&self, since: &AtomicU64) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(since.load(Ordering::Relaxed)))
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    fn loop_progressed(&self) {
+        self.loop_progress_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn workers_progressed(&self) {
+        self.workers_progress_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> ChannelSnapshot {
+        ChannelSnapshot {
+            enabled: self.enabled,
+            connected: self.connected.load(Ordering::Relaxed),
+            pending_in: self.pending_in.load(Ordering::Relaxed),
+            pending_out: self.pending_out.load(Ordering::Relaxed),
+            loop_idle: self.idle(&self.loop_progress_ms),
+            workers_idle: self.idle(&self.workers_progress_ms),
+        }
+    }
+
+    pub fn status(&self) -> ChannelStatus {
+        channel_status(&self.snapshot(), self.stall_after)
+    }
+
+    pub fn counts(&self) -> ChannelCounts {
+        ChannelCounts {
+            received: self.received.load(Ordering::Relaxed),
+            shed: self.shed.load(Ordering::Relaxed),
+            handled: self.handled.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The engine's way out to vehicles: a bounded queue in front of the broker connection.
+/// Sending never waits; a full (or, without a broker, closed) outbox drops the message
+/// and counts it in `ota_mqtt_unsent_total`.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Outgoing>,
+    health: Arc<ChannelHealth>,
+}
+
+/// The gateway's end of the [`Outbox`].
+#[derive(Debug)]
+pub struct OutboxReceiver {
+    rx: mpsc::Receiver<Outgoing>,
+    health: Arc<ChannelHealth>,
+}
+
+/// A new outbox holding at most `capacity` messages.
+pub fn outbox(capacity: usize, health: Arc<ChannelHealth>) -> (Outbox, OutboxReceiver) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (
+        Outbox {
+            tx,
+            health: health.clone(),
+        },
+        OutboxReceiver { rx, health },
+    )
+}
+
+impl Outbox {
+    /// Queues `message`; false (and counted) when it cannot be queued.
+    pub fn send(&self, message: Outgoing) -> bool {
+        // Counted before sending: the outbox task may take it off at once. Idle time is
+        // measured from when work became pending, not from a quiet hour before.
+        if self.health.pending_out.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.health.loop_progressed();
+        }
+        match self.tx.try_send(message) {
+            Ok(()) => true,
+            Err(err) => {
+                self.health.pending_out.fetch_sub(1, Ordering::Relaxed);
+                let reason = match err {
+                    mpsc::error::TrySendError::Full(_) => "outbox_full",
+                    mpsc::error::TrySendError::Closed(_) => "no_broker",
+                };
+                metrics::counter!("ota_mqtt_unsent_total", "reason" => reason).increment(1);
+                tracing::debug!(reason, "outgoing vehicle message not sent");
+                false
+            }
+        }
+    }
+}
+
+async fn handle(engine: &Engine, outbox: &Outbox, topic_name: &str, payload: &[u8]) {
+    let Some((vehicle_id, channel)) = parse_topic(topic_name) else {
         metrics::counter!("ota_vehicle_messages_dropped_total", "reason" => "bad_topic")
             .increment(1);
         return;
     };
     match channel {
-        Channel::CheckIn => match engine.handle_checkin(vehicle_id, &payload).await {
+        Channel::CheckIn => match engine.handle_checkin(vehicle_id, payload).await {
             Ok(directive) => {
                 metrics::counter!("ota_checkins_total", "outcome" => "accepted").increment(1);
-                if let Err(err) = client
-                    .publish(
-                        topic(vehicle_id, Channel::Directive),
-                        QoS::AtLeastOnce,
-                        false,
-                        directive,
-                    )
-                    .await
-                {
-                    tracing::warn!(%err, "publishing a directive failed");
-                }
+                outbox.send(Outgoing {
+                    topic: topic(vehicle_id, Channel::Directive),
+                    payload: directive,
+                });
             }
             Err(rejected) => {
                 metrics::counter!("ota_vehicle_messages_dropped_total", "reason" => rejected.label()).increment(1);
@@ -60,7 +312,7 @@ async fn handle(engine: Engine, client: AsyncClient, topic_name: String, payload
             }
         },
         Channel::Progress => {
-            if let Err(rejected) = engine.handle_progress(vehicle_id, &payload).await {
+            if let Err(rejected) = engine.handle_progress(vehicle_id, payload).await {
                 metrics::counter!("ota_vehicle_messages_dropped_total", "reason" => rejected.label()).increment(1);
                 tracing::debug!(%rejected, "progress event dropped");
             }
@@ -69,90 +321,182 @@ async fn handle(engine: Engine, client: AsyncClient, topic_name: String, payload
     }
 }
 
+/// Moves outgoing messages into the MQTT client until `stop`.
+async fn run_outbox(mut outbox: OutboxReceiver, client: AsyncClient, stop: CancellationToken) {
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            message = outbox.rx.recv() => match message {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        let published = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            published = client.publish(message.topic, QoS::AtLeastOnce, false, message.payload) => published,
+        };
+        outbox.health.pending_out.fetch_sub(1, Ordering::Relaxed);
+        if let Err(err) = published {
+            metrics::counter!("ota_mqtt_unsent_total", "reason" => "client_closed").increment(1);
+            tracing::warn!(%err, "publishing to the broker failed");
+        }
+    }
+}
+
+/// Accepts one incoming publish for a worker, or sheds it. Never waits.
+fn dispatch(
+    engine: &Engine,
+    outbox: &Outbox,
+    health: &Arc<ChannelHealth>,
+    accepted: &Arc<Semaphore>,
+    workers: &Arc<Semaphore>,
+    topic_name: String,
+    payload: Vec<u8>,
+) {
+    health.received.fetch_add(1, Ordering::Relaxed);
+    let Ok(slot) = accepted.clone().try_acquire_owned() else {
+        health.shed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("ota_vehicle_messages_shed_total").increment(1);
+        return;
+    };
+    if health.pending_in.fetch_add(1, Ordering::Relaxed) == 0 {
+        health.workers_progressed();
+    }
+    let (engine, outbox, health, workers) = (
+        engine.clone(),
+        outbox.clone(),
+        health.clone(),
+        workers.clone(),
+    );
+    tokio::spawn(async move {
+        // Waiting here is fine: this is a worker task, not the event loop. A closed
+        // semaphore means shutdown: the message is dropped unhandled.
+        if let Ok(_worker) = workers.acquire().await {
+            handle(&engine, &outbox, &topic_name, &payload).await;
+            health.handled.fetch_add(1, Ordering::Relaxed);
+            health.workers_progressed();
+        }
+        health.pending_in.fetch_sub(1, Ordering::Relaxed);
+        drop(slot);
+    });
+}
+
 /// Runs until `shutdown` turns true, reconnecting with backoff. On shutdown it stops
-/// taking messages, lets in-flight ones finish, and disconnects cleanly.
-pub async fn run(settings: MqttSettings, engine: Engine, mut shutdown: watch::Receiver<bool>) {
+/// taking messages, lets in-flight ones finish (bounded), and disconnects.
+pub async fn run(
+    settings: MqttSettings,
+    engine: Engine,
+    outbox: Outbox,
+    outgoing: OutboxReceiver,
+    health: Arc<ChannelHealth>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let Some((host, port)) = settings.url.as_deref().and_then(parse_broker_url) else {
         return;
     };
-    let mut options = MqttOptions::new(settings.client_id.clone(), host, port);
+    let stop = CancellationToken::new();
+    let watcher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = shutdown.wait_for(|stopped| *stopped).await;
+            stop.cancel();
+        })
+    };
+    let client_id = settings.client_id.clone().unwrap_or_else(default_client_id);
+    tracing::info!(client_id, "vehicle channel starting");
+    let mut options = MqttOptions::new(client_id, host, port);
     options
         .set_keep_alive(Duration::from_secs(settings.keep_alive_seconds.max(5)))
         .set_clean_session(true)
         .set_max_packet_size(1024 * 1024, 1024 * 1024);
-    let (client, mut eventloop) = AsyncClient::new(options, 256);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
-    engine.set_outbox(tx);
-    let publisher = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            while let Some(out) = rx.recv().await {
-                if let Err(err) = client
-                    .publish(out.topic, QoS::AtLeastOnce, false, out.payload)
-                    .await
-                {
-                    tracing::warn!(%err, "publishing a control message failed");
-                }
-            }
+    let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
+    let mut network = NetworkOptions::new();
+    // Directives are small and latency-bound: no Nagle delay.
+    network.set_tcp_nodelay(true);
+    network.set_connection_timeout(5);
+    eventloop.set_network_options(network);
+
+    let publisher = tokio::spawn(run_outbox(outgoing, client.clone(), stop.clone()));
+    let workers = Arc::new(Semaphore::new(settings.workers.max(1)));
+    let capacity = settings.workers.max(1) + settings.queue;
+    let accepted = Arc::new(Semaphore::new(capacity));
+    let subscriptions: Vec<SubscribeFilter> = ["checkin", "progress"]
+        .iter()
+        .map(|channel| {
+            SubscribeFilter::new(
+                format!("$share/{}/ota/v1/+/{channel}", settings.share_group),
+                QoS::AtLeastOnce,
+            )
         })
-    };
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT as usize));
-    let subscriptions = [
-        format!("$share/{}/ota/v1/+/checkin", settings.share_group),
-        format!("$share/{}/ota/v1/+/progress", settings.share_group),
-    ];
-    let mut backoff = Duration::from_millis(200);
-    loop {
+        .collect();
+    let mut backoff = BACKOFF_START;
+    while !stop.is_cancelled() {
         let event = tokio::select! {
-            _ = shutdown.changed() => break,
+            biased;
+            _ = stop.cancelled() => break,
             event = eventloop.poll() => event,
         };
+        health.loop_progressed();
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = Duration::from_millis(200);
-                engine.set_broker_connected(true);
+                backoff = BACKOFF_START;
+                health.set_connected(true);
                 tracing::info!("connected to the MQTT broker");
-                for filter in &subscriptions {
-                    if let Err(err) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
-                        tracing::warn!(%err, filter, "subscribing failed");
-                    }
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
-                let engine = engine.clone();
-                let client = client.clone();
-                let topic_name = publish.topic.clone();
-                let payload = publish.payload.to_vec();
+                // Subscribing goes through the request channel, which only this loop
+                // drains: never await it here.
+                let (client, filters, stop) = (client.clone(), subscriptions.clone(), stop.clone());
                 tokio::spawn(async move {
-                    handle(engine, client, topic_name, payload).await;
-                    drop(permit);
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        result = client.subscribe_many(filters) => if let Err(err) = result {
+                            tracing::warn!(%err, "subscribing failed");
+                        }
+                    }
                 });
             }
+            Ok(Event::Incoming(Packet::Publish(publish))) => dispatch(
+                &engine,
+                &outbox,
+                &health,
+                &accepted,
+                &workers,
+                publish.topic,
+                publish.payload.to_vec(),
+            ),
             Ok(_) => {}
             Err(err) => {
-                engine.set_broker_connected(false);
+                health.set_connected(false);
                 tracing::warn!(%err, retry_in = ?backoff, "MQTT connection error");
                 tokio::select! {
-                    _ = shutdown.changed() => break,
+                    _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
-    // Wait for in-flight messages: taking every permit means none is being handled.
-    let _all = permits.acquire_many(MAX_IN_FLIGHT).await;
-    let _ = client.disconnect().await;
+    // Shutdown: messages still waiting for a worker are dropped; those being handled
+    // finish (bounded): holding every acceptance slot means none is in flight.
+    workers.close();
+    let capacity = u32::try_from(capacity).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_TIMEOUT, accepted.acquire_many(capacity))
+        .await
+        .is_err()
+    {
+        tracing::warn!("vehicle messages still in flight after {DRAIN_TIMEOUT:?}");
+    }
+    stop.cancel();
+    let _ = publisher.await;
+    let _ = client.try_disconnect();
     // Let the disconnect go out; the event loop must be polled for that.
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         while eventloop.poll().await.is_ok() {}
     })
     .await;
-    publisher.abort();
-    engine.set_broker_connected(false);
+    health.set_connected(false);
+    watcher.abort();
 }
 
 #[cfg(test)]
@@ -172,5 +516,101 @@ mod tests {
         assert_eq!(parse_broker_url("http://broker:1883"), None);
         assert_eq!(parse_broker_url("mqtt://:1883"), None);
         assert_eq!(parse_broker_url("mqtt://b:notaport"), None);
+    }
+
+    #[test]
+    fn client_ids_are_unique_per_call_and_name_the_process() {
+        let (a, b) = (default_client_id(), default_client_id());
+        assert_ne!(a, b);
+        assert!(a.starts_with("ota-server-"), "{a}");
+        assert!(a.contains(&format!("-{}-", std::process::id())), "{a}");
+    }
+
+    fn snapshot() -> ChannelSnapshot {
+        ChannelSnapshot {
+            enabled: true,
+            connected: true,
+            pending_in: 0,
+            pending_out: 0,
+            loop_idle: Duration::ZERO,
+            workers_idle: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn readiness_rule() {
+        let stall = Duration::from_secs(15);
+        let long = Duration::from_secs(60);
+        let status = |s: ChannelSnapshot| channel_status(&s, stall);
+        assert_eq!(status(snapshot()), ChannelStatus::Ok);
+        assert_eq!(
+            status(ChannelSnapshot {
+                enabled: false,
+                connected: false,
+                ..snapshot()
+            }),
+            ChannelStatus::Disabled
+        );
+        assert_eq!(
+            status(ChannelSnapshot {
+                connected: false,
+                ..snapshot()
+            }),
+            ChannelStatus::Disconnected
+        );
+        // Idle for a long time with nothing pending: fine (keep-alive gaps).
+        assert_eq!(
+            status(ChannelSnapshot {
+                loop_idle: long,
+                workers_idle: long,
+                ..snapshot()
+            }),
+            ChannelStatus::Ok
+        );
+        // Outgoing messages pending and the event loop not moving: stalled.
+        assert_eq!(
+            status(ChannelSnapshot {
+                pending_out: 3,
+                loop_idle: long,
+                ..snapshot()
+            }),
+            ChannelStatus::Stalled
+        );
+        // Incoming messages pending and no worker finishing: stalled.
+        assert_eq!(
+            status(ChannelSnapshot {
+                pending_in: 3,
+                workers_idle: long,
+                ..snapshot()
+            }),
+            ChannelStatus::Stalled
+        );
+        // Pending but recent progress: ok.
+        assert_eq!(
+            status(ChannelSnapshot {
+                pending_in: 3,
+                pending_out: 3,
+                ..snapshot()
+            }),
+            ChannelStatus::Ok
+        );
+        assert!(ChannelStatus::Ok.is_ready() && ChannelStatus::Disabled.is_ready());
+        assert!(!ChannelStatus::Stalled.is_ready() && !ChannelStatus::Disconnected.is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_full_or_closed_outbox_drops_without_waiting() {
+        let health = Arc::new(ChannelHealth::new(true, Duration::from_secs(15)));
+        let (tx, mut rx) = outbox(1, health.clone());
+        let message = || Outgoing {
+            topic: "t".into(),
+            payload: vec![1],
+        };
+        assert!(tx.send(message()));
+        assert!(!tx.send(message()), "a full outbox refuses at once");
+        assert_eq!(health.snapshot().pending_out, 1);
+        assert_eq!(rx.rx.recv().await, Some(message()));
+        drop(rx);
+        assert!(!tx.send(message()), "a closed outbox refuses at once");
     }
 }

@@ -128,6 +128,14 @@ pub enum VehicleCommand {
         #[arg(long = "tag")]
         tags: Vec<String>,
     },
+    /// Provision many vehicles from a file: a JSON array of registrations (each shaped
+    /// like `register`'s body: id, public_key, ecus, tags), `{"vehicles": [...]}`, or
+    /// JSON Lines (one registration per line). Sent 10,000 per request; each request is
+    /// all or nothing, and the first refused one stops the command.
+    RegisterBulk {
+        #[arg(long)]
+        file: PathBuf,
+    },
     List {
         #[arg(long)]
         hardware_id: Option<String>,
@@ -380,6 +388,42 @@ fn vehicles_table(value: &Value) -> String {
         })
         .collect();
     table(&["id", "ecus", "tags", "last_seen"], &rows)
+}
+
+/// Registrations per `vehicles:bulk` request (the server's maximum).
+const BULK_BATCH: usize = 10_000;
+
+fn registered_text(value: &Value) -> String {
+    format!("registered {} vehicles\n", value["registered"])
+}
+
+/// A JSON array, `{"vehicles": [...]}`, or JSON Lines → the list of registrations.
+pub fn parse_registrations(text: &str) -> anyhow::Result<Vec<Value>> {
+    let list = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(list)) => list,
+        Ok(Value::Object(mut object)) => match object.remove("vehicles") {
+            Some(Value::Array(list)) => list,
+            Some(_) => anyhow::bail!("\"vehicles\" must be an array"),
+            None => vec![Value::Object(object)],
+        },
+        Ok(_) => anyhow::bail!("expected a JSON array, an object or JSON Lines"),
+        Err(_) => text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| {
+                serde_json::from_str::<Value>(line)
+                    .with_context(|| format!("line {}: not a JSON value", i + 1))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    };
+    if let Some(i) = list.iter().position(|v| !v.is_object()) {
+        anyhow::bail!("entry {i} is not a JSON object");
+    }
+    if list.is_empty() {
+        anyhow::bail!("no registrations in the file");
+    }
+    Ok(list)
 }
 
 fn rollouts_table(value: &Value) -> String {
@@ -698,6 +742,28 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 vehicles_table,
             )
         }
+        Command::Vehicle(VehicleCommand::RegisterBulk { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let registrations = parse_registrations(&text)
+                .with_context(|| format!("parsing {}", file.display()))?;
+            let mut registered = 0u64;
+            for (n, batch) in registrations.chunks(BULK_BATCH).enumerate() {
+                let answer = client
+                    .post_json("/api/v1/vehicles:bulk", &json!({ "vehicles": batch }))
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "batch {} (entries {}..{}) refused; {registered} vehicles registered before it",
+                            n + 1,
+                            n * BULK_BATCH,
+                            n * BULK_BATCH + batch.len()
+                        )
+                    })?;
+                registered += answer["registered"].as_u64().unwrap_or(0);
+            }
+            (json!({ "registered": registered }), registered_text)
+        }
         Command::Vehicle(VehicleCommand::List {
             hardware_id,
             tag,
@@ -876,6 +942,27 @@ mod tests {
         );
         assert!(parse_phase("canary").is_err());
         assert!(parse_phase("canary:x").is_err());
+    }
+
+    #[test]
+    fn registrations_parse_from_json_or_json_lines() {
+        let one = r#"{"id":"a","public_key":"00","ecus":[]}"#;
+        let two = r#"{"id":"b","public_key":"00","ecus":[]}"#;
+        let ids = |text: &str| -> Vec<String> {
+            parse_registrations(text)
+                .unwrap()
+                .iter()
+                .map(|v| v["id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(ids(&format!("[{one},{two}]")), ["a", "b"]);
+        assert_eq!(ids(&format!(r#"{{"vehicles":[{one},{two}]}}"#)), ["a", "b"]);
+        assert_eq!(ids(&format!("{one}\n\n{two}\n")), ["a", "b"]);
+        assert_eq!(ids(one), ["a"]);
+        let err = parse_registrations(&format!("{one}\nnot json\n")).unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+        assert!(parse_registrations("[1]").is_err());
+        assert!(parse_registrations("[]").is_err());
     }
 
     #[test]

@@ -39,10 +39,23 @@ pub struct Settings {
 pub struct MqttSettings {
     /// `mqtt://host:port`; unset disables the vehicle channel.
     pub url: Option<String>,
-    pub client_id: String,
+    /// MQTT client id. Unset (the default): `ota-server-<hostname>-<pid>-<random>`, unique
+    /// per process, so replicas in one share group never disconnect each other.
+    pub client_id: Option<String>,
     /// Shared-subscription group: replicas in one group split check-ins between them.
     pub share_group: String,
     pub keep_alive_seconds: u64,
+    /// Vehicle messages handled at once (each holds a database connection while it runs).
+    pub workers: usize,
+    /// Vehicle messages accepted and waiting for a worker; past `workers + queue` the
+    /// gateway sheds new messages (counted in `ota_vehicle_messages_shed_total`).
+    pub queue: usize,
+    /// Outgoing messages (directives, control) waiting for the broker connection; past
+    /// this they are dropped and counted in `ota_mqtt_unsent_total`.
+    pub outbox: usize,
+    /// With work pending, this long without progress of the MQTT event loop or of the
+    /// workers makes `/readyz` report the vehicle channel as `stalled`.
+    pub stall_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -108,9 +121,13 @@ impl Default for MqttSettings {
     fn default() -> Self {
         MqttSettings {
             url: None,
-            client_id: "ota-server".to_owned(),
+            client_id: None,
             share_group: "ota-server".to_owned(),
             keep_alive_seconds: 30,
+            workers: 10,
+            queue: 1024,
+            outbox: 4096,
+            stall_seconds: 15,
         }
     }
 }
@@ -226,6 +243,24 @@ impl Settings {
                 );
             }
         }
+        if self.mqtt.workers == 0 || self.mqtt.workers > 4096 {
+            return bad(
+                "mqtt.workers",
+                format!("expected 1..=4096, got {}", self.mqtt.workers),
+            );
+        }
+        if self.mqtt.outbox == 0 {
+            return bad("mqtt.outbox", "expected at least 1, got 0".to_owned());
+        }
+        if self.mqtt.stall_seconds == 0 {
+            return bad(
+                "mqtt.stall_seconds",
+                "expected at least 1, got 0".to_owned(),
+            );
+        }
+        if self.mqtt.client_id.as_deref().is_some_and(str::is_empty) {
+            return bad("mqtt.client_id", "must not be empty".to_owned());
+        }
         if self.delta.workers == 0 || self.delta.workers > 64 {
             return bad(
                 "delta.workers",
@@ -291,6 +326,19 @@ mod tests {
             assert!(err.contains("listen"), "{err}");
 
             jail.set_env("OTA_LISTEN", "127.0.0.1:0");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.mqtt.client_id, None, "unset: unique per process");
+            jail.set_env("OTA_MQTT__CLIENT_ID", "replica-a");
+            jail.set_env("OTA_MQTT__WORKERS", "8");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                (s.mqtt.client_id.as_deref(), s.mqtt.workers),
+                (Some("replica-a"), 8)
+            );
+            jail.set_env("OTA_MQTT__WORKERS", "0");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("mqtt.workers"), "{err}");
+            jail.set_env("OTA_MQTT__WORKERS", "8");
             jail.create_file("bad.toml", "lissten = \"x\"\n")?;
             let err = Settings::load(Some(Path::new("bad.toml")))
                 .unwrap_err()

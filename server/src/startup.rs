@@ -6,6 +6,7 @@
 use crate::api::{self, AppState};
 use crate::blobs::BlobStore;
 use crate::engine::Engine;
+use crate::gateway::{self, ChannelHealth, Outbox, OutboxReceiver};
 use crate::jobs::{BuilderEngine, DeltaEngine};
 use crate::settings::Settings;
 use crate::signing::ServerKeys;
@@ -26,6 +27,8 @@ pub struct Application {
     state: AppState,
     jobs: Arc<Notify>,
     delta_engine: Arc<dyn DeltaEngine>,
+    /// The gateway's end of the engine's outbox (taken by `run_until_stopped`).
+    outbox: (Outbox, OutboxReceiver),
 }
 
 impl Application {
@@ -71,12 +74,18 @@ impl Application {
         let jobs = Arc::new(Notify::new());
         let settings = Arc::new(settings);
         let keys = Arc::new(keys);
+        let vehicle_channel = Arc::new(ChannelHealth::new(
+            settings.mqtt.url.is_some(),
+            Duration::from_secs(settings.mqtt.stall_seconds.max(1)),
+        ));
+        let (outbox, outgoing) = gateway::outbox(settings.mqtt.outbox, vehicle_channel.clone());
         let engine = Engine::new(
             store.clone(),
             keys.clone(),
             settings.clone(),
             public_url.clone(),
             jobs.clone(),
+            outbox.clone(),
         );
         let state = AppState {
             store,
@@ -84,6 +93,7 @@ impl Application {
             keys,
             settings,
             engine,
+            vehicle_channel,
             metrics: crate::telemetry::metrics_handle(),
             public_url,
         };
@@ -93,6 +103,7 @@ impl Application {
             state,
             jobs,
             delta_engine: Arc::new(BuilderEngine::default()),
+            outbox: (outbox, outgoing),
         })
     }
 
@@ -121,12 +132,19 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let settings = self.state.settings.clone();
         let mut background = Vec::new();
+        let (outbox, outgoing) = self.outbox;
         if settings.mqtt.url.is_some() {
-            background.push(tokio::spawn(crate::gateway::run(
+            background.push(tokio::spawn(gateway::run(
                 settings.mqtt.clone(),
                 self.state.engine.clone(),
+                outbox,
+                outgoing,
+                self.state.vehicle_channel.clone(),
                 stop_rx.clone(),
             )));
+        } else {
+            // No broker: closing the outbox makes every send fail fast (and counted).
+            drop(outgoing);
         }
         for _ in 0..settings.delta.workers {
             background.push(tokio::spawn(crate::jobs::worker(

@@ -1,4 +1,5 @@
-//! Liveness, readiness (database and broker reachability) and Prometheus metrics.
+//! Liveness, readiness (database, blob store, and the vehicle channel: `disabled`, `ok`,
+//! `disconnected` or `stalled`) and Prometheus metrics.
 
 use super::{AppState, Routes};
 use axum::extract::State;
@@ -21,8 +22,8 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let database = state.store.ping().await.is_ok();
     let blobs = state.blobs.ready().await;
-    let broker = state.engine.broker_status();
-    let ready = database && blobs && broker != "unreachable";
+    let broker = state.vehicle_channel.status();
+    let ready = database && blobs && broker.is_ready();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -34,7 +35,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "status": if ready { "ready" } else { "not_ready" },
             "database": if database { "ok" } else { "unreachable" },
             "blob_store": if blobs { "ok" } else { "unavailable" },
-            "broker": broker,
+            "broker": broker.as_str(),
         })),
     )
 }

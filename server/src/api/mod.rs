@@ -46,6 +46,8 @@ pub struct AppState {
     pub keys: Arc<ServerKeys>,
     pub settings: Arc<Settings>,
     pub engine: Engine,
+    /// The vehicle channel's health, owned by the MQTT gateway.
+    pub vehicle_channel: Arc<crate::gateway::ChannelHealth>,
     pub metrics: PrometheusHandle,
     /// Base URL of blob downloads for vehicles.
     pub public_url: String,

@@ -45,6 +45,7 @@ const OPS: &[Op] = &[
     Op { method: "get", path: "/api/v1/releases", id: "listReleases", summary: "List releases", scope: Some("read"), body: None, ok: (200, "ReleaseList"), query: &[] },
     Op { method: "get", path: "/api/v1/releases/{id}", id: "getRelease", summary: "One release with its signed targets envelope", scope: Some("read"), body: None, ok: (200, "Release"), query: &[] },
     Op { method: "post", path: "/api/v1/vehicles", id: "registerVehicle", summary: "Provision a vehicle: id, ECUs, device public key, tags", scope: Some("admin"), body: Some(("application/json", "RegisterVehicle")), ok: (201, "Vehicle"), query: &[] },
+    Op { method: "post", path: "/api/v1/vehicles:bulk", id: "registerVehicles", summary: "Provision up to 10,000 vehicles in one transaction, all or nothing; a bad entry is named by index and field (vehicles[i].field)", scope: Some("admin"), body: Some(("application/json", "RegisterVehicles")), ok: (201, "BulkRegistered"), query: &[] },
     Op { method: "get", path: "/api/v1/vehicles", id: "listVehicles", summary: "List vehicles with filters", scope: Some("read"), body: None, ok: (200, "VehicleList"), query: &["hardware_id", "tag", "installed_version", "limit"] },
     Op { method: "get", path: "/api/v1/vehicles/{id}", id: "getVehicle", summary: "One vehicle: installed versions, last check-in, deployment history", scope: Some("read"), body: None, ok: (200, "VehicleDetail"), query: &[] },
     Op { method: "post", path: "/api/v1/rollouts", id: "createRollout", summary: "Create a rollout (draft)", scope: Some("rollout:write"), body: Some(("application/json", "CreateRollout")), ok: (201, "Rollout"), query: &[] },
@@ -104,6 +105,9 @@ fn schemas() -> Value {
         "RegisterVehicle": obj(&["id", "public_key", "ecus"], json!({
             "id": s, "public_key": s, "tags": strings,
             "ecus": { "type": "array", "items": obj(&["ecu", "hardware_id"], json!({ "ecu": s, "hardware_id": s })) } })),
+        "RegisterVehicles": obj(&["vehicles"], json!({
+            "vehicles": { "type": "array", "minItems": 1, "maxItems": 10000, "items": { "$ref": "#/components/schemas/RegisterVehicle" } } })),
+        "BulkRegistered": obj(&["registered"], json!({ "registered": i })),
         "Vehicle": obj(&["id", "public_key", "tags", "ecus"], json!({
             "id": s, "public_key": s, "tags": strings, "created_at": s, "last_seen_at": s, "agent_state": s, "director_version": i,
             "ecus": { "type": "array", "items": obj(&[], json!({ "ecu": s, "hardware_id": s, "installed_version": s, "installed_sha256": s, "installed_length": i })) } })),

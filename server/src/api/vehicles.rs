@@ -1,14 +1,16 @@
-//! Vehicles: provisioning (id, ECUs and hardware ids, device public key, tags), listing
+//! Vehicles: provisioning (id, ECUs and hardware ids, device public key, tags), one at a
+//! time or up to 10,000 in one all-or-nothing request, listing
 //! with filters, and one vehicle's installed versions, last check-in and deployments.
 
 use super::error::ApiError;
-use super::extract::{AdminScope, ApiJson, ApiQuery, Authorized, Caller};
+use super::extract::{AdminScope, ApiJson, ApiQuery, Authorized, Caller, JsonLimit};
 use super::images::check_name;
 use super::{AppState, Routes};
 use crate::store::{DeploymentRecord, NewVehicle, VehicleFilter, VehicleRecord};
 use crate::tokens::Scope;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::routing::{get, post};
 use axum::Json;
 use ota_core::encoding::parse_lower_hex;
@@ -20,6 +22,19 @@ use std::collections::BTreeSet;
 pub fn routes() -> Routes {
     Routes::default()
         .add("post", "/api/v1/vehicles", post(register))
+        .add(
+            "post",
+            "/api/v1/vehicles:bulk",
+            post(register_bulk)
+                // A route layer runs inside the router-wide body limit and overrides it.
+                .layer(DefaultBodyLimit::max(BULK_BODY_BYTES))
+                .layer(axum::middleware::from_fn(
+                    |mut request: Request, next: Next| async move {
+                        request.extensions_mut().insert(JsonLimit(BULK_BODY_BYTES));
+                        next.run(request).await
+                    },
+                )),
+        )
         .add("get", "/api/v1/vehicles", get(list))
         .add("get", "/api/v1/vehicles/{id}", get(get_one))
 }
@@ -54,67 +69,125 @@ pub fn check_vehicle_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn register(
-    State(state): State<AppState>,
-    Authorized(caller, _): Authorized<AdminScope>,
-    ApiJson(request): ApiJson<RegisterVehicle>,
-) -> Result<(StatusCode, Json<VehicleRecord>), ApiError> {
-    caller.require(Scope::Admin)?;
+/// Checks one registration; `at` prefixes field names (`""`, or `vehicles[3].` in a bulk
+/// request) so a problem names exactly which entry and field is wrong.
+fn validate(request: RegisterVehicle, at: &str) -> Result<NewVehicle, ApiError> {
     check_vehicle_id(&request.id).map_err(|_| {
         ApiError::invalid(
-            "id",
+            format!("{at}id"),
             "1-64 characters of A-Z a-z 0-9 . _ -",
             format!("{:?}", request.id),
         )
     })?;
     let raw = parse_lower_hex::<32>(&request.public_key).map_err(|e| {
         ApiError::invalid(
-            "public_key",
+            format!("{at}public_key"),
             "64 lowercase hex digits (raw Ed25519 public key)",
             e,
         )
     })?;
-    PublicKey::from_bytes(&raw)
-        .map_err(|e| ApiError::invalid("public_key", "a valid, non-weak Ed25519 key", e))?;
+    PublicKey::from_bytes(&raw).map_err(|e| {
+        ApiError::invalid(
+            format!("{at}public_key"),
+            "a valid, non-weak Ed25519 key",
+            e,
+        )
+    })?;
     if request.ecus.is_empty() || request.ecus.len() > 32 {
         return Err(ApiError::invalid(
-            "ecus",
+            format!("{at}ecus"),
             "1 to 32 ECUs",
             request.ecus.len(),
         ));
     }
     let mut seen = BTreeSet::new();
     for (i, ecu) in request.ecus.iter().enumerate() {
-        check_name(&format!("ecus[{i}].ecu"), &ecu.ecu)?;
-        check_name(&format!("ecus[{i}].hardware_id"), &ecu.hardware_id)?;
+        check_name(&format!("{at}ecus[{i}].ecu"), &ecu.ecu)?;
+        check_name(&format!("{at}ecus[{i}].hardware_id"), &ecu.hardware_id)?;
         if !seen.insert(ecu.ecu.as_str()) {
             return Err(ApiError::invalid(
-                format!("ecus[{i}].ecu"),
+                format!("{at}ecus[{i}].ecu"),
                 "a name not used by another ECU",
                 format!("{:?}", ecu.ecu),
             ));
         }
     }
     for (i, tag) in request.tags.iter().enumerate() {
-        check_name(&format!("tags[{i}]"), tag)?;
+        check_name(&format!("{at}tags[{i}]"), tag)?;
     }
-    let record = state
-        .store
-        .insert_vehicle(
-            &caller.actor(),
-            NewVehicle {
-                id: request.id,
-                public_key: request.public_key,
-                tags: request.tags,
-                ecus: request
-                    .ecus
-                    .into_iter()
-                    .map(|e| (e.ecu, e.hardware_id))
-                    .collect(),
-            },
-        )
-        .await?;
+    Ok(NewVehicle {
+        id: request.id,
+        public_key: request.public_key,
+        tags: request.tags,
+        ecus: request
+            .ecus
+            .into_iter()
+            .map(|e| (e.ecu, e.hardware_id))
+            .collect(),
+    })
+}
+
+async fn register(
+    State(state): State<AppState>,
+    Authorized(caller, _): Authorized<AdminScope>,
+    ApiJson(request): ApiJson<RegisterVehicle>,
+) -> Result<(StatusCode, Json<VehicleRecord>), ApiError> {
+    caller.require(Scope::Admin)?;
+    let vehicle = validate(request, "")?;
+    let record = state.store.insert_vehicle(&caller.actor(), vehicle).await?;
     Ok((StatusCode::CREATED, Json(record)))
+}
+
+/// Most registrations in one bulk request.
+pub const MAX_BULK: usize = 10_000;
+/// Body limit of a bulk request: 10,000 registrations with room for many ECUs each.
+pub const BULK_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterVehicles {
+    pub vehicles: Vec<RegisterVehicle>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BulkRegistered {
+    pub registered: u64,
+}
+
+/// All or nothing: every entry is checked first (the first bad one is named by index
+/// and field), then all are inserted in one transaction with one audit entry.
+async fn register_bulk(
+    State(state): State<AppState>,
+    Authorized(caller, _): Authorized<AdminScope>,
+    ApiJson(request): ApiJson<RegisterVehicles>,
+) -> Result<(StatusCode, Json<BulkRegistered>), ApiError> {
+    caller.require(Scope::Admin)?;
+    let count = request.vehicles.len();
+    if count == 0 || count > MAX_BULK {
+        return Err(ApiError::invalid(
+            "vehicles",
+            format!("1 to {MAX_BULK} registrations"),
+            count,
+        ));
+    }
+    let mut first_use = std::collections::HashMap::with_capacity(count);
+    let mut vehicles = Vec::with_capacity(count);
+    for (i, entry) in request.vehicles.into_iter().enumerate() {
+        let vehicle = validate(entry, &format!("vehicles[{i}]."))?;
+        if let Some(first) = first_use.insert(vehicle.id.clone(), i) {
+            return Err(ApiError::invalid(
+                format!("vehicles[{i}].id"),
+                format!("an id not already used in this request (vehicles[{first}])"),
+                format!("{:?}", vehicle.id),
+            ));
+        }
+        vehicles.push(vehicle);
+    }
+    let registered = state
+        .store
+        .insert_vehicles(&caller.actor(), &vehicles)
+        .await?;
+    Ok((StatusCode::CREATED, Json(BulkRegistered { registered })))
 }
 
 #[derive(Debug, Deserialize)]

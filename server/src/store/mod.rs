@@ -157,6 +157,25 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL: readers never wait for the writer, and a commit appends to
+                        // the log instead of rewriting pages. NORMAL syncs at checkpoints
+                        // only, which is durable against process crashes (a power loss
+                        // may lose the last commits, never corrupt the file). The busy
+                        // timeout makes a second writer wait instead of failing.
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA busy_timeout = 5000",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await?;
         let store = Store { pool, backend };
@@ -198,4 +217,32 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
         what,
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Row;
+
+    #[tokio::test]
+    async fn sqlite_runs_in_wal_mode_with_normal_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("ota.db").display());
+        let store = Store::connect(&url, 3).await.unwrap();
+        let pragma = |name: &'static str| {
+            let pool = store.pool().clone();
+            async move {
+                let row = sqlx::query(name).fetch_one(&pool).await.unwrap();
+                match row.try_get::<String, _>(0) {
+                    Ok(text) => text,
+                    Err(_) => row.try_get::<i64, _>(0).unwrap().to_string(),
+                }
+            }
+        };
+        assert_eq!(pragma("PRAGMA journal_mode").await.to_lowercase(), "wal");
+        // 1 = NORMAL (2 = FULL, the default).
+        assert_eq!(pragma("PRAGMA synchronous").await, "1");
+        assert_eq!(pragma("PRAGMA busy_timeout").await, "5000");
+        store.close().await;
+    }
 }

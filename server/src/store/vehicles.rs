@@ -87,6 +87,107 @@ impl Store {
         self.get_vehicle(&vehicle.id).await
     }
 
+    /// Registers every vehicle of `vehicles` in one transaction, or none: the first id
+    /// already registered is a `Conflict` naming its index (`vehicles[i].id`). One audit
+    /// entry (`vehicle.register_bulk`) lists the ids. Returns how many were registered.
+    pub async fn insert_vehicles(
+        &self,
+        actor: &Actor,
+        vehicles: &[NewVehicle],
+    ) -> Result<u64, StoreError> {
+        /// Rows per multi-row INSERT: 4 parameters each stays far below SQLite's 32,766
+        /// and PostgreSQL's 65,535 bind parameters.
+        const CHUNK: usize = 500;
+        let mut tx = self.begin().await?;
+        for (chunk_index, chunk) in vehicles.chunks(CHUNK).enumerate() {
+            let placeholders = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("SELECT id FROM vehicles WHERE id IN ({placeholders})");
+            let mut query = sqlx::query(&sql);
+            for vehicle in chunk {
+                query = query.bind(&vehicle.id);
+            }
+            let taken: std::collections::HashSet<String> = query
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.try_get::<String, _>("id"))
+                .collect::<Result<_, _>>()?;
+            if let Some(i) = chunk.iter().position(|v| taken.contains(&v.id)) {
+                let index = chunk_index * CHUNK + i;
+                return Err(StoreError::Conflict {
+                    entity: "vehicle",
+                    detail: format!(
+                        "vehicles[{index}].id: vehicle {:?} is already registered",
+                        chunk[i].id
+                    ),
+                });
+            }
+        }
+        let now = now_ms();
+        for chunk in vehicles.chunks(CHUNK) {
+            let rows = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 4;
+                    format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql =
+                format!("INSERT INTO vehicles (id, public_key, tags, created_ms) VALUES {rows}");
+            let mut query = sqlx::query(&sql);
+            for vehicle in chunk {
+                query = query
+                    .bind(&vehicle.id)
+                    .bind(&vehicle.public_key)
+                    .bind(serde_json::to_string(&vehicle.tags).unwrap_or_default())
+                    .bind(now);
+            }
+            // A concurrent registration of one of these ids lands here.
+            query.execute(&mut *tx).await.map_err(conflict_or(
+                "vehicle",
+                "a vehicle in the batch was registered concurrently".to_owned(),
+            ))?;
+        }
+        let ecus: Vec<(&str, &str, &str)> = vehicles
+            .iter()
+            .flat_map(|v| {
+                v.ecus
+                    .iter()
+                    .map(|(ecu, hw)| (v.id.as_str(), ecu.as_str(), hw.as_str()))
+            })
+            .collect();
+        for chunk in ecus.chunks(CHUNK) {
+            let rows = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 3;
+                    format!("(${}, ${}, ${})", b + 1, b + 2, b + 3)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql =
+                format!("INSERT INTO vehicle_ecus (vehicle_id, ecu, hardware_id) VALUES {rows}");
+            let mut query = sqlx::query(&sql);
+            for (vehicle, ecu, hardware_id) in chunk {
+                query = query.bind(*vehicle).bind(*ecu).bind(*hardware_id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let ids: Vec<&str> = vehicles.iter().map(|v| v.id.as_str()).collect();
+        audit::record(
+            &mut tx,
+            actor,
+            "vehicle.register_bulk",
+            &format!("{} vehicles", vehicles.len()),
+            serde_json::json!({ "count": vehicles.len(), "ids": ids }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(vehicles.len() as u64)
+    }
+
     async fn vehicle_ecus(&self, id: &str) -> Result<Vec<EcuRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT ecu, hardware_id, installed_version, installed_sha256, installed_length \

@@ -165,6 +165,9 @@ pub struct Options {
     pub max_image_bytes: Option<u64>,
     pub max_json_bytes: Option<usize>,
     pub max_concurrent_requests: Option<usize>,
+    /// `mqtt.workers` and `mqtt.queue` (the gateway's concurrency and backlog).
+    pub mqtt_workers: Option<usize>,
+    pub mqtt_queue: Option<usize>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -210,11 +213,18 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
         // A share group and client id of its own: tests run in parallel against one
         // broker, and each server must receive every check-in meant for it.
         settings.mqtt.share_group = unique("g");
-        settings.mqtt.client_id = unique("ota-server-test-");
+        settings.mqtt.client_id = Some(unique("ota-server-test-"));
     }
     if let Some(url) = options.mqtt_url_unchecked {
         settings.mqtt.url = Some(url);
-        settings.mqtt.client_id = unique("ota-server-test-");
+        settings.mqtt.share_group = unique("g");
+        settings.mqtt.client_id = Some(unique("ota-server-test-"));
+    }
+    if let Some(workers) = options.mqtt_workers {
+        settings.mqtt.workers = workers;
+    }
+    if let Some(queue) = options.mqtt_queue {
+        settings.mqtt.queue = queue;
     }
     let app = Application::build(settings)
         .await

@@ -9,3 +9,4 @@ mod keys;
 mod mqtt;
 mod otactl;
 mod store;
+mod vehicle_channel;

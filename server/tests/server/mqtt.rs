@@ -20,13 +20,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// A vehicle-side MQTT client collecting what arrives on its subscriptions.
-struct VehicleClient {
+pub(crate) struct VehicleClient {
     client: AsyncClient,
     inbox: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
 }
 
 impl VehicleClient {
-    async fn connect(vehicle_ids: &[&str]) -> VehicleClient {
+    pub(crate) async fn connect(vehicle_ids: &[&str]) -> VehicleClient {
         let (host, port) = ota_server::gateway::parse_broker_url(&mqtt_url()).expect("broker url");
         let mut options = MqttOptions::new(unique("vehicle-test-"), host, port);
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
@@ -64,7 +64,7 @@ impl VehicleClient {
         VehicleClient { client, inbox }
     }
 
-    async fn publish(&self, vid: &str, channel: Channel, payload: Vec<u8>) {
+    pub(crate) async fn publish(&self, vid: &str, channel: Channel, payload: Vec<u8>) {
         self.client
             .publish(topic(vid, channel), QoS::AtLeastOnce, false, payload)
             .await
@@ -73,7 +73,11 @@ impl VehicleClient {
 
     /// Waits for a message on `topic_name`, re-sending `retry` every second meanwhile
     /// (the server may still be subscribing when the test starts).
-    async fn expect(&mut self, topic_name: &str, retry: Option<(&str, Channel, &[u8])>) -> Vec<u8> {
+    pub(crate) async fn expect(
+        &mut self,
+        topic_name: &str,
+        retry: Option<(&str, Channel, &[u8])>,
+    ) -> Vec<u8> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             if let Some((vid, channel, payload)) = retry {
@@ -109,17 +113,36 @@ impl VehicleClient {
 }
 
 async fn mqtt_app() -> Option<TestApp> {
+    mqtt_app_with(Options::default()).await
+}
+
+/// A SQLite app on the test broker (`mqtt: true` is implied), once `/readyz` says the
+/// broker is `ok`.
+pub(crate) async fn mqtt_app_with(options: Options) -> Option<TestApp> {
     let app = spawn_app_with(
         Backend::Sqlite,
         Options {
             mqtt: true,
-            ..Options::default()
+            ..options
         },
     )
     .await?;
-    for _ in 0..100 {
+    wait_ready(&app).await;
+    Some(app)
+}
+
+/// Waits until `/readyz` says the broker is `ok`.
+pub(crate) async fn wait_ready(app: &TestApp) {
+    wait_broker(app, "ok", Duration::from_secs(20)).await;
+}
+
+/// Waits (polling every 100 ms, at most `within`) until `/readyz` reports the vehicle
+/// channel as `status`; panics with the last answer otherwise.
+pub(crate) async fn wait_broker(app: &TestApp, status: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
         // Not `app.get`: /readyz answers 503 with its JSON status document while the
-        // broker connection is still coming up, which is not a problem document.
+        // broker connection is down, which is not a problem document.
         let ready: serde_json::Value = app
             .http
             .get(app.url("/readyz"))
@@ -129,15 +152,18 @@ async fn mqtt_app() -> Option<TestApp> {
             .json()
             .await
             .unwrap();
-        if ready["broker"] == "ok" {
-            return Some(app);
+        if ready["broker"] == status {
+            return;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz did not report the broker as {status:?} within {within:?}: {ready}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the server did not connect to the broker within 10 s");
 }
 
-fn director_metadata(app: &TestApp, bytes: &[u8]) -> DirectorMetadata {
+pub(crate) fn director_metadata(app: &TestApp, bytes: &[u8]) -> DirectorMetadata {
     let envelope = Envelope::parse(bytes).expect("a directive is a DSSE envelope");
     let director = app.state.keys.director.public_key();
     let sig = ota_core::encoding::decode_base64(&envelope.signatures[0].sig).unwrap();

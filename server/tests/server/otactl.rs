@@ -306,3 +306,61 @@ async fn ota_server_serve_starts_with_defaults_and_stops_gracefully_on_sigterm()
         "dev keys are announced loudly: {logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otactl_registers_vehicles_in_bulk_from_json_lines() {
+    let app = spawn_app().await;
+    let config = app.dir.path().join("otactl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"{}\"\ntoken = \"{}\"\n",
+            app.address, app.admin_token
+        ),
+    )
+    .unwrap();
+    let lines: Vec<String> = (0..250)
+        .map(|i| {
+            serde_json::json!({ "id": format!("ctl-bulk-{i}"), "public_key": device_key().public_key().to_hex(),
+                                "ecus": [{ "ecu": "main", "hardware_id": "hw-ctl-bulk" }] })
+            .to_string()
+        })
+        .collect();
+    let file = app.dir.path().join("fleet.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let mut bad = lines.clone();
+    bad.push(
+        r#"{"id":"ctl-bad","public_key":"zz","ecus":[{"ecu":"m","hardware_id":"h"}]}"#.to_owned(),
+    );
+    let bad_file = app.dir.path().join("bad.jsonl");
+    std::fs::write(&bad_file, bad.join("\n")).unwrap();
+    let run = |args: &[&str]| otactl(&app, &config, args);
+    let (done, refused, listed) = tokio::task::block_in_place(|| {
+        // A bad entry refuses the whole file, naming the entry.
+        let refused = run(&[
+            "vehicle",
+            "register-bulk",
+            "--file",
+            bad_file.to_str().unwrap(),
+        ]);
+        let done = json_of(
+            &["vehicle", "register-bulk", "--file", file.to_str().unwrap()],
+            run,
+        );
+        let listed = json_of(&["vehicle", "list", "--hardware-id", "hw-ctl-bulk"], run);
+        (done, refused, listed)
+    });
+    assert!(!refused.0, "a bad entry must fail the command");
+    assert!(
+        refused.2.contains("vehicles[250].public_key"),
+        "the refusal names the entry and field: {}",
+        refused.2
+    );
+    assert_eq!(done["registered"], 250, "{done}");
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        100,
+        "the first page of the 250"
+    );
+    app.stop().await;
+}
