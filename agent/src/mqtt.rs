@@ -100,6 +100,7 @@ impl MqttLink {
         options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(options, 256);
         let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
         network.set_connection_timeout(10);
         eventloop.set_network_options(network);
         let (tx, rx) = mpsc::unbounded_channel();

@@ -104,7 +104,7 @@ impl Server {
         settings.director.poll_seconds = poll_seconds;
         settings.mqtt.url = Some(mqtt_url());
         settings.mqtt.share_group = unique("e2e");
-        settings.mqtt.client_id = unique("ota-server-e2e-");
+        settings.mqtt.client_id = Some(unique("ota-server-e2e-"));
         let app = Application::build(settings).await.expect("server builds");
         let url = format!("http://{}", app.address());
         let state = app.state().clone();
