@@ -109,7 +109,11 @@ pub enum FetchError {
     #[error("{url}: range from byte {offset} not satisfiable (416)")]
     RangeNotSatisfiable { url: String, offset: u64 },
     #[error("{url}: asked to resume at byte {asked}, the server answered from byte {answered}")]
-    UnexpectedOffset { url: String, asked: u64, answered: u64 },
+    UnexpectedOffset {
+        url: String,
+        asked: u64,
+        answered: u64,
+    },
     #[error("reading {path}: {source}")]
     ReadSource {
         path: PathBuf,
@@ -137,9 +141,7 @@ pub enum FetchError {
         expected: Sha256Digest,
         actual: Sha256Digest,
     },
-    #[error(
-        "{url}: too slow: {received} bytes in {window:?}, at least {required} required"
-    )]
+    #[error("{url}: too slow: {received} bytes in {window:?}, at least {required} required")]
     TooSlow {
         url: String,
         received: u64,
@@ -354,8 +356,7 @@ pub async fn fetch_to_file<T: Transport>(
         match outcome {
             Err(AttemptFailure {
                 error:
-                    error @ (FetchError::DigestMismatch { .. }
-                    | FetchError::RangeNotSatisfiable { .. }),
+                    error @ (FetchError::DigestMismatch { .. } | FetchError::RangeNotSatisfiable { .. }),
                 resumed_from,
             }) if resumed_from > 0 && may_start_over => {
                 may_start_over = false;
@@ -384,12 +385,13 @@ async fn attempt<T: Transport>(
     guard: &mut RetrievalGuard,
     on_progress: &mut (impl FnMut(u64) + Send),
 ) -> Result<(), AttemptFailure> {
-    let (mut file, mut hasher, mut written) = open_partial(dest, expected.length)
-        .await
-        .map_err(|error| AttemptFailure {
-            error,
-            resumed_from: 0,
-        })?;
+    let (mut file, mut hasher, mut written) =
+        open_partial(dest, expected.length)
+            .await
+            .map_err(|error| AttemptFailure {
+                error,
+                resumed_from: 0,
+            })?;
     let resumed_from = written;
     let fail = |error| AttemptFailure {
         error,
@@ -546,9 +548,7 @@ async fn open_partial(
         source: std::io::Error::other(join),
     })??;
     let mut file = tokio::fs::File::from_std(file);
-    file.set_len(held)
-        .await
-        .map_err(local("trimming", dest))?;
+    file.set_len(held).await.map_err(local("trimming", dest))?;
     file.seek(std::io::SeekFrom::Start(held))
         .await
         .map_err(local("seeking", dest))?;
@@ -650,7 +650,10 @@ impl fmt::Debug for HttpTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpTransport")
             .field("base", &self.base.as_str())
-            .field("credential", &self.credential.as_ref().map(|_| "<credential>"))
+            .field(
+                "credential",
+                &self.credential.as_ref().map(|_| "<credential>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -666,7 +669,10 @@ impl HttpTransport {
         };
         let base = reqwest::Url::parse(base_url).map_err(|e| invalid(e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") {
-            return Err(invalid(format!("scheme {:?} is not http or https", base.scheme())));
+            return Err(invalid(format!(
+                "scheme {:?} is not http or https",
+                base.scheme()
+            )));
         }
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
@@ -857,7 +863,11 @@ mod tests {
         // 100 B/s over 1 s windows: 100 bytes per window required.
         let mut guard = RetrievalGuard::new(&limits(100, 1000, 60_000));
         for tenth in 1..=100 {
-            assert_eq!(guard.observe(10, ms(tenth * 100)), Ok(()), "at {tenth}/10 s");
+            assert_eq!(
+                guard.observe(10, ms(tenth * 100)),
+                Ok(()),
+                "at {tenth}/10 s"
+            );
         }
     }
 
@@ -880,7 +890,11 @@ mod tests {
     fn a_stall_after_a_good_window_is_caught_one_window_later() {
         let mut guard = RetrievalGuard::new(&limits(100, 1000, 60_000));
         assert_eq!(guard.observe(500, ms(900)), Ok(()));
-        assert_eq!(guard.observe(0, ms(1000)), Ok(()), "first window carried 500");
+        assert_eq!(
+            guard.observe(0, ms(1000)),
+            Ok(()),
+            "first window carried 500"
+        );
         assert_eq!(guard.next_check(), ms(2000));
         assert!(matches!(
             guard.observe(0, ms(2000)),
@@ -905,7 +919,9 @@ mod tests {
         assert_eq!(guard.observe(1_000_000, ms(4_999)), Ok(()));
         assert_eq!(
             guard.observe(1_000_000, ms(5_000)),
-            Err(SlowRetrieval::DeadlineExceeded { deadline: ms(5_000) })
+            Err(SlowRetrieval::DeadlineExceeded {
+                deadline: ms(5_000)
+            })
         );
     }
 
@@ -969,9 +985,27 @@ mod tests {
         let url = || "u".to_owned();
         let digest = Sha256Digest([0; 32]);
         let table: Vec<(FetchError, bool)> = vec![
-            (FetchError::Status { url: url(), status: 503 }, true),
-            (FetchError::Status { url: url(), status: 429 }, true),
-            (FetchError::Status { url: url(), status: 403 }, false),
+            (
+                FetchError::Status {
+                    url: url(),
+                    status: 503,
+                },
+                true,
+            ),
+            (
+                FetchError::Status {
+                    url: url(),
+                    status: 429,
+                },
+                true,
+            ),
+            (
+                FetchError::Status {
+                    url: url(),
+                    status: 403,
+                },
+                false,
+            ),
             (FetchError::NotFound { url: url() }, false),
             (
                 FetchError::Truncated {
@@ -997,7 +1031,13 @@ mod tests {
                 },
                 true,
             ),
-            (FetchError::TooLong { url: url(), limit: 1 }, false),
+            (
+                FetchError::TooLong {
+                    url: url(),
+                    limit: 1,
+                },
+                false,
+            ),
             (
                 FetchError::DigestMismatch {
                     url: url(),

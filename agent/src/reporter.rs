@@ -466,7 +466,9 @@ mod tests {
                 let mut damaged = frame.clone();
                 damaged[at] ^= 0x01;
                 assert_eq!(
-                    Record::decode(&damaged).map(|(r, _)| r).filter(|r| *r == record),
+                    Record::decode(&damaged)
+                        .map(|(r, _)| r)
+                        .filter(|r| *r == record),
                     None,
                     "a flipped byte at {at} must not decode as the original record"
                 );
@@ -486,7 +488,11 @@ mod tests {
         outbox.ack(3).unwrap();
         assert_eq!(ids(&outbox), [4, 5]);
         outbox.ack(2).unwrap();
-        assert_eq!(ids(&outbox), [4, 5], "acking an already acked id is a no-op");
+        assert_eq!(
+            ids(&outbox),
+            [4, 5],
+            "acking an already acked id is a no-op"
+        );
         assert!(matches!(
             outbox.ack(6),
             Err(OutboxError::UnknownId { id: 6, next: 6 })
@@ -503,7 +509,11 @@ mod tests {
         let t2 = outbox.push(EventKind::Transition, message(3)).unwrap();
         let b2 = outbox.push(EventKind::ByteCount, message(4)).unwrap();
         let t3 = outbox.push(EventKind::Transition, message(5)).unwrap();
-        assert_eq!(ids(&outbox), [t1, t2, b2, t3], "the oldest byte count goes first");
+        assert_eq!(
+            ids(&outbox),
+            [t1, t2, b2, t3],
+            "the oldest byte count goes first"
+        );
         assert_eq!(outbox.dropped(), 1);
         let b3 = outbox.push(EventKind::ByteCount, message(6)).unwrap();
         assert_eq!(ids(&outbox), [t1, t2, t3, b3]);
@@ -642,7 +652,9 @@ mod tests {
             );
             assert_eq!(recovered, *expected, "cut at byte {cut}: messages intact");
             assert_eq!(
-                std::fs::metadata(crashed.path().join(LOG_FILE)).unwrap().len(),
+                std::fs::metadata(crashed.path().join(LOG_FILE))
+                    .unwrap()
+                    .len(),
                 *whole,
                 "cut at byte {cut}: the torn tail is truncated away"
             );
