@@ -237,6 +237,8 @@ struct MemorySource {
     roots: Mutex<BTreeMap<u64, Vec<u8>>>,
     targets_fetches: AtomicUsize,
     root_fetches: Mutex<BTreeMap<u64, usize>>,
+    /// When set, every request fails (the server is unreachable).
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl MemorySource {
@@ -246,6 +248,7 @@ impl MemorySource {
             roots: Mutex::new(BTreeMap::new()),
             targets_fetches: AtomicUsize::new(0),
             root_fetches: Mutex::new(BTreeMap::new()),
+            down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -255,6 +258,17 @@ impl MemorySource {
 
     fn publish_root(&self, version: u64, bytes: Vec<u8>) {
         self.roots.lock().unwrap().insert(version, bytes);
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn unreachable(&self) -> Result<(), String> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err("connection refused".to_owned());
+        }
+        Ok(())
     }
 
     fn targets_fetches(&self) -> usize {
@@ -270,6 +284,7 @@ impl MemorySource {
 impl MetadataSource for MemorySource {
     async fn targets(&self) -> Result<Vec<u8>, String> {
         self.targets_fetches.fetch_add(1, Ordering::SeqCst);
+        self.unreachable()?;
         Ok(self.targets.lock().unwrap().clone())
     }
 
@@ -280,6 +295,7 @@ impl MetadataSource for MemorySource {
             .unwrap()
             .entry(version)
             .or_default() += 1;
+        self.unreachable()?;
         Ok(self.roots.lock().unwrap().get(&version).cloned())
     }
 }
@@ -485,6 +501,32 @@ async fn a_new_release_refreshes_the_cached_targets() {
         )))
         .await;
     assert_eq!(vehicle.fetches(), (2, [(2, 2)].into()));
+}
+
+#[tokio::test]
+async fn an_unreachable_server_refuses_only_what_the_cache_cannot_verify() {
+    let mut vehicle = Vehicle::provision();
+    vehicle.server.set_down(true);
+    let before = vehicle.snapshot();
+    let err = vehicle.send(&simple_directive(1)).await.unwrap_err();
+    assert!(
+        matches!(err, DirectiveError::Fetch { what: "root", .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), "fetch");
+    assert_eq!(vehicle.snapshot(), before);
+
+    vehicle.server.set_down(false);
+    vehicle.accept(&simple_directive(1)).await;
+    vehicle.server.set_down(true);
+    // Verifies from the cache: the server is not needed.
+    vehicle.accept(&simple_directive(2)).await;
+    // Needs a refresh (image B is not in the cached targets): a fetch error, nothing written.
+    let before = vehicle.snapshot();
+    let doc = directive_doc(3, vec![assign(ECU, IMAGE_B, "dep-3")]);
+    let err = vehicle.send(&director(&doc)).await.unwrap_err();
+    assert_eq!(err.kind(), "fetch");
+    assert_eq!(vehicle.snapshot(), before);
 }
 
 // ---------------------------------------------------------------------------------------
