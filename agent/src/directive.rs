@@ -10,7 +10,7 @@
 
 use crate::machine::{DeltaSource, Target};
 use crate::trust_store::{FileTrustStore, TrustStoreError};
-use crate::verifier::{Persist, VerifyError, Verifier};
+use crate::verifier::{Persist, Verifier, VerifyError};
 use ota_core::metadata::Role;
 use ota_core::protocol::TrustedVersions;
 use ota_core::time::Timestamp;

@@ -112,14 +112,14 @@ mod tests {
     fn a_saved_state_loads_back_and_a_torn_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::new(dir.path());
-        assert!(journal.load().unwrap().is_none(), "no journal on first start");
+        assert!(
+            journal.load().unwrap().is_none(),
+            "no journal on first start"
+        );
         let state = AgentState::factory(SlotName::B, None);
         journal.save(&state).unwrap();
         assert_eq!(journal.load().unwrap(), Some(state));
         std::fs::write(journal.path(), b"{\"format\":1,\"pha").unwrap();
-        assert!(matches!(
-            journal.load(),
-            Err(JournalError::Corrupt { .. })
-        ));
+        assert!(matches!(journal.load(), Err(JournalError::Corrupt { .. })));
     }
 }

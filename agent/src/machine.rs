@@ -160,7 +160,10 @@ impl Phase {
 
     /// Installing has started: `cancel` no longer applies.
     fn has_touched_slot(&self) -> bool {
-        !matches!(self, Phase::Idle | Phase::Waiting { .. } | Phase::Downloading)
+        !matches!(
+            self,
+            Phase::Idle | Phase::Waiting { .. } | Phase::Downloading
+        )
     }
 }
 
@@ -244,7 +247,9 @@ pub struct BootView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The agent (re)started, with the bootloader's view.
-    Started { boot: BootView },
+    Started {
+        boot: BootView,
+    },
     /// Time to check in.
     CheckInDue,
     /// A directive verified against the trust store; `assignment` is this ECU's, if any.
@@ -291,7 +296,9 @@ pub enum Action {
     /// Send a signed check-in now.
     CheckIn,
     /// Check in after this many seconds (the driver adds jitter).
-    ScheduleCheckIn { after_seconds: u32 },
+    ScheduleCheckIn {
+        after_seconds: u32,
+    },
     /// Queue a signed progress event (durably, before the state is journaled).
     Report(Report),
     /// Evaluate `preconditions` after `after_seconds`.
@@ -300,7 +307,10 @@ pub enum Action {
         after_seconds: u32,
     },
     /// Download (or resume) the payload into the downloads directory.
-    Download { payload: Payload, after_seconds: u32 },
+    Download {
+        payload: Payload,
+        after_seconds: u32,
+    },
     /// Stop a running download.
     StopDownload,
     /// Delete downloaded payloads.
@@ -314,7 +324,10 @@ pub enum Action {
         sha256: Sha256Digest,
     },
     /// Arm a try of `slot` with the boot counter.
-    ArmTry { slot: SlotName, tries: u32 },
+    ArmTry {
+        slot: SlotName,
+        tries: u32,
+    },
     Reboot,
     RunHealthCheck,
     /// Confirm `slot` in the bootloader and raise the `security_version` floor.
@@ -325,7 +338,9 @@ pub enum Action {
     /// Clear the try and reboot into the committed slot.
     AbandonAndReboot,
     /// Make `slot` active again and reboot into it.
-    ActivateAndReboot { slot: SlotName },
+    ActivateAndReboot {
+        slot: SlotName,
+    },
 }
 
 /// A progress event to sign and send.
@@ -529,7 +544,12 @@ pub fn step(state: &AgentState, event: Event, now: Timestamp) -> (AgentState, Ve
         }
         Event::DownloadFailed { reason, retryable } => {
             if s.state.phase == Phase::Downloading {
-                let attempts = s.state.deployment.as_ref().map_or(0, |d| d.download_attempts) + 1;
+                let attempts = s
+                    .state
+                    .deployment
+                    .as_ref()
+                    .map_or(0, |d| d.download_attempts)
+                    + 1;
                 if retryable && attempts < MAX_DOWNLOAD_ATTEMPTS {
                     if let Some(d) = s.state.deployment.as_mut() {
                         d.download_attempts = attempts;
@@ -822,8 +842,7 @@ fn on_control(s: &mut Step, command: ControlCommand, deployment_id: Option<Strin
         ControlCommand::Rollback => match s.state.phase.clone() {
             Phase::Idle => {
                 let previous = s.state.active.other();
-                let names_last =
-                    deployment_id.is_none() || deployment_id == s.state.last_committed;
+                let names_last = deployment_id.is_none() || deployment_id == s.state.last_committed;
                 if names_last && s.state.slot(previous).is_some() {
                     s.state.phase = Phase::SwitchingBack {
                         to: previous,

@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
     Connected,
-    Disconnected { reason: String },
+    Disconnected {
+        reason: String,
+    },
     Directive(Vec<u8>),
     Control(Vec<u8>),
     /// The publish with this caller id reached the broker.

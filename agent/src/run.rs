@@ -27,8 +27,8 @@ use crate::slots::{Bootloader, SlotPaths};
 use ota_core::encoding::Sha256Digest;
 use ota_core::metadata::{Preconditions, Role};
 use ota_core::protocol::{
-    open_message, Channel, CheckIn, ControlMessage, EcuReport, ProgressEvent,
-    PAYLOAD_TYPE_CHECKIN, PAYLOAD_TYPE_CONTROL, PAYLOAD_TYPE_PROGRESS,
+    open_message, Channel, CheckIn, ControlMessage, EcuReport, ProgressEvent, PAYLOAD_TYPE_CHECKIN,
+    PAYLOAD_TYPE_CONTROL, PAYLOAD_TYPE_PROGRESS,
 };
 use ota_core::time::Timestamp;
 use rumqttc::QoS;
@@ -319,7 +319,10 @@ impl<T: Transport + 'static> Driver<T> {
             }
             LinkEvent::Disconnected { reason } => {
                 if self.connected {
-                    eprintln!("ota-agent {}: broker connection lost: {reason}", self.parts.vehicle_id);
+                    eprintln!(
+                        "ota-agent {}: broker connection lost: {reason}",
+                        self.parts.vehicle_id
+                    );
                 }
                 self.connected = false;
             }
@@ -471,7 +474,11 @@ impl<T: Transport + 'static> Driver<T> {
         Ok(())
     }
 
-    async fn execute(&mut self, action: Action, queue: &mut VecDeque<Event>) -> Result<(), RunError> {
+    async fn execute(
+        &mut self,
+        action: Action,
+        queue: &mut VecDeque<Event>,
+    ) -> Result<(), RunError> {
         match action {
             Action::Report(_) => {}
             Action::CheckIn => self.send_checkin().await?,
@@ -508,11 +515,14 @@ impl<T: Transport + 'static> Driver<T> {
                 length,
                 sha256,
             } => self.start_install(payload, from, to, length, sha256),
-            Action::ArmTry { slot, tries } => match self
-                .parts
-                .bootloader
-                .arm_try(slot, if self.parts.boot_tries > 0 { self.parts.boot_tries } else { tries })
-            {
+            Action::ArmTry { slot, tries } => match self.parts.bootloader.arm_try(
+                slot,
+                if self.parts.boot_tries > 0 {
+                    self.parts.boot_tries
+                } else {
+                    tries
+                },
+            ) {
                 Ok(()) => queue.push_back(Event::Armed),
                 Err(err) => queue.push_back(Event::ActionFailed {
                     reason: format!("arming slot {}: {err}", slot.as_str()),
@@ -524,12 +534,17 @@ impl<T: Transport + 'static> Driver<T> {
                 slot,
                 security_version,
             } => {
-                let result = self.parts.bootloader.confirm(slot).map_err(|e| e.to_string()).and_then(|()| {
-                    self.parts
-                        .directives
-                        .raise_security_floor(&self.parts.hardware_id, security_version)
-                        .map_err(|e| e.to_string())
-                });
+                let result = self
+                    .parts
+                    .bootloader
+                    .confirm(slot)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        self.parts
+                            .directives
+                            .raise_security_floor(&self.parts.hardware_id, security_version)
+                            .map_err(|e| e.to_string())
+                    });
                 match result {
                     Ok(()) => queue.push_back(Event::Committed),
                     Err(reason) => queue.push_back(Event::ActionFailed {

@@ -176,7 +176,12 @@ pub async fn register(fleet: &[SimVehicle], args: &SimulateArgs) -> anyhow::Resu
 }
 
 /// Prepares one vehicle's folder: slots, boot environment, trust store anchor.
-fn prepare(vehicle: &SimVehicle, args: &SimulateArgs, root: &[u8], factory: &[u8]) -> anyhow::Result<()> {
+fn prepare(
+    vehicle: &SimVehicle,
+    args: &SimulateArgs,
+    root: &[u8],
+    factory: &[u8],
+) -> anyhow::Result<()> {
     let trust = vehicle.dir.join("trust");
     std::fs::create_dir_all(&trust).with_context(|| format!("creating {}", trust.display()))?;
     let anchor = trust.join("root.json");
@@ -204,8 +209,12 @@ pub fn parts(
     let credential_signer = signer.clone();
     let vid = vehicle.id.clone();
     let credential: crate::fetch::Credential = Arc::new(move || {
-        blob_credential(&vid, chrono::Utc::now().timestamp(), credential_signer.as_ref())
-            .map_err(|e| crate::fetch::FetchError::credential(e))
+        blob_credential(
+            &vid,
+            chrono::Utc::now().timestamp(),
+            credential_signer.as_ref(),
+        )
+        .map_err(|e| crate::fetch::FetchError::credential(e))
     });
     let transport = HttpTransport::new(&args.server, Some(credential))
         .with_context(|| format!("HTTP transport for {}", args.server))?;
@@ -273,7 +282,8 @@ pub async fn run_fleet(
     args: &SimulateArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let root = std::fs::read(&args.root).with_context(|| format!("reading {}", args.root.display()))?;
+    let root =
+        std::fs::read(&args.root).with_context(|| format!("reading {}", args.root.display()))?;
     let factory = std::fs::read(&args.factory_image)
         .with_context(|| format!("reading {}", args.factory_image.display()))?;
     anyhow::ensure!(
@@ -352,4 +362,3 @@ pub fn cli(args: SimulateArgs) -> anyhow::Result<()> {
         .await
     })
 }
-

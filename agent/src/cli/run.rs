@@ -31,7 +31,9 @@ pub struct RunArgs {
 
 fn bootloader(config: &BootloaderConfig) -> (Arc<dyn Bootloader>, bool) {
     match config {
-        BootloaderConfig::File(file) => (Arc::new(FileBootloader::new(file.env_path.clone())), true),
+        BootloaderConfig::File(file) => {
+            (Arc::new(FileBootloader::new(file.env_path.clone())), true)
+        }
         BootloaderConfig::Uboot(uboot) => (
             Arc::new(UBootBootloader::new(UBootConfig {
                 fw_printenv: uboot.fw_printenv.clone(),
@@ -66,8 +68,12 @@ pub fn parts_from_config(config: &AgentConfig) -> anyhow::Result<AgentParts<Http
     let credential_signer = signer.clone();
     let vehicle_id = config.vehicle_id.clone();
     let credential: Credential = Arc::new(move || {
-        blob_credential(&vehicle_id, chrono::Utc::now().timestamp(), credential_signer.as_ref())
-            .map_err(|e| FetchError::credential(e))
+        blob_credential(
+            &vehicle_id,
+            chrono::Utc::now().timestamp(),
+            credential_signer.as_ref(),
+        )
+        .map_err(|e| FetchError::credential(e))
     });
     let transport = HttpTransport::new(&config.server_url, Some(credential))
         .with_context(|| format!("server URL {}", config.server_url))?;
@@ -121,13 +127,14 @@ pub fn parts_from_config(config: &AgentConfig) -> anyhow::Result<AgentParts<Http
 async fn terminated() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -242,7 +242,10 @@ fn cancel_stops_a_deployment_before_installing_but_not_after() {
 
     let (installing, _) = run(&factory(), to_installing(target("dep-1", None)));
     let (still, actions) = step(&installing, cancel, at(50));
-    assert_eq!(still, installing, "cancel after installing began changes nothing");
+    assert_eq!(
+        still, installing,
+        "cancel after installing began changes nothing"
+    );
     assert!(actions.is_empty());
 }
 

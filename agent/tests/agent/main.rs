@@ -2,6 +2,7 @@
 //! interface, against a real PKCS#11 token (SoftHSM2) where the HSM is involved.
 
 mod delta;
+mod directive;
 mod fetch;
 mod hsm;
 mod identity;

@@ -373,6 +373,7 @@ async fn the_fleet_simulator_takes_every_vehicle_through_a_rollout() {
         .await;
     let totals = wait_for("every simulated vehicle to commit 2.0.0", 300, || async {
         let totals = server.totals(&rollout).await;
+        eprintln!("rollout totals: {totals}");
         (totals["committed"] == vehicles as u64).then_some(totals)
     })
     .await;
