@@ -44,6 +44,8 @@ use tokio::time::Instant;
 const OUTBOX_WINDOW: usize = 32;
 /// Ids of check-in publishes (never in the outbox) start here.
 const CHECKIN_ID_BASE: u64 = 1 << 62;
+/// Check-in interval before the server named one.
+pub const DEFAULT_POLL_SECONDS: u32 = 60;
 /// Control messages older or newer than this (against our clock) are refused as replays.
 pub const CONTROL_WINDOW_SECONDS: i64 = 300;
 
@@ -210,6 +212,9 @@ struct Driver<T: Transport + 'static> {
     /// Outbox ids published and not yet acknowledged, oldest first.
     sent: VecDeque<(u64, bool)>,
     checkins_sent: u64,
+    /// The server's last `next_poll_seconds`: the next check-in is due after it even
+    /// when a directive never comes back.
+    poll_seconds: u32,
     halted: bool,
 }
 
@@ -245,6 +250,7 @@ pub async fn run<T: Transport + 'static>(
         precondition_check: None,
         sent: VecDeque::new(),
         checkins_sent: 0,
+        poll_seconds: DEFAULT_POLL_SECONDS,
         halted: false,
     };
     let started = Event::Started {
@@ -483,6 +489,7 @@ impl<T: Transport + 'static> Driver<T> {
             Action::Report(_) => {}
             Action::CheckIn => self.send_checkin().await?,
             Action::ScheduleCheckIn { after_seconds } => {
+                self.poll_seconds = after_seconds.max(1);
                 self.next_checkin = Instant::now() + jittered(after_seconds);
             }
             Action::CheckPreconditions {
@@ -587,7 +594,9 @@ impl<T: Transport + 'static> Driver<T> {
     }
 
     async fn send_checkin(&mut self) -> Result<(), RunError> {
-        self.next_checkin = Instant::now() + Duration::from_secs(300);
+        // Until a directive says otherwise: a lost check-in or directive only delays the
+        // next one by one interval.
+        self.next_checkin = Instant::now() + jittered(self.poll_seconds);
         if !self.connected {
             return Ok(());
         }

@@ -310,6 +310,9 @@ pub async fn run_fleet(
                 let _ = stop.wait_for(|stopped| *stopped).await;
             })
             .await;
+            if let Err(err) = &outcome {
+                eprintln!("{id}: the agent stopped with an error: {err}");
+            }
             (id, outcome)
         });
     }
@@ -337,15 +340,17 @@ pub async fn run_fleet(
         }
     }
     let _ = stop_tx.send(true);
+    let mut failed = 0usize;
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((_, Ok(RunOutcome::Stopped))) => {}
             Ok((id, Ok(outcome))) => eprintln!("{id}: {outcome:?}"),
-            Ok((id, Err(err))) => eprintln!("{id}: stopped with an error: {err}"),
+            Ok((_, Err(_))) => failed += 1,
             Err(err) => eprintln!("a vehicle task failed: {err}"),
         }
     }
     eprintln!("final: {:?}", census(&vehicles));
+    anyhow::ensure!(failed == 0, "{failed} simulated agents stopped with an error");
     Ok(())
 }
 
