@@ -618,3 +618,115 @@ async fn a_thousand_buffered_progress_events_are_delivered_in_order_after_reconn
         outbox.len()
     );
 }
+
+/// The agent as a vehicle runs it: `ota-agent provision` (development key store) writes
+/// the config, `ota-agent run --config` takes the vehicle from 1.0.0 to 2.0.0 against the
+/// real server, and SIGTERM stops it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_binary_provisioned_from_the_cli_installs_a_rollout() {
+    let Some(fx) = Fixture::new().await else {
+        return;
+    };
+    let dir = fx.dir.path().join("binary-vehicle");
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = dir.join("root.json");
+    std::fs::write(&root, &fx.root).unwrap();
+    let mut slot_a = fx.v1.clone();
+    slot_a.resize(fx.v1.len() * 2, 0);
+    std::fs::write(dir.join("slot_a"), &slot_a).unwrap();
+    std::fs::write(dir.join("slot_b"), vec![0u8; slot_a.len()]).unwrap();
+    let vehicle_id = unique("veh-bin-");
+    let path = |name: &str| dir.join(name).display().to_string();
+    let factory_length = fx.v1.len().to_string();
+    let output = std::process::Command::new(ota_tests::binary("ota-agent"))
+        .args([
+            "provision",
+            "--key-store",
+            "file",
+            "--key-path",
+            &path("device.key"),
+            "--vehicle-id",
+            &vehicle_id,
+            "--hardware-id",
+            &fx.hardware_id,
+            "--ecu",
+            "main",
+            "--factory-version",
+            "1.0.0",
+            "--factory-length",
+            &factory_length,
+            "--root",
+            &path("root.json"),
+            "--server-url",
+            &fx.server.url,
+            "--mqtt-url",
+            &crate::fleet::mqtt_url(),
+            "--state-dir",
+            &path("state"),
+            "--slot-a",
+            &path("slot_a"),
+            "--slot-b",
+            &path("slot_b"),
+            "--bootloader",
+            "file",
+            "--boot-env",
+            &path("bootenv.json"),
+            "--config",
+            &path("agent.toml"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "provision: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let public_key = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("device public key: "))
+        .expect("provision prints the device public key")
+        .trim()
+        .to_owned();
+    fx.server
+        .ok(
+            "POST",
+            "/api/v1/vehicles",
+            Some(serde_json::json!({ "id": vehicle_id, "public_key": public_key,
+                "ecus": [{ "ecu": "main", "hardware_id": fx.hardware_id }], "tags": [] })),
+        )
+        .await;
+    let mut agent = tokio::process::Command::new(ota_tests::binary("ota-agent"))
+        .args(["run", "--config", &path("agent.toml")])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for("the binary's first check-in", 60, || async {
+        (fx.server.installed_version(&vehicle_id).await.as_deref() == Some("1.0.0")).then_some(())
+    })
+    .await;
+    let image = fx
+        .server
+        .upload(&fx.hardware_id, "2.0.0", fx.v2.clone())
+        .await;
+    let release = fx.server.release(&image, "2.0.0", 1).await;
+    let rollout = fx.server.rollout(&release, &fx.hardware_id).await;
+    wait_for("the binary to commit 2.0.0", 90, || async {
+        (fx.server.deployment_status(&vehicle_id, &rollout).await.as_deref() == Some("committed"))
+            .then_some(())
+    })
+    .await;
+    let slot_b = std::fs::read(dir.join("slot_b")).unwrap();
+    assert_eq!(&slot_b[..fx.v2.len()], &fx.v2[..], "slot B holds 2.0.0");
+    let pid = agent.id().expect("running") as i32;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), agent.wait())
+        .await
+        .expect("the agent exits on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    fx.server.stop().await;
+}
