@@ -214,7 +214,7 @@ pub fn parts(
             chrono::Utc::now().timestamp(),
             credential_signer.as_ref(),
         )
-        .map_err(|e| crate::fetch::FetchError::credential(e))
+        .map_err(crate::fetch::FetchError::credential)
     });
     let transport = HttpTransport::new(&args.server, Some(credential))
         .with_context(|| format!("HTTP transport for {}", args.server))?;
@@ -350,7 +350,10 @@ pub async fn run_fleet(
         }
     }
     eprintln!("final: {:?}", census(&vehicles));
-    anyhow::ensure!(failed == 0, "{failed} simulated agents stopped with an error");
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} simulated agents stopped with an error"
+    );
     Ok(())
 }
 

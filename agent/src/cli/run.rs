@@ -73,7 +73,7 @@ pub fn parts_from_config(config: &AgentConfig) -> anyhow::Result<AgentParts<Http
             chrono::Utc::now().timestamp(),
             credential_signer.as_ref(),
         )
-        .map_err(|e| FetchError::credential(e))
+        .map_err(FetchError::credential)
     });
     let transport = HttpTransport::new(&config.server_url, Some(credential))
         .with_context(|| format!("server URL {}", config.server_url))?;

@@ -88,7 +88,11 @@ impl Fixture {
         wait_for("the delta build", 60, || async {
             let (_, jobs) = self
                 .server
-                .call("GET", &format!("/api/v1/delta-jobs?rollout_id={rollout}"), None)
+                .call(
+                    "GET",
+                    &format!("/api/v1/delta-jobs?rollout_id={rollout}"),
+                    None,
+                )
                 .await;
             let status = jobs[0]["status"].as_str().map(str::to_owned);
             match status.as_deref() {
@@ -108,8 +112,12 @@ fn slot_bytes(vehicle: &Vehicle, slot: SlotName, len: usize) -> Vec<u8> {
 
 async fn wait_for_status(server: &Server, vehicle: &Vehicle, rollout: &str, want: &str) {
     wait_for(&format!("{} to be {want}", vehicle.id), 60, || async {
-        (server.deployment_status(&vehicle.id, rollout).await.as_deref() == Some(want))
-            .then_some(())
+        (server
+            .deployment_status(&vehicle.id, rollout)
+            .await
+            .as_deref()
+            == Some(want))
+        .then_some(())
     })
     .await;
 }
@@ -179,7 +187,11 @@ async fn a_vehicle_goes_from_1_to_2_by_a_delta_commits_and_is_rolled_back_by_the
 
     // The release engineer rolls the rollout back: the vehicle returns to slot A.
     fx.server
-        .ok("POST", &format!("/api/v1/rollouts/{rollout}/rollback"), None)
+        .ok(
+            "POST",
+            &format!("/api/v1/rollouts/{rollout}/rollback"),
+            None,
+        )
         .await;
     wait_for_status(&fx.server, &vehicle, &rollout, "rolled_back").await;
     wait_for("the agent to be back on slot A", 30, || async {
@@ -247,7 +259,8 @@ fn assert_bootable(vehicle: &Vehicle, fx: &Fixture, step: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_at_every_journaled_step_resumes_to_committed_and_never_leaves_an_unbootable_slot() {
+async fn a_crash_at_every_journaled_step_resumes_to_committed_and_never_leaves_an_unbootable_slot()
+{
     let Some(fx) = Fixture::new().await else {
         return;
     };
@@ -263,7 +276,9 @@ async fn a_crash_at_every_journaled_step_resumes_to_committed_and_never_leaves_a
     ];
     let mut vehicles = Vec::new();
     for step in steps {
-        let vehicle = fx.vehicle(&format!("veh-crash-{}-", step.replace('_', ""))).await;
+        let vehicle = fx
+            .vehicle(&format!("veh-crash-{}-", step.replace('_', "")))
+            .await;
         fx.first_check_in(&vehicle).await;
         vehicles.push((step, vehicle));
     }
@@ -300,7 +315,11 @@ async fn a_crash_at_every_journaled_step_resumes_to_committed_and_never_leaves_a
                     .map(|_| ())
             })
             .await;
-            assert_eq!(slot_bytes(vehicle, SlotName::B, fx.v2.len()), fx.v2, "{step}");
+            assert_eq!(
+                slot_bytes(vehicle, SlotName::B, fx.v2.len()),
+                fx.v2,
+                "{step}"
+            );
             assert_eq!(agent.stop().await, RunOutcome::Stopped);
         }
     });
@@ -358,9 +377,13 @@ async fn the_fleet_simulator_takes_every_vehicle_through_a_rollout() {
         })
         .await
     });
-    wait_for("every simulated vehicle to check in on 1.0.0", 240, || async {
-        (server.count_installed(&hardware_id, "1.0.0").await == vehicles).then_some(())
-    })
+    wait_for(
+        "every simulated vehicle to check in on 1.0.0",
+        240,
+        || async {
+            (server.count_installed(&hardware_id, "1.0.0").await == vehicles).then_some(())
+        },
+    )
     .await;
     let image = server.upload(&hardware_id, "2.0.0", v2).await;
     let release = server.release(&image, "2.0.0", 1).await;
@@ -541,8 +564,12 @@ async fn a_thousand_buffered_progress_events_are_delivered_in_order_after_reconn
                 director: role,
             },
         );
-        ota_core::envelope::Envelope::sign(Role::Root.payload_type(), to_payload(&metadata), &[&key])
-            .to_json_bytes()
+        ota_core::envelope::Envelope::sign(
+            Role::Root.payload_type(),
+            to_payload(&metadata),
+            &[&key],
+        )
+        .to_json_bytes()
     };
     let vehicle = Vehicle::provision(dir.path(), &unique("veh-offline-"), "hw-x", &root, &image);
     // Offline: the events pile up in the outbox on disk.
@@ -560,9 +587,12 @@ async fn a_thousand_buffered_progress_events_are_delivered_in_order_after_reconn
                 reason_code: None,
                 at: ota_core::time::Timestamp::from_unix_seconds(1_800_000_000).unwrap(),
             };
-            let bytes =
-                sign_envelope(PAYLOAD_TYPE_PROGRESS, serde_json::to_vec(&event).unwrap(), &signer)
-                    .unwrap();
+            let bytes = sign_envelope(
+                PAYLOAD_TYPE_PROGRESS,
+                serde_json::to_vec(&event).unwrap(),
+                &signer,
+            )
+            .unwrap();
             outbox.push(EventKind::Transition, bytes).unwrap();
         }
     }
@@ -571,7 +601,10 @@ async fn a_thousand_buffered_progress_events_are_delivered_in_order_after_reconn
     let options = rumqttc::MqttOptions::new(unique("observer-"), host, port);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
     client
-        .subscribe(topic(&vehicle.id, Channel::Progress), rumqttc::QoS::AtLeastOnce)
+        .subscribe(
+            topic(&vehicle.id, Channel::Progress),
+            rumqttc::QoS::AtLeastOnce,
+        )
         .await
         .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -608,7 +641,11 @@ async fn a_thousand_buffered_progress_events_are_delivered_in_order_after_reconn
                 .expect("signed by the device key");
         sequences.push(event.sequence);
     }
-    assert_eq!(sequences, (1..=1000).collect::<Vec<u64>>(), "in order, once each");
+    assert_eq!(
+        sequences,
+        (1..=1000).collect::<Vec<u64>>(),
+        "in order, once each"
+    );
     assert_eq!(agent.stop().await, RunOutcome::Stopped);
     observer.abort();
     let outbox = Outbox::open(&vehicle.dir.join("outbox"), 10_000).unwrap();
@@ -692,8 +729,10 @@ async fn the_agent_binary_provisioned_from_the_cli_installs_a_rollout() {
         .ok(
             "POST",
             "/api/v1/vehicles",
-            Some(serde_json::json!({ "id": vehicle_id, "public_key": public_key,
-                "ecus": [{ "ecu": "main", "hardware_id": fx.hardware_id }], "tags": [] })),
+            Some(
+                serde_json::json!({ "id": vehicle_id, "public_key": public_key,
+                "ecus": [{ "ecu": "main", "hardware_id": fx.hardware_id }], "tags": [] }),
+            ),
         )
         .await;
     let mut agent = tokio::process::Command::new(ota_tests::binary("ota-agent"))
@@ -712,8 +751,12 @@ async fn the_agent_binary_provisioned_from_the_cli_installs_a_rollout() {
     let release = fx.server.release(&image, "2.0.0", 1).await;
     let rollout = fx.server.rollout(&release, &fx.hardware_id).await;
     wait_for("the binary to commit 2.0.0", 90, || async {
-        (fx.server.deployment_status(&vehicle_id, &rollout).await.as_deref() == Some("committed"))
-            .then_some(())
+        (fx.server
+            .deployment_status(&vehicle_id, &rollout)
+            .await
+            .as_deref()
+            == Some("committed"))
+        .then_some(())
     })
     .await;
     let slot_b = std::fs::read(dir.join("slot_b")).unwrap();

@@ -158,7 +158,10 @@ impl Server {
         let response = request.bearer_auth(&self.admin).send().await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
@@ -222,14 +225,24 @@ impl Server {
 
     /// The installed version the server recorded for `vehicle`'s main ECU.
     pub async fn installed_version(&self, vehicle: &str) -> Option<String> {
-        let (_, v) = self.call("GET", &format!("/api/v1/vehicles/{vehicle}"), None).await;
-        let record = if v["vehicle"].is_object() { &v["vehicle"] } else { &v };
-        record["ecus"][0]["installed_version"].as_str().map(str::to_owned)
+        let (_, v) = self
+            .call("GET", &format!("/api/v1/vehicles/{vehicle}"), None)
+            .await;
+        let record = if v["vehicle"].is_object() {
+            &v["vehicle"]
+        } else {
+            &v
+        };
+        record["ecus"][0]["installed_version"]
+            .as_str()
+            .map(str::to_owned)
     }
 
     /// The status of `vehicle`'s deployment in `rollout`, as the server recorded it.
     pub async fn deployment_status(&self, vehicle: &str, rollout: &str) -> Option<String> {
-        let (_, v) = self.call("GET", &format!("/api/v1/vehicles/{vehicle}"), None).await;
+        let (_, v) = self
+            .call("GET", &format!("/api/v1/vehicles/{vehicle}"), None)
+            .await;
         v["deployments"]
             .as_array()?
             .iter()
@@ -291,7 +304,13 @@ pub struct Vehicle {
 
 impl Vehicle {
     /// A vehicle with `factory` in slot A and the server's root as its trust anchor.
-    pub fn provision(base: &Path, id: &str, hardware_id: &str, root: &[u8], factory: &[u8]) -> Vehicle {
+    pub fn provision(
+        base: &Path,
+        id: &str,
+        hardware_id: &str,
+        root: &[u8],
+        factory: &[u8],
+    ) -> Vehicle {
         let dir = base.join(id);
         std::fs::create_dir_all(dir.join("trust")).unwrap();
         std::fs::write(dir.join("trust/root.json"), root).unwrap();
@@ -312,17 +331,31 @@ impl Vehicle {
         }
     }
 
-    pub fn parts(&self, server: &Server, health: HealthCheck, crash: CrashHook) -> AgentParts<HttpTransport> {
+    pub fn parts(
+        &self,
+        server: &Server,
+        health: HealthCheck,
+        crash: CrashHook,
+    ) -> AgentParts<HttpTransport> {
         self.parts_for(&server.url, health, crash)
     }
 
-    pub fn parts_for(&self, server_url: &str, health: HealthCheck, crash: CrashHook) -> AgentParts<HttpTransport> {
+    pub fn parts_for(
+        &self,
+        server_url: &str,
+        health: HealthCheck,
+        crash: CrashHook,
+    ) -> AgentParts<HttpTransport> {
         let signer: Arc<dyn DeviceSigner> = Arc::new(MemoryKey(self.key.clone()));
         let credential_signer = signer.clone();
         let vid = self.id.clone();
         let credential: Credential = Arc::new(move || {
-            blob_credential(&vid, chrono::Utc::now().timestamp(), credential_signer.as_ref())
-                .map_err(|e| FetchError::credential(e))
+            blob_credential(
+                &vid,
+                chrono::Utc::now().timestamp(),
+                credential_signer.as_ref(),
+            )
+            .map_err(FetchError::credential)
         });
         let identity = VehicleIdentity {
             vehicle_id: self.id.clone(),
