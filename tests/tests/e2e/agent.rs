@@ -111,7 +111,7 @@ fn slot_bytes(vehicle: &Vehicle, slot: SlotName, len: usize) -> Vec<u8> {
 }
 
 async fn wait_for_status(server: &Server, vehicle: &Vehicle, rollout: &str, want: &str) {
-    wait_for(&format!("{} to be {want}", vehicle.id), 60, || async {
+    wait_for(&format!("{} to be {want}", vehicle.id), 120, || async {
         (server
             .deployment_status(&vehicle.id, rollout)
             .await
@@ -340,7 +340,7 @@ async fn the_fleet_simulator_takes_every_vehicle_through_a_rollout() {
     let vehicles: usize = std::env::var("OTA_SIM_VEHICLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(100);
     let server = Server::start(10).await;
     let hardware_id = unique("hw-sim-");
     let v1 = synthetic::image(11, 16 * 1024);
