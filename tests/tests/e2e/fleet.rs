@@ -102,6 +102,10 @@ impl Server {
         };
         settings.director.tick_milliseconds = 100;
         settings.director.poll_seconds = poll_seconds;
+        // Starting a rollout enqueues delta builds for the whole selected fleet inside the
+        // request; on a CI machine running other suites beside a simulated fleet that can
+        // take longer than the 30 s default.
+        settings.limits.request_timeout_seconds = 120;
         settings.mqtt.url = Some(mqtt_url());
         settings.mqtt.share_group = unique("e2e");
         settings.mqtt.client_id = Some(unique("ota-server-e2e-"));
