@@ -3,9 +3,10 @@
 //! the trust store with the agent's own vehicle identity, and turned into the state
 //! machine's [`Target`] for this agent's ECU.
 //!
-//! Targets and new roots are cached between directives; they are fetched again only when
-//! a directive does not verify with the cached ones (a new release, a rotated key), and
-//! the directive is then verified once more. A directive that still does not verify is
+//! Every directive probes for root N+1 (one small request, usually a 404). Targets are
+//! cached between directives and fetched again only when a new root arrived or a
+//! directive does not verify with the cached ones (a new release), and the directive is
+//! then verified once more. A directive that still does not verify is
 //! refused with a typed error and changes nothing.
 
 use crate::machine::{DeltaSource, Target};
@@ -87,13 +88,23 @@ impl DirectiveVerifier {
     }
 
     /// Verifies `director` (wire bytes); persists the new trusted state on success.
+    ///
+    /// Every directive first asks for root N+1: a rotation that removed a compromised
+    /// director key takes effect at the next directive, not only when the cached targets
+    /// happen to fail. When that probe cannot reach the server, the cache is used as before
+    /// (directives keep working while only HTTP is down).
     pub async fn verify<S: MetadataSource>(
         &mut self,
         source: &S,
         director: &[u8],
         now: Timestamp,
     ) -> Result<VerifiedDirective, DirectiveError> {
-        if let Some(targets) = self.targets.clone() {
+        let probed = self.fetch_new_roots(source).await;
+        let new_roots = match &probed {
+            Ok(roots) => !roots.is_empty(),
+            Err(_) => false,
+        };
+        if let (false, Some(targets)) = (new_roots, self.targets.clone()) {
             let update = MetadataUpdate {
                 roots: Vec::new(),
                 targets,
@@ -105,7 +116,7 @@ impl DirectiveVerifier {
                 Err(_) => {}
             }
         }
-        let roots = self.fetch_new_roots(source).await?;
+        let roots = probed?;
         let targets = source
             .targets()
             .await

@@ -390,9 +390,13 @@ impl Vehicle {
         self.verifier.trusted_versions().unwrap()
     }
 
-    /// Fetch counters: (targets fetches, root fetches by version).
-    fn fetches(&self) -> (usize, BTreeMap<u64, usize>) {
-        (self.server.targets_fetches(), self.server.root_fetches())
+    /// Fetch counters: (targets fetches, the root versions asked for). Every directive
+    /// asks for root N+1; targets are fetched only on a refresh.
+    fn fetches(&self) -> (usize, std::collections::BTreeSet<u64>) {
+        (
+            self.server.targets_fetches(),
+            self.server.root_fetches().into_keys().collect(),
+        )
     }
 }
 
@@ -400,7 +404,7 @@ impl Vehicle {
 async fn vehicle_with_cache() -> Vehicle {
     let mut vehicle = Vehicle::provision();
     vehicle.accept(&simple_directive(1)).await;
-    assert_eq!(vehicle.fetches(), (1, [(2, 1)].into()));
+    assert_eq!(vehicle.fetches(), (1, [2].into()));
     vehicle
 }
 
@@ -444,7 +448,7 @@ async fn accepted_directive_gives_this_ecus_target_and_the_next_one_verifies_fro
     );
     assert_eq!(verified.assignment.as_ref().unwrap().security_version, 5);
     // The first directive fetched targets once and asked for root v2 (none yet).
-    assert_eq!(vehicle.fetches(), (1, [(2, 1)].into()));
+    assert_eq!(vehicle.fetches(), (1, [2].into()));
     assert_eq!(
         vehicle.trusted(),
         TrustedVersions {
@@ -458,14 +462,14 @@ async fn accepted_directive_gives_this_ecus_target_and_the_next_one_verifies_fro
     let verified = vehicle.accept(&simple_directive(2)).await;
     assert_eq!(verified.assignment, Some(expected_target(IMAGE_A, "dep-2")));
     assert_eq!(verified.assignment.unwrap().delta, None);
-    assert_eq!(vehicle.fetches(), (1, [(2, 1)].into()), "no refresh");
+    assert_eq!(vehicle.fetches(), (1, [2].into()), "no refresh");
     assert_eq!(vehicle.trusted().director, 2);
 
     // Director v3 assigns only the TCU: nothing for this agent's ECU; still cached.
     let doc = directive_doc(3, vec![assign(TCU, IMAGE_TCU, "dep-3")]);
     let verified = vehicle.accept(&director(&doc)).await;
     assert_eq!(verified.assignment, None);
-    assert_eq!(vehicle.fetches(), (1, [(2, 1)].into()));
+    assert_eq!(vehicle.fetches(), (1, [2].into()));
 
     // The same directive delivered twice (an MQTT redelivery) is accepted again.
     vehicle.accept(&director(&doc)).await;
@@ -483,7 +487,7 @@ async fn a_new_release_refreshes_the_cached_targets() {
     let target = verified.assignment.unwrap();
     assert_eq!(target, expected_target(IMAGE_B, "dep-2"));
     assert_eq!(target.security_version, 6);
-    assert_eq!(vehicle.fetches(), (2, [(2, 2)].into()));
+    assert_eq!(vehicle.fetches(), (2, [2].into()));
     assert_eq!(
         vehicle.trusted(),
         TrustedVersions {
@@ -500,7 +504,7 @@ async fn a_new_release_refreshes_the_cached_targets() {
             vec![assign(ECU, IMAGE_B, "dep-3")],
         )))
         .await;
-    assert_eq!(vehicle.fetches(), (2, [(2, 2)].into()));
+    assert_eq!(vehicle.fetches(), (2, [2].into()));
 }
 
 #[tokio::test]
@@ -538,15 +542,11 @@ async fn an_expired_directive_is_refused_without_a_refresh() {
     let mut doc = directive_doc(2, vec![assign(ECU, IMAGE_A, "dep-2")]);
     doc.expires = past();
     vehicle.refuse(&director(&doc), "expired").await;
-    assert_eq!(
-        vehicle.fetches(),
-        (1, [(2, 1)].into()),
-        "refetched metadata"
-    );
+    assert_eq!(vehicle.fetches(), (1, [2].into()), "refetched metadata");
     // Expiry is `expires <= now`.
     doc.expires = now();
     vehicle.refuse(&director(&doc), "expired").await;
-    assert_eq!(vehicle.fetches(), (1, [(2, 1)].into()));
+    assert_eq!(vehicle.fetches(), (1, [2].into()));
 }
 
 #[tokio::test]
@@ -555,11 +555,7 @@ async fn a_replayed_older_directive_is_a_rollback() {
     let old = simple_directive(1);
     vehicle.accept(&simple_directive(2)).await;
     vehicle.refuse(&old, "rollback").await;
-    assert_eq!(
-        vehicle.fetches(),
-        (1, [(2, 1)].into()),
-        "refetched metadata"
-    );
+    assert_eq!(vehicle.fetches(), (1, [2].into()), "refetched metadata");
     assert_eq!(vehicle.trusted().director, 2);
 }
 
@@ -568,11 +564,7 @@ async fn the_same_version_with_other_content_is_refused() {
     let mut vehicle = vehicle_with_cache().await;
     let doc = directive_doc(1, vec![assign(ECU, IMAGE_A, "dep-other")]);
     vehicle.refuse(&director(&doc), "version_reused").await;
-    assert_eq!(
-        vehicle.fetches(),
-        (1, [(2, 1)].into()),
-        "refetched metadata"
-    );
+    assert_eq!(vehicle.fetches(), (1, [2].into()), "refetched metadata");
 }
 
 #[tokio::test]
@@ -588,11 +580,7 @@ async fn a_directive_for_another_vehicle_is_refused() {
     let mut vehicle = vehicle_with_cache().await;
     doc.version = 2;
     vehicle.refuse(&director(&doc), "wrong_vehicle").await;
-    assert_eq!(
-        vehicle.fetches(),
-        (1, [(2, 1)].into()),
-        "refetched metadata"
-    );
+    assert_eq!(vehicle.fetches(), (1, [2].into()), "refetched metadata");
 }
 
 #[tokio::test]
@@ -732,7 +720,7 @@ async fn vehicle_after_rotation() -> Vehicle {
 async fn a_rotated_director_key_is_accepted_after_walking_the_new_root() {
     let mut vehicle = vehicle_after_rotation().await;
     // The cache failed (unknown key), the refresh walked root 2 and asked for root 3.
-    assert_eq!(vehicle.fetches(), (2, [(2, 2), (3, 1)].into()));
+    assert_eq!(vehicle.fetches(), (2, [2, 3].into()));
     assert_eq!(
         std::fs::read(vehicle.store_dir.join("roots/2.json")).unwrap(),
         root_v2()
@@ -794,7 +782,7 @@ async fn a_refused_directive_after_a_rotation_writes_nothing_of_its_own() {
     bad.image.sha256 = Sha256Digest::of(b"a different image");
     let bad = director_signed_by(&directive_doc(3, vec![bad]), KEYS_V2.director);
     vehicle.refuse(&bad, "hash_mismatch").await;
-    assert_eq!(vehicle.server.root_fetches().get(&3), Some(&2));
+    assert!(vehicle.server.root_fetches().contains_key(&3));
     assert_eq!(vehicle.snapshot(), after_rotation);
     assert_eq!(vehicle.trusted().root, 2);
 
@@ -804,14 +792,13 @@ async fn a_refused_directive_after_a_rotation_writes_nothing_of_its_own() {
         .await;
     assert_eq!(vehicle.snapshot(), after_rotation);
 
-    // A good directive verifies with what the vehicle already trusts (root 2, the cached
-    // targets): no refresh, so root 3 is not walked yet.
+    // A good directive walks root 3 at once (every directive probes root N+1).
     let good = directive_doc(3, vec![assign(ECU, IMAGE_A, "dep-3")]);
     vehicle
         .accept(&director_signed_by(&good, KEYS_V2.director))
         .await;
-    assert!(!vehicle.store_dir.join("roots/3.json").exists());
-    assert_eq!(vehicle.trusted().root, 2);
+    assert!(vehicle.store_dir.join("roots/3.json").exists());
+    assert_eq!(vehicle.trusted().root, 3);
 
     // The next refresh (a new release) walks root 3 and records it.
     vehicle.server.publish_targets(targets(2));
@@ -831,4 +818,24 @@ async fn a_refused_directive_after_a_rotation_writes_nothing_of_its_own() {
             director: 4
         }
     );
+}
+
+#[tokio::test]
+async fn a_director_key_removed_by_a_rotation_is_refused_at_the_next_directive_even_with_cached_targets(
+) {
+    let mut vehicle = vehicle_with_cache().await;
+    // Root v2 removes the (compromised) v1 director key. The attacker's next directive is
+    // signed with that old key and would verify against the cached targets and root 1.
+    vehicle.server.publish_root(2, root_v2());
+    let doc = directive_doc(2, vec![assign(ECU, IMAGE_A, "dep-2")]);
+    vehicle.refuse(&director(&doc), "threshold_not_met").await;
+    assert!(
+        vehicle.server.root_fetches().contains_key(&2),
+        "the directive made the vehicle ask for root 2"
+    );
+    // The rotation itself then applies with the first directive by the new key.
+    vehicle
+        .accept(&director_signed_by(&doc, KEYS_V2.director))
+        .await;
+    assert_eq!(vehicle.trusted().root, 2);
 }
