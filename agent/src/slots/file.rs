@@ -5,7 +5,7 @@
 //! Every change is one atomic write (write, fsync, rename, fsync directory), so a crash
 //! leaves the old env or the new one.
 
-use super::{firmware_boot, rules, BootState, Bootloader, SlotError, SlotName};
+use super::{firmware_boot, update_env, BootEnv, BootState, SlotError};
 use crate::trust_store::write_atomically;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -32,7 +32,7 @@ impl FileBootloader {
         &self.path
     }
 
-    fn load(&self) -> Result<BootState, SlotError> {
+    fn read_file(&self) -> Result<BootState, SlotError> {
         match std::fs::read(&self.path) {
             Ok(bytes) => {
                 serde_json::from_slice(&bytes).map_err(|source| SlotError::CorruptEnvFile {
@@ -42,7 +42,7 @@ impl FileBootloader {
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 let state = BootState::initial();
-                self.store(&state)?;
+                self.write_file(&state)?;
                 Ok(state)
             }
             Err(source) => Err(SlotError::ReadEnvFile {
@@ -52,64 +52,38 @@ impl FileBootloader {
         }
     }
 
-    fn store(&self, state: &BootState) -> Result<(), SlotError> {
+    fn write_file(&self, state: &BootState) -> Result<(), SlotError> {
         let bytes = serde_json::to_vec(state).map_err(|source| SlotError::CorruptEnvFile {
             path: self.path.clone(),
             source,
         })?;
         write_atomically(&self.path, &bytes).map_err(SlotError::WriteEnvFile)
     }
-
-    fn update(
-        &self,
-        change: impl FnOnce(&BootState) -> Result<BootState, SlotError>,
-    ) -> Result<(), SlotError> {
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let old = self.load()?;
-        let new = change(&old)?;
-        if new != old {
-            self.store(&new)?;
-        }
-        Ok(())
-    }
 }
 
-impl Bootloader for FileBootloader {
-    fn read(&self) -> Result<BootState, SlotError> {
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.load()
+impl BootEnv for FileBootloader {
+    fn lock(&self) -> &Mutex<()> {
+        &self.lock
     }
 
-    fn arm_try(&self, slot: SlotName, tries: u32) -> Result<(), SlotError> {
-        self.update(|state| rules::arm_try(state, slot, tries))
+    fn load(&self) -> Result<BootState, SlotError> {
+        self.read_file()
     }
 
-    fn confirm(&self, slot: SlotName) -> Result<(), SlotError> {
-        self.update(|state| rules::confirm(state, slot))
+    fn store(&self, _old: &BootState, new: &BootState) -> Result<(), SlotError> {
+        self.write_file(new)
     }
 
-    fn abandon(&self) -> Result<(), SlotError> {
-        self.update(|state| Ok(rules::abandon(state)))
-    }
-
-    fn set_active(&self, slot: SlotName) -> Result<(), SlotError> {
-        self.update(|state| Ok(rules::set_active(state, slot)))
-    }
-
-    fn reboot(&self) -> Result<(), SlotError> {
-        self.update(|state| Ok(firmware_boot(state)))
+    /// The firmware's choice, at once: the file is the firmware here.
+    fn restart(&self) -> Result<(), SlotError> {
+        update_env(self, |state| Ok(firmware_boot(state)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::slots::{Bootloader, SlotName};
 
     #[test]
     fn a_new_env_file_starts_on_slot_a_and_persists_every_change() {

@@ -22,7 +22,7 @@
 //! ```
 
 use super::tool::{self, EnvValues, ACTIVE, TRIES, TRY};
-use super::{rules, BootState, Bootloader, SlotError, SlotName};
+use super::{BootEnv, BootState, SlotError};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -69,7 +69,7 @@ impl GrubBootloader {
         tool::run(&self.config.grub_editenv, &args)
     }
 
-    fn load(&self) -> Result<BootState, SlotError> {
+    fn load_env(&self) -> Result<BootState, SlotError> {
         let listing = self.editenv("list", Vec::new())?;
         let mut values = EnvValues::default();
         for line in listing.lines() {
@@ -96,16 +96,7 @@ impl GrubBootloader {
         tool::to_state(&values, tool::booted_slot(&self.config.cmdline)?)
     }
 
-    fn update(
-        &self,
-        change: impl FnOnce(&BootState) -> Result<BootState, SlotError>,
-    ) -> Result<(), SlotError> {
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let old = self.load()?;
-        let new = change(&old)?;
+    fn store_changes(&self, old: &BootState, new: &BootState) -> Result<(), SlotError> {
         let assignments: Vec<String> = tool::changes(&old, &new)
             .into_iter()
             .map(|(name, value)| format!("{name}={}", value.unwrap_or_default()))
@@ -117,32 +108,20 @@ impl GrubBootloader {
     }
 }
 
-impl Bootloader for GrubBootloader {
-    fn read(&self) -> Result<BootState, SlotError> {
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.load()
+impl BootEnv for GrubBootloader {
+    fn lock(&self) -> &Mutex<()> {
+        &self.lock
     }
 
-    fn arm_try(&self, slot: SlotName, tries: u32) -> Result<(), SlotError> {
-        self.update(|state| rules::arm_try(state, slot, tries))
+    fn load(&self) -> Result<BootState, SlotError> {
+        self.load_env()
     }
 
-    fn confirm(&self, slot: SlotName) -> Result<(), SlotError> {
-        self.update(|state| rules::confirm(state, slot))
+    fn store(&self, old: &BootState, new: &BootState) -> Result<(), SlotError> {
+        self.store_changes(old, new)
     }
 
-    fn abandon(&self) -> Result<(), SlotError> {
-        self.update(|state| Ok(rules::abandon(state)))
-    }
-
-    fn set_active(&self, slot: SlotName) -> Result<(), SlotError> {
-        self.update(|state| Ok(rules::set_active(state, slot)))
-    }
-
-    fn reboot(&self) -> Result<(), SlotError> {
+    fn restart(&self) -> Result<(), SlotError> {
         tool::run_argv(&self.config.reboot).map(drop)
     }
 }
@@ -151,6 +130,7 @@ impl Bootloader for GrubBootloader {
 mod tests {
     use super::*;
     use crate::slots::firmware_boot;
+    use crate::slots::{Bootloader, SlotName};
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
 

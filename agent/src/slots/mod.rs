@@ -149,6 +149,67 @@ pub fn firmware_boot(state: &BootState) -> BootState {
 }
 
 /// Pure rules shared by the implementations: each returns the new env state or refuses.
+/// What differs between the bootloaders: where the environment lives and how it is read
+/// and written. Every [`Bootloader`] operation is the same pure [`rules`] function run
+/// against it, under the backend's lock, so the three implementations cannot drift apart.
+pub(crate) trait BootEnv: Send + Sync + fmt::Debug {
+    /// Serialises read-modify-write cycles within this process.
+    fn lock(&self) -> &std::sync::Mutex<()>;
+    /// The environment as it is now.
+    fn load(&self) -> Result<BootState, SlotError>;
+    /// Writes `new` over `old` (only what changed, in a crash-safe order).
+    fn store(&self, old: &BootState, new: &BootState) -> Result<(), SlotError>;
+    /// Reboots (the file backend emulates the firmware instead).
+    fn restart(&self) -> Result<(), SlotError>;
+}
+
+/// Loads, applies `change`, stores the result if it differs, all under the lock.
+pub(crate) fn update_env(
+    env: &impl BootEnv,
+    change: impl FnOnce(&BootState) -> Result<BootState, SlotError>,
+) -> Result<(), SlotError> {
+    let _guard = env
+        .lock()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let old = env.load()?;
+    let new = change(&old)?;
+    if new != old {
+        env.store(&old, &new)?;
+    }
+    Ok(())
+}
+
+impl<T: BootEnv> Bootloader for T {
+    fn read(&self) -> Result<BootState, SlotError> {
+        let _guard = self
+            .lock()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.load()
+    }
+
+    fn arm_try(&self, slot: SlotName, tries: u32) -> Result<(), SlotError> {
+        update_env(self, |state| rules::arm_try(state, slot, tries))
+    }
+
+    fn confirm(&self, slot: SlotName) -> Result<(), SlotError> {
+        update_env(self, |state| rules::confirm(state, slot))
+    }
+
+    fn abandon(&self) -> Result<(), SlotError> {
+        update_env(self, |state| Ok(rules::abandon(state)))
+    }
+
+    fn set_active(&self, slot: SlotName) -> Result<(), SlotError> {
+        update_env(self, |state| Ok(rules::set_active(state, slot)))
+    }
+
+    fn reboot(&self) -> Result<(), SlotError> {
+        self.restart()
+    }
+}
+
 pub mod rules {
     use super::{BootState, SlotError, SlotName};
 

@@ -25,7 +25,7 @@
 //! boots the old choice or the new one (see `tool::changes`).
 
 use super::tool::{self, EnvValues, ACTIVE, TRIES, TRY};
-use super::{rules, BootState, Bootloader, SlotError, SlotName};
+use super::{BootEnv, BootState, SlotError};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -80,7 +80,7 @@ impl UBootBootloader {
         }
     }
 
-    fn load(&self) -> Result<BootState, SlotError> {
+    fn load_env(&self) -> Result<BootState, SlotError> {
         let values = EnvValues {
             active: self.get(ACTIVE)?,
             trying: self.get(TRY)?,
@@ -89,16 +89,7 @@ impl UBootBootloader {
         tool::to_state(&values, tool::booted_slot(&self.config.cmdline)?)
     }
 
-    fn update(
-        &self,
-        change: impl FnOnce(&BootState) -> Result<BootState, SlotError>,
-    ) -> Result<(), SlotError> {
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let old = self.load()?;
-        let new = change(&old)?;
+    fn store_changes(&self, old: &BootState, new: &BootState) -> Result<(), SlotError> {
         for (name, value) in tool::changes(&old, &new) {
             let mut args = vec![name.to_owned()];
             args.extend(value);
@@ -115,32 +106,20 @@ fn is_not_defined(stderr: &str, name: &str) -> bool {
         .any(|line| line.trim() == format!("## Error: \"{name}\" not defined"))
 }
 
-impl Bootloader for UBootBootloader {
-    fn read(&self) -> Result<BootState, SlotError> {
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.load()
+impl BootEnv for UBootBootloader {
+    fn lock(&self) -> &Mutex<()> {
+        &self.lock
     }
 
-    fn arm_try(&self, slot: SlotName, tries: u32) -> Result<(), SlotError> {
-        self.update(|state| rules::arm_try(state, slot, tries))
+    fn load(&self) -> Result<BootState, SlotError> {
+        self.load_env()
     }
 
-    fn confirm(&self, slot: SlotName) -> Result<(), SlotError> {
-        self.update(|state| rules::confirm(state, slot))
+    fn store(&self, old: &BootState, new: &BootState) -> Result<(), SlotError> {
+        self.store_changes(old, new)
     }
 
-    fn abandon(&self) -> Result<(), SlotError> {
-        self.update(|state| Ok(rules::abandon(state)))
-    }
-
-    fn set_active(&self, slot: SlotName) -> Result<(), SlotError> {
-        self.update(|state| Ok(rules::set_active(state, slot)))
-    }
-
-    fn reboot(&self) -> Result<(), SlotError> {
+    fn restart(&self) -> Result<(), SlotError> {
         tool::run_argv(&self.config.reboot).map(drop)
     }
 }
@@ -149,6 +128,7 @@ impl Bootloader for UBootBootloader {
 mod tests {
     use super::*;
     use crate::slots::firmware_boot;
+    use crate::slots::{Bootloader, SlotName};
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
 
