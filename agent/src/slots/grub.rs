@@ -97,7 +97,7 @@ impl GrubBootloader {
     }
 
     fn store_changes(&self, old: &BootState, new: &BootState) -> Result<(), SlotError> {
-        let assignments: Vec<String> = tool::changes(&old, &new)
+        let assignments: Vec<String> = tool::changes(old, new)
             .into_iter()
             .map(|(name, value)| format!("{name}={}", value.unwrap_or_default()))
             .collect();

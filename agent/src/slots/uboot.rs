@@ -90,7 +90,7 @@ impl UBootBootloader {
     }
 
     fn store_changes(&self, old: &BootState, new: &BootState) -> Result<(), SlotError> {
-        for (name, value) in tool::changes(&old, &new) {
+        for (name, value) in tool::changes(old, new) {
             let mut args = vec![name.to_owned()];
             args.extend(value);
             tool::run(&self.config.fw_setenv, &args)?;
