@@ -406,7 +406,8 @@ fn bare_verify_command(setup: &Setup, director: &[u8], now: &str) -> Command {
         .arg(&targets)
         .arg("--director")
         .arg(&director)
-        .args(["--now", now]);
+        // `--now=` so that a value starting with `-` is still a value.
+        .arg(format!("--now={now}"));
     command
 }
 
