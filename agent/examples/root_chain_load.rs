@@ -33,7 +33,11 @@ fn root(version: u64, expires: Timestamp) -> Vec<u8> {
     let meta = RootMetadata::new(
         version,
         expires,
-        &[own.public_key(), targets.public_key(), director.public_key()],
+        &[
+            own.public_key(),
+            targets.public_key(),
+            director.public_key(),
+        ],
         Roles {
             root: one(&own),
             targets: one(&targets),

@@ -44,7 +44,10 @@ impl HsmArgs {
     pub fn config(&self) -> anyhow::Result<Option<HsmConfig>> {
         let Some(module) = &self.pkcs11_module else {
             let given: Vec<&str> = [
-                (self.pkcs11_token.is_some(), "--pkcs11-token (OTA_PKCS11_TOKEN)"),
+                (
+                    self.pkcs11_token.is_some(),
+                    "--pkcs11-token (OTA_PKCS11_TOKEN)",
+                ),
                 (self.pkcs11_pin.is_some(), "--pkcs11-pin (OTA_PKCS11_PIN)"),
                 (self.anchor_label.is_some(), "--anchor-label"),
             ]

@@ -49,7 +49,9 @@ impl Timestamp {
         let date = NaiveDate::from_ymd_opt(year as i32, month, day)
             .ok_or_else(|| out_of_range("no such date"))?;
         if second > 59 {
-            return Err(out_of_range("second above 59 (leap seconds are not accepted)"));
+            return Err(out_of_range(
+                "second above 59 (leap seconds are not accepted)",
+            ));
         }
         let time = NaiveTime::from_hms_opt(hour, minute, second)
             .ok_or_else(|| out_of_range("hour, minute or second out of range"))?;
@@ -151,8 +153,8 @@ mod tests {
             "2027-01-00T00:00:00Z",
             "2027-01-32T00:00:00Z",
             "2027-04-31T00:00:00Z",
-            "2027-02-29T00:00:00Z", // not a leap year
-            "2100-02-29T00:00:00Z", // century, not a leap year
+            "2027-02-29T00:00:00Z",  // not a leap year
+            "2100-02-29T00:00:00Z",  // century, not a leap year
             "２027-01-01T00:00:00Z", // non-ASCII digit
             "2027-01-01T00:00:00Z\n",
             "",

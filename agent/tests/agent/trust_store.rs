@@ -3,13 +3,13 @@
 //! rotations applies to one received update only.
 
 use crate::verify_cli::{director_doc, key, sign_director, targets};
+use ota_agent::trust_store::FileTrustStore;
+use ota_agent::verifier::{Persist, Verifier, VerifyError};
 use ota_core::envelope::Envelope;
 use ota_core::key::SigningKey;
 use ota_core::metadata::{to_payload, Role, RoleKeys, Roles, RootMetadata};
 use ota_core::time::Timestamp;
 use ota_core::trust::{MetadataUpdate, VehicleIdentity, MAX_ROOT_ROTATIONS};
-use ota_agent::trust_store::FileTrustStore;
-use ota_agent::verifier::{Persist, Verifier, VerifyError};
 use std::path::Path;
 
 fn now() -> Timestamp {
@@ -149,7 +149,11 @@ fn root_rotation_cap_is_exactly_64_per_update() {
         .expect("exactly 64 roots in one update must be accepted");
     assert_eq!(verified.state.root().version(), last);
     assert_eq!(
-        FileTrustStore::new(dir.path()).load().unwrap().root().version(),
+        FileTrustStore::new(dir.path())
+            .load()
+            .unwrap()
+            .root()
+            .version(),
         last
     );
 }

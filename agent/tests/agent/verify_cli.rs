@@ -391,11 +391,7 @@ fn bare_verify_command(setup: &Setup, director: &[u8], now: &str) -> Command {
     let targets = write(&setup.files, "targets.json", &targets(1));
     let director = write(&setup.files, "director.json", director);
     let mut command = Command::new(env!("CARGO_BIN_EXE_ota-agent"));
-    for var in [
-        "OTA_PKCS11_MODULE",
-        "OTA_PKCS11_TOKEN",
-        "OTA_PKCS11_PIN",
-    ] {
+    for var in ["OTA_PKCS11_MODULE", "OTA_PKCS11_TOKEN", "OTA_PKCS11_PIN"] {
         command.env_remove(var);
     }
     command
@@ -432,7 +428,11 @@ fn pkcs11_options_without_a_module_are_refused_not_a_silent_file_store_fallback(
     std::fs::write(setup.trust.join("root.json"), attacker_root()).unwrap();
     // The attacker's root names the real targets and director keys: the file store
     // alone accepts this update.
-    let out = outcome(bare_verify_command(&setup, &valid_director(), NOW).output().unwrap());
+    let out = outcome(
+        bare_verify_command(&setup, &valid_director(), NOW)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(out.code, 0, "file-store baseline: {}", out.stderr);
 
     let flag_cases: [(&str, &[&str]); 3] = [
@@ -441,7 +441,12 @@ fn pkcs11_options_without_a_module_are_refused_not_a_silent_file_store_fallback(
         ("anchor-label", &["--anchor-label", "ota-root-anchor"]),
     ];
     for (case, flags) in flag_cases {
-        let out = outcome(bare_verify_command(&setup, &valid_director(), NOW).args(flags).output().unwrap());
+        let out = outcome(
+            bare_verify_command(&setup, &valid_director(), NOW)
+                .args(flags)
+                .output()
+                .unwrap(),
+        );
         assert_eq!(out.code, 2, "{case}: must be an error: {}", out.stdout);
         assert_ne!(out.stdout["accepted"], true, "{case}");
         assert!(
@@ -450,10 +455,22 @@ fn pkcs11_options_without_a_module_are_refused_not_a_silent_file_store_fallback(
             out.stderr
         );
     }
-    for (var, value) in [("OTA_PKCS11_PIN", "1234"), ("OTA_PKCS11_TOKEN", "ota-vehicle")] {
-        let out = outcome(bare_verify_command(&setup, &valid_director(), NOW).env(var, value).output().unwrap());
+    for (var, value) in [
+        ("OTA_PKCS11_PIN", "1234"),
+        ("OTA_PKCS11_TOKEN", "ota-vehicle"),
+    ] {
+        let out = outcome(
+            bare_verify_command(&setup, &valid_director(), NOW)
+                .env(var, value)
+                .output()
+                .unwrap(),
+        );
         assert_eq!(out.code, 2, "{var}: must be an error: {}", out.stdout);
-        assert!(out.stderr.contains("without --pkcs11-module"), "{var}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("without --pkcs11-module"),
+            "{var}: {}",
+            out.stderr
+        );
     }
 
     // The hsm subcommands refuse the same way.

@@ -37,7 +37,9 @@ fn lenient_expires_spellings_are_malformed_metadata_not_expired() {
             director: sign(Role::Director, director, &repo.director_keys()),
             ..repo.update()
         };
-        let result = repo.anchor().verify_update(&update, Some(&vehicle()), now());
+        let result = repo
+            .anchor()
+            .verify_update(&update, Some(&vehicle()), now());
         assert!(
             matches!(
                 result,
@@ -54,7 +56,9 @@ fn lenient_expires_spellings_are_malformed_metadata_not_expired() {
             targets: sign(Role::Targets, targets, &repo.targets_keys()),
             ..repo.update()
         };
-        let result = repo.anchor().verify_update(&update, Some(&vehicle()), now());
+        let result = repo
+            .anchor()
+            .verify_update(&update, Some(&vehicle()), now());
         assert!(
             matches!(
                 result,
@@ -109,7 +113,8 @@ fn state_of_charge_above_100_percent_is_malformed_metadata() {
             director: sign(Role::Director, payload, &repo.director_keys()),
             ..repo.update()
         };
-        repo.anchor().verify_update(&update, Some(&vehicle()), now())
+        repo.anchor()
+            .verify_update(&update, Some(&vehicle()), now())
     };
     for number in ["0", "100"] {
         let verified = verify(director_with_state_of_charge(number))
@@ -148,7 +153,8 @@ fn next_poll_seconds_beyond_the_u32_range_is_malformed_metadata() {
             director: sign(Role::Director, payload.into_bytes(), &repo.director_keys()),
             ..repo.update()
         };
-        repo.anchor().verify_update(&update, Some(&vehicle()), now())
+        repo.anchor()
+            .verify_update(&update, Some(&vehicle()), now())
     };
     for number in ["0", "1", "4294967295"] {
         let verified = verify(number).unwrap_or_else(|e| panic!("poll {number}: {e}"));

@@ -150,10 +150,30 @@ fn keys_sign_refuses_a_payload_every_vehicle_would_refuse() {
     let key = keys_dir.join("targets.key.json");
     let exact = targets_payload();
     let cases: Vec<(&str, &str, String, &str)> = vec![
-        ("trailing-newline", "targets", format!("{exact}\n"), "newline"),
-        ("trailing-crlf", "targets", format!("{exact}\r\n"), "trailing"),
-        ("leading-space", "targets", format!(" {exact}"), "whitespace"),
-        ("two-values", "targets", format!("{exact}{exact}"), "trailing"),
+        (
+            "trailing-newline",
+            "targets",
+            format!("{exact}\n"),
+            "newline",
+        ),
+        (
+            "trailing-crlf",
+            "targets",
+            format!("{exact}\r\n"),
+            "trailing",
+        ),
+        (
+            "leading-space",
+            "targets",
+            format!(" {exact}"),
+            "whitespace",
+        ),
+        (
+            "two-values",
+            "targets",
+            format!("{exact}{exact}"),
+            "trailing",
+        ),
         (
             "duplicate-member",
             "targets",
@@ -196,7 +216,10 @@ fn keys_sign_refuses_a_payload_every_vehicle_would_refuse() {
         assert!(!output.status.success(), "{case}: must be refused");
         assert!(stderr.contains(says), "{case}: must say why: {stderr}");
         assert!(!out.exists(), "{case}: nothing may be written");
-        assert!(output.stdout.is_empty(), "{case}: no envelope may be printed");
+        assert!(
+            output.stdout.is_empty(),
+            "{case}: no envelope may be printed"
+        );
     }
 
     // The exact payload signs, by role name or by full payload type.
@@ -214,6 +237,9 @@ fn keys_sign_refuses_a_payload_every_vehicle_would_refuse() {
             "{payload_type}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        assert_eq!(Envelope::parse(&output.stdout).unwrap().payload, exact.as_bytes());
+        assert_eq!(
+            Envelope::parse(&output.stdout).unwrap().payload,
+            exact.as_bytes()
+        );
     }
 }
