@@ -59,9 +59,9 @@ fn vehicle() -> VehicleIdentity {
     }
 }
 
-fn update(roots: std::ops::RangeInclusive<u64>, version: u64) -> MetadataUpdate {
+fn update(roots: impl IntoIterator<Item = u64>, version: u64) -> MetadataUpdate {
     MetadataUpdate {
-        roots: roots.map(rotated_root).collect(),
+        roots: roots.into_iter().map(rotated_root).collect(),
         targets: targets(version),
         director: sign_director(&director_doc(version), &key(3)),
     }
@@ -115,7 +115,7 @@ fn vehicle_is_not_bricked_after_200_root_rotations_over_its_life() {
 
     // An honest update after the 200th rotation is accepted, and the store still loads.
     let verified = verifier
-        .verify(&update(1..=0, 2), now(), Persist::Yes)
+        .verify(&update(std::iter::empty(), 2), now(), Persist::Yes)
         .expect("an honest update must be accepted after 200 rotations");
     assert_eq!(verified.director.version, 2);
     assert_eq!(store.load().unwrap().director_record().unwrap().version, 2);
