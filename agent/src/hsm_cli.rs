@@ -9,27 +9,58 @@ use ota_core::trust::TrustedState;
 use std::path::{Path, PathBuf};
 
 /// Where the vehicle's PKCS#11 token is. Without `--pkcs11-module` the file trust
-/// store alone is used (development).
+/// store alone is used (development); any other PKCS#11 option (or its environment
+/// variable) without a module is an error, so a vehicle configured for a token never
+/// runs without it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HsmArgs {
     /// PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so).
     #[arg(long, env = "OTA_PKCS11_MODULE")]
     pub pkcs11_module: Option<PathBuf>,
-    /// Label of the token (slots are looked up by token label, never by id).
-    #[arg(long, env = "OTA_PKCS11_TOKEN", default_value = "ota-vehicle")]
-    pub pkcs11_token: String,
+    /// Label of the token (slots are looked up by token label, never by id)
+    /// [default: ota-vehicle].
+    #[arg(long, env = "OTA_PKCS11_TOKEN")]
+    pub pkcs11_token: Option<String>,
     /// User PIN of the token.
     #[arg(long, env = "OTA_PKCS11_PIN", hide_env_values = true)]
     pub pkcs11_pin: Option<String>,
-    /// Label of the root anchor public-key object.
-    #[arg(long, default_value = DEFAULT_ANCHOR_LABEL)]
-    pub anchor_label: String,
+    /// Label of the root anchor public-key object [default: ota-root-anchor].
+    #[arg(long)]
+    pub anchor_label: Option<String>,
 }
 
+/// The token label used when `--pkcs11-token` is not given.
+pub const DEFAULT_TOKEN_LABEL: &str = "ota-vehicle";
+
 impl HsmArgs {
-    /// The token configuration, or `None` when no module is configured.
+    /// The label of the root anchor object (the default unless `--anchor-label`).
+    pub fn anchor_label(&self) -> &str {
+        self.anchor_label.as_deref().unwrap_or(DEFAULT_ANCHOR_LABEL)
+    }
+
+    /// The token configuration, or `None` when no PKCS#11 option at all is given. A
+    /// token label, PIN or anchor label without a module is refused: silently falling
+    /// back to the file trust store would accept whatever `root.json` says.
     pub fn config(&self) -> anyhow::Result<Option<HsmConfig>> {
         let Some(module) = &self.pkcs11_module else {
+            let given: Vec<&str> = [
+                (
+                    self.pkcs11_token.is_some(),
+                    "--pkcs11-token (OTA_PKCS11_TOKEN)",
+                ),
+                (self.pkcs11_pin.is_some(), "--pkcs11-pin (OTA_PKCS11_PIN)"),
+                (self.anchor_label.is_some(), "--anchor-label"),
+            ]
+            .into_iter()
+            .filter_map(|(set, name)| set.then_some(name))
+            .collect();
+            if !given.is_empty() {
+                bail!(
+                    "{} given without --pkcs11-module (or OTA_PKCS11_MODULE): refusing to fall \
+                     back to the file trust store",
+                    given.join(", ")
+                );
+            }
             return Ok(None);
         };
         let Some(pin) = &self.pkcs11_pin else {
@@ -37,7 +68,10 @@ impl HsmArgs {
         };
         Ok(Some(HsmConfig {
             module: module.clone(),
-            token_label: self.pkcs11_token.clone(),
+            token_label: self
+                .pkcs11_token
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TOKEN_LABEL.to_owned()),
             pin: pin.clone(),
         }))
     }
@@ -48,7 +82,7 @@ impl HsmArgs {
             return Ok(None);
         };
         let hsm = Hsm::open(&config, false)?;
-        Ok(Some(hsm.root_anchor(&self.anchor_label)?))
+        Ok(Some(hsm.root_anchor(self.anchor_label())?))
     }
 }
 
@@ -104,11 +138,11 @@ pub fn run(cmd: HsmCommand) -> anyhow::Result<()> {
             let config = hsm
                 .config()?
                 .context("--pkcs11-module (or OTA_PKCS11_MODULE) is required")?;
-            Hsm::open(&config, true)?.install_root_anchor(&hsm.anchor_label, &key)?;
+            Hsm::open(&config, true)?.install_root_anchor(hsm.anchor_label(), &key)?;
             println!(
                 "installed root anchor {} as {:?} on token {:?}",
                 key.key_id(),
-                hsm.anchor_label,
+                hsm.anchor_label(),
                 config.token_label
             );
         }

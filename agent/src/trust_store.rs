@@ -104,8 +104,11 @@ impl FileTrustStore {
             check_hardware_anchor(&anchor_bytes, key)?;
         }
         let chain = self.read_chain(anchor.root().version())?;
+        // The stored chain grew one accepted update at a time: the per-update cap on
+        // root rotations does not apply to it (it would brick the vehicle after its
+        // 65th rotation).
         let chained = anchor
-            .update_root(&chain)
+            .walk_stored_root_chain(&chain)
             .map_err(corrupt(&self.roots_dir()))?;
         let state_path = self.state_path();
         let Some(bytes) = read_if_exists(&state_path)? else {

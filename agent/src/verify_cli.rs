@@ -29,7 +29,8 @@ pub struct VerifyMetadataArgs {
     /// Verification time, `YYYY-MM-DDTHH:MM:SSZ` (default: the system clock).
     #[arg(long, value_parser = Timestamp::parse)]
     pub now: Option<Timestamp>,
-    /// This vehicle's id: the director metadata must be addressed to it.
+    /// This vehicle's id: the director metadata must be addressed to it. Without it the
+    /// vehicle and ECU checks are skipped (a warning says so on stderr).
     #[arg(long)]
     pub vehicle_id: Option<String>,
     /// This vehicle's ECUs as NAME=HARDWARE_ID (repeatable; requires --vehicle-id).
@@ -43,6 +44,12 @@ pub struct VerifyMetadataArgs {
     #[command(flatten)]
     pub hsm: HsmArgs,
 }
+
+/// Printed on stderr when `--vehicle-id` is absent: the result then says nothing about
+/// whether the director metadata is meant for this vehicle.
+pub const NO_VEHICLE_WARNING: &str = "WARNING: no --vehicle-id: SKIPPING the vehicle \
+check (PROTOCOL.md §5 steps 4-5). Director metadata addressed to ANY vehicle, with ANY ECU \
+names and hardware ids, is accepted; the run-time agent always verifies with its identity.";
 
 fn parse_ecu(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -87,6 +94,9 @@ pub fn run(args: VerifyMetadataArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.vehicle_id.is_none() {
+        eprintln!("{NO_VEHICLE_WARNING}");
+    }
     let vehicle = args.vehicle_id.clone().map(|vehicle_id| VehicleIdentity {
         vehicle_id,
         ecus: args.ecus.iter().cloned().collect::<BTreeMap<_, _>>(),

@@ -3,24 +3,59 @@
 //! One spelling per instant keeps independent implementations in agreement; the clock
 //! itself is never read here — callers pass `now` in.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 const WIRE_FORMAT: &str = "%Y-%m-%dT%H:%M:%SZ";
 
+/// The accepted bytes: `D` is one ASCII digit, every other byte is itself.
+const WIRE_PATTERN: &[u8; 20] = b"DDDD-DD-DDTDD:DD:DDZ";
+
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(DateTime<Utc>);
 
 impl Timestamp {
-    /// Parses the one accepted form, `YYYY-MM-DDTHH:MM:SSZ`.
+    /// Parses the one accepted form, `YYYY-MM-DDTHH:MM:SSZ`: the bytes must match
+    /// `[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z` exactly, then month 01–12,
+    /// a day that exists in that month, hour 00–23, minute 00–59 and second 00–59 (no
+    /// leap second). Nothing is skipped or widened: no signs, spaces or short fields.
     pub fn parse(text: &str) -> Result<Self, String> {
-        if text.len() != 20 || !text.ends_with('Z') {
-            return Err(format!("{text:?} is not of the form YYYY-MM-DDTHH:MM:SSZ"));
+        let malformed = || format!("{text:?} is not of the form YYYY-MM-DDTHH:MM:SSZ");
+        let bytes = text.as_bytes();
+        if bytes.len() != WIRE_PATTERN.len() {
+            return Err(malformed());
         }
-        NaiveDateTime::parse_from_str(text, WIRE_FORMAT)
-            .map(|naive| Timestamp(naive.and_utc()))
-            .map_err(|e| format!("{text:?} is not a valid UTC time: {e}"))
+        let matches = bytes
+            .iter()
+            .zip(WIRE_PATTERN)
+            .all(|(&byte, &expected)| match expected {
+                b'D' => byte.is_ascii_digit(),
+                literal => byte == literal,
+            });
+        if !matches {
+            return Err(malformed());
+        }
+        // Every field is ASCII digits now: read them as plain decimal numbers.
+        let field = |range: std::ops::Range<usize>| {
+            bytes[range]
+                .iter()
+                .fold(0u32, |acc, digit| acc * 10 + u32::from(digit - b'0'))
+        };
+        let (year, month, day) = (field(0..4), field(5..7), field(8..10));
+        let (hour, minute, second) = (field(11..13), field(14..16), field(17..19));
+        let out_of_range = |what: &str| format!("{text:?} is not a valid UTC time: {what}");
+        // `year` has four digits, so it fits in i32.
+        let date = NaiveDate::from_ymd_opt(year as i32, month, day)
+            .ok_or_else(|| out_of_range("no such date"))?;
+        if second > 59 {
+            return Err(out_of_range(
+                "second above 59 (leap seconds are not accepted)",
+            ));
+        }
+        let time = NaiveTime::from_hms_opt(hour, minute, second)
+            .ok_or_else(|| out_of_range("hour, minute or second out of range"))?;
+        Ok(Timestamp(NaiveDateTime::new(date, time).and_utc()))
     }
 
     /// Any instant, truncated to whole seconds.
@@ -95,5 +130,49 @@ mod tests {
             "2027-01-02T03:04:05Z",
             "display must round-trip"
         );
+    }
+
+    /// Spellings chrono's lenient parser reads as an instant (or as a negative year) must
+    /// be refused as malformed; the edge cases of the calendar must still parse.
+    #[test]
+    fn lenient_timestamp_spellings_are_refused_and_calendar_edges_parse() {
+        let refused = [
+            "2027-01-01T00:00:60Z", // leap second at any minute
+            "2027-06-30T23:59:60Z", // even where a real leap second could be
+            "2027-01-01T00:00:61Z",
+            "2027-01-01T00:00: 5Z", // space before a number
+            "2027- 1-01T00:00:00Z",
+            "2027-01-01T 0:00:00Z",
+            "+2027-01-01T00:00:0Z", // signed year, one-digit second
+            "-027-01-01T00:00:00Z", // negative year
+            "2027-1-01T00:00:00ZZ",
+            "2027-01-01T24:00:00Z",
+            "2027-01-01T23:60:00Z",
+            "2027-00-01T00:00:00Z",
+            "2027-13-01T00:00:00Z",
+            "2027-01-00T00:00:00Z",
+            "2027-01-32T00:00:00Z",
+            "2027-04-31T00:00:00Z",
+            "2027-02-29T00:00:00Z",  // not a leap year
+            "2100-02-29T00:00:00Z",  // century, not a leap year
+            "２027-01-01T00:00:00Z", // non-ASCII digit
+            "2027-01-01T00:00:00Z\n",
+            "",
+        ];
+        for text in refused {
+            assert!(Timestamp::parse(text).is_err(), "{text:?} must be refused");
+        }
+        let accepted = [
+            ("2028-02-29T00:00:00Z", 1_835_395_200),
+            ("2000-02-29T12:00:00Z", 951_825_600),
+            ("9999-12-31T23:59:59Z", 253_402_300_799),
+            ("1970-01-01T00:00:00Z", 0),
+            ("2027-12-31T23:59:59Z", 1_830_297_599),
+        ];
+        for (text, unix) in accepted {
+            let parsed = Timestamp::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(parsed.unix_seconds(), unix, "{text}");
+            assert_eq!(parsed.to_string(), text, "{text} must round-trip");
+        }
     }
 }

@@ -22,8 +22,10 @@ use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Most root versions walked in one update. A chain longer than this is refused rather
-/// than verified at unbounded cost.
+/// Most root versions walked in one received update. A longer update is refused rather
+/// than verified at unbounded cost. The cap is per update, not per vehicle life: the chain
+/// a vehicle stored from earlier updates is re-walked without it
+/// ([`TrustedState::walk_stored_root_chain`]).
 pub const MAX_ROOT_ROTATIONS: usize = 64;
 
 /// The last trusted version of a role document and the digest of its payload: the same
@@ -202,12 +204,27 @@ impl TrustedState {
     /// version exactly N+1. When a role's keys or threshold change, the trusted version
     /// of that role is forgotten (so that a compromised-and-replaced key's inflated
     /// version numbers cannot lock the fleet out: TUF's fast-forward recovery).
+    ///
+    /// This is the walk of one received update: at most [`MAX_ROOT_ROTATIONS`] roots.
     pub fn update_root(&self, roots: &[Vec<u8>]) -> Result<TrustedState, Error> {
         if roots.len() > MAX_ROOT_ROTATIONS {
             return Err(Error::TooManyRootRotations {
                 limit: MAX_ROOT_ROTATIONS,
             });
         }
+        self.walk_root_chain(roots)
+    }
+
+    /// Re-walks a root chain this vehicle already accepted, one update at a time, over
+    /// its whole life (a trust store's `roots/` at start-up): every rule of
+    /// [`TrustedState::update_root`] except the per-update cap, which bounds the work one
+    /// *received* update may cause and would otherwise brick a vehicle after its 65th
+    /// rotation. The cost is linear in the chain's length.
+    pub fn walk_stored_root_chain(&self, roots: &[Vec<u8>]) -> Result<TrustedState, Error> {
+        self.walk_root_chain(roots)
+    }
+
+    fn walk_root_chain(&self, roots: &[Vec<u8>]) -> Result<TrustedState, Error> {
         let mut state = self.clone();
         for bytes in roots {
             let envelope = parse_envelope_of(Role::Root, bytes)?;

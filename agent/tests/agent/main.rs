@@ -8,4 +8,5 @@ mod hsm;
 mod identity;
 mod install;
 mod services;
+mod trust_store;
 mod verify_cli;

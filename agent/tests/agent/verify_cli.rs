@@ -384,3 +384,162 @@ fn root_rotation_is_kept_as_a_chain_and_a_forged_state_root_fails_closed() {
     );
     assert!(out.stderr.contains("does not chain"), "{}", out.stderr);
 }
+
+/// `ota-agent verify-metadata` over a valid update, without any identity or PKCS#11
+/// option from the caller's environment: the test adds what it needs.
+fn bare_verify_command(setup: &Setup, director: &[u8], now: &str) -> Command {
+    let targets = write(&setup.files, "targets.json", &targets(1));
+    let director = write(&setup.files, "director.json", director);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ota-agent"));
+    for var in ["OTA_PKCS11_MODULE", "OTA_PKCS11_TOKEN", "OTA_PKCS11_PIN"] {
+        command.env_remove(var);
+    }
+    command
+        .arg("verify-metadata")
+        .arg("--trust")
+        .arg(&setup.trust)
+        .arg("--targets")
+        .arg(&targets)
+        .arg("--director")
+        .arg(&director)
+        // `--now=` so that a value starting with `-` is still a value.
+        .arg(format!("--now={now}"));
+    command
+}
+
+fn valid_director() -> Vec<u8> {
+    sign_director(&director_doc(1), &key(3))
+}
+
+fn outcome(output: std::process::Output) -> Outcome {
+    Outcome {
+        code: output.status.code().unwrap_or(-1),
+        stdout: serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null),
+        stderr: String::from_utf8_lossy(&output.stderr).to_string(),
+    }
+}
+
+/// A vehicle configured for a token (PIN, token label or anchor label given) but whose
+/// module option was dropped must not silently verify against whatever `root.json`
+/// says: here `root.json` is an attacker's self-signed root that signs the update.
+#[test]
+fn pkcs11_options_without_a_module_are_refused_not_a_silent_file_store_fallback() {
+    let setup = setup();
+    std::fs::write(setup.trust.join("root.json"), attacker_root()).unwrap();
+    // The attacker's root names the real targets and director keys: the file store
+    // alone accepts this update.
+    let out = outcome(
+        bare_verify_command(&setup, &valid_director(), NOW)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, 0, "file-store baseline: {}", out.stderr);
+
+    let flag_cases: [(&str, &[&str]); 3] = [
+        ("pin", &["--pkcs11-pin", "1234"]),
+        ("token-label", &["--pkcs11-token", "ota-vehicle"]),
+        ("anchor-label", &["--anchor-label", "ota-root-anchor"]),
+    ];
+    for (case, flags) in flag_cases {
+        let out = outcome(
+            bare_verify_command(&setup, &valid_director(), NOW)
+                .args(flags)
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(out.code, 2, "{case}: must be an error: {}", out.stdout);
+        assert_ne!(out.stdout["accepted"], true, "{case}");
+        assert!(
+            out.stderr.contains("without --pkcs11-module"),
+            "{case}: must say the module is missing: {}",
+            out.stderr
+        );
+    }
+    for (var, value) in [
+        ("OTA_PKCS11_PIN", "1234"),
+        ("OTA_PKCS11_TOKEN", "ota-vehicle"),
+    ] {
+        let out = outcome(
+            bare_verify_command(&setup, &valid_director(), NOW)
+                .env(var, value)
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(out.code, 2, "{var}: must be an error: {}", out.stdout);
+        assert!(
+            out.stderr.contains("without --pkcs11-module"),
+            "{var}: {}",
+            out.stderr
+        );
+    }
+
+    // The hsm subcommands refuse the same way.
+    let output = Command::new(env!("CARGO_BIN_EXE_ota-agent"))
+        .env_remove("OTA_PKCS11_MODULE")
+        .args(["hsm", "show-anchor", "--pkcs11-pin", "1234"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--pkcs11-module"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Without `--vehicle-id` another vehicle's director is accepted: the CLI must say
+/// loudly that it skipped that check, and stay quiet when the identity is given.
+#[test]
+fn verify_without_vehicle_id_warns_loudly_that_the_vehicle_check_is_skipped() {
+    let setup = setup();
+    let mut other_vehicle = director_doc(1);
+    other_vehicle.vehicle_id = "veh-someone-else".into();
+    let other_vehicle = sign_director(&other_vehicle, &key(3));
+    let out = outcome(
+        bare_verify_command(&setup, &other_vehicle, NOW)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout["vehicle_id"], "veh-someone-else");
+    assert!(
+        out.stderr.contains("WARNING") && out.stderr.contains("SKIPPING the vehicle check"),
+        "the skipped vehicle check must be announced: {:?}",
+        out.stderr
+    );
+
+    let out = verify(
+        &setup,
+        &targets(1),
+        &sign_director(&director_doc(1), &key(3)),
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("WARNING"),
+        "no warning with --vehicle-id: {:?}",
+        out.stderr
+    );
+}
+
+/// `--now` goes through the wire parser: lenient spellings are usage errors.
+#[test]
+fn lenient_now_spellings_are_refused() {
+    let setup = setup();
+    for now in [
+        "2026-06-01T00:00:60Z",
+        "2026-06-01T00:00: 5Z",
+        "2026- 6-01T00:00:00Z",
+        "+2026-06-01T00:00:0Z",
+        "-026-06-01T00:00:00Z",
+    ] {
+        let out = outcome(
+            bare_verify_command(&setup, &valid_director(), now)
+                .args(["--vehicle-id", "veh-42"])
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(out.code, 2, "--now {now:?} must be refused: {}", out.stdout);
+        assert!(out.stderr.contains("--now"), "{now}: {}", out.stderr);
+    }
+}

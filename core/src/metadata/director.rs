@@ -3,7 +3,7 @@
 use super::{impl_role_document, Role, SPEC_VERSION};
 use crate::encoding::Sha256Digest;
 use crate::time::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The full image an ECU must end up running. Must match the targets entry of `name`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,10 +37,26 @@ pub struct DeltaRef {
 pub struct Preconditions {
     /// The vehicle must be parked.
     pub parked: bool,
-    /// Minimum state of charge of the traction (or 12 V) battery, 0–100.
+    /// Minimum state of charge of the traction (or 12 V) battery, 0–100 (a larger
+    /// number is malformed metadata, never "impossible to satisfy").
+    #[serde(deserialize_with = "percent")]
     pub min_state_of_charge_percent: Option<u8>,
     /// Required network kind, e.g. `"wifi"`; absent: any network.
     pub network: Option<String>,
+}
+
+/// Highest value of a percentage on the wire.
+pub const MAX_PERCENT: u8 = 100;
+
+/// An optional integer 0–100: `null` or absent is `None`; 101 and above are refused.
+fn percent<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u8>, D::Error> {
+    let value = Option::<u8>::deserialize(deserializer)?;
+    match value {
+        Some(percent) if percent > MAX_PERCENT => Err(serde::de::Error::custom(format!(
+            "min_state_of_charge_percent is {percent}, above {MAX_PERCENT}"
+        ))),
+        _ => Ok(value),
+    }
 }
 
 impl Preconditions {
@@ -78,7 +94,8 @@ pub struct DirectorMetadata {
     pub vehicle_id: String,
     /// Empty: nothing to do.
     pub assignments: Vec<Assignment>,
-    /// When to check in next, in seconds (the agent adds jitter).
+    /// When to check in next, in seconds (the agent adds jitter): 0–4294967295 on the
+    /// wire (a larger number is malformed metadata); agents treat 0 as their minimum.
     pub next_poll_seconds: u32,
 }
 impl_role_document!(DirectorMetadata, Role::Director);

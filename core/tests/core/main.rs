@@ -5,3 +5,4 @@ mod attacks;
 mod fixtures;
 mod properties;
 mod rotation;
+mod wire_ranges;

@@ -34,7 +34,8 @@ pub enum KeysCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
-    /// Wrap a payload file's exact bytes in a signed envelope.
+    /// Wrap a payload file's exact bytes in a signed envelope, after checking them with
+    /// the verifier's strict parser for that role (no trailing newline, exact JSON).
     Sign {
         /// A private key file; repeat for several signatures.
         #[arg(long = "key", required = true)]
@@ -45,7 +46,7 @@ pub enum KeysCommand {
         /// Where to write the envelope (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// The payload file, signed byte for byte.
+        /// The payload file, signed byte for byte (refused if a vehicle would refuse it).
         payload: PathBuf,
     },
 }

@@ -15,7 +15,10 @@ use anyhow::{bail, Context};
 use keyfile::{write_private_file, KeyFile};
 use ota_core::envelope::Envelope;
 use ota_core::key::{PublicKey, SigningKey};
-use ota_core::metadata::{to_payload, Role, RoleKeys, Roles, Root, RootMetadata};
+use ota_core::metadata::{
+    parse_document, to_payload, DirectorMetadata, Role, RoleKeys, Roles, Root, RootMetadata,
+    TargetsMetadata,
+};
 use ota_core::time::Timestamp;
 use ota_core::trust::TrustedState;
 use std::path::{Path, PathBuf};
@@ -197,19 +200,47 @@ pub fn show(dir: &Path) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Accepts a role name as a shorthand for its payload type.
-pub fn payload_type_of(text: &str) -> String {
-    Role::parse(text)
-        .map(|role| role.payload_type().to_owned())
-        .unwrap_or_else(|| text.to_owned())
+/// The role whose payload type `text` is (a role name or the full payload type).
+fn role_of_payload_type(text: &str) -> Option<Role> {
+    Role::parse(text).or_else(|| ROLES.into_iter().find(|role| role.payload_type() == text))
 }
 
-/// Wraps the exact bytes of `payload` in an envelope signed by every key file given.
+/// Checks `payload` with the verifier's own strict parser for the role of
+/// `payload_type` (exact JSON: no trailing newline, no duplicate or unknown members;
+/// valid keys and thresholds for a root), so that nothing every vehicle would refuse
+/// gets signed. A payload type that is not one of the three roles is refused.
+pub fn check_payload(payload_type: &str, payload: &[u8]) -> anyhow::Result<Role> {
+    let Some(role) = role_of_payload_type(payload_type) else {
+        bail!(
+            "{payload_type:?} is not a payload type the signer can check: use root, targets \
+             or director"
+        );
+    };
+    let checked = match role {
+        Role::Root => Root::from_payload(payload).map(|_| ()),
+        Role::Targets => parse_document::<TargetsMetadata>(payload).map(|_| ()),
+        Role::Director => parse_document::<DirectorMetadata>(payload).map(|_| ()),
+    };
+    if let Err(err) = checked {
+        let hint = if payload.last().is_some_and(u8::is_ascii_whitespace) {
+            " (the file ends with whitespace, e.g. the newline an editor adds: the payload \
+             must end at its closing brace)"
+        } else {
+            ""
+        };
+        bail!("not signing: every vehicle would refuse this payload: {err}{hint}");
+    }
+    Ok(role)
+}
+
+/// Wraps the exact bytes of `payload` in an envelope signed by every key file given,
+/// after [`check_payload`] accepted it.
 pub fn sign_payload(
     key_files: &[PathBuf],
     payload_type: &str,
     payload: Vec<u8>,
 ) -> anyhow::Result<Vec<u8>> {
+    let role = check_payload(payload_type, &payload)?;
     if key_files.is_empty() {
         bail!("at least one --key is required");
     }
@@ -218,5 +249,5 @@ pub fn sign_payload(
         .map(|path| KeyFile::read(path)?.signing_key())
         .collect::<anyhow::Result<Vec<_>>>()?;
     let refs: Vec<&SigningKey> = keys.iter().collect();
-    Ok(Envelope::sign(&payload_type_of(payload_type), payload, &refs).to_json_bytes())
+    Ok(Envelope::sign(role.payload_type(), payload, &refs).to_json_bytes())
 }

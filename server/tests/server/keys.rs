@@ -1,7 +1,7 @@
 //! Key tooling: `keys init`, `rotate`, `show`, `sign`, checked with the agents' verifier.
 
 use ota_core::envelope::Envelope;
-use ota_core::metadata::Role;
+use ota_core::metadata::{to_payload, Role, TargetsMetadata};
 use ota_core::time::Timestamp;
 use ota_core::trust::TrustedState;
 use ota_server::keys;
@@ -9,6 +9,12 @@ use std::process::Command;
 
 fn now() -> Timestamp {
     Timestamp::parse("2026-06-01T00:00:00Z").unwrap()
+}
+
+/// An exact targets payload (no images yet).
+fn targets_payload() -> String {
+    let doc = TargetsMetadata::new(1, now().plus_seconds(86_400), []);
+    String::from_utf8(to_payload(&doc)).unwrap()
 }
 
 #[cfg(unix)]
@@ -88,7 +94,11 @@ fn keys_cli_signs_a_payload_byte_for_byte() {
         .unwrap();
     assert!(status.success(), "keys init must succeed");
     let payload = dir.path().join("payload.json");
-    let bytes = b"{\"any\": \"bytes, kept exactly\"}\n";
+    // Pretty-printed, as a person might write it: signed as is, never re-serialized.
+    let doc: serde_json::Value = serde_json::from_str(&targets_payload()).unwrap();
+    let bytes = serde_json::to_string_pretty(&doc).unwrap();
+    assert!(bytes.contains('\n') && !bytes.ends_with('\n'));
+    let bytes = bytes.as_bytes();
     std::fs::write(&payload, bytes).unwrap();
     let output = Command::new(bin)
         .args(["keys", "sign", "--payload-type", "targets", "--key"])
@@ -127,4 +137,109 @@ fn keys_cli_signs_a_payload_byte_for_byte() {
         String::from_utf8_lossy(&output.stderr).contains("not a role"),
         "a bad role must be named in the error"
     );
+}
+
+/// `keys sign` refuses, before signing, any payload the verifier would refuse: the
+/// newline every editor adds, other stray bytes, duplicate or unknown members, a
+/// document of another role, a payload type it cannot check.
+#[test]
+fn keys_sign_refuses_a_payload_every_vehicle_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys_dir = dir.path().join("keys");
+    keys::init(&keys_dir, now(), 30).unwrap();
+    let key = keys_dir.join("targets.key.json");
+    let exact = targets_payload();
+    let cases: Vec<(&str, &str, String, &str)> = vec![
+        (
+            "trailing-newline",
+            "targets",
+            format!("{exact}\n"),
+            "newline",
+        ),
+        (
+            "trailing-crlf",
+            "targets",
+            format!("{exact}\r\n"),
+            "trailing",
+        ),
+        (
+            "leading-space",
+            "targets",
+            format!(" {exact}"),
+            "whitespace",
+        ),
+        (
+            "two-values",
+            "targets",
+            format!("{exact}{exact}"),
+            "trailing",
+        ),
+        (
+            "duplicate-member",
+            "targets",
+            exact.replacen("\"version\":1", "\"version\":1,\"version\":2", 1),
+            "duplicate",
+        ),
+        (
+            "unknown-member",
+            "targets",
+            exact.replacen("{", "{\"extra\":true,", 1),
+            "unknown field",
+        ),
+        (
+            "targets-as-director",
+            "director",
+            exact.clone(),
+            "malformed director metadata",
+        ),
+        (
+            "unknown-payload-type",
+            "application/octet-stream",
+            exact.clone(),
+            "not a payload type",
+        ),
+    ];
+    let bin = env!("CARGO_BIN_EXE_ota-server");
+    for (case, payload_type, payload, says) in cases {
+        let payload_path = dir.path().join(format!("{case}.payload.json"));
+        std::fs::write(&payload_path, &payload).unwrap();
+        let out = dir.path().join(format!("{case}.json"));
+        let output = Command::new(bin)
+            .args(["keys", "sign", "--payload-type", payload_type, "--key"])
+            .arg(&key)
+            .arg("--out")
+            .arg(&out)
+            .arg(&payload_path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{case}: must be refused");
+        assert!(stderr.contains(says), "{case}: must say why: {stderr}");
+        assert!(!out.exists(), "{case}: nothing may be written");
+        assert!(
+            output.stdout.is_empty(),
+            "{case}: no envelope may be printed"
+        );
+    }
+
+    // The exact payload signs, by role name or by full payload type.
+    for payload_type in ["targets", Role::Targets.payload_type()] {
+        let payload_path = dir.path().join("exact.payload.json");
+        std::fs::write(&payload_path, &exact).unwrap();
+        let output = Command::new(bin)
+            .args(["keys", "sign", "--payload-type", payload_type, "--key"])
+            .arg(&key)
+            .arg(&payload_path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{payload_type}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            Envelope::parse(&output.stdout).unwrap().payload,
+            exact.as_bytes()
+        );
+    }
 }
