@@ -267,4 +267,36 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn mutated_runs_blocks_are_refused_or_add_up_to_the_declared_lengths(
+            // Mostly zeros with a few non-zero bytes, runs long enough to need escapes.
+            diff in proptest::collection::vec(proptest::prop_oneof![8 => proptest::strategy::Just(0u8), 1 => 1u8..=255], 1..2000),
+            mutations in crate::delta::mutate::mutations(),
+            length_edit in proptest::option::of((proptest::bool::ANY, proptest::num::u32::ANY)),
+        ) {
+            let (runs, codes) = encode_runs(&diff);
+            let (mut diff_len, mut codes_len) = (diff.len() as u32, codes.len() as u32);
+            proptest::prop_assert_eq!(decode(&runs, &codes, diff.len()), diff);
+            let hostile = crate::delta::mutate::apply(&runs, &mutations);
+            if let Some((diff_field, value)) = length_edit {
+                if diff_field { diff_len = value } else { codes_len = value }
+            }
+            if let Ok(block) = RunBlock::parse(&hostile, diff_len, codes_len) {
+                // Accepted: the pairs the applier will iterate cover exactly the declared
+                // diff bytes and consume exactly the declared codes, with no empty pair.
+                let (mut total, mut nonzero_total) = (0u64, 0u64);
+                for (zero, nonzero) in block.pairs() {
+                    proptest::prop_assert!(zero + nonzero > 0, "empty pair accepted");
+                    total += zero + nonzero;
+                    nonzero_total += nonzero;
+                }
+                proptest::prop_assert_eq!(total, u64::from(diff_len));
+                proptest::prop_assert_eq!(nonzero_total, u64::from(codes_len));
+            }
+        }
+    }
 }
