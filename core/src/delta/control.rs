@@ -338,7 +338,7 @@ mod tests {
             source_len in 0u64..2000,
             cursor_pick in proptest::num::u64::ANY,
             picks in proptest::collection::vec((proptest::num::u64::ANY, proptest::num::u64::ANY, 0u32..300), 1..12),
-            mutations in crate::delta::mutate::mutations(),
+            mutations in proptest::collection::vec(crate::delta::mutate::mutation(), 0..=3),
             header_edit in proptest::option::of((0usize..2, proptest::num::u32::ANY)),
         ) {
             let cursor = cursor_pick % (source_len + 1);
@@ -357,6 +357,38 @@ mod tests {
                 }
             }
             if let Ok(block) = ControlBlock::parse(&hostile, &header, cursor, source_len) {
+                assert_sound(&block, &header, source_len)?;
+            }
+        }
+
+        #[test]
+        fn edited_entries_are_refused_or_stay_inside_the_source(
+            source_len in 0u64..2000,
+            picks in proptest::collection::vec((proptest::num::u64::ANY, proptest::num::u64::ANY, 0u32..300), 1..8),
+            edit in (0usize..6, proptest::sample::select(vec![0i64, 1, -1, 2, -2, 1000, i64::MAX, i64::MIN]), proptest::sample::Index::arbitrary()),
+        ) {
+            use proptest::arbitrary::Arbitrary as _;
+            let entries = valid_controls(source_len, 0, &picks);
+            let header = segment_for(&entries);
+            let (kind, delta, at) = edit;
+            let mut edited = entries.clone();
+            let i = at.index(edited.len());
+            let nudge = |v: u32| (i64::from(v) + delta).clamp(0, i64::from(u32::MAX)) as u32;
+            match kind {
+                0 => edited[i].seek = edited[i].seek.saturating_add(delta),
+                1 => edited[i].diff_len = nudge(edited[i].diff_len),
+                2 => edited[i].extra_len = nudge(edited[i].extra_len),
+                3 => edited.insert(i, Control { seek: 0, diff_len: 0, extra_len: 0 }),
+                4 => { edited.remove(i); }
+                _ => {
+                    // Move length from one entry to the next: the sums still agree.
+                    let j = (i + 1) % edited.len();
+                    let moved = edited[i].extra_len;
+                    edited[i].extra_len = 0;
+                    edited[j].extra_len = edited[j].extra_len.saturating_add(moved);
+                }
+            }
+            if let Ok(block) = ControlBlock::parse(&encode_control_block(&edited), &header, 0, source_len) {
                 assert_sound(&block, &header, source_len)?;
             }
         }

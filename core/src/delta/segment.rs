@@ -523,7 +523,26 @@ mod tests {
             header in valid_segment(),
             field in 0usize..10,
             value in proptest::prop_oneof![proptest::num::u32::ANY, 0u32..64, proptest::strategy::Just(u32::MAX)],
+            near_boundary in proptest::option::of(-3i64..=3),
         ) {
+            let h = header;
+            // The cap or bound that applies to each field, in wire order.
+            let boundary = [
+                SEGMENT_MAX_TARGET,
+                SEGMENT_MAX_CONTROL,
+                zstd_compress_bound(h.control_len) as u32,
+                SEGMENT_MAX_TARGET,
+                zstd_compress_bound(h.extra_len) as u32,
+                SEGMENT_MAX_TARGET,
+                SEGMENT_MAX_RUNS,
+                zstd_compress_bound(h.runs_len) as u32,
+                h.diff_len,
+                zstd_compress_bound(h.codes_len) as u32,
+            ][field];
+            let value = match near_boundary {
+                Some(delta) => (i64::from(boundary) + delta).clamp(0, i64::from(u32::MAX)) as u32,
+                None => value,
+            };
             let mut bytes = header.encode();
             bytes[4 + 4 * field..8 + 4 * field].copy_from_slice(&value.to_le_bytes());
             if let Ok(parsed) = SegmentHeader::parse(&bytes) {
