@@ -365,15 +365,14 @@ mod tests {
         fn edited_entries_are_refused_or_stay_inside_the_source(
             source_len in 0u64..2000,
             picks in proptest::collection::vec((proptest::num::u64::ANY, proptest::num::u64::ANY, 0u32..300), 1..8),
-            edit in (0usize..6, proptest::sample::select(vec![0i64, 1, -1, 2, -2, 1000, i64::MAX, i64::MIN]), proptest::sample::Index::arbitrary()),
+            edit in (0usize..6, proptest::sample::select(vec![0i64, 1, -1, 2, -2, 1000, i64::MAX, i64::MIN]), proptest::arbitrary::any::<proptest::sample::Index>()),
         ) {
-            use proptest::arbitrary::Arbitrary as _;
             let entries = valid_controls(source_len, 0, &picks);
             let header = segment_for(&entries);
             let (kind, delta, at) = edit;
             let mut edited = entries.clone();
             let i = at.index(edited.len());
-            let nudge = |v: u32| (i64::from(v) + delta).clamp(0, i64::from(u32::MAX)) as u32;
+            let nudge = |v: u32| i64::from(v).saturating_add(delta).clamp(0, i64::from(u32::MAX)) as u32;
             match kind {
                 0 => edited[i].seek = edited[i].seek.saturating_add(delta),
                 1 => edited[i].diff_len = nudge(edited[i].diff_len),
