@@ -99,8 +99,9 @@ fn with_payload(signed: &[u8], payload: Vec<u8>) -> Vec<u8> {
 /// well-formed, value edits reach the semantic checks (thresholds, key ids, versions).
 #[derive(Debug, Clone)]
 enum JsonEdit {
-    /// Replace the leaf at this index (in document order) by a hostile value.
-    Replace(Index, usize),
+    /// Replace a number (or, when `false`, another value) at this index, in document
+    /// order, by a hostile value of the same kind.
+    Replace(bool, Index, usize),
     /// Remove the object member or array element at this index.
     Remove(Index),
     /// Duplicate the array element at this index.
@@ -109,9 +110,10 @@ enum JsonEdit {
 
 fn json_edits() -> impl Strategy<Value = Vec<JsonEdit>> {
     let one = prop_oneof![
-        (any::<Index>(), 0usize..10).prop_map(|(at, value)| JsonEdit::Replace(at, value)),
-        any::<Index>().prop_map(JsonEdit::Remove),
-        any::<Index>().prop_map(JsonEdit::Duplicate),
+        4 => (any::<bool>(), any::<Index>(), any::<usize>())
+            .prop_map(|(number, at, value)| JsonEdit::Replace(number, at, value)),
+        1 => any::<Index>().prop_map(JsonEdit::Remove),
+        1 => any::<Index>().prop_map(JsonEdit::Duplicate),
     ];
     prop::collection::vec(one, 1..=2)
 }
@@ -140,8 +142,19 @@ fn edit_json(payload: &[u8], edits: &[JsonEdit]) -> Vec<u8> {
     for edit in edits {
         let mut all = Vec::new();
         paths(&doc, &mut Vec::new(), &mut all);
-        let leaves: Vec<_> = all.iter().filter(|p| !p.is_empty()).cloned().collect();
-        let (JsonEdit::Replace(at, _) | JsonEdit::Remove(at) | JsonEdit::Duplicate(at)) = edit;
+        let value_at = |path: &Vec<String>| {
+            path.iter().fold(&doc, |v, key| match v {
+                serde_json::Value::Array(items) => &items[key.parse::<usize>().unwrap()],
+                other => &other[key.as_str()],
+            })
+        };
+        let numbers_only = matches!(edit, JsonEdit::Replace(true, ..));
+        let leaves: Vec<_> = all
+            .iter()
+            .filter(|p| !p.is_empty() && (!numbers_only || value_at(p).is_number()))
+            .cloned()
+            .collect();
+        let (JsonEdit::Replace(_, at, _) | JsonEdit::Remove(at) | JsonEdit::Duplicate(at)) = edit;
         let path = at.get(&leaves).clone();
         let (last, parent_path) = path.split_last().unwrap();
         let mut parent = &mut doc;
@@ -157,20 +170,27 @@ fn edit_json(payload: &[u8], edits: &[JsonEdit]) -> Vec<u8> {
             .map(|p| p[1].clone())
             .unwrap_or_default();
         match (edit, parent) {
-            (JsonEdit::Replace(_, value), parent) => {
-                let hostile = [
+            (JsonEdit::Replace(number, _, value), parent) => {
+                let numbers = [
                     serde_json::json!(0),
                     serde_json::json!(1),
                     serde_json::json!(2),
                     serde_json::json!(4),
                     serde_json::json!(u64::MAX),
                     serde_json::json!(-1),
+                ];
+                let others = [
                     serde_json::json!(""),
                     serde_json::json!(first_keyid),
                     serde_json::json!("00"),
                     serde_json::json!([]),
-                ][*value]
-                    .clone();
+                    serde_json::json!(7),
+                ];
+                let hostile = if *number {
+                    numbers[value % numbers.len()].clone()
+                } else {
+                    others[value % others.len()].clone()
+                };
                 match parent {
                     serde_json::Value::Array(items) => {
                         items[last.parse::<usize>().unwrap()] = hostile
@@ -247,9 +267,17 @@ proptest! {
     }
 
     #[test]
-    fn a_mutated_root_payload_under_its_signatures_is_refused(mutations in mutations()) {
+    fn a_mutated_root_payload_under_its_signatures_is_refused(
+        mutations in mutations(),
+        edits in json_edits(),
+        by_value in any::<bool>(),
+    ) {
         let fx = signed();
-        let changed = mutate(&fx.root_payload, &mutations);
+        let changed = if by_value {
+            edit_json(&fx.root_payload, &edits)
+        } else {
+            mutate(&fx.root_payload, &mutations)
+        };
         prop_assume!(changed != fx.root_payload);
         // The root document is parsed before its signatures are checked, so this reaches
         // every check of `Root::from_payload`; either it or the signatures refuse.
