@@ -147,9 +147,16 @@ fn the_anchor_can_be_neither_replaced_nor_destroyed() {
         ])
         .output()
         .expect("pkcs11-tool (Debian package opensc) must be installed");
+    // Refused by the token because the object is not destroyable — not for a usage,
+    // login or lookup error, which would fail just the same without protecting anything.
+    let stderr = text(&delete.stderr);
     assert!(
         !delete.status.success(),
         "the token must refuse to destroy the anchor"
+    );
+    assert!(
+        stderr.contains("C_DestroyObject") && stderr.contains("CKR_ACTION_PROHIBITED"),
+        "the token must refuse C_DestroyObject as prohibited, got: {stderr}"
     );
     let out = verify(&vehicle, true);
     assert_eq!(
