@@ -324,10 +324,12 @@ fn mutate_container(container: &[u8], mutations: &[ContainerMutation]) -> Vec<u8
     out
 }
 
-/// Valid containers to mutate, built once: (container, old image, new image).
-fn mutation_samples() -> &'static [(Vec<u8>, Vec<u8>, Vec<u8>)] {
-    static SAMPLES: std::sync::OnceLock<Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>> =
-        std::sync::OnceLock::new();
+/// A container, the old image it applies to and the new image it produces.
+type Sample = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// Valid containers to mutate, built once.
+fn mutation_samples() -> &'static [Sample] {
+    static SAMPLES: std::sync::OnceLock<Vec<Sample>> = std::sync::OnceLock::new();
     SAMPLES.get_or_init(|| {
         // Several bsdiff segments (asserted by `sample_delta`).
         let (segmented, old, new) = sample_delta();
