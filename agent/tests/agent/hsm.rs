@@ -147,9 +147,19 @@ fn the_anchor_can_be_neither_replaced_nor_destroyed() {
         ])
         .output()
         .expect("pkcs11-tool (Debian package opensc) must be installed");
+    // Refused by the token because the object is not destroyable — not for a usage,
+    // login or lookup error, which would fail just the same without protecting anything.
+    let stderr = text(&delete.stderr);
     assert!(
         !delete.status.success(),
         "the token must refuse to destroy the anchor"
+    );
+    // CKR_ACTION_PROHIBITED is 0x1b (PKCS#11 2.40); some pkcs11-tool versions print it
+    // as "unknown PKCS11 error (0x1b)".
+    assert!(
+        stderr.contains("C_DestroyObject")
+            && (stderr.contains("CKR_ACTION_PROHIBITED") || stderr.contains("(0x1b)")),
+        "the token must refuse C_DestroyObject as prohibited, got: {stderr}"
     );
     let out = verify(&vehicle, true);
     assert_eq!(

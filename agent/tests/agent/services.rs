@@ -1,6 +1,7 @@
-//! Real services for the tests, and the rule for when one is missing: with `CI=true` or
-//! `OTA_REQUIRE_SERVICES=1` (set by `deploy/test.sh`) the test fails; otherwise it says
-//! so and returns, keeping plain `cargo test` hermetic on a laptop.
+//! Real services for the tests, and the rule for when one is missing: with `CI` or
+//! `OTA_REQUIRE_SERVICES` set to `true` or `1` (any case; `deploy/test.sh` sets the
+//! latter) the test fails; otherwise it prints a `SKIPPED:` line to stderr and returns,
+//! keeping plain `cargo test` hermetic on a laptop.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,9 +12,28 @@ use std::sync::{Mutex, MutexGuard};
 /// in-process user finalizes the module before releasing it).
 static IN_PROCESS_TOKEN: Mutex<()> = Mutex::new(());
 
+/// Whether an environment flag's value means "on": `true` or `1`, in any case. Anything
+/// else (unset, empty, `0`, `false`, `yes`) is off.
+pub fn flag_is_on(value: &str) -> bool {
+    let value = value.trim();
+    value.eq_ignore_ascii_case("true") || value == "1"
+}
+
+/// Whether a missing service must fail the test: `CI` or `OTA_REQUIRE_SERVICES` is on.
 pub fn services_required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-        || std::env::var("OTA_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+    ["CI", "OTA_REQUIRE_SERVICES"]
+        .into_iter()
+        .any(|name| std::env::var(name).is_ok_and(|v| flag_is_on(&v)))
+}
+
+#[test]
+fn service_flags_accept_true_and_one_in_any_case() {
+    for on in ["true", "TRUE", "True", "tRuE", "1", " true "] {
+        assert!(flag_is_on(on), "{on:?} must turn the flag on");
+    }
+    for off in ["", "0", "false", "FALSE", "yes", "on", "2", "truthy"] {
+        assert!(!flag_is_on(off), "{off:?} must leave the flag off");
+    }
 }
 
 /// Fails (when required) or reports a skip. Returns `None` to make the test return.

@@ -287,11 +287,117 @@ mod tests {
         }
     }
 
+    /// Control entries that are valid against a source of `source_len` bytes from
+    /// `cursor`: each pick chooses where the entry's old range starts and how long it is.
+    fn valid_controls(source_len: u64, cursor: u64, picks: &[(u64, u64, u32)]) -> Vec<Control> {
+        let mut at = cursor;
+        picks
+            .iter()
+            .map(|&(start, len, extra)| {
+                let start = start % (source_len + 1);
+                let diff_len = (len % (source_len - start + 1)) as u32;
+                let extra_len = if diff_len == 0 { extra.max(1) } else { extra };
+                let seek = start as i64 - at as i64;
+                at = start + u64::from(diff_len);
+                Control {
+                    seek,
+                    diff_len,
+                    extra_len,
+                }
+            })
+            .collect()
+    }
+
+    /// What the applier relies on once a block parsed.
+    fn assert_sound(
+        block: &ControlBlock,
+        header: &SegmentHeader,
+        source_len: u64,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::{prop_assert, prop_assert_eq};
+        prop_assert!(!block.entries.is_empty());
+        let mut diff = 0u64;
+        let mut extra = 0u64;
+        for entry in &block.entries {
+            prop_assert!(entry.diff_len > 0 || entry.extra_len > 0);
+            prop_assert!(entry.old_start + u64::from(entry.diff_len) <= source_len);
+            diff += u64::from(entry.diff_len);
+            extra += u64::from(entry.extra_len);
+        }
+        prop_assert_eq!(diff, u64::from(header.diff_len));
+        prop_assert_eq!(extra, u64::from(header.extra_len));
+        prop_assert!(block.end_cursor <= source_len);
+        Ok(())
+    }
+
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
         #[test]
-        fn parse_never_panics_on_arbitrary_blocks(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..64), cursor in 0u64..1000, source_len in 0u64..1000) {
+        fn mutated_control_blocks_are_refused_or_stay_inside_the_source(
+            source_len in 0u64..2000,
+            cursor_pick in proptest::num::u64::ANY,
+            picks in proptest::collection::vec((proptest::num::u64::ANY, proptest::num::u64::ANY, 0u32..300), 1..12),
+            mutations in proptest::collection::vec(crate::delta::mutate::mutation(), 0..=3),
+            header_edit in proptest::option::of((0usize..2, proptest::num::u32::ANY)),
+        ) {
+            let cursor = cursor_pick % (source_len + 1);
+            let entries = valid_controls(source_len, cursor, &picks);
+            let raw = encode_control_block(&entries);
+            let mut header = segment_for(&entries);
+            let parsed = ControlBlock::parse(&raw, &header, cursor, source_len);
+            proptest::prop_assert!(parsed.is_ok(), "a valid block must parse: {:?}", parsed);
+
+            let hostile = crate::delta::mutate::apply(&raw, &mutations);
+            // Sometimes the header's lengths disagree with the block as well.
+            if let Some((field, value)) = header_edit {
+                match field {
+                    0 => header.diff_len = value,
+                    _ => header.extra_len = value,
+                }
+            }
+            if let Ok(block) = ControlBlock::parse(&hostile, &header, cursor, source_len) {
+                assert_sound(&block, &header, source_len)?;
+            }
+        }
+
+        #[test]
+        fn edited_entries_are_refused_or_stay_inside_the_source(
+            source_len in 0u64..2000,
+            picks in proptest::collection::vec((proptest::num::u64::ANY, proptest::num::u64::ANY, 0u32..300), 1..8),
+            edit in (0usize..6, proptest::sample::select(vec![0i64, 1, -1, 2, -2, 1000, i64::MAX, i64::MIN]), proptest::arbitrary::any::<proptest::sample::Index>()),
+        ) {
+            let entries = valid_controls(source_len, 0, &picks);
+            let header = segment_for(&entries);
+            let (kind, delta, at) = edit;
+            let mut edited = entries.clone();
+            let i = at.index(edited.len());
+            let nudge = |v: u32| i64::from(v).saturating_add(delta).clamp(0, i64::from(u32::MAX)) as u32;
+            match kind {
+                0 => edited[i].seek = edited[i].seek.saturating_add(delta),
+                1 => edited[i].diff_len = nudge(edited[i].diff_len),
+                2 => edited[i].extra_len = nudge(edited[i].extra_len),
+                3 => edited.insert(i, Control { seek: 0, diff_len: 0, extra_len: 0 }),
+                4 => { edited.remove(i); }
+                _ => {
+                    // Move length from one entry to the next: the sums still agree.
+                    let j = (i + 1) % edited.len();
+                    let moved = edited[i].extra_len;
+                    edited[i].extra_len = 0;
+                    edited[j].extra_len = edited[j].extra_len.saturating_add(moved);
+                }
+            }
+            if let Ok(block) = ControlBlock::parse(&encode_control_block(&edited), &header, 0, source_len) {
+                assert_sound(&block, &header, source_len)?;
+            }
+        }
+
+        #[test]
+        fn arbitrary_blocks_never_panic(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..64), cursor in 0u64..1000, source_len in 0u64..1000) {
             let header = SegmentHeader { target_len: 10, control_len: 8, control_zlen: 8, extra_len: 5, extra_zlen: 5, diff_len: 5, runs_len: 2, runs_zlen: 2, codes_len: 5, codes_zlen: 5, extra_prefix_start: 0, extra_prefix_len: 0 };
-            let _ = ControlBlock::parse(&raw, &header, cursor, source_len);
+            if let Ok(block) = ControlBlock::parse(&raw, &header, cursor, source_len) {
+                assert_sound(&block, &header, source_len)?;
+            }
         }
     }
 }

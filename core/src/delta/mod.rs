@@ -85,3 +85,102 @@ pub enum DeltaError {
     #[error("delta writes past the declared target length {declared} (at byte {attempted})")]
     TargetOverrun { declared: u64, attempted: u64 },
 }
+
+/// Byte-level mutations of valid encodings, shared by the parsers' "hostile bytes never
+/// panic" properties: starting from bytes the encoder wrote reaches the checks behind
+/// the magic and tag, which random bytes almost never pass.
+#[cfg(test)]
+pub(crate) mod mutate {
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    /// One edit of an encoded value.
+    #[derive(Debug, Clone)]
+    pub enum Mutation {
+        /// XOR one byte with a non-zero value.
+        Flip {
+            at: Index,
+            xor: u8,
+        },
+        Insert {
+            at: Index,
+            byte: u8,
+        },
+        Delete {
+            at: Index,
+        },
+        Truncate {
+            at: Index,
+        },
+        /// Overwrite up to 8 bytes with an integer, little-endian: a changed length field
+        /// when it lands on one.
+        Integer {
+            at: Index,
+            value: u64,
+            width: u8,
+        },
+    }
+
+    pub fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (any::<Index>(), 1u8..=255).prop_map(|(at, xor)| Mutation::Flip { at, xor }),
+            (any::<Index>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Insert { at, byte }),
+            any::<Index>().prop_map(|at| Mutation::Delete { at }),
+            any::<Index>().prop_map(|at| Mutation::Truncate { at }),
+            (
+                any::<Index>(),
+                prop_oneof![
+                    Just(0u64),
+                    Just(u64::MAX),
+                    Just(u64::from(u32::MAX)),
+                    any::<u64>(),
+                    0u64..4096
+                ],
+                prop_oneof![Just(4u8), Just(8u8), Just(1u8)],
+            )
+                .prop_map(|(at, value, width)| Mutation::Integer { at, value, width }),
+        ]
+    }
+
+    /// One to three mutations, applied in order.
+    pub fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
+        proptest::collection::vec(mutation(), 1..=3)
+    }
+
+    pub fn apply(bytes: &[u8], mutations: &[Mutation]) -> Vec<u8> {
+        let mut out = bytes.to_vec();
+        for mutation in mutations {
+            apply_one(&mut out, mutation);
+        }
+        out
+    }
+
+    fn apply_one(out: &mut Vec<u8>, mutation: &Mutation) {
+        // Indices into the current length (an insert may append at the end).
+        let pick = |at: &Index, len: usize| if len == 0 { 0 } else { at.index(len) };
+        match mutation {
+            Mutation::Flip { at, xor } if !out.is_empty() => {
+                let i = pick(at, out.len());
+                out[i] ^= xor;
+            }
+            Mutation::Insert { at, byte } => {
+                let i = pick(at, out.len() + 1);
+                out.insert(i, *byte);
+            }
+            Mutation::Delete { at } if !out.is_empty() => {
+                let i = pick(at, out.len());
+                out.remove(i);
+            }
+            Mutation::Truncate { at } => {
+                let i = pick(at, out.len());
+                out.truncate(i);
+            }
+            Mutation::Integer { at, value, width } if !out.is_empty() => {
+                let i = pick(at, out.len());
+                let width = usize::from(*width).min(out.len() - i);
+                out[i..i + width].copy_from_slice(&value.to_le_bytes()[..width]);
+            }
+            _ => {}
+        }
+    }
+}

@@ -267,4 +267,76 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn mutated_runs_blocks_are_refused_or_add_up_to_the_declared_lengths(
+            // Mostly zeros with a few non-zero bytes, runs long enough to need escapes.
+            diff in proptest::collection::vec(proptest::prop_oneof![8 => proptest::strategy::Just(0u8), 1 => 1u8..=255], 1..2000),
+            mutations in proptest::collection::vec(crate::delta::mutate::mutation(), 0..=3),
+            length_edit in proptest::option::of((proptest::bool::ANY, proptest::num::u32::ANY)),
+        ) {
+            let (runs, codes) = encode_runs(&diff);
+            let (mut diff_len, mut codes_len) = (diff.len() as u32, codes.len() as u32);
+            proptest::prop_assert_eq!(decode(&runs, &codes, diff.len()), diff);
+            let hostile = crate::delta::mutate::apply(&runs, &mutations);
+            if let Some((diff_field, value)) = length_edit {
+                if diff_field { diff_len = value } else { codes_len = value }
+            }
+            if let Ok(block) = RunBlock::parse(&hostile, diff_len, codes_len) {
+                // Accepted: the pairs the applier will iterate cover exactly the declared
+                // diff bytes and consume exactly the declared codes, with no empty pair.
+                let (mut total, mut nonzero_total) = (0u64, 0u64);
+                for (zero, nonzero) in block.pairs() {
+                    proptest::prop_assert!(zero + nonzero > 0, "empty pair accepted");
+                    total += zero + nonzero;
+                    nonzero_total += nonzero;
+                }
+                proptest::prop_assert_eq!(total, u64::from(diff_len));
+                proptest::prop_assert_eq!(nonzero_total, u64::from(codes_len));
+            }
+        }
+
+        #[test]
+        fn edited_run_pairs_are_refused_or_add_up(
+            pairs in proptest::collection::vec((0u64..600, 1u64..300), 1..20),
+            edit in (0usize..4, proptest::sample::select(vec![1u64, 2, 254, 255, 256, 100_000]), proptest::num::usize::ANY),
+        ) {
+            let diff_len: u64 = pairs.iter().map(|(z, n)| z + n).sum();
+            let codes_len: u64 = pairs.iter().map(|(_, n)| n).sum();
+            let (kind, delta, at) = edit;
+            let mut edited = pairs.clone();
+            let i = at % edited.len();
+            match kind {
+                0 => edited.insert(i, (0, 0)),
+                1 => edited[i].0 += delta,
+                2 => edited[i].1 = edited[i].1.saturating_sub(delta),
+                _ => {
+                    // Trade non-zero bytes for zero bytes: the diff length still agrees.
+                    let moved = edited[i].1;
+                    edited[i] = (edited[i].0 + moved, 0);
+                }
+            }
+            let mut raw = Vec::new();
+            put_varint(&mut raw, edited.len() as u64);
+            for (zero, _) in &edited {
+                put_escaped(&mut raw, *zero);
+            }
+            for (_, nonzero) in &edited {
+                put_escaped(&mut raw, *nonzero);
+            }
+            if let Ok(block) = RunBlock::parse(&raw, diff_len as u32, codes_len as u32) {
+                let (mut total, mut nonzero_total) = (0u64, 0u64);
+                for (zero, nonzero) in block.pairs() {
+                    proptest::prop_assert!(zero + nonzero > 0, "empty pair accepted");
+                    total += zero + nonzero;
+                    nonzero_total += nonzero;
+                }
+                proptest::prop_assert_eq!(total, diff_len);
+                proptest::prop_assert_eq!(nonzero_total, codes_len);
+            }
+        }
+    }
 }

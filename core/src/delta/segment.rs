@@ -250,7 +250,7 @@ impl SegmentHeader {
     /// length, given that `written` bytes were produced so far. Checked before the first
     /// byte of the segment is written.
     pub fn check_fits(&self, written: u64, declared_target_len: u64) -> Result<(), DeltaError> {
-        let end = written + u64::from(self.target_len);
+        let end = written.saturating_add(u64::from(self.target_len));
         if end > declared_target_len {
             return Err(DeltaError::TargetOverrun {
                 declared: declared_target_len,
@@ -404,6 +404,150 @@ mod tests {
         ];
         for (raw, bound) in table {
             assert_eq!(zstd_compress_bound(raw), bound, "bound of {raw} bytes");
+        }
+    }
+    /// A header the builder could have written: every length consistent and capped.
+    fn valid_segment() -> impl proptest::strategy::Strategy<Value = SegmentHeader> {
+        use proptest::prelude::*;
+        let sizes = (
+            0..=SEGMENT_MAX_TARGET,
+            0..=SEGMENT_MAX_TARGET,
+            1..=SEGMENT_MAX_CONTROL,
+            1..=SEGMENT_MAX_RUNS,
+            any::<u32>(),
+            any::<[u32; 4]>(),
+            any::<u64>(),
+            0..=EXTRA_PREFIX_MAX,
+        );
+        sizes.prop_map(
+            |(target, diff, control, runs, codes, zseeds, prefix_start, prefix_len)| {
+                let target_len = target.max(1);
+                let diff_len = diff % (target_len + 1);
+                let extra_len = target_len - diff_len;
+                let runs_len = if diff_len == 0 { 0 } else { runs };
+                let codes_len = if diff_len == 0 {
+                    0
+                } else {
+                    codes % (diff_len + 1)
+                };
+                // A frame length in 1..=bound for a non-empty stream, none for an empty one.
+                let zlen = |raw: u32, seed: u32| {
+                    if raw == 0 {
+                        0
+                    } else {
+                        (u64::from(seed) % zstd_compress_bound(raw) + 1) as u32
+                    }
+                };
+                let (extra_prefix_start, extra_prefix_len) = if extra_len == 0 {
+                    (0, 0)
+                } else {
+                    (prefix_start, prefix_len)
+                };
+                SegmentHeader {
+                    target_len,
+                    control_len: control,
+                    control_zlen: zlen(control, zseeds[0]),
+                    extra_len,
+                    extra_zlen: zlen(extra_len, zseeds[1]),
+                    diff_len,
+                    runs_len,
+                    runs_zlen: zlen(runs_len, zseeds[2]),
+                    codes_len,
+                    codes_zlen: zlen(codes_len, zseeds[3]),
+                    extra_prefix_start,
+                    extra_prefix_len,
+                }
+            },
+        )
+    }
+
+    /// What a caller may rely on once a header parsed: it sizes buffers from these.
+    fn assert_within_caps(h: &SegmentHeader) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::{prop_assert, prop_assert_eq};
+        prop_assert!(h.target_len >= 1 && h.target_len <= SEGMENT_MAX_TARGET);
+        prop_assert!(h.control_len >= 1 && h.control_len <= SEGMENT_MAX_CONTROL);
+        prop_assert!(h.runs_len <= SEGMENT_MAX_RUNS);
+        prop_assert!(h.extra_prefix_len <= EXTRA_PREFIX_MAX);
+        prop_assert_eq!(
+            u64::from(h.diff_len) + u64::from(h.extra_len),
+            u64::from(h.target_len)
+        );
+        prop_assert!(h.codes_len <= h.diff_len);
+        for (raw, zlen) in [
+            (h.control_len, h.control_zlen),
+            (h.extra_len, h.extra_zlen),
+            (h.runs_len, h.runs_zlen),
+            (h.codes_len, h.codes_zlen),
+        ] {
+            prop_assert_eq!(raw == 0, zlen == 0);
+            prop_assert!(u64::from(zlen) <= zstd_compress_bound(raw));
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn mutated_segment_headers_are_refused_or_within_every_cap(
+            header in valid_segment(),
+            mutations in crate::delta::mutate::mutations(),
+            written in 0..=crate::delta::MAX_IMAGE_LEN,
+            declared in 0..=crate::delta::MAX_IMAGE_LEN,
+            source_len in proptest::num::u64::ANY,
+        ) {
+            let encoded = header.encode();
+            proptest::prop_assert_eq!(SegmentHeader::parse(&encoded), Ok(header));
+            let hostile = crate::delta::mutate::apply(&encoded, &mutations);
+            match SegmentHeader::parse(&hostile) {
+                Ok(parsed) => {
+                    proptest::prop_assert_eq!(&parsed.encode()[..], &hostile[..SEGMENT_HEADER_LEN]);
+                    assert_within_caps(&parsed)?;
+                    // The checks against the container never panic either.
+                    if parsed.check_prefix(source_len).is_ok() {
+                        proptest::prop_assert!(parsed.extra_prefix_start + u64::from(parsed.extra_prefix_len) <= source_len);
+                    }
+                    if parsed.check_fits(written, declared).is_ok() {
+                        proptest::prop_assert!(written + u64::from(parsed.target_len) <= declared);
+                    }
+                }
+                Err(DeltaError::Truncated { available, .. }) => {
+                    proptest::prop_assert!(available < SEGMENT_HEADER_LEN);
+                }
+                Err(_) => proptest::prop_assert_ne!(&hostile[..SEGMENT_HEADER_LEN], &encoded[..]),
+            }
+        }
+
+        #[test]
+        fn any_length_field_is_refused_or_within_every_cap(
+            header in valid_segment(),
+            field in 0usize..10,
+            value in proptest::prop_oneof![proptest::num::u32::ANY, 0u32..64, proptest::strategy::Just(u32::MAX)],
+            near_boundary in proptest::option::of(-3i64..=3),
+        ) {
+            let h = header;
+            // The cap or bound that applies to each field, in wire order.
+            let boundary = [
+                SEGMENT_MAX_TARGET,
+                SEGMENT_MAX_CONTROL,
+                zstd_compress_bound(h.control_len) as u32,
+                SEGMENT_MAX_TARGET,
+                zstd_compress_bound(h.extra_len) as u32,
+                SEGMENT_MAX_TARGET,
+                SEGMENT_MAX_RUNS,
+                zstd_compress_bound(h.runs_len) as u32,
+                h.diff_len,
+                zstd_compress_bound(h.codes_len) as u32,
+            ][field];
+            let value = match near_boundary {
+                Some(delta) => (i64::from(boundary) + delta).clamp(0, i64::from(u32::MAX)) as u32,
+                None => value,
+            };
+            let mut bytes = header.encode();
+            bytes[4 + 4 * field..8 + 4 * field].copy_from_slice(&value.to_le_bytes());
+            if let Ok(parsed) = SegmentHeader::parse(&bytes) {
+                assert_within_caps(&parsed)?;
+            }
         }
     }
 }

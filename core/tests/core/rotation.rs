@@ -53,7 +53,7 @@ fn valid_chain_of_rotations_is_walked_to_the_newest_root() {
 }
 
 #[test]
-fn rotation_attacks_are_rejected_and_state_is_unchanged() {
+fn rotation_attacks_are_rejected_with_their_typed_error() {
     let v1 = Repo::standard();
     let v2 = rotated(vec![key(4), key(5), key(6)]);
     type Expectation = fn(&Error) -> bool;
@@ -191,15 +191,16 @@ fn rotation_attacks_are_rejected_and_state_is_unchanged() {
             |e| matches!(e, Error::WrongPayloadType { .. }),
         ),
     ];
+    // `update_root` borrows the state and returns a new one, so a rejection cannot
+    // change it in memory (pinned by `attacks::verification_cannot_mutate_the_trusted_state`);
+    // that nothing of a rejected rotation reaches disk is checked byte for byte by
+    // `agent/tests/agent/directive.rs`
+    // (`a_refused_directive_after_a_rotation_writes_nothing_of_its_own`).
     for (attack, roots, expect) in cases {
-        let state = v1.anchor();
-        let before = state.clone();
-        let result = state.update_root(&roots);
-        match &result {
+        match &v1.anchor().update_root(&roots) {
             Err(err) if expect(err) => {}
             other => panic!("{attack}: unexpected outcome {other:?}"),
         }
-        assert_eq!(state, before, "{attack}: trusted state must not change");
     }
 }
 

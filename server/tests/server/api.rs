@@ -741,13 +741,15 @@ async fn rollouts(backend: Backend) {
         release["images"][0]["name"].as_str().unwrap()
     );
     let forged = signed_checkin(&device_key(), &checkin("veh-r1", None, 0));
-    assert!(
-        engine
-            .engine
-            .handle_checkin("veh-r1", &forged)
-            .await
-            .is_err(),
-        "a check-in signed by another key is refused"
+    let rejected = engine
+        .engine
+        .handle_checkin("veh-r1", &forged)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rejected.label(),
+        "bad_signature",
+        "a check-in signed by another key is refused for its signature: {rejected}"
     );
     let mut replayed = checkin("veh-r1", None, 0);
     replayed.sent_at = replayed.sent_at.plus_seconds(-3600);
@@ -1285,24 +1287,46 @@ async fn concurrency_limit_sheds_load_with_503() {
         ..Options::default()
     };
     let app = spawn_app_with(Backend::Sqlite, options).await.unwrap();
-    // Hold the only slot with an upload whose body never finishes.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    tx.send(Ok(b"start".to_vec())).await.unwrap();
-    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
-    let held = app
-        .http
-        .post(app.url("/api/v1/images?hardware_id=a&version=1"))
-        .bearer_auth(&app.admin_token)
-        .header("content-type", "application/octet-stream")
-        .body(body)
-        .send();
-    let held = tokio::spawn(held);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (status, problem) = app.get("/api/v1/images", &app.read_token).await;
-    assert_eq!(
-        status, 503,
-        "a second request beyond the limit is shed, not queued: {problem}"
-    );
+    // Hold the only slot with an upload whose body does not finish until `tx` drops.
+    // Rather than sleeping and hoping the upload got there first, probe until the server
+    // sheds a probe while the upload is still held: that 503 can only come from the held
+    // slot. A probe that wins the race for the slot is served (200) and may make the
+    // upload itself be shed; then the upload is started again.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (tx, held) = 'held: loop {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+        tx.send(Ok(b"start".to_vec())).await.unwrap();
+        let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+        let held = tokio::spawn(
+            app.http
+                .post(app.url("/api/v1/images?hardware_id=a&version=1"))
+                .bearer_auth(&app.admin_token)
+                .header("content-type", "application/octet-stream")
+                .body(body)
+                .send(),
+        );
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no request was shed while an upload held the only slot"
+            );
+            let (status, problem) = app.get("/api/v1/images", &app.read_token).await;
+            if held.is_finished() {
+                let shed = held.await.unwrap().unwrap();
+                assert_eq!(
+                    shed.status().as_u16(),
+                    503,
+                    "only shedding ends a held upload early"
+                );
+                continue 'held;
+            }
+            match status {
+                503 => break 'held (tx, held),
+                200 => tokio::task::yield_now().await,
+                other => panic!("a probe must be served or shed, got {other}: {problem}"),
+            }
+        }
+    };
     drop(tx);
     let finished = held.await.unwrap().unwrap();
     assert_eq!(

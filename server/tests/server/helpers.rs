@@ -41,9 +41,10 @@ fn host_port(url: &str) -> String {
     rest.split('/').next().unwrap_or(rest).to_owned()
 }
 
-/// Whether a test service is reachable. Under `CI=true` or `OTA_REQUIRE_SERVICES=1`
-/// (set by `deploy/test.sh`) an unreachable service is a failure; elsewhere the test
-/// prints why it skips and returns, so plain `cargo test` stays hermetic.
+/// Whether a test service is reachable. When `CI` or `OTA_REQUIRE_SERVICES` is `true`
+/// or `1` (any case; `deploy/test.sh` sets the latter) an unreachable service is a
+/// failure; elsewhere the test prints a `SKIPPED:` line to stderr and returns, so plain
+/// `cargo test` stays hermetic.
 pub async fn require_service(name: &str, url: &str) -> bool {
     let address = host_port(url);
     let reachable = matches!(
@@ -57,13 +58,35 @@ pub async fn require_service(name: &str, url: &str) -> bool {
     if reachable {
         return true;
     }
-    let required = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-        || std::env::var("OTA_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
-    if required {
+    if services_required() {
         panic!("{name} is not reachable at {address} and services are required (CI): it must be running");
     }
-    eprintln!("SKIPPING: {name} is not reachable at {address} (CI=true makes this a failure)");
+    eprintln!("SKIPPED: {name} is not reachable at {address}; run deploy/test.sh for the full suite (CI=true makes this a failure)");
     false
+}
+
+/// Whether an environment flag's value means "on": `true` or `1`, in any case. Anything
+/// else (unset, empty, `0`, `false`, `yes`) is off.
+pub fn flag_is_on(value: &str) -> bool {
+    let value = value.trim();
+    value.eq_ignore_ascii_case("true") || value == "1"
+}
+
+/// Whether a missing service must fail the test: `CI` or `OTA_REQUIRE_SERVICES` is on.
+pub fn services_required() -> bool {
+    ["CI", "OTA_REQUIRE_SERVICES"]
+        .into_iter()
+        .any(|name| std::env::var(name).is_ok_and(|v| flag_is_on(&v)))
+}
+
+#[test]
+fn service_flags_accept_true_and_one_in_any_case() {
+    for on in ["true", "TRUE", "True", "tRuE", "1", " true "] {
+        assert!(flag_is_on(on), "{on:?} must turn the flag on");
+    }
+    for off in ["", "0", "false", "FALSE", "yes", "on", "2", "truthy"] {
+        assert!(!flag_is_on(off), "{off:?} must leave the flag off");
+    }
 }
 
 pub fn postgres_url() -> String {

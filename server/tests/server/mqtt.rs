@@ -261,28 +261,35 @@ async fn checkins_get_signed_directives_and_bad_ones_are_dropped() {
         assigned.assignments[0].image.sha256
     )));
 
-    // Forged and unknown check-ins are dropped (no directive) and counted.
+    // Forged, malformed and unknown-vehicle check-ins are dropped (no directive) and
+    // counted by reason. The counters are process-wide and other tests drop messages
+    // too, so each reason is waited on to rise from its value before the sends.
+    let reasons = ["bad_signature", "malformed", "unknown_vehicle"];
+    let before = dropped_counts(&app, &reasons).await;
     let forged = signed_checkin(&device_key(), &checkin(&vid, None, 0));
     vehicle.publish(&vid, Channel::CheckIn, forged).await;
     vehicle
         .publish(&vid, Channel::CheckIn, b"not an envelope".to_vec())
         .await;
+    let stranger = unique("veh-unregistered-");
+    let unknown = signed_checkin(&device_key(), &checkin(&stranger, None, 0));
+    vehicle.publish(&stranger, Channel::CheckIn, unknown).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = dropped_counts(&app, &reasons).await;
+        let risen: Vec<bool> = now.iter().zip(&before).map(|(n, b)| n > b).collect();
+        if risen.iter().all(|r| *r) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "each drop must be counted under its reason {reasons:?}: before {before:?}, now {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     vehicle
-        .expect_silence(&directive_topic, Duration::from_millis(1500))
+        .expect_silence(&directive_topic, Duration::from_millis(500))
         .await;
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("reason=\"bad_signature\""),
-        "forged check-ins must be counted:\n{metrics}"
-    );
     let (_, detail) = app
         .get(&format!("/api/v1/vehicles/{vid}"), &app.read_token)
         .await;
@@ -439,4 +446,32 @@ async fn pause_and_abort_send_control_and_failures_open_the_breaker() {
         Some(d.assignments[0].deployment_id.as_str())
     );
     app.stop().await;
+}
+
+/// `ota_vehicle_messages_dropped_total{reason=...}` from `/metrics`, per reason (0 when
+/// the series does not exist yet).
+async fn dropped_counts(app: &TestApp, reasons: &[&str]) -> Vec<u64> {
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    reasons
+        .iter()
+        .map(|reason| {
+            let label = format!("reason=\"{reason}\"");
+            metrics
+                .lines()
+                .filter(|line| {
+                    line.starts_with("ota_vehicle_messages_dropped_total{") && line.contains(&label)
+                })
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .map(|value| value as u64)
+                .sum()
+        })
+        .collect()
 }

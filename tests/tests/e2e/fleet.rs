@@ -25,9 +25,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Whether an environment flag's value means "on": `true` or `1`, in any case. Anything
+/// else (unset, empty, `0`, `false`, `yes`) is off.
+pub fn flag_is_on(value: &str) -> bool {
+    let value = value.trim();
+    value.eq_ignore_ascii_case("true") || value == "1"
+}
+
+/// Whether a missing service must fail the test: `CI` or `OTA_REQUIRE_SERVICES` is on.
 pub fn services_required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-        || std::env::var("OTA_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+    ["CI", "OTA_REQUIRE_SERVICES"]
+        .into_iter()
+        .any(|name| std::env::var(name).is_ok_and(|v| flag_is_on(&v)))
+}
+
+#[test]
+fn service_flags_accept_true_and_one_in_any_case() {
+    for on in ["true", "TRUE", "True", "tRuE", "1", " true "] {
+        assert!(flag_is_on(on), "{on:?} must turn the flag on");
+    }
+    for off in ["", "0", "false", "FALSE", "yes", "on", "2", "truthy"] {
+        assert!(!flag_is_on(off), "{off:?} must leave the flag off");
+    }
 }
 
 pub fn mqtt_url() -> String {
