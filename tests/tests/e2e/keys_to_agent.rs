@@ -158,15 +158,23 @@ fn metadata_from_the_key_tooling_is_accepted_and_attacks_are_refused() {
         "director",
         &keys.join("director.key.json"),
     );
-    let mut trailing = to_payload(&director(1, "adas-v4"));
-    trailing.extend_from_slice(b"  ");
-    let trailing = sign(
-        dir.path(),
-        "trailing",
+    // `keys sign` refuses a payload with trailing bytes (no vehicle would accept it), so
+    // the attacker's envelope is signed here with the same director key.
+    let mut trailing_payload = to_payload(&director(1, "adas-v4"));
+    trailing_payload.extend_from_slice(b"  ");
+    let director_key = ota_server::signing::read_key_file(&keys.join("director.key.json"))
+        .expect("the director key file");
+    let trailing = dir.path().join("trailing.json");
+    std::fs::write(
         &trailing,
-        "director",
-        &keys.join("director.key.json"),
-    );
+        ota_core::envelope::Envelope::sign(
+            ota_core::metadata::Role::Director.payload_type(),
+            trailing_payload,
+            &[&director_key],
+        )
+        .to_json_bytes(),
+    )
+    .unwrap();
     for (attack, director, kind) in [
         (
             "director-signed-by-targets-key",
