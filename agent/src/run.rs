@@ -44,6 +44,8 @@ use tokio::time::Instant;
 const OUTBOX_WINDOW: usize = 32;
 /// Ids of check-in publishes (never in the outbox) start here.
 const CHECKIN_ID_BASE: u64 = 1 << 62;
+/// Longest wait at shutdown for in-flight progress events to be acknowledged.
+pub const SHUTDOWN_SETTLE: Duration = Duration::from_secs(5);
 /// Check-in interval before the server named one.
 pub const DEFAULT_POLL_SECONDS: u32 = 60;
 /// Control messages older or newer than this (against our clock) are refused as replays.
@@ -268,6 +270,7 @@ pub async fn run<T: Transport + 'static>(
         let precondition_at = driver.precondition_check.as_ref().map(|(at, _)| *at);
         let outcome = tokio::select! {
             _ = &mut shutdown => {
+                driver.settle(&mut link_rx).await?;
                 driver.link.disconnect().await;
                 return Ok(RunOutcome::Stopped);
             }
@@ -386,6 +389,26 @@ impl<T: Transport + 'static> Driver<T> {
             },
         }
         Ok(None)
+    }
+
+    /// On shutdown: waits (at most [`SHUTDOWN_SETTLE`]) for the broker to acknowledge
+    /// the progress events in flight, so they leave the outbox now rather than being
+    /// sent again at the next start.
+    async fn settle(
+        &mut self,
+        link_rx: &mut mpsc::UnboundedReceiver<LinkEvent>,
+    ) -> Result<(), RunError> {
+        let deadline = Instant::now() + SHUTDOWN_SETTLE;
+        while self.connected && !self.sent.is_empty() {
+            match tokio::time::timeout_at(deadline, link_rx.recv()).await {
+                Ok(Some(event @ (LinkEvent::Delivered(_) | LinkEvent::Disconnected { .. }))) => {
+                    self.on_link(event).await?;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Ok(())
     }
 
     /// A control message must be signed by a director key of the trusted root, name this
