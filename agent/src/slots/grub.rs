@@ -188,17 +188,12 @@ esac
         }
 
         fn editenv(&self, args: &[&str]) -> String {
-            let out = std::process::Command::new(self.dir.path().join("grub-editenv"))
-                .arg(self.dir.path().join("grubenv"))
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap()
+            // Through the module's own runner, which retries a "Text file busy" spawn of
+            // a script this process has just written.
+            let mut argv = vec![self.dir.path().join("grubenv").display().to_string()];
+            argv.extend(args.iter().map(|a| (*a).to_owned()));
+            crate::slots::tool::run(&self.dir.path().join("grub-editenv"), &argv)
+                .unwrap_or_else(|e| panic!("fake grub-editenv {args:?}: {e}"))
         }
 
         fn bootloader(&self) -> GrubBootloader {

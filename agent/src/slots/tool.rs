@@ -89,13 +89,10 @@ pub(super) fn changes(old: &BootState, new: &BootState) -> Vec<Change> {
 /// with both outputs.
 pub(super) fn run(program: &Path, args: &[String]) -> Result<String, SlotError> {
     let command = render(program, args);
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|source| SlotError::SpawnTool {
-            command: command.clone(),
-            source,
-        })?;
+    let output = spawn_output(program, args).map_err(|source| SlotError::SpawnTool {
+        command: command.clone(),
+        source,
+    })?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
         return Err(SlotError::ToolFailed {
@@ -108,6 +105,22 @@ pub(super) fn run(program: &Path, args: &[String]) -> Result<String, SlotError> 
         });
     }
     Ok(stdout)
+}
+
+/// Spawns `program` and collects its output. "Text file busy" (`ETXTBSY`) is transient:
+/// the executable was just written (a tool update, or another thread of this process
+/// forked while holding it open for writing), so it is retried a few times.
+fn spawn_output(program: &Path, args: &[String]) -> std::io::Result<std::process::Output> {
+    let mut attempt = 0;
+    loop {
+        match Command::new(program).args(args).output() {
+            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy && attempt < 20 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Runs a configured command line (argv), e.g. the reboot command.
