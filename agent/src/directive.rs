@@ -65,6 +65,9 @@ pub struct DirectiveVerifier {
     identity: VehicleIdentity,
     ecu: String,
     targets: Option<Vec<u8>>,
+    /// The versions of the last state this verifier loaded or accepted, so check-ins and
+    /// the root probe do not re-verify the stored chain each time.
+    trusted: std::sync::Mutex<Option<TrustedVersions>>,
 }
 
 impl DirectiveVerifier {
@@ -74,7 +77,17 @@ impl DirectiveVerifier {
             identity,
             ecu: ecu.to_owned(),
             targets: None,
+            trusted: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The verifier of a vehicle with one ECU (`ecu` of `hardware_id`).
+    pub fn for_ecu(store: FileTrustStore, vehicle_id: &str, ecu: &str, hardware_id: &str) -> Self {
+        let identity = VehicleIdentity {
+            vehicle_id: vehicle_id.to_owned(),
+            ecus: std::collections::BTreeMap::from([(ecu.to_owned(), hardware_id.to_owned())]),
+        };
+        DirectiveVerifier::new(store, identity, ecu)
     }
 
     pub fn store(&self) -> &FileTrustStore {
@@ -83,8 +96,13 @@ impl DirectiveVerifier {
 
     /// The metadata versions the vehicle trusts (sent in check-ins).
     pub fn trusted_versions(&self) -> Result<TrustedVersions, TrustStoreError> {
-        let state = self.store.load()?;
-        Ok(trusted_versions(&state))
+        let mut cached = self.trusted.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(versions) = *cached {
+            return Ok(versions);
+        }
+        let versions = trusted_versions(&self.store.load()?);
+        *cached = Some(versions);
+        Ok(versions)
     }
 
     /// Verifies `director` (wire bytes); persists the new trusted state on success.
@@ -141,6 +159,8 @@ impl DirectiveVerifier {
     ) -> Result<VerifiedDirective, DirectiveError> {
         let verifier = Verifier::new(self.store.clone(), Some(self.identity.clone()));
         let verified = verifier.verify(update, now, Persist::Yes)?;
+        *self.trusted.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(trusted_versions(&verified.state));
         let assignment = verified
             .assignments
             .iter()
@@ -177,8 +197,7 @@ impl DirectiveVerifier {
         &self,
         source: &S,
     ) -> Result<Vec<Vec<u8>>, DirectiveError> {
-        let state = self.store.load().map_err(VerifyError::Store)?;
-        let mut version = state.root().version();
+        let mut version = self.trusted_versions().map_err(VerifyError::Store)?.root;
         let mut roots = Vec::new();
         while roots.len() < MAX_ROOTS_PER_REFRESH {
             version += 1;

@@ -129,16 +129,8 @@ impl Phase {
     /// The name reported in check-ins (`agent_state`).
     pub fn name(&self) -> String {
         match self {
-            Phase::Idle => "idle".to_owned(),
             Phase::Waiting { unmet } => format!("waiting:{unmet}"),
-            Phase::Downloading => "downloading".to_owned(),
-            Phase::Installing => "installing".to_owned(),
-            Phase::Installed => "installed".to_owned(),
-            Phase::Rebooting => "rebooting".to_owned(),
-            Phase::HealthCheck => "health_check".to_owned(),
-            Phase::Committing => "committing".to_owned(),
-            Phase::RollingBack { .. } => "rolling_back".to_owned(),
-            Phase::SwitchingBack { .. } => "switching_back".to_owned(),
+            other => other.step_name().to_owned(),
         }
     }
 

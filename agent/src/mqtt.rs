@@ -83,7 +83,8 @@ pub fn reconnect_backoff(failures: u32, jitter: f64) -> Duration {
     Duration::from_secs_f64(base.min(30.0) * (1.0 + 0.5 * jitter.clamp(0.0, 1.0)))
 }
 
-fn random_unit() -> f64 {
+/// A random number in [0, 1] (jitter; a failing RNG just means no jitter).
+pub(crate) fn random_unit() -> f64 {
     let mut bytes = [0u8; 4];
     let _ = getrandom::getrandom(&mut bytes);
     f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)

@@ -14,14 +14,14 @@
 //! is connected; an event leaves it only after the broker acknowledged it.
 
 use crate::directive::{DirectiveVerifier, MetadataSource, MAX_METADATA_BYTES};
-use crate::fetch::{fetch_small, fetch_to_file, FetchLimits, Transport};
-use crate::identity::{sign_envelope, DeviceSigner};
+use crate::fetch::{fetch_small, fetch_to_file, FetchError, FetchLimits, HttpTransport, Transport};
+use crate::identity::{blob_credential, sign_envelope, DeviceSigner};
 use crate::install::{install_delta, install_full, slot_digest, Expected};
 use crate::journal::{CrashHook, Journal};
 use crate::machine::{
     step, Action, AgentState, BootView, Event, Payload, PayloadKind, Report, SlotName,
 };
-use crate::mqtt::{LinkEvent, MqttLink};
+use crate::mqtt::{random_unit, LinkEvent, MqttLink};
 use crate::reporter::{EventKind, Outbox};
 use crate::slots::{Bootloader, SlotPaths};
 use ota_core::encoding::Sha256Digest;
@@ -132,6 +132,23 @@ pub struct AgentParts<T: Transport + 'static> {
     pub mqtt_url: String,
 }
 
+/// A vehicle's HTTP transport to `server_url`: every request carries a fresh blob
+/// credential signed by the device key.
+pub fn vehicle_transport(
+    server_url: &str,
+    vehicle_id: &str,
+    signer: Arc<dyn DeviceSigner>,
+) -> Result<HttpTransport, FetchError> {
+    let vehicle_id = vehicle_id.to_owned();
+    HttpTransport::new(
+        server_url,
+        Some(Arc::new(move || {
+            blob_credential(&vehicle_id, chrono::Utc::now().timestamp(), signer.as_ref())
+                .map_err(FetchError::credential)
+        })),
+    )
+}
+
 /// Metadata over the agent's HTTP transport (the server's vehicle routes).
 #[derive(Debug)]
 pub struct TransportMetadata<T: Transport>(pub Arc<T>);
@@ -179,12 +196,6 @@ impl Drop for Tasks {
 
 fn now() -> Timestamp {
     Timestamp::from_datetime(chrono::Utc::now())
-}
-
-fn random_unit() -> f64 {
-    let mut bytes = [0u8; 4];
-    let _ = getrandom::getrandom(&mut bytes);
-    f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
 }
 
 /// The next check-in after `seconds`, with ±10% jitter so a fleet spreads out.

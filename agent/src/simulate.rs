@@ -8,17 +8,17 @@
 
 use crate::directive::DirectiveVerifier;
 use crate::fetch::{FetchLimits, HttpTransport};
-use crate::identity::{blob_credential, DeviceSigner, MemoryKey};
+use crate::identity::{DeviceSigner, MemoryKey};
 use crate::journal::{CrashHook, Journal};
-use crate::machine::AgentState;
 use crate::reporter::Outbox;
-use crate::run::{run, AgentParts, FactoryImage, Faults, HealthCheck, RunOutcome};
+use crate::run::{
+    run, vehicle_transport, AgentParts, FactoryImage, Faults, HealthCheck, RunOutcome,
+};
 use crate::slots::file::FileBootloader;
 use crate::slots::SlotPaths;
 use crate::trust_store::FileTrustStore;
 use anyhow::Context;
 use ota_core::key::SigningKey;
-use ota_core::trust::VehicleIdentity;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -206,29 +206,15 @@ pub fn parts(
     factory_len: u64,
 ) -> anyhow::Result<AgentParts<HttpTransport>> {
     let signer: Arc<dyn DeviceSigner> = Arc::new(MemoryKey(vehicle.key.clone()));
-    let credential_signer = signer.clone();
-    let vid = vehicle.id.clone();
-    let credential: crate::fetch::Credential = Arc::new(move || {
-        blob_credential(
-            &vid,
-            chrono::Utc::now().timestamp(),
-            credential_signer.as_ref(),
-        )
-        .map_err(crate::fetch::FetchError::credential)
-    });
-    let transport = HttpTransport::new(&args.server, Some(credential))
+    let transport = vehicle_transport(&args.server, &vehicle.id, signer.clone())
         .with_context(|| format!("HTTP transport for {}", args.server))?;
-    let identity = VehicleIdentity {
-        vehicle_id: vehicle.id.clone(),
-        ecus: BTreeMap::from([(args.ecu.clone(), args.hardware_id.clone())]),
-    };
     let store = FileTrustStore::new(vehicle.dir.join("trust"));
     Ok(AgentParts {
         vehicle_id: vehicle.id.clone(),
         ecu: args.ecu.clone(),
         hardware_id: args.hardware_id.clone(),
         signer,
-        directives: DirectiveVerifier::new(store, identity, &args.ecu),
+        directives: DirectiveVerifier::for_ecu(store, &vehicle.id, &args.ecu, &args.hardware_id),
         transport: Arc::new(transport),
         bootloader: Arc::new(FileBootloader::new(vehicle.dir.join("bootenv.json"))),
         simulated_reboot: true,
@@ -257,15 +243,11 @@ pub fn census(fleet: &[SimVehicle]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for vehicle in fleet {
         let key = match Journal::new(&vehicle.dir).load() {
-            Ok(Some(AgentState {
-                phase: crate::machine::Phase::Idle,
-                ..
-            })) => {
-                let state = Journal::new(&vehicle.dir).load().ok().flatten();
+            Ok(Some(state)) if state.phase == crate::machine::Phase::Idle => {
                 let version = state
+                    .installed()
                     .as_ref()
-                    .and_then(|s| s.installed().as_ref().map(|i| i.version.clone()))
-                    .unwrap_or_else(|| "none".to_owned());
+                    .map_or("none", |i| i.version.as_str());
                 format!("idle@{version}")
             }
             Ok(Some(state)) => state.phase.step_name().to_owned(),

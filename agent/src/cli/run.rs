@@ -2,19 +2,19 @@
 
 use crate::config::{AgentConfig, BootloaderConfig};
 use crate::directive::DirectiveVerifier;
-use crate::fetch::{Credential, FetchError, FetchLimits, HttpTransport};
-use crate::identity::{blob_credential, open_identity};
+use crate::fetch::{FetchLimits, HttpTransport};
+use crate::identity::open_identity;
 use crate::journal::CrashHook;
 use crate::reporter::Outbox;
-use crate::run::{run, AgentParts, FactoryImage, Faults, HealthCheck, RunOutcome};
+use crate::run::{
+    run, vehicle_transport, AgentParts, FactoryImage, Faults, HealthCheck, RunOutcome,
+};
 use crate::slots::file::FileBootloader;
 use crate::slots::grub::{GrubBootloader, GrubConfig};
 use crate::slots::uboot::{UBootBootloader, UBootConfig};
 use crate::slots::{Bootloader, SlotPaths};
 use crate::trust_store::FileTrustStore;
 use anyhow::Context;
-use ota_core::trust::VehicleIdentity;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,22 +65,8 @@ pub fn parts_from_config(config: &AgentConfig) -> anyhow::Result<AgentParts<Http
     }
     // Fail at start, not at the first directive, when the trust store is unusable.
     store.load().context("loading the trust store")?;
-    let credential_signer = signer.clone();
-    let vehicle_id = config.vehicle_id.clone();
-    let credential: Credential = Arc::new(move || {
-        blob_credential(
-            &vehicle_id,
-            chrono::Utc::now().timestamp(),
-            credential_signer.as_ref(),
-        )
-        .map_err(FetchError::credential)
-    });
-    let transport = HttpTransport::new(&config.server_url, Some(credential))
+    let transport = vehicle_transport(&config.server_url, &config.vehicle_id, signer.clone())
         .with_context(|| format!("server URL {}", config.server_url))?;
-    let identity_claim = VehicleIdentity {
-        vehicle_id: config.vehicle_id.clone(),
-        ecus: BTreeMap::from([(config.ecu.name.clone(), config.ecu.hardware_id.clone())]),
-    };
     let (bootloader, simulated_reboot) = bootloader(&config.bootloader);
     let health = match &config.health.command {
         Some(argv) if !argv.is_empty() => HealthCheck::Command {
@@ -96,7 +82,12 @@ pub fn parts_from_config(config: &AgentConfig) -> anyhow::Result<AgentParts<Http
         ecu: config.ecu.name.clone(),
         hardware_id: config.ecu.hardware_id.clone(),
         signer,
-        directives: DirectiveVerifier::new(store, identity_claim, &config.ecu.name),
+        directives: DirectiveVerifier::for_ecu(
+            store,
+            &config.vehicle_id,
+            &config.ecu.name,
+            &config.ecu.hardware_id,
+        ),
         transport: Arc::new(transport),
         bootloader,
         simulated_reboot,

@@ -3,23 +3,23 @@
 //! as the binary); agents run through the same driver as `ota-agent run`.
 
 use ota_agent::directive::DirectiveVerifier;
-use ota_agent::fetch::{Credential, FetchError, FetchLimits, HttpTransport};
-use ota_agent::identity::{blob_credential, DeviceSigner, MemoryKey};
+use ota_agent::fetch::{FetchLimits, HttpTransport};
+use ota_agent::identity::{DeviceSigner, MemoryKey};
 use ota_agent::journal::{CrashHook, Journal};
 use ota_agent::machine::AgentState;
 use ota_agent::reporter::Outbox;
-use ota_agent::run::{run, AgentParts, FactoryImage, Faults, HealthCheck, RunOutcome};
+use ota_agent::run::{
+    run, vehicle_transport, AgentParts, FactoryImage, Faults, HealthCheck, RunOutcome,
+};
 use ota_agent::slots::file::FileBootloader;
 use ota_agent::slots::SlotPaths;
 use ota_agent::trust_store::FileTrustStore;
 use ota_core::key::SigningKey;
-use ota_core::trust::VehicleIdentity;
 use ota_server::settings::Settings;
 use ota_server::startup::Application;
 use ota_server::store::Actor;
 use ota_server::tokens::{create_token, Scope};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -370,31 +370,19 @@ impl Vehicle {
         crash: CrashHook,
     ) -> AgentParts<HttpTransport> {
         let signer: Arc<dyn DeviceSigner> = Arc::new(MemoryKey(self.key.clone()));
-        let credential_signer = signer.clone();
-        let vid = self.id.clone();
-        let credential: Credential = Arc::new(move || {
-            blob_credential(
-                &vid,
-                chrono::Utc::now().timestamp(),
-                credential_signer.as_ref(),
-            )
-            .map_err(FetchError::credential)
-        });
-        let identity = VehicleIdentity {
-            vehicle_id: self.id.clone(),
-            ecus: BTreeMap::from([("main".to_owned(), self.hardware_id.clone())]),
-        };
+        let transport = vehicle_transport(server_url, &self.id, signer.clone()).unwrap();
         AgentParts {
             vehicle_id: self.id.clone(),
             ecu: "main".to_owned(),
             hardware_id: self.hardware_id.clone(),
             signer,
-            directives: DirectiveVerifier::new(
+            directives: DirectiveVerifier::for_ecu(
                 FileTrustStore::new(self.dir.join("trust")),
-                identity,
+                &self.id,
                 "main",
+                &self.hardware_id,
             ),
-            transport: Arc::new(HttpTransport::new(server_url, Some(credential)).unwrap()),
+            transport: Arc::new(transport),
             bootloader: Arc::new(FileBootloader::new(self.dir.join("bootenv.json"))),
             simulated_reboot: true,
             boot_tries: 3,
