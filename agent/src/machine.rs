@@ -762,8 +762,10 @@ fn on_directive(s: &mut Step, assignment: Option<Target>) {
         .iter()
         .find(|f| f.deployment_id == target.deployment_id)
     {
-        if !f.absent_since || f.outcome == ProgressPhase::Committed {
-            // The server resent it before hearing how it ended.
+        if !f.absent_since || f.outcome != ProgressPhase::Failed {
+            // Resent before the server heard how it ended; or it ended committed or
+            // rolled back, which the server's retry policy never hands out again (a
+            // rolled-back image stays off this vehicle until a new deployment).
             return;
         }
         next_sequence = f.next_sequence;

@@ -291,6 +291,44 @@ fn a_resent_directive_does_not_restart_a_deployment_until_the_server_retries_it(
 }
 
 #[test]
+fn a_rolled_back_deployment_is_never_installed_again_from_a_resent_directive() {
+    let mut events = to_installing(target("dep-1", None));
+    events.extend([
+        Event::InstallFinished,
+        Event::Armed,
+        Event::Started {
+            boot: boot(SlotName::B, SlotName::A, Some(SlotName::B)),
+        },
+        Event::HealthFailed {
+            reason: "exit 1".to_owned(),
+        },
+        Event::Started {
+            boot: boot(SlotName::A, SlotName::A, None),
+        },
+        Event::Directive {
+            assignment: None,
+            next_poll_seconds: 60,
+        },
+        directive(target("dep-1", None)),
+    ]);
+    let (end, actions) = run(&factory(), events);
+    assert_eq!(
+        end.phase,
+        Phase::Idle,
+        "the rolled-back image is not fetched again"
+    );
+    assert!(end.deployment.is_none());
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Download { .. }))
+            .count(),
+        1,
+        "only the first attempt downloaded"
+    );
+}
+
+#[test]
 fn unmet_preconditions_wait_report_the_condition_and_recheck() {
     let (waiting, actions) = run(
         &factory(),
