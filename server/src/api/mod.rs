@@ -216,5 +216,31 @@ pub fn app(state: AppState) -> Router {
         .concurrency_limit(limits.max_concurrent_requests)
         .timeout(Duration::from_secs(limits.request_timeout_seconds))
         .service(router);
-    Router::new().fallback_service(service)
+    Router::new()
+        .fallback_service(service)
+        .layer(axum::middleware::from_fn(close_after_refused_body))
+}
+
+/// An error answered to a request that carried a body may leave that body unread (a
+/// 401 to a 5 MB upload is answered before the upload is read). hyper then closes the
+/// connection, and a client that pooled it sends its next request into a closed socket.
+/// Saying `Connection: close` on such answers tells every client not to reuse it
+/// (RFC 9112 §9.6).
+async fn close_after_refused_body(request: Request, next: Next) -> Response {
+    let has_body = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() != "0")
+        || request
+            .headers()
+            .contains_key(axum::http::header::TRANSFER_ENCODING);
+    let mut response = next.run(request).await;
+    if has_body && (response.status().is_client_error() || response.status().is_server_error()) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }

@@ -574,6 +574,20 @@ async fn vehicles_bulk(backend: Backend) {
     }
     let (status, _) = app.post(path, "", &body).await;
     assert_eq!(status, 401);
+    // A refusal answered before the large body was read says the connection is done, so
+    // a pooling client does not send its next request into a socket the server closed.
+    let refused = app
+        .http
+        .post(app.url(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status(), 401);
+    assert_eq!(
+        refused.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     assert_eq!(count_with_hardware(&app, "hw-bulk").await, 0);
 
     let (status, answer) = app.post(path, &app.admin_token, &body).await;
