@@ -10,7 +10,8 @@ use crate::rollout::{
     AbortCriteria, MaintenanceWindow, PhaseSpec, Preconditions, RateLimit, RetryPolicy,
     RolloutAction, RolloutSpec, RolloutState, Selector,
 };
-use crate::store::TransitionError;
+use crate::engine::plan::{PlanError, RolloutRequest};
+use crate::engine::{wall_clock_ms, ChangeFailed};
 use crate::store::{DeltaJob, NewRollout, RolloutRecord, StoreError};
 use crate::tokens::Scope;
 use axum::extract::{Path, State};
@@ -164,14 +165,23 @@ async fn act(
     caller.require(Scope::RolloutWrite)?;
     let id = parse_id("rollout", "ro", &id)?;
     let record = state
-        .store
-        .transition_rollout(&caller.actor(), &id, action, None)
+        .engine
+        .change_rollout(
+            &caller.actor(),
+            &id,
+            &RolloutRequest::Operator(action),
+            wall_clock_ms(),
+        )
         .await
         .map_err(|err| match err {
-            TransitionError::Illegal(illegal) => ApiError::Conflict(illegal.to_string()),
-            TransitionError::Store(store) => store.into(),
+            ChangeFailed::Refused(refused @ (PlanError::Illegal { .. } | PlanError::RollbackBlocked(_))) => {
+                ApiError::Conflict(refused.to_string())
+            }
+            ChangeFailed::Refused(PlanError::Unchanged) => {
+                ApiError::Conflict("the rollout changed meanwhile; read it and try again".to_owned())
+            }
+            ChangeFailed::Store(store) => store.into(),
         })?;
-    state.engine.after_transition(&record, action).await?;
     Ok(Json(record))
 }
 
@@ -210,16 +220,6 @@ async fn rollback(
     c: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RolloutRecord>, ApiError> {
-    c.require(Scope::RolloutWrite)?;
-    let rollout_id = parse_id("rollout", "ro", &id)?;
-    let rollout = s.store.get_rollout(&rollout_id).await?;
-    let blockers = s.engine.rollback_blockers(&rollout).await?;
-    if !blockers.is_empty() {
-        return Err(ApiError::Conflict(format!(
-            "rollback not permitted: vehicles never install a lower security_version ({})",
-            blockers.join("; ")
-        )));
-    }
     act(s, c, id, RolloutAction::Rollback).await
 }
 
