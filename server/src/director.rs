@@ -217,9 +217,9 @@ pub fn would_assign(
 ) -> bool {
     selector_matches(spec, vehicle)
         && vehicle.ecus.iter().any(|ecu| {
-            targets.get(&ecu.hardware_id).is_some_and(|t| {
-                ecu.installed.as_ref().map(|i| i.sha256) != Some(t.sha256)
-            })
+            targets
+                .get(&ecu.hardware_id)
+                .is_some_and(|t| ecu.installed.as_ref().map(|i| i.sha256) != Some(t.sha256))
         })
 }
 

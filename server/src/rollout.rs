@@ -608,12 +608,7 @@ pub(crate) mod tests {
             (0, 60_000, ok, PhaseDecision::Advance { to: 1 }),
             (0, 60_000, short, PhaseDecision::Stay),
             // Nobody assigned: never advances, however long it soaked.
-            (
-                0,
-                1_000_000,
-                PhaseOutcomes::default(),
-                PhaseDecision::Stay,
-            ),
+            (0, 1_000_000, PhaseOutcomes::default(), PhaseDecision::Stay),
             // Fewer finished than the minimum executed count.
             (
                 0,

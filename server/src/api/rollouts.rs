@@ -5,13 +5,13 @@ use super::error::ApiError;
 use super::extract::{parse_id, ApiJson, ApiQuery, Authorized, Caller, RolloutWriteScope};
 use super::images::check_name;
 use super::{AppState, Routes};
+use crate::engine::plan::{PlanError, RolloutRequest};
 use crate::engine::RolloutStatus;
+use crate::engine::{wall_clock_ms, ChangeFailed};
 use crate::rollout::{
     AbortCriteria, MaintenanceWindow, PhaseSpec, Preconditions, RateLimit, RetryPolicy,
     RolloutAction, RolloutSpec, RolloutState, Selector,
 };
-use crate::engine::plan::{PlanError, RolloutRequest};
-use crate::engine::{wall_clock_ms, ChangeFailed};
 use crate::store::{DeltaJob, NewRollout, RolloutRecord, StoreError};
 use crate::tokens::Scope;
 use axum::extract::{Path, State};
@@ -174,12 +174,12 @@ async fn act(
         )
         .await
         .map_err(|err| match err {
-            ChangeFailed::Refused(refused @ (PlanError::Illegal { .. } | PlanError::RollbackBlocked(_))) => {
-                ApiError::Conflict(refused.to_string())
-            }
-            ChangeFailed::Refused(PlanError::Unchanged) => {
-                ApiError::Conflict("the rollout changed meanwhile; read it and try again".to_owned())
-            }
+            ChangeFailed::Refused(
+                refused @ (PlanError::Illegal { .. } | PlanError::RollbackBlocked(_)),
+            ) => ApiError::Conflict(refused.to_string()),
+            ChangeFailed::Refused(PlanError::Unchanged) => ApiError::Conflict(
+                "the rollout changed meanwhile; read it and try again".to_owned(),
+            ),
             ChangeFailed::Store(store) => store.into(),
         })?;
     Ok(Json(record))

@@ -144,7 +144,12 @@ pub fn rollback_candidates(
 ) -> Vec<(RollbackCandidate, String, usize)> {
     deployments
         .iter()
-        .filter(|d| matches!(d.status, DeploymentStatus::Installed | DeploymentStatus::Committed))
+        .filter(|d| {
+            matches!(
+                d.status,
+                DeploymentStatus::Installed | DeploymentStatus::Committed
+            )
+        })
         .filter_map(|d| {
             let from = d.from_sha256?;
             let (rollout, targets) = snapshot.rolled_back.get(&d.rollout_id)?;
@@ -155,7 +160,10 @@ pub fn rollback_candidates(
                     deployment_id: d.id.clone(),
                     ecu: d.ecu.clone(),
                     release: release.clone(),
-                    previous: snapshot.listed.get(&(ecu.hardware_id.clone(), from)).cloned(),
+                    previous: snapshot
+                        .listed
+                        .get(&(ecu.hardware_id.clone(), from))
+                        .cloned(),
                     preconditions: rollout.spec.preconditions.clone(),
                 },
                 rollout.id.clone(),
@@ -179,7 +187,8 @@ pub fn rollout_views(snapshot: &Snapshot, deployments: &[DeploymentRecord]) -> V
                 id: rollout.id.clone(),
                 state: rollout.state,
                 breaker: rollout.breaker_state,
-                salt: hex::decode(&rollout.salt).unwrap_or_else(|_| rollout.salt.clone().into_bytes()),
+                salt: hex::decode(&rollout.salt)
+                    .unwrap_or_else(|_| rollout.salt.clone().into_bytes()),
                 current_phase: rollout.current_phase,
                 targets: r.targets.clone(),
                 started_last_minute: started.min(u64::from(u32::MAX)) as u32,
@@ -233,7 +242,9 @@ impl Engine {
                 .values()
                 .map(|c| c.committed)
                 .sum();
-            let started_last_minute = store.vehicles_started_since(&record.id, now - 60_000).await?;
+            let started_last_minute = store
+                .vehicles_started_since(&record.id, now - 60_000)
+                .await?;
             snapshot.active.push(ActiveRollout {
                 record,
                 targets,
@@ -244,7 +255,9 @@ impl Engine {
         }
         for record in store.list_rollouts(Some(RolloutState::RolledBack)).await? {
             let targets = self.targets_of(&record).await?;
-            snapshot.rolled_back.insert(record.id.clone(), (record, targets));
+            snapshot
+                .rolled_back
+                .insert(record.id.clone(), (record, targets));
         }
         target_digests.sort();
         target_digests.dedup();
@@ -332,11 +345,14 @@ impl Engine {
         if !candidates.is_empty() {
             let mut assignments = Vec::new();
             let mut first = None;
-            let plain: Vec<RollbackCandidate> = candidates.iter().map(|(c, _, _)| c.clone()).collect();
+            let plain: Vec<RollbackCandidate> =
+                candidates.iter().map(|(c, _, _)| c.clone()).collect();
             for step in director::plan_rollback(&input(&[]), &plain) {
                 match step {
                     RollbackStep::Done { deployment_id } => {
-                        store.mark_rolled_back(&deployment_id, &vehicle.id, now).await?;
+                        store
+                            .mark_rolled_back(&deployment_id, &vehicle.id, now)
+                            .await?;
                     }
                     RollbackStep::Assign(assignment) => {
                         if first.is_none() {
@@ -347,7 +363,10 @@ impl Engine {
                         }
                         assignments.push(*assignment);
                     }
-                    RollbackStep::Blocked { deployment_id, reason } => {
+                    RollbackStep::Blocked {
+                        deployment_id,
+                        reason,
+                    } => {
                         tracing::debug!(vehicle = %vehicle.id, deployment = %deployment_id, ?reason, "not rolled back");
                     }
                 }
@@ -368,7 +387,14 @@ impl Engine {
             .collect();
         for id in proven {
             if store
-                .update_deployment(&id, &vehicle.id, DeploymentStatus::Committed, u64::MAX, None, now)
+                .update_deployment(
+                    &id,
+                    &vehicle.id,
+                    DeploymentStatus::Committed,
+                    u64::MAX,
+                    None,
+                    now,
+                )
                 .await?
             {
                 if let Some(d) = deployments.iter_mut().find(|d| d.id == id) {

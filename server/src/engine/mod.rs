@@ -17,14 +17,16 @@ pub mod plan;
 pub mod status;
 pub mod supervise;
 
+use crate::director::DeploymentStatus;
 use crate::director::{self, TargetView};
 use crate::gateway::Outbox;
 use crate::settings::Settings;
 use crate::signing::ServerKeys;
 use crate::store::{Actor, ChangeError, DeploymentRecord, RolloutRecord, Store, StoreError};
-use crate::director::DeploymentStatus;
 use ota_core::encoding::Sha256Digest;
-use ota_core::protocol::{self, sign_message, Channel, ControlCommand, ControlMessage, PAYLOAD_TYPE_CONTROL};
+use ota_core::protocol::{
+    self, sign_message, Channel, ControlCommand, ControlMessage, PAYLOAD_TYPE_CONTROL,
+};
 use ota_core::time::Timestamp;
 use plan::{Effect, Facts, PlanError, RolloutChange, RolloutRequest};
 use std::collections::BTreeMap;
@@ -189,7 +191,12 @@ impl Engine {
                 Effect::CancelUnfinished => {}
                 Effect::CancelVehicles => {
                     for d in cancelled {
-                        self.send_control(&d.vehicle_id, ControlCommand::Cancel, Some(d.id.clone()), now);
+                        self.send_control(
+                            &d.vehicle_id,
+                            ControlCommand::Cancel,
+                            Some(d.id.clone()),
+                            now,
+                        );
                     }
                 }
                 Effect::EnqueueDeltas => {
@@ -201,12 +208,19 @@ impl Engine {
                         match engine.enqueue_deltas(&rollout).await {
                             Ok(queued) if queued > 0 => engine.inner.jobs.notify_waiters(),
                             Ok(_) => {}
-                            Err(err) => tracing::warn!(rollout = %rollout.id, %err, "queueing delta builds failed"),
+                            Err(err) => {
+                                tracing::warn!(rollout = %rollout.id, %err, "queueing delta builds failed")
+                            }
                         }
                     });
                 }
                 Effect::PollUnfinished | Effect::RollbackInstalled => {
-                    for d in self.inner.store.deployments_for_rollout(&rollout.id).await? {
+                    for d in self
+                        .inner
+                        .store
+                        .deployments_for_rollout(&rollout.id)
+                        .await?
+                    {
                         match effect {
                             Effect::PollUnfinished if !d.status.is_terminal() => self.send_control(
                                 &d.vehicle_id,
@@ -306,8 +320,19 @@ impl Engine {
     ) -> Result<Vec<String>, StoreError> {
         let targets = self.targets_of(rollout).await?;
         let listed = self.listed_images().await?;
-        let deployments = self.inner.store.deployments_for_rollout(&rollout.id).await?;
-        Ok(director::rollback_blockers(&targets, &listed, &deployments.iter().filter_map(|d| d.from_sha256).collect::<Vec<_>>()))
+        let deployments = self
+            .inner
+            .store
+            .deployments_for_rollout(&rollout.id)
+            .await?;
+        Ok(director::rollback_blockers(
+            &targets,
+            &listed,
+            &deployments
+                .iter()
+                .filter_map(|d| d.from_sha256)
+                .collect::<Vec<_>>(),
+        ))
     }
 
     /// Enqueues a delta build for every source image installed in the selected fleet
@@ -337,7 +362,12 @@ impl Engine {
                 continue;
             }
             if store
-                .enqueue_delta(&rollout.id, &hardware_id, &source.to_hex(), &target.to_hex())
+                .enqueue_delta(
+                    &rollout.id,
+                    &hardware_id,
+                    &source.to_hex(),
+                    &target.to_hex(),
+                )
                 .await?
             {
                 queued += 1;

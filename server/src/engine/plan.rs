@@ -18,7 +18,10 @@ pub enum RolloutRequest {
     AdvancePhase { from: usize, to: usize },
     /// The breaker moved (closed ↔ half-open ↔ open); opening applies the rollout's
     /// breaker policy in the same change.
-    Breaker { to: BreakerState, reason: Option<String> },
+    Breaker {
+        to: BreakerState,
+        reason: Option<String>,
+    },
 }
 
 /// What the planner needs to know that only IO can tell.
@@ -324,7 +327,12 @@ mod tests {
     }
 
     fn op(r: &RolloutRecord, action: RolloutAction) -> Result<RolloutChange, PlanError> {
-        plan(r, &RolloutRequest::Operator(action), &Facts::default(), 5_000)
+        plan(
+            r,
+            &RolloutRequest::Operator(action),
+            &Facts::default(),
+            5_000,
+        )
     }
 
     #[test]
@@ -396,7 +404,10 @@ mod tests {
         );
         r.breaker_state = BreakerState::Closed;
         let c = op(&r, RolloutAction::Resume).unwrap();
-        assert_eq!((c.breaker_state, c.window_start_ms), (BreakerState::Closed, 1_000));
+        assert_eq!(
+            (c.breaker_state, c.window_start_ms),
+            (BreakerState::Closed, 1_000)
+        );
     }
 
     #[test]

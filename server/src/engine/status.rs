@@ -171,10 +171,26 @@ mod tests {
         assert_eq!(phases[0].eligible, 1);
         // A vehicle assigned earlier still counts once it runs the target.
         let assigned = std::collections::BTreeSet::from(["already-there".to_owned()]);
-        let (phases, _) = phase_lines(&s, b"salt", 0, &targets, &fleet, &assigned, &BTreeMap::new());
+        let (phases, _) = phase_lines(
+            &s,
+            b"salt",
+            0,
+            &targets,
+            &fleet,
+            &assigned,
+            &BTreeMap::new(),
+        );
         assert_eq!(phases[0].eligible, 2);
         // A release for hardware no vehicle has: nobody is eligible.
-        let (phases, _) = phase_lines(&s, b"salt", 0, &BTreeMap::new(), &fleet, &none, &BTreeMap::new());
+        let (phases, _) = phase_lines(
+            &s,
+            b"salt",
+            0,
+            &BTreeMap::new(),
+            &fleet,
+            &none,
+            &BTreeMap::new(),
+        );
         assert_eq!(phases[0].eligible, 0);
     }
 }

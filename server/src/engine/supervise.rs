@@ -165,7 +165,13 @@ mod tests {
         };
         let request = review(&r, window, &counts(5, 5, 0), 1_000).unwrap();
         assert!(
-            matches!(&request, RolloutRequest::Breaker { to: BreakerState::Open, reason: Some(_) }),
+            matches!(
+                &request,
+                RolloutRequest::Breaker {
+                    to: BreakerState::Open,
+                    reason: Some(_)
+                }
+            ),
             "{request:?}"
         );
     }
@@ -187,9 +193,15 @@ mod tests {
     #[test]
     fn an_empty_phase_never_passes_its_gate() {
         let r = running(&[(10.0, 0), (100.0, 0)]);
-        assert_eq!(review(&r, Outcomes::default(), &BTreeMap::new(), 1_000_000), None);
+        assert_eq!(
+            review(&r, Outcomes::default(), &BTreeMap::new(), 1_000_000),
+            None
+        );
         // Assigned but nothing finished yet: still waiting on real outcomes.
-        assert_eq!(review(&r, Outcomes::default(), &counts(0, 0, 5), 1_000_000), None);
+        assert_eq!(
+            review(&r, Outcomes::default(), &counts(0, 0, 5), 1_000_000),
+            None
+        );
     }
 
     #[test]

@@ -219,7 +219,10 @@ impl Store {
             for row in &rows {
                 let delta: Option<String> = row.try_get("delta_sha256")?;
                 out.push(BuiltDelta {
-                    source: digest("delta source_sha256", &row.try_get::<String, _>("source_sha256")?)?,
+                    source: digest(
+                        "delta source_sha256",
+                        &row.try_get::<String, _>("source_sha256")?,
+                    )?,
                     target: *target,
                     sha256: digest("delta delta_sha256", delta.as_deref().unwrap_or_default())?,
                     length: row

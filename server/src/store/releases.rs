@@ -1,6 +1,6 @@
 //! Releases: a set of images (one per hardware id) and their signed targets metadata.
 
-use super::{digest, audit, conflict_or, ms_to_rfc3339, new_id, now_ms, Actor, Store, StoreError};
+use super::{audit, conflict_or, digest, ms_to_rfc3339, new_id, now_ms, Actor, Store, StoreError};
 use ota_core::encoding::Sha256Digest;
 use serde::Serialize;
 use sqlx::any::AnyRow;

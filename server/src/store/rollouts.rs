@@ -1,6 +1,8 @@
 //! Rollouts and their deployments (one row per vehicle ECU assigned).
 
-use super::{optional_digest, audit, ms_to_rfc3339, new_id, now_ms, parse_json, Actor, Store, StoreError};
+use super::{
+    audit, ms_to_rfc3339, new_id, now_ms, optional_digest, parse_json, Actor, Store, StoreError,
+};
 use crate::breaker::{BreakerState, Outcomes};
 use crate::director::{DeploymentStatus, NewDeployment};
 use crate::engine::plan::{Effect, RolloutChange};

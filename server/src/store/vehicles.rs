@@ -1,6 +1,6 @@
 //! Vehicles: identity (opaque id, device public key), ECUs, installed images, check-ins.
 
-use super::{optional_digest, audit, conflict_or, ms_to_rfc3339, now_ms, Actor, Store, StoreError};
+use super::{audit, conflict_or, ms_to_rfc3339, now_ms, optional_digest, Actor, Store, StoreError};
 use ota_core::encoding::Sha256Digest;
 use ota_core::protocol::{CheckIn, InstalledImage};
 use serde::Serialize;
@@ -369,17 +369,22 @@ fn image_key(image: &InstalledImage) -> (&str, Sha256Digest, u64) {
 impl EcuRecord {
     /// The installed image, when all three of its fields are known.
     pub fn installed(&self) -> Option<(&str, Sha256Digest, u64)> {
-        match (&self.installed_version, self.installed_sha256, self.installed_length) {
+        match (
+            &self.installed_version,
+            self.installed_sha256,
+            self.installed_length,
+        ) {
             (Some(version), Some(sha256), Some(length)) => Some((version.as_str(), sha256, length)),
             _ => None,
         }
     }
 
     pub fn installed_image(&self) -> Option<InstalledImage> {
-        self.installed().map(|(version, sha256, length)| InstalledImage {
-            version: version.to_owned(),
-            sha256,
-            length,
-        })
+        self.installed()
+            .map(|(version, sha256, length)| InstalledImage {
+                version: version.to_owned(),
+                sha256,
+                length,
+            })
     }
 }

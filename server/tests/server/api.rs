@@ -769,7 +769,11 @@ async fn rollouts(backend: Backend) {
     replayed.sent_at = replayed.sent_at.plus_seconds(-3600);
     let rejected = engine
         .engine
-        .handle_checkin("veh-r1", &signed_checkin(&key, &replayed), ota_server::engine::wall_clock_ms())
+        .handle_checkin(
+            "veh-r1",
+            &signed_checkin(&key, &replayed),
+            ota_server::engine::wall_clock_ms(),
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -790,7 +794,11 @@ async fn rollouts(backend: Backend) {
     let other_topic = signed_checkin(&key, &checkin("veh-r1", None, 0));
     let rejected = engine
         .engine
-        .handle_checkin("veh-other", &other_topic, ota_server::engine::wall_clock_ms())
+        .handle_checkin(
+            "veh-other",
+            &other_topic,
+            ota_server::engine::wall_clock_ms(),
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -1161,7 +1169,11 @@ async fn delta_jobs(backend: Backend) {
     app.upload("hw-d", "1.0.0", old.clone()).await;
     // The vehicle reports the old image installed; the server holds its bytes.
     let c = signed_checkin(&key, &checkin("veh-d", Some(("1.0.0", &old)), 0));
-    app.state.engine.handle_checkin("veh-d", &c, ota_server::engine::wall_clock_ms()).await.unwrap();
+    app.state
+        .engine
+        .handle_checkin("veh-d", &c, ota_server::engine::wall_clock_ms())
+        .await
+        .unwrap();
     let image = app.upload("hw-d", "2.0.0", new.clone()).await;
     let (status, release) = app
         .post("/api/v1/releases", &app.admin_token, &json!({ "name": "delta-rel", "version": "2.0.0", "security_version": 1, "images": [image["id"]] }))
@@ -1211,7 +1223,12 @@ async fn delta_jobs(backend: Backend) {
 
     // The vehicle is offered the delta, and the agent's applier turns old into new.
     let c = signed_checkin(&key, &checkin("veh-d", Some(("1.0.0", &old)), 0));
-    let directive = app.state.engine.handle_checkin("veh-d", &c, ota_server::engine::wall_clock_ms()).await.unwrap();
+    let directive = app
+        .state
+        .engine
+        .handle_checkin("veh-d", &c, ota_server::engine::wall_clock_ms())
+        .await
+        .unwrap();
     let envelope = Envelope::parse(&directive).unwrap();
     let metadata: DirectorMetadata = parse_document(&envelope.payload).unwrap();
     let delta = metadata.assignments[0]
@@ -1405,9 +1422,16 @@ async fn rate_limit_and_phases(backend: Backend) {
     let (_, r) = app
         .get(&format!("/api/v1/rollouts/{empty}"), &app.read_token)
         .await;
-    assert_eq!(r["current_phase"], 0, "an empty phase never passes its gate: {r}");
+    assert_eq!(
+        r["current_phase"], 0,
+        "an empty phase never passes its gate: {r}"
+    );
     let (_, r) = app
-        .post(&format!("/api/v1/rollouts/{empty}/abort"), &app.rollout_token, &json!({}))
+        .post(
+            &format!("/api/v1/rollouts/{empty}/abort"),
+            &app.rollout_token,
+            &json!({}),
+        )
         .await;
     assert_eq!(r["state"], "aborted", "{r}");
     // The rate limit of 1 per minute lets exactly one of the three vehicles start.
@@ -1422,7 +1446,11 @@ async fn rate_limit_and_phases(backend: Backend) {
         let directive = app
             .state
             .engine
-            .handle_checkin(&vid, &signed_checkin(key, &checkin(&vid, None, 0)), ota_server::engine::wall_clock_ms())
+            .handle_checkin(
+                &vid,
+                &signed_checkin(key, &checkin(&vid, None, 0)),
+                ota_server::engine::wall_clock_ms(),
+            )
             .await
             .unwrap();
         let metadata: DirectorMetadata =
@@ -1444,7 +1472,10 @@ async fn rate_limit_and_phases(backend: Backend) {
     );
     app.stop().await;
 }
-both_backends!(empty_phases_hold_and_rate_limit_holds, rate_limit_and_phases);
+both_backends!(
+    empty_phases_hold_and_rate_limit_holds,
+    rate_limit_and_phases
+);
 
 /// Director metadata from a check-in, parsed.
 async fn directive_for(

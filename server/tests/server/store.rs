@@ -4,12 +4,12 @@ use crate::both_backends;
 use crate::helpers::{checkin, device_key, fresh_store, Backend};
 use ota_core::encoding::Sha256Digest;
 use ota_server::director::{DeploymentStatus, NewDeployment};
+use ota_server::engine::plan::{plan, Facts, RolloutRequest};
 use ota_server::rollout::{RolloutAction, RolloutSpec, RolloutState};
 use ota_server::store::{
-    now_ms, Actor, BuiltDelta, ChangeError, DeltaJobStatus, NewImage, NewRelease, NewRollout, NewVehicle,
-    StoreError, VehicleFilter,
+    now_ms, Actor, BuiltDelta, ChangeError, DeltaJobStatus, NewImage, NewRelease, NewRollout,
+    NewVehicle, StoreError, VehicleFilter,
 };
-use ota_server::engine::plan::{plan, Facts, RolloutRequest};
 
 fn actor() -> Actor {
     Actor {
@@ -101,26 +101,38 @@ async fn vehicles_checkins_and_director_versions(backend: Backend) {
     let known = store.get_vehicle("veh-1").await.unwrap().ecus;
     let first = checkin("veh-1", Some(("1.0", b"old")), 0);
     assert_eq!(
-        store.record_checkin(&first, &known, now_ms()).await.unwrap(),
+        store
+            .record_checkin(&first, &known, now_ms())
+            .await
+            .unwrap(),
         Some(1),
         "a fresh check-in is recorded and gets director version 1"
     );
     assert_eq!(
-        store.record_checkin(&first, &known, now_ms()).await.unwrap(),
+        store
+            .record_checkin(&first, &known, now_ms())
+            .await
+            .unwrap(),
         None,
         "the same check-in again is a replay"
     );
     let mut older = checkin("veh-1", Some(("0.9", b"older")), 0);
     older.sent_at = first.sent_at.plus_seconds(-5);
     assert_eq!(
-        store.record_checkin(&older, &known, now_ms()).await.unwrap(),
+        store
+            .record_checkin(&older, &known, now_ms())
+            .await
+            .unwrap(),
         None,
         "a check-in older than the newest accepted one is a replay"
     );
     let mut same_second = checkin("veh-1", Some(("1.0", b"old")), 0);
     same_second.sent_at = first.sent_at;
     assert_eq!(
-        store.record_checkin(&same_second, &known, now_ms()).await.unwrap(),
+        store
+            .record_checkin(&same_second, &known, now_ms())
+            .await
+            .unwrap(),
         Some(2),
         "another nonce in the same second is a new check-in"
     );
@@ -158,7 +170,10 @@ async fn vehicles_checkins_and_director_versions(backend: Backend) {
     trusts_ten.sent_at = first.sent_at.plus_seconds(1);
     let known = store.get_vehicle("veh-1").await.unwrap().ecus;
     assert_eq!(
-        store.record_checkin(&trusts_ten, &known, now_ms()).await.unwrap(),
+        store
+            .record_checkin(&trusts_ten, &known, now_ms())
+            .await
+            .unwrap(),
         Some(11),
         "must sign above what the vehicle trusts"
     );
@@ -284,25 +299,53 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
         1
     );
     assert!(store
-        .update_deployment("dep_1", "veh-1", DeploymentStatus::Downloading, 1, None, now_ms())
+        .update_deployment(
+            "dep_1",
+            "veh-1",
+            DeploymentStatus::Downloading,
+            1,
+            None,
+            now_ms()
+        )
         .await
         .unwrap());
     assert!(
         !store
-            .update_deployment("dep_1", "veh-1", DeploymentStatus::Assigned, 1, None, now_ms())
+            .update_deployment(
+                "dep_1",
+                "veh-1",
+                DeploymentStatus::Assigned,
+                1,
+                None,
+                now_ms()
+            )
             .await
             .unwrap(),
         "a replayed sequence is ignored"
     );
     assert!(
         !store
-            .update_deployment("dep_1", "veh-2", DeploymentStatus::Failed, 5, None, now_ms())
+            .update_deployment(
+                "dep_1",
+                "veh-2",
+                DeploymentStatus::Failed,
+                5,
+                None,
+                now_ms()
+            )
             .await
             .unwrap(),
         "another vehicle cannot touch it"
     );
     assert!(store
-        .update_deployment("dep_1", "veh-1", DeploymentStatus::Failed, 2, Some("hash"), now_ms())
+        .update_deployment(
+            "dep_1",
+            "veh-1",
+            DeploymentStatus::Failed,
+            2,
+            Some("hash"),
+            now_ms()
+        )
         .await
         .unwrap());
     let retry = [NewDeployment {
@@ -323,7 +366,14 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
     );
     assert!(
         store
-            .update_deployment("dep_1", "veh-1", DeploymentStatus::Failed, 1, Some("hash"), now_ms())
+            .update_deployment(
+                "dep_1",
+                "veh-1",
+                DeploymentStatus::Failed,
+                1,
+                Some("hash"),
+                now_ms()
+            )
             .await
             .unwrap(),
         "sequences restart per attempt"
@@ -373,7 +423,12 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
         .expect("requeued job");
     assert_eq!(again.attempts, 2);
     store
-        .finish_delta_job(&again.id, DeltaJobStatus::Done, Some((&cc.to_hex(), 3)), None)
+        .finish_delta_job(
+            &again.id,
+            DeltaJobStatus::Done,
+            Some((&cc.to_hex(), 3)),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(
