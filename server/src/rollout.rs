@@ -95,6 +95,9 @@ pub struct AbortCriteria {
     pub threshold_percentage: f64,
     pub min_number_of_executed_things: u32,
     pub action: BreakerAction,
+    /// A deployment not finished this long after its assignment counts as timed out in
+    /// the breaker's window (AWS IoT Jobs' `inProgressTimeoutInMinutes`); `None`: never.
+    pub in_progress_timeout_seconds: Option<u64>,
 }
 
 impl Default for AbortCriteria {
@@ -104,6 +107,7 @@ impl Default for AbortCriteria {
             threshold_percentage: 10.0,
             min_number_of_executed_things: 10,
             action: BreakerAction::Pause,
+            in_progress_timeout_seconds: None,
         }
     }
 }

@@ -124,7 +124,7 @@ fn schemas() -> Value {
             "rate_limit": obj(&[], json!({ "maximum_per_minute": i, "exponential": obj(&[], json!({
                 "base_rate_per_minute": i, "increment_factor": { "type": "number" }, "increase_after_succeeded": i })) })),
             "abort_criteria": obj(&[], json!({ "failure_type": { "enum": ["all", "failed", "rolled_back", "timed_out"] },
-                "threshold_percentage": { "type": "number" }, "min_number_of_executed_things": i,
+                "threshold_percentage": { "type": "number" }, "min_number_of_executed_things": i, "in_progress_timeout_seconds": i,
                 "action": { "enum": ["pause", "abort", "rollback"] } })),
             "preconditions": obj(&[], json!({ "parked": { "type": "boolean" }, "min_state_of_charge_percent": i, "network": s })),
             "maintenance_window": obj(&["start_utc", "end_utc"], json!({ "start_utc": s, "end_utc": s })),

@@ -65,6 +65,16 @@ pub fn review(
     }
 }
 
+/// Deployments assigned before this instant and still unfinished have timed out
+/// (`abort_criteria.in_progress_timeout_seconds`); `None` when no timeout is set.
+pub fn overdue_before(rollout: &RolloutRecord, now: NowMs) -> Option<NowMs> {
+    rollout
+        .spec
+        .abort_criteria
+        .in_progress_timeout_seconds
+        .map(|t| now.saturating_sub((t.min(i64::MAX as u64 / 1000) as i64) * 1000))
+}
+
 impl Engine {
     /// Reviews one rollout and makes the change it needs, if any.
     pub async fn supervise(&self, rollout_id: &str, now: NowMs) -> Result<(), StoreError> {
@@ -74,7 +84,11 @@ impl Engine {
             return Ok(());
         }
         let window = store
-            .outcomes_since(&rollout.id, rollout.window_start_ms)
+            .outcomes_since(
+                &rollout.id,
+                rollout.window_start_ms,
+                overdue_before(&rollout, now),
+            )
             .await?;
         let counts = store.phase_counts(&rollout.id).await?;
         let Some(request) = review(&rollout, window, &counts, now) else {
@@ -202,6 +216,33 @@ mod tests {
             review(&r, Outcomes::default(), &counts(0, 0, 5), 1_000_000),
             None
         );
+    }
+
+    #[test]
+    fn timed_out_deployments_open_the_breaker() {
+        let mut r = running(&[(10.0, 0), (100.0, 0)]);
+        assert_eq!(overdue_before(&r, 10_000_000), None, "no timeout set");
+        r.spec.abort_criteria.in_progress_timeout_seconds = Some(600);
+        assert_eq!(overdue_before(&r, 10_000_000), Some(9_400_000));
+        r.spec.abort_criteria.in_progress_timeout_seconds = Some(u64::MAX);
+        assert!(overdue_before(&r, 10_000_000).is_some(), "no overflow");
+        let window = Outcomes {
+            succeeded: 5,
+            timed_out: 5,
+            ..Outcomes::default()
+        };
+        assert!(matches!(
+            review(
+                &running(&[(10.0, 0), (100.0, 0)]),
+                window,
+                &counts(5, 0, 5),
+                1
+            ),
+            Some(RolloutRequest::Breaker {
+                to: BreakerState::Open,
+                ..
+            })
+        ));
     }
 
     #[test]

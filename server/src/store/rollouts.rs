@@ -408,29 +408,35 @@ impl Store {
         Ok(out)
     }
 
-    /// Finished deployments updated since `since_ms`, by outcome (the breaker's window).
+    /// Deployments assigned since `since_ms`, by outcome (the breaker's window). With
+    /// `overdue_before_ms`, unfinished ones assigned before it count as timed out.
     pub async fn outcomes_since(
         &self,
         rollout_id: &str,
         since_ms: i64,
+        overdue_before_ms: Option<i64>,
     ) -> Result<Outcomes, StoreError> {
         let rows = sqlx::query(
-            "SELECT status, COUNT(*) AS n FROM deployments WHERE rollout_id = $1 AND assigned_ms >= $2 \
-             GROUP BY status",
+            "SELECT status, CASE WHEN assigned_ms < $3 THEN 1 ELSE 0 END AS overdue, COUNT(*) AS n \
+             FROM deployments WHERE rollout_id = $1 AND assigned_ms >= $2 GROUP BY status, overdue",
         )
         .bind(rollout_id)
         .bind(since_ms)
+        .bind(overdue_before_ms.unwrap_or(i64::MIN))
         .fetch_all(self.pool())
         .await?;
         let mut outcomes = Outcomes::default();
         for row in &rows {
             let status: String = row.try_get("status")?;
+            let overdue = row.try_get::<i64, _>("overdue")? == 1;
             let n = row.try_get::<i64, _>("n")?.max(0) as u64;
             match DeploymentStatus::parse(&status) {
                 Some(DeploymentStatus::Committed) => outcomes.succeeded += n,
                 Some(DeploymentStatus::Failed) => outcomes.failed += n,
                 Some(DeploymentStatus::RolledBack) => outcomes.rolled_back += n,
-                _ => {}
+                Some(DeploymentStatus::Cancelled) | None => {}
+                Some(_) if overdue => outcomes.timed_out += n,
+                Some(_) => {}
             }
         }
         Ok(outcomes)

@@ -381,9 +381,36 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
     let counts = store.phase_counts(&rollout.id).await.unwrap();
     assert_eq!(counts[&0].failed, 1);
     assert_eq!(
-        store.outcomes_since(&rollout.id, 0).await.unwrap().failed,
+        store
+            .outcomes_since(&rollout.id, 0, None)
+            .await
+            .unwrap()
+            .failed,
         1
     );
+    // An unfinished deployment assigned before the overdue line counts as timed out; a
+    // finished one never does.
+    let slow = [NewDeployment {
+        deployment_id: "dep_slow".into(),
+        ecu: "main".into(),
+        from_sha256: None,
+        retry: false,
+    }];
+    let assigned_at = now_ms();
+    store
+        .insert_deployments(&rollout.id, "veh-2", 0, &slow, assigned_at)
+        .await
+        .unwrap();
+    let overdue = store
+        .outcomes_since(&rollout.id, 0, Some(assigned_at + 1))
+        .await
+        .unwrap();
+    assert_eq!((overdue.timed_out, overdue.failed), (1, 1));
+    let in_time = store
+        .outcomes_since(&rollout.id, 0, Some(assigned_at))
+        .await
+        .unwrap();
+    assert_eq!(in_time.timed_out, 0);
 
     let (aa, bb, cc) = (
         Sha256Digest::of(b"source"),
