@@ -392,13 +392,13 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
     // finished one never does.
     let slow = [NewDeployment {
         deployment_id: "dep_slow".into(),
-        ecu: "main".into(),
+        ecu: "aux".into(),
         from_sha256: None,
         retry: false,
     }];
     let assigned_at = now_ms();
     store
-        .insert_deployments(&rollout.id, "veh-2", 0, &slow, assigned_at)
+        .insert_deployments(&rollout.id, "veh-1", 0, &slow, assigned_at)
         .await
         .unwrap();
     let overdue = store
