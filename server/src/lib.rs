@@ -11,8 +11,10 @@
 //! - [`api`]: the axum web API under `/api/v1`, problem+json errors, OpenAPI document.
 //! - pure logic, no IO: [`rollout`] (spec, state machine, phases), [`breaker`],
 //!   [`director`] (who gets what), tested with tables and property tests.
-//! - [`engine`]: applies check-ins and progress, advances phases, evaluates breakers.
-//! - [`gateway`]: the MQTT fast lane (check-ins in, directives and control out).
+//! - [`engine`]: intake, assignment, supervision and status, split by concern; every
+//!   rollout change goes through one planner.
+//! - [`gateway`]: the MQTT fast lane (check-ins in, directives and control out);
+//!   [`broker`]: the embedded MQTT broker (rumqttd) when none is configured.
 //! - [`jobs`]: the durable delta-build queue and its workers.
 //! - [`tokens`]: API bearer tokens and scopes.
 //! - [`cli`]: the `serve` and `tokens` subcommands of `ota-server`.
@@ -21,6 +23,7 @@
 pub mod api;
 pub mod blobs;
 pub mod breaker;
+pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod delta;

@@ -37,8 +37,14 @@ pub struct Settings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttSettings {
-    /// `mqtt://host:port`; unset disables the vehicle channel.
+    /// `mqtt://host:port` of the broker. Unset: the embedded broker (`embedded`).
     pub url: Option<String>,
+    /// With no `url`: `"auto"` (the default) runs an embedded broker (rumqttd, for
+    /// development) on 127.0.0.1:1883, or on a free port when that one is taken;
+    /// `"host:port"` runs it exactly there; `"off"` runs no vehicle channel at all.
+    pub embedded: String,
+    /// Most connections the embedded broker accepts (vehicles plus the server).
+    pub embedded_max_connections: usize,
     /// MQTT client id. Unset (the default): `ota-server-<hostname>-<pid>-<random>`, unique
     /// per process, so replicas in one share group never disconnect each other.
     pub client_id: Option<String>,
@@ -121,6 +127,8 @@ impl Default for MqttSettings {
     fn default() -> Self {
         MqttSettings {
             url: None,
+            embedded: "auto".to_owned(),
+            embedded_max_connections: 20_000,
             client_id: None,
             share_group: "ota-server".to_owned(),
             keep_alive_seconds: 30,
@@ -242,6 +250,15 @@ impl Settings {
                     format!("expected mqtt://host:port, got {url:?}"),
                 );
             }
+        }
+        if crate::broker::EmbeddedMode::parse(&self.mqtt.embedded).is_none() {
+            return bad(
+                "mqtt.embedded",
+                format!(
+                    "expected \"auto\", \"off\" or host:port, got {:?}",
+                    self.mqtt.embedded
+                ),
+            );
         }
         if self.mqtt.workers == 0 || self.mqtt.workers > 4096 {
             return bad(

@@ -32,7 +32,18 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+    pub async fn build(mut settings: Settings) -> anyhow::Result<Application> {
+        if settings.mqtt.url.is_none() {
+            let mode = crate::broker::EmbeddedMode::parse(&settings.mqtt.embedded)
+                .context("mqtt.embedded")?;
+            if let Some(addr) = crate::broker::choose_addr(mode)? {
+                let max = settings.mqtt.embedded_max_connections;
+                let broker = tokio::task::spawn_blocking(move || crate::broker::start(addr, max))
+                    .await
+                    .context("starting the embedded MQTT broker")??;
+                settings.mqtt.url = Some(broker.url());
+            }
+        }
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
                 "creating the data directory {}",

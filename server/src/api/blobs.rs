@@ -159,6 +159,13 @@ async fn download(
         Some(value) if if_range_matches => parse_range(value, length)?,
         _ => None,
     };
+    let sent = range.map_or(length, |(first, last)| last - first + 1);
+    let kind = match state.store.is_delta_blob(&digest.to_hex()).await {
+        Ok(true) => "delta",
+        Ok(false) => "image",
+        Err(_) => "unknown",
+    };
+    metrics::counter!("ota_blob_bytes_served_total", "kind" => kind).increment(sent);
     let common = [
         (header::ACCEPT_RANGES, "bytes".to_owned()),
         (header::ETAG, etag),

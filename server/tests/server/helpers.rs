@@ -208,6 +208,8 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     };
     settings.director.tick_milliseconds = 100;
     settings.director.poll_seconds = 30;
+    // No vehicle channel unless a test asks for the machine's broker below.
+    settings.mqtt.embedded = "off".to_owned();
     if let Some(max) = options.max_image_bytes {
         settings.limits.max_image_bytes = max;
     }

@@ -431,7 +431,7 @@ impl SimFleet {
         let args = ota_agent::simulate::SimulateArgs {
             vehicles,
             server: server.url.clone(),
-            mqtt: crate::fleet::mqtt_url(),
+            mqtt: server.mqtt.clone(),
             root: dir.path().join("root.json"),
             factory_image: dir.path().join("factory.img"),
             factory_version: "1.0.0".to_owned(),
@@ -472,6 +472,42 @@ impl SimFleet {
             .expect("the simulator task")
             .expect("the simulator runs");
     }
+}
+
+/// With no broker configured the server runs its own (rumqttd), and simulated vehicles
+/// take a rollout through it to commit: the laptop / demo default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_carries_a_rollout_to_commit() {
+    let vehicles = 5;
+    let server = Server::start_embedded(2).await;
+    assert_ne!(
+        server.mqtt,
+        crate::fleet::mqtt_url(),
+        "not the machine's broker"
+    );
+    let hardware_id = unique("hw-embedded-");
+    let v1 = synthetic::image(31, 16 * 1024);
+    let v2 = synthetic::next_release(&v1, 32, 8);
+    let image = server.upload(&hardware_id, "1.0.0", v1.clone()).await;
+    server.release(&image, "1.0.0", 1).await;
+    let fleet = SimFleet::start(&server, &hardware_id, vehicles, &v1, (0.0, None)).await;
+    wait_for(
+        "every vehicle to check in through the embedded broker",
+        120,
+        || async {
+            (server.count_installed(&hardware_id, "1.0.0").await == vehicles).then_some(())
+        },
+    )
+    .await;
+    let image = server.upload(&hardware_id, "2.0.0", v2).await;
+    let release = server.release(&image, "2.0.0", 1).await;
+    let rollout = server.rollout(&release, &hardware_id).await;
+    wait_for("every vehicle to commit 2.0.0", 180, || async {
+        (server.totals(&rollout).await["committed"] == vehicles as u64).then_some(())
+    })
+    .await;
+    fleet.stop().await;
+    server.stop().await;
 }
 
 /// The whole loop with real agents: a three-phase canary rollout advances phase by phase

@@ -104,6 +104,8 @@ where
 /// A running server.
 pub struct Server {
     pub url: String,
+    /// The broker the server uses (`mqtt://host:port`): the machine's, or its embedded one.
+    pub mqtt: String,
     pub admin: String,
     pub http: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -113,6 +115,15 @@ pub struct Server {
 
 impl Server {
     pub async fn start(poll_seconds: u32) -> Server {
+        Server::start_on(poll_seconds, Some(mqtt_url())).await
+    }
+
+    /// A server with its embedded MQTT broker (rumqttd) on a free port.
+    pub async fn start_embedded(poll_seconds: u32) -> Server {
+        Server::start_on(poll_seconds, None).await
+    }
+
+    async fn start_on(poll_seconds: u32, broker: Option<String>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings {
             listen: "127.0.0.1:0".to_owned(),
@@ -125,12 +136,17 @@ impl Server {
         // request; on a CI machine running other suites beside a simulated fleet that can
         // take longer than the 30 s default.
         settings.limits.request_timeout_seconds = 120;
-        settings.mqtt.url = Some(mqtt_url());
+        if broker.is_none() {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            settings.mqtt.embedded = free.local_addr().unwrap().to_string();
+        }
+        settings.mqtt.url = broker;
         settings.mqtt.share_group = unique("e2e");
         settings.mqtt.client_id = Some(unique("ota-server-e2e-"));
         let app = Application::build(settings).await.expect("server builds");
         let url = format!("http://{}", app.address());
         let state = app.state().clone();
+        let mqtt = state.settings.mqtt.url.clone().expect("a broker");
         let (_, admin) = create_token(&state.store, &Actor::system(), "e2e", &[Scope::Admin])
             .await
             .expect("token");
@@ -140,6 +156,7 @@ impl Server {
         }));
         let server = Server {
             url,
+            mqtt,
             admin,
             http: reqwest::Client::new(),
 
