@@ -672,6 +672,7 @@ impl Api {
         let bytes = self
             .http
             .get(format!("{}/v1/metadata/root/1.json", self.url))
+            .bearer_auth(&self.token)
             .send()
             .await?
             .error_for_status()?
