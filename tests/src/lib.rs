@@ -13,12 +13,19 @@ use std::sync::OnceLock;
 
 /// The directory holding the workspace's binaries for this build profile.
 fn bin_dir() -> PathBuf {
-    // The test executable lives in `<target>/<profile>/deps/`.
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executables live in <target>/<profile>/deps")
-        .to_path_buf()
+    // A test executable lives in `<target>/<profile>/deps/`, a binary of this crate (the
+    // benchmarks) in `<target>/<profile>/`.
+    let exe = std::env::current_exe().expect("the executable has a path");
+    let dir = exe
+        .parent()
+        .expect("executables live in <target>/<profile>[/deps]");
+    if dir.file_name().is_some_and(|d| d == "deps") {
+        dir.parent()
+            .expect("test executables live in <target>/<profile>/deps")
+            .to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary, built fresh on first use.
@@ -27,6 +34,8 @@ pub fn binary(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut command = std::process::Command::new(cargo);
+        // From the workspace, so a benchmark started from elsewhere builds the right one.
+        command.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
         command.args(["build", "--bins", "-p", "ota-server", "-p", "ota-agent"]);
         if bin_dir().file_name().is_some_and(|p| p == "release") {
             command.arg("--release");

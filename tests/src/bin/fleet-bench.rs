@@ -1,0 +1,1354 @@
+//! `fleet-bench`: the server's vehicle channel driven from outside, as a third-party load
+//! generator would: the real `ota-server` binary as a child process, vehicles registered
+//! through `POST /api/v1/vehicles:bulk`, Ed25519-signed check-ins over MQTT (QoS 1,
+//! several connections), every directive verified against the served root.
+//!
+//! For every configuration (backend × fleet size × rollout off/on) it starts a fresh
+//! server on a fresh database (SQLite in a temp dir, or a throwaway PostgreSQL database),
+//! registers the fleet, optionally starts a rollout of a new image to the whole fleet,
+//! then runs a closed-loop phase at maximum rate (`--window` check-ins in flight) and one
+//! open-loop phase per `--rate`. Before the configurations it measures the broker alone:
+//! plain messages of check-in size, publisher to subscriber, through the same number of
+//! connections and the same window. See `docs/fleet-bench.md`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+use ota_core::encoding::Sha256Digest;
+use ota_core::envelope::Envelope;
+use ota_core::key::SigningKey;
+use ota_core::metadata::{parse_document, DirectorMetadata, Role, Root};
+use ota_core::protocol::{
+    sign_message, topic, CheckIn, EcuReport, InstalledImage, TrustedVersions, PAYLOAD_TYPE_CHECKIN,
+};
+use ota_core::threshold::verify_threshold;
+use ota_core::time::Timestamp;
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{BufRead, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+const HARDWARE_ID: &str = "hw-fleet-bench";
+const FACTORY: &[u8] = b"fleet-bench factory image 1.0.0";
+/// Most registrations in one bulk request (the API's limit).
+const BULK: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    Off,
+    On,
+}
+
+/// Check-in benchmark of ota-server's vehicle channel (see docs/fleet-bench.md).
+#[derive(Debug, Parser)]
+#[command(name = "fleet-bench")]
+struct Args {
+    /// Database backends to run, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    backends: Vec<Backend>,
+    /// Fleet sizes, comma separated (e.g. 1000,10000,50000).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    vehicles: Vec<usize>,
+    /// Whether a rollout of a new image to the whole fleet is running: off, on or off,on.
+    #[arg(long, value_delimiter = ',', default_value = "off,on")]
+    rollout: Vec<OnOff>,
+    /// Measured seconds per phase.
+    #[arg(long, default_value_t = 10)]
+    duration_seconds: u64,
+    /// Seconds of load before each phase's measurement starts (not counted).
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
+    /// Open-loop rates in check-ins per second, comma separated; each is one more phase
+    /// after the maximum-rate phase.
+    #[arg(long, value_delimiter = ',')]
+    rate: Vec<u32>,
+    /// Skip the closed-loop maximum-rate phase (only the --rate phases run).
+    #[arg(long)]
+    no_max: bool,
+    /// MQTT connections the load is spread over (each publishes and subscribes).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Messages in flight in the maximum-rate phase (closed loop).
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// A check-in not answered within this many seconds counts as a timeout.
+    #[arg(long, default_value_t = 10)]
+    timeout_seconds: u64,
+    /// Skip verifying directive signatures against the served root (saves client CPU).
+    #[arg(long)]
+    no_verify: bool,
+    #[arg(
+        long,
+        env = "OTA_TEST_MQTT_URL",
+        default_value = "mqtt://127.0.0.1:1883"
+    )]
+    mqtt_url: String,
+    /// PostgreSQL server (user with CREATEDB); a throwaway database is created and dropped.
+    #[arg(
+        long,
+        env = "OTA_TEST_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    postgres_url: String,
+    /// The ota-server binary to run. Default: build the workspace's (release when this
+    /// binary is a release build) and use the one next to this binary.
+    #[arg(long, env = "FLEET_BENCH_SERVER_BIN")]
+    server_bin: Option<PathBuf>,
+    /// Extra environment for the server, e.g. OTA_MQTT__WORKERS=32 (repeatable).
+    #[arg(long = "server-env", value_name = "KEY=VALUE")]
+    server_env: Vec<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let server_bin = match &args.server_bin {
+        Some(path) => path.clone(),
+        None => ota_tests::binary("ota-server"),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = run(&args, &server_bin) => result,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    // Dropping the runtime drops whatever `run` held: the server child and the database
+    // are cleaned up by their `Drop`s.
+    drop(runtime);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args, server_bin: &Path) -> Result<()> {
+    if args.connections == 0 || args.window == 0 {
+        bail!("--connections and --window must be at least 1");
+    }
+    let (host, port) = parse_mqtt_url(&args.mqtt_url)?;
+    let broker = BrokerAddress { host, port };
+    let run_id = format!("fb{}", std::process::id());
+    eprintln!(
+        "fleet-bench: server {}, broker {}, {} connections, window {}, {} s (+{} s warm-up) per phase",
+        server_bin.display(),
+        args.mqtt_url,
+        args.connections,
+        args.window,
+        args.duration_seconds,
+        args.warmup_seconds
+    );
+
+    // The broker alone, same connections and window, messages of check-in size.
+    let sample = checkin_bytes(&vehicle_key(&run_id, 0), &vehicle_id(&run_id, 0), 0);
+    let largest_fleet = args.vehicles.iter().copied().max().unwrap_or(1000);
+    let broker_workload = Workload::Broker {
+        run_id: run_id.clone(),
+        payload: vec![b'x'; sample.len()],
+        topics: largest_fleet,
+    };
+    eprintln!(
+        "broker alone: {} B messages over {} topics",
+        sample.len(),
+        largest_fleet
+    );
+    let broker_result = drive(args, &broker, Arc::new(broker_workload), Mode::Max).await?;
+    let broker_rate = broker_result.answered_per_second;
+    print_table(
+        "Broker alone (publish → subscribe, plain messages of check-in size)",
+        &[Row {
+            configuration: "mosquitto".to_owned(),
+            phase: broker_result,
+            ratio: None,
+        }],
+    );
+
+    let mut rows = Vec::new();
+    for &backend in &args.backends {
+        for &vehicles in &args.vehicles {
+            for &rollout in &args.rollout {
+                let name = format!(
+                    "{backend} {vehicles} vehicles rollout {}",
+                    if rollout == OnOff::On { "on" } else { "off" }
+                );
+                eprintln!("== {name}");
+                let results = configuration(
+                    args,
+                    server_bin,
+                    &broker,
+                    &run_id,
+                    backend,
+                    vehicles,
+                    rollout == OnOff::On,
+                )
+                .await
+                .with_context(|| name.clone())?;
+                let table_rows: Vec<Row> = results
+                    .into_iter()
+                    .map(|phase| Row {
+                        configuration: name.clone(),
+                        ratio: Some(phase.answered_per_second / broker_rate.max(1e-9)),
+                        phase,
+                    })
+                    .collect();
+                print_table(&name, &table_rows);
+                rows.extend(table_rows);
+            }
+        }
+    }
+    print_table(
+        &format!(
+            "Summary (broker alone: {broker_rate:.0} msgs/s; ratio = check-ins answered/s ÷ broker msgs/s; a check-in is two messages)"
+        ),
+        &rows,
+    );
+    Ok(())
+}
+
+/// One configuration: a fresh server and database, the fleet, the phases.
+async fn configuration(
+    args: &Args,
+    server_bin: &Path,
+    broker: &BrokerAddress<'_>,
+    run_id: &str,
+    backend: Backend,
+    vehicles: usize,
+    rollout: bool,
+) -> Result<Vec<PhaseResult>> {
+    let dir = tempfile::Builder::new().prefix("fleet-bench-").tempdir()?;
+    let database = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(Database::create(&args.postgres_url, run_id).await?),
+    };
+    let mut server = ServerProcess::start(
+        server_bin,
+        dir.path(),
+        &args.mqtt_url,
+        database.as_ref().map(|d| d.url.as_str()),
+        &format!("{run_id}-{backend}-{vehicles}"),
+        &args.server_env,
+    )?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(900))
+        .build()?;
+    server.wait_ready(&http).await?;
+    let api = Api {
+        http,
+        url: server.url.clone(),
+        token: server.token.clone(),
+    };
+
+    // The fleet: deterministic keys, registered in bulk.
+    let keys: Vec<SigningKey> = (0..vehicles).map(|i| vehicle_key(run_id, i)).collect();
+    let started = Instant::now();
+    for first in (0..vehicles).step_by(BULK) {
+        let batch: Vec<Value> = (first..(first + BULK).min(vehicles))
+            .map(|i| {
+                json!({ "id": vehicle_id(run_id, i), "public_key": keys[i].public_key().to_hex(),
+                        "ecus": [{ "ecu": "main", "hardware_id": HARDWARE_ID }], "tags": [] })
+            })
+            .collect();
+        api.post("/api/v1/vehicles:bulk", json!({ "vehicles": batch }))
+            .await
+            .context("bulk registration")?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "registered {vehicles} vehicles in {elapsed:.1} s ({:.0}/s)",
+        vehicles as f64 / elapsed
+    );
+    if rollout {
+        let started = Instant::now();
+        let rollout = api.rollout_to_fleet().await.context("starting a rollout")?;
+        eprintln!(
+            "rollout {rollout} running over the whole fleet (set up in {:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let director = if args.no_verify {
+        None
+    } else {
+        Some(Box::new(api.director_keys().await?))
+    };
+
+    let workload = Arc::new(Workload::Server {
+        run_id: run_id.to_owned(),
+        keys,
+        director,
+        nonce: AtomicU64::new(0),
+    });
+    let mut modes: Vec<Mode> = Vec::new();
+    if !args.no_max {
+        modes.push(Mode::Max);
+    }
+    modes.extend(args.rate.iter().map(|&r| Mode::Open(r)));
+    let phases = drive_phases(args, broker, workload, &modes).await;
+    let stop = server.stop();
+    eprintln!("server: {stop}");
+    if let Some(database) = database {
+        database.drop_now().await;
+    }
+    let mut phases = phases?;
+    for phase in &mut phases {
+        phase.server_stop = Some(stop.clone());
+    }
+    Ok(phases)
+}
+
+// ---------------------------------------------------------------------------------------
+// The server as a child process.
+
+struct ServerProcess {
+    child: Option<Child>,
+    url: String,
+    token: String,
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        mqtt_url: &str,
+        database_url: Option<&str>,
+        share_group: &str,
+        extra_env: &[String],
+    ) -> Result<ServerProcess> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let data_dir = dir.join("data");
+        let mut config = format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n",
+            data_dir.display().to_string()
+        );
+        if let Some(url) = database_url {
+            config.push_str(&format!("database_url = {url:?}\n"));
+        }
+        config.push_str(&format!(
+            "\n[mqtt]\nurl = {mqtt_url:?}\nshare_group = {share_group:?}\n\
+             \n[limits]\nrequest_timeout_seconds = 900\n\
+             \n[log]\nformat = \"text\"\nfilter = \"warn\"\n"
+        ));
+        let config_path = dir.join("ota.toml");
+        std::fs::write(&config_path, config)?;
+        let env: Vec<(String, String)> = extra_env
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .with_context(|| format!("--server-env {kv:?}: expected KEY=VALUE"))
+            })
+            .collect::<Result<_>>()?;
+        let command = |args: &[&str]| {
+            let mut c = Command::new(bin);
+            c.args(args)
+                .arg("--config")
+                .arg(&config_path)
+                .env_remove("OTA_CONFIG")
+                .env_remove("RUST_LOG")
+                .envs(env.iter().map(|(k, v)| (k, v)));
+            c
+        };
+        let output = command(&[
+            "tokens",
+            "create",
+            "--name",
+            "fleet-bench",
+            "--scope",
+            "admin",
+        ])
+        .output()
+        .with_context(|| format!("running {} tokens create", bin.display()))?;
+        if !output.status.success() {
+            bail!(
+                "ota-server tokens create failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let token = String::from_utf8(output.stdout)?.trim().to_owned();
+        let log = dir.join("server.log");
+        let log_file = std::fs::File::create(&log)?;
+        let child = command(&["serve"])
+            .stdout(Stdio::from(log_file.try_clone()?))
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .with_context(|| format!("starting {} serve", bin.display()))?;
+        Ok(ServerProcess {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            token,
+            log,
+        })
+    }
+
+    /// Waits (60 s at most) for `/readyz` to report the broker connected.
+    async fn wait_ready(&mut self, http: &reqwest::Client) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "ota-server exited ({status}) before it was ready:\n{}",
+                    self.log_tail()
+                );
+            }
+            let ready = async {
+                let body: Value = http
+                    .get(format!("{}/readyz", self.url))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                (body["broker"] == "ok").then_some(())
+            };
+            if ready.await.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "ota-server not ready (broker ok) within 60 s:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let Ok(file) = std::fs::File::open(&self.log) else {
+            return String::new();
+        };
+        let lines: Vec<String> = std::io::BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// SIGTERM, then up to 30 s for a clean exit, then SIGKILL.
+    fn stop(&mut self) -> StopOutcome {
+        let Some(mut child) = self.child.take() else {
+            return StopOutcome::AlreadyStopped;
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            return StopOutcome::Exited(status.to_string());
+        }
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return if status.success() {
+                    StopOutcome::Clean(started.elapsed())
+                } else {
+                    StopOutcome::Exited(status.to_string())
+                };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        StopOutcome::Killed
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            eprintln!("stopping ota-server: {}", self.stop());
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum StopOutcome {
+    Clean(Duration),
+    Exited(String),
+    Killed,
+    AlreadyStopped,
+}
+
+impl fmt::Display for StopOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopOutcome::Clean(d) => write!(f, "clean exit {:.1} s after SIGTERM", d.as_secs_f64()),
+            StopOutcome::Exited(s) => write!(f, "exited with {s}"),
+            StopOutcome::Killed => f.write_str("no exit within 30 s of SIGTERM: killed"),
+            StopOutcome::AlreadyStopped => f.write_str("already stopped"),
+        }
+    }
+}
+
+/// A throwaway PostgreSQL database, dropped at the end (also when the run is interrupted).
+struct Database {
+    admin_url: String,
+    name: String,
+    url: String,
+    dropped: AtomicBool,
+}
+
+impl Database {
+    async fn create(base: &str, run_id: &str) -> Result<Database> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let base = base.trim_end_matches('/');
+        let name = format!(
+            "fleet_bench_{run_id}_{}",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin_url = format!("{base}/postgres");
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .with_context(|| format!("connecting to {admin_url}"))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .context("creating the benchmark database")?;
+        Ok(Database {
+            url: format!("{base}/{name}"),
+            admin_url,
+            name,
+            dropped: AtomicBool::new(false),
+        })
+    }
+
+    async fn drop_now(&self) {
+        if self.dropped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let result = async {
+            let mut conn =
+                <sqlx::PgConnection as sqlx::Connection>::connect(&self.admin_url).await?;
+            sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await?;
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        if let Err(err) = result {
+            eprintln!("warning: dropping database {}: {err}", self.name);
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if self.dropped.load(Ordering::SeqCst) {
+            return;
+        }
+        // Dropped without `drop_now` (an error or Ctrl-C): drop it from a thread with its
+        // own runtime (this may run inside the benchmark's runtime).
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            let database = Database {
+                admin_url,
+                name,
+                url: String::new(),
+                dropped: AtomicBool::new(false),
+            };
+            runtime.block_on(database.drop_now());
+            database.dropped.store(true, Ordering::SeqCst);
+            Some(())
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("warning: could not drop database {}", self.name);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The HTTP API, as an operator uses it.
+
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Api {
+    async fn send(&self, request: reqwest::RequestBuilder, what: &str) -> Result<Value> {
+        let response = request.bearer_auth(&self.token).send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("{what}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value> {
+        self.send(
+            self.http.post(format!("{}{path}", self.url)).json(&body),
+            path,
+        )
+        .await
+    }
+
+    /// Uploads a new image, releases it and starts a rollout to every vehicle of the
+    /// benchmark's hardware id (one phase at 100 %, no effective rate limit).
+    async fn rollout_to_fleet(&self) -> Result<String> {
+        let image = self
+            .send(
+                self.http
+                    .post(format!(
+                        "{}/api/v1/images?hardware_id={HARDWARE_ID}&version=2.0.0",
+                        self.url
+                    ))
+                    .header("content-type", "application/octet-stream")
+                    .body(b"fleet-bench firmware 2.0.0 ".repeat(256)),
+                "image upload",
+            )
+            .await?;
+        let release = self
+            .post(
+                "/api/v1/releases",
+                json!({ "name": "fleet-bench-2.0.0", "version": "2.0.0",
+                        "security_version": 2, "images": [image["id"]] }),
+            )
+            .await?;
+        let rollout = self
+            .post(
+                "/api/v1/rollouts",
+                json!({ "name": "fleet-bench", "release_id": release["id"],
+                        "selector": { "hardware_ids": [HARDWARE_ID] },
+                        "phases": [{ "name": "all", "percent": 100 }],
+                        "rate_limit": { "maximum_per_minute": 4_000_000_000u32 } }),
+            )
+            .await?;
+        let id = rollout["id"]
+            .as_str()
+            .context("rollout without an id")?
+            .to_owned();
+        self.post(&format!("/api/v1/rollouts/{id}/start"), json!({}))
+            .await?;
+        Ok(id)
+    }
+
+    /// The director keys of the served root (version 1), to verify directives with.
+    async fn director_keys(&self) -> Result<Root> {
+        let bytes = self
+            .http
+            .get(format!("{}/v1/metadata/root/1.json", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        let envelope = Envelope::parse(&bytes).context("root envelope")?;
+        Root::from_payload(&envelope.payload).context("root metadata")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Workloads: what is published, and what answers it.
+
+enum Workload {
+    /// Signed check-ins to the server; answered by the vehicle's directive.
+    Server {
+        run_id: String,
+        keys: Vec<SigningKey>,
+        director: Option<Box<Root>>,
+        nonce: AtomicU64,
+    },
+    /// Plain messages to the broker; answered by their own delivery.
+    Broker {
+        run_id: String,
+        payload: Vec<u8>,
+        topics: usize,
+    },
+}
+
+/// A message that was not a good answer.
+enum Answer {
+    /// A good answer for vehicle (topic) `index`; `assigned` when it carries an assignment.
+    Good { index: usize, assigned: bool },
+    /// Someone else's traffic on the shared broker (another server's vehicles).
+    Foreign,
+    /// Ours, but the directive failed verification.
+    Bad,
+}
+
+impl Workload {
+    fn size(&self) -> usize {
+        match self {
+            Workload::Server { keys, .. } => keys.len(),
+            Workload::Broker { topics, .. } => *topics,
+        }
+    }
+
+    fn subscription(&self) -> String {
+        match self {
+            Workload::Server { run_id, .. } => format!("$share/{run_id}/ota/v1/+/directive"),
+            Workload::Broker { run_id, .. } => {
+                format!("$share/{run_id}b/fleet-bench/{run_id}/+/m")
+            }
+        }
+    }
+
+    fn message(&self, index: usize) -> (String, Vec<u8>) {
+        match self {
+            Workload::Server {
+                run_id,
+                keys,
+                nonce,
+                ..
+            } => {
+                let vid = vehicle_id(run_id, index);
+                let n = nonce.fetch_add(1, Ordering::Relaxed);
+                let bytes = checkin_bytes(&keys[index], &vid, n);
+                (topic(&vid, ota_core::protocol::Channel::CheckIn), bytes)
+            }
+            Workload::Broker {
+                run_id, payload, ..
+            } => (format!("fleet-bench/{run_id}/{index}/m"), payload.clone()),
+        }
+    }
+
+    fn answer(&self, topic: &str, payload: &[u8]) -> Answer {
+        match self {
+            Workload::Server {
+                run_id, director, ..
+            } => {
+                let Some(index) = topic
+                    .strip_prefix("ota/v1/")
+                    .and_then(|t| t.strip_suffix("/directive"))
+                    .and_then(|vid| vid.strip_prefix(run_id.as_str()))
+                    .and_then(|n| n.strip_prefix('-'))
+                    .and_then(|n| n.parse::<usize>().ok())
+                else {
+                    return Answer::Foreign;
+                };
+                match directive(director.as_deref(), payload) {
+                    Some(d) if d.vehicle_id == vehicle_id(run_id, index) => Answer::Good {
+                        index,
+                        assigned: !d.assignments.is_empty(),
+                    },
+                    _ => Answer::Bad,
+                }
+            }
+            Workload::Broker { run_id, .. } => topic
+                .strip_prefix("fleet-bench/")
+                .and_then(|t| t.strip_prefix(run_id.as_str()))
+                .and_then(|t| t.strip_prefix('/'))
+                .and_then(|t| t.strip_suffix("/m"))
+                .and_then(|n| n.parse::<usize>().ok())
+                .map_or(Answer::Foreign, |index| Answer::Good {
+                    index,
+                    assigned: false,
+                }),
+        }
+    }
+}
+
+/// The directive's document, verified against the root's director keys when given.
+fn directive(root: Option<&Root>, bytes: &[u8]) -> Option<DirectorMetadata> {
+    let envelope = Envelope::parse(bytes).ok()?;
+    if envelope.payload_type != Role::Director.payload_type() {
+        return None;
+    }
+    if let Some(root) = root {
+        verify_threshold(
+            &envelope,
+            Role::Director,
+            &root.keys,
+            root.role_keys(Role::Director),
+            "director",
+        )
+        .ok()?;
+    }
+    parse_document(&envelope.payload).ok()
+}
+
+fn vehicle_id(run_id: &str, index: usize) -> String {
+    format!("{run_id}-{index}")
+}
+
+fn vehicle_key(run_id: &str, index: usize) -> SigningKey {
+    let seed: [u8; 32] = Sha256::digest(format!("fleet-bench|{run_id}|{index}")).into();
+    SigningKey::from_seed(&seed)
+}
+
+/// A signed check-in as an idle agent running the factory image sends it.
+fn checkin_bytes(key: &SigningKey, vehicle_id: &str, nonce: u64) -> Vec<u8> {
+    let checkin = CheckIn {
+        vehicle_id: vehicle_id.to_owned(),
+        nonce: format!("fb-{nonce:016x}"),
+        sent_at: Timestamp::from_datetime(chrono::Utc::now()),
+        ecus: vec![EcuReport {
+            ecu: "main".to_owned(),
+            hardware_id: HARDWARE_ID.to_owned(),
+            installed: Some(InstalledImage {
+                version: "1.0.0".to_owned(),
+                sha256: Sha256Digest::of(FACTORY),
+                length: FACTORY.len() as u64,
+            }),
+            active_slot: "a".to_owned(),
+        }],
+        agent_state: "idle".to_owned(),
+        trusted: TrustedVersions {
+            root: 1,
+            targets: 0,
+            director: 0,
+        },
+    };
+    sign_message(PAYLOAD_TYPE_CHECKIN, &checkin, key)
+}
+
+// ---------------------------------------------------------------------------------------
+// The load driver.
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Closed loop: `--window` messages in flight, the next sent as one is answered.
+    Max,
+    /// Open loop: this many messages per second whatever the answers.
+    Open(u32),
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Max => f.write_str("max"),
+            Mode::Open(rate) => write!(f, "open {rate}/s"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BrokerAddress<'a> {
+    host: &'a str,
+    port: u16,
+}
+
+fn parse_mqtt_url(url: &str) -> Result<(&str, u16)> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .with_context(|| format!("expected mqtt://host:port, got {url:?}"))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .with_context(|| format!("expected mqtt://host:port, got {url:?}"))?;
+    Ok((host, port.parse().context("MQTT port")?))
+}
+
+/// What one phase measured.
+#[derive(Debug, Clone)]
+struct PhaseResult {
+    mode: Mode,
+    /// Messages sent during the measured interval.
+    sent: u64,
+    /// Answers received during the measured interval, per second.
+    answered_per_second: f64,
+    /// Latency of messages sent in the measured interval, in ms.
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Of the messages sent in the measured interval: no answer within the timeout.
+    timeouts: u64,
+    /// Answers that failed verification, answers with nothing outstanding, publish and
+    /// connection errors (over the whole phase).
+    bad: u64,
+    late: u64,
+    errors: u64,
+    /// Share of good answers carrying an assignment.
+    assigned: f64,
+    server_stop: Option<StopOutcome>,
+}
+
+/// Per-phase bookkeeping, shared by the senders and the connections' event loops.
+struct Ledger {
+    /// Send instants of the messages each vehicle (topic) has in flight, oldest first.
+    outstanding: Vec<VecDeque<Instant>>,
+    in_flight: usize,
+    measure_from: Instant,
+    measure_until: Instant,
+    sent: u64,
+    answered: u64,
+    assigned: u64,
+    good: u64,
+    latencies_us: Vec<u64>,
+    timeouts: u64,
+    bad: u64,
+    late: u64,
+    errors: u64,
+}
+
+impl Ledger {
+    fn new(size: usize) -> Ledger {
+        let now = Instant::now();
+        Ledger {
+            outstanding: vec![VecDeque::new(); size],
+            in_flight: 0,
+            measure_from: now,
+            measure_until: now,
+            sent: 0,
+            answered: 0,
+            assigned: 0,
+            good: 0,
+            latencies_us: Vec::new(),
+            timeouts: 0,
+            bad: 0,
+            late: 0,
+            errors: 0,
+        }
+    }
+
+    fn measured(&self, at: Instant) -> bool {
+        at >= self.measure_from && at < self.measure_until
+    }
+
+    fn sent(&mut self, index: usize, at: Instant) {
+        self.outstanding[index].push_back(at);
+        self.in_flight += 1;
+        if self.measured(at) {
+            self.sent += 1;
+        }
+    }
+
+    /// Returns whether a message was outstanding (a window slot is freed).
+    fn answered(&mut self, index: usize, assigned: bool, at: Instant) -> bool {
+        let Some(sent) = self
+            .outstanding
+            .get_mut(index)
+            .and_then(VecDeque::pop_front)
+        else {
+            self.late += 1;
+            return false;
+        };
+        self.in_flight -= 1;
+        self.good += 1;
+        if assigned {
+            self.assigned += 1;
+        }
+        if self.measured(at) {
+            self.answered += 1;
+        }
+        if sent >= self.measure_from && sent < self.measure_until {
+            self.latencies_us
+                .push(at.saturating_duration_since(sent).as_micros() as u64);
+        }
+        true
+    }
+
+    /// Drops what has waited longer than `timeout`; returns how many.
+    fn expire(&mut self, now: Instant, timeout: Duration) -> usize {
+        let mut expired = 0;
+        for queue in &mut self.outstanding {
+            while queue
+                .front()
+                .is_some_and(|sent| now.saturating_duration_since(*sent) > timeout)
+            {
+                let sent = queue.pop_front().expect("front exists");
+                if sent >= self.measure_from && sent < self.measure_until {
+                    self.timeouts += 1;
+                }
+                expired += 1;
+            }
+        }
+        self.in_flight -= expired;
+        expired
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+struct Connections {
+    clients: Vec<AsyncClient>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ledger: Arc<Mutex<Ledger>>,
+    window: Arc<Semaphore>,
+}
+
+impl Drop for Connections {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Opens `--connections` connections, each subscribed to the workload's answers through
+/// one shared subscription (each answer reaches exactly one of them).
+async fn connect(
+    args: &Args,
+    broker: &BrokerAddress<'_>,
+    workload: &Arc<Workload>,
+) -> Result<Connections> {
+    let ledger = Arc::new(Mutex::new(Ledger::new(workload.size())));
+    let window = Arc::new(Semaphore::new(0));
+    let (subscribed_tx, mut subscribed) = tokio::sync::mpsc::channel(args.connections);
+    let mut clients = Vec::new();
+    let mut tasks = Vec::new();
+    static CLIENT: AtomicU64 = AtomicU64::new(0);
+    for _ in 0..args.connections {
+        let id = format!(
+            "fleet-bench-{}-{}",
+            std::process::id(),
+            CLIENT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut options = MqttOptions::new(id, broker.host, broker.port);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(1 << 20, 1 << 20)
+            .set_inflight(1000)
+            .set_clean_session(true);
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
+        let subscription = workload.subscription();
+        let (client2, workload, ledger, window, subscribed_tx) = (
+            client.clone(),
+            workload.clone(),
+            ledger.clone(),
+            window.clone(),
+            subscribed_tx.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        // Never `subscribe().await` here: only this loop drains the
+                        // request channel it would wait on.
+                        if client2
+                            .try_subscribe(subscription.clone(), QoS::AtLeastOnce)
+                            .is_err()
+                        {
+                            ledger.lock().expect("ledger").errors += 1;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subscribed_tx.try_send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let at = Instant::now();
+                        let answer = workload.answer(&publish.topic, &publish.payload);
+                        let mut ledger = ledger.lock().expect("ledger");
+                        match answer {
+                            Answer::Good { index, assigned } => {
+                                if ledger.answered(index, assigned, at) {
+                                    window.add_permits(1);
+                                }
+                            }
+                            Answer::Bad => ledger.bad += 1,
+                            Answer::Foreign => {}
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        ledger.lock().expect("ledger").errors += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }));
+        clients.push(client);
+    }
+    for _ in 0..args.connections {
+        tokio::time::timeout(Duration::from_secs(15), subscribed.recv())
+            .await
+            .context("the broker did not acknowledge the subscriptions within 15 s")?;
+    }
+    Ok(Connections {
+        clients,
+        tasks,
+        ledger,
+        window,
+    })
+}
+
+async fn drive(
+    args: &Args,
+    broker: &BrokerAddress<'_>,
+    workload: Arc<Workload>,
+    mode: Mode,
+) -> Result<PhaseResult> {
+    let mut results = drive_phases(args, broker, workload, &[mode]).await?;
+    Ok(results.remove(0))
+}
+
+/// Runs the phases one after the other over one set of connections.
+async fn drive_phases(
+    args: &Args,
+    broker: &BrokerAddress<'_>,
+    workload: Arc<Workload>,
+    modes: &[Mode],
+) -> Result<Vec<PhaseResult>> {
+    let connections = connect(args, broker, &workload).await?;
+    let mut results = Vec::new();
+    for &mode in modes {
+        let result = phase(args, &connections, &workload, mode).await;
+        eprintln!(
+            "  {mode}: sent {}, answered {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, timeouts {}, bad {}, late {}, errors {}",
+            result.sent,
+            result.answered_per_second,
+            result.p50_ms,
+            result.p99_ms,
+            result.timeouts,
+            result.bad,
+            result.late,
+            result.errors
+        );
+        results.push(result);
+    }
+    for client in &connections.clients {
+        let _ = client.try_disconnect();
+    }
+    Ok(results)
+}
+
+async fn phase(
+    args: &Args,
+    connections: &Connections,
+    workload: &Arc<Workload>,
+    mode: Mode,
+) -> PhaseResult {
+    let timeout = Duration::from_secs(args.timeout_seconds);
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup_seconds);
+    let measure_until = measure_from + Duration::from_secs(args.duration_seconds);
+    {
+        let mut ledger = connections.ledger.lock().expect("ledger");
+        let size = ledger.outstanding.len();
+        *ledger = Ledger::new(size);
+        ledger.measure_from = measure_from;
+        ledger.measure_until = measure_until;
+    }
+    // Closed loop: the window starts full; answers and timeouts give slots back.
+    let window = &connections.window;
+    if let Ok(stale) = window.try_acquire_many(window.available_permits() as u32) {
+        stale.forget();
+    }
+    if matches!(mode, Mode::Max) {
+        window.add_permits(args.window);
+    }
+
+    // The sweeper turns what waited too long into timeouts.
+    let sweeper = {
+        let (ledger, window) = (connections.ledger.clone(), window.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let expired = ledger
+                    .lock()
+                    .expect("ledger")
+                    .expire(Instant::now(), timeout);
+                if matches!(mode, Mode::Max) && expired > 0 {
+                    window.add_permits(expired);
+                }
+            }
+        })
+    };
+
+    // One sender per connection, each over its own share of the vehicles.
+    let senders = connections.clients.len();
+    let mut tasks = Vec::new();
+    for (c, client) in connections.clients.iter().enumerate() {
+        let (client, workload, ledger, window) = (
+            client.clone(),
+            workload.clone(),
+            connections.ledger.clone(),
+            window.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let size = workload.size();
+            let mine: Vec<usize> = (c..size).step_by(senders).collect();
+            if mine.is_empty() {
+                return;
+            }
+            let mut next = 0usize;
+            let mut sent_here = 0u64;
+            let per_second = match mode {
+                Mode::Max => 0.0,
+                Mode::Open(rate) => f64::from(rate) / senders as f64,
+            };
+            loop {
+                let now = Instant::now();
+                if now >= measure_until {
+                    break;
+                }
+                match mode {
+                    Mode::Max => {
+                        match tokio::time::timeout(
+                            measure_until.saturating_duration_since(now),
+                            window.acquire(),
+                        )
+                        .await
+                        {
+                            Ok(Ok(permit)) => permit.forget(),
+                            _ => break,
+                        }
+                    }
+                    Mode::Open(_) => {
+                        // Send what is due by now; sleep 1 ms when nothing is.
+                        let due = (now.duration_since(start).as_secs_f64() * per_second) as u64;
+                        if sent_here >= due {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            continue;
+                        }
+                    }
+                }
+                // The next of this sender's vehicles with nothing in flight (open loop:
+                // the next one whatever it has in flight).
+                let mut index = mine[next % mine.len()];
+                next += 1;
+                if matches!(mode, Mode::Max) {
+                    let ledger = ledger.lock().expect("ledger");
+                    for _ in 0..mine.len() {
+                        if ledger.outstanding[index].is_empty() {
+                            break;
+                        }
+                        index = mine[next % mine.len()];
+                        next += 1;
+                    }
+                }
+                let (topic, payload) = workload.message(index);
+                ledger.lock().expect("ledger").sent(index, Instant::now());
+                sent_here += 1;
+                if client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    ledger.lock().expect("ledger").errors += 1;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    // Let what is in flight be answered or time out.
+    let drain_until = Instant::now() + timeout + Duration::from_millis(500);
+    while Instant::now() < drain_until {
+        if connections.ledger.lock().expect("ledger").in_flight == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sweeper.abort();
+    let mut ledger = connections.ledger.lock().expect("ledger");
+    ledger.expire(Instant::now() + timeout * 2, timeout);
+    ledger.latencies_us.sort_unstable();
+    let seconds = measure_until.duration_since(measure_from).as_secs_f64();
+    PhaseResult {
+        mode,
+        sent: ledger.sent,
+        answered_per_second: ledger.answered as f64 / seconds,
+        p50_ms: percentile(&ledger.latencies_us, 50.0) as f64 / 1000.0,
+        p99_ms: percentile(&ledger.latencies_us, 99.0) as f64 / 1000.0,
+        timeouts: ledger.timeouts,
+        bad: ledger.bad,
+        late: ledger.late,
+        errors: ledger.errors,
+        assigned: if ledger.good == 0 {
+            0.0
+        } else {
+            ledger.assigned as f64 / ledger.good as f64
+        },
+        server_stop: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Output.
+
+struct Row {
+    configuration: String,
+    phase: PhaseResult,
+    ratio: Option<f64>,
+}
+
+fn print_table(title: &str, rows: &[Row]) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "configuration",
+        "load",
+        "sent",
+        "answered/s",
+        "p50 ms",
+        "p99 ms",
+        "timeouts",
+        "bad",
+        "late",
+        "errors",
+        "assigned",
+        "÷ broker",
+        "server stop",
+    ]);
+    for row in rows {
+        let p = &row.phase;
+        let number = |s: String| Cell::new(s).set_alignment(CellAlignment::Right);
+        table.add_row(vec![
+            Cell::new(&row.configuration),
+            Cell::new(p.mode.to_string()),
+            number(p.sent.to_string()),
+            number(format!("{:.0}", p.answered_per_second)),
+            number(format!("{:.1}", p.p50_ms)),
+            number(format!("{:.1}", p.p99_ms)),
+            number(p.timeouts.to_string()),
+            number(p.bad.to_string()),
+            number(p.late.to_string()),
+            number(p.errors.to_string()),
+            number(format!("{:.0} %", p.assigned * 100.0)),
+            number(row.ratio.map_or("-".to_owned(), |r| format!("{r:.3}"))),
+            Cell::new(
+                p.server_stop
+                    .as_ref()
+                    .map_or("-".to_owned(), ToString::to_string),
+            ),
+        ]);
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "\n{title}\n{table}");
+    let _ = out.flush();
+}
