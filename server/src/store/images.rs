@@ -106,12 +106,14 @@ impl Store {
     pub async fn list_images(
         &self,
         hardware_id: Option<&str>,
+        limit: i64,
     ) -> Result<Vec<ImageRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {IMAGE_COLUMNS} FROM images WHERE ($1 = '' OR hardware_id = $1) \
-             ORDER BY created_ms, id"
+             ORDER BY created_ms, id LIMIT $2"
         ))
         .bind(hardware_id.unwrap_or(""))
+        .bind(limit)
         .fetch_all(self.pool())
         .await?;
         Ok(rows.iter().map(image_from_row).collect::<Result<_, _>>()?)
