@@ -106,7 +106,7 @@ pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = err.path().to_string();
         let message = err.into_inner().to_string();
-        if path == "." || path.is_empty() {
+        if path == "." || path.is_empty() || message.starts_with("unknown field") {
             ApiError::BadRequest(format!("invalid query string: {message}"))
         } else {
             let (expected, got) = split_serde_message(&message);
