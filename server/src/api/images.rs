@@ -59,6 +59,17 @@ async fn upload(
             },
         });
     }
+    // A duplicate version is known before the body: refuse it without reading a byte.
+    if state
+        .store
+        .image_version_exists(&query.hardware_id, &query.version)
+        .await?
+    {
+        return Err(ApiError::Conflict(format!(
+            "image: hardware id {:?} already has version {:?}",
+            query.hardware_id, query.version
+        )));
+    }
     let limit = state.settings.limits.max_image_bytes;
     // Refuse a declared oversize body before reading a byte of it.
     if let Some(declared) = headers

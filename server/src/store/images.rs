@@ -119,6 +119,21 @@ impl Store {
         Ok(rows.iter().map(image_from_row).collect::<Result<_, _>>()?)
     }
 
+    /// Whether `hardware_id` already has an image of `version` (checked before an
+    /// upload's body is read; the unique constraint still decides a race).
+    pub async fn image_version_exists(
+        &self,
+        hardware_id: &str,
+        version: &str,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT id FROM images WHERE hardware_id = $1 AND version = $2")
+            .bind(hardware_id)
+            .bind(version)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Whether any image (or built delta) has this content, for blob authorisation.
     pub async fn image_by_sha256(&self, sha256: &str) -> Result<Option<ImageRecord>, StoreError> {
         let row = sqlx::query(&format!(

@@ -463,3 +463,35 @@ async fn a_timed_out_request_is_answered_with_a_problem() {
     drop(tx);
     app.stop().await;
 }
+
+/// A duplicate version is refused before the body is read (item 6): the answer comes
+/// while the body is still open, and nothing of it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_upload_is_refused_before_its_body() {
+    let app = spawn_app().await;
+    app.upload("hw-dup", "1.0.0", b"first".repeat(20)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"second upload, never finished".to_vec()))
+        .await
+        .unwrap();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let response = app
+        .http
+        .post(app.url("/api/v1/images?hardware_id=hw-dup&version=1.0.0"))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    let (status, problem) = crate::helpers::decode(response).await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("1.0.0"),
+        "{problem}"
+    );
+    drop(tx);
+    app.stop().await;
+}
