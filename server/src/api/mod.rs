@@ -14,6 +14,7 @@ pub mod metadata;
 pub mod openapi;
 pub mod releases;
 pub mod rollouts;
+pub mod tokens;
 pub mod validate;
 pub mod vehicles;
 
@@ -117,6 +118,7 @@ fn api_routes() -> Routes {
         .merge(blobs::routes())
         .merge(metadata::routes())
         .merge(audit::routes())
+        .merge(tokens::routes())
 }
 
 async fn no_route(request: Request) -> ApiError {

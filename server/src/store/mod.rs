@@ -23,7 +23,7 @@ pub use deltas::{DeltaJob, DeltaJobStatus};
 pub use images::{ImageRecord, NewImage};
 pub use releases::{NewRelease, ReleaseImage, ReleaseRecord};
 pub use rollouts::{DeploymentRecord, NewRollout, PhaseCounts, RolloutRecord, TransitionError};
-pub use tokens::TokenRecord;
+pub use tokens::{TokenInfo, TokenRecord};
 pub use vehicles::{EcuRecord, NewVehicle, VehicleFilter, VehicleRecord};
 
 use sqlx::any::AnyPoolOptions;

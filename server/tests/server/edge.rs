@@ -495,3 +495,68 @@ async fn a_duplicate_upload_is_refused_before_its_body() {
     drop(tx);
     app.stop().await;
 }
+
+async fn tokens(backend: Backend) {
+    let Some(app) = app(backend).await else {
+        return;
+    };
+    let (record, token) = ota_server::tokens::create_token(
+        &app.state.store,
+        &ota_server::store::Actor::system(),
+        "ci-bot",
+        &[ota_server::tokens::Scope::Read],
+    )
+    .await
+    .unwrap();
+    let (status, _) = app.get("/api/v1/images", &token).await;
+    assert_eq!(status, 200);
+    let (status, _) = app.get("/api/v1/tokens", &app.read_token).await;
+    assert_eq!(status, 403, "listing tokens needs admin");
+    let (status, list) = app.get("/api/v1/tokens", &app.admin_token).await;
+    assert_eq!(status, 200, "{list}");
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == record.id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(listed["name"], "ci-bot");
+    assert_eq!(listed["revoked_at"], Value::Null);
+    assert!(
+        !list.to_string().contains(&token),
+        "a token's value is never listed"
+    );
+    let revoke = format!("/api/v1/tokens/{}/revoke", record.id);
+    let (status, _) = app.post(&revoke, &app.read_token, &json!({})).await;
+    assert_eq!(status, 403);
+    let (status, body) = app.post(&revoke, &app.admin_token, &json!({})).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = app.get("/api/v1/images", &token).await;
+    assert_eq!(status, 401, "a revoked token is refused at once");
+    let (status, _) = app.post(&revoke, &app.admin_token, &json!({})).await;
+    assert_eq!(status, 409, "revoking twice is a conflict");
+    let (status, _) = app
+        .post(
+            "/api/v1/tokens/tok_0000000000000000/revoke",
+            &app.admin_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (_, list) = app.get("/api/v1/tokens", &app.admin_token).await;
+    assert!(list.to_string().contains("revoked_at"), "{list}");
+    let (_, audit) = app.get("/api/v1/audit?limit=5", &app.admin_token).await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "token.revoke"
+                && e["subject"] == record.id.as_str()
+                && e["actor"] == "test-admin"),
+        "revocation is audited: {audit}"
+    );
+    app.stop().await;
+}
+both_backends!(tokens_are_listed_and_revoked_by_admins_audited, tokens);
