@@ -59,11 +59,22 @@ pub enum Command {
         #[arg(long)]
         rollout: Option<String>,
     },
+    /// API tokens (admin): list them, revoke one.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// The audit log (admin).
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Every token (never its value) and whether it is revoked.
+    List,
+    /// Revoke a token at once (audited).
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -871,6 +882,34 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 )
             };
             (client.get(&path).await?, render)
+        }
+        Command::Token(command) => {
+            let render: fn(&Value) -> String = |v| {
+                columns(
+                    v,
+                    &[
+                        ("id", |t| s(&t["id"])),
+                        ("name", |t| s(&t["name"])),
+                        ("scopes", |t| {
+                            t["scopes"]
+                                .as_array()
+                                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
+                                .unwrap_or_default()
+                        }),
+                        ("created_at", |t| s(&t["created_at"])),
+                        ("revoked_at", |t| s(&t["revoked_at"])),
+                    ],
+                )
+            };
+            let value = match command {
+                TokenCommand::List => client.get("/api/v1/tokens?limit=1000").await?,
+                TokenCommand::Revoke { id } => {
+                    client
+                        .post_empty(&format!("/api/v1/tokens/{id}/revoke"))
+                        .await?
+                }
+            };
+            (value, render)
         }
         Command::Audit { limit } => {
             let render: fn(&Value) -> String = |v| {

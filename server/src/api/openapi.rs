@@ -60,7 +60,7 @@ const OPS: &[Op] = &[
     Op { method: "get", path: "/api/v1/delta-jobs", id: "listDeltaJobs", summary: "Delta builds and their progress", scope: Some("read"), body: None, ok: (200, "DeltaJobList"), query: &["rollout_id", "limit"] },
     Op { method: "get", path: "/api/v1/audit", id: "listAudit", summary: "Audit log of mutating calls, newest first", scope: Some("admin"), body: None, ok: (200, "AuditList"), query: &["limit", "before"] },
     Op { method: "get", path: "/api/v1/tokens", id: "listTokens", summary: "API tokens (never their values), oldest first", scope: Some("admin"), body: None, ok: (200, "TokenList"), query: &["limit"] },
-    Op { method: "post", path: "/api/v1/tokens/{id}/revoke", id: "revokeToken", summary: "Revoke a token at once (audited); 409 if already revoked", scope: Some("admin"), body: None, ok: (204, ""), query: &[] },
+    Op { method: "post", path: "/api/v1/tokens/{id}/revoke", id: "revokeToken", summary: "Revoke a token at once (audited); 409 if already revoked", scope: Some("admin"), body: None, ok: (200, "Token"), query: &[] },
     Op { method: "get", path: "/api/v1/targets", id: "getTargets", summary: "The newest signed targets metadata (cumulative: every released image), decoded and as an envelope", scope: Some("read"), body: None, ok: (200, "Targets"), query: &[] },
     Op { method: "get", path: "/v1/metadata/targets.json", id: "getVehicleTargets", summary: "The newest targets envelope, byte for byte; vehicle credential or read token", scope: None, body: None, ok: (200, "Object"), query: &[] },
     Op { method: "get", path: "/v1/metadata/root/{version}", id: "getVehicleRoot", summary: "Root metadata version N ({version} = N.json), for walking the root chain; vehicle credential or read token", scope: None, body: None, ok: (200, "Object"), query: &[] },
@@ -222,12 +222,10 @@ pub fn document() -> Value {
             }
         };
         let mut responses = Map::new();
-        let ok = if op.ok.0 == 204 {
-            json!({ "description": "Done (no body)" })
-        } else {
-            json!({ "description": "Success", "content": ok_content })
-        };
-        responses.insert(op.ok.0.to_string(), ok);
+        responses.insert(
+            op.ok.0.to_string(),
+            json!({ "description": "Success", "content": ok_content }),
+        );
         if op.path.starts_with("/v1/") {
             responses.insert(
                 "401".into(),

@@ -6,7 +6,6 @@ use super::extract::{parse_id, AdminScope, ApiQuery, Authorized};
 use super::{validate, AppState, Routes};
 use crate::store::TokenInfo;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Json;
 use serde::Deserialize;
@@ -37,8 +36,7 @@ async fn revoke(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<AdminScope>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<TokenInfo>, ApiError> {
     let id = parse_id("token", "tok", &id)?;
-    state.store.revoke_token(&caller.actor(), &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(state.store.revoke_token(&caller.actor(), &id).await?))
 }

@@ -84,25 +84,14 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         rows.iter()
-            .map(|row| {
-                let scopes: String = row.try_get("scopes")?;
-                Ok(TokenInfo {
-                    id: row.try_get("id")?,
-                    name: row.try_get("name")?,
-                    scopes: scopes.split_whitespace().map(str::to_owned).collect(),
-                    created_at: ms_to_rfc3339(row.try_get("created_ms")?),
-                    revoked_at: row
-                        .try_get::<Option<i64>, _>("revoked_ms")?
-                        .map(ms_to_rfc3339),
-                })
-            })
+            .map(token_info)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
     }
 
     /// Revokes a live token (audited); a revoked token is a conflict, an unknown one
     /// not found.
-    pub async fn revoke_token(&self, actor: &Actor, id: &str) -> Result<(), StoreError> {
+    pub async fn revoke_token(&self, actor: &Actor, id: &str) -> Result<TokenInfo, StoreError> {
         let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE api_tokens SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL",
@@ -131,8 +120,15 @@ impl Store {
             });
         }
         audit::record(&mut tx, actor, "token.revoke", id, serde_json::json!({})).await?;
+        let row = sqlx::query(
+            "SELECT id, name, scopes, created_ms, revoked_ms FROM api_tokens WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let info = token_info(&row)?;
         tx.commit().await?;
-        Ok(())
+        Ok(info)
     }
 }
 
@@ -144,4 +140,17 @@ pub struct TokenInfo {
     pub scopes: Vec<String>,
     pub created_at: String,
     pub revoked_at: Option<String>,
+}
+
+fn token_info(row: &sqlx::any::AnyRow) -> Result<TokenInfo, sqlx::Error> {
+    let scopes: String = row.try_get("scopes")?;
+    Ok(TokenInfo {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+        created_at: ms_to_rfc3339(row.try_get("created_ms")?),
+        revoked_at: row
+            .try_get::<Option<i64>, _>("revoked_ms")?
+            .map(ms_to_rfc3339),
+    })
 }
