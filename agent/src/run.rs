@@ -64,11 +64,23 @@ pub enum HealthCheck {
 }
 
 /// Failure injection for the fleet simulator and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Faults {
     pub fail_download: bool,
     pub fail_install: bool,
     pub unhealthy: bool,
+    /// Inject only into updates to this image version (a bad release); `None`: every one.
+    pub only_version: Option<String>,
+}
+
+impl Faults {
+    /// Whether injected faults hit an update to `version`.
+    pub fn hit(&self, version: Option<&str>) -> bool {
+        match &self.only_version {
+            None => true,
+            Some(bad) => version == Some(bad.as_str()),
+        }
+    }
 }
 
 /// The factory image in the active slot when the agent first starts.
@@ -695,9 +707,19 @@ impl<T: Transport + 'static> Driver<T> {
         }
     }
 
+    /// Whether injected faults apply to the update in progress.
+    fn faults_hit(&self) -> bool {
+        let version = self
+            .state
+            .deployment
+            .as_ref()
+            .map(|d| d.target.version.as_str());
+        self.parts.faults.hit(version)
+    }
+
     fn start_download(&mut self, payload: Payload, after_seconds: u32) {
         let tx = self.events_tx.clone();
-        if self.parts.faults.fail_download {
+        if self.parts.faults.fail_download && self.faults_hit() {
             let _ = tx.send(Event::DownloadFailed {
                 reason: "injected_fault".to_owned(),
                 retryable: false,
@@ -746,7 +768,7 @@ impl<T: Transport + 'static> Driver<T> {
         sha256: Sha256Digest,
     ) {
         let tx = self.events_tx.clone();
-        if self.parts.faults.fail_install {
+        if self.parts.faults.fail_install && self.faults_hit() {
             let _ = tx.send(Event::InstallFailed {
                 reason: "injected_fault".to_owned(),
             });
@@ -779,7 +801,7 @@ impl<T: Transport + 'static> Driver<T> {
 
     fn start_health_check(&mut self) {
         let tx = self.events_tx.clone();
-        if self.parts.faults.unhealthy {
+        if self.parts.faults.unhealthy && self.faults_hit() {
             let _ = tx.send(Event::HealthFailed {
                 reason: "injected_fault".to_owned(),
             });

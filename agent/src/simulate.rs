@@ -80,6 +80,10 @@ pub struct SimulateArgs {
     /// Share of vehicles whose new image fails its health check (0.0–1.0).
     #[arg(long, default_value_t = 0.0)]
     pub unhealthy_rate: f64,
+    /// Inject the faults above only into updates to this version (a bad release);
+    /// without it, into every update.
+    #[arg(long)]
+    pub faulty_version: Option<String>,
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long)]
     pub duration_seconds: Option<u64>,
@@ -126,6 +130,7 @@ pub fn fleet(args: &SimulateArgs) -> Vec<SimVehicle> {
                     fail_download: fails && args.fail_phase == FailPhase::Download,
                     fail_install: fails && args.fail_phase == FailPhase::Install,
                     unhealthy: draw(args.seed, index, "unhealthy") < args.unhealthy_rate,
+                    only_version: args.faulty_version.clone(),
                 },
             }
         })
@@ -229,7 +234,7 @@ pub fn parts(
         vehicle_state: None,
         limits: FetchLimits::default(),
         crash: CrashHook::default(),
-        faults: vehicle.faults,
+        faults: vehicle.faults.clone(),
         factory: Some(FactoryImage {
             version: args.factory_version.clone(),
             length: factory_len,

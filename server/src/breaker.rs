@@ -130,6 +130,7 @@ mod tests {
             threshold_percentage: threshold,
             min_number_of_executed_things: min,
             action: BreakerAction::Pause,
+            in_progress_timeout_seconds: None,
         }
     }
 

@@ -207,6 +207,22 @@ pub fn selector_matches(spec: &RolloutSpec, vehicle: &VehicleView) -> bool {
             }))
 }
 
+/// Whether the director would assign this rollout to the vehicle (cohort, rate and
+/// state aside): it is selected, and one of its ECUs has a hardware id the release
+/// targets and does not already run that target. Draft previews count exactly these.
+pub fn would_assign(
+    spec: &RolloutSpec,
+    targets: &BTreeMap<String, TargetView>,
+    vehicle: &VehicleView,
+) -> bool {
+    selector_matches(spec, vehicle)
+        && vehicle.ecus.iter().any(|ecu| {
+            targets
+                .get(&ecu.hardware_id)
+                .is_some_and(|t| ecu.installed.as_ref().map(|i| i.sha256) != Some(t.sha256))
+        })
+}
+
 fn assignment_for(
     preconditions: &Preconditions,
     input: &DirectorInput<'_>,
@@ -246,6 +262,37 @@ fn assignment_for(
         delta,
         preconditions: (!preconditions.is_unconstrained()).then(|| preconditions.clone()),
     }
+}
+
+/// Why a release cannot be rolled back: previous images (`from`, what deployments
+/// replaced) with a lower `security_version` than the release, which vehicles must
+/// refuse. Empty = permitted. One line per (hardware id, previous version).
+pub fn rollback_blockers(
+    targets: &BTreeMap<String, TargetView>,
+    listed: &BTreeMap<(String, Sha256Digest), TargetView>,
+    from: &[Sha256Digest],
+) -> Vec<String> {
+    let mut blockers = Vec::new();
+    for sha in from {
+        for (hardware_id, release) in targets {
+            if let Some(previous) = listed.get(&(hardware_id.clone(), *sha)) {
+                if let Err(RollbackBlock::SecurityVersion {
+                    previous: p,
+                    release: r,
+                }) = rollback_permitted(previous, release)
+                {
+                    let text = format!(
+                        "{hardware_id} {} has security_version {p}, below the release's {r}",
+                        previous.version
+                    );
+                    if !blockers.contains(&text) {
+                        blockers.push(text);
+                    }
+                }
+            }
+        }
+    }
+    blockers
 }
 
 /// One rollout's decision for the vehicle.

@@ -298,7 +298,10 @@ async fn handle(engine: &Engine, outbox: &Outbox, topic_name: &str, payload: &[u
         return;
     };
     match channel {
-        Channel::CheckIn => match engine.handle_checkin(vehicle_id, payload).await {
+        Channel::CheckIn => match engine
+            .handle_checkin(vehicle_id, payload, crate::engine::wall_clock_ms())
+            .await
+        {
             Ok(directive) => {
                 metrics::counter!("ota_checkins_total", "outcome" => "accepted").increment(1);
                 outbox.send(Outgoing {
@@ -312,7 +315,10 @@ async fn handle(engine: &Engine, outbox: &Outbox, topic_name: &str, payload: &[u
             }
         },
         Channel::Progress => {
-            if let Err(rejected) = engine.handle_progress(vehicle_id, payload).await {
+            if let Err(rejected) = engine
+                .handle_progress(vehicle_id, payload, crate::engine::wall_clock_ms())
+                .await
+            {
                 metrics::counter!("ota_vehicle_messages_dropped_total", "reason" => rejected.label()).increment(1);
                 tracing::debug!(%rejected, "progress event dropped");
             }

@@ -95,6 +95,9 @@ pub struct AbortCriteria {
     pub threshold_percentage: f64,
     pub min_number_of_executed_things: u32,
     pub action: BreakerAction,
+    /// A deployment not finished this long after its assignment counts as timed out in
+    /// the breaker's window (AWS IoT Jobs' `inProgressTimeoutInMinutes`); `None`: never.
+    pub in_progress_timeout_seconds: Option<u64>,
 }
 
 impl Default for AbortCriteria {
@@ -104,6 +107,7 @@ impl Default for AbortCriteria {
             threshold_percentage: 10.0,
             min_number_of_executed_things: 10,
             action: BreakerAction::Pause,
+            in_progress_timeout_seconds: None,
         }
     }
 }
@@ -454,9 +458,12 @@ pub enum PhaseDecision {
     Advance { to: usize },
 }
 
-/// Advances when the soak time has passed and the success gate is met. The last phase
-/// never advances: the rollout keeps admitting newly eligible vehicles until an
-/// operator completes it.
+/// Advances when the soak time has passed and the success gate is met by real outcomes:
+/// the phase has assigned vehicles, at least `abort_criteria.min_number_of_executed_things`
+/// of them (and never fewer than one) finished, and the committed share of the assigned
+/// reaches `success_threshold_percent`. A phase nobody was assigned in never passes —
+/// a gate is never met vacuously. The last phase never advances: the rollout keeps
+/// admitting newly eligible vehicles until an operator completes it.
 pub fn phase_decision(
     spec: &RolloutSpec,
     current: usize,
@@ -471,9 +478,12 @@ pub fn phase_decision(
         return PhaseDecision::Stay;
     }
     let soaked = now_ms.saturating_sub(phase_started_ms)
-        >= (phase.min_soak_seconds as i64).saturating_mul(1000);
-    let gate = outcomes.assigned == 0
-        || (outcomes.committed as f64) * 100.0
+        >= (phase.min_soak_seconds.min(i64::MAX as u64 / 1000) as i64).saturating_mul(1000);
+    let executed = outcomes.committed.saturating_add(outcomes.failed);
+    let min_executed = u64::from(spec.abort_criteria.min_number_of_executed_things).max(1);
+    let gate = outcomes.assigned > 0
+        && executed >= min_executed
+        && (outcomes.committed as f64) * 100.0
             >= phase.success_threshold_percent * outcomes.assigned as f64;
     if soaked && gate {
         PhaseDecision::Advance { to: current + 1 }
@@ -496,7 +506,7 @@ pub fn effective_rate_per_minute(rate: &RateLimit, succeeded: u64) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -588,24 +598,31 @@ mod tests {
     fn phase_advances_only_after_soak_and_success_gate() {
         let s = spec(&[(1.0, 60), (10.0, 0), (100.0, 0)]);
         let ok = PhaseOutcomes {
-            assigned: 10,
-            committed: 9,
+            assigned: 20,
+            committed: 18,
             failed: 0,
         };
         let short = PhaseOutcomes {
-            assigned: 10,
-            committed: 8,
-            failed: 0,
+            assigned: 20,
+            committed: 17,
+            failed: 2,
         };
         let cases = [
             (0, 59_999, ok, PhaseDecision::Stay),
             (0, 60_000, ok, PhaseDecision::Advance { to: 1 }),
             (0, 60_000, short, PhaseDecision::Stay),
+            // Nobody assigned: never advances, however long it soaked.
+            (0, 1_000_000, PhaseOutcomes::default(), PhaseDecision::Stay),
+            // Fewer finished than the minimum executed count.
             (
                 0,
                 60_000,
-                PhaseOutcomes::default(),
-                PhaseDecision::Advance { to: 1 },
+                PhaseOutcomes {
+                    assigned: 9,
+                    committed: 9,
+                    failed: 0,
+                },
+                PhaseDecision::Stay,
             ),
             (2, 1_000_000, ok, PhaseDecision::Stay),
         ];
@@ -635,6 +652,25 @@ mod tests {
     }
 
     proptest! {
+        /// ARCHITECTURE invariant: a phase advances only on real outcomes — never with
+        /// nobody assigned, never with fewer finished than the minimum executed count,
+        /// never below the success ratio — whatever the soak time.
+        #[test]
+        fn a_phase_gate_is_never_met_vacuously(
+            assigned in 0u64..1_000, committed in 0u64..1_000, failed in 0u64..1_000,
+            min_executed in 1u32..50, threshold in 0.0f64..100.0, now in 0i64..i64::MAX,
+        ) {
+            let mut s = spec(&[(10.0, 0), (100.0, 0)]);
+            s.abort_criteria.min_number_of_executed_things = min_executed;
+            s.phases[0].success_threshold_percent = threshold;
+            let outcomes = PhaseOutcomes { assigned, committed, failed };
+            if phase_decision(&s, 0, 0, now, outcomes) == (PhaseDecision::Advance { to: 1 }) {
+                prop_assert!(assigned > 0);
+                prop_assert!(committed + failed >= u64::from(min_executed));
+                prop_assert!(committed as f64 * 100.0 >= threshold * assigned as f64);
+            }
+        }
+
         #[test]
         fn exponential_rate_never_exceeds_maximum(max in 1u32..10_000, base in 1u32..100, succeeded in 0u64..1_000_000) {
             let rate = RateLimit {

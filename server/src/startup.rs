@@ -165,7 +165,7 @@ impl Application {
                 loop {
                     tokio::select! {
                         _ = interval.tick() => {
-                            if let Err(err) = engine.tick().await {
+                            if let Err(err) = engine.tick(crate::engine::wall_clock_ms()).await {
                                 tracing::warn!(%err, "rollout engine tick failed");
                             }
                         }

@@ -167,7 +167,7 @@ fn schemas() -> Value {
             "rate_limit": obj(&[], json!({ "maximum_per_minute": u32_min1, "exponential": obj(&[], json!({
                 "base_rate_per_minute": u32_min1, "increment_factor": { "type": "number", "exclusiveMinimum": 1, "maximum": 5 }, "increase_after_succeeded": u32_min1 })) })),
             "abort_criteria": obj(&[], json!({ "failure_type": { "enum": ["all", "failed", "rolled_back", "timed_out"] },
-                "threshold_percentage": percent, "min_number_of_executed_things": u32_min1,
+                "threshold_percentage": percent, "min_number_of_executed_things": u32_min1, "in_progress_timeout_seconds": duration,
                 "action": { "enum": ["pause", "abort", "rollback"] } })),
             "preconditions": obj(&[], json!({ "parked": { "type": "boolean" }, "min_state_of_charge_percent": int_range(0, 100), "network": name })),
             "maintenance_window": obj(&["start_utc", "end_utc"], json!({ "start_utc": s, "end_utc": s })),

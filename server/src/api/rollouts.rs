@@ -5,12 +5,13 @@ use super::error::ApiError;
 use super::extract::{parse_id, ApiJson, ApiQuery, Authorized, Caller, RolloutWriteScope};
 use super::validate;
 use super::{AppState, Routes};
+use crate::engine::plan::{PlanError, RolloutRequest};
 use crate::engine::RolloutStatus;
+use crate::engine::{wall_clock_ms, ChangeFailed};
 use crate::rollout::{
     AbortCriteria, MaintenanceWindow, PhaseSpec, Preconditions, RateLimit, RetryPolicy,
     RolloutAction, RolloutSpec, RolloutState, Selector,
 };
-use crate::store::TransitionError;
 use crate::store::{DeltaJob, NewRollout, RolloutRecord, StoreError};
 use crate::tokens::Scope;
 use axum::extract::{Path, State};
@@ -81,6 +82,14 @@ fn edge_problems(request: &CreateRollout) -> validate::Problems {
     }
     if let Some(network) = &request.preconditions.network {
         problems.name("preconditions.network", network);
+    }
+    if let Some(timeout) = request.abort_criteria.in_progress_timeout_seconds {
+        problems.range(
+            "abort_criteria.in_progress_timeout_seconds",
+            timeout,
+            0,
+            validate::MAX_DURATION_SECONDS,
+        );
     }
     problems.range(
         "retry.backoff_seconds",
@@ -211,14 +220,23 @@ async fn act(
     caller.require(Scope::RolloutWrite)?;
     let id = parse_id("rollout", "ro", &id)?;
     let record = state
-        .store
-        .transition_rollout(&caller.actor(), &id, action, None)
+        .engine
+        .change_rollout(
+            &caller.actor(),
+            &id,
+            &RolloutRequest::Operator(action),
+            wall_clock_ms(),
+        )
         .await
         .map_err(|err| match err {
-            TransitionError::Illegal(illegal) => ApiError::Conflict(illegal.to_string()),
-            TransitionError::Store(store) => store.into(),
+            ChangeFailed::Refused(
+                refused @ (PlanError::Illegal { .. } | PlanError::RollbackBlocked(_)),
+            ) => ApiError::Conflict(refused.to_string()),
+            ChangeFailed::Refused(PlanError::Unchanged) => ApiError::Conflict(
+                "the rollout changed meanwhile; read it and try again".to_owned(),
+            ),
+            ChangeFailed::Store(store) => store.into(),
         })?;
-    state.engine.after_transition(&record, action).await?;
     Ok(Json(record))
 }
 
@@ -257,16 +275,6 @@ async fn rollback(
     c: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RolloutRecord>, ApiError> {
-    c.require(Scope::RolloutWrite)?;
-    let rollout_id = parse_id("rollout", "ro", &id)?;
-    let rollout = s.store.get_rollout(&rollout_id).await?;
-    let blockers = s.engine.rollback_blockers(&rollout).await?;
-    if !blockers.is_empty() {
-        return Err(ApiError::Conflict(format!(
-            "rollback not permitted: vehicles never install a lower security_version ({})",
-            blockers.join("; ")
-        )));
-    }
     act(s, c, id, RolloutAction::Rollback).await
 }
 

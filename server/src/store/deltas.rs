@@ -1,6 +1,7 @@
 //! The durable delta job table: one row per (source, target) pair, built at most once.
 
-use super::{ms_to_rfc3339, new_id, now_ms, Store, StoreError};
+use super::{digest, ms_to_rfc3339, new_id, now_ms, Store, StoreError};
+use ota_core::encoding::Sha256Digest;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -39,6 +40,15 @@ impl DeltaJobStatus {
         .into_iter()
         .find(|s| s.as_str() == text)
     }
+}
+
+/// A built delta: `sha256`/`length` describe the delta blob turning `source` into `target`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuiltDelta {
+    pub source: Sha256Digest,
+    pub target: Sha256Digest,
+    pub sha256: Sha256Digest,
+    pub length: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -191,27 +201,38 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
-    /// Built deltas: (source, target, delta sha256, delta length).
-    pub async fn built_deltas(&self) -> Result<Vec<(String, String, String, u64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT source_sha256, target_sha256, delta_sha256, delta_length FROM delta_jobs WHERE status = 'done'",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("source_sha256")?,
-                    row.try_get("target_sha256")?,
-                    row.try_get::<Option<String>, _>("delta_sha256")?
-                        .unwrap_or_default(),
-                    row.try_get::<Option<i64>, _>("delta_length")?
+    /// Built deltas to any of `targets` (the active rollouts' images): what the director
+    /// may send instead of a full image.
+    pub async fn built_deltas_to(
+        &self,
+        targets: &[Sha256Digest],
+    ) -> Result<Vec<BuiltDelta>, StoreError> {
+        let mut out = Vec::new();
+        for target in targets {
+            let rows = sqlx::query(
+                "SELECT source_sha256, delta_sha256, delta_length FROM delta_jobs \
+                 WHERE status = 'done' AND target_sha256 = $1",
+            )
+            .bind(target.to_hex())
+            .fetch_all(self.pool())
+            .await?;
+            for row in &rows {
+                let delta: Option<String> = row.try_get("delta_sha256")?;
+                out.push(BuiltDelta {
+                    source: digest(
+                        "delta source_sha256",
+                        &row.try_get::<String, _>("source_sha256")?,
+                    )?,
+                    target: *target,
+                    sha256: digest("delta delta_sha256", delta.as_deref().unwrap_or_default())?,
+                    length: row
+                        .try_get::<Option<i64>, _>("delta_length")?
                         .unwrap_or(0)
                         .max(0) as u64,
-                ))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Whether a built delta has this content (blob authorisation).

@@ -18,11 +18,13 @@ mod rollouts;
 mod tokens;
 mod vehicles;
 
+use ota_core::encoding::Sha256Digest;
+
 pub use audit::AuditEntry;
-pub use deltas::{DeltaJob, DeltaJobStatus};
+pub use deltas::{BuiltDelta, DeltaJob, DeltaJobStatus};
 pub use images::{ImageRecord, NewImage};
 pub use releases::{NewRelease, ReleaseImage, ReleaseRecord};
-pub use rollouts::{DeploymentRecord, NewRollout, PhaseCounts, RolloutRecord, TransitionError};
+pub use rollouts::{ChangeError, DeploymentRecord, NewRollout, PhaseCounts, RolloutRecord};
 pub use tokens::{TokenInfo, TokenRecord};
 pub use vehicles::{EcuRecord, NewVehicle, VehicleFilter, VehicleRecord};
 
@@ -141,6 +143,19 @@ pub fn ms_to_rfc3339(ms: i64) -> String {
 }
 
 /// A random identifier with a type prefix, e.g. `rel_3f9a...` (64 random bits).
+/// A stored SHA-256 column, typed; a value that is not one is a corrupt store.
+pub(crate) fn digest(what: &'static str, text: &str) -> Result<Sha256Digest, StoreError> {
+    Sha256Digest::parse(text).map_err(|reason| StoreError::Corrupt { what, reason })
+}
+
+/// An optional stored SHA-256 column, typed.
+pub(crate) fn optional_digest(
+    what: &'static str,
+    text: Option<String>,
+) -> Result<Option<Sha256Digest>, StoreError> {
+    text.map(|t| digest(what, &t)).transpose()
+}
+
 pub fn new_id(prefix: &str) -> String {
     let mut bytes = [0u8; 8];
     // getrandom only fails when the OS has no entropy source at all; an id from the clock

@@ -1,6 +1,9 @@
 //! Releases: a set of images (one per hardware id) and their signed targets metadata.
 
-use super::{audit, conflict_or, ms_to_rfc3339, new_id, now_ms, to_i64, Actor, Store, StoreError};
+use super::{
+    audit, conflict_or, digest, ms_to_rfc3339, new_id, now_ms, to_i64, Actor, Store, StoreError,
+};
+use ota_core::encoding::Sha256Digest;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -12,7 +15,7 @@ pub struct ReleaseImage {
     pub name: String,
     pub version: String,
     pub length: u64,
-    pub sha256: String,
+    pub sha256: Sha256Digest,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,11 +133,10 @@ impl Store {
                     name: row.try_get("name")?,
                     version: row.try_get("version")?,
                     length: row.try_get::<i64, _>("length")?.max(0) as u64,
-                    sha256: row.try_get("sha256")?,
+                    sha256: digest("image sha256", &row.try_get::<String, _>("sha256")?)?,
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+            .collect()
     }
 
     async fn release_from_row(&self, row: &AnyRow) -> Result<ReleaseRecord, StoreError> {

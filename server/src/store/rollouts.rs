@@ -1,9 +1,13 @@
 //! Rollouts and their deployments (one row per vehicle ECU assigned).
 
-use super::{audit, ms_to_rfc3339, new_id, now_ms, parse_json, Actor, Store, StoreError};
+use super::{
+    audit, ms_to_rfc3339, new_id, now_ms, optional_digest, parse_json, Actor, Store, StoreError,
+};
 use crate::breaker::{BreakerState, Outcomes};
 use crate::director::{DeploymentStatus, NewDeployment};
-use crate::rollout::{transition, IllegalTransition, RolloutAction, RolloutSpec, RolloutState};
+use crate::engine::plan::{Effect, RolloutChange};
+use crate::rollout::{RolloutSpec, RolloutState};
+use ota_core::encoding::Sha256Digest;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -48,7 +52,7 @@ pub struct DeploymentRecord {
     pub attempts: u32,
     #[serde(skip)]
     pub updated_ms: i64,
-    pub from_sha256: Option<String>,
+    pub from_sha256: Option<Sha256Digest>,
     pub reason_code: Option<String>,
     pub assigned_at: String,
     pub updated_at: String,
@@ -132,25 +136,27 @@ fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRecord, StoreError> {
             .ok_or_else(|| corrupt("deployment status", &status))?,
         attempts: row.try_get::<i64, _>("attempts")?.clamp(0, u32::MAX as i64) as u32,
         updated_ms: row.try_get("updated_ms")?,
-        from_sha256: row.try_get("from_sha256")?,
+        from_sha256: optional_digest("deployment from_sha256", row.try_get("from_sha256")?)?,
         reason_code: row.try_get("reason_code")?,
         assigned_at: ms_to_rfc3339(row.try_get("assigned_ms")?),
         updated_at: ms_to_rfc3339(row.try_get("updated_ms")?),
     })
 }
 
-/// Why a rollout state change was refused.
+/// Why a planned rollout change was not persisted.
 #[derive(Debug, thiserror::Error)]
-pub enum TransitionError {
-    #[error(transparent)]
-    Illegal(#[from] IllegalTransition),
+pub enum ChangeError {
+    /// The rollout no longer holds the values the change was planned from; here it is
+    /// as it is now, to plan again.
+    #[error("rollout {} changed meanwhile (now {})", .0.id, .0.state.as_str())]
+    Raced(Box<RolloutRecord>),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-impl From<sqlx::Error> for TransitionError {
+impl From<sqlx::Error> for ChangeError {
     fn from(err: sqlx::Error) -> Self {
-        TransitionError::Store(err.into())
+        ChangeError::Store(err.into())
     }
 }
 
@@ -222,136 +228,69 @@ impl Store {
         rows.iter().map(rollout_from_row).collect()
     }
 
-    /// Applies `action` through the state machine. The update is conditional on the state
-    /// read, so two concurrent operators cannot both win a race.
-    pub async fn transition_rollout(
+    /// Persists a planned change in one transaction: the rollout row (only if it still
+    /// holds the values the change was planned from), its audit lines, and — when the
+    /// change cancels unfinished deployments — those deployments, which are returned.
+    /// A change planned from stale values is refused with [`ChangeError::Raced`], so two
+    /// operators (or two replicas) cannot both win a race.
+    pub async fn apply_rollout_change(
         &self,
         actor: &Actor,
-        id: &str,
-        action: RolloutAction,
-        reason: Option<&str>,
-    ) -> Result<RolloutRecord, TransitionError> {
-        let current = self.get_rollout(id).await?;
-        let to = transition(current.state, action)?;
-        let now = now_ms();
+        change: &RolloutChange,
+    ) -> Result<(RolloutRecord, Vec<DeploymentRecord>), ChangeError> {
+        let now = change.now_ms;
         let mut tx = self.begin().await?;
-        let (phase_started, breaker, window_start) = match action {
-            RolloutAction::Start => (Some(now), BreakerState::Closed, now),
-            // An operator resume half-opens an open breaker: a probe batch decides.
-            RolloutAction::Resume if current.breaker_state == BreakerState::Open => {
-                (current.phase_started_ms, BreakerState::HalfOpen, now)
-            }
-            _ => (
-                current.phase_started_ms,
-                current.breaker_state,
-                current.window_start_ms,
-            ),
-        };
         let updated = sqlx::query(
-            "UPDATE rollouts SET state = $1, phase_started_ms = $2, breaker_state = $3, \
-             window_start_ms = $4, updated_ms = $5 WHERE id = $6 AND state = $7",
+            "UPDATE rollouts SET state = $1, current_phase = $2, phase_started_ms = $3, \
+             breaker_state = $4, breaker_reason = $5, window_start_ms = $6, updated_ms = $7 \
+             WHERE id = $8 AND state = $9 AND current_phase = $10 AND breaker_state = $11",
         )
-        .bind(to.as_str())
-        .bind(phase_started)
-        .bind(breaker.as_str())
-        .bind(window_start)
+        .bind(change.state.as_str())
+        .bind(change.current_phase as i64)
+        .bind(change.phase_started_ms)
+        .bind(change.breaker_state.as_str())
+        .bind(change.breaker_reason.as_deref())
+        .bind(change.window_start_ms)
         .bind(now)
-        .bind(id)
-        .bind(current.state.as_str())
+        .bind(&change.rollout_id)
+        .bind(change.expected.state.as_str())
+        .bind(change.expected.phase as i64)
+        .bind(change.expected.breaker.as_str())
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {
-            // Someone else changed the state between our read and write: report it as the
-            // transition from the state they left.
-            let latest = self.get_rollout(id).await?;
-            return Err(IllegalTransition {
-                from: latest.state,
-                action,
-            }
-            .into());
+            drop(tx);
+            // Not found, or someone else changed it between our read and write.
+            let latest = self.get_rollout(&change.rollout_id).await?;
+            return Err(ChangeError::Raced(Box::new(latest)));
         }
-        audit::record(
-            &mut tx,
-            actor,
-            &format!("rollout.{}", action.as_str()),
-            id,
-            serde_json::json!({ "from": current.state, "to": to, "reason": reason }),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(self.get_rollout(id).await?)
-    }
-
-    /// Moves a running rollout to `phase` (the engine's phase-advance), audited.
-    pub async fn advance_phase(
-        &self,
-        actor: &Actor,
-        id: &str,
-        from: usize,
-        to: usize,
-    ) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let mut tx = self.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE rollouts SET current_phase = $1, phase_started_ms = $2, updated_ms = $2 \
-             WHERE id = $3 AND current_phase = $4 AND state = 'running'",
-        )
-        .bind(to as i64)
-        .bind(now)
-        .bind(id)
-        .bind(from as i64)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(false);
+        for line in &change.audit {
+            audit::record(
+                &mut tx,
+                actor,
+                &line.action,
+                &change.rollout_id,
+                line.detail.clone(),
+            )
+            .await?;
         }
-        audit::record(
-            &mut tx,
-            actor,
-            "rollout.phase_advance",
-            id,
-            serde_json::json!({ "from": from, "to": to }),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// Records a breaker transition, audited.
-    pub async fn set_breaker(
-        &self,
-        actor: &Actor,
-        id: &str,
-        from: BreakerState,
-        to: BreakerState,
-        reason: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let mut tx = self.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE rollouts SET breaker_state = $1, breaker_reason = $2, updated_ms = $3 \
-             WHERE id = $4 AND breaker_state = $5",
-        )
-        .bind(to.as_str())
-        .bind(reason)
-        .bind(now)
-        .bind(id)
-        .bind(from.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(false);
+        let mut cancelled = Vec::new();
+        if change.has(Effect::CancelUnfinished) {
+            let rows = sqlx::query(
+                "UPDATE deployments SET status = 'cancelled', updated_ms = $1 WHERE rollout_id = $2 \
+                 AND status IN ('assigned', 'downloading') RETURNING *",
+            )
+            .bind(now)
+            .bind(&change.rollout_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            cancelled = rows
+                .iter()
+                .map(deployment_from_row)
+                .collect::<Result<_, _>>()?;
         }
-        audit::record(
-            &mut tx,
-            actor,
-            "rollout.breaker",
-            id,
-            serde_json::json!({ "from": from, "to": to, "reason": reason }),
-        )
-        .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok((self.get_rollout(&change.rollout_id).await?, cancelled))
     }
 
     pub async fn deployments_for_vehicle(
@@ -393,8 +332,8 @@ impl Store {
         vehicle_id: &str,
         phase: usize,
         new: &[NewDeployment],
+        now: i64,
     ) -> Result<(), StoreError> {
-        let now = now_ms();
         let mut tx = self.begin().await?;
         for d in new.iter().filter(|d| d.retry) {
             // A retry reuses the failed deployment: back to assigned, one more attempt,
@@ -469,29 +408,35 @@ impl Store {
         Ok(out)
     }
 
-    /// Finished deployments updated since `since_ms`, by outcome (the breaker's window).
+    /// Deployments assigned since `since_ms`, by outcome (the breaker's window). With
+    /// `overdue_before_ms`, unfinished ones assigned before it count as timed out.
     pub async fn outcomes_since(
         &self,
         rollout_id: &str,
         since_ms: i64,
+        overdue_before_ms: Option<i64>,
     ) -> Result<Outcomes, StoreError> {
         let rows = sqlx::query(
-            "SELECT status, COUNT(*) AS n FROM deployments WHERE rollout_id = $1 AND assigned_ms >= $2 \
-             GROUP BY status",
+            "SELECT status, CASE WHEN assigned_ms < $3 THEN 1 ELSE 0 END AS overdue, COUNT(*) AS n \
+             FROM deployments WHERE rollout_id = $1 AND assigned_ms >= $2 GROUP BY status, overdue",
         )
         .bind(rollout_id)
         .bind(since_ms)
+        .bind(overdue_before_ms.unwrap_or(i64::MIN))
         .fetch_all(self.pool())
         .await?;
         let mut outcomes = Outcomes::default();
         for row in &rows {
             let status: String = row.try_get("status")?;
+            let overdue = row.try_get::<i64, _>("overdue")? == 1;
             let n = row.try_get::<i64, _>("n")?.max(0) as u64;
             match DeploymentStatus::parse(&status) {
                 Some(DeploymentStatus::Committed) => outcomes.succeeded += n,
                 Some(DeploymentStatus::Failed) => outcomes.failed += n,
                 Some(DeploymentStatus::RolledBack) => outcomes.rolled_back += n,
-                _ => {}
+                Some(DeploymentStatus::Cancelled) | None => {}
+                Some(_) if overdue => outcomes.timed_out += n,
+                Some(_) => {}
             }
         }
         Ok(outcomes)
@@ -507,6 +452,7 @@ impl Store {
         status: DeploymentStatus,
         sequence: u64,
         reason_code: Option<&str>,
+        now: i64,
     ) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE deployments SET status = $1, last_sequence = $2, reason_code = $3, updated_ms = $4 \
@@ -516,7 +462,7 @@ impl Store {
         .bind(status.as_str())
         .bind(sequence.min(i64::MAX as u64) as i64)
         .bind(reason_code)
-        .bind(now_ms())
+        .bind(now)
         .bind(deployment_id)
         .bind(vehicle_id)
         .execute(self.pool())
@@ -530,42 +476,17 @@ impl Store {
         &self,
         deployment_id: &str,
         vehicle_id: &str,
+        now: i64,
     ) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE deployments SET status = 'rolled_back', reason_code = 'rollback', updated_ms = $1 \
              WHERE id = $2 AND vehicle_id = $3 AND status IN ('installed', 'committed')",
         )
-        .bind(now_ms())
+        .bind(now)
         .bind(deployment_id)
         .bind(vehicle_id)
         .execute(self.pool())
         .await?;
         Ok(updated.rows_affected() > 0)
-    }
-
-    /// Marks the vehicle's unfinished deployments of a rollout cancelled (abort).
-    pub async fn cancel_unfinished(
-        &self,
-        rollout_id: &str,
-    ) -> Result<Vec<DeploymentRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM deployments WHERE rollout_id = $1 AND status IN ('assigned', 'downloading')",
-        )
-        .bind(rollout_id)
-        .fetch_all(self.pool())
-        .await?;
-        let cancelled: Vec<DeploymentRecord> = rows
-            .iter()
-            .map(deployment_from_row)
-            .collect::<Result<_, _>>()?;
-        sqlx::query(
-            "UPDATE deployments SET status = 'cancelled', updated_ms = $1 WHERE rollout_id = $2 \
-             AND status IN ('assigned', 'downloading')",
-        )
-        .bind(now_ms())
-        .bind(rollout_id)
-        .execute(self.pool())
-        .await?;
-        Ok(cancelled)
     }
 }

@@ -1,7 +1,8 @@
 //! Vehicles: identity (opaque id, device public key), ECUs, installed images, check-ins.
 
-use super::{audit, conflict_or, ms_to_rfc3339, now_ms, Actor, Store, StoreError};
-use ota_core::protocol::CheckIn;
+use super::{audit, conflict_or, ms_to_rfc3339, now_ms, optional_digest, Actor, Store, StoreError};
+use ota_core::encoding::Sha256Digest;
+use ota_core::protocol::{CheckIn, InstalledImage};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -11,7 +12,7 @@ pub struct EcuRecord {
     pub ecu: String,
     pub hardware_id: String,
     pub installed_version: Option<String>,
-    pub installed_sha256: Option<String>,
+    pub installed_sha256: Option<Sha256Digest>,
     pub installed_length: Option<u64>,
 }
 
@@ -198,18 +199,18 @@ impl Store {
         .await?;
         rows.iter()
             .map(|row| {
+                let sha: Option<String> = row.try_get("installed_sha256")?;
                 Ok(EcuRecord {
                     ecu: row.try_get("ecu")?,
                     hardware_id: row.try_get("hardware_id")?,
                     installed_version: row.try_get("installed_version")?,
-                    installed_sha256: row.try_get("installed_sha256")?,
+                    installed_sha256: optional_digest("ecu installed_sha256", sha)?,
                     installed_length: row
                         .try_get::<Option<i64>, _>("installed_length")?
                         .map(|l| l.max(0) as u64),
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+            .collect()
     }
 
     async fn vehicle_from_row(&self, row: &AnyRow) -> Result<VehicleRecord, StoreError> {
@@ -277,42 +278,65 @@ impl Store {
         .await
     }
 
-    /// Records a verified check-in: last seen, agent state, installed image per known ECU.
-    /// Reports for ECUs the vehicle was not provisioned with are ignored.
-    /// Records a verified check-in unless it is a replay: a check-in is accepted only if
-    /// it was sent after the newest accepted one, or in the same second with another
-    /// nonce (send times have whole-second resolution). Returns `false` for a replay.
-    pub async fn record_checkin(&self, checkin: &CheckIn) -> Result<bool, StoreError> {
+    /// Records a verified check-in and reserves the director metadata version to answer
+    /// it with, in one write: last seen, agent state, replay guard, and the next director
+    /// version (above both what the server issued and what the vehicle says it trusts, so
+    /// versions only ever grow). Installed images are written only for ECUs whose report
+    /// differs from `known` (what the store last held); reports for ECUs the vehicle was
+    /// not provisioned with are ignored.
+    ///
+    /// A check-in is accepted only if it was sent after the newest accepted one, or in the
+    /// same second with another nonce (send times have whole-second resolution).
+    /// Returns `None` for a replay.
+    pub async fn record_checkin(
+        &self,
+        checkin: &CheckIn,
+        known: &[EcuRecord],
+        now: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let changed: Vec<_> = checkin
+            .ecus
+            .iter()
+            .filter(|report| {
+                known.iter().any(|k| {
+                    k.ecu == report.ecu && k.installed() != report.installed.as_ref().map(image_key)
+                })
+            })
+            .collect();
         let mut tx = self.begin().await?;
         let sent_ms = checkin.sent_at.unix_seconds().saturating_mul(1000);
-        let updated = sqlx::query(
+        let row = sqlx::query(
             "UPDATE vehicles SET last_seen_ms = $1, agent_state = $2, \
-             last_checkin_sent_ms = $3, last_checkin_nonce = $4 \
-             WHERE id = $5 AND (last_checkin_sent_ms IS NULL OR last_checkin_sent_ms < $3 \
-             OR (last_checkin_sent_ms = $3 AND last_checkin_nonce <> $4))",
+             last_checkin_sent_ms = $3, last_checkin_nonce = $4, director_version = \
+               CASE WHEN director_version > $5 THEN director_version + 1 ELSE $5 + 1 END \
+             WHERE id = $6 AND (last_checkin_sent_ms IS NULL OR last_checkin_sent_ms < $3 \
+             OR (last_checkin_sent_ms = $3 AND last_checkin_nonce <> $4)) \
+             RETURNING director_version",
         )
-        .bind(now_ms())
+        .bind(now)
         .bind(&checkin.agent_state)
         .bind(sent_ms)
         .bind(&checkin.nonce)
+        .bind(checkin.trusted.director.min(i64::MAX as u64 - 1) as i64)
         .bind(&checkin.vehicle_id)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if updated.rows_affected() == 0 {
+        let Some(row) = row else {
             let exists = sqlx::query("SELECT id FROM vehicles WHERE id = $1")
                 .bind(&checkin.vehicle_id)
                 .fetch_optional(&mut *tx)
                 .await?
                 .is_some();
             if exists {
-                return Ok(false);
+                return Ok(None);
             }
             return Err(StoreError::NotFound {
                 entity: "vehicle",
                 id: checkin.vehicle_id.clone(),
             });
-        }
-        for ecu in &checkin.ecus {
+        };
+        let version = row.try_get::<i64, _>("director_version")?.max(0) as u64;
+        for ecu in changed {
             let (version, sha, length) = match &ecu.installed {
                 Some(i) => (
                     Some(i.version.clone()),
@@ -334,29 +358,33 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(version))
+    }
+}
+
+fn image_key(image: &InstalledImage) -> (&str, Sha256Digest, u64) {
+    (&image.version, image.sha256, image.length)
+}
+
+impl EcuRecord {
+    /// The installed image, when all three of its fields are known.
+    pub fn installed(&self) -> Option<(&str, Sha256Digest, u64)> {
+        match (
+            &self.installed_version,
+            self.installed_sha256,
+            self.installed_length,
+        ) {
+            (Some(version), Some(sha256), Some(length)) => Some((version.as_str(), sha256, length)),
+            _ => None,
+        }
     }
 
-    /// Reserves the next director metadata version for a vehicle: above both what the
-    /// server issued and what the vehicle says it trusts, so versions only ever grow.
-    pub async fn next_director_version(
-        &self,
-        vehicle_id: &str,
-        trusted: u64,
-    ) -> Result<u64, StoreError> {
-        let row = sqlx::query(
-            "UPDATE vehicles SET director_version = \
-               CASE WHEN director_version > $1 THEN director_version + 1 ELSE $1 + 1 END \
-             WHERE id = $2 RETURNING director_version",
-        )
-        .bind(trusted.min(i64::MAX as u64 - 1) as i64)
-        .bind(vehicle_id)
-        .fetch_optional(self.pool())
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            entity: "vehicle",
-            id: vehicle_id.to_owned(),
-        })?;
-        Ok(row.try_get::<i64, _>("director_version")?.max(0) as u64)
+    pub fn installed_image(&self) -> Option<InstalledImage> {
+        self.installed()
+            .map(|(version, sha256, length)| InstalledImage {
+                version: version.to_owned(),
+                sha256,
+                length,
+            })
     }
 }

@@ -125,6 +125,14 @@ async fn integers(backend: Backend) {
             rollout(json!({ "name": "p", "percent": 101 }), json!({})),
             "phases[0].percent",
         ),
+        (
+            {
+                let mut body = rollout(json!({ "name": "p", "percent": 100 }), json!({}));
+                body["abort_criteria"] = json!({ "in_progress_timeout_seconds": u64::MAX });
+                body
+            },
+            "abort_criteria.in_progress_timeout_seconds",
+        ),
     ] {
         let (status, problem) = app
             .post("/api/v1/rollouts", &app.rollout_token, &body)

@@ -4,10 +4,11 @@ use crate::both_backends;
 use crate::helpers::{checkin, device_key, fresh_store, Backend};
 use ota_core::encoding::Sha256Digest;
 use ota_server::director::{DeploymentStatus, NewDeployment};
+use ota_server::engine::plan::{plan, Facts, RolloutRequest};
 use ota_server::rollout::{RolloutAction, RolloutSpec, RolloutState};
 use ota_server::store::{
-    Actor, DeltaJobStatus, NewImage, NewRelease, NewRollout, NewVehicle, StoreError,
-    TransitionError, VehicleFilter,
+    now_ms, Actor, BuiltDelta, ChangeError, DeltaJobStatus, NewImage, NewRelease, NewRollout,
+    NewVehicle, StoreError, VehicleFilter,
 };
 
 fn actor() -> Actor {
@@ -97,25 +98,42 @@ async fn vehicles_checkins_and_director_versions(backend: Backend) {
         )
         .await
         .unwrap();
+    let known = store.get_vehicle("veh-1").await.unwrap().ecus;
     let first = checkin("veh-1", Some(("1.0", b"old")), 0);
-    assert!(
-        store.record_checkin(&first).await.unwrap(),
-        "a fresh check-in is recorded"
+    assert_eq!(
+        store
+            .record_checkin(&first, &known, now_ms())
+            .await
+            .unwrap(),
+        Some(1),
+        "a fresh check-in is recorded and gets director version 1"
     );
-    assert!(
-        !store.record_checkin(&first).await.unwrap(),
+    assert_eq!(
+        store
+            .record_checkin(&first, &known, now_ms())
+            .await
+            .unwrap(),
+        None,
         "the same check-in again is a replay"
     );
     let mut older = checkin("veh-1", Some(("0.9", b"older")), 0);
     older.sent_at = first.sent_at.plus_seconds(-5);
-    assert!(
-        !store.record_checkin(&older).await.unwrap(),
+    assert_eq!(
+        store
+            .record_checkin(&older, &known, now_ms())
+            .await
+            .unwrap(),
+        None,
         "a check-in older than the newest accepted one is a replay"
     );
     let mut same_second = checkin("veh-1", Some(("1.0", b"old")), 0);
     same_second.sent_at = first.sent_at;
-    assert!(
-        store.record_checkin(&same_second).await.unwrap(),
+    assert_eq!(
+        store
+            .record_checkin(&same_second, &known, now_ms())
+            .await
+            .unwrap(),
+        Some(2),
         "another nonce in the same second is a new check-in"
     );
     let v = store.get_vehicle("veh-1").await.unwrap();
@@ -148,15 +166,21 @@ async fn vehicles_checkins_and_director_versions(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(by_version.len(), 1);
-    assert_eq!(store.next_director_version("veh-1", 0).await.unwrap(), 1);
-    assert_eq!(store.next_director_version("veh-1", 0).await.unwrap(), 2);
+    let mut trusts_ten = checkin("veh-1", Some(("1.0", b"old")), 10);
+    trusts_ten.sent_at = first.sent_at.plus_seconds(1);
+    let known = store.get_vehicle("veh-1").await.unwrap().ecus;
     assert_eq!(
-        store.next_director_version("veh-1", 10).await.unwrap(),
-        11,
+        store
+            .record_checkin(&trusts_ten, &known, now_ms())
+            .await
+            .unwrap(),
+        Some(11),
         "must sign above what the vehicle trusts"
     );
     assert!(matches!(
-        store.record_checkin(&checkin("nobody", None, 0)).await,
+        store
+            .record_checkin(&checkin("nobody", None, 0), &[], now_ms())
+            .await,
         Err(StoreError::NotFound { .. })
     ));
     if let Some(db) = db {
@@ -227,17 +251,28 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(rollout.state, RolloutState::Draft);
-    let started = store
-        .transition_rollout(&actor(), &rollout.id, RolloutAction::Start, None)
-        .await
-        .unwrap();
+    let start = plan(
+        &rollout,
+        &RolloutRequest::Operator(RolloutAction::Start),
+        &Facts::default(),
+        now_ms(),
+    )
+    .unwrap();
+    let (started, cancelled) = store.apply_rollout_change(&actor(), &start).await.unwrap();
     assert_eq!(started.state, RolloutState::Running);
-    assert!(matches!(
-        store
-            .transition_rollout(&actor(), &rollout.id, RolloutAction::Resume, None)
-            .await,
-        Err(TransitionError::Illegal(_))
-    ));
+    assert!(cancelled.is_empty());
+    // The same change again was planned from a state that no longer holds: refused,
+    // with the rollout as it is now, and nothing written.
+    match store.apply_rollout_change(&actor(), &start).await {
+        Err(ChangeError::Raced(latest)) => assert_eq!(latest.state, RolloutState::Running),
+        other => panic!("a stale change must be refused: {other:?}"),
+    }
+    let audit = store.list_audit(100, None).await.unwrap();
+    assert_eq!(
+        audit.iter().filter(|a| a.action == "rollout.start").count(),
+        1,
+        "a refused change writes no audit line"
+    );
     assert_eq!(store.active_rollouts().await.unwrap().len(), 1);
 
     let new = [NewDeployment {
@@ -247,11 +282,11 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
         retry: false,
     }];
     store
-        .insert_deployments(&rollout.id, "veh-1", 0, &new)
+        .insert_deployments(&rollout.id, "veh-1", 0, &new, now_ms())
         .await
         .unwrap();
     store
-        .insert_deployments(&rollout.id, "veh-1", 0, &new)
+        .insert_deployments(&rollout.id, "veh-1", 0, &new, now_ms())
         .await
         .unwrap();
     assert_eq!(
@@ -264,25 +299,53 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
         1
     );
     assert!(store
-        .update_deployment("dep_1", "veh-1", DeploymentStatus::Downloading, 1, None)
+        .update_deployment(
+            "dep_1",
+            "veh-1",
+            DeploymentStatus::Downloading,
+            1,
+            None,
+            now_ms()
+        )
         .await
         .unwrap());
     assert!(
         !store
-            .update_deployment("dep_1", "veh-1", DeploymentStatus::Assigned, 1, None)
+            .update_deployment(
+                "dep_1",
+                "veh-1",
+                DeploymentStatus::Assigned,
+                1,
+                None,
+                now_ms()
+            )
             .await
             .unwrap(),
         "a replayed sequence is ignored"
     );
     assert!(
         !store
-            .update_deployment("dep_1", "veh-2", DeploymentStatus::Failed, 5, None)
+            .update_deployment(
+                "dep_1",
+                "veh-2",
+                DeploymentStatus::Failed,
+                5,
+                None,
+                now_ms()
+            )
             .await
             .unwrap(),
         "another vehicle cannot touch it"
     );
     assert!(store
-        .update_deployment("dep_1", "veh-1", DeploymentStatus::Failed, 2, Some("hash"))
+        .update_deployment(
+            "dep_1",
+            "veh-1",
+            DeploymentStatus::Failed,
+            2,
+            Some("hash"),
+            now_ms()
+        )
         .await
         .unwrap());
     let retry = [NewDeployment {
@@ -292,7 +355,7 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
         retry: true,
     }];
     store
-        .insert_deployments(&rollout.id, "veh-1", 0, &retry)
+        .insert_deployments(&rollout.id, "veh-1", 0, &retry, now_ms())
         .await
         .unwrap();
     let again = &store.deployments_for_vehicle("veh-1").await.unwrap()[0];
@@ -303,7 +366,14 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
     );
     assert!(
         store
-            .update_deployment("dep_1", "veh-1", DeploymentStatus::Failed, 1, Some("hash"))
+            .update_deployment(
+                "dep_1",
+                "veh-1",
+                DeploymentStatus::Failed,
+                1,
+                Some("hash"),
+                now_ms()
+            )
             .await
             .unwrap(),
         "sequences restart per attempt"
@@ -311,17 +381,49 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
     let counts = store.phase_counts(&rollout.id).await.unwrap();
     assert_eq!(counts[&0].failed, 1);
     assert_eq!(
-        store.outcomes_since(&rollout.id, 0).await.unwrap().failed,
+        store
+            .outcomes_since(&rollout.id, 0, None)
+            .await
+            .unwrap()
+            .failed,
         1
     );
+    // An unfinished deployment assigned before the overdue line counts as timed out; a
+    // finished one never does.
+    let slow = [NewDeployment {
+        deployment_id: "dep_slow".into(),
+        ecu: "aux".into(),
+        from_sha256: None,
+        retry: false,
+    }];
+    let assigned_at = now_ms();
+    store
+        .insert_deployments(&rollout.id, "veh-1", 0, &slow, assigned_at)
+        .await
+        .unwrap();
+    let overdue = store
+        .outcomes_since(&rollout.id, 0, Some(assigned_at + 1))
+        .await
+        .unwrap();
+    assert_eq!((overdue.timed_out, overdue.failed), (1, 1));
+    let in_time = store
+        .outcomes_since(&rollout.id, 0, Some(assigned_at))
+        .await
+        .unwrap();
+    assert_eq!(in_time.timed_out, 0);
 
+    let (aa, bb, cc) = (
+        Sha256Digest::of(b"source"),
+        Sha256Digest::of(b"target"),
+        Sha256Digest::of(b"delta"),
+    );
     assert!(store
-        .enqueue_delta(&rollout.id, "hw-a", "aa", "bb")
+        .enqueue_delta(&rollout.id, "hw-a", &aa.to_hex(), &bb.to_hex())
         .await
         .unwrap());
     assert!(
         !store
-            .enqueue_delta(&rollout.id, "hw-a", "aa", "bb")
+            .enqueue_delta(&rollout.id, "hw-a", &aa.to_hex(), &bb.to_hex())
             .await
             .unwrap(),
         "one job per (source, target)"
@@ -348,12 +450,26 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
         .expect("requeued job");
     assert_eq!(again.attempts, 2);
     store
-        .finish_delta_job(&again.id, DeltaJobStatus::Done, Some(("cc", 3)), None)
+        .finish_delta_job(
+            &again.id,
+            DeltaJobStatus::Done,
+            Some((&cc.to_hex(), 3)),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(
-        store.built_deltas().await.unwrap(),
-        vec![("aa".to_owned(), "bb".to_owned(), "cc".to_owned(), 3)]
+        store.built_deltas_to(&[bb]).await.unwrap(),
+        vec![BuiltDelta {
+            source: aa,
+            target: bb,
+            sha256: cc,
+            length: 3
+        }]
+    );
+    assert!(
+        store.built_deltas_to(&[aa]).await.unwrap().is_empty(),
+        "only deltas to the asked targets"
     );
     let actions: Vec<String> = store
         .list_audit(20, None)

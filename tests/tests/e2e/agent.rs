@@ -368,6 +368,7 @@ async fn the_fleet_simulator_takes_every_vehicle_through_a_rollout() {
         fail_rate: 0.0,
         fail_phase: ota_agent::simulate::FailPhase::Install,
         unhealthy_rate: 0.0,
+        faulty_version: None,
         duration_seconds: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -406,6 +407,196 @@ async fn the_fleet_simulator_takes_every_vehicle_through_a_rollout() {
         .await
         .expect("the simulator task")
         .expect("the simulator runs");
+    server.stop().await;
+}
+
+/// A simulated fleet running in the background until stopped.
+struct SimFleet {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl SimFleet {
+    async fn start(
+        server: &Server,
+        hardware_id: &str,
+        vehicles: usize,
+        factory: &[u8],
+        faults: (f64, Option<&str>),
+    ) -> SimFleet {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("root.json"), server.root().await).unwrap();
+        std::fs::write(dir.path().join("factory.img"), factory).unwrap();
+        let args = ota_agent::simulate::SimulateArgs {
+            vehicles,
+            server: server.url.clone(),
+            mqtt: crate::fleet::mqtt_url(),
+            root: dir.path().join("root.json"),
+            factory_image: dir.path().join("factory.img"),
+            factory_version: "1.0.0".to_owned(),
+            slot_bytes: 64 * 1024,
+            ecu: "main".to_owned(),
+            hardware_id: hardware_id.to_owned(),
+            dir: dir.path().join("fleet"),
+            id_prefix: unique("sim-"),
+            seed: 5,
+            register_token: Some(server.admin.clone()),
+            registration_file: None,
+            fail_rate: 0.0,
+            fail_phase: ota_agent::simulate::FailPhase::Install,
+            unhealthy_rate: faults.0,
+            faulty_version: faults.1.map(str::to_owned),
+            duration_seconds: None,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            ota_agent::simulate::run_fleet(&args, async move {
+                let _ = stop_rx.await;
+            })
+            .await
+        });
+        SimFleet {
+            stop: Some(stop_tx),
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task
+            .await
+            .expect("the simulator task")
+            .expect("the simulator runs");
+    }
+}
+
+/// The whole loop with real agents: a three-phase canary rollout advances phase by phase
+/// on real outcomes to every vehicle; then a release whose new image fails its health
+/// check trips the breaker in its canary, the rollout halts and is rolled back, and the
+/// fleet ends on the good release with the bad one confined to the canary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_rollout_completes_and_a_bad_release_is_halted_by_its_breaker() {
+    if !require_mqtt().await {
+        return;
+    }
+    let vehicles = 40;
+    let server = Server::start(2).await;
+    let hardware_id = unique("hw-loop-");
+    let v1 = synthetic::image(21, 16 * 1024);
+    let v2 = synthetic::next_release(&v1, 22, 8);
+    let v3 = synthetic::next_release(&v2, 23, 8);
+    let image = server.upload(&hardware_id, "1.0.0", v1.clone()).await;
+    server.release(&image, "1.0.0", 1).await;
+    // Every vehicle's 3.0.0 fails its health check: the bad release.
+    let fleet = SimFleet::start(&server, &hardware_id, vehicles, &v1, (1.0, Some("3.0.0"))).await;
+    wait_for(
+        "every simulated vehicle to check in on 1.0.0",
+        240,
+        || async {
+            (server.count_installed(&hardware_id, "1.0.0").await == vehicles).then_some(())
+        },
+    )
+    .await;
+
+    let image = server.upload(&hardware_id, "2.0.0", v2).await;
+    let good = server.release(&image, "2.0.0", 1).await;
+    let canary = serde_json::json!({
+        "phases": [{ "name": "canary", "percent": 10 }, { "name": "half", "percent": 50 },
+                   { "name": "all", "percent": 100 }],
+        "abort_criteria": { "min_number_of_executed_things": 2, "threshold_percentage": 20,
+                            "action": "rollback" },
+    });
+    let rollout = server
+        .rollout_with(&good, &hardware_id, canary.clone())
+        .await;
+    let status = wait_for(
+        "every vehicle to commit 2.0.0 in the last phase",
+        300,
+        || async {
+            let (_, status) = server
+                .call("GET", &format!("/api/v1/rollouts/{rollout}/status"), None)
+                .await;
+            (status["totals"]["committed"] == vehicles as u64
+                && status["rollout"]["current_phase"] == 2)
+                .then_some(status)
+        },
+    )
+    .await;
+    for phase in status["phases"].as_array().unwrap() {
+        assert!(
+            phase["committed"].as_u64().unwrap() > 0,
+            "every phase had vehicles of its own: {status}"
+        );
+    }
+    assert_eq!(status["totals"]["failed"], 0, "{status}");
+    let audit = server.ok("GET", "/api/v1/audit?limit=200", None).await;
+    let advances = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "rollout.phase_advance" && a["subject"] == rollout.as_str())
+        .count();
+    assert_eq!(advances, 2, "two gates met on real outcomes: {audit}");
+
+    let image = server.upload(&hardware_id, "3.0.0", v3).await;
+    let bad = server.release(&image, "3.0.0", 1).await;
+    let bad_rollout = server.rollout_with(&bad, &hardware_id, canary).await;
+    let halted = wait_for("the breaker to halt the bad release", 240, || async {
+        let (_, status) = server
+            .call(
+                "GET",
+                &format!("/api/v1/rollouts/{bad_rollout}/status"),
+                None,
+            )
+            .await;
+        (status["rollout"]["state"] == "rolled_back").then_some(status)
+    })
+    .await;
+    assert_eq!(halted["rollout"]["breaker_state"], "open", "{halted}");
+    assert!(
+        halted["rollout"]["breaker_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("failed")),
+        "{halted}"
+    );
+    assert_eq!(
+        halted["rollout"]["current_phase"], 0,
+        "halted in its canary: {halted}"
+    );
+    let canary_band = halted["phases"][0]["eligible"].as_u64().unwrap();
+    let touched: u64 = halted["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            [
+                "assigned",
+                "downloading",
+                "installed",
+                "committed",
+                "failed",
+                "rolled_back",
+                "cancelled",
+            ]
+            .iter()
+            .map(|k| p[k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+        })
+        .sum();
+    assert!(
+        touched <= canary_band && touched < vehicles as u64 / 2,
+        "the bad release stayed within its canary ({canary_band} vehicles): {touched} touched: {halted}"
+    );
+    assert_eq!(halted["totals"]["committed"], 0, "{halted}");
+    wait_for("every vehicle to run 2.0.0 again", 240, || async {
+        (server.count_installed(&hardware_id, "2.0.0").await == vehicles).then_some(())
+    })
+    .await;
+    fleet.stop().await;
     server.stop().await;
 }
 

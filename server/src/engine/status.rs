@@ -1,0 +1,196 @@
+//! The rollout status read model: per-phase counts and eligible vehicles, what the API,
+//! `otactl` and a dashboard show.
+
+use super::assign::stored_view;
+use super::Engine;
+use crate::director::{self, TargetView, VehicleView};
+use crate::rollout::RolloutSpec;
+use crate::store::{PhaseCounts, RolloutRecord, StoreError};
+use ota_core::cohort;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One phase's line in a rollout status.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseStatus {
+    pub index: usize,
+    pub name: String,
+    pub percent: f64,
+    pub active: bool,
+    /// Vehicles the director would assign in this phase's cohort band: selected, with an
+    /// ECU the release targets that does not run it yet (or, once assigned, counted).
+    pub eligible: u64,
+    #[serde(flatten)]
+    pub counts: PhaseCounts,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutStatus {
+    pub rollout: RolloutRecord,
+    pub phases: Vec<PhaseStatus>,
+    pub totals: PhaseCounts,
+    pub delta_jobs: BTreeMap<String, u64>,
+}
+
+/// The phase lines: for each phase, the vehicles whose cohort bucket falls in its band
+/// and whom the director would assign, beside the deployment counts.
+pub fn phase_lines(
+    spec: &RolloutSpec,
+    salt: &[u8],
+    current_phase: usize,
+    targets: &BTreeMap<String, TargetView>,
+    fleet: &[VehicleView],
+    assigned: &std::collections::BTreeSet<String>,
+    counts: &BTreeMap<usize, PhaseCounts>,
+) -> (Vec<PhaseStatus>, PhaseCounts) {
+    let candidates: Vec<&VehicleView> = fleet
+        .iter()
+        .filter(|v| assigned.contains(&v.id) || director::would_assign(spec, targets, v))
+        .collect();
+    let mut totals = PhaseCounts::default();
+    let mut phases = Vec::new();
+    for (index, phase) in spec.phases.iter().enumerate() {
+        let upper = spec.phase_percent_millis(index);
+        let lower = if index == 0 {
+            0
+        } else {
+            spec.phase_percent_millis(index - 1)
+        };
+        let eligible = candidates
+            .iter()
+            .filter(|v| cohort::admits(salt, &v.id, upper) && !cohort::admits(salt, &v.id, lower))
+            .count() as u64;
+        let c = counts.get(&index).cloned().unwrap_or_default();
+        totals.assigned += c.assigned;
+        totals.downloading += c.downloading;
+        totals.installed += c.installed;
+        totals.committed += c.committed;
+        totals.failed += c.failed;
+        totals.rolled_back += c.rolled_back;
+        totals.cancelled += c.cancelled;
+        phases.push(PhaseStatus {
+            index,
+            name: phase.name.clone(),
+            percent: phase.percent,
+            active: index == current_phase,
+            eligible,
+            counts: c,
+        });
+    }
+    (phases, totals)
+}
+
+impl Engine {
+    pub async fn rollout_status(&self, id: &str) -> Result<RolloutStatus, StoreError> {
+        let store = &self.inner.store;
+        let rollout = store.get_rollout(id).await?;
+        let counts = store.phase_counts(id).await?;
+        let targets = self.targets_of(&rollout).await?;
+        let salt = hex::decode(&rollout.salt).unwrap_or_else(|_| rollout.salt.clone().into_bytes());
+        let fleet: Vec<VehicleView> = store
+            .all_vehicles(i64::MAX)
+            .await?
+            .iter()
+            .map(stored_view)
+            .collect();
+        let assigned = store
+            .deployments_for_rollout(id)
+            .await?
+            .into_iter()
+            .map(|d| d.vehicle_id)
+            .collect();
+        let (phases, totals) = phase_lines(
+            &rollout.spec,
+            &salt,
+            rollout.current_phase,
+            &targets,
+            &fleet,
+            &assigned,
+            &counts,
+        );
+        let mut delta_jobs = BTreeMap::new();
+        for job in store.list_delta_jobs(Some(id)).await? {
+            *delta_jobs
+                .entry(job.status.as_str().to_owned())
+                .or_insert(0) += 1;
+        }
+        Ok(RolloutStatus {
+            rollout,
+            phases,
+            totals,
+            delta_jobs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::director::EcuView;
+    use crate::rollout::tests::spec;
+    use ota_core::encoding::Sha256Digest;
+    use ota_core::protocol::InstalledImage;
+
+    fn vehicle(id: &str, hardware_id: &str, runs: Option<Sha256Digest>) -> VehicleView {
+        VehicleView {
+            id: id.to_owned(),
+            tags: Vec::new(),
+            ecus: vec![EcuView {
+                ecu: "main".to_owned(),
+                hardware_id: hardware_id.to_owned(),
+                installed: runs.map(|sha256| InstalledImage {
+                    version: "1".to_owned(),
+                    sha256,
+                    length: 1,
+                }),
+            }],
+        }
+    }
+
+    #[test]
+    fn eligible_counts_only_vehicles_the_director_would_assign() {
+        let target = Sha256Digest::of(b"v2");
+        let targets = BTreeMap::from([(
+            "hw-a".to_owned(),
+            TargetView {
+                name: "img".to_owned(),
+                version: "2".to_owned(),
+                security_version: 0,
+                length: 2,
+                sha256: target,
+            },
+        )]);
+        let fleet = vec![
+            vehicle("needs-it", "hw-a", Some(Sha256Digest::of(b"v1"))),
+            vehicle("other-hardware", "hw-b", Some(Sha256Digest::of(b"v1"))),
+            vehicle("already-there", "hw-a", Some(target)),
+        ];
+        let s = spec(&[(100.0, 0)]);
+        let none = std::collections::BTreeSet::new();
+        let (phases, _) = phase_lines(&s, b"salt", 0, &targets, &fleet, &none, &BTreeMap::new());
+        assert_eq!(phases[0].eligible, 1);
+        // A vehicle assigned earlier still counts once it runs the target.
+        let assigned = std::collections::BTreeSet::from(["already-there".to_owned()]);
+        let (phases, _) = phase_lines(
+            &s,
+            b"salt",
+            0,
+            &targets,
+            &fleet,
+            &assigned,
+            &BTreeMap::new(),
+        );
+        assert_eq!(phases[0].eligible, 2);
+        // A release for hardware no vehicle has: nobody is eligible.
+        let (phases, _) = phase_lines(
+            &s,
+            b"salt",
+            0,
+            &BTreeMap::new(),
+            &fleet,
+            &none,
+            &BTreeMap::new(),
+        );
+        assert_eq!(phases[0].eligible, 0);
+    }
+}
