@@ -289,11 +289,13 @@ pub fn blob_auth_header(vehicle_id: &str, unix_seconds: i64, key: &SigningKey) -
 /// Splits a `Vehicle ...` credential into (vehicle id, unix seconds, signature).
 pub fn parse_blob_auth_header(value: &str) -> Option<(String, i64, [u8; 64])> {
     let rest = value.strip_prefix("Vehicle ")?;
-    let mut parts = rest.splitn(3, '.');
-    let vid = parts.next()?;
-    let time: i64 = parts.next()?.parse().ok()?;
+    // Split from the right: the signature (base64) and the time never contain `.`,
+    // a vehicle id may (one vehicle id rule everywhere, [`is_valid_vehicle_id`]).
+    let mut parts = rest.rsplitn(3, '.');
     let sig = crate::encoding::decode_base64(parts.next()?).ok()?;
-    if !is_valid_vehicle_id(vid) || vid.contains('.') {
+    let time: i64 = parts.next()?.parse().ok()?;
+    let vid = parts.next()?;
+    if !is_valid_vehicle_id(vid) {
         return None;
     }
     Some((
@@ -370,5 +372,21 @@ mod tests {
             .public_key()
             .verify_strict(&blob_auth_message("veh-9", 1_800_000_000), &sig));
         assert_eq!(parse_blob_auth_header("Bearer x"), None);
+    }
+
+    /// Every id `is_valid_vehicle_id` accepts (dots included) has a usable credential.
+    #[test]
+    fn blob_auth_header_round_trips_ids_with_dots() {
+        let device = SigningKey::from_seed(&[6u8; 32]);
+        for vid in ["veh.1", "a.b.c", ".", "x..y", "veh-9."] {
+            assert!(is_valid_vehicle_id(vid));
+            let header = blob_auth_header(vid, 1_800_000_000, &device);
+            let (parsed, time, sig) = parse_blob_auth_header(&header).unwrap();
+            assert_eq!((parsed.as_str(), time), (vid, 1_800_000_000), "{header}");
+            assert!(device
+                .public_key()
+                .verify_strict(&blob_auth_message(vid, 1_800_000_000), &sig));
+        }
+        assert_eq!(parse_blob_auth_header("Vehicle bad/id.1.AAAA"), None);
     }
 }

@@ -59,11 +59,22 @@ pub enum Command {
         #[arg(long)]
         rollout: Option<String>,
     },
+    /// API tokens (admin): list them, revoke one.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// The audit log (admin).
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Every token (never its value) and whether it is revoked.
+    List,
+    /// Revoke a token at once (audited).
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -830,10 +841,14 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 loop {
                     let status = client.get(&path).await?;
                     if json_out {
-                        writeln!(out, "{status}")?;
+                        writeln!(out, "{}", escape_terminal(&status.to_string()))?;
                     } else {
                         // Clear the screen and redraw in place.
-                        write!(out, "\x1b[2J\x1b[H{}", status_text(&status))?;
+                        write!(
+                            out,
+                            "\x1b[2J\x1b[H{}",
+                            escape_terminal(&status_text(&status))
+                        )?;
                     }
                     out.flush()?;
                     shown += 1;
@@ -868,6 +883,34 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             };
             (client.get(&path).await?, render)
         }
+        Command::Token(command) => {
+            let render: fn(&Value) -> String = |v| {
+                columns(
+                    v,
+                    &[
+                        ("id", |t| s(&t["id"])),
+                        ("name", |t| s(&t["name"])),
+                        ("scopes", |t| {
+                            t["scopes"]
+                                .as_array()
+                                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
+                                .unwrap_or_default()
+                        }),
+                        ("created_at", |t| s(&t["created_at"])),
+                        ("revoked_at", |t| s(&t["revoked_at"])),
+                    ],
+                )
+            };
+            let value = match command {
+                TokenCommand::List => client.get("/api/v1/tokens?limit=1000").await?,
+                TokenCommand::Revoke { id } => {
+                    client
+                        .post_empty(&format!("/api/v1/tokens/{id}/revoke"))
+                        .await?
+                }
+            };
+            (value, render)
+        }
         Command::Audit { limit } => {
             let render: fn(&Value) -> String = |v| {
                 columns(
@@ -888,11 +931,33 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         }
     };
     if json_out {
-        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        writeln!(
+            out,
+            "{}",
+            escape_terminal(&serde_json::to_string_pretty(&value)?)
+        )?;
     } else {
-        write!(out, "{}", render(&value))?;
+        write!(out, "{}", escape_terminal(&render(&value)))?;
     }
     Ok(())
+}
+
+/// Text from the server made safe for a terminal: every control character except line
+/// feed and tab (C0, DEL, C1 — ESC and CSI start escape sequences that can clear the
+/// screen, retitle the window or fake output) and the bidirectional overrides (which
+/// reorder what is shown) become a visible `\uXXXX`. JSON stays valid and means the
+/// same: such characters only occur inside JSON strings, where `\uXXXX` is their escape.
+pub fn escape_terminal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if (c.is_control() && c != '\n' && c != '\t') || bidi {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Entry point of the `otactl` binary.
@@ -912,7 +977,7 @@ pub fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli, &mut stdout)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", escape_terminal(&format!("{err:#}")));
             std::process::ExitCode::FAILURE
         }
     }
@@ -963,6 +1028,26 @@ mod tests {
         assert!(format!("{err:#}").contains("line 2"), "{err:#}");
         assert!(parse_registrations("[1]").is_err());
         assert!(parse_registrations("[]").is_err());
+    }
+
+    #[test]
+    fn terminal_output_escapes_control_characters() {
+        let hostile = "ok\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m\u{7f}\u{202e}txt\n\tend";
+        let shown = escape_terminal(hostile);
+        assert_eq!(
+            shown,
+            "ok\\u001b]0;pwned\\u0007\\u001b[2J\\u009b31m\\u007f\\u202etxt\n\tend"
+        );
+        assert!(!shown
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t'));
+        let json = serde_json::to_string_pretty(&json!({ "name": "a\u{9b}b\u{7f}" })).unwrap();
+        let escaped = escape_terminal(&json);
+        assert_eq!(
+            serde_json::from_str::<Value>(&escaped).unwrap()["name"],
+            "a\u{9b}b\u{7f}",
+            "escaped JSON is still JSON with the same value: {escaped}"
+        );
     }
 
     #[test]

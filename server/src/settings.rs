@@ -176,21 +176,26 @@ impl Default for LogSettings {
     }
 }
 
-/// Top-level keys read from the environment. Other `OTA_*` variables (the agent's, the
-/// test suite's `OTA_TEST_*`) are not ours and must not trip `deny_unknown_fields`.
-const ENV_KEYS: &[&str] = &[
-    "listen",
-    "data_dir",
-    "database_url",
-    "database_max_connections",
-    "key_dir",
-    "public_url",
-    "mqtt",
-    "limits",
-    "director",
-    "delta",
-    "log",
+/// `OTA_*` variables that belong to other programs of this project (the agent, the
+/// simulator, the test suite) or to the command line (`OTA_CONFIG`), by prefix. Every
+/// other `OTA_*` variable is a setting: an unknown one (`OTA_LISTN`) stops startup
+/// with the same "unknown field" message as an unknown key in the TOML file.
+const FOREIGN_ENV_PREFIXES: &[&str] = &[
+    "config",
+    "agent_",
+    "pkcs11_",
+    "test_",
+    "sim_",
+    "require_services",
+    "token",
+    "pin",
 ];
+
+fn is_foreign_env(key: &str) -> bool {
+    FOREIGN_ENV_PREFIXES.iter().any(|prefix| {
+        key == prefix.trim_end_matches('_') || (prefix.ends_with('_') && key.starts_with(prefix))
+    })
+}
 
 impl Settings {
     /// Defaults, then `file` (if given; it must exist), then the environment.
@@ -201,12 +206,7 @@ impl Settings {
         }
         figment.merge(
             Env::prefixed("OTA_")
-                .filter(|key| {
-                    let key = key.as_str().to_ascii_lowercase();
-                    ENV_KEYS
-                        .iter()
-                        .any(|k| key == *k || key.starts_with(&format!("{k}__")))
-                })
+                .filter(|key| !is_foreign_env(&key.as_str().to_ascii_lowercase()))
                 .split("__"),
         )
     }
@@ -361,6 +361,31 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("lissten"), "unknown keys must be named: {err}");
+            let from_file = err.split(" for key").next().unwrap_or(&err).to_owned();
+            // A mistyped variable stops startup with the message of an unknown TOML key.
+            jail.set_env("OTA_LISSTEN", "x");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&from_file) && err.contains("OTA_"),
+                "an unknown OTA_ variable must be refused like an unknown TOML key \
+                 ({from_file}): {err}"
+            );
+            std::env::remove_var("OTA_LISSTEN");
+            // Other programs' variables are not settings.
+            for foreign in [
+                "OTA_CONFIG_DIR_UNUSED",
+                "OTA_AGENT_CRASH_AT",
+                "OTA_PKCS11_MODULE",
+                "OTA_SIM_VEHICLES",
+                "OTA_REQUIRE_SERVICES",
+                "OTA_TOKEN",
+            ] {
+                jail.set_env(foreign, "1");
+            }
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("config_dir_unused"), "{err}");
+            std::env::remove_var("OTA_CONFIG_DIR_UNUSED");
+            Settings::load(None).map_err(|e| e.to_string())?;
             Ok(())
         });
     }

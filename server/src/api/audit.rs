@@ -27,9 +27,6 @@ async fn list(
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     caller.require(Scope::Admin)?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit", "1..=1000", limit));
-    }
+    let limit = super::validate::limit(query.limit)?;
     Ok(Json(state.store.list_audit(limit, query.before).await?))
 }

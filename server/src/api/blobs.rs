@@ -129,8 +129,11 @@ async fn download(
     Path(sha256): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let digest = Sha256Digest::parse(&sha256)
-        .map_err(|e| ApiError::invalid("sha256", "64 lowercase hex digits", e))?;
+    let digest = Sha256Digest(super::validate::lower_hex::<32>(
+        "sha256",
+        "64 lowercase hex digits",
+        &sha256,
+    )?);
     authorise(&state, &headers).await?;
     let path = state.blobs.path_of(&digest);
     let mut file = match tokio::fs::File::open(&path).await {

@@ -8,6 +8,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// `Retry-After` of every 503: the server is busy or not ready yet, not gone.
+pub const RETRY_AFTER_SECONDS: &str = "1";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("invalid request: {} problem(s)", .0.len())]
@@ -34,6 +37,8 @@ pub enum ApiError {
     RangeNotSatisfiable { length: u64 },
     #[error("{0}")]
     Unavailable(String),
+    #[error("the request took longer than the server's request timeout")]
+    RequestTimeout,
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -98,6 +103,11 @@ impl ApiError {
                 "unavailable",
                 "Service unavailable",
             ),
+            ApiError::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request timeout",
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -113,6 +123,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { entity, id } => ApiError::NotFound { entity, id },
             StoreError::Conflict { entity, detail } => {
                 ApiError::Conflict(format!("{entity}: {detail}"))
+            }
+            StoreError::OutOfRange { field, value } => {
+                ApiError::invalid(field, format!("an integer in 0..={}", i64::MAX), value)
             }
             other => ApiError::Internal(anyhow::Error::new(other)),
         }
@@ -155,6 +168,12 @@ impl IntoResponse for ApiError {
             if let Ok(v) = format!("bytes */{length}").parse() {
                 response.headers_mut().insert(header::CONTENT_RANGE, v);
             }
+        }
+        if matches!(self, ApiError::Unavailable(_)) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
         }
         if matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(

@@ -63,11 +63,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             let path = err.path().to_string();
             let inner = err.into_inner();
             match inner.classify() {
-                serde_json::error::Category::Data => ApiError::invalid(
-                    if path == "." { "body".to_owned() } else { path },
-                    "a valid value",
-                    inner,
-                ),
+                serde_json::error::Category::Data => {
+                    let (expected, got) = split_serde_message(&inner.to_string());
+                    ApiError::invalid(
+                        if path == "." { "body".to_owned() } else { path },
+                        expected,
+                        got,
+                    )
+                }
                 _ => ApiError::MalformedJson(inner.to_string()),
             }
         })?;
@@ -90,19 +93,40 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or("");
-        serde_urlencoded_from_str(query)
-            .map(ApiQuery)
-            .map_err(|e| ApiError::BadRequest(format!("invalid query string: {e}")))
+        parse_query(parts.uri.query().unwrap_or("")).map(ApiQuery)
     }
 }
 
-fn serde_urlencoded_from_str<T: DeserializeOwned>(query: &str) -> Result<T, String> {
-    axum::extract::Query::<T>::try_from_uri(
-        &format!("/?{query}").parse().map_err(|e| format!("{e}"))?,
-    )
-    .map(|q| q.0)
-    .map_err(|e| e.body_text())
+/// A query string into `T`: a parameter with a bad value (an integer out of range, a
+/// number that is not one) is a 422 naming it; anything else (an unknown parameter, a
+/// missing one) is a 400.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let deserializer =
+        serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let message = err.into_inner().to_string();
+        if path == "." || path.is_empty() || message.starts_with("unknown field") {
+            ApiError::BadRequest(format!("invalid query string: {message}"))
+        } else {
+            let (expected, got) = split_serde_message(&message);
+            ApiError::invalid(path, expected, got)
+        }
+    })
+}
+
+/// Splits serde's "invalid type: string \"a\", expected u64" into the expectation and
+/// what was given, so a problem says each once ("expected u64, got invalid type: …").
+pub fn split_serde_message(message: &str) -> (String, String) {
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(message)
+        .to_owned();
+    match message.split_once(", expected ") {
+        Some((got, expected)) => (expected.to_owned(), got.to_owned()),
+        None => ("a valid value".to_owned(), message),
+    }
 }
 
 /// Checks an id path segment: `<prefix>_` + 16 lowercase hex digits.

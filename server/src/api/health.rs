@@ -8,11 +8,15 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Json;
 
-pub fn routes() -> Routes {
+/// Liveness and readiness: served outside the concurrency limit and load shedding.
+pub fn probes() -> Routes {
     Routes::default()
         .add("get", "/healthz", get(healthz))
         .add("get", "/readyz", get(readyz))
-        .add("get", "/metrics", get(metrics))
+}
+
+pub fn routes() -> Routes {
+    Routes::default().add("get", "/metrics", get(metrics))
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -29,8 +33,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let retry_after =
+        (!ready).then_some([(header::RETRY_AFTER, super::error::RETRY_AFTER_SECONDS)]);
     (
         status,
+        retry_after,
         Json(serde_json::json!({
             "status": if ready { "ready" } else { "not_ready" },
             "database": if database { "ok" } else { "unreachable" },

@@ -3,6 +3,7 @@
 
 use super::error::ApiError;
 use super::extract::{parse_id, ApiQuery, Authorized, Caller, ReleaseWriteScope};
+use super::validate::{self, name as check_name};
 use super::{AppState, Routes};
 use crate::blobs::BlobError;
 use crate::store::{ImageRecord, NewImage};
@@ -19,24 +20,6 @@ pub fn routes() -> Routes {
         .add("post", "/api/v1/images", post(upload))
         .add("get", "/api/v1/images", get(list))
         .add("get", "/api/v1/images/{id}", get(get_one))
-}
-
-/// Names, hardware ids and versions: 1–64 of `[A-Za-z0-9._+-]`, safe in URLs and logs.
-pub fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            field,
-            "1-64 characters of A-Z a-z 0-9 . _ - +",
-            format!("{value:?}"),
-        ))
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +58,17 @@ async fn upload(
                 content_type.to_owned()
             },
         });
+    }
+    // A duplicate version is known before the body: refuse it without reading a byte.
+    if state
+        .store
+        .image_version_exists(&query.hardware_id, &query.version)
+        .await?
+    {
+        return Err(ApiError::Conflict(format!(
+            "image: hardware id {:?} already has version {:?}",
+            query.hardware_id, query.version
+        )));
     }
     let limit = state.settings.limits.max_image_bytes;
     // Refuse a declared oversize body before reading a byte of it.
@@ -122,6 +116,7 @@ async fn upload(
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     hardware_id: Option<String>,
+    limit: Option<i64>,
 }
 
 async fn list(
@@ -130,10 +125,14 @@ async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<ImageRecord>>, ApiError> {
     caller.require(Scope::Read)?;
+    let limit = validate::limit(query.limit)?;
+    if let Some(hardware_id) = &query.hardware_id {
+        check_name("hardware_id", hardware_id)?;
+    }
     Ok(Json(
         state
             .store
-            .list_images(query.hardware_id.as_deref())
+            .list_images(query.hardware_id.as_deref(), limit)
             .await?,
     ))
 }

@@ -14,6 +14,8 @@ pub mod metadata;
 pub mod openapi;
 pub mod releases;
 pub mod rollouts;
+pub mod tokens;
+pub mod validate;
 pub mod vehicles;
 
 use crate::blobs::BlobStore;
@@ -99,6 +101,14 @@ impl Routes {
 /// Every route of the API (before middleware), with the list of what was mounted.
 pub fn routes() -> Routes {
     Routes::default()
+        .merge(health::probes())
+        .merge(api_routes())
+}
+
+/// Every route except the liveness and readiness probes, which [`app`] serves outside the
+/// concurrency limit.
+fn api_routes() -> Routes {
+    Routes::default()
         .merge(health::routes())
         .merge(openapi::routes())
         .merge(images::routes())
@@ -108,6 +118,7 @@ pub fn routes() -> Routes {
         .merge(blobs::routes())
         .merge(metadata::routes())
         .merge(audit::routes())
+        .merge(tokens::routes())
 }
 
 async fn no_route(request: Request) -> ApiError {
@@ -122,17 +133,33 @@ async fn overloaded(err: tower::BoxError) -> Response {
         ApiError::Unavailable("server is at its concurrency limit; retry shortly".to_owned())
             .into_response()
     } else if err.is::<tower::timeout::error::Elapsed>() {
-        (StatusCode::REQUEST_TIMEOUT, "request timed out").into_response()
+        ApiError::RequestTimeout.into_response()
     } else {
         ApiError::Internal(anyhow::anyhow!("middleware error: {err}")).into_response()
     }
 }
 
-/// Counts requests and their latency by matched route (never by raw path, which would
-/// explode label cardinality) and status.
+/// The `method` label of request metrics: one of the methods the API serves, or
+/// `other`, so a client sending made-up methods cannot grow the series without bound.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Counts requests and their latency by method (a known set), matched route (never by
+/// raw path) and status code, every label from a bounded set.
 async fn record_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -140,7 +167,7 @@ async fn record_metrics(request: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".to_owned());
     let response = next.run(request).await;
     let labels = [
-        ("method", method),
+        ("method", method.to_owned()),
         ("route", route),
         ("status", response.status().as_u16().to_string()),
     ];
@@ -187,7 +214,14 @@ pub fn app(state: AppState) -> Router {
     let limits = state.settings.limits.clone();
     let request_id = HeaderName::from_static("x-request-id");
     let json_limit = limits.max_json_bytes;
-    let router = routes()
+    // Liveness and readiness answer even when the API is at its concurrency limit: an
+    // orchestrator must not restart a server because it is busy.
+    let probes = health::probes()
+        .router
+        .layer(axum::middleware::from_fn(problem_for_405))
+        .layer(axum::middleware::from_fn(record_metrics))
+        .with_state(state.clone());
+    let router = api_routes()
         .router
         .fallback(no_route)
         .layer(axum::middleware::from_fn(problem_for_405))
@@ -217,6 +251,7 @@ pub fn app(state: AppState) -> Router {
         .timeout(Duration::from_secs(limits.request_timeout_seconds))
         .service(router);
     Router::new()
+        .merge(probes)
         .fallback_service(service)
         .layer(axum::middleware::from_fn(close_after_refused_body))
 }

@@ -4,7 +4,7 @@
 //! readable, and a test checks it against the routes the router actually mounts (see
 //! `super::Routes`), so the document cannot drift from the server.
 
-use super::{AppState, Routes};
+use super::{validate, AppState, Routes};
 use axum::routing::get;
 use axum::Json;
 use serde_json::{json, Map, Value};
@@ -39,17 +39,17 @@ const OPS: &[Op] = &[
     Op { method: "get", path: "/metrics", id: "metrics", summary: "Prometheus metrics (text exposition format)", scope: None, body: None, ok: (200, ""), query: &[] },
     Op { method: "get", path: "/api/v1/openapi.json", id: "openapi", summary: "This document", scope: None, body: None, ok: (200, "Object"), query: &[] },
     Op { method: "post", path: "/api/v1/images", id: "uploadImage", summary: "Stream a full image (application/octet-stream); hashed while streaming, size-limited", scope: Some("release:write"), body: Some(("application/octet-stream", "")), ok: (201, "Image"), query: &["hardware_id", "version", "name"] },
-    Op { method: "get", path: "/api/v1/images", id: "listImages", summary: "List images", scope: Some("read"), body: None, ok: (200, "ImageList"), query: &["hardware_id"] },
+    Op { method: "get", path: "/api/v1/images", id: "listImages", summary: "List images", scope: Some("read"), body: None, ok: (200, "ImageList"), query: &["hardware_id", "limit"] },
     Op { method: "get", path: "/api/v1/images/{id}", id: "getImage", summary: "One image", scope: Some("read"), body: None, ok: (200, "Image"), query: &[] },
     Op { method: "post", path: "/api/v1/releases", id: "createRelease", summary: "Create a release; targets signed by the server or uploaded pre-signed and verified against root", scope: Some("release:write"), body: Some(("application/json", "CreateRelease")), ok: (201, "Release"), query: &[] },
-    Op { method: "get", path: "/api/v1/releases", id: "listReleases", summary: "List releases", scope: Some("read"), body: None, ok: (200, "ReleaseList"), query: &[] },
+    Op { method: "get", path: "/api/v1/releases", id: "listReleases", summary: "List releases", scope: Some("read"), body: None, ok: (200, "ReleaseList"), query: &["limit"] },
     Op { method: "get", path: "/api/v1/releases/{id}", id: "getRelease", summary: "One release with its signed targets envelope", scope: Some("read"), body: None, ok: (200, "Release"), query: &[] },
     Op { method: "post", path: "/api/v1/vehicles", id: "registerVehicle", summary: "Provision a vehicle: id, ECUs, device public key, tags", scope: Some("admin"), body: Some(("application/json", "RegisterVehicle")), ok: (201, "Vehicle"), query: &[] },
     Op { method: "post", path: "/api/v1/vehicles:bulk", id: "registerVehicles", summary: "Provision up to 10,000 vehicles in one transaction, all or nothing; a bad entry is named by index and field (vehicles[i].field)", scope: Some("admin"), body: Some(("application/json", "RegisterVehicles")), ok: (201, "BulkRegistered"), query: &[] },
     Op { method: "get", path: "/api/v1/vehicles", id: "listVehicles", summary: "List vehicles with filters", scope: Some("read"), body: None, ok: (200, "VehicleList"), query: &["hardware_id", "tag", "installed_version", "limit"] },
     Op { method: "get", path: "/api/v1/vehicles/{id}", id: "getVehicle", summary: "One vehicle: installed versions, last check-in, deployment history", scope: Some("read"), body: None, ok: (200, "VehicleDetail"), query: &[] },
     Op { method: "post", path: "/api/v1/rollouts", id: "createRollout", summary: "Create a rollout (draft)", scope: Some("rollout:write"), body: Some(("application/json", "CreateRollout")), ok: (201, "Rollout"), query: &[] },
-    Op { method: "get", path: "/api/v1/rollouts", id: "listRollouts", summary: "List rollouts", scope: Some("read"), body: None, ok: (200, "RolloutList"), query: &["state"] },
+    Op { method: "get", path: "/api/v1/rollouts", id: "listRollouts", summary: "List rollouts", scope: Some("read"), body: None, ok: (200, "RolloutList"), query: &["state", "limit"] },
     Op { method: "get", path: "/api/v1/rollouts/{id}", id: "getRollout", summary: "One rollout", scope: Some("read"), body: None, ok: (200, "Rollout"), query: &[] },
     Op { method: "get", path: "/api/v1/rollouts/{id}/status", id: "getRolloutStatus", summary: "Per-phase counts and breaker state", scope: Some("read"), body: None, ok: (200, "RolloutStatus"), query: &[] },
     Op { method: "post", path: "/api/v1/rollouts/{id}/start", id: "startRollout", summary: "Start (enqueues delta builds)", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
@@ -57,8 +57,10 @@ const OPS: &[Op] = &[
     Op { method: "post", path: "/api/v1/rollouts/{id}/resume", id: "resumeRollout", summary: "Resume (half-opens an open breaker)", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
     Op { method: "post", path: "/api/v1/rollouts/{id}/abort", id: "abortRollout", summary: "Abort: cancel vehicles not yet installing", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
     Op { method: "post", path: "/api/v1/rollouts/{id}/rollback", id: "rollbackRollout", summary: "Roll back: tell updated vehicles to return to their previous image", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
-    Op { method: "get", path: "/api/v1/delta-jobs", id: "listDeltaJobs", summary: "Delta builds and their progress", scope: Some("read"), body: None, ok: (200, "DeltaJobList"), query: &["rollout_id"] },
+    Op { method: "get", path: "/api/v1/delta-jobs", id: "listDeltaJobs", summary: "Delta builds and their progress", scope: Some("read"), body: None, ok: (200, "DeltaJobList"), query: &["rollout_id", "limit"] },
     Op { method: "get", path: "/api/v1/audit", id: "listAudit", summary: "Audit log of mutating calls, newest first", scope: Some("admin"), body: None, ok: (200, "AuditList"), query: &["limit", "before"] },
+    Op { method: "get", path: "/api/v1/tokens", id: "listTokens", summary: "API tokens (never their values), oldest first", scope: Some("admin"), body: None, ok: (200, "TokenList"), query: &["limit"] },
+    Op { method: "post", path: "/api/v1/tokens/{id}/revoke", id: "revokeToken", summary: "Revoke a token at once (audited); 409 if already revoked", scope: Some("admin"), body: None, ok: (200, "Token"), query: &[] },
     Op { method: "get", path: "/api/v1/targets", id: "getTargets", summary: "The newest signed targets metadata (cumulative: every released image), decoded and as an envelope", scope: Some("read"), body: None, ok: (200, "Targets"), query: &[] },
     Op { method: "get", path: "/v1/metadata/targets.json", id: "getVehicleTargets", summary: "The newest targets envelope, byte for byte; vehicle credential or read token", scope: None, body: None, ok: (200, "Object"), query: &[] },
     Op { method: "get", path: "/v1/metadata/root/{version}", id: "getVehicleRoot", summary: "Root metadata version N ({version} = N.json), for walking the root chain; vehicle credential or read token", scope: None, body: None, ok: (200, "Object"), query: &[] },
@@ -73,10 +75,47 @@ fn array_of(name: &str) -> Value {
     json!({ "type": "array", "items": { "$ref": format!("#/components/schemas/{name}") } })
 }
 
+/// A name (`validate::is_name`).
+fn name_schema() -> Value {
+    json!({ "type": "string", "pattern": validate::NAME_PATTERN, "minLength": 1, "maxLength": validate::MAX_NAME_LEN })
+}
+
+fn vehicle_id_schema() -> Value {
+    json!({ "type": "string", "pattern": validate::VEHICLE_ID_PATTERN, "minLength": 1, "maxLength": validate::MAX_NAME_LEN })
+}
+
+fn int_range(min: u64, max: u64) -> Value {
+    json!({ "type": "integer", "minimum": min, "maximum": max })
+}
+
+/// A list of distinct names, at most `max`.
+fn names_schema(max: usize) -> Value {
+    json!({ "type": "array", "maxItems": max, "uniqueItems": true, "items": name_schema() })
+}
+
+/// The schema of a query parameter, with the limits the handlers enforce.
+fn query_schema(name: &str) -> Value {
+    match name {
+        "limit" => json!({ "type": "integer", "minimum": validate::LIMIT_RANGE.0,
+                           "maximum": validate::LIMIT_RANGE.1, "default": validate::DEFAULT_LIMIT }),
+        "before" => json!({ "type": "integer" }),
+        "state" => {
+            json!({ "enum": ["draft", "running", "paused", "aborted", "completed", "rolled_back"] })
+        }
+        "rollout_id" => json!({ "type": "string", "pattern": "^ro_[0-9a-f]{16}$" }),
+        _ => name_schema(),
+    }
+}
+
 fn schemas() -> Value {
     let s = json!({ "type": "string" });
     let i = json!({ "type": "integer", "minimum": 0 });
     let strings = json!({ "type": "array", "items": { "type": "string" } });
+    let name = name_schema();
+    let counter = int_range(0, validate::MAX_COUNTER);
+    let duration = int_range(0, validate::MAX_DURATION_SECONDS);
+    let u32_min1 = int_range(1, u64::from(u32::MAX));
+    let percent = json!({ "type": "number", "minimum": 0, "maximum": 100 });
     let any = json!({});
     json!({
         "Object": { "type": "object" },
@@ -94,17 +133,19 @@ fn schemas() -> Value {
             "id": s, "name": s, "hardware_id": s, "version": s, "length": i, "sha256": s, "created_at": s })),
         "ImageList": array_of("Image"),
         "CreateRelease": obj(&["name", "version", "security_version", "images"], json!({
-            "name": s, "version": s, "security_version": i, "images": strings,
+            "name": name, "version": name, "security_version": counter,
+            "images": { "type": "array", "minItems": 1, "maxItems": super::releases::MAX_IMAGES, "items": { "type": "string", "pattern": "^img_[0-9a-f]{16}$" } },
             "targets": { "description": "DSSE envelope of targets metadata signed offline", "type": "object" },
-            "expires_in_days": i })),
+            "expires_in_days": int_range(u64::from(validate::EXPIRES_IN_DAYS.0), u64::from(validate::EXPIRES_IN_DAYS.1)) })),
         "Release": obj(&["id", "name", "version", "security_version", "targets_version", "signed_by", "images", "targets"], json!({
             "id": s, "name": s, "version": s, "security_version": i, "targets_version": i, "signed_by": s,
             "images": { "type": "array", "items": obj(&[], json!({ "hardware_id": s, "image_id": s, "name": s, "version": s, "length": i, "sha256": s })) },
             "targets": any, "created_at": s })),
         "ReleaseList": array_of("Release"),
         "RegisterVehicle": obj(&["id", "public_key", "ecus"], json!({
-            "id": s, "public_key": s, "tags": strings,
-            "ecus": { "type": "array", "items": obj(&["ecu", "hardware_id"], json!({ "ecu": s, "hardware_id": s })) } })),
+            "id": vehicle_id_schema(), "public_key": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
+            "tags": names_schema(validate::MAX_TAGS),
+            "ecus": { "type": "array", "minItems": 1, "maxItems": 32, "items": obj(&["ecu", "hardware_id"], json!({ "ecu": name, "hardware_id": name })) } })),
         "RegisterVehicles": obj(&["vehicles"], json!({
             "vehicles": { "type": "array", "minItems": 1, "maxItems": 10000, "items": { "$ref": "#/components/schemas/RegisterVehicle" } } })),
         "BulkRegistered": obj(&["registered"], json!({ "registered": i })),
@@ -116,19 +157,21 @@ fn schemas() -> Value {
             obj(&["deployments"], json!({ "deployments": array_of("Deployment") })) ] },
         "Deployment": obj(&[], json!({ "id": s, "rollout_id": s, "vehicle_id": s, "ecu": s, "phase": i, "status": s, "from_sha256": s, "reason_code": s, "assigned_at": s, "updated_at": s })),
         "CreateRollout": obj(&["name", "release_id", "phases"], json!({
-            "name": s, "release_id": s,
-            "selector": obj(&[], json!({ "hardware_ids": strings, "current_versions": strings, "tags": strings, "vehicle_ids": strings })),
-            "phases": { "type": "array", "items": obj(&["name", "percent"], json!({
-                "name": s, "percent": { "type": "number" }, "min_soak_seconds": i,
-                "success_threshold_percent": { "type": "number" }, "error_threshold_percent": { "type": "number" } })) },
-            "rate_limit": obj(&[], json!({ "maximum_per_minute": i, "exponential": obj(&[], json!({
-                "base_rate_per_minute": i, "increment_factor": { "type": "number" }, "increase_after_succeeded": i })) })),
+            "name": name, "release_id": { "type": "string", "pattern": "^rel_[0-9a-f]{16}$" },
+            "selector": obj(&[], json!({ "hardware_ids": names_schema(validate::MAX_SELECTOR_VALUES),
+                "current_versions": names_schema(validate::MAX_SELECTOR_VALUES), "tags": names_schema(validate::MAX_SELECTOR_VALUES),
+                "vehicle_ids": { "type": "array", "maxItems": validate::MAX_SELECTOR_VEHICLES, "uniqueItems": true, "items": vehicle_id_schema() } })),
+            "phases": { "type": "array", "minItems": 1, "maxItems": 20, "items": obj(&["name", "percent"], json!({
+                "name": name, "percent": { "type": "number", "exclusiveMinimum": 0, "maximum": 100 }, "min_soak_seconds": duration,
+                "success_threshold_percent": percent, "error_threshold_percent": percent })) },
+            "rate_limit": obj(&[], json!({ "maximum_per_minute": u32_min1, "exponential": obj(&[], json!({
+                "base_rate_per_minute": u32_min1, "increment_factor": { "type": "number", "exclusiveMinimum": 1, "maximum": 5 }, "increase_after_succeeded": u32_min1 })) })),
             "abort_criteria": obj(&[], json!({ "failure_type": { "enum": ["all", "failed", "rolled_back", "timed_out"] },
-                "threshold_percentage": { "type": "number" }, "min_number_of_executed_things": i, "in_progress_timeout_seconds": i,
+                "threshold_percentage": percent, "min_number_of_executed_things": u32_min1, "in_progress_timeout_seconds": duration,
                 "action": { "enum": ["pause", "abort", "rollback"] } })),
-            "preconditions": obj(&[], json!({ "parked": { "type": "boolean" }, "min_state_of_charge_percent": i, "network": s })),
+            "preconditions": obj(&[], json!({ "parked": { "type": "boolean" }, "min_state_of_charge_percent": int_range(0, 100), "network": name })),
             "maintenance_window": obj(&["start_utc", "end_utc"], json!({ "start_utc": s, "end_utc": s })),
-            "retry": obj(&[], json!({ "max_attempts": i, "backoff_seconds": i })) })),
+            "retry": obj(&[], json!({ "max_attempts": int_range(1, 10), "backoff_seconds": duration })) })),
         "Rollout": obj(&["id", "name", "release_id", "spec", "state", "current_phase", "breaker_state"], json!({
             "id": s, "name": s, "release_id": s, "spec": any, "salt": s, "state": s, "current_phase": i,
             "breaker_state": { "enum": ["closed", "open", "half_open"] }, "breaker_reason": s, "created_at": s, "updated_at": s })),
@@ -143,6 +186,9 @@ fn schemas() -> Value {
         "DeltaJobList": array_of("DeltaJob"),
         "AuditEntry": obj(&["id", "at", "actor", "action", "subject"], json!({ "id": i, "at": s, "actor": s, "action": s, "subject": s, "detail": any, "request_id": s })),
         "AuditList": array_of("AuditEntry"),
+        "Token": obj(&["id", "name", "scopes", "created_at"], json!({ "id": s, "name": s, "scopes": strings, "created_at": s,
+            "revoked_at": { "type": ["string", "null"] } })),
+        "TokenList": array_of("Token"),
     })
 }
 
@@ -162,7 +208,7 @@ pub fn document() -> Value {
         }
         for name in op.query {
             let required = op.id == "uploadImage" && *name != "name";
-            parameters.push(json!({ "name": name, "in": "query", "required": required, "schema": { "type": "string" } }));
+            parameters.push(json!({ "name": name, "in": "query", "required": required, "schema": query_schema(name) }));
         }
         let ok_content = match op.ok.1 {
             "" if op.path == "/metrics" => {
@@ -211,6 +257,33 @@ pub fn document() -> Value {
         if op.path.contains("{id}") {
             responses.insert("404".into(), problem_response("Not found"));
             responses.insert("422".into(), problem_response("Malformed id"));
+        }
+        if !op.query.is_empty() {
+            responses.insert("400".into(), problem_response("Unknown query parameter"));
+            responses.insert(
+                "422".into(),
+                problem_response("A query parameter out of its range or pattern"),
+            );
+        }
+        if !matches!(op.path, "/healthz" | "/readyz") {
+            responses.insert(
+                "408".into(),
+                problem_response("The request outlived the request timeout"),
+            );
+            responses.insert(
+                "503".into(),
+                json!({ "description": "At the concurrency limit; retry after Retry-After seconds",
+                        "headers": { "Retry-After": { "schema": { "type": "integer" } } },
+                        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } }),
+            );
+        }
+        if op.path == "/readyz" {
+            responses.insert(
+                "503".into(),
+                json!({ "description": "Not ready (body says which dependency); retry after Retry-After seconds",
+                        "headers": { "Retry-After": { "schema": { "type": "integer" } } },
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Ready" } } } }),
+            );
         }
         if op.method == "post" {
             responses.insert("400".into(), problem_response("Malformed request"));

@@ -3,8 +3,8 @@
 //! against the trusted root before it is accepted.
 
 use super::error::ApiError;
-use super::extract::{parse_id, ApiJson, Authorized, Caller, ReleaseWriteScope};
-use super::images::check_name;
+use super::extract::{parse_id, ApiJson, ApiQuery, Authorized, Caller, ReleaseWriteScope};
+use super::validate;
 use super::{AppState, Routes};
 use crate::store::{NewRelease, ReleaseRecord};
 use crate::tokens::Scope;
@@ -24,6 +24,9 @@ pub fn routes() -> Routes {
         .add("get", "/api/v1/releases", get(list))
         .add("get", "/api/v1/releases/{id}", get(get_one))
 }
+
+/// Most images in one release (one per hardware id).
+pub const MAX_IMAGES: usize = 64;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,15 +50,27 @@ async fn create(
     ApiJson(request): ApiJson<CreateRelease>,
 ) -> Result<(StatusCode, Json<ReleaseRecord>), ApiError> {
     caller.require(Scope::ReleaseWrite)?;
-    check_name("name", &request.name)?;
-    check_name("version", &request.version)?;
-    if request.images.is_empty() || request.images.len() > 64 {
-        return Err(ApiError::invalid(
-            "images",
-            "1 to 64 image ids",
-            request.images.len(),
-        ));
+    let mut problems = validate::Problems::default();
+    problems.name("name", &request.name);
+    problems.name("version", &request.version);
+    problems.range(
+        "security_version",
+        request.security_version,
+        0,
+        validate::MAX_COUNTER,
+    );
+    if let Some(days) = request.expires_in_days {
+        let (min, max) = validate::EXPIRES_IN_DAYS;
+        problems.range("expires_in_days", days, min, max);
     }
+    if request.images.is_empty() || request.images.len() > MAX_IMAGES {
+        problems.push(
+            "images",
+            format!("1 to {MAX_IMAGES} image ids"),
+            request.images.len(),
+        );
+    }
+    problems.into_result()?;
     // Targets are cumulative: every image released so far stays listed (a vehicle can only
     // be sent back to an image its newest trusted targets still list), and this
     // release's images are added or, for the same image, updated.
@@ -127,6 +142,13 @@ async fn create(
                     "a different image list",
                 ));
             }
+            if metadata.version > validate::MAX_COUNTER {
+                return Err(ApiError::invalid(
+                    "targets.version",
+                    format!("an integer in {}..={}", current + 1, validate::MAX_COUNTER),
+                    metadata.version,
+                ));
+            }
             if metadata.version <= current {
                 return Err(ApiError::invalid(
                     "targets.version",
@@ -141,7 +163,7 @@ async fn create(
             )
         }
         None => {
-            let days = i64::from(request.expires_in_days.unwrap_or(365).clamp(1, 3650));
+            let days = i64::from(request.expires_in_days.unwrap_or(365));
             let now = Timestamp::from_datetime(chrono::Utc::now());
             let metadata =
                 TargetsMetadata::new(current + 1, now.plus_seconds(days * 86_400), expected);
@@ -177,12 +199,20 @@ async fn create(
     Ok((StatusCode::CREATED, Json(record)))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<i64>,
+}
+
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<ReleaseRecord>>, ApiError> {
     caller.require(Scope::Read)?;
-    Ok(Json(state.store.list_releases().await?))
+    let limit = validate::limit(query.limit)?;
+    Ok(Json(state.store.list_releases(limit).await?))
 }
 
 async fn get_one(

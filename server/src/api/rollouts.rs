@@ -3,7 +3,7 @@
 
 use super::error::ApiError;
 use super::extract::{parse_id, ApiJson, ApiQuery, Authorized, Caller, RolloutWriteScope};
-use super::images::check_name;
+use super::validate;
 use super::{AppState, Routes};
 use crate::engine::plan::{PlanError, RolloutRequest};
 use crate::engine::RolloutStatus;
@@ -54,6 +54,52 @@ pub struct CreateRollout {
     pub retry: RetryPolicy,
 }
 
+/// The edge rules for a rollout's text, lists and integers (the spec's own rules are in
+/// [`RolloutSpec::validate`]): every name, selector entry and the network precondition
+/// follow the one name rule (no control characters reach a terminal, a log or the
+/// database), lists are bounded, durations fit the database.
+fn edge_problems(request: &CreateRollout) -> validate::Problems {
+    let mut problems = validate::Problems::default();
+    problems.name("name", &request.name);
+    let selector = &request.selector;
+    let max = validate::MAX_SELECTOR_VALUES;
+    problems.names("selector.hardware_ids", &selector.hardware_ids, max);
+    problems.names("selector.current_versions", &selector.current_versions, max);
+    problems.names("selector.tags", &selector.tags, max);
+    problems.vehicle_ids(
+        "selector.vehicle_ids",
+        &selector.vehicle_ids,
+        validate::MAX_SELECTOR_VEHICLES,
+    );
+    for (i, phase) in request.phases.iter().enumerate() {
+        problems.name(format!("phases[{i}].name"), &phase.name);
+        problems.range(
+            format!("phases[{i}].min_soak_seconds"),
+            phase.min_soak_seconds,
+            0,
+            validate::MAX_DURATION_SECONDS,
+        );
+    }
+    if let Some(network) = &request.preconditions.network {
+        problems.name("preconditions.network", network);
+    }
+    if let Some(timeout) = request.abort_criteria.in_progress_timeout_seconds {
+        problems.range(
+            "abort_criteria.in_progress_timeout_seconds",
+            timeout,
+            0,
+            validate::MAX_DURATION_SECONDS,
+        );
+    }
+    problems.range(
+        "retry.backoff_seconds",
+        request.retry.backoff_seconds,
+        0,
+        validate::MAX_DURATION_SECONDS,
+    );
+    problems
+}
+
 fn random_salt() -> Result<String, ApiError> {
     let mut salt = [0u8; 16];
     getrandom::getrandom(&mut salt)
@@ -67,14 +113,15 @@ async fn create(
     ApiJson(request): ApiJson<CreateRollout>,
 ) -> Result<(StatusCode, Json<RolloutRecord>), ApiError> {
     caller.require(Scope::RolloutWrite)?;
-    check_name("name", &request.name)?;
-    let release_id = parse_id("release", "rel", &request.release_id).map_err(|_| {
-        ApiError::invalid(
+    let mut problems = edge_problems(&request);
+    let release_id = parse_id("release", "rel", &request.release_id);
+    if release_id.is_err() {
+        problems.push(
             "release_id",
             "a release id (rel_ + 16 hex digits)",
-            format!("{:?}", request.release_id),
-        )
-    })?;
+            validate::shown(&request.release_id),
+        );
+    }
     let spec = RolloutSpec {
         selector: request.selector,
         phases: request.phases,
@@ -84,7 +131,11 @@ async fn create(
         maintenance_window: request.maintenance_window,
         retry: request.retry,
     };
-    spec.validate().map_err(ApiError::Invalid)?;
+    if let Err(errors) = spec.validate() {
+        problems.0.extend(errors);
+    }
+    problems.into_result()?;
+    let release_id = release_id?;
     match state.store.get_release(&release_id).await {
         Ok(_) => {}
         Err(StoreError::NotFound { .. }) => {
@@ -115,6 +166,7 @@ async fn create(
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
+    limit: Option<i64>,
 }
 
 async fn list(
@@ -123,17 +175,20 @@ async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<RolloutRecord>>, ApiError> {
     caller.require(Scope::Read)?;
+    let limit = validate::limit(query.limit)?;
     let filter = match query.state.as_deref() {
         None => None,
         Some(s) => Some(RolloutState::parse(s).ok_or_else(|| {
             ApiError::invalid(
                 "state",
                 "draft, running, paused, aborted, completed or rolled_back",
-                format!("{s:?}"),
+                validate::shown(s),
             )
         })?),
     };
-    Ok(Json(state.store.list_rollouts(filter).await?))
+    let mut rollouts = state.store.list_rollouts(filter).await?;
+    rollouts.truncate(limit as usize);
+    Ok(Json(rollouts))
 }
 
 async fn get_one(
@@ -227,6 +282,7 @@ async fn rollback(
 #[serde(deny_unknown_fields)]
 struct JobsQuery {
     rollout_id: Option<String>,
+    limit: Option<i64>,
 }
 
 async fn delta_jobs(
@@ -235,9 +291,12 @@ async fn delta_jobs(
     ApiQuery(query): ApiQuery<JobsQuery>,
 ) -> Result<Json<Vec<DeltaJob>>, ApiError> {
     caller.require(Scope::Read)?;
+    let limit = validate::limit(query.limit)?;
     let rollout = match query.rollout_id {
         Some(id) => Some(parse_id("rollout", "ro", &id)?),
         None => None,
     };
-    Ok(Json(state.store.list_delta_jobs(rollout.as_deref()).await?))
+    let mut jobs = state.store.list_delta_jobs(rollout.as_deref()).await?;
+    jobs.truncate(limit as usize);
+    Ok(Json(jobs))
 }

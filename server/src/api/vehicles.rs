@@ -4,7 +4,7 @@
 
 use super::error::ApiError;
 use super::extract::{AdminScope, ApiJson, ApiQuery, Authorized, Caller, JsonLimit};
-use super::images::check_name;
+use super::validate::{self, name as check_name};
 use super::{AppState, Routes};
 use crate::store::{DeploymentRecord, NewVehicle, VehicleFilter, VehicleRecord};
 use crate::tokens::Scope;
@@ -13,9 +13,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::routing::{get, post};
 use axum::Json;
-use ota_core::encoding::parse_lower_hex;
 use ota_core::key::PublicKey;
-use ota_core::protocol::is_valid_vehicle_id;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -57,35 +55,15 @@ pub struct RegisterVehicle {
     pub tags: Vec<String>,
 }
 
-pub fn check_vehicle_id(id: &str) -> Result<(), ApiError> {
-    if is_valid_vehicle_id(id) {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            "vehicle id",
-            "1-64 characters of A-Z a-z 0-9 . _ -",
-            format!("{id:?}"),
-        ))
-    }
-}
-
 /// Checks one registration; `at` prefixes field names (`""`, or `vehicles[3].` in a bulk
 /// request) so a problem names exactly which entry and field is wrong.
 fn validate(request: RegisterVehicle, at: &str) -> Result<NewVehicle, ApiError> {
-    check_vehicle_id(&request.id).map_err(|_| {
-        ApiError::invalid(
-            format!("{at}id"),
-            "1-64 characters of A-Z a-z 0-9 . _ -",
-            format!("{:?}", request.id),
-        )
-    })?;
-    let raw = parse_lower_hex::<32>(&request.public_key).map_err(|e| {
-        ApiError::invalid(
-            format!("{at}public_key"),
-            "64 lowercase hex digits (raw Ed25519 public key)",
-            e,
-        )
-    })?;
+    validate::vehicle_id(&format!("{at}id"), &request.id)?;
+    let raw = validate::lower_hex::<32>(
+        &format!("{at}public_key"),
+        "64 lowercase hex digits (raw Ed25519 public key)",
+        &request.public_key,
+    )?;
     PublicKey::from_bytes(&raw).map_err(|e| {
         ApiError::invalid(
             format!("{at}public_key"),
@@ -112,9 +90,9 @@ fn validate(request: RegisterVehicle, at: &str) -> Result<NewVehicle, ApiError> 
             ));
         }
     }
-    for (i, tag) in request.tags.iter().enumerate() {
-        check_name(&format!("{at}tags[{i}]"), tag)?;
-    }
+    let mut problems = validate::Problems::default();
+    problems.names(&format!("{at}tags"), &request.tags, validate::MAX_TAGS);
+    problems.into_result()?;
     Ok(NewVehicle {
         id: request.id,
         public_key: request.public_key,
@@ -205,10 +183,7 @@ async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<VehicleRecord>>, ApiError> {
     caller.require(Scope::Read)?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit", "1..=1000", limit));
-    }
+    let limit = validate::limit(query.limit)?;
     for (field, value) in [
         ("hardware_id", &query.hardware_id),
         ("tag", &query.tag),
@@ -240,7 +215,7 @@ async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<VehicleDetail>, ApiError> {
     caller.require(Scope::Read)?;
-    check_vehicle_id(&id)?;
+    validate::vehicle_id("vehicle id", &id)?;
     let vehicle = state.store.get_vehicle(&id).await?;
     let deployments = state.store.deployments_for_vehicle(&id).await?;
     Ok(Json(VehicleDetail {

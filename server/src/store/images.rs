@@ -106,15 +106,32 @@ impl Store {
     pub async fn list_images(
         &self,
         hardware_id: Option<&str>,
+        limit: i64,
     ) -> Result<Vec<ImageRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {IMAGE_COLUMNS} FROM images WHERE ($1 = '' OR hardware_id = $1) \
-             ORDER BY created_ms, id"
+             ORDER BY created_ms, id LIMIT $2"
         ))
         .bind(hardware_id.unwrap_or(""))
+        .bind(limit)
         .fetch_all(self.pool())
         .await?;
         Ok(rows.iter().map(image_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Whether `hardware_id` already has an image of `version` (checked before an
+    /// upload's body is read; the unique constraint still decides a race).
+    pub async fn image_version_exists(
+        &self,
+        hardware_id: &str,
+        version: &str,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT id FROM images WHERE hardware_id = $1 AND version = $2")
+            .bind(hardware_id)
+            .bind(version)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.is_some())
     }
 
     /// Whether any image (or built delta) has this content, for blob authorisation.

@@ -25,7 +25,7 @@ pub use deltas::{BuiltDelta, DeltaJob, DeltaJobStatus};
 pub use images::{ImageRecord, NewImage};
 pub use releases::{NewRelease, ReleaseImage, ReleaseRecord};
 pub use rollouts::{ChangeError, DeploymentRecord, NewRollout, PhaseCounts, RolloutRecord};
-pub use tokens::TokenRecord;
+pub use tokens::{TokenInfo, TokenRecord};
 pub use vehicles::{EcuRecord, NewVehicle, VehicleFilter, VehicleRecord};
 
 use sqlx::any::AnyPoolOptions;
@@ -68,6 +68,10 @@ pub enum StoreError {
     },
     #[error("database URL scheme {scheme:?} is not supported (use sqlite: or postgres://)")]
     UnsupportedUrl { scheme: String },
+    /// A value the database cannot hold without loss (it stores signed 64-bit
+    /// integers); the API refuses such values first, this is the last line.
+    #[error("{field} = {value} does not fit a signed 64-bit column")]
+    OutOfRange { field: &'static str, value: u64 },
     #[error("stored {what} is corrupt: {reason}")]
     Corrupt { what: &'static str, reason: String },
     #[error("database error: {0}")]
@@ -80,6 +84,11 @@ impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         StoreError::Database(err)
     }
+}
+
+/// `value` as the signed 64-bit integer the database stores, never wrapped.
+pub(crate) fn to_i64(field: &'static str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { field, value })
 }
 
 /// Maps a unique-constraint violation to `Conflict`, anything else to `Database`.

@@ -1,6 +1,8 @@
 //! Releases: a set of images (one per hardware id) and their signed targets metadata.
 
-use super::{audit, conflict_or, digest, ms_to_rfc3339, new_id, now_ms, Actor, Store, StoreError};
+use super::{
+    audit, conflict_or, digest, ms_to_rfc3339, new_id, now_ms, to_i64, Actor, Store, StoreError,
+};
 use ota_core::encoding::Sha256Digest;
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -50,6 +52,8 @@ impl Store {
         release: NewRelease,
     ) -> Result<ReleaseRecord, StoreError> {
         let id = new_id("rel");
+        let security_version = to_i64("security_version", release.security_version)?;
+        let targets_version = to_i64("targets_version", release.targets_version)?;
         let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO releases (id, name, version, security_version, targets_version, \
@@ -58,8 +62,8 @@ impl Store {
         .bind(&id)
         .bind(&release.name)
         .bind(&release.version)
-        .bind(release.security_version as i64)
-        .bind(release.targets_version as i64)
+        .bind(security_version)
+        .bind(targets_version)
         .bind(&release.targets_envelope)
         .bind(&release.signed_by)
         .bind(now_ms())
@@ -163,8 +167,10 @@ impl Store {
         self.release_from_row(&row).await
     }
 
-    pub async fn list_releases(&self) -> Result<Vec<ReleaseRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM releases ORDER BY created_ms, id")
+    /// The oldest `limit` releases.
+    pub async fn list_releases(&self, limit: i64) -> Result<Vec<ReleaseRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM releases ORDER BY created_ms, id LIMIT $1")
+            .bind(limit)
             .fetch_all(self.pool())
             .await?;
         let mut out = Vec::with_capacity(rows.len());

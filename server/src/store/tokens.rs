@@ -1,7 +1,7 @@
 //! API bearer tokens. Only the SHA-256 of a token is stored: a database dump does not
 //! leak usable credentials.
 
-use super::{audit, conflict_or, new_id, now_ms, Actor, Store, StoreError};
+use super::{audit, conflict_or, ms_to_rfc3339, new_id, now_ms, Actor, Store, StoreError};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -72,4 +72,85 @@ impl Store {
         .transpose()
         .map_err(|e: sqlx::Error| e.into())
     }
+
+    /// Every token, oldest first (never the secret: only its hash is stored, and not
+    /// shown either).
+    pub async fn list_tokens(&self, limit: i64) -> Result<Vec<TokenInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, scopes, created_ms, revoked_ms FROM api_tokens \
+             ORDER BY created_ms, id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(token_info)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Revokes a live token (audited); a revoked token is a conflict, an unknown one
+    /// not found.
+    pub async fn revoke_token(&self, actor: &Actor, id: &str) -> Result<TokenInfo, StoreError> {
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE api_tokens SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            let exists = sqlx::query("SELECT id FROM api_tokens WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            return Err(if exists {
+                StoreError::Conflict {
+                    entity: "token",
+                    detail: format!("{id} is already revoked"),
+                }
+            } else {
+                StoreError::NotFound {
+                    entity: "token",
+                    id: id.to_owned(),
+                }
+            });
+        }
+        audit::record(&mut tx, actor, "token.revoke", id, serde_json::json!({})).await?;
+        let row = sqlx::query(
+            "SELECT id, name, scopes, created_ms, revoked_ms FROM api_tokens WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let info = token_info(&row)?;
+        tx.commit().await?;
+        Ok(info)
+    }
+}
+
+/// A token as listed: never its value.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+fn token_info(row: &sqlx::any::AnyRow) -> Result<TokenInfo, sqlx::Error> {
+    let scopes: String = row.try_get("scopes")?;
+    Ok(TokenInfo {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+        created_at: ms_to_rfc3339(row.try_get("created_ms")?),
+        revoked_at: row
+            .try_get::<Option<i64>, _>("revoked_ms")?
+            .map(ms_to_rfc3339),
+    })
 }

@@ -1358,6 +1358,24 @@ async fn concurrency_limit_sheds_load_with_503() {
             }
         }
     };
+    // Liveness and readiness are outside the shedding; a shed request says when to retry.
+    for probe in ["/healthz", "/readyz"] {
+        let response = app.http.get(app.url(probe)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{probe} must not be shed");
+    }
+    let shed = app
+        .http
+        .get(app.url("/api/v1/images"))
+        .bearer_auth(&app.read_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shed.status().as_u16(), 503);
+    assert_eq!(
+        shed.headers()["retry-after"],
+        "1",
+        "503 carries Retry-After"
+    );
     drop(tx);
     let finished = held.await.unwrap().unwrap();
     assert_eq!(

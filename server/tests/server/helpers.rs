@@ -188,6 +188,7 @@ pub struct Options {
     pub max_image_bytes: Option<u64>,
     pub max_json_bytes: Option<usize>,
     pub max_concurrent_requests: Option<usize>,
+    pub request_timeout_seconds: Option<u64>,
     /// `mqtt.workers` and `mqtt.queue` (the gateway's concurrency and backlog).
     pub mqtt_workers: Option<usize>,
     pub mqtt_queue: Option<usize>,
@@ -215,6 +216,9 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     }
     if let Some(max) = options.max_concurrent_requests {
         settings.limits.max_concurrent_requests = max;
+    }
+    if let Some(seconds) = options.request_timeout_seconds {
+        settings.limits.request_timeout_seconds = seconds;
     }
     if let Some(max) = options.max_json_bytes {
         settings.limits.max_json_bytes = max;

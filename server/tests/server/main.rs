@@ -4,6 +4,7 @@
 
 mod api;
 mod delta;
+mod edge;
 mod helpers;
 mod keys;
 mod mqtt;

@@ -49,8 +49,8 @@ async fn images_and_audit(backend: Backend) {
         .insert_image(&actor(), image("hw-b", "1.0"))
         .await
         .unwrap();
-    assert_eq!(store.list_images(Some("hw-b")).await.unwrap().len(), 1);
-    assert_eq!(store.list_images(None).await.unwrap().len(), 2);
+    assert_eq!(store.list_images(Some("hw-b"), 100).await.unwrap().len(), 1);
+    assert_eq!(store.list_images(None, 100).await.unwrap().len(), 2);
     assert!(matches!(
         store.get_image("img_0000000000000000").await,
         Err(StoreError::NotFound { .. })
@@ -509,7 +509,7 @@ async fn migrations_are_idempotent(backend: Backend) {
         .await
         .expect("re-running applied migrations is a no-op");
     assert_eq!(
-        reopened.list_images(None).await.unwrap().len(),
+        reopened.list_images(None, 100).await.unwrap().len(),
         1,
         "data survives a restart"
     );

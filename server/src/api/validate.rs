@@ -1,0 +1,250 @@
+//! The rules for every value the API accepts, one per kind of value, applied at the edge
+//! (request parsing) before anything reaches the engine or the database. A refusal is a
+//! 422 problem naming the field, what was expected and what was given; the OpenAPI
+//! document states the same limits from the constants here.
+//!
+//! Kinds of text:
+//! - **names** (image, release and rollout names, versions, hardware ids, ECU names,
+//!   tags, phase names, the `network` precondition): 1–64 of `[A-Za-z0-9._+-]`, so they
+//!   are safe in URLs, log lines, terminals and MQTT topics — no NUL, no control
+//!   characters, no escape sequences;
+//! - **vehicle ids**: [`ota_core::protocol::is_valid_vehicle_id`], the rule the agent,
+//!   the MQTT topics and the vehicle credential use;
+//! - **resource ids** (`img_…`, `rel_…`, `ro_…`): [`super::extract::parse_id`].
+//!
+//! Integers are stored as SQL `BIGINT` (signed 64-bit): every one has a range within
+//! `0..=i64::MAX`, so nothing wraps on the way to the database.
+
+use super::error::ApiError;
+use crate::rollout::FieldError;
+use ota_core::protocol::is_valid_vehicle_id;
+use std::fmt::Display;
+
+/// Longest name, in bytes (all ASCII).
+pub const MAX_NAME_LEN: usize = 64;
+/// What a name may contain, as a regular expression (the OpenAPI `pattern`).
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9._+-]{1,64}$";
+/// What a vehicle id may contain, as a regular expression (the OpenAPI `pattern`).
+pub const VEHICLE_ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+const NAME_EXPECTED: &str = "1-64 characters of A-Z a-z 0-9 . _ - +";
+const VEHICLE_ID_EXPECTED: &str = "1-64 characters of A-Z a-z 0-9 . _ -";
+
+/// Most tags on one vehicle.
+pub const MAX_TAGS: usize = 32;
+/// Most entries in each selector list except `vehicle_ids`.
+pub const MAX_SELECTOR_VALUES: usize = 64;
+/// Most vehicle ids a selector may name.
+pub const MAX_SELECTOR_VEHICLES: usize = 10_000;
+/// Highest `security_version` (and any other stored counter): `i64::MAX`.
+pub const MAX_COUNTER: u64 = i64::MAX as u64;
+/// Longest phase soak and retry backoff: one year.
+pub const MAX_DURATION_SECONDS: u64 = 366 * 86_400;
+/// Range of `expires_in_days` of server-signed targets.
+pub const EXPIRES_IN_DAYS: (u32, u32) = (1, 3650);
+/// Range of `limit` on list routes, and its default.
+pub const LIMIT_RANGE: (i64, i64) = (1, 1000);
+pub const DEFAULT_LIMIT: i64 = 100;
+
+/// Collects every problem of one request, so a caller can fix them together.
+#[derive(Debug, Default)]
+pub struct Problems(pub Vec<FieldError>);
+
+impl Problems {
+    pub fn push(
+        &mut self,
+        field: impl Into<String>,
+        expected: impl Into<String>,
+        got: impl Display,
+    ) {
+        self.0.push(FieldError {
+            field: field.into(),
+            expected: expected.into(),
+            got: got.to_string(),
+        });
+    }
+
+    /// A name (see the module documentation).
+    pub fn name(&mut self, field: impl Into<String>, value: &str) {
+        if !is_name(value) {
+            self.push(field, NAME_EXPECTED, shown(value));
+        }
+    }
+
+    pub fn vehicle_id(&mut self, field: impl Into<String>, value: &str) {
+        if !is_valid_vehicle_id(value) {
+            self.push(field, VEHICLE_ID_EXPECTED, shown(value));
+        }
+    }
+
+    /// A list of names: at most `max` entries, each a name, no duplicates.
+    pub fn names(&mut self, field: &str, values: &[String], max: usize) {
+        self.list(field, values, max, |p, f, v| p.name(f, v));
+    }
+
+    /// A list of vehicle ids: at most `max`, each valid, no duplicates.
+    pub fn vehicle_ids(&mut self, field: &str, values: &[String], max: usize) {
+        self.list(field, values, max, |p, f, v| p.vehicle_id(f, v));
+    }
+
+    fn list(
+        &mut self,
+        field: &str,
+        values: &[String],
+        max: usize,
+        each: impl Fn(&mut Problems, String, &str),
+    ) {
+        if values.len() > max {
+            self.push(field, format!("at most {max} entries"), values.len());
+            return;
+        }
+        let mut seen = std::collections::HashMap::new();
+        for (i, value) in values.iter().enumerate() {
+            each(self, format!("{field}[{i}]"), value);
+            if let Some(first) = seen.insert(value.as_str(), i) {
+                self.push(
+                    format!("{field}[{i}]"),
+                    format!("no duplicates (same as {field}[{first}])"),
+                    shown(value),
+                );
+            }
+        }
+    }
+
+    /// An integer within `min..=max`.
+    pub fn range<T: PartialOrd + Display + Copy>(
+        &mut self,
+        field: impl Into<String>,
+        value: T,
+        min: T,
+        max: T,
+    ) {
+        if value < min || value > max {
+            self.push(field, format!("an integer in {min}..={max}"), value);
+        }
+    }
+
+    pub fn into_result(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Invalid(self.0))
+        }
+    }
+}
+
+/// Whether `value` is a name: 1–64 of `[A-Za-z0-9._+-]`.
+pub fn is_name(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_NAME_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
+}
+
+/// A refused value as shown back in a problem: quoted and escaped (control characters
+/// never reach a log or a terminal raw), and cut after 80 characters.
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 80;
+    let count = value.chars().count();
+    if count <= MAX {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(MAX).collect();
+        format!("{head:?}… ({count} characters)")
+    }
+}
+
+/// One name, as a result.
+pub fn name(field: &str, value: &str) -> Result<(), ApiError> {
+    let mut problems = Problems::default();
+    problems.name(field, value);
+    problems.into_result()
+}
+
+/// One vehicle id, as a result.
+pub fn vehicle_id(field: &str, value: &str) -> Result<(), ApiError> {
+    let mut problems = Problems::default();
+    problems.vehicle_id(field, value);
+    problems.into_result()
+}
+
+/// `2 * N` lowercase hex digits as bytes. The refusal says what was wrong with the
+/// value once (its length, or the characters) rather than repeating the expectation.
+pub fn lower_hex<const N: usize>(
+    field: &str,
+    expected: &str,
+    text: &str,
+) -> Result<[u8; N], ApiError> {
+    ota_core::encoding::parse_lower_hex::<N>(text).map_err(|_| {
+        let got = if text.len() != 2 * N {
+            format!("{} characters", text.len())
+        } else {
+            format!("characters other than 0-9 a-f: {}", shown(text))
+        };
+        ApiError::invalid(field, expected, got)
+    })
+}
+
+/// The `limit` of a list route: default [`DEFAULT_LIMIT`], within [`LIMIT_RANGE`].
+pub fn limit(value: Option<i64>) -> Result<i64, ApiError> {
+    let limit = value.unwrap_or(DEFAULT_LIMIT);
+    let mut problems = Problems::default();
+    problems.range("limit", limit, LIMIT_RANGE.0, LIMIT_RANGE.1);
+    problems.into_result().map(|()| limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_refuse_control_characters_and_overlong_text() {
+        for good in ["a", "canary", "v1.2.3+build-4_x", &"a".repeat(64)] {
+            assert!(is_name(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            "a\0b",
+            "\u{1b}[2J",
+            "with space",
+            "ä",
+            &"a".repeat(65),
+            "a/b",
+            "\u{9b}",
+        ] {
+            assert!(!is_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn shown_values_are_escaped_and_cut() {
+        assert_eq!(shown("a\u{1b}b"), "\"a\\u{1b}b\"");
+        let long = "x".repeat(5000);
+        let text = shown(&long);
+        assert!(text.len() < 120, "{text}");
+        assert!(text.ends_with("(5000 characters)"), "{text}");
+    }
+
+    #[test]
+    fn lists_refuse_duplicates_and_too_many_entries() {
+        let mut p = Problems::default();
+        p.names("tags", &["a".into(), "b".into(), "a".into()], 8);
+        assert_eq!(p.0.len(), 1);
+        assert_eq!(p.0[0].field, "tags[2]");
+        let mut p = Problems::default();
+        p.names("tags", &vec!["a".to_owned(); 9], 8);
+        assert_eq!(p.0.len(), 1);
+        assert_eq!(p.0[0].field, "tags");
+    }
+
+    #[test]
+    fn ranges_are_inclusive() {
+        let mut p = Problems::default();
+        p.range("x", MAX_COUNTER, 0, MAX_COUNTER);
+        p.range("y", 0u64, 0, MAX_COUNTER);
+        assert!(p.0.is_empty());
+        p.range("z", MAX_COUNTER + 1, 0, MAX_COUNTER);
+        assert_eq!(p.0.len(), 1);
+        assert_eq!(p.0[0].expected, format!("an integer in 0..={MAX_COUNTER}"));
+    }
+}
