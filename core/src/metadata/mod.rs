@@ -8,7 +8,9 @@ mod director;
 mod root;
 mod targets;
 
-pub use director::{Assignment, DeltaRef, DirectorMetadata, ImageRef, Preconditions};
+pub use director::{
+    Assignment, DeltaRef, DirectorMetadata, ImageRef, Preconditions, TargetsBinding,
+};
 pub use root::{RoleKeys, Roles, Root, RootMetadata};
 pub use targets::{TargetImage, TargetsMetadata};
 

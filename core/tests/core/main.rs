@@ -2,6 +2,7 @@
 //! attack they mount, root rotation, persistence.
 
 mod attacks;
+mod clock;
 mod fixtures;
 mod properties;
 mod rotation;

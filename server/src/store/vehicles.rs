@@ -1,6 +1,8 @@
 //! Vehicles: identity (opaque id, device public key), ECUs, installed images, check-ins.
 
 use super::{audit, conflict_or, ms_to_rfc3339, now_ms, Actor, Store, StoreError};
+use crate::director::DirectorIssue;
+use ota_core::metadata::TargetsBinding;
 use ota_core::protocol::CheckIn;
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -337,9 +339,29 @@ impl Store {
         Ok(true)
     }
 
-    /// Reserves the next director metadata version for a vehicle: above both what the
-    /// server issued and what the vehicle says it trusts, so versions only ever grow.
+    /// Reserves the next director metadata version for a vehicle (above both what the
+    /// server issued and what the vehicle says it trusts, so versions only ever grow) and
+    /// reads the binding to the newest targets document, which that director must carry
+    /// (PROTOCOL.md §4.3). With no targets document yet the binding has version 0, which
+    /// no targets document has: such a director verifies nowhere, as no assignment could.
     pub async fn next_director_version(
+        &self,
+        vehicle_id: &str,
+        trusted: u64,
+    ) -> Result<DirectorIssue, StoreError> {
+        let version = self.reserve_director_version(vehicle_id, trusted).await?;
+        let targets = match self.latest_targets().await? {
+            Some((_, envelope)) => TargetsBinding::of_envelope(envelope.as_bytes())
+                .map_err(|e| StoreError::Corrupt {
+                    what: "targets envelope",
+                    reason: e.to_string(),
+                })?,
+            None => TargetsBinding::of_payload(0, b""),
+        };
+        Ok(DirectorIssue { version, targets })
+    }
+
+    async fn reserve_director_version(
         &self,
         vehicle_id: &str,
         trusted: u64,
