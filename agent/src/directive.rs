@@ -249,9 +249,7 @@ fn worth_refreshing(err: &DirectiveError) -> bool {
             E::WrongVehicle { .. }
             | E::ClockRollback { .. }
             | E::MalformedEnvelope { .. }
-            | E::EnvelopeTooLarge { .. } => {
-                false
-            }
+            | E::EnvelopeTooLarge { .. } => false,
             _ => true,
         },
         _ => false,

@@ -967,7 +967,11 @@ mod tests {
         let metadata: DirectorMetadata =
             ota_core::metadata::parse_document(&envelope.payload).unwrap();
         assert_eq!(
-            (metadata.version, metadata.vehicle_id.as_str(), metadata.targets),
+            (
+                metadata.version,
+                metadata.vehicle_id.as_str(),
+                metadata.targets
+            ),
             (7, "veh-1", targets)
         );
         assert_eq!(metadata.expires, now.plus_seconds(300));

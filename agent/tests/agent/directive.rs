@@ -527,7 +527,11 @@ async fn old_unexpired_targets_served_with_a_fresh_director_are_refused() {
     let mut vehicle = vehicle_with_cache().await;
     let doc = directive_doc_for(2, 2, vec![assign(ECU, IMAGE_A, "dep-2")]);
     vehicle.refuse(&director(&doc), "targets_mismatch").await;
-    assert_eq!(vehicle.fetches().0, 2, "the cache mismatch is worth a refresh");
+    assert_eq!(
+        vehicle.fetches().0,
+        2,
+        "the cache mismatch is worth a refresh"
+    );
     assert_eq!(vehicle.trusted().director, 1);
 }
 

@@ -138,13 +138,7 @@ fn verify(setup: &Setup, targets: &[u8], director: &[u8], extra: &[&str]) -> Out
     verify_at(setup, NOW, targets, director, extra)
 }
 
-fn verify_at(
-    setup: &Setup,
-    now: &str,
-    targets: &[u8],
-    director: &[u8],
-    extra: &[&str],
-) -> Outcome {
+fn verify_at(setup: &Setup, now: &str, targets: &[u8], director: &[u8], extra: &[&str]) -> Outcome {
     let targets = write(&setup.files, "targets.json", targets);
     let director = write(&setup.files, "director.json", director);
     let output = Command::new(env!("CARGO_BIN_EXE_ota-agent"))
@@ -315,7 +309,10 @@ fn clock_set_back_after_a_persisted_verification_is_refused_and_changes_nothing(
     assert_eq!(out.code, 0, "{}", out.stderr);
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(setup.trust.join("state.json")).unwrap()).unwrap();
-    assert_eq!(state["verified_time"], NOW, "the trust store keeps the time");
+    assert_eq!(
+        state["verified_time"], NOW,
+        "the trust store keeps the time"
+    );
 
     // A later process with the clock set back a day: refused, store untouched.
     let before = snapshot(&setup.trust);

@@ -328,7 +328,14 @@ fn cases() -> Vec<Case> {
     // Same targets version, other content (a targets key signing two documents with one
     // version): the director's payload digest pins the one it was built against.
     let mut c = case("targets-of-the-bound-version-with-other-content", |r| {
-        matches!(r, Err(Error::TargetsMismatch { director_version: 1, targets_version: 1, .. }))
+        matches!(
+            r,
+            Err(Error::TargetsMismatch {
+                director_version: 1,
+                targets_version: 1,
+                ..
+            })
+        )
     });
     let mut other = targets_doc(1);
     other.expires = Timestamp::parse("2027-05-01T00:00:00Z").unwrap();

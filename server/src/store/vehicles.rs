@@ -351,11 +351,14 @@ impl Store {
     ) -> Result<DirectorIssue, StoreError> {
         let version = self.reserve_director_version(vehicle_id, trusted).await?;
         let targets = match self.latest_targets().await? {
-            Some((_, envelope)) => TargetsBinding::of_envelope(envelope.as_bytes())
-                .map_err(|e| StoreError::Corrupt {
-                    what: "targets envelope",
-                    reason: e.to_string(),
-                })?,
+            Some((_, envelope)) => {
+                TargetsBinding::of_envelope(envelope.as_bytes()).map_err(|e| {
+                    StoreError::Corrupt {
+                        what: "targets envelope",
+                        reason: e.to_string(),
+                    }
+                })?
+            }
             None => TargetsBinding::of_payload(0, b""),
         };
         Ok(DirectorIssue { version, targets })

@@ -148,10 +148,28 @@ async fn vehicles_checkins_and_director_versions(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(by_version.len(), 1);
-    assert_eq!(store.next_director_version("veh-1", 0).await.unwrap().version, 1);
-    assert_eq!(store.next_director_version("veh-1", 0).await.unwrap().version, 2);
     assert_eq!(
-        store.next_director_version("veh-1", 10).await.unwrap().version,
+        store
+            .next_director_version("veh-1", 0)
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(
+        store
+            .next_director_version("veh-1", 0)
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+    assert_eq!(
+        store
+            .next_director_version("veh-1", 10)
+            .await
+            .unwrap()
+            .version,
         11,
         "must sign above what the vehicle trusts"
     );

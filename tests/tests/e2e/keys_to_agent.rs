@@ -5,7 +5,8 @@
 
 use ota_core::encoding::Sha256Digest;
 use ota_core::metadata::{
-    to_payload, Assignment, DirectorMetadata, ImageRef, TargetImage, TargetsBinding, TargetsMetadata,
+    to_payload, Assignment, DirectorMetadata, ImageRef, TargetImage, TargetsBinding,
+    TargetsMetadata,
 };
 use ota_core::time::Timestamp;
 use ota_tests::binary;
