@@ -274,7 +274,10 @@ fn a_delta_body_decoding_past_the_signed_length_never_writes_beyond_it() {
     )
     .expect_err("a body longer than its signed target must be refused");
     assert!(
-        matches!(err, InstallError::Overrun { limit: 40_000 } | InstallError::Apply(_)),
+        matches!(
+            err,
+            InstallError::Overrun { limit: 40_000 } | InstallError::Apply(_)
+        ),
         "got {err:?}"
     );
     let written = std::fs::read(slot.target()).expect("read");

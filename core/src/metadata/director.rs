@@ -133,6 +133,13 @@ pub struct DirectorMetadata {
 impl_role_document!(DirectorMetadata, Role::Director);
 
 impl DirectorMetadata {
+    /// Every assigned image name obeys [`super::is_valid_image_name`].
+    fn check_members(&self) -> Result<(), String> {
+        self.assignments
+            .iter()
+            .try_for_each(|a| super::check_image_name(&a.image.name))
+    }
+
     pub fn new(
         version: u64,
         expires: Timestamp,

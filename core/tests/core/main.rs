@@ -4,6 +4,7 @@
 mod attacks;
 mod clock;
 mod fixtures;
+mod image_names;
 mod properties;
 mod rotation;
 mod wire_ranges;
