@@ -246,9 +246,10 @@ fn worth_refreshing(err: &DirectiveError) -> bool {
         DirectiveError::Verify(VerifyError::Rejected(e)) => match e {
             E::Rollback { role, .. } | E::VersionReused { role, .. } => *role != Role::Director,
             E::Expired { role, .. } => *role != Role::Director,
-            E::WrongVehicle { .. } | E::MalformedEnvelope { .. } | E::EnvelopeTooLarge { .. } => {
-                false
-            }
+            E::WrongVehicle { .. }
+            | E::ClockRollback { .. }
+            | E::MalformedEnvelope { .. }
+            | E::EnvelopeTooLarge { .. } => false,
             _ => true,
         },
         _ => false,

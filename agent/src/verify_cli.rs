@@ -48,7 +48,7 @@ pub struct VerifyMetadataArgs {
 /// Printed on stderr when `--vehicle-id` is absent: the result then says nothing about
 /// whether the director metadata is meant for this vehicle.
 pub const NO_VEHICLE_WARNING: &str = "WARNING: no --vehicle-id: SKIPPING the vehicle \
-check (PROTOCOL.md §5 steps 4-5). Director metadata addressed to ANY vehicle, with ANY ECU \
+check (PROTOCOL.md §5 steps 5-6). Director metadata addressed to ANY vehicle, with ANY ECU \
 names and hardware ids, is accepted; the run-time agent always verifies with its identity.";
 
 fn parse_ecu(text: &str) -> Result<(String, String), String> {

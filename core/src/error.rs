@@ -110,6 +110,19 @@ pub enum Error {
     WrongVehicle { expected: String, actual: String },
     #[error("director assigns an image to ECU {ecu:?}, which this vehicle does not have")]
     UnknownEcu { ecu: String },
+    #[error("director was built against targets version {director_version} (payload SHA-256 {director_sha256}), but the targets given are version {targets_version} ({targets_sha256})")]
+    TargetsMismatch {
+        director_version: u64,
+        director_sha256: Sha256Digest,
+        targets_version: u64,
+        targets_sha256: Sha256Digest,
+    },
+    #[error("clock rollback: now {now} is more than {skew_seconds} s before {latest}, the latest time metadata was verified at")]
+    ClockRollback {
+        latest: Timestamp,
+        now: Timestamp,
+        skew_seconds: i64,
+    },
 }
 
 impl Error {
@@ -139,6 +152,8 @@ impl Error {
             Error::WrongHardwareId { .. } => "wrong_hardware_id",
             Error::WrongVehicle { .. } => "wrong_vehicle",
             Error::UnknownEcu { .. } => "unknown_ecu",
+            Error::TargetsMismatch { .. } => "targets_mismatch",
+            Error::ClockRollback { .. } => "clock_rollback",
         }
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! Order of checks, per document: payload type → signatures (threshold of distinct
 //! authorised keys) → strict parse → version against the trusted floor → expiry. Then
-//! the director's assignments are checked against the targets metadata and the vehicle.
+//! the director's binding to the targets document it was built against (version and
+//! payload SHA-256), then its assignments against the targets metadata and the vehicle.
 
 use crate::encoding::{decode_base64, encode_base64, from_slice_exact, Sha256Digest};
 use crate::envelope::Envelope;
@@ -27,6 +28,11 @@ use std::collections::{BTreeMap, BTreeSet};
 /// a vehicle stored from earlier updates is re-walked without it
 /// ([`TrustedState::walk_stored_root_chain`]).
 pub const MAX_ROOT_ROTATIONS: usize = 64;
+
+/// How far (seconds) `now` may be earlier than the latest time at which this state
+/// verified an update before it is a clock rollback (PROTOCOL.md §5 step 0): room for an
+/// RTC corrected by NTP, far below any metadata lifetime.
+pub const MAX_CLOCK_SKEW_SECONDS: i64 = 300;
 
 /// The last trusted version of a role document and the digest of its payload: the same
 /// version may be presented again only with the same content.
@@ -82,6 +88,9 @@ pub struct TrustedState {
     targets: Option<VersionRecord>,
     director: Option<VersionRecord>,
     security_floors: BTreeMap<String, u64>,
+    /// The latest `now` at which an update verified: a later `now` more than
+    /// [`MAX_CLOCK_SKEW_SECONDS`] earlier is a clock rollback. Only ever rises.
+    verified_time: Option<Timestamp>,
 }
 
 /// On-disk form of [`TrustedState`] (see PROTOCOL.md, "Trusted state").
@@ -94,6 +103,9 @@ struct PersistedState {
     targets: Option<VersionRecord>,
     director: Option<VersionRecord>,
     security_versions: BTreeMap<String, u64>,
+    /// Absent in files written before the clock floor existed (read as `null`).
+    #[serde(default)]
+    verified_time: Option<Timestamp>,
 }
 
 const PERSISTED_FORMAT: u32 = 1;
@@ -163,6 +175,7 @@ impl TrustedState {
             targets: None,
             director: None,
             security_floors: BTreeMap::new(),
+            verified_time: None,
         })
     }
 
@@ -180,6 +193,27 @@ impl TrustedState {
 
     pub fn director_record(&self) -> Option<&VersionRecord> {
         self.director.as_ref()
+    }
+
+    /// The latest time at which this state verified an update (`None`: never).
+    pub fn verified_time(&self) -> Option<Timestamp> {
+        self.verified_time
+    }
+
+    /// Refuses a `now` earlier than the latest verified time by more than
+    /// [`MAX_CLOCK_SKEW_SECONDS`]: with the clock set back, an expired document would
+    /// otherwise look current again.
+    pub fn check_clock(&self, now: Timestamp) -> Result<(), Error> {
+        match self.verified_time {
+            Some(floor) if now.unix_seconds() < floor.unix_seconds() - MAX_CLOCK_SKEW_SECONDS => {
+                Err(Error::ClockRollback {
+                    latest: floor,
+                    now,
+                    skew_seconds: MAX_CLOCK_SKEW_SECONDS,
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn security_floor(&self, hardware_id: &str) -> u64 {
@@ -320,6 +354,7 @@ impl TrustedState {
         vehicle: Option<&VehicleIdentity>,
         now: Timestamp,
     ) -> Result<VerifiedUpdate, Error> {
+        self.check_clock(now)?;
         let mut state = self.update_root(&update.roots)?;
         check_expiry(Role::Root, state.root.expires(), now)?;
 
@@ -333,6 +368,17 @@ impl TrustedState {
             state.director.as_ref(),
             now,
         )?;
+        let binding = director.targets;
+        if binding.version != targets_record.version
+            || binding.payload_sha256 != targets_record.payload_sha256
+        {
+            return Err(Error::TargetsMismatch {
+                director_version: binding.version,
+                director_sha256: binding.payload_sha256,
+                targets_version: targets_record.version,
+                targets_sha256: targets_record.payload_sha256,
+            });
+        }
 
         if let Some(vehicle) = vehicle {
             if director.vehicle_id != vehicle.vehicle_id {
@@ -382,6 +428,7 @@ impl TrustedState {
 
         state.targets = Some(targets_record);
         state.director = Some(director_record);
+        state.verified_time = Some(state.verified_time.map_or(now, |floor| floor.max(now)));
         Ok(VerifiedUpdate {
             state,
             targets,
@@ -398,6 +445,7 @@ impl TrustedState {
             targets: self.targets.clone(),
             director: self.director.clone(),
             security_versions: self.security_floors.clone(),
+            verified_time: self.verified_time,
         };
         serde_json::to_vec_pretty(&persisted).unwrap_or_default()
     }
@@ -418,6 +466,7 @@ impl TrustedState {
         state.targets = persisted.targets;
         state.director = persisted.director;
         state.security_floors = persisted.security_versions;
+        state.verified_time = persisted.verified_time;
         Ok(state)
     }
 }

@@ -13,7 +13,9 @@ use ota_core::cohort;
 use ota_core::encoding::Sha256Digest;
 use ota_core::envelope::Envelope;
 use ota_core::key::SigningKey;
-use ota_core::metadata::{to_payload, Assignment, DeltaRef, DirectorMetadata, ImageRef, Role};
+use ota_core::metadata::{
+    to_payload, Assignment, DeltaRef, DirectorMetadata, ImageRef, Role, TargetsBinding,
+};
 use ota_core::protocol::InstalledImage;
 use ota_core::time::Timestamp;
 use serde::Serialize;
@@ -538,11 +540,19 @@ pub fn plan_rollback(
         .collect()
 }
 
+/// What a director document is issued as: its version for the vehicle and the targets
+/// document (the newest) it is built against, which it carries as its binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectorIssue {
+    pub version: u64,
+    pub targets: TargetsBinding,
+}
+
 /// Signs the directive as director metadata for `vehicle_id` (nothing = no assignments).
 pub fn sign_directive(
     directive: &Directive,
     vehicle_id: &str,
-    version: u64,
+    issue: DirectorIssue,
     now: Timestamp,
     expiry_seconds: i64,
     director_key: &SigningKey,
@@ -558,9 +568,10 @@ pub fn sign_directive(
         } => (assignments.clone(), *next_poll_seconds),
     };
     let metadata = DirectorMetadata::new(
-        version,
+        issue.version,
         now.plus_seconds(expiry_seconds),
         vehicle_id,
+        issue.targets,
         assignments,
         poll,
     );
@@ -994,12 +1005,21 @@ mod tests {
             &[rollout(100.0)],
             &BTreeMap::new(),
         );
-        let envelope = sign_directive(&directive, "veh-1", 7, now, 300, &key);
+        let targets = TargetsBinding::of_payload(3, b"targets payload");
+        let issue = DirectorIssue {
+            version: 7,
+            targets,
+        };
+        let envelope = sign_directive(&directive, "veh-1", issue, now, 300, &key);
         let metadata: DirectorMetadata =
             ota_core::metadata::parse_document(&envelope.payload).unwrap();
         assert_eq!(
-            (metadata.version, metadata.vehicle_id.as_str()),
-            (7, "veh-1")
+            (
+                metadata.version,
+                metadata.vehicle_id.as_str(),
+                metadata.targets
+            ),
+            (7, "veh-1", targets)
         );
         assert_eq!(metadata.expires, now.plus_seconds(300));
         assert_eq!(metadata.assignments.len(), 1);

@@ -7,6 +7,7 @@
 //! process (a no-op when they are fresh) and returns the path in the target directory.
 
 pub mod synthetic;
+pub mod vectors;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -12,7 +12,7 @@ use ota_core::envelope::Envelope;
 use ota_core::key::SigningKey;
 use ota_core::metadata::{
     to_payload, Assignment, DeltaRef, DirectorMetadata, ImageRef, Preconditions, Role, RoleKeys,
-    Roles, RootMetadata, TargetImage, TargetsMetadata,
+    Roles, RootMetadata, TargetImage, TargetsBinding, TargetsMetadata,
 };
 use ota_core::protocol::TrustedVersions;
 use ota_core::time::Timestamp;
@@ -179,8 +179,19 @@ fn delta_ref() -> DeltaRef {
     }
 }
 
+/// Director `version` built against `targets(1)`.
 fn directive_doc(version: u64, assignments: Vec<Assignment>) -> DirectorMetadata {
-    DirectorMetadata::new(version, future(), VEHICLE, assignments, 300)
+    directive_doc_for(1, version, assignments)
+}
+
+/// Director `version` built against `targets(targets_version)`.
+fn directive_doc_for(
+    targets_version: u64,
+    version: u64,
+    assignments: Vec<Assignment>,
+) -> DirectorMetadata {
+    let binding = TargetsBinding::of_envelope(&targets(targets_version)).unwrap();
+    DirectorMetadata::new(version, future(), VEHICLE, binding, assignments, 300)
 }
 
 /// Signed by the provisioned director key.
@@ -482,7 +493,7 @@ async fn a_new_release_refreshes_the_cached_targets() {
     vehicle.server.publish_targets(targets(2));
 
     // Image B is only in targets v2: the cached v1 does not verify it, the refresh does.
-    let doc = directive_doc(2, vec![assign(ECU, IMAGE_B, "dep-2")]);
+    let doc = directive_doc_for(2, 2, vec![assign(ECU, IMAGE_B, "dep-2")]);
     let verified = vehicle.accept(&director(&doc)).await;
     let target = verified.assignment.unwrap();
     assert_eq!(target, expected_target(IMAGE_B, "dep-2"));
@@ -499,12 +510,29 @@ async fn a_new_release_refreshes_the_cached_targets() {
 
     // Targets v2 is now the cache: the next directive needs no fetch.
     vehicle
-        .accept(&director(&directive_doc(
+        .accept(&director(&directive_doc_for(
+            2,
             3,
             vec![assign(ECU, IMAGE_B, "dep-3")],
         )))
         .await;
     assert_eq!(vehicle.fetches(), (2, [2].into()));
+}
+
+#[tokio::test]
+async fn old_unexpired_targets_served_with_a_fresh_director_are_refused() {
+    // The server (or whoever answers for it) keeps serving targets v1, still unexpired,
+    // while the fresh director was built against v2: the vehicle refuses the pair
+    // (after trying a refresh) and writes nothing.
+    let mut vehicle = vehicle_with_cache().await;
+    let doc = directive_doc_for(2, 2, vec![assign(ECU, IMAGE_A, "dep-2")]);
+    vehicle.refuse(&director(&doc), "targets_mismatch").await;
+    assert_eq!(
+        vehicle.fetches().0,
+        2,
+        "the cache mismatch is worth a refresh"
+    );
+    assert_eq!(vehicle.trusted().director, 1);
 }
 
 #[tokio::test]
@@ -690,7 +718,7 @@ async fn an_image_below_the_security_floor_is_refused() {
     vehicle.accept(&director(&doc)).await;
     // At the floor is allowed.
     vehicle.server.publish_targets(targets(2));
-    let doc = directive_doc(3, vec![assign(ECU, IMAGE_B, "dep-3")]);
+    let doc = directive_doc_for(2, 3, vec![assign(ECU, IMAGE_B, "dep-3")]);
     let verified = vehicle.accept(&director(&doc)).await;
     assert_eq!(verified.assignment.unwrap().security_version, 6);
 }
@@ -802,7 +830,7 @@ async fn a_refused_directive_after_a_rotation_writes_nothing_of_its_own() {
 
     // The next refresh (a new release) walks root 3 and records it.
     vehicle.server.publish_targets(targets(2));
-    let release = directive_doc(4, vec![assign(ECU, IMAGE_B, "dep-4")]);
+    let release = directive_doc_for(2, 4, vec![assign(ECU, IMAGE_B, "dep-4")]);
     vehicle
         .accept(&director_signed_by(&release, KEYS_V2.director))
         .await;

@@ -253,3 +253,69 @@ pub(crate) fn null_device(dir: &Path) -> std::path::PathBuf {
         std::path::PathBuf::from("/dev/null")
     }
 }
+
+/// PROTOCOL.md §9 rule 2: decoder output is capped by the signed length. A container
+/// whose header claims the signed length and digest but whose body decodes to more must
+/// never put a byte past that length into the slot.
+#[test]
+fn a_delta_body_decoding_past_the_signed_length_never_writes_beyond_it() {
+    let full = image(50_000, 9);
+    let signed = &full[..40_000];
+    let mut container = full_container(&full);
+    // Header: the signed (shorter) target; body: still the full 50,000 bytes.
+    container[52..60].copy_from_slice(&(signed.len() as u64).to_le_bytes());
+    container[60..92].copy_from_slice(&Sha256Digest::of(signed).0);
+    let slot = LinkedSlot::new(b"");
+    let err = install_delta(
+        &container[..],
+        &slot.source(),
+        &slot.link(),
+        &expected(signed),
+    )
+    .expect_err("a body longer than its signed target must be refused");
+    assert!(
+        matches!(
+            err,
+            InstallError::Overrun { limit: 40_000 } | InstallError::Apply(_)
+        ),
+        "got {err:?}"
+    );
+    let written = std::fs::read(slot.target()).expect("read");
+    assert!(
+        written.len() <= signed.len(),
+        "{} bytes written, the signed length is {}",
+        written.len(),
+        signed.len()
+    );
+}
+
+/// PROTOCOL.md §9 rule 1: the rebuilt image must be exactly the targets entry (length
+/// and SHA-256) before the slot may be switched. A delta that decodes to the signed
+/// length but other bytes is refused by the install itself.
+#[test]
+fn a_delta_rebuilding_other_bytes_of_the_signed_length_is_refused() {
+    let real = image(30_000, 10);
+    let mut forged = real.clone();
+    forged[29_999] ^= 1;
+    let mut container = full_container(&forged);
+    // The header claims the real image; the body builds the forged one.
+    container[60..92].copy_from_slice(&Sha256Digest::of(&real).0);
+    let slot = LinkedSlot::new(b"");
+    let err = install_delta(
+        &container[..],
+        &slot.source(),
+        &slot.link(),
+        &expected(&real),
+    )
+    .expect_err("other bytes than the signed image must be refused");
+    // The decoder checks the bytes it built against the header; the install checks what
+    // reached the slot against the signed target: either refuses, never the switch.
+    assert!(
+        matches!(
+            err,
+            InstallError::DigestMismatch { .. }
+                | InstallError::Apply(ota_agent::delta::ApplyError::TargetMismatch { .. })
+        ),
+        "got {err:?}"
+    );
+}

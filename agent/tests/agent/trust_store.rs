@@ -2,7 +2,7 @@
 //! re-walked at every load, however long it has grown; the per-update cap on root
 //! rotations applies to one received update only.
 
-use crate::verify_cli::{director_doc, key, sign_director, targets};
+use crate::verify_cli::{director_doc_for, key, sign_director, targets};
 use ota_agent::trust_store::FileTrustStore;
 use ota_agent::verifier::{Persist, Verifier, VerifyError};
 use ota_core::envelope::Envelope;
@@ -63,7 +63,7 @@ fn update(roots: impl IntoIterator<Item = u64>, version: u64) -> MetadataUpdate 
     MetadataUpdate {
         roots: roots.into_iter().map(rotated_root).collect(),
         targets: targets(version),
-        director: sign_director(&director_doc(version), &key(3)),
+        director: sign_director(&director_doc_for(version, version), &key(3)),
     }
 }
 

@@ -7,7 +7,7 @@ use ota_core::envelope::Envelope;
 use ota_core::key::SigningKey;
 use ota_core::metadata::{
     to_payload, Assignment, DirectorMetadata, ImageRef, Role, RoleKeys, Roles, RootMetadata,
-    TargetImage, TargetsMetadata,
+    TargetImage, TargetsBinding, TargetsMetadata,
 };
 use ota_core::time::Timestamp;
 use std::path::{Path, PathBuf};
@@ -67,12 +67,19 @@ pub fn targets(version: u64) -> Vec<u8> {
     Envelope::sign(Role::Targets.payload_type(), to_payload(&doc), &[&key(2)]).to_json_bytes()
 }
 
+/// Director `version` built against `targets(1)`.
 pub fn director_doc(version: u64) -> DirectorMetadata {
+    director_doc_for(version, 1)
+}
+
+/// Director `version` built against `targets(targets_version)`.
+pub fn director_doc_for(version: u64, targets_version: u64) -> DirectorMetadata {
     let image = image();
     DirectorMetadata::new(
         version,
         ts("2026-06-02T00:00:00Z"),
         "veh-42",
+        TargetsBinding::of_envelope(&targets(targets_version)).unwrap(),
         vec![Assignment {
             ecu: "tcu".into(),
             hardware_id: "tcu-v2".into(),
@@ -128,6 +135,10 @@ struct Outcome {
 }
 
 fn verify(setup: &Setup, targets: &[u8], director: &[u8], extra: &[&str]) -> Outcome {
+    verify_at(setup, NOW, targets, director, extra)
+}
+
+fn verify_at(setup: &Setup, now: &str, targets: &[u8], director: &[u8], extra: &[&str]) -> Outcome {
     let targets = write(&setup.files, "targets.json", targets);
     let director = write(&setup.files, "director.json", director);
     let output = Command::new(env!("CARGO_BIN_EXE_ota-agent"))
@@ -140,7 +151,7 @@ fn verify(setup: &Setup, targets: &[u8], director: &[u8], extra: &[&str]) -> Out
         .arg(&director)
         .args([
             "--now",
-            NOW,
+            now,
             "--vehicle-id",
             "veh-42",
             "--ecu",
@@ -209,7 +220,7 @@ fn each_attack_exits_1_with_its_typed_rejection_and_leaves_the_store_unchanged()
     let out = verify(
         &setup,
         &targets(5),
-        &sign_director(&director_doc(5), &key(3)),
+        &sign_director(&director_doc_for(5, 5), &key(3)),
         &["--persist"],
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -218,29 +229,29 @@ fn each_attack_exits_1_with_its_typed_rejection_and_leaves_the_store_unchanged()
         "--persist must write state.json"
     );
 
-    let mut wrong_hw = director_doc(6);
+    let mut wrong_hw = director_doc_for(6, 5);
     wrong_hw.assignments[0].hardware_id = "bcm-v1".into();
-    let mut other_hash = director_doc(6);
+    let mut other_hash = director_doc_for(6, 5);
     other_hash.assignments[0].image.sha256 = Sha256Digest::of(b"evil");
-    let mut expired = director_doc(6);
+    let mut expired = director_doc_for(6, 5);
     expired.expires = ts("2026-05-31T00:00:00Z");
     let cases: Vec<(&str, Vec<u8>, Vec<u8>, &str)> = vec![
         (
             "director-version-rollback",
             targets(5),
-            sign_director(&director_doc(4), &key(3)),
+            sign_director(&director_doc_for(4, 5), &key(3)),
             "rollback",
         ),
         (
             "targets-version-rollback",
             targets(4),
-            sign_director(&director_doc(6), &key(3)),
+            sign_director(&director_doc_for(6, 5), &key(3)),
             "rollback",
         ),
         (
             "director-signed-by-targets-key",
             targets(5),
-            sign_director(&director_doc(6), &key(2)),
+            sign_director(&director_doc_for(6, 5), &key(2)),
             "threshold_not_met",
         ),
         (
@@ -288,6 +299,36 @@ fn each_attack_exits_1_with_its_typed_rejection_and_leaves_the_store_unchanged()
             "{attack}: trust store must be unchanged"
         );
     }
+}
+
+#[test]
+fn clock_set_back_after_a_persisted_verification_is_refused_and_changes_nothing() {
+    let setup = setup();
+    let director = sign_director(&director_doc(1), &key(3));
+    let out = verify(&setup, &targets(1), &director, &["--persist"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(setup.trust.join("state.json")).unwrap()).unwrap();
+    assert_eq!(
+        state["verified_time"], NOW,
+        "the trust store keeps the time"
+    );
+
+    // A later process with the clock set back a day: refused, store untouched.
+    let before = snapshot(&setup.trust);
+    let out = verify_at(
+        &setup,
+        "2026-05-31T00:00:00Z",
+        &targets(1),
+        &director,
+        &["--persist"],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(out.stdout["rejection"]["kind"], "clock_rollback");
+    assert_eq!(snapshot(&setup.trust), before);
+    // Within the stated skew (300 s) it is still accepted.
+    let out = verify_at(&setup, "2026-05-31T23:55:00Z", &targets(1), &director, &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
 #[test]

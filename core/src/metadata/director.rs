@@ -82,6 +82,36 @@ pub struct Assignment {
     pub preconditions: Option<Preconditions>,
 }
 
+/// The targets document a director was built against: its `version` and the SHA-256 of
+/// its exact payload bytes. A verifier refuses a director whose binding is not the
+/// targets document it is given (`targets_mismatch`), so an old, still-unexpired targets
+/// document cannot be paired with a fresh director (PROTOCOL.md §4.3, §5 step 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetsBinding {
+    /// 0 only when no targets document exists yet: such a director never verifies.
+    pub version: u64,
+    pub payload_sha256: Sha256Digest,
+}
+
+impl TargetsBinding {
+    /// The binding to a targets document whose exact payload bytes are `payload`.
+    pub fn of_payload(version: u64, payload: &[u8]) -> TargetsBinding {
+        TargetsBinding {
+            version,
+            payload_sha256: Sha256Digest::of(payload),
+        }
+    }
+
+    /// The binding to a signed targets envelope (wire bytes). Signatures are not
+    /// checked: the signer binds to what it will publish; the verifier checks both.
+    pub fn of_envelope(envelope: &[u8]) -> Result<TargetsBinding, crate::Error> {
+        let envelope = crate::envelope::Envelope::parse(envelope)?;
+        let doc: super::TargetsMetadata = super::parse_document(&envelope.payload)?;
+        Ok(TargetsBinding::of_payload(doc.version, &envelope.payload))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectorMetadata {
@@ -92,6 +122,8 @@ pub struct DirectorMetadata {
     pub expires: Timestamp,
     /// The vehicle's opaque id (never the VIN).
     pub vehicle_id: String,
+    /// The targets document this director was built against.
+    pub targets: TargetsBinding,
     /// Empty: nothing to do.
     pub assignments: Vec<Assignment>,
     /// When to check in next, in seconds (the agent adds jitter): 0–4294967295 on the
@@ -101,10 +133,18 @@ pub struct DirectorMetadata {
 impl_role_document!(DirectorMetadata, Role::Director);
 
 impl DirectorMetadata {
+    /// Every assigned image name obeys [`super::is_valid_image_name`].
+    fn check_members(&self) -> Result<(), String> {
+        self.assignments
+            .iter()
+            .try_for_each(|a| super::check_image_name(&a.image.name))
+    }
+
     pub fn new(
         version: u64,
         expires: Timestamp,
         vehicle_id: impl Into<String>,
+        targets: TargetsBinding,
         assignments: Vec<Assignment>,
         next_poll_seconds: u32,
     ) -> Self {
@@ -114,6 +154,7 @@ impl DirectorMetadata {
             version,
             expires,
             vehicle_id: vehicle_id.into(),
+            targets,
             assignments,
             next_poll_seconds,
         }

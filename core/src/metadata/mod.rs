@@ -8,7 +8,9 @@ mod director;
 mod root;
 mod targets;
 
-pub use director::{Assignment, DeltaRef, DirectorMetadata, ImageRef, Preconditions};
+pub use director::{
+    Assignment, DeltaRef, DirectorMetadata, ImageRef, Preconditions, TargetsBinding,
+};
 pub use root::{RoleKeys, Roles, Root, RootMetadata};
 pub use targets::{TargetImage, TargetsMetadata};
 
@@ -71,6 +73,36 @@ pub trait RoleDocument: DeserializeOwned {
     fn spec_version(&self) -> &str;
     fn version(&self) -> u64;
     fn expires(&self) -> Timestamp;
+    /// Role-specific member rules beyond the types (image names, §4.2).
+    fn check_members(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Longest image name, in bytes.
+pub const MAX_IMAGE_NAME_LEN: usize = 128;
+
+/// Image names (PROTOCOL.md §4.2): 1–128 bytes of `[A-Za-z0-9._+-]`, starting with a
+/// letter or digit. Agents use them near file paths and in logs: no `/`, no `..` path,
+/// no hidden-file name, no spaces, controls or non-ASCII look-alikes.
+pub fn is_valid_image_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_IMAGE_NAME_LEN
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
+}
+
+pub(crate) fn check_image_name(name: &str) -> Result<(), String> {
+    if is_valid_image_name(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "image name {name:?} is not 1-{MAX_IMAGE_NAME_LEN} bytes of [A-Za-z0-9._+-] starting with a letter or digit"
+        ))
+    }
 }
 
 /// Parses a role document from exact payload bytes and checks the common fields.
@@ -96,6 +128,7 @@ pub fn parse_document<T: RoleDocument>(payload: &[u8]) -> Result<T, Error> {
     if doc.version() == 0 {
         return Err(malformed("version must be at least 1".to_owned()));
     }
+    doc.check_members().map_err(malformed)?;
     Ok(doc)
 }
 
@@ -120,6 +153,9 @@ macro_rules! impl_role_document {
             }
             fn expires(&self) -> $crate::time::Timestamp {
                 self.expires
+            }
+            fn check_members(&self) -> Result<(), String> {
+                self.check_members()
             }
         }
     };

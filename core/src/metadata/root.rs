@@ -49,6 +49,11 @@ pub struct RootMetadata {
 impl_role_document!(RootMetadata, Role::Root);
 
 impl RootMetadata {
+    /// No member rules beyond §4.1's, which [`Root`] checks.
+    fn check_members(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// A new root document (for key tooling and tests).
     pub fn new(version: u64, expires: Timestamp, keys: &[PublicKey], roles: Roles) -> RootMetadata {
         RootMetadata {

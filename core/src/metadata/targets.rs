@@ -33,6 +33,14 @@ pub struct TargetsMetadata {
 impl_role_document!(TargetsMetadata, Role::Targets);
 
 impl TargetsMetadata {
+    /// Every image name obeys [`super::is_valid_image_name`].
+    fn check_members(&self) -> Result<(), String> {
+        self.targets
+            .0
+            .keys()
+            .try_for_each(|name| super::check_image_name(name))
+    }
+
     pub fn new(
         version: u64,
         expires: Timestamp,

@@ -248,7 +248,7 @@ fn cases() -> Vec<Case> {
                 &MetadataUpdate {
                     roots: vec![],
                     targets: repo.targets(&targets_doc(5)),
-                    director: repo.director(&director_doc(5)),
+                    director: repo.director(&director_doc_for(5, &targets_doc(5))),
                 },
                 Some(&vehicle()),
                 now(),
@@ -283,7 +283,7 @@ fn cases() -> Vec<Case> {
     });
     c.state = trusting_v5(&repo);
     c.update.targets = repo.targets(&targets_doc(5));
-    c.update.director = repo.director(&director_doc(4));
+    c.update.director = repo.director(&director_doc_for(4, &targets_doc(5)));
     cases.push(c);
 
     let mut c = case("director-version-reused-with-other-content", |r| {
@@ -297,7 +297,7 @@ fn cases() -> Vec<Case> {
     });
     c.state = trusting_v5(&repo);
     c.update.targets = repo.targets(&targets_doc(5));
-    let mut doc = director_doc(5);
+    let mut doc = director_doc_for(5, &targets_doc(5));
     doc.next_poll_seconds = 1;
     c.update.director = repo.director(&doc);
     cases.push(c);
@@ -305,7 +305,41 @@ fn cases() -> Vec<Case> {
     let mut c = case("same-version-same-content-is-a-redownload", |r| r.is_ok());
     c.state = trusting_v5(&repo);
     c.update.targets = repo.targets(&targets_doc(5));
-    c.update.director = repo.director(&director_doc(5));
+    c.update.director = repo.director(&director_doc_for(5, &targets_doc(5)));
+    cases.push(c);
+
+    // Mix-and-match of targets (freshness): an attacker keeps an old, still-unexpired
+    // targets document and pairs it with the fresh director built against a newer one.
+    let mut c = case("old-unexpired-targets-paired-with-fresh-director", |r| {
+        matches!(
+            r,
+            Err(Error::TargetsMismatch {
+                director_version: 6,
+                targets_version: 5,
+                ..
+            })
+        )
+    });
+    c.state = trusting_v5(&repo);
+    c.update.targets = repo.targets(&targets_doc(5));
+    c.update.director = repo.director(&director_doc_for(7, &targets_doc(6)));
+    cases.push(c);
+
+    // Same targets version, other content (a targets key signing two documents with one
+    // version): the director's payload digest pins the one it was built against.
+    let mut c = case("targets-of-the-bound-version-with-other-content", |r| {
+        matches!(
+            r,
+            Err(Error::TargetsMismatch {
+                director_version: 1,
+                targets_version: 1,
+                ..
+            })
+        )
+    });
+    let mut other = targets_doc(1);
+    other.expires = Timestamp::parse("2027-05-01T00:00:00Z").unwrap();
+    c.update.targets = repo.targets(&other);
     cases.push(c);
 
     let mut c = case("root-version-rollback", |r| {

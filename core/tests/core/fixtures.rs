@@ -6,7 +6,7 @@ use ota_core::envelope::Envelope;
 use ota_core::key::SigningKey;
 use ota_core::metadata::{
     to_payload, Assignment, DirectorMetadata, ImageRef, Role, RoleKeys, Roles, RootMetadata,
-    TargetImage, TargetsMetadata,
+    TargetImage, TargetsBinding, TargetsMetadata,
 };
 use ota_core::time::Timestamp;
 use ota_core::trust::{MetadataUpdate, TrustedState, VehicleIdentity};
@@ -162,8 +162,26 @@ pub fn assignment() -> Assignment {
     }
 }
 
+/// Director `version` bound to `targets_doc(1)`, the targets of [`Repo::update`].
 pub fn director_doc(version: u64) -> DirectorMetadata {
-    DirectorMetadata::new(version, future(), VEHICLE_ID, vec![assignment()], 300)
+    director_doc_for(version, &targets_doc(1))
+}
+
+/// Director `version` bound to `targets` (as [`Repo::targets`] signs it).
+pub fn director_doc_for(version: u64, targets: &TargetsMetadata) -> DirectorMetadata {
+    DirectorMetadata::new(
+        version,
+        future(),
+        VEHICLE_ID,
+        binding(targets),
+        vec![assignment()],
+        300,
+    )
+}
+
+/// The binding of a director to `targets` as signed by [`Repo::targets`].
+pub fn binding(targets: &TargetsMetadata) -> TargetsBinding {
+    TargetsBinding::of_payload(targets.version, &to_payload(targets))
 }
 
 pub fn vehicle() -> VehicleIdentity {

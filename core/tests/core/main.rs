@@ -2,7 +2,9 @@
 //! attack they mount, root rotation, persistence.
 
 mod attacks;
+mod clock;
 mod fixtures;
+mod image_names;
 mod properties;
 mod rotation;
 mod wire_ranges;

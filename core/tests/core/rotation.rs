@@ -215,7 +215,7 @@ fn rotating_the_targets_key_forgets_the_targets_version_floor() {
             &MetadataUpdate {
                 roots: vec![],
                 targets: v1.targets(&targets_doc(1000)),
-                director: v1.director(&director_doc(1)),
+                director: v1.director(&director_doc_for(1, &targets_doc(1000))),
             },
             None,
             now(),

@@ -45,6 +45,14 @@ async fn upload(
         .clone()
         .unwrap_or_else(|| format!("{}-{}", query.hardware_id, query.version));
     check_name("name", &name)?;
+    if !ota_core::metadata::is_valid_image_name(&name) {
+        // Vehicles refuse targets listing it (PROTOCOL.md §4.2): refuse it here first.
+        return Err(ApiError::invalid(
+            "name",
+            "an image name: starting with a letter or digit (PROTOCOL.md §4.2)",
+            format!("{name:?}"),
+        ));
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -196,6 +196,9 @@ async fn create(
             },
         )
         .await?;
+    // Directors answer with a binding to the newest targets (here, at once; other
+    // replicas within their snapshot's second, and agents re-fetch once on a mismatch).
+    state.engine.targets_changed();
     Ok((StatusCode::CREATED, Json(record)))
 }
 

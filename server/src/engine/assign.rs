@@ -12,12 +12,13 @@
 
 use super::{timestamp, Engine, NowMs, Rejected};
 use crate::director::{
-    self, DeltaBlob, DeploymentStatus, Directive, DirectorInput, EcuView, ExistingDeployment,
+    self, DeltaBlob, DirectorIssue, DeploymentStatus, Directive, DirectorInput, EcuView, ExistingDeployment,
     RollbackCandidate, RollbackStep, RolloutView, TargetView, VehicleView,
 };
 use crate::rollout::{effective_rate_per_minute, RolloutState};
 use crate::store::{DeploymentRecord, RolloutRecord, StoreError, VehicleRecord};
 use ota_core::encoding::Sha256Digest;
+use ota_core::metadata::TargetsBinding;
 use ota_core::protocol::CheckIn;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +51,8 @@ pub struct Snapshot {
     pub deltas: BTreeMap<(Sha256Digest, Sha256Digest), DeltaBlob>,
     /// The newest targets' images by (hardware id, SHA-256).
     pub listed: BTreeMap<(String, Sha256Digest), TargetView>,
+    /// The newest targets document, which every director is bound to (PROTOCOL.md §4.3).
+    pub targets: Option<TargetsBinding>,
 }
 
 /// The current snapshot, shared by concurrent check-ins; reloaded by one of them.
@@ -68,7 +71,8 @@ impl SnapshotCache {
             .cloned()
     }
 
-    /// Forgets the snapshot: the next check-in reads the rollouts again.
+    /// Forgets the snapshot: the next check-in reads the rollouts (and the newest
+    /// targets) again.
     pub fn invalidate(&self) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
@@ -278,6 +282,7 @@ impl Engine {
         if !snapshot.rolled_back.is_empty() {
             snapshot.listed = self.listed_images().await?;
         }
+        snapshot.targets = Some(store.targets_binding().await?);
         Ok(snapshot)
     }
 
@@ -301,10 +306,14 @@ impl Engine {
         };
         let view = reported_view(&vehicle, &checkin);
         let directive = self.decide_and_record(&view, now).await?;
+        let targets = match &self.snapshot(now).await?.targets {
+            Some(binding) => binding.clone(),
+            None => self.inner.store.targets_binding().await?,
+        };
         let envelope = director::sign_directive(
             &directive,
             &vehicle.id,
-            version,
+            DirectorIssue { version, targets },
             timestamp(now),
             self.inner.settings.director.expiry_seconds,
             &self.inner.keys.director,

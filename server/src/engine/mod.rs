@@ -106,6 +106,11 @@ impl Engine {
         &self.inner.store
     }
 
+    /// A release was published: directors must bind to its targets from now on.
+    pub fn targets_changed(&self) {
+        self.inner.snapshot.invalidate();
+    }
+
     /// Queues a message for vehicles; never waits (a full outbox drops and counts it).
     fn send_control(
         &self,

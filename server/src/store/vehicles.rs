@@ -2,6 +2,7 @@
 
 use super::{audit, conflict_or, ms_to_rfc3339, now_ms, optional_digest, Actor, Store, StoreError};
 use ota_core::encoding::Sha256Digest;
+use ota_core::metadata::TargetsBinding;
 use ota_core::protocol::{CheckIn, InstalledImage};
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -359,6 +360,23 @@ impl Store {
         }
         tx.commit().await?;
         Ok(Some(version))
+    }
+}
+
+impl Store {
+    /// The binding to the newest targets document that every director must carry
+    /// (PROTOCOL.md §4.3). With no targets document yet the binding has version 0, which
+    /// no targets document has: such a director verifies nowhere, as no assignment could.
+    pub async fn targets_binding(&self) -> Result<TargetsBinding, StoreError> {
+        Ok(match self.latest_targets().await? {
+            Some((_, envelope)) => {
+                TargetsBinding::of_envelope(envelope.as_bytes()).map_err(|e| StoreError::Corrupt {
+                    what: "targets envelope",
+                    reason: e.to_string(),
+                })?
+            }
+            None => TargetsBinding::of_payload(0, b""),
+        })
     }
 }
 

@@ -1690,3 +1690,23 @@ both_backends!(
     rollback_sends_vehicles_back_when_security_version_permits,
     rollback_to_previous_images
 );
+
+#[tokio::test]
+async fn an_image_name_vehicles_would_refuse_is_refused_at_upload() {
+    // `..`, `.hidden` or `-rf` pass the generic name check but not PROTOCOL.md §4.2;
+    // a release listing one would make every vehicle refuse the targets document.
+    let app = spawn_app().await;
+    for name in ["..", ".hidden", "-rf"] {
+        let (status, body) = app
+            .post_raw(
+                &format!("/api/v1/images?hardware_id=hw-a&version=1.0&name={name}"),
+                &app.admin_token,
+                "application/octet-stream",
+                b"image bytes".to_vec(),
+            )
+            .await;
+        assert_eq!(status, 422, "{name}: {body}");
+        assert_eq!(body["errors"][0]["field"], "name", "{name}");
+    }
+    app.upload("hw-a", "1.0", b"image bytes".to_vec()).await;
+}

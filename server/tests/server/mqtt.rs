@@ -8,7 +8,7 @@ use crate::helpers::{
 };
 use ota_core::envelope::Envelope;
 use ota_core::key::SigningKey;
-use ota_core::metadata::{parse_document, DirectorMetadata};
+use ota_core::metadata::{parse_document, DirectorMetadata, TargetsBinding};
 use ota_core::protocol::{
     open_message, sign_message, topic, Channel, ControlCommand, ControlMessage, ProgressEvent,
     ProgressPhase, PAYLOAD_TYPE_CONTROL, PAYLOAD_TYPE_PROGRESS,
@@ -255,6 +255,15 @@ async fn checkins_get_signed_directives_and_bad_ones_are_dropped() {
     assert!(
         assigned.version > nothing.version,
         "director versions only grow"
+    );
+    // Freshness: each director carries the binding to the newest targets document (and
+    // before any release, version 0, which no targets document has).
+    assert_eq!(nothing.targets.version, 0, "no targets yet");
+    let (_, newest) = app.state.store.latest_targets().await.unwrap().unwrap();
+    assert_eq!(
+        assigned.targets,
+        TargetsBinding::of_envelope(newest.as_bytes()).unwrap(),
+        "the director is bound to the newest targets"
     );
     assert!(assigned.assignments[0].image.url.ends_with(&format!(
         "/v1/blobs/{}",

@@ -5,7 +5,8 @@
 
 use ota_core::encoding::Sha256Digest;
 use ota_core::metadata::{
-    to_payload, Assignment, DirectorMetadata, ImageRef, TargetImage, TargetsMetadata,
+    to_payload, Assignment, DirectorMetadata, ImageRef, TargetImage, TargetsBinding,
+    TargetsMetadata,
 };
 use ota_core::time::Timestamp;
 use ota_tests::binary;
@@ -37,12 +38,13 @@ fn image() -> TargetImage {
     }
 }
 
-fn director(version: u64, hardware_id: &str) -> DirectorMetadata {
+fn director(version: u64, hardware_id: &str, targets: TargetsBinding) -> DirectorMetadata {
     let image = image();
     DirectorMetadata::new(
         version,
         expires(),
         "veh-e2e",
+        targets,
         vec![Assignment {
             ecu: "adas".into(),
             hardware_id: hardware_id.into(),
@@ -121,6 +123,7 @@ fn metadata_from_the_key_tooling_is_accepted_and_attacks_are_refused() {
         expires(),
         [("adas-7.0.1".to_owned(), image())],
     ));
+    let bound = TargetsBinding::of_payload(1, &targets_payload);
     let targets = sign(
         dir.path(),
         "targets",
@@ -131,7 +134,7 @@ fn metadata_from_the_key_tooling_is_accepted_and_attacks_are_refused() {
     let good = sign(
         dir.path(),
         "director",
-        &to_payload(&director(1, "adas-v4")),
+        &to_payload(&director(1, "adas-v4", bound)),
         "director",
         &keys.join("director.key.json"),
     );
@@ -147,20 +150,20 @@ fn metadata_from_the_key_tooling_is_accepted_and_attacks_are_refused() {
     let by_targets_key = sign(
         dir.path(),
         "wrong-key",
-        &to_payload(&director(1, "adas-v4")),
+        &to_payload(&director(1, "adas-v4", bound)),
         "director",
         &keys.join("targets.key.json"),
     );
     let wrong_hw = sign(
         dir.path(),
         "wrong-hw",
-        &to_payload(&director(1, "adas-v3")),
+        &to_payload(&director(1, "adas-v3", bound)),
         "director",
         &keys.join("director.key.json"),
     );
     // `keys sign` refuses a payload with trailing bytes (no vehicle would accept it), so
     // the attacker's envelope is signed here with the same director key.
-    let mut trailing_payload = to_payload(&director(1, "adas-v4"));
+    let mut trailing_payload = to_payload(&director(1, "adas-v4", bound));
     trailing_payload.extend_from_slice(b"  ");
     let director_key = ota_server::signing::read_key_file(&keys.join("director.key.json"))
         .expect("the director key file");
@@ -207,7 +210,7 @@ fn metadata_from_the_key_tooling_is_accepted_and_attacks_are_refused() {
     let fresh = sign(
         dir.path(),
         "director2",
-        &to_payload(&director(2, "adas-v4")),
+        &to_payload(&director(2, "adas-v4", bound)),
         "director",
         &keys.join("director.key.json"),
     );

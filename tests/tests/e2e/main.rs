@@ -5,3 +5,4 @@ mod agent;
 mod delta;
 mod fleet;
 mod keys_to_agent;
+mod vectors;
