@@ -34,6 +34,8 @@ pub enum ApiError {
     RangeNotSatisfiable { length: u64 },
     #[error("{0}")]
     Unavailable(String),
+    #[error("the request took longer than {seconds} s (limits.request_timeout_seconds)")]
+    Timeout { seconds: u64 },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -97,6 +99,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
+            ),
+            ApiError::Timeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request timeout",
             ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
