@@ -175,4 +175,37 @@ mod tests {
             assert_eq!(parsed.to_string(), text, "{text} must round-trip");
         }
     }
+
+    #[test]
+    fn unix_seconds_convert_both_ways_and_plus_seconds_saturates() {
+        let parse = |text: &str| Timestamp::parse(text).unwrap();
+        assert_eq!(
+            Timestamp::from_unix_seconds(0),
+            Some(parse("1970-01-01T00:00:00Z"))
+        );
+        let end_of_2027 = parse("2027-12-31T23:59:59Z");
+        assert_eq!(
+            Timestamp::from_unix_seconds(1_830_297_599),
+            Some(end_of_2027)
+        );
+        assert_eq!(Timestamp::from_unix_seconds(i64::MAX), None);
+        assert_eq!(end_of_2027.plus_seconds(1), parse("2028-01-01T00:00:00Z"));
+        assert_eq!(end_of_2027.plus_seconds(-59), parse("2027-12-31T23:59:00Z"));
+        assert_eq!(
+            end_of_2027.plus_seconds(i64::MAX),
+            end_of_2027,
+            "an instant past chrono's range leaves the time unchanged"
+        );
+    }
+
+    #[test]
+    fn debug_prints_the_wire_form() {
+        let t = Timestamp::parse("2027-01-02T03:04:05Z").unwrap();
+        assert_eq!(format!("{t:?}"), "2027-01-02T03:04:05Z");
+        assert_eq!(
+            format!("{:?}", Some(t)),
+            "Some(2027-01-02T03:04:05Z)",
+            "error messages show timestamps as on the wire"
+        );
+    }
 }

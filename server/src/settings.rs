@@ -212,18 +212,20 @@ impl Settings {
     }
 
     pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
-        let settings: Settings = Self::figment(file)
-            .extract()
-            .map_err(|e| SettingsError(Box::new(e)))?;
-        settings.check()?;
+        let figment = Self::figment(file);
+        let settings: Settings = figment.extract().map_err(|e| SettingsError(Box::new(e)))?;
+        settings.check(&figment)?;
         Ok(settings)
     }
 
-    /// Checks that serde's types cannot express.
-    fn check(&self) -> Result<(), SettingsError> {
+    /// Checks that serde's types cannot express. An error names the key, the bad value
+    /// and where the value came from (the file, the environment variable or the default),
+    /// looked up in `figment`, as figment's own type errors do.
+    fn check(&self, figment: &Figment) -> Result<(), SettingsError> {
         let bad = |key: &str, msg: String| {
             Err(SettingsError(Box::new(figment::Error::from(format!(
-                "{key}: {msg}"
+                "{key}: {msg} ({})",
+                value_source(figment, key)
             )))))
         };
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -303,6 +305,24 @@ impl Settings {
         self.database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("ota.db").display()))
+    }
+}
+
+/// Where the value of `key` (dotted, e.g. `mqtt.workers`) came from, for error messages:
+/// `TOML file /etc/ota.toml`, `environment variable OTA_MQTT__WORKERS` or the built-in default.
+fn value_source(figment: &Figment, key: &str) -> String {
+    match figment.find_metadata(key) {
+        Some(metadata) => match &metadata.source {
+            Some(figment::Source::File(path)) => {
+                format!("from {} {}", metadata.name, path.display())
+            }
+            _ if metadata.name.contains("environment") => format!(
+                "from environment variable OTA_{}",
+                key.replace('.', "__").to_ascii_uppercase()
+            ),
+            _ => "from the built-in default".to_owned(),
+        },
+        None => "from the built-in default".to_owned(),
     }
 }
 
@@ -386,6 +406,59 @@ mod tests {
             assert!(err.contains("config_dir_unused"), "{err}");
             std::env::remove_var("OTA_CONFIG_DIR_UNUSED");
             Settings::load(None).map_err(|e| e.to_string())?;
+            Ok(())
+        });
+    }
+
+    /// The checks serde's types cannot express name where the bad value came from too:
+    /// the file (with its path) or the environment variable that set it.
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn checked_values_name_the_file_or_variable_they_came_from() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("ota.toml", "[mqtt]\nworkers = 0\n")?;
+            let err = Settings::load(Some(Path::new("ota.toml")))
+                .unwrap_err()
+                .to_string();
+            // The path as the operator gave it (`--config ota.toml`).
+            let file = Path::new("ota.toml");
+            assert!(
+                err.contains("mqtt.workers")
+                    && err.contains("got 0")
+                    && err.contains(&format!("from TOML file {}", file.display())),
+                "a bad file value must name the key, the value and the file: {err}"
+            );
+
+            jail.set_env("OTA_MQTT__WORKERS", "0");
+            jail.create_file("ota.toml", "[mqtt]\nworkers = 8\n")?;
+            let err = Settings::load(Some(Path::new("ota.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("got 0")
+                    && err.contains("from environment variable OTA_MQTT__WORKERS"),
+                "the environment overrides the file and must be named as the source: {err}"
+            );
+
+            jail.clear_env();
+            jail.create_file("ota.toml", "[director]\nexpiry_seconds = 5\n")?;
+            jail.set_env("OTA_LISTEN", "nowhere");
+            let err = Settings::load(Some(Path::new("ota.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("listen") && err.contains("from environment variable OTA_LISTEN"),
+                "{err}"
+            );
+            jail.set_env("OTA_LISTEN", "127.0.0.1:0");
+            let err = Settings::load(Some(Path::new("ota.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("director.expiry_seconds")
+                    && err.contains(&format!("from TOML file {}", file.display())),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -632,3 +632,42 @@ fn trusted_state_survives_persistence_and_corruption_fails_closed() {
     ));
     assert!(TrustedState::from_persisted(b"{}").is_err());
 }
+
+#[test]
+fn an_image_at_the_security_floor_is_accepted_and_one_below_is_refused() {
+    let repo = Repo::standard();
+    let image_security_version = target_image().security_version;
+    let verify = |floor: u64| {
+        repo.anchor()
+            .with_installed(HARDWARE_ID, floor)
+            .verify_update(&repo.update(), Some(&vehicle()), now())
+    };
+    for floor in [0, image_security_version - 1, image_security_version] {
+        let verified = verify(floor)
+            .unwrap_or_else(|e| panic!("an image at or above floor {floor} is accepted: {e}"));
+        assert_eq!(
+            verified.assignments[0].security_version,
+            image_security_version
+        );
+    }
+    match verify(image_security_version + 1) {
+        Err(Error::SecurityVersionRollback {
+            hardware_id,
+            floor,
+            received,
+        }) => assert_eq!(
+            (hardware_id.as_str(), floor, received),
+            (
+                HARDWARE_ID,
+                image_security_version + 1,
+                image_security_version
+            )
+        ),
+        other => panic!("an image below the floor must be refused, got {other:?}"),
+    }
+    // A floor of another hardware id does not apply.
+    repo.anchor()
+        .with_installed("other-hardware", u64::MAX)
+        .verify_update(&repo.update(), Some(&vehicle()), now())
+        .expect("another hardware id's floor does not apply");
+}

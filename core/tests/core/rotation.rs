@@ -263,3 +263,68 @@ fn anchor_must_be_self_signed_and_well_formed() {
         })
     ));
 }
+
+/// Roots 2..=`count`+1 of `repo`: `count` rotations after the anchor, keys unchanged.
+fn chain(repo: &Repo, count: usize) -> Vec<Vec<u8>> {
+    (2..=count as u64 + 1).map(|v| repo.root(v)).collect()
+}
+
+#[test]
+fn one_update_walks_exactly_64_rotations_and_refuses_65() {
+    assert_eq!(
+        MAX_ROOT_ROTATIONS, 64,
+        "PROTOCOL.md documents a cap of 64 roots per update"
+    );
+    let repo = Repo::standard();
+    let roots = chain(&repo, MAX_ROOT_ROTATIONS + 1);
+    let state = repo
+        .anchor()
+        .update_root(&roots[..MAX_ROOT_ROTATIONS])
+        .expect("exactly 64 rotations in one update are walked");
+    assert_eq!(state.root().version(), 65);
+    assert_eq!(
+        state.root_envelope(),
+        roots[MAX_ROOT_ROTATIONS - 1].as_slice()
+    );
+    match repo.anchor().update_root(&roots) {
+        Err(Error::TooManyRootRotations { limit: 64 }) => {}
+        other => panic!("65 rotations in one update must be refused, got {other:?}"),
+    }
+    // The chain a vehicle already stored is re-walked without the per-update cap.
+    let walked = repo
+        .anchor()
+        .walk_stored_root_chain(&roots)
+        .expect("a stored chain of 65 rotations is re-walked");
+    assert_eq!(walked.root().version(), 66);
+}
+
+#[test]
+fn the_trusted_root_envelope_is_the_exact_bytes_of_the_newest_root() {
+    let repo = Repo::standard();
+    let anchor = repo.root(1);
+    let state = ota_core::trust::TrustedState::from_anchor(&anchor).unwrap();
+    assert_eq!(state.root_envelope(), anchor.as_slice());
+    let root2 = repo.root(2);
+    let rotated = state.update_root(std::slice::from_ref(&root2)).unwrap();
+    assert_eq!(
+        rotated.root_envelope(),
+        root2.as_slice(),
+        "after a rotation the new root's own bytes are trusted"
+    );
+    assert_eq!(
+        rotated.update_root(std::slice::from_ref(&anchor)),
+        Err(Error::Rollback {
+            role: Role::Root,
+            trusted: 2,
+            received: 1
+        })
+    );
+    let resent = rotated.update_root(std::slice::from_ref(&root2)).unwrap();
+    assert_eq!(
+        resent, rotated,
+        "the trusted root sent again changes nothing"
+    );
+    let reloaded = ota_core::trust::TrustedState::from_persisted(&rotated.to_persisted()).unwrap();
+    assert_eq!(reloaded.root_envelope(), root2.as_slice());
+    assert_eq!(reloaded, rotated);
+}

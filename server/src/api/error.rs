@@ -37,8 +37,8 @@ pub enum ApiError {
     RangeNotSatisfiable { length: u64 },
     #[error("{0}")]
     Unavailable(String),
-    #[error("the request took longer than the server's request timeout")]
-    RequestTimeout,
+    #[error("the request took longer than {seconds} s (limits.request_timeout_seconds)")]
+    Timeout { seconds: u64 },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -103,7 +103,7 @@ impl ApiError {
                 "unavailable",
                 "Service unavailable",
             ),
-            ApiError::RequestTimeout => (
+            ApiError::Timeout { .. } => (
                 StatusCode::REQUEST_TIMEOUT,
                 "request-timeout",
                 "Request timeout",

@@ -128,12 +128,17 @@ async fn no_route(request: Request) -> ApiError {
     }
 }
 
-async fn overloaded(err: tower::BoxError) -> Response {
+/// Answers the errors of the tower layers: load shedding (503) and the request timeout
+/// (408), both as problem+json like every other error.
+async fn overloaded(err: tower::BoxError, timeout_seconds: u64) -> Response {
     if err.is::<tower::load_shed::error::Overloaded>() {
         ApiError::Unavailable("server is at its concurrency limit; retry shortly".to_owned())
             .into_response()
     } else if err.is::<tower::timeout::error::Elapsed>() {
-        ApiError::RequestTimeout.into_response()
+        ApiError::Timeout {
+            seconds: timeout_seconds,
+        }
+        .into_response()
     } else {
         ApiError::Internal(anyhow::anyhow!("middleware error: {err}")).into_response()
     }
@@ -245,7 +250,9 @@ pub fn app(state: AppState) -> Router {
             tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %id)
         }))
         .layer(PropagateRequestIdLayer::new(request_id))
-        .layer(HandleErrorLayer::new(overloaded))
+        .layer(HandleErrorLayer::new(move |err: tower::BoxError| {
+            overloaded(err, limits.request_timeout_seconds)
+        }))
         .load_shed()
         .concurrency_limit(limits.max_concurrent_requests)
         .timeout(Duration::from_secs(limits.request_timeout_seconds))

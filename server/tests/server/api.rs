@@ -1068,7 +1068,19 @@ async fn blobs(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(resumed.status().as_u16(), 206);
-    assert_eq!(resumed.bytes().await.unwrap().len(), 100);
+    assert_eq!(resumed.headers()["content-range"], "bytes 900-999/1000");
+    let tail = resumed.bytes().await.unwrap().to_vec();
+    assert!(
+        tail == bytes[900..],
+        "a resumed download must send the blob's own bytes from the offset"
+    );
+    let mut joined = bytes[..900].to_vec();
+    joined.extend_from_slice(&tail);
+    assert_eq!(
+        Sha256Digest::of(&joined).to_hex(),
+        image["sha256"].as_str().unwrap(),
+        "the first 900 bytes plus the resumed tail are the image"
+    );
     let stale = app
         .http
         .get(app.url(&path))
@@ -1082,6 +1094,10 @@ async fn blobs(backend: Backend) {
         stale.status().as_u16(),
         200,
         "If-Range mismatch must send the whole blob"
+    );
+    assert!(
+        stale.bytes().await.unwrap() == bytes,
+        "If-Range mismatch must send the whole blob from its first byte"
     );
     let outside = app
         .http
@@ -1388,6 +1404,78 @@ async fn concurrency_limit_sheds_load_with_503() {
         status, 200,
         "capacity is back after the slow request finished"
     );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_slower_than_the_timeout_gets_408() {
+    let options = Options {
+        request_timeout_seconds: Some(1),
+        ..Options::default()
+    };
+    let app = spawn_app_with(Backend::Sqlite, options).await.unwrap();
+    // An upload whose body never ends while `tx` lives: nothing but the server's
+    // request timeout can answer it, so no sleep and no race decide the outcome.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"start".to_vec())).await.unwrap();
+    let upload = app
+        .http
+        .post(app.url("/api/v1/images?hardware_id=slow&version=1"))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)))
+        .send();
+    // A bound only against a hang when the timeout is broken, far above 1 s.
+    let response = tokio::time::timeout(std::time::Duration::from_secs(60), upload)
+        .await
+        .expect("the server must answer a stalled request by itself")
+        .expect("an answer, not a dropped connection");
+    let (status, problem) = crate::helpers::decode(response).await;
+    assert_eq!(status, 408, "{problem}");
+    assert_eq!(problem["status"], 408, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("request_timeout_seconds")),
+        "the problem names the setting: {problem}"
+    );
+    drop(tx);
+    let (status, images) = app.get("/api/v1/images", &app.read_token).await;
+    assert_eq!(status, 200, "the server serves on after a timeout");
+    assert_eq!(images, json!([]), "a timed-out upload stores nothing");
+    app.stop().await;
+}
+
+/// `/readyz` answers JSON (not problem+json) in both states: its body is a report.
+async fn readyz(app: &TestApp) -> (u16, Value) {
+    let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn readyz_reports_a_broken_blob_store() {
+    let app = spawn_app().await;
+    let (status, body) = readyz(&app).await;
+    assert_eq!((status, body["blob_store"].as_str()), (200, Some("ok")));
+    // The blob directory replaced by a file: nothing can be stored or served.
+    let blobs = app.dir.path().join("blobs").join("sha256");
+    std::fs::remove_dir_all(&blobs).unwrap();
+    std::fs::write(&blobs, b"not a directory").unwrap();
+    let (status, body) = readyz(&app).await;
+    assert_eq!(status, 503, "not ready without a blob store: {body}");
+    assert_eq!(
+        (
+            body["status"].as_str(),
+            body["blob_store"].as_str(),
+            body["database"].as_str()
+        ),
+        (Some("not_ready"), Some("unavailable"), Some("ok")),
+        "{body}"
+    );
+    std::fs::remove_file(&blobs).unwrap();
+    std::fs::create_dir(&blobs).unwrap();
+    let (status, body) = readyz(&app).await;
+    assert_eq!(status, 200, "ready again once the store is back: {body}");
     app.stop().await;
 }
 

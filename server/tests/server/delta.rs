@@ -1,12 +1,18 @@
 //! `ota-server delta build`, run as the real binary, and the async builder entry point;
 //! every container is applied back with the agent's applier.
 
+use crate::helpers::{fresh_store, Backend};
 use ota_agent::delta::apply_delta;
 use ota_core::delta::{Algorithm, ContainerHeader};
+use ota_core::encoding::Sha256Digest;
+use ota_server::blobs::BlobStore;
 use ota_server::delta::{build_delta_file_in_background, BuildError, BuildOptions};
+use ota_server::jobs::{run_one, BuilderEngine, DeltaEngine, JobOutcome};
+use ota_server::store::DeltaJobStatus;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 /// Two related images: a shared body with a few edits.
 fn image_pair() -> (Vec<u8>, Vec<u8>) {
@@ -115,3 +121,125 @@ async fn background_build_runs_off_the_executor_and_applies() {
         "got {missing:?}"
     );
 }
+
+/// `len` incompressible bytes (as machine code mostly is), distinct per `seed`.
+fn incompressible(seed: u32, len: usize) -> Vec<u8> {
+    let mut out: Vec<u8> = (0u32..)
+        .take(len.div_ceil(32))
+        .flat_map(|i| Sha256::digest([seed.to_le_bytes(), i.to_le_bytes()].concat()))
+        .collect();
+    out.truncate(len);
+    out
+}
+
+async fn delta_jobs_end_done_skipped_or_failed(backend: Backend) {
+    let Some((store, db, dir)) = fresh_store(backend).await else {
+        return;
+    };
+    let blobs = BlobStore::open(&dir.path().join("blobs")).expect("blob store");
+    let engine: Arc<dyn DeltaEngine> = Arc::new(BuilderEngine {
+        options: BuildOptions {
+            threads: 1,
+            ..BuildOptions::default()
+        },
+    });
+    let put = |bytes: &[u8]| {
+        let digest = Sha256Digest::of(bytes);
+        std::fs::write(blobs.path_of(&digest), bytes).expect("blob written");
+        digest.to_hex()
+    };
+    let old = incompressible(1, 64_000);
+    let mut new = old.clone();
+    new[1000..1008].copy_from_slice(b"NEWBYTES");
+    new.drain(30_000..30_100);
+    let unrelated = incompressible(2, 64_000);
+    let (old_sha, new_sha, unrelated_sha) = (put(&old), put(&new), put(&unrelated));
+    let absent_sha = Sha256Digest::of(b"bytes the server never received").to_hex();
+
+    // Enqueued in this order; the workers claim the oldest first.
+    let jobs = [
+        ("related", old_sha.as_str(), new_sha.as_str()),
+        ("unrelated", old_sha.as_str(), unrelated_sha.as_str()),
+        ("source missing", absent_sha.as_str(), new_sha.as_str()),
+        ("malformed digest", "not-a-digest", new_sha.as_str()),
+    ];
+    for (_, source, target) in jobs {
+        assert!(store
+            .enqueue_delta("ro_jobs", "hw-a", source, target)
+            .await
+            .unwrap());
+    }
+    let mut outcomes = Vec::new();
+    loop {
+        match run_one(&store, &blobs, engine.clone()).await.unwrap() {
+            JobOutcome::Idle => break,
+            outcome => outcomes.push(outcome),
+        }
+    }
+    assert_eq!(outcomes.len(), jobs.len(), "{outcomes:?}");
+    let listed = store.list_delta_jobs(Some("ro_jobs")).await.unwrap();
+    let by_pair = |source: &str, target: &str| {
+        listed
+            .iter()
+            .find(|j| j.source_sha256 == source && j.target_sha256 == target)
+            .cloned()
+            .expect("job listed")
+    };
+
+    let built = by_pair(&old_sha, &new_sha);
+    assert_eq!(built.status, DeltaJobStatus::Done, "{built:?}");
+    let delta_sha = built
+        .delta_sha256
+        .clone()
+        .expect("a built job names its delta");
+    let container = std::fs::read(blobs.path_of(&Sha256Digest::parse(&delta_sha).unwrap()))
+        .expect("the delta is in the blob store");
+    assert_eq!(Some(container.len() as u64), built.delta_length);
+    let mut rebuilt = Vec::new();
+    apply_delta(&container[..], std::io::Cursor::new(&old), &mut rebuilt).expect("applies");
+    assert!(rebuilt == new);
+
+    let skipped = by_pair(&old_sha, &unrelated_sha);
+    assert_eq!(
+        (skipped.status, &skipped.delta_sha256, &skipped.error),
+        (DeltaJobStatus::Skipped, &None, &None),
+        "a delta not worth shipping is skipped, and no delta is offered: {skipped:?}"
+    );
+    assert!(outcomes.contains(&JobOutcome::Skipped {
+        job: skipped.id.clone()
+    }));
+
+    let missing = by_pair(&absent_sha, &new_sha);
+    assert_eq!(missing.status, DeltaJobStatus::Failed, "{missing:?}");
+    assert_eq!(missing.delta_sha256, None);
+    let error = missing.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("reading the old image failed"),
+        "a failed job records why: {error:?}"
+    );
+    assert!(outcomes.contains(&JobOutcome::Failed {
+        job: missing.id.clone(),
+        error: error.clone()
+    }));
+
+    let malformed = by_pair("not-a-digest", &new_sha);
+    assert_eq!(
+        (malformed.status, malformed.error.as_deref()),
+        (DeltaJobStatus::Failed, Some("job names a malformed digest")),
+        "{malformed:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("blobs").join("tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "no job leaves a temporary file behind"
+    );
+    if let Some(db) = db {
+        db.drop_now().await;
+    }
+}
+crate::both_backends!(
+    delta_jobs_end_done_skipped_or_failed_and_record_why,
+    delta_jobs_end_done_skipped_or_failed
+);

@@ -214,6 +214,9 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     if let Some(max) = options.max_image_bytes {
         settings.limits.max_image_bytes = max;
     }
+    if let Some(seconds) = options.request_timeout_seconds {
+        settings.limits.request_timeout_seconds = seconds;
+    }
     if let Some(max) = options.max_concurrent_requests {
         settings.limits.max_concurrent_requests = max;
     }

@@ -69,6 +69,142 @@ async fn images_and_audit(backend: Backend) {
 }
 both_backends!(images_and_audit_in_one_transaction, images_and_audit);
 
+/// The actor whose audit entries the test database refuses.
+const AUDIT_REFUSED: &str = "audit-refused";
+
+/// Makes the store's database refuse every audit entry of [`AUDIT_REFUSED`]: a trigger
+/// on SQLite, a CHECK constraint on PostgreSQL, both created in this test's own database.
+async fn refuse_audit_entries(url: &str) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url)
+        .await
+        .expect("a second connection to the test database");
+    let ddl = if url.starts_with("sqlite:") {
+        format!(
+            "CREATE TRIGGER audit_refused BEFORE INSERT ON audit_log \
+             WHEN NEW.actor = '{AUDIT_REFUSED}' \
+             BEGIN SELECT RAISE(ABORT, 'audit entry refused by the test'); END"
+        )
+    } else {
+        format!(
+            "ALTER TABLE audit_log ADD CONSTRAINT audit_refused CHECK (actor <> '{AUDIT_REFUSED}')"
+        )
+    };
+    sqlx::query(&ddl)
+        .execute(&mut conn)
+        .await
+        .expect("installing the audit refusal");
+    conn.close().await.ok();
+}
+
+async fn failing_audit_rolls_back(backend: Backend) {
+    let Some((store, db, dir)) = fresh_store(backend).await else {
+        return;
+    };
+    let url = match &db {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}", dir.path().join("ota.db").display()),
+    };
+    refuse_audit_entries(&url).await;
+    let refused = Actor {
+        name: AUDIT_REFUSED.to_owned(),
+        request_id: None,
+    };
+    let key = device_key();
+    let vehicle = |id: &str| NewVehicle {
+        id: id.into(),
+        public_key: key.public_key().to_hex(),
+        tags: vec!["eu".into()],
+        ecus: vec![("main".into(), "hw-a".into())],
+    };
+    let scopes = vec!["admin".to_owned()];
+
+    // Every write's change row goes in first and its audit entry second, so a refused
+    // audit entry can only be undone by rolling the transaction back.
+    let errors = [
+        (
+            "image upload",
+            store
+                .insert_image(&refused, image("hw-a", "1.0"))
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "vehicle registration",
+            store
+                .insert_vehicle(&refused, vehicle("veh-1"))
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "bulk registration",
+            store
+                .insert_vehicles(&refused, &[vehicle("veh-2"), vehicle("veh-3")])
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "token creation",
+            store
+                .insert_token(&refused, "ci", "ab".repeat(32).as_str(), &scopes)
+                .await
+                .map(|_| ()),
+        ),
+    ];
+    for (name, result) in errors {
+        assert!(
+            matches!(result, Err(StoreError::Database(_))),
+            "{name}: a refused audit entry must fail the write with a database error, got {result:?}"
+        );
+    }
+    assert!(
+        store.list_images(None, 1000).await.unwrap().is_empty(),
+        "the image of a failed audit was persisted"
+    );
+    for id in ["veh-1", "veh-2", "veh-3"] {
+        assert!(
+            matches!(
+                store.get_vehicle(id).await,
+                Err(StoreError::NotFound { .. })
+            ),
+            "vehicle {id} of a failed audit was persisted"
+        );
+    }
+    assert!(
+        store.find_token(&"ab".repeat(32)).await.unwrap().is_none(),
+        "the token of a failed audit was persisted"
+    );
+    assert!(store.list_audit(10, None).await.unwrap().is_empty());
+
+    // The same writes by another actor then succeed: nothing half-written blocks them
+    // (a committed image or vehicle would now conflict).
+    store
+        .insert_image(&actor(), image("hw-a", "1.0"))
+        .await
+        .expect("the image after the refused one");
+    store
+        .insert_vehicle(&actor(), vehicle("veh-1"))
+        .await
+        .expect("the vehicle after the refused one");
+    store
+        .insert_vehicles(&actor(), &[vehicle("veh-2"), vehicle("veh-3")])
+        .await
+        .expect("the bulk registration after the refused one");
+    store
+        .insert_token(&actor(), "ci", "ab".repeat(32).as_str(), &scopes)
+        .await
+        .expect("the token after the refused one");
+    assert_eq!(store.list_audit(10, None).await.unwrap().len(), 4);
+    if let Some(db) = db {
+        db.drop_now().await;
+    }
+}
+both_backends!(
+    a_failing_audit_write_rolls_the_change_back,
+    failing_audit_rolls_back
+);
+
 async fn vehicles_checkins_and_director_versions(backend: Backend) {
     let Some((store, db, _dir)) = fresh_store(backend).await else {
         return;

@@ -174,6 +174,33 @@ fn edit_strategy() -> impl Strategy<Value = Edit> {
     ]
 }
 
+/// Edits small enough that a random base with a few of them is still mostly the base:
+/// inserts and deletes of at most a few hundred bytes, moves of up to 8000.
+fn small_edit_strategy() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..256))
+            .prop_map(|(at, bytes)| Edit::Insert { at, bytes }),
+        (any::<usize>(), 1usize..512).prop_map(|(at, len)| Edit::Delete { at, len }),
+        (any::<usize>(), 1usize..8000, any::<usize>()).prop_map(|(from, len, to)| Edit::Move {
+            from,
+            len,
+            to
+        }),
+        (any::<usize>(), 1u8..=255).prop_map(|(at, mask)| Edit::Flip { at, mask }),
+    ]
+}
+
+/// `len` uniformly random (incompressible) bytes from `seed`.
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = synthetic::Rng::new(seed);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 fn apply_edits(old: &[u8], edits: &[Edit]) -> Vec<u8> {
     let mut new = old.to_vec();
     for edit in edits {
@@ -219,7 +246,45 @@ proptest! {
         old in prop::collection::vec(any::<u8>(), 0..3000),
         new in prop::collection::vec(any::<u8>(), 0..3000),
     ) {
-        round_trip(&old, &new);
+        let report = round_trip(&old, &new);
+        // Independent random bytes share nothing a delta could reuse: past a few bytes
+        // the delta can never be 30% below the full image.
+        if new.len() >= 64 {
+            prop_assert_eq!(report.algorithm, Algorithm::FullZstd, "an unrelated random pair shipped a delta");
+        }
+    }
+
+    #[test]
+    fn related_pairs_ship_a_delta(
+        seed in any::<u64>(),
+        len in 32_000usize..96_000,
+        edits in prop::collection::vec(small_edit_strategy(), 1..8),
+    ) {
+        // A random (incompressible) base with a few small edits, inserts and moves of
+        // up to 8000 bytes: the full image costs the whole base, the delta only the
+        // edits and the controls, so the builder must take the bsdiff path.
+        let old = random_bytes(seed, len);
+        let new = apply_edits(&old, &edits);
+        let report = round_trip(&old, &new);
+        prop_assert_eq!(report.algorithm, Algorithm::BsdiffZstd, "a related pair shipped the full image");
+        prop_assert_eq!(report.container_len, report.delta_container_len);
+        prop_assert!(
+            report.container_len * 4 < new.len() as u64,
+            "{} edits cost {} bytes of a {}-byte image", edits.len(), report.container_len, new.len()
+        );
+    }
+
+    #[test]
+    fn unrelated_pairs_ship_the_full_image(
+        seeds in (any::<u64>(), any::<u64>()).prop_filter("distinct seeds", |(a, b)| a != b),
+        old_len in 0usize..40_000,
+        new_len in 64usize..40_000,
+    ) {
+        let old = random_bytes(seeds.0, old_len);
+        let new = random_bytes(seeds.1, new_len);
+        let report = round_trip(&old, &new);
+        prop_assert_eq!(report.algorithm, Algorithm::FullZstd, "an unrelated pair shipped a delta");
+        prop_assert_eq!(Some(report.container_len), report.full_container_len);
     }
 
     #[test]
