@@ -364,6 +364,19 @@ impl Store {
 }
 
 impl Store {
+    /// How many ECUs of `hardware_id` the server last saw running `version` (one query,
+    /// whatever the fleet's size).
+    pub async fn count_installed(&self, hardware_id: &str, version: &str) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM vehicle_ecus WHERE hardware_id = $1 AND installed_version = $2",
+        )
+        .bind(hardware_id)
+        .bind(version)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
+    }
+
     /// The binding to the newest targets document that every director must carry
     /// (PROTOCOL.md §4.3). With no targets document yet the binding has version 0, which
     /// no targets document has: such a director verifies nowhere, as no assignment could.

@@ -541,7 +541,9 @@ async fn a_canary_rollout_completes_and_a_bad_release_is_halted_by_its_breaker()
     let image = server.upload(&hardware_id, "2.0.0", v2).await;
     let good = server.release(&image, "2.0.0", 1).await;
     let canary = serde_json::json!({
-        "phases": [{ "name": "canary", "percent": 10 }, { "name": "half", "percent": 50 },
+        // Bands large enough that each holds at least the minimum executed count (a
+        // phase whose band holds fewer never passes its gate: it is never vacuous).
+        "phases": [{ "name": "canary", "percent": 25 }, { "name": "half", "percent": 60 },
                    { "name": "all", "percent": 100 }],
         "abort_criteria": { "min_number_of_executed_things": 2, "threshold_percentage": 20,
                             "action": "rollback" },
