@@ -13,6 +13,7 @@
 //!   [`director`] (who gets what), tested with tables and property tests.
 //! - [`engine`]: applies check-ins and progress, advances phases, evaluates breakers.
 //! - [`gateway`]: the MQTT fast lane (check-ins in, directives and control out).
+//! - [`events`]: the durable lane: verified progress → Kafka → the rollout engine's consumer.
 //! - [`jobs`]: the durable delta-build queue and its workers.
 //! - [`tokens`]: API bearer tokens and scopes.
 //! - [`cli`]: the `serve` and `tokens` subcommands of `ota-server`.
@@ -26,6 +27,7 @@ pub mod client;
 pub mod delta;
 pub mod director;
 pub mod engine;
+pub mod events;
 pub mod gateway;
 pub mod jobs;
 pub mod keys;

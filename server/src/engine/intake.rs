@@ -103,7 +103,9 @@ impl Engine {
     async fn registered(&self, vehicle_id: &str) -> Result<VehicleRecord, Rejected> {
         match self.inner.store.get_vehicle(vehicle_id).await {
             Ok(v) => Ok(v),
-            Err(StoreError::NotFound { .. }) => Err(Rejected::UnknownVehicle(vehicle_id.to_owned())),
+            Err(StoreError::NotFound { .. }) => {
+                Err(Rejected::UnknownVehicle(vehicle_id.to_owned()))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -118,7 +120,11 @@ impl Engine {
         check_topic(topic_vehicle, bytes)?;
         let vehicle = self.registered(topic_vehicle).await?;
         let checkin: CheckIn = open_message(bytes, PAYLOAD_TYPE_CHECKIN, &device_key(&vehicle)?)?;
-        check_fresh(checkin.sent_at, now, self.inner.settings.director.expiry_seconds)?;
+        check_fresh(
+            checkin.sent_at,
+            now,
+            self.inner.settings.director.expiry_seconds,
+        )?;
         if checkin.vehicle_id != vehicle.id {
             return Err(Rejected::TopicMismatch {
                 topic: vehicle.id,
@@ -149,9 +155,7 @@ impl Engine {
         Ok((event, deployment))
     }
 
-    /// Verifies and applies a progress event, then supervises that rollout at once so a
-    /// breaker opens within the event's handling, not at the next tick. Returns whether
-    /// the event changed anything (a duplicate or an out-of-order event does not).
+    /// Verifies and applies a progress event (the direct path, without Kafka).
     pub async fn handle_progress(
         &self,
         topic_vehicle: &str,
@@ -159,6 +163,19 @@ impl Engine {
         now: NowMs,
     ) -> Result<bool, Rejected> {
         let (event, deployment) = self.verify_progress(topic_vehicle, bytes).await?;
+        Ok(self.apply_progress(&event, &deployment, now).await?)
+    }
+
+    /// Applies a verified progress event, then supervises that rollout at once so a
+    /// breaker opens within the event's handling, not at the next tick. Idempotent: a
+    /// duplicate or an out-of-order event (sequence not above the last applied one)
+    /// changes nothing. Returns whether the event changed anything.
+    pub async fn apply_progress(
+        &self,
+        event: &ProgressEvent,
+        deployment: &DeploymentRecord,
+        now: NowMs,
+    ) -> Result<bool, StoreError> {
         let changed = self
             .inner
             .store
@@ -192,7 +209,11 @@ mod tests {
             nonce: "n".to_owned(),
             agent_state: "idle".to_owned(),
             ecus: Vec::new(),
-            trusted: TrustedVersions { root: 1, targets: 1, director: 0 },
+            trusted: TrustedVersions {
+                root: 1,
+                targets: 1,
+                director: 0,
+            },
         };
         sign_message(PAYLOAD_TYPE_CHECKIN, &message, &key)
     }
@@ -202,7 +223,10 @@ mod tests {
         assert!(check_topic("veh-a", &checkin("veh-a")).is_ok());
         let err = check_topic("veh-b", &checkin("veh-a")).unwrap_err();
         assert_eq!(err.label(), "topic_mismatch");
-        assert_eq!(check_topic("veh-a", b"{}").unwrap_err().label(), "malformed");
+        assert_eq!(
+            check_topic("veh-a", b"{}").unwrap_err().label(),
+            "malformed"
+        );
     }
 
     #[test]
@@ -211,16 +235,37 @@ mod tests {
         let at = sent.unix_seconds() * 1000;
         assert!(check_fresh(sent, at + 300_000, 300).is_ok());
         assert!(check_fresh(sent, at - 300_000, 300).is_ok());
-        assert_eq!(check_fresh(sent, at + 301_000, 300).unwrap_err().label(), "stale");
-        assert_eq!(check_fresh(sent, at - 301_000, 300).unwrap_err().label(), "stale");
+        assert_eq!(
+            check_fresh(sent, at + 301_000, 300).unwrap_err().label(),
+            "stale"
+        );
+        assert_eq!(
+            check_fresh(sent, at - 301_000, 300).unwrap_err().label(),
+            "stale"
+        );
     }
 
     #[test]
     fn progress_phases_map_to_deployment_status() {
-        assert_eq!(progress_status(ProgressPhase::Verified), DeploymentStatus::Downloading);
-        assert_eq!(progress_status(ProgressPhase::HealthCheck), DeploymentStatus::Installed);
-        assert_eq!(progress_status(ProgressPhase::Committed), DeploymentStatus::Committed);
-        assert_eq!(progress_status(ProgressPhase::Failed), DeploymentStatus::Failed);
-        assert_eq!(progress_status(ProgressPhase::RolledBack), DeploymentStatus::RolledBack);
+        assert_eq!(
+            progress_status(ProgressPhase::Verified),
+            DeploymentStatus::Downloading
+        );
+        assert_eq!(
+            progress_status(ProgressPhase::HealthCheck),
+            DeploymentStatus::Installed
+        );
+        assert_eq!(
+            progress_status(ProgressPhase::Committed),
+            DeploymentStatus::Committed
+        );
+        assert_eq!(
+            progress_status(ProgressPhase::Failed),
+            DeploymentStatus::Failed
+        );
+        assert_eq!(
+            progress_status(ProgressPhase::RolledBack),
+            DeploymentStatus::RolledBack
+        );
     }
 }
