@@ -265,6 +265,8 @@ pub async fn run_consumer(
         .set("group.id", &settings.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // A topic created after the consumer subscribed is found within 10 s, not 5 min.
+        .set("topic.metadata.refresh.interval.ms", "10000")
         .create()
     {
         Ok(consumer) => consumer,

@@ -76,14 +76,10 @@ impl Application {
         }
         let events = match &settings.kafka.brokers {
             Some(brokers) => {
-                crate::events::ensure_topic(&settings.kafka)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "creating the Kafka topic {} on {brokers}",
-                            settings.kafka.topic
-                        )
-                    })?;
+                // A managed cluster may forbid creating topics: then it must exist.
+                if let Err(err) = crate::events::ensure_topic(&settings.kafka).await {
+                    tracing::warn!(%err, topic = settings.kafka.topic, brokers, "creating the Kafka topic failed; it must exist");
+                }
                 Some(EventProducer::new(&settings.kafka).context("creating the Kafka producer")?)
             }
             None => None,
