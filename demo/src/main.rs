@@ -22,7 +22,9 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Parser)]
-#[command(about = "The OTA loop end to end: canary rollout, then a bad release halted by its breaker")]
+#[command(
+    about = "The OTA loop end to end: canary rollout, then a bad release halted by its breaker"
+)]
 struct Args {
     /// Simulated vehicles.
     #[arg(long, default_value_t = 1000)]
@@ -39,6 +41,8 @@ struct Args {
 }
 
 const HARDWARE_ID: &str = "demo-ecu";
+/// The breaker's minimum sample and every phase gate's minimum finished count.
+const MIN_EXECUTED: u32 = 3;
 
 /// The release engineer's side: the HTTP API with an admin token.
 struct Api {
@@ -48,7 +52,12 @@ struct Api {
 }
 
 impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
@@ -56,7 +65,10 @@ impl Api {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.with_context(|| format!("{method} {path}"))?;
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
         let status = response.status();
         let text = response.text().await?;
         if !status.is_success() {
@@ -97,36 +109,115 @@ impl Api {
         .await
     }
 
-    async fn rollout(&self, name: &str, release: &Value) -> anyhow::Result<String> {
-        let rollout = self
-            .post(
-                "/api/v1/rollouts",
-                json!({
-                    "name": name, "release_id": release["id"],
-                    "selector": { "hardware_ids": [HARDWARE_ID] },
-                    "phases": [{ "name": "canary", "percent": 1 }, { "name": "early", "percent": 10 },
-                               { "name": "fleet", "percent": 100 }],
-                    "rate_limit": { "maximum_per_minute": 100000 },
-                    "abort_criteria": { "failure_type": "all", "threshold_percentage": 20,
-                                        "min_number_of_executed_things": 5, "action": "rollback" },
-                }),
-            )
-            .await?;
-        let id = rollout["id"].as_str().context("rollout id")?.to_owned();
-        self.post(&format!("/api/v1/rollouts/{id}/start"), json!({})).await?;
-        Ok(id)
+    /// Creates and starts a three-phase canary rollout. A phase never passes its gate
+    /// with fewer finished vehicles than the minimum executed count, and cohorts come from
+    /// a random salt: a draft whose canary band is smaller than that is aborted and drawn
+    /// again (said on the terminal), so the demo never waits on an impossible gate.
+    async fn rollout(
+        &self,
+        name: &str,
+        release: &Value,
+        vehicles: usize,
+    ) -> anyhow::Result<String> {
+        let canary = (1000.0 / vehicles.max(1) as f64).clamp(1.0, 50.0);
+        let early = (canary * 10.0).clamp(10.0, 90.0);
+        for _ in 0..10 {
+            let rollout = self
+                .post(
+                    "/api/v1/rollouts",
+                    json!({
+                        "name": name, "release_id": release["id"],
+                        "selector": { "hardware_ids": [HARDWARE_ID] },
+                        "phases": [{ "name": "canary", "percent": canary },
+                                   { "name": "early", "percent": early },
+                                   { "name": "fleet", "percent": 100 }],
+                        "rate_limit": { "maximum_per_minute": 100000 },
+                        "abort_criteria": { "failure_type": "all", "threshold_percentage": 20,
+                                            "min_number_of_executed_things": MIN_EXECUTED,
+                                            "action": "rollback" },
+                    }),
+                )
+                .await?;
+            let id = rollout["id"].as_str().context("rollout id")?.to_owned();
+            let status = self.get(&format!("/api/v1/rollouts/{id}/status")).await?;
+            let band = status["phases"][0]["eligible"].as_u64().unwrap_or(0);
+            if band < u64::from(MIN_EXECUTED) {
+                println!("{name}: canary band holds {band} vehicles, fewer than {MIN_EXECUTED}: drawing another salt");
+                self.post(&format!("/api/v1/rollouts/{id}/abort"), json!({}))
+                    .await?;
+                continue;
+            }
+            self.post(&format!("/api/v1/rollouts/{id}/start"), json!({}))
+                .await?;
+            return Ok(id);
+        }
+        bail!("no salt gave a canary band of {MIN_EXECUTED} vehicles in 10 draws")
     }
 }
 
+/// A live progress line: a bar on a terminal; elsewhere (CI, a pipe) one plain line
+/// every few seconds, so a log still shows what is happening.
 fn bar(len: u64, prefix: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
+    use std::io::IsTerminal;
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(len)
+    } else {
+        ProgressBar::with_draw_target(
+            Some(len),
+            indicatif::ProgressDrawTarget::term_like_with_hz(Box::new(PlainLines::default()), 1),
+        )
+    };
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{elapsed_precise}] {bar:40.cyan/blue} {pos:>5}/{len} {msg}")
-            .expect("a valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>10} [{elapsed_precise}] {bar:40.cyan/blue} {pos:>5}/{len} {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(prefix.to_owned());
     bar
+}
+
+/// Draws each refresh as a plain line, at most every 5 s.
+#[derive(Debug, Default)]
+struct PlainLines {
+    last: std::sync::Mutex<Option<Instant>>,
+}
+
+impl indicatif::TermLike for PlainLines {
+    fn width(&self) -> u16 {
+        120
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, line: &str) -> std::io::Result<()> {
+        self.write_str(line)
+    }
+    fn write_str(&self, text: &str) -> std::io::Result<()> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if text.trim().is_empty() || last.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        eprintln!("{}", text.trim_end());
+        Ok(())
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Waits until `check` yields, or fails after `timeout`.
@@ -164,7 +255,9 @@ fn phase_line(status: &Value) -> String {
 fn served_bytes(metrics: &str, kind: &str) -> u64 {
     metrics
         .lines()
-        .filter(|l| l.starts_with("ota_blob_bytes_served_total") && l.contains(&format!("kind=\"{kind}\"")))
+        .filter(|l| {
+            l.starts_with("ota_blob_bytes_served_total") && l.contains(&format!("kind=\"{kind}\""))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
@@ -177,12 +270,29 @@ fn mib(bytes: u64) -> String {
 fn phase_table(title: &str, status: &Value) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(vec![title, "percent", "eligible", "assigned", "committed", "failed", "rolled back", "cancelled"]);
+    table.set_header(vec![
+        title,
+        "percent",
+        "eligible",
+        "assigned",
+        "committed",
+        "failed",
+        "rolled back",
+        "cancelled",
+    ]);
     for p in status["phases"].as_array().cloned().unwrap_or_default() {
-        let touched: u64 = ["assigned", "downloading", "installed", "committed", "failed", "rolled_back", "cancelled"]
-            .iter()
-            .map(|k| p[k].as_u64().unwrap_or(0))
-            .sum();
+        let touched: u64 = [
+            "assigned",
+            "downloading",
+            "installed",
+            "committed",
+            "failed",
+            "rolled_back",
+            "cancelled",
+        ]
+        .iter()
+        .map(|k| p[k].as_u64().unwrap_or(0))
+        .sum();
         table.add_row(vec![
             p["name"].as_str().unwrap_or("").to_owned(),
             format!("{}%", p["percent"]),
@@ -201,10 +311,9 @@ fn phase_table(title: &str, status: &Value) -> Table {
 /// the event that crossed the threshold.
 async fn halt_timing(store: &Store, rollout: &str) -> anyhow::Result<Option<(i64, i64)>> {
     let audit = store.list_audit(1000, None).await?;
-    let Some(opened) = audit
-        .iter()
-        .find(|a| a.subject == rollout && a.action == "rollout.breaker" && a.detail["to"] == "open")
-    else {
+    let Some(opened) = audit.iter().find(|a| {
+        a.subject == rollout && a.action == "rollout.breaker" && a.detail["to"] == "open"
+    }) else {
         return Ok(None);
     };
     let opened_ms = chrono::DateTime::parse_from_rfc3339(&opened.at)?.timestamp_millis();
@@ -212,7 +321,12 @@ async fn halt_timing(store: &Store, rollout: &str) -> anyhow::Result<Option<(i64
         .deployments_for_rollout(rollout)
         .await?
         .into_iter()
-        .filter(|d| matches!(d.status, DeploymentStatus::Failed | DeploymentStatus::RolledBack))
+        .filter(|d| {
+            matches!(
+                d.status,
+                DeploymentStatus::Failed | DeploymentStatus::RolledBack
+            )
+        })
         .map(|d| d.updated_ms)
         .filter(|at| *at <= opened_ms)
         .max();
@@ -244,7 +358,9 @@ async fn main() -> anyhow::Result<()> {
     settings.mqtt.embedded_max_connections = args.vehicles + 100;
     settings.director.poll_seconds = args.poll_seconds;
     settings.director.tick_milliseconds = 200;
-    let app = Application::build(settings).await.context("starting ota-server")?;
+    let app = Application::build(settings)
+        .await
+        .context("starting ota-server")?;
     let state = app.state().clone();
     let base = format!("http://{}", app.address());
     let mqtt = state.settings.mqtt.url.clone().context("a broker")?;
@@ -258,7 +374,10 @@ async fn main() -> anyhow::Result<()> {
         token,
         http: reqwest::Client::new(),
     };
-    println!("ota-server at {base}, embedded MQTT broker at {mqtt}, SQLite + blobs in {}", dir.path().display());
+    println!(
+        "ota-server at {base}, embedded MQTT broker at {mqtt}, SQLite + blobs in {}",
+        dir.path().display()
+    );
 
     // Three releases of one ECU's firmware; 3.0.0 is the bad one.
     let v1 = ota_tests::synthetic::image(1, args.image_bytes);
@@ -317,10 +436,12 @@ async fn main() -> anyhow::Result<()> {
     // A good release, canary first.
     let metrics_before = state.metrics.render();
     let good = api.release("2.0.0", v2).await?;
-    let good_rollout = api.rollout("demo-2.0.0", &good).await?;
+    let good_rollout = api.rollout("demo-2.0.0", &good, args.vehicles).await?;
     let progress = bar(n, "2.0.0");
     let good_status = until("2.0.0 to reach the whole fleet", step * 2, || async {
-        let status = api.get(&format!("/api/v1/rollouts/{good_rollout}/status")).await?;
+        let status = api
+            .get(&format!("/api/v1/rollouts/{good_rollout}/status"))
+            .await?;
         progress.set_position(status["totals"]["committed"].as_u64().unwrap_or(0));
         progress.set_message(phase_line(&status));
         if status["rollout"]["state"] != "running" {
@@ -331,15 +452,19 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     progress.finish_with_message(phase_line(&good_status));
     let metrics_after = state.metrics.render();
-    let delta_bytes = served_bytes(&metrics_after, "delta") - served_bytes(&metrics_before, "delta");
-    let image_bytes = served_bytes(&metrics_after, "image") - served_bytes(&metrics_before, "image");
+    let delta_bytes =
+        served_bytes(&metrics_after, "delta") - served_bytes(&metrics_before, "delta");
+    let image_bytes =
+        served_bytes(&metrics_after, "image") - served_bytes(&metrics_before, "image");
 
     // A bad release: its canary fails health checks, the breaker halts it.
     let bad = api.release("3.0.0", v3).await?;
-    let bad_rollout = api.rollout("demo-3.0.0", &bad).await?;
+    let bad_rollout = api.rollout("demo-3.0.0", &bad, args.vehicles).await?;
     let progress = bar(n, "3.0.0");
     let bad_status = until("the breaker to halt 3.0.0", step, || async {
-        let status = api.get(&format!("/api/v1/rollouts/{bad_rollout}/status")).await?;
+        let status = api
+            .get(&format!("/api/v1/rollouts/{bad_rollout}/status"))
+            .await?;
         progress.set_position(status["totals"]["committed"].as_u64().unwrap_or(0));
         progress.set_message(phase_line(&status));
         Ok((status["rollout"]["state"] != "running").then_some(status))
@@ -373,11 +498,16 @@ async fn main() -> anyhow::Result<()> {
         .filter(|d| {
             matches!(
                 d.status,
-                DeploymentStatus::Installed | DeploymentStatus::Committed | DeploymentStatus::RolledBack
+                DeploymentStatus::Installed
+                    | DeploymentStatus::Committed
+                    | DeploymentStatus::RolledBack
             )
         })
         .count();
-    let cancelled = deployments.iter().filter(|d| d.status == DeploymentStatus::Cancelled).count();
+    let cancelled = deployments
+        .iter()
+        .filter(|d| d.status == DeploymentStatus::Cancelled)
+        .count();
     println!(
         "3.0.0: rollout {} with breaker {} ({}); blast radius {} of {} vehicles installed it ({} assigned, {} cancelled before installing)",
         bad_status["rollout"]["state"].as_str().unwrap_or("?"),

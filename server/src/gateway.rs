@@ -24,11 +24,24 @@
 //!   (it reconnects with backoff), `stalled` when messages are pending and neither the
 //!   event loop nor the workers made progress for `stall_seconds`.
 //! - Shutdown is checked in every loop and every wait is bounded.
+//!
+//! **With Kafka configured** (`[kafka] brokers`, see [`crate::events`]) progress events
+//! take the durable lane: MQTT runs with manual acknowledgements; a progress message is
+//! verified, written to Kafka, and acknowledged to the broker only once Kafka
+//! acknowledged the write (a Kafka outage holds it unacknowledged and retries; shutdown
+//! leaves it unacknowledged, so a persistent session redelivers it). Unknown or badly
+//! signed messages are dropped, counted and acknowledged. Check-ins stay on the fast
+//! path and are acknowledged once answered; a shed check-in is acknowledged at once, a
+//! shed progress event is not (the broker's in-flight window, 20 messages on
+//! Mosquitto, is far below `workers + queue`, so shedding needs a misconfiguration).
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Rejected};
+use crate::events::{progress_event, EventProducer};
 use crate::settings::MqttSettings;
 use ota_core::protocol::{parse_topic, topic, Channel};
-use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS, SubscribeFilter};
+use rumqttc::{
+    AsyncClient, Event, MqttOptions, NetworkOptions, Packet, Publish, QoS, SubscribeFilter,
+};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -291,11 +304,34 @@ impl Outbox {
     }
 }
 
-async fn handle(engine: &Engine, outbox: &Outbox, topic_name: &str, payload: &[u8]) {
+/// Whether the broker should keep this client's session (and redeliver what it did not
+/// acknowledge) across reconnects: only on the durable lane, and only with a configured
+/// client id, since a generated one is new in every process and would leave orphaned
+/// sessions behind.
+pub fn persistent_session(durable: bool, client_id_configured: bool) -> bool {
+    durable && client_id_configured
+}
+
+/// What a worker needs to handle and acknowledge a message.
+#[derive(Clone)]
+struct Lane {
+    engine: Engine,
+    outbox: Outbox,
+    client: AsyncClient,
+    /// Set: progress goes to Kafka and MQTT acks are manual.
+    events: Option<EventProducer>,
+    stop: CancellationToken,
+}
+
+/// Handles one message; returns whether it may be acknowledged to the broker (only
+/// consulted with manual acks).
+async fn handle(lane: &Lane, topic_name: &str, payload: &[u8]) -> bool {
+    let engine = &lane.engine;
+    let outbox = &lane.outbox;
     let Some((vehicle_id, channel)) = parse_topic(topic_name) else {
         metrics::counter!("ota_vehicle_messages_dropped_total", "reason" => "bad_topic")
             .increment(1);
-        return;
+        return true;
     };
     match channel {
         Channel::CheckIn => match engine
@@ -315,6 +351,9 @@ async fn handle(engine: &Engine, outbox: &Outbox, topic_name: &str, payload: &[u
             }
         },
         Channel::Progress => {
+            if let Some(events) = &lane.events {
+                return produce_progress(lane, events, vehicle_id, payload).await;
+            }
             if let Err(rejected) = engine
                 .handle_progress(vehicle_id, payload, crate::engine::wall_clock_ms())
                 .await
@@ -324,6 +363,41 @@ async fn handle(engine: &Engine, outbox: &Outbox, topic_name: &str, payload: &[u
             }
         }
         Channel::Directive | Channel::Control => {}
+    }
+    true
+}
+
+/// The durable lane: verify, write to Kafka, and only then allow the acknowledgement.
+/// A database failure while verifying is retried like a Kafka failure; `false` only when
+/// shutdown came first (the message stays unacknowledged).
+async fn produce_progress(
+    lane: &Lane,
+    events: &EventProducer,
+    vehicle_id: &str,
+    payload: &[u8],
+) -> bool {
+    let received_at = crate::engine::wall_clock_ms();
+    let mut backoff = BACKOFF_START;
+    loop {
+        match lane.engine.verify_progress(vehicle_id, payload).await {
+            Ok((event, _)) => {
+                let event = progress_event(&event, payload, received_at);
+                return events.send_until_acknowledged(&event, &lane.stop).await;
+            }
+            Err(Rejected::Store(err)) => {
+                tracing::warn!(%err, retry_in = ?backoff, "verifying a progress event failed");
+                tokio::select! {
+                    _ = lane.stop.cancelled() => return false,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            Err(rejected) => {
+                metrics::counter!("ota_vehicle_messages_dropped_total", "reason" => rejected.label()).increment(1);
+                tracing::debug!(%rejected, "progress event dropped");
+                return true;
+            }
+        }
     }
 }
 
@@ -353,34 +427,40 @@ async fn run_outbox(mut outbox: OutboxReceiver, client: AsyncClient, stop: Cance
 
 /// Accepts one incoming publish for a worker, or sheds it. Never waits.
 fn dispatch(
-    engine: &Engine,
-    outbox: &Outbox,
+    lane: &Lane,
     health: &Arc<ChannelHealth>,
     accepted: &Arc<Semaphore>,
     workers: &Arc<Semaphore>,
-    topic_name: String,
-    payload: Vec<u8>,
+    publish: Publish,
 ) {
     health.received.fetch_add(1, Ordering::Relaxed);
     let Ok(slot) = accepted.clone().try_acquire_owned() else {
         health.shed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ota_vehicle_messages_shed_total").increment(1);
+        let progress = matches!(parse_topic(&publish.topic), Some((_, Channel::Progress)));
+        if lane.events.is_some() && !progress {
+            // Non-blocking: the request channel is drained by this very loop.
+            let _ = lane.client.try_ack(&publish);
+        }
         return;
     };
     if health.pending_in.fetch_add(1, Ordering::Relaxed) == 0 {
         health.workers_progressed();
     }
-    let (engine, outbox, health, workers) = (
-        engine.clone(),
-        outbox.clone(),
-        health.clone(),
-        workers.clone(),
-    );
+    let (lane, health, workers) = (lane.clone(), health.clone(), workers.clone());
     tokio::spawn(async move {
         // Waiting here is fine: this is a worker task, not the event loop. A closed
         // semaphore means shutdown: the message is dropped unhandled.
         if let Ok(_worker) = workers.acquire().await {
-            handle(&engine, &outbox, &topic_name, &payload).await;
+            let ack = handle(&lane, &publish.topic, &publish.payload).await;
+            if ack && lane.events.is_some() {
+                tokio::select! {
+                    _ = lane.stop.cancelled() => {}
+                    acked = lane.client.ack(&publish) => if let Err(err) = acked {
+                        tracing::warn!(%err, "acknowledging a vehicle message failed");
+                    }
+                }
+            }
             health.handled.fetch_add(1, Ordering::Relaxed);
             health.workers_progressed();
         }
@@ -393,6 +473,7 @@ fn dispatch(
 /// taking messages, lets in-flight ones finish (bounded), and disconnects.
 pub async fn run(
     settings: MqttSettings,
+    events: Option<EventProducer>,
     engine: Engine,
     outbox: Outbox,
     outgoing: OutboxReceiver,
@@ -415,7 +496,11 @@ pub async fn run(
     let mut options = MqttOptions::new(client_id, host, port);
     options
         .set_keep_alive(Duration::from_secs(settings.keep_alive_seconds.max(5)))
-        .set_clean_session(true)
+        .set_clean_session(!persistent_session(
+            events.is_some(),
+            settings.client_id.is_some(),
+        ))
+        .set_manual_acks(events.is_some())
         .set_max_packet_size(1024 * 1024, 1024 * 1024);
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
     let mut network = NetworkOptions::new();
@@ -425,6 +510,13 @@ pub async fn run(
     eventloop.set_network_options(network);
 
     let publisher = tokio::spawn(run_outbox(outgoing, client.clone(), stop.clone()));
+    let lane = Lane {
+        engine,
+        outbox,
+        client: client.clone(),
+        events,
+        stop: stop.clone(),
+    };
     let workers = Arc::new(Semaphore::new(settings.workers.max(1)));
     let capacity = settings.workers.max(1) + settings.queue;
     let accepted = Arc::new(Semaphore::new(capacity));
@@ -462,15 +554,9 @@ pub async fn run(
                     }
                 });
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => dispatch(
-                &engine,
-                &outbox,
-                &health,
-                &accepted,
-                &workers,
-                publish.topic,
-                publish.payload.to_vec(),
-            ),
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                dispatch(&lane, &health, &accepted, &workers, publish)
+            }
             Ok(_) => {}
             Err(err) => {
                 health.set_connected(false);
@@ -522,6 +608,14 @@ mod tests {
         assert_eq!(parse_broker_url("http://broker:1883"), None);
         assert_eq!(parse_broker_url("mqtt://:1883"), None);
         assert_eq!(parse_broker_url("mqtt://b:notaport"), None);
+    }
+
+    #[test]
+    fn only_the_durable_lane_with_a_configured_client_id_keeps_its_session() {
+        assert!(persistent_session(true, true));
+        assert!(!persistent_session(true, false));
+        assert!(!persistent_session(false, true));
+        assert!(!persistent_session(false, false));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //!   rollout change goes through one planner.
 //! - [`gateway`]: the MQTT fast lane (check-ins in, directives and control out);
 //!   [`broker`]: the embedded MQTT broker (rumqttd) when none is configured.
+//! - [`events`]: the durable lane: verified progress → Kafka → the rollout engine's consumer.
 //! - [`jobs`]: the durable delta-build queue and its workers.
 //! - [`tokens`]: API bearer tokens and scopes.
 //! - [`cli`]: the `serve` and `tokens` subcommands of `ota-server`.
@@ -29,6 +30,7 @@ pub mod client;
 pub mod delta;
 pub mod director;
 pub mod engine;
+pub mod events;
 pub mod gateway;
 pub mod jobs;
 pub mod keys;

@@ -28,6 +28,8 @@ pub struct Settings {
     /// Base URL vehicles download blobs from; default `http://<listen address>`.
     pub public_url: Option<String>,
     pub mqtt: MqttSettings,
+    /// The durable lane for progress events; `brokers` unset keeps the direct path.
+    pub kafka: KafkaSettings,
     pub limits: LimitSettings,
     pub director: DirectorSettings,
     pub delta: DeltaSettings,
@@ -62,6 +64,38 @@ pub struct MqttSettings {
     /// With work pending, this long without progress of the MQTT event loop or of the
     /// workers makes `/readyz` report the vehicle channel as `stalled`.
     pub stall_seconds: u64,
+}
+
+/// `[kafka]`: with `brokers` set, verified progress events go MQTT → Kafka → rollout
+/// engine (see `crate::events`); unset, the gateway applies them directly.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port...]`; unset disables the durable lane.
+    pub brokers: Option<String>,
+    /// Vehicle events (verified progress), keyed by vehicle id.
+    pub topic: String,
+    /// Consumer group of the rollout engine.
+    pub group: String,
+    /// Partitions and replication of the topic when the server creates it at start-up.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// How long the producer retries one event before the gateway backs off and retries
+    /// it again (the MQTT message stays unacknowledged meanwhile).
+    pub delivery_timeout_ms: u64,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: None,
+            topic: "ota.vehicle-events".to_owned(),
+            group: "ota-rollout-engine".to_owned(),
+            partitions: 6,
+            replication_factor: 1,
+            delivery_timeout_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -115,6 +149,7 @@ impl Default for Settings {
             key_dir: None,
             public_url: None,
             mqtt: MqttSettings::default(),
+            kafka: KafkaSettings::default(),
             limits: LimitSettings::default(),
             director: DirectorSettings::default(),
             delta: DeltaSettings::default(),
@@ -280,6 +315,20 @@ impl Settings {
         if self.mqtt.client_id.as_deref().is_some_and(str::is_empty) {
             return bad("mqtt.client_id", "must not be empty".to_owned());
         }
+        if self
+            .kafka
+            .brokers
+            .as_deref()
+            .is_some_and(|b| b.trim().is_empty())
+        {
+            return bad("kafka.brokers", "must not be empty".to_owned());
+        }
+        if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
+            return bad(
+                "kafka.partitions",
+                "partitions and replication_factor must be at least 1".to_owned(),
+            );
+        }
         if self.delta.workers == 0 || self.delta.workers > 64 {
             return bad(
                 "delta.workers",
@@ -376,6 +425,25 @@ mod tests {
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("mqtt.workers"), "{err}");
             jail.set_env("OTA_MQTT__WORKERS", "8");
+            assert_eq!(s.kafka.brokers, None, "no [kafka]: the direct path");
+            jail.set_env("OTA_KAFKA__BROKERS", "127.0.0.1:19092");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                (
+                    s.kafka.brokers.as_deref(),
+                    s.kafka.topic.as_str(),
+                    s.kafka.group.as_str()
+                ),
+                (
+                    Some("127.0.0.1:19092"),
+                    "ota.vehicle-events",
+                    "ota-rollout-engine"
+                )
+            );
+            jail.set_env("OTA_KAFKA__BROKERS", "");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("kafka.brokers"), "{err}");
+            jail.set_env("OTA_KAFKA__BROKERS", "127.0.0.1:19092");
             jail.create_file("bad.toml", "lissten = \"x\"\n")?;
             let err = Settings::load(Some(Path::new("bad.toml")))
                 .unwrap_err()

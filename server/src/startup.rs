@@ -6,6 +6,7 @@
 use crate::api::{self, AppState};
 use crate::blobs::BlobStore;
 use crate::engine::Engine;
+use crate::events::EventProducer;
 use crate::gateway::{self, ChannelHealth, Outbox, OutboxReceiver};
 use crate::jobs::{BuilderEngine, DeltaEngine};
 use crate::settings::Settings;
@@ -29,6 +30,8 @@ pub struct Application {
     delta_engine: Arc<dyn DeltaEngine>,
     /// The gateway's end of the engine's outbox (taken by `run_until_stopped`).
     outbox: (Outbox, OutboxReceiver),
+    /// The durable lane's producer, when `[kafka] brokers` is set.
+    events: Option<EventProducer>,
 }
 
 impl Application {
@@ -82,6 +85,16 @@ impl Application {
         if requeued > 0 {
             tracing::info!(requeued, "re-queued delta jobs interrupted by a restart");
         }
+        let events = match &settings.kafka.brokers {
+            Some(brokers) => {
+                // A managed cluster may forbid creating topics: then it must exist.
+                if let Err(err) = crate::events::ensure_topic(&settings.kafka).await {
+                    tracing::warn!(%err, topic = settings.kafka.topic, brokers, "creating the Kafka topic failed; it must exist");
+                }
+                Some(EventProducer::new(&settings.kafka).context("creating the Kafka producer")?)
+            }
+            None => None,
+        };
         let jobs = Arc::new(Notify::new());
         let settings = Arc::new(settings);
         let keys = Arc::new(keys);
@@ -115,6 +128,7 @@ impl Application {
             jobs,
             delta_engine: Arc::new(BuilderEngine::default()),
             outbox: (outbox, outgoing),
+            events,
         })
     }
 
@@ -147,6 +161,7 @@ impl Application {
         if settings.mqtt.url.is_some() {
             background.push(tokio::spawn(gateway::run(
                 settings.mqtt.clone(),
+                self.events.clone(),
                 self.state.engine.clone(),
                 outbox,
                 outgoing,
@@ -156,6 +171,14 @@ impl Application {
         } else {
             // No broker: closing the outbox makes every send fail fast (and counted).
             drop(outgoing);
+        }
+        if settings.kafka.brokers.is_some() {
+            // The rollout engine's consumer of the durable lane, beside the gateway.
+            background.push(tokio::spawn(crate::events::run_consumer(
+                settings.kafka.clone(),
+                self.state.engine.clone(),
+                stop_rx.clone(),
+            )));
         }
         for _ in 0..settings.delta.workers {
             background.push(tokio::spawn(crate::jobs::worker(

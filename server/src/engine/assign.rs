@@ -12,8 +12,8 @@
 
 use super::{timestamp, Engine, NowMs, Rejected};
 use crate::director::{
-    self, DeltaBlob, DirectorIssue, DeploymentStatus, Directive, DirectorInput, EcuView, ExistingDeployment,
-    RollbackCandidate, RollbackStep, RolloutView, TargetView, VehicleView,
+    self, DeltaBlob, DeploymentStatus, Directive, DirectorInput, DirectorIssue, EcuView,
+    ExistingDeployment, RollbackCandidate, RollbackStep, RolloutView, TargetView, VehicleView,
 };
 use crate::rollout::{effective_rate_per_minute, RolloutState};
 use crate::store::{DeploymentRecord, RolloutRecord, StoreError, VehicleRecord};

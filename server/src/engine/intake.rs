@@ -155,9 +155,7 @@ impl Engine {
         Ok((event, deployment))
     }
 
-    /// Verifies and applies a progress event, then supervises that rollout at once so a
-    /// breaker opens within the event's handling, not at the next tick. Returns whether
-    /// the event changed anything (a duplicate or an out-of-order event does not).
+    /// Verifies and applies a progress event (the direct path, without Kafka).
     pub async fn handle_progress(
         &self,
         topic_vehicle: &str,
@@ -165,6 +163,19 @@ impl Engine {
         now: NowMs,
     ) -> Result<bool, Rejected> {
         let (event, deployment) = self.verify_progress(topic_vehicle, bytes).await?;
+        Ok(self.apply_progress(&event, &deployment, now).await?)
+    }
+
+    /// Applies a verified progress event, then supervises that rollout at once so a
+    /// breaker opens within the event's handling, not at the next tick. Idempotent: a
+    /// duplicate or an out-of-order event (sequence not above the last applied one)
+    /// changes nothing. Returns whether the event changed anything.
+    pub async fn apply_progress(
+        &self,
+        event: &ProgressEvent,
+        deployment: &DeploymentRecord,
+        now: NowMs,
+    ) -> Result<bool, StoreError> {
         let changed = self
             .inner
             .store

@@ -366,7 +366,11 @@ impl Store {
 impl Store {
     /// How many ECUs of `hardware_id` the server last saw running `version` (one query,
     /// whatever the fleet's size).
-    pub async fn count_installed(&self, hardware_id: &str, version: &str) -> Result<u64, StoreError> {
+    pub async fn count_installed(
+        &self,
+        hardware_id: &str,
+        version: &str,
+    ) -> Result<u64, StoreError> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM vehicle_ecus WHERE hardware_id = $1 AND installed_version = $2",
         )
@@ -383,9 +387,11 @@ impl Store {
     pub async fn targets_binding(&self) -> Result<TargetsBinding, StoreError> {
         Ok(match self.latest_targets().await? {
             Some((_, envelope)) => {
-                TargetsBinding::of_envelope(envelope.as_bytes()).map_err(|e| StoreError::Corrupt {
-                    what: "targets envelope",
-                    reason: e.to_string(),
+                TargetsBinding::of_envelope(envelope.as_bytes()).map_err(|e| {
+                    StoreError::Corrupt {
+                        what: "targets envelope",
+                        reason: e.to_string(),
+                    }
                 })?
             }
             None => TargetsBinding::of_payload(0, b""),

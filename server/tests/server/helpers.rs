@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub const POSTGRES_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432";
 pub const MQTT_DEFAULT: &str = "mqtt://127.0.0.1:1883";
+pub const KAFKA_DEFAULT: &str = "127.0.0.1:19092";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -91,6 +92,11 @@ fn service_flags_accept_true_and_one_in_any_case() {
 
 pub fn postgres_url() -> String {
     std::env::var("OTA_TEST_POSTGRES_URL").unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned())
+}
+
+/// The test Kafka broker (tansu, started by `deploy/services.sh`).
+pub fn kafka_brokers() -> String {
+    std::env::var("OTA_TEST_KAFKA_BROKERS").unwrap_or_else(|_| KAFKA_DEFAULT.to_owned())
 }
 
 pub fn mqtt_url() -> String {
@@ -192,6 +198,11 @@ pub struct Options {
     /// `mqtt.workers` and `mqtt.queue` (the gateway's concurrency and backlog).
     pub mqtt_workers: Option<usize>,
     pub mqtt_queue: Option<usize>,
+    /// The durable lane on the test Kafka broker, with a topic and group of its own.
+    pub kafka: bool,
+    /// Kafka brokers used as is (a test-owned broker), with a topic and group of its own.
+    pub kafka_brokers_unchecked: Option<String>,
+    pub kafka_delivery_timeout_ms: Option<u64>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -251,6 +262,29 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
         settings.mqtt.url = Some(url);
         settings.mqtt.share_group = unique("g");
         settings.mqtt.client_id = Some(unique("ota-server-test-"));
+    }
+    let kafka = match options.kafka_brokers_unchecked {
+        Some(brokers) => Some(brokers),
+        None if options.kafka => {
+            let brokers = kafka_brokers();
+            if !require_service("kafka (tansu)", &brokers).await {
+                if let Some(db) = &database {
+                    db.drop_now().await;
+                }
+                return None;
+            }
+            Some(brokers)
+        }
+        None => None,
+    };
+    if let Some(brokers) = kafka {
+        settings.kafka.brokers = Some(brokers);
+        settings.kafka.topic = unique("ota.vehicle-events.test-");
+        settings.kafka.group = unique("ota-rollout-engine-test-");
+        settings.kafka.partitions = 1;
+    }
+    if let Some(timeout) = options.kafka_delivery_timeout_ms {
+        settings.kafka.delivery_timeout_ms = timeout;
     }
     if let Some(workers) = options.mqtt_workers {
         settings.mqtt.workers = workers;

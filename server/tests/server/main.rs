@@ -1,11 +1,13 @@
 //! Integration tests of `ota-server`: the API and store on SQLite and PostgreSQL, the MQTT
-//! vehicle channel against a real broker, `otactl`, the key tooling and the delta builder
-//! through the real binaries.
+//! vehicle channel against a real broker, the durable progress lane through a real Kafka
+//! broker (tansu), `otactl`, the key tooling and the delta builder through the real
+//! binaries.
 
 mod api;
 mod delta;
 mod edge;
 mod helpers;
+mod kafka;
 mod keys;
 mod mqtt;
 mod otactl;

@@ -174,7 +174,7 @@ pub(crate) fn director_metadata(app: &TestApp, bytes: &[u8]) -> DirectorMetadata
     parse_document(&envelope.payload).expect("director metadata")
 }
 
-fn control(app: &TestApp, bytes: &[u8]) -> ControlMessage {
+pub(crate) fn control(app: &TestApp, bytes: &[u8]) -> ControlMessage {
     open_message(
         bytes,
         PAYLOAD_TYPE_CONTROL,
@@ -183,7 +183,7 @@ fn control(app: &TestApp, bytes: &[u8]) -> ControlMessage {
     .expect("control messages are signed by the director key")
 }
 
-fn progress(
+pub(crate) fn progress(
     key: &SigningKey,
     vid: &str,
     deployment: &str,
@@ -459,7 +459,7 @@ async fn pause_and_abort_send_control_and_failures_open_the_breaker() {
 
 /// `ota_vehicle_messages_dropped_total{reason=...}` from `/metrics`, per reason (0 when
 /// the series does not exist yet).
-async fn dropped_counts(app: &TestApp, reasons: &[&str]) -> Vec<u64> {
+pub(crate) async fn dropped_counts(app: &TestApp, reasons: &[&str]) -> Vec<u64> {
     let metrics = app
         .http
         .get(app.url("/metrics"))

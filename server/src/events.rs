@@ -1,0 +1,438 @@
+//! The durable lane for progress events (`../shared/DESIGN.md` §6): the gateway
+//! produces each verified progress message to Kafka (`ota.vehicle-events`, keyed by
+//! vehicle id, idempotent producer, `acks=all`) and acknowledges the MQTT message only
+//! after Kafka acknowledged the write; the rollout engine's consumer (group
+//! `ota-rollout-engine`) re-verifies each event, applies it idempotently and commits
+//! its offset only after the database write. Check-ins stay on the MQTT fast path.
+//!
+//! The event is a versioned JSON envelope ([`VehicleEvent`]) whose contract is the JSON
+//! Schema `docs/schemas/ota.vehicle-events.progress.v1.json`: the signed message as
+//! received (base64), so any consumer can verify it with the device key, beside
+//! informational copies of its fields.
+
+use crate::engine::{wall_clock_ms, Engine, NowMs};
+use crate::settings::KafkaSettings;
+use base64::Engine as _;
+use ota_core::protocol::ProgressEvent;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The schema name and version every progress event carries.
+pub const PROGRESS_SCHEMA: &str = "ota.vehicle-events.progress";
+pub const PROGRESS_SCHEMA_VERSION: u32 = 1;
+
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// One event on `ota.vehicle-events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VehicleEvent {
+    pub schema: String,
+    pub schema_version: u32,
+    /// The vehicle the MQTT topic named (and the message claims): the Kafka key.
+    pub vehicle_id: String,
+    pub deployment_id: String,
+    pub sequence: u64,
+    /// The progress phase, as in the signed message.
+    pub phase: String,
+    /// When the gateway received the message, milliseconds since the Unix epoch.
+    pub received_at_ms: i64,
+    /// The signed message (a DSSE envelope) exactly as received, base64.
+    pub message: String,
+}
+
+/// Why a record on the topic is not an event this server applies.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    #[error("not a vehicle event: {0}")]
+    Malformed(String),
+    #[error("unsupported schema {schema:?} version {version}")]
+    Unsupported { schema: String, version: u32 },
+}
+
+impl EventError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            EventError::Malformed(_) => "malformed_event",
+            EventError::Unsupported { .. } => "unsupported_schema",
+        }
+    }
+}
+
+/// The envelope for a verified progress message.
+pub fn progress_event(event: &ProgressEvent, signed: &[u8], received_at_ms: NowMs) -> VehicleEvent {
+    VehicleEvent {
+        schema: PROGRESS_SCHEMA.to_owned(),
+        schema_version: PROGRESS_SCHEMA_VERSION,
+        vehicle_id: event.vehicle_id.clone(),
+        deployment_id: event.deployment_id.clone(),
+        sequence: event.sequence,
+        phase: event.phase.as_str().to_owned(),
+        received_at_ms,
+        message: base64::engine::general_purpose::STANDARD.encode(signed),
+    }
+}
+
+/// Parses a record's value; returns the event and the signed message's bytes.
+pub fn decode_event(bytes: &[u8]) -> Result<(VehicleEvent, Vec<u8>), EventError> {
+    #[derive(Deserialize)]
+    struct Header {
+        schema: String,
+        schema_version: u32,
+    }
+    let header: Header =
+        serde_json::from_slice(bytes).map_err(|e| EventError::Malformed(e.to_string()))?;
+    if header.schema != PROGRESS_SCHEMA || header.schema_version != PROGRESS_SCHEMA_VERSION {
+        return Err(EventError::Unsupported {
+            schema: header.schema,
+            version: header.schema_version,
+        });
+    }
+    let event: VehicleEvent =
+        serde_json::from_slice(bytes).map_err(|e| EventError::Malformed(e.to_string()))?;
+    let signed = base64::engine::general_purpose::STANDARD
+        .decode(&event.message)
+        .map_err(|e| EventError::Malformed(format!("message: {e}")))?;
+    Ok((event, signed))
+}
+
+fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set(
+            "bootstrap.servers",
+            settings.brokers.as_deref().unwrap_or_default(),
+        )
+        .set("client.id", "ota-server")
+        // A broker back from an outage is found within 2 s.
+        .set("reconnect.backoff.max.ms", "2000")
+        .set("socket.keepalive.enable", "true");
+    config
+}
+
+/// The gateway's producer: idempotent, `acks=all`.
+#[derive(Clone)]
+pub struct EventProducer {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for EventProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventProducer")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventProducer {
+    pub fn new(settings: &KafkaSettings) -> Result<EventProducer, KafkaError> {
+        let producer = client_config(settings)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout_ms.max(1000).to_string(),
+            )
+            .create()?;
+        Ok(EventProducer {
+            producer,
+            topic: settings.topic.clone(),
+        })
+    }
+
+    /// Writes one event and waits until Kafka acknowledged it (or the delivery timeout).
+    pub async fn send(&self, event: &VehicleEvent) -> Result<(), KafkaError> {
+        let payload = serde_json::to_vec(event).unwrap_or_default();
+        let record = FutureRecord::to(&self.topic)
+            .key(&event.vehicle_id)
+            .payload(&payload);
+        self.producer
+            .send(record, Timeout::Never)
+            .await
+            .map(|_| ())
+            .map_err(|(err, _)| err)
+    }
+
+    /// Sends until Kafka acknowledges or `stop` is set (then false: not written).
+    pub async fn send_until_acknowledged(
+        &self,
+        event: &VehicleEvent,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        let mut backoff = BACKOFF_START;
+        loop {
+            let sent = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return false,
+                sent = self.send(event) => sent,
+            };
+            match sent {
+                Ok(()) => {
+                    metrics::counter!("ota_vehicle_events_produced_total").increment(1);
+                    return true;
+                }
+                Err(err) => {
+                    metrics::counter!("ota_vehicle_events_produce_failures_total").increment(1);
+                    tracing::warn!(%err, retry_in = ?backoff, "writing a vehicle event to Kafka failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// Creates the events topic if it does not exist (brokers such as tansu do not create
+/// topics on first use).
+pub async fn ensure_topic(settings: &KafkaSettings) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(settings).create()?;
+    let topic = NewTopic::new(
+        &settings.topic,
+        settings.partitions,
+        TopicReplication::Fixed(settings.replication_factor),
+    );
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
+    for result in admin.create_topics([&topic], &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(())
+}
+
+/// What the consumer did with one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Changed,
+    /// A duplicate or out-of-order event: nothing to do.
+    Unchanged,
+    /// Not applicable (malformed, unknown schema, no longer verifying): skipped, counted.
+    Skipped(&'static str),
+}
+
+/// Re-verifies (keys may have been rotated since the gateway checked) and applies one
+/// record's value. `Err` only for a database failure: the record must be retried.
+pub async fn apply_record(
+    engine: &Engine,
+    value: &[u8],
+    now: NowMs,
+) -> Result<Applied, crate::store::StoreError> {
+    let (event, signed) = match decode_event(value) {
+        Ok(decoded) => decoded,
+        Err(err) => return Ok(Applied::Skipped(err.label())),
+    };
+    let (progress, deployment) = match engine.verify_progress(&event.vehicle_id, &signed).await {
+        Ok(verified) => verified,
+        Err(crate::engine::Rejected::Store(err)) => return Err(err),
+        Err(rejected) => return Ok(Applied::Skipped(rejected.label())),
+    };
+    Ok(
+        if engine.apply_progress(&progress, &deployment, now).await? {
+            Applied::Changed
+        } else {
+            Applied::Unchanged
+        },
+    )
+}
+
+/// The rollout engine's consumer: runs until `shutdown`, reconnecting by itself (the
+/// client library retries brokers). Offsets are committed only after the record was
+/// applied; a database failure retries the same record.
+pub async fn run_consumer(
+    settings: KafkaSettings,
+    engine: Engine,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let consumer: StreamConsumer = match client_config(&settings)
+        .set("group.id", &settings.group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // A topic created after the consumer subscribed is found within 10 s, not 5 min.
+        .set("topic.metadata.refresh.interval.ms", "10000")
+        .create()
+    {
+        Ok(consumer) => consumer,
+        Err(err) => {
+            tracing::error!(%err, "creating the Kafka consumer failed; vehicle events are not applied");
+            return;
+        }
+    };
+    if let Err(err) = consumer.subscribe(&[&settings.topic]) {
+        tracing::error!(%err, "subscribing to the events topic failed");
+        return;
+    }
+    tracing::info!(
+        topic = settings.topic,
+        group = settings.group,
+        "rollout engine consuming vehicle events"
+    );
+    let mut backoff = BACKOFF_START;
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::warn!(%err, retry_in = ?backoff, "reading vehicle events failed");
+                tokio::select! {
+                    _ = shutdown.wait_for(|stopped| *stopped) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_START;
+        let value = message.payload().unwrap_or_default();
+        // The same record until it is applied: committing a later offset would skip it.
+        let applied = loop {
+            match apply_record(&engine, value, wall_clock_ms()).await {
+                Ok(applied) => break applied,
+                Err(err) => {
+                    tracing::warn!(%err, retry_in = ?backoff, "applying a vehicle event failed");
+                    tokio::select! {
+                        _ = shutdown.wait_for(|stopped| *stopped) => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        };
+        backoff = BACKOFF_START;
+        let outcome = match applied {
+            Applied::Changed => "applied",
+            Applied::Unchanged => "unchanged",
+            Applied::Skipped(reason) => {
+                tracing::debug!(reason, "vehicle event skipped");
+                reason
+            }
+        };
+        metrics::counter!("ota_vehicle_events_consumed_total", "outcome" => outcome).increment(1);
+        if let Err(err) = consumer.commit_message(&message, CommitMode::Async) {
+            // Not fatal: the next commit covers this offset; a restart re-applies the
+            // record, which is idempotent.
+            tracing::warn!(%err, "committing a vehicle event's offset failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ota_core::protocol::ProgressPhase;
+    use ota_core::time::Timestamp;
+
+    fn progress() -> ProgressEvent {
+        ProgressEvent {
+            vehicle_id: "veh-1".to_owned(),
+            deployment_id: "dep-1".to_owned(),
+            sequence: 3,
+            phase: ProgressPhase::RolledBack,
+            bytes_done: 0,
+            bytes_total: 0,
+            reason_code: None,
+            at: Timestamp::parse("2027-01-01T00:00:00Z").unwrap(),
+        }
+    }
+
+    #[test]
+    fn events_round_trip_with_the_signed_bytes_exactly() {
+        let signed = b"{\"payloadType\":\"x\"}\n\xff".to_vec();
+        let event = progress_event(&progress(), &signed, 1_700_000_000_000);
+        assert_eq!(
+            (
+                event.phase.as_str(),
+                event.schema.as_str(),
+                event.schema_version
+            ),
+            ("rolled_back", PROGRESS_SCHEMA, 1)
+        );
+        let bytes = serde_json::to_vec(&event).unwrap();
+        let (decoded, message) = decode_event(&bytes).unwrap();
+        assert_eq!((decoded, message), (event, signed));
+    }
+
+    #[test]
+    fn produced_events_match_the_published_schema_for_every_phase() {
+        let schema: serde_json::Value = serde_json::from_str(include_str!(
+            "../../docs/schemas/ota.vehicle-events.progress.v1.json"
+        ))
+        .unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let phases = [
+            ProgressPhase::Downloading,
+            ProgressPhase::Downloaded,
+            ProgressPhase::Verified,
+            ProgressPhase::Installing,
+            ProgressPhase::Installed,
+            ProgressPhase::Rebooting,
+            ProgressPhase::HealthCheck,
+            ProgressPhase::Committed,
+            ProgressPhase::Failed,
+            ProgressPhase::RolledBack,
+        ];
+        for phase in phases {
+            let event = progress_event(
+                &ProgressEvent {
+                    phase,
+                    ..progress()
+                },
+                b"signed",
+                1,
+            );
+            let document = serde_json::to_value(&event).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&document)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{phase:?}: {errors:?}");
+        }
+        let mut document = serde_json::to_value(progress_event(&progress(), b"m", 1)).unwrap();
+        document["phase"] = "exploded".into();
+        assert!(
+            !validator.is_valid(&document),
+            "an unknown phase breaks the contract"
+        );
+    }
+
+    #[test]
+    fn other_schemas_and_versions_are_refused() {
+        let mut event = progress_event(&progress(), b"m", 0);
+        event.schema_version = 2;
+        let err = decode_event(&serde_json::to_vec(&event).unwrap()).unwrap_err();
+        assert_eq!(err.label(), "unsupported_schema");
+        event.schema_version = 1;
+        event.schema = "ota.vehicle-events.checkin".to_owned();
+        let err = decode_event(&serde_json::to_vec(&event).unwrap()).unwrap_err();
+        assert_eq!(err.label(), "unsupported_schema");
+        assert_eq!(
+            decode_event(b"nope").unwrap_err().label(),
+            "malformed_event"
+        );
+        event.schema = PROGRESS_SCHEMA.to_owned();
+        event.message = "***".to_owned();
+        let err = decode_event(&serde_json::to_vec(&event).unwrap()).unwrap_err();
+        assert_eq!(err.label(), "malformed_event");
+    }
+}
