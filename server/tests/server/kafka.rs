@@ -85,7 +85,8 @@ async fn wait_consumed(app: &TestApp) {
                 .committed_offsets(partitions, Duration::from_secs(5))
                 .ok()
                 .and_then(|list| list.find_partition(&kafka.topic, 0)?.offset().to_raw());
-            if high > 0 && committed == Some(high) {
+            // At or past the high watermark (brokers differ on where offsets start).
+            if high > 0 && committed.is_some_and(|c| c >= high) {
                 return;
             }
             assert!(
