@@ -367,6 +367,14 @@ async fn handle(lane: &Lane, topic_name: &str, payload: &[u8]) -> bool {
     true
 }
 
+/// The shared subscription for one channel. One group per channel
+/// (`<share_group>-checkin`, `<share_group>-progress`): replicas still split each
+/// channel, and brokers that key a shared group by its name alone (rumqttd, the
+/// embedded broker) do not merge the two filters into one stream.
+pub fn shared_filter(share_group: &str, channel: &str) -> String {
+    format!("$share/{share_group}-{channel}/ota/v1/+/{channel}")
+}
+
 /// The durable lane: verify, write to Kafka, and only then allow the acknowledgement.
 /// A database failure while verifying is retried like a Kafka failure; `false` only when
 /// shutdown came first (the message stays unacknowledged).
@@ -524,7 +532,7 @@ pub async fn run(
         .iter()
         .map(|channel| {
             SubscribeFilter::new(
-                format!("$share/{}/ota/v1/+/{channel}", settings.share_group),
+                shared_filter(&settings.share_group, channel),
                 QoS::AtLeastOnce,
             )
         })

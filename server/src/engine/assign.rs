@@ -307,7 +307,7 @@ impl Engine {
         let view = reported_view(&vehicle, &checkin);
         let directive = self.decide_and_record(&view, now).await?;
         let targets = match &self.snapshot(now).await?.targets {
-            Some(binding) => binding.clone(),
+            Some(binding) => *binding,
             None => self.inner.store.targets_binding().await?,
         };
         let envelope = director::sign_directive(

@@ -474,10 +474,11 @@ impl SimFleet {
     }
 }
 
-/// With no broker configured the server runs its own (rumqttd), and simulated vehicles
-/// take a rollout through it to commit: the laptop / demo default.
+/// With no broker configured the server runs its own (rumqttd), and it carries all
+/// three flows: check-ins in, directives out, progress in. Every vehicle's 2.0.0 fails
+/// its health check, so the server learns `rolled_back` only from progress events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_embedded_broker_carries_a_rollout_to_commit() {
+async fn the_embedded_broker_carries_check_ins_directives_and_progress() {
     let vehicles = 5;
     let server = Server::start_embedded(2).await;
     assert_ne!(
@@ -490,7 +491,7 @@ async fn the_embedded_broker_carries_a_rollout_to_commit() {
     let v2 = synthetic::next_release(&v1, 32, 8);
     let image = server.upload(&hardware_id, "1.0.0", v1.clone()).await;
     server.release(&image, "1.0.0", 1).await;
-    let fleet = SimFleet::start(&server, &hardware_id, vehicles, &v1, (0.0, None)).await;
+    let fleet = SimFleet::start(&server, &hardware_id, vehicles, &v1, (1.0, Some("2.0.0"))).await;
     wait_for(
         "every vehicle to check in through the embedded broker",
         120,
@@ -502,9 +503,13 @@ async fn the_embedded_broker_carries_a_rollout_to_commit() {
     let image = server.upload(&hardware_id, "2.0.0", v2).await;
     let release = server.release(&image, "2.0.0", 1).await;
     let rollout = server.rollout(&release, &hardware_id).await;
-    wait_for("every vehicle to commit 2.0.0", 180, || async {
-        (server.totals(&rollout).await["committed"] == vehicles as u64).then_some(())
-    })
+    wait_for(
+        "every vehicle's rolled_back progress event",
+        180,
+        || async {
+            (server.totals(&rollout).await["rolled_back"] == vehicles as u64).then_some(())
+        },
+    )
     .await;
     fleet.stop().await;
     server.stop().await;
