@@ -383,6 +383,9 @@ impl<T: Transport + 'static> Driver<T> {
                             })
                             .await;
                     }
+                    // Older than the director already accepted: superseded (two check-ins
+                    // answered out of order, or a replay). Refused, and nothing changes.
+                    Err(err) if err.kind() == "rollback" => {}
                     Err(err) => {
                         eprintln!(
                             "ota-agent {}: directive refused ({}): {err}",

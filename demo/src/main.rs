@@ -118,6 +118,7 @@ impl Api {
         name: &str,
         release: &Value,
         vehicles: usize,
+        soak: u32,
     ) -> anyhow::Result<String> {
         let canary = (1000.0 / vehicles.max(1) as f64).clamp(1.0, 50.0);
         let early = (canary * 10.0).clamp(10.0, 90.0);
@@ -128,8 +129,10 @@ impl Api {
                     json!({
                         "name": name, "release_id": release["id"],
                         "selector": { "hardware_ids": [HARDWARE_ID] },
-                        "phases": [{ "name": "canary", "percent": canary },
-                                   { "name": "early", "percent": early },
+                        // Each phase soaks two check-in intervals, so most of its band
+                        // is assigned before the next one opens.
+                        "phases": [{ "name": "canary", "percent": canary, "min_soak_seconds": soak },
+                                   { "name": "early", "percent": early, "min_soak_seconds": soak },
                                    { "name": "fleet", "percent": 100 }],
                         "rate_limit": { "maximum_per_minute": 100000 },
                         "abort_criteria": { "failure_type": "all", "threshold_percentage": 20,
@@ -339,7 +342,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error,rumqttd=off")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -436,7 +439,9 @@ async fn main() -> anyhow::Result<()> {
     // A good release, canary first.
     let metrics_before = state.metrics.render();
     let good = api.release("2.0.0", v2).await?;
-    let good_rollout = api.rollout("demo-2.0.0", &good, args.vehicles).await?;
+    let good_rollout = api
+        .rollout("demo-2.0.0", &good, args.vehicles, 2 * args.poll_seconds)
+        .await?;
     let progress = bar(n, "2.0.0");
     let good_status = until("2.0.0 to reach the whole fleet", step * 2, || async {
         let status = api
@@ -459,7 +464,9 @@ async fn main() -> anyhow::Result<()> {
 
     // A bad release: its canary fails health checks, the breaker halts it.
     let bad = api.release("3.0.0", v3).await?;
-    let bad_rollout = api.rollout("demo-3.0.0", &bad, args.vehicles).await?;
+    let bad_rollout = api
+        .rollout("demo-3.0.0", &bad, args.vehicles, 2 * args.poll_seconds)
+        .await?;
     let progress = bar(n, "3.0.0");
     let bad_status = until("the breaker to halt 3.0.0", step, || async {
         let status = api
@@ -520,7 +527,7 @@ async fn main() -> anyhow::Result<()> {
     );
     match halt_timing(&state.store, &bad_rollout).await? {
         Some((crossing, opened)) => println!(
-            "threshold-crossing event recorded → breaker open and rollout halted: {} ms (one transaction)",
+            "threshold-crossing event recorded → breaker open and rollout halted: {} ms",
             opened - crossing
         ),
         None => println!("the breaker did not open"),
