@@ -345,47 +345,7 @@ async fn the_fleet_simulator_takes_every_vehicle_through_a_rollout() {
     let hardware_id = unique("hw-sim-");
     let v1 = synthetic::image(11, 16 * 1024);
     let v2 = synthetic::next_release(&v1, 12, 8);
-    let image = server.upload(&hardware_id, "1.0.0", v1.clone()).await;
-    server.release(&image, "1.0.0", 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("root.json"), server.root().await).unwrap();
-    std::fs::write(dir.path().join("factory.img"), &v1).unwrap();
-    let args = ota_agent::simulate::SimulateArgs {
-        vehicles,
-        server: server.url.clone(),
-        mqtt: crate::fleet::mqtt_url(),
-        root: dir.path().join("root.json"),
-        factory_image: dir.path().join("factory.img"),
-        factory_version: "1.0.0".to_owned(),
-        slot_bytes: 64 * 1024,
-        ecu: "main".to_owned(),
-        hardware_id: hardware_id.clone(),
-        dir: dir.path().join("fleet"),
-        id_prefix: unique("sim-"),
-        seed: 3,
-        register_token: Some(server.admin.clone()),
-        registration_file: None,
-        fail_rate: 0.0,
-        fail_phase: ota_agent::simulate::FailPhase::Install,
-        unhealthy_rate: 0.0,
-        faulty_version: None,
-        duration_seconds: None,
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let fleet = tokio::spawn(async move {
-        ota_agent::simulate::run_fleet(&args, async move {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
-    wait_for(
-        "every simulated vehicle to check in on 1.0.0",
-        240,
-        || async {
-            (server.count_installed(&hardware_id, "1.0.0").await == vehicles).then_some(())
-        },
-    )
-    .await;
+    let fleet = SimFleet::on_first_release(&server, &hardware_id, vehicles, &v1, (0.0, None)).await;
     let image = server.upload(&hardware_id, "2.0.0", v2).await;
     let release = server.release(&image, "2.0.0", 1).await;
     let rollout = server
@@ -402,11 +362,7 @@ async fn the_fleet_simulator_takes_every_vehicle_through_a_rollout() {
     })
     .await;
     assert_eq!(totals["failed"], 0, "{totals}");
-    let _ = stop_tx.send(());
-    fleet
-        .await
-        .expect("the simulator task")
-        .expect("the simulator runs");
+    fleet.stop().await;
     server.stop().await;
 }
 
@@ -463,6 +419,29 @@ impl SimFleet {
         }
     }
 
+    /// Releases `factory` as 1.0.0, starts the fleet on it, and waits until every
+    /// vehicle checked in running it.
+    async fn on_first_release(
+        server: &Server,
+        hardware_id: &str,
+        vehicles: usize,
+        factory: &[u8],
+        faults: (f64, Option<&str>),
+    ) -> SimFleet {
+        let image = server.upload(hardware_id, "1.0.0", factory.to_vec()).await;
+        server.release(&image, "1.0.0", 1).await;
+        let fleet = SimFleet::start(server, hardware_id, vehicles, factory, faults).await;
+        wait_for(
+            "every simulated vehicle to check in on 1.0.0",
+            240,
+            || async {
+                (server.count_installed(hardware_id, "1.0.0").await == vehicles).then_some(())
+            },
+        )
+        .await;
+        fleet
+    }
+
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -489,17 +468,9 @@ async fn the_embedded_broker_carries_check_ins_directives_and_progress() {
     let hardware_id = unique("hw-embedded-");
     let v1 = synthetic::image(31, 16 * 1024);
     let v2 = synthetic::next_release(&v1, 32, 8);
-    let image = server.upload(&hardware_id, "1.0.0", v1.clone()).await;
-    server.release(&image, "1.0.0", 1).await;
-    let fleet = SimFleet::start(&server, &hardware_id, vehicles, &v1, (1.0, Some("2.0.0"))).await;
-    wait_for(
-        "every vehicle to check in through the embedded broker",
-        120,
-        || async {
-            (server.count_installed(&hardware_id, "1.0.0").await == vehicles).then_some(())
-        },
-    )
-    .await;
+    let fleet =
+        SimFleet::on_first_release(&server, &hardware_id, vehicles, &v1, (1.0, Some("2.0.0")))
+            .await;
     let image = server.upload(&hardware_id, "2.0.0", v2).await;
     let release = server.release(&image, "2.0.0", 1).await;
     let rollout = server.rollout(&release, &hardware_id).await;
@@ -530,18 +501,10 @@ async fn a_canary_rollout_completes_and_a_bad_release_is_halted_by_its_breaker()
     let v1 = synthetic::image(21, 16 * 1024);
     let v2 = synthetic::next_release(&v1, 22, 8);
     let v3 = synthetic::next_release(&v2, 23, 8);
-    let image = server.upload(&hardware_id, "1.0.0", v1.clone()).await;
-    server.release(&image, "1.0.0", 1).await;
     // Every vehicle's 3.0.0 fails its health check: the bad release.
-    let fleet = SimFleet::start(&server, &hardware_id, vehicles, &v1, (1.0, Some("3.0.0"))).await;
-    wait_for(
-        "every simulated vehicle to check in on 1.0.0",
-        240,
-        || async {
-            (server.count_installed(&hardware_id, "1.0.0").await == vehicles).then_some(())
-        },
-    )
-    .await;
+    let fleet =
+        SimFleet::on_first_release(&server, &hardware_id, vehicles, &v1, (1.0, Some("3.0.0")))
+            .await;
 
     let image = server.upload(&hardware_id, "2.0.0", v2).await;
     let good = server.release(&image, "2.0.0", 1).await;
