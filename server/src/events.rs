@@ -10,6 +10,7 @@
 //! received (base64), so any consumer can verify it with the device key, beside
 //! informational copies of its fields.
 
+use crate::engine::plan::RolloutChange;
 use crate::engine::{wall_clock_ms, Engine, NowMs};
 use crate::settings::KafkaSettings;
 use base64::Engine as _;
@@ -199,10 +200,10 @@ impl EventProducer {
 
 /// Creates the events topic if it does not exist (brokers such as tansu do not create
 /// topics on first use).
-pub async fn ensure_topic(settings: &KafkaSettings) -> Result<(), KafkaError> {
+pub async fn ensure_topic(settings: &KafkaSettings, name: &str) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(settings).create()?;
     let topic = NewTopic::new(
-        &settings.topic,
+        name,
         settings.partitions,
         TopicReplication::Fixed(settings.replication_factor),
     );
@@ -216,6 +217,124 @@ pub async fn ensure_topic(settings: &KafkaSettings) -> Result<(), KafkaError> {
         }
     }
     Ok(())
+}
+
+/// The schema name and version of every rollout event.
+pub const ROLLOUT_SCHEMA: &str = "ota.rollout-events.change";
+pub const ROLLOUT_SCHEMA_VERSION: u32 = 1;
+
+/// A rollout's state as a rollout event reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSide {
+    pub state: String,
+    pub phase: usize,
+    pub breaker: String,
+}
+
+/// One event on `ota.rollout-events`: a committed rollout change (operator action,
+/// phase advance, breaker move), keyed by rollout id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutEvent {
+    pub schema: String,
+    pub schema_version: u32,
+    pub rollout_id: String,
+    /// The audited actions of the change, e.g. `["rollout.breaker", "rollout.rollback"]`.
+    pub actions: Vec<String>,
+    pub from: RolloutSide,
+    pub to: RolloutSide,
+    /// Why the breaker opened, when it did.
+    pub breaker_reason: Option<String>,
+    /// When the change was made, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// The event for a committed change (pure).
+pub fn rollout_event(change: &RolloutChange) -> RolloutEvent {
+    RolloutEvent {
+        schema: ROLLOUT_SCHEMA.to_owned(),
+        schema_version: ROLLOUT_SCHEMA_VERSION,
+        rollout_id: change.rollout_id.clone(),
+        actions: change.audit.iter().map(|a| a.action.clone()).collect(),
+        from: RolloutSide {
+            state: change.expected.state.as_str().to_owned(),
+            phase: change.expected.phase,
+            breaker: change.expected.breaker.as_str().to_owned(),
+        },
+        to: RolloutSide {
+            state: change.state.as_str().to_owned(),
+            phase: change.current_phase,
+            breaker: change.breaker_state.as_str().to_owned(),
+        },
+        breaker_reason: change.breaker_reason.clone(),
+        at_ms: change.now_ms,
+    }
+}
+
+/// Publishes rollout events after their change committed. Each is sent in the
+/// background and retried with backoff for up to a minute; one that still fails is
+/// counted (`ota_rollout_events_lost_total`) — the database and its audit log stay the
+/// record of truth (a transactional outbox would make this exactly-once).
+#[derive(Clone)]
+pub struct RolloutPublisher {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for RolloutPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RolloutPublisher")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RolloutPublisher {
+    pub fn new(settings: &KafkaSettings) -> Result<RolloutPublisher, KafkaError> {
+        let producer = client_config(settings)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout_ms.max(1000).to_string(),
+            )
+            .create()?;
+        Ok(RolloutPublisher {
+            producer,
+            topic: settings.rollout_topic.clone(),
+        })
+    }
+
+    pub fn publish(&self, event: RolloutEvent) {
+        let publisher = self.clone();
+        tokio::spawn(async move {
+            let payload = serde_json::to_vec(&event).unwrap_or_default();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let mut backoff = BACKOFF_START;
+            loop {
+                let record = FutureRecord::to(&publisher.topic)
+                    .key(&event.rollout_id)
+                    .payload(&payload);
+                match publisher.producer.send(record, Timeout::Never).await {
+                    Ok(_) => {
+                        metrics::counter!("ota_rollout_events_published_total").increment(1);
+                        return;
+                    }
+                    Err((err, _)) if tokio::time::Instant::now() + backoff > deadline => {
+                        metrics::counter!("ota_rollout_events_lost_total").increment(1);
+                        tracing::error!(%err, rollout = %event.rollout_id, "a rollout event could not be published");
+                        return;
+                    }
+                    Err((err, _)) => {
+                        tracing::warn!(%err, retry_in = ?backoff, "publishing a rollout event failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// What the consumer did with one record.
@@ -354,6 +473,75 @@ mod tests {
             reason_code: None,
             at: Timestamp::parse("2027-01-01T00:00:00Z").unwrap(),
         }
+    }
+
+    #[test]
+    fn rollout_events_match_the_published_schema() {
+        use crate::breaker::BreakerState;
+        use crate::engine::plan::{plan, Facts, RolloutRequest};
+        use crate::rollout::{RolloutAction, RolloutState};
+        let schema: serde_json::Value = serde_json::from_str(include_str!(
+            "../../docs/schemas/ota.rollout-events.change.v1.json"
+        ))
+        .unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let mut record = crate::store::RolloutRecord {
+            id: "ro_1".to_owned(),
+            name: "r".to_owned(),
+            release_id: "rel_1".to_owned(),
+            spec: crate::rollout::tests::spec(&[(10.0, 0), (100.0, 0)]),
+            salt: "00".to_owned(),
+            state: RolloutState::Draft,
+            current_phase: 0,
+            phase_started_ms: None,
+            breaker_state: BreakerState::Closed,
+            breaker_reason: None,
+            window_start_ms: 0,
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        let start = plan(
+            &record,
+            &RolloutRequest::Operator(RolloutAction::Start),
+            &Facts::default(),
+            5,
+        )
+        .unwrap();
+        let event = rollout_event(&start);
+        assert_eq!(
+            (event.from.state.as_str(), event.to.state.as_str()),
+            ("draft", "running")
+        );
+        assert_eq!(event.actions, ["rollout.start"]);
+        record.state = RolloutState::Running;
+        record.phase_started_ms = Some(5);
+        let open = plan(
+            &record,
+            &RolloutRequest::Breaker {
+                to: BreakerState::Open,
+                reason: Some("30% failed".to_owned()),
+            },
+            &Facts::default(),
+            9,
+        )
+        .unwrap();
+        let event = rollout_event(&open);
+        assert_eq!(event.actions, ["rollout.breaker", "rollout.pause"]);
+        assert_eq!(event.breaker_reason.as_deref(), Some("30% failed"));
+        for change in [&start, &open] {
+            let value = serde_json::to_value(rollout_event(change)).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{value}: {errors:?}");
+        }
+        let mut wrong = serde_json::to_value(rollout_event(&open)).unwrap();
+        wrong["to"]["state"] = serde_json::json!("exploded");
+        assert!(
+            !validator.is_valid(&wrong),
+            "the schema must refuse an unknown state"
+        );
     }
 
     #[test]

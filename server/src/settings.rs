@@ -75,6 +75,9 @@ pub struct KafkaSettings {
     pub brokers: Option<String>,
     /// Vehicle events (verified progress), keyed by vehicle id.
     pub topic: String,
+    /// Rollout state changes (every change the engine makes), keyed by rollout id, for
+    /// downstream consumers (analytics, dashboards).
+    pub rollout_topic: String,
     /// Consumer group of the rollout engine.
     pub group: String,
     /// Partitions and replication of the topic when the server creates it at start-up.
@@ -90,6 +93,7 @@ impl Default for KafkaSettings {
         KafkaSettings {
             brokers: None,
             topic: "ota.vehicle-events".to_owned(),
+            rollout_topic: "ota.rollout-events".to_owned(),
             group: "ota-rollout-engine".to_owned(),
             partitions: 6,
             replication_factor: 1,

@@ -88,8 +88,10 @@ impl Application {
         let events = match &settings.kafka.brokers {
             Some(brokers) => {
                 // A managed cluster may forbid creating topics: then it must exist.
-                if let Err(err) = crate::events::ensure_topic(&settings.kafka).await {
-                    tracing::warn!(%err, topic = settings.kafka.topic, brokers, "creating the Kafka topic failed; it must exist");
+                for topic in [&settings.kafka.topic, &settings.kafka.rollout_topic] {
+                    if let Err(err) = crate::events::ensure_topic(&settings.kafka, topic).await {
+                        tracing::warn!(%err, topic, brokers, "creating the Kafka topic failed; it must exist");
+                    }
                 }
                 Some(EventProducer::new(&settings.kafka).context("creating the Kafka producer")?)
             }
@@ -110,6 +112,13 @@ impl Application {
             public_url.clone(),
             jobs.clone(),
             outbox.clone(),
+            match &settings.kafka.brokers {
+                Some(_) => Some(
+                    crate::events::RolloutPublisher::new(&settings.kafka)
+                        .context("creating the rollout-events producer")?,
+                ),
+                None => None,
+            },
         );
         let state = AppState {
             store,

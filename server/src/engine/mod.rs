@@ -58,6 +58,8 @@ struct Inner {
     outbox: Outbox,
     jobs: Arc<Notify>,
     snapshot: assign::SnapshotCache,
+    /// Every committed rollout change goes to `ota.rollout-events` (with Kafka).
+    rollout_events: Option<crate::events::RolloutPublisher>,
 }
 
 #[derive(Clone)]
@@ -88,6 +90,7 @@ impl Engine {
         public_url: String,
         jobs: Arc<Notify>,
         outbox: Outbox,
+        rollout_events: Option<crate::events::RolloutPublisher>,
     ) -> Engine {
         Engine {
             inner: Arc::new(Inner {
@@ -98,6 +101,7 @@ impl Engine {
                 outbox,
                 jobs,
                 snapshot: assign::SnapshotCache::default(),
+                rollout_events,
             }),
         }
     }
@@ -147,6 +151,9 @@ impl Engine {
             let change = plan::plan(&record, request, &facts, now)?;
             match self.inner.store.apply_rollout_change(actor, &change).await {
                 Ok((updated, cancelled)) => {
+                    if let Some(publisher) = &self.inner.rollout_events {
+                        publisher.publish(crate::events::rollout_event(&change));
+                    }
                     self.run_effects(&updated, &change, &cancelled, now).await?;
                     return Ok(updated);
                 }

@@ -280,6 +280,7 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     if let Some(brokers) = kafka {
         settings.kafka.brokers = Some(brokers);
         settings.kafka.topic = unique("ota.vehicle-events.test-");
+        settings.kafka.rollout_topic = unique("ota.rollout-events.test-");
         settings.kafka.group = unique("ota-rollout-engine-test-");
         settings.kafka.partitions = 1;
     }

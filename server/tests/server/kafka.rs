@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 const SCHEMA: &str = include_str!("../../../docs/schemas/ota.vehicle-events.progress.v1.json");
+const ROLLOUT_SCHEMA: &str =
+    include_str!("../../../docs/schemas/ota.rollout-events.change.v1.json");
 
 fn validator() -> jsonschema::Validator {
     let schema: Value = serde_json::from_str(SCHEMA).expect("the schema file is JSON");
@@ -273,6 +275,53 @@ async fn redelivered_and_stale_events_change_nothing() {
     assert_eq!(
         status_of(&app, vid, deployment).await,
         DeploymentStatus::Installed
+    );
+    app.stop().await;
+}
+
+/// Every rollout change goes to `ota.rollout-events` once committed, keyed by rollout,
+/// in order, matching its published schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rollout_change_is_published_to_rollout_events() {
+    let Some((app, _client, _vehicles)) = lane_with_deployments(None, None, 1).await else {
+        return;
+    };
+    let rollouts = app.state.store.list_rollouts(None).await.unwrap();
+    let id = rollouts[0].id.clone();
+    for action in ["pause", "resume", "abort"] {
+        let (status, body) = app
+            .post(
+                &format!("/api/v1/rollouts/{id}/{action}"),
+                &app.admin_token,
+                &json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{action}: {body}");
+    }
+    let kafka = &app.state.settings.kafka;
+    let records = topic_records(kafka.brokers.as_deref().unwrap(), &kafka.rollout_topic, 4).await;
+    let schema: Value = serde_json::from_str(ROLLOUT_SCHEMA).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let mut actions = Vec::new();
+    for (key, value) in &records {
+        assert_eq!(key, &id, "rollout events are keyed by rollout id");
+        let event: Value = serde_json::from_slice(value).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&event)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{event}: {errors:?}");
+        actions.push(event["actions"][0].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        actions,
+        [
+            "rollout.start",
+            "rollout.pause",
+            "rollout.resume",
+            "rollout.abort"
+        ],
+        "every change, in order"
     );
     app.stop().await;
 }
