@@ -121,6 +121,20 @@ fn client_config(settings: &KafkaSettings) -> ClientConfig {
     config
 }
 
+/// An idempotent producer with `acks=all`: a write is acknowledged once every in-sync
+/// replica has it, and a retried write is never duplicated.
+fn producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
+    client_config(settings)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set(
+            "message.timeout.ms",
+            settings.delivery_timeout_ms.max(1000).to_string(),
+        )
+        .create()
+}
+
 /// The gateway's producer: idempotent, `acks=all`.
 #[derive(Clone)]
 pub struct EventProducer {
@@ -138,17 +152,8 @@ impl std::fmt::Debug for EventProducer {
 
 impl EventProducer {
     pub fn new(settings: &KafkaSettings) -> Result<EventProducer, KafkaError> {
-        let producer = client_config(settings)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set(
-                "message.timeout.ms",
-                settings.delivery_timeout_ms.max(1000).to_string(),
-            )
-            .create()?;
         Ok(EventProducer {
-            producer,
+            producer: producer(settings)?,
             topic: settings.topic.clone(),
         })
     }
@@ -292,16 +297,8 @@ impl std::fmt::Debug for RolloutPublisher {
 
 impl RolloutPublisher {
     pub fn new(settings: &KafkaSettings) -> Result<RolloutPublisher, KafkaError> {
-        let producer = client_config(settings)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "message.timeout.ms",
-                settings.delivery_timeout_ms.max(1000).to_string(),
-            )
-            .create()?;
         Ok(RolloutPublisher {
-            producer,
+            producer: producer(settings)?,
             topic: settings.rollout_topic.clone(),
         })
     }
