@@ -212,6 +212,14 @@ pub enum RolloutCommand {
     Rollback {
         id: String,
     },
+    /// End a running rollout: no new vehicles; deployments under way finish.
+    Complete {
+        id: String,
+    },
+    /// Open the next phase without waiting for the current phase's gate (audited).
+    Advance {
+        id: String,
+    },
     /// Per-phase progress; `--watch` redraws live progress bars.
     Status {
         id: String,
@@ -234,6 +242,8 @@ impl RolloutCommand {
             RolloutCommand::Resume { id } => Some((id, "resume")),
             RolloutCommand::Abort { id } => Some((id, "abort")),
             RolloutCommand::Rollback { id } => Some((id, "rollback")),
+            RolloutCommand::Complete { id } => Some((id, "complete")),
+            RolloutCommand::Advance { id } => Some((id, "advance")),
             _ => None,
         }
     }
@@ -815,7 +825,9 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             | RolloutCommand::Pause { .. }
             | RolloutCommand::Resume { .. }
             | RolloutCommand::Abort { .. }
-            | RolloutCommand::Rollback { .. }),
+            | RolloutCommand::Rollback { .. }
+            | RolloutCommand::Complete { .. }
+            | RolloutCommand::Advance { .. }),
         ) => {
             let (id, action) = command
                 .transition()

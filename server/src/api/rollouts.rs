@@ -31,6 +31,8 @@ pub fn routes() -> Routes {
         .add("post", "/api/v1/rollouts/{id}/resume", post(resume))
         .add("post", "/api/v1/rollouts/{id}/abort", post(abort))
         .add("post", "/api/v1/rollouts/{id}/rollback", post(rollback))
+        .add("post", "/api/v1/rollouts/{id}/complete", post(complete))
+        .add("post", "/api/v1/rollouts/{id}/advance", post(advance))
         .add("get", "/api/v1/delta-jobs", get(delta_jobs))
 }
 
@@ -254,6 +256,48 @@ async fn pause(
 ) -> Result<Json<RolloutRecord>, ApiError> {
     act(s, c, id, RolloutAction::Pause).await
 }
+/// Ends a running rollout: no new vehicles; deployments under way finish.
+async fn complete(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutRecord>, ApiError> {
+    act(s, c, id, RolloutAction::Complete).await
+}
+
+/// An operator opens the next phase without waiting for the current phase's gate
+/// (hawkBit's "trigger next group"): for a phase whose cohort band holds fewer vehicles
+/// than the minimum executed count, or a decision taken on other evidence. Audited with
+/// the operator as actor; refused (409) unless the rollout is running before its last
+/// phase.
+async fn advance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutRecord>, ApiError> {
+    caller.require(Scope::RolloutWrite)?;
+    let id = parse_id("rollout", "ro", &id)?;
+    let record = state.store.get_rollout(&id).await?;
+    let request = RolloutRequest::AdvancePhase {
+        from: record.current_phase,
+        to: record.current_phase + 1,
+    };
+    state
+        .engine
+        .change_rollout(&caller.actor(), &id, &request, wall_clock_ms())
+        .await
+        .map_err(|err| match err {
+            ChangeFailed::Refused(_) => ApiError::Conflict(format!(
+                "only a running rollout before its last phase can advance (it is {}, phase {} of {})",
+                record.state.as_str(),
+                record.current_phase + 1,
+                record.spec.phases.len()
+            )),
+            ChangeFailed::Store(store) => store.into(),
+        })
+        .map(Json)
+}
+
 async fn resume(
     State(s): State<AppState>,
     c: Caller,

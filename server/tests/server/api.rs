@@ -1532,14 +1532,25 @@ async fn rate_limit_and_phases(backend: Backend) {
         r["current_phase"], 0,
         "an empty phase never passes its gate: {r}"
     );
+    // An operator may open the next phase anyway (audited with their name), but not
+    // past the last one.
+    let advance = format!("/api/v1/rollouts/{empty}/advance");
+    let (status, r) = app.post(&advance, &app.read_token, &json!({})).await;
+    assert_eq!(status, 403, "{r}");
+    let (status, r) = app.post(&advance, &app.rollout_token, &json!({})).await;
+    assert_eq!((status, r["current_phase"].clone()), (200, json!(1)), "{r}");
+    let (status, r) = app.post(&advance, &app.rollout_token, &json!({})).await;
+    assert_eq!(status, 409, "the last phase cannot advance: {r}");
     let (_, r) = app
         .post(
-            &format!("/api/v1/rollouts/{empty}/abort"),
+            &format!("/api/v1/rollouts/{empty}/complete"),
             &app.rollout_token,
             &json!({}),
         )
         .await;
-    assert_eq!(r["state"], "aborted", "{r}");
+    assert_eq!(r["state"], "completed", "{r}");
+    let (status, r) = app.post(&advance, &app.rollout_token, &json!({})).await;
+    assert_eq!(status, 409, "a completed rollout cannot advance: {r}");
     // The rate limit of 1 per minute lets exactly one of the three vehicles start.
     let id = start(json!({ "name": "rp", "release_id": release["id"],
         "phases": [{ "name": "all", "percent": 100 }],
@@ -1568,14 +1579,14 @@ async fn rate_limit_and_phases(backend: Backend) {
         "maximum_per_minute = 1 admits one vehicle per minute"
     );
     let (_, audit) = app.get("/api/v1/audit?limit=50", &app.admin_token).await;
-    assert!(
-        !audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a["action"] == "rollout.phase_advance"),
-        "no phase advanced"
-    );
+    let advances: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "rollout.phase_advance")
+        .collect();
+    assert_eq!(advances.len(), 1, "only the operator's advance: {audit}");
+    assert_ne!(advances[0]["actor"], "system", "{audit}");
     app.stop().await;
 }
 both_backends!(
