@@ -41,7 +41,7 @@ pub struct ActiveRollout {
 }
 
 /// What every check-in needs about the rollouts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Snapshot {
     pub read_at_ms: i64,
     /// Running and paused rollouts, oldest first (the director's priority order).
@@ -52,7 +52,7 @@ pub struct Snapshot {
     /// The newest targets' images by (hardware id, SHA-256).
     pub listed: BTreeMap<(String, Sha256Digest), TargetView>,
     /// The newest targets document, which every director is bound to (PROTOCOL.md §4.3).
-    pub targets: Option<TargetsBinding>,
+    pub targets: TargetsBinding,
 }
 
 /// The current snapshot, shared by concurrent check-ins; reloaded by one of them.
@@ -234,7 +234,11 @@ impl Engine {
         let store = &self.inner.store;
         let mut snapshot = Snapshot {
             read_at_ms: now,
-            ..Snapshot::default()
+            active: Vec::new(),
+            rolled_back: BTreeMap::new(),
+            deltas: BTreeMap::new(),
+            listed: BTreeMap::new(),
+            targets: store.targets_binding().await?,
         };
         let mut target_digests = Vec::new();
         for record in store.active_rollouts().await? {
@@ -282,7 +286,6 @@ impl Engine {
         if !snapshot.rolled_back.is_empty() {
             snapshot.listed = self.listed_images().await?;
         }
-        snapshot.targets = Some(store.targets_binding().await?);
         Ok(snapshot)
     }
 
@@ -305,15 +308,15 @@ impl Engine {
             });
         };
         let view = reported_view(&vehicle, &checkin);
-        let directive = self.decide_and_record(&view, now).await?;
-        let targets = match &self.snapshot(now).await?.targets {
-            Some(binding) => *binding,
-            None => self.inner.store.targets_binding().await?,
-        };
+        let snapshot = self.snapshot(now).await?;
+        let directive = self.decide_and_record(&view, &snapshot, now).await?;
         let envelope = director::sign_directive(
             &directive,
             &vehicle.id,
-            DirectorIssue { version, targets },
+            DirectorIssue {
+                version,
+                targets: snapshot.targets,
+            },
             timestamp(now),
             self.inner.settings.director.expiry_seconds,
             &self.inner.keys.director,
@@ -332,13 +335,13 @@ impl Engine {
     /// Decides for one vehicle and records what the decision implies: deployments
     /// committed (the vehicle runs the target), rolled back (it runs its previous image
     /// again), and newly assigned.
-    pub async fn decide_and_record(
+    async fn decide_and_record(
         &self,
         vehicle: &VehicleView,
+        snapshot: &Snapshot,
         now: NowMs,
     ) -> Result<Directive, StoreError> {
         let store = &self.inner.store;
-        let snapshot = self.snapshot(now).await?;
         let mut deployments = store.deployments_for_vehicle(&vehicle.id).await?;
         let poll_seconds = self.inner.settings.director.poll_seconds;
         let input = |rollouts| DirectorInput {
@@ -350,7 +353,7 @@ impl Engine {
             poll_seconds,
         };
         // Vehicles updated by a rolled-back rollout are sent home before anything else.
-        let candidates = rollback_candidates(vehicle, &deployments, &snapshot);
+        let candidates = rollback_candidates(vehicle, &deployments, snapshot);
         if !candidates.is_empty() {
             let mut assignments = Vec::new();
             let mut first = None;
@@ -411,7 +414,7 @@ impl Engine {
                 }
             }
         }
-        let views = rollout_views(&snapshot, &deployments);
+        let views = rollout_views(snapshot, &deployments);
         let directive = director::decide(&input(&views));
         if let Directive::Assign {
             rollout_id,

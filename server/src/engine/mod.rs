@@ -161,9 +161,8 @@ impl Engine {
                 Err(ChangeError::Store(e)) => return Err(e.into()),
             }
         }
-        // Three races in a row: report the change as refused from the latest state.
-        let facts = self.facts_for(&record, request).await?;
-        plan::plan(&record, request, &facts, now)?;
+        // Each round planned from the rollout as it was then; three races in a row
+        // means others keep changing it: report that nothing was changed.
         Err(PlanError::Unchanged.into())
     }
 

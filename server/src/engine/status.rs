@@ -61,13 +61,7 @@ pub fn phase_lines(
             .filter(|v| cohort::admits(salt, &v.id, upper) && !cohort::admits(salt, &v.id, lower))
             .count() as u64;
         let c = counts.get(&index).cloned().unwrap_or_default();
-        totals.assigned += c.assigned;
-        totals.downloading += c.downloading;
-        totals.installed += c.installed;
-        totals.committed += c.committed;
-        totals.failed += c.failed;
-        totals.rolled_back += c.rolled_back;
-        totals.cancelled += c.cancelled;
+        totals.add_counts(&c);
         phases.push(PhaseStatus {
             index,
             name: phase.name.clone(),

@@ -83,6 +83,17 @@ impl PhaseCounts {
         }
     }
 
+    /// Adds another phase's counts (rollout totals).
+    pub fn add_counts(&mut self, other: &PhaseCounts) {
+        self.assigned += other.assigned;
+        self.downloading += other.downloading;
+        self.installed += other.installed;
+        self.committed += other.committed;
+        self.failed += other.failed;
+        self.rolled_back += other.rolled_back;
+        self.cancelled += other.cancelled;
+    }
+
     /// Every deployment ever started in the phase, whatever its status now.
     pub fn total(&self) -> u64 {
         self.assigned
