@@ -14,6 +14,7 @@
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -26,6 +27,15 @@ pub(crate) const ED25519_EC_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 
 /// The default label of the root anchor object.
 pub const DEFAULT_ANCHOR_LABEL: &str = "ota-root-anchor";
+
+/// The label of the HMAC key that authenticates the trusted state (`state.json`).
+pub const STATE_KEY_LABEL: &str = "ota-state-key";
+
+/// The label of the data object holding the trusted state's generation.
+pub const STATE_GENERATION_LABEL: &str = "ota-state-generation";
+
+/// `CKA_APPLICATION` of the generation data object.
+const STATE_GENERATION_APPLICATION: &[u8] = b"ota-agent trusted state generation";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HsmError {
@@ -72,6 +82,24 @@ pub enum HsmError {
     },
     #[error("the device key {label:?} is not a valid Ed25519 key pair: {reason}")]
     DeviceKeyInvalid { label: String, reason: String },
+    #[error("no {what} labelled {label:?} on the token: the trusted state is not bound to this vehicle (provision with `ota-agent provision`, or `ota-agent hsm init-state` on a token anchored before the binding existed)")]
+    StateBindingMissing { what: &'static str, label: String },
+    #[error("{count} objects are labelled {label:?}; exactly one {what} is required")]
+    StateBindingAmbiguous {
+        what: &'static str,
+        label: String,
+        count: usize,
+    },
+    #[error("the {what} {label:?} is {problem}")]
+    StateBindingNotProtected {
+        what: &'static str,
+        label: String,
+        problem: String,
+    },
+    #[error("object(s) labelled {label:?} already exist on the token; the state binding is never replaced")]
+    StateBindingExists { label: String },
+    #[error("the token's trusted state generation {current} would go back to {requested}; it only rises")]
+    GenerationLowered { current: u64, requested: u64 },
 }
 
 /// Where the token is and how to log in.
@@ -244,6 +272,229 @@ impl Hsm {
             .create_object(&anchor_template(label, key, !protected))
             .map_err(op("creating a public-key object"))?;
         Ok(())
+    }
+}
+
+/// The trusted state's binding to the token (see [`crate::trust_store`]): an HMAC key
+/// and a generation counter, both found by label, checked once when opened.
+#[derive(Debug, Clone, Copy)]
+pub struct StateObjects {
+    key: ObjectHandle,
+    generation: ObjectHandle,
+}
+
+fn hmac() -> Mechanism<'static> {
+    Mechanism::Sha256Hmac
+}
+
+impl Hsm {
+    /// Provisioning: generates the state HMAC key inside the token (a 32-byte generic
+    /// secret, sensitive, never extractable, neither modifiable nor destroyable, usable
+    /// only for `CKM_SHA256_HMAC` sign and verify) and creates the generation data object
+    /// at 0 (not destroyable). Refuses, creating nothing, when either label is taken.
+    pub fn install_state_binding(&self) -> Result<(), HsmError> {
+        for label in [STATE_KEY_LABEL, STATE_GENERATION_LABEL] {
+            if self.objects_labelled(label)? > 0 {
+                return Err(HsmError::StateBindingExists {
+                    label: label.to_owned(),
+                });
+            }
+        }
+        let key_template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::ValueLen(32.into()),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Decrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::Modifiable(false),
+            Attribute::Destroyable(false),
+            Attribute::Label(STATE_KEY_LABEL.as_bytes().to_vec()),
+        ];
+        self.session
+            .generate_key(&Mechanism::GenericSecretKeyGen, &key_template)
+            .map_err(op("generating the state HMAC key"))?;
+        self.session
+            .create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Modifiable(true),
+                Attribute::Destroyable(false),
+                Attribute::Label(STATE_GENERATION_LABEL.as_bytes().to_vec()),
+                Attribute::Application(STATE_GENERATION_APPLICATION.to_vec()),
+                Attribute::Value(0u64.to_be_bytes().to_vec()),
+            ])
+            .map_err(op("creating the state generation object"))?;
+        Ok(())
+    }
+
+    /// The state binding objects: exactly one protected HMAC key and one generation data
+    /// object; anything else fails closed.
+    pub fn state_objects(&self) -> Result<StateObjects, HsmError> {
+        let key = self.only_object(ObjectClass::SECRET_KEY, STATE_KEY_LABEL, "state HMAC key")?;
+        let generation = self.only_object(
+            ObjectClass::DATA,
+            STATE_GENERATION_LABEL,
+            "state generation object",
+        )?;
+        let attributes = self
+            .session
+            .get_attributes(
+                key,
+                &[
+                    AttributeType::Token,
+                    AttributeType::Sensitive,
+                    AttributeType::NeverExtractable,
+                    AttributeType::Extractable,
+                    AttributeType::KeyType,
+                ],
+            )
+            .map_err(op("reading the state key's attributes"))?;
+        let (mut token, mut sensitive, mut never_extractable, mut extractable) =
+            (false, false, false, true);
+        let mut key_type = None;
+        for attribute in attributes {
+            match attribute {
+                Attribute::Token(v) => token = v,
+                Attribute::Sensitive(v) => sensitive = v,
+                Attribute::NeverExtractable(v) => never_extractable = v,
+                Attribute::Extractable(v) => extractable = v,
+                Attribute::KeyType(v) => key_type = Some(v),
+                _ => {}
+            }
+        }
+        let problem = if !token {
+            Some("a session object".to_owned())
+        } else if !sensitive || extractable || !never_extractable {
+            Some("readable outside the token (it must be sensitive and never extractable)".into())
+        } else if key_type != Some(KeyType::GENERIC_SECRET) {
+            Some(format!("of key type {key_type:?}, not GENERIC_SECRET"))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(HsmError::StateBindingNotProtected {
+                what: "state HMAC key",
+                label: STATE_KEY_LABEL.to_owned(),
+                problem,
+            });
+        }
+        let objects = StateObjects { key, generation };
+        self.state_generation(&objects)?;
+        Ok(objects)
+    }
+
+    fn only_object(
+        &self,
+        class: ObjectClass,
+        label: &str,
+        what: &'static str,
+    ) -> Result<ObjectHandle, HsmError> {
+        let labelled = self
+            .session
+            .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
+            .map_err(op("finding objects"))?;
+        let of_class = self
+            .session
+            .find_objects(&[Attribute::Class(class), Attribute::Label(label.as_bytes().to_vec())])
+            .map_err(op("finding objects"))?;
+        match (labelled.len(), of_class.as_slice()) {
+            (1, [one]) => Ok(*one),
+            (0, _) => Err(HsmError::StateBindingMissing {
+                what,
+                label: label.to_owned(),
+            }),
+            (count, _) => Err(HsmError::StateBindingAmbiguous {
+                what,
+                label: label.to_owned(),
+                count,
+            }),
+        }
+    }
+
+    /// The generation of the last trusted state the token accepted.
+    pub fn state_generation(&self, objects: &StateObjects) -> Result<u64, HsmError> {
+        let value = self
+            .session
+            .get_attributes(objects.generation, &[AttributeType::Value])
+            .map_err(op("reading the state generation"))?
+            .into_iter()
+            .find_map(|attribute| match attribute {
+                Attribute::Value(value) => Some(value),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let raw = <[u8; 8]>::try_from(value.as_slice()).map_err(|_| {
+            HsmError::StateBindingNotProtected {
+                what: "state generation object",
+                label: STATE_GENERATION_LABEL.to_owned(),
+                problem: format!("{} bytes long, not an 8-byte counter", value.len()),
+            }
+        })?;
+        Ok(u64::from_be_bytes(raw))
+    }
+
+    /// Raises the generation to `generation`; lowering it is refused.
+    pub fn set_state_generation(
+        &self,
+        objects: &StateObjects,
+        generation: u64,
+    ) -> Result<(), HsmError> {
+        let current = self.state_generation(objects)?;
+        if generation < current {
+            return Err(HsmError::GenerationLowered {
+                current,
+                requested: generation,
+            });
+        }
+        self.session
+            .update_attributes(
+                objects.generation,
+                &[Attribute::Value(generation.to_be_bytes().to_vec())],
+            )
+            .map_err(op("writing the state generation"))
+    }
+
+    /// `CKM_SHA256_HMAC` of `message` with the state key, computed in the token.
+    pub fn state_mac(&self, objects: &StateObjects, message: &[u8]) -> Result<[u8; 32], HsmError> {
+        let mac = self
+            .session
+            .sign(&hmac(), objects.key, message)
+            .map_err(op("computing the state MAC"))?;
+        <[u8; 32]>::try_from(mac.as_slice()).map_err(|_| HsmError::StateBindingNotProtected {
+            what: "state HMAC key",
+            label: STATE_KEY_LABEL.to_owned(),
+            problem: format!("returning a {}-byte MAC, not 32 bytes", mac.len()),
+        })
+    }
+
+    /// Whether `mac` is the state key's `CKM_SHA256_HMAC` of `message` (checked in the
+    /// token).
+    pub fn verify_state_mac(
+        &self,
+        objects: &StateObjects,
+        message: &[u8],
+        mac: &[u8; 32],
+    ) -> Result<bool, HsmError> {
+        match self.session.verify(&hmac(), objects.key, message, mac) {
+            Ok(()) => Ok(true),
+            Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => {
+                Ok(false)
+            }
+            Err(source) => Err(HsmError::Operation {
+                action: "verifying the state MAC",
+                source,
+            }),
+        }
     }
 }
 

@@ -14,15 +14,108 @@
 //! by an attacker with a self-signed root of their own therefore fails closed.
 //! Writes are atomic (temporary file, fsync, rename, fsync of the directory), so a power
 //! cut leaves either the old or the new state, never a torn one.
+//!
+//! # Hardware binding (vehicles)
+//!
+//! With a [`HardwareBinding`] (the vehicle's PKCS#11 token, [`TokenBinding`]) the state
+//! is bound to the vehicle (PROTOCOL.md §6.1): `state.json` is format 2, carrying a
+//! `generation` and the token's HMAC-SHA256 (`CKM_SHA256_HMAC`, a non-extractable key)
+//! over the whole state at that generation, trusted root included; the token keeps the
+//! generation of the last accepted state in a data object. Load refuses a forged file
+//! (bad MAC: `state_forged`), an older one (`state_rolled_back`) and a missing one once
+//! the token has accepted any state (`state_missing`). Deleting `roots/` and `state.json`
+//! to restart the chain from the anchor — with a retired root key, say — is therefore
+//! refused, as is restoring a backup to lower the version and `security_version` floors.
+//!
+//! **Order of writes** (crash-safe): [`FileTrustStore::save`] reads the token's
+//! generation `g`, writes `state.json` at `g + 1` with its MAC (atomically), and only
+//! then raises the token's counter to `g + 1`. Load accepts a file at the counter and a
+//! file one above it (a save cut between its two steps), and in that case raises the
+//! counter itself, finishing the save. Every other crash point leaves the old file at
+//! the old counter.
+//!
+//! Without a binding (the `file` trust store: development, simulator, offline
+//! `verify-metadata` without a token) `state.json` is format 1 and nothing protects it
+//! from being restored or deleted: that mode is labelled as such wherever it runs.
 
 use ota_core::envelope::Envelope;
 use ota_core::key::PublicKey;
 use ota_core::metadata::{Role, RoleKeys, Root};
 use ota_core::threshold::verify_threshold;
-use ota_core::trust::TrustedState;
+use crate::hsm::{Hsm, HsmError, StateObjects};
+use ota_core::trust::{check_generation, GenerationCheck, StateBindingError, StateSeal, TrustedState};
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The vehicle hardware the trusted state is bound to: a MAC key that never leaves it and
+/// a counter that only rises. [`TokenBinding`] is the PKCS#11 implementation.
+pub trait HardwareBinding: Send + Sync + Debug {
+    /// The generation of the last trusted state the hardware accepted (0: none).
+    fn generation(&self) -> Result<u64, HsmError>;
+    /// Raises the generation (never lowers it).
+    fn set_generation(&self, generation: u64) -> Result<(), HsmError>;
+    /// The hardware's MAC of `message`.
+    fn mac(&self, message: &[u8]) -> Result<[u8; 32], HsmError>;
+    /// Whether `mac` is the hardware's MAC of `message`.
+    fn verify_mac(&self, message: &[u8], mac: &[u8; 32]) -> Result<bool, HsmError>;
+}
+
+/// Something that lends an open token session: the device key's session
+/// ([`crate::identity::pkcs11::Pkcs11Key`]) or a session of its own.
+pub trait TokenSession: Send + Sync + Debug {
+    fn with_hsm<T>(&self, f: impl FnOnce(&Hsm) -> T) -> T;
+}
+
+impl TokenSession for Mutex<Hsm> {
+    fn with_hsm<T>(&self, f: impl FnOnce(&Hsm) -> T) -> T {
+        f(&self.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
+/// The trusted state bound to the vehicle's PKCS#11 token: the HMAC key
+/// ([`crate::hsm::STATE_KEY_LABEL`]) and the generation data object
+/// ([`crate::hsm::STATE_GENERATION_LABEL`]), checked when opened.
+#[derive(Debug)]
+pub struct TokenBinding<S: TokenSession> {
+    session: Arc<S>,
+    objects: StateObjects,
+}
+
+impl<S: TokenSession> TokenBinding<S> {
+    /// Finds the binding objects on the token, failing closed unless there is exactly one
+    /// protected HMAC key and one generation object.
+    pub fn open(session: Arc<S>) -> Result<TokenBinding<S>, HsmError> {
+        let objects = session.with_hsm(Hsm::state_objects)?;
+        Ok(TokenBinding { session, objects })
+    }
+}
+
+impl<S: TokenSession> HardwareBinding for TokenBinding<S> {
+    fn generation(&self) -> Result<u64, HsmError> {
+        self.session
+            .with_hsm(|hsm| hsm.state_generation(&self.objects))
+    }
+    fn set_generation(&self, generation: u64) -> Result<(), HsmError> {
+        self.session
+            .with_hsm(|hsm| hsm.set_state_generation(&self.objects, generation))
+    }
+    fn mac(&self, message: &[u8]) -> Result<[u8; 32], HsmError> {
+        self.session
+            .with_hsm(|hsm| hsm.state_mac(&self.objects, message))
+    }
+    fn verify_mac(&self, message: &[u8], mac: &[u8; 32]) -> Result<bool, HsmError> {
+        self.session
+            .with_hsm(|hsm| hsm.verify_state_mac(&self.objects, message, mac))
+    }
+}
+
+/// Printed wherever a trust store runs without hardware binding.
+pub const NO_BINDING_WARNING: &str = "WARNING: trust store WITHOUT hardware binding \
+(development only): state.json is not authenticated, so restoring an older copy or \
+deleting it lowers every version and security_version floor";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustStoreError {
@@ -49,12 +142,38 @@ pub enum TrustStoreError {
         path: PathBuf,
         source: ota_core::Error,
     },
+    #[error("trusted state refused ({kind}): {source}; the vehicle verifies nothing until it is re-provisioned (README, \"Re-provisioning a vehicle\")", kind = .source.kind())]
+    StateRefused { source: StateBindingError },
+    #[error("trusted state binding: vehicle token: {0}")]
+    Token(#[from] HsmError),
+}
+
+impl TrustStoreError {
+    /// A stable kind for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TrustStoreError::NoAnchor { .. } => "no_anchor",
+            TrustStoreError::HardwareAnchorMismatch { .. } => "anchor_mismatch",
+            TrustStoreError::RootNotChained { .. } => "root_not_chained",
+            TrustStoreError::Io { .. } => "io",
+            TrustStoreError::Corrupt { .. } => "corrupt_trust_store",
+            TrustStoreError::StateRefused { source } => source.kind(),
+            TrustStoreError::Token(_) => "token",
+        }
+    }
+}
+
+impl From<StateBindingError> for TrustStoreError {
+    fn from(source: StateBindingError) -> Self {
+        TrustStoreError::StateRefused { source }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct FileTrustStore {
     dir: PathBuf,
     hardware_anchor: Option<PublicKey>,
+    binding: Option<Arc<dyn HardwareBinding>>,
 }
 
 impl FileTrustStore {
@@ -62,7 +181,19 @@ impl FileTrustStore {
         FileTrustStore {
             dir: dir.into(),
             hardware_anchor: None,
+            binding: None,
         }
+    }
+
+    /// Binds the trusted state to the vehicle's hardware (see the module documentation).
+    pub fn with_hardware_binding(mut self, binding: Arc<dyn HardwareBinding>) -> Self {
+        self.binding = Some(binding);
+        self
+    }
+
+    /// Whether the state is bound to hardware (false: development file store).
+    pub fn is_hardware_bound(&self) -> bool {
+        self.binding.is_some()
     }
 
     /// Requires `root.json` to be signed by `key` (read from the vehicle HSM).
@@ -111,15 +242,38 @@ impl FileTrustStore {
             .walk_stored_root_chain(&chain)
             .map_err(corrupt(&self.roots_dir()))?;
         let state_path = self.state_path();
-        let Some(bytes) = read_if_exists(&state_path)? else {
+        let bytes = read_if_exists(&state_path)?;
+        let Some(binding) = &self.binding else {
+            let Some(bytes) = bytes else {
+                return Ok(chained);
+            };
+            let state = TrustedState::from_persisted(&bytes).map_err(corrupt(&state_path))?;
+            check_chained(&state, &chained)?;
+            return Ok(state);
+        };
+        let hardware = binding.generation()?;
+        let Some(bytes) = bytes else {
+            check_generation(None, hardware)?;
             return Ok(chained);
         };
-        let state = TrustedState::from_persisted(&bytes).map_err(corrupt(&state_path))?;
-        if state.root_envelope() != chained.root_envelope() {
-            return Err(TrustStoreError::RootNotChained {
-                state_version: state.root().version(),
-                chain_version: chained.root().version(),
-            });
+        let (state, seal) = TrustedState::from_persisted_bound(&bytes).map_err(|source| {
+            StateBindingError::Forged {
+                reason: source.to_string(),
+            }
+        })?;
+        if !binding.verify_mac(&state.binding_message(seal.generation), &seal.mac)? {
+            return Err(StateBindingError::Forged {
+                reason: format!(
+                    "its MAC (generation {}) does not verify with the token's state key",
+                    seal.generation
+                ),
+            }
+            .into());
+        }
+        let check = check_generation(Some(seal.generation), hardware)?;
+        check_chained(&state, &chained)?;
+        if check == GenerationCheck::CompletesInterruptedSave {
+            binding.set_generation(seal.generation)?;
         }
         Ok(state)
     }
@@ -179,8 +333,49 @@ impl FileTrustStore {
             })?;
             write_atomically(&path, bytes)?;
         }
-        write_atomically(&self.state_path(), &state.to_persisted())
+        let Some(binding) = &self.binding else {
+            return write_atomically(&self.state_path(), &state.to_persisted());
+        };
+        let generation = self.write_bound_state(state)?;
+        binding.set_generation(generation)?;
+        Ok(())
     }
+
+    /// The first half of a bound save: writes `state.json` at the token's generation + 1
+    /// with the token's MAC, without raising the token's counter; returns that
+    /// generation. [`FileTrustStore::save`] raises the counter next; tests call this alone
+    /// to cut a save between its two steps.
+    pub fn write_bound_state(&self, state: &TrustedState) -> Result<u64, TrustStoreError> {
+        let Some(binding) = &self.binding else {
+            return Err(StateBindingError::Forged {
+                reason: "this trust store has no hardware binding".into(),
+            }
+            .into());
+        };
+        let generation = binding.generation()?.checked_add(1).ok_or(
+            StateBindingError::Ahead {
+                file: u64::MAX,
+                hardware: u64::MAX,
+            },
+        )?;
+        let mac = binding.mac(&state.binding_message(generation))?;
+        write_atomically(
+            &self.state_path(),
+            &state.to_persisted_bound(&StateSeal { generation, mac }),
+        )?;
+        Ok(generation)
+    }
+}
+
+/// The state's root must be the end of the chain walked from the anchor.
+fn check_chained(state: &TrustedState, chained: &TrustedState) -> Result<(), TrustStoreError> {
+    if state.root_envelope() != chained.root_envelope() {
+        return Err(TrustStoreError::RootNotChained {
+            state_version: state.root().version(),
+            chain_version: chained.root().version(),
+        });
+    }
+    Ok(())
 }
 
 fn root_version(envelope: &[u8]) -> Option<u64> {
