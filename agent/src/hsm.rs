@@ -31,11 +31,27 @@ pub const DEFAULT_ANCHOR_LABEL: &str = "ota-root-anchor";
 /// The label of the HMAC key that authenticates the trusted state (`state.json`).
 pub const STATE_KEY_LABEL: &str = "ota-state-key";
 
-/// The label of the data object holding the trusted state's generation.
+/// The data object holding the trusted state's generation is found by this
+/// `CKA_APPLICATION`; its `CKA_LABEL` is this name, a space and the generation in decimal
+/// (`ota-state-generation 17`). The label carries the number because it is the one
+/// attribute of a data object PKCS#11 lets an application change after creation
+/// (`CKA_VALUE` of a data object is read-only in the standard and in SoftHSM2), and one
+/// `C_SetAttributeValue` replaces it atomically.
 pub const STATE_GENERATION_LABEL: &str = "ota-state-generation";
 
-/// `CKA_APPLICATION` of the generation data object.
-const STATE_GENERATION_APPLICATION: &[u8] = b"ota-agent trusted state generation";
+fn generation_label(generation: u64) -> Vec<u8> {
+    format!("{STATE_GENERATION_LABEL} {generation}").into_bytes()
+}
+
+/// The generation in a label written by [`generation_label`] (canonical decimal only).
+fn parse_generation_label(label: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(label).ok()?;
+    let digits = text.strip_prefix(STATE_GENERATION_LABEL)?.strip_prefix(' ')?;
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    canonical.then(|| digits.parse().ok()).flatten()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HsmError {
@@ -293,13 +309,7 @@ impl Hsm {
     /// only for `CKM_SHA256_HMAC` sign and verify) and creates the generation data object
     /// at 0 (not destroyable). Refuses, creating nothing, when either label is taken.
     pub fn install_state_binding(&self) -> Result<(), HsmError> {
-        for label in [STATE_KEY_LABEL, STATE_GENERATION_LABEL] {
-            if self.objects_labelled(label)? > 0 {
-                return Err(HsmError::StateBindingExists {
-                    label: label.to_owned(),
-                });
-            }
-        }
+        self.refuse_existing_state_binding()?;
         let key_template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::GENERIC_SECRET),
@@ -329,23 +339,57 @@ impl Hsm {
                 Attribute::Private(true),
                 Attribute::Modifiable(true),
                 Attribute::Destroyable(false),
-                Attribute::Label(STATE_GENERATION_LABEL.as_bytes().to_vec()),
-                Attribute::Application(STATE_GENERATION_APPLICATION.to_vec()),
-                Attribute::Value(0u64.to_be_bytes().to_vec()),
+                Attribute::Label(generation_label(0)),
+                Attribute::Application(STATE_GENERATION_LABEL.as_bytes().to_vec()),
             ])
             .map_err(op("creating the state generation object"))?;
         Ok(())
     }
 
+    /// Refuses when the state key or a generation object is already on the token.
+    pub fn refuse_existing_state_binding(&self) -> Result<(), HsmError> {
+        if self.objects_labelled(STATE_KEY_LABEL)? > 0 {
+            return Err(HsmError::StateBindingExists {
+                label: STATE_KEY_LABEL.to_owned(),
+            });
+        }
+        if !self.generation_objects()?.is_empty() {
+            return Err(HsmError::StateBindingExists {
+                label: STATE_GENERATION_LABEL.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn generation_objects(&self) -> Result<Vec<ObjectHandle>, HsmError> {
+        self.session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Application(STATE_GENERATION_LABEL.as_bytes().to_vec()),
+            ])
+            .map_err(op("finding objects"))
+    }
+
     /// The state binding objects: exactly one protected HMAC key and one generation data
     /// object; anything else fails closed.
     pub fn state_objects(&self) -> Result<StateObjects, HsmError> {
-        let key = self.only_object(ObjectClass::SECRET_KEY, STATE_KEY_LABEL, "state HMAC key")?;
-        let generation = self.only_object(
-            ObjectClass::DATA,
-            STATE_GENERATION_LABEL,
-            "state generation object",
-        )?;
+        let key = self.only_state_key()?;
+        let generation = match self.generation_objects()?.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(HsmError::StateBindingMissing {
+                    what: "state generation object",
+                    label: STATE_GENERATION_LABEL.to_owned(),
+                })
+            }
+            many => {
+                return Err(HsmError::StateBindingAmbiguous {
+                    what: "state generation object",
+                    label: STATE_GENERATION_LABEL.to_owned(),
+                    count: many.len(),
+                })
+            }
+        };
         let attributes = self
             .session
             .get_attributes(
@@ -393,29 +437,27 @@ impl Hsm {
         Ok(objects)
     }
 
-    fn only_object(
-        &self,
-        class: ObjectClass,
-        label: &str,
-        what: &'static str,
-    ) -> Result<ObjectHandle, HsmError> {
+    /// Exactly one object labelled [`STATE_KEY_LABEL`], and it is a secret key.
+    fn only_state_key(&self) -> Result<ObjectHandle, HsmError> {
+        let what = "state HMAC key";
+        let label = STATE_KEY_LABEL.as_bytes().to_vec();
         let labelled = self
             .session
-            .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
+            .find_objects(&[Attribute::Label(label.clone())])
             .map_err(op("finding objects"))?;
-        let of_class = self
+        let keys = self
             .session
-            .find_objects(&[Attribute::Class(class), Attribute::Label(label.as_bytes().to_vec())])
+            .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(label)])
             .map_err(op("finding objects"))?;
-        match (labelled.len(), of_class.as_slice()) {
+        match (labelled.len(), keys.as_slice()) {
             (1, [one]) => Ok(*one),
             (0, _) => Err(HsmError::StateBindingMissing {
                 what,
-                label: label.to_owned(),
+                label: STATE_KEY_LABEL.to_owned(),
             }),
             (count, _) => Err(HsmError::StateBindingAmbiguous {
                 what,
-                label: label.to_owned(),
+                label: STATE_KEY_LABEL.to_owned(),
                 count,
             }),
         }
@@ -423,24 +465,21 @@ impl Hsm {
 
     /// The generation of the last trusted state the token accepted.
     pub fn state_generation(&self, objects: &StateObjects) -> Result<u64, HsmError> {
-        let value = self
+        let label = self
             .session
-            .get_attributes(objects.generation, &[AttributeType::Value])
+            .get_attributes(objects.generation, &[AttributeType::Label])
             .map_err(op("reading the state generation"))?
             .into_iter()
             .find_map(|attribute| match attribute {
-                Attribute::Value(value) => Some(value),
+                Attribute::Label(label) => Some(label),
                 _ => None,
             })
             .unwrap_or_default();
-        let raw = <[u8; 8]>::try_from(value.as_slice()).map_err(|_| {
-            HsmError::StateBindingNotProtected {
-                what: "state generation object",
-                label: STATE_GENERATION_LABEL.to_owned(),
-                problem: format!("{} bytes long, not an 8-byte counter", value.len()),
-            }
-        })?;
-        Ok(u64::from_be_bytes(raw))
+        parse_generation_label(&label).ok_or_else(|| HsmError::StateBindingNotProtected {
+            what: "state generation object",
+            label: String::from_utf8_lossy(&label).into_owned(),
+            problem: format!("not labelled \"{STATE_GENERATION_LABEL} <decimal generation>\""),
+        })
     }
 
     /// Raises the generation to `generation`; lowering it is refused.
@@ -457,10 +496,7 @@ impl Hsm {
             });
         }
         self.session
-            .update_attributes(
-                objects.generation,
-                &[Attribute::Value(generation.to_be_bytes().to_vec())],
-            )
+            .update_attributes(objects.generation, &[Attribute::Label(generation_label(generation))])
             .map_err(op("writing the state generation"))
     }
 
@@ -575,6 +611,27 @@ pub fn decode_ec_point(value: &[u8]) -> Result<[u8; 32], String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generation_labels_round_trip_and_only_canonical_decimal_parses() {
+        for generation in [0, 1, 17, u64::MAX] {
+            assert_eq!(
+                parse_generation_label(&generation_label(generation)),
+                Some(generation)
+            );
+        }
+        for bad in [
+            "ota-state-generation",
+            "ota-state-generation ",
+            "ota-state-generation 007",
+            "ota-state-generation -1",
+            "ota-state-generation 1 ",
+            "ota-state-generation 18446744073709551616",
+            "other 1",
+        ] {
+            assert_eq!(parse_generation_label(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn ec_point_decoding_accepts_der_wrapped_and_raw_and_nothing_else() {

@@ -175,13 +175,7 @@ pub fn run(cmd: HsmCommand) -> anyhow::Result<()> {
                     label: hsm.anchor_label().to_owned()
                 });
             }
-            for label in [STATE_KEY_LABEL, STATE_GENERATION_LABEL] {
-                if token.objects_labelled(label)? > 0 {
-                    bail!(HsmError::StateBindingExists {
-                        label: label.to_owned()
-                    });
-                }
-            }
+            token.refuse_existing_state_binding()?;
             token.install_root_anchor(hsm.anchor_label(), &key)?;
             token.install_state_binding()?;
             println!(

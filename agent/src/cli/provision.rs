@@ -346,14 +346,7 @@ fn provision_token(
         }
         .into());
     }
-    for label in [STATE_KEY_LABEL, STATE_GENERATION_LABEL] {
-        if hsm.objects_labelled(label)? > 0 {
-            return Err(HsmError::StateBindingExists {
-                label: label.to_owned(),
-            }
-            .into());
-        }
-    }
+    hsm.refuse_existing_state_binding()?;
     let public_key = Pkcs11Key::generate(hsm, key_label, args.vehicle_id.as_bytes())?;
     hsm.install_root_anchor(&args.anchor_label, anchor_key)?;
     hsm.install_state_binding()?;
