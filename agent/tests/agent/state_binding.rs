@@ -125,7 +125,10 @@ fn restoring_an_older_state_json_is_refused_as_rolled_back() {
         // The refused store verifies nothing, and the token is left where it was.
         match verifier.verify(&honest(1), now(), Persist::Yes) {
             Err(VerifyError::Store(err)) => assert_eq!(err.kind(), "state_rolled_back"),
-            other => panic!("the replayed director must not verify: {other:?}"),
+            other => panic!(
+                "the replayed director must not verify: {:?}",
+                other.map(|v| v.director.version)
+            ),
         }
         assert_eq!(session.generation(), 2);
     });
@@ -209,9 +212,10 @@ fn backdoor_root_v2() -> Vec<u8> {
 }
 
 /// After the root was rotated away from v1's key, someone who can rewrite the trust
-/// directory deletes `roots/` and `state.json` and presents a self-consistent chain
-/// signed by the retired v1 key, which the token still holds as its anchor. The file
-/// store accepts it (the attack); the bound store refuses it.
+/// directory deletes `roots/` and `state.json` (or rewrites both around a root of their
+/// own) and presents a self-consistent chain signed by the retired v1 key, which the
+/// token still holds as its anchor. The file store accepts it (the attack); the bound
+/// store refuses it.
 #[test]
 fn a_retired_root_key_is_no_backdoor_after_rotation_and_a_wiped_trust_directory() {
     let Some(vehicle) = provisioned() else { return };
@@ -246,13 +250,34 @@ fn a_retired_root_key_is_no_backdoor_after_rotation_and_a_wiped_trust_directory(
         assert_eq!(rotated.state.root().version(), 2);
         match verifier.verify(&backdoor, now(), Persist::Yes) {
             Err(VerifyError::Rejected(err)) => assert_eq!(err.kind(), "threshold_not_met"),
-            other => panic!("with the trust directory intact the chain is refused: {other:?}"),
+            other => panic!(
+                "with the trust directory intact the chain is refused: {:?}",
+                other.map(|v| v.state.root().version())
+            ),
+        }
+
+        // Rewritten instead of wiped: the backdoor root as roots/2.json and as the root of
+        // state.json (generation and MAC kept). The MAC covers the root: forged.
+        std::fs::write(vehicle.trust.join("roots/2.json"), backdoor_root_v2()).unwrap();
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(vehicle.state_path()).unwrap()).unwrap();
+        json["root"] = ota_core::encoding::encode_base64(&backdoor_root_v2()).into();
+        std::fs::write(vehicle.state_path(), serde_json::to_vec(&json).unwrap()).unwrap();
+        match verifier.verify(&backdoor, now(), Persist::Yes) {
+            Err(VerifyError::Store(err)) => assert_eq!(err.kind(), "state_forged"),
+            other => panic!(
+                "a state re-rooted on the retired key must be refused: {:?}",
+                other.map(|v| v.state.root().version())
+            ),
         }
 
         wipe(&vehicle.trust);
         match verifier.verify(&backdoor, now(), Persist::Yes) {
             Err(VerifyError::Store(err)) => assert_eq!(err.kind(), "state_missing"),
-            other => panic!("the retired root key must not restart the chain: {other:?}"),
+            other => panic!(
+                "the retired root key must not restart the chain: {:?}",
+                other.map(|v| v.state.root().version())
+            ),
         }
         assert!(!vehicle.state_path().exists(), "a refusal writes nothing");
     });
