@@ -6,8 +6,11 @@
 
 use crate::services::SoftHsm;
 use crate::trust_store::{now, root_key, rotated_root, update, vehicle as identity};
-use crate::verify_cli::{director_doc_for, key, one, sign_director, targets_signed_by};
+use crate::verify_cli::{
+    director_doc, director_doc_for, key, one, sign_director, targets, targets_signed_by,
+};
 use ota_agent::hsm::Hsm;
+use ota_agent::identity::open_identity;
 use ota_agent::trust_store::{FileTrustStore, TokenBinding, TrustStoreError};
 use ota_agent::verifier::{Persist, Verifier, VerifyError};
 use ota_core::envelope::Envelope;
@@ -420,4 +423,52 @@ fn the_development_file_store_works_without_a_token() {
         serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
     assert_eq!(json["format"], 1);
     assert!(json.get("mac").is_none() && json.get("generation").is_none());
+}
+
+/// The run-time path: a vehicle provisioned with a token (`ota-agent provision`) opens
+/// its identity as `ota-agent run` does, and its trust store is anchored in and bound to
+/// that token through the device key's own session; an accepted update moves the token's
+/// generation, which `ota-agent hsm show-state` reads back.
+#[test]
+fn a_vehicle_provisioned_with_a_token_runs_with_its_state_bound_to_it() {
+    let Some(vehicle) = crate::identity::provisioned() else {
+        return;
+    };
+    let printed = String::from_utf8_lossy(&vehicle.out.stdout).to_string();
+    assert!(printed.contains("state bound to the token"), "{printed}");
+    let config = vehicle.load();
+    {
+        let _token = vehicle.hsm.in_process();
+        let identity = open_identity(&config).unwrap();
+        let store = identity.trust_store(config.trust_dir());
+        assert!(store.is_hardware_bound());
+        let verified = Verifier::new(store.clone(), None)
+            .verify(
+                &MetadataUpdate {
+                    roots: vec![],
+                    targets: targets(1),
+                    director: sign_director(&director_doc(1), &key(3)),
+                },
+                now(),
+                Persist::Yes,
+            )
+            .expect("the provisioned vehicle verifies and persists");
+        assert_eq!(store.load().unwrap(), verified.state);
+        drop(store);
+        identity.close().unwrap();
+    }
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(config.trust_dir().join("state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((json["format"].clone(), json["generation"].clone()), (2.into(), 1.into()));
+    let out = vehicle
+        .hsm
+        .command(AGENT)
+        .args(["hsm", "show-state"])
+        .args(vehicle.hsm.args())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 }
