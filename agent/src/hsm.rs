@@ -46,7 +46,9 @@ fn generation_label(generation: u64) -> Vec<u8> {
 /// The generation in a label written by [`generation_label`] (canonical decimal only).
 fn parse_generation_label(label: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(label).ok()?;
-    let digits = text.strip_prefix(STATE_GENERATION_LABEL)?.strip_prefix(' ')?;
+    let digits = text
+        .strip_prefix(STATE_GENERATION_LABEL)?
+        .strip_prefix(' ')?;
     let canonical = !digits.is_empty()
         && digits.bytes().all(|b| b.is_ascii_digit())
         && (digits == "0" || !digits.starts_with('0'));
@@ -447,7 +449,10 @@ impl Hsm {
             .map_err(op("finding objects"))?;
         let keys = self
             .session
-            .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(label)])
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(label),
+            ])
             .map_err(op("finding objects"))?;
         match (labelled.len(), keys.as_slice()) {
             (1, [one]) => Ok(*one),
@@ -496,7 +501,10 @@ impl Hsm {
             });
         }
         self.session
-            .update_attributes(objects.generation, &[Attribute::Label(generation_label(generation))])
+            .update_attributes(
+                objects.generation,
+                &[Attribute::Label(generation_label(generation))],
+            )
             .map_err(op("writing the state generation"))
     }
 

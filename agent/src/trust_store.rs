@@ -38,12 +38,14 @@
 //! `verify-metadata` without a token) `state.json` is format 1 and nothing protects it
 //! from being restored or deleted: that mode is labelled as such wherever it runs.
 
+use crate::hsm::{Hsm, HsmError, StateObjects};
 use ota_core::envelope::Envelope;
 use ota_core::key::PublicKey;
 use ota_core::metadata::{Role, RoleKeys, Root};
 use ota_core::threshold::verify_threshold;
-use crate::hsm::{Hsm, HsmError, StateObjects};
-use ota_core::trust::{check_generation, GenerationCheck, StateBindingError, StateSeal, TrustedState};
+use ota_core::trust::{
+    check_generation, GenerationCheck, StateBindingError, StateSeal, TrustedState,
+};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Write;
@@ -146,6 +148,10 @@ pub enum TrustStoreError {
     StateRefused { source: StateBindingError },
     #[error("trusted state binding: vehicle token: {0}")]
     Token(#[from] HsmError),
+    #[error("this trust store has no hardware binding to write a bound state with")]
+    NotBound,
+    #[error("the token's trusted state generation is at its maximum; re-provision the vehicle")]
+    GenerationExhausted,
 }
 
 impl TrustStoreError {
@@ -159,6 +165,8 @@ impl TrustStoreError {
             TrustStoreError::Corrupt { .. } => "corrupt_trust_store",
             TrustStoreError::StateRefused { source } => source.kind(),
             TrustStoreError::Token(_) => "token",
+            TrustStoreError::NotBound => "not_bound",
+            TrustStoreError::GenerationExhausted => "generation_exhausted",
         }
     }
 }
@@ -347,17 +355,12 @@ impl FileTrustStore {
     /// to cut a save between its two steps.
     pub fn write_bound_state(&self, state: &TrustedState) -> Result<u64, TrustStoreError> {
         let Some(binding) = &self.binding else {
-            return Err(StateBindingError::Forged {
-                reason: "this trust store has no hardware binding".into(),
-            }
-            .into());
+            return Err(TrustStoreError::NotBound);
         };
-        let generation = binding.generation()?.checked_add(1).ok_or(
-            StateBindingError::Ahead {
-                file: u64::MAX,
-                hardware: u64::MAX,
-            },
-        )?;
+        let generation = binding
+            .generation()?
+            .checked_add(1)
+            .ok_or(TrustStoreError::GenerationExhausted)?;
         let mac = binding.mac(&state.binding_message(generation))?;
         write_atomically(
             &self.state_path(),
@@ -447,4 +450,98 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrustStoreError
             .map_err(io("syncing directory", dir))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The bound store's logic over an in-memory [`HardwareBinding`] (the attack tests run
+    //! against SoftHSM2 in `tests/agent/state_binding.rs`); here, what a token cannot be
+    //! made to do on demand: fail between the two steps of a save.
+
+    use super::*;
+    use ota_core::key::SigningKey;
+    use ota_core::metadata::{to_payload, Roles, RootMetadata};
+    use ota_core::time::Timestamp;
+    use sha2::{Digest, Sha256};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A counter and a keyed SHA-256 standing in for the token's HMAC.
+    #[derive(Debug, Default)]
+    struct MemoryBinding {
+        generation: Mutex<u64>,
+        fail_next_set: AtomicBool,
+    }
+
+    impl HardwareBinding for MemoryBinding {
+        fn generation(&self) -> Result<u64, HsmError> {
+            Ok(*self.generation.lock().unwrap())
+        }
+        fn set_generation(&self, generation: u64) -> Result<(), HsmError> {
+            if self.fail_next_set.swap(false, Ordering::SeqCst) {
+                return Err(HsmError::TokenNotFound {
+                    label: "unplugged".into(),
+                    present: vec![],
+                });
+            }
+            *self.generation.lock().unwrap() = generation;
+            Ok(())
+        }
+        fn mac(&self, message: &[u8]) -> Result<[u8; 32], HsmError> {
+            Ok(Sha256::new()
+                .chain_update(b"memory binding secret")
+                .chain_update(message)
+                .finalize()
+                .into())
+        }
+        fn verify_mac(&self, message: &[u8], mac: &[u8; 32]) -> Result<bool, HsmError> {
+            Ok(self.mac(message)? == *mac)
+        }
+    }
+
+    fn anchor() -> Vec<u8> {
+        let key = SigningKey::from_seed(&[9; 32]);
+        let one = RoleKeys {
+            keyids: vec![key.key_id()],
+            threshold: 1,
+        };
+        let meta = RootMetadata::new(
+            1,
+            Timestamp::parse("2030-01-01T00:00:00Z").unwrap(),
+            &[key.public_key()],
+            Roles {
+                root: one.clone(),
+                targets: one.clone(),
+                director: one,
+            },
+        );
+        Envelope::sign(Role::Root.payload_type(), to_payload(&meta), &[&key]).to_json_bytes()
+    }
+
+    #[test]
+    fn a_token_failure_after_the_file_write_is_completed_by_the_next_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("root.json"), anchor()).unwrap();
+        let binding = Arc::new(MemoryBinding::default());
+        let store = FileTrustStore::new(dir.path()).with_hardware_binding(binding.clone());
+        let state = store.load().unwrap();
+        store.save(&state.with_installed("hw", 1), &[]).unwrap();
+        assert_eq!(binding.generation().unwrap(), 1);
+
+        binding.fail_next_set.store(true, Ordering::SeqCst);
+        let next = state.with_installed("hw", 2);
+        assert_eq!(store.save(&next, &[]).unwrap_err().kind(), "token");
+        assert_eq!(binding.generation().unwrap(), 1, "the counter did not move");
+        assert_eq!(store.load().unwrap(), next, "the written file is the state");
+        assert_eq!(
+            binding.generation().unwrap(),
+            2,
+            "the load completed the save"
+        );
+
+        let unbound = FileTrustStore::new(dir.path());
+        assert_eq!(
+            unbound.write_bound_state(&next).unwrap_err().kind(),
+            "not_bound"
+        );
+    }
 }

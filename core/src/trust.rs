@@ -526,7 +526,12 @@ impl TrustedState {
         })
     }
 
-    fn persisted(&self, format: u32, generation: Option<u64>, mac: Option<String>) -> PersistedState {
+    fn persisted(
+        &self,
+        format: u32,
+        generation: Option<u64>,
+        mac: Option<String>,
+    ) -> PersistedState {
         PersistedState {
             format,
             generation,
@@ -541,8 +546,7 @@ impl TrustedState {
 
     /// The on-disk form without hardware binding (format 1, see PROTOCOL.md §6).
     pub fn to_persisted(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(&self.persisted(PERSISTED_FORMAT, None, None))
-            .unwrap_or_default()
+        serde_json::to_vec_pretty(&self.persisted(PERSISTED_FORMAT, None, None)).unwrap_or_default()
     }
 
     /// The bytes the vehicle's hardware authenticates for this state at `generation`

@@ -58,7 +58,12 @@ struct Session {
 impl Session {
     /// The trust store as the agent opens it on a vehicle: anchored and bound.
     fn store(&self) -> FileTrustStore {
-        let anchor = self.hsm.lock().unwrap().root_anchor("ota-root-anchor").unwrap();
+        let anchor = self
+            .hsm
+            .lock()
+            .unwrap()
+            .root_anchor("ota-root-anchor")
+            .unwrap();
         let binding = TokenBinding::open(Arc::clone(&self.hsm)).expect("state binding");
         FileTrustStore::new(&self.trust)
             .with_hardware_anchor(anchor)
@@ -188,7 +193,11 @@ fn a_forged_state_json_with_edited_floors_is_refused() {
 
         // Whitespace changes nothing the MAC covers: the honest file, re-indented, loads.
         let honest_json: serde_json::Value = serde_json::from_slice(&honest_file).unwrap();
-        std::fs::write(vehicle.state_path(), serde_json::to_vec(&honest_json).unwrap()).unwrap();
+        std::fs::write(
+            vehicle.state_path(),
+            serde_json::to_vec(&honest_json).unwrap(),
+        )
+        .unwrap();
         assert_eq!(store.load().unwrap().security_floor("tcu-v2"), 4);
     });
 }
@@ -351,7 +360,10 @@ fn a_crash_during_the_first_save_still_loads() {
     let Some(vehicle) = provisioned() else { return };
     vehicle.with_session(|session| {
         let store = session.store();
-        assert_eq!(store.load().unwrap(), TrustedState::from_anchor(&rotated_root(1)).unwrap());
+        assert_eq!(
+            store.load().unwrap(),
+            TrustedState::from_anchor(&rotated_root(1)).unwrap()
+        );
         let first = session
             .verifier()
             .verify(&honest(1), now(), Persist::No)
@@ -457,11 +469,13 @@ fn a_vehicle_provisioned_with_a_token_runs_with_its_state_bound_to_it() {
         drop(store);
         identity.close().unwrap();
     }
-    let json: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(config.trust_dir().join("state.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!((json["format"].clone(), json["generation"].clone()), (2.into(), 1.into()));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(config.trust_dir().join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (json["format"].clone(), json["generation"].clone()),
+        (2.into(), 1.into())
+    );
     let out = vehicle
         .hsm
         .command(AGENT)
@@ -469,6 +483,10 @@ fn a_vehicle_provisioned_with_a_token_runs_with_its_state_bound_to_it() {
         .args(vehicle.hsm.args())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 }

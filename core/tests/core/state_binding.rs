@@ -45,8 +45,14 @@ fn a_bound_state_round_trips_and_its_message_covers_every_member() {
     // The message changes with the generation and with every floor.
     let message = state.binding_message(4);
     assert_ne!(message, state.binding_message(5));
-    assert_ne!(message, state.with_installed(HARDWARE_ID, 6).binding_message(4));
-    assert_ne!(message, state.with_installed("other-hw", 1).binding_message(4));
+    assert_ne!(
+        message,
+        state.with_installed(HARDWARE_ID, 6).binding_message(4)
+    );
+    assert_ne!(
+        message,
+        state.with_installed("other-hw", 1).binding_message(4)
+    );
     assert_ne!(message, Repo::standard().anchor().binding_message(4));
     assert!(message.starts_with(ota_core::trust::STATE_BINDING_CONTEXT));
 }
