@@ -74,6 +74,20 @@ impl Session {
         Verifier::new(self.store(), Some(identity()))
     }
 
+    /// Director `director` accepted and persisted, then the image of `tcu-v2` committed
+    /// (floor 4): two saves. The store and the accepted state.
+    fn installed(&self, director: u64) -> (FileTrustStore, TrustedState) {
+        let verified = self
+            .verifier()
+            .verify(&honest(director), now(), Persist::Yes)
+            .unwrap();
+        let store = self.store();
+        store
+            .save(&verified.state.with_installed("tcu-v2", 4), &[])
+            .unwrap();
+        (store, verified.state)
+    }
+
     /// The generation the token holds.
     fn generation(&self) -> u64 {
         let hsm = self.hsm.lock().unwrap();
@@ -148,14 +162,7 @@ fn restoring_an_older_state_json_is_refused_as_rolled_back() {
 fn deleting_state_json_is_refused_as_missing() {
     let Some(vehicle) = provisioned() else { return };
     vehicle.with_session(|session| {
-        let verified = session
-            .verifier()
-            .verify(&honest(3), now(), Persist::Yes)
-            .unwrap();
-        let store = session.store();
-        store
-            .save(&verified.state.with_installed("tcu-v2", 4), &[])
-            .unwrap();
+        let (store, _) = session.installed(3);
         assert_eq!(store.load().unwrap().security_floor("tcu-v2"), 4);
 
         std::fs::remove_file(vehicle.state_path()).unwrap();
@@ -170,14 +177,7 @@ fn deleting_state_json_is_refused_as_missing() {
 fn a_forged_state_json_with_edited_floors_is_refused() {
     let Some(vehicle) = provisioned() else { return };
     vehicle.with_session(|session| {
-        let verified = session
-            .verifier()
-            .verify(&honest(5), now(), Persist::Yes)
-            .unwrap();
-        let store = session.store();
-        store
-            .save(&verified.state.with_installed("tcu-v2", 4), &[])
-            .unwrap();
+        let (store, verified) = session.installed(5);
         let honest_file = std::fs::read(vehicle.state_path()).unwrap();
 
         let mut json: serde_json::Value = serde_json::from_slice(&honest_file).unwrap();
@@ -187,7 +187,7 @@ fn a_forged_state_json_with_edited_floors_is_refused() {
         assert_eq!(refusal(store.load()), "state_forged");
 
         // The same state without any binding, as the development store writes it.
-        let unbound = verified.state.to_persisted();
+        let unbound = verified.to_persisted();
         std::fs::write(vehicle.state_path(), unbound).unwrap();
         assert_eq!(refusal(store.load()), "state_forged");
 
