@@ -144,10 +144,12 @@ pub enum TrustStoreError {
         path: PathBuf,
         source: ota_core::Error,
     },
-    #[error("trusted state refused ({kind}): {source}; the vehicle verifies nothing until it is re-provisioned (README, \"Re-provisioning a vehicle\")", kind = .source.kind())]
-    StateRefused { source: StateBindingError },
+    // The cause is in the message, not also a `source` (a chained report would say it
+    // twice).
+    #[error("trusted state refused ({kind}): {refusal}; the vehicle verifies nothing until it is re-provisioned (README, \"Re-provisioning a vehicle\")", kind = .refusal.kind())]
+    StateRefused { refusal: StateBindingError },
     #[error("trusted state binding: vehicle token: {0}")]
-    Token(#[from] HsmError),
+    Token(HsmError),
     #[error("this trust store has no hardware binding to write a bound state with")]
     NotBound,
     #[error("the token's trusted state generation is at its maximum; re-provision the vehicle")]
@@ -163,7 +165,7 @@ impl TrustStoreError {
             TrustStoreError::RootNotChained { .. } => "root_not_chained",
             TrustStoreError::Io { .. } => "io",
             TrustStoreError::Corrupt { .. } => "corrupt_trust_store",
-            TrustStoreError::StateRefused { source } => source.kind(),
+            TrustStoreError::StateRefused { refusal } => refusal.kind(),
             TrustStoreError::Token(_) => "token",
             TrustStoreError::NotBound => "not_bound",
             TrustStoreError::GenerationExhausted => "generation_exhausted",
@@ -172,8 +174,14 @@ impl TrustStoreError {
 }
 
 impl From<StateBindingError> for TrustStoreError {
-    fn from(source: StateBindingError) -> Self {
-        TrustStoreError::StateRefused { source }
+    fn from(refusal: StateBindingError) -> Self {
+        TrustStoreError::StateRefused { refusal }
+    }
+}
+
+impl From<HsmError> for TrustStoreError {
+    fn from(err: HsmError) -> Self {
+        TrustStoreError::Token(err)
     }
 }
 
