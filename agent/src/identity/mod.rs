@@ -15,6 +15,7 @@ pub mod pkcs11;
 
 use crate::config::{AgentConfig, ConfigError, KeyConfig};
 use crate::hsm::HsmError;
+use crate::trust_store::{FileTrustStore, HardwareBinding, TokenBinding};
 use file::{FileKey, FileKeyError};
 use ota_core::encoding::encode_base64;
 use ota_core::envelope::{pae, Envelope, EnvelopeSignature};
@@ -98,12 +99,13 @@ pub enum IdentityError {
 }
 
 /// What the agent runs with: its device key and, when the config names one, the root
-/// anchor key read from the same token.
+/// anchor key read from the same token and the trusted state's binding to it.
 #[derive(Debug)]
 pub struct DeviceIdentity {
     signer: Arc<dyn DeviceSigner>,
     token: Option<Arc<Pkcs11Key>>,
     root_anchor: Option<PublicKey>,
+    state_binding: Option<Arc<dyn HardwareBinding>>,
 }
 
 impl DeviceIdentity {
@@ -117,11 +119,36 @@ impl DeviceIdentity {
         self.root_anchor
     }
 
+    /// The trusted state's binding to the token (with the anchor; `None`: development
+    /// file store).
+    pub fn state_binding(&self) -> Option<Arc<dyn HardwareBinding>> {
+        self.state_binding.clone()
+    }
+
+    /// The trust store in `dir` as this identity requires it: anchored in the token and
+    /// bound to it when the config names an anchor, the development file store otherwise.
+    pub fn trust_store(&self, dir: impl Into<std::path::PathBuf>) -> FileTrustStore {
+        let mut store = FileTrustStore::new(dir);
+        if let Some(anchor) = self.root_anchor {
+            store = store.with_hardware_anchor(anchor);
+        }
+        if let Some(binding) = self.state_binding() {
+            store = store.with_hardware_binding(binding);
+        }
+        store
+    }
+
     /// Releases the key; for a token key held nowhere else, closes the session and
     /// finalizes the PKCS#11 module.
     pub fn close(self) -> Result<(), HsmError> {
-        let DeviceIdentity { signer, token, .. } = self;
+        let DeviceIdentity {
+            signer,
+            token,
+            state_binding,
+            ..
+        } = self;
         drop(signer);
+        drop(state_binding);
         match token.map(Arc::try_unwrap) {
             Some(Ok(key)) => key.close(),
             // Still shared (or a file key): nothing to finalize here.
@@ -148,10 +175,24 @@ pub fn open_identity(config: &AgentConfig) -> Result<DeviceIdentity, IdentityErr
                 None => None,
             };
             let key = Arc::new(key);
+            // A vehicle whose trust is anchored in the token binds its state to it too.
+            let state_binding = match root_anchor {
+                Some(_) => match TokenBinding::open(Arc::clone(&key)) {
+                    Ok(binding) => Some(Arc::new(binding) as Arc<dyn HardwareBinding>),
+                    Err(err) => {
+                        if let Ok(key) = Arc::try_unwrap(key) {
+                            let _ = key.close();
+                        }
+                        return Err(err.into());
+                    }
+                },
+                None => None,
+            };
             Ok(DeviceIdentity {
                 signer: key.clone(),
                 token: Some(key),
                 root_anchor,
+                state_binding,
             })
         }
         KeyConfig::File(key_config) => {
@@ -162,6 +203,7 @@ pub fn open_identity(config: &AgentConfig) -> Result<DeviceIdentity, IdentityErr
                 signer: Arc::new(FileKey::load(&key_config.path)?),
                 token: None,
                 root_anchor: None,
+                state_binding: None,
             })
         }
     }

@@ -27,15 +27,15 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_string()
 }
 
-struct Provisioned {
-    hsm: SoftHsm,
-    state: PathBuf,
-    config: PathBuf,
-    out: Output,
+pub struct Provisioned {
+    pub hsm: SoftHsm,
+    pub state: PathBuf,
+    pub config: PathBuf,
+    pub out: Output,
 }
 
 impl Provisioned {
-    fn load(&self) -> AgentConfig {
+    pub fn load(&self) -> AgentConfig {
         AgentConfig::load(&self.config).unwrap()
     }
 }
@@ -79,7 +79,7 @@ fn provision_args(hsm: &SoftHsm, state: &Path, config: &Path) -> Vec<String> {
 }
 
 /// A fresh token provisioned through the real binary.
-fn provisioned() -> Option<Provisioned> {
+pub fn provisioned() -> Option<Provisioned> {
     let hsm = SoftHsm::new()?;
     let state = hsm.dir.path().join("state");
     let config = hsm.dir.path().join("agent.toml");
