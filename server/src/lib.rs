@@ -22,6 +22,7 @@
 //! - [`client`]: the HTTP client `otactl` uses; [`otactl`]: its commands and output.
 
 pub mod api;
+pub mod blob_access;
 pub mod blobs;
 pub mod breaker;
 pub mod broker;

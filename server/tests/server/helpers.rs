@@ -404,6 +404,24 @@ impl TestApp {
         body
     }
 
+    /// `GET target` as vehicle `vehicle_id`, with a credential signed for it.
+    pub async fn vehicle_get(
+        &self,
+        vehicle_id: &str,
+        key: &SigningKey,
+        target: &str,
+    ) -> reqwest::Response {
+        self.http
+            .get(self.url(target))
+            .header(
+                "authorization",
+                vehicle_credential(vehicle_id, key, "GET", target),
+            )
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn register_vehicle(
         &self,
         id: &str,
@@ -475,6 +493,23 @@ pub async fn decode(response: reqwest::Response) -> (u16, Value) {
     let value = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, value)
+}
+
+/// A vehicle request credential (PROTOCOL.md §10) for `method` and `target`, now.
+pub fn vehicle_credential(
+    vehicle_id: &str,
+    key: &SigningKey,
+    method: &str,
+    target: &str,
+) -> String {
+    ota_core::credential::SignedRequest::new(
+        vehicle_id,
+        chrono::Utc::now().timestamp(),
+        method,
+        target,
+    )
+    .expect("a well-formed request")
+    .sign(key)
 }
 
 pub fn device_key() -> SigningKey {
