@@ -142,7 +142,8 @@ mod tests {
         };
         let none: &[(Sha256Digest, Sha256Digest)] = &[];
         // (deployments, blob, the blob's delta pairs, expected)
-        let cases: Vec<(Vec<DeploymentBlobs>, u8, Vec<(u8, u8)>, Option<NamedBlob>)> = vec![
+        type Case = (Vec<DeploymentBlobs>, u8, Vec<(u8, u8)>, Option<NamedBlob>);
+        let cases: Vec<Case> = vec![
             (
                 vec![deployment(Assigned)],
                 2,

@@ -4,8 +4,8 @@
 
 use crate::both_backends;
 use crate::helpers::{
-    checkin, decode, device_key, signed_checkin, spawn_app_with, vehicle_credential, Backend,
-    Options, TestApp,
+    checkin, counts_by_reason, decode, device_key, signed_checkin, spawn_app_with,
+    vehicle_credential, Backend, Options, TestApp,
 };
 use ota_core::encoding::Sha256Digest;
 use ota_core::envelope::Envelope;
@@ -46,20 +46,7 @@ async fn check_in(
 
 /// `ota_vehicle_requests_refused_total{reason="<reason>"}` from `/metrics`.
 async fn refused(app: &TestApp, reason: &str) -> u64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let label = format!("reason=\"{reason}\"");
-    text.lines()
-        .filter(|l| l.starts_with("ota_vehicle_requests_refused_total{") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    counts_by_reason(app, "ota_vehicle_requests_refused_total", &[reason]).await[0]
 }
 
 /// A GET as vehicle `vid` with `authorization`, decoded.

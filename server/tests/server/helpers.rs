@@ -495,6 +495,33 @@ pub async fn decode(response: reqwest::Response) -> (u16, Value) {
     (status, value)
 }
 
+/// `<counter>{reason=...}` from `/metrics`, per reason (0 when the series does not exist
+/// yet).
+pub async fn counts_by_reason(app: &TestApp, counter: &str, reasons: &[&str]) -> Vec<u64> {
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("{counter}{{");
+    reasons
+        .iter()
+        .map(|reason| {
+            let label = format!("reason=\"{reason}\"");
+            metrics
+                .lines()
+                .filter(|line| line.starts_with(&series) && line.contains(&label))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .map(|value| value as u64)
+                .sum()
+        })
+        .collect()
+}
+
 /// A vehicle request credential (PROTOCOL.md §10) for `method` and `target`, now.
 pub fn vehicle_credential(
     vehicle_id: &str,
