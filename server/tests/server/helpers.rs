@@ -222,6 +222,9 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     settings.director.poll_seconds = 30;
     // No vehicle channel unless a test asks for the machine's broker below.
     settings.mqtt.embedded = "off".to_owned();
+    // Progress applied directly unless a test asks for Kafka (tansu) below: the direct
+    // path is tested here, the in-process Kafka in the e2e suite.
+    settings.kafka.embedded = "off".to_owned();
     if let Some(max) = options.max_image_bytes {
         settings.limits.max_image_bytes = max;
     }
@@ -242,7 +245,7 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
         Backend::Postgres => Some(TestDatabase::create().await?),
     };
     if let Some(db) = &database {
-        settings.database_url = Some(db.url.clone());
+        settings.database_url = Some(db.url.parse().expect("a database URL"));
     }
     if options.mqtt {
         let url = mqtt_url();
@@ -252,14 +255,14 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
             }
             return None;
         }
-        settings.mqtt.url = Some(url);
+        settings.mqtt.url = Some(url.parse().expect("a broker URL"));
         // A share group and client id of its own: tests run in parallel against one
         // broker, and each server must receive every check-in meant for it.
         settings.mqtt.share_group = unique("g");
         settings.mqtt.client_id = Some(unique("ota-server-test-"));
     }
     if let Some(url) = options.mqtt_url_unchecked {
-        settings.mqtt.url = Some(url);
+        settings.mqtt.url = Some(url.parse().expect("a broker URL"));
         settings.mqtt.share_group = unique("g");
         settings.mqtt.client_id = Some(unique("ota-server-test-"));
     }

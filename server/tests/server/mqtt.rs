@@ -27,7 +27,8 @@ pub(crate) struct VehicleClient {
 
 impl VehicleClient {
     pub(crate) async fn connect(vehicle_ids: &[&str]) -> VehicleClient {
-        let (host, port) = ota_server::gateway::parse_broker_url(&mqtt_url()).expect("broker url");
+        let url: ota_core::endpoint::BrokerUrl = mqtt_url().parse().expect("broker url");
+        let (host, port) = (url.host().to_owned(), url.port());
         let mut options = MqttOptions::new(unique("vehicle-test-"), host, port);
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
         let (client, mut eventloop) = AsyncClient::new(options, 64);
