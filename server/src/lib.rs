@@ -25,6 +25,7 @@
 
 pub mod ack_order;
 pub mod api;
+pub mod blob_access;
 pub mod blobs;
 pub mod breaker;
 pub mod broker;

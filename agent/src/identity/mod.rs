@@ -29,6 +29,8 @@ use std::sync::Arc;
 pub enum SignError {
     #[error("device key: {0}")]
     Backend(String),
+    #[error("request credential: {0}")]
+    Request(#[from] ota_core::credential::CredentialError),
 }
 
 /// The vehicle's device key, wherever it lives.
@@ -71,18 +73,19 @@ pub fn sign_envelope(
     Ok(envelope.to_json_bytes())
 }
 
-/// The `Authorization` header for blob and metadata downloads (PROTOCOL.md §7).
-pub fn blob_credential(
+/// The `Authorization` header for one request to the server's vehicle routes
+/// (PROTOCOL.md §10): signs `method` and `target` (path and query as sent).
+pub fn request_credential(
     vehicle_id: &str,
     unix_seconds: i64,
+    method: &str,
+    target: &str,
     signer: &dyn DeviceSigner,
 ) -> Result<String, SignError> {
-    let message = ota_core::protocol::blob_auth_message(vehicle_id, unix_seconds);
-    let signature = signer.sign(&message)?;
-    Ok(format!(
-        "Vehicle {vehicle_id}.{unix_seconds}.{}",
-        encode_base64(&signature)
-    ))
+    let request =
+        ota_core::credential::SignedRequest::new(vehicle_id, unix_seconds, method, target)?;
+    let signature = signer.sign(&request.message())?;
+    Ok(request.header(&signature))
 }
 
 /// Why the agent's identity could not be opened: it refuses to run.
@@ -236,11 +239,25 @@ mod tests {
     }
 
     #[test]
-    fn blob_credential_matches_the_protocol_helper() {
+    fn request_credential_matches_the_protocol_helper() {
         let key = SigningKey::from_seed(&[8u8; 32]);
+        let target = "/v1/blobs/00";
         assert_eq!(
-            blob_credential("veh-2", 1_800_000_000, &MemoryKey(key.clone())).unwrap(),
-            ota_core::protocol::blob_auth_header("veh-2", 1_800_000_000, &key)
+            request_credential(
+                "veh-2",
+                1_800_000_000,
+                "GET",
+                target,
+                &MemoryKey(key.clone())
+            )
+            .unwrap(),
+            ota_core::credential::SignedRequest::new("veh-2", 1_800_000_000, "GET", target)
+                .unwrap()
+                .sign(&key)
         );
+        assert!(matches!(
+            request_credential("veh-2", 1, "GET", "no-slash", &MemoryKey(key)),
+            Err(SignError::Request(_))
+        ));
     }
 }

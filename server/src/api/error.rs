@@ -27,6 +27,13 @@ pub enum ApiError {
     Unauthorized,
     #[error("this call needs the {needed} scope")]
     Forbidden { needed: &'static str },
+    /// A vehicle credential that does not authenticate this request (PROTOCOL.md §10).
+    #[error("vehicle credential refused: {0}")]
+    VehicleCredential(#[from] ota_core::credential::CredentialError),
+    /// An authenticated vehicle asked for a blob none of its current or recent
+    /// directives names.
+    #[error("no current or recent directive of vehicle {vehicle_id:?} names blob {sha256}")]
+    BlobNotNamed { vehicle_id: String, sha256: String },
     #[error("{entity} {id:?} not found")]
     NotFound { entity: &'static str, id: String },
     #[error("no route for {method} {path}")]
@@ -52,6 +59,9 @@ struct Problem<'a> {
     detail: String,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     errors: &'a [FieldError],
+    /// Why a vehicle credential was refused (`CredentialError::kind`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
 
 impl ApiError {
@@ -90,6 +100,16 @@ impl ApiError {
             ),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::VehicleCredential(_) => (
+                StatusCode::UNAUTHORIZED,
+                "vehicle-credential",
+                "Vehicle credential refused",
+            ),
+            ApiError::BlobNotNamed { .. } => (
+                StatusCode::FORBIDDEN,
+                "blob-not-named",
+                "Blob not named by the vehicle's directives",
+            ),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no-route", "No such route"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
@@ -157,6 +177,10 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail,
             errors,
+            reason: match &self {
+                ApiError::VehicleCredential(e) => Some(e.kind()),
+                _ => None,
+            },
         };
         let mut response = (
             status,
@@ -179,6 +203,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if matches!(self, ApiError::VehicleCredential(_)) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(ota_core::credential::SCHEME),
             );
         }
         response

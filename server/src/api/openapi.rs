@@ -64,9 +64,9 @@ const OPS: &[Op] = &[
     Op { method: "get", path: "/api/v1/tokens", id: "listTokens", summary: "API tokens (never their values), oldest first", scope: Some("admin"), body: None, ok: (200, "TokenList"), query: &["limit"] },
     Op { method: "post", path: "/api/v1/tokens/{id}/revoke", id: "revokeToken", summary: "Revoke a token at once (audited); 409 if already revoked", scope: Some("admin"), body: None, ok: (200, "Token"), query: &[] },
     Op { method: "get", path: "/api/v1/targets", id: "getTargets", summary: "The newest signed targets metadata (cumulative: every released image), decoded and as an envelope", scope: Some("read"), body: None, ok: (200, "Targets"), query: &[] },
-    Op { method: "get", path: "/v1/metadata/targets.json", id: "getVehicleTargets", summary: "The newest targets envelope, byte for byte; vehicle credential or read token", scope: None, body: None, ok: (200, "Object"), query: &[] },
-    Op { method: "get", path: "/v1/metadata/root/{version}", id: "getVehicleRoot", summary: "Root metadata version N ({version} = N.json), for walking the root chain; vehicle credential or read token", scope: None, body: None, ok: (200, "Object"), query: &[] },
-    Op { method: "get", path: "/v1/blobs/{sha256}", id: "getBlob", summary: "Download a blob (Range, If-Range); vehicle credential or read token", scope: None, body: None, ok: (200, ""), query: &[] },
+    Op { method: "get", path: "/v1/metadata/targets.json", id: "getVehicleTargets", summary: "The newest targets envelope, byte for byte; vehicle request credential (PROTOCOL.md §10) or read token", scope: None, body: None, ok: (200, "Object"), query: &[] },
+    Op { method: "get", path: "/v1/metadata/root/{version}", id: "getVehicleRoot", summary: "Root metadata version N ({version} = N.json), for walking the root chain; vehicle request credential or read token", scope: None, body: None, ok: (200, "Object"), query: &[] },
+    Op { method: "get", path: "/v1/blobs/{sha256}", id: "getBlob", summary: "Download a blob (Range, If-Range); a vehicle (request credential) only a blob its current or recent directives name, a read token any", scope: None, body: None, ok: (200, ""), query: &[] },
 ];
 
 fn obj(required: &[&str], props: Value) -> Value {
@@ -123,6 +123,7 @@ fn schemas() -> Value {
         "Object": { "type": "object" },
         "Problem": obj(&["type", "title", "status", "detail"], json!({
             "type": s, "title": s, "status": i, "detail": s,
+            "reason": { "type": "string", "description": "Why a vehicle credential was refused" },
             "errors": { "type": "array", "items": obj(&["field", "expected", "got"], json!({ "field": s, "expected": s, "got": s })) },
         })),
         "Targets": obj(&["version", "expires", "targets", "envelope"], json!({
@@ -231,7 +232,11 @@ pub fn document() -> Value {
         if op.path.starts_with("/v1/") {
             responses.insert(
                 "401".into(),
-                problem_response("Missing or invalid vehicle credential or token"),
+                problem_response("Missing or invalid token, or a vehicle credential refused (`reason`: malformed, retired_version, wrong_method, wrong_target, outside_window, unknown_vehicle, bad_signature)"),
+            );
+            responses.insert(
+                "403".into(),
+                problem_response("Token lacks the read scope, or (blobs) no current or recent directive of the vehicle names the blob"),
             );
             responses.insert("404".into(), problem_response("Not found"));
             responses.insert("422".into(), problem_response("Malformed path parameter"));
@@ -311,6 +316,8 @@ pub fn document() -> Value {
             operation["description"] = json!(format!(
                 "Requires a bearer token with the `{scope}` scope (admin grants all)."
             ));
+        } else if op.path.starts_with("/v1/") {
+            operation["security"] = json!([{ "vehicle": [] }, { "bearer": ["read"] }]);
         } else {
             operation["security"] = json!([]);
         }
@@ -337,7 +344,11 @@ pub fn document() -> Value {
         "paths": paths,
         "components": {
             "schemas": schemas(),
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer" },
+                "vehicle": { "type": "http", "scheme": "OTA-Vehicle-2",
+                             "description": "Vehicle request credential signed by the device key over the method and path (PROTOCOL.md §10)" },
+            },
         },
     })
 }

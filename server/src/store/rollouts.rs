@@ -3,6 +3,7 @@
 use super::{
     audit, ms_to_rfc3339, new_id, now_ms, optional_digest, parse_json, Actor, Store, StoreError,
 };
+use crate::blob_access::DeploymentBlobs;
 use crate::breaker::{BreakerState, Outcomes};
 use crate::director::{DeploymentStatus, NewDeployment};
 use crate::engine::plan::{Effect, RolloutChange};
@@ -324,6 +325,58 @@ impl Store {
             rollout_id,
         )
         .await
+    }
+
+    /// The vehicle's deployments that may still name blobs (unfinished, of a rolled-back
+    /// rollout, or updated since `since_ms`), each with the release image for its ECU and
+    /// the ECU's installed image: what `blob_access::named_blob` decides from. One read
+    /// by the `deployments_by_vehicle` index; the joins are primary-key lookups.
+    pub async fn deployment_blobs(
+        &self,
+        vehicle_id: &str,
+        since_ms: i64,
+    ) -> Result<Vec<DeploymentBlobs>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.status, d.updated_ms, r.state AS rollout_state, i.sha256 AS target_sha256, \
+                    d.from_sha256, e.installed_sha256 \
+             FROM deployments d \
+             JOIN rollouts r ON r.id = d.rollout_id \
+             JOIN vehicle_ecus e ON e.vehicle_id = d.vehicle_id AND e.ecu = d.ecu \
+             JOIN release_images ri ON ri.release_id = r.release_id AND ri.hardware_id = e.hardware_id \
+             JOIN images i ON i.id = ri.image_id \
+             WHERE d.vehicle_id = $1 \
+               AND (d.status NOT IN ($2, $3, $4, $5) OR r.state = $6 OR d.updated_ms >= $7)",
+        )
+        .bind(vehicle_id)
+        .bind(DeploymentStatus::Committed.as_str())
+        .bind(DeploymentStatus::Failed.as_str())
+        .bind(DeploymentStatus::RolledBack.as_str())
+        .bind(DeploymentStatus::Cancelled.as_str())
+        .bind(RolloutState::RolledBack.as_str())
+        .bind(since_ms)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                let rollout_state: String = row.try_get("rollout_state")?;
+                Ok(DeploymentBlobs {
+                    status: DeploymentStatus::parse(&status)
+                        .ok_or_else(|| corrupt("deployment status", &status))?,
+                    updated_ms: row.try_get("updated_ms")?,
+                    rolled_back: rollout_state == RolloutState::RolledBack.as_str(),
+                    target: super::digest(
+                        "image sha256",
+                        &row.try_get::<String, _>("target_sha256")?,
+                    )?,
+                    from: optional_digest("deployment from_sha256", row.try_get("from_sha256")?)?,
+                    installed: optional_digest(
+                        "ECU installed_sha256",
+                        row.try_get("installed_sha256")?,
+                    )?,
+                })
+            })
+            .collect()
     }
 
     /// Deployments selected by `query`, whose one parameter is `key`.

@@ -10,7 +10,6 @@ use ota_core::envelope::Envelope;
 use ota_core::metadata::{
     parse_document, to_payload, DirectorMetadata, Role, TargetImage, TargetsMetadata,
 };
-use ota_core::protocol::blob_auth_header;
 use ota_core::time::Timestamp;
 use serde_json::{json, Value};
 
@@ -958,11 +957,13 @@ async fn vehicle_metadata(backend: Backend) {
     };
     let key = device_key();
     app.register_vehicle("veh-meta", &key, "hw-a", &[]).await;
-    let auth = || blob_auth_header("veh-meta", chrono::Utc::now().timestamp(), &key);
     let get = |path: &str, authorised: bool| {
         let mut request = app.http.get(app.url(path));
         if authorised {
-            request = request.header("authorization", auth());
+            request = request.header(
+                "authorization",
+                crate::helpers::vehicle_credential("veh-meta", &key, "GET", path),
+            );
         }
         request.send()
     };
@@ -1033,11 +1034,10 @@ async fn blobs(backend: Backend) {
     let bytes: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
     let image = app.upload("hw-a", "9.0.0", bytes.clone()).await;
     let path = format!("/v1/blobs/{}", image["sha256"].as_str().unwrap());
-    let auth = || blob_auth_header("veh-blob", chrono::Utc::now().timestamp(), &key);
     let full = app
         .http
         .get(app.url(&path))
-        .header("authorization", auth())
+        .bearer_auth(&app.read_token)
         .send()
         .await
         .unwrap();
@@ -1047,7 +1047,7 @@ async fn blobs(backend: Backend) {
     let part = app
         .http
         .get(app.url(&path))
-        .header("authorization", auth())
+        .bearer_auth(&app.read_token)
         .header("range", "bytes=100-199")
         .send()
         .await
@@ -1061,7 +1061,7 @@ async fn blobs(backend: Backend) {
     let resumed = app
         .http
         .get(app.url(&path))
-        .header("authorization", auth())
+        .bearer_auth(&app.read_token)
         .header("range", "bytes=900-")
         .header("if-range", &etag)
         .send()
@@ -1084,7 +1084,7 @@ async fn blobs(backend: Backend) {
     let stale = app
         .http
         .get(app.url(&path))
-        .header("authorization", auth())
+        .bearer_auth(&app.read_token)
         .header("range", "bytes=900-")
         .header("if-range", "\"other\"")
         .send()
@@ -1102,7 +1102,7 @@ async fn blobs(backend: Backend) {
     let outside = app
         .http
         .get(app.url(&path))
-        .header("authorization", auth())
+        .bearer_auth(&app.read_token)
         .header("range", "bytes=5000-")
         .send()
         .await
@@ -1112,8 +1112,15 @@ async fn blobs(backend: Backend) {
     let (status, _) =
         crate::helpers::decode(app.http.get(app.url(&path)).send().await.unwrap()).await;
     assert_eq!(status, 401, "anonymous downloads are refused");
-    let old = blob_auth_header("veh-blob", chrono::Utc::now().timestamp() - 3600, &key);
-    let (status, _) = crate::helpers::decode(
+    let old = ota_core::credential::SignedRequest::new(
+        "veh-blob",
+        chrono::Utc::now().timestamp() - 3600,
+        "GET",
+        &path,
+    )
+    .unwrap()
+    .sign(&key);
+    let (status, problem) = crate::helpers::decode(
         app.http
             .get(app.url(&path))
             .header("authorization", old)
@@ -1123,8 +1130,9 @@ async fn blobs(backend: Backend) {
     )
     .await;
     assert_eq!(status, 401, "stale vehicle credentials are refused");
-    let forged = blob_auth_header("veh-blob", chrono::Utc::now().timestamp(), &device_key());
-    let (status, _) = crate::helpers::decode(
+    assert_eq!(problem["reason"], "outside_window", "{problem}");
+    let forged = crate::helpers::vehicle_credential("veh-blob", &device_key(), "GET", &path);
+    let (status, problem) = crate::helpers::decode(
         app.http
             .get(app.url(&path))
             .header("authorization", forged)
@@ -1134,6 +1142,7 @@ async fn blobs(backend: Backend) {
     )
     .await;
     assert_eq!(status, 401, "a credential signed by another key is refused");
+    assert_eq!(problem["reason"], "bad_signature", "{problem}");
     let (status, _) = app.get(&path, &app.read_token).await;
     assert_eq!(status, 200, "operators with the read scope may download");
     let (status, _) = app
@@ -1144,7 +1153,7 @@ async fn blobs(backend: Backend) {
     assert_eq!(status, 422);
     app.stop().await;
 }
-both_backends!(blobs_range_if_range_and_vehicle_credentials, blobs);
+both_backends!(blobs_range_if_range_and_credential_refusals, blobs);
 
 #[tokio::test]
 async fn readyz_reports_an_unreachable_broker() {
@@ -1696,23 +1705,15 @@ async fn rollback_to_previous_images(backend: Backend) {
         back.assignments[0].deployment_id,
         assigned.assignments[0].deployment_id
     );
-    let auth = blob_auth_header(&vid, chrono::Utc::now().timestamp(), &key);
-    let fetch = |path: &'static str| {
-        app.http
-            .get(app.url(path))
-            .header("authorization", auth.clone())
-            .send()
-    };
+    let fetch = |path: &'static str| app.vehicle_get(&vid, &key, path);
     let targets = fetch("/v1/metadata/targets.json")
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap()
         .to_vec();
     let root = fetch("/v1/metadata/root/1.json")
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap()
@@ -1735,6 +1736,9 @@ async fn rollback_to_previous_images(backend: Backend) {
         )
         .expect("the rollback assignment must verify exactly as the agent verifies it");
     assert_eq!(verified.assignments[0].security_version, 3);
+    // The image it is sent back to is named by its directive: it may download it.
+    let previous = format!("/v1/blobs/{}", Sha256Digest::of(&old_bytes));
+    assert_eq!(app.vehicle_get(&vid, &key, &previous).await.status(), 200);
 
     // Back on the old image: the deployment is rolled back, nothing more to do.
     let (_, done) = directive_for(&app, &key, &vid, &old_bytes, "1.0.0").await;

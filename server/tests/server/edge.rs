@@ -5,7 +5,6 @@
 
 use crate::both_backends;
 use crate::helpers::{device_key, spawn_app, spawn_app_with, Backend, Options, TestApp};
-use ota_core::protocol::blob_auth_header;
 use serde_json::{json, Value};
 
 async fn app(backend: Backend) -> Option<TestApp> {
@@ -277,17 +276,9 @@ async fn texts(backend: Backend) {
     // One vehicle id rule: an id with dots registers and its credential works.
     app.register_vehicle("veh.with.dots", &key, "hw-text", &["eu"])
         .await;
-    let blob = format!("/v1/blobs/{}", image["sha256"].as_str().unwrap());
     let response = app
-        .http
-        .get(app.url(&blob))
-        .header(
-            "authorization",
-            blob_auth_header("veh.with.dots", chrono::Utc::now().timestamp(), &key),
-        )
-        .send()
-        .await
-        .unwrap();
+        .vehicle_get("veh.with.dots", &key, "/v1/metadata/root/1.json")
+        .await;
     assert_eq!(response.status().as_u16(), 200);
     let (status, vehicle) = app
         .get("/api/v1/vehicles/veh.with.dots", &app.read_token)

@@ -407,6 +407,24 @@ impl TestApp {
         body
     }
 
+    /// `GET target` as vehicle `vehicle_id`, with a credential signed for it.
+    pub async fn vehicle_get(
+        &self,
+        vehicle_id: &str,
+        key: &SigningKey,
+        target: &str,
+    ) -> reqwest::Response {
+        self.http
+            .get(self.url(target))
+            .header(
+                "authorization",
+                vehicle_credential(vehicle_id, key, "GET", target),
+            )
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn register_vehicle(
         &self,
         id: &str,
@@ -478,6 +496,50 @@ pub async fn decode(response: reqwest::Response) -> (u16, Value) {
     let value = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, value)
+}
+
+/// `<counter>{reason=...}` from `/metrics`, per reason (0 when the series does not exist
+/// yet).
+pub async fn counts_by_reason(app: &TestApp, counter: &str, reasons: &[&str]) -> Vec<u64> {
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("{counter}{{");
+    reasons
+        .iter()
+        .map(|reason| {
+            let label = format!("reason=\"{reason}\"");
+            metrics
+                .lines()
+                .filter(|line| line.starts_with(&series) && line.contains(&label))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .map(|value| value as u64)
+                .sum()
+        })
+        .collect()
+}
+
+/// A vehicle request credential (PROTOCOL.md §10) for `method` and `target`, now.
+pub fn vehicle_credential(
+    vehicle_id: &str,
+    key: &SigningKey,
+    method: &str,
+    target: &str,
+) -> String {
+    ota_core::credential::SignedRequest::new(
+        vehicle_id,
+        chrono::Utc::now().timestamp(),
+        method,
+        target,
+    )
+    .expect("a well-formed request")
+    .sign(key)
 }
 
 pub fn device_key() -> SigningKey {

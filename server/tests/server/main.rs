@@ -4,6 +4,7 @@
 //! binaries.
 
 mod api;
+mod blob_access;
 mod delta;
 mod edge;
 mod helpers;

@@ -461,27 +461,5 @@ async fn pause_and_abort_send_control_and_failures_open_the_breaker() {
 /// `ota_vehicle_messages_dropped_total{reason=...}` from `/metrics`, per reason (0 when
 /// the series does not exist yet).
 pub(crate) async fn dropped_counts(app: &TestApp, reasons: &[&str]) -> Vec<u64> {
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    reasons
-        .iter()
-        .map(|reason| {
-            let label = format!("reason=\"{reason}\"");
-            metrics
-                .lines()
-                .filter(|line| {
-                    line.starts_with("ota_vehicle_messages_dropped_total{") && line.contains(&label)
-                })
-                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-                .map(|value| value as u64)
-                .sum()
-        })
-        .collect()
+    crate::helpers::counts_by_reason(app, "ota_vehicle_messages_dropped_total", reasons).await
 }
