@@ -191,12 +191,45 @@ pub struct RolloutCreate {
     /// Breaker action: pause, abort or rollback.
     #[arg(long)]
     pub breaker_action: Option<String>,
+    /// Cohort salt, 32 hex digits (normally random; `rollout dry-run` prints one that
+    /// reproduces its cohorts).
+    #[arg(long)]
+    pub salt: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
     Create(RolloutCreate),
+    /// The vehicles per phase a rollout with these arguments would assign; creates
+    /// nothing. Pass the printed salt to `create --salt` to get exactly these vehicles.
+    DryRun(RolloutCreate),
     List,
+    /// The rollout's deployments (every page), by vehicle and ECU.
+    Deployments {
+        id: String,
+        /// Only deployments in this state (assigned, downloading, installed, committed,
+        /// failed, rolled_back, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only deployments of this phase (0-based).
+        #[arg(long)]
+        phase: Option<u32>,
+    },
+    /// One vehicle's deployments in the rollout with their history.
+    Deployment {
+        id: String,
+        vehicle: String,
+    },
+    /// Cancel a vehicle's deployments not yet installing (audited).
+    CancelVehicle {
+        id: String,
+        vehicle: String,
+    },
+    /// Hand a vehicle's failed or cancelled deployments out again (audited).
+    RetryVehicle {
+        id: String,
+        vehicle: String,
+    },
     Start {
         id: String,
     },
@@ -613,7 +646,114 @@ fn rollout_body(args: &RolloutCreate) -> anyhow::Result<Value> {
     if let Some(a) = &args.breaker_action {
         body["abort_criteria"]["action"] = json!(a);
     }
+    if let Some(salt) = &args.salt {
+        body["salt"] = json!(salt);
+    }
     Ok(body)
+}
+
+/// Most pages `all_pages` follows (at the largest page size: a million rows).
+const MAX_PAGES: usize = 1000;
+
+/// Every item of a paginated list: GETs `path` with the `filters` (`key=value`) and
+/// `limit=1000`, then each `next_cursor` until there is none.
+pub async fn all_pages(
+    client: &ApiClient,
+    path: &str,
+    filters: &[String],
+) -> anyhow::Result<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut query = filters.to_vec();
+    query.push("limit=1000".to_owned());
+    let query = query.join("&");
+    for _ in 0..MAX_PAGES {
+        let mut url = format!("{path}?{query}");
+        if let Some(c) = &cursor {
+            url.push_str("&cursor=");
+            url.push_str(c);
+        }
+        let page = client.get(&url).await?;
+        items.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            // A cursor is base64url: safe in a query string as it is.
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return Ok(Value::Array(items)),
+        }
+    }
+    bail!("{path}: more than {MAX_PAGES} pages; narrow the query")
+}
+
+fn deployments_table(value: &Value) -> String {
+    columns(
+        value,
+        &[
+            ("vehicle", |d| s(&d["vehicle_id"])),
+            ("ecu", |d| s(&d["ecu"])),
+            ("phase", |d| s(&d["phase"])),
+            ("status", |d| s(&d["status"])),
+            ("attempts", |d| s(&d["attempts"])),
+            ("reason", |d| s(&d["reason_code"])),
+            ("updated_at", |d| s(&d["updated_at"])),
+        ],
+    )
+}
+
+fn vehicle_deployments_text(value: &Value) -> String {
+    let mut text = format!(
+        "{} in {}; allowed actions: {}\n",
+        s(&value["vehicle_id"]),
+        s(&value["rollout_id"]),
+        list_of(&value["allowed_actions"])
+            .iter()
+            .map(s)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for d in list_of(&value["deployments"]) {
+        text.push_str(&format!(
+            "\n{} ecu {}: {} (attempt {})\n",
+            s(&d["id"]),
+            s(&d["ecu"]),
+            s(&d["status"]),
+            s(&d["attempts"])
+        ));
+        text.push_str(&columns(
+            &d["events"],
+            &[
+                ("at", |e| s(&e["at"])),
+                ("status", |e| s(&e["status"])),
+                ("sequence", |e| s(&e["sequence"])),
+                ("reason", |e| s(&e["reason_code"])),
+                ("source", |e| s(&e["source"])),
+            ],
+        ));
+    }
+    text
+}
+
+fn dry_run_text(value: &Value) -> String {
+    let mut text = format!(
+        "{} vehicles; salt {}\n",
+        s(&value["vehicles"]),
+        s(&value["salt"])
+    );
+    text.push_str(&columns(
+        &value["phases"],
+        &[
+            ("phase", |p| s(&p["name"])),
+            ("percent", |p| s(&p["percent"])),
+            ("vehicles", |p| s(&p["vehicles"])),
+            ("sample", |p| {
+                list_of(&p["sample"])
+                    .iter()
+                    .map(s)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }),
+        ],
+    ));
+    text
 }
 
 /// Builds and signs targets metadata locally with an offline targets key.
@@ -817,6 +957,49 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 .await?,
             rollouts_table,
         ),
+        Command::Rollout(RolloutCommand::DryRun(args)) => (
+            client
+                .post_json("/api/v1/rollouts:dry-run", &rollout_body(&args)?)
+                .await?,
+            dry_run_text,
+        ),
+        Command::Rollout(RolloutCommand::Deployments { id, state, phase }) => {
+            let mut filters = Vec::new();
+            if let Some(state) = state {
+                let state: String = form_urlencoded::byte_serialize(state.as_bytes()).collect();
+                filters.push(format!("state={state}"));
+            }
+            if let Some(phase) = phase {
+                filters.push(format!("phase={phase}"));
+            }
+            let path = format!("/api/v1/rollouts/{id}/deployments");
+            (
+                all_pages(&client, &path, &filters).await?,
+                deployments_table,
+            )
+        }
+        Command::Rollout(RolloutCommand::Deployment { id, vehicle }) => (
+            client
+                .get(&format!("/api/v1/rollouts/{id}/deployments/{vehicle}"))
+                .await?,
+            vehicle_deployments_text,
+        ),
+        Command::Rollout(RolloutCommand::CancelVehicle { id, vehicle }) => (
+            client
+                .post_empty(&format!(
+                    "/api/v1/rollouts/{id}/deployments/{vehicle}/cancel"
+                ))
+                .await?,
+            deployments_table,
+        ),
+        Command::Rollout(RolloutCommand::RetryVehicle { id, vehicle }) => (
+            client
+                .post_empty(&format!(
+                    "/api/v1/rollouts/{id}/deployments/{vehicle}/retry"
+                ))
+                .await?,
+            deployments_table,
+        ),
         Command::Rollout(RolloutCommand::List) => {
             (client.get("/api/v1/rollouts").await?, rollouts_table)
         }
@@ -910,6 +1093,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                         }),
                         ("created_at", |t| s(&t["created_at"])),
                         ("revoked_at", |t| s(&t["revoked_at"])),
+                        ("expires_at", |t| s(&t["expires_at"])),
                     ],
                 )
             };

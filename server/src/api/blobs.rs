@@ -6,7 +6,7 @@
 use super::error::ApiError;
 use super::extract::bearer;
 use super::{AppState, Routes};
-use crate::tokens::{grants, hash_token, Scope};
+use crate::tokens::{grants, Scope};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -38,11 +38,7 @@ pub(super) async fn authorise(state: &AppState, headers: &HeaderMap) -> Result<(
             .map_err(|e| ApiError::Internal(e.into()))?
             .into_parts();
         let token = bearer(&parts).ok_or(ApiError::Unauthorized)?;
-        let record = state
-            .store
-            .find_token(&hash_token(token))
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
+        let record = super::extract::live_token(state, token).await?;
         let scopes: Vec<Scope> = record
             .scopes
             .iter()

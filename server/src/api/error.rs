@@ -25,6 +25,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: u64 },
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    #[error("the bearer token expired at {at}")]
+    TokenExpired { at: String },
     #[error("this call needs the {needed} scope")]
     Forbidden { needed: &'static str },
     #[error("{entity} {id:?} not found")]
@@ -89,6 +91,9 @@ impl ApiError {
                 "Payload too large",
             ),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::TokenExpired { .. } => {
+                (StatusCode::UNAUTHORIZED, "token-expired", "Token expired")
+            }
             ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no-route", "No such route"),
@@ -175,7 +180,7 @@ impl IntoResponse for ApiError {
                 header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
         }
-        if matches!(self, ApiError::Unauthorized) {
+        if matches!(self, ApiError::Unauthorized | ApiError::TokenExpired { .. }) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),

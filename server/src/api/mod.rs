@@ -6,12 +6,14 @@
 
 pub mod audit;
 pub mod blobs;
+pub mod deployments;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod images;
 pub mod metadata;
 pub mod openapi;
+pub mod page;
 pub mod releases;
 pub mod rollouts;
 pub mod tokens;
@@ -115,6 +117,7 @@ fn api_routes() -> Routes {
         .merge(releases::routes())
         .merge(vehicles::routes())
         .merge(rollouts::routes())
+        .merge(deployments::routes())
         .merge(blobs::routes())
         .merge(metadata::routes())
         .merge(audit::routes())

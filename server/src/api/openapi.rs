@@ -49,6 +49,7 @@ const OPS: &[Op] = &[
     Op { method: "get", path: "/api/v1/vehicles", id: "listVehicles", summary: "List vehicles with filters", scope: Some("read"), body: None, ok: (200, "VehicleList"), query: &["hardware_id", "tag", "installed_version", "limit"] },
     Op { method: "get", path: "/api/v1/vehicles/{id}", id: "getVehicle", summary: "One vehicle: installed versions, last check-in, deployment history", scope: Some("read"), body: None, ok: (200, "VehicleDetail"), query: &[] },
     Op { method: "post", path: "/api/v1/rollouts", id: "createRollout", summary: "Create a rollout (draft)", scope: Some("rollout:write"), body: Some(("application/json", "CreateRollout")), ok: (201, "Rollout"), query: &[] },
+    Op { method: "post", path: "/api/v1/rollouts:dry-run", id: "dryRunRollout", summary: "The vehicles per phase a rollout with this spec would assign (counts and a sample of ids), computed as the director does; creates nothing", scope: Some("rollout:write"), body: Some(("application/json", "CreateRollout")), ok: (200, "DryRun"), query: &[] },
     Op { method: "get", path: "/api/v1/rollouts", id: "listRollouts", summary: "List rollouts", scope: Some("read"), body: None, ok: (200, "RolloutList"), query: &["state", "limit"] },
     Op { method: "get", path: "/api/v1/rollouts/{id}", id: "getRollout", summary: "One rollout", scope: Some("read"), body: None, ok: (200, "Rollout"), query: &[] },
     Op { method: "get", path: "/api/v1/rollouts/{id}/status", id: "getRolloutStatus", summary: "Per-phase counts and breaker state", scope: Some("read"), body: None, ok: (200, "RolloutStatus"), query: &[] },
@@ -59,6 +60,10 @@ const OPS: &[Op] = &[
     Op { method: "post", path: "/api/v1/rollouts/{id}/rollback", id: "rollbackRollout", summary: "Roll back: tell updated vehicles to return to their previous image", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
     Op { method: "post", path: "/api/v1/rollouts/{id}/complete", id: "completeRollout", summary: "Complete: no new vehicles; deployments under way finish", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
     Op { method: "post", path: "/api/v1/rollouts/{id}/advance", id: "advanceRollout", summary: "Open the next phase without waiting for the current phase's gate (audited)", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
+    Op { method: "get", path: "/api/v1/rollouts/{id}/deployments", id: "listDeployments", summary: "A page of the rollout's deployments, by vehicle and ECU: status, phase, attempts", scope: Some("read"), body: None, ok: (200, "DeploymentPage"), query: &["state", "phase", "limit", "cursor"] },
+    Op { method: "get", path: "/api/v1/rollouts/{id}/deployments/{vehicle}", id: "getVehicleDeployments", summary: "One vehicle's deployments in the rollout, each with its history, and the actions allowed now", scope: Some("read"), body: None, ok: (200, "VehicleDeployments"), query: &[] },
+    Op { method: "post", path: "/api/v1/rollouts/{id}/deployments/{vehicle}/cancel", id: "cancelDeployment", summary: "Cancel the vehicle's deployments not yet installing (audited; the vehicle is told at once); 409 lists the allowed actions", scope: Some("rollout:write"), body: None, ok: (200, "DeploymentList"), query: &[] },
+    Op { method: "post", path: "/api/v1/rollouts/{id}/deployments/{vehicle}/retry", id: "retryDeployment", summary: "Hand the vehicle's failed or cancelled deployments out again in a running rollout (audited); 409 lists the allowed actions", scope: Some("rollout:write"), body: None, ok: (200, "DeploymentList"), query: &[] },
     Op { method: "get", path: "/api/v1/delta-jobs", id: "listDeltaJobs", summary: "Delta builds and their progress", scope: Some("read"), body: None, ok: (200, "DeltaJobList"), query: &["rollout_id", "limit"] },
     Op { method: "get", path: "/api/v1/audit", id: "listAudit", summary: "Audit log of mutating calls, newest first", scope: Some("admin"), body: None, ok: (200, "AuditList"), query: &["limit", "before"] },
     Op { method: "get", path: "/api/v1/tokens", id: "listTokens", summary: "API tokens (never their values), oldest first", scope: Some("admin"), body: None, ok: (200, "TokenList"), query: &["limit"] },
@@ -96,8 +101,11 @@ fn names_schema(max: usize) -> Value {
 }
 
 /// The schema of a query parameter, with the limits the handlers enforce.
-fn query_schema(name: &str) -> Value {
+fn query_schema(op: &str, name: &str) -> Value {
     match name {
+        "state" if op == "listDeployments" => {
+            json!({ "enum": crate::director::DeploymentStatus::ALL.map(|s| s.as_str()) })
+        }
         "limit" => json!({ "type": "integer", "minimum": validate::LIMIT_RANGE.0,
                            "maximum": validate::LIMIT_RANGE.1, "default": validate::DEFAULT_LIMIT }),
         "before" => json!({ "type": "integer" }),
@@ -105,11 +113,44 @@ fn query_schema(name: &str) -> Value {
             json!({ "enum": ["draft", "running", "paused", "aborted", "completed", "rolled_back"] })
         }
         "rollout_id" => json!({ "type": "string", "pattern": "^ro_[0-9a-f]{16}$" }),
+        "cursor" => {
+            json!({ "type": "string", "maxLength": 1024, "description": "next_cursor of the previous page" })
+        }
+        "phase" => {
+            json!({ "type": "integer", "minimum": 0, "maximum": crate::rollout::MAX_PHASES - 1 })
+        }
         _ => name_schema(),
     }
 }
 
+/// The schemas of a rollout's deployments and of the dry run.
+fn management_schemas() -> Value {
+    let s = json!({ "type": "string" });
+    let i = json!({ "type": "integer", "minimum": 0 });
+    json!({
+        "DeploymentList": array_of("Deployment"),
+        "DeploymentPage": obj(&["items", "next_cursor"], json!({ "items": array_of("Deployment"), "next_cursor": { "type": ["string", "null"] } })),
+        "DeploymentEvent": obj(&["at", "status", "source"], json!({ "at": s, "status": s, "sequence": { "type": ["integer", "null"] }, "reason_code": { "type": ["string", "null"] }, "source": s })),
+        "VehicleDeployments": obj(&["rollout_id", "vehicle_id", "allowed_actions", "deployments"], json!({ "rollout_id": s, "vehicle_id": s,
+            "allowed_actions": { "type": "array", "items": { "enum": ["cancel", "retry"] } },
+            "deployments": { "type": "array", "items": { "allOf": [ { "$ref": "#/components/schemas/Deployment" },
+                obj(&["events"], json!({ "events": array_of("DeploymentEvent") })) ] } } })),
+        "DryRun": obj(&["salt", "vehicles", "phases"], json!({ "salt": s, "vehicles": i,
+            "phases": { "type": "array", "items": obj(&["index", "name", "percent", "vehicles", "sample"], json!({
+                "index": i, "name": s, "percent": { "type": "number" }, "vehicles": i,
+                "sample": { "type": "array", "maxItems": crate::engine::status::DRY_RUN_SAMPLE, "items": s } })) } })),
+    })
+}
+
 fn schemas() -> Value {
+    let mut all = base_schemas();
+    if let (Some(all), Value::Object(more)) = (all.as_object_mut(), management_schemas()) {
+        all.extend(more);
+    }
+    all
+}
+
+fn base_schemas() -> Value {
     let s = json!({ "type": "string" });
     let i = json!({ "type": "integer", "minimum": 0 });
     let strings = json!({ "type": "array", "items": { "type": "string" } });
@@ -173,7 +214,8 @@ fn schemas() -> Value {
                 "action": { "enum": ["pause", "abort", "rollback"] } })),
             "preconditions": obj(&[], json!({ "parked": { "type": "boolean" }, "min_state_of_charge_percent": int_range(0, 100), "network": name })),
             "maintenance_window": obj(&["start_utc", "end_utc"], json!({ "start_utc": s, "end_utc": s })),
-            "retry": obj(&[], json!({ "max_attempts": int_range(1, 10), "backoff_seconds": duration })) })),
+            "retry": obj(&[], json!({ "max_attempts": int_range(1, 10), "backoff_seconds": duration })),
+            "salt": { "type": "string", "pattern": "^[0-9a-f]{32}$", "description": "cohort salt (random unless given; a dry run's salt reproduces its cohorts)" } })),
         "Rollout": obj(&["id", "name", "release_id", "spec", "state", "current_phase", "breaker_state"], json!({
             "id": s, "name": s, "release_id": s, "spec": any, "salt": s, "state": s, "current_phase": i,
             "breaker_state": { "enum": ["closed", "open", "half_open"] }, "breaker_reason": s, "created_at": s, "updated_at": s })),
@@ -189,7 +231,7 @@ fn schemas() -> Value {
         "AuditEntry": obj(&["id", "at", "actor", "action", "subject"], json!({ "id": i, "at": s, "actor": s, "action": s, "subject": s, "detail": any, "request_id": s })),
         "AuditList": array_of("AuditEntry"),
         "Token": obj(&["id", "name", "scopes", "created_at"], json!({ "id": s, "name": s, "scopes": strings, "created_at": s,
-            "revoked_at": { "type": ["string", "null"] } })),
+            "revoked_at": { "type": ["string", "null"] }, "expires_at": { "type": ["string", "null"] } })),
         "TokenList": array_of("Token"),
     })
 }
@@ -210,7 +252,7 @@ pub fn document() -> Value {
         }
         for name in op.query {
             let required = op.id == "uploadImage" && *name != "name";
-            parameters.push(json!({ "name": name, "in": "query", "required": required, "schema": query_schema(name) }));
+            parameters.push(json!({ "name": name, "in": "query", "required": required, "schema": query_schema(op.id, name) }));
         }
         let ok_content = match op.ok.1 {
             "" if op.path == "/metrics" => {

@@ -6,8 +6,8 @@ use super::extract::{parse_id, ApiJson, ApiQuery, Authorized, Caller, RolloutWri
 use super::validate;
 use super::{AppState, Routes};
 use crate::engine::plan::{PlanError, RolloutRequest};
-use crate::engine::RolloutStatus;
 use crate::engine::{wall_clock_ms, ChangeFailed};
+use crate::engine::{DryRun, RolloutStatus};
 use crate::rollout::{
     AbortCriteria, MaintenanceWindow, PhaseSpec, Preconditions, RateLimit, RetryPolicy,
     RolloutAction, RolloutSpec, RolloutState, Selector,
@@ -23,6 +23,7 @@ use serde::Deserialize;
 pub fn routes() -> Routes {
     Routes::default()
         .add("post", "/api/v1/rollouts", post(create))
+        .add("post", "/api/v1/rollouts:dry-run", post(dry_run))
         .add("get", "/api/v1/rollouts", get(list))
         .add("get", "/api/v1/rollouts/{id}", get(get_one))
         .add("get", "/api/v1/rollouts/{id}/status", get(status))
@@ -54,6 +55,9 @@ pub struct CreateRollout {
     pub maintenance_window: Option<MaintenanceWindow>,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// The cohort salt, hex (normally random; a dry run's salt reproduces its cohorts).
+    #[serde(default)]
+    pub salt: Option<String>,
 }
 
 /// The edge rules for a rollout's text, lists and integers (the spec's own rules are in
@@ -109,13 +113,24 @@ fn random_salt() -> Result<String, ApiError> {
     Ok(hex::encode(salt))
 }
 
-async fn create(
-    State(state): State<AppState>,
-    Authorized(caller, _): Authorized<RolloutWriteScope>,
-    ApiJson(request): ApiJson<CreateRollout>,
-) -> Result<(StatusCode, Json<RolloutRecord>), ApiError> {
-    caller.require(Scope::RolloutWrite)?;
+/// Length of a cohort salt in bytes (hex: twice as many digits).
+pub const SALT_BYTES: usize = 16;
+
+/// A create (or dry-run) request checked: every edge rule, the spec's own rules, the
+/// release exists. Returns the name, release id, spec and salt (hex; random unless
+/// given).
+async fn checked(
+    state: &AppState,
+    request: CreateRollout,
+) -> Result<(String, String, RolloutSpec, String), ApiError> {
     let mut problems = edge_problems(&request);
+    if let Some(salt) = &request.salt {
+        if let Err(ApiError::Invalid(errors)) =
+            validate::lower_hex::<SALT_BYTES>("salt", "32 lowercase hex digits (16 bytes)", salt)
+        {
+            problems.0.extend(errors);
+        }
+    }
     let release_id = parse_id("release", "rel", &request.release_id);
     if release_id.is_err() {
         problems.push(
@@ -149,19 +164,44 @@ async fn create(
         }
         Err(other) => return Err(other.into()),
     }
+    let salt = match request.salt {
+        Some(salt) => salt,
+        None => random_salt()?,
+    };
+    Ok((request.name, release_id, spec, salt))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Authorized(caller, _): Authorized<RolloutWriteScope>,
+    ApiJson(request): ApiJson<CreateRollout>,
+) -> Result<(StatusCode, Json<RolloutRecord>), ApiError> {
+    let (name, release_id, spec, salt) = checked(&state, request).await?;
     let record = state
         .store
         .insert_rollout(
             &caller.actor(),
             NewRollout {
-                name: request.name,
+                name,
                 release_id,
                 spec,
-                salt: random_salt()?,
+                salt,
             },
         )
         .await?;
     Ok((StatusCode::CREATED, Json(record)))
+}
+
+/// The vehicles per phase a rollout with this spec would assign, computed with the
+/// director's own rule over the fleet as it is now; creates nothing. Give the answer's
+/// `salt` to create to get exactly these vehicles.
+async fn dry_run(
+    State(state): State<AppState>,
+    Authorized(_, _): Authorized<RolloutWriteScope>,
+    ApiJson(request): ApiJson<CreateRollout>,
+) -> Result<Json<DryRun>, ApiError> {
+    let (_, release_id, spec, salt) = checked(&state, request).await?;
+    Ok(Json(state.engine.dry_run(&spec, &release_id, &salt).await?))
 }
 
 #[derive(Debug, Deserialize)]

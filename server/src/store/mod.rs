@@ -12,6 +12,7 @@
 
 mod audit;
 mod deltas;
+mod deployments;
 mod images;
 mod releases;
 mod rollouts;
@@ -22,6 +23,7 @@ use ota_core::encoding::Sha256Digest;
 
 pub use audit::AuditEntry;
 pub use deltas::{BuiltDelta, DeltaJob, DeltaJobStatus};
+pub use deployments::{DeploymentChange, DeploymentEvent, DeploymentQuery};
 pub use images::{ImageRecord, NewImage};
 pub use releases::{NewRelease, ReleaseImage, ReleaseRecord};
 pub use rollouts::{ChangeError, DeploymentRecord, NewRollout, PhaseCounts, RolloutRecord};

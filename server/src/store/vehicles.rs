@@ -214,7 +214,7 @@ impl Store {
             .collect()
     }
 
-    async fn vehicle_from_row(&self, row: &AnyRow) -> Result<VehicleRecord, StoreError> {
+    pub(super) async fn vehicle_from_row(&self, row: &AnyRow) -> Result<VehicleRecord, StoreError> {
         let id: String = row.try_get("id")?;
         let tags: String = row.try_get("tags")?;
         Ok(VehicleRecord {

@@ -1809,3 +1809,364 @@ async fn an_image_name_vehicles_would_refuse_is_refused_at_upload() {
     }
     app.upload("hw-a", "1.0", b"image bytes".to_vec()).await;
 }
+
+/// The vehicle ids of every deployment of a rollout, following `next_cursor` pages of
+/// `limit`; also returns how many pages it took.
+async fn all_deployment_pages(app: &TestApp, rollout: &str, limit: u32) -> (Vec<String>, usize) {
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/api/v1/rollouts/{rollout}/deployments?limit={limit}");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = app.get(&path, &app.read_token).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= limit as usize, "{page}");
+        ids.extend(
+            items
+                .iter()
+                .map(|d| d["vehicle_id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return (ids, pages),
+        }
+    }
+}
+
+async fn deployments_of_a_rollout(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let keys: Vec<_> = (0..3).map(|_| device_key()).collect();
+    let vids: Vec<String> = (0..3).map(|i| format!("veh-d{i}")).collect();
+    for (vid, key) in vids.iter().zip(&keys) {
+        app.register_vehicle(vid, key, "hw-d", &[]).await;
+    }
+    let (image, _, rollout) = app
+        .release_and_rollout("hw-d", json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let id = rollout["id"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/start"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut deployment_ids = Vec::new();
+    for (vid, key) in vids.iter().zip(&keys) {
+        let (_, d) = directive_for(&app, key, vid, b"old", "1.0.0").await;
+        assert_eq!(d.assignments.len(), 1, "{vid} is assigned");
+        deployment_ids.push(d.assignments[0].deployment_id.clone());
+    }
+    // Pages of two, following the cursor, give every deployment once, in vehicle order.
+    let (ids, pages) = all_deployment_pages(&app, &id, 2).await;
+    assert_eq!((ids, pages), (vids.clone(), 2));
+    let list = |query: &str| {
+        let app = &app;
+        let path = format!("/api/v1/rollouts/{id}/deployments?{query}");
+        async move { app.get(&path, &app.read_token).await }
+    };
+    let (_, page) = list("state=assigned").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 3, "{page}");
+    assert_eq!(page["items"][0]["phase"], 0, "{page}");
+    let (_, page) = list("phase=1").await;
+    assert_eq!(page["items"], json!([]), "{page}");
+    let (status, problem) = list("state=sideways").await;
+    assert_eq!(
+        (status, problem["errors"][0]["field"].as_str()),
+        (422, Some("state"))
+    );
+    for bad in ["garbage", "eyJ4Ijp9", "WyJyb2xsb3V0cyIsInZlaC1kMCJd"] {
+        let (status, problem) = list(&format!("cursor={bad}")).await;
+        assert_eq!(status, 400, "{bad}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().starts_with("cursor: "),
+            "the problem names the cursor: {problem}"
+        );
+    }
+
+    // Committed by the vehicle's own check-in: recorded as its event.
+    let version = image["version"].as_str().unwrap();
+    let firmware = b"new firmware image bytes".repeat(100);
+    directive_for(&app, &keys[1], &vids[1], &firmware, version).await;
+
+    let deployment = |vid: &str| {
+        let app = &app;
+        let path = format!("/api/v1/rollouts/{id}/deployments/{vid}");
+        async move { app.get(&path, &app.read_token).await }
+    };
+    let act = |vid: &str, action: &str, token: &str| {
+        let app = &app;
+        let path = format!("/api/v1/rollouts/{id}/deployments/{vid}/{action}");
+        let token = token.to_owned();
+        async move { app.post(&path, &token, &json!({})).await }
+    };
+    let (status, _) = act(&vids[0], "cancel", &app.read_token).await;
+    assert_eq!(status, 403, "cancelling needs rollout:write");
+    let (status, cancelled) = act(&vids[0], "cancel", &app.rollout_token).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled[0]["status"], "cancelled", "{cancelled}");
+    // The director hands a cancelled deployment out no more.
+    let (_, d) = directive_for(&app, &keys[0], &vids[0], b"old", "1.0.0").await;
+    assert!(d.assignments.is_empty(), "cancelled: {:?}", d.assignments);
+    let (status, problem) = act(&vids[0], "cancel", &app.rollout_token).await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("allowed actions: retry"),
+        "{problem}"
+    );
+    let (status, one) = deployment(&vids[0]).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["allowed_actions"], json!(["retry"]), "{one}");
+    let events = &one["deployments"][0]["events"];
+    assert_eq!(events[0]["status"], "assigned", "{one}");
+    assert_eq!(events[0]["source"], "director", "{one}");
+    assert_eq!(events[1]["status"], "cancelled", "{one}");
+    assert_eq!(events[1]["source"], "test-rollouts", "{one}");
+
+    // Retry: assigned again, one more attempt, and the next check-in carries it.
+    let (status, retried) = act(&vids[0], "retry", &app.rollout_token).await;
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(
+        (
+            retried[0]["status"].as_str(),
+            retried[0]["attempts"].as_u64()
+        ),
+        (Some("assigned"), Some(2))
+    );
+    let (_, d) = directive_for(&app, &keys[0], &vids[0], b"old", "1.0.0").await;
+    assert_eq!(d.assignments.len(), 1, "the retry is handed out");
+    assert_eq!(d.assignments[0].deployment_id, deployment_ids[0]);
+    let (status, problem) = act(&vids[0], "retry", &app.rollout_token).await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("allowed actions: cancel"),
+        "{problem}"
+    );
+
+    // A committed deployment can be neither cancelled nor retried.
+    let (_, one) = deployment(&vids[1]).await;
+    let events: Vec<(&str, &str)> = one["deployments"][0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["status"].as_str().unwrap(), e["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        events,
+        vec![("assigned", "director"), ("committed", "vehicle")],
+        "{one}"
+    );
+    assert_eq!(one["allowed_actions"], json!([]), "{one}");
+    let (status, problem) = act(&vids[1], "retry", &app.rollout_token).await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("allowed actions: none"),
+        "{problem}"
+    );
+    let (status, _) = act("veh-not-in-it", "cancel", &app.rollout_token).await;
+    assert_eq!(status, 404);
+    let (status, _) = deployment("veh-not-in-it").await;
+    assert_eq!(status, 404);
+
+    let (_, audit) = app.get("/api/v1/audit?limit=50", &app.admin_token).await;
+    let actions: Vec<(&str, &str)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"].as_str().unwrap().starts_with("deployment."))
+        .map(|a| (a["action"].as_str().unwrap(), a["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("deployment.retry", "test-rollouts"),
+            ("deployment.cancel", "test-rollouts")
+        ],
+        "only the changes that happened are audited, newest first"
+    );
+    app.stop().await;
+}
+both_backends!(
+    rollout_deployments_list_cancel_retry,
+    deployments_of_a_rollout
+);
+
+async fn dry_run_matches_the_director(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let mut keys = Vec::new();
+    for i in 0..40 {
+        let key = device_key();
+        let tags: &[&str] = if i % 2 == 0 { &["eu"] } else { &["us"] };
+        app.register_vehicle(&format!("veh-y{i:02}"), &key, "hw-y", tags)
+            .await;
+        keys.push(key);
+    }
+    // Selected by tag, but hardware the release does not target: never counted.
+    app.register_vehicle("veh-z", &device_key(), "hw-z", &["eu"])
+        .await;
+    let image = app.upload("hw-y", "3.0.0", b"y".repeat(64)).await;
+    let (_, release) = app
+        .post("/api/v1/releases", &app.admin_token, &json!({ "name": "ry", "version": "3.0.0", "security_version": 1, "images": [image["id"]] }))
+        .await;
+    let salt = "00112233445566778899aabbccddeeff";
+    let spec = json!({ "name": "ry", "release_id": release["id"], "salt": salt,
+        "selector": { "tags": ["eu"] },
+        "phases": [{ "name": "canary", "percent": 30 }, { "name": "all", "percent": 100 }] });
+    let (_, audit_before) = app.get("/api/v1/audit?limit=1000", &app.admin_token).await;
+    let (status, _) = app
+        .post("/api/v1/rollouts:dry-run", &app.read_token, &spec)
+        .await;
+    assert_eq!(status, 403, "a dry run needs rollout:write");
+    let (status, dry) = app
+        .post("/api/v1/rollouts:dry-run", &app.rollout_token, &spec)
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["salt"], salt);
+    assert_eq!(dry["vehicles"], 20, "the 20 eu vehicles of hw-y: {dry}");
+    let canary: Vec<String> = dry["phases"][0]["sample"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let canary_count = dry["phases"][0]["vehicles"].as_u64().unwrap() as usize;
+    assert_eq!(
+        canary.len(),
+        canary_count,
+        "the whole canary fits the sample: {dry}"
+    );
+    assert!((1..20).contains(&canary_count), "{dry}");
+    assert_eq!(
+        dry["phases"][1]["vehicles"].as_u64().unwrap() as usize,
+        20 - canary_count
+    );
+    assert!(canary.iter().all(|v| v.starts_with("veh-y")), "{dry}");
+    // Nothing was created or audited.
+    let (_, rollouts) = app.get("/api/v1/rollouts", &app.read_token).await;
+    assert_eq!(rollouts, json!([]));
+    let (_, audit_after) = app.get("/api/v1/audit?limit=1000", &app.admin_token).await;
+    assert_eq!(audit_before, audit_after);
+    // The same rules as create.
+    let mut bad = spec.clone();
+    bad["salt"] = json!("XYZ");
+    let (status, problem) = app
+        .post("/api/v1/rollouts:dry-run", &app.rollout_token, &bad)
+        .await;
+    assert_eq!(
+        (status, problem["errors"][0]["field"].as_str()),
+        (422, Some("salt")),
+        "{problem}"
+    );
+
+    // The real rollout with that salt assigns exactly the canary.
+    let (status, rollout) = app
+        .post("/api/v1/rollouts", &app.rollout_token, &spec)
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let id = rollout["id"].as_str().unwrap();
+    app.post(
+        &format!("/api/v1/rollouts/{id}/start"),
+        &app.rollout_token,
+        &json!({}),
+    )
+    .await;
+    let mut assigned = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let vid = format!("veh-y{i:02}");
+        let (_, d) = directive_for(&app, key, &vid, b"old", "1.0.0").await;
+        if !d.assignments.is_empty() {
+            assigned.push(vid);
+        }
+    }
+    assert_eq!(
+        assigned, canary,
+        "the director assigns exactly the dry run's canary"
+    );
+    app.stop().await;
+}
+both_backends!(
+    rollout_dry_run_matches_what_the_director_assigns,
+    dry_run_matches_the_director
+);
+
+async fn token_expiry(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let store = &app.state.store;
+    let actor = ota_server::store::Actor::system();
+    let now = ota_server::engine::wall_clock_ms();
+    let scopes = [ota_server::tokens::Scope::Read];
+    let (expired, expired_token) =
+        ota_server::tokens::create_expiring_token(store, &actor, "old", &scopes, Some(now - 1000))
+            .await
+            .unwrap();
+    let (_, live_token) = ota_server::tokens::create_expiring_token(
+        store,
+        &actor,
+        "fresh",
+        &scopes,
+        Some(now + 3_600_000),
+    )
+    .await
+    .unwrap();
+    let (status, problem) = app.get("/api/v1/images", &expired_token).await;
+    assert_eq!(status, 401, "{problem}");
+    assert_eq!(
+        problem["type"], "urn:ota:problem:token-expired",
+        "{problem}"
+    );
+    let at = ota_server::store::ms_to_rfc3339(now - 1000);
+    assert_eq!(
+        problem["detail"],
+        format!("the bearer token expired at {at}")
+    );
+    // Blob downloads take read tokens too, and refuse the expired one the same way.
+    let blob = format!("/v1/blobs/{}", "0".repeat(64));
+    let (status, problem) = app.get(&blob, &expired_token).await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (401, Some("urn:ota:problem:token-expired"))
+    );
+    let (status, body) = app.get("/api/v1/images", &live_token).await;
+    assert_eq!(status, 200, "a token before its expiry works: {body}");
+    let (_, tokens) = app.get("/api/v1/tokens", &app.admin_token).await;
+    let listed = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == expired.id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(listed["expires_at"], at.as_str(), "{tokens}");
+    let (_, audit) = app.get("/api/v1/audit?limit=50", &app.admin_token).await;
+    let created = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "token.create" && a["subject"] == expired.id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(created["detail"]["expires_at"], at.as_str(), "{created}");
+    app.stop().await;
+}
+both_backends!(expired_tokens_are_refused_naming_the_expiry, token_expiry);

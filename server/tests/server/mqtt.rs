@@ -484,3 +484,78 @@ pub(crate) async fn dropped_counts(app: &TestApp, reasons: &[&str]) -> Vec<u64> 
         })
         .collect()
 }
+
+/// An operator's cancel of one vehicle reaches it as a signed `cancel` naming the
+/// deployment; a retry as `poll_now`, and the check-in that follows carries the same
+/// deployment again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_cancel_and_retry_of_one_vehicle_reach_it() {
+    let Some(app) = mqtt_app().await else { return };
+    let vid = unique("veh-");
+    let key = device_key();
+    app.register_vehicle(&vid, &key, "hw-o", &[]).await;
+    let mut vehicle = VehicleClient::connect(&[&vid]).await;
+    let (_, _, rollout) = app
+        .release_and_rollout("hw-o", json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let id = rollout["id"].as_str().unwrap().to_owned();
+    app.post(
+        &format!("/api/v1/rollouts/{id}/start"),
+        &app.rollout_token,
+        &json!({}),
+    )
+    .await;
+    let checkin_bytes = || signed_checkin(&key, &checkin(&vid, Some(("1.0.0", b"old")), 0));
+    let c = checkin_bytes();
+    let d = director_metadata(
+        &app,
+        &vehicle
+            .expect(
+                &topic(&vid, Channel::Directive),
+                Some((&vid, Channel::CheckIn, &c)),
+            )
+            .await,
+    );
+    let deployment = d.assignments[0].deployment_id.clone();
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/deployments/{vid}/cancel"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let cancel = control(
+        &app,
+        &vehicle.expect(&topic(&vid, Channel::Control), None).await,
+    );
+    assert_eq!(cancel.command, ControlCommand::Cancel);
+    assert_eq!(cancel.deployment_id.as_deref(), Some(deployment.as_str()));
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/deployments/{vid}/retry"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let poll = control(
+        &app,
+        &vehicle.expect(&topic(&vid, Channel::Control), None).await,
+    );
+    assert_eq!(poll.command, ControlCommand::PollNow);
+    assert_eq!(poll.deployment_id.as_deref(), Some(deployment.as_str()));
+    let c = checkin_bytes();
+    let d = director_metadata(
+        &app,
+        &vehicle
+            .expect(
+                &topic(&vid, Channel::Directive),
+                Some((&vid, Channel::CheckIn, &c)),
+            )
+            .await,
+    );
+    assert_eq!(d.assignments.len(), 1);
+    assert_eq!(d.assignments[0].deployment_id, deployment);
+    app.stop().await;
+}

@@ -220,6 +220,68 @@ async fn ota_server_tokens_create_makes_a_working_scoped_token() {
         .post("/api/v1/rollouts", token, &serde_json::json!({}))
         .await;
     assert_eq!(status, 403, "but has only the read scope");
+    assert!(
+        created["expires_at"].is_null(),
+        "no --expires-in: never expires"
+    );
+    let expiring = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_ota-server"))
+            .args([
+                "tokens",
+                "create",
+                "--name",
+                "ci-day",
+                "--scope",
+                "read",
+                "--json",
+                "--expires-in",
+                "1d",
+            ])
+            .env("OTA_DATA_DIR", app.dir.path())
+            .env_remove("OTA_CONFIG")
+            .output()
+            .expect("running ota-server")
+    });
+    assert!(
+        expiring.status.success(),
+        "{}",
+        String::from_utf8_lossy(&expiring.stderr)
+    );
+    let expiring: Value = serde_json::from_slice(&expiring.stdout).unwrap();
+    let expires_at = chrono::DateTime::parse_from_rfc3339(expiring["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp();
+    let in_a_day = chrono::Utc::now().timestamp() + 86_400;
+    assert!(
+        (in_a_day - 120..=in_a_day).contains(&expires_at),
+        "{expiring}"
+    );
+    let (status, _) = app
+        .get("/api/v1/rollouts", expiring["token"].as_str().unwrap())
+        .await;
+    assert_eq!(status, 200, "a token within its lifetime reads");
+    let bad_lifetime = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_ota-server"))
+            .args([
+                "tokens",
+                "create",
+                "--name",
+                "x",
+                "--scope",
+                "read",
+                "--expires-in",
+                "forever",
+            ])
+            .env("OTA_DATA_DIR", app.dir.path())
+            .output()
+            .unwrap()
+    });
+    assert!(
+        !bad_lifetime.status.success()
+            && String::from_utf8_lossy(&bad_lifetime.stderr).contains("unit s, m, h or d"),
+        "{}",
+        String::from_utf8_lossy(&bad_lifetime.stderr)
+    );
     let bad = tokio::task::block_in_place(|| {
         Command::new(env!("CARGO_BIN_EXE_ota-server"))
             .args(["tokens", "create", "--name", "x", "--scope", "root"])
