@@ -63,9 +63,25 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// The audit log (admin).
+    /// The audit log, newest first (following pages up to `--limit` entries).
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Only entries by this token name (or `system`).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this action, e.g. `rollout.start`.
+        #[arg(long)]
+        action: Option<String>,
+        /// Only entries about this id (rollout, release, token, vehicle, ...).
+        #[arg(long)]
+        target: Option<String>,
+        /// Only entries at or after this time (YYYY-MM-DDTHH:MM:SSZ).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only entries before this time (YYYY-MM-DDTHH:MM:SSZ).
+        #[arg(long)]
+        until: Option<String>,
     },
 }
 
@@ -655,6 +671,20 @@ fn rollout_body(args: &RolloutCreate) -> anyhow::Result<Value> {
 /// Most pages `all_pages` follows (at the largest page size: a million rows).
 const MAX_PAGES: usize = 1000;
 
+/// `key=value` for a query string, the value percent-encoded.
+fn query_pair(key: &str, value: &str) -> String {
+    let value: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    format!("{key}={value}")
+}
+
+/// The `key=value` pairs of the given filters.
+fn filters(pairs: &[(&str, &Option<String>)]) -> Vec<String> {
+    pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| query_pair(k, v)))
+        .collect()
+}
+
 /// Every item of a paginated list: GETs `path` with the `filters` (`key=value`) and
 /// `limit=1000`, then each `next_cursor` until there is none.
 pub async fn all_pages(
@@ -662,10 +692,20 @@ pub async fn all_pages(
     path: &str,
     filters: &[String],
 ) -> anyhow::Result<Value> {
+    first_items(client, path, filters, usize::MAX).await
+}
+
+/// The first `max` items of a paginated list, following `next_cursor`.
+pub async fn first_items(
+    client: &ApiClient,
+    path: &str,
+    filters: &[String],
+    max: usize,
+) -> anyhow::Result<Value> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     let mut query = filters.to_vec();
-    query.push("limit=1000".to_owned());
+    query.push(format!("limit={}", max.clamp(1, 1000)));
     let query = query.join("&");
     for _ in 0..MAX_PAGES {
         let mut url = format!("{path}?{query}");
@@ -675,6 +715,10 @@ pub async fn all_pages(
         }
         let page = client.get(&url).await?;
         items.extend(page["items"].as_array().cloned().unwrap_or_default());
+        if items.len() >= max {
+            items.truncate(max);
+            return Ok(Value::Array(items));
+        }
         match page["next_cursor"].as_str() {
             // A cursor is base64url: safe in a query string as it is.
             Some(next) => cursor = Some(next.to_owned()),
@@ -839,11 +883,11 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             images_table,
         ),
         Command::Image(ImageCommand::List { hardware_id }) => {
-            let path = match hardware_id {
-                Some(hw) => format!("/api/v1/images?hardware_id={hw}"),
-                None => "/api/v1/images".to_owned(),
-            };
-            (client.get(&path).await?, images_table)
+            let query = filters(&[("hardware_id", &hardware_id)]);
+            (
+                all_pages(&client, "/api/v1/images", &query).await?,
+                images_table,
+            )
         }
         Command::Image(ImageCommand::Get { id }) => (
             client.get(&format!("/api/v1/images/{id}")).await?,
@@ -876,9 +920,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 releases_table,
             )
         }
-        Command::Release(ReleaseCommand::List) => {
-            (client.get("/api/v1/releases").await?, releases_table)
-        }
+        Command::Release(ReleaseCommand::List) => (
+            all_pages(&client, "/api/v1/releases", &[]).await?,
+            releases_table,
+        ),
         Command::Release(ReleaseCommand::Get { id }) => (
             client.get(&format!("/api/v1/releases/{id}")).await?,
             releases_table,
@@ -930,22 +975,15 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             tag,
             installed_version,
         }) => {
-            let mut query = Vec::new();
-            for (k, v) in [
-                ("hardware_id", hardware_id),
-                ("tag", tag),
-                ("installed_version", installed_version),
-            ] {
-                if let Some(v) = v {
-                    query.push(format!("{k}={v}"));
-                }
-            }
-            let path = if query.is_empty() {
-                "/api/v1/vehicles".to_owned()
-            } else {
-                format!("/api/v1/vehicles?{}", query.join("&"))
-            };
-            (client.get(&path).await?, vehicles_table)
+            let query = filters(&[
+                ("hardware_id", &hardware_id),
+                ("tag", &tag),
+                ("installed_version", &installed_version),
+            ]);
+            (
+                all_pages(&client, "/api/v1/vehicles", &query).await?,
+                vehicles_table,
+            )
         }
         Command::Vehicle(VehicleCommand::Get { id }) => (
             client.get(&format!("/api/v1/vehicles/{id}")).await?,
@@ -964,19 +1002,15 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             dry_run_text,
         ),
         Command::Rollout(RolloutCommand::Deployments { id, state, phase }) => {
-            let mut filters = Vec::new();
+            let mut query = Vec::new();
             if let Some(state) = state {
-                let state: String = form_urlencoded::byte_serialize(state.as_bytes()).collect();
-                filters.push(format!("state={state}"));
+                query.push(query_pair("state", &state));
             }
             if let Some(phase) = phase {
-                filters.push(format!("phase={phase}"));
+                query.push(format!("phase={phase}"));
             }
             let path = format!("/api/v1/rollouts/{id}/deployments");
-            (
-                all_pages(&client, &path, &filters).await?,
-                deployments_table,
-            )
+            (all_pages(&client, &path, &query).await?, deployments_table)
         }
         Command::Rollout(RolloutCommand::Deployment { id, vehicle }) => (
             client
@@ -1000,9 +1034,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 .await?,
             deployments_table,
         ),
-        Command::Rollout(RolloutCommand::List) => {
-            (client.get("/api/v1/rollouts").await?, rollouts_table)
-        }
+        Command::Rollout(RolloutCommand::List) => (
+            all_pages(&client, "/api/v1/rollouts", &[]).await?,
+            rollouts_table,
+        ),
         Command::Rollout(
             command @ (RolloutCommand::Start { .. }
             | RolloutCommand::Pause { .. }
@@ -1059,10 +1094,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             }
         }
         Command::DeltaJobs { rollout } => {
-            let path = match rollout {
-                Some(r) => format!("/api/v1/delta-jobs?rollout_id={r}"),
-                None => "/api/v1/delta-jobs".to_owned(),
-            };
+            let query = filters(&[("rollout_id", &rollout)]);
             let render: fn(&Value) -> String = |v| {
                 columns(
                     v,
@@ -1076,7 +1108,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                     ],
                 )
             };
-            (client.get(&path).await?, render)
+            (
+                all_pages(&client, "/api/v1/delta-jobs", &query).await?,
+                render,
+            )
         }
         Command::Token(command) => {
             let render: fn(&Value) -> String = |v| {
@@ -1107,7 +1142,14 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             };
             (value, render)
         }
-        Command::Audit { limit } => {
+        Command::Audit {
+            limit,
+            actor,
+            action,
+            target,
+            since,
+            until,
+        } => {
             let render: fn(&Value) -> String = |v| {
                 columns(
                     v,
@@ -1120,8 +1162,15 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                     ],
                 )
             };
+            let query = filters(&[
+                ("actor", &actor),
+                ("action", &action),
+                ("target", &target),
+                ("since", &since),
+                ("until", &until),
+            ]);
             (
-                client.get(&format!("/api/v1/audit?limit={limit}")).await?,
+                first_items(&client, "/api/v1/audit", &query, limit as usize).await?,
                 render,
             )
         }

@@ -5,6 +5,7 @@
 //! a 400 naming the `cursor` parameter.
 
 use super::error::ApiError;
+use crate::store::Keyset;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::Serialize;
@@ -27,14 +28,17 @@ pub fn encode(kind: &str, key: &[String]) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&parts).unwrap_or_default())
 }
 
+/// The 400 answer to a cursor this list did not make.
+pub fn refused(cursor: &str) -> ApiError {
+    ApiError::BadRequest(format!(
+        "cursor: expected a next_cursor this list returned, got {}",
+        super::validate::shown(cursor)
+    ))
+}
+
 /// The sort key a cursor of list `kind` holds (`N` parts), or 400 naming `cursor`.
 pub fn decode<const N: usize>(kind: &str, cursor: &str) -> Result<[String; N], ApiError> {
-    let refused = || {
-        ApiError::BadRequest(format!(
-            "cursor: expected a next_cursor this list returned, got {}",
-            super::validate::shown(cursor)
-        ))
-    };
+    let refused = || refused(cursor);
     if cursor.len() > MAX_CURSOR_LEN {
         return Err(refused());
     }
@@ -67,6 +71,47 @@ pub fn page<T>(
         items: rows,
         next_cursor,
     }
+}
+
+/// The position and direction of a page of a list sorted by creation time, then id:
+/// `order` is `asc` (oldest first, the default) or `desc`; the cursor holds the last
+/// row's `created_at` and id, and names the list and the direction it was made for.
+pub fn created_keyset(
+    list: &str,
+    order: Option<&str>,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<(Keyset, String), ApiError> {
+    let descending = match order {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "order",
+                "asc or desc",
+                super::validate::shown(other),
+            ))
+        }
+    };
+    let kind = format!("{list}:{}", if descending { "desc" } else { "asc" });
+    let after = match cursor {
+        None => None,
+        Some(cursor) => {
+            let [created_at, id] = decode::<2>(&kind, cursor)?;
+            let at = chrono::DateTime::parse_from_rfc3339(&created_at)
+                .map_err(|_| refused(cursor))?
+                .timestamp_millis();
+            Some((at, id))
+        }
+    };
+    Ok((
+        Keyset {
+            after,
+            descending,
+            limit: limit + 1,
+        },
+        kind,
+    ))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use super::error::ApiError;
 use super::extract::{parse_id, ApiJson, ApiQuery, Authorized, Caller, RolloutWriteScope};
+use super::page::{self, Page};
 use super::validate;
 use super::{AppState, Routes};
 use crate::engine::plan::{PlanError, RolloutRequest};
@@ -12,7 +13,7 @@ use crate::rollout::{
     AbortCriteria, MaintenanceWindow, PhaseSpec, Preconditions, RateLimit, RetryPolicy,
     RolloutAction, RolloutSpec, RolloutState, Selector,
 };
-use crate::store::{DeltaJob, NewRollout, RolloutRecord, StoreError};
+use crate::store::{DeltaJob, DeltaJobStatus, NewRollout, RolloutRecord, StoreError};
 use crate::tokens::Scope;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -208,14 +209,17 @@ async fn dry_run(
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
+    release_id: Option<String>,
     limit: Option<i64>,
+    cursor: Option<String>,
+    order: Option<String>,
 }
 
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<RolloutRecord>>, ApiError> {
+) -> Result<Json<Page<RolloutRecord>>, ApiError> {
     caller.require(Scope::Read)?;
     let limit = validate::limit(query.limit)?;
     let filter = match query.state.as_deref() {
@@ -228,9 +232,23 @@ async fn list(
             )
         })?),
     };
-    let mut rollouts = state.store.list_rollouts(filter).await?;
-    rollouts.truncate(limit as usize);
-    Ok(Json(rollouts))
+    let release = match &query.release_id {
+        Some(id) => Some(parse_id("release", "rel", id)?),
+        None => None,
+    };
+    let (keyset, kind) = page::created_keyset(
+        "rollouts",
+        query.order.as_deref(),
+        query.cursor.as_deref(),
+        limit,
+    )?;
+    let rows = state
+        .store
+        .rollout_page(filter, release.as_deref(), &keyset)
+        .await?;
+    Ok(Json(page::page(rows, limit, &kind, |r| {
+        vec![r.created_at.clone(), r.id.clone()]
+    })))
 }
 
 async fn get_one(
@@ -366,21 +384,44 @@ async fn rollback(
 #[serde(deny_unknown_fields)]
 struct JobsQuery {
     rollout_id: Option<String>,
+    status: Option<String>,
     limit: Option<i64>,
+    cursor: Option<String>,
+    order: Option<String>,
 }
 
 async fn delta_jobs(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<JobsQuery>,
-) -> Result<Json<Vec<DeltaJob>>, ApiError> {
+) -> Result<Json<Page<DeltaJob>>, ApiError> {
     caller.require(Scope::Read)?;
     let limit = validate::limit(query.limit)?;
     let rollout = match query.rollout_id {
         Some(id) => Some(parse_id("rollout", "ro", &id)?),
         None => None,
     };
-    let mut jobs = state.store.list_delta_jobs(rollout.as_deref()).await?;
-    jobs.truncate(limit as usize);
-    Ok(Json(jobs))
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(DeltaJobStatus::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "status",
+                "queued, running, done, skipped or failed",
+                validate::shown(s),
+            )
+        })?),
+    };
+    let (keyset, kind) = page::created_keyset(
+        "delta-jobs",
+        query.order.as_deref(),
+        query.cursor.as_deref(),
+        limit,
+    )?;
+    let rows = state
+        .store
+        .delta_job_page(rollout.as_deref(), status, &keyset)
+        .await?;
+    Ok(Json(page::page(rows, limit, &kind, |j| {
+        vec![j.created_at.clone(), j.id.clone()]
+    })))
 }

@@ -29,7 +29,7 @@ impl DeltaJobStatus {
         }
     }
 
-    fn parse(text: &str) -> Option<Self> {
+    pub fn parse(text: &str) -> Option<Self> {
         [
             Self::Queued,
             Self::Running,

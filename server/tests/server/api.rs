@@ -151,7 +151,7 @@ async fn images(backend: Backend) {
     let (status, list) = app
         .get("/api/v1/images?hardware_id=hw-a", &app.read_token)
         .await;
-    assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
+    assert_eq!((status, list["items"].as_array().unwrap().len()), (200, 1));
     let blob = app
         .dir
         .path()
@@ -365,7 +365,7 @@ async fn releases(backend: Backend) {
     assert_eq!(status, 422, "targets versions must grow: {problem}");
 
     let (status, list) = app.get("/api/v1/releases", &app.read_token).await;
-    assert_eq!((status, list.as_array().unwrap().len()), (200, 2));
+    assert_eq!((status, list["items"].as_array().unwrap().len()), (200, 2));
     let (status, got) = app
         .get(
             &format!("/api/v1/releases/{}", release["id"].as_str().unwrap()),
@@ -473,11 +473,11 @@ async fn vehicles(backend: Backend) {
     app.register_vehicle("veh-b", &device_key(), "hw-b", &["us"])
         .await;
     let (status, list) = app.get("/api/v1/vehicles?tag=eu", &app.read_token).await;
-    assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
+    assert_eq!((status, list["items"].as_array().unwrap().len()), (200, 1));
     let (_, list) = app
         .get("/api/v1/vehicles?hardware_id=hw-b", &app.read_token)
         .await;
-    assert_eq!(list[0]["id"], "veh-b");
+    assert_eq!(list["items"][0]["id"], "veh-b");
     let (status, detail) = app.get("/api/v1/vehicles/veh-a", &app.read_token).await;
     assert_eq!(status, 200);
     assert_eq!(detail["deployments"], json!([]));
@@ -553,7 +553,7 @@ async fn count_with_hardware(app: &TestApp, hardware_id: &str) -> usize {
         )
         .await;
     assert_eq!(status, 200, "{list}");
-    list.as_array().unwrap().len()
+    list["items"].as_array().unwrap().len()
 }
 
 async fn vehicles_bulk(backend: Backend) {
@@ -603,7 +603,7 @@ async fn vehicles_bulk(backend: Backend) {
     assert_eq!(one["ecus"].as_array().unwrap().len(), 2, "{one}");
     assert_eq!(one["tags"], json!(["bulk"]));
     let (_, audit) = app.get("/api/v1/audit?limit=50", &app.admin_token).await;
-    let bulk_entries: Vec<&Value> = audit
+    let bulk_entries: Vec<&Value> = audit["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -832,7 +832,7 @@ async fn rollouts(backend: Backend) {
     let (status, list) = app
         .get("/api/v1/rollouts?state=rolled_back", &app.read_token)
         .await;
-    assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
+    assert_eq!((status, list["items"].as_array().unwrap().len()), (200, 1));
     let (status, _) = app
         .get("/api/v1/rollouts?state=bogus", &app.read_token)
         .await;
@@ -844,7 +844,7 @@ async fn rollouts(backend: Backend) {
         )
         .await;
     assert_eq!(
-        (status, jobs.as_array().map(Vec::len)),
+        (status, jobs["items"].as_array().map(Vec::len)),
         (200, Some(0)),
         "no source image bytes held: nothing to build"
     );
@@ -915,7 +915,7 @@ async fn rollouts(backend: Backend) {
 
     let (status, audit) = app.get("/api/v1/audit?limit=100", &app.admin_token).await;
     assert_eq!(status, 200);
-    let actions: Vec<&str> = audit
+    let actions: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -937,7 +937,7 @@ async fn rollouts(backend: Backend) {
             "{expected} must be audited: {actions:?}"
         );
     }
-    let start = audit
+    let start = audit["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -1217,10 +1217,10 @@ async fn delta_jobs(backend: Backend) {
             )
             .await;
         if !matches!(
-            list[0]["status"].as_str(),
+            list["items"][0]["status"].as_str(),
             Some("queued" | "running") | None
         ) {
-            jobs = list;
+            jobs = list["items"].clone();
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -1442,7 +1442,11 @@ async fn a_request_slower_than_the_timeout_gets_408() {
     drop(tx);
     let (status, images) = app.get("/api/v1/images", &app.read_token).await;
     assert_eq!(status, 200, "the server serves on after a timeout");
-    assert_eq!(images, json!([]), "a timed-out upload stores nothing");
+    assert_eq!(
+        images["items"],
+        json!([]),
+        "a timed-out upload stores nothing"
+    );
     app.stop().await;
 }
 
@@ -1579,7 +1583,7 @@ async fn rate_limit_and_phases(backend: Backend) {
         "maximum_per_minute = 1 admits one vehicle per minute"
     );
     let (_, audit) = app.get("/api/v1/audit?limit=50", &app.admin_token).await;
-    let advances: Vec<&Value> = audit
+    let advances: Vec<&Value> = audit["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -1986,7 +1990,7 @@ async fn deployments_of_a_rollout(backend: Backend) {
     assert_eq!(status, 404);
 
     let (_, audit) = app.get("/api/v1/audit?limit=50", &app.admin_token).await;
-    let actions: Vec<(&str, &str)> = audit
+    let actions: Vec<(&str, &str)> = audit["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -2062,7 +2066,7 @@ async fn dry_run_matches_the_director(backend: Backend) {
     assert!(canary.iter().all(|v| v.starts_with("veh-y")), "{dry}");
     // Nothing was created or audited.
     let (_, rollouts) = app.get("/api/v1/rollouts", &app.read_token).await;
-    assert_eq!(rollouts, json!([]));
+    assert_eq!(rollouts["items"], json!([]));
     let (_, audit_after) = app.get("/api/v1/audit?limit=1000", &app.admin_token).await;
     assert_eq!(audit_before, audit_after);
     // The same rules as create.
@@ -2159,7 +2163,7 @@ async fn token_expiry(backend: Backend) {
         .clone();
     assert_eq!(listed["expires_at"], at.as_str(), "{tokens}");
     let (_, audit) = app.get("/api/v1/audit?limit=50", &app.admin_token).await;
-    let created = audit
+    let created = audit["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -2170,3 +2174,170 @@ async fn token_expiry(backend: Backend) {
     app.stop().await;
 }
 both_backends!(expired_tokens_are_refused_naming_the_expiry, token_expiry);
+
+/// Every item of `path` (with a query string), following `next_cursor` pages of `limit`.
+async fn follow_pages(app: &TestApp, path: &str, limit: u32) -> (Vec<Value>, usize) {
+    let mut items = Vec::new();
+    let mut pages = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{path}&limit={limit}");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = app.get(&url, &app.admin_token).await;
+        assert_eq!(status, 200, "{url}: {page}");
+        pages += 1;
+        let got = page["items"].as_array().unwrap();
+        assert!(got.len() <= limit as usize, "{page}");
+        items.extend(got.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return (items, pages),
+        }
+    }
+}
+
+fn field(items: &[Value], name: &str) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| i[name].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn lists(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let mut images = Vec::new();
+    for (hw, version) in [("hw-l", "1.0.0"), ("hw-l", "1.1.0"), ("hw-m", "1.0.0")] {
+        images.push(
+            app.upload(
+                hw,
+                version,
+                format!("{hw}{version}").repeat(20).into_bytes(),
+            )
+            .await,
+        );
+    }
+    let ids = |v: &[Value]| field(v, "id");
+    // Oldest first by default, newest first with order=desc; pages of one follow the
+    // cursor through all of them.
+    let (all, pages) = follow_pages(&app, "/api/v1/images?order=asc", 1).await;
+    assert_eq!((ids(&all), pages), (ids(&images), 3));
+    let (all, _) = follow_pages(&app, "/api/v1/images?order=desc", 2).await;
+    let mut newest_first = ids(&images);
+    newest_first.reverse();
+    assert_eq!(ids(&all), newest_first);
+    let (all, _) = follow_pages(&app, "/api/v1/images?hardware_id=hw-l&version=1.1.0", 5).await;
+    assert_eq!(ids(&all), vec![ids(&images)[1].clone()]);
+
+    let mut releases = Vec::new();
+    for (name, version) in [("l1", "1.0.0"), ("l2", "1.1.0"), ("l3", "1.1.0")] {
+        let (status, r) = app
+            .post("/api/v1/releases", &app.admin_token, &json!({ "name": name, "version": version, "security_version": 1, "images": [images[0]["id"]] }))
+            .await;
+        assert_eq!(status, 201, "{r}");
+        releases.push(r);
+    }
+    let (all, pages) = follow_pages(&app, "/api/v1/releases?version=1.1.0", 1).await;
+    assert_eq!((ids(&all), pages), (ids(&releases[1..]), 2));
+    let mut rollouts = Vec::new();
+    for release in &releases[..2] {
+        let (status, r) = app
+            .post("/api/v1/rollouts", &app.admin_token, &json!({ "name": "l", "release_id": release["id"], "phases": [{ "name": "all", "percent": 100 }] }))
+            .await;
+        assert_eq!(status, 201, "{r}");
+        rollouts.push(r);
+    }
+    let (all, _) = follow_pages(
+        &app,
+        &format!(
+            "/api/v1/rollouts?state=draft&release_id={}",
+            releases[1]["id"].as_str().unwrap()
+        ),
+        1,
+    )
+    .await;
+    assert_eq!(ids(&all), ids(&rollouts[1..]));
+    let (all, _) = follow_pages(&app, "/api/v1/delta-jobs?status=queued", 1).await;
+    assert!(all.is_empty());
+
+    // Vehicles by id, past any one page, filtered by a tag set.
+    for i in 0..5 {
+        let tags: &[&str] = if i % 2 == 0 { &["eu", "beta"] } else { &["eu"] };
+        app.register_vehicle(&format!("veh-l{i}"), &device_key(), "hw-l", tags)
+            .await;
+    }
+    let (all, pages) = follow_pages(&app, "/api/v1/vehicles?tag=eu", 2).await;
+    assert_eq!(pages, 3);
+    assert_eq!(
+        field(&all, "id"),
+        (0..5).map(|i| format!("veh-l{i}")).collect::<Vec<_>>()
+    );
+    let (all, _) = follow_pages(&app, "/api/v1/vehicles?tags=eu,beta", 2).await;
+    assert_eq!(field(&all, "id"), vec!["veh-l0", "veh-l2", "veh-l4"]);
+
+    // The audit log, newest first, by actor, action, target and time.
+    let (all, _) = follow_pages(&app, "/api/v1/audit?action=vehicle.register", 2).await;
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[0]["subject"], "veh-l4", "newest first");
+    let (all, _) = follow_pages(&app, "/api/v1/audit?target=veh-l1", 10).await;
+    assert_eq!(field(&all, "action"), vec!["vehicle.register"]);
+    let (all, _) = follow_pages(
+        &app,
+        "/api/v1/audit?actor=test-admin&action=release.create",
+        10,
+    )
+    .await;
+    assert_eq!(field(&all, "subject"), {
+        let mut r = ids(&releases);
+        r.reverse();
+        r
+    });
+    let (all, _) = follow_pages(&app, "/api/v1/audit?actor=nobody", 10).await;
+    assert!(all.is_empty());
+    let (all, _) = follow_pages(
+        &app,
+        "/api/v1/audit?since=2000-01-01T00:00:00Z&until=2100-01-01T00:00:00Z",
+        1000,
+    )
+    .await;
+    assert!(all.len() >= 13, "{}", all.len());
+    let (all, _) = follow_pages(&app, "/api/v1/audit?until=2000-01-01T00:00:00Z", 10).await;
+    assert!(all.is_empty());
+
+    // Cursors are opaque and belong to one list and one order.
+    let (_, first) = app.get("/api/v1/images?limit=1", &app.read_token).await;
+    let images_cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    for path in [
+        format!("/api/v1/releases?cursor={images_cursor}"),
+        format!("/api/v1/images?order=desc&cursor={images_cursor}"),
+        "/api/v1/rollouts?cursor=nope".to_owned(),
+        "/api/v1/vehicles?cursor=WyJ2ZWhpY2xlcyJd".to_owned(),
+        "/api/v1/audit?cursor=WyJhdWRpdCIsIngiXQ".to_owned(),
+        "/api/v1/delta-jobs?cursor=%00".to_owned(),
+    ] {
+        let (status, problem) = app.get(&path, &app.admin_token).await;
+        assert_eq!(status, 400, "{path}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().starts_with("cursor: "),
+            "{path}: {problem}"
+        );
+    }
+    for (path, name) in [
+        ("/api/v1/images?order=sideways", "order"),
+        ("/api/v1/audit?since=yesterday", "since"),
+        ("/api/v1/vehicles?tags=eu,eu", "tags[1]"),
+        ("/api/v1/delta-jobs?status=lost", "status"),
+    ] {
+        let (status, problem) = app.get(path, &app.admin_token).await;
+        assert_eq!(
+            (status, problem["errors"][0]["field"].as_str()),
+            (422, Some(name)),
+            "{path}: {problem}"
+        );
+    }
+    app.stop().await;
+}
+both_backends!(lists_page_by_cursor_sort_and_filter, lists);

@@ -399,7 +399,7 @@ async fn pause_and_abort_send_control_and_failures_open_the_breaker() {
     assert_eq!(last["phases"][0]["failed"], 2);
     let (_, audit) = app.get("/api/v1/audit?limit=50", &app.admin_token).await;
     assert!(
-        audit
+        audit["items"]
             .as_array()
             .unwrap()
             .iter()
