@@ -57,6 +57,8 @@ pub(super) async fn authorise(state: &AppState, headers: &HeaderMap) -> Result<(
         return Err(ApiError::Unauthorized);
     }
     let vehicle = match state.store.get_vehicle(&vehicle_id).await {
+        // A decommissioned vehicle's credential is refused like an unknown one's.
+        Ok(v) if v.decommissioned_at.is_some() => return Err(ApiError::Unauthorized),
         Ok(v) => v,
         Err(crate::store::StoreError::NotFound { .. }) => return Err(ApiError::Unauthorized),
         Err(e) => return Err(e.into()),

@@ -18,6 +18,7 @@ pub mod releases;
 pub mod rollouts;
 pub mod tokens;
 pub mod validate;
+pub mod vehicle_changes;
 pub mod vehicles;
 
 use crate::blobs::BlobStore;
@@ -116,6 +117,7 @@ fn api_routes() -> Routes {
         .merge(images::routes())
         .merge(releases::routes())
         .merge(vehicles::routes())
+        .merge(vehicle_changes::routes())
         .merge(rollouts::routes())
         .merge(deployments::routes())
         .merge(blobs::routes())

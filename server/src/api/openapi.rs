@@ -48,6 +48,9 @@ const OPS: &[Op] = &[
     Op { method: "post", path: "/api/v1/vehicles:bulk", id: "registerVehicles", summary: "Provision up to 10,000 vehicles in one transaction, all or nothing; a bad entry is named by index and field (vehicles[i].field)", scope: Some("admin"), body: Some(("application/json", "RegisterVehicles")), ok: (201, "BulkRegistered"), query: &[] },
     Op { method: "get", path: "/api/v1/vehicles", id: "listVehicles", summary: "List vehicles with filters", scope: Some("read"), body: None, ok: (200, "VehicleList"), query: &["hardware_id", "tag", "tags", "installed_version", "limit", "cursor"] },
     Op { method: "get", path: "/api/v1/vehicles/{id}", id: "getVehicle", summary: "One vehicle: installed versions, last check-in, deployment history", scope: Some("read"), body: None, ok: (200, "VehicleDetail"), query: &[] },
+    Op { method: "put", path: "/api/v1/vehicles/{id}/tags", id: "retagVehicle", summary: "Replace a vehicle's tags (audited); rollouts select by the new tags from its next check-in", scope: Some("admin"), body: Some(("application/json", "Retag")), ok: (200, "Vehicle"), query: &[] },
+    Op { method: "post", path: "/api/v1/vehicles/{id}/rotate-key", id: "rotateVehicleKey", summary: "Replace a vehicle's device key (audited): the old key's signatures are refused from now on", scope: Some("admin"), body: Some(("application/json", "RotateKey")), ok: (200, "Vehicle"), query: &[] },
+    Op { method: "post", path: "/api/v1/vehicles/{id}/decommission", id: "decommissionVehicle", summary: "Take a vehicle out of service (audited): its messages are refused and counted, deployments not yet installing are cancelled; 409 if already", scope: Some("admin"), body: None, ok: (200, "Vehicle"), query: &[] },
     Op { method: "post", path: "/api/v1/rollouts", id: "createRollout", summary: "Create a rollout (draft)", scope: Some("rollout:write"), body: Some(("application/json", "CreateRollout")), ok: (201, "Rollout"), query: &[] },
     Op { method: "post", path: "/api/v1/rollouts:dry-run", id: "dryRunRollout", summary: "The vehicles per phase a rollout with this spec would assign (counts and a sample of ids), computed as the director does; creates nothing", scope: Some("rollout:write"), body: Some(("application/json", "CreateRollout")), ok: (200, "DryRun"), query: &[] },
     Op { method: "get", path: "/api/v1/rollouts", id: "listRollouts", summary: "List rollouts", scope: Some("read"), body: None, ok: (200, "RolloutList"), query: &["state", "release_id", "limit", "cursor", "order"] },
@@ -149,6 +152,8 @@ fn management_schemas() -> Value {
     let s = json!({ "type": "string" });
     let i = json!({ "type": "integer", "minimum": 0 });
     json!({
+        "Retag": obj(&["tags"], json!({ "tags": names_schema(validate::MAX_TAGS) })),
+        "RotateKey": obj(&["public_key"], json!({ "public_key": { "type": "string", "pattern": "^[0-9a-f]{64}$" } })),
         "DeploymentList": array_of("Deployment"),
         "DeploymentPage": page_of("Deployment"),
         "DeploymentEvent": obj(&["at", "status", "source"], json!({ "at": s, "status": s, "sequence": { "type": ["integer", "null"] }, "reason_code": { "type": ["string", "null"] }, "source": s })),
@@ -215,6 +220,7 @@ fn base_schemas() -> Value {
         "BulkRegistered": obj(&["registered"], json!({ "registered": i })),
         "Vehicle": obj(&["id", "public_key", "tags", "ecus"], json!({
             "id": s, "public_key": s, "tags": strings, "created_at": s, "last_seen_at": s, "agent_state": s, "director_version": i,
+            "decommissioned_at": { "type": ["string", "null"] },
             "ecus": { "type": "array", "items": obj(&[], json!({ "ecu": s, "hardware_id": s, "installed_version": s, "installed_sha256": s, "installed_length": i })) } })),
         "VehicleList": page_of("Vehicle"),
         "VehicleDetail": { "allOf": [ { "$ref": "#/components/schemas/Vehicle" },
@@ -350,7 +356,7 @@ pub fn document() -> Value {
                         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Ready" } } } }),
             );
         }
-        if op.method == "post" {
+        if matches!(op.method, "post" | "put") {
             responses.insert("400".into(), problem_response("Malformed request"));
             responses.insert(
                 "409".into(),

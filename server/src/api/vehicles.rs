@@ -56,22 +56,23 @@ pub struct RegisterVehicle {
     pub tags: Vec<String>,
 }
 
+/// A device public key: 64 lowercase hex digits of a valid, non-weak Ed25519 key.
+pub fn device_key(field: &str, text: &str) -> Result<(), ApiError> {
+    let raw = validate::lower_hex::<32>(
+        field,
+        "64 lowercase hex digits (raw Ed25519 public key)",
+        text,
+    )?;
+    PublicKey::from_bytes(&raw)
+        .map(|_| ())
+        .map_err(|e| ApiError::invalid(field, "a valid, non-weak Ed25519 key", e))
+}
+
 /// Checks one registration; `at` prefixes field names (`""`, or `vehicles[3].` in a bulk
 /// request) so a problem names exactly which entry and field is wrong.
 fn validate(request: RegisterVehicle, at: &str) -> Result<NewVehicle, ApiError> {
     validate::vehicle_id(&format!("{at}id"), &request.id)?;
-    let raw = validate::lower_hex::<32>(
-        &format!("{at}public_key"),
-        "64 lowercase hex digits (raw Ed25519 public key)",
-        &request.public_key,
-    )?;
-    PublicKey::from_bytes(&raw).map_err(|e| {
-        ApiError::invalid(
-            format!("{at}public_key"),
-            "a valid, non-weak Ed25519 key",
-            e,
-        )
-    })?;
+    device_key(&format!("{at}public_key"), &request.public_key)?;
     if request.ecus.is_empty() || request.ecus.len() > 32 {
         return Err(ApiError::invalid(
             format!("{at}ecus"),

@@ -18,6 +18,7 @@ mod lists;
 mod releases;
 mod rollouts;
 mod tokens;
+mod vehicle_changes;
 mod vehicles;
 
 use ota_core::encoding::Sha256Digest;

@@ -65,6 +65,7 @@ async fn openapi_document_is_served_valid_and_every_route_exists() {
         let operation = match method.as_str() {
             "get" => item.get.as_ref(),
             "post" => item.post.as_ref(),
+            "put" => item.put.as_ref(),
             _ => None,
         };
         assert!(operation.is_some(), "oas3 sees no {method} {path}");
@@ -76,6 +77,7 @@ async fn openapi_document_is_served_valid_and_every_route_exists() {
         let request = match method.as_str() {
             "get" => app.http.get(app.url(&concrete)),
             "post" => app.http.post(app.url(&concrete)),
+            "put" => app.http.put(app.url(&concrete)),
             other => panic!("undocumented method {other}"),
         };
         let response = request.send().await.unwrap();
@@ -2341,3 +2343,166 @@ async fn lists(backend: Backend) {
     app.stop().await;
 }
 both_backends!(lists_page_by_cursor_sort_and_filter, lists);
+
+async fn vehicle_changes(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let (k0, k1) = (device_key(), device_key());
+    app.register_vehicle("veh-c0", &k0, "hw-c", &["eu"]).await;
+    app.register_vehicle("veh-c1", &k1, "hw-c", &["eu"]).await;
+    let put = |path: &str, token: &str, body: Value| {
+        let app = &app;
+        let (path, token) = (path.to_owned(), token.to_owned());
+        async move {
+            let response = app
+                .http
+                .put(app.url(&path))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            crate::helpers::decode(response).await
+        }
+    };
+    let tags = "/api/v1/vehicles/veh-c0/tags";
+    let (status, _) = put(tags, &app.read_token, json!({ "tags": ["us"] })).await;
+    assert_eq!(status, 403);
+    let (status, problem) = put(tags, &app.admin_token, json!({ "tags": ["us", "a b"] })).await;
+    assert_eq!(
+        (status, problem["errors"][0]["field"].as_str()),
+        (422, Some("tags[1]"))
+    );
+    let (status, vehicle) = put(tags, &app.admin_token, json!({ "tags": ["us", "beta"] })).await;
+    assert_eq!(
+        (status, vehicle["tags"].clone()),
+        (200, json!(["us", "beta"])),
+        "{vehicle}"
+    );
+    let (_, list) = app.get("/api/v1/vehicles?tag=eu", &app.read_token).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+
+    // A rotated key: the old key's signatures are refused, the new key's accepted.
+    let k0_new = device_key();
+    let rotate = "/api/v1/vehicles/veh-c0/rotate-key";
+    let (status, problem) = app
+        .post(rotate, &app.admin_token, &json!({ "public_key": "00" }))
+        .await;
+    assert_eq!(
+        (status, problem["errors"][0]["field"].as_str()),
+        (422, Some("public_key"))
+    );
+    let (status, body) = app
+        .post(
+            rotate,
+            &app.admin_token,
+            &json!({ "public_key": k0_new.public_key().to_hex() }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = app
+        .post(
+            rotate,
+            &app.admin_token,
+            &json!({ "public_key": k0_new.public_key().to_hex() }),
+        )
+        .await;
+    assert_eq!(status, 409, "the same key again changes nothing");
+    let now = ota_server::engine::wall_clock_ms;
+    let engine = &app.state.engine;
+    let old = engine
+        .handle_checkin(
+            "veh-c0",
+            &signed_checkin(&k0, &checkin("veh-c0", None, 0)),
+            now(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(old.label(), "bad_signature", "{old}");
+    engine
+        .handle_checkin(
+            "veh-c0",
+            &signed_checkin(&k0_new, &checkin("veh-c0", None, 0)),
+            now(),
+        )
+        .await
+        .expect("the new key signs");
+
+    // Decommissioned: deployments not yet installing cancelled, check-ins refused.
+    let (_, _, rollout) = app
+        .release_and_rollout("hw-c", json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let id = rollout["id"].as_str().unwrap();
+    app.post(
+        &format!("/api/v1/rollouts/{id}/start"),
+        &app.admin_token,
+        &json!({}),
+    )
+    .await;
+    let (_, d) = directive_for(&app, &k1, "veh-c1", b"old", "1.0.0").await;
+    assert_eq!(d.assignments.len(), 1);
+    let decommission = "/api/v1/vehicles/veh-c1/decommission";
+    let (status, vehicle) = app.post(decommission, &app.admin_token, &json!({})).await;
+    assert_eq!(status, 200, "{vehicle}");
+    assert!(vehicle["decommissioned_at"].is_string(), "{vehicle}");
+    let refused = engine
+        .handle_checkin(
+            "veh-c1",
+            &signed_checkin(&k1, &checkin("veh-c1", None, 0)),
+            now(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.label(), "decommissioned", "{refused}");
+    let (_, one) = app
+        .get(
+            &format!("/api/v1/rollouts/{id}/deployments/veh-c1"),
+            &app.read_token,
+        )
+        .await;
+    assert_eq!(one["deployments"][0]["status"], "cancelled", "{one}");
+    assert_eq!(
+        one["deployments"][0]["reason_code"], "decommissioned",
+        "{one}"
+    );
+    let (status, problem) = app.post(decommission, &app.admin_token, &json!({})).await;
+    assert_eq!(status, 409, "{problem}");
+    let (status, _) = put(
+        "/api/v1/vehicles/veh-c1/tags",
+        &app.admin_token,
+        json!({ "tags": [] }),
+    )
+    .await;
+    assert_eq!(status, 409, "a decommissioned vehicle does not change");
+    let (_, status_view) = app
+        .get(&format!("/api/v1/rollouts/{id}/status"), &app.read_token)
+        .await;
+    assert_eq!(
+        status_view["phases"][0]["eligible"], 1,
+        "only veh-c0 is in service: {status_view}"
+    );
+
+    let (_, audit) = app
+        .get("/api/v1/audit?target=veh-c0", &app.admin_token)
+        .await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        vec!["vehicle.rotate_key", "vehicle.retag", "vehicle.register"]
+    );
+    let (_, audit) = app
+        .get(
+            "/api/v1/audit?target=veh-c1&action=vehicle.decommission",
+            &app.admin_token,
+        )
+        .await;
+    assert_eq!(audit["items"][0]["actor"], "test-admin", "{audit}");
+    app.stop().await;
+}
+both_backends!(vehicles_retag_rotate_key_and_decommission, vehicle_changes);
