@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod blobs;
+pub mod deletions;
 pub mod deployments;
 pub mod error;
 pub mod extract;
@@ -116,6 +117,7 @@ fn api_routes() -> Routes {
         .merge(openapi::routes())
         .merge(images::routes())
         .merge(releases::routes())
+        .merge(deletions::routes())
         .merge(vehicles::routes())
         .merge(vehicle_changes::routes())
         .merge(rollouts::routes())

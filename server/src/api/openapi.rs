@@ -41,6 +41,8 @@ const OPS: &[Op] = &[
     Op { method: "post", path: "/api/v1/images", id: "uploadImage", summary: "Stream a full image (application/octet-stream); hashed while streaming, size-limited", scope: Some("release:write"), body: Some(("application/octet-stream", "")), ok: (201, "Image"), query: &["hardware_id", "version", "name"] },
     Op { method: "get", path: "/api/v1/images", id: "listImages", summary: "List images", scope: Some("read"), body: None, ok: (200, "ImageList"), query: &["hardware_id", "version", "limit", "cursor", "order"] },
     Op { method: "get", path: "/api/v1/images/{id}", id: "getImage", summary: "One image", scope: Some("read"), body: None, ok: (200, "Image"), query: &[] },
+    Op { method: "delete", path: "/api/v1/images/{id}", id: "deleteImage", summary: "Delete an image no release lists (409 naming the releases and rollouts otherwise); blobs no image or delta references are removed (audited)", scope: Some("release:write"), body: None, ok: (200, "Deleted"), query: &[] },
+    Op { method: "delete", path: "/api/v1/releases/{id}", id: "deleteRelease", summary: "Delete a release no rollout uses (409 naming the rollouts otherwise), except the one holding the newest signed targets (audited)", scope: Some("release:write"), body: None, ok: (200, "Deleted"), query: &[] },
     Op { method: "post", path: "/api/v1/releases", id: "createRelease", summary: "Create a release; targets signed by the server or uploaded pre-signed and verified against root", scope: Some("release:write"), body: Some(("application/json", "CreateRelease")), ok: (201, "Release"), query: &[] },
     Op { method: "get", path: "/api/v1/releases", id: "listReleases", summary: "List releases", scope: Some("read"), body: None, ok: (200, "ReleaseList"), query: &["version", "limit", "cursor", "order"] },
     Op { method: "get", path: "/api/v1/releases/{id}", id: "getRelease", summary: "One release with its signed targets envelope", scope: Some("read"), body: None, ok: (200, "Release"), query: &[] },
@@ -152,6 +154,7 @@ fn management_schemas() -> Value {
     let s = json!({ "type": "string" });
     let i = json!({ "type": "integer", "minimum": 0 });
     json!({
+        "Deleted": obj(&["id", "blobs_removed"], json!({ "id": s, "blobs_removed": { "type": "array", "items": s } })),
         "Retag": obj(&["tags"], json!({ "tags": names_schema(validate::MAX_TAGS) })),
         "RotateKey": obj(&["public_key"], json!({ "public_key": { "type": "string", "pattern": "^[0-9a-f]{64}$" } })),
         "DeploymentList": array_of("Deployment"),
@@ -354,6 +357,12 @@ pub fn document() -> Value {
                 json!({ "description": "Not ready (body says which dependency); retry after Retry-After seconds",
                         "headers": { "Retry-After": { "schema": { "type": "integer" } } },
                         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Ready" } } } }),
+            );
+        }
+        if op.method == "delete" {
+            responses.insert(
+                "409".into(),
+                problem_response("Still in use: the problem names by what"),
             );
         }
         if matches!(op.method, "post" | "put") {

@@ -11,6 +11,7 @@
 //! API call writes its audit entry in the same transaction as the change.
 
 mod audit;
+mod deletions;
 mod deltas;
 mod deployments;
 mod images;

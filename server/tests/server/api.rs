@@ -66,6 +66,7 @@ async fn openapi_document_is_served_valid_and_every_route_exists() {
             "get" => item.get.as_ref(),
             "post" => item.post.as_ref(),
             "put" => item.put.as_ref(),
+            "delete" => item.delete.as_ref(),
             _ => None,
         };
         assert!(operation.is_some(), "oas3 sees no {method} {path}");
@@ -78,6 +79,7 @@ async fn openapi_document_is_served_valid_and_every_route_exists() {
             "get" => app.http.get(app.url(&concrete)),
             "post" => app.http.post(app.url(&concrete)),
             "put" => app.http.put(app.url(&concrete)),
+            "delete" => app.http.delete(app.url(&concrete)),
             other => panic!("undocumented method {other}"),
         };
         let response = request.send().await.unwrap();
@@ -2506,3 +2508,144 @@ async fn vehicle_changes(backend: Backend) {
     app.stop().await;
 }
 both_backends!(vehicles_retag_rotate_key_and_decommission, vehicle_changes);
+
+async fn deletions(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let upload = |hw: &'static str, version: &'static str, bytes: &'static [u8]| {
+        let app = &app;
+        async move { app.upload(hw, version, bytes.repeat(40)).await }
+    };
+    let x = upload("hw-g", "0.9.0", b"x").await;
+    let a = upload("hw-g", "1.0.0", b"a").await;
+    let b = upload("hw-g", "2.0.0", b"b").await;
+    let c = upload("hw-g", "3.0.0", b"c").await;
+    // The same bytes under another hardware id: one blob, two images.
+    let c_twin = upload("hw-h", "3.0.0", b"c").await;
+    let release = |name: &'static str, image: &Value| {
+        let app = &app;
+        let body = json!({ "name": name, "version": "1.0.0", "security_version": 1, "images": [image["id"]] });
+        async move {
+            let (status, r) = app.post("/api/v1/releases", &app.admin_token, &body).await;
+            assert_eq!(status, 201, "{r}");
+            r["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let r0 = release("g0", &x).await;
+    let r1 = release("g1", &a).await;
+    let r2 = release("g2", &b).await;
+    let (_, rollout) = app
+        .post("/api/v1/rollouts", &app.admin_token, &json!({ "name": "g", "release_id": r1, "phases": [{ "name": "all", "percent": 100 }] }))
+        .await;
+    let rollout = rollout["id"].as_str().unwrap().to_owned();
+    let delete = |path: String, token: String| {
+        let app = &app;
+        async move {
+            let response = app
+                .http
+                .delete(app.url(&path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            crate::helpers::decode(response).await
+        }
+    };
+    let image_path = |image: &Value| format!("/api/v1/images/{}", image["id"].as_str().unwrap());
+    let blob_file = |image: &Value| {
+        app.dir
+            .path()
+            .join("blobs/sha256")
+            .join(image["sha256"].as_str().unwrap())
+    };
+    let admin = app.admin_token.clone();
+
+    let (status, _) = delete(image_path(&c), app.read_token.clone()).await;
+    assert_eq!(status, 403, "deleting needs release:write");
+    let (status, problem) = delete(image_path(&a), admin.clone()).await;
+    assert_eq!(status, 409, "{problem}");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&r1) && detail.contains(&rollout),
+        "names the release and rollout: {detail}"
+    );
+    let (status, problem) = delete(format!("/api/v1/releases/{r1}"), admin.clone()).await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains(&rollout),
+        "{problem}"
+    );
+    let (status, problem) = delete(format!("/api/v1/releases/{r2}"), admin.clone()).await;
+    assert_eq!(status, 409, "the newest targets stay: {problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("newest signed targets"),
+        "{problem}"
+    );
+
+    // An unused image whose bytes another image shares: the blob stays.
+    let (status, deleted) = delete(image_path(&c), admin.clone()).await;
+    assert_eq!(
+        (status, deleted["blobs_removed"].clone()),
+        (200, json!([])),
+        "{deleted}"
+    );
+    assert!(blob_file(&c).exists());
+    let (status, _) = app.get(&image_path(&c), &app.read_token).await;
+    assert_eq!(status, 404);
+    // The last image with those bytes: the blob is removed and no longer served.
+    let (status, deleted) = delete(image_path(&c_twin), admin.clone()).await;
+    assert_eq!(
+        (status, deleted["blobs_removed"].clone()),
+        (200, json!([c["sha256"]])),
+        "{deleted}"
+    );
+    assert!(!blob_file(&c).exists(), "garbage-collected");
+    let (status, _) = app
+        .get(
+            &format!("/v1/blobs/{}", c["sha256"].as_str().unwrap()),
+            &app.read_token,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // A release no rollout uses, then its image.
+    let (status, _) = delete(image_path(&x), admin.clone()).await;
+    assert_eq!(status, 409, "r0 still lists it");
+    let (status, deleted) = delete(format!("/api/v1/releases/{r0}"), admin.clone()).await;
+    assert_eq!(status, 200, "{deleted}");
+    let (status, _) = app
+        .get(&format!("/api/v1/releases/{r0}"), &app.read_token)
+        .await;
+    assert_eq!(status, 404);
+    let (status, deleted) = delete(image_path(&x), admin.clone()).await;
+    assert_eq!(
+        (status, deleted["blobs_removed"].clone()),
+        (200, json!([x["sha256"]])),
+        "{deleted}"
+    );
+    assert!(
+        blob_file(&a).exists() && blob_file(&b).exists(),
+        "used blobs stay"
+    );
+
+    let (_, audit) = app
+        .get("/api/v1/audit?action=image.delete", &app.admin_token)
+        .await;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 3, "{audit}");
+    let (_, audit) = app
+        .get(
+            &format!("/api/v1/audit?action=release.delete&target={r0}"),
+            &app.admin_token,
+        )
+        .await;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
+    app.stop().await;
+}
+both_backends!(
+    unused_images_and_releases_are_deleted_and_blobs_collected,
+    deletions
+);
