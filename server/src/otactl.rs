@@ -112,6 +112,10 @@ pub enum ImageCommand {
     Get {
         id: String,
     },
+    /// Delete an image no release lists; its blob goes when nothing references it.
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,10 +142,30 @@ pub enum ReleaseCommand {
     Get {
         id: String,
     },
+    /// Delete a release no rollout uses (not the one holding the newest targets).
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum VehicleCommand {
+    /// Replace a vehicle's tags (`--tag` repeated; none clears them).
+    Retag {
+        id: String,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// Replace a vehicle's device key; the old key is refused from now on.
+    RotateKey {
+        id: String,
+        #[arg(long)]
+        public_key: String,
+    },
+    /// Take a vehicle out of service: its messages are refused from now on.
+    Decommission {
+        id: String,
+    },
     /// Provision a vehicle.
     Register {
         #[arg(long)]
@@ -728,6 +752,19 @@ pub async fn first_items(
     bail!("{path}: more than {MAX_PAGES} pages; narrow the query")
 }
 
+fn deleted_text(value: &Value) -> String {
+    let blobs = list_of(&value["blobs_removed"]);
+    format!(
+        "deleted {}; blobs removed: {}\n",
+        s(&value["id"]),
+        if blobs.is_empty() {
+            "none".to_owned()
+        } else {
+            blobs.iter().map(s).collect::<Vec<_>>().join(" ")
+        }
+    )
+}
+
 fn deployments_table(value: &Value) -> String {
     columns(
         value,
@@ -889,6 +926,38 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 images_table,
             )
         }
+        Command::Image(ImageCommand::Delete { id }) => (
+            client.delete(&format!("/api/v1/images/{id}")).await?,
+            deleted_text,
+        ),
+        Command::Release(ReleaseCommand::Delete { id }) => (
+            client.delete(&format!("/api/v1/releases/{id}")).await?,
+            deleted_text,
+        ),
+        Command::Vehicle(VehicleCommand::Retag { id, tags }) => (
+            client
+                .put_json(
+                    &format!("/api/v1/vehicles/{id}/tags"),
+                    &json!({ "tags": tags }),
+                )
+                .await?,
+            vehicles_table,
+        ),
+        Command::Vehicle(VehicleCommand::RotateKey { id, public_key }) => (
+            client
+                .post_json(
+                    &format!("/api/v1/vehicles/{id}/rotate-key"),
+                    &json!({ "public_key": public_key }),
+                )
+                .await?,
+            vehicles_table,
+        ),
+        Command::Vehicle(VehicleCommand::Decommission { id }) => (
+            client
+                .post_empty(&format!("/api/v1/vehicles/{id}/decommission"))
+                .await?,
+            vehicles_table,
+        ),
         Command::Image(ImageCommand::Get { id }) => (
             client.get(&format!("/api/v1/images/{id}")).await?,
             images_table,

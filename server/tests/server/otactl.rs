@@ -529,3 +529,46 @@ async fn otactl_follows_pages_and_manages_deployments() {
     assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
     app.stop().await;
 }
+
+/// `otactl vehicle retag / rotate-key / decommission` and `image delete`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otactl_changes_vehicles_and_deletes_images() {
+    let app = spawn_app().await;
+    let config = app.dir.path().join("otactl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"{}\"\ntoken = \"{}\"\n",
+            app.address, app.admin_token
+        ),
+    )
+    .unwrap();
+    app.register_vehicle("veh-x", &device_key(), "hw-x", &["eu"])
+        .await;
+    let run = |args: &[&str]| otactl(&app, &config, args);
+    let retagged = tokio::task::block_in_place(|| {
+        json_of(
+            &["vehicle", "retag", "veh-x", "--tag", "us", "--tag", "beta"],
+            run,
+        )
+    });
+    assert_eq!(retagged["tags"], serde_json::json!(["us", "beta"]));
+    let key = device_key().public_key().to_hex();
+    let rotated = tokio::task::block_in_place(|| {
+        json_of(
+            &["vehicle", "rotate-key", "veh-x", "--public-key", &key],
+            run,
+        )
+    });
+    assert_eq!(rotated["public_key"], key.as_str());
+    let gone = tokio::task::block_in_place(|| json_of(&["vehicle", "decommission", "veh-x"], run));
+    assert!(gone["decommissioned_at"].is_string(), "{gone}");
+    let image = app.upload("hw-x", "1.0.0", b"x".repeat(10)).await;
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| run(&["image", "delete", image["id"].as_str().unwrap()]));
+    assert!(
+        ok && out.contains(image["sha256"].as_str().unwrap()),
+        "{out}{err}"
+    );
+    app.stop().await;
+}
