@@ -1891,7 +1891,7 @@ async fn deployments_of_a_rollout(backend: Backend) {
         (status, problem["errors"][0]["field"].as_str()),
         (422, Some("state"))
     );
-    for bad in ["garbage", "eyJ4Ijp9", "WyJyb2xsb3V0cyIsInZlaC1kMCJd"] {
+    for bad in ["garbage", "eyJ4Ijp9", "WyJyb2xsb3V0cyIsInZlaC1kMCIsIm1haW4iXQ"] {
         let (status, problem) = list(&format!("cursor={bad}")).await;
         assert_eq!(status, 400, "{bad}: {problem}");
         assert!(
