@@ -6,6 +6,13 @@ use super::rollouts::deployment_from_row;
 use super::{audit, Actor, DeploymentRecord, Store, StoreError, VehicleRecord};
 use crate::director::DeploymentStatus;
 
+/// A vehicle column an operator may set.
+#[derive(Debug, Clone, Copy)]
+enum Column {
+    Tags,
+    PublicKey,
+}
+
 impl Store {
     /// The vehicle as it is, or why it cannot change: not found, or decommissioned
     /// (a conflict: nothing about a vehicle out of service changes any more).
@@ -29,22 +36,10 @@ impl Store {
         tags: &[String],
     ) -> Result<VehicleRecord, StoreError> {
         let before = self.changeable(id).await?;
-        let mut tx = self.begin().await?;
-        sqlx::query("UPDATE vehicles SET tags = $1 WHERE id = $2 AND decommissioned_ms IS NULL")
-            .bind(serde_json::to_string(tags).unwrap_or_default())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        audit::record(
-            &mut tx,
-            actor,
-            "vehicle.retag",
-            id,
-            serde_json::json!({ "from": before.tags, "to": tags }),
-        )
-        .await?;
-        tx.commit().await?;
-        self.get_vehicle(id).await
+        let detail = serde_json::json!({ "from": before.tags, "to": tags });
+        let value = serde_json::to_string(tags).unwrap_or_default();
+        self.set_vehicle_column(actor, id, Column::Tags, &value, detail)
+            .await
     }
 
     /// Replaces the device public key: from the commit on, only the new key's signatures
@@ -62,22 +57,49 @@ impl Store {
                 detail: format!("{id} already has this key"),
             });
         }
+        let detail = serde_json::json!({ "from": before.public_key, "to": public_key });
+        self.set_vehicle_column(actor, id, Column::PublicKey, public_key, detail)
+            .await
+    }
+
+    /// Sets one column of a vehicle in service and audits it, in one transaction.
+    async fn set_vehicle_column(
+        &self,
+        actor: &Actor,
+        id: &str,
+        column: Column,
+        value: &str,
+        detail: serde_json::Value,
+    ) -> Result<VehicleRecord, StoreError> {
+        let (statement, action) = match column {
+            Column::Tags => (
+                "UPDATE vehicles SET tags = $1 WHERE id = $2 AND decommissioned_ms IS NULL",
+                "vehicle.retag",
+            ),
+            Column::PublicKey => (
+                "UPDATE vehicles SET public_key = $1 WHERE id = $2 AND decommissioned_ms IS NULL",
+                "vehicle.rotate_key",
+            ),
+        };
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "UPDATE vehicles SET public_key = $1 WHERE id = $2 AND decommissioned_ms IS NULL",
-        )
-        .bind(public_key)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        audit::record(
-            &mut tx,
-            actor,
-            "vehicle.rotate_key",
-            id,
-            serde_json::json!({ "from": before.public_key, "to": public_key }),
-        )
-        .await?;
+        let updated = sqlx::query(statement)
+            .bind(value)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() == 0 {
+            // Decommissioned between the read and this write.
+            drop(tx);
+            return Err(self
+                .changeable(id)
+                .await
+                .err()
+                .unwrap_or(StoreError::Conflict {
+                    entity: "vehicle",
+                    detail: format!("{id} changed meanwhile"),
+                }));
+        }
+        audit::record(&mut tx, actor, action, id, detail).await?;
         tx.commit().await?;
         self.get_vehicle(id).await
     }
