@@ -559,3 +559,43 @@ async fn operator_cancel_and_retry_of_one_vehicle_reach_it() {
     assert_eq!(d.assignments[0].deployment_id, deployment);
     app.stop().await;
 }
+
+/// A decommissioned vehicle's check-ins are dropped, unanswered, and counted under
+/// `reason="decommissioned"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decommissioned_vehicles_checkins_are_refused_and_counted() {
+    let Some(app) = mqtt_app().await else { return };
+    let vid = unique("veh-");
+    let key = device_key();
+    app.register_vehicle(&vid, &key, "hw-dc", &[]).await;
+    let mut vehicle = VehicleClient::connect(&[&vid]).await;
+    let directive_topic = topic(&vid, Channel::Directive);
+    let c = signed_checkin(&key, &checkin(&vid, None, 0));
+    vehicle
+        .expect(&directive_topic, Some((&vid, Channel::CheckIn, &c)))
+        .await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/vehicles/{vid}/decommission"),
+            &app.admin_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let reasons = ["decommissioned"];
+    let before = dropped_counts(&app, &reasons).await;
+    let c = signed_checkin(&key, &checkin(&vid, None, 0));
+    vehicle.publish(&vid, Channel::CheckIn, c).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while dropped_counts(&app, &reasons).await[0] <= before[0] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refused check-in must be counted under reason=decommissioned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    vehicle
+        .expect_silence(&directive_topic, Duration::from_millis(500))
+        .await;
+    app.stop().await;
+}
