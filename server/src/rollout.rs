@@ -209,6 +209,9 @@ fn valid_percent(p: f64) -> bool {
     p.is_finite() && (0.0..=100.0).contains(&p)
 }
 
+/// Most phases a rollout may have.
+pub const MAX_PHASES: usize = 20;
+
 impl RolloutSpec {
     /// Checks every field; returns all problems at once so a caller can fix them together.
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
@@ -216,10 +219,10 @@ impl RolloutSpec {
         if self.phases.is_empty() {
             errors.push(field_error("phases", "at least one phase", "[]"));
         }
-        if self.phases.len() > 20 {
+        if self.phases.len() > MAX_PHASES {
             errors.push(field_error(
                 "phases",
-                "at most 20 phases",
+                format!("at most {MAX_PHASES} phases"),
                 self.phases.len(),
             ));
         }

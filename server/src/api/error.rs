@@ -25,6 +25,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: u64 },
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    #[error("the bearer token expired at {at}")]
+    TokenExpired { at: String },
     #[error("this call needs the {needed} scope")]
     Forbidden { needed: &'static str },
     /// A vehicle credential that does not authenticate this request (PROTOCOL.md §10).
@@ -99,6 +101,9 @@ impl ApiError {
                 "Payload too large",
             ),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::TokenExpired { .. } => {
+                (StatusCode::UNAUTHORIZED, "token-expired", "Token expired")
+            }
             ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::VehicleCredential(_) => (
                 StatusCode::UNAUTHORIZED,
@@ -199,7 +204,7 @@ impl IntoResponse for ApiError {
                 header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
         }
-        if matches!(self, ApiError::Unauthorized) {
+        if matches!(self, ApiError::Unauthorized | ApiError::TokenExpired { .. }) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),

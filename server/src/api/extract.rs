@@ -186,6 +186,25 @@ pub fn request_id(parts: &Parts) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The token's record if it exists, is not revoked and has not expired (401 otherwise;
+/// an expired token's answer says when it expired).
+pub async fn live_token(
+    state: &AppState,
+    token: &str,
+) -> Result<crate::store::TokenRecord, ApiError> {
+    let record = state
+        .store
+        .find_token(&hash_token(token))
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    if record.expired(crate::engine::wall_clock_ms()) {
+        return Err(ApiError::TokenExpired {
+            at: crate::store::ms_to_rfc3339(record.expires_ms.unwrap_or_default()),
+        });
+    }
+    Ok(record)
+}
+
 pub fn bearer(parts: &Parts) -> Option<&str> {
     parts
         .headers
@@ -203,11 +222,7 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        let record = state
-            .store
-            .find_token(&hash_token(token))
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
+        let record = live_token(state, token).await?;
         Ok(Caller {
             token_name: record.name,
             scopes: record
@@ -328,6 +343,10 @@ async fn authenticate_vehicle(
     credential.check_request(method, target, now_unix_seconds)?;
     let vehicle_id = credential.request.vehicle_id.clone();
     let vehicle = match state.store.get_vehicle(&vehicle_id).await {
+        // A decommissioned vehicle's credential is refused like an unknown one's.
+        Ok(vehicle) if vehicle.decommissioned_at.is_some() => {
+            return Err(CredentialError::UnknownVehicle(vehicle_id).into())
+        }
         Ok(vehicle) => vehicle,
         Err(crate::store::StoreError::NotFound { .. }) => {
             return Err(CredentialError::UnknownVehicle(vehicle_id).into())

@@ -39,17 +39,23 @@ const OPS: &[Op] = &[
     Op { method: "get", path: "/metrics", id: "metrics", summary: "Prometheus metrics (text exposition format)", scope: None, body: None, ok: (200, ""), query: &[] },
     Op { method: "get", path: "/api/v1/openapi.json", id: "openapi", summary: "This document", scope: None, body: None, ok: (200, "Object"), query: &[] },
     Op { method: "post", path: "/api/v1/images", id: "uploadImage", summary: "Stream a full image (application/octet-stream); hashed while streaming, size-limited", scope: Some("release:write"), body: Some(("application/octet-stream", "")), ok: (201, "Image"), query: &["hardware_id", "version", "name"] },
-    Op { method: "get", path: "/api/v1/images", id: "listImages", summary: "List images", scope: Some("read"), body: None, ok: (200, "ImageList"), query: &["hardware_id", "limit"] },
+    Op { method: "get", path: "/api/v1/images", id: "listImages", summary: "List images", scope: Some("read"), body: None, ok: (200, "ImageList"), query: &["hardware_id", "version", "limit", "cursor", "order"] },
     Op { method: "get", path: "/api/v1/images/{id}", id: "getImage", summary: "One image", scope: Some("read"), body: None, ok: (200, "Image"), query: &[] },
+    Op { method: "delete", path: "/api/v1/images/{id}", id: "deleteImage", summary: "Delete an image no release lists (409 naming the releases and rollouts otherwise); blobs no image or delta references are removed (audited)", scope: Some("release:write"), body: None, ok: (200, "Deleted"), query: &[] },
+    Op { method: "delete", path: "/api/v1/releases/{id}", id: "deleteRelease", summary: "Delete a release no rollout uses (409 naming the rollouts otherwise), except the one holding the newest signed targets (audited)", scope: Some("release:write"), body: None, ok: (200, "Deleted"), query: &[] },
     Op { method: "post", path: "/api/v1/releases", id: "createRelease", summary: "Create a release; targets signed by the server or uploaded pre-signed and verified against root", scope: Some("release:write"), body: Some(("application/json", "CreateRelease")), ok: (201, "Release"), query: &[] },
-    Op { method: "get", path: "/api/v1/releases", id: "listReleases", summary: "List releases", scope: Some("read"), body: None, ok: (200, "ReleaseList"), query: &["limit"] },
+    Op { method: "get", path: "/api/v1/releases", id: "listReleases", summary: "List releases", scope: Some("read"), body: None, ok: (200, "ReleaseList"), query: &["version", "limit", "cursor", "order"] },
     Op { method: "get", path: "/api/v1/releases/{id}", id: "getRelease", summary: "One release with its signed targets envelope", scope: Some("read"), body: None, ok: (200, "Release"), query: &[] },
     Op { method: "post", path: "/api/v1/vehicles", id: "registerVehicle", summary: "Provision a vehicle: id, ECUs, device public key, tags", scope: Some("admin"), body: Some(("application/json", "RegisterVehicle")), ok: (201, "Vehicle"), query: &[] },
     Op { method: "post", path: "/api/v1/vehicles:bulk", id: "registerVehicles", summary: "Provision up to 10,000 vehicles in one transaction, all or nothing; a bad entry is named by index and field (vehicles[i].field)", scope: Some("admin"), body: Some(("application/json", "RegisterVehicles")), ok: (201, "BulkRegistered"), query: &[] },
-    Op { method: "get", path: "/api/v1/vehicles", id: "listVehicles", summary: "List vehicles with filters", scope: Some("read"), body: None, ok: (200, "VehicleList"), query: &["hardware_id", "tag", "installed_version", "limit"] },
+    Op { method: "get", path: "/api/v1/vehicles", id: "listVehicles", summary: "List vehicles with filters", scope: Some("read"), body: None, ok: (200, "VehicleList"), query: &["hardware_id", "tag", "tags", "installed_version", "limit", "cursor"] },
     Op { method: "get", path: "/api/v1/vehicles/{id}", id: "getVehicle", summary: "One vehicle: installed versions, last check-in, deployment history", scope: Some("read"), body: None, ok: (200, "VehicleDetail"), query: &[] },
+    Op { method: "put", path: "/api/v1/vehicles/{id}/tags", id: "retagVehicle", summary: "Replace a vehicle's tags (audited); rollouts select by the new tags from its next check-in", scope: Some("admin"), body: Some(("application/json", "Retag")), ok: (200, "Vehicle"), query: &[] },
+    Op { method: "post", path: "/api/v1/vehicles/{id}/rotate-key", id: "rotateVehicleKey", summary: "Replace a vehicle's device key (audited): the old key's signatures are refused from now on", scope: Some("admin"), body: Some(("application/json", "RotateKey")), ok: (200, "Vehicle"), query: &[] },
+    Op { method: "post", path: "/api/v1/vehicles/{id}/decommission", id: "decommissionVehicle", summary: "Take a vehicle out of service (audited): its messages are refused and counted, deployments not yet installing are cancelled; 409 if already", scope: Some("admin"), body: None, ok: (200, "Vehicle"), query: &[] },
     Op { method: "post", path: "/api/v1/rollouts", id: "createRollout", summary: "Create a rollout (draft)", scope: Some("rollout:write"), body: Some(("application/json", "CreateRollout")), ok: (201, "Rollout"), query: &[] },
-    Op { method: "get", path: "/api/v1/rollouts", id: "listRollouts", summary: "List rollouts", scope: Some("read"), body: None, ok: (200, "RolloutList"), query: &["state", "limit"] },
+    Op { method: "post", path: "/api/v1/rollouts:dry-run", id: "dryRunRollout", summary: "The vehicles per phase a rollout with this spec would assign (counts and a sample of ids), computed as the director does; creates nothing", scope: Some("rollout:write"), body: Some(("application/json", "CreateRollout")), ok: (200, "DryRun"), query: &[] },
+    Op { method: "get", path: "/api/v1/rollouts", id: "listRollouts", summary: "List rollouts", scope: Some("read"), body: None, ok: (200, "RolloutList"), query: &["state", "release_id", "limit", "cursor", "order"] },
     Op { method: "get", path: "/api/v1/rollouts/{id}", id: "getRollout", summary: "One rollout", scope: Some("read"), body: None, ok: (200, "Rollout"), query: &[] },
     Op { method: "get", path: "/api/v1/rollouts/{id}/status", id: "getRolloutStatus", summary: "Per-phase counts and breaker state", scope: Some("read"), body: None, ok: (200, "RolloutStatus"), query: &[] },
     Op { method: "post", path: "/api/v1/rollouts/{id}/start", id: "startRollout", summary: "Start (enqueues delta builds)", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
@@ -59,8 +65,12 @@ const OPS: &[Op] = &[
     Op { method: "post", path: "/api/v1/rollouts/{id}/rollback", id: "rollbackRollout", summary: "Roll back: tell updated vehicles to return to their previous image", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
     Op { method: "post", path: "/api/v1/rollouts/{id}/complete", id: "completeRollout", summary: "Complete: no new vehicles; deployments under way finish", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
     Op { method: "post", path: "/api/v1/rollouts/{id}/advance", id: "advanceRollout", summary: "Open the next phase without waiting for the current phase's gate (audited)", scope: Some("rollout:write"), body: None, ok: (200, "Rollout"), query: &[] },
-    Op { method: "get", path: "/api/v1/delta-jobs", id: "listDeltaJobs", summary: "Delta builds and their progress", scope: Some("read"), body: None, ok: (200, "DeltaJobList"), query: &["rollout_id", "limit"] },
-    Op { method: "get", path: "/api/v1/audit", id: "listAudit", summary: "Audit log of mutating calls, newest first", scope: Some("admin"), body: None, ok: (200, "AuditList"), query: &["limit", "before"] },
+    Op { method: "get", path: "/api/v1/rollouts/{id}/deployments", id: "listDeployments", summary: "A page of the rollout's deployments, by vehicle and ECU: status, phase, attempts", scope: Some("read"), body: None, ok: (200, "DeploymentPage"), query: &["state", "phase", "limit", "cursor"] },
+    Op { method: "get", path: "/api/v1/rollouts/{id}/deployments/{vehicle}", id: "getVehicleDeployments", summary: "One vehicle's deployments in the rollout, each with its history, and the actions allowed now", scope: Some("read"), body: None, ok: (200, "VehicleDeployments"), query: &[] },
+    Op { method: "post", path: "/api/v1/rollouts/{id}/deployments/{vehicle}/cancel", id: "cancelDeployment", summary: "Cancel the vehicle's deployments not yet installing (audited; the vehicle is told at once); 409 lists the allowed actions", scope: Some("rollout:write"), body: None, ok: (200, "DeploymentList"), query: &[] },
+    Op { method: "post", path: "/api/v1/rollouts/{id}/deployments/{vehicle}/retry", id: "retryDeployment", summary: "Hand the vehicle's failed or cancelled deployments out again in a running rollout (audited); 409 lists the allowed actions", scope: Some("rollout:write"), body: None, ok: (200, "DeploymentList"), query: &[] },
+    Op { method: "get", path: "/api/v1/delta-jobs", id: "listDeltaJobs", summary: "Delta builds and their progress", scope: Some("read"), body: None, ok: (200, "DeltaJobList"), query: &["rollout_id", "status", "limit", "cursor", "order"] },
+    Op { method: "get", path: "/api/v1/audit", id: "listAudit", summary: "Audit log of mutating calls, newest first; filters by actor, action, target (subject id) and time", scope: Some("admin"), body: None, ok: (200, "AuditList"), query: &["limit", "cursor", "actor", "action", "target", "since", "until"] },
     Op { method: "get", path: "/api/v1/tokens", id: "listTokens", summary: "API tokens (never their values), oldest first", scope: Some("admin"), body: None, ok: (200, "TokenList"), query: &["limit"] },
     Op { method: "post", path: "/api/v1/tokens/{id}/revoke", id: "revokeToken", summary: "Revoke a token at once (audited); 409 if already revoked", scope: Some("admin"), body: None, ok: (200, "Token"), query: &[] },
     Op { method: "get", path: "/api/v1/targets", id: "getTargets", summary: "The newest signed targets metadata (cumulative: every released image), decoded and as an envelope", scope: Some("read"), body: None, ok: (200, "Targets"), query: &[] },
@@ -75,6 +85,14 @@ fn obj(required: &[&str], props: Value) -> Value {
 
 fn array_of(name: &str) -> Value {
     json!({ "type": "array", "items": { "$ref": format!("#/components/schemas/{name}") } })
+}
+
+/// One page of a list (`super::page::Page`).
+fn page_of(name: &str) -> Value {
+    obj(
+        &["items", "next_cursor"],
+        json!({ "items": array_of(name), "next_cursor": { "type": ["string", "null"] } }),
+    )
 }
 
 /// A name (`validate::is_name`).
@@ -96,20 +114,72 @@ fn names_schema(max: usize) -> Value {
 }
 
 /// The schema of a query parameter, with the limits the handlers enforce.
-fn query_schema(name: &str) -> Value {
+fn query_schema(op: &str, name: &str) -> Value {
     match name {
+        "state" if op == "listDeployments" => {
+            json!({ "enum": crate::director::DeploymentStatus::ALL.map(|s| s.as_str()) })
+        }
         "limit" => json!({ "type": "integer", "minimum": validate::LIMIT_RANGE.0,
                            "maximum": validate::LIMIT_RANGE.1, "default": validate::DEFAULT_LIMIT }),
-        "before" => json!({ "type": "integer" }),
+        "order" => {
+            json!({ "enum": ["asc", "desc"], "default": "asc", "description": "by creation time, then id" })
+        }
+        "since" | "until" => {
+            json!({ "type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$" })
+        }
+        "actor" | "action" | "target" => {
+            json!({ "type": "string", "minLength": 1, "maxLength": 256 })
+        }
+        "tags" => {
+            json!({ "type": "string", "description": "comma-separated names; vehicles with every one" })
+        }
+        "release_id" => json!({ "type": "string", "pattern": "^rel_[0-9a-f]{16}$" }),
+        "status" => json!({ "enum": ["queued", "running", "done", "skipped", "failed"] }),
         "state" => {
             json!({ "enum": ["draft", "running", "paused", "aborted", "completed", "rolled_back"] })
         }
         "rollout_id" => json!({ "type": "string", "pattern": "^ro_[0-9a-f]{16}$" }),
+        "cursor" => {
+            json!({ "type": "string", "maxLength": 1024, "description": "next_cursor of the previous page" })
+        }
+        "phase" => {
+            json!({ "type": "integer", "minimum": 0, "maximum": crate::rollout::MAX_PHASES - 1 })
+        }
         _ => name_schema(),
     }
 }
 
+/// The schemas of a rollout's deployments and of the dry run.
+fn management_schemas() -> Value {
+    let s = json!({ "type": "string" });
+    let i = json!({ "type": "integer", "minimum": 0 });
+    json!({
+        "Deleted": obj(&["id", "blobs_removed"], json!({ "id": s, "blobs_removed": { "type": "array", "items": s } })),
+        "Retag": obj(&["tags"], json!({ "tags": names_schema(validate::MAX_TAGS) })),
+        "RotateKey": obj(&["public_key"], json!({ "public_key": { "type": "string", "pattern": "^[0-9a-f]{64}$" } })),
+        "DeploymentList": array_of("Deployment"),
+        "DeploymentPage": page_of("Deployment"),
+        "DeploymentEvent": obj(&["at", "status", "source"], json!({ "at": s, "status": s, "sequence": { "type": ["integer", "null"] }, "reason_code": { "type": ["string", "null"] }, "source": s })),
+        "VehicleDeployments": obj(&["rollout_id", "vehicle_id", "allowed_actions", "deployments"], json!({ "rollout_id": s, "vehicle_id": s,
+            "allowed_actions": { "type": "array", "items": { "enum": ["cancel", "retry"] } },
+            "deployments": { "type": "array", "items": { "allOf": [ { "$ref": "#/components/schemas/Deployment" },
+                obj(&["events"], json!({ "events": array_of("DeploymentEvent") })) ] } } })),
+        "DryRun": obj(&["salt", "vehicles", "phases"], json!({ "salt": s, "vehicles": i,
+            "phases": { "type": "array", "items": obj(&["index", "name", "percent", "vehicles", "sample"], json!({
+                "index": i, "name": s, "percent": { "type": "number" }, "vehicles": i,
+                "sample": { "type": "array", "maxItems": crate::engine::status::DRY_RUN_SAMPLE, "items": s } })) } })),
+    })
+}
+
 fn schemas() -> Value {
+    let mut all = base_schemas();
+    if let (Some(all), Value::Object(more)) = (all.as_object_mut(), management_schemas()) {
+        all.extend(more);
+    }
+    all
+}
+
+fn base_schemas() -> Value {
     let s = json!({ "type": "string" });
     let i = json!({ "type": "integer", "minimum": 0 });
     let strings = json!({ "type": "array", "items": { "type": "string" } });
@@ -134,7 +204,7 @@ fn schemas() -> Value {
         "Ready": obj(&["status", "database", "blob_store", "broker"], json!({ "status": s, "database": s, "blob_store": s, "broker": s })),
         "Image": obj(&["id", "name", "hardware_id", "version", "length", "sha256", "created_at"], json!({
             "id": s, "name": s, "hardware_id": s, "version": s, "length": i, "sha256": s, "created_at": s })),
-        "ImageList": array_of("Image"),
+        "ImageList": page_of("Image"),
         "CreateRelease": obj(&["name", "version", "security_version", "images"], json!({
             "name": name, "version": name, "security_version": counter,
             "images": { "type": "array", "minItems": 1, "maxItems": super::releases::MAX_IMAGES, "items": { "type": "string", "pattern": "^img_[0-9a-f]{16}$" } },
@@ -144,7 +214,7 @@ fn schemas() -> Value {
             "id": s, "name": s, "version": s, "security_version": i, "targets_version": i, "signed_by": s,
             "images": { "type": "array", "items": obj(&[], json!({ "hardware_id": s, "image_id": s, "name": s, "version": s, "length": i, "sha256": s })) },
             "targets": any, "created_at": s })),
-        "ReleaseList": array_of("Release"),
+        "ReleaseList": page_of("Release"),
         "RegisterVehicle": obj(&["id", "public_key", "ecus"], json!({
             "id": vehicle_id_schema(), "public_key": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
             "tags": names_schema(validate::MAX_TAGS),
@@ -154,8 +224,9 @@ fn schemas() -> Value {
         "BulkRegistered": obj(&["registered"], json!({ "registered": i })),
         "Vehicle": obj(&["id", "public_key", "tags", "ecus"], json!({
             "id": s, "public_key": s, "tags": strings, "created_at": s, "last_seen_at": s, "agent_state": s, "director_version": i,
+            "decommissioned_at": { "type": ["string", "null"] },
             "ecus": { "type": "array", "items": obj(&[], json!({ "ecu": s, "hardware_id": s, "installed_version": s, "installed_sha256": s, "installed_length": i })) } })),
-        "VehicleList": array_of("Vehicle"),
+        "VehicleList": page_of("Vehicle"),
         "VehicleDetail": { "allOf": [ { "$ref": "#/components/schemas/Vehicle" },
             obj(&["deployments"], json!({ "deployments": array_of("Deployment") })) ] },
         "Deployment": obj(&[], json!({ "id": s, "rollout_id": s, "vehicle_id": s, "ecu": s, "phase": i, "status": s, "from_sha256": s, "reason_code": s, "assigned_at": s, "updated_at": s })),
@@ -174,11 +245,12 @@ fn schemas() -> Value {
                 "action": { "enum": ["pause", "abort", "rollback"] } })),
             "preconditions": obj(&[], json!({ "parked": { "type": "boolean" }, "min_state_of_charge_percent": int_range(0, 100), "network": name })),
             "maintenance_window": obj(&["start_utc", "end_utc"], json!({ "start_utc": s, "end_utc": s })),
-            "retry": obj(&[], json!({ "max_attempts": int_range(1, 10), "backoff_seconds": duration })) })),
+            "retry": obj(&[], json!({ "max_attempts": int_range(1, 10), "backoff_seconds": duration })),
+            "salt": { "type": "string", "pattern": "^[0-9a-f]{32}$", "description": "cohort salt (random unless given; a dry run's salt reproduces its cohorts)" } })),
         "Rollout": obj(&["id", "name", "release_id", "spec", "state", "current_phase", "breaker_state"], json!({
             "id": s, "name": s, "release_id": s, "spec": any, "salt": s, "state": s, "current_phase": i,
             "breaker_state": { "enum": ["closed", "open", "half_open"] }, "breaker_reason": s, "created_at": s, "updated_at": s })),
-        "RolloutList": array_of("Rollout"),
+        "RolloutList": page_of("Rollout"),
         "RolloutStatus": obj(&["rollout", "phases"], json!({
             "rollout": { "$ref": "#/components/schemas/Rollout" },
             "phases": { "type": "array", "items": obj(&[], json!({
@@ -186,11 +258,11 @@ fn schemas() -> Value {
                 "eligible": i, "assigned": i, "downloading": i, "installed": i, "committed": i, "failed": i, "rolled_back": i, "cancelled": i })) } })),
         "DeltaJob": obj(&["id", "status"], json!({ "id": s, "rollout_id": s, "hardware_id": s, "source_sha256": s, "target_sha256": s,
             "status": { "enum": ["queued", "running", "done", "skipped", "failed"] }, "attempts": i, "delta_sha256": s, "delta_length": i, "error": s })),
-        "DeltaJobList": array_of("DeltaJob"),
+        "DeltaJobList": page_of("DeltaJob"),
         "AuditEntry": obj(&["id", "at", "actor", "action", "subject"], json!({ "id": i, "at": s, "actor": s, "action": s, "subject": s, "detail": any, "request_id": s })),
-        "AuditList": array_of("AuditEntry"),
+        "AuditList": page_of("AuditEntry"),
         "Token": obj(&["id", "name", "scopes", "created_at"], json!({ "id": s, "name": s, "scopes": strings, "created_at": s,
-            "revoked_at": { "type": ["string", "null"] } })),
+            "revoked_at": { "type": ["string", "null"] }, "expires_at": { "type": ["string", "null"] } })),
         "TokenList": array_of("Token"),
     })
 }
@@ -211,7 +283,7 @@ pub fn document() -> Value {
         }
         for name in op.query {
             let required = op.id == "uploadImage" && *name != "name";
-            parameters.push(json!({ "name": name, "in": "query", "required": required, "schema": query_schema(name) }));
+            parameters.push(json!({ "name": name, "in": "query", "required": required, "schema": query_schema(op.id, name) }));
         }
         let ok_content = match op.ok.1 {
             "" if op.path == "/metrics" => {
@@ -292,7 +364,13 @@ pub fn document() -> Value {
                         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Ready" } } } }),
             );
         }
-        if op.method == "post" {
+        if op.method == "delete" {
+            responses.insert(
+                "409".into(),
+                problem_response("Still in use: the problem names by what"),
+            );
+        }
+        if matches!(op.method, "post" | "put") {
             responses.insert("400".into(), problem_response("Malformed request"));
             responses.insert(
                 "409".into(),

@@ -4,6 +4,7 @@
 
 use super::error::ApiError;
 use super::extract::{parse_id, ApiJson, ApiQuery, Authorized, Caller, ReleaseWriteScope};
+use super::page::{self, Page};
 use super::validate;
 use super::{AppState, Routes};
 use crate::store::{NewRelease, ReleaseRecord};
@@ -205,17 +206,35 @@ async fn create(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    version: Option<String>,
     limit: Option<i64>,
+    cursor: Option<String>,
+    order: Option<String>,
 }
 
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<ReleaseRecord>>, ApiError> {
+) -> Result<Json<Page<ReleaseRecord>>, ApiError> {
     caller.require(Scope::Read)?;
     let limit = validate::limit(query.limit)?;
-    Ok(Json(state.store.list_releases(limit).await?))
+    if let Some(version) = &query.version {
+        validate::name("version", version)?;
+    }
+    let (keyset, kind) = page::created_keyset(
+        "releases",
+        query.order.as_deref(),
+        query.cursor.as_deref(),
+        limit,
+    )?;
+    let rows = state
+        .store
+        .release_page(query.version.as_deref(), &keyset)
+        .await?;
+    Ok(Json(page::page(rows, limit, &kind, |r| {
+        vec![r.created_at.clone(), r.id.clone()]
+    })))
 }
 
 async fn get_one(

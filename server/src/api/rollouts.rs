@@ -3,16 +3,17 @@
 
 use super::error::ApiError;
 use super::extract::{parse_id, ApiJson, ApiQuery, Authorized, Caller, RolloutWriteScope};
+use super::page::{self, Page};
 use super::validate;
 use super::{AppState, Routes};
 use crate::engine::plan::{PlanError, RolloutRequest};
-use crate::engine::RolloutStatus;
 use crate::engine::{wall_clock_ms, ChangeFailed};
+use crate::engine::{DryRun, RolloutStatus};
 use crate::rollout::{
     AbortCriteria, MaintenanceWindow, PhaseSpec, Preconditions, RateLimit, RetryPolicy,
     RolloutAction, RolloutSpec, RolloutState, Selector,
 };
-use crate::store::{DeltaJob, NewRollout, RolloutRecord, StoreError};
+use crate::store::{DeltaJob, DeltaJobStatus, NewRollout, RolloutRecord, StoreError};
 use crate::tokens::Scope;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -23,6 +24,7 @@ use serde::Deserialize;
 pub fn routes() -> Routes {
     Routes::default()
         .add("post", "/api/v1/rollouts", post(create))
+        .add("post", "/api/v1/rollouts:dry-run", post(dry_run))
         .add("get", "/api/v1/rollouts", get(list))
         .add("get", "/api/v1/rollouts/{id}", get(get_one))
         .add("get", "/api/v1/rollouts/{id}/status", get(status))
@@ -54,6 +56,9 @@ pub struct CreateRollout {
     pub maintenance_window: Option<MaintenanceWindow>,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// The cohort salt, hex (normally random; a dry run's salt reproduces its cohorts).
+    #[serde(default)]
+    pub salt: Option<String>,
 }
 
 /// The edge rules for a rollout's text, lists and integers (the spec's own rules are in
@@ -109,13 +114,24 @@ fn random_salt() -> Result<String, ApiError> {
     Ok(hex::encode(salt))
 }
 
-async fn create(
-    State(state): State<AppState>,
-    Authorized(caller, _): Authorized<RolloutWriteScope>,
-    ApiJson(request): ApiJson<CreateRollout>,
-) -> Result<(StatusCode, Json<RolloutRecord>), ApiError> {
-    caller.require(Scope::RolloutWrite)?;
+/// Length of a cohort salt in bytes (hex: twice as many digits).
+pub const SALT_BYTES: usize = 16;
+
+/// A create (or dry-run) request checked: every edge rule, the spec's own rules, the
+/// release exists. Returns the name, release id, spec and salt (hex; random unless
+/// given).
+async fn checked(
+    state: &AppState,
+    request: CreateRollout,
+) -> Result<(String, String, RolloutSpec, String), ApiError> {
     let mut problems = edge_problems(&request);
+    if let Some(salt) = &request.salt {
+        if let Err(ApiError::Invalid(errors)) =
+            validate::lower_hex::<SALT_BYTES>("salt", "32 lowercase hex digits (16 bytes)", salt)
+        {
+            problems.0.extend(errors);
+        }
+    }
     let release_id = parse_id("release", "rel", &request.release_id);
     if release_id.is_err() {
         problems.push(
@@ -149,33 +165,61 @@ async fn create(
         }
         Err(other) => return Err(other.into()),
     }
+    let salt = match request.salt {
+        Some(salt) => salt,
+        None => random_salt()?,
+    };
+    Ok((request.name, release_id, spec, salt))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Authorized(caller, _): Authorized<RolloutWriteScope>,
+    ApiJson(request): ApiJson<CreateRollout>,
+) -> Result<(StatusCode, Json<RolloutRecord>), ApiError> {
+    let (name, release_id, spec, salt) = checked(&state, request).await?;
     let record = state
         .store
         .insert_rollout(
             &caller.actor(),
             NewRollout {
-                name: request.name,
+                name,
                 release_id,
                 spec,
-                salt: random_salt()?,
+                salt,
             },
         )
         .await?;
     Ok((StatusCode::CREATED, Json(record)))
 }
 
+/// The vehicles per phase a rollout with this spec would assign, computed with the
+/// director's own rule over the fleet as it is now; creates nothing. Give the answer's
+/// `salt` to create to get exactly these vehicles.
+async fn dry_run(
+    State(state): State<AppState>,
+    Authorized(_, _): Authorized<RolloutWriteScope>,
+    ApiJson(request): ApiJson<CreateRollout>,
+) -> Result<Json<DryRun>, ApiError> {
+    let (_, release_id, spec, salt) = checked(&state, request).await?;
+    Ok(Json(state.engine.dry_run(&spec, &release_id, &salt).await?))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
+    release_id: Option<String>,
     limit: Option<i64>,
+    cursor: Option<String>,
+    order: Option<String>,
 }
 
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<RolloutRecord>>, ApiError> {
+) -> Result<Json<Page<RolloutRecord>>, ApiError> {
     caller.require(Scope::Read)?;
     let limit = validate::limit(query.limit)?;
     let filter = match query.state.as_deref() {
@@ -188,9 +232,23 @@ async fn list(
             )
         })?),
     };
-    let mut rollouts = state.store.list_rollouts(filter).await?;
-    rollouts.truncate(limit as usize);
-    Ok(Json(rollouts))
+    let release = match &query.release_id {
+        Some(id) => Some(parse_id("release", "rel", id)?),
+        None => None,
+    };
+    let (keyset, kind) = page::created_keyset(
+        "rollouts",
+        query.order.as_deref(),
+        query.cursor.as_deref(),
+        limit,
+    )?;
+    let rows = state
+        .store
+        .rollout_page(filter, release.as_deref(), &keyset)
+        .await?;
+    Ok(Json(page::page(rows, limit, &kind, |r| {
+        vec![r.created_at.clone(), r.id.clone()]
+    })))
 }
 
 async fn get_one(
@@ -326,21 +384,44 @@ async fn rollback(
 #[serde(deny_unknown_fields)]
 struct JobsQuery {
     rollout_id: Option<String>,
+    status: Option<String>,
     limit: Option<i64>,
+    cursor: Option<String>,
+    order: Option<String>,
 }
 
 async fn delta_jobs(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<JobsQuery>,
-) -> Result<Json<Vec<DeltaJob>>, ApiError> {
+) -> Result<Json<Page<DeltaJob>>, ApiError> {
     caller.require(Scope::Read)?;
     let limit = validate::limit(query.limit)?;
     let rollout = match query.rollout_id {
         Some(id) => Some(parse_id("rollout", "ro", &id)?),
         None => None,
     };
-    let mut jobs = state.store.list_delta_jobs(rollout.as_deref()).await?;
-    jobs.truncate(limit as usize);
-    Ok(Json(jobs))
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(DeltaJobStatus::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "status",
+                "queued, running, done, skipped or failed",
+                validate::shown(s),
+            )
+        })?),
+    };
+    let (keyset, kind) = page::created_keyset(
+        "delta-jobs",
+        query.order.as_deref(),
+        query.cursor.as_deref(),
+        limit,
+    )?;
+    let rows = state
+        .store
+        .delta_job_page(rollout.as_deref(), status, &keyset)
+        .await?;
+    Ok(Json(page::page(rows, limit, &kind, |j| {
+        vec![j.created_at.clone(), j.id.clone()]
+    })))
 }

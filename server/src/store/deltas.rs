@@ -29,7 +29,7 @@ impl DeltaJobStatus {
         }
     }
 
-    fn parse(text: &str) -> Option<Self> {
+    pub fn parse(text: &str) -> Option<Self> {
         [
             Self::Queued,
             Self::Running,
@@ -67,7 +67,7 @@ pub struct DeltaJob {
     pub updated_at: String,
 }
 
-fn job_from_row(row: &AnyRow) -> Result<DeltaJob, StoreError> {
+pub(super) fn job_from_row(row: &AnyRow) -> Result<DeltaJob, StoreError> {
     let status: String = row.try_get("status")?;
     Ok(DeltaJob {
         id: row.try_get("id")?,

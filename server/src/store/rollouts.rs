@@ -1,5 +1,6 @@
 //! Rollouts and their deployments (one row per vehicle ECU assigned).
 
+use super::deployments::{record_event, Event, DIRECTOR, VEHICLE};
 use super::{
     audit, ms_to_rfc3339, new_id, now_ms, optional_digest, parse_json, Actor, Store, StoreError,
 };
@@ -107,14 +108,14 @@ impl PhaseCounts {
     }
 }
 
-fn corrupt(what: &'static str, got: &str) -> StoreError {
+pub(super) fn corrupt(what: &'static str, got: &str) -> StoreError {
     StoreError::Corrupt {
         what,
         reason: format!("unknown value {got:?}"),
     }
 }
 
-fn rollout_from_row(row: &AnyRow) -> Result<RolloutRecord, StoreError> {
+pub(super) fn rollout_from_row(row: &AnyRow) -> Result<RolloutRecord, StoreError> {
     let state: String = row.try_get("state")?;
     let breaker: String = row.try_get("breaker_state")?;
     let spec: String = row.try_get("spec")?;
@@ -136,7 +137,7 @@ fn rollout_from_row(row: &AnyRow) -> Result<RolloutRecord, StoreError> {
     })
 }
 
-fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRecord, StoreError> {
+pub(super) fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRecord, StoreError> {
     let status: String = row.try_get("status")?;
     Ok(DeploymentRecord {
         id: row.try_get("id")?,
@@ -299,7 +300,11 @@ impl Store {
             cancelled = rows
                 .iter()
                 .map(deployment_from_row)
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
+            for d in &cancelled {
+                let event = Event::new(DeploymentStatus::Cancelled, &actor.name);
+                record_event(&mut tx, &d.id, now, event.reason("rollout_stopped")).await?;
+            }
         }
         tx.commit().await?;
         Ok((self.get_rollout(&change.rollout_id).await?, cancelled))
@@ -402,7 +407,7 @@ impl Store {
         for d in new.iter().filter(|d| d.retry) {
             // A retry reuses the failed deployment: back to assigned, one more attempt,
             // progress sequences start over (the agent numbers each attempt from 1).
-            sqlx::query(
+            let retried = sqlx::query(
                 "UPDATE deployments SET status = 'assigned', attempts = attempts + 1, last_sequence = 0, \
                  reason_code = NULL, assigned_ms = $1, updated_ms = $1 WHERE id = $2 AND status = 'failed'",
             )
@@ -410,9 +415,13 @@ impl Store {
             .bind(&d.deployment_id)
             .execute(&mut *tx)
             .await?;
+            if retried.rows_affected() > 0 {
+                let event = Event::new(DeploymentStatus::Assigned, DIRECTOR).reason("retry_policy");
+                record_event(&mut tx, &d.deployment_id, now, event).await?;
+            }
         }
         for d in new.iter().filter(|d| !d.retry) {
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO deployments (id, rollout_id, vehicle_id, ecu, phase_index, status, from_sha256, \
                  assigned_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, 'assigned', $6, $7, $7) \
                  ON CONFLICT DO NOTHING",
@@ -426,6 +435,10 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            if inserted.rows_affected() > 0 {
+                let event = Event::new(DeploymentStatus::Assigned, DIRECTOR);
+                record_event(&mut tx, &d.deployment_id, now, event).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -518,20 +531,31 @@ impl Store {
         reason_code: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError> {
+        let sequence = sequence.min(i64::MAX as u64) as i64;
+        let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE deployments SET status = $1, last_sequence = $2, reason_code = $3, updated_ms = $4 \
              WHERE id = $5 AND vehicle_id = $6 AND last_sequence < $2 \
              AND status NOT IN ('committed', 'failed', 'rolled_back', 'cancelled')",
         )
         .bind(status.as_str())
-        .bind(sequence.min(i64::MAX as u64) as i64)
+        .bind(sequence)
         .bind(reason_code)
         .bind(now)
         .bind(deployment_id)
         .bind(vehicle_id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(updated.rows_affected() > 0)
+        let changed = updated.rows_affected() > 0;
+        if changed {
+            let mut event = Event::new(status, VEHICLE);
+            // A check-in proving a commit carries no sequence of its own.
+            event.sequence = (sequence < i64::MAX).then_some(sequence);
+            event.reason_code = reason_code.map(str::to_owned);
+            record_event(&mut tx, deployment_id, now, event).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// Marks a deployment whose vehicle runs its previous image again as rolled back.
@@ -542,6 +566,7 @@ impl Store {
         vehicle_id: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE deployments SET status = 'rolled_back', reason_code = 'rollback', updated_ms = $1 \
              WHERE id = $2 AND vehicle_id = $3 AND status IN ('installed', 'committed')",
@@ -549,8 +574,14 @@ impl Store {
         .bind(now)
         .bind(deployment_id)
         .bind(vehicle_id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(updated.rows_affected() > 0)
+        let changed = updated.rows_affected() > 0;
+        if changed {
+            let event = Event::new(DeploymentStatus::RolledBack, DIRECTOR).reason("rollback");
+            record_event(&mut tx, deployment_id, now, event).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 }

@@ -28,6 +28,8 @@ pub struct VehicleRecord {
     pub last_seen_at: Option<String>,
     pub agent_state: Option<String>,
     pub director_version: u64,
+    /// When it was taken out of service (its messages are refused since).
+    pub decommissioned_at: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -214,7 +216,7 @@ impl Store {
             .collect()
     }
 
-    async fn vehicle_from_row(&self, row: &AnyRow) -> Result<VehicleRecord, StoreError> {
+    pub(super) async fn vehicle_from_row(&self, row: &AnyRow) -> Result<VehicleRecord, StoreError> {
         let id: String = row.try_get("id")?;
         let tags: String = row.try_get("tags")?;
         Ok(VehicleRecord {
@@ -228,6 +230,9 @@ impl Store {
                 .map(ms_to_rfc3339),
             agent_state: row.try_get("agent_state")?,
             director_version: row.try_get::<i64, _>("director_version")?.max(0) as u64,
+            decommissioned_at: row
+                .try_get::<Option<i64>, _>("decommissioned_ms")?
+                .map(ms_to_rfc3339),
         })
     }
 
@@ -270,13 +275,17 @@ impl Store {
         Ok(out)
     }
 
-    /// Every vehicle, for director decisions over a fleet (bounded by `limit`).
+    /// Every vehicle in service, for director decisions over a fleet (bounded by
+    /// `limit`); decommissioned vehicles are never assigned anything.
     pub async fn all_vehicles(&self, limit: i64) -> Result<Vec<VehicleRecord>, StoreError> {
-        self.list_vehicles(&VehicleFilter {
-            limit,
-            ..VehicleFilter::default()
-        })
-        .await
+        let mut vehicles = self
+            .list_vehicles(&VehicleFilter {
+                limit,
+                ..VehicleFilter::default()
+            })
+            .await?;
+        vehicles.retain(|v| v.decommissioned_at.is_none());
+        Ok(vehicles)
     }
 
     /// Records a verified check-in and reserves the director metadata version to answer

@@ -307,7 +307,7 @@ async fn limits(backend: Backend) {
     ] {
         let (status, all) = app.get(path, &app.admin_token).await;
         assert_eq!(status, 200, "{path}: {all}");
-        let total = all.as_array().unwrap().len();
+        let total = all["items"].as_array().unwrap().len();
         assert!(total >= 3, "{path}: {all}");
         if let Some(expected) = expected {
             assert_eq!(total, expected, "{path}");
@@ -315,7 +315,7 @@ async fn limits(backend: Backend) {
         let (status, one) = app.get(&format!("{path}?limit=1"), &app.admin_token).await;
         assert_eq!(status, 200, "{path}: {one}");
         assert_eq!(
-            one.as_array().unwrap().len(),
+            one["items"].as_array().unwrap().len(),
             total.min(1),
             "{path}?limit=1"
         );
@@ -587,7 +587,7 @@ async fn tokens(backend: Backend) {
     assert!(revoked["revoked_at"].is_string(), "{revoked}");
     let (_, audit) = app.get("/api/v1/audit?limit=5", &app.admin_token).await;
     assert!(
-        audit
+        audit["items"]
             .as_array()
             .unwrap()
             .iter()

@@ -96,7 +96,7 @@ impl Fixture {
                     None,
                 )
                 .await;
-            let status = jobs[0]["status"].as_str().map(str::to_owned);
+            let status = jobs["items"][0]["status"].as_str().map(str::to_owned);
             match status.as_deref() {
                 Some("queued" | "running") | None => None,
                 Some(other) => Some(other.to_owned()),
@@ -467,7 +467,7 @@ async fn a_canary_rollout_completes_and_a_bad_release_is_halted_by_its_breaker()
     }
     assert_eq!(status["totals"]["failed"], 0, "{status}");
     let audit = server.ok("GET", "/api/v1/audit?limit=200", None).await;
-    let advances = audit
+    let advances = audit["items"]
         .as_array()
         .unwrap()
         .iter()

@@ -343,7 +343,7 @@ impl Server {
                 None,
             )
             .await;
-        list.as_array().map_or(0, Vec::len)
+        list["items"].as_array().map_or(0, Vec::len)
     }
 
     /// A rollout's totals (assigned, committed, failed, rolled_back, ...).
