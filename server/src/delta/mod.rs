@@ -14,6 +14,5 @@ pub mod image;
 pub mod matcher;
 
 pub use builder::{
-    build_delta, build_delta_file, build_delta_file_in_background, BuildError, BuildOptions,
-    BuildReport,
+    build_delta, build_delta_file, BuildError, BuildOptions, BuildReport,
 };
