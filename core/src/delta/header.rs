@@ -242,6 +242,22 @@ mod tests {
                 |b| b[10] = Algorithm::FullZstd.id(),
                 DeltaError::FullImageWithSource,
             ),
+            (
+                "full image that declares only a source length",
+                |b| {
+                    b[10] = Algorithm::FullZstd.id();
+                    b[20..52].fill(0);
+                },
+                DeltaError::FullImageWithSource,
+            ),
+            (
+                "full image that declares only a source digest",
+                |b| {
+                    b[10] = Algorithm::FullZstd.id();
+                    b[12..20].fill(0);
+                },
+                DeltaError::FullImageWithSource,
+            ),
         ];
         for (name, mutate, expected) in cases {
             let mut bytes = sample().encode().to_vec();

@@ -203,8 +203,6 @@ pub struct Options {
     /// Kafka brokers used as is (a test-owned broker), with a topic and group of its own.
     pub kafka_brokers_unchecked: Option<String>,
     pub kafka_delivery_timeout_ms: Option<u64>,
-    /// The delta engine the workers call (the production builder unless set).
-    pub delta_engine: Option<std::sync::Arc<dyn ota_server::jobs::DeltaEngine>>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -292,12 +290,9 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     if let Some(queue) = options.mqtt_queue {
         settings.mqtt.queue = queue;
     }
-    let mut app = Application::build(settings)
+    let app = Application::build(settings)
         .await
         .expect("application builds");
-    if let Some(engine) = options.delta_engine {
-        app = app.with_delta_engine(engine);
-    }
     let address = format!("http://{}", app.address());
     let store = app.state().store.clone();
     let state = app.state().clone();

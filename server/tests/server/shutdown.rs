@@ -5,9 +5,15 @@
 use crate::delta::{image_pair, put_blob, Gate, GatedEngine};
 use crate::helpers::{checkin, device_key, signed_checkin, spawn_app_with, unique, Backend, Options};
 use crate::mqtt::VehicleClient;
-use ota_core::protocol::{topic, Channel};
 use ota_core::encoding::Sha256Digest;
-use ota_server::store::{DeltaJobStatus, Store};
+use ota_core::protocol::{topic, Channel};
+use ota_server::blobs::BlobStore;
+use ota_server::jobs::DeltaEngine;
+use ota_server::settings::Settings;
+use ota_server::startup::Application;
+use ota_server::store::{Actor, DeltaJobStatus, Store};
+use ota_server::tokens::{create_token, Scope};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn tokio_stream_from(
@@ -25,27 +31,112 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// A server on a runtime of its own that is dropped when `run_until_stopped` returns,
+/// as at process exit: whatever the server did not wait for dies with it (a test
+/// runtime would otherwise keep an abandoned connection or job running).
+struct OwnRuntimeServer {
+    address: String,
+    admin_token: String,
+    dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl OwnRuntimeServer {
+    async fn start(engine: Arc<dyn DeltaEngine>) -> OwnRuntimeServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings {
+            listen: "127.0.0.1:0".to_owned(),
+            data_dir: dir.path().to_owned(),
+            ..Settings::default()
+        };
+        settings.mqtt.embedded = "off".to_owned();
+        let (ready, started) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let result = runtime.block_on(async move {
+                let app = Application::build(settings)
+                    .await?
+                    .with_delta_engine(engine);
+                let (_, token) = create_token(
+                    &app.state().store,
+                    &Actor::system(),
+                    "test-admin",
+                    &[Scope::Admin],
+                )
+                .await?;
+                let _ = ready.send((format!("http://{}", app.address()), token));
+                app.run_until_stopped(async move {
+                    let _ = stopped.await;
+                })
+                .await
+            });
+            drop(runtime);
+            result
+        });
+        let (address, admin_token) = started.await.expect("the server starts");
+        OwnRuntimeServer {
+            address,
+            admin_token,
+            dir,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    async fn wait_stopped(&mut self) {
+        let thread = self.thread.take().expect("running");
+        let result = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .unwrap()
+            .expect("the server thread does not panic");
+        assert!(result.is_ok(), "the server stops cleanly: {result:?}");
+    }
+}
+
+/// Waits until the listener is closed (new connections refused): shutdown has begun.
+async fn wait_refused(address: &str) {
+    let address = address.trim_start_matches("http://").to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(&address).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never stopped accepting connections"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_an_in_flight_request_and_delta_job() {
     let (engine, gate) = GatedEngine::new();
     let Gate { started, release } = gate;
-    let options = Options {
-        delta_engine: Some(engine),
-        ..Options::default()
-    };
-    let mut app = spawn_app_with(Backend::Sqlite, options).await.unwrap();
-    let data_dir = app.dir.path().to_owned();
+    let mut server = OwnRuntimeServer::start(engine).await;
+    let data_dir = server.dir.path().to_owned();
+    // The test's own connection to the server's SQLite database.
+    let store = Store::connect(
+        &format!("sqlite://{}", data_dir.join("ota.db").display()),
+        1,
+    )
+    .await
+    .unwrap();
+    let blobs = BlobStore::open(&data_dir.join("blobs")).unwrap();
 
     // A delta job, held in flight by the gate once a worker claims it (workers look for
     // jobs every 5 s when idle).
     let (old, new) = image_pair();
-    let (old_sha, new_sha) = (
-        put_blob(&app.state.blobs, &old),
-        put_blob(&app.state.blobs, &new),
-    );
-    assert!(app
-        .state
-        .store
+    let (old_sha, new_sha) = (put_blob(&blobs, &old), put_blob(&blobs, &new));
+    assert!(store
         .enqueue_delta("ro_stop", "hw-a", &old_sha, &new_sha)
         .await
         .unwrap());
@@ -54,9 +145,12 @@ async fn shutdown_finishes_an_in_flight_request_and_delta_job() {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
     tx.send(Ok(b"start".to_vec())).await.unwrap();
     let upload = tokio::spawn(
-        app.http
-            .post(app.url("/api/v1/images?hardware_id=hw-stop&version=1"))
-            .bearer_auth(&app.admin_token)
+        reqwest::Client::new()
+            .post(format!(
+                "{}/api/v1/images?hardware_id=hw-stop&version=1",
+                server.address
+            ))
+            .bearer_auth(&server.admin_token)
             .header("content-type", "application/octet-stream")
             .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)))
             .send(),
@@ -77,51 +171,51 @@ async fn shutdown_finishes_an_in_flight_request_and_delta_job() {
         .expect("a worker claims the job")
         .expect("the build started");
 
-    app.signal_stop();
-    // Shutdown has begun once the listener is closed: new connections are refused.
-    let address = app.address.trim_start_matches("http://").to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(&address).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never stopped accepting connections"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server.signal_stop();
+    wait_refused(&server.address).await;
 
-    // Both in-flight operations still complete.
+    // The job finishes first: a server that only waited for its jobs would exit now
+    // and take the upload's connection down with its runtime.
+    release.send(()).expect("the build waits at the gate");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let jobs = store.list_delta_jobs(Some("ro_stop")).await.unwrap();
+        if jobs[0].status != DeltaJobStatus::Running {
+            break jobs[0].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the job never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        job.status,
+        DeltaJobStatus::Done,
+        "the in-flight delta job is finished during shutdown: {job:?}"
+    );
+    let delta = Sha256Digest::parse(job.delta_sha256.as_deref().unwrap()).unwrap();
+    assert!(
+        blobs.path_of(&delta).exists(),
+        "the built delta is in the blob store"
+    );
+
     tx.send(Ok(b" of an image".to_vec())).await.unwrap();
     drop(tx);
-    let response = upload.await.unwrap().expect("the upload is answered");
+    let response = upload
+        .await
+        .unwrap()
+        .expect("the in-flight upload is answered, not cut off");
     let (status, image) = crate::helpers::decode(response).await;
     assert_eq!(status, 201, "the in-flight upload is finished: {image}");
-    release.send(()).expect("the build waits at the gate");
-    app.wait_stopped().await;
+    server.wait_stopped().await;
 
-    // What both wrote survives the shutdown: the image and the built delta.
     let digest = Sha256Digest::of(b"start of an image");
-    assert_eq!(image["sha256"], digest.to_hex(), "{image}");
-    let store = Store::connect(&app.database_url(), 1).await.unwrap();
     let images = store.list_images(Some("hw-stop"), 10).await.unwrap();
     assert_eq!(
         (images.len(), images[0].sha256.as_str()),
         (1, digest.to_hex().as_str()),
         "{images:?}"
     );
-    let jobs = store.list_delta_jobs(Some("ro_stop")).await.unwrap();
-    assert_eq!(
-        jobs[0].status,
-        DeltaJobStatus::Done,
-        "the in-flight delta job finished before the server exited: {jobs:?}"
-    );
-    let delta = Sha256Digest::parse(jobs[0].delta_sha256.as_deref().unwrap()).unwrap();
-    let blobs = ota_server::blobs::BlobStore::open(&data_dir.join("blobs")).unwrap();
-    assert!(
-        blobs.path_of(&delta).exists(),
-        "the built delta is in the blob store"
-    );
+    assert!(blobs.path_of(&digest).exists());
     store.close().await;
-    app.stop().await;
 }
 
 /// A check-in held inside its handler (the `vehicles` table locked by the test on
@@ -190,14 +284,7 @@ async fn shutdown_finishes_an_mqtt_message_being_handled() {
     }
 
     app.signal_stop();
-    let address = app.address.trim_start_matches("http://").to_owned();
-    while tokio::net::TcpStream::connect(&address).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never stopped accepting connections"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_refused(&app.address).await;
     lock.rollback().await.unwrap();
     app.wait_stopped().await;
 
