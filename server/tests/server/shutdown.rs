@@ -117,8 +117,17 @@ async fn wait_refused(address: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_finishes_an_in_flight_request_and_delta_job() {
+/// Which of the two held operations is let go last: while one is held, the server is
+/// still running, so only the last one tells whether shutdown waits for its kind.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Last {
+    Upload,
+    Job,
+}
+
+/// An upload and a delta job, both in flight when the shutdown signal arrives; one is
+/// finished, then the other, and both must complete before the server exits.
+async fn upload_and_job_in_flight_at_shutdown(last: Last) {
     let (engine, gate) = GatedEngine::new();
     let Gate { started, release } = gate;
     let mut server = OwnRuntimeServer::start(engine).await;
@@ -174,18 +183,48 @@ async fn shutdown_finishes_an_in_flight_request_and_delta_job() {
     server.signal_stop();
     wait_refused(&server.address).await;
 
-    // The job finishes first: a server that only waited for its jobs would exit now
-    // and take the upload's connection down with its runtime.
-    release.send(()).expect("the build waits at the gate");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let job = loop {
-        let jobs = store.list_delta_jobs(Some("ro_stop")).await.unwrap();
-        if jobs[0].status != DeltaJobStatus::Running {
-            break jobs[0].clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the job never ended");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let finish_job = || async {
+        release.send(()).expect("the build waits at the gate");
     };
+    let finish_upload = async move {
+        tx.send(Ok(b" of an image".to_vec()))
+            .await
+            .expect("the in-flight upload's connection is still open");
+        drop(tx);
+        let response = upload
+            .await
+            .unwrap()
+            .expect("the in-flight upload is answered, not cut off");
+        let (status, image) = crate::helpers::decode(response).await;
+        assert_eq!(status, 201, "the in-flight upload is finished: {image}");
+    };
+    let job_ended = || async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let jobs = store.list_delta_jobs(Some("ro_stop")).await.unwrap();
+            if jobs[0].status != DeltaJobStatus::Running {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the job never ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // A server that did not wait for the kind let go last exits as soon as the other
+    // is done, and its runtime takes that operation down.
+    match last {
+        Last::Upload => {
+            finish_job().await;
+            job_ended().await;
+            finish_upload.await;
+        }
+        Last::Job => {
+            finish_upload.await;
+            finish_job().await;
+        }
+    }
+    server.wait_stopped().await;
+
+    let job = store.list_delta_jobs(Some("ro_stop")).await.unwrap()[0].clone();
     assert_eq!(
         job.status,
         DeltaJobStatus::Done,
@@ -196,17 +235,6 @@ async fn shutdown_finishes_an_in_flight_request_and_delta_job() {
         blobs.path_of(&delta).exists(),
         "the built delta is in the blob store"
     );
-
-    tx.send(Ok(b" of an image".to_vec())).await.unwrap();
-    drop(tx);
-    let response = upload
-        .await
-        .unwrap()
-        .expect("the in-flight upload is answered, not cut off");
-    let (status, image) = crate::helpers::decode(response).await;
-    assert_eq!(status, 201, "the in-flight upload is finished: {image}");
-    server.wait_stopped().await;
-
     let digest = Sha256Digest::of(b"start of an image");
     let images = store.list_images(Some("hw-stop"), 10).await.unwrap();
     assert_eq!(
@@ -216,6 +244,16 @@ async fn shutdown_finishes_an_in_flight_request_and_delta_job() {
     );
     assert!(blobs.path_of(&digest).exists());
     store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_an_in_flight_request() {
+    upload_and_job_in_flight_at_shutdown(Last::Upload).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_an_in_flight_delta_job() {
+    upload_and_job_in_flight_at_shutdown(Last::Job).await;
 }
 
 /// A check-in held inside its handler (the `vehicles` table locked by the test on
