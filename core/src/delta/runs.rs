@@ -211,6 +211,19 @@ mod tests {
     }
 
     #[test]
+    fn only_a_segment_without_diff_and_codes_may_have_an_empty_runs_block() {
+        let none = RunBlock::parse(&[], 0, 0).expect("literal-only segment");
+        assert_eq!(format!("{:?}", none.pairs()), "RunPairs { left: 0 }");
+        assert_eq!(none.pairs().count(), 0);
+        for (diff_len, codes_len) in [(0, 1), (1, 0), (1, 1)] {
+            assert!(
+                RunBlock::parse(&[], diff_len, codes_len).is_err(),
+                "an empty runs block with diff {diff_len} and codes {codes_len}"
+            );
+        }
+    }
+
+    #[test]
     fn runs_round_trip_diff_shapes() {
         let cases: [(&str, Vec<u8>); 6] = [
             ("empty (a segment of literal bytes only)", vec![]),

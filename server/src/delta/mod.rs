@@ -13,6 +13,4 @@ pub mod cli;
 pub mod image;
 pub mod matcher;
 
-pub use builder::{
-    build_delta, build_delta_file, BuildError, BuildOptions, BuildReport,
-};
+pub use builder::{build_delta, build_delta_file, BuildError, BuildOptions, BuildReport};

@@ -781,6 +781,24 @@ async fn rollouts(backend: Backend) {
         "stale",
         "an hour-old check-in is a replay: {rejected}"
     );
+    // Future-dated beyond the window: refused the same way, so a check-in signed ahead
+    // of time cannot be held back and replayed later.
+    let mut early = checkin("veh-r1", None, 0);
+    early.sent_at = early.sent_at.plus_seconds(3600);
+    let rejected = engine
+        .engine
+        .handle_checkin(
+            "veh-r1",
+            &signed_checkin(&key, &early),
+            ota_server::engine::wall_clock_ms(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rejected.label(),
+        "stale",
+        "a check-in dated an hour ahead is refused: {rejected}"
+    );
     let rejected = engine
         .engine
         .handle_checkin("veh-r1", &bytes, ota_server::engine::wall_clock_ms())
@@ -1619,7 +1637,11 @@ async fn exponential_rate(backend: Backend) {
     assert_eq!(status, 201, "{rollout}");
     let id = rollout["id"].as_str().unwrap();
     let (status, _) = app
-        .post(&format!("/api/v1/rollouts/{id}/start"), &app.rollout_token, &json!({}))
+        .post(
+            &format!("/api/v1/rollouts/{id}/start"),
+            &app.rollout_token,
+            &json!({}),
+        )
         .await;
     assert_eq!(status, 200);
     // Each check-in a little over the snapshot's lifetime after the last (all within
@@ -1637,15 +1659,31 @@ async fn exponential_rate(backend: Backend) {
             metadata.assignments.len()
         }
     };
-    assert_eq!(assigned(0, &old, "1.0.0").await, 1, "the base rate admits one");
-    assert_eq!(assigned(1, &old, "1.0.0").await, 0, "no success yet: one per minute");
-    assert_eq!(assigned(0, &new, "6.0.0").await, 0, "veh-x0 commits the image");
+    assert_eq!(
+        assigned(0, &old, "1.0.0").await,
+        1,
+        "the base rate admits one"
+    );
+    assert_eq!(
+        assigned(1, &old, "1.0.0").await,
+        0,
+        "no success yet: one per minute"
+    );
+    assert_eq!(
+        assigned(0, &new, "6.0.0").await,
+        0,
+        "veh-x0 commits the image"
+    );
     assert_eq!(
         assigned(1, &old, "1.0.0").await,
         1,
         "one success doubles the rate: a second vehicle starts in the same minute"
     );
-    assert_eq!(assigned(2, &old, "1.0.0").await, 0, "two per minute, two started");
+    assert_eq!(
+        assigned(2, &old, "1.0.0").await,
+        0,
+        "two per minute, two started"
+    );
     app.stop().await;
 }
 both_backends!(

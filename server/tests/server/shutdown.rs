@@ -3,7 +3,9 @@
 //! flight when the shutdown signal arrives, all complete.
 
 use crate::delta::{image_pair, put_blob, Gate, GatedEngine};
-use crate::helpers::{checkin, device_key, signed_checkin, spawn_app_with, unique, Backend, Options};
+use crate::helpers::{
+    checkin, device_key, signed_checkin, spawn_app_with, unique, Backend, Options,
+};
 use crate::mqtt::VehicleClient;
 use ota_core::encoding::Sha256Digest;
 use ota_core::protocol::{topic, Channel};
@@ -205,7 +207,10 @@ async fn upload_and_job_in_flight_at_shutdown(last: Last) {
             if jobs[0].status != DeltaJobStatus::Running {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "the job never ended");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the job never ended"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
