@@ -283,6 +283,29 @@ mod tests {
     }
 
     #[test]
+    fn the_target_and_control_caps_are_inclusive() {
+        let capped = |field: &str, h: &SegmentHeader| matches!(h.validate(), Err(DeltaError::LengthOverCap { field: f, .. }) if f == field);
+        for (field, set, cap) in [
+            (
+                "segment target length",
+                (|h: &mut SegmentHeader, v| h.target_len = v) as fn(&mut SegmentHeader, u32),
+                SEGMENT_MAX_TARGET,
+            ),
+            (
+                "segment control length",
+                |h: &mut SegmentHeader, v| h.control_len = v,
+                SEGMENT_MAX_CONTROL,
+            ),
+        ] {
+            let mut h = sample();
+            set(&mut h, cap);
+            assert!(!capped(field, &h), "{field} at its cap is allowed");
+            set(&mut h, cap + 1);
+            assert!(capped(field, &h), "{field} above its cap is refused");
+        }
+    }
+
+    #[test]
     fn encode_then_parse_is_identity() {
         assert_eq!(SegmentHeader::parse(&sample().encode()), Ok(sample()));
     }
