@@ -1497,7 +1497,7 @@ async fn readyz_reports_a_broken_blob_store() {
     app.stop().await;
 }
 
-fn tokio_stream_from(
+pub(crate) fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
@@ -1659,31 +1659,26 @@ async fn exponential_rate(backend: Backend) {
             metadata.assignments.len()
         }
     };
-    assert_eq!(
-        assigned(0, &old, "1.0.0").await,
-        1,
-        "the base rate admits one"
-    );
-    assert_eq!(
-        assigned(1, &old, "1.0.0").await,
-        0,
-        "no success yet: one per minute"
-    );
-    assert_eq!(
-        assigned(0, &new, "6.0.0").await,
-        0,
-        "veh-x0 commits the image"
-    );
-    assert_eq!(
-        assigned(1, &old, "1.0.0").await,
-        1,
-        "one success doubles the rate: a second vehicle starts in the same minute"
-    );
-    assert_eq!(
-        assigned(2, &old, "1.0.0").await,
-        0,
-        "two per minute, two started"
-    );
+    let steps: [(usize, &[u8], &str, usize, &str); 5] = [
+        (0, &old, "1.0.0", 1, "the base rate admits one"),
+        (1, &old, "1.0.0", 0, "no success yet: one per minute"),
+        (0, &new, "6.0.0", 0, "veh-x0 commits the image"),
+        (
+            1,
+            &old,
+            "1.0.0",
+            1,
+            "one success doubles the rate: a second vehicle starts in the same minute",
+        ),
+        (2, &old, "1.0.0", 0, "two per minute, two started"),
+    ];
+    for (vehicle, installed, version, expected, why) in steps {
+        assert_eq!(
+            assigned(vehicle, installed, version).await,
+            expected,
+            "{why}"
+        );
+    }
     app.stop().await;
 }
 both_backends!(

@@ -2,6 +2,7 @@
 //! and delta jobs before exiting): an upload, a delta job and a check-in, each held in
 //! flight when the shutdown signal arrives, all complete.
 
+use crate::api::tokio_stream_from;
 use crate::delta::{image_pair, put_blob, Gate, GatedEngine};
 use crate::helpers::{
     checkin, device_key, signed_checkin, spawn_app_with, unique, Backend, Options,
@@ -17,12 +18,6 @@ use ota_server::store::{Actor, DeltaJobStatus, Store};
 use ota_server::tokens::{create_token, Scope};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
 
 /// Waits (bounded, against a hang) until `condition` holds, checking between short pauses.
 async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
