@@ -224,6 +224,19 @@ mod tests {
     }
 
     #[test]
+    fn the_pair_iterator_counts_down_the_pairs_left() {
+        // Three pairs: (0 zeros, 1 code), (2 zeros, 1 code), (1 zero, 0 codes).
+        let (runs, codes) = encode_runs(&[1, 0, 0, 2, 0]);
+        let block = RunBlock::parse(&runs, 5, codes.len() as u32).unwrap();
+        let mut pairs = block.pairs();
+        assert_eq!(format!("{pairs:?}"), "RunPairs { left: 3 }");
+        assert_eq!(pairs.next(), Some((0, 1)));
+        assert_eq!(format!("{pairs:?}"), "RunPairs { left: 2 }");
+        assert_eq!(pairs.by_ref().count(), 2);
+        assert_eq!(format!("{pairs:?}"), "RunPairs { left: 0 }");
+    }
+
+    #[test]
     fn runs_round_trip_diff_shapes() {
         let cases: [(&str, Vec<u8>); 6] = [
             ("empty (a segment of literal bytes only)", vec![]),
