@@ -283,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn the_target_and_control_caps_are_inclusive() {
+    fn the_length_caps_are_inclusive() {
         let capped = |field: &str, h: &SegmentHeader| matches!(h.validate(), Err(DeltaError::LengthOverCap { field: f, .. }) if f == field);
         for (field, set, cap) in [
             (
@@ -296,6 +296,16 @@ mod tests {
                 |h: &mut SegmentHeader, v| h.control_len = v,
                 SEGMENT_MAX_CONTROL,
             ),
+            (
+                "segment runs length",
+                |h: &mut SegmentHeader, v| h.runs_len = v,
+                SEGMENT_MAX_RUNS,
+            ),
+            (
+                "extra prefix length",
+                |h: &mut SegmentHeader, v| h.extra_prefix_len = v,
+                EXTRA_PREFIX_MAX,
+            ),
         ] {
             let mut h = sample();
             set(&mut h, cap);
@@ -303,6 +313,22 @@ mod tests {
             set(&mut h, cap + 1);
             assert!(capped(field, &h), "{field} above its cap is refused");
         }
+        // Every diff byte may be non-zero, but there are never more codes than diff bytes.
+        let codes = |codes_len| {
+            let h = SegmentHeader {
+                codes_len,
+                ..sample()
+            };
+            matches!(
+                h.validate(),
+                Err(DeltaError::SegmentInconsistent {
+                    field: "codes length",
+                    ..
+                })
+            )
+        };
+        assert!(!codes(sample().diff_len));
+        assert!(codes(sample().diff_len + 1));
     }
 
     #[test]
