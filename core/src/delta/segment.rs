@@ -329,6 +329,17 @@ mod tests {
         };
         assert!(!codes(sample().diff_len));
         assert!(codes(sample().diff_len + 1));
+        // A frame may be as large as zstd's worst case for its bytes, not larger.
+        let bound = zstd_compress_bound(sample().control_len) as u32;
+        let frame = |control_zlen| {
+            let h = SegmentHeader {
+                control_zlen,
+                ..sample()
+            };
+            matches!(h.validate(), Err(DeltaError::LengthOverCap { cap, .. }) if cap == u64::from(bound))
+        };
+        assert!(!frame(bound));
+        assert!(frame(bound + 1));
     }
 
     #[test]
