@@ -684,4 +684,42 @@ pub(crate) mod tests {
             prop_assert!(r >= 1 && r <= max);
         }
     }
+
+    #[test]
+    fn exponential_rate_multiplies_by_its_factor_every_n_successes_up_to_the_maximum() {
+        let rate = |factor: f64| RateLimit {
+            maximum_per_minute: 100,
+            exponential: Some(ExponentialRate {
+                base_rate_per_minute: 3,
+                increment_factor: factor,
+                increase_after_succeeded: 10,
+            }),
+        };
+        let doubling = rate(2.0);
+        for (succeeded, expected) in [
+            (0, 3),
+            (9, 3),
+            (10, 6),
+            (19, 6),
+            (20, 12),
+            (30, 24),
+            (40, 48),
+            (50, 96),
+            (60, 100),
+            (u64::MAX, 100),
+        ] {
+            assert_eq!(
+                effective_rate_per_minute(&doubling, succeeded),
+                expected,
+                "{succeeded} successes"
+            );
+        }
+        // A fractional factor compounds, rounding down: 3 × 1.5² = 6.75.
+        assert_eq!(effective_rate_per_minute(&rate(1.5), 20), 6);
+        let flat = RateLimit {
+            maximum_per_minute: 7,
+            exponential: None,
+        };
+        assert_eq!(effective_rate_per_minute(&flat, 1_000), 7);
+    }
 }

@@ -170,7 +170,7 @@ impl Application {
         })
     }
 
-    /// Plugs in the delta engine (the default reports itself unavailable).
+    /// Plugs in the delta engine (the default is the production builder, `BuilderEngine`).
     pub fn with_delta_engine(mut self, engine: Arc<dyn DeltaEngine>) -> Application {
         self.delta_engine = engine;
         self

@@ -784,6 +784,24 @@ async fn rollouts(backend: Backend) {
         "stale",
         "an hour-old check-in is a replay: {rejected}"
     );
+    // Future-dated beyond the window: refused the same way, so a check-in signed ahead
+    // of time cannot be held back and replayed later.
+    let mut early = checkin("veh-r1", None, 0);
+    early.sent_at = early.sent_at.plus_seconds(3600);
+    let rejected = engine
+        .engine
+        .handle_checkin(
+            "veh-r1",
+            &signed_checkin(&key, &early),
+            ota_server::engine::wall_clock_ms(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rejected.label(),
+        "stale",
+        "a check-in dated an hour ahead is refused: {rejected}"
+    );
     let rejected = engine
         .engine
         .handle_checkin("veh-r1", &bytes, ota_server::engine::wall_clock_ms())
@@ -1496,7 +1514,7 @@ async fn readyz_reports_a_broken_blob_store() {
     app.stop().await;
 }
 
-fn tokio_stream_from(
+pub(crate) fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
@@ -1609,6 +1627,80 @@ async fn rate_limit_and_phases(backend: Backend) {
 both_backends!(
     empty_phases_hold_and_rate_limit_holds,
     rate_limit_and_phases
+);
+
+/// An exponential rate starts at its base and multiplies by its factor with every
+/// `increase_after_succeeded` committed vehicles (AWS IoT Jobs' `exponentialRate`).
+async fn exponential_rate(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let keys: Vec<_> = (0..3).map(|_| device_key()).collect();
+    for (i, key) in keys.iter().enumerate() {
+        app.register_vehicle(&format!("veh-x{i}"), key, "hw-x", &[])
+            .await;
+    }
+    let (old, new) = (b"o".repeat(64), b"x".repeat(64));
+    let image = app.upload("hw-x", "6.0.0", new.clone()).await;
+    let (_, release) = app
+        .post("/api/v1/releases", &app.admin_token, &json!({ "name": "rx", "version": "6.0.0", "security_version": 6, "images": [image["id"]] }))
+        .await;
+    let (status, rollout) = app
+        .post("/api/v1/rollouts", &app.rollout_token, &json!({ "name": "rx", "release_id": release["id"],
+            "phases": [{ "name": "all", "percent": 100 }],
+            "rate_limit": { "maximum_per_minute": 100, "exponential": {
+                "base_rate_per_minute": 1, "increment_factor": 2, "increase_after_succeeded": 1 } } }))
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let id = rollout["id"].as_str().unwrap();
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/start"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Each check-in a little over the snapshot's lifetime after the last (all within
+    // the rate's minute), so it sees the counts the previous one left.
+    let mut now = ota_server::engine::wall_clock_ms();
+    let mut assigned = |i: usize, installed: &[u8], version: &str| {
+        now += ota_server::engine::assign::SNAPSHOT_MS + 100;
+        let vid = format!("veh-x{i}");
+        let bytes = signed_checkin(&keys[i], &checkin(&vid, Some((version, installed)), 0));
+        let engine = app.state.engine.clone();
+        async move {
+            let directive = engine.handle_checkin(&vid, &bytes, now).await.unwrap();
+            let metadata: DirectorMetadata =
+                parse_document(&Envelope::parse(&directive).unwrap().payload).unwrap();
+            metadata.assignments.len()
+        }
+    };
+    let steps: [(usize, &[u8], &str, usize, &str); 5] = [
+        (0, &old, "1.0.0", 1, "the base rate admits one"),
+        (1, &old, "1.0.0", 0, "no success yet: one per minute"),
+        (0, &new, "6.0.0", 0, "veh-x0 commits the image"),
+        (
+            1,
+            &old,
+            "1.0.0",
+            1,
+            "one success doubles the rate: a second vehicle starts in the same minute",
+        ),
+        (2, &old, "1.0.0", 0, "two per minute, two started"),
+    ];
+    for (vehicle, installed, version, expected, why) in steps {
+        assert_eq!(
+            assigned(vehicle, installed, version).await,
+            expected,
+            "{why}"
+        );
+    }
+    app.stop().await;
+}
+both_backends!(
+    exponential_rate_grows_by_its_factor_with_each_success,
+    exponential_rate
 );
 
 /// Director metadata from a check-in, parsed.

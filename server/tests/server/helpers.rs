@@ -234,9 +234,6 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     if let Some(max) = options.max_concurrent_requests {
         settings.limits.max_concurrent_requests = max;
     }
-    if let Some(seconds) = options.request_timeout_seconds {
-        settings.limits.request_timeout_seconds = seconds;
-    }
     if let Some(max) = options.max_json_bytes {
         settings.limits.max_json_bytes = max;
     }
@@ -335,11 +332,16 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
-    /// Stops the server gracefully and drops the test database.
-    pub async fn stop(mut self) {
+    /// Signals shutdown (SIGINT/SIGTERM in production) without waiting for the server.
+    pub fn signal_stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Waits for the server to exit after [`TestApp::signal_stop`], asserting a clean
+    /// exit; the database and data directory stay for the test to read.
+    pub async fn wait_stopped(&mut self) {
         if let Some(server) = self.server.take() {
             let result = tokio::time::timeout(Duration::from_secs(30), server).await;
             assert!(
@@ -347,6 +349,21 @@ impl TestApp {
                 "server must shut down cleanly: {result:?}"
             );
         }
+    }
+
+    /// The database the server uses (SQLite in the data directory or the test's own
+    /// PostgreSQL database).
+    pub fn database_url(&self) -> String {
+        match &self.database {
+            Some(db) => db.url.clone(),
+            None => format!("sqlite://{}", self.dir.path().join("ota.db").display()),
+        }
+    }
+
+    /// Stops the server gracefully and drops the test database.
+    pub async fn stop(mut self) {
+        self.signal_stop();
+        self.wait_stopped().await;
         if let Some(db) = &self.database {
             db.drop_now().await;
         }

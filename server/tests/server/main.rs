@@ -12,5 +12,6 @@ mod kafka;
 mod keys;
 mod mqtt;
 mod otactl;
+mod shutdown;
 mod store;
 mod vehicle_channel;
