@@ -19,11 +19,12 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -135,10 +136,89 @@ fn producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
         .create()
 }
 
+/// Errors after which an idempotent producer never writes again (seen with tansu after a
+/// 30 s outage: every later write `ProducerFenced`): its producer id or epoch is gone.
+fn lost_producer_state(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::UnknownProducerId
+            | RDKafkaErrorCode::InvalidProducerIdMapping
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+    )
+}
+
+/// The lane's producer, replaced by a new one after a fatal error. An idempotent
+/// producer that hits one (e.g. `ProducerFenced` when a broker back from an outage has
+/// forgotten its producer id) refuses every later write for good; the replacement gets a
+/// new producer id. Records the old one had not written are sent again by the callers'
+/// retries, so the topic may hold a duplicate, which the consumer ignores by sequence.
+#[derive(Clone)]
+struct LaneProducer {
+    settings: KafkaSettings,
+    current: Arc<std::sync::RwLock<(u64, FutureProducer)>>,
+}
+
+impl LaneProducer {
+    fn new(settings: &KafkaSettings) -> Result<LaneProducer, KafkaError> {
+        Ok(LaneProducer {
+            settings: settings.clone(),
+            current: Arc::new(std::sync::RwLock::new((0, producer(settings)?))),
+        })
+    }
+
+    async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaError> {
+        let (generation, producer) = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        let sent = producer.send(record, Timeout::Never).await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err((err, _)) => {
+                if let Some((code, reason)) = producer.client().fatal_error() {
+                    self.replace(generation, code, &reason);
+                } else if let Some(code) =
+                    err.rdkafka_error_code().filter(|c| lost_producer_state(*c))
+                {
+                    self.replace(generation, code, "the broker no longer knows this producer");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Replaces producer `generation` (unless another caller already did).
+    fn replace(&self, generation: u64, code: RDKafkaErrorCode, reason: &str) {
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.0 != generation {
+            return;
+        }
+        match producer(&self.settings) {
+            Ok(fresh) => {
+                metrics::counter!("ota_kafka_producers_replaced_total").increment(1);
+                tracing::warn!(
+                    ?code,
+                    reason,
+                    "the Kafka producer hit a fatal error; replaced by a new one"
+                );
+                *current = (generation + 1, fresh);
+            }
+            Err(err) => tracing::error!(%err, "replacing the failed Kafka producer failed"),
+        }
+    }
+}
+
 /// The gateway's producer: idempotent, `acks=all`.
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: FutureProducer,
+    producer: LaneProducer,
     topic: String,
 }
 
@@ -153,7 +233,7 @@ impl std::fmt::Debug for EventProducer {
 impl EventProducer {
     pub fn new(settings: &KafkaSettings) -> Result<EventProducer, KafkaError> {
         Ok(EventProducer {
-            producer: producer(settings)?,
+            producer: LaneProducer::new(settings)?,
             topic: settings.topic.clone(),
         })
     }
@@ -161,14 +241,9 @@ impl EventProducer {
     /// Writes one event and waits until Kafka acknowledged it (or the delivery timeout).
     pub async fn send(&self, event: &VehicleEvent) -> Result<(), KafkaError> {
         let payload = serde_json::to_vec(event).unwrap_or_default();
-        let record = FutureRecord::to(&self.topic)
-            .key(&event.vehicle_id)
-            .payload(&payload);
         self.producer
-            .send(record, Timeout::Never)
+            .send(&self.topic, &event.vehicle_id, &payload)
             .await
-            .map(|_| ())
-            .map_err(|(err, _)| err)
     }
 
     /// Sends until Kafka acknowledges or `stop` is set (then false: not written).
@@ -283,7 +358,7 @@ pub fn rollout_event(change: &RolloutChange) -> RolloutEvent {
 /// record of truth (a transactional outbox would make this exactly-once).
 #[derive(Clone)]
 pub struct RolloutPublisher {
-    producer: FutureProducer,
+    producer: LaneProducer,
     topic: String,
 }
 
@@ -298,7 +373,7 @@ impl std::fmt::Debug for RolloutPublisher {
 impl RolloutPublisher {
     pub fn new(settings: &KafkaSettings) -> Result<RolloutPublisher, KafkaError> {
         Ok(RolloutPublisher {
-            producer: producer(settings)?,
+            producer: LaneProducer::new(settings)?,
             topic: settings.rollout_topic.clone(),
         })
     }
@@ -310,20 +385,21 @@ impl RolloutPublisher {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             let mut backoff = BACKOFF_START;
             loop {
-                let record = FutureRecord::to(&publisher.topic)
-                    .key(&event.rollout_id)
-                    .payload(&payload);
-                match publisher.producer.send(record, Timeout::Never).await {
-                    Ok(_) => {
+                let sent = publisher
+                    .producer
+                    .send(&publisher.topic, &event.rollout_id, &payload)
+                    .await;
+                match sent {
+                    Ok(()) => {
                         metrics::counter!("ota_rollout_events_published_total").increment(1);
                         return;
                     }
-                    Err((err, _)) if tokio::time::Instant::now() + backoff > deadline => {
+                    Err(err) if tokio::time::Instant::now() + backoff > deadline => {
                         metrics::counter!("ota_rollout_events_lost_total").increment(1);
                         tracing::error!(%err, rollout = %event.rollout_id, "a rollout event could not be published");
                         return;
                     }
-                    Err((err, _)) => {
+                    Err(err) => {
                         tracing::warn!(%err, retry_in = ?backoff, "publishing a rollout event failed");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(BACKOFF_MAX);

@@ -86,6 +86,7 @@ fn terminate(child: &mut Child) -> StopOutcome {
 
 /// The real `ota-server` binary, configured by a TOML file written from [`Settings`]
 /// (so a field renamed in the server is a compile error here, not a silent default).
+#[derive(Debug)]
 pub struct ServerProcess {
     bin: PathBuf,
     config: PathBuf,
@@ -216,7 +217,7 @@ impl ServerProcess {
 
     /// The last lines of the server's log.
     pub fn log_tail(&self) -> String {
-        tail(&self.log, 40)
+        tail(&self.log, 60)
     }
 
     /// SIGKILL: no shutdown path runs, as in a power cut or an OOM kill.
@@ -245,6 +246,14 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failing test shows what the server said before its files are removed.
+            eprintln!(
+                "ota-server log ({}):\n{}",
+                self.log.display(),
+                self.log_tail()
+            );
+        }
         if self.child.is_some() {
             eprintln!("stopping ota-server: {}", self.stop());
         }
@@ -253,6 +262,7 @@ impl Drop for ServerProcess {
 
 /// A throwaway PostgreSQL database, dropped at the end (also when a run is interrupted
 /// or a test panics).
+#[derive(Debug)]
 pub struct Database {
     admin_url: String,
     name: String,
@@ -338,6 +348,7 @@ impl Drop for Database {
 
 /// A broker process owned by one test, on its own loopback port, that the test may
 /// pause (SIGSTOP), resume or restart.
+#[derive(Debug)]
 pub struct BrokerProcess {
     what: &'static str,
     program: PathBuf,
