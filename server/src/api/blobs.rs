@@ -3,7 +3,7 @@
 //! Vehicle {vid}.{unix}.{sig}`, see `ota_core::protocol::blob_auth_header`); operators
 //! may use a bearer token with the read scope.
 
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::extract::bearer;
 use super::{AppState, Routes};
 use crate::tokens::{grants, hash_token, Scope};
@@ -124,6 +124,16 @@ fn parse_range(value: &str, length: u64) -> Result<Option<(u64, u64)>, ApiError>
     Ok(Some((first, last)))
 }
 
+/// Downloads a blob (an image or a delta), with `Range` and `If-Range`.
+#[utoipa::path(get, path = "/v1/blobs/{sha256}", operation_id = "getBlob", tag = "vehicles",
+    params(("sha256" = super::validate::schema::Sha256Hex, Path),
+        ("Range" = Option<String>, Header, description = "One `bytes=` range"),
+        ("If-Range" = Option<String>, Header, description = "The blob's ETag")),
+    responses(
+        (status = 200, description = "The blob", body = super::validate::schema::Binary, content_type = "application/octet-stream"),
+        (status = 206, description = "Partial content (Range)", body = super::validate::schema::Binary, content_type = "application/octet-stream"),
+        (status = 416, description = "Range not satisfiable", body = Problem, content_type = "application/problem+json")),
+    security(("vehicle" = []), ("bearer" = ["read"])))]
 async fn download(
     State(state): State<AppState>,
     Path(sha256): Path<String>,

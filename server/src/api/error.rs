@@ -43,15 +43,21 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
-#[derive(Debug, Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem, the body of every error (`application/problem+json`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `urn:ota:problem:<slug>`.
     #[serde(rename = "type")]
-    type_: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    errors: &'a [FieldError],
+    #[schema(pattern = "^urn:ota:problem:[a-z-]+$")]
+    pub type_: String,
+    pub title: &'static str,
+    /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    pub detail: String,
+    /// Every invalid field (422 only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
 }
 
 impl ApiError {
@@ -147,9 +153,9 @@ impl IntoResponse for ApiError {
                 .join("; "),
             other => other.to_string(),
         };
-        let errors: &[FieldError] = match &self {
-            ApiError::Invalid(errors) => errors,
-            _ => &[],
+        let errors = match &self {
+            ApiError::Invalid(errors) => errors.clone(),
+            _ => Vec::new(),
         };
         let body = Problem {
             type_: format!("urn:ota:problem:{slug}"),

@@ -36,19 +36,23 @@ pub fn routes() -> Routes {
         .add("get", "/api/v1/delta-jobs", get(delta_jobs))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRollout {
+    #[schema(value_type = super::validate::schema::Name)]
     pub name: String,
+    #[schema(value_type = super::validate::schema::ReleaseId)]
     pub release_id: String,
     #[serde(default)]
     pub selector: Selector,
+    #[schema(min_items = 1, max_items = 20)]
     pub phases: Vec<PhaseSpec>,
     #[serde(default)]
     pub rate_limit: RateLimit,
     #[serde(default)]
     pub abort_criteria: AbortCriteria,
     #[serde(default)]
+    #[schema(value_type = super::validate::schema::PreconditionsSchema)]
     pub preconditions: Preconditions,
     #[serde(default)]
     pub maintenance_window: Option<MaintenanceWindow>,
@@ -109,6 +113,11 @@ fn random_salt() -> Result<String, ApiError> {
     Ok(hex::encode(salt))
 }
 
+/// Creates a rollout (draft).
+#[utoipa::path(post, path = "/api/v1/rollouts", operation_id = "createRollout", tag = "rollouts",
+    request_body = CreateRollout,
+    responses((status = 201, description = "Created", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn create(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<RolloutWriteScope>,
@@ -164,12 +173,21 @@ async fn create(
     Ok((StatusCode::CREATED, Json(record)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    #[param(value_type = Option<RolloutState>)]
     state: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
 }
+
+/// Lists rollouts.
+#[utoipa::path(get, path = "/api/v1/rollouts", operation_id = "listRollouts", tag = "rollouts",
+    params(ListQuery),
+    responses((status = 200, description = "Rollouts", body = Vec<RolloutRecord>)),
+    security(("bearer" = ["read"])))]
 
 async fn list(
     State(state): State<AppState>,
@@ -193,6 +211,11 @@ async fn list(
     Ok(Json(rollouts))
 }
 
+/// One rollout.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", operation_id = "getRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout", body = RolloutRecord)),
+    security(("bearer" = ["read"])))]
 async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
@@ -203,6 +226,11 @@ async fn get_one(
     Ok(Json(state.store.get_rollout(&id).await?))
 }
 
+/// Per-phase counts and breaker state.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/status", operation_id = "getRolloutStatus", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout's status", body = RolloutStatus)),
+    security(("bearer" = ["read"])))]
 async fn status(
     State(state): State<AppState>,
     caller: Caller,
@@ -242,6 +270,11 @@ async fn act(
     Ok(Json(record))
 }
 
+/// Starts a draft rollout (enqueues delta builds).
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/start", operation_id = "startRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn start(
     State(s): State<AppState>,
     c: Caller,
@@ -249,6 +282,11 @@ async fn start(
 ) -> Result<Json<RolloutRecord>, ApiError> {
     act(s, c, id, RolloutAction::Start).await
 }
+/// Pauses: no new vehicles.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/pause", operation_id = "pauseRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn pause(
     State(s): State<AppState>,
     c: Caller,
@@ -257,6 +295,11 @@ async fn pause(
     act(s, c, id, RolloutAction::Pause).await
 }
 /// Ends a running rollout: no new vehicles; deployments under way finish.
+/// Completes: no new vehicles; deployments under way finish.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/complete", operation_id = "completeRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn complete(
     State(s): State<AppState>,
     c: Caller,
@@ -270,6 +313,10 @@ async fn complete(
 /// than the minimum executed count, or a decision taken on other evidence. Audited with
 /// the operator as actor; refused (409) unless the rollout is running before its last
 /// phase.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/advance", operation_id = "advanceRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn advance(
     State(state): State<AppState>,
     caller: Caller,
@@ -298,6 +345,11 @@ async fn advance(
         .map(Json)
 }
 
+/// Resumes (half-opens an open breaker).
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/resume", operation_id = "resumeRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn resume(
     State(s): State<AppState>,
     c: Caller,
@@ -305,6 +357,11 @@ async fn resume(
 ) -> Result<Json<RolloutRecord>, ApiError> {
     act(s, c, id, RolloutAction::Resume).await
 }
+/// Aborts: cancels vehicles not yet installing.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/abort", operation_id = "abortRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn abort(
     State(s): State<AppState>,
     c: Caller,
@@ -314,6 +371,11 @@ async fn abort(
 }
 /// Refused (409) when a vehicle would have to go below the `security_version` floor the
 /// release gave it: the agent must refuse such an image, so none is ever sent.
+/// Rolls back: tells updated vehicles to return to their previous image.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/rollback", operation_id = "rollbackRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn rollback(
     State(s): State<AppState>,
     c: Caller,
@@ -322,12 +384,21 @@ async fn rollback(
     act(s, c, id, RolloutAction::Rollback).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct JobsQuery {
+    #[param(value_type = Option<super::validate::schema::RolloutId>)]
     rollout_id: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
 }
+
+/// Delta builds and their progress.
+#[utoipa::path(get, path = "/api/v1/delta-jobs", operation_id = "listDeltaJobs", tag = "rollouts",
+    params(JobsQuery),
+    responses((status = 200, description = "Delta jobs", body = Vec<DeltaJob>)),
+    security(("bearer" = ["read"])))]
 
 async fn delta_jobs(
     State(state): State<AppState>,

@@ -11,10 +11,12 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// One phase's line in a rollout status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PhaseStatus {
     pub index: usize,
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub name: String,
+    #[schema(value_type = crate::api::validate::schema::Percent)]
     pub percent: f64,
     pub active: bool,
     /// Vehicles the director would assign in this phase's cohort band: selected, with an
@@ -24,11 +26,12 @@ pub struct PhaseStatus {
     pub counts: PhaseCounts,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RolloutStatus {
     pub rollout: RolloutRecord,
     pub phases: Vec<PhaseStatus>,
     pub totals: PhaseCounts,
+    /// Delta builds of this rollout by status.
     pub delta_jobs: BTreeMap<String, u64>,
 }
 
