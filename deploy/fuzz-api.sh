@@ -88,6 +88,7 @@ seed_data() { # base_url token
     "$base/api/v1/rollouts"
 }
 
+config="$PWD/deploy/schemathesis.toml"
 report_dir="$target_dir/fuzz-api"
 mkdir -p "$report_dir"
 summary=()
@@ -123,12 +124,13 @@ for backend in "${backends[@]}"; do
   for pass in exclude include; do
     phases=examples,coverage,fuzzing,stateful
     [ "$pass" = include ] && phases=examples,coverage,fuzzing # no links within one operation
-    "$st" --config-file deploy/schemathesis.toml run "http://127.0.0.1:$port/api/v1/openapi.json" \
+    # From the server's scratch directory: schemathesis keeps a cache in the working one.
+    (cd "$data" && "$st" --config-file "$config" run "http://127.0.0.1:$port/api/v1/openapi.json" \
       "--$pass-operation-id" revokeToken --phases "$phases" --checks all --seed "$seed" --max-examples "$max_examples" --workers 1 \
       --header "Authorization: Bearer $token" \
       --generation-database none --suppress-health-check all \
       --report junit --report-junit-path "$report_dir/$backend-$pass.xml" \
-      --no-color 2>&1 | tee -a "$data/schemathesis.log"
+      --no-color) 2>&1 | tee -a "$data/schemathesis.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   done
   set -e
