@@ -569,7 +569,10 @@ fn parse_phase(text: &str) -> anyhow::Result<Value> {
     Ok(phase)
 }
 
-fn rollout_body(args: &RolloutCreate) -> anyhow::Result<Value> {
+/// The request body, as the server's own request type (`api::rollouts::CreateRollout`):
+/// a spec file with an unknown or mistyped field is refused here, with the same message
+/// the server would give, before anything is sent.
+fn rollout_body(args: &RolloutCreate) -> anyhow::Result<crate::api::rollouts::CreateRollout> {
     let mut body = match &args.spec {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -613,7 +616,10 @@ fn rollout_body(args: &RolloutCreate) -> anyhow::Result<Value> {
     if let Some(a) = &args.breaker_action {
         body["abort_criteria"]["action"] = json!(a);
     }
-    Ok(body)
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        anyhow::anyhow!("the rollout is not valid at {path}: {}", e.into_inner())
+    })
 }
 
 /// Builds and signs targets metadata locally with an offline targets key.
@@ -813,7 +819,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         ),
         Command::Rollout(RolloutCommand::Create(args)) => (
             client
-                .post_json("/api/v1/rollouts", &rollout_body(&args)?)
+                .post_json(
+                    "/api/v1/rollouts",
+                    &serde_json::to_value(rollout_body(&args)?)?,
+                )
                 .await?,
             rollouts_table,
         ),

@@ -18,7 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub fn routes() -> Routes {
     Routes::default()
@@ -36,7 +36,7 @@ pub fn routes() -> Routes {
         .add("get", "/api/v1/delta-jobs", get(delta_jobs))
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRollout {
     #[schema(value_type = super::validate::schema::Name)]
