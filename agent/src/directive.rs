@@ -45,7 +45,7 @@ impl DirectiveError {
     pub fn kind(&self) -> &'static str {
         match self {
             DirectiveError::Verify(VerifyError::Rejected(e)) => e.kind(),
-            DirectiveError::Verify(VerifyError::Store(_)) => "trust_store",
+            DirectiveError::Verify(VerifyError::Store(e)) => e.kind(),
             DirectiveError::Fetch { .. } => "fetch",
         }
     }

@@ -50,9 +50,10 @@ impl Default for FetchLimits {
     }
 }
 
-/// Produces the `Authorization` header value for one request (the vehicle blob
-/// credential is time-stamped, so it is computed per request).
-pub type Credential = Arc<dyn Fn() -> Result<String, FetchError> + Send + Sync>;
+/// Produces the `Authorization` header value for one request from its method and request
+/// target (path and query as sent): the vehicle credential signs both and a time, so it
+/// is computed per request (PROTOCOL.md §10).
+pub type Credential = Arc<dyn Fn(&str, &str) -> Result<String, FetchError> + Send + Sync>;
 
 /// The chunks of a response body.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, FetchError>> + Send>>;
@@ -701,12 +702,21 @@ impl Transport for HttpTransport {
     async fn open(&self, url: &str, offset: u64) -> Result<Body, FetchError> {
         let target = self.resolve(url)?;
         let shown = target.to_string();
+        // The origin-form request target reqwest sends: the serialised (percent-encoded)
+        // path, then `?query` if any.
+        let request_target = match target.query() {
+            Some(query) => format!("{}?{query}", target.path()),
+            None => target.path().to_owned(),
+        };
         let mut request = self.client.get(target);
         if offset > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
         }
         if let Some(credential) = &self.credential {
-            request = request.header(reqwest::header::AUTHORIZATION, credential()?);
+            request = request.header(
+                reqwest::header::AUTHORIZATION,
+                credential("GET", &request_target)?,
+            );
         }
         let response = request.send().await.map_err(|source| FetchError::Request {
             url: shown.clone(),

@@ -14,6 +14,7 @@
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -26,6 +27,33 @@ pub(crate) const ED25519_EC_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 
 /// The default label of the root anchor object.
 pub const DEFAULT_ANCHOR_LABEL: &str = "ota-root-anchor";
+
+/// The label of the HMAC key that authenticates the trusted state (`state.json`).
+pub const STATE_KEY_LABEL: &str = "ota-state-key";
+
+/// The data object holding the trusted state's generation is found by this
+/// `CKA_APPLICATION`; its `CKA_LABEL` is this name, a space and the generation in decimal
+/// (`ota-state-generation 17`). The label carries the number because it is the one
+/// attribute of a data object PKCS#11 lets an application change after creation
+/// (`CKA_VALUE` of a data object is read-only in the standard and in SoftHSM2), and one
+/// `C_SetAttributeValue` replaces it atomically.
+pub const STATE_GENERATION_LABEL: &str = "ota-state-generation";
+
+fn generation_label(generation: u64) -> Vec<u8> {
+    format!("{STATE_GENERATION_LABEL} {generation}").into_bytes()
+}
+
+/// The generation in a label written by [`generation_label`] (canonical decimal only).
+fn parse_generation_label(label: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(label).ok()?;
+    let digits = text
+        .strip_prefix(STATE_GENERATION_LABEL)?
+        .strip_prefix(' ')?;
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    canonical.then(|| digits.parse().ok()).flatten()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HsmError {
@@ -72,6 +100,24 @@ pub enum HsmError {
     },
     #[error("the device key {label:?} is not a valid Ed25519 key pair: {reason}")]
     DeviceKeyInvalid { label: String, reason: String },
+    #[error("no {what} labelled {label:?} on the token: the trusted state is not bound to this vehicle (provision with `ota-agent provision`, or `ota-agent hsm init-state` on a token anchored before the binding existed)")]
+    StateBindingMissing { what: &'static str, label: String },
+    #[error("{count} objects are labelled {label:?}; exactly one {what} is required")]
+    StateBindingAmbiguous {
+        what: &'static str,
+        label: String,
+        count: usize,
+    },
+    #[error("the {what} {label:?} is {problem}")]
+    StateBindingNotProtected {
+        what: &'static str,
+        label: String,
+        problem: String,
+    },
+    #[error("object(s) labelled {label:?} already exist on the token; the state binding is never replaced")]
+    StateBindingExists { label: String },
+    #[error("the token's trusted state generation {current} would go back to {requested}; it only rises")]
+    GenerationLowered { current: u64, requested: u64 },
 }
 
 /// Where the token is and how to log in.
@@ -247,6 +293,255 @@ impl Hsm {
     }
 }
 
+/// The trusted state's binding to the token (see [`crate::trust_store`]): an HMAC key
+/// and a generation counter, both found by label, checked once when opened.
+#[derive(Debug, Clone, Copy)]
+pub struct StateObjects {
+    key: ObjectHandle,
+    generation: ObjectHandle,
+}
+
+fn hmac() -> Mechanism<'static> {
+    Mechanism::Sha256Hmac
+}
+
+impl Hsm {
+    /// Provisioning: generates the state HMAC key inside the token (a 32-byte generic
+    /// secret, sensitive, never extractable, neither modifiable nor destroyable, usable
+    /// only for `CKM_SHA256_HMAC` sign and verify) and creates the generation data object
+    /// at 0 (not destroyable). Refuses, creating nothing, when either label is taken.
+    pub fn install_state_binding(&self) -> Result<(), HsmError> {
+        self.refuse_existing_state_binding()?;
+        let key_template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::ValueLen(32.into()),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Decrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::Modifiable(false),
+            Attribute::Destroyable(false),
+            Attribute::Label(STATE_KEY_LABEL.as_bytes().to_vec()),
+        ];
+        self.session
+            .generate_key(&Mechanism::GenericSecretKeyGen, &key_template)
+            .map_err(op("generating the state HMAC key"))?;
+        self.session
+            .create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Modifiable(true),
+                Attribute::Destroyable(false),
+                Attribute::Label(generation_label(0)),
+                Attribute::Application(STATE_GENERATION_LABEL.as_bytes().to_vec()),
+            ])
+            .map_err(op("creating the state generation object"))?;
+        Ok(())
+    }
+
+    /// Refuses when the state key or a generation object is already on the token.
+    pub fn refuse_existing_state_binding(&self) -> Result<(), HsmError> {
+        if self.objects_labelled(STATE_KEY_LABEL)? > 0 {
+            return Err(HsmError::StateBindingExists {
+                label: STATE_KEY_LABEL.to_owned(),
+            });
+        }
+        if !self.generation_objects()?.is_empty() {
+            return Err(HsmError::StateBindingExists {
+                label: STATE_GENERATION_LABEL.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn generation_objects(&self) -> Result<Vec<ObjectHandle>, HsmError> {
+        self.session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Application(STATE_GENERATION_LABEL.as_bytes().to_vec()),
+            ])
+            .map_err(op("finding objects"))
+    }
+
+    /// The state binding objects: exactly one protected HMAC key and one generation data
+    /// object; anything else fails closed.
+    pub fn state_objects(&self) -> Result<StateObjects, HsmError> {
+        let key = self.only_state_key()?;
+        let generation = match self.generation_objects()?.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(HsmError::StateBindingMissing {
+                    what: "state generation object",
+                    label: STATE_GENERATION_LABEL.to_owned(),
+                })
+            }
+            many => {
+                return Err(HsmError::StateBindingAmbiguous {
+                    what: "state generation object",
+                    label: STATE_GENERATION_LABEL.to_owned(),
+                    count: many.len(),
+                })
+            }
+        };
+        let attributes = self
+            .session
+            .get_attributes(
+                key,
+                &[
+                    AttributeType::Token,
+                    AttributeType::Sensitive,
+                    AttributeType::NeverExtractable,
+                    AttributeType::Extractable,
+                    AttributeType::KeyType,
+                ],
+            )
+            .map_err(op("reading the state key's attributes"))?;
+        let (mut token, mut sensitive, mut never_extractable, mut extractable) =
+            (false, false, false, true);
+        let mut key_type = None;
+        for attribute in attributes {
+            match attribute {
+                Attribute::Token(v) => token = v,
+                Attribute::Sensitive(v) => sensitive = v,
+                Attribute::NeverExtractable(v) => never_extractable = v,
+                Attribute::Extractable(v) => extractable = v,
+                Attribute::KeyType(v) => key_type = Some(v),
+                _ => {}
+            }
+        }
+        let problem = if !token {
+            Some("a session object".to_owned())
+        } else if !sensitive || extractable || !never_extractable {
+            Some("readable outside the token (it must be sensitive and never extractable)".into())
+        } else if key_type != Some(KeyType::GENERIC_SECRET) {
+            Some(format!("of key type {key_type:?}, not GENERIC_SECRET"))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(HsmError::StateBindingNotProtected {
+                what: "state HMAC key",
+                label: STATE_KEY_LABEL.to_owned(),
+                problem,
+            });
+        }
+        let objects = StateObjects { key, generation };
+        self.state_generation(&objects)?;
+        Ok(objects)
+    }
+
+    /// Exactly one object labelled [`STATE_KEY_LABEL`], and it is a secret key.
+    fn only_state_key(&self) -> Result<ObjectHandle, HsmError> {
+        let what = "state HMAC key";
+        let label = STATE_KEY_LABEL.as_bytes().to_vec();
+        let labelled = self
+            .session
+            .find_objects(&[Attribute::Label(label.clone())])
+            .map_err(op("finding objects"))?;
+        let keys = self
+            .session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(label),
+            ])
+            .map_err(op("finding objects"))?;
+        match (labelled.len(), keys.as_slice()) {
+            (1, [one]) => Ok(*one),
+            (0, _) => Err(HsmError::StateBindingMissing {
+                what,
+                label: STATE_KEY_LABEL.to_owned(),
+            }),
+            (count, _) => Err(HsmError::StateBindingAmbiguous {
+                what,
+                label: STATE_KEY_LABEL.to_owned(),
+                count,
+            }),
+        }
+    }
+
+    /// The generation of the last trusted state the token accepted.
+    pub fn state_generation(&self, objects: &StateObjects) -> Result<u64, HsmError> {
+        let label = self
+            .session
+            .get_attributes(objects.generation, &[AttributeType::Label])
+            .map_err(op("reading the state generation"))?
+            .into_iter()
+            .find_map(|attribute| match attribute {
+                Attribute::Label(label) => Some(label),
+                _ => None,
+            })
+            .unwrap_or_default();
+        parse_generation_label(&label).ok_or_else(|| HsmError::StateBindingNotProtected {
+            what: "state generation object",
+            label: String::from_utf8_lossy(&label).into_owned(),
+            problem: format!("not labelled \"{STATE_GENERATION_LABEL} <decimal generation>\""),
+        })
+    }
+
+    /// Raises the generation to `generation`; lowering it is refused.
+    pub fn set_state_generation(
+        &self,
+        objects: &StateObjects,
+        generation: u64,
+    ) -> Result<(), HsmError> {
+        let current = self.state_generation(objects)?;
+        if generation < current {
+            return Err(HsmError::GenerationLowered {
+                current,
+                requested: generation,
+            });
+        }
+        self.session
+            .update_attributes(
+                objects.generation,
+                &[Attribute::Label(generation_label(generation))],
+            )
+            .map_err(op("writing the state generation"))
+    }
+
+    /// `CKM_SHA256_HMAC` of `message` with the state key, computed in the token.
+    pub fn state_mac(&self, objects: &StateObjects, message: &[u8]) -> Result<[u8; 32], HsmError> {
+        let mac = self
+            .session
+            .sign(&hmac(), objects.key, message)
+            .map_err(op("computing the state MAC"))?;
+        <[u8; 32]>::try_from(mac.as_slice()).map_err(|_| HsmError::StateBindingNotProtected {
+            what: "state HMAC key",
+            label: STATE_KEY_LABEL.to_owned(),
+            problem: format!("returning a {}-byte MAC, not 32 bytes", mac.len()),
+        })
+    }
+
+    /// Whether `mac` is the state key's `CKM_SHA256_HMAC` of `message` (checked in the
+    /// token).
+    pub fn verify_state_mac(
+        &self,
+        objects: &StateObjects,
+        message: &[u8],
+        mac: &[u8; 32],
+    ) -> Result<bool, HsmError> {
+        match self.session.verify(&hmac(), objects.key, message, mac) {
+            Ok(()) => Ok(true),
+            Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => {
+                Ok(false)
+            }
+            Err(source) => Err(HsmError::Operation {
+                action: "verifying the state MAC",
+                source,
+            }),
+        }
+    }
+}
+
 fn anchor_template(label: &str, key: &PublicKey, mutable: bool) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::PUBLIC_KEY),
@@ -324,6 +619,27 @@ pub fn decode_ec_point(value: &[u8]) -> Result<[u8; 32], String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generation_labels_round_trip_and_only_canonical_decimal_parses() {
+        for generation in [0, 1, 17, u64::MAX] {
+            assert_eq!(
+                parse_generation_label(&generation_label(generation)),
+                Some(generation)
+            );
+        }
+        for bad in [
+            "ota-state-generation",
+            "ota-state-generation ",
+            "ota-state-generation 007",
+            "ota-state-generation -1",
+            "ota-state-generation 1 ",
+            "ota-state-generation 18446744073709551616",
+            "other 1",
+        ] {
+            assert_eq!(parse_generation_label(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn ec_point_decoding_accepts_der_wrapped_and_raw_and_nothing_else() {

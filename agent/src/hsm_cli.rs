@@ -1,12 +1,16 @@
 //! `ota-agent hsm ...`: provisioning and inspection of the vehicle HSM's trust anchor,
 //! and the PKCS#11 options shared with `verify-metadata`.
 
-use crate::hsm::{Hsm, HsmConfig, DEFAULT_ANCHOR_LABEL};
+use crate::hsm::{
+    Hsm, HsmConfig, HsmError, DEFAULT_ANCHOR_LABEL, STATE_GENERATION_LABEL, STATE_KEY_LABEL,
+};
+use crate::trust_store::{FileTrustStore, TokenBinding};
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use ota_core::key::PublicKey;
 use ota_core::trust::TrustedState;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Where the vehicle's PKCS#11 token is. Without `--pkcs11-module` the file trust
 /// store alone is used (development); any other PKCS#11 option (or its environment
@@ -84,12 +88,28 @@ impl HsmArgs {
         let hsm = Hsm::open(&config, false)?;
         Ok(Some(hsm.root_anchor(self.anchor_label())?))
     }
+
+    /// The trust store in `dir` as these options require it: without a module the
+    /// development file store; with one, anchored in the token's root anchor and bound to
+    /// its state key and generation (the session stays open while the store lives).
+    pub fn trust_store(&self, dir: &Path) -> anyhow::Result<FileTrustStore> {
+        let Some(config) = self.config()? else {
+            return Ok(FileTrustStore::new(dir));
+        };
+        let hsm = Hsm::open(&config, true)?;
+        let anchor = hsm.root_anchor(self.anchor_label())?;
+        let binding = TokenBinding::open(Arc::new(Mutex::new(hsm)))?;
+        Ok(FileTrustStore::new(dir)
+            .with_hardware_anchor(anchor)
+            .with_hardware_binding(Arc::new(binding)))
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum HsmCommand {
     /// Provisioning: store a root key of `--root` in the token as the non-modifiable,
-    /// non-destroyable trust anchor. Refuses if an anchor already exists.
+    /// non-destroyable trust anchor, and create the trusted state's binding (HMAC key and
+    /// generation counter, as `init-state`). Refuses if any of them already exists.
     InstallAnchor {
         #[command(flatten)]
         hsm: HsmArgs,
@@ -102,6 +122,18 @@ pub enum HsmCommand {
     },
     /// Print the key id of the token's root anchor.
     ShowAnchor {
+        #[command(flatten)]
+        hsm: HsmArgs,
+    },
+    /// Create the trusted state's binding on a token anchored before it existed: a
+    /// non-extractable HMAC key (`ota-state-key`) and the generation counter
+    /// (`ota-state-generation`, at 0). Refuses if either exists.
+    InitState {
+        #[command(flatten)]
+        hsm: HsmArgs,
+    },
+    /// Print the generation of the last trusted state the token accepted.
+    ShowState {
         #[command(flatten)]
         hsm: HsmArgs,
     },
@@ -135,12 +167,19 @@ pub fn run(cmd: HsmCommand) -> anyhow::Result<()> {
     match cmd {
         HsmCommand::InstallAnchor { hsm, root, keyid } => {
             let key = root_anchor_key(&root, keyid.as_deref())?;
-            let config = hsm
-                .config()?
-                .context("--pkcs11-module (or OTA_PKCS11_MODULE) is required")?;
-            Hsm::open(&config, true)?.install_root_anchor(hsm.anchor_label(), &key)?;
+            let config = required(&hsm)?;
+            let token = Hsm::open(&config, true)?;
+            // Every label must be free before anything is created.
+            if token.objects_labelled(hsm.anchor_label())? > 0 {
+                bail!(HsmError::AnchorExists {
+                    label: hsm.anchor_label().to_owned()
+                });
+            }
+            token.refuse_existing_state_binding()?;
+            token.install_root_anchor(hsm.anchor_label(), &key)?;
+            token.install_state_binding()?;
             println!(
-                "installed root anchor {} as {:?} on token {:?}",
+                "installed root anchor {} as {:?} and the trusted state binding on token {:?}",
                 key.key_id(),
                 hsm.anchor_label(),
                 config.token_label
@@ -152,6 +191,24 @@ pub fn run(cmd: HsmCommand) -> anyhow::Result<()> {
                 .context("--pkcs11-module (or OTA_PKCS11_MODULE) is required")?;
             println!("{}", key.key_id());
         }
+        HsmCommand::InitState { hsm } => {
+            let config = required(&hsm)?;
+            Hsm::open(&config, true)?.install_state_binding()?;
+            println!(
+                "created the trusted state binding ({STATE_KEY_LABEL:?}, {STATE_GENERATION_LABEL:?} at 0) on token {:?}",
+                config.token_label
+            );
+        }
+        HsmCommand::ShowState { hsm } => {
+            let token = Hsm::open(&required(&hsm)?, false)?;
+            let objects = token.state_objects()?;
+            println!("{}", token.state_generation(&objects)?);
+        }
     }
     Ok(())
+}
+
+fn required(hsm: &HsmArgs) -> anyhow::Result<HsmConfig> {
+    hsm.config()?
+        .context("--pkcs11-module (or OTA_PKCS11_MODULE) is required")
 }

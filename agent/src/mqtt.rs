@@ -7,6 +7,7 @@
 //! [`LinkEvent::Delivered`] reports it once the broker acknowledged it (QoS 1: PUBACK;
 //! QoS 0: handed to the network). The progress outbox deletes an event only then.
 
+use ota_core::endpoint::{BrokerUrl, BrokerUrlError};
 use ota_core::protocol::{parse_topic, topic, Channel};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashMap, VecDeque};
@@ -35,29 +36,14 @@ pub enum MqttError {
     Closed,
 }
 
-/// `mqtt://host:port` (or `tcp://`), default port 1883.
+/// `mqtt://host:port` (or `tcp://`), default port 1883 ([`BrokerUrl`], shared with the
+/// server's configuration).
 pub fn parse_broker_url(url: &str) -> Result<(String, u16), MqttError> {
-    let bad = |reason: &str| MqttError::Url {
+    let parsed: BrokerUrl = url.parse().map_err(|e: BrokerUrlError| MqttError::Url {
         url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| bad("expected mqtt://host[:port]"))?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) => (
-            host,
-            port.parse::<u16>()
-                .map_err(|_| bad("the port is not a number 0-65535"))?,
-        ),
-        None => (rest, 1883),
-    };
-    if host.is_empty() {
-        return Err(bad("no host"));
-    }
-    Ok((host.to_owned(), port))
+        reason: e.to_string(),
+    })?;
+    Ok((parsed.host().to_owned(), parsed.port()))
 }
 
 /// Publishes handed to rumqttc whose packet id is not known yet, and QoS 1 publishes

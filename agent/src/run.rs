@@ -15,7 +15,7 @@
 
 use crate::directive::{DirectiveVerifier, MetadataSource, MAX_METADATA_BYTES};
 use crate::fetch::{fetch_small, fetch_to_file, FetchError, FetchLimits, HttpTransport, Transport};
-use crate::identity::{blob_credential, sign_envelope, DeviceSigner};
+use crate::identity::{request_credential, sign_envelope, DeviceSigner};
 use crate::install::{install_delta, install_full, slot_digest, Expected};
 use crate::journal::{CrashHook, Journal};
 use crate::machine::{
@@ -144,8 +144,8 @@ pub struct AgentParts<T: Transport + 'static> {
     pub mqtt_url: String,
 }
 
-/// A vehicle's HTTP transport to `server_url`: every request carries a fresh blob
-/// credential signed by the device key.
+/// A vehicle's HTTP transport to `server_url`: every request carries a fresh request
+/// credential signed by the device key over its method and target.
 pub fn vehicle_transport(
     server_url: &str,
     vehicle_id: &str,
@@ -154,9 +154,15 @@ pub fn vehicle_transport(
     let vehicle_id = vehicle_id.to_owned();
     HttpTransport::new(
         server_url,
-        Some(Arc::new(move || {
-            blob_credential(&vehicle_id, chrono::Utc::now().timestamp(), signer.as_ref())
-                .map_err(FetchError::credential)
+        Some(Arc::new(move |method: &str, target: &str| {
+            request_credential(
+                &vehicle_id,
+                chrono::Utc::now().timestamp(),
+                method,
+                target,
+                signer.as_ref(),
+            )
+            .map_err(FetchError::credential)
         })),
     )
 }

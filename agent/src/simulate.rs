@@ -4,7 +4,8 @@
 //! and broker. For demos and load tests; failure injection per vehicle.
 //!
 //! Device keys are derived from `--seed` and the vehicle index and held in memory: this
-//! is a development key store, never one for a vehicle.
+//! is a development key store, never one for a vehicle. Likewise each trust store is the
+//! development file store, without hardware binding of its state.
 
 use crate::directive::DirectiveVerifier;
 use crate::fetch::{FetchLimits, HttpTransport};
@@ -303,6 +304,7 @@ pub async fn run_fleet(
             (id, outcome)
         });
     }
+    eprintln!("{}", crate::trust_store::NO_BINDING_WARNING);
     eprintln!(
         "simulating {} vehicles ({} with injected failures, {} unhealthy)",
         vehicles.len(),

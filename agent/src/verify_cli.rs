@@ -3,7 +3,7 @@
 //! or prints the typed rejection and exits 1 (2 for usage and IO errors).
 
 use crate::hsm_cli::HsmArgs;
-use crate::trust_store::FileTrustStore;
+use crate::trust_store::NO_BINDING_WARNING;
 use crate::verifier::{Persist, Verifier, VerifyError};
 use ota_core::time::Timestamp;
 use ota_core::trust::{MetadataUpdate, VehicleIdentity, VerifiedUpdate};
@@ -109,14 +109,15 @@ pub fn run(args: VerifyMetadataArgs) -> ExitCode {
     } else {
         Persist::No
     };
-    let mut store = FileTrustStore::new(&args.trust);
-    match args.hsm.anchor_key() {
-        Ok(Some(key)) => store = store.with_hardware_anchor(key),
-        Ok(None) => {}
+    let store = match args.hsm.trust_store(&args.trust) {
+        Ok(store) => store,
         Err(err) => {
             eprintln!("error: trust anchor: {err:#}");
             return ExitCode::from(2);
         }
+    };
+    if args.persist && !store.is_hardware_bound() {
+        eprintln!("{NO_BINDING_WARNING}");
     }
     let verifier = Verifier::new(store, vehicle);
     match verifier.verify(&update, now, persist) {
@@ -132,7 +133,12 @@ pub fn run(args: VerifyMetadataArgs) -> ExitCode {
             eprintln!("rejected ({}): {err}", err.kind());
             ExitCode::from(1)
         }
-        Err(err @ VerifyError::Store(_)) => {
+        Err(VerifyError::Store(err)) => {
+            // The trust store is unusable (exit 2), with the same JSON form and a kind.
+            println!(
+                "{:#}",
+                json!({"accepted": false, "rejection": {"kind": err.kind(), "message": err.to_string()}})
+            );
             eprintln!("error: {err}");
             ExitCode::from(2)
         }

@@ -37,7 +37,12 @@ pub fn bound(percent_millis: u32) -> u128 {
 /// Whether `vehicle_id` falls within the first `percent_millis` thousandths of a percent
 /// of the fleet for this salt.
 pub fn admits(salt: &[u8], vehicle_id: &str, percent_millis: u32) -> bool {
-    u128::from(bucket(salt, vehicle_id)) < bound(percent_millis)
+    bucket_admitted(bucket(salt, vehicle_id), percent_millis)
+}
+
+/// Whether a bucket lies below the exclusive bound of `percent_millis`.
+pub fn bucket_admitted(bucket: u64, percent_millis: u32) -> bool {
+    u128::from(bucket) < bound(percent_millis)
 }
 
 #[cfg(test)]
@@ -64,7 +69,19 @@ mod tests {
             assert_eq!(bound(percent_millis), expected, "bound({percent_millis})");
         }
         assert!(admits(b"s", "v", 100_000), "100% must admit every vehicle");
+        assert!(bucket_admitted(u64::MAX, 100_000));
         assert!(!admits(b"s", "v", 0), "0% must admit no vehicle");
+    }
+
+    #[test]
+    fn the_bound_is_exclusive_so_0_percent_admits_not_even_bucket_0() {
+        assert!(!bucket_admitted(0, 0));
+        assert!(bucket_admitted(0, 1));
+        assert!(bucket_admitted((1 << 63) - 1, 50_000));
+        assert!(
+            !bucket_admitted(1 << 63, 50_000),
+            "half admits buckets below 2^63"
+        );
     }
 
     #[test]

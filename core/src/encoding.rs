@@ -209,8 +209,28 @@ mod tests {
     }
 
     #[test]
+    fn a_strict_map_counts_its_entries_and_names_what_it_expected() {
+        let map: StrictMap<String, u32> = from_slice_exact(br#"{"x":1,"y":2}"#).unwrap();
+        assert_eq!((map.len(), map.is_empty()), (2, false));
+        assert_eq!(map.get(&"y".to_owned()), Some(&2));
+        let empty: StrictMap<String, u32> = from_slice_exact(b"{}").unwrap();
+        assert_eq!((empty.len(), empty.is_empty()), (0, true));
+        let not_a_map = from_slice_exact::<StrictMap<String, u32>>(b"[1]").unwrap_err();
+        assert!(
+            not_a_map.contains("a JSON object without duplicate keys"),
+            "{not_a_map}"
+        );
+    }
+
+    #[test]
     fn hex_is_lowercase_and_exact_length() {
-        assert!(Sha256Digest::parse(&"ab".repeat(32)).is_ok());
+        let digest = Sha256Digest::parse(&"ab".repeat(32)).unwrap();
+        assert_eq!(
+            digest.to_string(),
+            "ab".repeat(32),
+            "Display is the wire form"
+        );
+        assert_eq!(format!("{digest:?}"), format!("sha256:{}", "ab".repeat(32)));
         assert!(
             Sha256Digest::parse(&"AB".repeat(32)).is_err(),
             "uppercase must be refused"

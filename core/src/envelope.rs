@@ -179,4 +179,46 @@ mod tests {
             Err(Error::EnvelopeTooLarge { .. })
         ));
     }
+
+    /// An envelope with `count` (dummy) signatures.
+    fn with_signatures(count: usize) -> Vec<u8> {
+        let signature = r#"{"keyid":"k","sig":""}"#;
+        format!(
+            r#"{{"payloadType":"t","payload":"","signatures":[{}]}}"#,
+            vec![signature; count].join(",")
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn limits_are_inclusive_one_mib_and_64_signatures() {
+        // Exactly the limit is not too large (these bytes are refused for their form).
+        let at_limit = vec![b' '; MAX_ENVELOPE_BYTES];
+        assert!(matches!(
+            Envelope::parse(&at_limit),
+            Err(Error::MalformedEnvelope { .. })
+        ));
+        let parsed = Envelope::parse(&with_signatures(MAX_SIGNATURES)).unwrap();
+        assert_eq!(parsed.signatures.len(), MAX_SIGNATURES);
+        for count in [MAX_SIGNATURES + 1, MAX_SIGNATURES + 2] {
+            assert!(matches!(
+                Envelope::parse(&with_signatures(count)),
+                Err(Error::MalformedEnvelope { reason }) if reason.contains(&format!("{count} signatures"))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_co_signature_covers_the_same_message() {
+        let (first, second) = (
+            SigningKey::from_seed(&[1; 32]),
+            SigningKey::from_seed(&[2; 32]),
+        );
+        let mut envelope = Envelope::sign("t", b"{}".to_vec(), &[&first]);
+        envelope.add_signature(&second);
+        assert_eq!(
+            envelope,
+            Envelope::sign("t", b"{}".to_vec(), &[&first, &second])
+        );
+    }
 }

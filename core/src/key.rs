@@ -166,6 +166,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_key_id_displays_as_itself_and_debugs_with_its_type() {
+        let id = SigningKey::from_seed(&[3; 32]).key_id();
+        assert_eq!(id.to_string(), id.as_str());
+        assert_eq!(format!("{id:?}"), format!("KeyId({})", id.as_str()));
+        assert_eq!(id.as_str().len(), 64, "hex of a SHA-256");
+    }
+
+    #[test]
     fn small_order_points_are_refused() {
         // The identity point (y = 1) and the point of order 2 (y = -1) are weak.
         let mut identity = [0u8; 32];

@@ -12,11 +12,15 @@
 //! - [`delta`]: the delta container (header, segments, control blocks), strictly bounded.
 //! - [`cohort`]: canary cohort bucketing (SHA-256 of salt ‖ vehicle id).
 //! - [`protocol`]: MQTT topics and the signed vehicle/server messages.
+//! - [`credential`]: the vehicle HTTP request credential (signs method and target).
+//! - [`endpoint`]: typed service addresses from configuration (the MQTT broker URL).
 //! - [`error`]: the typed rejections, one variant per attack class.
 
 pub mod cohort;
+pub mod credential;
 pub mod delta;
 pub mod encoding;
+pub mod endpoint;
 pub mod envelope;
 pub mod error;
 pub mod key;

@@ -18,8 +18,6 @@ pub const PAYLOAD_TYPE_CHECKIN: &str = "application/vnd.ota.checkin+json";
 pub const PAYLOAD_TYPE_PROGRESS: &str = "application/vnd.ota.progress+json";
 /// Payload type of a server control message.
 pub const PAYLOAD_TYPE_CONTROL: &str = "application/vnd.ota.control+json";
-/// What a vehicle signs to authenticate an HTTP blob download (see [`blob_auth_message`]).
-pub const BLOB_AUTH_CONTEXT: &str = "ota-blob-auth-v1";
 
 /// Topic prefix shared by every vehicle topic.
 pub const TOPIC_ROOT: &str = "ota/v1";
@@ -269,42 +267,6 @@ pub fn claimed_vehicle_id(bytes: &[u8]) -> Option<String> {
         .map(|c| c.vehicle_id)
 }
 
-/// The bytes a vehicle signs to download blobs over HTTP: the context string, its id and
-/// the unix time, separated by `|`. The server accepts a signature for a short window
-/// around its own clock, so a captured header is useless soon after.
-pub fn blob_auth_message(vehicle_id: &str, unix_seconds: i64) -> Vec<u8> {
-    format!("{BLOB_AUTH_CONTEXT}|{vehicle_id}|{unix_seconds}").into_bytes()
-}
-
-/// The `Authorization` header value a vehicle sends for blob downloads:
-/// `Vehicle {vid}.{unix}.{base64 signature}`.
-pub fn blob_auth_header(vehicle_id: &str, unix_seconds: i64, key: &SigningKey) -> String {
-    let sig = key.sign(&blob_auth_message(vehicle_id, unix_seconds));
-    format!(
-        "Vehicle {vehicle_id}.{unix_seconds}.{}",
-        crate::encoding::encode_base64(&sig)
-    )
-}
-
-/// Splits a `Vehicle ...` credential into (vehicle id, unix seconds, signature).
-pub fn parse_blob_auth_header(value: &str) -> Option<(String, i64, [u8; 64])> {
-    let rest = value.strip_prefix("Vehicle ")?;
-    // Split from the right: the signature (base64) and the time never contain `.`,
-    // a vehicle id may (one vehicle id rule everywhere, [`is_valid_vehicle_id`]).
-    let mut parts = rest.rsplitn(3, '.');
-    let sig = crate::encoding::decode_base64(parts.next()?).ok()?;
-    let time: i64 = parts.next()?.parse().ok()?;
-    let vid = parts.next()?;
-    if !is_valid_vehicle_id(vid) {
-        return None;
-    }
-    Some((
-        vid.to_owned(),
-        time,
-        <[u8; 64]>::try_from(sig.as_slice()).ok()?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,33 +322,5 @@ mod tests {
             open_message::<CheckIn>(&bytes, PAYLOAD_TYPE_PROGRESS, &device.public_key()),
             Err(MessageError::WrongPayloadType { .. })
         ));
-    }
-
-    #[test]
-    fn blob_auth_header_round_trips() {
-        let device = SigningKey::from_seed(&[5u8; 32]);
-        let header = blob_auth_header("veh-9", 1_800_000_000, &device);
-        let (vid, time, sig) = parse_blob_auth_header(&header).unwrap();
-        assert_eq!((vid.as_str(), time), ("veh-9", 1_800_000_000));
-        assert!(device
-            .public_key()
-            .verify_strict(&blob_auth_message("veh-9", 1_800_000_000), &sig));
-        assert_eq!(parse_blob_auth_header("Bearer x"), None);
-    }
-
-    /// Every id `is_valid_vehicle_id` accepts (dots included) has a usable credential.
-    #[test]
-    fn blob_auth_header_round_trips_ids_with_dots() {
-        let device = SigningKey::from_seed(&[6u8; 32]);
-        for vid in ["veh.1", "a.b.c", ".", "x..y", "veh-9."] {
-            assert!(is_valid_vehicle_id(vid));
-            let header = blob_auth_header(vid, 1_800_000_000, &device);
-            let (parsed, time, sig) = parse_blob_auth_header(&header).unwrap();
-            assert_eq!((parsed.as_str(), time), (vid, 1_800_000_000), "{header}");
-            assert!(device
-                .public_key()
-                .verify_strict(&blob_auth_message(vid, 1_800_000_000), &sig));
-        }
-        assert_eq!(parse_blob_auth_header("Vehicle bad/id.1.AAAA"), None);
     }
 }

@@ -11,7 +11,9 @@
 //! the director's binding to the targets document it was built against (version and
 //! payload SHA-256), then its assignments against the targets metadata and the vehicle.
 
-use crate::encoding::{decode_base64, encode_base64, from_slice_exact, Sha256Digest};
+use crate::encoding::{
+    decode_base64, encode_base64, from_slice_exact, parse_lower_hex, Sha256Digest,
+};
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::metadata::{
@@ -98,6 +100,9 @@ pub struct TrustedState {
 #[serde(deny_unknown_fields)]
 struct PersistedState {
     format: u32,
+    /// Format 2 only: the generation of a hardware-bound state (PROTOCOL.md §6.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
     /// Standard base64 of the exact trusted root envelope bytes.
     root: String,
     targets: Option<VersionRecord>,
@@ -106,9 +111,93 @@ struct PersistedState {
     /// Absent in files written before the clock floor existed (read as `null`).
     #[serde(default)]
     verified_time: Option<Timestamp>,
+    /// Format 2 only: lowercase hex of the HMAC-SHA256 the vehicle's hardware computed
+    /// over [`TrustedState::binding_message`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
 }
 
+/// A state file without hardware binding (development trust store).
 const PERSISTED_FORMAT: u32 = 1;
+/// A state file bound to the vehicle's hardware: format 1 plus `generation` and `mac`.
+const BOUND_FORMAT: u32 = 2;
+
+/// Domain separation of the message a vehicle's hardware authenticates
+/// ([`TrustedState::binding_message`]).
+pub const STATE_BINDING_CONTEXT: &[u8] = b"ota-trusted-state-binding-v1\n";
+
+/// The hardware binding read from a format-2 state file: which generation it claims and
+/// the MAC the hardware computed over [`TrustedState::binding_message`] for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSeal {
+    pub generation: u64,
+    pub mac: [u8; 32],
+}
+
+/// How a hardware-bound state file stands against the generation the hardware holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerationCheck {
+    /// No state file and the hardware never accepted one: the anchor alone is trusted.
+    NoStateYet,
+    /// The file is the state the hardware last accepted.
+    Current,
+    /// The file is one generation ahead: a save wrote it and stopped before the hardware
+    /// counter was raised. The loader accepts it and raises the counter to it.
+    CompletesInterruptedSave,
+}
+
+/// Why a hardware-bound trusted state is refused. Every refusal fails closed: the vehicle
+/// verifies nothing until it is re-provisioned (README, "Re-provisioning").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateBindingError {
+    #[error("state.json is missing, but the vehicle's hardware accepted trusted state generation {hardware}: the trusted state was deleted")]
+    Missing { hardware: u64 },
+    #[error("state.json is generation {file}, older than generation {hardware} in the vehicle's hardware: an old trusted state was restored")]
+    RolledBack { file: u64, hardware: u64 },
+    #[error("state.json is generation {file}, more than one ahead of generation {hardware} in the vehicle's hardware: the hardware counter was reset")]
+    Ahead { file: u64, hardware: u64 },
+    #[error("state.json is not authenticated by the vehicle's hardware: {reason}")]
+    Forged { reason: String },
+}
+
+impl StateBindingError {
+    /// The stable kind for logs and JSON output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StateBindingError::Missing { .. } => "state_missing",
+            StateBindingError::RolledBack { .. } => "state_rolled_back",
+            StateBindingError::Ahead { .. } => "state_ahead_of_hardware",
+            StateBindingError::Forged { .. } => "state_forged",
+        }
+    }
+}
+
+/// The crash-safe generation rule (PROTOCOL.md §6.1). A save writes the file with
+/// generation `g + 1` first and raises the hardware counter from `g` to `g + 1` second, so
+/// after any crash the file is either at the counter or one ahead of it:
+/// - no file: accepted only while the hardware counter is 0 (nothing was ever saved);
+/// - file = counter: the current state;
+/// - file = counter + 1: a save interrupted between its two steps, accepted (the caller
+///   then raises the counter to it, finishing that save);
+/// - file < counter: an old state restored; file > counter + 1: a counter that went
+///   back. Both refused.
+///
+/// `file` must come from a file whose MAC the hardware verified.
+pub fn check_generation(
+    file: Option<u64>,
+    hardware: u64,
+) -> Result<GenerationCheck, StateBindingError> {
+    match file {
+        None if hardware == 0 => Ok(GenerationCheck::NoStateYet),
+        None => Err(StateBindingError::Missing { hardware }),
+        Some(file) if file == hardware => Ok(GenerationCheck::Current),
+        Some(file) if Some(file) == hardware.checked_add(1) => {
+            Ok(GenerationCheck::CompletesInterruptedSave)
+        }
+        Some(file) if file < hardware => Err(StateBindingError::RolledBack { file, hardware }),
+        Some(file) => Err(StateBindingError::Ahead { file, hardware }),
+    }
+}
 
 fn parse_envelope_of(role: Role, bytes: &[u8]) -> Result<Envelope, Error> {
     let envelope = Envelope::parse(bytes)?;
@@ -437,37 +526,109 @@ impl TrustedState {
         })
     }
 
-    /// The on-disk form: compact JSON (see PROTOCOL.md).
-    pub fn to_persisted(&self) -> Vec<u8> {
-        let persisted = PersistedState {
-            format: PERSISTED_FORMAT,
+    fn persisted(
+        &self,
+        format: u32,
+        generation: Option<u64>,
+        mac: Option<String>,
+    ) -> PersistedState {
+        PersistedState {
+            format,
+            generation,
             root: encode_base64(&self.root_envelope),
             targets: self.targets.clone(),
             director: self.director.clone(),
             security_versions: self.security_floors.clone(),
             verified_time: self.verified_time,
-        };
+            mac,
+        }
+    }
+
+    /// The on-disk form without hardware binding (format 1, see PROTOCOL.md §6).
+    pub fn to_persisted(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.persisted(PERSISTED_FORMAT, None, None)).unwrap_or_default()
+    }
+
+    /// The bytes the vehicle's hardware authenticates for this state at `generation`
+    /// (PROTOCOL.md §6.1): [`STATE_BINDING_CONTEXT`], then the compact JSON of the format-2
+    /// file without its `mac` member. Every member of the state is in it, the whole
+    /// trusted root envelope (so its version and digest) included; it is rebuilt from the
+    /// parsed state, so any change that alters what the state means alters the message.
+    pub fn binding_message(&self, generation: u64) -> Vec<u8> {
+        let mut message = STATE_BINDING_CONTEXT.to_vec();
+        let persisted = self.persisted(BOUND_FORMAT, Some(generation), None);
+        message.extend(serde_json::to_vec(&persisted).unwrap_or_default());
+        message
+    }
+
+    /// The on-disk form bound to the vehicle's hardware (format 2): `mac` is the
+    /// hardware's HMAC-SHA256 over [`TrustedState::binding_message`] at `generation`.
+    pub fn to_persisted_bound(&self, binding: &StateSeal) -> Vec<u8> {
+        let persisted = self.persisted(
+            BOUND_FORMAT,
+            Some(binding.generation),
+            Some(hex::encode(binding.mac)),
+        );
         serde_json::to_vec_pretty(&persisted).unwrap_or_default()
     }
 
-    /// Reads the on-disk form back. The stored root is re-checked as an anchor, so a
-    /// corrupted file fails closed instead of trusting garbage.
+    /// Reads the on-disk form back: format 1 only (a format-2 file is bound to a
+    /// vehicle's hardware and is read with [`TrustedState::from_persisted_bound`]). The
+    /// stored root is re-checked as an anchor, so a corrupted file fails closed instead
+    /// of trusting garbage.
     pub fn from_persisted(bytes: &[u8]) -> Result<TrustedState, Error> {
-        let corrupt = |reason: String| Error::MalformedMetadata {
-            role: Role::Root,
-            reason: format!("trusted state file: {reason}"),
-        };
-        let persisted: PersistedState = from_slice_exact(bytes).map_err(corrupt)?;
-        if persisted.format != PERSISTED_FORMAT {
-            return Err(corrupt(format!("unknown format {}", persisted.format)));
+        match TrustedState::from_persisted_any(bytes)? {
+            (state, None) => Ok(state),
+            (_, Some(_)) => Err(corrupt_state(
+                "format 2 is bound to a vehicle's hardware and is read only with that hardware"
+                    .into(),
+            )),
         }
-        let root_envelope = decode_base64(&persisted.root).map_err(corrupt)?;
+    }
+
+    /// Reads a format-2 (hardware-bound) file: the state and the binding it claims. The
+    /// caller must have the hardware verify `binding.mac` over
+    /// [`TrustedState::binding_message`]`(binding.generation)` before trusting either.
+    /// A format-1 file has no binding and is refused here.
+    pub fn from_persisted_bound(bytes: &[u8]) -> Result<(TrustedState, StateSeal), Error> {
+        match TrustedState::from_persisted_any(bytes)? {
+            (state, Some(binding)) => Ok((state, binding)),
+            (_, None) => Err(corrupt_state(
+                "format 1 carries no MAC of the vehicle's hardware".into(),
+            )),
+        }
+    }
+
+    fn from_persisted_any(bytes: &[u8]) -> Result<(TrustedState, Option<StateSeal>), Error> {
+        let persisted: PersistedState = from_slice_exact(bytes).map_err(corrupt_state)?;
+        let seal = match (persisted.format, persisted.generation, &persisted.mac) {
+            (PERSISTED_FORMAT, None, None) => None,
+            (BOUND_FORMAT, Some(generation), Some(mac)) => {
+                let mac = parse_lower_hex::<32>(mac)
+                    .map_err(|reason| corrupt_state(format!("mac: {reason}")))?;
+                Some(StateSeal { generation, mac })
+            }
+            (PERSISTED_FORMAT | BOUND_FORMAT, _, _) => {
+                return Err(corrupt_state(
+                    "generation and mac are required in format 2 and absent in format 1".into(),
+                ))
+            }
+            (other, _, _) => return Err(corrupt_state(format!("unknown format {other}"))),
+        };
+        let root_envelope = decode_base64(&persisted.root).map_err(corrupt_state)?;
         let mut state = TrustedState::from_anchor(&root_envelope)?;
         state.targets = persisted.targets;
         state.director = persisted.director;
         state.security_floors = persisted.security_versions;
         state.verified_time = persisted.verified_time;
-        Ok(state)
+        Ok((state, seal))
+    }
+}
+
+fn corrupt_state(reason: String) -> Error {
+    Error::MalformedMetadata {
+        role: Role::Root,
+        reason: format!("trusted state file: {reason}"),
     }
 }
 

@@ -366,7 +366,13 @@ async fn main() -> anyhow::Result<()> {
         .context("starting ota-server")?;
     let state = app.state().clone();
     let base = format!("http://{}", app.address());
-    let mqtt = state.settings.mqtt.url.clone().context("a broker")?;
+    let mqtt = state
+        .settings
+        .mqtt
+        .url
+        .as_ref()
+        .context("a broker")?
+        .to_string();
     let (_, token) = create_token(&state.store, &Actor::system(), "demo", &[Scope::Admin]).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {

@@ -49,6 +49,15 @@ impl BlobStore {
         self.dir.join("sha256").join(sha256.to_hex())
     }
 
+    /// Removes a blob nothing references any more; false if it was not there.
+    pub async fn remove(&self, sha256: &Sha256Digest) -> std::io::Result<bool> {
+        match tokio::fs::remove_file(self.path_of(sha256)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn temp_path(&self) -> PathBuf {
         self.dir.join("tmp").join(temp_name())
     }

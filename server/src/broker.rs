@@ -52,8 +52,8 @@ pub struct EmbeddedBroker {
 
 impl EmbeddedBroker {
     /// `mqtt://host:port`, what the gateway and agents connect to.
-    pub fn url(&self) -> String {
-        format!("mqtt://{}", self.addr)
+    pub fn url(&self) -> ota_core::endpoint::BrokerUrl {
+        ota_core::endpoint::BrokerUrl::new(self.addr.ip().to_string(), self.addr.port())
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::settings::Settings;
 use crate::startup::Application;
 use crate::store::{Actor, Store};
-use crate::tokens::{create_token, Scope};
+use crate::tokens::{create_expiring_token, Scope};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -30,6 +30,10 @@ pub enum TokensCommand {
         /// Print JSON instead of the bare token.
         #[arg(long)]
         json: bool,
+        /// Refuse the token after this long: a whole number with a unit s, m, h or d
+        /// (e.g. `90d`); default: it never expires.
+        #[arg(long, value_parser = crate::tokens::parse_lifetime)]
+        expires_in: Option<u64>,
     },
 }
 
@@ -81,6 +85,7 @@ pub fn tokens(cmd: TokensCommand) -> anyhow::Result<()> {
             name,
             scopes,
             json,
+            expires_in,
         } => {
             let settings = load(config.as_deref())?;
             runtime()?.block_on(async move {
@@ -91,9 +96,11 @@ pub fn tokens(cmd: TokensCommand) -> anyhow::Result<()> {
                     name: "ota-server tokens create".to_owned(),
                     request_id: None,
                 };
-                let (record, token) = create_token(&store, &actor, &name, &scopes).await?;
+                let expires_ms = expires_in.map(|s| crate::store::now_ms().saturating_add((s as i64).saturating_mul(1000)));
+                let (record, token) = create_expiring_token(&store, &actor, &name, &scopes, expires_ms).await?;
                 if json {
-                    println!("{}", serde_json::json!({ "id": record.id, "name": record.name, "scopes": record.scopes, "token": token }));
+                    println!("{}", serde_json::json!({ "id": record.id, "name": record.name, "scopes": record.scopes, "token": token,
+                                                       "expires_at": expires_ms.map(crate::store::ms_to_rfc3339) }));
                 } else {
                     println!("{token}");
                 }

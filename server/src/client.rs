@@ -82,6 +82,20 @@ impl ApiClient {
         .await
     }
 
+    pub async fn put_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(
+            self.http
+                .request(Method::PUT, format!("{}{path}", self.base))
+                .json(body),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
     pub async fn post_empty(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.http.post(format!("{}{path}", self.base)))
             .await

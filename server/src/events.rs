@@ -369,6 +369,18 @@ pub async fn apply_record(
     )
 }
 
+/// The rollout engine's group consumer: no auto-commit (offsets are committed after
+/// the database write), from the earliest record when the group has no offset yet.
+pub(crate) fn engine_consumer(settings: &KafkaSettings) -> Result<StreamConsumer, KafkaError> {
+    client_config(settings)
+        .set("group.id", &settings.group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // A topic created after the consumer subscribed is found within 10 s, not 5 min.
+        .set("topic.metadata.refresh.interval.ms", "10000")
+        .create()
+}
+
 /// The rollout engine's consumer: runs until `shutdown`, reconnecting by itself (the
 /// client library retries brokers). Offsets are committed only after the record was
 /// applied; a database failure retries the same record.
@@ -377,14 +389,7 @@ pub async fn run_consumer(
     engine: Engine,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let consumer: StreamConsumer = match client_config(&settings)
-        .set("group.id", &settings.group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        // A topic created after the consumer subscribed is found within 10 s, not 5 min.
-        .set("topic.metadata.refresh.interval.ms", "10000")
-        .create()
-    {
+    let consumer = match engine_consumer(&settings) {
         Ok(consumer) => consumer,
         Err(err) => {
             tracing::error!(%err, "creating the Kafka consumer failed; vehicle events are not applied");

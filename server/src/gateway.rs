@@ -35,6 +35,7 @@
 //! shed progress event is not (the broker's in-flight window, 20 messages on
 //! Mosquitto, is far below `workers + queue`, so shedding needs a misconfiguration).
 
+use crate::ack_order::AckOrder;
 use crate::engine::{Engine, Rejected};
 use crate::events::{progress_event, EventProducer};
 use crate::settings::MqttSettings;
@@ -60,22 +61,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub struct Outgoing {
     pub topic: String,
     pub payload: Vec<u8>,
-}
-
-/// `mqtt://host:port` (or `tcp://`) → (host, port); port defaults to 1883.
-pub fn parse_broker_url(url: &str) -> Option<(String, u16)> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) => (host, port.parse().ok()?),
-        None => (rest, 1883),
-    };
-    if host.is_empty() || host.contains('/') {
-        return None;
-    }
-    Some((host.to_owned(), port))
 }
 
 /// `ota-server-<hostname>-<pid>-<random>`: unique per process, so two replicas never
@@ -320,7 +305,60 @@ struct Lane {
     client: AsyncClient,
     /// Set: progress goes to Kafka and MQTT acks are manual.
     events: Option<EventProducer>,
+    /// Manual acks leave in arrival order (MQTT 3.1.1 §4.6).
+    acks: Arc<AckSender>,
     stop: CancellationToken,
+}
+
+/// The gateway's side of [`AckOrder`]: hands due acknowledgements to the client, one
+/// sender at a time, so they enter the client's request channel in arrival order.
+#[derive(Default)]
+struct AckSender {
+    order: std::sync::Mutex<AckOrder<Publish>>,
+    sending: tokio::sync::Mutex<()>,
+}
+
+impl AckSender {
+    fn order(&self) -> std::sync::MutexGuard<'_, AckOrder<Publish>> {
+        self.order
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// From a worker: sends what is due, waiting for room in the client's channel.
+    async fn flush(&self, client: &AsyncClient, stop: &CancellationToken) {
+        loop {
+            {
+                let _sending = self.sending.lock().await;
+                let due = self.order().release();
+                for publish in due {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        acked = client.ack(&publish) => if let Err(err) = acked {
+                            tracing::warn!(%err, "acknowledging a vehicle message failed");
+                        }
+                    }
+                }
+            }
+            // An outcome recorded while this worker was sending (by the event loop,
+            // which never waits for the lock) is sent on the next round.
+            if !self.order().ready() {
+                return;
+            }
+        }
+    }
+
+    /// From the event loop, which must never wait: sends what is due unless a worker is
+    /// sending (that worker then sends it too).
+    fn try_flush(&self, client: &AsyncClient) {
+        if let Ok(_sending) = self.sending.try_lock() {
+            for publish in self.order().release() {
+                if let Err(err) = client.try_ack(&publish) {
+                    tracing::warn!(%err, "acknowledging a vehicle message failed");
+                }
+            }
+        }
+    }
 }
 
 /// Handles one message; returns whether it may be acknowledged to the broker (only
@@ -442,13 +480,20 @@ fn dispatch(
     publish: Publish,
 ) {
     health.received.fetch_add(1, Ordering::Relaxed);
+    // With manual acks, this message's place in the order its ack must leave in.
+    let ticket = lane.events.is_some().then(|| lane.acks.order().ticket());
     let Ok(slot) = accepted.clone().try_acquire_owned() else {
         health.shed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ota_vehicle_messages_shed_total").increment(1);
-        let progress = matches!(parse_topic(&publish.topic), Some((_, Channel::Progress)));
-        if lane.events.is_some() && !progress {
+        if let Some(ticket) = ticket {
+            // A shed check-in is acknowledged (the vehicle checks in again); shed
+            // progress is not (the broker keeps it for a persistent session).
+            let progress = matches!(parse_topic(&publish.topic), Some((_, Channel::Progress)));
+            lane.acks
+                .order()
+                .finish(ticket, (!progress).then_some(publish));
             // Non-blocking: the request channel is drained by this very loop.
-            let _ = lane.client.try_ack(&publish);
+            lane.acks.try_flush(&lane.client);
         }
         return;
     };
@@ -461,16 +506,14 @@ fn dispatch(
         // semaphore means shutdown: the message is dropped unhandled.
         if let Ok(_worker) = workers.acquire().await {
             let ack = handle(&lane, &publish.topic, &publish.payload).await;
-            if ack && lane.events.is_some() {
-                tokio::select! {
-                    _ = lane.stop.cancelled() => {}
-                    acked = lane.client.ack(&publish) => if let Err(err) = acked {
-                        tracing::warn!(%err, "acknowledging a vehicle message failed");
-                    }
-                }
+            if let Some(ticket) = ticket {
+                lane.acks.order().finish(ticket, ack.then_some(publish));
+                lane.acks.flush(&lane.client, &lane.stop).await;
             }
             health.handled.fetch_add(1, Ordering::Relaxed);
             health.workers_progressed();
+        } else if let Some(ticket) = ticket {
+            lane.acks.order().finish(ticket, None);
         }
         health.pending_in.fetch_sub(1, Ordering::Relaxed);
         drop(slot);
@@ -488,9 +531,10 @@ pub async fn run(
     health: Arc<ChannelHealth>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Some((host, port)) = settings.url.as_deref().and_then(parse_broker_url) else {
+    let Some(url) = &settings.url else {
         return;
     };
+    let (host, port) = (url.host().to_owned(), url.port());
     let stop = CancellationToken::new();
     let watcher = {
         let stop = stop.clone();
@@ -523,6 +567,7 @@ pub async fn run(
         outbox,
         client: client.clone(),
         events,
+        acks: Arc::new(AckSender::default()),
         stop: stop.clone(),
     };
     let workers = Arc::new(Semaphore::new(settings.workers.max(1)));
@@ -548,6 +593,8 @@ pub async fn run(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = BACKOFF_START;
+                // Acks of the previous connection's messages can no longer be sent.
+                lane.acks.order().reconnected();
                 health.set_connected(true);
                 tracing::info!("connected to the MQTT broker");
                 // Subscribing goes through the request channel, which only this loop
@@ -602,21 +649,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_urls() {
-        assert_eq!(
-            parse_broker_url("mqtt://127.0.0.1:1883"),
-            Some(("127.0.0.1".into(), 1883))
-        );
-        assert_eq!(
-            parse_broker_url("mqtt://broker"),
-            Some(("broker".into(), 1883))
-        );
-        assert_eq!(parse_broker_url("http://broker:1883"), None);
-        assert_eq!(parse_broker_url("mqtt://:1883"), None);
-        assert_eq!(parse_broker_url("mqtt://b:notaport"), None);
-    }
 
     #[test]
     fn only_the_durable_lane_with_a_configured_client_id_keeps_its_session() {

@@ -13,15 +13,19 @@
 //!   [`director`] (who gets what), tested with tables and property tests.
 //! - [`engine`]: intake, assignment, supervision and status, split by concern; every
 //!   rollout change goes through one planner.
-//! - [`gateway`]: the MQTT fast lane (check-ins in, directives and control out);
+//! - [`gateway`]: the MQTT fast lane (check-ins in, directives and control out), acking
+//!   in arrival order ([`ack_order`]);
 //!   [`broker`]: the embedded MQTT broker (rumqttd) when none is configured.
-//! - [`events`]: the durable lane: verified progress → Kafka → the rollout engine's consumer.
+//! - [`events`]: the durable lane: verified progress → Kafka → the rollout engine's consumer;
+//!   [`embedded_kafka`]: the in-process Kafka (librdkafka mock cluster) when none is configured.
 //! - [`jobs`]: the durable delta-build queue and its workers.
 //! - [`tokens`]: API bearer tokens and scopes.
 //! - [`cli`]: the `serve` and `tokens` subcommands of `ota-server`.
 //! - [`client`]: the HTTP client `otactl` uses; [`otactl`]: its commands and output.
 
+pub mod ack_order;
 pub mod api;
+pub mod blob_access;
 pub mod blobs;
 pub mod breaker;
 pub mod broker;
@@ -29,6 +33,7 @@ pub mod cli;
 pub mod client;
 pub mod delta;
 pub mod director;
+pub mod embedded_kafka;
 pub mod engine;
 pub mod events;
 pub mod gateway;

@@ -63,9 +63,25 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// The audit log (admin).
+    /// The audit log, newest first (following pages up to `--limit` entries).
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Only entries by this token name (or `system`).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this action, e.g. `rollout.start`.
+        #[arg(long)]
+        action: Option<String>,
+        /// Only entries about this id (rollout, release, token, vehicle, ...).
+        #[arg(long)]
+        target: Option<String>,
+        /// Only entries at or after this time (YYYY-MM-DDTHH:MM:SSZ).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only entries before this time (YYYY-MM-DDTHH:MM:SSZ).
+        #[arg(long)]
+        until: Option<String>,
     },
 }
 
@@ -96,6 +112,10 @@ pub enum ImageCommand {
     Get {
         id: String,
     },
+    /// Delete an image no release lists; its blob goes when nothing references it.
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,10 +142,30 @@ pub enum ReleaseCommand {
     Get {
         id: String,
     },
+    /// Delete a release no rollout uses (not the one holding the newest targets).
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum VehicleCommand {
+    /// Replace a vehicle's tags (`--tag` repeated; none clears them).
+    Retag {
+        id: String,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// Replace a vehicle's device key; the old key is refused from now on.
+    RotateKey {
+        id: String,
+        #[arg(long)]
+        public_key: String,
+    },
+    /// Take a vehicle out of service: its messages are refused from now on.
+    Decommission {
+        id: String,
+    },
     /// Provision a vehicle.
     Register {
         #[arg(long)]
@@ -191,12 +231,45 @@ pub struct RolloutCreate {
     /// Breaker action: pause, abort or rollback.
     #[arg(long)]
     pub breaker_action: Option<String>,
+    /// Cohort salt, 32 hex digits (normally random; `rollout dry-run` prints one that
+    /// reproduces its cohorts).
+    #[arg(long)]
+    pub salt: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
     Create(RolloutCreate),
+    /// The vehicles per phase a rollout with these arguments would assign; creates
+    /// nothing. Pass the printed salt to `create --salt` to get exactly these vehicles.
+    DryRun(RolloutCreate),
     List,
+    /// The rollout's deployments (every page), by vehicle and ECU.
+    Deployments {
+        id: String,
+        /// Only deployments in this state (assigned, downloading, installed, committed,
+        /// failed, rolled_back, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only deployments of this phase (0-based).
+        #[arg(long)]
+        phase: Option<u32>,
+    },
+    /// One vehicle's deployments in the rollout with their history.
+    Deployment {
+        id: String,
+        vehicle: String,
+    },
+    /// Cancel a vehicle's deployments not yet installing (audited).
+    CancelVehicle {
+        id: String,
+        vehicle: String,
+    },
+    /// Hand a vehicle's failed or cancelled deployments out again (audited).
+    RetryVehicle {
+        id: String,
+        vehicle: String,
+    },
     Start {
         id: String,
     },
@@ -616,10 +689,158 @@ fn rollout_body(args: &RolloutCreate) -> anyhow::Result<crate::api::rollouts::Cr
     if let Some(a) = &args.breaker_action {
         body["abort_criteria"]["action"] = json!(a);
     }
+    if let Some(salt) = &args.salt {
+        body["salt"] = json!(salt);
+    }
     serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
         anyhow::anyhow!("the rollout is not valid at {path}: {}", e.into_inner())
     })
+}
+
+/// Most pages `all_pages` follows (at the largest page size: a million rows).
+const MAX_PAGES: usize = 1000;
+
+/// `key=value` for a query string, the value percent-encoded.
+fn query_pair(key: &str, value: &str) -> String {
+    let value: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    format!("{key}={value}")
+}
+
+/// The `key=value` pairs of the given filters.
+fn filters(pairs: &[(&str, &Option<String>)]) -> Vec<String> {
+    pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| query_pair(k, v)))
+        .collect()
+}
+
+/// Every item of a paginated list: GETs `path` with the `filters` (`key=value`) and
+/// `limit=1000`, then each `next_cursor` until there is none.
+pub async fn all_pages(
+    client: &ApiClient,
+    path: &str,
+    filters: &[String],
+) -> anyhow::Result<Value> {
+    first_items(client, path, filters, usize::MAX).await
+}
+
+/// The first `max` items of a paginated list, following `next_cursor`.
+pub async fn first_items(
+    client: &ApiClient,
+    path: &str,
+    filters: &[String],
+    max: usize,
+) -> anyhow::Result<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut query = filters.to_vec();
+    query.push(format!("limit={}", max.clamp(1, 1000)));
+    let query = query.join("&");
+    for _ in 0..MAX_PAGES {
+        let mut url = format!("{path}?{query}");
+        if let Some(c) = &cursor {
+            url.push_str("&cursor=");
+            url.push_str(c);
+        }
+        let page = client.get(&url).await?;
+        items.extend(page["items"].as_array().cloned().unwrap_or_default());
+        if items.len() >= max {
+            items.truncate(max);
+            return Ok(Value::Array(items));
+        }
+        match page["next_cursor"].as_str() {
+            // A cursor is base64url: safe in a query string as it is.
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return Ok(Value::Array(items)),
+        }
+    }
+    bail!("{path}: more than {MAX_PAGES} pages; narrow the query")
+}
+
+fn deleted_text(value: &Value) -> String {
+    let blobs = list_of(&value["blobs_removed"]);
+    format!(
+        "deleted {}; blobs removed: {}\n",
+        s(&value["id"]),
+        if blobs.is_empty() {
+            "none".to_owned()
+        } else {
+            blobs.iter().map(s).collect::<Vec<_>>().join(" ")
+        }
+    )
+}
+
+fn deployments_table(value: &Value) -> String {
+    columns(
+        value,
+        &[
+            ("vehicle", |d| s(&d["vehicle_id"])),
+            ("ecu", |d| s(&d["ecu"])),
+            ("phase", |d| s(&d["phase"])),
+            ("status", |d| s(&d["status"])),
+            ("attempts", |d| s(&d["attempts"])),
+            ("reason", |d| s(&d["reason_code"])),
+            ("updated_at", |d| s(&d["updated_at"])),
+        ],
+    )
+}
+
+fn vehicle_deployments_text(value: &Value) -> String {
+    let mut text = format!(
+        "{} in {}; allowed actions: {}\n",
+        s(&value["vehicle_id"]),
+        s(&value["rollout_id"]),
+        list_of(&value["allowed_actions"])
+            .iter()
+            .map(s)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for d in list_of(&value["deployments"]) {
+        text.push_str(&format!(
+            "\n{} ecu {}: {} (attempt {})\n",
+            s(&d["id"]),
+            s(&d["ecu"]),
+            s(&d["status"]),
+            s(&d["attempts"])
+        ));
+        text.push_str(&columns(
+            &d["events"],
+            &[
+                ("at", |e| s(&e["at"])),
+                ("status", |e| s(&e["status"])),
+                ("sequence", |e| s(&e["sequence"])),
+                ("reason", |e| s(&e["reason_code"])),
+                ("source", |e| s(&e["source"])),
+            ],
+        ));
+    }
+    text
+}
+
+fn dry_run_text(value: &Value) -> String {
+    let mut text = format!(
+        "{} vehicles; salt {}\n",
+        s(&value["vehicles"]),
+        s(&value["salt"])
+    );
+    text.push_str(&columns(
+        &value["phases"],
+        &[
+            ("phase", |p| s(&p["name"])),
+            ("percent", |p| s(&p["percent"])),
+            ("vehicles", |p| s(&p["vehicles"])),
+            ("sample", |p| {
+                list_of(&p["sample"])
+                    .iter()
+                    .map(s)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }),
+        ],
+    ));
+    text
 }
 
 /// Builds and signs targets metadata locally with an offline targets key.
@@ -705,12 +926,44 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             images_table,
         ),
         Command::Image(ImageCommand::List { hardware_id }) => {
-            let path = match hardware_id {
-                Some(hw) => format!("/api/v1/images?hardware_id={hw}"),
-                None => "/api/v1/images".to_owned(),
-            };
-            (client.get(&path).await?, images_table)
+            let query = filters(&[("hardware_id", &hardware_id)]);
+            (
+                all_pages(&client, "/api/v1/images", &query).await?,
+                images_table,
+            )
         }
+        Command::Image(ImageCommand::Delete { id }) => (
+            client.delete(&format!("/api/v1/images/{id}")).await?,
+            deleted_text,
+        ),
+        Command::Release(ReleaseCommand::Delete { id }) => (
+            client.delete(&format!("/api/v1/releases/{id}")).await?,
+            deleted_text,
+        ),
+        Command::Vehicle(VehicleCommand::Retag { id, tags }) => (
+            client
+                .put_json(
+                    &format!("/api/v1/vehicles/{id}/tags"),
+                    &json!({ "tags": tags }),
+                )
+                .await?,
+            vehicles_table,
+        ),
+        Command::Vehicle(VehicleCommand::RotateKey { id, public_key }) => (
+            client
+                .post_json(
+                    &format!("/api/v1/vehicles/{id}/rotate-key"),
+                    &json!({ "public_key": public_key }),
+                )
+                .await?,
+            vehicles_table,
+        ),
+        Command::Vehicle(VehicleCommand::Decommission { id }) => (
+            client
+                .post_empty(&format!("/api/v1/vehicles/{id}/decommission"))
+                .await?,
+            vehicles_table,
+        ),
         Command::Image(ImageCommand::Get { id }) => (
             client.get(&format!("/api/v1/images/{id}")).await?,
             images_table,
@@ -742,9 +995,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 releases_table,
             )
         }
-        Command::Release(ReleaseCommand::List) => {
-            (client.get("/api/v1/releases").await?, releases_table)
-        }
+        Command::Release(ReleaseCommand::List) => (
+            all_pages(&client, "/api/v1/releases", &[]).await?,
+            releases_table,
+        ),
         Command::Release(ReleaseCommand::Get { id }) => (
             client.get(&format!("/api/v1/releases/{id}")).await?,
             releases_table,
@@ -796,22 +1050,15 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             tag,
             installed_version,
         }) => {
-            let mut query = Vec::new();
-            for (k, v) in [
-                ("hardware_id", hardware_id),
-                ("tag", tag),
-                ("installed_version", installed_version),
-            ] {
-                if let Some(v) = v {
-                    query.push(format!("{k}={v}"));
-                }
-            }
-            let path = if query.is_empty() {
-                "/api/v1/vehicles".to_owned()
-            } else {
-                format!("/api/v1/vehicles?{}", query.join("&"))
-            };
-            (client.get(&path).await?, vehicles_table)
+            let query = filters(&[
+                ("hardware_id", &hardware_id),
+                ("tag", &tag),
+                ("installed_version", &installed_version),
+            ]);
+            (
+                all_pages(&client, "/api/v1/vehicles", &query).await?,
+                vehicles_table,
+            )
         }
         Command::Vehicle(VehicleCommand::Get { id }) => (
             client.get(&format!("/api/v1/vehicles/{id}")).await?,
@@ -826,9 +1073,52 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 .await?,
             rollouts_table,
         ),
-        Command::Rollout(RolloutCommand::List) => {
-            (client.get("/api/v1/rollouts").await?, rollouts_table)
+        Command::Rollout(RolloutCommand::DryRun(args)) => (
+            client
+                .post_json(
+                    "/api/v1/rollouts:dry-run",
+                    &serde_json::to_value(rollout_body(&args)?)?,
+                )
+                .await?,
+            dry_run_text,
+        ),
+        Command::Rollout(RolloutCommand::Deployments { id, state, phase }) => {
+            let mut query = Vec::new();
+            if let Some(state) = state {
+                query.push(query_pair("state", &state));
+            }
+            if let Some(phase) = phase {
+                query.push(format!("phase={phase}"));
+            }
+            let path = format!("/api/v1/rollouts/{id}/deployments");
+            (all_pages(&client, &path, &query).await?, deployments_table)
         }
+        Command::Rollout(RolloutCommand::Deployment { id, vehicle }) => (
+            client
+                .get(&format!("/api/v1/rollouts/{id}/deployments/{vehicle}"))
+                .await?,
+            vehicle_deployments_text,
+        ),
+        Command::Rollout(RolloutCommand::CancelVehicle { id, vehicle }) => (
+            client
+                .post_empty(&format!(
+                    "/api/v1/rollouts/{id}/deployments/{vehicle}/cancel"
+                ))
+                .await?,
+            deployments_table,
+        ),
+        Command::Rollout(RolloutCommand::RetryVehicle { id, vehicle }) => (
+            client
+                .post_empty(&format!(
+                    "/api/v1/rollouts/{id}/deployments/{vehicle}/retry"
+                ))
+                .await?,
+            deployments_table,
+        ),
+        Command::Rollout(RolloutCommand::List) => (
+            all_pages(&client, "/api/v1/rollouts", &[]).await?,
+            rollouts_table,
+        ),
         Command::Rollout(
             command @ (RolloutCommand::Start { .. }
             | RolloutCommand::Pause { .. }
@@ -885,10 +1175,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             }
         }
         Command::DeltaJobs { rollout } => {
-            let path = match rollout {
-                Some(r) => format!("/api/v1/delta-jobs?rollout_id={r}"),
-                None => "/api/v1/delta-jobs".to_owned(),
-            };
+            let query = filters(&[("rollout_id", &rollout)]);
             let render: fn(&Value) -> String = |v| {
                 columns(
                     v,
@@ -902,7 +1189,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                     ],
                 )
             };
-            (client.get(&path).await?, render)
+            (
+                all_pages(&client, "/api/v1/delta-jobs", &query).await?,
+                render,
+            )
         }
         Command::Token(command) => {
             let render: fn(&Value) -> String = |v| {
@@ -919,6 +1209,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                         }),
                         ("created_at", |t| s(&t["created_at"])),
                         ("revoked_at", |t| s(&t["revoked_at"])),
+                        ("expires_at", |t| s(&t["expires_at"])),
                     ],
                 )
             };
@@ -932,7 +1223,14 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             };
             (value, render)
         }
-        Command::Audit { limit } => {
+        Command::Audit {
+            limit,
+            actor,
+            action,
+            target,
+            since,
+            until,
+        } => {
             let render: fn(&Value) -> String = |v| {
                 columns(
                     v,
@@ -945,8 +1243,15 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                     ],
                 )
             };
+            let query = filters(&[
+                ("actor", &actor),
+                ("action", &action),
+                ("target", &target),
+                ("since", &since),
+                ("until", &until),
+            ]);
             (
-                client.get(&format!("/api/v1/audit?limit={limit}")).await?,
+                first_items(&client, "/api/v1/audit", &query, limit as usize).await?,
                 render,
             )
         }

@@ -231,6 +231,9 @@ fn valid_percent(p: f64) -> bool {
     p.is_finite() && (0.0..=100.0).contains(&p)
 }
 
+/// Most phases a rollout may have.
+pub const MAX_PHASES: usize = 20;
+
 impl RolloutSpec {
     /// Checks every field; returns all problems at once so a caller can fix them together.
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
@@ -238,10 +241,10 @@ impl RolloutSpec {
         if self.phases.is_empty() {
             errors.push(field_error("phases", "at least one phase", "[]"));
         }
-        if self.phases.len() > 20 {
+        if self.phases.len() > MAX_PHASES {
             errors.push(field_error(
                 "phases",
-                "at most 20 phases",
+                format!("at most {MAX_PHASES} phases"),
                 self.phases.len(),
             ));
         }
@@ -702,5 +705,43 @@ pub(crate) mod tests {
             let r = effective_rate_per_minute(&rate, succeeded);
             prop_assert!(r >= 1 && r <= max);
         }
+    }
+
+    #[test]
+    fn exponential_rate_multiplies_by_its_factor_every_n_successes_up_to_the_maximum() {
+        let rate = |factor: f64| RateLimit {
+            maximum_per_minute: 100,
+            exponential: Some(ExponentialRate {
+                base_rate_per_minute: 3,
+                increment_factor: factor,
+                increase_after_succeeded: 10,
+            }),
+        };
+        let doubling = rate(2.0);
+        for (succeeded, expected) in [
+            (0, 3),
+            (9, 3),
+            (10, 6),
+            (19, 6),
+            (20, 12),
+            (30, 24),
+            (40, 48),
+            (50, 96),
+            (60, 100),
+            (u64::MAX, 100),
+        ] {
+            assert_eq!(
+                effective_rate_per_minute(&doubling, succeeded),
+                expected,
+                "{succeeded} successes"
+            );
+        }
+        // A fractional factor compounds, rounding down: 3 × 1.5² = 6.75.
+        assert_eq!(effective_rate_per_minute(&rate(1.5), 20), 6);
+        let flat = RateLimit {
+            maximum_per_minute: 7,
+            exponential: None,
+        };
+        assert_eq!(effective_rate_per_minute(&flat, 1_000), 7);
     }
 }

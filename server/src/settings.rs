@@ -4,6 +4,7 @@
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use ota_core::endpoint::BrokerUrl;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -21,7 +22,7 @@ pub struct Settings {
     /// Where the SQLite file, blobs and dev keys live.
     pub data_dir: PathBuf,
     /// `sqlite://...` or `postgres://...`; default `sqlite://<data_dir>/ota.db`.
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     pub database_max_connections: u32,
     /// Directory made by `ota-server keys init`; unset = dev keys under `<data_dir>/dev-keys`.
     pub key_dir: Option<PathBuf>,
@@ -40,7 +41,7 @@ pub struct Settings {
 #[serde(deny_unknown_fields, default)]
 pub struct MqttSettings {
     /// `mqtt://host:port` of the broker. Unset: the embedded broker (`embedded`).
-    pub url: Option<String>,
+    pub url: Option<BrokerUrl>,
     /// With no `url`: `"auto"` (the default) runs an embedded broker (rumqttd, for
     /// development) on 127.0.0.1:1883, or on a free port when that one is taken;
     /// `"host:port"` runs it exactly there; `"off"` runs no vehicle channel at all.
@@ -71,8 +72,12 @@ pub struct MqttSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSettings {
-    /// `host:port[,host:port...]`; unset disables the durable lane.
+    /// `host:port[,host:port...]`. Unset: the in-process Kafka (`embedded`).
     pub brokers: Option<String>,
+    /// With no `brokers`: `"auto"` (the default) runs an in-process Kafka (librdkafka's
+    /// mock cluster, in memory, for development; see `crate::embedded_kafka`); `"off"`
+    /// runs no lane and the gateway applies progress directly.
+    pub embedded: String,
     /// Vehicle events (verified progress), keyed by vehicle id.
     pub topic: String,
     /// Rollout state changes (every change the engine makes), keyed by rollout id, for
@@ -92,6 +97,7 @@ impl Default for KafkaSettings {
     fn default() -> Self {
         KafkaSettings {
             brokers: None,
+            embedded: "auto".to_owned(),
             topic: "ota.vehicle-events".to_owned(),
             rollout_topic: "ota.rollout-events".to_owned(),
             group: "ota-rollout-engine".to_owned(),
@@ -276,28 +282,21 @@ impl Settings {
                 ),
             );
         }
-        if let Some(url) = &self.database_url {
-            if crate::store::Backend::from_url(url).is_err() {
-                return bad(
-                    "database_url",
-                    format!("expected sqlite:... or postgres://..., got {url:?}"),
-                );
-            }
-        }
-        if let Some(url) = &self.mqtt.url {
-            if crate::gateway::parse_broker_url(url).is_none() {
-                return bad(
-                    "mqtt.url",
-                    format!("expected mqtt://host:port, got {url:?}"),
-                );
-            }
-        }
         if crate::broker::EmbeddedMode::parse(&self.mqtt.embedded).is_none() {
             return bad(
                 "mqtt.embedded",
                 format!(
                     "expected \"auto\", \"off\" or host:port, got {:?}",
                     self.mqtt.embedded
+                ),
+            );
+        }
+        if crate::embedded_kafka::EmbeddedKafkaMode::parse(&self.kafka.embedded).is_none() {
+            return bad(
+                "kafka.embedded",
+                format!(
+                    "expected \"auto\" or \"off\", got {:?}",
+                    self.kafka.embedded
                 ),
             );
         }
@@ -355,9 +354,59 @@ impl Settings {
     }
 
     pub fn database_url(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("ota.db").display()))
+        self.database_url.as_ref().map_or_else(
+            || format!("sqlite://{}", self.data_dir.join("ota.db").display()),
+            |url| url.as_str().to_owned(),
+        )
+    }
+}
+
+/// A database URL whose backend is known: `sqlite:...` or `postgres://...`
+/// (`postgresql://`). Checked when the configuration is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DatabaseUrl {
+    url: String,
+    backend: crate::store::Backend,
+}
+
+impl DatabaseUrl {
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+
+    pub fn backend(&self) -> crate::store::Backend {
+        self.backend
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<DatabaseUrl, String> {
+        let backend = crate::store::Backend::from_url(url).map_err(|_| {
+            // Never echo a password back into a log.
+            let shown = url.split('@').next_back().unwrap_or_default();
+            format!("expected sqlite:... or postgres://..., got {shown:?}")
+        })?;
+        Ok(DatabaseUrl {
+            url: url.to_owned(),
+            backend,
+        })
+    }
+}
+
+impl TryFrom<String> for DatabaseUrl {
+    type Error = String;
+
+    fn try_from(url: String) -> Result<DatabaseUrl, String> {
+        url.parse()
+    }
+}
+
+impl From<DatabaseUrl> for String {
+    fn from(url: DatabaseUrl) -> String {
+        url.url
     }
 }
 
@@ -396,8 +445,32 @@ mod tests {
             jail.set_env("OTA_TEST_POSTGRES_URL", "ignored");
             let s = Settings::load(Some(Path::new("ota.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.listen, "0.0.0.0:9000");
-            assert_eq!(s.mqtt.url.as_deref(), Some("mqtt://broker:1883"));
+            assert_eq!(s.mqtt.url, Some(BrokerUrl::new("broker", 1883)));
             assert_eq!(s.delta.workers, 3);
+
+            jail.set_env("OTA_MQTT__URL", "broker:1883");
+            let err = Settings::load(Some(Path::new("ota.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.to_lowercase().contains("mqtt.url")
+                    && err.contains("expected mqtt://")
+                    && err.contains("OTA_"),
+                "a bad broker URL is refused when read, naming the key and its source: {err}"
+            );
+            jail.clear_env();
+            jail.set_env("OTA_DATABASE_URL", "mysql://root:secret@db/ota");
+            let err = Settings::load(Some(Path::new("ota.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.to_lowercase().contains("database_url")
+                    && err.contains("expected sqlite:")
+                    && !err.contains("secret"),
+                "a database URL of no known backend is refused when read, without its password: {err}"
+            );
+            jail.clear_env();
+            jail.set_env("OTA_DELTA__WORKERS", "3");
 
             jail.set_env("OTA_DELTA__WORKERS", "many");
             let err = Settings::load(Some(Path::new("ota.toml")))

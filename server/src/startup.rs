@@ -30,8 +30,11 @@ pub struct Application {
     delta_engine: Arc<dyn DeltaEngine>,
     /// The gateway's end of the engine's outbox (taken by `run_until_stopped`).
     outbox: (Outbox, OutboxReceiver),
-    /// The durable lane's producer, when `[kafka] brokers` is set.
+    /// The durable lane's producer, when `[kafka] brokers` is set (or embedded).
     events: Option<EventProducer>,
+    /// The in-process Kafka, when no brokers are configured (kept alive until the server
+    /// has stopped).
+    embedded_kafka: Option<crate::embedded_kafka::EmbeddedKafka>,
 }
 
 impl Application {
@@ -45,8 +48,33 @@ impl Application {
                     .await
                     .context("starting the embedded MQTT broker")??;
                 settings.mqtt.url = Some(broker.url());
+                // The embedded broker lives and dies with this process, so a persistent
+                // session there would hold nothing across a restart; and rumqttd 0.20
+                // panics when a persistent session holding a shared subscription
+                // reconnects. Always a clean session on it.
+                settings.mqtt.client_id = None;
             }
         }
+        let embedded_kafka = match (
+            &settings.kafka.brokers,
+            crate::embedded_kafka::EmbeddedKafkaMode::parse(&settings.kafka.embedded),
+        ) {
+            (None, Some(crate::embedded_kafka::EmbeddedKafkaMode::Auto)) => {
+                let partitions = settings.kafka.partitions;
+                let kafka = crate::embedded_kafka::start(&[
+                    (settings.kafka.topic.clone(), partitions),
+                    (settings.kafka.rollout_topic.clone(), partitions),
+                ])
+                .context("starting the in-process Kafka")?;
+                tracing::warn!(
+                    brokers = kafka.bootstrap_servers(),
+                    "no kafka.brokers: running an in-process Kafka (librdkafka mock cluster, in memory) for development; not for production"
+                );
+                settings.kafka.brokers = Some(kafka.bootstrap_servers().to_owned());
+                Some(kafka)
+            }
+            _ => None,
+        };
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
                 "creating the data directory {}",
@@ -138,10 +166,11 @@ impl Application {
             delta_engine: Arc::new(BuilderEngine::default()),
             outbox: (outbox, outgoing),
             events,
+            embedded_kafka,
         })
     }
 
-    /// Plugs in the delta engine (the default reports itself unavailable).
+    /// Plugs in the delta engine (the default is the production builder, `BuilderEngine`).
     pub fn with_delta_engine(mut self, engine: Arc<dyn DeltaEngine>) -> Application {
         self.delta_engine = engine;
         self
@@ -163,6 +192,8 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        // Dropped when this returns, after every task using it has stopped.
+        let _embedded_kafka = self.embedded_kafka;
         let (stop_tx, stop_rx) = watch::channel(false);
         let settings = self.state.settings.clone();
         let mut background = Vec::new();

@@ -6,6 +6,7 @@
 //! tests, so [`binary`] runs `cargo build --bins` for the workspace once per test
 //! process (a no-op when they are fresh) and returns the path in the target directory.
 
+pub mod process;
 pub mod synthetic;
 pub mod vectors;
 

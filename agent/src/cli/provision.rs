@@ -5,10 +5,11 @@
 //! 2. refuses when the config file, the trust store's `root.json`, the key file or an
 //!    object with the device-key or anchor label already exists (provisioning never
 //!    overwrites an identity);
-//! 3. generates the device key inside the token ([`Pkcs11Key::generate`]) and imports the
-//!    root anchor exactly as `ota-agent hsm install-anchor` does
-//!    ([`root_anchor_key`] + [`Hsm::install_root_anchor`]) — or, with `--key-store file`,
-//!    creates a development key file;
+//! 3. generates the device key inside the token ([`Pkcs11Key::generate`]), imports the
+//!    root anchor and creates the trusted state's binding (HMAC key and generation
+//!    counter) exactly as `ota-agent hsm install-anchor` does ([`root_anchor_key`] +
+//!    [`Hsm::install_root_anchor`] + [`Hsm::install_state_binding`]) — or, with
+//!    `--key-store file`, creates a development key file (no binding);
 //! 4. installs `root.json` into `state_dir/trust` and checks the trust store loads,
 //!    anchored in the token;
 //! 5. writes the config (mode 0600: it may hold the PIN) and prints the vehicle id, the
@@ -19,7 +20,7 @@ use crate::config::{
     FileKeyConfig, GrubConfig, HealthConfig, KeyConfig, Pkcs11KeyConfig, SlotsConfig, UbootConfig,
     VehicleStateConfig,
 };
-use crate::hsm::{Hsm, HsmError, DEFAULT_ANCHOR_LABEL};
+use crate::hsm::{Hsm, HsmError, DEFAULT_ANCHOR_LABEL, STATE_GENERATION_LABEL, STATE_KEY_LABEL};
 use crate::hsm_cli::root_anchor_key;
 use crate::identity::file::FileKey;
 use crate::identity::pkcs11::{Pkcs11Key, DEFAULT_DEVICE_KEY_LABEL};
@@ -307,7 +308,16 @@ pub fn run(args: ProvisionArgs) -> anyhow::Result<()> {
             anchor.label
         );
     }
-    println!("trust store: {}", trust.dir().display());
+    match config.anchor {
+        Some(_) => println!(
+            "trust store: {} (state bound to the token: {STATE_KEY_LABEL:?}, {STATE_GENERATION_LABEL:?})",
+            trust.dir().display()
+        ),
+        None => println!(
+            "trust store: {} (development: NO hardware binding of state.json)",
+            trust.dir().display()
+        ),
+    }
     println!("config: {}", args.config.display());
     println!("register the vehicle with the server:");
     println!("  {}", register_command(&config, &public_key));
@@ -336,8 +346,10 @@ fn provision_token(
         }
         .into());
     }
+    hsm.refuse_existing_state_binding()?;
     let public_key = Pkcs11Key::generate(hsm, key_label, args.vehicle_id.as_bytes())?;
     hsm.install_root_anchor(&args.anchor_label, anchor_key)?;
+    hsm.install_state_binding()?;
     Ok(public_key)
 }
 

@@ -13,7 +13,7 @@ use crate::slots::file::FileBootloader;
 use crate::slots::grub::{GrubBootloader, GrubConfig};
 use crate::slots::uboot::{UBootBootloader, UBootConfig};
 use crate::slots::{Bootloader, SlotPaths};
-use crate::trust_store::FileTrustStore;
+use crate::trust_store::NO_BINDING_WARNING;
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,9 +59,9 @@ fn bootloader(config: &BootloaderConfig) -> (Arc<dyn Bootloader>, bool) {
 pub fn parts_from_config(config: &AgentConfig) -> anyhow::Result<AgentParts<HttpTransport>> {
     let identity = open_identity(config).context("opening the device identity")?;
     let signer = identity.signer();
-    let mut store = FileTrustStore::new(config.trust_dir());
-    if let Some(anchor) = identity.root_anchor() {
-        store = store.with_hardware_anchor(anchor);
+    let store = identity.trust_store(config.trust_dir());
+    if !store.is_hardware_bound() {
+        eprintln!("{NO_BINDING_WARNING}");
     }
     // Fail at start, not at the first directive, when the trust store is unusable.
     store.load().context("loading the trust store")?;

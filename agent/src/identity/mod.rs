@@ -15,6 +15,7 @@ pub mod pkcs11;
 
 use crate::config::{AgentConfig, ConfigError, KeyConfig};
 use crate::hsm::HsmError;
+use crate::trust_store::{FileTrustStore, HardwareBinding, TokenBinding};
 use file::{FileKey, FileKeyError};
 use ota_core::encoding::encode_base64;
 use ota_core::envelope::{pae, Envelope, EnvelopeSignature};
@@ -28,6 +29,8 @@ use std::sync::Arc;
 pub enum SignError {
     #[error("device key: {0}")]
     Backend(String),
+    #[error("request credential: {0}")]
+    Request(#[from] ota_core::credential::CredentialError),
 }
 
 /// The vehicle's device key, wherever it lives.
@@ -70,18 +73,19 @@ pub fn sign_envelope(
     Ok(envelope.to_json_bytes())
 }
 
-/// The `Authorization` header for blob and metadata downloads (PROTOCOL.md §7).
-pub fn blob_credential(
+/// The `Authorization` header for one request to the server's vehicle routes
+/// (PROTOCOL.md §10): signs `method` and `target` (path and query as sent).
+pub fn request_credential(
     vehicle_id: &str,
     unix_seconds: i64,
+    method: &str,
+    target: &str,
     signer: &dyn DeviceSigner,
 ) -> Result<String, SignError> {
-    let message = ota_core::protocol::blob_auth_message(vehicle_id, unix_seconds);
-    let signature = signer.sign(&message)?;
-    Ok(format!(
-        "Vehicle {vehicle_id}.{unix_seconds}.{}",
-        encode_base64(&signature)
-    ))
+    let request =
+        ota_core::credential::SignedRequest::new(vehicle_id, unix_seconds, method, target)?;
+    let signature = signer.sign(&request.message())?;
+    Ok(request.header(&signature))
 }
 
 /// Why the agent's identity could not be opened: it refuses to run.
@@ -98,12 +102,13 @@ pub enum IdentityError {
 }
 
 /// What the agent runs with: its device key and, when the config names one, the root
-/// anchor key read from the same token.
+/// anchor key read from the same token and the trusted state's binding to it.
 #[derive(Debug)]
 pub struct DeviceIdentity {
     signer: Arc<dyn DeviceSigner>,
     token: Option<Arc<Pkcs11Key>>,
     root_anchor: Option<PublicKey>,
+    state_binding: Option<Arc<dyn HardwareBinding>>,
 }
 
 impl DeviceIdentity {
@@ -117,11 +122,36 @@ impl DeviceIdentity {
         self.root_anchor
     }
 
+    /// The trusted state's binding to the token (with the anchor; `None`: development
+    /// file store).
+    pub fn state_binding(&self) -> Option<Arc<dyn HardwareBinding>> {
+        self.state_binding.clone()
+    }
+
+    /// The trust store in `dir` as this identity requires it: anchored in the token and
+    /// bound to it when the config names an anchor, the development file store otherwise.
+    pub fn trust_store(&self, dir: impl Into<std::path::PathBuf>) -> FileTrustStore {
+        let mut store = FileTrustStore::new(dir);
+        if let Some(anchor) = self.root_anchor {
+            store = store.with_hardware_anchor(anchor);
+        }
+        if let Some(binding) = self.state_binding() {
+            store = store.with_hardware_binding(binding);
+        }
+        store
+    }
+
     /// Releases the key; for a token key held nowhere else, closes the session and
     /// finalizes the PKCS#11 module.
     pub fn close(self) -> Result<(), HsmError> {
-        let DeviceIdentity { signer, token, .. } = self;
+        let DeviceIdentity {
+            signer,
+            token,
+            state_binding,
+            ..
+        } = self;
         drop(signer);
+        drop(state_binding);
         match token.map(Arc::try_unwrap) {
             Some(Ok(key)) => key.close(),
             // Still shared (or a file key): nothing to finalize here.
@@ -148,10 +178,24 @@ pub fn open_identity(config: &AgentConfig) -> Result<DeviceIdentity, IdentityErr
                 None => None,
             };
             let key = Arc::new(key);
+            // A vehicle whose trust is anchored in the token binds its state to it too.
+            let state_binding = match root_anchor {
+                Some(_) => match TokenBinding::open(Arc::clone(&key)) {
+                    Ok(binding) => Some(Arc::new(binding) as Arc<dyn HardwareBinding>),
+                    Err(err) => {
+                        if let Ok(key) = Arc::try_unwrap(key) {
+                            let _ = key.close();
+                        }
+                        return Err(err.into());
+                    }
+                },
+                None => None,
+            };
             Ok(DeviceIdentity {
                 signer: key.clone(),
                 token: Some(key),
                 root_anchor,
+                state_binding,
             })
         }
         KeyConfig::File(key_config) => {
@@ -162,6 +206,7 @@ pub fn open_identity(config: &AgentConfig) -> Result<DeviceIdentity, IdentityErr
                 signer: Arc::new(FileKey::load(&key_config.path)?),
                 token: None,
                 root_anchor: None,
+                state_binding: None,
             })
         }
     }
@@ -194,11 +239,25 @@ mod tests {
     }
 
     #[test]
-    fn blob_credential_matches_the_protocol_helper() {
+    fn request_credential_matches_the_protocol_helper() {
         let key = SigningKey::from_seed(&[8u8; 32]);
+        let target = "/v1/blobs/00";
         assert_eq!(
-            blob_credential("veh-2", 1_800_000_000, &MemoryKey(key.clone())).unwrap(),
-            ota_core::protocol::blob_auth_header("veh-2", 1_800_000_000, &key)
+            request_credential(
+                "veh-2",
+                1_800_000_000,
+                "GET",
+                target,
+                &MemoryKey(key.clone())
+            )
+            .unwrap(),
+            ota_core::credential::SignedRequest::new("veh-2", 1_800_000_000, "GET", target)
+                .unwrap()
+                .sign(&key)
         );
+        assert!(matches!(
+            request_credential("veh-2", 1, "GET", "no-slash", &MemoryKey(key)),
+            Err(SignError::Request(_))
+        ));
     }
 }

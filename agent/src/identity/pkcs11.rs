@@ -89,7 +89,9 @@ impl Pkcs11Key {
     /// exactly one protected key pair (see the module documentation). On a refusal the
     /// module is finalized again.
     pub fn open(config: &HsmConfig, label: &str) -> Result<Pkcs11Key, HsmError> {
-        let hsm = Hsm::open(config, false)?;
+        // Read-write: the same session raises the trusted state's generation
+        // ([`crate::trust_store::TokenBinding`]).
+        let hsm = Hsm::open(config, true)?;
         match find_key_pair(&hsm, label) {
             Ok((private, public)) => Ok(Pkcs11Key {
                 hsm: Mutex::new(hsm),
@@ -126,6 +128,12 @@ impl Pkcs11Key {
             .into_inner()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .close()
+    }
+}
+
+impl crate::trust_store::TokenSession for Pkcs11Key {
+    fn with_hsm<T>(&self, f: impl FnOnce(&Hsm) -> T) -> T {
+        Pkcs11Key::with_hsm(self, f)
     }
 }
 

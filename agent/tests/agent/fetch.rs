@@ -5,7 +5,6 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +12,8 @@ use ota_agent::fetch::{
     fetch_small, fetch_small_with_limits, fetch_to_file, Credential, Expected, FetchError,
     FetchLimits, FileTransport, HttpTransport,
 };
+use ota_agent::identity::{DeviceSigner, MemoryKey};
+use ota_agent::run::vehicle_transport;
 use ota_core::encoding::Sha256Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -609,8 +610,11 @@ async fn a_download_past_its_deadline_is_refused() {
     );
 }
 
+/// Every request carries a fresh credential signed over that request's method and
+/// target as it went on the wire (the server verifies it over what it received), a
+/// resumed download included.
 #[tokio::test]
-async fn every_request_carries_a_fresh_vehicle_credential() {
+async fn every_request_carries_a_credential_for_exactly_that_request() {
     let server = TestServer::start(
         blob(BLOB_LEN),
         vec![Behaviour {
@@ -619,17 +623,9 @@ async fn every_request_carries_a_fresh_vehicle_credential() {
         }],
     )
     .await;
-    let counter = Arc::new(AtomicU64::new(0));
-    let credential: Credential = {
-        let counter = counter.clone();
-        Arc::new(move || {
-            Ok(format!(
-                "Vehicle test-vehicle.{}.c2ln",
-                counter.fetch_add(1, Ordering::SeqCst)
-            ))
-        })
-    };
-    let transport = HttpTransport::new(&server.base, Some(credential)).unwrap();
+    let key = ota_core::key::SigningKey::from_seed(&[4u8; 32]);
+    let signer: Arc<dyn DeviceSigner> = Arc::new(MemoryKey(key.clone()));
+    let transport = vehicle_transport(&server.base, "veh-fetch", signer).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("image.part");
     let limits = FetchLimits::default();
@@ -652,21 +648,31 @@ async fn every_request_carries_a_fresh_vehicle_credential() {
     )
     .await
     .unwrap();
-    let authorizations: Vec<_> = server
-        .requests()
-        .into_iter()
-        .map(|r| r.authorization)
-        .collect();
-    assert_eq!(
-        authorizations,
-        [
-            Some("Vehicle test-vehicle.0.c2ln".to_owned()),
-            Some("Vehicle test-vehicle.1.c2ln".to_owned())
-        ]
-    );
+    // A query is part of the signed target (this server answers it 404).
+    let with_query = format!("{}?attempt=2", server.url());
+    let _ = fetch_small(&transport, &with_query, 1 << 20).await;
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert_eq!(requests[1].range.as_deref(), Some("bytes=10000-"));
+    assert_eq!(requests[2].path, with_query);
+    let mut headers = Vec::new();
+    for request in &requests {
+        let header = request
+            .authorization
+            .clone()
+            .expect("every request is authorised");
+        let credential = ota_core::credential::parse(&header).unwrap();
+        assert_eq!(credential.request.vehicle_id, "veh-fetch");
+        assert_eq!(credential.request.target, request.path);
+        credential
+            .verify(&key.public_key(), "GET", &request.path)
+            .expect("signed over the request line's method and target");
+        headers.push(header);
+    }
+    assert_ne!(headers[0], headers[2]);
 
     let refusing: Credential =
-        Arc::new(|| Err(FetchError::credential("the token is not logged in")));
+        Arc::new(|_, _| Err(FetchError::credential("the token is not logged in")));
     let transport = HttpTransport::new(&server.base, Some(refusing)).unwrap();
     let error = fetch_small(&transport, &server.url(), 1 << 20)
         .await

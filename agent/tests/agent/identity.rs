@@ -12,9 +12,9 @@ use cryptoki::types::AuthPin;
 use ota_agent::config::{AgentConfig, KeyConfig};
 use ota_agent::hsm::{Hsm, HsmError, DEFAULT_ANCHOR_LABEL};
 use ota_agent::identity::pkcs11::{Pkcs11Key, DEFAULT_DEVICE_KEY_LABEL};
-use ota_agent::identity::{blob_credential, open_identity, sign_envelope, IdentityError};
+use ota_agent::identity::{open_identity, request_credential, sign_envelope, IdentityError};
 use ota_core::key::PublicKey;
-use ota_core::protocol::{open_message, parse_blob_auth_header, PAYLOAD_TYPE_CHECKIN};
+use ota_core::protocol::{open_message, PAYLOAD_TYPE_CHECKIN};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -27,15 +27,15 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_string()
 }
 
-struct Provisioned {
-    hsm: SoftHsm,
-    state: PathBuf,
-    config: PathBuf,
-    out: Output,
+pub struct Provisioned {
+    pub hsm: SoftHsm,
+    pub state: PathBuf,
+    pub config: PathBuf,
+    pub out: Output,
 }
 
 impl Provisioned {
-    fn load(&self) -> AgentConfig {
+    pub fn load(&self) -> AgentConfig {
         AgentConfig::load(&self.config).unwrap()
     }
 }
@@ -79,7 +79,7 @@ fn provision_args(hsm: &SoftHsm, state: &Path, config: &Path) -> Vec<String> {
 }
 
 /// A fresh token provisioned through the real binary.
-fn provisioned() -> Option<Provisioned> {
+pub fn provisioned() -> Option<Provisioned> {
     let hsm = SoftHsm::new()?;
     let state = hsm.dir.path().join("state");
     let config = hsm.dir.path().join("agent.toml");
@@ -150,13 +150,20 @@ fn a_provisioned_token_key_signs_envelopes_that_open_with_the_printed_key() {
         open_message::<serde_json::Value>(&wire, PAYLOAD_TYPE_CHECKIN, &key(9).public_key())
             .is_err()
     );
-    let header = blob_credential("veh-0001", 1_800_000_000, signer.as_ref()).unwrap();
-    let (vehicle_id, seconds, signature) = parse_blob_auth_header(&header).unwrap();
-    assert_eq!((vehicle_id.as_str(), seconds), ("veh-0001", 1_800_000_000));
-    assert!(public_key.verify_strict(
-        &ota_core::protocol::blob_auth_message("veh-0001", 1_800_000_000),
-        &signature
-    ));
+    let target = "/v1/metadata/targets.json";
+    let header =
+        request_credential("veh-0001", 1_800_000_000, "GET", target, signer.as_ref()).unwrap();
+    let credential = ota_core::credential::parse(&header).unwrap();
+    assert_eq!(
+        (
+            credential.request.vehicle_id.as_str(),
+            credential.request.unix_seconds
+        ),
+        ("veh-0001", 1_800_000_000)
+    );
+    credential
+        .verify(&public_key, "GET", target)
+        .expect("the token signed the request");
     drop(signer);
     identity.close().unwrap();
 }

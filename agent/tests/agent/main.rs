@@ -8,5 +8,6 @@ mod hsm;
 mod identity;
 mod install;
 mod services;
+mod state_binding;
 mod trust_store;
 mod verify_cli;

@@ -12,12 +12,12 @@ use ota_core::time::Timestamp;
 use ota_core::trust::{MetadataUpdate, VehicleIdentity, MAX_ROOT_ROTATIONS};
 use std::path::Path;
 
-fn now() -> Timestamp {
+pub fn now() -> Timestamp {
     Timestamp::parse("2026-06-01T00:00:00Z").unwrap()
 }
 
 /// The root key of root version `version`: a fresh key at every rotation.
-fn root_key(version: u64) -> SigningKey {
+pub fn root_key(version: u64) -> SigningKey {
     let mut seed = [0xA5; 32];
     seed[..8].copy_from_slice(&version.to_le_bytes());
     SigningKey::from_seed(&seed)
@@ -31,7 +31,7 @@ fn one(key: &SigningKey) -> RoleKeys {
 }
 
 /// Root `version`, signed by its own root key and (from v2 on) by the previous one.
-fn rotated_root(version: u64) -> Vec<u8> {
+pub fn rotated_root(version: u64) -> Vec<u8> {
     let own = root_key(version);
     let meta = RootMetadata::new(
         version,
@@ -52,14 +52,14 @@ fn rotated_root(version: u64) -> Vec<u8> {
     Envelope::sign(Role::Root.payload_type(), to_payload(&meta), &signers).to_json_bytes()
 }
 
-fn vehicle() -> VehicleIdentity {
+pub fn vehicle() -> VehicleIdentity {
     VehicleIdentity {
         vehicle_id: "veh-42".into(),
         ecus: [("tcu".to_owned(), "tcu-v2".to_owned())].into(),
     }
 }
 
-fn update(roots: impl IntoIterator<Item = u64>, version: u64) -> MetadataUpdate {
+pub fn update(roots: impl IntoIterator<Item = u64>, version: u64) -> MetadataUpdate {
     MetadataUpdate {
         roots: roots.into_iter().map(rotated_root).collect(),
         targets: targets(version),

@@ -59,12 +59,17 @@ fn image() -> TargetImage {
 }
 
 pub fn targets(version: u64) -> Vec<u8> {
+    targets_signed_by(version, &key(2))
+}
+
+/// `targets(version)`'s payload, signed by `signer`.
+pub fn targets_signed_by(version: u64, signer: &SigningKey) -> Vec<u8> {
     let doc = TargetsMetadata::new(
         version,
         ts("2027-01-01T00:00:00Z"),
         [("tcu-3.1.0".to_owned(), image())],
     );
-    Envelope::sign(Role::Targets.payload_type(), to_payload(&doc), &[&key(2)]).to_json_bytes()
+    Envelope::sign(Role::Targets.payload_type(), to_payload(&doc), &[signer]).to_json_bytes()
 }
 
 /// Director `version` built against `targets(1)`.

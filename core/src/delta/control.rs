@@ -171,6 +171,20 @@ mod tests {
     }
 
     #[test]
+    fn the_bsdiff_add_is_bytewise_wrapping_over_the_shorter_of_diff_and_old() {
+        let mut diff = [0x01, 0xff, 0x80, 0x07];
+        add_old_bytes(&mut diff, &[0x02, 0x02, 0x80]);
+        assert_eq!(
+            diff,
+            [0x03, 0x01, 0x00, 0x07],
+            "old ran out: the rest is kept"
+        );
+        let mut zero = [0u8; 3];
+        add_old_bytes(&mut zero, b"abc");
+        assert_eq!(&zero, b"abc", "a zero diff copies the old bytes");
+    }
+
+    #[test]
     fn encode_then_parse_resolves_absolute_old_offsets() {
         let entries = [
             Control {

@@ -145,6 +145,17 @@ mod tests {
     }
 
     #[test]
+    fn algorithms_have_stable_wire_ids_and_report_names() {
+        for (algorithm, id, name) in [
+            (Algorithm::BsdiffZstd, 1, "bsdiff-zstd"),
+            (Algorithm::FullZstd, 2, "full-zstd"),
+        ] {
+            assert_eq!((algorithm.id(), algorithm.name()), (id, name));
+            assert_eq!(Algorithm::from_id(id), Ok(algorithm));
+        }
+    }
+
+    #[test]
     fn encode_then_parse_is_identity_for_both_algorithms() {
         let delta = sample();
         assert_eq!(ContainerHeader::parse(&delta.encode()), Ok(delta));
@@ -229,6 +240,22 @@ mod tests {
             (
                 "full image that declares a source",
                 |b| b[10] = Algorithm::FullZstd.id(),
+                DeltaError::FullImageWithSource,
+            ),
+            (
+                "full image that declares only a source length",
+                |b| {
+                    b[10] = Algorithm::FullZstd.id();
+                    b[20..52].fill(0);
+                },
+                DeltaError::FullImageWithSource,
+            ),
+            (
+                "full image that declares only a source digest",
+                |b| {
+                    b[10] = Algorithm::FullZstd.id();
+                    b[12..20].fill(0);
+                },
                 DeltaError::FullImageWithSource,
             ),
         ];

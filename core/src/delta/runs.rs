@@ -211,6 +211,32 @@ mod tests {
     }
 
     #[test]
+    fn only_a_segment_without_diff_and_codes_may_have_an_empty_runs_block() {
+        let none = RunBlock::parse(&[], 0, 0).expect("literal-only segment");
+        assert_eq!(format!("{:?}", none.pairs()), "RunPairs { left: 0 }");
+        assert_eq!(none.pairs().count(), 0);
+        for (diff_len, codes_len) in [(0, 1), (1, 0), (1, 1)] {
+            assert!(
+                RunBlock::parse(&[], diff_len, codes_len).is_err(),
+                "an empty runs block with diff {diff_len} and codes {codes_len}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_pair_iterator_counts_down_the_pairs_left() {
+        // Three pairs: (0 zeros, 1 code), (2 zeros, 1 code), (1 zero, 0 codes).
+        let (runs, codes) = encode_runs(&[1, 0, 0, 2, 0]);
+        let block = RunBlock::parse(&runs, 5, codes.len() as u32).unwrap();
+        let mut pairs = block.pairs();
+        assert_eq!(format!("{pairs:?}"), "RunPairs { left: 3 }");
+        assert_eq!(pairs.next(), Some((0, 1)));
+        assert_eq!(format!("{pairs:?}"), "RunPairs { left: 2 }");
+        assert_eq!(pairs.by_ref().count(), 2);
+        assert_eq!(format!("{pairs:?}"), "RunPairs { left: 0 }");
+    }
+
+    #[test]
     fn runs_round_trip_diff_shapes() {
         let cases: [(&str, Vec<u8>); 6] = [
             ("empty (a segment of literal bytes only)", vec![]),

@@ -283,6 +283,66 @@ mod tests {
     }
 
     #[test]
+    fn the_length_caps_are_inclusive() {
+        let capped = |field: &str, h: &SegmentHeader| matches!(h.validate(), Err(DeltaError::LengthOverCap { field: f, .. }) if f == field);
+        for (field, set, cap) in [
+            (
+                "segment target length",
+                (|h: &mut SegmentHeader, v| h.target_len = v) as fn(&mut SegmentHeader, u32),
+                SEGMENT_MAX_TARGET,
+            ),
+            (
+                "segment control length",
+                |h: &mut SegmentHeader, v| h.control_len = v,
+                SEGMENT_MAX_CONTROL,
+            ),
+            (
+                "segment runs length",
+                |h: &mut SegmentHeader, v| h.runs_len = v,
+                SEGMENT_MAX_RUNS,
+            ),
+            (
+                "extra prefix length",
+                |h: &mut SegmentHeader, v| h.extra_prefix_len = v,
+                EXTRA_PREFIX_MAX,
+            ),
+        ] {
+            let mut h = sample();
+            set(&mut h, cap);
+            assert!(!capped(field, &h), "{field} at its cap is allowed");
+            set(&mut h, cap + 1);
+            assert!(capped(field, &h), "{field} above its cap is refused");
+        }
+        // Every diff byte may be non-zero, but there are never more codes than diff bytes.
+        let codes = |codes_len| {
+            let h = SegmentHeader {
+                codes_len,
+                ..sample()
+            };
+            matches!(
+                h.validate(),
+                Err(DeltaError::SegmentInconsistent {
+                    field: "codes length",
+                    ..
+                })
+            )
+        };
+        assert!(!codes(sample().diff_len));
+        assert!(codes(sample().diff_len + 1));
+        // A frame may be as large as zstd's worst case for its bytes, not larger.
+        let bound = zstd_compress_bound(sample().control_len) as u32;
+        let frame = |control_zlen| {
+            let h = SegmentHeader {
+                control_zlen,
+                ..sample()
+            };
+            matches!(h.validate(), Err(DeltaError::LengthOverCap { cap, .. }) if cap == u64::from(bound))
+        };
+        assert!(!frame(bound));
+        assert!(frame(bound + 1));
+    }
+
+    #[test]
     fn encode_then_parse_is_identity() {
         assert_eq!(SegmentHeader::parse(&sample().encode()), Ok(sample()));
     }

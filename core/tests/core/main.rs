@@ -7,4 +7,5 @@ mod fixtures;
 mod image_names;
 mod properties;
 mod rotation;
+mod state_binding;
 mod wire_ranges;

@@ -1,79 +1,24 @@
 //! `GET /v1/blobs/{sha256}` for vehicles: Range and If-Range support so interrupted
-//! downloads resume. Vehicles authenticate with their device key (`Authorization:
-//! Vehicle {vid}.{unix}.{sig}`, see `ota_core::protocol::blob_auth_header`); operators
-//! may use a bearer token with the read scope.
+//! downloads resume. Vehicles authenticate each request with their device key
+//! (`ota_core::credential`, signing this request's method and path) and may fetch only
+//! the blobs their current or recent directives name (`crate::blob_access`), else 403;
+//! operators may use a bearer token with the read scope.
 
 use super::error::{ApiError, Problem};
-use super::extract::bearer;
+use super::extract::{refused, VehicleRouteCaller};
 use super::{AppState, Routes};
-use crate::tokens::{grants, hash_token, Scope};
+use crate::blob_access::{named_blob, NamedBlob, RECENT_MS};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use ota_core::encoding::{parse_lower_hex, Sha256Digest};
-use ota_core::key::PublicKey;
-use ota_core::protocol::{blob_auth_message, parse_blob_auth_header};
+use ota_core::encoding::Sha256Digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-/// How far a vehicle's clock may be from ours for its blob credential to count.
-const VEHICLE_AUTH_SKEW_SECONDS: i64 = 300;
-
 pub fn routes() -> Routes {
     Routes::default().add("get", "/v1/blobs/{sha256}", get(download))
-}
-
-/// A vehicle credential (device key) or a bearer token with the read scope.
-pub(super) async fn authorise(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(ApiError::Unauthorized)?;
-    if value.starts_with("Bearer ") {
-        let (parts, _) = axum::http::Request::builder()
-            .header(header::AUTHORIZATION, value)
-            .body(())
-            .map_err(|e| ApiError::Internal(e.into()))?
-            .into_parts();
-        let token = bearer(&parts).ok_or(ApiError::Unauthorized)?;
-        let record = state
-            .store
-            .find_token(&hash_token(token))
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
-        let scopes: Vec<Scope> = record
-            .scopes
-            .iter()
-            .filter_map(|s| Scope::parse(s).ok())
-            .collect();
-        return if grants(&scopes, Scope::Read) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden { needed: "read" })
-        };
-    }
-    let (vehicle_id, time, signature) =
-        parse_blob_auth_header(value).ok_or(ApiError::Unauthorized)?;
-    let now = chrono::Utc::now().timestamp();
-    if (now - time).abs() > VEHICLE_AUTH_SKEW_SECONDS {
-        return Err(ApiError::Unauthorized);
-    }
-    let vehicle = match state.store.get_vehicle(&vehicle_id).await {
-        Ok(v) => v,
-        Err(crate::store::StoreError::NotFound { .. }) => return Err(ApiError::Unauthorized),
-        Err(e) => return Err(e.into()),
-    };
-    let key = parse_lower_hex::<32>(&vehicle.public_key)
-        .ok()
-        .and_then(|raw| PublicKey::from_bytes(&raw).ok())
-        .ok_or(ApiError::Unauthorized)?;
-    if key.verify_strict(&blob_auth_message(&vehicle_id, time), &signature) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
 }
 
 /// Parses a single `bytes=` range against `length`. `Ok(None)` = serve everything (no
@@ -124,6 +69,38 @@ fn parse_range(value: &str, length: u64) -> Result<Option<(u64, u64)>, ApiError>
     Ok(Some((first, last)))
 }
 
+/// May `caller` fetch `digest`? A vehicle only a blob its directives name (the kind is
+/// known then); an operator with `read` any blob.
+async fn permitted(
+    state: &AppState,
+    caller: &VehicleRouteCaller,
+    digest: &Sha256Digest,
+    now_ms: i64,
+) -> Result<Option<NamedBlob>, ApiError> {
+    let VehicleRouteCaller::Vehicle(vehicle_id) = caller else {
+        return Ok(None);
+    };
+    let deployments = state
+        .store
+        .deployment_blobs(vehicle_id, now_ms - RECENT_MS)
+        .await?;
+    let mut named = named_blob(&deployments, *digest, &[], now_ms);
+    if named.is_none() {
+        let deltas = state.store.delta_pairs_of(digest).await?;
+        named = named_blob(&deployments, *digest, &deltas, now_ms);
+    }
+    match named {
+        Some(kind) => Ok(Some(kind)),
+        None => {
+            refused("blob_not_named");
+            Err(ApiError::BlobNotNamed {
+                vehicle_id: vehicle_id.clone(),
+                sha256: digest.to_hex(),
+            })
+        }
+    }
+}
+
 /// Downloads a blob (an image or a delta), with `Range` and `If-Range`.
 #[utoipa::path(get, path = "/v1/blobs/{sha256}", operation_id = "getBlob", tag = "vehicles",
     params(("sha256" = super::validate::schema::Sha256Hex, Path),
@@ -132,10 +109,12 @@ fn parse_range(value: &str, length: u64) -> Result<Option<(u64, u64)>, ApiError>
     responses(
         (status = 200, description = "The blob", body = super::validate::schema::Binary, content_type = "application/octet-stream"),
         (status = 206, description = "Partial content (Range)", body = super::validate::schema::Binary, content_type = "application/octet-stream"),
+        (status = 403, description = "A token without the read scope (`urn:ota:problem:forbidden`), or a vehicle asking for a blob none of its current or recent directives names (`urn:ota:problem:blob-not-named`)", body = Problem, content_type = "application/problem+json"),
         (status = 416, description = "Range not satisfiable", body = Problem, content_type = "application/problem+json")),
     security(("vehicle" = []), ("bearer" = ["read"])))]
 async fn download(
     State(state): State<AppState>,
+    caller: VehicleRouteCaller,
     Path(sha256): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -144,7 +123,7 @@ async fn download(
         "64 lowercase hex digits",
         &sha256,
     )?);
-    authorise(&state, &headers).await?;
+    let named = permitted(&state, &caller, &digest, crate::engine::wall_clock_ms()).await?;
     let path = state.blobs.path_of(&digest);
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
@@ -173,10 +152,13 @@ async fn download(
         _ => None,
     };
     let sent = range.map_or(length, |(first, last)| last - first + 1);
-    let kind = match state.store.is_delta_blob(&digest.to_hex()).await {
-        Ok(true) => "delta",
-        Ok(false) => "image",
-        Err(_) => "unknown",
+    let kind = match named {
+        Some(kind) => kind.as_str(),
+        None => match state.store.is_delta_blob(&digest.to_hex()).await {
+            Ok(true) => "delta",
+            Ok(false) => "image",
+            Err(_) => "unknown",
+        },
     };
     metrics::counter!("ota_blob_bytes_served_total", "kind" => kind).increment(sent);
     let common = [

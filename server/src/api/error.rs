@@ -25,8 +25,17 @@ pub enum ApiError {
     PayloadTooLarge { limit: u64 },
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    #[error("the bearer token expired at {at}")]
+    TokenExpired { at: String },
     #[error("this call needs the {needed} scope")]
     Forbidden { needed: &'static str },
+    /// A vehicle credential that does not authenticate this request (PROTOCOL.md §10).
+    #[error("vehicle credential refused: {0}")]
+    VehicleCredential(#[from] ota_core::credential::CredentialError),
+    /// An authenticated vehicle asked for a blob none of its current or recent
+    /// directives names.
+    #[error("no current or recent directive of vehicle {vehicle_id:?} names blob {sha256}")]
+    BlobNotNamed { vehicle_id: String, sha256: String },
     #[error("{entity} {id:?} not found")]
     NotFound { entity: &'static str, id: String },
     #[error("no route for {method} {path}")]
@@ -58,6 +67,28 @@ pub struct Problem {
     /// Every invalid field (422 only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// Why a vehicle credential was refused (`vehicle-credential` problems only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<CredentialRefusal>)]
+    pub reason: Option<&'static str>,
+}
+
+/// Why a vehicle credential was refused (`ota_core::credential::CredentialError::kind`):
+/// `missing` (no credential), `malformed`, `retired_version` (the v1 `Vehicle` scheme),
+/// `wrong_method` / `wrong_target` (signed for another request), `outside_window` (the
+/// signed time is more than the allowed skew away), `unknown_vehicle`, `bad_signature`.
+#[derive(Debug, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum CredentialRefusal {
+    Missing,
+    Malformed,
+    RetiredVersion,
+    WrongMethod,
+    WrongTarget,
+    OutsideWindow,
+    UnknownVehicle,
+    BadSignature,
 }
 
 impl ApiError {
@@ -95,7 +126,20 @@ impl ApiError {
                 "Payload too large",
             ),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::TokenExpired { .. } => {
+                (StatusCode::UNAUTHORIZED, "token-expired", "Token expired")
+            }
             ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::VehicleCredential(_) => (
+                StatusCode::UNAUTHORIZED,
+                "vehicle-credential",
+                "Vehicle credential refused",
+            ),
+            ApiError::BlobNotNamed { .. } => (
+                StatusCode::FORBIDDEN,
+                "blob-not-named",
+                "Blob not named by the vehicle's directives",
+            ),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no-route", "No such route"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
@@ -163,6 +207,10 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail,
             errors,
+            reason: match &self {
+                ApiError::VehicleCredential(e) => Some(e.kind()),
+                _ => None,
+            },
         };
         let mut response = (
             status,
@@ -181,10 +229,16 @@ impl IntoResponse for ApiError {
                 header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
         }
-        if matches!(self, ApiError::Unauthorized) {
+        if matches!(self, ApiError::Unauthorized | ApiError::TokenExpired { .. }) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if matches!(self, ApiError::VehicleCredential(_)) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(ota_core::credential::SCHEME),
             );
         }
         response

@@ -186,6 +186,25 @@ pub fn request_id(parts: &Parts) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The token's record if it exists, is not revoked and has not expired (401 otherwise;
+/// an expired token's answer says when it expired).
+pub async fn live_token(
+    state: &AppState,
+    token: &str,
+) -> Result<crate::store::TokenRecord, ApiError> {
+    let record = state
+        .store
+        .find_token(&hash_token(token))
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    if record.expired(crate::engine::wall_clock_ms()) {
+        return Err(ApiError::TokenExpired {
+            at: crate::store::ms_to_rfc3339(record.expires_ms.unwrap_or_default()),
+        });
+    }
+    Ok(record)
+}
+
 pub fn bearer(parts: &Parts) -> Option<&str> {
     parts
         .headers
@@ -203,11 +222,7 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        let record = state
-            .store
-            .find_token(&hash_token(token))
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
+        let record = live_token(state, token).await?;
         Ok(Caller {
             token_name: record.name,
             scopes: record
@@ -255,4 +270,97 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
         caller.require(S::SCOPE)?;
         Ok(Authorized(caller, std::marker::PhantomData))
     }
+}
+
+/// The caller of a vehicle route (`/v1/...`): a vehicle whose request credential
+/// (`ota_core::credential`, PROTOCOL.md §10) authenticates this very request (method and
+/// target as received), or an operator whose bearer token has the `read` scope. Every
+/// refusal is counted in `ota_vehicle_requests_refused_total{reason}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VehicleRouteCaller {
+    Vehicle(String),
+    Reader,
+}
+
+impl FromRequestParts<AppState> for VehicleRouteCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            refused("missing");
+            return Err(ApiError::Unauthorized);
+        };
+        if value.starts_with("Bearer ") {
+            let caller = Caller::from_request_parts(parts, state).await?;
+            caller.require(Scope::Read)?;
+            return Ok(VehicleRouteCaller::Reader);
+        }
+        let value = value.to_owned();
+        let now = chrono::Utc::now().timestamp();
+        authenticate_vehicle(state, &value, parts, now)
+            .await
+            .map(VehicleRouteCaller::Vehicle)
+            .inspect_err(|error| {
+                if let ApiError::VehicleCredential(e) = error {
+                    refused(e.kind());
+                }
+            })
+    }
+}
+
+/// Counts a refused vehicle request by its reason.
+pub fn refused(reason: &'static str) {
+    metrics::counter!("ota_vehicle_requests_refused_total", "reason" => reason).increment(1);
+}
+
+/// The request target as received: path and query, before any routing rewrote it.
+fn request_target(parts: &Parts) -> &str {
+    let uri = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or(&parts.uri, |original| &original.0);
+    uri.path_and_query()
+        .map_or_else(|| uri.path(), |target| target.as_str())
+}
+
+async fn authenticate_vehicle(
+    state: &AppState,
+    value: &str,
+    parts: &Parts,
+    now_unix_seconds: i64,
+) -> Result<String, ApiError> {
+    use ota_core::credential::{self, CredentialError};
+    let method = parts.method.as_str();
+    let target = request_target(parts);
+    let credential = credential::parse(value)?;
+    credential.check_request(method, target, now_unix_seconds)?;
+    let vehicle_id = credential.request.vehicle_id.clone();
+    let vehicle = match state.store.get_vehicle(&vehicle_id).await {
+        // A decommissioned vehicle's credential is refused like an unknown one's.
+        Ok(vehicle) if vehicle.decommissioned_at.is_some() => {
+            return Err(CredentialError::UnknownVehicle(vehicle_id).into())
+        }
+        Ok(vehicle) => vehicle,
+        Err(crate::store::StoreError::NotFound { .. }) => {
+            return Err(CredentialError::UnknownVehicle(vehicle_id).into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let key = ota_core::encoding::parse_lower_hex::<32>(&vehicle.public_key)
+        .ok()
+        .and_then(|raw| ota_core::key::PublicKey::from_bytes(&raw).ok())
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "vehicle {vehicle_id}: the registered public key does not parse"
+            ))
+        })?;
+    credential.verify(&key, method, target)?;
+    Ok(vehicle_id)
 }

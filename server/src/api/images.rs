@@ -3,10 +3,11 @@
 
 use super::error::ApiError;
 use super::extract::{parse_id, ApiQuery, Authorized, Caller, ReleaseWriteScope};
+use super::page::{self, Page};
 use super::validate::{self, name as check_name};
 use super::{AppState, Routes};
 use crate::blobs::BlobError;
-use crate::store::{ImageRecord, NewImage};
+use crate::store::{ImageFilter, ImageRecord, NewImage};
 use crate::tokens::Scope;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -138,32 +139,51 @@ async fn upload(
 struct ListQuery {
     #[param(value_type = Option<super::validate::schema::Name>)]
     hardware_id: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Name>)]
+    version: Option<String>,
     #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
+    #[param(value_type = Option<super::validate::schema::Cursor>)]
+    cursor: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Order>)]
+    order: Option<String>,
 }
 
 /// Lists images, newest first.
 #[utoipa::path(get, path = "/api/v1/images", operation_id = "listImages", tag = "images",
     params(ListQuery),
-    responses((status = 200, description = "Images", body = Vec<ImageRecord>)),
+    responses((status = 200, description = "Images", body = Page<ImageRecord>)),
     security(("bearer" = ["read"])))]
 
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<ImageRecord>>, ApiError> {
+) -> Result<Json<Page<ImageRecord>>, ApiError> {
     caller.require(Scope::Read)?;
     let limit = validate::limit(query.limit)?;
-    if let Some(hardware_id) = &query.hardware_id {
-        check_name("hardware_id", hardware_id)?;
+    for (field, value) in [
+        ("hardware_id", &query.hardware_id),
+        ("version", &query.version),
+    ] {
+        if let Some(value) = value {
+            check_name(field, value)?;
+        }
     }
-    Ok(Json(
-        state
-            .store
-            .list_images(query.hardware_id.as_deref(), limit)
-            .await?,
-    ))
+    let (keyset, kind) = page::created_keyset(
+        "images",
+        query.order.as_deref(),
+        query.cursor.as_deref(),
+        limit,
+    )?;
+    let filter = ImageFilter {
+        hardware_id: query.hardware_id,
+        version: query.version,
+    };
+    let rows = state.store.image_page(&filter, &keyset).await?;
+    Ok(Json(page::page(rows, limit, &kind, |i| {
+        vec![i.created_at.clone(), i.id.clone()]
+    })))
 }
 
 /// One image.

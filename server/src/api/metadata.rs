@@ -7,16 +7,16 @@
 //! - `GET /api/v1/targets`: the same targets for operators, with its decoded payload, so
 //!   that an offline signer (`otactl release create --sign-key`) can extend it.
 //!
-//! The vehicle routes take the vehicle credential of `/v1/blobs` (or a read token).
+//! The vehicle routes take the vehicle request credential (or a read token): signed
+//! metadata is the same for every vehicle, so any registered vehicle may read it.
 
-use super::blobs::authorise;
 use super::error::ApiError;
-use super::extract::Caller;
+use super::extract::{Caller, VehicleRouteCaller};
 use super::releases::stored_targets;
 use super::{AppState, Routes};
 use crate::tokens::Scope;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
@@ -87,9 +87,8 @@ async fn current_targets(
     security(("vehicle" = []), ("bearer" = ["read"])))]
 async fn vehicle_targets(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: VehicleRouteCaller,
 ) -> Result<Response, ApiError> {
-    authorise(&state, &headers).await?;
     let (_, envelope) = latest(&state).await?;
     Ok(signed_json(envelope.into_bytes()))
 }
@@ -101,15 +100,14 @@ async fn vehicle_targets(
     security(("vehicle" = []), ("bearer" = ["read"])))]
 async fn vehicle_root(
     State(state): State<AppState>,
+    _caller: VehicleRouteCaller,
     Path(file): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let version = file
         .strip_suffix(".json")
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|v| *v >= 1)
         .ok_or_else(|| ApiError::invalid("version", "<N>.json with N ≥ 1", &file))?;
-    authorise(&state, &headers).await?;
     let bytes = state
         .keys
         .root_version(version)

@@ -6,16 +6,20 @@
 
 pub mod audit;
 pub mod blobs;
+pub mod deletions;
+pub mod deployments;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod images;
 pub mod metadata;
 pub mod openapi;
+pub mod page;
 pub mod releases;
 pub mod rollouts;
 pub mod tokens;
 pub mod validate;
+pub mod vehicle_changes;
 pub mod vehicles;
 
 use crate::blobs::BlobStore;
@@ -113,8 +117,11 @@ fn api_routes() -> Routes {
         .merge(openapi::routes())
         .merge(images::routes())
         .merge(releases::routes())
+        .merge(deletions::routes())
         .merge(vehicles::routes())
+        .merge(vehicle_changes::routes())
         .merge(rollouts::routes())
+        .merge(deployments::routes())
         .merge(blobs::routes())
         .merge(metadata::routes())
         .merge(audit::routes())

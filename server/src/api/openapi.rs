@@ -50,14 +50,20 @@ async fn serve(_: axum::extract::State<AppState>) -> Json<Value> {
         super::images::upload,
         super::images::list,
         super::images::get_one,
+        super::deletions::delete_image,
         super::releases::create,
         super::releases::list,
         super::releases::get_one,
+        super::deletions::delete_release,
         super::vehicles::register,
         super::vehicles::register_bulk,
         super::vehicles::list,
         super::vehicles::get_one,
+        super::vehicle_changes::retag,
+        super::vehicle_changes::rotate_key,
+        super::vehicle_changes::decommission,
         super::rollouts::create,
+        super::rollouts::dry_run,
         super::rollouts::list,
         super::rollouts::get_one,
         super::rollouts::status,
@@ -68,6 +74,10 @@ async fn serve(_: axum::extract::State<AppState>) -> Json<Value> {
         super::rollouts::rollback,
         super::rollouts::complete,
         super::rollouts::advance,
+        super::deployments::list,
+        super::deployments::get_one,
+        super::deployments::cancel,
+        super::deployments::retry,
         super::rollouts::delta_jobs,
         super::audit::list,
         super::tokens::list,
@@ -96,6 +106,13 @@ async fn serve(_: axum::extract::State<AppState>) -> Json<Value> {
         schema::RolloutId,
         schema::TokenId,
         schema::DeltaJobId,
+        schema::Cursor,
+        schema::Order,
+        schema::Salt,
+        schema::TagSet,
+        schema::AuditFilterText,
+        schema::UtcSecond,
+        schema::PhaseIndex,
     )),
     modifiers(&Contract),
 )]
@@ -147,8 +164,19 @@ impl Contract {
         let has = |kind: utoipa::openapi::path::ParameterIn| {
             parameters.iter().any(|p| p.parameter_in == kind)
         };
+        if path.starts_with("/v1/") {
+            errors.push((
+                "401",
+                problem(
+                    "Missing, invalid, revoked or expired token, or a vehicle credential refused: `urn:ota:problem:vehicle-credential` with `reason` saying why (missing, malformed, retired_version, wrong_method, wrong_target, outside_window, unknown_vehicle, bad_signature)",
+                ),
+            ));
+        }
         if secured {
-            errors.push(("401", problem("Missing, invalid or revoked credential")));
+            errors.push((
+                "401",
+                problem("Missing, invalid, revoked or expired token (`urn:ota:problem:token-expired` when expired)"),
+            ));
             errors.push(("403", problem("The token lacks the required scope")));
         }
         if has(utoipa::openapi::path::ParameterIn::Path) {
@@ -156,7 +184,15 @@ impl Contract {
             errors.push(("422", problem("A path parameter out of its pattern")));
         }
         if has(utoipa::openapi::path::ParameterIn::Query) {
-            errors.push(("400", problem("Unknown or repeated query parameter")));
+            let paged = parameters.iter().any(|p| p.name == "cursor");
+            errors.push((
+                "400",
+                problem(if paged {
+                    "Unknown or repeated query parameter, or a `cursor` this list (with this order) did not return"
+                } else {
+                    "Unknown or repeated query parameter"
+                }),
+            ));
             errors.push((
                 "422",
                 problem("A query parameter out of its range or pattern"),
@@ -171,7 +207,7 @@ impl Contract {
                 problem("Validation failed: each field, what was expected, what was given"),
             ));
         }
-        if method == "post" {
+        if matches!(method, "post" | "put" | "delete") {
             errors.push(("409", problem("Conflicts with the current state")));
         }
         if path == "/api/v1/targets" || path.starts_with("/v1/metadata/") {
@@ -208,7 +244,13 @@ impl utoipa::Modify for Contract {
             "vehicle",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "Authorization",
-                "The vehicle credential: `Vehicle <vehicle id>.<unix seconds>.<signature>`, signed with the device key (PROTOCOL.md).",
+                &format!(
+                    "The vehicle request credential, version 2 (PROTOCOL.md §10): `{} <vehicle id> <unix seconds> <METHOD> <target> <signature>`: the signature is the base64 of an Ed25519 signature by the vehicle's device key over `{}`, the vehicle id, the unix seconds, the request's method and its target (path and query exactly as sent), joined by newlines. A credential signed for another method or target, more than {} s away from the server's clock, by an unknown vehicle or with the retired v1 scheme (`{} ...`) is refused with 401 and a `reason`. A vehicle may fetch only the blobs its current or recent directives name (403 `urn:ota:problem:blob-not-named` otherwise).",
+                    ota_core::credential::SCHEME,
+                    ota_core::credential::CONTEXT,
+                    ota_core::credential::SKEW_SECONDS,
+                    ota_core::credential::RETIRED_SCHEME_V1,
+                ),
             ))),
         );
         let targets: Vec<(String, String)> = openapi
@@ -591,6 +633,75 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn vehicle_routes_document_credential_v2_and_its_refusals() {
+        let doc = document();
+        let vehicle = doc["components"]["securitySchemes"]["vehicle"]["description"]
+            .as_str()
+            .unwrap_or_default();
+        for part in [
+            ota_core::credential::SCHEME,
+            ota_core::credential::CONTEXT,
+            "<METHOD> <target>",
+            "blob-not-named",
+        ] {
+            assert!(vehicle.contains(part), "{part} in {vehicle}");
+        }
+        let blob = &doc["paths"]["/v1/blobs/{sha256}"]["get"]["responses"];
+        assert!(blob["403"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("urn:ota:problem:blob-not-named")));
+        for path in ["/v1/blobs/{sha256}", "/v1/metadata/targets.json"] {
+            let unauthorized = doc["paths"][path]["get"]["responses"]["401"]["description"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(unauthorized.contains("`reason`"), "{path}: {unauthorized}");
+        }
+        let reason = &schema(&doc, "Problem")["properties"]["reason"];
+        assert!(reason.to_string().contains("CredentialRefusal"), "{reason}");
+        let kinds = &schema(&doc, "CredentialRefusal")["enum"];
+        for error in [
+            ota_core::credential::CredentialError::Missing,
+            ota_core::credential::CredentialError::RetiredVersion,
+            ota_core::credential::CredentialError::BadSignature,
+        ] {
+            assert!(
+                kinds
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == error.kind())),
+                "{} in {kinds}",
+                error.kind()
+            );
+        }
+    }
+
+    #[test]
+    fn every_list_is_a_page_with_a_cursor() {
+        let doc = document();
+        for (method, path) in documented_routes() {
+            let op = &doc["paths"][&path][&method];
+            let takes_cursor = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == "cursor"));
+            let body = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+                .as_str()
+                .unwrap_or_default();
+            let paged = body.starts_with("#/components/schemas/Page_");
+            assert_eq!(takes_cursor, paged, "{method} {path}: {body}");
+            if paged {
+                let page = schema(&doc, body.trim_start_matches("#/components/schemas/"));
+                assert_eq!(page["required"], json!(["items", "next_cursor"]), "{body}");
+                assert!(admits_null(&page["properties"]["next_cursor"]));
+                assert_eq!(page["properties"]["items"]["type"], "array");
+            }
+        }
+        assert_eq!(
+            doc["paths"]["/api/v1/rollouts/{id}/deployments"]["get"]["responses"]["200"]["content"]
+                ["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Page_Deployment"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use super::error::ApiError;
 use super::extract::{parse_id, ApiJson, ApiQuery, Authorized, Caller, ReleaseWriteScope};
+use super::page::{self, Page};
 use super::validate;
 use super::{AppState, Routes};
 use crate::store::{NewRelease, ReleaseRecord};
@@ -218,24 +219,45 @@ async fn create(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct ListQuery {
+    #[param(value_type = Option<super::validate::schema::Name>)]
+    version: Option<String>,
     #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
+    #[param(value_type = Option<super::validate::schema::Cursor>)]
+    cursor: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Order>)]
+    order: Option<String>,
 }
 
 /// Lists releases, newest first.
 #[utoipa::path(get, path = "/api/v1/releases", operation_id = "listReleases", tag = "releases",
     params(ListQuery),
-    responses((status = 200, description = "Releases", body = Vec<ReleaseRecord>)),
+    responses((status = 200, description = "Releases", body = Page<ReleaseRecord>)),
     security(("bearer" = ["read"])))]
 
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<ReleaseRecord>>, ApiError> {
+) -> Result<Json<Page<ReleaseRecord>>, ApiError> {
     caller.require(Scope::Read)?;
     let limit = validate::limit(query.limit)?;
-    Ok(Json(state.store.list_releases(limit).await?))
+    if let Some(version) = &query.version {
+        validate::name("version", version)?;
+    }
+    let (keyset, kind) = page::created_keyset(
+        "releases",
+        query.order.as_deref(),
+        query.cursor.as_deref(),
+        limit,
+    )?;
+    let rows = state
+        .store
+        .release_page(query.version.as_deref(), &keyset)
+        .await?;
+    Ok(Json(page::page(rows, limit, &kind, |r| {
+        vec![r.created_at.clone(), r.id.clone()]
+    })))
 }
 
 /// One release with its signed targets envelope.

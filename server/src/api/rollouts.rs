@@ -3,16 +3,17 @@
 
 use super::error::ApiError;
 use super::extract::{parse_id, ApiJson, ApiQuery, Authorized, Caller, RolloutWriteScope};
+use super::page::{self, Page};
 use super::validate;
 use super::{AppState, Routes};
 use crate::engine::plan::{PlanError, RolloutRequest};
-use crate::engine::RolloutStatus;
 use crate::engine::{wall_clock_ms, ChangeFailed};
+use crate::engine::{DryRun, RolloutStatus};
 use crate::rollout::{
     AbortCriteria, MaintenanceWindow, PhaseSpec, Preconditions, RateLimit, RetryPolicy,
     RolloutAction, RolloutSpec, RolloutState, Selector,
 };
-use crate::store::{DeltaJob, NewRollout, RolloutRecord, StoreError};
+use crate::store::{DeltaJob, DeltaJobStatus, NewRollout, RolloutRecord, StoreError};
 use crate::tokens::Scope;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub fn routes() -> Routes {
     Routes::default()
         .add("post", "/api/v1/rollouts", post(create))
+        .add("post", "/api/v1/rollouts:dry-run", post(dry_run))
         .add("get", "/api/v1/rollouts", get(list))
         .add("get", "/api/v1/rollouts/{id}", get(get_one))
         .add("get", "/api/v1/rollouts/{id}/status", get(status))
@@ -58,6 +60,10 @@ pub struct CreateRollout {
     pub maintenance_window: Option<MaintenanceWindow>,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// The cohort salt, hex (normally random; a dry run's salt reproduces its cohorts).
+    #[serde(default)]
+    #[schema(value_type = Option<super::validate::schema::Salt>)]
+    pub salt: Option<String>,
 }
 
 /// The edge rules for a rollout's text, lists and integers (the spec's own rules are in
@@ -113,18 +119,24 @@ fn random_salt() -> Result<String, ApiError> {
     Ok(hex::encode(salt))
 }
 
-/// Creates a rollout (draft).
-#[utoipa::path(post, path = "/api/v1/rollouts", operation_id = "createRollout", tag = "rollouts",
-    request_body = CreateRollout,
-    responses((status = 201, description = "Created", body = RolloutRecord)),
-    security(("bearer" = ["rollout:write"])))]
-async fn create(
-    State(state): State<AppState>,
-    Authorized(caller, _): Authorized<RolloutWriteScope>,
-    ApiJson(request): ApiJson<CreateRollout>,
-) -> Result<(StatusCode, Json<RolloutRecord>), ApiError> {
-    caller.require(Scope::RolloutWrite)?;
+/// Length of a cohort salt in bytes (hex: twice as many digits).
+pub const SALT_BYTES: usize = 16;
+
+/// A create (or dry-run) request checked: every edge rule, the spec's own rules, the
+/// release exists. Returns the name, release id, spec and salt (hex; random unless
+/// given).
+async fn checked(
+    state: &AppState,
+    request: CreateRollout,
+) -> Result<(String, String, RolloutSpec, String), ApiError> {
     let mut problems = edge_problems(&request);
+    if let Some(salt) = &request.salt {
+        if let Err(ApiError::Invalid(errors)) =
+            validate::lower_hex::<SALT_BYTES>("salt", "32 lowercase hex digits (16 bytes)", salt)
+        {
+            problems.0.extend(errors);
+        }
+    }
     let release_id = parse_id("release", "rel", &request.release_id);
     if release_id.is_err() {
         problems.push(
@@ -158,19 +170,53 @@ async fn create(
         }
         Err(other) => return Err(other.into()),
     }
+    let salt = match request.salt {
+        Some(salt) => salt,
+        None => random_salt()?,
+    };
+    Ok((request.name, release_id, spec, salt))
+}
+
+/// Creates a rollout (draft).
+#[utoipa::path(post, path = "/api/v1/rollouts", operation_id = "createRollout", tag = "rollouts",
+    request_body = CreateRollout,
+    responses((status = 201, description = "Created", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
+async fn create(
+    State(state): State<AppState>,
+    Authorized(caller, _): Authorized<RolloutWriteScope>,
+    ApiJson(request): ApiJson<CreateRollout>,
+) -> Result<(StatusCode, Json<RolloutRecord>), ApiError> {
+    let (name, release_id, spec, salt) = checked(&state, request).await?;
     let record = state
         .store
         .insert_rollout(
             &caller.actor(),
             NewRollout {
-                name: request.name,
+                name,
                 release_id,
                 spec,
-                salt: random_salt()?,
+                salt,
             },
         )
         .await?;
     Ok((StatusCode::CREATED, Json(record)))
+}
+
+/// The vehicles per phase a rollout with this spec would assign, computed with the
+/// director's own rule over the fleet as it is now; creates nothing. Give the answer's
+/// `salt` to create to get exactly these vehicles.
+#[utoipa::path(post, path = "/api/v1/rollouts:dry-run", operation_id = "dryRunRollout", tag = "rollouts",
+    request_body = CreateRollout,
+    responses((status = 200, description = "The vehicles each phase would assign: counts and a sample of ids", body = DryRun)),
+    security(("bearer" = ["rollout:write"])))]
+async fn dry_run(
+    State(state): State<AppState>,
+    Authorized(_, _): Authorized<RolloutWriteScope>,
+    ApiJson(request): ApiJson<CreateRollout>,
+) -> Result<Json<DryRun>, ApiError> {
+    let (_, release_id, spec, salt) = checked(&state, request).await?;
+    Ok(Json(state.engine.dry_run(&spec, &release_id, &salt).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -179,21 +225,27 @@ async fn create(
 struct ListQuery {
     #[param(value_type = Option<RolloutState>)]
     state: Option<String>,
+    #[param(value_type = Option<super::validate::schema::ReleaseId>)]
+    release_id: Option<String>,
     #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
+    #[param(value_type = Option<super::validate::schema::Cursor>)]
+    cursor: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Order>)]
+    order: Option<String>,
 }
 
 /// Lists rollouts.
 #[utoipa::path(get, path = "/api/v1/rollouts", operation_id = "listRollouts", tag = "rollouts",
     params(ListQuery),
-    responses((status = 200, description = "Rollouts", body = Vec<RolloutRecord>)),
+    responses((status = 200, description = "Rollouts", body = Page<RolloutRecord>)),
     security(("bearer" = ["read"])))]
 
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<RolloutRecord>>, ApiError> {
+) -> Result<Json<Page<RolloutRecord>>, ApiError> {
     caller.require(Scope::Read)?;
     let limit = validate::limit(query.limit)?;
     let filter = match query.state.as_deref() {
@@ -206,9 +258,23 @@ async fn list(
             )
         })?),
     };
-    let mut rollouts = state.store.list_rollouts(filter).await?;
-    rollouts.truncate(limit as usize);
-    Ok(Json(rollouts))
+    let release = match &query.release_id {
+        Some(id) => Some(parse_id("release", "rel", id)?),
+        None => None,
+    };
+    let (keyset, kind) = page::created_keyset(
+        "rollouts",
+        query.order.as_deref(),
+        query.cursor.as_deref(),
+        limit,
+    )?;
+    let rows = state
+        .store
+        .rollout_page(filter, release.as_deref(), &keyset)
+        .await?;
+    Ok(Json(page::page(rows, limit, &kind, |r| {
+        vec![r.created_at.clone(), r.id.clone()]
+    })))
 }
 
 /// One rollout.
@@ -390,28 +456,54 @@ async fn rollback(
 struct JobsQuery {
     #[param(value_type = Option<super::validate::schema::RolloutId>)]
     rollout_id: Option<String>,
+    #[param(value_type = Option<DeltaJobStatus>)]
+    status: Option<String>,
     #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
+    #[param(value_type = Option<super::validate::schema::Cursor>)]
+    cursor: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Order>)]
+    order: Option<String>,
 }
 
 /// Delta builds and their progress.
 #[utoipa::path(get, path = "/api/v1/delta-jobs", operation_id = "listDeltaJobs", tag = "rollouts",
     params(JobsQuery),
-    responses((status = 200, description = "Delta jobs", body = Vec<DeltaJob>)),
+    responses((status = 200, description = "Delta jobs", body = Page<DeltaJob>)),
     security(("bearer" = ["read"])))]
 
 async fn delta_jobs(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<JobsQuery>,
-) -> Result<Json<Vec<DeltaJob>>, ApiError> {
+) -> Result<Json<Page<DeltaJob>>, ApiError> {
     caller.require(Scope::Read)?;
     let limit = validate::limit(query.limit)?;
     let rollout = match query.rollout_id {
         Some(id) => Some(parse_id("rollout", "ro", &id)?),
         None => None,
     };
-    let mut jobs = state.store.list_delta_jobs(rollout.as_deref()).await?;
-    jobs.truncate(limit as usize);
-    Ok(Json(jobs))
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(DeltaJobStatus::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "status",
+                "queued, running, done, skipped or failed",
+                validate::shown(s),
+            )
+        })?),
+    };
+    let (keyset, kind) = page::created_keyset(
+        "delta-jobs",
+        query.order.as_deref(),
+        query.cursor.as_deref(),
+        limit,
+    )?;
+    let rows = state
+        .store
+        .delta_job_page(rollout.as_deref(), status, &keyset)
+        .await?;
+    Ok(Json(page::page(rows, limit, &kind, |j| {
+        vec![j.created_at.clone(), j.id.clone()]
+    })))
 }

@@ -157,6 +157,57 @@ pub mod schema {
             .maximum(Some(100.0))
     );
 
+    named_schema!(
+        /// A list cursor: the `next_cursor` of the previous page, opaque (base64url).
+        /// A cursor another list, order or filter made is refused with 400.
+        Cursor => text("^[A-Za-z0-9_-]+$", "the next_cursor of the previous page")
+            .min_length(Some(1))
+            .max_length(Some(super::super::page::MAX_CURSOR_LEN))
+    );
+    named_schema!(
+        /// The order of a list sorted by creation time, then id.
+        Order => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["asc", "desc"]))
+            .default(Some("asc".into()))
+    );
+    named_schema!(
+        /// A cohort salt: 32 lowercase hex digits (16 bytes).
+        Salt => text("^[0-9a-f]{32}$", "32 lowercase hex digits")
+            .min_length(Some(32))
+            .max_length(Some(32))
+    );
+    named_schema!(
+        /// A set of tags, comma-separated: distinct names.
+        TagSet => text(
+            &format!("^{}(,{})*$", bare(super::NAME_PATTERN), bare(super::NAME_PATTERN)),
+            "comma-separated distinct names",
+        )
+        .min_length(Some(1))
+    );
+    named_schema!(
+        /// An audit filter: the actor, action or subject id, exactly.
+        AuditFilterText => text("^[^\\u0000-\\u001f\\u007f-\\u009f]+$", "text without control characters")
+            .min_length(Some(1))
+            .max_length(Some(super::super::audit::MAX_FILTER_LEN))
+    );
+    named_schema!(
+        /// A point in time to the second, UTC: `YYYY-MM-DDTHH:MM:SSZ`.
+        UtcSecond => text(
+            "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$",
+            "YYYY-MM-DDTHH:MM:SSZ",
+        )
+    );
+    named_schema!(
+        /// The index of a rollout phase.
+        PhaseIndex => integer(0, crate::rollout::MAX_PHASES as u64 - 1)
+    );
+
+    /// A whole-string pattern without its anchors, to compose.
+    fn bare(pattern: &str) -> &str {
+        pattern.trim_start_matches('^').trim_end_matches('$')
+    }
+
     /// The id of a resource: `<prefix>_` and 16 lowercase hex digits
     /// (`super::super::extract::parse_id`).
     macro_rules! id_schema {

@@ -4,9 +4,10 @@
 
 use super::error::ApiError;
 use super::extract::{AdminScope, ApiJson, ApiQuery, Authorized, Caller, JsonLimit};
+use super::page::{self, Page};
 use super::validate::{self, name as check_name};
 use super::{AppState, Routes};
-use crate::store::{DeploymentRecord, NewVehicle, VehicleFilter, VehicleRecord};
+use crate::store::{DeploymentRecord, NewVehicle, VehicleListFilter, VehicleRecord};
 use crate::tokens::Scope;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::StatusCode;
@@ -62,22 +63,23 @@ pub struct RegisterVehicle {
     pub tags: Vec<String>,
 }
 
+/// A device public key: 64 lowercase hex digits of a valid, non-weak Ed25519 key.
+pub fn device_key(field: &str, text: &str) -> Result<(), ApiError> {
+    let raw = validate::lower_hex::<32>(
+        field,
+        "64 lowercase hex digits (raw Ed25519 public key)",
+        text,
+    )?;
+    PublicKey::from_bytes(&raw)
+        .map(|_| ())
+        .map_err(|e| ApiError::invalid(field, "a valid, non-weak Ed25519 key", e))
+}
+
 /// Checks one registration; `at` prefixes field names (`""`, or `vehicles[3].` in a bulk
 /// request) so a problem names exactly which entry and field is wrong.
 fn validate(request: RegisterVehicle, at: &str) -> Result<NewVehicle, ApiError> {
     validate::vehicle_id(&format!("{at}id"), &request.id)?;
-    let raw = validate::lower_hex::<32>(
-        &format!("{at}public_key"),
-        "64 lowercase hex digits (raw Ed25519 public key)",
-        &request.public_key,
-    )?;
-    PublicKey::from_bytes(&raw).map_err(|e| {
-        ApiError::invalid(
-            format!("{at}public_key"),
-            "a valid, non-weak Ed25519 key",
-            e,
-        )
-    })?;
+    device_key(&format!("{at}public_key"), &request.public_key)?;
     if request.ecus.is_empty() || request.ecus.len() > 32 {
         return Err(ApiError::invalid(
             format!("{at}ecus"),
@@ -196,23 +198,30 @@ struct ListQuery {
     hardware_id: Option<String>,
     #[param(value_type = Option<super::validate::schema::Name>)]
     tag: Option<String>,
+    /// A tag set, comma-separated: vehicles carrying every one of them.
+    #[param(value_type = Option<super::validate::schema::TagSet>)]
+    tags: Option<String>,
     #[param(value_type = Option<super::validate::schema::Name>)]
     installed_version: Option<String>,
     #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
+    #[param(value_type = Option<super::validate::schema::Cursor>)]
+    cursor: Option<String>,
 }
 
-/// Lists vehicles, with filters.
+/// The list kind named in the vehicle list's cursors (sorted by id).
+const CURSOR_KIND: &str = "vehicles";
+
+/// Lists vehicles by id, with filters.
 #[utoipa::path(get, path = "/api/v1/vehicles", operation_id = "listVehicles", tag = "vehicles",
     params(ListQuery),
-    responses((status = 200, description = "Vehicles", body = Vec<VehicleRecord>)),
+    responses((status = 200, description = "Vehicles", body = Page<VehicleRecord>)),
     security(("bearer" = ["read"])))]
-
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<VehicleRecord>>, ApiError> {
+) -> Result<Json<Page<VehicleRecord>>, ApiError> {
     caller.require(Scope::Read)?;
     let limit = validate::limit(query.limit)?;
     for (field, value) in [
@@ -224,13 +233,31 @@ async fn list(
             check_name(field, value)?;
         }
     }
-    let filter = VehicleFilter {
+    let mut tags: Vec<String> = query
+        .tags
+        .as_deref()
+        .map(|t| t.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut problems = validate::Problems::default();
+    problems.names("tags", &tags, validate::MAX_TAGS);
+    problems.into_result()?;
+    tags.extend(query.tag);
+    let after_id = query
+        .cursor
+        .as_deref()
+        .map(|c| page::decode::<1>(CURSOR_KIND, c).map(|[id]| id))
+        .transpose()?;
+    let filter = VehicleListFilter {
         hardware_id: query.hardware_id,
-        tag: query.tag,
+        tags,
         installed_version: query.installed_version,
-        limit,
+        after_id,
+        limit: limit + 1,
     };
-    Ok(Json(state.store.list_vehicles(&filter).await?))
+    let rows = state.store.vehicle_page(&filter).await?;
+    Ok(Json(page::page(rows, limit, CURSOR_KIND, |v| {
+        vec![v.id.clone()]
+    })))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -9,8 +9,8 @@
 //! size are computed on a side thread meanwhile. When the delta is not at least 30%
 //! smaller than the full image compressed, the full image is shipped instead.
 //!
-//! Everything here is blocking and CPU-bound: async callers use
-//! [`build_delta_file_in_background`], which runs it on tokio's blocking pool.
+//! Everything here is blocking and CPU-bound: the server's delta workers call it through
+//! `crate::jobs::DeltaEngine` inside `spawn_blocking`, never on the async executor.
 
 use super::chunking::plan_parts;
 use super::image::{FileImage, ImageSource};
@@ -22,7 +22,7 @@ use ota_core::delta::{
 };
 use std::io::{self, Seek, SeekFrom, Write};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use zstd::zstd_safe::CParameter;
@@ -148,19 +148,6 @@ pub fn build_delta_file(
     temp.as_file().sync_all().map_err(BuildError::Write)?;
     temp.persist(out).map_err(|e| BuildError::Write(e.error))?;
     Ok(report)
-}
-
-/// [`build_delta_file`] on tokio's blocking pool, for async callers (the API server's
-/// delta worker): diffing takes seconds to minutes of CPU and must not stall the executor.
-pub async fn build_delta_file_in_background(
-    old: PathBuf,
-    new: PathBuf,
-    out: PathBuf,
-    options: BuildOptions,
-) -> Result<BuildReport, BuildError> {
-    tokio::task::spawn_blocking(move || build_delta_file(&old, &new, &out, &options))
-        .await
-        .map_err(|_| BuildError::WorkerFailed)?
 }
 
 /// A container destination that can be started over (for the full-image fallback).

@@ -13,7 +13,4 @@ pub mod cli;
 pub mod image;
 pub mod matcher;
 
-pub use builder::{
-    build_delta, build_delta_file, build_delta_file_in_background, BuildError, BuildOptions,
-    BuildReport,
-};
+pub use builder::{build_delta, build_delta_file, BuildError, BuildOptions, BuildReport};

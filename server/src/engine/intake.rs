@@ -31,6 +31,8 @@ pub enum Rejected {
     },
     #[error("check-in replayed: not newer than the last accepted one (nonce {nonce:?})")]
     Replayed { nonce: String },
+    #[error("vehicle {0:?} is decommissioned")]
+    Decommissioned(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -45,6 +47,7 @@ impl Rejected {
             Rejected::UnknownDeployment(_) => "unknown_deployment",
             Rejected::Stale { .. } => "stale",
             Rejected::Replayed { .. } => "replayed",
+            Rejected::Decommissioned(_) => "decommissioned",
             Rejected::Store(_) => "store_error",
         }
     }
@@ -102,6 +105,9 @@ fn device_key(vehicle: &VehicleRecord) -> Result<PublicKey, Rejected> {
 impl Engine {
     async fn registered(&self, vehicle_id: &str) -> Result<VehicleRecord, Rejected> {
         match self.inner.store.get_vehicle(vehicle_id).await {
+            Ok(v) if v.decommissioned_at.is_some() => {
+                Err(Rejected::Decommissioned(vehicle_id.to_owned()))
+            }
             Ok(v) => Ok(v),
             Err(StoreError::NotFound { .. }) => {
                 Err(Rejected::UnknownVehicle(vehicle_id.to_owned()))

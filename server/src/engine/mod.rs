@@ -12,6 +12,7 @@
 //! Every entry point takes `now` from its caller; nothing here reads the clock.
 
 pub mod assign;
+pub mod deployments;
 pub mod intake;
 pub mod plan;
 pub mod status;
@@ -36,7 +37,7 @@ use tokio::sync::Notify;
 
 pub use crate::gateway::Outgoing;
 pub use intake::Rejected;
-pub use status::{PhaseStatus, RolloutStatus};
+pub use status::{DryRun, DryRunPhase, PhaseStatus, RolloutStatus};
 
 /// A millisecond Unix time, as every engine entry point takes it.
 pub type NowMs = i64;
@@ -266,7 +267,15 @@ impl Engine {
         &self,
         rollout: &RolloutRecord,
     ) -> Result<BTreeMap<String, TargetView>, StoreError> {
-        let release = self.inner.store.get_release(&rollout.release_id).await?;
+        self.targets_of_release(&rollout.release_id).await
+    }
+
+    /// A release's images by hardware id.
+    pub(crate) async fn targets_of_release(
+        &self,
+        release_id: &str,
+    ) -> Result<BTreeMap<String, TargetView>, StoreError> {
+        let release = self.inner.store.get_release(release_id).await?;
         Ok(release
             .images
             .iter()

@@ -35,6 +35,39 @@ pub struct RolloutStatus {
     pub delta_jobs: BTreeMap<String, u64>,
 }
 
+/// For each phase, the vehicles whose cohort bucket falls in its band (admitted by its
+/// percentage, not by the previous phase's) and whom the director would assign
+/// ([`director::would_assign`]), or that are in `assigned` already; in fleet order.
+pub fn phase_members<'a>(
+    spec: &RolloutSpec,
+    salt: &[u8],
+    targets: &BTreeMap<String, TargetView>,
+    fleet: &'a [VehicleView],
+    assigned: &std::collections::BTreeSet<String>,
+) -> Vec<Vec<&'a VehicleView>> {
+    let candidates: Vec<&VehicleView> = fleet
+        .iter()
+        .filter(|v| assigned.contains(&v.id) || director::would_assign(spec, targets, v))
+        .collect();
+    (0..spec.phases.len())
+        .map(|index| {
+            let upper = spec.phase_percent_millis(index);
+            let lower = if index == 0 {
+                0
+            } else {
+                spec.phase_percent_millis(index - 1)
+            };
+            candidates
+                .iter()
+                .copied()
+                .filter(|v| {
+                    cohort::admits(salt, &v.id, upper) && !cohort::admits(salt, &v.id, lower)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The phase lines: for each phase, the vehicles whose cohort bucket falls in its band
 /// and whom the director would assign, beside the deployment counts.
 pub fn phase_lines(
@@ -46,23 +79,11 @@ pub fn phase_lines(
     assigned: &std::collections::BTreeSet<String>,
     counts: &BTreeMap<usize, PhaseCounts>,
 ) -> (Vec<PhaseStatus>, PhaseCounts) {
-    let candidates: Vec<&VehicleView> = fleet
-        .iter()
-        .filter(|v| assigned.contains(&v.id) || director::would_assign(spec, targets, v))
-        .collect();
+    let members = phase_members(spec, salt, targets, fleet, assigned);
     let mut totals = PhaseCounts::default();
     let mut phases = Vec::new();
     for (index, phase) in spec.phases.iter().enumerate() {
-        let upper = spec.phase_percent_millis(index);
-        let lower = if index == 0 {
-            0
-        } else {
-            spec.phase_percent_millis(index - 1)
-        };
-        let eligible = candidates
-            .iter()
-            .filter(|v| cohort::admits(salt, &v.id, upper) && !cohort::admits(salt, &v.id, lower))
-            .count() as u64;
+        let eligible = members[index].len() as u64;
         let c = counts.get(&index).cloned().unwrap_or_default();
         totals.add_counts(&c);
         phases.push(PhaseStatus {
@@ -77,7 +98,89 @@ pub fn phase_lines(
     (phases, totals)
 }
 
+/// Most vehicle ids a dry run lists per phase.
+pub const DRY_RUN_SAMPLE: usize = 20;
+
+/// One phase of a dry run.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DryRunPhase {
+    pub index: usize,
+    #[schema(value_type = crate::api::validate::schema::Name)]
+    pub name: String,
+    #[schema(value_type = crate::api::validate::schema::Percent)]
+    pub percent: f64,
+    /// Vehicles this phase would assign (those of earlier phases not counted again).
+    pub vehicles: u64,
+    /// The first of them by id, at most [`DRY_RUN_SAMPLE`].
+    #[schema(value_type = Vec<crate::api::validate::schema::VehicleId>, max_items = 20)]
+    pub sample: Vec<String>,
+}
+
+/// What a rollout spec would assign, phase by phase, with this salt.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DryRun {
+    /// The cohort salt the phases were computed with; create the rollout with it to get
+    /// exactly these vehicles.
+    #[schema(value_type = crate::api::validate::schema::Salt)]
+    pub salt: String,
+    /// Vehicles the rollout would assign over all its phases.
+    pub vehicles: u64,
+    pub phases: Vec<DryRunPhase>,
+}
+
+/// The dry run's answer from the phase members (pure).
+pub fn dry_run_of(spec: &RolloutSpec, salt_hex: &str, members: &[Vec<&VehicleView>]) -> DryRun {
+    let phases: Vec<DryRunPhase> = spec
+        .phases
+        .iter()
+        .zip(members)
+        .enumerate()
+        .map(|(index, (phase, vehicles))| {
+            let mut ids: Vec<String> = vehicles.iter().map(|v| v.id.clone()).collect();
+            ids.sort();
+            ids.truncate(DRY_RUN_SAMPLE);
+            DryRunPhase {
+                index,
+                name: phase.name.clone(),
+                percent: phase.percent,
+                vehicles: vehicles.len() as u64,
+                sample: ids,
+            }
+        })
+        .collect();
+    DryRun {
+        salt: salt_hex.to_owned(),
+        vehicles: phases.iter().map(|p| p.vehicles).sum(),
+        phases,
+    }
+}
+
 impl Engine {
+    /// The vehicles per phase a rollout of `release_id` with `spec` and `salt` (hex)
+    /// would assign, from the fleet as the store holds it now, computed with the
+    /// director's own rule (selector, targeted hardware not yet running the target,
+    /// cohort band). Creates nothing. Not counted: vehicles busy with an older active
+    /// rollout at the time they check in (the director serves the oldest first).
+    pub async fn dry_run(
+        &self,
+        spec: &RolloutSpec,
+        release_id: &str,
+        salt_hex: &str,
+    ) -> Result<DryRun, StoreError> {
+        let store = &self.inner.store;
+        let targets = self.targets_of_release(release_id).await?;
+        let salt = hex::decode(salt_hex).unwrap_or_else(|_| salt_hex.as_bytes().to_vec());
+        let fleet: Vec<VehicleView> = store
+            .all_vehicles(i64::MAX)
+            .await?
+            .iter()
+            .map(stored_view)
+            .collect();
+        let none = std::collections::BTreeSet::new();
+        let members = phase_members(spec, &salt, &targets, &fleet, &none);
+        Ok(dry_run_of(spec, salt_hex, &members))
+    }
+
     pub async fn rollout_status(&self, id: &str) -> Result<RolloutStatus, StoreError> {
         let store = &self.inner.store;
         let rollout = store.get_rollout(id).await?;

@@ -59,19 +59,21 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         rows.iter()
-            .map(|row| {
-                let detail: String = row.try_get("detail")?;
-                Ok(AuditEntry {
-                    id: row.try_get("id")?,
-                    at: ms_to_rfc3339(row.try_get("at_ms")?),
-                    actor: row.try_get("actor")?,
-                    action: row.try_get("action")?,
-                    subject: row.try_get("subject")?,
-                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
-                    request_id: row.try_get("request_id")?,
-                })
-            })
+            .map(audit_from_row)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+}
+
+pub(super) fn audit_from_row(row: &sqlx::any::AnyRow) -> Result<AuditEntry, sqlx::Error> {
+    let detail: String = row.try_get("detail")?;
+    Ok(AuditEntry {
+        id: row.try_get("id")?,
+        at: ms_to_rfc3339(row.try_get("at_ms")?),
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        subject: row.try_get("subject")?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+        request_id: row.try_get("request_id")?,
+    })
 }

@@ -29,7 +29,7 @@ impl DeltaJobStatus {
         }
     }
 
-    fn parse(text: &str) -> Option<Self> {
+    pub fn parse(text: &str) -> Option<Self> {
         [
             Self::Queued,
             Self::Running,
@@ -76,7 +76,7 @@ pub struct DeltaJob {
     pub updated_at: String,
 }
 
-fn job_from_row(row: &AnyRow) -> Result<DeltaJob, StoreError> {
+pub(super) fn job_from_row(row: &AnyRow) -> Result<DeltaJob, StoreError> {
     let status: String = row.try_get("status")?;
     Ok(DeltaJob {
         id: row.try_get("id")?,
@@ -245,6 +245,35 @@ impl Store {
     }
 
     /// Whether a built delta has this content (blob authorisation).
+    /// (source, target) of the built deltas whose blob is `sha256` (by the
+    /// `delta_jobs_by_delta` index).
+    pub async fn delta_pairs_of(
+        &self,
+        sha256: &Sha256Digest,
+    ) -> Result<Vec<(Sha256Digest, Sha256Digest)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source_sha256, target_sha256 FROM delta_jobs \
+             WHERE delta_sha256 = $1 AND status = 'done'",
+        )
+        .bind(sha256.to_hex())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    digest(
+                        "delta source_sha256",
+                        &row.try_get::<String, _>("source_sha256")?,
+                    )?,
+                    digest(
+                        "delta target_sha256",
+                        &row.try_get::<String, _>("target_sha256")?,
+                    )?,
+                ))
+            })
+            .collect()
+    }
+
     pub async fn is_delta_blob(&self, sha256: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM delta_jobs WHERE delta_sha256 = $1")
             .bind(sha256)

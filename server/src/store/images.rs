@@ -33,7 +33,7 @@ pub struct NewImage {
     pub sha256: String,
 }
 
-fn image_from_row(row: &AnyRow) -> Result<ImageRecord, sqlx::Error> {
+pub(super) fn image_from_row(row: &AnyRow) -> Result<ImageRecord, sqlx::Error> {
     Ok(ImageRecord {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -45,7 +45,7 @@ fn image_from_row(row: &AnyRow) -> Result<ImageRecord, sqlx::Error> {
     })
 }
 
-const IMAGE_COLUMNS: &str = "id, name, hardware_id, version, length, sha256, created_ms";
+pub(super) const IMAGE_COLUMNS: &str = "id, name, hardware_id, version, length, sha256, created_ms";
 
 impl Store {
     pub async fn insert_image(

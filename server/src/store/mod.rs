@@ -11,18 +11,24 @@
 //! API call writes its audit entry in the same transaction as the change.
 
 mod audit;
+mod deletions;
 mod deltas;
+mod deployments;
 mod images;
+mod lists;
 mod releases;
 mod rollouts;
 mod tokens;
+mod vehicle_changes;
 mod vehicles;
 
 use ota_core::encoding::Sha256Digest;
 
 pub use audit::AuditEntry;
 pub use deltas::{BuiltDelta, DeltaJob, DeltaJobStatus};
+pub use deployments::{DeploymentChange, DeploymentEvent, DeploymentQuery};
 pub use images::{ImageRecord, NewImage};
+pub use lists::{AuditFilter, ImageFilter, Keyset, VehicleListFilter};
 pub use releases::{NewRelease, ReleaseImage, ReleaseRecord};
 pub use rollouts::{ChangeError, DeploymentRecord, NewRollout, PhaseCounts, RolloutRecord};
 pub use tokens::{TokenInfo, TokenRecord};

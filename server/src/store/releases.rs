@@ -153,7 +153,7 @@ impl Store {
             .collect()
     }
 
-    async fn release_from_row(&self, row: &AnyRow) -> Result<ReleaseRecord, StoreError> {
+    pub(super) async fn release_from_row(&self, row: &AnyRow) -> Result<ReleaseRecord, StoreError> {
         let id: String = row.try_get("id")?;
         let envelope: String = row.try_get("targets_envelope")?;
         Ok(ReleaseRecord {

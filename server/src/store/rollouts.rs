@@ -1,8 +1,10 @@
 //! Rollouts and their deployments (one row per vehicle ECU assigned).
 
+use super::deployments::{record_event, Event, DIRECTOR, VEHICLE};
 use super::{
     audit, ms_to_rfc3339, new_id, now_ms, optional_digest, parse_json, Actor, Store, StoreError,
 };
+use crate::blob_access::DeploymentBlobs;
 use crate::breaker::{BreakerState, Outcomes};
 use crate::director::{DeploymentStatus, NewDeployment};
 use crate::engine::plan::{Effect, RolloutChange};
@@ -119,14 +121,14 @@ impl PhaseCounts {
     }
 }
 
-fn corrupt(what: &'static str, got: &str) -> StoreError {
+pub(super) fn corrupt(what: &'static str, got: &str) -> StoreError {
     StoreError::Corrupt {
         what,
         reason: format!("unknown value {got:?}"),
     }
 }
 
-fn rollout_from_row(row: &AnyRow) -> Result<RolloutRecord, StoreError> {
+pub(super) fn rollout_from_row(row: &AnyRow) -> Result<RolloutRecord, StoreError> {
     let state: String = row.try_get("state")?;
     let breaker: String = row.try_get("breaker_state")?;
     let spec: String = row.try_get("spec")?;
@@ -148,7 +150,7 @@ fn rollout_from_row(row: &AnyRow) -> Result<RolloutRecord, StoreError> {
     })
 }
 
-fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRecord, StoreError> {
+pub(super) fn deployment_from_row(row: &AnyRow) -> Result<DeploymentRecord, StoreError> {
     let status: String = row.try_get("status")?;
     Ok(DeploymentRecord {
         id: row.try_get("id")?,
@@ -311,7 +313,11 @@ impl Store {
             cancelled = rows
                 .iter()
                 .map(deployment_from_row)
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
+            for d in &cancelled {
+                let event = Event::new(DeploymentStatus::Cancelled, &actor.name);
+                record_event(&mut tx, &d.id, now, event.reason("rollout_stopped")).await?;
+            }
         }
         tx.commit().await?;
         Ok((self.get_rollout(&change.rollout_id).await?, cancelled))
@@ -339,6 +345,58 @@ impl Store {
         .await
     }
 
+    /// The vehicle's deployments that may still name blobs (unfinished, of a rolled-back
+    /// rollout, or updated since `since_ms`), each with the release image for its ECU and
+    /// the ECU's installed image: what `blob_access::named_blob` decides from. One read
+    /// by the `deployments_by_vehicle` index; the joins are primary-key lookups.
+    pub async fn deployment_blobs(
+        &self,
+        vehicle_id: &str,
+        since_ms: i64,
+    ) -> Result<Vec<DeploymentBlobs>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.status, d.updated_ms, r.state AS rollout_state, i.sha256 AS target_sha256, \
+                    d.from_sha256, e.installed_sha256 \
+             FROM deployments d \
+             JOIN rollouts r ON r.id = d.rollout_id \
+             JOIN vehicle_ecus e ON e.vehicle_id = d.vehicle_id AND e.ecu = d.ecu \
+             JOIN release_images ri ON ri.release_id = r.release_id AND ri.hardware_id = e.hardware_id \
+             JOIN images i ON i.id = ri.image_id \
+             WHERE d.vehicle_id = $1 \
+               AND (d.status NOT IN ($2, $3, $4, $5) OR r.state = $6 OR d.updated_ms >= $7)",
+        )
+        .bind(vehicle_id)
+        .bind(DeploymentStatus::Committed.as_str())
+        .bind(DeploymentStatus::Failed.as_str())
+        .bind(DeploymentStatus::RolledBack.as_str())
+        .bind(DeploymentStatus::Cancelled.as_str())
+        .bind(RolloutState::RolledBack.as_str())
+        .bind(since_ms)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                let rollout_state: String = row.try_get("rollout_state")?;
+                Ok(DeploymentBlobs {
+                    status: DeploymentStatus::parse(&status)
+                        .ok_or_else(|| corrupt("deployment status", &status))?,
+                    updated_ms: row.try_get("updated_ms")?,
+                    rolled_back: rollout_state == RolloutState::RolledBack.as_str(),
+                    target: super::digest(
+                        "image sha256",
+                        &row.try_get::<String, _>("target_sha256")?,
+                    )?,
+                    from: optional_digest("deployment from_sha256", row.try_get("from_sha256")?)?,
+                    installed: optional_digest(
+                        "ECU installed_sha256",
+                        row.try_get("installed_sha256")?,
+                    )?,
+                })
+            })
+            .collect()
+    }
+
     /// Deployments selected by `query`, whose one parameter is `key`.
     async fn deployments_where(
         &self,
@@ -362,7 +420,7 @@ impl Store {
         for d in new.iter().filter(|d| d.retry) {
             // A retry reuses the failed deployment: back to assigned, one more attempt,
             // progress sequences start over (the agent numbers each attempt from 1).
-            sqlx::query(
+            let retried = sqlx::query(
                 "UPDATE deployments SET status = 'assigned', attempts = attempts + 1, last_sequence = 0, \
                  reason_code = NULL, assigned_ms = $1, updated_ms = $1 WHERE id = $2 AND status = 'failed'",
             )
@@ -370,9 +428,13 @@ impl Store {
             .bind(&d.deployment_id)
             .execute(&mut *tx)
             .await?;
+            if retried.rows_affected() > 0 {
+                let event = Event::new(DeploymentStatus::Assigned, DIRECTOR).reason("retry_policy");
+                record_event(&mut tx, &d.deployment_id, now, event).await?;
+            }
         }
         for d in new.iter().filter(|d| !d.retry) {
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO deployments (id, rollout_id, vehicle_id, ecu, phase_index, status, from_sha256, \
                  assigned_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, 'assigned', $6, $7, $7) \
                  ON CONFLICT DO NOTHING",
@@ -386,6 +448,10 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            if inserted.rows_affected() > 0 {
+                let event = Event::new(DeploymentStatus::Assigned, DIRECTOR);
+                record_event(&mut tx, &d.deployment_id, now, event).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -478,20 +544,31 @@ impl Store {
         reason_code: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError> {
+        let sequence = sequence.min(i64::MAX as u64) as i64;
+        let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE deployments SET status = $1, last_sequence = $2, reason_code = $3, updated_ms = $4 \
              WHERE id = $5 AND vehicle_id = $6 AND last_sequence < $2 \
              AND status NOT IN ('committed', 'failed', 'rolled_back', 'cancelled')",
         )
         .bind(status.as_str())
-        .bind(sequence.min(i64::MAX as u64) as i64)
+        .bind(sequence)
         .bind(reason_code)
         .bind(now)
         .bind(deployment_id)
         .bind(vehicle_id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(updated.rows_affected() > 0)
+        let changed = updated.rows_affected() > 0;
+        if changed {
+            let mut event = Event::new(status, VEHICLE);
+            // A check-in proving a commit carries no sequence of its own.
+            event.sequence = (sequence < i64::MAX).then_some(sequence);
+            event.reason_code = reason_code.map(str::to_owned);
+            record_event(&mut tx, deployment_id, now, event).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// Marks a deployment whose vehicle runs its previous image again as rolled back.
@@ -502,6 +579,7 @@ impl Store {
         vehicle_id: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE deployments SET status = 'rolled_back', reason_code = 'rollback', updated_ms = $1 \
              WHERE id = $2 AND vehicle_id = $3 AND status IN ('installed', 'committed')",
@@ -509,8 +587,14 @@ impl Store {
         .bind(now)
         .bind(deployment_id)
         .bind(vehicle_id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(updated.rows_affected() > 0)
+        let changed = updated.rows_affected() > 0;
+        if changed {
+            let event = Event::new(DeploymentStatus::RolledBack, DIRECTOR).reason("rollback");
+            record_event(&mut tx, deployment_id, now, event).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 }

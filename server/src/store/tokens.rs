@@ -10,6 +10,15 @@ pub struct TokenRecord {
     pub id: String,
     pub name: String,
     pub scopes: Vec<String>,
+    /// Unix milliseconds after which the token is refused (`None`: never).
+    #[serde(skip)]
+    pub expires_ms: Option<i64>,
+}
+
+impl TokenRecord {
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.expires_ms.is_some_and(|at| now_ms >= at)
+    }
 }
 
 impl Store {
@@ -20,17 +29,31 @@ impl Store {
         token_sha256: &str,
         scopes: &[String],
     ) -> Result<TokenRecord, StoreError> {
+        self.insert_expiring_token(actor, name, token_sha256, scopes, None)
+            .await
+    }
+
+    /// A token refused from `expires_ms` on (`None`: never); audited with its expiry.
+    pub async fn insert_expiring_token(
+        &self,
+        actor: &Actor,
+        name: &str,
+        token_sha256: &str,
+        scopes: &[String],
+        expires_ms: Option<i64>,
+    ) -> Result<TokenRecord, StoreError> {
         let id = new_id("tok");
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, token_sha256, scopes, created_ms) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_tokens (id, name, token_sha256, scopes, created_ms, expires_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&id)
         .bind(name)
         .bind(token_sha256)
         .bind(scopes.join(" "))
         .bind(now_ms())
+        .bind(expires_ms)
         .execute(&mut *tx)
         .await
         .map_err(conflict_or(
@@ -42,7 +65,8 @@ impl Store {
             actor,
             "token.create",
             &id,
-            serde_json::json!({ "name": name, "scopes": scopes }),
+            serde_json::json!({ "name": name, "scopes": scopes,
+                                "expires_at": expires_ms.map(ms_to_rfc3339) }),
         )
         .await?;
         tx.commit().await?;
@@ -50,13 +74,16 @@ impl Store {
             id,
             name: name.to_owned(),
             scopes: scopes.to_vec(),
+            expires_ms,
         })
     }
 
-    /// The live (not revoked) token with this hash.
+    /// The not revoked token with this hash (expired or not: see
+    /// [`TokenRecord::expired`]).
     pub async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, name, scopes FROM api_tokens WHERE token_sha256 = $1 AND revoked_ms IS NULL",
+            "SELECT id, name, scopes, expires_ms FROM api_tokens \
+             WHERE token_sha256 = $1 AND revoked_ms IS NULL",
         )
         .bind(token_sha256)
         .fetch_optional(self.pool())
@@ -67,6 +94,7 @@ impl Store {
                 id: row.try_get("id")?,
                 name: row.try_get("name")?,
                 scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+                expires_ms: row.try_get("expires_ms")?,
             })
         })
         .transpose()
@@ -77,7 +105,7 @@ impl Store {
     /// shown either).
     pub async fn list_tokens(&self, limit: i64) -> Result<Vec<TokenInfo>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, name, scopes, created_ms, revoked_ms FROM api_tokens \
+            "SELECT id, name, scopes, created_ms, revoked_ms, expires_ms FROM api_tokens \
              ORDER BY created_ms, id LIMIT $1",
         )
         .bind(limit)
@@ -121,7 +149,7 @@ impl Store {
         }
         audit::record(&mut tx, actor, "token.revoke", id, serde_json::json!({})).await?;
         let row = sqlx::query(
-            "SELECT id, name, scopes, created_ms, revoked_ms FROM api_tokens WHERE id = $1",
+            "SELECT id, name, scopes, created_ms, revoked_ms, expires_ms FROM api_tokens WHERE id = $1",
         )
         .bind(id)
         .fetch_one(&mut *tx)
@@ -146,6 +174,9 @@ pub struct TokenInfo {
     pub created_at: String,
     #[schema(value_type = Option<crate::api::validate::schema::Timestamp>)]
     pub revoked_at: Option<String>,
+    /// Null for a token that does not expire.
+    #[schema(value_type = Option<crate::api::validate::schema::Timestamp>)]
+    pub expires_at: Option<String>,
 }
 
 fn token_info(row: &sqlx::any::AnyRow) -> Result<TokenInfo, sqlx::Error> {
@@ -157,6 +188,9 @@ fn token_info(row: &sqlx::any::AnyRow) -> Result<TokenInfo, sqlx::Error> {
         created_at: ms_to_rfc3339(row.try_get("created_ms")?),
         revoked_at: row
             .try_get::<Option<i64>, _>("revoked_ms")?
+            .map(ms_to_rfc3339),
+        expires_at: row
+            .try_get::<Option<i64>, _>("expires_ms")?
             .map(ms_to_rfc3339),
     })
 }

@@ -44,6 +44,10 @@ pub struct VehicleRecord {
     pub agent_state: Option<String>,
     #[schema(value_type = crate::api::validate::schema::Counter)]
     pub director_version: u64,
+    /// When it was taken out of service (its messages are refused since); null while in
+    /// service.
+    #[schema(value_type = Option<crate::api::validate::schema::Timestamp>)]
+    pub decommissioned_at: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -230,7 +234,7 @@ impl Store {
             .collect()
     }
 
-    async fn vehicle_from_row(&self, row: &AnyRow) -> Result<VehicleRecord, StoreError> {
+    pub(super) async fn vehicle_from_row(&self, row: &AnyRow) -> Result<VehicleRecord, StoreError> {
         let id: String = row.try_get("id")?;
         let tags: String = row.try_get("tags")?;
         Ok(VehicleRecord {
@@ -244,6 +248,9 @@ impl Store {
                 .map(ms_to_rfc3339),
             agent_state: row.try_get("agent_state")?,
             director_version: row.try_get::<i64, _>("director_version")?.max(0) as u64,
+            decommissioned_at: row
+                .try_get::<Option<i64>, _>("decommissioned_ms")?
+                .map(ms_to_rfc3339),
         })
     }
 
@@ -286,13 +293,17 @@ impl Store {
         Ok(out)
     }
 
-    /// Every vehicle, for director decisions over a fleet (bounded by `limit`).
+    /// Every vehicle in service, for director decisions over a fleet (bounded by
+    /// `limit`); decommissioned vehicles are never assigned anything.
     pub async fn all_vehicles(&self, limit: i64) -> Result<Vec<VehicleRecord>, StoreError> {
-        self.list_vehicles(&VehicleFilter {
-            limit,
-            ..VehicleFilter::default()
-        })
-        .await
+        let mut vehicles = self
+            .list_vehicles(&VehicleFilter {
+                limit,
+                ..VehicleFilter::default()
+            })
+            .await?;
+        vehicles.retain(|v| v.decommissioned_at.is_none());
+        Ok(vehicles)
     }
 
     /// Records a verified check-in and reserves the director metadata version to answer

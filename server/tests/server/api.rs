@@ -10,7 +10,6 @@ use ota_core::envelope::Envelope;
 use ota_core::metadata::{
     parse_document, to_payload, DirectorMetadata, Role, TargetImage, TargetsMetadata,
 };
-use ota_core::protocol::blob_auth_header;
 use ota_core::time::Timestamp;
 use serde_json::{json, Value};
 
@@ -65,6 +64,8 @@ async fn openapi_document_is_served_valid_and_every_route_exists() {
         let operation = match method.as_str() {
             "get" => item.get.as_ref(),
             "post" => item.post.as_ref(),
+            "put" => item.put.as_ref(),
+            "delete" => item.delete.as_ref(),
             _ => None,
         };
         assert!(operation.is_some(), "oas3 sees no {method} {path}");
@@ -76,6 +77,8 @@ async fn openapi_document_is_served_valid_and_every_route_exists() {
         let request = match method.as_str() {
             "get" => app.http.get(app.url(&concrete)),
             "post" => app.http.post(app.url(&concrete)),
+            "put" => app.http.put(app.url(&concrete)),
+            "delete" => app.http.delete(app.url(&concrete)),
             other => panic!("undocumented method {other}"),
         };
         let response = request.send().await.unwrap();
@@ -151,7 +154,7 @@ async fn images(backend: Backend) {
     let (status, list) = app
         .get("/api/v1/images?hardware_id=hw-a", &app.read_token)
         .await;
-    assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
+    assert_eq!((status, list["items"].as_array().unwrap().len()), (200, 1));
     let blob = app
         .dir
         .path()
@@ -365,7 +368,7 @@ async fn releases(backend: Backend) {
     assert_eq!(status, 422, "targets versions must grow: {problem}");
 
     let (status, list) = app.get("/api/v1/releases", &app.read_token).await;
-    assert_eq!((status, list.as_array().unwrap().len()), (200, 2));
+    assert_eq!((status, list["items"].as_array().unwrap().len()), (200, 2));
     let (status, got) = app
         .get(
             &format!("/api/v1/releases/{}", release["id"].as_str().unwrap()),
@@ -473,11 +476,11 @@ async fn vehicles(backend: Backend) {
     app.register_vehicle("veh-b", &device_key(), "hw-b", &["us"])
         .await;
     let (status, list) = app.get("/api/v1/vehicles?tag=eu", &app.read_token).await;
-    assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
+    assert_eq!((status, list["items"].as_array().unwrap().len()), (200, 1));
     let (_, list) = app
         .get("/api/v1/vehicles?hardware_id=hw-b", &app.read_token)
         .await;
-    assert_eq!(list[0]["id"], "veh-b");
+    assert_eq!(list["items"][0]["id"], "veh-b");
     let (status, detail) = app.get("/api/v1/vehicles/veh-a", &app.read_token).await;
     assert_eq!(status, 200);
     assert_eq!(detail["deployments"], json!([]));
@@ -553,7 +556,7 @@ async fn count_with_hardware(app: &TestApp, hardware_id: &str) -> usize {
         )
         .await;
     assert_eq!(status, 200, "{list}");
-    list.as_array().unwrap().len()
+    list["items"].as_array().unwrap().len()
 }
 
 async fn vehicles_bulk(backend: Backend) {
@@ -603,7 +606,7 @@ async fn vehicles_bulk(backend: Backend) {
     assert_eq!(one["ecus"].as_array().unwrap().len(), 2, "{one}");
     assert_eq!(one["tags"], json!(["bulk"]));
     let (_, audit) = app.get("/api/v1/audit?limit=50", &app.admin_token).await;
-    let bulk_entries: Vec<&Value> = audit
+    let bulk_entries: Vec<&Value> = audit["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -781,6 +784,24 @@ async fn rollouts(backend: Backend) {
         "stale",
         "an hour-old check-in is a replay: {rejected}"
     );
+    // Future-dated beyond the window: refused the same way, so a check-in signed ahead
+    // of time cannot be held back and replayed later.
+    let mut early = checkin("veh-r1", None, 0);
+    early.sent_at = early.sent_at.plus_seconds(3600);
+    let rejected = engine
+        .engine
+        .handle_checkin(
+            "veh-r1",
+            &signed_checkin(&key, &early),
+            ota_server::engine::wall_clock_ms(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rejected.label(),
+        "stale",
+        "a check-in dated an hour ahead is refused: {rejected}"
+    );
     let rejected = engine
         .engine
         .handle_checkin("veh-r1", &bytes, ota_server::engine::wall_clock_ms())
@@ -832,7 +853,7 @@ async fn rollouts(backend: Backend) {
     let (status, list) = app
         .get("/api/v1/rollouts?state=rolled_back", &app.read_token)
         .await;
-    assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
+    assert_eq!((status, list["items"].as_array().unwrap().len()), (200, 1));
     let (status, _) = app
         .get("/api/v1/rollouts?state=bogus", &app.read_token)
         .await;
@@ -844,7 +865,7 @@ async fn rollouts(backend: Backend) {
         )
         .await;
     assert_eq!(
-        (status, jobs.as_array().map(Vec::len)),
+        (status, jobs["items"].as_array().map(Vec::len)),
         (200, Some(0)),
         "no source image bytes held: nothing to build"
     );
@@ -915,7 +936,7 @@ async fn rollouts(backend: Backend) {
 
     let (status, audit) = app.get("/api/v1/audit?limit=100", &app.admin_token).await;
     assert_eq!(status, 200);
-    let actions: Vec<&str> = audit
+    let actions: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -937,7 +958,7 @@ async fn rollouts(backend: Backend) {
             "{expected} must be audited: {actions:?}"
         );
     }
-    let start = audit
+    let start = audit["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -958,11 +979,13 @@ async fn vehicle_metadata(backend: Backend) {
     };
     let key = device_key();
     app.register_vehicle("veh-meta", &key, "hw-a", &[]).await;
-    let auth = || blob_auth_header("veh-meta", chrono::Utc::now().timestamp(), &key);
     let get = |path: &str, authorised: bool| {
         let mut request = app.http.get(app.url(path));
         if authorised {
-            request = request.header("authorization", auth());
+            request = request.header(
+                "authorization",
+                crate::helpers::vehicle_credential("veh-meta", &key, "GET", path),
+            );
         }
         request.send()
     };
@@ -1033,11 +1056,10 @@ async fn blobs(backend: Backend) {
     let bytes: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
     let image = app.upload("hw-a", "9.0.0", bytes.clone()).await;
     let path = format!("/v1/blobs/{}", image["sha256"].as_str().unwrap());
-    let auth = || blob_auth_header("veh-blob", chrono::Utc::now().timestamp(), &key);
     let full = app
         .http
         .get(app.url(&path))
-        .header("authorization", auth())
+        .bearer_auth(&app.read_token)
         .send()
         .await
         .unwrap();
@@ -1047,7 +1069,7 @@ async fn blobs(backend: Backend) {
     let part = app
         .http
         .get(app.url(&path))
-        .header("authorization", auth())
+        .bearer_auth(&app.read_token)
         .header("range", "bytes=100-199")
         .send()
         .await
@@ -1061,7 +1083,7 @@ async fn blobs(backend: Backend) {
     let resumed = app
         .http
         .get(app.url(&path))
-        .header("authorization", auth())
+        .bearer_auth(&app.read_token)
         .header("range", "bytes=900-")
         .header("if-range", &etag)
         .send()
@@ -1084,7 +1106,7 @@ async fn blobs(backend: Backend) {
     let stale = app
         .http
         .get(app.url(&path))
-        .header("authorization", auth())
+        .bearer_auth(&app.read_token)
         .header("range", "bytes=900-")
         .header("if-range", "\"other\"")
         .send()
@@ -1102,7 +1124,7 @@ async fn blobs(backend: Backend) {
     let outside = app
         .http
         .get(app.url(&path))
-        .header("authorization", auth())
+        .bearer_auth(&app.read_token)
         .header("range", "bytes=5000-")
         .send()
         .await
@@ -1112,8 +1134,15 @@ async fn blobs(backend: Backend) {
     let (status, _) =
         crate::helpers::decode(app.http.get(app.url(&path)).send().await.unwrap()).await;
     assert_eq!(status, 401, "anonymous downloads are refused");
-    let old = blob_auth_header("veh-blob", chrono::Utc::now().timestamp() - 3600, &key);
-    let (status, _) = crate::helpers::decode(
+    let old = ota_core::credential::SignedRequest::new(
+        "veh-blob",
+        chrono::Utc::now().timestamp() - 3600,
+        "GET",
+        &path,
+    )
+    .unwrap()
+    .sign(&key);
+    let (status, problem) = crate::helpers::decode(
         app.http
             .get(app.url(&path))
             .header("authorization", old)
@@ -1123,8 +1152,9 @@ async fn blobs(backend: Backend) {
     )
     .await;
     assert_eq!(status, 401, "stale vehicle credentials are refused");
-    let forged = blob_auth_header("veh-blob", chrono::Utc::now().timestamp(), &device_key());
-    let (status, _) = crate::helpers::decode(
+    assert_eq!(problem["reason"], "outside_window", "{problem}");
+    let forged = crate::helpers::vehicle_credential("veh-blob", &device_key(), "GET", &path);
+    let (status, problem) = crate::helpers::decode(
         app.http
             .get(app.url(&path))
             .header("authorization", forged)
@@ -1134,6 +1164,7 @@ async fn blobs(backend: Backend) {
     )
     .await;
     assert_eq!(status, 401, "a credential signed by another key is refused");
+    assert_eq!(problem["reason"], "bad_signature", "{problem}");
     let (status, _) = app.get(&path, &app.read_token).await;
     assert_eq!(status, 200, "operators with the read scope may download");
     let (status, _) = app
@@ -1144,7 +1175,7 @@ async fn blobs(backend: Backend) {
     assert_eq!(status, 422);
     app.stop().await;
 }
-both_backends!(blobs_range_if_range_and_vehicle_credentials, blobs);
+both_backends!(blobs_range_if_range_and_credential_refusals, blobs);
 
 #[tokio::test]
 async fn readyz_reports_an_unreachable_broker() {
@@ -1217,10 +1248,10 @@ async fn delta_jobs(backend: Backend) {
             )
             .await;
         if !matches!(
-            list[0]["status"].as_str(),
+            list["items"][0]["status"].as_str(),
             Some("queued" | "running") | None
         ) {
-            jobs = list;
+            jobs = list["items"].clone();
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -1442,7 +1473,11 @@ async fn a_request_slower_than_the_timeout_gets_408() {
     drop(tx);
     let (status, images) = app.get("/api/v1/images", &app.read_token).await;
     assert_eq!(status, 200, "the server serves on after a timeout");
-    assert_eq!(images, json!([]), "a timed-out upload stores nothing");
+    assert_eq!(
+        images["items"],
+        json!([]),
+        "a timed-out upload stores nothing"
+    );
     app.stop().await;
 }
 
@@ -1479,7 +1514,7 @@ async fn readyz_reports_a_broken_blob_store() {
     app.stop().await;
 }
 
-fn tokio_stream_from(
+pub(crate) fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
@@ -1579,7 +1614,7 @@ async fn rate_limit_and_phases(backend: Backend) {
         "maximum_per_minute = 1 admits one vehicle per minute"
     );
     let (_, audit) = app.get("/api/v1/audit?limit=50", &app.admin_token).await;
-    let advances: Vec<&Value> = audit
+    let advances: Vec<&Value> = audit["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -1592,6 +1627,80 @@ async fn rate_limit_and_phases(backend: Backend) {
 both_backends!(
     empty_phases_hold_and_rate_limit_holds,
     rate_limit_and_phases
+);
+
+/// An exponential rate starts at its base and multiplies by its factor with every
+/// `increase_after_succeeded` committed vehicles (AWS IoT Jobs' `exponentialRate`).
+async fn exponential_rate(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let keys: Vec<_> = (0..3).map(|_| device_key()).collect();
+    for (i, key) in keys.iter().enumerate() {
+        app.register_vehicle(&format!("veh-x{i}"), key, "hw-x", &[])
+            .await;
+    }
+    let (old, new) = (b"o".repeat(64), b"x".repeat(64));
+    let image = app.upload("hw-x", "6.0.0", new.clone()).await;
+    let (_, release) = app
+        .post("/api/v1/releases", &app.admin_token, &json!({ "name": "rx", "version": "6.0.0", "security_version": 6, "images": [image["id"]] }))
+        .await;
+    let (status, rollout) = app
+        .post("/api/v1/rollouts", &app.rollout_token, &json!({ "name": "rx", "release_id": release["id"],
+            "phases": [{ "name": "all", "percent": 100 }],
+            "rate_limit": { "maximum_per_minute": 100, "exponential": {
+                "base_rate_per_minute": 1, "increment_factor": 2, "increase_after_succeeded": 1 } } }))
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let id = rollout["id"].as_str().unwrap();
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/start"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Each check-in a little over the snapshot's lifetime after the last (all within
+    // the rate's minute), so it sees the counts the previous one left.
+    let mut now = ota_server::engine::wall_clock_ms();
+    let mut assigned = |i: usize, installed: &[u8], version: &str| {
+        now += ota_server::engine::assign::SNAPSHOT_MS + 100;
+        let vid = format!("veh-x{i}");
+        let bytes = signed_checkin(&keys[i], &checkin(&vid, Some((version, installed)), 0));
+        let engine = app.state.engine.clone();
+        async move {
+            let directive = engine.handle_checkin(&vid, &bytes, now).await.unwrap();
+            let metadata: DirectorMetadata =
+                parse_document(&Envelope::parse(&directive).unwrap().payload).unwrap();
+            metadata.assignments.len()
+        }
+    };
+    let steps: [(usize, &[u8], &str, usize, &str); 5] = [
+        (0, &old, "1.0.0", 1, "the base rate admits one"),
+        (1, &old, "1.0.0", 0, "no success yet: one per minute"),
+        (0, &new, "6.0.0", 0, "veh-x0 commits the image"),
+        (
+            1,
+            &old,
+            "1.0.0",
+            1,
+            "one success doubles the rate: a second vehicle starts in the same minute",
+        ),
+        (2, &old, "1.0.0", 0, "two per minute, two started"),
+    ];
+    for (vehicle, installed, version, expected, why) in steps {
+        assert_eq!(
+            assigned(vehicle, installed, version).await,
+            expected,
+            "{why}"
+        );
+    }
+    app.stop().await;
+}
+both_backends!(
+    exponential_rate_grows_by_its_factor_with_each_success,
+    exponential_rate
 );
 
 /// Director metadata from a check-in, parsed.
@@ -1696,23 +1805,15 @@ async fn rollback_to_previous_images(backend: Backend) {
         back.assignments[0].deployment_id,
         assigned.assignments[0].deployment_id
     );
-    let auth = blob_auth_header(&vid, chrono::Utc::now().timestamp(), &key);
-    let fetch = |path: &'static str| {
-        app.http
-            .get(app.url(path))
-            .header("authorization", auth.clone())
-            .send()
-    };
+    let fetch = |path: &'static str| app.vehicle_get(&vid, &key, path);
     let targets = fetch("/v1/metadata/targets.json")
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap()
         .to_vec();
     let root = fetch("/v1/metadata/root/1.json")
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap()
@@ -1735,6 +1836,9 @@ async fn rollback_to_previous_images(backend: Backend) {
         )
         .expect("the rollback assignment must verify exactly as the agent verifies it");
     assert_eq!(verified.assignments[0].security_version, 3);
+    // The image it is sent back to is named by its directive: it may download it.
+    let previous = format!("/v1/blobs/{}", Sha256Digest::of(&old_bytes));
+    assert_eq!(app.vehicle_get(&vid, &key, &previous).await.status(), 200);
 
     // Back on the old image: the deployment is rolled back, nothing more to do.
     let (_, done) = directive_for(&app, &key, &vid, &old_bytes, "1.0.0").await;
@@ -1880,6 +1984,76 @@ async fn served_records_match_their_documented_schemas() {
     }
     let vehicle = app.get("/api/v1/vehicles/never-seen", token).await.1;
     assert!(vehicle["last_seen_at"].is_null() && vehicle["ecus"][0]["installed_version"].is_null());
+
+    // A page with a next cursor, and the page after it (the last: a null cursor).
+    let key = device_key();
+    app.register_vehicle("checked-in", &key, "hw-doc", &["eu"])
+        .await;
+    let (status, first) = app.get("/api/v1/vehicles?limit=1", token).await;
+    assert!(first["next_cursor"].is_string(), "{first}");
+    assert_matches_document(&doc, "get", "/api/v1/vehicles", status, &first);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (status, last) = app
+        .get(&format!("/api/v1/vehicles?limit=1&cursor={cursor}"), token)
+        .await;
+    assert!(last["next_cursor"].is_null(), "{last}");
+    assert_matches_document(&doc, "get", "/api/v1/vehicles", status, &last);
+
+    // A running rollout's deployments: the list, one vehicle's with its history, a
+    // cancel; the dry run.
+    app.post(
+        &format!("/api/v1/rollouts/{rollout_id}/start"),
+        token,
+        &json!({}),
+    )
+    .await;
+    let (_, directive) = directive_for(&app, &key, "checked-in", b"old", "1.0.0").await;
+    assert_eq!(directive.assignments.len(), 1);
+    for (template, concrete) in [
+        (
+            "/api/v1/rollouts/{id}/deployments",
+            format!("/api/v1/rollouts/{rollout_id}/deployments?limit=1"),
+        ),
+        (
+            "/api/v1/rollouts/{id}/deployments/{vehicle}",
+            format!("/api/v1/rollouts/{rollout_id}/deployments/checked-in"),
+        ),
+        (
+            "/api/v1/vehicles/{id}",
+            "/api/v1/vehicles/checked-in".to_owned(),
+        ),
+    ] {
+        let (status, body) = app.get(&concrete, token).await;
+        assert_eq!(status, 200, "{concrete}: {body}");
+        assert_matches_document(&doc, "get", template, status, &body);
+    }
+    let deployments = app
+        .get(&format!("/api/v1/rollouts/{rollout_id}/deployments"), token)
+        .await
+        .1;
+    assert!(
+        deployments["items"][0]["from_sha256"].is_string() && deployments["next_cursor"].is_null(),
+        "{deployments}"
+    );
+    let cancel = "/api/v1/rollouts/{id}/deployments/{vehicle}/cancel";
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/rollouts/{rollout_id}/deployments/checked-in/cancel"),
+            token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_matches_document(&doc, "post", cancel, status, &body);
+    let (status, body) = app
+        .post(
+            "/api/v1/rollouts:dry-run",
+            token,
+            &json!({ "name": "dry", "release_id": release_id, "phases": [{ "name": "all", "percent": 100 }] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_matches_document(&doc, "post", "/api/v1/rollouts:dry-run", status, &body);
     // Problems too.
     let (status, body) = app.get("/api/v1/images?limit=0", token).await;
     assert_matches_document(&doc, "get", "/api/v1/images", status, &body);
@@ -1889,21 +2063,842 @@ async fn served_records_match_their_documented_schemas() {
     app.stop().await;
 }
 
-/// `before` on the audit log has a stated range like every integer the API takes: a
-/// negative one was accepted and answered 200 though the document says `0..=2^63-1`.
+/// The audit filters' length is stated in characters (JSON Schema `maxLength`), so a
+/// filter of 256 non-ASCII characters is a valid one (it was counted in bytes and
+/// refused); 257 characters, or a control character, are not.
 #[tokio::test]
-async fn audit_before_is_within_its_stated_range() {
+async fn audit_filters_are_limited_as_documented() {
     let app = spawn_app().await;
-    for bad in ["-1", "9223372036854775808", "x"] {
-        let (status, body) = app
-            .get(&format!("/api/v1/audit?before={bad}"), &app.admin_token)
-            .await;
-        assert_eq!(status, 422, "before={bad}: {body}");
-        assert_eq!(body["errors"][0]["field"], "before", "{body}");
-    }
-    let (status, _) = app
-        .get("/api/v1/audit?before=9223372036854775807", &app.admin_token)
+    let (_, doc) = app.get("/api/v1/openapi.json", "").await;
+    let max = doc["components"]["schemas"]["AuditFilterText"]["maxLength"]
+        .as_u64()
+        .unwrap() as usize;
+    let (status, body) = app
+        .get(
+            &format!("/api/v1/audit?actor={}", "%C3%A9".repeat(max)),
+            &app.admin_token,
+        )
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{max} characters: {body}");
+    for bad in ["%C3%A9".repeat(max + 1), "a%01b".to_owned()] {
+        let (status, body) = app
+            .get(&format!("/api/v1/audit?actor={bad}"), &app.admin_token)
+            .await;
+        assert_eq!(status, 422, "actor={bad}: {body}");
+        assert_eq!(body["errors"][0]["field"], "actor", "{body}");
+    }
     app.stop().await;
 }
+
+async fn deployments_of_a_rollout(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let keys: Vec<_> = (0..3).map(|_| device_key()).collect();
+    let vids: Vec<String> = (0..3).map(|i| format!("veh-d{i}")).collect();
+    for (vid, key) in vids.iter().zip(&keys) {
+        app.register_vehicle(vid, key, "hw-d", &[]).await;
+    }
+    let (image, _, rollout) = app
+        .release_and_rollout("hw-d", json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let id = rollout["id"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/start"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut deployment_ids = Vec::new();
+    for (vid, key) in vids.iter().zip(&keys) {
+        let (_, d) = directive_for(&app, key, vid, b"old", "1.0.0").await;
+        assert_eq!(d.assignments.len(), 1, "{vid} is assigned");
+        deployment_ids.push(d.assignments[0].deployment_id.clone());
+    }
+    // Pages of two, following the cursor, give every deployment once, in vehicle order.
+    let (all, pages) = follow_pages(
+        &app,
+        &format!("/api/v1/rollouts/{id}/deployments?phase=0"),
+        2,
+    )
+    .await;
+    assert_eq!((field(&all, "vehicle_id"), pages), (vids.clone(), 2));
+    let list = |query: &str| {
+        let app = &app;
+        let path = format!("/api/v1/rollouts/{id}/deployments?{query}");
+        async move { app.get(&path, &app.read_token).await }
+    };
+    let (_, page) = list("state=assigned").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 3, "{page}");
+    assert_eq!(page["items"][0]["phase"], 0, "{page}");
+    let (_, page) = list("phase=1").await;
+    assert_eq!(page["items"], json!([]), "{page}");
+    let (status, problem) = list("state=sideways").await;
+    assert_eq!(
+        (status, problem["errors"][0]["field"].as_str()),
+        (422, Some("state"))
+    );
+    for bad in [
+        "garbage",
+        "eyJ4Ijp9",
+        "WyJyb2xsb3V0cyIsInZlaC1kMCIsIm1haW4iXQ",
+    ] {
+        let (status, problem) = list(&format!("cursor={bad}")).await;
+        assert_eq!(status, 400, "{bad}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().starts_with("cursor: "),
+            "the problem names the cursor: {problem}"
+        );
+    }
+
+    // Committed by the vehicle's own check-in: recorded as its event.
+    let version = image["version"].as_str().unwrap();
+    let firmware = b"new firmware image bytes".repeat(100);
+    directive_for(&app, &keys[1], &vids[1], &firmware, version).await;
+
+    let deployment = |vid: &str| {
+        let app = &app;
+        let path = format!("/api/v1/rollouts/{id}/deployments/{vid}");
+        async move { app.get(&path, &app.read_token).await }
+    };
+    let act = |vid: &str, action: &str, token: &str| {
+        let app = &app;
+        let path = format!("/api/v1/rollouts/{id}/deployments/{vid}/{action}");
+        let token = token.to_owned();
+        async move { app.post(&path, &token, &json!({})).await }
+    };
+    let (status, _) = act(&vids[0], "cancel", &app.read_token).await;
+    assert_eq!(status, 403, "cancelling needs rollout:write");
+    let (status, cancelled) = act(&vids[0], "cancel", &app.rollout_token).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled[0]["status"], "cancelled", "{cancelled}");
+    // The director hands a cancelled deployment out no more.
+    let (_, d) = directive_for(&app, &keys[0], &vids[0], b"old", "1.0.0").await;
+    assert!(d.assignments.is_empty(), "cancelled: {:?}", d.assignments);
+    let (status, problem) = act(&vids[0], "cancel", &app.rollout_token).await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("allowed actions: retry"),
+        "{problem}"
+    );
+    let (status, one) = deployment(&vids[0]).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["allowed_actions"], json!(["retry"]), "{one}");
+    let events = &one["deployments"][0]["events"];
+    assert_eq!(events[0]["status"], "assigned", "{one}");
+    assert_eq!(events[0]["source"], "director", "{one}");
+    assert_eq!(events[1]["status"], "cancelled", "{one}");
+    assert_eq!(events[1]["source"], "test-rollouts", "{one}");
+
+    // Retry: assigned again, one more attempt, and the next check-in carries it.
+    let (status, retried) = act(&vids[0], "retry", &app.rollout_token).await;
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(
+        (
+            retried[0]["status"].as_str(),
+            retried[0]["attempts"].as_u64()
+        ),
+        (Some("assigned"), Some(2))
+    );
+    let (_, d) = directive_for(&app, &keys[0], &vids[0], b"old", "1.0.0").await;
+    assert_eq!(d.assignments.len(), 1, "the retry is handed out");
+    assert_eq!(d.assignments[0].deployment_id, deployment_ids[0]);
+    let (status, problem) = act(&vids[0], "retry", &app.rollout_token).await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("allowed actions: cancel"),
+        "{problem}"
+    );
+
+    // A committed deployment can be neither cancelled nor retried.
+    let (_, one) = deployment(&vids[1]).await;
+    let events: Vec<(&str, &str)> = one["deployments"][0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["status"].as_str().unwrap(), e["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        events,
+        vec![("assigned", "director"), ("committed", "vehicle")],
+        "{one}"
+    );
+    assert_eq!(one["allowed_actions"], json!([]), "{one}");
+    let (status, problem) = act(&vids[1], "retry", &app.rollout_token).await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("allowed actions: none"),
+        "{problem}"
+    );
+    let (status, _) = act("veh-not-in-it", "cancel", &app.rollout_token).await;
+    assert_eq!(status, 404);
+    let (status, _) = deployment("veh-not-in-it").await;
+    assert_eq!(status, 404);
+
+    let (_, audit) = app.get("/api/v1/audit?limit=50", &app.admin_token).await;
+    let actions: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"].as_str().unwrap().starts_with("deployment."))
+        .map(|a| (a["action"].as_str().unwrap(), a["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("deployment.retry", "test-rollouts"),
+            ("deployment.cancel", "test-rollouts")
+        ],
+        "only the changes that happened are audited, newest first"
+    );
+    app.stop().await;
+}
+both_backends!(
+    rollout_deployments_list_cancel_retry,
+    deployments_of_a_rollout
+);
+
+async fn dry_run_matches_the_director(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let mut keys = Vec::new();
+    for i in 0..40 {
+        let key = device_key();
+        let tags: &[&str] = if i % 2 == 0 { &["eu"] } else { &["us"] };
+        app.register_vehicle(&format!("veh-y{i:02}"), &key, "hw-y", tags)
+            .await;
+        keys.push(key);
+    }
+    // Selected by tag, but hardware the release does not target: never counted.
+    app.register_vehicle("veh-z", &device_key(), "hw-z", &["eu"])
+        .await;
+    let image = app.upload("hw-y", "3.0.0", b"y".repeat(64)).await;
+    let (_, release) = app
+        .post("/api/v1/releases", &app.admin_token, &json!({ "name": "ry", "version": "3.0.0", "security_version": 1, "images": [image["id"]] }))
+        .await;
+    let salt = "00112233445566778899aabbccddeeff";
+    let spec = json!({ "name": "ry", "release_id": release["id"], "salt": salt,
+        "selector": { "tags": ["eu"] },
+        "phases": [{ "name": "canary", "percent": 30 }, { "name": "all", "percent": 100 }] });
+    let (_, audit_before) = app.get("/api/v1/audit?limit=1000", &app.admin_token).await;
+    let (status, _) = app
+        .post("/api/v1/rollouts:dry-run", &app.read_token, &spec)
+        .await;
+    assert_eq!(status, 403, "a dry run needs rollout:write");
+    let (status, dry) = app
+        .post("/api/v1/rollouts:dry-run", &app.rollout_token, &spec)
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["salt"], salt);
+    assert_eq!(dry["vehicles"], 20, "the 20 eu vehicles of hw-y: {dry}");
+    let canary: Vec<String> = dry["phases"][0]["sample"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let canary_count = dry["phases"][0]["vehicles"].as_u64().unwrap() as usize;
+    assert_eq!(
+        canary.len(),
+        canary_count,
+        "the whole canary fits the sample: {dry}"
+    );
+    assert!((1..20).contains(&canary_count), "{dry}");
+    assert_eq!(
+        dry["phases"][1]["vehicles"].as_u64().unwrap() as usize,
+        20 - canary_count
+    );
+    assert!(canary.iter().all(|v| v.starts_with("veh-y")), "{dry}");
+    // Nothing was created or audited.
+    let (_, rollouts) = app.get("/api/v1/rollouts", &app.read_token).await;
+    assert_eq!(rollouts["items"], json!([]));
+    let (_, audit_after) = app.get("/api/v1/audit?limit=1000", &app.admin_token).await;
+    assert_eq!(audit_before, audit_after);
+    // The same rules as create.
+    let mut bad = spec.clone();
+    bad["salt"] = json!("XYZ");
+    let (status, problem) = app
+        .post("/api/v1/rollouts:dry-run", &app.rollout_token, &bad)
+        .await;
+    assert_eq!(
+        (status, problem["errors"][0]["field"].as_str()),
+        (422, Some("salt")),
+        "{problem}"
+    );
+
+    // The real rollout with that salt assigns exactly the canary.
+    let (status, rollout) = app
+        .post("/api/v1/rollouts", &app.rollout_token, &spec)
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let id = rollout["id"].as_str().unwrap();
+    app.post(
+        &format!("/api/v1/rollouts/{id}/start"),
+        &app.rollout_token,
+        &json!({}),
+    )
+    .await;
+    let mut assigned = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let vid = format!("veh-y{i:02}");
+        let (_, d) = directive_for(&app, key, &vid, b"old", "1.0.0").await;
+        if !d.assignments.is_empty() {
+            assigned.push(vid);
+        }
+    }
+    assert_eq!(
+        assigned, canary,
+        "the director assigns exactly the dry run's canary"
+    );
+    app.stop().await;
+}
+both_backends!(
+    rollout_dry_run_matches_what_the_director_assigns,
+    dry_run_matches_the_director
+);
+
+async fn token_expiry(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let store = &app.state.store;
+    let actor = ota_server::store::Actor::system();
+    let now = ota_server::engine::wall_clock_ms();
+    let scopes = [ota_server::tokens::Scope::Read];
+    let (expired, expired_token) =
+        ota_server::tokens::create_expiring_token(store, &actor, "old", &scopes, Some(now - 1000))
+            .await
+            .unwrap();
+    let (_, live_token) = ota_server::tokens::create_expiring_token(
+        store,
+        &actor,
+        "fresh",
+        &scopes,
+        Some(now + 3_600_000),
+    )
+    .await
+    .unwrap();
+    let (status, problem) = app.get("/api/v1/images", &expired_token).await;
+    assert_eq!(status, 401, "{problem}");
+    assert_eq!(
+        problem["type"], "urn:ota:problem:token-expired",
+        "{problem}"
+    );
+    let at = ota_server::store::ms_to_rfc3339(now - 1000);
+    assert_eq!(
+        problem["detail"],
+        format!("the bearer token expired at {at}")
+    );
+    // Blob downloads take read tokens too, and refuse the expired one the same way.
+    let blob = format!("/v1/blobs/{}", "0".repeat(64));
+    let (status, problem) = app.get(&blob, &expired_token).await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (401, Some("urn:ota:problem:token-expired"))
+    );
+    let (status, body) = app.get("/api/v1/images", &live_token).await;
+    assert_eq!(status, 200, "a token before its expiry works: {body}");
+    let (_, tokens) = app.get("/api/v1/tokens", &app.admin_token).await;
+    let listed = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == expired.id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(listed["expires_at"], at.as_str(), "{tokens}");
+    let (_, audit) = app.get("/api/v1/audit?limit=50", &app.admin_token).await;
+    let created = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "token.create" && a["subject"] == expired.id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(created["detail"]["expires_at"], at.as_str(), "{created}");
+    app.stop().await;
+}
+both_backends!(expired_tokens_are_refused_naming_the_expiry, token_expiry);
+
+/// Every item of `path` (with a query string), following `next_cursor` pages of `limit`.
+async fn follow_pages(app: &TestApp, path: &str, limit: u32) -> (Vec<Value>, usize) {
+    let mut items = Vec::new();
+    let mut pages = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{path}&limit={limit}");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = app.get(&url, &app.admin_token).await;
+        assert_eq!(status, 200, "{url}: {page}");
+        pages += 1;
+        let got = page["items"].as_array().unwrap();
+        assert!(got.len() <= limit as usize, "{page}");
+        items.extend(got.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return (items, pages),
+        }
+    }
+}
+
+fn field(items: &[Value], name: &str) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| i[name].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn lists(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let mut images = Vec::new();
+    for (hw, version) in [("hw-l", "1.0.0"), ("hw-l", "1.1.0"), ("hw-m", "1.0.0")] {
+        images.push(
+            app.upload(
+                hw,
+                version,
+                format!("{hw}{version}").repeat(20).into_bytes(),
+            )
+            .await,
+        );
+    }
+    let ids = |v: &[Value]| field(v, "id");
+    // Oldest first by default, newest first with order=desc; pages of one follow the
+    // cursor through all of them.
+    let (all, pages) = follow_pages(&app, "/api/v1/images?order=asc", 1).await;
+    assert_eq!((ids(&all), pages), (ids(&images), 3));
+    let (all, _) = follow_pages(&app, "/api/v1/images?order=desc", 2).await;
+    let mut newest_first = ids(&images);
+    newest_first.reverse();
+    assert_eq!(ids(&all), newest_first);
+    let (all, _) = follow_pages(&app, "/api/v1/images?hardware_id=hw-l&version=1.1.0", 5).await;
+    assert_eq!(ids(&all), vec![ids(&images)[1].clone()]);
+
+    let mut releases = Vec::new();
+    for (name, version) in [("l1", "1.0.0"), ("l2", "1.1.0"), ("l3", "1.1.0")] {
+        let (status, r) = app
+            .post("/api/v1/releases", &app.admin_token, &json!({ "name": name, "version": version, "security_version": 1, "images": [images[0]["id"]] }))
+            .await;
+        assert_eq!(status, 201, "{r}");
+        releases.push(r);
+    }
+    let (all, pages) = follow_pages(&app, "/api/v1/releases?version=1.1.0", 1).await;
+    assert_eq!((ids(&all), pages), (ids(&releases[1..]), 2));
+    let mut rollouts = Vec::new();
+    for release in &releases[..2] {
+        let (status, r) = app
+            .post("/api/v1/rollouts", &app.admin_token, &json!({ "name": "l", "release_id": release["id"], "phases": [{ "name": "all", "percent": 100 }] }))
+            .await;
+        assert_eq!(status, 201, "{r}");
+        rollouts.push(r);
+    }
+    let (all, _) = follow_pages(
+        &app,
+        &format!(
+            "/api/v1/rollouts?state=draft&release_id={}",
+            releases[1]["id"].as_str().unwrap()
+        ),
+        1,
+    )
+    .await;
+    assert_eq!(ids(&all), ids(&rollouts[1..]));
+    let (all, _) = follow_pages(&app, "/api/v1/delta-jobs?status=queued", 1).await;
+    assert!(all.is_empty());
+
+    // Vehicles by id, past any one page, filtered by a tag set.
+    for i in 0..5 {
+        let tags: &[&str] = if i % 2 == 0 { &["eu", "beta"] } else { &["eu"] };
+        app.register_vehicle(&format!("veh-l{i}"), &device_key(), "hw-l", tags)
+            .await;
+    }
+    let (all, pages) = follow_pages(&app, "/api/v1/vehicles?tag=eu", 2).await;
+    assert_eq!(pages, 3);
+    assert_eq!(
+        field(&all, "id"),
+        (0..5).map(|i| format!("veh-l{i}")).collect::<Vec<_>>()
+    );
+    let (all, _) = follow_pages(&app, "/api/v1/vehicles?tags=eu,beta", 2).await;
+    assert_eq!(field(&all, "id"), vec!["veh-l0", "veh-l2", "veh-l4"]);
+
+    // The audit log, newest first, by actor, action, target and time.
+    let (all, _) = follow_pages(&app, "/api/v1/audit?action=vehicle.register", 2).await;
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[0]["subject"], "veh-l4", "newest first");
+    let (all, _) = follow_pages(&app, "/api/v1/audit?target=veh-l1", 10).await;
+    assert_eq!(field(&all, "action"), vec!["vehicle.register"]);
+    let (all, _) = follow_pages(
+        &app,
+        "/api/v1/audit?actor=test-admin&action=release.create",
+        10,
+    )
+    .await;
+    assert_eq!(field(&all, "subject"), {
+        let mut r = ids(&releases);
+        r.reverse();
+        r
+    });
+    let (all, _) = follow_pages(&app, "/api/v1/audit?actor=nobody", 10).await;
+    assert!(all.is_empty());
+    let (all, _) = follow_pages(
+        &app,
+        "/api/v1/audit?since=2000-01-01T00:00:00Z&until=2100-01-01T00:00:00Z",
+        1000,
+    )
+    .await;
+    assert!(all.len() >= 13, "{}", all.len());
+    let (all, _) = follow_pages(&app, "/api/v1/audit?until=2000-01-01T00:00:00Z", 10).await;
+    assert!(all.is_empty());
+
+    // Cursors are opaque and belong to one list and one order.
+    let (_, first) = app.get("/api/v1/images?limit=1", &app.read_token).await;
+    let images_cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    for path in [
+        format!("/api/v1/releases?cursor={images_cursor}"),
+        format!("/api/v1/images?order=desc&cursor={images_cursor}"),
+        "/api/v1/rollouts?cursor=nope".to_owned(),
+        "/api/v1/vehicles?cursor=WyJ2ZWhpY2xlcyJd".to_owned(),
+        "/api/v1/audit?cursor=WyJhdWRpdCIsIngiXQ".to_owned(),
+        "/api/v1/delta-jobs?cursor=%00".to_owned(),
+    ] {
+        let (status, problem) = app.get(&path, &app.admin_token).await;
+        assert_eq!(status, 400, "{path}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().starts_with("cursor: "),
+            "{path}: {problem}"
+        );
+    }
+    for (path, name) in [
+        ("/api/v1/images?order=sideways", "order"),
+        ("/api/v1/audit?since=yesterday", "since"),
+        ("/api/v1/vehicles?tags=eu,eu", "tags[1]"),
+        ("/api/v1/delta-jobs?status=lost", "status"),
+    ] {
+        let (status, problem) = app.get(path, &app.admin_token).await;
+        assert_eq!(
+            (status, problem["errors"][0]["field"].as_str()),
+            (422, Some(name)),
+            "{path}: {problem}"
+        );
+    }
+    app.stop().await;
+}
+both_backends!(lists_page_by_cursor_sort_and_filter, lists);
+
+async fn vehicle_changes(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let (k0, k1) = (device_key(), device_key());
+    app.register_vehicle("veh-c0", &k0, "hw-c", &["eu"]).await;
+    app.register_vehicle("veh-c1", &k1, "hw-c", &["eu"]).await;
+    let put = |path: &str, token: &str, body: Value| {
+        let app = &app;
+        let (path, token) = (path.to_owned(), token.to_owned());
+        async move {
+            let response = app
+                .http
+                .put(app.url(&path))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            crate::helpers::decode(response).await
+        }
+    };
+    let tags = "/api/v1/vehicles/veh-c0/tags";
+    let (status, _) = put(tags, &app.read_token, json!({ "tags": ["us"] })).await;
+    assert_eq!(status, 403);
+    let (status, problem) = put(tags, &app.admin_token, json!({ "tags": ["us", "a b"] })).await;
+    assert_eq!(
+        (status, problem["errors"][0]["field"].as_str()),
+        (422, Some("tags[1]"))
+    );
+    let (status, vehicle) = put(tags, &app.admin_token, json!({ "tags": ["us", "beta"] })).await;
+    assert_eq!(
+        (status, vehicle["tags"].clone()),
+        (200, json!(["us", "beta"])),
+        "{vehicle}"
+    );
+    let (_, list) = app.get("/api/v1/vehicles?tag=eu", &app.read_token).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+
+    // A rotated key: the old key's signatures are refused, the new key's accepted.
+    let k0_new = device_key();
+    let rotate = "/api/v1/vehicles/veh-c0/rotate-key";
+    let (status, problem) = app
+        .post(rotate, &app.admin_token, &json!({ "public_key": "00" }))
+        .await;
+    assert_eq!(
+        (status, problem["errors"][0]["field"].as_str()),
+        (422, Some("public_key"))
+    );
+    let (status, body) = app
+        .post(
+            rotate,
+            &app.admin_token,
+            &json!({ "public_key": k0_new.public_key().to_hex() }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = app
+        .post(
+            rotate,
+            &app.admin_token,
+            &json!({ "public_key": k0_new.public_key().to_hex() }),
+        )
+        .await;
+    assert_eq!(status, 409, "the same key again changes nothing");
+    let now = ota_server::engine::wall_clock_ms;
+    let engine = &app.state.engine;
+    let old = engine
+        .handle_checkin(
+            "veh-c0",
+            &signed_checkin(&k0, &checkin("veh-c0", None, 0)),
+            now(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(old.label(), "bad_signature", "{old}");
+    engine
+        .handle_checkin(
+            "veh-c0",
+            &signed_checkin(&k0_new, &checkin("veh-c0", None, 0)),
+            now(),
+        )
+        .await
+        .expect("the new key signs");
+
+    // Decommissioned: deployments not yet installing cancelled, check-ins refused.
+    let (_, _, rollout) = app
+        .release_and_rollout("hw-c", json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let id = rollout["id"].as_str().unwrap();
+    app.post(
+        &format!("/api/v1/rollouts/{id}/start"),
+        &app.admin_token,
+        &json!({}),
+    )
+    .await;
+    let (_, d) = directive_for(&app, &k1, "veh-c1", b"old", "1.0.0").await;
+    assert_eq!(d.assignments.len(), 1);
+    let decommission = "/api/v1/vehicles/veh-c1/decommission";
+    let (status, vehicle) = app.post(decommission, &app.admin_token, &json!({})).await;
+    assert_eq!(status, 200, "{vehicle}");
+    assert!(vehicle["decommissioned_at"].is_string(), "{vehicle}");
+    let refused = engine
+        .handle_checkin(
+            "veh-c1",
+            &signed_checkin(&k1, &checkin("veh-c1", None, 0)),
+            now(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.label(), "decommissioned", "{refused}");
+    let (_, one) = app
+        .get(
+            &format!("/api/v1/rollouts/{id}/deployments/veh-c1"),
+            &app.read_token,
+        )
+        .await;
+    assert_eq!(one["deployments"][0]["status"], "cancelled", "{one}");
+    assert_eq!(
+        one["deployments"][0]["reason_code"], "decommissioned",
+        "{one}"
+    );
+    let (status, problem) = app.post(decommission, &app.admin_token, &json!({})).await;
+    assert_eq!(status, 409, "{problem}");
+    let (status, _) = put(
+        "/api/v1/vehicles/veh-c1/tags",
+        &app.admin_token,
+        json!({ "tags": [] }),
+    )
+    .await;
+    assert_eq!(status, 409, "a decommissioned vehicle does not change");
+    let (_, status_view) = app
+        .get(&format!("/api/v1/rollouts/{id}/status"), &app.read_token)
+        .await;
+    assert_eq!(
+        status_view["phases"][0]["eligible"], 1,
+        "only veh-c0 is in service: {status_view}"
+    );
+
+    let (_, audit) = app
+        .get("/api/v1/audit?target=veh-c0", &app.admin_token)
+        .await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        vec!["vehicle.rotate_key", "vehicle.retag", "vehicle.register"]
+    );
+    let (_, audit) = app
+        .get(
+            "/api/v1/audit?target=veh-c1&action=vehicle.decommission",
+            &app.admin_token,
+        )
+        .await;
+    assert_eq!(audit["items"][0]["actor"], "test-admin", "{audit}");
+    app.stop().await;
+}
+both_backends!(vehicles_retag_rotate_key_and_decommission, vehicle_changes);
+
+async fn deletions(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let upload = |hw: &'static str, version: &'static str, bytes: &'static [u8]| {
+        let app = &app;
+        async move { app.upload(hw, version, bytes.repeat(40)).await }
+    };
+    let x = upload("hw-g", "0.9.0", b"x").await;
+    let a = upload("hw-g", "1.0.0", b"a").await;
+    let b = upload("hw-g", "2.0.0", b"b").await;
+    let c = upload("hw-g", "3.0.0", b"c").await;
+    // The same bytes under another hardware id: one blob, two images.
+    let c_twin = upload("hw-h", "3.0.0", b"c").await;
+    let release = |name: &'static str, image: &Value| {
+        let app = &app;
+        let body = json!({ "name": name, "version": "1.0.0", "security_version": 1, "images": [image["id"]] });
+        async move {
+            let (status, r) = app.post("/api/v1/releases", &app.admin_token, &body).await;
+            assert_eq!(status, 201, "{r}");
+            r["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let r0 = release("g0", &x).await;
+    let r1 = release("g1", &a).await;
+    let r2 = release("g2", &b).await;
+    let (_, rollout) = app
+        .post("/api/v1/rollouts", &app.admin_token, &json!({ "name": "g", "release_id": r1, "phases": [{ "name": "all", "percent": 100 }] }))
+        .await;
+    let rollout = rollout["id"].as_str().unwrap().to_owned();
+    let delete = |path: String, token: String| {
+        let app = &app;
+        async move {
+            let response = app
+                .http
+                .delete(app.url(&path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            crate::helpers::decode(response).await
+        }
+    };
+    let image_path = |image: &Value| format!("/api/v1/images/{}", image["id"].as_str().unwrap());
+    let blob_file = |image: &Value| {
+        app.dir
+            .path()
+            .join("blobs/sha256")
+            .join(image["sha256"].as_str().unwrap())
+    };
+    let admin = app.admin_token.clone();
+
+    let (status, _) = delete(image_path(&c), app.read_token.clone()).await;
+    assert_eq!(status, 403, "deleting needs release:write");
+    let (status, problem) = delete(image_path(&a), admin.clone()).await;
+    assert_eq!(status, 409, "{problem}");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&r1) && detail.contains(&rollout),
+        "names the release and rollout: {detail}"
+    );
+    let (status, problem) = delete(format!("/api/v1/releases/{r1}"), admin.clone()).await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains(&rollout),
+        "{problem}"
+    );
+    let (status, problem) = delete(format!("/api/v1/releases/{r2}"), admin.clone()).await;
+    assert_eq!(status, 409, "the newest targets stay: {problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("newest signed targets"),
+        "{problem}"
+    );
+
+    // An unused image whose bytes another image shares: the blob stays.
+    let (status, deleted) = delete(image_path(&c), admin.clone()).await;
+    assert_eq!(
+        (status, deleted["blobs_removed"].clone()),
+        (200, json!([])),
+        "{deleted}"
+    );
+    assert!(blob_file(&c).exists());
+    let (status, _) = app.get(&image_path(&c), &app.read_token).await;
+    assert_eq!(status, 404);
+    // The last image with those bytes: the blob is removed and no longer served.
+    let (status, deleted) = delete(image_path(&c_twin), admin.clone()).await;
+    assert_eq!(
+        (status, deleted["blobs_removed"].clone()),
+        (200, json!([c["sha256"]])),
+        "{deleted}"
+    );
+    assert!(!blob_file(&c).exists(), "garbage-collected");
+    let (status, _) = app
+        .get(
+            &format!("/v1/blobs/{}", c["sha256"].as_str().unwrap()),
+            &app.read_token,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // A release no rollout uses, then its image.
+    let (status, _) = delete(image_path(&x), admin.clone()).await;
+    assert_eq!(status, 409, "r0 still lists it");
+    let (status, deleted) = delete(format!("/api/v1/releases/{r0}"), admin.clone()).await;
+    assert_eq!(status, 200, "{deleted}");
+    let (status, _) = app
+        .get(&format!("/api/v1/releases/{r0}"), &app.read_token)
+        .await;
+    assert_eq!(status, 404);
+    let (status, deleted) = delete(image_path(&x), admin.clone()).await;
+    assert_eq!(
+        (status, deleted["blobs_removed"].clone()),
+        (200, json!([x["sha256"]])),
+        "{deleted}"
+    );
+    assert!(
+        blob_file(&a).exists() && blob_file(&b).exists(),
+        "used blobs stay"
+    );
+
+    let (_, audit) = app
+        .get("/api/v1/audit?action=image.delete", &app.admin_token)
+        .await;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 3, "{audit}");
+    let (_, audit) = app
+        .get(
+            &format!("/api/v1/audit?action=release.delete&target={r0}"),
+            &app.admin_token,
+        )
+        .await;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
+    app.stop().await;
+}
+both_backends!(
+    unused_images_and_releases_are_deleted_and_blobs_collected,
+    deletions
+);

@@ -6,8 +6,8 @@ use ota_agent::delta::apply_delta;
 use ota_core::delta::{Algorithm, ContainerHeader};
 use ota_core::encoding::Sha256Digest;
 use ota_server::blobs::BlobStore;
-use ota_server::delta::{build_delta_file_in_background, BuildError, BuildOptions};
-use ota_server::jobs::{run_one, BuilderEngine, DeltaEngine, JobOutcome};
+use ota_server::delta::BuildOptions;
+use ota_server::jobs::{run_one, BuilderEngine, DeltaEngine, DeltaOutcome, JobOutcome};
 use ota_server::store::DeltaJobStatus;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 /// Two related images: a shared body with a few edits.
-fn image_pair() -> (Vec<u8>, Vec<u8>) {
+pub fn image_pair() -> (Vec<u8>, Vec<u8>) {
     let old: Vec<u8> = (0..400_000u32)
         .map(|i| ((i * 31) ^ (i >> 9)) as u8)
         .collect();
@@ -92,34 +92,101 @@ fn cli_reports_a_missing_image_and_writes_nothing() {
     assert!(!dir.path().join("delta").exists());
 }
 
-#[tokio::test]
-async fn background_build_runs_off_the_executor_and_applies() {
-    let (old, new) = image_pair();
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("old"), &old).expect("write");
-    std::fs::write(dir.path().join("new"), &new).expect("write");
-    let report = build_delta_file_in_background(
-        dir.path().join("old"),
-        dir.path().join("new"),
-        dir.path().join("delta"),
-        BuildOptions::default(),
-    )
-    .await
-    .expect("background build succeeds");
-    assert_eq!(report.algorithm, Algorithm::BsdiffZstd);
-    assert!(apply_file(&dir.path().join("delta"), &old) == new);
+/// The production builder behind a gate: a build announces that it started, then waits
+/// for `release` before diffing. Tests use it to hold a delta job in flight.
+#[derive(Debug)]
+pub struct GatedEngine {
+    inner: BuilderEngine,
+    started: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
 
-    let missing = build_delta_file_in_background(
-        dir.path().join("missing"),
-        dir.path().join("new"),
-        dir.path().join("delta2"),
-        BuildOptions::default(),
-    )
-    .await;
+/// The two ends a test holds: `started` resolves once a build is in flight; sending on
+/// `release` lets it diff.
+pub struct Gate {
+    pub started: tokio::sync::oneshot::Receiver<()>,
+    pub release: std::sync::mpsc::Sender<()>,
+}
+
+impl GatedEngine {
+    pub fn new() -> (Arc<GatedEngine>, Gate) {
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let engine = GatedEngine {
+            inner: BuilderEngine {
+                options: BuildOptions {
+                    threads: 1,
+                    ..BuildOptions::default()
+                },
+            },
+            started: std::sync::Mutex::new(Some(started_tx)),
+            release: std::sync::Mutex::new(release_rx),
+        };
+        (Arc::new(engine), Gate { started, release })
+    }
+}
+
+impl DeltaEngine for GatedEngine {
+    fn build_delta(
+        &self,
+        old: &Path,
+        new: &Path,
+        out: &Path,
+    ) -> Result<DeltaOutcome, ota_server::jobs::DeltaBuildError> {
+        if let Some(started) = self.started.lock().unwrap().take() {
+            let _ = started.send(());
+        }
+        // Only a bound against a hang when the gate is never opened (the test fails then).
+        self.release
+            .lock()
+            .unwrap()
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .map_err(|_| {
+                ota_server::jobs::DeltaBuildError::Failed("the gate was never opened".to_owned())
+            })?;
+        self.inner.build_delta(old, new, out)
+    }
+}
+
+/// Writes `bytes` into the blob store under their digest; returns the digest in hex.
+pub fn put_blob(blobs: &BlobStore, bytes: &[u8]) -> String {
+    let digest = Sha256Digest::of(bytes);
+    std::fs::write(blobs.path_of(&digest), bytes).expect("blob written");
+    digest.to_hex()
+}
+
+/// On a single-threaded runtime, the build waits for a message that only another task
+/// on that same runtime sends. Were the diff run on the executor's thread, that task
+/// could never run and the build would fail at the gate; on the blocking pool it is
+/// released and the job is built.
+#[tokio::test(flavor = "current_thread")]
+async fn diffing_never_runs_on_the_async_executor() {
+    let Some((store, _, dir)) = fresh_store(Backend::Sqlite).await else {
+        unreachable!("sqlite never skips");
+    };
+    let blobs = BlobStore::open(&dir.path().join("blobs")).expect("blob store");
+    let (old, new) = image_pair();
+    let (old_sha, new_sha) = (put_blob(&blobs, &old), put_blob(&blobs, &new));
+    assert!(store
+        .enqueue_delta("ro_exec", "hw-a", &old_sha, &new_sha)
+        .await
+        .unwrap());
+    let (engine, gate) = GatedEngine::new();
+    let Gate { started, release } = gate;
+    let opener = tokio::spawn(async move {
+        started.await.expect("the build started");
+        release.send(()).expect("the build waits at the gate");
+    });
+    let outcome = run_one(&store, &blobs, engine).await.unwrap();
     assert!(
-        matches!(missing, Err(BuildError::ReadImage { which: "old", .. })),
-        "got {missing:?}"
+        matches!(outcome, JobOutcome::Built { .. }),
+        "the executor kept running while the diff was in flight: {outcome:?}"
     );
+    opener.await.unwrap();
+    let job = store.list_delta_jobs(Some("ro_exec")).await.unwrap();
+    assert_eq!(job[0].status, DeltaJobStatus::Done, "{job:?}");
+    let delta = Sha256Digest::parse(job[0].delta_sha256.as_deref().unwrap()).unwrap();
+    assert!(apply_file(&blobs.path_of(&delta), &old) == new);
 }
 
 /// `len` incompressible bytes (as machine code mostly is), distinct per `seed`.
@@ -143,11 +210,7 @@ async fn delta_jobs_end_done_skipped_or_failed(backend: Backend) {
             ..BuildOptions::default()
         },
     });
-    let put = |bytes: &[u8]| {
-        let digest = Sha256Digest::of(bytes);
-        std::fs::write(blobs.path_of(&digest), bytes).expect("blob written");
-        digest.to_hex()
-    };
+    let put = |bytes: &[u8]| put_blob(&blobs, bytes);
     let old = incompressible(1, 64_000);
     let mut new = old.clone();
     new[1000..1008].copy_from_slice(b"NEWBYTES");

@@ -5,7 +5,6 @@
 
 use crate::both_backends;
 use crate::helpers::{device_key, spawn_app, spawn_app_with, Backend, Options, TestApp};
-use ota_core::protocol::blob_auth_header;
 use serde_json::{json, Value};
 
 async fn app(backend: Backend) -> Option<TestApp> {
@@ -277,17 +276,9 @@ async fn texts(backend: Backend) {
     // One vehicle id rule: an id with dots registers and its credential works.
     app.register_vehicle("veh.with.dots", &key, "hw-text", &["eu"])
         .await;
-    let blob = format!("/v1/blobs/{}", image["sha256"].as_str().unwrap());
     let response = app
-        .http
-        .get(app.url(&blob))
-        .header(
-            "authorization",
-            blob_auth_header("veh.with.dots", chrono::Utc::now().timestamp(), &key),
-        )
-        .send()
-        .await
-        .unwrap();
+        .vehicle_get("veh.with.dots", &key, "/v1/metadata/root/1.json")
+        .await;
     assert_eq!(response.status().as_u16(), 200);
     let (status, vehicle) = app
         .get("/api/v1/vehicles/veh.with.dots", &app.read_token)
@@ -316,7 +307,7 @@ async fn limits(backend: Backend) {
     ] {
         let (status, all) = app.get(path, &app.admin_token).await;
         assert_eq!(status, 200, "{path}: {all}");
-        let total = all.as_array().unwrap().len();
+        let total = all["items"].as_array().unwrap().len();
         assert!(total >= 3, "{path}: {all}");
         if let Some(expected) = expected {
             assert_eq!(total, expected, "{path}");
@@ -324,7 +315,7 @@ async fn limits(backend: Backend) {
         let (status, one) = app.get(&format!("{path}?limit=1"), &app.admin_token).await;
         assert_eq!(status, 200, "{path}: {one}");
         assert_eq!(
-            one.as_array().unwrap().len(),
+            one["items"].as_array().unwrap().len(),
             total.min(1),
             "{path}?limit=1"
         );
@@ -596,7 +587,7 @@ async fn tokens(backend: Backend) {
     assert!(revoked["revoked_at"].is_string(), "{revoked}");
     let (_, audit) = app.get("/api/v1/audit?limit=5", &app.admin_token).await;
     assert!(
-        audit
+        audit["items"]
             .as_array()
             .unwrap()
             .iter()

@@ -222,6 +222,9 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     settings.director.poll_seconds = 30;
     // No vehicle channel unless a test asks for the machine's broker below.
     settings.mqtt.embedded = "off".to_owned();
+    // Progress applied directly unless a test asks for Kafka (tansu) below: the direct
+    // path is tested here, the in-process Kafka in the e2e suite.
+    settings.kafka.embedded = "off".to_owned();
     if let Some(max) = options.max_image_bytes {
         settings.limits.max_image_bytes = max;
     }
@@ -231,9 +234,6 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     if let Some(max) = options.max_concurrent_requests {
         settings.limits.max_concurrent_requests = max;
     }
-    if let Some(seconds) = options.request_timeout_seconds {
-        settings.limits.request_timeout_seconds = seconds;
-    }
     if let Some(max) = options.max_json_bytes {
         settings.limits.max_json_bytes = max;
     }
@@ -242,7 +242,7 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
         Backend::Postgres => Some(TestDatabase::create().await?),
     };
     if let Some(db) = &database {
-        settings.database_url = Some(db.url.clone());
+        settings.database_url = Some(db.url.parse().expect("a database URL"));
     }
     if options.mqtt {
         let url = mqtt_url();
@@ -252,14 +252,14 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
             }
             return None;
         }
-        settings.mqtt.url = Some(url);
+        settings.mqtt.url = Some(url.parse().expect("a broker URL"));
         // A share group and client id of its own: tests run in parallel against one
         // broker, and each server must receive every check-in meant for it.
         settings.mqtt.share_group = unique("g");
         settings.mqtt.client_id = Some(unique("ota-server-test-"));
     }
     if let Some(url) = options.mqtt_url_unchecked {
-        settings.mqtt.url = Some(url);
+        settings.mqtt.url = Some(url.parse().expect("a broker URL"));
         settings.mqtt.share_group = unique("g");
         settings.mqtt.client_id = Some(unique("ota-server-test-"));
     }
@@ -332,11 +332,16 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
-    /// Stops the server gracefully and drops the test database.
-    pub async fn stop(mut self) {
+    /// Signals shutdown (SIGINT/SIGTERM in production) without waiting for the server.
+    pub fn signal_stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Waits for the server to exit after [`TestApp::signal_stop`], asserting a clean
+    /// exit; the database and data directory stay for the test to read.
+    pub async fn wait_stopped(&mut self) {
         if let Some(server) = self.server.take() {
             let result = tokio::time::timeout(Duration::from_secs(30), server).await;
             assert!(
@@ -344,6 +349,21 @@ impl TestApp {
                 "server must shut down cleanly: {result:?}"
             );
         }
+    }
+
+    /// The database the server uses (SQLite in the data directory or the test's own
+    /// PostgreSQL database).
+    pub fn database_url(&self) -> String {
+        match &self.database {
+            Some(db) => db.url.clone(),
+            None => format!("sqlite://{}", self.dir.path().join("ota.db").display()),
+        }
+    }
+
+    /// Stops the server gracefully and drops the test database.
+    pub async fn stop(mut self) {
+        self.signal_stop();
+        self.wait_stopped().await;
         if let Some(db) = &self.database {
             db.drop_now().await;
         }
@@ -402,6 +422,24 @@ impl TestApp {
             .await;
         assert_eq!(status, 201, "upload must succeed: {body}");
         body
+    }
+
+    /// `GET target` as vehicle `vehicle_id`, with a credential signed for it.
+    pub async fn vehicle_get(
+        &self,
+        vehicle_id: &str,
+        key: &SigningKey,
+        target: &str,
+    ) -> reqwest::Response {
+        self.http
+            .get(self.url(target))
+            .header(
+                "authorization",
+                vehicle_credential(vehicle_id, key, "GET", target),
+            )
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn register_vehicle(
@@ -475,6 +513,50 @@ pub async fn decode(response: reqwest::Response) -> (u16, Value) {
     let value = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, value)
+}
+
+/// `<counter>{reason=...}` from `/metrics`, per reason (0 when the series does not exist
+/// yet).
+pub async fn counts_by_reason(app: &TestApp, counter: &str, reasons: &[&str]) -> Vec<u64> {
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("{counter}{{");
+    reasons
+        .iter()
+        .map(|reason| {
+            let label = format!("reason=\"{reason}\"");
+            metrics
+                .lines()
+                .filter(|line| line.starts_with(&series) && line.contains(&label))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .map(|value| value as u64)
+                .sum()
+        })
+        .collect()
+}
+
+/// A vehicle request credential (PROTOCOL.md §10) for `method` and `target`, now.
+pub fn vehicle_credential(
+    vehicle_id: &str,
+    key: &SigningKey,
+    method: &str,
+    target: &str,
+) -> String {
+    ota_core::credential::SignedRequest::new(
+        vehicle_id,
+        chrono::Utc::now().timestamp(),
+        method,
+        target,
+    )
+    .expect("a well-formed request")
+    .sign(key)
 }
 
 pub fn device_key() -> SigningKey {

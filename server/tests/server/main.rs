@@ -4,6 +4,7 @@
 //! binaries.
 
 mod api;
+mod blob_access;
 mod delta;
 mod edge;
 mod helpers;
@@ -11,5 +12,6 @@ mod kafka;
 mod keys;
 mod mqtt;
 mod otactl;
+mod shutdown;
 mod store;
 mod vehicle_channel;

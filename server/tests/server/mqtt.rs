@@ -27,7 +27,8 @@ pub(crate) struct VehicleClient {
 
 impl VehicleClient {
     pub(crate) async fn connect(vehicle_ids: &[&str]) -> VehicleClient {
-        let (host, port) = ota_server::gateway::parse_broker_url(&mqtt_url()).expect("broker url");
+        let url: ota_core::endpoint::BrokerUrl = mqtt_url().parse().expect("broker url");
+        let (host, port) = (url.host().to_owned(), url.port());
         let mut options = MqttOptions::new(unique("vehicle-test-"), host, port);
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
         let (client, mut eventloop) = AsyncClient::new(options, 64);
@@ -399,7 +400,7 @@ async fn pause_and_abort_send_control_and_failures_open_the_breaker() {
     assert_eq!(last["phases"][0]["failed"], 2);
     let (_, audit) = app.get("/api/v1/audit?limit=50", &app.admin_token).await;
     assert!(
-        audit
+        audit["items"]
             .as_array()
             .unwrap()
             .iter()
@@ -460,27 +461,120 @@ async fn pause_and_abort_send_control_and_failures_open_the_breaker() {
 /// `ota_vehicle_messages_dropped_total{reason=...}` from `/metrics`, per reason (0 when
 /// the series does not exist yet).
 pub(crate) async fn dropped_counts(app: &TestApp, reasons: &[&str]) -> Vec<u64> {
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    reasons
-        .iter()
-        .map(|reason| {
-            let label = format!("reason=\"{reason}\"");
-            metrics
-                .lines()
-                .filter(|line| {
-                    line.starts_with("ota_vehicle_messages_dropped_total{") && line.contains(&label)
-                })
-                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-                .map(|value| value as u64)
-                .sum()
-        })
-        .collect()
+    crate::helpers::counts_by_reason(app, "ota_vehicle_messages_dropped_total", reasons).await
+}
+
+/// An operator's cancel of one vehicle reaches it as a signed `cancel` naming the
+/// deployment; a retry as `poll_now`, and the check-in that follows carries the same
+/// deployment again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_cancel_and_retry_of_one_vehicle_reach_it() {
+    let Some(app) = mqtt_app().await else { return };
+    let vid = unique("veh-");
+    let key = device_key();
+    app.register_vehicle(&vid, &key, "hw-o", &[]).await;
+    let mut vehicle = VehicleClient::connect(&[&vid]).await;
+    let (_, _, rollout) = app
+        .release_and_rollout("hw-o", json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let id = rollout["id"].as_str().unwrap().to_owned();
+    app.post(
+        &format!("/api/v1/rollouts/{id}/start"),
+        &app.rollout_token,
+        &json!({}),
+    )
+    .await;
+    let checkin_bytes = || signed_checkin(&key, &checkin(&vid, Some(("1.0.0", b"old")), 0));
+    let c = checkin_bytes();
+    let d = director_metadata(
+        &app,
+        &vehicle
+            .expect(
+                &topic(&vid, Channel::Directive),
+                Some((&vid, Channel::CheckIn, &c)),
+            )
+            .await,
+    );
+    let deployment = d.assignments[0].deployment_id.clone();
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/deployments/{vid}/cancel"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let cancel = control(
+        &app,
+        &vehicle.expect(&topic(&vid, Channel::Control), None).await,
+    );
+    assert_eq!(cancel.command, ControlCommand::Cancel);
+    assert_eq!(cancel.deployment_id.as_deref(), Some(deployment.as_str()));
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/deployments/{vid}/retry"),
+            &app.rollout_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let poll = control(
+        &app,
+        &vehicle.expect(&topic(&vid, Channel::Control), None).await,
+    );
+    assert_eq!(poll.command, ControlCommand::PollNow);
+    assert_eq!(poll.deployment_id.as_deref(), Some(deployment.as_str()));
+    let c = checkin_bytes();
+    let d = director_metadata(
+        &app,
+        &vehicle
+            .expect(
+                &topic(&vid, Channel::Directive),
+                Some((&vid, Channel::CheckIn, &c)),
+            )
+            .await,
+    );
+    assert_eq!(d.assignments.len(), 1);
+    assert_eq!(d.assignments[0].deployment_id, deployment);
+    app.stop().await;
+}
+
+/// A decommissioned vehicle's check-ins are dropped, unanswered, and counted under
+/// `reason="decommissioned"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decommissioned_vehicles_checkins_are_refused_and_counted() {
+    let Some(app) = mqtt_app().await else { return };
+    let vid = unique("veh-");
+    let key = device_key();
+    app.register_vehicle(&vid, &key, "hw-dc", &[]).await;
+    let mut vehicle = VehicleClient::connect(&[&vid]).await;
+    let directive_topic = topic(&vid, Channel::Directive);
+    let c = signed_checkin(&key, &checkin(&vid, None, 0));
+    vehicle
+        .expect(&directive_topic, Some((&vid, Channel::CheckIn, &c)))
+        .await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/vehicles/{vid}/decommission"),
+            &app.admin_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let reasons = ["decommissioned"];
+    let before = dropped_counts(&app, &reasons).await;
+    let c = signed_checkin(&key, &checkin(&vid, None, 0));
+    vehicle.publish(&vid, Channel::CheckIn, c).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while dropped_counts(&app, &reasons).await[0] <= before[0] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refused check-in must be counted under reason=decommissioned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    vehicle
+        .expect_silence(&directive_topic, Duration::from_millis(500))
+        .await;
+    app.stop().await;
 }

@@ -181,7 +181,7 @@ async fn otactl_drives_release_rollout_pause_resume() {
     );
 
     let (_, audit) = app.get("/api/v1/audit?limit=100", &app.admin_token).await;
-    let actions: Vec<&str> = audit
+    let actions: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -220,6 +220,68 @@ async fn ota_server_tokens_create_makes_a_working_scoped_token() {
         .post("/api/v1/rollouts", token, &serde_json::json!({}))
         .await;
     assert_eq!(status, 403, "but has only the read scope");
+    assert!(
+        created["expires_at"].is_null(),
+        "no --expires-in: never expires"
+    );
+    let expiring = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_ota-server"))
+            .args([
+                "tokens",
+                "create",
+                "--name",
+                "ci-day",
+                "--scope",
+                "read",
+                "--json",
+                "--expires-in",
+                "1d",
+            ])
+            .env("OTA_DATA_DIR", app.dir.path())
+            .env_remove("OTA_CONFIG")
+            .output()
+            .expect("running ota-server")
+    });
+    assert!(
+        expiring.status.success(),
+        "{}",
+        String::from_utf8_lossy(&expiring.stderr)
+    );
+    let expiring: Value = serde_json::from_slice(&expiring.stdout).unwrap();
+    let expires_at = chrono::DateTime::parse_from_rfc3339(expiring["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp();
+    let in_a_day = chrono::Utc::now().timestamp() + 86_400;
+    assert!(
+        (in_a_day - 120..=in_a_day).contains(&expires_at),
+        "{expiring}"
+    );
+    let (status, _) = app
+        .get("/api/v1/rollouts", expiring["token"].as_str().unwrap())
+        .await;
+    assert_eq!(status, 200, "a token within its lifetime reads");
+    let bad_lifetime = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_ota-server"))
+            .args([
+                "tokens",
+                "create",
+                "--name",
+                "x",
+                "--scope",
+                "read",
+                "--expires-in",
+                "forever",
+            ])
+            .env("OTA_DATA_DIR", app.dir.path())
+            .output()
+            .unwrap()
+    });
+    assert!(
+        !bad_lifetime.status.success()
+            && String::from_utf8_lossy(&bad_lifetime.stderr).contains("unit s, m, h or d"),
+        "{}",
+        String::from_utf8_lossy(&bad_lifetime.stderr)
+    );
     let bad = tokio::task::block_in_place(|| {
         Command::new(env!("CARGO_BIN_EXE_ota-server"))
             .args(["tokens", "create", "--name", "x", "--scope", "root"])
@@ -359,8 +421,154 @@ async fn otactl_registers_vehicles_in_bulk_from_json_lines() {
     assert_eq!(done["registered"], 250, "{done}");
     assert_eq!(
         listed.as_array().unwrap().len(),
-        100,
-        "the first page of the 250"
+        250,
+        "otactl follows the pages: all 250"
+    );
+    app.stop().await;
+}
+
+/// `otactl` list commands follow the cursor past one page (1,000 vehicles), and
+/// `rollout dry-run`, `deployments`, `cancel-vehicle` and `retry-vehicle` work end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otactl_follows_pages_and_manages_deployments() {
+    let app = spawn_app().await;
+    let config = app.dir.path().join("otactl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"{}\"\ntoken = \"{}\"\n",
+            app.address, app.admin_token
+        ),
+    )
+    .unwrap();
+    let key = crate::helpers::device_key();
+    let vehicles: Vec<Value> = (0..1005)
+        .map(|i| serde_json::json!({ "id": format!("veh-p{i:04}"), "public_key": key.public_key().to_hex(),
+                                     "ecus": [{ "ecu": "main", "hardware_id": "hw-p" }] }))
+        .collect();
+    let (status, body) = app
+        .post(
+            "/api/v1/vehicles:bulk",
+            &app.admin_token,
+            &serde_json::json!({ "vehicles": vehicles }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let run = |args: &[&str]| otactl(&app, &config, args);
+    let listed =
+        tokio::task::block_in_place(|| json_of(&["vehicle", "list", "--hardware-id", "hw-p"], run));
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1005,
+        "every page is followed"
+    );
+
+    let (_, _, rollout) = app
+        .release_and_rollout(
+            "hw-p",
+            serde_json::json!([{ "name": "all", "percent": 100 }]),
+        )
+        .await;
+    let release = rollout["release_id"].as_str().unwrap().to_owned();
+    let dry = tokio::task::block_in_place(|| {
+        json_of(
+            &[
+                "rollout",
+                "dry-run",
+                "--name",
+                "d",
+                "--release",
+                &release,
+                "--phase",
+                "all:100",
+            ],
+            run,
+        )
+    });
+    assert_eq!(dry["vehicles"], 1005, "{dry}");
+    let id = rollout["id"].as_str().unwrap().to_owned();
+    app.post(
+        &format!("/api/v1/rollouts/{id}/start"),
+        &app.admin_token,
+        &serde_json::json!({}),
+    )
+    .await;
+    let bytes =
+        crate::helpers::signed_checkin(&key, &crate::helpers::checkin("veh-p0007", None, 0));
+    app.state
+        .engine
+        .handle_checkin("veh-p0007", &bytes, ota_server::engine::wall_clock_ms())
+        .await
+        .unwrap();
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run(&["rollout", "deployments", &id, "--state", "assigned"])
+    });
+    assert!(
+        ok && out.contains("veh-p0007") && out.contains("assigned"),
+        "{out}{err}"
+    );
+    let cancelled = tokio::task::block_in_place(|| {
+        json_of(&["rollout", "cancel-vehicle", &id, "veh-p0007"], run)
+    });
+    assert_eq!(cancelled[0]["status"], "cancelled", "{cancelled}");
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| run(&["rollout", "deployment", &id, "veh-p0007"]));
+    assert!(
+        ok && out.contains("allowed actions: retry") && out.contains("test-admin"),
+        "{out}{err}"
+    );
+    let retried = tokio::task::block_in_place(|| {
+        json_of(&["rollout", "retry-vehicle", &id, "veh-p0007"], run)
+    });
+    assert_eq!(retried[0]["attempts"], 2, "{retried}");
+    let (ok, _, err) =
+        tokio::task::block_in_place(|| run(&["rollout", "retry-vehicle", &id, "veh-p0007"]));
+    assert!(!ok && err.contains("allowed actions: cancel"), "{err}");
+    let audit =
+        tokio::task::block_in_place(|| json_of(&["audit", "--action", "deployment.cancel"], run));
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+    app.stop().await;
+}
+
+/// `otactl vehicle retag / rotate-key / decommission` and `image delete`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otactl_changes_vehicles_and_deletes_images() {
+    let app = spawn_app().await;
+    let config = app.dir.path().join("otactl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"{}\"\ntoken = \"{}\"\n",
+            app.address, app.admin_token
+        ),
+    )
+    .unwrap();
+    app.register_vehicle("veh-x", &device_key(), "hw-x", &["eu"])
+        .await;
+    let run = |args: &[&str]| otactl(&app, &config, args);
+    let retagged = tokio::task::block_in_place(|| {
+        json_of(
+            &["vehicle", "retag", "veh-x", "--tag", "us", "--tag", "beta"],
+            run,
+        )
+    });
+    assert_eq!(retagged["tags"], serde_json::json!(["us", "beta"]));
+    let key = device_key().public_key().to_hex();
+    let rotated = tokio::task::block_in_place(|| {
+        json_of(
+            &["vehicle", "rotate-key", "veh-x", "--public-key", &key],
+            run,
+        )
+    });
+    assert_eq!(rotated["public_key"], key.as_str());
+    let gone = tokio::task::block_in_place(|| json_of(&["vehicle", "decommission", "veh-x"], run));
+    assert!(gone["decommissioned_at"].is_string(), "{gone}");
+    let image = app.upload("hw-x", "1.0.0", b"x".repeat(10)).await;
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| run(&["image", "delete", image["id"].as_str().unwrap()]));
+    assert!(
+        ok && out.contains(image["sha256"].as_str().unwrap()),
+        "{out}{err}"
     );
     app.stop().await;
 }

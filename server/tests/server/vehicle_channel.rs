@@ -17,7 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 fn broker() -> (String, u16) {
-    ota_server::gateway::parse_broker_url(&mqtt_url()).expect("broker url")
+    let url: ota_core::endpoint::BrokerUrl = mqtt_url().parse().expect("broker url");
+    (url.host().to_owned(), url.port())
 }
 
 /// Registers `n` vehicles named `<prefix><i>` with fresh keys.

@@ -23,15 +23,16 @@ use ota_core::protocol::{
 };
 use ota_core::threshold::verify_threshold;
 use ota_core::time::Timestamp;
+use ota_server::settings::{LogFormat, Settings};
+use ota_tests::process::{free_port, Database, ServerProcess, StopOutcome};
 use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{BufRead, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -154,8 +155,11 @@ async fn run(args: &Args, server_bin: &Path) -> Result<()> {
     if args.connections == 0 || args.window == 0 {
         bail!("--connections and --window must be at least 1");
     }
-    let (host, port) = parse_mqtt_url(&args.mqtt_url)?;
-    let broker = BrokerAddress { host, port };
+    let url: ota_core::endpoint::BrokerUrl = args.mqtt_url.parse().context("--mqtt-url")?;
+    let broker = BrokerAddress {
+        host: url.host(),
+        port: url.port(),
+    };
     let run_id = format!("fb{}", std::process::id());
     eprintln!(
         "fleet-bench: server {}, broker {}, {} connections, window {}, {} s (+{} s warm-up) per phase",
@@ -233,6 +237,18 @@ async fn run(args: &Args, server_bin: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `--server-env KEY=VALUE` pairs.
+fn server_env(args: &Args) -> Result<Vec<(String, String)>> {
+    args.server_env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("--server-env {kv:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
 /// One configuration: a fresh server and database, the fleet, the phases.
 async fn configuration(
     args: &Args,
@@ -246,20 +262,30 @@ async fn configuration(
     let dir = tempfile::Builder::new().prefix("fleet-bench-").tempdir()?;
     let database = match backend {
         Backend::Sqlite => None,
-        Backend::Postgres => Some(Database::create(&args.postgres_url, run_id).await?),
+        Backend::Postgres => {
+            Some(Database::create(&args.postgres_url, &format!("fleet_bench_{run_id}")).await?)
+        }
     };
-    let mut server = ServerProcess::start(
-        server_bin,
-        dir.path(),
-        &args.mqtt_url,
-        database.as_ref().map(|d| d.url.as_str()),
-        &format!("{run_id}-{backend}-{vehicles}"),
-        &args.server_env,
-    )?;
+    let mut settings = Settings {
+        listen: format!("127.0.0.1:{}", free_port()),
+        data_dir: dir.path().join("data"),
+        database_url: database
+            .as_ref()
+            .map(|d| d.url.parse())
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        ..Settings::default()
+    };
+    settings.mqtt.url = Some(args.mqtt_url.parse().context("--mqtt-url")?);
+    settings.mqtt.share_group = format!("{run_id}-{backend}-{vehicles}");
+    settings.limits.request_timeout_seconds = 900;
+    settings.log.format = LogFormat::Text;
+    settings.log.filter = "warn".to_owned();
+    let mut server = ServerProcess::start(server_bin, dir.path(), &settings, &server_env(args)?)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(900))
         .build()?;
-    server.wait_ready(&http).await?;
+    server.wait_ready(&http, 60).await?;
     let api = Api {
         http,
         url: server.url.clone(),
@@ -321,282 +347,6 @@ async fn configuration(
         phase.server_stop = Some(stop.clone());
     }
     Ok(phases)
-}
-
-// ---------------------------------------------------------------------------------------
-// The server as a child process.
-
-struct ServerProcess {
-    child: Option<Child>,
-    url: String,
-    token: String,
-    log: PathBuf,
-}
-
-impl ServerProcess {
-    fn start(
-        bin: &Path,
-        dir: &Path,
-        mqtt_url: &str,
-        database_url: Option<&str>,
-        share_group: &str,
-        extra_env: &[String],
-    ) -> Result<ServerProcess> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let data_dir = dir.join("data");
-        let mut config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n",
-            data_dir.display().to_string()
-        );
-        if let Some(url) = database_url {
-            config.push_str(&format!("database_url = {url:?}\n"));
-        }
-        config.push_str(&format!(
-            "\n[mqtt]\nurl = {mqtt_url:?}\nshare_group = {share_group:?}\n\
-             \n[limits]\nrequest_timeout_seconds = 900\n\
-             \n[log]\nformat = \"text\"\nfilter = \"warn\"\n"
-        ));
-        let config_path = dir.join("ota.toml");
-        std::fs::write(&config_path, config)?;
-        let env: Vec<(String, String)> = extra_env
-            .iter()
-            .map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .with_context(|| format!("--server-env {kv:?}: expected KEY=VALUE"))
-            })
-            .collect::<Result<_>>()?;
-        let command = |args: &[&str]| {
-            let mut c = Command::new(bin);
-            c.args(args)
-                .arg("--config")
-                .arg(&config_path)
-                .env_remove("OTA_CONFIG")
-                .env_remove("RUST_LOG")
-                .envs(env.iter().map(|(k, v)| (k, v)));
-            c
-        };
-        let output = command(&[
-            "tokens",
-            "create",
-            "--name",
-            "fleet-bench",
-            "--scope",
-            "admin",
-        ])
-        .output()
-        .with_context(|| format!("running {} tokens create", bin.display()))?;
-        if !output.status.success() {
-            bail!(
-                "ota-server tokens create failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let token = String::from_utf8(output.stdout)?.trim().to_owned();
-        let log = dir.join("server.log");
-        let log_file = std::fs::File::create(&log)?;
-        let child = command(&["serve"])
-            .stdout(Stdio::from(log_file.try_clone()?))
-            .stderr(Stdio::from(log_file))
-            .spawn()
-            .with_context(|| format!("starting {} serve", bin.display()))?;
-        Ok(ServerProcess {
-            child: Some(child),
-            url: format!("http://127.0.0.1:{port}"),
-            token,
-            log,
-        })
-    }
-
-    /// Waits (60 s at most) for `/readyz` to report the broker connected.
-    async fn wait_ready(&mut self, http: &reqwest::Client) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!(
-                    "ota-server exited ({status}) before it was ready:\n{}",
-                    self.log_tail()
-                );
-            }
-            let ready = async {
-                let body: Value = http
-                    .get(format!("{}/readyz", self.url))
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
-                (body["broker"] == "ok").then_some(())
-            };
-            if ready.await.is_some() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "ota-server not ready (broker ok) within 60 s:\n{}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let Ok(file) = std::fs::File::open(&self.log) else {
-            return String::new();
-        };
-        let lines: Vec<String> = std::io::BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    /// SIGTERM, then up to 30 s for a clean exit, then SIGKILL.
-    fn stop(&mut self) -> StopOutcome {
-        let Some(mut child) = self.child.take() else {
-            return StopOutcome::AlreadyStopped;
-        };
-        if let Ok(Some(status)) = child.try_wait() {
-            return StopOutcome::Exited(status.to_string());
-        }
-        let started = Instant::now();
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        while started.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(status)) = child.try_wait() {
-                return if status.success() {
-                    StopOutcome::Clean(started.elapsed())
-                } else {
-                    StopOutcome::Exited(status.to_string())
-                };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        StopOutcome::Killed
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            eprintln!("stopping ota-server: {}", self.stop());
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-enum StopOutcome {
-    Clean(Duration),
-    Exited(String),
-    Killed,
-    AlreadyStopped,
-}
-
-impl fmt::Display for StopOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StopOutcome::Clean(d) => write!(f, "clean exit {:.1} s after SIGTERM", d.as_secs_f64()),
-            StopOutcome::Exited(s) => write!(f, "exited with {s}"),
-            StopOutcome::Killed => f.write_str("no exit within 30 s of SIGTERM: killed"),
-            StopOutcome::AlreadyStopped => f.write_str("already stopped"),
-        }
-    }
-}
-
-/// A throwaway PostgreSQL database, dropped at the end (also when the run is interrupted).
-struct Database {
-    admin_url: String,
-    name: String,
-    url: String,
-    dropped: AtomicBool,
-}
-
-impl Database {
-    async fn create(base: &str, run_id: &str) -> Result<Database> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let base = base.trim_end_matches('/');
-        let name = format!(
-            "fleet_bench_{run_id}_{}",
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let admin_url = format!("{base}/postgres");
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
-            .await
-            .with_context(|| format!("connecting to {admin_url}"))?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .context("creating the benchmark database")?;
-        Ok(Database {
-            url: format!("{base}/{name}"),
-            admin_url,
-            name,
-            dropped: AtomicBool::new(false),
-        })
-    }
-
-    async fn drop_now(&self) {
-        if self.dropped.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let result = async {
-            let mut conn =
-                <sqlx::PgConnection as sqlx::Connection>::connect(&self.admin_url).await?;
-            sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .execute(&mut conn)
-            .await?;
-            Ok::<_, sqlx::Error>(())
-        }
-        .await;
-        if let Err(err) = result {
-            eprintln!("warning: dropping database {}: {err}", self.name);
-        }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        if self.dropped.load(Ordering::SeqCst) {
-            return;
-        }
-        // Dropped without `drop_now` (an error or Ctrl-C): drop it from a thread with its
-        // own runtime (this may run inside the benchmark's runtime).
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            let database = Database {
-                admin_url,
-                name,
-                url: String::new(),
-                dropped: AtomicBool::new(false),
-            };
-            runtime.block_on(database.drop_now());
-            database.dropped.store(true, Ordering::SeqCst);
-            Some(())
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
-            eprintln!("warning: could not drop database {}", self.name);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -862,16 +612,6 @@ impl fmt::Display for Mode {
 struct BrokerAddress<'a> {
     host: &'a str,
     port: u16,
-}
-
-fn parse_mqtt_url(url: &str) -> Result<(&str, u16)> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .with_context(|| format!("expected mqtt://host:port, got {url:?}"))?;
-    let (host, port) = rest
-        .rsplit_once(':')
-        .with_context(|| format!("expected mqtt://host:port, got {url:?}"))?;
-    Ok((host, port.parse().context("MQTT port")?))
 }
 
 /// What one phase measured.

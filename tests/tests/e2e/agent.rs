@@ -3,7 +3,9 @@
 //! install into the inactive slot, reboot, health check, commit, server-driven rollback,
 //! a failing health check, and a crash at every journaled step.
 
-use crate::fleet::{require_mqtt, unique, wait_for, RunningAgent, Server, Vehicle};
+use crate::fleet::{
+    counter, require_mqtt, unique, wait_for, RunningAgent, Server, SimFleet, Vehicle,
+};
 use ota_agent::journal::CrashHook;
 use ota_agent::machine::{AgentState, PayloadKind, Phase, SlotName};
 use ota_agent::run::{HealthCheck, RunOutcome};
@@ -94,7 +96,7 @@ impl Fixture {
                     None,
                 )
                 .await;
-            let status = jobs[0]["status"].as_str().map(str::to_owned);
+            let status = jobs["items"][0]["status"].as_str().map(str::to_owned);
             match status.as_deref() {
                 Some("queued" | "running") | None => None,
                 Some(other) => Some(other.to_owned()),
@@ -366,95 +368,9 @@ async fn the_fleet_simulator_takes_every_vehicle_through_a_rollout() {
     server.stop().await;
 }
 
-/// A simulated fleet running in the background until stopped.
-struct SimFleet {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl SimFleet {
-    async fn start(
-        server: &Server,
-        hardware_id: &str,
-        vehicles: usize,
-        factory: &[u8],
-        faults: (f64, Option<&str>),
-    ) -> SimFleet {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("root.json"), server.root().await).unwrap();
-        std::fs::write(dir.path().join("factory.img"), factory).unwrap();
-        let args = ota_agent::simulate::SimulateArgs {
-            vehicles,
-            server: server.url.clone(),
-            mqtt: server.mqtt.clone(),
-            root: dir.path().join("root.json"),
-            factory_image: dir.path().join("factory.img"),
-            factory_version: "1.0.0".to_owned(),
-            slot_bytes: 64 * 1024,
-            ecu: "main".to_owned(),
-            hardware_id: hardware_id.to_owned(),
-            dir: dir.path().join("fleet"),
-            id_prefix: unique("sim-"),
-            seed: 5,
-            register_token: Some(server.admin.clone()),
-            registration_file: None,
-            fail_rate: 0.0,
-            fail_phase: ota_agent::simulate::FailPhase::Install,
-            unhealthy_rate: faults.0,
-            faulty_version: faults.1.map(str::to_owned),
-            duration_seconds: None,
-        };
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            ota_agent::simulate::run_fleet(&args, async move {
-                let _ = stop_rx.await;
-            })
-            .await
-        });
-        SimFleet {
-            stop: Some(stop_tx),
-            task,
-            _dir: dir,
-        }
-    }
-
-    /// Releases `factory` as 1.0.0, starts the fleet on it, and waits until every
-    /// vehicle checked in running it.
-    async fn on_first_release(
-        server: &Server,
-        hardware_id: &str,
-        vehicles: usize,
-        factory: &[u8],
-        faults: (f64, Option<&str>),
-    ) -> SimFleet {
-        let image = server.upload(hardware_id, "1.0.0", factory.to_vec()).await;
-        server.release(&image, "1.0.0", 1).await;
-        let fleet = SimFleet::start(server, hardware_id, vehicles, factory, faults).await;
-        wait_for(
-            "every simulated vehicle to check in on 1.0.0",
-            240,
-            || async {
-                (server.count_installed(hardware_id, "1.0.0").await == vehicles).then_some(())
-            },
-        )
-        .await;
-        fleet
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task
-            .await
-            .expect("the simulator task")
-            .expect("the simulator runs");
-    }
-}
-
-/// With no broker configured the server runs its own (rumqttd), and it carries all
-/// three flows: check-ins in, directives out, progress in. Every vehicle's 2.0.0 fails
+/// With no broker and no Kafka configured the server runs its own of each (rumqttd, and
+/// librdkafka's mock cluster in process), and they carry all three flows: check-ins in,
+/// directives out, progress in (through the durable lane). Every vehicle's 2.0.0 fails
 /// its health check, so the server learns `rolled_back` only from progress events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_broker_carries_check_ins_directives_and_progress() {
@@ -482,6 +398,17 @@ async fn the_embedded_broker_carries_check_ins_directives_and_progress() {
         },
     )
     .await;
+    // With no Kafka configured either, progress went through the in-process Kafka: the
+    // rollout engine's consumer applied it.
+    let metrics = server.metrics().await;
+    let applied = counter(
+        &metrics,
+        "ota_vehicle_events_consumed_total{outcome=\"applied\"}",
+    );
+    assert!(
+        applied >= vehicles as u64,
+        "progress was applied by the Kafka consumer ({applied} events): {metrics}"
+    );
     fleet.stop().await;
     server.stop().await;
 }
@@ -540,7 +467,7 @@ async fn a_canary_rollout_completes_and_a_bad_release_is_halted_by_its_breaker()
     }
     assert_eq!(status["totals"]["failed"], 0, "{status}");
     let audit = server.ok("GET", "/api/v1/audit?limit=200", None).await;
-    let advances = audit
+    let advances = audit["items"]
         .as_array()
         .unwrap()
         .iter()

@@ -101,6 +101,16 @@ where
     }
 }
 
+/// The sum of the samples of a counter in Prometheus text (`name{labels}` prefix).
+pub fn counter(metrics: &str, name_and_labels: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 /// A running server.
 pub struct Server {
     pub url: String,
@@ -108,7 +118,7 @@ pub struct Server {
     pub mqtt: String,
     pub admin: String,
     pub http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -140,13 +150,19 @@ impl Server {
             let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             settings.mqtt.embedded = free.local_addr().unwrap().to_string();
         }
-        settings.mqtt.url = broker;
+        settings.mqtt.url = broker.map(|url| url.parse().expect("a broker URL"));
         settings.mqtt.share_group = unique("e2e");
         settings.mqtt.client_id = Some(unique("ota-server-e2e-"));
         let app = Application::build(settings).await.expect("server builds");
         let url = format!("http://{}", app.address());
         let state = app.state().clone();
-        let mqtt = state.settings.mqtt.url.clone().expect("a broker");
+        let mqtt = state
+            .settings
+            .mqtt
+            .url
+            .as_ref()
+            .expect("a broker")
+            .to_string();
         let (_, admin) = create_token(&state.store, &Actor::system(), "e2e", &[Scope::Admin])
             .await
             .expect("token");
@@ -159,8 +175,7 @@ impl Server {
             mqtt,
             admin,
             http: reqwest::Client::new(),
-
-            _dir: dir,
+            _dir: Some(dir),
             shutdown: Some(tx),
             task: Some(task),
         };
@@ -180,6 +195,23 @@ impl Server {
         server
     }
 
+    /// A server running elsewhere (a child process): the same API helpers, nothing to
+    /// stop.
+    pub fn attach(url: &str, mqtt: &str, admin: &str) -> Server {
+        Server {
+            url: url.to_owned(),
+            mqtt: mqtt.to_owned(),
+            admin: admin.to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            _dir: None,
+            shutdown: None,
+            task: None,
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -187,6 +219,18 @@ impl Server {
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
         }
+    }
+
+    /// The Prometheus exposition text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -299,7 +343,7 @@ impl Server {
                 None,
             )
             .await;
-        list.as_array().map_or(0, Vec::len)
+        list["items"].as_array().map_or(0, Vec::len)
     }
 
     /// A rollout's totals (assigned, committed, failed, rolled_back, ...).
@@ -459,5 +503,92 @@ impl RunningAgent {
             .expect("the agent ends within 60 s")
             .expect("agent task")
             .expect("agent runs")
+    }
+}
+
+/// A simulated fleet running in the background until stopped.
+pub struct SimFleet {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl SimFleet {
+    pub async fn start(
+        server: &Server,
+        hardware_id: &str,
+        vehicles: usize,
+        factory: &[u8],
+        faults: (f64, Option<&str>),
+    ) -> SimFleet {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("root.json"), server.root().await).unwrap();
+        std::fs::write(dir.path().join("factory.img"), factory).unwrap();
+        let args = ota_agent::simulate::SimulateArgs {
+            vehicles,
+            server: server.url.clone(),
+            mqtt: server.mqtt.clone(),
+            root: dir.path().join("root.json"),
+            factory_image: dir.path().join("factory.img"),
+            factory_version: "1.0.0".to_owned(),
+            slot_bytes: 64 * 1024,
+            ecu: "main".to_owned(),
+            hardware_id: hardware_id.to_owned(),
+            dir: dir.path().join("fleet"),
+            id_prefix: unique("sim-"),
+            seed: 5,
+            register_token: Some(server.admin.clone()),
+            registration_file: None,
+            fail_rate: 0.0,
+            fail_phase: ota_agent::simulate::FailPhase::Install,
+            unhealthy_rate: faults.0,
+            faulty_version: faults.1.map(str::to_owned),
+            duration_seconds: None,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            ota_agent::simulate::run_fleet(&args, async move {
+                let _ = stop_rx.await;
+            })
+            .await
+        });
+        SimFleet {
+            stop: Some(stop_tx),
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// Releases `factory` as 1.0.0, starts the fleet on it, and waits until every
+    /// vehicle checked in running it.
+    pub async fn on_first_release(
+        server: &Server,
+        hardware_id: &str,
+        vehicles: usize,
+        factory: &[u8],
+        faults: (f64, Option<&str>),
+    ) -> SimFleet {
+        let image = server.upload(hardware_id, "1.0.0", factory.to_vec()).await;
+        server.release(&image, "1.0.0", 1).await;
+        let fleet = SimFleet::start(server, hardware_id, vehicles, factory, faults).await;
+        wait_for(
+            "every simulated vehicle to check in on 1.0.0",
+            240,
+            || async {
+                (server.count_installed(hardware_id, "1.0.0").await == vehicles).then_some(())
+            },
+        )
+        .await;
+        fleet
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task
+            .await
+            .expect("the simulator task")
+            .expect("the simulator runs");
     }
 }

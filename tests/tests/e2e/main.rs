@@ -5,4 +5,5 @@ mod agent;
 mod delta;
 mod fleet;
 mod keys_to_agent;
+mod resilience;
 mod vectors;
