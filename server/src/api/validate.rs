@@ -194,8 +194,8 @@ pub mod schema {
     named_schema!(
         /// A point in time to the second, UTC: `YYYY-MM-DDTHH:MM:SSZ`.
         UtcSecond => text(
-            "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$",
-            "YYYY-MM-DDTHH:MM:SSZ",
+            "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z$",
+            "YYYY-MM-DDTHH:MM:SSZ, a date the month has",
         )
     );
     named_schema!(
