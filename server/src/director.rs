@@ -46,7 +46,7 @@ pub struct TargetView {
 }
 
 /// Where one deployment of a vehicle stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentStatus {
     Assigned,

@@ -642,7 +642,10 @@ fn parse_phase(text: &str) -> anyhow::Result<Value> {
     Ok(phase)
 }
 
-fn rollout_body(args: &RolloutCreate) -> anyhow::Result<Value> {
+/// The request body, as the server's own request type (`api::rollouts::CreateRollout`):
+/// a spec file with an unknown or mistyped field is refused here, with the same message
+/// the server would give, before anything is sent.
+fn rollout_body(args: &RolloutCreate) -> anyhow::Result<crate::api::rollouts::CreateRollout> {
     let mut body = match &args.spec {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -689,7 +692,10 @@ fn rollout_body(args: &RolloutCreate) -> anyhow::Result<Value> {
     if let Some(salt) = &args.salt {
         body["salt"] = json!(salt);
     }
-    Ok(body)
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        anyhow::anyhow!("the rollout is not valid at {path}: {}", e.into_inner())
+    })
 }
 
 /// Most pages `all_pages` follows (at the largest page size: a million rows).
@@ -1060,13 +1066,19 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         ),
         Command::Rollout(RolloutCommand::Create(args)) => (
             client
-                .post_json("/api/v1/rollouts", &rollout_body(&args)?)
+                .post_json(
+                    "/api/v1/rollouts",
+                    &serde_json::to_value(rollout_body(&args)?)?,
+                )
                 .await?,
             rollouts_table,
         ),
         Command::Rollout(RolloutCommand::DryRun(args)) => (
             client
-                .post_json("/api/v1/rollouts:dry-run", &rollout_body(&args)?)
+                .post_json(
+                    "/api/v1/rollouts:dry-run",
+                    &serde_json::to_value(rollout_body(&args)?)?,
+                )
                 .await?,
             dry_run_text,
         ),

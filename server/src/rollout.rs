@@ -11,30 +11,39 @@ use std::fmt;
 
 /// Which vehicles a rollout targets. Empty lists match everything; non-empty lists
 /// must all match (a vehicle needs every listed tag).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Selector {
+    #[schema(schema_with = crate::api::validate::schema::selector_names)]
     pub hardware_ids: Vec<String>,
+    #[schema(schema_with = crate::api::validate::schema::selector_names)]
     pub current_versions: Vec<String>,
+    #[schema(schema_with = crate::api::validate::schema::selector_names)]
     pub tags: Vec<String>,
+    #[schema(schema_with = crate::api::validate::schema::selector_vehicle_ids)]
     pub vehicle_ids: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PhaseSpec {
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub name: String,
     /// Cumulative share of the selected fleet admitted once this phase is active.
+    #[schema(exclusive_minimum = 0, maximum = 100)]
     pub percent: f64,
     /// How long the phase must run before the next may start.
     #[serde(default)]
+    #[schema(value_type = crate::api::validate::schema::DurationSeconds, default = 0)]
     pub min_soak_seconds: u64,
     /// Share of the phase's assigned vehicles that must have committed to advance.
     #[serde(default = "default_success_threshold")]
+    #[schema(value_type = crate::api::validate::schema::Percent, default = 100.0)]
     pub success_threshold_percent: f64,
     /// Share of failed vehicles in this phase that opens the breaker (hawkBit's error
     /// threshold); the rollout-wide abort criteria apply as well.
     #[serde(default)]
+    #[schema(value_type = Option<crate::api::validate::schema::Percent>)]
     pub error_threshold_percent: Option<f64>,
 }
 
@@ -44,18 +53,22 @@ fn default_success_threshold() -> f64 {
 
 /// AWS IoT Jobs' `exponentialRate`: start at `base_rate_per_minute` and multiply by
 /// `increment_factor` every `increase_after_succeeded` successful vehicles.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExponentialRate {
+    #[schema(minimum = 1)]
     pub base_rate_per_minute: u32,
+    #[schema(exclusive_minimum = 1, maximum = 5)]
     pub increment_factor: f64,
+    #[schema(minimum = 1)]
     pub increase_after_succeeded: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimit {
     /// Most vehicles started per minute (AWS `maximumPerMinute`).
+    #[schema(minimum = 1, default = 1000)]
     pub maximum_per_minute: u32,
     pub exponential: Option<ExponentialRate>,
 }
@@ -69,7 +82,7 @@ impl Default for RateLimit {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureType {
     /// Failed, rolled back and timed out all count.
@@ -79,7 +92,7 @@ pub enum FailureType {
     TimedOut,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerAction {
     Pause,
@@ -88,15 +101,18 @@ pub enum BreakerAction {
 }
 
 /// The breaker policy (AWS `abortConfig.criteriaList` plus the action to take).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AbortCriteria {
     pub failure_type: FailureType,
+    #[schema(value_type = crate::api::validate::schema::Percent, default = 10.0)]
     pub threshold_percentage: f64,
+    #[schema(minimum = 1, default = 10)]
     pub min_number_of_executed_things: u32,
     pub action: BreakerAction,
     /// A deployment not finished this long after its assignment counts as timed out in
     /// the breaker's window (AWS IoT Jobs' `inProgressTimeoutInMinutes`); `None`: never.
+    #[schema(value_type = Option<crate::api::validate::schema::DurationSeconds>)]
     pub in_progress_timeout_seconds: Option<u64>,
 }
 
@@ -116,10 +132,12 @@ impl Default for AbortCriteria {
 pub use ota_core::metadata::Preconditions;
 
 /// A daily window in UTC, `"HH:MM"`; `end` before `start` wraps past midnight.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceWindow {
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     pub start_utc: String,
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     pub end_utc: String,
 }
 
@@ -149,11 +167,13 @@ impl MaintenanceWindow {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
     /// Attempts per vehicle, including the first.
+    #[schema(minimum = 1, maximum = 10, default = 1)]
     pub max_attempts: u32,
+    #[schema(value_type = crate::api::validate::schema::DurationSeconds, default = 300)]
     pub backoff_seconds: u64,
 }
 
@@ -167,17 +187,19 @@ impl Default for RetryPolicy {
 }
 
 /// Everything a release engineer specifies about a rollout except its release.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutSpec {
     #[serde(default)]
     pub selector: Selector,
+    #[schema(min_items = 1, max_items = 20)]
     pub phases: Vec<PhaseSpec>,
     #[serde(default)]
     pub rate_limit: RateLimit,
     #[serde(default)]
     pub abort_criteria: AbortCriteria,
     #[serde(default)]
+    #[schema(value_type = crate::api::validate::schema::PreconditionsSchema)]
     pub preconditions: Preconditions,
     #[serde(default)]
     pub maintenance_window: Option<MaintenanceWindow>,
@@ -186,7 +208,7 @@ pub struct RolloutSpec {
 }
 
 /// One invalid field: where, what was expected, what was given.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub expected: String,
@@ -359,7 +381,7 @@ impl RolloutSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
     Draft,
@@ -396,7 +418,7 @@ impl RolloutState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutAction {
     Start,

@@ -15,25 +15,34 @@ pub fn routes() -> Routes {
     Routes::default().add("get", "/api/v1/audit", get(list))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
+    #[param(value_type = Option<super::validate::schema::Cursor>)]
     cursor: Option<String>,
+    #[param(value_type = Option<super::validate::schema::AuditFilterText>)]
     actor: Option<String>,
+    #[param(value_type = Option<super::validate::schema::AuditFilterText>)]
     action: Option<String>,
     /// The id of what was changed (the entry's subject).
+    #[param(value_type = Option<super::validate::schema::AuditFilterText>)]
     target: Option<String>,
     /// `since <= at < until`, each `YYYY-MM-DDTHH:MM:SSZ`.
+    #[param(value_type = Option<super::validate::schema::UtcSecond>)]
     since: Option<String>,
+    #[param(value_type = Option<super::validate::schema::UtcSecond>)]
     until: Option<String>,
 }
 
 /// The list kind named in the audit log's cursors (newest first, by id).
 const CURSOR_KIND: &str = "audit";
 
-/// Longest actor, action or target filter: what the audit log holds is at most this.
-const MAX_FILTER_LEN: usize = 256;
+/// Longest actor, action or target filter, in characters: what the audit log holds is
+/// at most this.
+pub const MAX_FILTER_LEN: usize = 256;
 
 fn time(field: &str, text: &str) -> Result<i64, ApiError> {
     ota_core::time::Timestamp::parse(text)
@@ -46,6 +55,12 @@ fn time(field: &str, text: &str) -> Result<i64, ApiError> {
             )
         })
 }
+
+/// The audit log of mutating calls, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", operation_id = "listAudit", tag = "audit",
+    params(AuditQuery),
+    responses((status = 200, description = "Audit entries", body = Page<AuditEntry>)),
+    security(("bearer" = ["admin"])))]
 
 async fn list(
     State(state): State<AppState>,
@@ -62,12 +77,12 @@ async fn list(
     ] {
         if let Some(value) = value {
             if value.is_empty()
-                || value.len() > MAX_FILTER_LEN
+                || value.chars().count() > MAX_FILTER_LEN
                 || value.chars().any(char::is_control)
             {
                 problems.push(
                     field,
-                    format!("1-{MAX_FILTER_LEN} bytes without control characters"),
+                    format!("1-{MAX_FILTER_LEN} characters, no control characters"),
                     super::validate::shown(value),
                 );
             }

@@ -4,7 +4,7 @@
 //! the blobs their current or recent directives name (`crate::blob_access`), else 403;
 //! operators may use a bearer token with the read scope.
 
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::extract::{refused, VehicleRouteCaller};
 use super::{AppState, Routes};
 use crate::blob_access::{named_blob, NamedBlob, RECENT_MS};
@@ -101,6 +101,17 @@ async fn permitted(
     }
 }
 
+/// Downloads a blob (an image or a delta), with `Range` and `If-Range`.
+#[utoipa::path(get, path = "/v1/blobs/{sha256}", operation_id = "getBlob", tag = "vehicles",
+    params(("sha256" = super::validate::schema::Sha256Hex, Path),
+        ("Range" = Option<String>, Header, description = "One `bytes=` range"),
+        ("If-Range" = Option<String>, Header, description = "The blob's ETag")),
+    responses(
+        (status = 200, description = "The blob", body = super::validate::schema::Binary, content_type = "application/octet-stream"),
+        (status = 206, description = "Partial content (Range)", body = super::validate::schema::Binary, content_type = "application/octet-stream"),
+        (status = 403, description = "A token without the read scope (`urn:ota:problem:forbidden`), or a vehicle asking for a blob none of its current or recent directives names (`urn:ota:problem:blob-not-named`)", body = Problem, content_type = "application/problem+json"),
+        (status = 416, description = "Range not satisfiable", body = Problem, content_type = "application/problem+json")),
+    security(("vehicle" = []), ("bearer" = ["read"])))]
 async fn download(
     State(state): State<AppState>,
     caller: VehicleRouteCaller,

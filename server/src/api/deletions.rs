@@ -1,7 +1,7 @@
 //! Deleting images and releases no rollout uses (release:write, audited); the blobs
 //! nothing references any more are removed from the blob store after the commit.
 
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::extract::{parse_id, Authorized, ReleaseWriteScope};
 use super::{AppState, Routes};
 use axum::extract::{Path, State};
@@ -16,13 +16,22 @@ pub fn routes() -> Routes {
 }
 
 /// What a deletion removed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Deleted {
+    /// The image or release deleted.
     pub id: String,
     /// SHA-256 of every blob removed from the blob store.
+    #[schema(value_type = Vec<super::validate::schema::Sha256Hex>)]
     pub blobs_removed: Vec<String>,
 }
 
+/// Deletes an image no release lists (audited); the blobs no image or delta references
+/// any more are removed.
+#[utoipa::path(delete, path = "/api/v1/images/{id}", operation_id = "deleteImage", tag = "images",
+    params(("id" = super::validate::schema::ImageId, Path)),
+    responses((status = 200, description = "Deleted; the blobs removed", body = Deleted),
+        (status = 409, description = "Still listed by a release: the problem names the releases and their rollouts", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = ["release:write"])))]
 async fn delete_image(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<ReleaseWriteScope>,
@@ -45,6 +54,13 @@ async fn delete_image(
     }))
 }
 
+/// Deletes a release no rollout uses (audited), except the one holding the newest
+/// signed targets.
+#[utoipa::path(delete, path = "/api/v1/releases/{id}", operation_id = "deleteRelease", tag = "releases",
+    params(("id" = super::validate::schema::ReleaseId, Path)),
+    responses((status = 200, description = "Deleted", body = Deleted),
+        (status = 409, description = "Used by a rollout (named), or the release holding the newest signed targets", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = ["release:write"])))]
 async fn delete_release(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<ReleaseWriteScope>,

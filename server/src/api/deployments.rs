@@ -2,7 +2,7 @@
 //! attempts), one vehicle's with their history, and an operator's cancel or retry of
 //! one vehicle (audited; 409 naming the allowed actions when it would change nothing).
 
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::extract::{parse_id, ApiQuery, Authorized, Caller, RolloutWriteScope};
 use super::page::{self, Page};
 use super::{validate, AppState, Routes};
@@ -41,17 +41,24 @@ pub fn routes() -> Routes {
 /// The list kind named in this list's cursors.
 const CURSOR_KIND: &str = "deployments";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListDeployments {
+    /// Only deployments in this status.
+    #[param(value_type = Option<DeploymentStatus>)]
     pub state: Option<String>,
+    /// Only deployments of this phase (its index).
+    #[param(value_type = Option<super::validate::schema::PhaseIndex>)]
     pub phase: Option<i64>,
+    #[param(value_type = Option<super::validate::schema::Limit>)]
     pub limit: Option<i64>,
+    #[param(value_type = Option<super::validate::schema::Cursor>)]
     pub cursor: Option<String>,
 }
 
 /// A deployment with its history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeploymentDetail {
     #[serde(flatten)]
     pub deployment: DeploymentRecord,
@@ -59,9 +66,11 @@ pub struct DeploymentDetail {
 }
 
 /// One vehicle's deployments in a rollout, and what an operator may do now.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VehicleDeployments {
+    #[schema(value_type = super::validate::schema::RolloutId)]
     pub rollout_id: String,
+    #[schema(value_type = super::validate::schema::VehicleId)]
     pub vehicle_id: String,
     pub allowed_actions: Vec<DeploymentAction>,
     pub deployments: Vec<DeploymentDetail>,
@@ -81,6 +90,11 @@ fn parse_state(text: &str) -> Result<DeploymentStatus, ApiError> {
     })
 }
 
+/// A page of the rollout's deployments, by vehicle and ECU: status, phase, attempts.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/deployments", operation_id = "listDeployments", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path), ListDeployments),
+    responses((status = 200, description = "Deployments", body = Page<DeploymentRecord>)),
+    security(("bearer" = ["read"])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -124,6 +138,12 @@ async fn list(
     })))
 }
 
+/// One vehicle's deployments in the rollout, each with its history, and the actions
+/// allowed now.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/deployments/{vehicle}", operation_id = "getVehicleDeployments", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path), ("vehicle" = super::validate::schema::VehicleId, Path)),
+    responses((status = 200, description = "The vehicle's deployments", body = VehicleDeployments)),
+    security(("bearer" = ["read"])))]
 async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
@@ -183,6 +203,11 @@ async fn act(
 
 /// Cancels the vehicle's deployments that are not installing yet; the vehicle is told at
 /// once and gets nothing more from this rollout.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/deployments/{vehicle}/cancel", operation_id = "cancelDeployment", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path), ("vehicle" = super::validate::schema::VehicleId, Path)),
+    responses((status = 200, description = "The deployments changed", body = Vec<DeploymentRecord>),
+        (status = 409, description = "Nothing to cancel: the problem lists the allowed actions", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = ["rollout:write"])))]
 async fn cancel(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<RolloutWriteScope>,
@@ -192,6 +217,11 @@ async fn cancel(
 }
 
 /// Hands the vehicle's failed or cancelled deployments out again (running rollouts).
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/deployments/{vehicle}/retry", operation_id = "retryDeployment", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path), ("vehicle" = super::validate::schema::VehicleId, Path)),
+    responses((status = 200, description = "The deployments changed", body = Vec<DeploymentRecord>),
+        (status = 409, description = "Nothing to retry, or the rollout is not running: the problem lists the allowed actions", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = ["rollout:write"])))]
 async fn retry(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<RolloutWriteScope>,

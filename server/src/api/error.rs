@@ -52,18 +52,43 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
-#[derive(Debug, Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem, the body of every error (`application/problem+json`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `urn:ota:problem:<slug>`.
     #[serde(rename = "type")]
-    type_: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    errors: &'a [FieldError],
-    /// Why a vehicle credential was refused (`CredentialError::kind`).
+    #[schema(pattern = "^urn:ota:problem:[a-z-]+$")]
+    pub type_: String,
+    pub title: &'static str,
+    /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    pub detail: String,
+    /// Every invalid field (422 only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// Why a vehicle credential was refused (`vehicle-credential` problems only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
+    #[schema(value_type = Option<CredentialRefusal>)]
+    pub reason: Option<&'static str>,
+}
+
+/// Why a vehicle credential was refused (`ota_core::credential::CredentialError::kind`):
+/// `missing` (no credential), `malformed`, `retired_version` (the v1 `Vehicle` scheme),
+/// `wrong_method` / `wrong_target` (signed for another request), `outside_window` (the
+/// signed time is more than the allowed skew away), `unknown_vehicle`, `bad_signature`.
+#[derive(Debug, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum CredentialRefusal {
+    Missing,
+    Malformed,
+    RetiredVersion,
+    WrongMethod,
+    WrongTarget,
+    OutsideWindow,
+    UnknownVehicle,
+    BadSignature,
 }
 
 impl ApiError {
@@ -172,9 +197,9 @@ impl IntoResponse for ApiError {
                 .join("; "),
             other => other.to_string(),
         };
-        let errors: &[FieldError] = match &self {
-            ApiError::Invalid(errors) => errors,
-            _ => &[],
+        let errors = match &self {
+            ApiError::Invalid(errors) => errors.clone(),
+            _ => Vec::new(),
         };
         let body = Problem {
             type_: format!("urn:ota:problem:{slug}"),

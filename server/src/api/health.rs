@@ -7,6 +7,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Json;
+use serde::Serialize;
 
 /// Liveness and readiness: served outside the concurrency limit and load shedding.
 pub fn probes() -> Routes {
@@ -19,9 +20,44 @@ pub fn routes() -> Routes {
     Routes::default().add("get", "/metrics", get(metrics))
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "ok" }))
+/// Liveness: the process answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(pattern = "^ok$")]
+    pub status: &'static str,
 }
+
+/// Readiness of the server and of each dependency.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// `ready` when every dependency below is.
+    #[schema(pattern = "^(ready|not_ready)$")]
+    pub status: &'static str,
+    #[schema(pattern = "^(ok|unreachable)$")]
+    pub database: &'static str,
+    #[schema(pattern = "^(ok|unavailable)$")]
+    pub blob_store: &'static str,
+    /// The vehicle channel.
+    #[schema(pattern = "^(disabled|ok|disconnected|stalled)$")]
+    pub broker: &'static str,
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)),
+    security(()))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: database, blob store and vehicle channel.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "Not ready (the body says which dependency); retry after Retry-After seconds",
+            body = Ready, headers(("Retry-After" = u32, description = "Seconds")))),
+    security(()))]
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let database = state.store.ping().await.is_ok();
@@ -38,15 +74,19 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (
         status,
         retry_after,
-        Json(serde_json::json!({
-            "status": if ready { "ready" } else { "not_ready" },
-            "database": if database { "ok" } else { "unreachable" },
-            "blob_store": if blobs { "ok" } else { "unavailable" },
-            "broker": broker.as_str(),
-        })),
+        Json(Ready {
+            status: if ready { "ready" } else { "not_ready" },
+            database: if database { "ok" } else { "unreachable" },
+            blob_store: if blobs { "ok" } else { "unavailable" },
+            broker: broker.as_str(),
+        }),
     )
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")),
+    security(()))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -23,14 +23,26 @@ pub fn routes() -> Routes {
         .add("get", "/api/v1/images/{id}", get(get_one))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct UploadQuery {
+    #[param(value_type = super::validate::schema::Name)]
     hardware_id: String,
+    #[param(value_type = super::validate::schema::Name)]
     version: String,
+    /// The image name in targets metadata; default `<hardware_id>-<version>`.
+    #[param(value_type = Option<super::validate::schema::ImageName>)]
     name: Option<String>,
 }
 
+/// Streams a full image; hashed while streaming, size-limited. The 409 for a version
+/// the hardware id already has comes before the body is read.
+#[utoipa::path(post, path = "/api/v1/images", operation_id = "uploadImage", tag = "images",
+    params(UploadQuery),
+    request_body(content = super::validate::schema::Binary, content_type = "application/octet-stream", description = "The image bytes"),
+    responses((status = 201, description = "Stored", body = ImageRecord)),
+    security(("bearer" = ["release:write"])))]
 async fn upload(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<ReleaseWriteScope>,
@@ -121,15 +133,27 @@ async fn upload(
     Ok((StatusCode::CREATED, Json(record)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    #[param(value_type = Option<super::validate::schema::Name>)]
     hardware_id: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Name>)]
     version: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
+    #[param(value_type = Option<super::validate::schema::Cursor>)]
     cursor: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Order>)]
     order: Option<String>,
 }
+
+/// Lists images, newest first.
+#[utoipa::path(get, path = "/api/v1/images", operation_id = "listImages", tag = "images",
+    params(ListQuery),
+    responses((status = 200, description = "Images", body = Page<ImageRecord>)),
+    security(("bearer" = ["read"])))]
 
 async fn list(
     State(state): State<AppState>,
@@ -162,6 +186,11 @@ async fn list(
     })))
 }
 
+/// One image.
+#[utoipa::path(get, path = "/api/v1/images/{id}", operation_id = "getImage", tag = "images",
+    params(("id" = super::validate::schema::ImageId, Path)),
+    responses((status = 200, description = "The image", body = ImageRecord)),
+    security(("bearer" = ["read"])))]
 async fn get_one(
     State(state): State<AppState>,
     caller: Caller,

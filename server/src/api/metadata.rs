@@ -20,7 +20,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 pub fn routes() -> Routes {
     Routes::default()
@@ -44,23 +44,47 @@ fn signed_json(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
 
+/// The newest targets metadata, decoded and as its envelope.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Targets {
+    #[schema(value_type = super::validate::schema::Counter)]
+    pub version: u64,
+    #[schema(value_type = super::validate::schema::Timestamp)]
+    pub expires: ota_core::time::Timestamp,
+    /// Image name → hardware id, version, security_version, length, sha256.
+    #[schema(value_type = Object)]
+    pub targets: ota_core::encoding::StrictMap<String, ota_core::metadata::TargetImage>,
+    /// The DSSE envelope (PROTOCOL.md), as signed.
+    #[schema(value_type = Object)]
+    pub envelope: Value,
+}
+
+/// The newest signed targets metadata (cumulative: every released image), decoded and
+/// as an envelope; 404 before the first release.
+#[utoipa::path(get, path = "/api/v1/targets", operation_id = "getTargets", tag = "releases",
+    responses((status = 200, description = "The newest targets", body = Targets)),
+    security(("bearer" = ["read"])))]
 async fn current_targets(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Targets>, ApiError> {
     caller.require(Scope::Read)?;
     let (version, envelope) = latest(&state).await?;
     let metadata = stored_targets(&envelope)?;
     let envelope: Value =
         serde_json::from_str(&envelope).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(Json(json!({
-        "version": version,
-        "expires": metadata.expires,
-        "targets": metadata.targets,
-        "envelope": envelope,
-    })))
+    Ok(Json(Targets {
+        version,
+        expires: metadata.expires,
+        targets: metadata.targets,
+        envelope,
+    }))
 }
 
+/// The newest targets envelope, byte for byte as signed.
+#[utoipa::path(get, path = "/v1/metadata/targets.json", operation_id = "getVehicleTargets", tag = "vehicles",
+    responses((status = 200, description = "The signed envelope", body = Object)),
+    security(("vehicle" = []), ("bearer" = ["read"])))]
 async fn vehicle_targets(
     State(state): State<AppState>,
     _caller: VehicleRouteCaller,
@@ -69,6 +93,11 @@ async fn vehicle_targets(
     Ok(signed_json(envelope.into_bytes()))
 }
 
+/// Root metadata version N (`{version}` = `N.json`), for walking the root chain.
+#[utoipa::path(get, path = "/v1/metadata/root/{version}", operation_id = "getVehicleRoot", tag = "vehicles",
+    params(("version" = String, Path, pattern = "^[1-9][0-9]{0,18}\\.json$", description = "`N.json`, N ≥ 1")),
+    responses((status = 200, description = "The signed envelope", body = Object)),
+    security(("vehicle" = []), ("bearer" = ["read"])))]
 async fn vehicle_root(
     State(state): State<AppState>,
     _caller: VehicleRouteCaller,

@@ -11,15 +11,16 @@ use base64::Engine as _;
 use serde::Serialize;
 
 /// One page of a list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `cursor` for the next page; `null` when this is the last one.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
 /// Longest cursor accepted, in characters.
-const MAX_CURSOR_LEN: usize = 1024;
+pub const MAX_CURSOR_LEN: usize = 1024;
 
 /// A cursor for list `kind` positioned after the item with sort key `key`.
 pub fn encode(kind: &str, key: &[String]) -> String {

@@ -29,22 +29,34 @@ pub fn routes() -> Routes {
 /// Most images in one release (one per hardware id).
 pub const MAX_IMAGES: usize = 64;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRelease {
+    #[schema(value_type = super::validate::schema::Name)]
     pub name: String,
+    #[schema(value_type = super::validate::schema::Name)]
     pub version: String,
+    #[schema(value_type = super::validate::schema::Counter)]
     pub security_version: u64,
     /// Image ids, at most one per hardware id.
+    #[schema(value_type = Vec<super::validate::schema::ImageId>, min_items = 1, max_items = 64)]
     pub images: Vec<String>,
     /// A targets envelope signed offline (e.g. `otactl release create --sign-key`).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub targets: Option<serde_json::Value>,
     /// Expiry of server-signed targets metadata.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<u32>,
 }
 
+/// Creates a release; its targets are signed by the server or uploaded pre-signed and
+/// verified against the trusted root.
+#[utoipa::path(post, path = "/api/v1/releases", operation_id = "createRelease", tag = "releases",
+    request_body = CreateRelease,
+    responses((status = 201, description = "Created", body = ReleaseRecord)),
+    security(("bearer" = ["release:write"])))]
 async fn create(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<ReleaseWriteScope>,
@@ -203,14 +215,25 @@ async fn create(
     Ok((StatusCode::CREATED, Json(record)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    #[param(value_type = Option<super::validate::schema::Name>)]
     version: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
+    #[param(value_type = Option<super::validate::schema::Cursor>)]
     cursor: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Order>)]
     order: Option<String>,
 }
+
+/// Lists releases, newest first.
+#[utoipa::path(get, path = "/api/v1/releases", operation_id = "listReleases", tag = "releases",
+    params(ListQuery),
+    responses((status = 200, description = "Releases", body = Page<ReleaseRecord>)),
+    security(("bearer" = ["read"])))]
 
 async fn list(
     State(state): State<AppState>,
@@ -237,6 +260,11 @@ async fn list(
     })))
 }
 
+/// One release with its signed targets envelope.
+#[utoipa::path(get, path = "/api/v1/releases/{id}", operation_id = "getRelease", tag = "releases",
+    params(("id" = super::validate::schema::ReleaseId, Path)),
+    responses((status = 200, description = "The release", body = ReleaseRecord)),
+    security(("bearer" = ["read"])))]
 async fn get_one(
     State(state): State<AppState>,
     caller: Caller,

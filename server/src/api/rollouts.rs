@@ -19,7 +19,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub fn routes() -> Routes {
     Routes::default()
@@ -38,19 +38,23 @@ pub fn routes() -> Routes {
         .add("get", "/api/v1/delta-jobs", get(delta_jobs))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRollout {
+    #[schema(value_type = super::validate::schema::Name)]
     pub name: String,
+    #[schema(value_type = super::validate::schema::ReleaseId)]
     pub release_id: String,
     #[serde(default)]
     pub selector: Selector,
+    #[schema(min_items = 1, max_items = 20)]
     pub phases: Vec<PhaseSpec>,
     #[serde(default)]
     pub rate_limit: RateLimit,
     #[serde(default)]
     pub abort_criteria: AbortCriteria,
     #[serde(default)]
+    #[schema(value_type = super::validate::schema::PreconditionsSchema)]
     pub preconditions: Preconditions,
     #[serde(default)]
     pub maintenance_window: Option<MaintenanceWindow>,
@@ -58,6 +62,7 @@ pub struct CreateRollout {
     pub retry: RetryPolicy,
     /// The cohort salt, hex (normally random; a dry run's salt reproduces its cohorts).
     #[serde(default)]
+    #[schema(value_type = Option<super::validate::schema::Salt>)]
     pub salt: Option<String>,
 }
 
@@ -172,6 +177,11 @@ async fn checked(
     Ok((request.name, release_id, spec, salt))
 }
 
+/// Creates a rollout (draft).
+#[utoipa::path(post, path = "/api/v1/rollouts", operation_id = "createRollout", tag = "rollouts",
+    request_body = CreateRollout,
+    responses((status = 201, description = "Created", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn create(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<RolloutWriteScope>,
@@ -196,6 +206,10 @@ async fn create(
 /// The vehicles per phase a rollout with this spec would assign, computed with the
 /// director's own rule over the fleet as it is now; creates nothing. Give the answer's
 /// `salt` to create to get exactly these vehicles.
+#[utoipa::path(post, path = "/api/v1/rollouts:dry-run", operation_id = "dryRunRollout", tag = "rollouts",
+    request_body = CreateRollout,
+    responses((status = 200, description = "The vehicles each phase would assign: counts and a sample of ids", body = DryRun)),
+    security(("bearer" = ["rollout:write"])))]
 async fn dry_run(
     State(state): State<AppState>,
     Authorized(_, _): Authorized<RolloutWriteScope>,
@@ -205,15 +219,27 @@ async fn dry_run(
     Ok(Json(state.engine.dry_run(&spec, &release_id, &salt).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    #[param(value_type = Option<RolloutState>)]
     state: Option<String>,
+    #[param(value_type = Option<super::validate::schema::ReleaseId>)]
     release_id: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
+    #[param(value_type = Option<super::validate::schema::Cursor>)]
     cursor: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Order>)]
     order: Option<String>,
 }
+
+/// Lists rollouts.
+#[utoipa::path(get, path = "/api/v1/rollouts", operation_id = "listRollouts", tag = "rollouts",
+    params(ListQuery),
+    responses((status = 200, description = "Rollouts", body = Page<RolloutRecord>)),
+    security(("bearer" = ["read"])))]
 
 async fn list(
     State(state): State<AppState>,
@@ -251,6 +277,11 @@ async fn list(
     })))
 }
 
+/// One rollout.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", operation_id = "getRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout", body = RolloutRecord)),
+    security(("bearer" = ["read"])))]
 async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
@@ -261,6 +292,11 @@ async fn get_one(
     Ok(Json(state.store.get_rollout(&id).await?))
 }
 
+/// Per-phase counts and breaker state.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/status", operation_id = "getRolloutStatus", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout's status", body = RolloutStatus)),
+    security(("bearer" = ["read"])))]
 async fn status(
     State(state): State<AppState>,
     caller: Caller,
@@ -300,6 +336,11 @@ async fn act(
     Ok(Json(record))
 }
 
+/// Starts a draft rollout (enqueues delta builds).
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/start", operation_id = "startRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn start(
     State(s): State<AppState>,
     c: Caller,
@@ -307,6 +348,11 @@ async fn start(
 ) -> Result<Json<RolloutRecord>, ApiError> {
     act(s, c, id, RolloutAction::Start).await
 }
+/// Pauses: no new vehicles.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/pause", operation_id = "pauseRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn pause(
     State(s): State<AppState>,
     c: Caller,
@@ -315,6 +361,11 @@ async fn pause(
     act(s, c, id, RolloutAction::Pause).await
 }
 /// Ends a running rollout: no new vehicles; deployments under way finish.
+/// Completes: no new vehicles; deployments under way finish.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/complete", operation_id = "completeRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn complete(
     State(s): State<AppState>,
     c: Caller,
@@ -328,6 +379,10 @@ async fn complete(
 /// than the minimum executed count, or a decision taken on other evidence. Audited with
 /// the operator as actor; refused (409) unless the rollout is running before its last
 /// phase.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/advance", operation_id = "advanceRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn advance(
     State(state): State<AppState>,
     caller: Caller,
@@ -356,6 +411,11 @@ async fn advance(
         .map(Json)
 }
 
+/// Resumes (half-opens an open breaker).
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/resume", operation_id = "resumeRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn resume(
     State(s): State<AppState>,
     c: Caller,
@@ -363,6 +423,11 @@ async fn resume(
 ) -> Result<Json<RolloutRecord>, ApiError> {
     act(s, c, id, RolloutAction::Resume).await
 }
+/// Aborts: cancels vehicles not yet installing.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/abort", operation_id = "abortRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn abort(
     State(s): State<AppState>,
     c: Caller,
@@ -372,6 +437,11 @@ async fn abort(
 }
 /// Refused (409) when a vehicle would have to go below the `security_version` floor the
 /// release gave it: the agent must refuse such an image, so none is ever sent.
+/// Rolls back: tells updated vehicles to return to their previous image.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/rollback", operation_id = "rollbackRollout", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),
+    security(("bearer" = ["rollout:write"])))]
 async fn rollback(
     State(s): State<AppState>,
     c: Caller,
@@ -380,15 +450,27 @@ async fn rollback(
     act(s, c, id, RolloutAction::Rollback).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct JobsQuery {
+    #[param(value_type = Option<super::validate::schema::RolloutId>)]
     rollout_id: Option<String>,
+    #[param(value_type = Option<DeltaJobStatus>)]
     status: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
+    #[param(value_type = Option<super::validate::schema::Cursor>)]
     cursor: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Order>)]
     order: Option<String>,
 }
+
+/// Delta builds and their progress.
+#[utoipa::path(get, path = "/api/v1/delta-jobs", operation_id = "listDeltaJobs", tag = "rollouts",
+    params(JobsQuery),
+    responses((status = 200, description = "Delta jobs", body = Page<DeltaJob>)),
+    security(("bearer" = ["read"])))]
 
 async fn delta_jobs(
     State(state): State<AppState>,

@@ -16,11 +16,19 @@ pub fn routes() -> Routes {
         .add("post", "/api/v1/tokens/{id}/revoke", post(revoke))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
 }
+
+/// API tokens (never their values), oldest first.
+#[utoipa::path(get, path = "/api/v1/tokens", operation_id = "listTokens", tag = "tokens",
+    params(ListQuery),
+    responses((status = 200, description = "Tokens", body = Vec<TokenInfo>)),
+    security(("bearer" = ["admin"])))]
 
 async fn list(
     State(state): State<AppState>,
@@ -31,7 +39,12 @@ async fn list(
     Ok(Json(state.store.list_tokens(limit).await?))
 }
 
-/// Revokes a token at once: the next request with it is a 401.
+/// Revokes a token at once (audited): the next request with it is a 401; 409 if it is
+/// already revoked.
+#[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", operation_id = "revokeToken", tag = "tokens",
+    params(("id" = super::validate::schema::TokenId, Path)),
+    responses((status = 200, description = "The revoked token", body = TokenInfo)),
+    security(("bearer" = ["admin"])))]
 async fn revoke(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<AdminScope>,

@@ -26,6 +26,8 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const NAME_PATTERN: &str = "^[A-Za-z0-9._+-]{1,64}$";
 /// What a vehicle id may contain, as a regular expression (the OpenAPI `pattern`).
 pub const VEHICLE_ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+/// An image name: a name that starts with a letter or digit (PROTOCOL.md §4.2).
+pub const IMAGE_NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$";
 const NAME_EXPECTED: &str = "1-64 characters of A-Z a-z 0-9 . _ - +";
 const VEHICLE_ID_EXPECTED: &str = "1-64 characters of A-Z a-z 0-9 . _ -";
 
@@ -44,6 +46,230 @@ pub const EXPIRES_IN_DAYS: (u32, u32) = (1, 3650);
 /// Range of `limit` on list routes, and its default.
 pub const LIMIT_RANGE: (i64, i64) = (1, 1000);
 pub const DEFAULT_LIMIT: i64 = 100;
+
+/// Most ECUs of one vehicle.
+pub const MAX_ECUS: usize = 32;
+/// Most phases of one rollout.
+pub const MAX_PHASES: usize = 20;
+
+/// The OpenAPI schemas of the values above, built from the same constants, so the
+/// document states exactly the rules this module enforces. Fields of request and
+/// response types point at them with `#[schema(value_type = ...)]`.
+pub mod schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaFormat, Type};
+    use utoipa::openapi::RefOr;
+    use utoipa::{PartialSchema, ToSchema};
+
+    /// Declares a named schema (a component every use refers to).
+    macro_rules! named_schema {
+        ($(#[$doc:meta])* $name:ident => $build:expr) => {
+            $(#[$doc])*
+            #[derive(Debug)]
+            pub struct $name;
+            impl PartialSchema for $name {
+                fn schema() -> RefOr<Schema> {
+                    let builder: ObjectBuilder = $build;
+                    builder.into()
+                }
+            }
+            impl ToSchema for $name {}
+        };
+    }
+
+    fn text(pattern: &str, description: &str) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(pattern))
+            .description(Some(description))
+    }
+
+    fn integer(min: u64, max: u64) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(min as f64))
+            .maximum(Some(max as f64))
+    }
+
+    named_schema!(
+        /// A name: image, release, rollout and phase names, versions, hardware ids, ECUs, tags.
+        Name => text(super::NAME_PATTERN, super::NAME_EXPECTED)
+            .min_length(Some(1))
+            .max_length(Some(super::MAX_NAME_LEN))
+    );
+    named_schema!(
+        /// A vehicle id (the rule of the agent, the MQTT topics and the vehicle credential).
+        VehicleId => text(super::VEHICLE_ID_PATTERN, super::VEHICLE_ID_EXPECTED)
+            .min_length(Some(1))
+            .max_length(Some(super::MAX_NAME_LEN))
+    );
+    named_schema!(
+        /// An image name: a name starting with a letter or digit.
+        ImageName => text(super::IMAGE_NAME_PATTERN, "a name starting with a letter or digit")
+            .min_length(Some(1))
+            .max_length(Some(super::MAX_NAME_LEN))
+    );
+    named_schema!(
+        /// A SHA-256 digest: 64 lowercase hex digits.
+        Sha256Hex => text("^[0-9a-f]{64}$", "64 lowercase hex digits")
+            .min_length(Some(64))
+            .max_length(Some(64))
+    );
+    named_schema!(
+        /// A raw Ed25519 public key: 64 lowercase hex digits.
+        PublicKeyHex => text("^[0-9a-f]{64}$", "64 lowercase hex digits (raw Ed25519 public key)")
+            .min_length(Some(64))
+            .max_length(Some(64))
+    );
+    named_schema!(
+        /// A point in time, RFC 3339 UTC with milliseconds.
+        Timestamp => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime)))
+    );
+    named_schema!(
+        /// A stored counter (`security_version`, metadata versions): `0..=2^63-1`.
+        Counter => integer(0, super::MAX_COUNTER)
+    );
+    named_schema!(
+        /// A duration in seconds: `0..=` one year.
+        DurationSeconds => integer(0, super::MAX_DURATION_SECONDS)
+    );
+    named_schema!(
+        /// A byte length or a count.
+        Count => integer(0, super::MAX_COUNTER)
+    );
+    named_schema!(
+        /// How many entries a list returns.
+        Limit => integer(super::LIMIT_RANGE.0 as u64, super::LIMIT_RANGE.1 as u64)
+            .default(Some(super::DEFAULT_LIMIT.into()))
+    );
+    named_schema!(
+        /// Raw bytes (an image, a blob).
+        Binary => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Binary)))
+    );
+    named_schema!(
+        /// A percentage, `0..=100`.
+        Percent => ObjectBuilder::new()
+            .schema_type(Type::Number)
+            .minimum(Some(0.0))
+            .maximum(Some(100.0))
+    );
+
+    named_schema!(
+        /// A list cursor: the `next_cursor` of the previous page, opaque (base64url).
+        /// A cursor another list, order or filter made is refused with 400.
+        Cursor => text("^[A-Za-z0-9_-]+$", "the next_cursor of the previous page")
+            .min_length(Some(1))
+            .max_length(Some(super::super::page::MAX_CURSOR_LEN))
+    );
+    named_schema!(
+        /// The order of a list sorted by creation time, then id.
+        Order => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["asc", "desc"]))
+            .default(Some("asc".into()))
+    );
+    named_schema!(
+        /// A cohort salt: 32 lowercase hex digits (16 bytes).
+        Salt => text("^[0-9a-f]{32}$", "32 lowercase hex digits")
+            .min_length(Some(32))
+            .max_length(Some(32))
+    );
+    named_schema!(
+        /// A set of tags, comma-separated: distinct names.
+        TagSet => text(
+            &format!("^{}(,{})*$", bare(super::NAME_PATTERN), bare(super::NAME_PATTERN)),
+            "comma-separated distinct names",
+        )
+        .min_length(Some(1))
+    );
+    named_schema!(
+        /// An audit filter: the actor, action or subject id, exactly.
+        AuditFilterText => text("^[^\\u0000-\\u001f\\u007f-\\u009f]+$", "text without control characters")
+            .min_length(Some(1))
+            .max_length(Some(super::super::audit::MAX_FILTER_LEN))
+    );
+    named_schema!(
+        /// A point in time to the second, UTC: `YYYY-MM-DDTHH:MM:SSZ`.
+        UtcSecond => text(
+            "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z$",
+            "YYYY-MM-DDTHH:MM:SSZ, a date the month has",
+        )
+    );
+    named_schema!(
+        /// The index of a rollout phase.
+        PhaseIndex => integer(0, crate::rollout::MAX_PHASES as u64 - 1)
+    );
+
+    /// A whole-string pattern without its anchors, to compose.
+    fn bare(pattern: &str) -> &str {
+        pattern.trim_start_matches('^').trim_end_matches('$')
+    }
+
+    /// The id of a resource: `<prefix>_` and 16 lowercase hex digits
+    /// (`super::super::extract::parse_id`).
+    macro_rules! id_schema {
+        ($($name:ident = $prefix:literal),* $(,)?) => {$(
+            named_schema!(
+                #[doc = concat!("An id: `", $prefix, "_` and 16 lowercase hex digits.")]
+                $name => text(
+                    concat!("^", $prefix, "_[0-9a-f]{16}$"),
+                    concat!($prefix, "_ followed by 16 lowercase hex digits"),
+                )
+                .min_length(Some($prefix.len() + 17))
+                .max_length(Some($prefix.len() + 17))
+            );
+        )*};
+    }
+    /// A list of distinct names, as a rollout selector takes them.
+    pub fn selector_names() -> utoipa::openapi::schema::ArrayBuilder {
+        distinct(Name::schema(), super::MAX_SELECTOR_VALUES)
+    }
+
+    /// A list of distinct vehicle ids, as a rollout selector takes them.
+    pub fn selector_vehicle_ids() -> utoipa::openapi::schema::ArrayBuilder {
+        distinct(VehicleId::schema(), super::MAX_SELECTOR_VEHICLES)
+    }
+
+    /// The tags of a vehicle.
+    pub fn tags() -> utoipa::openapi::schema::ArrayBuilder {
+        distinct(Name::schema(), super::MAX_TAGS)
+    }
+
+    fn distinct(items: RefOr<Schema>, max: usize) -> utoipa::openapi::schema::ArrayBuilder {
+        utoipa::openapi::schema::ArrayBuilder::new()
+            .items(items)
+            .max_items(Some(max))
+            .unique_items(true)
+    }
+
+    /// `ota_core::metadata::Preconditions` as the API takes it (the type lives in the
+    /// IO-free core, which does not depend on the documentation crate).
+    #[derive(Debug, ToSchema)]
+    #[schema(as = Preconditions)]
+    #[allow(dead_code)]
+    pub struct PreconditionsSchema {
+        /// The vehicle must be parked.
+        #[schema(default = false, required = false)]
+        parked: bool,
+        /// Minimum state of charge of the battery.
+        #[schema(minimum = 0, maximum = 100)]
+        min_state_of_charge_percent: Option<u8>,
+        /// Required network kind, e.g. `wifi`.
+        #[schema(value_type = Option<Name>)]
+        network: Option<String>,
+    }
+
+    id_schema!(
+        ImageId = "img",
+        ReleaseId = "rel",
+        RolloutId = "ro",
+        TokenId = "tok",
+        DeltaJobId = "dj",
+    );
+}
 
 /// Collects every problem of one request, so a caller can fix them together.
 #[derive(Debug, Default)]

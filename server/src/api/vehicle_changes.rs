@@ -1,7 +1,7 @@
 //! Changing a vehicle after registration (admin, audited): retag, rotate its device
 //! key, decommission. A decommissioned vehicle is a 409 for every change.
 
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use super::extract::{AdminScope, ApiJson, Authorized};
 use super::validate;
 use super::vehicles::device_key;
@@ -24,19 +24,30 @@ pub fn routes() -> Routes {
         )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retag {
+    /// The vehicle's new tags (replacing all of them).
+    #[schema(schema_with = super::validate::schema::tags)]
     pub tags: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
     /// Hex of the new raw 32-byte Ed25519 device public key.
+    #[schema(value_type = super::validate::schema::PublicKeyHex)]
     pub public_key: String,
 }
 
+/// Replaces a vehicle's tags (audited); rollouts select by the new tags from its next
+/// check-in.
+#[utoipa::path(put, path = "/api/v1/vehicles/{id}/tags", operation_id = "retagVehicle", tag = "vehicles",
+    params(("id" = super::validate::schema::VehicleId, Path)),
+    request_body = Retag,
+    responses((status = 200, description = "The vehicle", body = VehicleRecord),
+        (status = 409, description = "The vehicle is decommissioned", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = ["admin"])))]
 async fn retag(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<AdminScope>,
@@ -55,6 +66,14 @@ async fn retag(
     ))
 }
 
+/// Replaces a vehicle's device key (audited): the old key's signatures are refused from
+/// now on.
+#[utoipa::path(post, path = "/api/v1/vehicles/{id}/rotate-key", operation_id = "rotateVehicleKey", tag = "vehicles",
+    params(("id" = super::validate::schema::VehicleId, Path)),
+    request_body = RotateKey,
+    responses((status = 200, description = "The vehicle", body = VehicleRecord),
+        (status = 409, description = "The same key again, or the vehicle is decommissioned", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = ["admin"])))]
 async fn rotate_key(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<AdminScope>,
@@ -74,6 +93,11 @@ async fn rotate_key(
 /// Takes the vehicle out of service: its check-ins, progress and blob credentials are
 /// refused from now on (counted in `ota_vehicle_messages_dropped_total{reason=
 /// "decommissioned"}`), and deployments not yet installing are cancelled.
+#[utoipa::path(post, path = "/api/v1/vehicles/{id}/decommission", operation_id = "decommissionVehicle", tag = "vehicles",
+    params(("id" = super::validate::schema::VehicleId, Path)),
+    responses((status = 200, description = "The vehicle, decommissioned", body = VehicleRecord),
+        (status = 409, description = "Decommissioned already", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = ["admin"])))]
 async fn decommission(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<AdminScope>,

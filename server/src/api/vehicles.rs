@@ -38,21 +38,28 @@ pub fn routes() -> Routes {
         .add("get", "/api/v1/vehicles/{id}", get(get_one))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EcuSpec {
+    #[schema(value_type = super::validate::schema::Name)]
     pub ecu: String,
+    #[schema(value_type = super::validate::schema::Name)]
     pub hardware_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterVehicle {
+    #[schema(value_type = super::validate::schema::VehicleId)]
     pub id: String,
     /// Hex of the raw 32-byte Ed25519 device public key.
+    #[schema(value_type = super::validate::schema::PublicKeyHex)]
     pub public_key: String,
+    /// Distinct ECU names.
+    #[schema(min_items = 1, max_items = 32)]
     pub ecus: Vec<EcuSpec>,
     #[serde(default)]
+    #[schema(schema_with = super::validate::schema::tags)]
     pub tags: Vec<String>,
 }
 
@@ -107,6 +114,11 @@ fn validate(request: RegisterVehicle, at: &str) -> Result<NewVehicle, ApiError> 
     })
 }
 
+/// Provisions a vehicle: id, ECUs, device public key, tags.
+#[utoipa::path(post, path = "/api/v1/vehicles", operation_id = "registerVehicle", tag = "vehicles",
+    request_body = RegisterVehicle,
+    responses((status = 201, description = "Registered", body = VehicleRecord)),
+    security(("bearer" = ["admin"])))]
 async fn register(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<AdminScope>,
@@ -123,19 +135,27 @@ pub const MAX_BULK: usize = 10_000;
 /// Body limit of a bulk request: 10,000 registrations with room for many ECUs each.
 pub const BULK_BODY_BYTES: usize = 32 * 1024 * 1024;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterVehicles {
+    /// Distinct vehicle ids.
+    #[schema(min_items = 1, max_items = 10000)]
     pub vehicles: Vec<RegisterVehicle>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BulkRegistered {
     pub registered: u64,
 }
 
 /// All or nothing: every entry is checked first (the first bad one is named by index
 /// and field), then all are inserted in one transaction with one audit entry.
+/// Provisions up to 10,000 vehicles in one transaction, all or nothing; a bad entry is
+/// named by index and field (`vehicles[i].field`).
+#[utoipa::path(post, path = "/api/v1/vehicles:bulk", operation_id = "registerVehicles", tag = "vehicles",
+    request_body = RegisterVehicles,
+    responses((status = 201, description = "Registered", body = BulkRegistered)),
+    security(("bearer" = ["admin"])))]
 async fn register_bulk(
     State(state): State<AppState>,
     Authorized(caller, _): Authorized<AdminScope>,
@@ -170,21 +190,33 @@ async fn register_bulk(
     Ok((StatusCode::CREATED, Json(BulkRegistered { registered })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    #[param(value_type = Option<super::validate::schema::Name>)]
     hardware_id: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Name>)]
     tag: Option<String>,
     /// A tag set, comma-separated: vehicles carrying every one of them.
+    #[param(value_type = Option<super::validate::schema::TagSet>)]
     tags: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Name>)]
     installed_version: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
+    #[param(value_type = Option<super::validate::schema::Cursor>)]
     cursor: Option<String>,
 }
 
 /// The list kind named in the vehicle list's cursors (sorted by id).
 const CURSOR_KIND: &str = "vehicles";
 
+/// Lists vehicles by id, with filters.
+#[utoipa::path(get, path = "/api/v1/vehicles", operation_id = "listVehicles", tag = "vehicles",
+    params(ListQuery),
+    responses((status = 200, description = "Vehicles", body = Page<VehicleRecord>)),
+    security(("bearer" = ["read"])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -228,13 +260,18 @@ async fn list(
     })))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VehicleDetail {
     #[serde(flatten)]
     pub vehicle: VehicleRecord,
     pub deployments: Vec<DeploymentRecord>,
 }
 
+/// One vehicle: installed versions, last check-in, deployment history.
+#[utoipa::path(get, path = "/api/v1/vehicles/{id}", operation_id = "getVehicle", tag = "vehicles",
+    params(("id" = super::validate::schema::VehicleId, Path)),
+    responses((status = 200, description = "The vehicle", body = VehicleDetail)),
+    security(("bearer" = ["read"])))]
 async fn get_one(
     State(state): State<AppState>,
     caller: Caller,

@@ -19,7 +19,7 @@ use ota_core::protocol::ControlCommand;
 use serde::Serialize;
 
 /// What an operator may do to a vehicle's deployments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentAction {
     /// Stop deployments not yet installing (`assigned`, `downloading`).

@@ -11,10 +11,12 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// One phase's line in a rollout status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PhaseStatus {
     pub index: usize,
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub name: String,
+    #[schema(value_type = crate::api::validate::schema::Percent)]
     pub percent: f64,
     pub active: bool,
     /// Vehicles the director would assign in this phase's cohort band: selected, with an
@@ -24,11 +26,12 @@ pub struct PhaseStatus {
     pub counts: PhaseCounts,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RolloutStatus {
     pub rollout: RolloutRecord,
     pub phases: Vec<PhaseStatus>,
     pub totals: PhaseCounts,
+    /// Delta builds of this rollout by status.
     pub delta_jobs: BTreeMap<String, u64>,
 }
 
@@ -99,22 +102,26 @@ pub fn phase_lines(
 pub const DRY_RUN_SAMPLE: usize = 20;
 
 /// One phase of a dry run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DryRunPhase {
     pub index: usize,
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub name: String,
+    #[schema(value_type = crate::api::validate::schema::Percent)]
     pub percent: f64,
     /// Vehicles this phase would assign (those of earlier phases not counted again).
     pub vehicles: u64,
     /// The first of them by id, at most [`DRY_RUN_SAMPLE`].
+    #[schema(value_type = Vec<crate::api::validate::schema::VehicleId>, max_items = 20)]
     pub sample: Vec<String>,
 }
 
 /// What a rollout spec would assign, phase by phase, with this salt.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DryRun {
     /// The cohort salt the phases were computed with; create the rollout with it to get
     /// exactly these vehicles.
+    #[schema(value_type = crate::api::validate::schema::Salt)]
     pub salt: String,
     /// Vehicles the rollout would assign over all its phases.
     pub vehicles: u64,

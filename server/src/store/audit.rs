@@ -4,14 +4,19 @@ use super::{ms_to_rfc3339, now_ms, Actor, Store, StoreError};
 use serde::Serialize;
 use sqlx::{Any, Row, Transaction};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
+    #[schema(minimum = 1)]
     pub id: i64,
+    #[schema(value_type = crate::api::validate::schema::Timestamp)]
     pub at: String,
     pub actor: String,
     pub action: String,
     pub subject: String,
+    /// What changed (depends on the action).
+    #[schema(value_type = Object)]
     pub detail: serde_json::Value,
+    /// The `x-request-id` of the call; null for changes the server made itself.
     pub request_id: Option<String>,
 }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeltaJobStatus {
     Queued,
@@ -51,19 +51,28 @@ pub struct BuiltDelta {
     pub length: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeltaJob {
+    #[schema(value_type = crate::api::validate::schema::DeltaJobId)]
     pub id: String,
+    #[schema(value_type = Option<crate::api::validate::schema::RolloutId>)]
     pub rollout_id: Option<String>,
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub hardware_id: String,
+    #[schema(value_type = crate::api::validate::schema::Sha256Hex)]
     pub source_sha256: String,
+    #[schema(value_type = crate::api::validate::schema::Sha256Hex)]
     pub target_sha256: String,
     pub status: DeltaJobStatus,
     pub attempts: u32,
+    #[schema(value_type = Option<crate::api::validate::schema::Sha256Hex>)]
     pub delta_sha256: Option<String>,
+    #[schema(value_type = Option<crate::api::validate::schema::Count>)]
     pub delta_length: Option<u64>,
     pub error: Option<String>,
+    #[schema(value_type = crate::api::validate::schema::Timestamp)]
     pub created_at: String,
+    #[schema(value_type = crate::api::validate::schema::Timestamp)]
     pub updated_at: String,
 }
 

@@ -14,11 +14,13 @@ pub(crate) const VEHICLE: &str = "vehicle";
 pub(crate) const DIRECTOR: &str = "director";
 
 /// One status a deployment took.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DeploymentEvent {
+    #[schema(value_type = crate::api::validate::schema::Timestamp)]
     pub at: String,
     pub status: DeploymentStatus,
     /// The vehicle's progress sequence number, for its own reports.
+    #[schema(value_type = Option<crate::api::validate::schema::Counter>)]
     pub sequence: Option<i64>,
     pub reason_code: Option<String>,
     /// `vehicle`, `director`, or the API token's name for an operator's action.

@@ -5,14 +5,22 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = Image)]
 pub struct ImageRecord {
+    #[schema(value_type = crate::api::validate::schema::ImageId)]
     pub id: String,
+    #[schema(value_type = crate::api::validate::schema::ImageName)]
     pub name: String,
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub hardware_id: String,
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub version: String,
+    #[schema(value_type = crate::api::validate::schema::Count)]
     pub length: u64,
+    #[schema(value_type = crate::api::validate::schema::Sha256Hex)]
     pub sha256: String,
+    #[schema(value_type = crate::api::validate::schema::Timestamp)]
     pub created_at: String,
 }
 

@@ -8,28 +8,42 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ReleaseImage {
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub hardware_id: String,
+    #[schema(value_type = crate::api::validate::schema::ImageId)]
     pub image_id: String,
+    #[schema(value_type = crate::api::validate::schema::ImageName)]
     pub name: String,
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub version: String,
+    #[schema(value_type = crate::api::validate::schema::Count)]
     pub length: u64,
+    #[schema(value_type = crate::api::validate::schema::Sha256Hex)]
     pub sha256: Sha256Digest,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Release)]
 pub struct ReleaseRecord {
+    #[schema(value_type = crate::api::validate::schema::ReleaseId)]
     pub id: String,
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub name: String,
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub version: String,
+    #[schema(value_type = crate::api::validate::schema::Counter)]
     pub security_version: u64,
+    #[schema(value_type = crate::api::validate::schema::Counter)]
     pub targets_version: u64,
     /// `"server"` (signed online, dev) or `"offline"` (uploaded pre-signed by otactl).
     pub signed_by: String,
     pub images: Vec<ReleaseImage>,
     /// The signed targets envelope, exactly as vehicles receive it.
+    #[schema(value_type = Object)]
     pub targets: serde_json::Value,
+    #[schema(value_type = crate::api::validate::schema::Timestamp)]
     pub created_at: String,
 }
 

@@ -15,10 +15,14 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Rollout)]
 pub struct RolloutRecord {
+    #[schema(value_type = crate::api::validate::schema::RolloutId)]
     pub id: String,
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub name: String,
+    #[schema(value_type = crate::api::validate::schema::ReleaseId)]
     pub release_id: String,
     pub spec: RolloutSpec,
     /// Hex of the cohort salt (DESIGN §7): publishing it lets anyone reproduce cohorts.
@@ -31,7 +35,9 @@ pub struct RolloutRecord {
     pub breaker_reason: Option<String>,
     #[serde(skip)]
     pub window_start_ms: i64,
+    #[schema(value_type = crate::api::validate::schema::Timestamp)]
     pub created_at: String,
+    #[schema(value_type = crate::api::validate::schema::Timestamp)]
     pub updated_at: String,
 }
 
@@ -43,25 +49,32 @@ pub struct NewRollout {
     pub salt: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Deployment)]
 pub struct DeploymentRecord {
     pub id: String,
+    #[schema(value_type = crate::api::validate::schema::RolloutId)]
     pub rollout_id: String,
+    #[schema(value_type = crate::api::validate::schema::VehicleId)]
     pub vehicle_id: String,
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub ecu: String,
     pub phase: usize,
     pub status: DeploymentStatus,
     pub attempts: u32,
     #[serde(skip)]
     pub updated_ms: i64,
+    #[schema(value_type = Option<crate::api::validate::schema::Sha256Hex>)]
     pub from_sha256: Option<Sha256Digest>,
     pub reason_code: Option<String>,
+    #[schema(value_type = crate::api::validate::schema::Timestamp)]
     pub assigned_at: String,
+    #[schema(value_type = crate::api::validate::schema::Timestamp)]
     pub updated_at: String,
 }
 
 /// Deployment counts of one phase, by status.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PhaseCounts {
     pub assigned: u64,
     pub downloading: u64,

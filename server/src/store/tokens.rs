@@ -161,13 +161,21 @@ impl Store {
 }
 
 /// A token as listed: never its value.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Token)]
 pub struct TokenInfo {
+    #[schema(value_type = crate::api::validate::schema::TokenId)]
     pub id: String,
+    /// A name for the audit log (any text given to `ota-server tokens create`).
     pub name: String,
+    #[schema(value_type = Vec<crate::tokens::Scope>)]
     pub scopes: Vec<String>,
+    #[schema(value_type = crate::api::validate::schema::Timestamp)]
     pub created_at: String,
+    #[schema(value_type = Option<crate::api::validate::schema::Timestamp>)]
     pub revoked_at: Option<String>,
+    /// Null for a token that does not expire.
+    #[schema(value_type = Option<crate::api::validate::schema::Timestamp>)]
     pub expires_at: Option<String>,
 }
 

@@ -8,27 +8,45 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = Ecu)]
 pub struct EcuRecord {
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub ecu: String,
+    #[schema(value_type = crate::api::validate::schema::Name)]
     pub hardware_id: String,
+    /// Null until the vehicle has reported what it runs.
+    #[schema(value_type = Option<crate::api::validate::schema::Name>)]
     pub installed_version: Option<String>,
+    #[schema(value_type = Option<crate::api::validate::schema::Sha256Hex>)]
     pub installed_sha256: Option<Sha256Digest>,
+    #[schema(value_type = Option<crate::api::validate::schema::Count>)]
     pub installed_length: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Vehicle)]
 pub struct VehicleRecord {
+    #[schema(value_type = crate::api::validate::schema::VehicleId)]
     pub id: String,
     /// Hex of the raw Ed25519 device public key.
+    #[schema(value_type = crate::api::validate::schema::PublicKeyHex)]
     pub public_key: String,
+    #[schema(value_type = Vec<crate::api::validate::schema::Name>)]
     pub tags: Vec<String>,
     pub ecus: Vec<EcuRecord>,
+    #[schema(value_type = crate::api::validate::schema::Timestamp)]
     pub created_at: String,
+    /// Null until the first check-in.
+    #[schema(value_type = Option<crate::api::validate::schema::Timestamp>)]
     pub last_seen_at: Option<String>,
+    /// The state the agent last reported; null until it reports one.
     pub agent_state: Option<String>,
+    #[schema(value_type = crate::api::validate::schema::Counter)]
     pub director_version: u64,
-    /// When it was taken out of service (its messages are refused since).
+    /// When it was taken out of service (its messages are refused since); null while in
+    /// service.
+    #[schema(value_type = Option<crate::api::validate::schema::Timestamp>)]
     pub decommissioned_at: Option<String>,
 }
 

@@ -1914,6 +1914,182 @@ async fn an_image_name_vehicles_would_refuse_is_refused_at_upload() {
     app.upload("hw-a", "1.0", b"image bytes".to_vec()).await;
 }
 
+/// Checks `body` against the schema the document gives `status` of `method path`.
+fn assert_matches_document(doc: &Value, method: &str, path: &str, status: u16, body: &Value) {
+    let response = &doc["paths"][path][method]["responses"][status.to_string()];
+    let content = &response["content"];
+    let schema = content["application/json"]["schema"]
+        .as_object()
+        .or_else(|| content["application/problem+json"]["schema"].as_object())
+        .unwrap_or_else(|| panic!("{method} {path} documents no JSON {status}"));
+    let mut root = Value::Object(schema.clone());
+    root["components"] = doc["components"].clone();
+    let validator = jsonschema::validator_for(&root).expect("a valid JSON Schema");
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status} does not match the document: {errors:?}\n{body}"
+    );
+}
+
+/// What the server sends matches the document it serves, nulls included: a vehicle that
+/// never checked in (no last_seen_at, agent_state, installed_*), a draft rollout (no
+/// breaker_reason), audit entries of server-made changes (no request_id), problems.
+#[tokio::test]
+async fn served_records_match_their_documented_schemas() {
+    let app = spawn_app().await;
+    let (_, doc) = app.get("/api/v1/openapi.json", "").await;
+    app.register_vehicle("never-seen", &device_key(), "hw-doc", &["eu"])
+        .await;
+    let (_, release, rollout) = app
+        .release_and_rollout("hw-doc", json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let rollout_id = rollout["id"].as_str().unwrap();
+    let release_id = release["id"].as_str().unwrap();
+    let token = &app.admin_token;
+    for (template, concrete) in [
+        (
+            "/api/v1/vehicles/{id}",
+            "/api/v1/vehicles/never-seen".to_owned(),
+        ),
+        ("/api/v1/vehicles", "/api/v1/vehicles".to_owned()),
+        (
+            "/api/v1/rollouts/{id}",
+            format!("/api/v1/rollouts/{rollout_id}"),
+        ),
+        (
+            "/api/v1/rollouts/{id}/status",
+            format!("/api/v1/rollouts/{rollout_id}/status"),
+        ),
+        ("/api/v1/rollouts", "/api/v1/rollouts".to_owned()),
+        (
+            "/api/v1/releases/{id}",
+            format!("/api/v1/releases/{release_id}"),
+        ),
+        ("/api/v1/releases", "/api/v1/releases".to_owned()),
+        ("/api/v1/images", "/api/v1/images".to_owned()),
+        ("/api/v1/delta-jobs", "/api/v1/delta-jobs".to_owned()),
+        ("/api/v1/audit", "/api/v1/audit".to_owned()),
+        ("/api/v1/tokens", "/api/v1/tokens".to_owned()),
+        ("/api/v1/targets", "/api/v1/targets".to_owned()),
+        ("/healthz", "/healthz".to_owned()),
+        ("/readyz", "/readyz".to_owned()),
+    ] {
+        let (status, body) = app.get(&concrete, token).await;
+        assert_eq!(status, 200, "{concrete}: {body}");
+        assert_matches_document(&doc, "get", template, status, &body);
+    }
+    let vehicle = app.get("/api/v1/vehicles/never-seen", token).await.1;
+    assert!(vehicle["last_seen_at"].is_null() && vehicle["ecus"][0]["installed_version"].is_null());
+
+    // A page with a next cursor, and the page after it (the last: a null cursor).
+    let key = device_key();
+    app.register_vehicle("checked-in", &key, "hw-doc", &["eu"])
+        .await;
+    let (status, first) = app.get("/api/v1/vehicles?limit=1", token).await;
+    assert!(first["next_cursor"].is_string(), "{first}");
+    assert_matches_document(&doc, "get", "/api/v1/vehicles", status, &first);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (status, last) = app
+        .get(&format!("/api/v1/vehicles?limit=1&cursor={cursor}"), token)
+        .await;
+    assert!(last["next_cursor"].is_null(), "{last}");
+    assert_matches_document(&doc, "get", "/api/v1/vehicles", status, &last);
+
+    // A running rollout's deployments: the list, one vehicle's with its history, a
+    // cancel; the dry run.
+    app.post(
+        &format!("/api/v1/rollouts/{rollout_id}/start"),
+        token,
+        &json!({}),
+    )
+    .await;
+    let (_, directive) = directive_for(&app, &key, "checked-in", b"old", "1.0.0").await;
+    assert_eq!(directive.assignments.len(), 1);
+    for (template, concrete) in [
+        (
+            "/api/v1/rollouts/{id}/deployments",
+            format!("/api/v1/rollouts/{rollout_id}/deployments?limit=1"),
+        ),
+        (
+            "/api/v1/rollouts/{id}/deployments/{vehicle}",
+            format!("/api/v1/rollouts/{rollout_id}/deployments/checked-in"),
+        ),
+        (
+            "/api/v1/vehicles/{id}",
+            "/api/v1/vehicles/checked-in".to_owned(),
+        ),
+    ] {
+        let (status, body) = app.get(&concrete, token).await;
+        assert_eq!(status, 200, "{concrete}: {body}");
+        assert_matches_document(&doc, "get", template, status, &body);
+    }
+    let deployments = app
+        .get(&format!("/api/v1/rollouts/{rollout_id}/deployments"), token)
+        .await
+        .1;
+    assert!(
+        deployments["items"][0]["from_sha256"].is_string() && deployments["next_cursor"].is_null(),
+        "{deployments}"
+    );
+    let cancel = "/api/v1/rollouts/{id}/deployments/{vehicle}/cancel";
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/rollouts/{rollout_id}/deployments/checked-in/cancel"),
+            token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_matches_document(&doc, "post", cancel, status, &body);
+    let (status, body) = app
+        .post(
+            "/api/v1/rollouts:dry-run",
+            token,
+            &json!({ "name": "dry", "release_id": release_id, "phases": [{ "name": "all", "percent": 100 }] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_matches_document(&doc, "post", "/api/v1/rollouts:dry-run", status, &body);
+    // Problems too.
+    let (status, body) = app.get("/api/v1/images?limit=0", token).await;
+    assert_matches_document(&doc, "get", "/api/v1/images", status, &body);
+    let (status, body) = app.get("/api/v1/rollouts/ro_0000000000000000", token).await;
+    assert_eq!(status, 404);
+    assert_matches_document(&doc, "get", "/api/v1/rollouts/{id}", status, &body);
+    app.stop().await;
+}
+
+/// The audit filters' length is stated in characters (JSON Schema `maxLength`), so a
+/// filter of 256 non-ASCII characters is a valid one (it was counted in bytes and
+/// refused); 257 characters, or a control character, are not.
+#[tokio::test]
+async fn audit_filters_are_limited_as_documented() {
+    let app = spawn_app().await;
+    let (_, doc) = app.get("/api/v1/openapi.json", "").await;
+    let max = doc["components"]["schemas"]["AuditFilterText"]["maxLength"]
+        .as_u64()
+        .unwrap() as usize;
+    let (status, body) = app
+        .get(
+            &format!("/api/v1/audit?actor={}", "%C3%A9".repeat(max)),
+            &app.admin_token,
+        )
+        .await;
+    assert_eq!(status, 200, "{max} characters: {body}");
+    for bad in ["%C3%A9".repeat(max + 1), "a%01b".to_owned()] {
+        let (status, body) = app
+            .get(&format!("/api/v1/audit?actor={bad}"), &app.admin_token)
+            .await;
+        assert_eq!(status, 422, "actor={bad}: {body}");
+        assert_eq!(body["errors"][0]["field"], "actor", "{body}");
+    }
+    app.stop().await;
+}
+
 async fn deployments_of_a_rollout(backend: Backend) {
     let Some(app) = app(backend, Options::default()).await else {
         return;

@@ -104,7 +104,7 @@ async fn blob_access(backend: Backend) {
                 &app.read_token,
             )
             .await;
-        let jobs = jobs.as_array().cloned().unwrap_or_default();
+        let jobs = jobs["items"].as_array().cloned().unwrap_or_default();
         (jobs.len() == 2 && jobs.iter().all(|j| j["status"] == "done")).then_some(jobs)
     };
     let mut built = None;

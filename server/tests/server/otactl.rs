@@ -572,3 +572,52 @@ async fn otactl_changes_vehicles_and_deletes_images() {
     );
     app.stop().await;
 }
+
+/// `otactl rollout create` builds the server's own request type: a spec file with a
+/// field the API does not know is refused before anything is sent (the configured
+/// server is a closed port), naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otactl_refuses_a_rollout_spec_the_api_would_refuse() {
+    let app = spawn_app().await;
+    let config = app.dir.path().join("otactl.toml");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unreachable = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    std::fs::write(
+        &config,
+        format!("url = \"{unreachable}\"\ntoken = \"{}\"\n", app.admin_token),
+    )
+    .unwrap();
+    let spec = app.dir.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"phases": [{"name": "all", "percent": 100}], "rate_limit": {"maximum_per_mnute": 5}}"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = tokio::task::block_in_place(|| {
+        otactl(
+            &app,
+            &config,
+            &[
+                "rollout",
+                "create",
+                "--name",
+                "typo",
+                "--release",
+                "rel_0000000000000000",
+                "--spec",
+                spec.to_str().unwrap(),
+            ],
+        )
+    });
+    assert!(!ok, "a misspelt field must be refused");
+    assert!(
+        stderr.contains("rate_limit") && stderr.contains("maximum_per_mnute"),
+        "the refusal names the field: {stderr}"
+    );
+    assert!(
+        !stderr.contains("connect"),
+        "refused before sending: {stderr}"
+    );
+    app.stop().await;
+}

@@ -291,8 +291,9 @@ async fn vehicle_ids(api: &Server, hardware_id: &str) -> Vec<String> {
             None,
         )
         .await;
-    list.as_array()
-        .expect("a vehicle list")
+    list["items"]
+        .as_array()
+        .expect("a page of vehicles")
         .iter()
         .map(|v| v["id"].as_str().unwrap().to_owned())
         .collect()
