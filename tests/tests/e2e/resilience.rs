@@ -190,6 +190,32 @@ async fn fleet_and_rollout(
     (fleet, rollout)
 }
 
+/// [`fleet_and_rollout`] at 30 vehicles a minute (one every 2 s, so a fault injected
+/// now lands mid-rollout), once a few vehicles have committed.
+async fn mid_rollout(api: &Server, hardware_id: &str, vehicles: usize) -> (SimFleet, String) {
+    let (fleet, rollout) = fleet_and_rollout(api, hardware_id, vehicles, 30).await;
+    wait_for("a few vehicles to commit", 120, || async {
+        let totals = api.totals(&rollout).await;
+        (totals["committed"].as_u64().unwrap_or(0) >= 3).then_some(())
+    })
+    .await;
+    (fleet, rollout)
+}
+
+/// After a fault: every vehicle commits, none failed, and the events topic holds every
+/// transition of every deployment.
+async fn finishes_with_every_transition(
+    api: &Server,
+    lane: &Lane,
+    hardware_id: &str,
+    rollout: &str,
+    vehicles: usize,
+) {
+    let status = wait_all_committed(api, rollout, vehicles, 240).await;
+    assert_eq!(status["totals"]["failed"], 0, "{status}");
+    assert_no_transition_lost(api, lane, hardware_id, rollout).await;
+}
+
 /// Waits until every one of `vehicles` deployments of `rollout` is committed.
 async fn wait_all_committed(api: &Server, rollout: &str, vehicles: usize, seconds: u64) -> Value {
     wait_for("every vehicle to commit 2.0.0", seconds, || async {
@@ -335,22 +361,14 @@ async fn a_server_killed_mid_rollout_restarts_and_loses_no_progress_event() {
     let api = attach(&server, &lane.mqtt);
     let hardware_id = unique("hw-kill-");
     let vehicles = 12;
-    // 30 a minute: one vehicle every 2 s, so the kill lands mid-rollout.
-    let (fleet, rollout) = fleet_and_rollout(&api, &hardware_id, vehicles, 30).await;
-    wait_for("a few vehicles to commit", 120, || async {
-        let totals = api.totals(&rollout).await;
-        (totals["committed"].as_u64().unwrap_or(0) >= 3).then_some(())
-    })
-    .await;
+    let (fleet, rollout) = mid_rollout(&api, &hardware_id, vehicles).await;
     server.kill();
     server.restart().expect("the server restarts");
     server
         .wait_ready(&reqwest::Client::new(), 90)
         .await
         .expect("the restarted server is ready");
-    let status = wait_all_committed(&api, &rollout, vehicles, 240).await;
-    assert_eq!(status["totals"]["failed"], 0, "{status}");
-    assert_no_transition_lost(&api, &lane, &hardware_id, &rollout).await;
+    finishes_with_every_transition(&api, &lane, &hardware_id, &rollout, vehicles).await;
     fleet.stop().await;
     server.stop();
     lane.database.drop_now().await;
@@ -377,12 +395,7 @@ async fn a_kafka_outage_of_30_seconds_loses_no_event_and_recovers_by_itself() {
     let api = attach(&server, &lane.mqtt);
     let hardware_id = unique("hw-kafka-");
     let vehicles = 12;
-    let (fleet, rollout) = fleet_and_rollout(&api, &hardware_id, vehicles, 30).await;
-    wait_for("a few vehicles to commit", 120, || async {
-        let totals = api.totals(&rollout).await;
-        (totals["committed"].as_u64().unwrap_or(0) >= 3).then_some(())
-    })
-    .await;
+    let (fleet, rollout) = mid_rollout(&api, &hardware_id, vehicles).await;
     kafka.pause();
     // The outage itself: its length is the scenario, not a synchronisation.
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -392,9 +405,7 @@ async fn a_kafka_outage_of_30_seconds_loses_no_event_and_recovers_by_itself() {
         counter(&during, "ota_vehicle_events_produce_failures_total") > 0,
         "the gateway met the outage (its writes timed out and were retried)"
     );
-    let status = wait_all_committed(&api, &rollout, vehicles, 240).await;
-    assert_eq!(status["totals"]["failed"], 0, "{status}");
-    assert_no_transition_lost(&api, &lane, &hardware_id, &rollout).await;
+    finishes_with_every_transition(&api, &lane, &hardware_id, &rollout, vehicles).await;
     fleet.stop().await;
     server.stop();
     lane.database.drop_now().await;
@@ -417,16 +428,9 @@ async fn a_restarted_mqtt_broker_is_rejoined_and_the_fleet_finishes() {
     let api = attach(&server, &lane.mqtt);
     let hardware_id = unique("hw-mqtt-");
     let vehicles = 12;
-    let (fleet, rollout) = fleet_and_rollout(&api, &hardware_id, vehicles, 30).await;
-    wait_for("a few vehicles to commit", 120, || async {
-        let totals = api.totals(&rollout).await;
-        (totals["committed"].as_u64().unwrap_or(0) >= 3).then_some(())
-    })
-    .await;
+    let (fleet, rollout) = mid_rollout(&api, &hardware_id, vehicles).await;
     mosquitto.restart("TERM").expect("mosquitto restarts");
-    let status = wait_all_committed(&api, &rollout, vehicles, 240).await;
-    assert_eq!(status["totals"]["failed"], 0, "{status}");
-    assert_no_transition_lost(&api, &lane, &hardware_id, &rollout).await;
+    finishes_with_every_transition(&api, &lane, &hardware_id, &rollout, vehicles).await;
     fleet.stop().await;
     server.stop();
     lane.database.drop_now().await;
