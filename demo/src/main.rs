@@ -298,7 +298,7 @@ fn phase_table(title: &str, status: &Value) -> Table {
         .sum();
         table.add_row(vec![
             p["name"].as_str().unwrap_or("").to_owned(),
-            format!("{}%", p["percent"]),
+            format!("{:.1}%", p["percent"].as_f64().unwrap_or_default()),
             p["eligible"].to_string(),
             touched.to_string(),
             p["committed"].to_string(),
@@ -542,6 +542,8 @@ async fn main() -> anyhow::Result<()> {
 
     let _ = fleet_stop.send(());
     fleet.await.context("the simulator task")??;
+    // Our handle on the server's state (and its Kafka clients) goes first.
+    drop(state);
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
     if bad_status["rollout"]["breaker_state"] != "open" {

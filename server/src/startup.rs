@@ -270,6 +270,10 @@ impl Application {
             }
         }
         store.close().await;
+        // The lane's clients go before the in-process Kafka they talk to, so its
+        // shutdown is not logged as an outage.
+        drop(self.events);
+        drop(_embedded_kafka);
         tracing::info!("stopped");
         Ok(())
     }
