@@ -360,8 +360,7 @@ async fn pause(
 ) -> Result<Json<RolloutRecord>, ApiError> {
     act(s, c, id, RolloutAction::Pause).await
 }
-/// Ends a running rollout: no new vehicles; deployments under way finish.
-/// Completes: no new vehicles; deployments under way finish.
+/// Completes a running rollout: no new vehicles; deployments under way finish.
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/complete", operation_id = "completeRollout", tag = "rollouts",
     params(("id" = super::validate::schema::RolloutId, Path)),
     responses((status = 200, description = "The rollout after the change", body = RolloutRecord)),

@@ -90,18 +90,24 @@ impl Store {
         if updated.rows_affected() == 0 {
             // Decommissioned between the read and this write.
             drop(tx);
-            return Err(self
-                .changeable(id)
-                .await
-                .err()
-                .unwrap_or(StoreError::Conflict {
-                    entity: "vehicle",
-                    detail: format!("{id} changed meanwhile"),
-                }));
+            return Err(self.changed_meanwhile(id).await);
         }
         audit::record(&mut tx, actor, action, id, detail).await?;
         tx.commit().await?;
         self.get_vehicle(id).await
+    }
+
+    /// Why a conditional vehicle write matched no row: the vehicle is gone or was
+    /// decommissioned between the read and the write (what `changeable` says), else a
+    /// conflict.
+    async fn changed_meanwhile(&self, id: &str) -> StoreError {
+        self.changeable(id)
+            .await
+            .err()
+            .unwrap_or(StoreError::Conflict {
+                entity: "vehicle",
+                detail: format!("{id} changed meanwhile"),
+            })
     }
 
     /// Takes the vehicle out of service: its messages are refused from now on, and its
@@ -124,14 +130,7 @@ impl Store {
         .await?;
         if updated.rows_affected() == 0 {
             drop(tx);
-            return Err(self
-                .changeable(id)
-                .await
-                .err()
-                .unwrap_or(StoreError::Conflict {
-                    entity: "vehicle",
-                    detail: format!("{id} changed meanwhile"),
-                }));
+            return Err(self.changed_meanwhile(id).await);
         }
         let rows = sqlx::query(
             "UPDATE deployments SET status = 'cancelled', reason_code = 'decommissioned', \
