@@ -7,6 +7,7 @@ use futures_util::{Stream, StreamExt};
 use ota_core::encoding::Sha256Digest;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,9 +16,15 @@ pub enum BlobError {
     TooLarge { limit: u64 },
     #[error("reading the upload failed: {0}")]
     Body(String),
+    /// No byte of the body arrived for `seconds`.
+    #[error("no upload bytes arrived for {seconds} s")]
+    Idle { seconds: u64 },
     #[error("blob store I/O: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// A temporary file nobody wrote to for this long is left over from a crash.
+pub const STALE_TEMP_AFTER: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredBlob {
@@ -62,10 +69,41 @@ impl BlobStore {
         self.dir.join("tmp").join(temp_name())
     }
 
-    /// Streams `body` to disk, hashing as it goes and refusing more than `limit` bytes.
-    /// Hashing each chunk inline is fine on the executor: chunks are small (tens of KiB)
-    /// and SHA-256 runs at hundreds of MB/s, cheaper than the write itself.
-    pub async fn write_stream<S, E>(&self, mut body: S, limit: u64) -> Result<StoredBlob, BlobError>
+    /// Removes the temporary files nobody has written to for `stale_after` (uploads and
+    /// delta builds a crash or kill interrupted), returning what it removed. Run at
+    /// startup; a file another replica sharing the directory is still writing stays,
+    /// because an upload writes at least once per idle timeout.
+    pub fn remove_stale_temp(
+        &self,
+        now: SystemTime,
+        stale_after: Duration,
+    ) -> std::io::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(self.dir.join("tmp"))? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            let age = now
+                .duration_since(meta.modified()?)
+                .unwrap_or(Duration::ZERO);
+            if meta.is_file() && age > stale_after {
+                std::fs::remove_file(entry.path())?;
+                removed.push(entry.path());
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Streams `body` to disk, hashing as it goes, refusing more than `limit` bytes and
+    /// giving up when no byte arrives for `idle` (so an upload may take as long as its
+    /// size needs, but a stalled one does not hold a slot for ever). Hashing each chunk
+    /// inline is fine on the executor: chunks are small (tens of KiB) and SHA-256 runs
+    /// at hundreds of MB/s, cheaper than the write itself.
+    pub async fn write_stream<S, E>(
+        &self,
+        mut body: S,
+        limit: u64,
+        idle: Duration,
+    ) -> Result<StoredBlob, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -75,7 +113,14 @@ impl BlobStore {
             let mut file = tokio::fs::File::create(&temp).await?;
             let mut hasher = Sha256::new();
             let mut length = 0u64;
-            while let Some(chunk) = body.next().await {
+            loop {
+                let next =
+                    tokio::time::timeout(idle, body.next())
+                        .await
+                        .map_err(|_| BlobError::Idle {
+                            seconds: idle.as_secs(),
+                        })?;
+                let Some(chunk) = next else { break };
                 let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
                 length += chunk.len() as u64;
                 if length > limit {
@@ -134,5 +179,42 @@ impl BlobStore {
         tokio::fs::metadata(self.dir.join("sha256"))
             .await
             .is_ok_and(|m| m.is_dir())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_temporary_files_untouched_for_longer_than_the_limit_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        let tmp = dir.path().join("tmp");
+        let write = |name: &str, modified: SystemTime| {
+            let file = std::fs::File::create(tmp.join(name)).unwrap();
+            file.set_modified(modified).unwrap();
+        };
+        write("upload-old", now - 2 * hour);
+        write("upload-edge", now - hour);
+        write("upload-live", now);
+        // A stored blob is never a temporary file, however old.
+        let blob = store.path_of(&Sha256Digest([7; 32]));
+        std::fs::File::create(&blob)
+            .unwrap()
+            .set_modified(now - 10 * hour)
+            .unwrap();
+
+        let removed = store.remove_stale_temp(now, hour).unwrap();
+        assert_eq!(removed, vec![tmp.join("upload-old")]);
+        let mut left: Vec<_> = std::fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["upload-edge", "upload-live"], "exactly the limit stays");
+        assert!(blob.exists());
     }
 }

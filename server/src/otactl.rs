@@ -304,6 +304,59 @@ pub enum RolloutCommand {
         #[arg(long)]
         updates: Option<u64>,
     },
+    /// Wait until at least `--committed` vehicles committed the release (exit 0); fail
+    /// as soon as the rollout is halted (paused, aborted, rolled back, breaker open) or
+    /// when `--timeout-seconds` pass. For scripts and release pipelines.
+    Wait {
+        id: String,
+        #[arg(long)]
+        committed: u64,
+        #[arg(long, default_value_t = 600)]
+        timeout_seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+    },
+}
+
+/// What a rollout's status says to someone waiting for `want` commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitVerdict {
+    /// At least `want` vehicles committed.
+    Reached {
+        committed: u64,
+    },
+    /// The rollout will not get there by itself: why.
+    Halted(String),
+    Waiting {
+        committed: u64,
+    },
+}
+
+/// The pure decision of `rollout wait` on one status document (`GET …/status`).
+pub fn wait_verdict(status: &Value, want: u64) -> WaitVerdict {
+    let committed: u64 = status["phases"]
+        .as_array()
+        .map(|phases| phases.iter().filter_map(|p| p["committed"].as_u64()).sum())
+        .unwrap_or(0);
+    if committed >= want {
+        return WaitVerdict::Reached { committed };
+    }
+    let rollout = &status["rollout"];
+    let state = rollout["state"].as_str().unwrap_or("unknown");
+    if rollout["breaker_state"].as_str() == Some("open") {
+        let why = rollout["breaker_reason"]
+            .as_str()
+            .unwrap_or("no reason given");
+        return WaitVerdict::Halted(format!(
+            "the breaker is open ({why}); {committed} of {want} committed"
+        ));
+    }
+    match state {
+        "draft" | "running" => WaitVerdict::Waiting { committed },
+        other => WaitVerdict::Halted(format!(
+            "the rollout is {other}; {committed} of {want} committed"
+        )),
+    }
 }
 
 impl RolloutCommand {
@@ -1174,6 +1227,32 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Rollout(RolloutCommand::Wait {
+            id,
+            committed: want,
+            timeout_seconds,
+            interval,
+        }) => {
+            let path = format!("/api/v1/rollouts/{id}/status");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_seconds);
+            loop {
+                let status = client.get(&path).await?;
+                match wait_verdict(&status, want) {
+                    WaitVerdict::Reached { .. } => break (status, status_text),
+                    WaitVerdict::Halted(why) => {
+                        anyhow::bail!("rollout {id} will not reach {want} committed: {why}")
+                    }
+                    WaitVerdict::Waiting { committed } => {
+                        if tokio::time::Instant::now() >= deadline {
+                            anyhow::bail!(
+                                "rollout {id}: {committed} of {want} committed after {timeout_seconds} s"
+                            );
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(interval.max(1))).await;
+            }
+        }
         Command::DeltaJobs { rollout } => {
             let query = filters(&[("rollout_id", &rollout)]);
             let render: fn(&Value) -> String = |v| {
@@ -1214,7 +1293,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 )
             };
             let value = match command {
-                TokenCommand::List => client.get("/api/v1/tokens?limit=1000").await?,
+                TokenCommand::List => all_pages(&client, "/api/v1/tokens", &[]).await?,
                 TokenCommand::Revoke { id } => {
                     client
                         .post_empty(&format!("/api/v1/tokens/{id}/revoke"))
@@ -1312,6 +1391,47 @@ pub fn main() -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(state: &str, breaker: &str, committed: &[u64]) -> Value {
+        json!({
+            "rollout": { "state": state, "breaker_state": breaker, "breaker_reason": "3 of 10 failed" },
+            "phases": committed.iter().map(|c| json!({ "committed": c })).collect::<Vec<_>>(),
+        })
+    }
+
+    #[test]
+    fn waiting_for_commits_sums_the_phases_and_stops_at_a_halt() {
+        assert_eq!(
+            wait_verdict(&status("running", "closed", &[1, 2]), 3),
+            WaitVerdict::Reached { committed: 3 }
+        );
+        assert_eq!(
+            wait_verdict(&status("running", "half_open", &[1, 1]), 3),
+            WaitVerdict::Waiting { committed: 2 }
+        );
+        assert_eq!(
+            wait_verdict(&status("draft", "closed", &[]), 1),
+            WaitVerdict::Waiting { committed: 0 }
+        );
+        // Enough commits count even when the rollout was halted afterwards.
+        assert_eq!(
+            wait_verdict(&status("paused", "open", &[5]), 5),
+            WaitVerdict::Reached { committed: 5 }
+        );
+        let WaitVerdict::Halted(why) = wait_verdict(&status("running", "open", &[1]), 3) else {
+            panic!("an open breaker halts the wait");
+        };
+        assert_eq!(
+            why,
+            "the breaker is open (3 of 10 failed); 1 of 3 committed"
+        );
+        for state in ["paused", "aborted", "completed", "rolled_back"] {
+            assert_eq!(
+                wait_verdict(&status(state, "closed", &[1]), 3),
+                WaitVerdict::Halted(format!("the rollout is {state}; 1 of 3 committed"))
+            );
+        }
+    }
 
     #[test]
     fn progress_bar_fills_by_status() {

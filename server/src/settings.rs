@@ -114,6 +114,9 @@ pub struct LimitSettings {
     pub max_image_bytes: u64,
     pub max_json_bytes: usize,
     pub request_timeout_seconds: u64,
+    /// An image upload has no whole-request timeout (it takes as long as its size
+    /// needs); it fails when no byte arrives for this long.
+    pub upload_idle_timeout_seconds: u64,
     pub max_concurrent_requests: usize,
 }
 
@@ -191,6 +194,7 @@ impl Default for LimitSettings {
             max_image_bytes: 4 * 1024 * 1024 * 1024,
             max_json_bytes: 1024 * 1024,
             request_timeout_seconds: 30,
+            upload_idle_timeout_seconds: 60,
             max_concurrent_requests: 512,
         }
     }
@@ -349,6 +353,20 @@ impl Settings {
                 "limits.max_concurrent_requests",
                 "expected at least 1, got 0".to_owned(),
             );
+        }
+        for (key, seconds) in [
+            (
+                "limits.request_timeout_seconds",
+                self.limits.request_timeout_seconds,
+            ),
+            (
+                "limits.upload_idle_timeout_seconds",
+                self.limits.upload_idle_timeout_seconds,
+            ),
+        ] {
+            if seconds == 0 {
+                return bad(key, "expected at least 1, got 0".to_owned());
+            }
         }
         Ok(())
     }

@@ -92,6 +92,21 @@ impl Application {
             })?;
         let blobs =
             BlobStore::open(&settings.data_dir.join("blobs")).context("opening the blob store")?;
+        // Temporary files of uploads and delta builds a crash or kill interrupted. A
+        // replica sharing the directory writes its live uploads at least once per idle
+        // timeout, and its delta builds within the hour, so theirs stay.
+        let stale_after = crate::blobs::STALE_TEMP_AFTER.max(Duration::from_secs(
+            2 * settings.limits.upload_idle_timeout_seconds,
+        ));
+        let removed = blobs
+            .remove_stale_temp(std::time::SystemTime::now(), stale_after)
+            .context("cleaning the blob store's temporary files")?;
+        if !removed.is_empty() {
+            tracing::info!(
+                files = removed.len(),
+                "removed temporary files left by an interrupted upload or delta build"
+            );
+        }
         let keys = match &settings.key_dir {
             Some(dir) => ServerKeys::load(dir)
                 .with_context(|| format!("loading keys from {}", dir.display()))?,

@@ -48,6 +48,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("the request took longer than {seconds} s (limits.request_timeout_seconds)")]
     Timeout { seconds: u64 },
+    #[error("no upload bytes arrived for {seconds} s (limits.upload_idle_timeout_seconds); nothing was stored")]
+    UploadIdle { seconds: u64 },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -158,6 +160,9 @@ impl ApiError {
                 "request-timeout",
                 "Request timeout",
             ),
+            ApiError::UploadIdle { .. } => {
+                (StatusCode::REQUEST_TIMEOUT, "upload-idle", "Upload stalled")
+            }
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

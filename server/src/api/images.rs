@@ -15,10 +15,15 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::Json;
 use serde::Deserialize;
+use std::time::Duration;
+
+/// The route whose body may take longer than the request timeout: an image upload
+/// is bounded by `limits.upload_idle_timeout_seconds` between bytes instead.
+pub const STREAMING_UPLOAD_PATH: &str = "/api/v1/images";
 
 pub fn routes() -> Routes {
     Routes::default()
-        .add("post", "/api/v1/images", post(upload))
+        .add("post", STREAMING_UPLOAD_PATH, post(upload))
         .add("get", "/api/v1/images", get(list))
         .add("get", "/api/v1/images/{id}", get(get_one))
 }
@@ -102,18 +107,28 @@ async fn upload(
             return Err(ApiError::PayloadTooLarge { limit });
         }
     }
+    // No whole-request timeout here (a 4 GiB image takes as long as the link needs):
+    // the upload ends when no byte arrives for `upload_idle_timeout_seconds`.
+    let idle = Duration::from_secs(state.settings.limits.upload_idle_timeout_seconds);
     let blob = state
         .blobs
-        .write_stream(body.into_data_stream(), limit)
+        .write_stream(body.into_data_stream(), limit, idle)
         .await
         .map_err(|err| match err {
             BlobError::TooLarge { limit } => ApiError::PayloadTooLarge { limit },
             BlobError::Body(reason) => {
                 ApiError::BadRequest(format!("upload interrupted: {reason}"))
             }
+            BlobError::Idle { seconds } => ApiError::UploadIdle { seconds },
             BlobError::Io(io) => ApiError::Internal(io.into()),
         })?;
     if blob.length == 0 {
+        // No image can reference zero bytes: nothing of the refused request stays.
+        state
+            .blobs
+            .remove(&blob.sha256)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
         return Err(ApiError::invalid("body", "a non-empty image", "0 bytes"));
     }
     let record = state

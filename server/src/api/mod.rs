@@ -135,17 +135,12 @@ async fn no_route(request: Request) -> ApiError {
     }
 }
 
-/// Answers the errors of the tower layers: load shedding (503) and the request timeout
-/// (408), both as problem+json like every other error.
-async fn overloaded(err: tower::BoxError, timeout_seconds: u64) -> Response {
+/// Answers the errors of the tower layers (load shedding: 503) as problem+json like
+/// every other error.
+async fn overloaded(err: tower::BoxError) -> Response {
     if err.is::<tower::load_shed::error::Overloaded>() {
         ApiError::Unavailable("server is at its concurrency limit; retry shortly".to_owned())
             .into_response()
-    } else if err.is::<tower::timeout::error::Elapsed>() {
-        ApiError::Timeout {
-            seconds: timeout_seconds,
-        }
-        .into_response()
     } else {
         ApiError::Internal(anyhow::anyhow!("middleware error: {err}")).into_response()
     }
@@ -189,6 +184,24 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     response
 }
 
+/// The whole-request timeout (408 problem+json), for every route but the image upload:
+/// that one takes as long as its size needs and is bounded between bytes instead
+/// (`limits.upload_idle_timeout_seconds`, in the handler).
+async fn request_deadline(seconds: u64, request: Request, next: Next) -> Response {
+    let streaming_upload = request.method() == axum::http::Method::POST
+        && request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .is_some_and(|p| p.as_str() == images::STREAMING_UPLOAD_PATH);
+    if streaming_upload {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(Duration::from_secs(seconds), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout { seconds }.into_response(),
+    }
+}
+
 /// Method-not-allowed answers from axum have an empty body; give them a problem body.
 async fn problem_for_405(request: Request, next: Next) -> Response {
     let method = request.method().to_string();
@@ -226,6 +239,7 @@ pub fn app(state: AppState) -> Router {
     let limits = state.settings.limits.clone();
     let request_id = HeaderName::from_static("x-request-id");
     let json_limit = limits.max_json_bytes;
+    let timeout_seconds = limits.request_timeout_seconds;
     // Liveness and readiness answer even when the API is at its concurrency limit: an
     // orchestrator must not restart a server because it is busy.
     let probes = health::probes()
@@ -236,6 +250,9 @@ pub fn app(state: AppState) -> Router {
     let router = api_routes()
         .router
         .fallback(no_route)
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| request_deadline(timeout_seconds, request, next),
+        ))
         .layer(axum::middleware::from_fn(problem_for_405))
         .layer(axum::middleware::from_fn(record_metrics))
         .layer(DefaultBodyLimit::max(json_limit))
@@ -257,12 +274,9 @@ pub fn app(state: AppState) -> Router {
             tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %id)
         }))
         .layer(PropagateRequestIdLayer::new(request_id))
-        .layer(HandleErrorLayer::new(move |err: tower::BoxError| {
-            overloaded(err, limits.request_timeout_seconds)
-        }))
+        .layer(HandleErrorLayer::new(overloaded))
         .load_shed()
         .concurrency_limit(limits.max_concurrent_requests)
-        .timeout(Duration::from_secs(limits.request_timeout_seconds))
         .service(router);
     Router::new()
         .merge(probes)

@@ -108,6 +108,7 @@ async fn serve(_: axum::extract::State<AppState>) -> Json<Value> {
         schema::DeltaJobId,
         schema::Cursor,
         schema::Order,
+        schema::VehicleSort,
         schema::Salt,
         schema::TagSet,
         schema::AuditFilterText,

@@ -74,6 +74,31 @@ pub fn page<T>(
     }
 }
 
+/// Whether `order` (`asc`, the default, or `desc`) asks for descending order; 422
+/// naming `order` for anything else.
+pub fn descending(order: Option<&str>) -> Result<bool, ApiError> {
+    match order {
+        None | Some("asc") => Ok(false),
+        Some("desc") => Ok(true),
+        Some(other) => Err(ApiError::invalid(
+            "order",
+            "asc or desc",
+            super::validate::shown(other),
+        )),
+    }
+}
+
+/// A time a cursor holds (RFC 3339, as the list shows it) in ms; an empty text is a
+/// time never set (-1, sorting before every real one).
+pub fn time_key(cursor: &str, time: &str) -> Result<i64, ApiError> {
+    if time.is_empty() {
+        return Ok(-1);
+    }
+    chrono::DateTime::parse_from_rfc3339(time)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| refused(cursor))
+}
+
 /// The position and direction of a page of a list sorted by creation time, then id:
 /// `order` is `asc` (oldest first, the default) or `desc`; the cursor holds the last
 /// row's `created_at` and id, and names the list and the direction it was made for.
@@ -83,26 +108,13 @@ pub fn created_keyset(
     cursor: Option<&str>,
     limit: i64,
 ) -> Result<(Keyset, String), ApiError> {
-    let descending = match order {
-        None | Some("asc") => false,
-        Some("desc") => true,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "order",
-                "asc or desc",
-                super::validate::shown(other),
-            ))
-        }
-    };
+    let descending = descending(order)?;
     let kind = format!("{list}:{}", if descending { "desc" } else { "asc" });
     let after = match cursor {
         None => None,
         Some(cursor) => {
             let [created_at, id] = decode::<2>(&kind, cursor)?;
-            let at = chrono::DateTime::parse_from_rfc3339(&created_at)
-                .map_err(|_| refused(cursor))?
-                .timestamp_millis();
-            Some((at, id))
+            Some((time_key(cursor, &created_at)?, id))
         }
     };
     Ok((

@@ -3,6 +3,7 @@
 
 use super::error::ApiError;
 use super::extract::{parse_id, AdminScope, ApiQuery, Authorized};
+use super::page::{self, Page};
 use super::{validate, AppState, Routes};
 use crate::store::TokenInfo;
 use axum::extract::{Path, State};
@@ -22,21 +23,34 @@ pub fn routes() -> Routes {
 struct ListQuery {
     #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
+    #[param(value_type = Option<super::validate::schema::Cursor>)]
+    cursor: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Order>)]
+    order: Option<String>,
 }
 
-/// API tokens (never their values), oldest first.
+/// API tokens (never their values), by creation time.
 #[utoipa::path(get, path = "/api/v1/tokens", operation_id = "listTokens", tag = "tokens",
     params(ListQuery),
-    responses((status = 200, description = "Tokens", body = Vec<TokenInfo>)),
+    responses((status = 200, description = "Tokens", body = Page<TokenInfo>)),
     security(("bearer" = ["admin"])))]
 
 async fn list(
     State(state): State<AppState>,
     Authorized(_, _): Authorized<AdminScope>,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+) -> Result<Json<Page<TokenInfo>>, ApiError> {
     let limit = validate::limit(query.limit)?;
-    Ok(Json(state.store.list_tokens(limit).await?))
+    let (keyset, kind) = page::created_keyset(
+        "tokens",
+        query.order.as_deref(),
+        query.cursor.as_deref(),
+        limit,
+    )?;
+    let rows = state.store.token_page(&keyset).await?;
+    Ok(Json(page::page(rows, limit, &kind, |t| {
+        vec![t.created_at.clone(), t.id.clone()]
+    })))
 }
 
 /// Revokes a token at once (audited): the next request with it is a 401; 409 if it is

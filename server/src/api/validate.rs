@@ -165,11 +165,19 @@ pub mod schema {
             .max_length(Some(super::super::page::MAX_CURSOR_LEN))
     );
     named_schema!(
-        /// The order of a list sorted by creation time, then id.
+        /// The order of a list: ascending (the default) or descending.
         Order => ObjectBuilder::new()
             .schema_type(Type::String)
             .enum_values(Some(["asc", "desc"]))
             .default(Some("asc".into()))
+    );
+    named_schema!(
+        /// The vehicle list's sort key: id, or last check-in (never-seen vehicles
+        /// sort as the oldest), then id.
+        VehicleSort => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["id", "last_seen_at"]))
+            .default(Some("id".into()))
     );
     named_schema!(
         /// A cohort salt: 32 lowercase hex digits (16 bytes).

@@ -7,7 +7,7 @@ use super::extract::{AdminScope, ApiJson, ApiQuery, Authorized, Caller, JsonLimi
 use super::page::{self, Page};
 use super::validate::{self, name as check_name};
 use super::{AppState, Routes};
-use crate::store::{DeploymentRecord, NewVehicle, VehicleListFilter, VehicleRecord};
+use crate::store::{DeploymentRecord, NewVehicle, VehicleListFilter, VehicleOrder, VehicleRecord};
 use crate::tokens::Scope;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::StatusCode;
@@ -207,12 +207,49 @@ struct ListQuery {
     limit: Option<i64>,
     #[param(value_type = Option<super::validate::schema::Cursor>)]
     cursor: Option<String>,
+    #[param(value_type = Option<super::validate::schema::VehicleSort>)]
+    sort: Option<String>,
+    #[param(value_type = Option<super::validate::schema::Order>)]
+    order: Option<String>,
 }
 
-/// The list kind named in the vehicle list's cursors (sorted by id).
-const CURSOR_KIND: &str = "vehicles";
+/// The vehicle list's order, and the list kind its cursors name, from `sort`, `order`
+/// and `cursor` (the kind of the default order, by id ascending, is plain `vehicles`).
+fn vehicle_order(
+    sort: Option<&str>,
+    order: Option<&str>,
+    cursor: Option<&str>,
+) -> Result<(VehicleOrder, String), ApiError> {
+    let descending = page::descending(order)?;
+    let direction = if descending { ":desc" } else { "" };
+    match sort {
+        None | Some("id") => {
+            let kind = format!("vehicles{direction}");
+            let after = cursor
+                .map(|c| page::decode::<1>(&kind, c).map(|[id]| id))
+                .transpose()?;
+            Ok((VehicleOrder::Id { descending, after }, kind))
+        }
+        Some("last_seen_at") => {
+            let kind = format!("vehicles:last_seen_at{direction}");
+            let after = match cursor {
+                None => None,
+                Some(c) => {
+                    let [seen, id] = page::decode::<2>(&kind, c)?;
+                    Some((page::time_key(c, &seen)?, id))
+                }
+            };
+            Ok((VehicleOrder::LastSeen { descending, after }, kind))
+        }
+        Some(other) => Err(ApiError::invalid(
+            "sort",
+            "id or last_seen_at",
+            validate::shown(other),
+        )),
+    }
+}
 
-/// Lists vehicles by id, with filters.
+/// Lists vehicles by id (or by last check-in), with filters.
 #[utoipa::path(get, path = "/api/v1/vehicles", operation_id = "listVehicles", tag = "vehicles",
     params(ListQuery),
     responses((status = 200, description = "Vehicles", body = Page<VehicleRecord>)),
@@ -242,21 +279,26 @@ async fn list(
     problems.names("tags", &tags, validate::MAX_TAGS);
     problems.into_result()?;
     tags.extend(query.tag);
-    let after_id = query
-        .cursor
-        .as_deref()
-        .map(|c| page::decode::<1>(CURSOR_KIND, c).map(|[id]| id))
-        .transpose()?;
+    let (order, kind) = vehicle_order(
+        query.sort.as_deref(),
+        query.order.as_deref(),
+        query.cursor.as_deref(),
+    )?;
+    let by_last_seen = matches!(order, VehicleOrder::LastSeen { .. });
     let filter = VehicleListFilter {
         hardware_id: query.hardware_id,
         tags,
         installed_version: query.installed_version,
-        after_id,
+        order,
         limit: limit + 1,
     };
     let rows = state.store.vehicle_page(&filter).await?;
-    Ok(Json(page::page(rows, limit, CURSOR_KIND, |v| {
-        vec![v.id.clone()]
+    Ok(Json(page::page(rows, limit, &kind, |v| {
+        if by_last_seen {
+            vec![v.last_seen_at.clone().unwrap_or_default(), v.id.clone()]
+        } else {
+            vec![v.id.clone()]
+        }
     })))
 }
 

@@ -7,9 +7,10 @@ use super::audit::audit_from_row;
 use super::deltas::job_from_row;
 use super::images::{image_from_row, IMAGE_COLUMNS};
 use super::rollouts::rollout_from_row;
+use super::tokens::token_info;
 use super::{
     AuditEntry, DeltaJob, DeltaJobStatus, ImageRecord, ReleaseRecord, RolloutRecord, Store,
-    StoreError, VehicleRecord,
+    StoreError, TokenInfo, VehicleRecord,
 };
 use crate::rollout::RolloutState;
 use sqlx::any::AnyArguments;
@@ -113,9 +114,33 @@ pub struct VehicleListFilter {
     pub hardware_id: Option<String>,
     pub tags: Vec<String>,
     pub installed_version: Option<String>,
-    /// Only vehicles whose id sorts after this one (the cursor).
-    pub after_id: Option<String>,
+    pub order: VehicleOrder,
     pub limit: i64,
+}
+
+/// The vehicle list's order and where a page starts in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VehicleOrder {
+    /// By id; `after` is the previous page's last id.
+    Id {
+        descending: bool,
+        after: Option<String>,
+    },
+    /// By last check-in (never-seen vehicles first, as the oldest), then id; `after`
+    /// is the previous page's last (last check-in in ms or -1, id).
+    LastSeen {
+        descending: bool,
+        after: Option<(i64, String)>,
+    },
+}
+
+impl Default for VehicleOrder {
+    fn default() -> Self {
+        VehicleOrder::Id {
+            descending: false,
+            after: None,
+        }
+    }
 }
 
 /// Filters of the audit log, newest first.
@@ -195,6 +220,21 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// API tokens (never their values).
+    pub async fn token_page(&self, keyset: &Keyset) -> Result<Vec<TokenInfo>, StoreError> {
+        let mut f = Filter::default();
+        let tail = f.keyset("created_ms", "id", keyset);
+        let sql = f.sql(
+            "SELECT id, name, scopes, created_ms, revoked_ms, expires_ms FROM api_tokens",
+            &tail,
+        );
+        let rows = f.bind(sqlx::query(&sql)).fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(token_info)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     /// Vehicles by id.
     pub async fn vehicle_page(
         &self,
@@ -218,14 +258,26 @@ impl Store {
                 Param::Text(version.clone()),
             );
         }
-        if let Some(after) = &filter.after_id {
-            f.condition("v.id > {}", Param::Text(after.clone()));
-        }
-        let limit = f.next(Param::Int(filter.limit));
-        let sql = f.sql(
-            "SELECT * FROM vehicles v",
-            &format!("ORDER BY v.id LIMIT {limit}"),
-        );
+        let tail = match &filter.order {
+            VehicleOrder::Id { descending, after } => {
+                let (cmp, dir) = if *descending { ("<", "DESC") } else { (">", "ASC") };
+                if let Some(after) = after {
+                    f.condition(&format!("v.id {cmp} {{}}"), Param::Text(after.clone()));
+                }
+                let limit = f.next(Param::Int(filter.limit));
+                format!("ORDER BY v.id {dir} LIMIT {limit}")
+            }
+            VehicleOrder::LastSeen { descending, after } => f.keyset(
+                "COALESCE(v.last_seen_ms, -1)",
+                "v.id",
+                &Keyset {
+                    after: after.clone(),
+                    descending: *descending,
+                    limit: filter.limit,
+                },
+            ),
+        };
+        let sql = f.sql("SELECT * FROM vehicles v", &tail);
         let rows = f.bind(sqlx::query(&sql)).fetch_all(self.pool()).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {

@@ -28,7 +28,7 @@ pub use audit::AuditEntry;
 pub use deltas::{BuiltDelta, DeltaJob, DeltaJobStatus};
 pub use deployments::{DeploymentChange, DeploymentEvent, DeploymentQuery};
 pub use images::{ImageRecord, NewImage};
-pub use lists::{AuditFilter, ImageFilter, Keyset, VehicleListFilter};
+pub use lists::{AuditFilter, ImageFilter, Keyset, VehicleListFilter, VehicleOrder};
 pub use releases::{NewRelease, ReleaseImage, ReleaseRecord};
 pub use rollouts::{ChangeError, DeploymentRecord, NewRollout, PhaseCounts, RolloutRecord};
 pub use tokens::{TokenInfo, TokenRecord};

@@ -103,20 +103,6 @@ impl Store {
 
     /// Every token, oldest first (never the secret: only its hash is stored, and not
     /// shown either).
-    pub async fn list_tokens(&self, limit: i64) -> Result<Vec<TokenInfo>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, name, scopes, created_ms, revoked_ms, expires_ms FROM api_tokens \
-             ORDER BY created_ms, id LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(token_info)
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
-    }
-
     /// Revokes a live token (audited); a revoked token is a conflict, an unknown one
     /// not found.
     pub async fn revoke_token(&self, actor: &Actor, id: &str) -> Result<TokenInfo, StoreError> {
@@ -179,7 +165,7 @@ pub struct TokenInfo {
     pub expires_at: Option<String>,
 }
 
-fn token_info(row: &sqlx::any::AnyRow) -> Result<TokenInfo, sqlx::Error> {
+pub(super) fn token_info(row: &sqlx::any::AnyRow) -> Result<TokenInfo, sqlx::Error> {
     let scopes: String = row.try_get("scopes")?;
     Ok(TokenInfo {
         id: row.try_get("id")?,

@@ -1438,6 +1438,32 @@ async fn concurrency_limit_sheds_load_with_503() {
     app.stop().await;
 }
 
+/// A body that sends `first` and then nothing while the returned sender lives.
+fn stalled_body(
+    first: &[u8],
+) -> (
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    reqwest::Body,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.try_send(Ok(first.to_vec())).unwrap();
+    (tx, reqwest::Body::wrap_stream(tokio_stream_from(rx)))
+}
+
+/// The blob store's files: every stored blob and every temporary file.
+fn blob_files(app: &TestApp) -> Vec<String> {
+    let mut files = Vec::new();
+    for dir in ["sha256", "tmp"] {
+        for entry in std::fs::read_dir(app.dir.path().join("blobs").join(dir)).unwrap() {
+            files.push(format!(
+                "{dir}/{}",
+                entry.unwrap().file_name().to_string_lossy()
+            ));
+        }
+    }
+    files
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_slower_than_the_timeout_gets_408() {
     let options = Options {
@@ -1445,25 +1471,27 @@ async fn a_request_slower_than_the_timeout_gets_408() {
         ..Options::default()
     };
     let app = spawn_app_with(Backend::Sqlite, options).await.unwrap();
-    // An upload whose body never ends while `tx` lives: nothing but the server's
-    // request timeout can answer it, so no sleep and no race decide the outcome.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    tx.send(Ok(b"start".to_vec())).await.unwrap();
-    let upload = app
+    // A JSON body that never ends while `tx` lives: nothing but the server's request
+    // timeout can answer it, so no sleep and no race decide the outcome.
+    let (tx, body) = stalled_body(br#"{"name": "#);
+    let request = app
         .http
-        .post(app.url("/api/v1/images?hardware_id=slow&version=1"))
+        .post(app.url("/api/v1/releases"))
         .bearer_auth(&app.admin_token)
-        .header("content-type", "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)))
+        .header("content-type", "application/json")
+        .body(body)
         .send();
     // A bound only against a hang when the timeout is broken, far above 1 s.
-    let response = tokio::time::timeout(std::time::Duration::from_secs(60), upload)
+    let response = tokio::time::timeout(std::time::Duration::from_secs(60), request)
         .await
         .expect("the server must answer a stalled request by itself")
         .expect("an answer, not a dropped connection");
     let (status, problem) = crate::helpers::decode(response).await;
     assert_eq!(status, 408, "{problem}");
-    assert_eq!(problem["status"], 408, "{problem}");
+    assert_eq!(
+        problem["type"], "urn:ota:problem:request-timeout",
+        "{problem}"
+    );
     assert!(
         problem["detail"]
             .as_str()
@@ -1471,12 +1499,121 @@ async fn a_request_slower_than_the_timeout_gets_408() {
         "the problem names the setting: {problem}"
     );
     drop(tx);
-    let (status, images) = app.get("/api/v1/images", &app.read_token).await;
+    let (status, releases) = app.get("/api/v1/releases", &app.read_token).await;
     assert_eq!(status, 200, "the server serves on after a timeout");
+    assert_eq!(
+        releases["items"],
+        json!([]),
+        "a timed-out request changes nothing"
+    );
+    app.stop().await;
+}
+
+/// Item 7: an image upload takes as long as its size needs. One that lasts several
+/// request timeouts but keeps sending is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_longer_than_the_request_timeout_completes_while_bytes_keep_arriving() {
+    let options = Options {
+        request_timeout_seconds: Some(1),
+        upload_idle_timeout_seconds: Some(30),
+        ..Options::default()
+    };
+    let app = spawn_app_with(Backend::Sqlite, options).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let sender = tokio::spawn(async move {
+        // Paced by the test on purpose: the behaviour under test is a slow client.
+        for i in 0..8u8 {
+            tx.send(Ok(vec![i; 4096])).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let response = app
+        .http
+        .post(app.url("/api/v1/images?hardware_id=slow&version=1"))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)))
+        .send()
+        .await
+        .unwrap();
+    sender.await.unwrap();
+    let (status, image) = crate::helpers::decode(response).await;
+    assert!(
+        started.elapsed() > std::time::Duration::from_secs(2),
+        "the upload outlived two request timeouts"
+    );
+    assert_eq!(status, 201, "{image}");
+    assert_eq!(image["length"], 8 * 4096, "{image}");
+    app.stop().await;
+}
+
+/// Item 7: a stalled upload ends with a 408 problem once no byte arrived for
+/// `upload_idle_timeout_seconds`, and nothing of it stays on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_gets_408_after_the_idle_timeout_and_leaves_no_file() {
+    let options = Options {
+        request_timeout_seconds: Some(600),
+        upload_idle_timeout_seconds: Some(1),
+        ..Options::default()
+    };
+    let app = spawn_app_with(Backend::Sqlite, options).await.unwrap();
+    let (tx, body) = stalled_body(b"start");
+    let upload = app
+        .http
+        .post(app.url("/api/v1/images?hardware_id=slow&version=1"))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(60), upload)
+        .await
+        .expect("the server must end a stalled upload by itself")
+        .expect("an answer, not a dropped connection");
+    let (status, problem) = crate::helpers::decode(response).await;
+    assert_eq!(status, 408, "{problem}");
+    assert_eq!(problem["type"], "urn:ota:problem:upload-idle", "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("upload_idle_timeout_seconds")),
+        "the problem names the setting: {problem}"
+    );
+    drop(tx);
+    assert_eq!(
+        blob_files(&app),
+        Vec::<String>::new(),
+        "nothing stays on disk"
+    );
+    let (_, images) = app.get("/api/v1/images", &app.read_token).await;
     assert_eq!(
         images["items"],
         json!([]),
-        "a timed-out upload stores nothing"
+        "a stalled upload stores nothing"
+    );
+    app.stop().await;
+}
+
+/// Item 6: an empty upload is refused (422) and leaves no blob that `/v1/blobs` could
+/// serve.
+#[tokio::test]
+async fn an_empty_upload_is_refused_and_leaves_no_blob() {
+    let app = spawn_app().await;
+    let response = app
+        .http
+        .post(app.url("/api/v1/images?hardware_id=hw&version=1"))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", "application/octet-stream")
+        .body(Vec::<u8>::new())
+        .send()
+        .await
+        .unwrap();
+    let (status, problem) = crate::helpers::decode(response).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(
+        blob_files(&app),
+        Vec::<String>::new(),
+        "nothing stays on disk"
     );
     app.stop().await;
 }
@@ -2411,7 +2548,7 @@ async fn token_expiry(backend: Backend) {
     let (status, body) = app.get("/api/v1/images", &live_token).await;
     assert_eq!(status, 200, "a token before its expiry works: {body}");
     let (_, tokens) = app.get("/api/v1/tokens", &app.admin_token).await;
-    let listed = tokens
+    let listed = tokens["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -2519,6 +2656,15 @@ async fn lists(backend: Backend) {
     assert_eq!(ids(&all), ids(&rollouts[1..]));
     let (all, _) = follow_pages(&app, "/api/v1/delta-jobs?status=queued", 1).await;
     assert!(all.is_empty());
+    // Tokens (the test app's admin, read and rollout tokens), a page at a time.
+    let (tokens, pages) = follow_pages(&app, "/api/v1/tokens?order=asc", 1).await;
+    assert_eq!((tokens.len(), pages), (3, 3), "{tokens:?}");
+    let (newest_first, _) = follow_pages(&app, "/api/v1/tokens?order=desc", 2).await;
+    assert_eq!(field(&newest_first, "id"), {
+        let mut ids = field(&tokens, "id");
+        ids.reverse();
+        ids
+    });
 
     // Vehicles by id, past any one page, filtered by a tag set.
     for i in 0..5 {
@@ -2534,6 +2680,32 @@ async fn lists(backend: Backend) {
     );
     let (all, _) = follow_pages(&app, "/api/v1/vehicles?tags=eu,beta", 2).await;
     assert_eq!(field(&all, "id"), vec!["veh-l0", "veh-l2", "veh-l4"]);
+    let (all, _) = follow_pages(&app, "/api/v1/vehicles?tag=eu&order=desc", 2).await;
+    assert_eq!(
+        field(&all, "id"),
+        (0..5).rev().map(|i| format!("veh-l{i}")).collect::<Vec<_>>()
+    );
+    // By last check-in: veh-l3 at t, veh-l1 and veh-l4 at t + 1 s (their order then by
+    // id), the two never seen first as the oldest.
+    let t = 1_900_000_000_000i64;
+    for (id, at) in [("veh-l4", t + 1000), ("veh-l3", t), ("veh-l1", t + 1000)] {
+        let known = app.state.store.get_vehicle(id).await.unwrap().ecus;
+        app.state
+            .store
+            .record_checkin(&crate::helpers::checkin(id, None, 0), &known, at)
+            .await
+            .unwrap();
+    }
+    let by_seen = ["veh-l0", "veh-l2", "veh-l3", "veh-l1", "veh-l4"];
+    let (all, pages) = follow_pages(&app, "/api/v1/vehicles?sort=last_seen_at", 1).await;
+    assert_eq!((field(&all, "id"), pages), (by_seen.map(String::from).to_vec(), 5));
+    let (all, _) =
+        follow_pages(&app, "/api/v1/vehicles?sort=last_seen_at&order=desc", 2).await;
+    assert_eq!(field(&all, "id"), {
+        let mut ids = by_seen.map(String::from).to_vec();
+        ids.reverse();
+        ids
+    });
 
     // The audit log, newest first, by actor, action, target and time.
     let (all, _) = follow_pages(&app, "/api/v1/audit?action=vehicle.register", 2).await;
@@ -2567,6 +2739,8 @@ async fn lists(backend: Backend) {
     // Cursors are opaque and belong to one list and one order.
     let (_, first) = app.get("/api/v1/images?limit=1", &app.read_token).await;
     let images_cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let (_, first) = app.get("/api/v1/vehicles?limit=1", &app.read_token).await;
+    let vehicles_cursor = first["next_cursor"].as_str().unwrap().to_owned();
     for path in [
         format!("/api/v1/releases?cursor={images_cursor}"),
         format!("/api/v1/images?order=desc&cursor={images_cursor}"),
@@ -2574,6 +2748,7 @@ async fn lists(backend: Backend) {
         "/api/v1/vehicles?cursor=WyJ2ZWhpY2xlcyJd".to_owned(),
         "/api/v1/audit?cursor=WyJhdWRpdCIsIngiXQ".to_owned(),
         "/api/v1/delta-jobs?cursor=%00".to_owned(),
+        format!("/api/v1/vehicles?sort=last_seen_at&cursor={vehicles_cursor}"),
     ] {
         let (status, problem) = app.get(&path, &app.admin_token).await;
         assert_eq!(status, 400, "{path}: {problem}");
@@ -2587,6 +2762,8 @@ async fn lists(backend: Backend) {
         ("/api/v1/audit?since=yesterday", "since"),
         ("/api/v1/vehicles?tags=eu,eu", "tags[1]"),
         ("/api/v1/delta-jobs?status=lost", "status"),
+        ("/api/v1/vehicles?sort=name", "sort"),
+        ("/api/v1/vehicles?order=up", "order"),
     ] {
         let (status, problem) = app.get(path, &app.admin_token).await;
         assert_eq!(

@@ -195,6 +195,7 @@ pub struct Options {
     pub max_json_bytes: Option<usize>,
     pub max_concurrent_requests: Option<usize>,
     pub request_timeout_seconds: Option<u64>,
+    pub upload_idle_timeout_seconds: Option<u64>,
     /// `mqtt.workers` and `mqtt.queue` (the gateway's concurrency and backlog).
     pub mqtt_workers: Option<usize>,
     pub mqtt_queue: Option<usize>,
@@ -230,6 +231,9 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     }
     if let Some(seconds) = options.request_timeout_seconds {
         settings.limits.request_timeout_seconds = seconds;
+    }
+    if let Some(seconds) = options.upload_idle_timeout_seconds {
+        settings.limits.upload_idle_timeout_seconds = seconds;
     }
     if let Some(max) = options.max_concurrent_requests {
         settings.limits.max_concurrent_requests = max;
