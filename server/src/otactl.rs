@@ -194,6 +194,12 @@ pub enum VehicleCommand {
         tag: Option<String>,
         #[arg(long)]
         installed_version: Option<String>,
+        /// `id` (default) or `last_seen_at` (never-seen vehicles first).
+        #[arg(long)]
+        sort: Option<String>,
+        /// `asc` (default) or `desc`.
+        #[arg(long)]
+        order: Option<String>,
     },
     Get {
         id: String,
@@ -1102,11 +1108,15 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             hardware_id,
             tag,
             installed_version,
+            sort,
+            order,
         }) => {
             let query = filters(&[
                 ("hardware_id", &hardware_id),
                 ("tag", &tag),
                 ("installed_version", &installed_version),
+                ("sort", &sort),
+                ("order", &order),
             ]);
             (
                 all_pages(&client, "/api/v1/vehicles", &query).await?,

@@ -32,6 +32,7 @@ pub struct Settings {
     /// The durable lane for progress events; `brokers` unset keeps the direct path.
     pub kafka: KafkaSettings,
     pub limits: LimitSettings,
+    pub dependency_breakers: DependencyBreakerSettings,
     pub director: DirectorSettings,
     pub delta: DeltaSettings,
     pub log: LogSettings,
@@ -120,6 +121,58 @@ pub struct LimitSettings {
     pub max_concurrent_requests: usize,
 }
 
+/// `[dependency_breakers]`: the breakers around the database and the blob store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DependencyBreakerSettings {
+    /// Open when at least this share (1–100) of the window's calls failed.
+    pub failure_rate_percent: u8,
+    /// The last calls the share is computed over.
+    pub window_calls: usize,
+    /// No decision before this many calls are in the window.
+    pub minimum_calls: usize,
+    /// How long an open breaker refuses calls before probing.
+    pub open_seconds: u64,
+    /// Probes let through when half-open.
+    pub half_open_calls: usize,
+}
+
+impl Default for DependencyBreakerSettings {
+    fn default() -> Self {
+        DependencyBreakerSettings {
+            failure_rate_percent: 50,
+            window_calls: 20,
+            minimum_calls: 5,
+            open_seconds: 5,
+            half_open_calls: 2,
+        }
+    }
+}
+
+impl DependencyBreakerSettings {
+    /// The first setting out of its range, as (key, expected, got).
+    pub fn problem(&self) -> Option<(&'static str, &'static str, String)> {
+        if !(1..=100).contains(&self.failure_rate_percent) {
+            return Some((
+                "failure_rate_percent",
+                "1 to 100",
+                self.failure_rate_percent.to_string(),
+            ));
+        }
+        for (key, value) in [
+            ("window_calls", self.window_calls as u64),
+            ("minimum_calls", self.minimum_calls as u64),
+            ("open_seconds", self.open_seconds),
+            ("half_open_calls", self.half_open_calls as u64),
+        ] {
+            if value == 0 {
+                return Some((key, "at least 1", "0".to_owned()));
+            }
+        }
+        None
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DirectorSettings {
@@ -164,6 +217,7 @@ impl Default for Settings {
             mqtt: MqttSettings::default(),
             kafka: KafkaSettings::default(),
             limits: LimitSettings::default(),
+            dependency_breakers: DependencyBreakerSettings::default(),
             director: DirectorSettings::default(),
             delta: DeltaSettings::default(),
             log: LogSettings::default(),
@@ -367,6 +421,12 @@ impl Settings {
             if seconds == 0 {
                 return bad(key, "expected at least 1, got 0".to_owned());
             }
+        }
+        if let Some((key, expected, got)) = self.dependency_breakers.problem() {
+            return bad(
+                &format!("dependency_breakers.{key}"),
+                format!("expected {expected}, got {got}"),
+            );
         }
         Ok(())
     }
@@ -624,5 +684,21 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn dependency_breaker_settings_out_of_range_are_named() {
+        let ok = DependencyBreakerSettings::default();
+        assert_eq!(ok.problem(), None);
+        let bad = DependencyBreakerSettings {
+            failure_rate_percent: 0,
+            ..ok.clone()
+        };
+        assert_eq!(bad.problem().unwrap().0, "failure_rate_percent");
+        let bad = DependencyBreakerSettings {
+            open_seconds: 0,
+            ..ok
+        };
+        assert_eq!(bad.problem().unwrap().0, "open_seconds");
     }
 }

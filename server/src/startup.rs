@@ -167,6 +167,7 @@ impl Application {
             store,
             blobs,
             keys,
+            breakers: api::dependencies::DependencyBreakers::new(&settings.dependency_breakers),
             settings,
             engine,
             vehicle_channel,

@@ -133,12 +133,12 @@ async fn download(
                 id: digest.to_hex(),
             })
         }
-        Err(e) => return Err(ApiError::Internal(e.into())),
+        Err(e) => return Err(ApiError::blob_store(e)),
     };
     let length = file
         .metadata()
         .await
-        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(ApiError::blob_store)?
         .len();
     // Blobs are immutable and named by content, so the digest is a perfect strong ETag.
     let etag = format!("\"{}\"", digest.to_hex());
@@ -184,7 +184,7 @@ async fn download(
         Some((first, last)) => {
             file.seek(std::io::SeekFrom::Start(first))
                 .await
-                .map_err(|e| ApiError::Internal(e.into()))?;
+                .map_err(ApiError::blob_store)?;
             let count = last - first + 1;
             let body = Body::from_stream(ReaderStream::new(file.take(count)));
             Ok((

@@ -48,10 +48,27 @@ pub enum ApiError {
     Unavailable(String),
     #[error("the request took longer than {seconds} s (limits.request_timeout_seconds)")]
     Timeout { seconds: u64 },
+    /// A dependency failed this request (the breaker of that dependency counts it).
+    #[error("{} is unavailable; retry shortly", .0.described())]
+    DependencyUnavailable(super::dependencies::Dependency),
+    /// The dependency's breaker is open: refused without trying it.
+    #[error("{} failed repeatedly, so the server refuses calls needing it for up to {retry_after_seconds} s (circuit breaker open)", .dependency.described())]
+    BreakerOpen {
+        dependency: super::dependencies::Dependency,
+        retry_after_seconds: u64,
+    },
     #[error("no upload bytes arrived for {seconds} s (limits.upload_idle_timeout_seconds); nothing was stored")]
     UploadIdle { seconds: u64 },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// A blob store read or write failed (a missing blob is a 404 before this).
+    pub fn blob_store(err: std::io::Error) -> ApiError {
+        tracing::error!(error = %err, "the blob store failed");
+        ApiError::DependencyUnavailable(super::dependencies::Dependency::BlobStore)
+    }
 }
 
 /// An RFC 9457 problem, the body of every error (`application/problem+json`).
@@ -163,6 +180,11 @@ impl ApiError {
             ApiError::UploadIdle { .. } => {
                 (StatusCode::REQUEST_TIMEOUT, "upload-idle", "Upload stalled")
             }
+            ApiError::DependencyUnavailable(_) | ApiError::BreakerOpen { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "dependency-unavailable",
+                "Dependency unavailable",
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -181,6 +203,10 @@ impl From<StoreError> for ApiError {
             }
             StoreError::OutOfRange { field, value } => {
                 ApiError::invalid(field, format!("an integer in 0..={}", i64::MAX), value)
+            }
+            StoreError::Database(err) if super::dependencies::database_unavailable(&err) => {
+                tracing::error!(error = %err, "the database is unavailable");
+                ApiError::DependencyUnavailable(super::dependencies::Dependency::Database)
             }
             other => ApiError::Internal(anyhow::Error::new(other)),
         }
@@ -228,11 +254,28 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(header::CONTENT_RANGE, v);
             }
         }
-        if matches!(self, ApiError::Unavailable(_)) {
+        if matches!(
+            self,
+            ApiError::Unavailable(_) | ApiError::DependencyUnavailable(_)
+        ) {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
+        }
+        if let ApiError::BreakerOpen {
+            retry_after_seconds,
+            ..
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after_seconds));
+        }
+        if let ApiError::DependencyUnavailable(dependency) = self {
+            response
+                .extensions_mut()
+                .insert(super::dependencies::DependencyFailed(dependency));
         }
         if matches!(self, ApiError::Unauthorized | ApiError::TokenExpired { .. }) {
             response.headers_mut().insert(

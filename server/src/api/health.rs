@@ -1,6 +1,7 @@
 //! Liveness, readiness (database, blob store, and the vehicle channel: `disabled`, `ok`,
 //! `disconnected` or `stalled`) and Prometheus metrics.
 
+use super::dependencies::{state_name, Dependency};
 use super::{AppState, Routes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -9,15 +10,14 @@ use axum::routing::get;
 use axum::Json;
 use serde::Serialize;
 
-/// Liveness and readiness: served outside the concurrency limit and load shedding.
+/// Liveness, readiness and metrics: served outside the concurrency limit, load
+/// shedding and dependency breakers (an orchestrator and a Prometheus scrape must see a
+/// busy or degraded server as it is).
 pub fn probes() -> Routes {
     Routes::default()
         .add("get", "/healthz", get(healthz))
         .add("get", "/readyz", get(readyz))
-}
-
-pub fn routes() -> Routes {
-    Routes::default().add("get", "/metrics", get(metrics))
+        .add("get", "/metrics", get(metrics))
 }
 
 /// Liveness: the process answers.
@@ -41,6 +41,18 @@ pub struct Ready {
     /// The vehicle channel.
     #[schema(pattern = "^(disabled|ok|disconnected|stalled)$")]
     pub broker: &'static str,
+    /// The state of each dependency breaker (`closed`, `open`, `half_open`): an open
+    /// one refuses the API calls that need its dependency (503) until a probe succeeds.
+    pub breakers: Breakers,
+}
+
+/// The dependency breakers' states.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Breakers {
+    #[schema(pattern = "^(closed|open|half_open)$")]
+    pub database: &'static str,
+    #[schema(pattern = "^(closed|open|half_open)$")]
+    pub blob_store: &'static str,
 }
 
 /// Liveness.
@@ -79,6 +91,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             database: if database { "ok" } else { "unreachable" },
             blob_store: if blobs { "ok" } else { "unavailable" },
             broker: broker.as_str(),
+            breakers: Breakers {
+                database: state_name(state.breakers.state(Dependency::Database)),
+                blob_store: state_name(state.breakers.state(Dependency::BlobStore)),
+            },
         }),
     )
 }

@@ -21,9 +21,13 @@ use std::time::Duration;
 /// is bounded by `limits.upload_idle_timeout_seconds` between bytes instead.
 pub const STREAMING_UPLOAD_PATH: &str = "/api/v1/images";
 
+/// The upload, which writes to the blob store (behind its breaker).
+pub fn upload_routes() -> Routes {
+    Routes::default().add("post", STREAMING_UPLOAD_PATH, post(upload))
+}
+
 pub fn routes() -> Routes {
     Routes::default()
-        .add("post", STREAMING_UPLOAD_PATH, post(upload))
         .add("get", "/api/v1/images", get(list))
         .add("get", "/api/v1/images/{id}", get(get_one))
 }
@@ -120,7 +124,7 @@ async fn upload(
                 ApiError::BadRequest(format!("upload interrupted: {reason}"))
             }
             BlobError::Idle { seconds } => ApiError::UploadIdle { seconds },
-            BlobError::Io(io) => ApiError::Internal(io.into()),
+            BlobError::Io(io) => ApiError::blob_store(io),
         })?;
     if blob.length == 0 {
         // No image can reference zero bytes: nothing of the refused request stays.

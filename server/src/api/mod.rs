@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod blobs;
 pub mod deletions;
+pub mod dependencies;
 pub mod deployments;
 pub mod error;
 pub mod extract;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Base URL of blob downloads for vehicles.
     pub public_url: String,
+    /// The breakers around the database and the blob store.
+    pub breakers: dependencies::DependencyBreakers,
 }
 
 impl fmt::Debug for AppState {
@@ -112,8 +115,19 @@ pub fn routes() -> Routes {
 /// Every route except the liveness and readiness probes, which [`app`] serves outside the
 /// concurrency limit.
 fn api_routes() -> Routes {
+    store_routes().merge(blob_routes())
+}
+
+/// The routes that read or write blobs (behind the blob store's breaker too).
+fn blob_routes() -> Routes {
     Routes::default()
-        .merge(health::routes())
+        .merge(images::upload_routes())
+        .merge(blobs::routes())
+}
+
+/// The routes that need only the database.
+fn store_routes() -> Routes {
+    Routes::default()
         .merge(openapi::routes())
         .merge(images::routes())
         .merge(releases::routes())
@@ -122,7 +136,6 @@ fn api_routes() -> Routes {
         .merge(vehicle_changes::routes())
         .merge(rollouts::routes())
         .merge(deployments::routes())
-        .merge(blobs::routes())
         .merge(metadata::routes())
         .merge(audit::routes())
         .merge(tokens::routes())
@@ -137,7 +150,7 @@ async fn no_route(request: Request) -> ApiError {
 
 /// Answers the errors of the tower layers (load shedding: 503) as problem+json like
 /// every other error.
-async fn overloaded(err: tower::BoxError) -> Response {
+fn overloaded(err: tower::BoxError) -> Response {
     if err.is::<tower::load_shed::error::Overloaded>() {
         ApiError::Unavailable("server is at its concurrency limit; retry shortly".to_owned())
             .into_response()
@@ -242,13 +255,29 @@ pub fn app(state: AppState) -> Router {
     let timeout_seconds = limits.request_timeout_seconds;
     // Liveness and readiness answer even when the API is at its concurrency limit: an
     // orchestrator must not restart a server because it is busy.
+    let breakers = state.breakers.clone();
     let probes = health::probes()
         .router
         .layer(axum::middleware::from_fn(problem_for_405))
         .layer(axum::middleware::from_fn(record_metrics))
         .with_state(state.clone());
-    let router = api_routes()
+    let blob_breaker = {
+        let layer = breakers.blob_store.clone();
+        let breakers = breakers.clone();
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(
+                move |_: tower_resilience_circuitbreaker::CircuitBreakerError<
+                    std::convert::Infallible,
+                >| {
+                    let breakers = breakers.clone();
+                    async move { breakers.refused(dependencies::Dependency::BlobStore) }
+                },
+            ))
+            .layer(layer)
+    };
+    let router = store_routes()
         .router
+        .merge(blob_routes().router.layer(blob_breaker))
         .fallback(no_route)
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| request_deadline(timeout_seconds, request, next),
@@ -263,6 +292,7 @@ pub fn app(state: AppState) -> Router {
             },
         ))
         .with_state(state);
+    let database_breaker = breakers.database.clone();
     let service = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
@@ -274,9 +304,19 @@ pub fn app(state: AppState) -> Router {
             tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %id)
         }))
         .layer(PropagateRequestIdLayer::new(request_id))
-        .layer(HandleErrorLayer::new(overloaded))
+        .layer(HandleErrorLayer::new(move |err: tower::BoxError| {
+            let breakers = breakers.clone();
+            async move {
+                if dependencies::DependencyBreakers::is_refusal(err.as_ref()) {
+                    breakers.refused(dependencies::Dependency::Database)
+                } else {
+                    overloaded(err)
+                }
+            }
+        }))
         .load_shed()
         .concurrency_limit(limits.max_concurrent_requests)
+        .layer(database_breaker)
         .service(router);
     Router::new()
         .merge(probes)

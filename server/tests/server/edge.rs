@@ -569,3 +569,141 @@ async fn tokens(backend: Backend) {
     app.stop().await;
 }
 both_backends!(tokens_are_listed_and_revoked_by_admins_audited, tokens);
+
+/// `ota_dependency_breaker_rejections_total{dependency="<dependency>"}` (0 before the
+/// first refusal).
+async fn breaker_refusals(app: &TestApp, dependency: &str) -> u64 {
+    let label = format!("dependency=\"{dependency}\"");
+    app.metrics_text()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("ota_dependency_breaker_rejections_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Calls `path` until the breaker of `dependency` refuses one; every answer before is
+/// that dependency's own 503. Returns how many calls failed before the refusal.
+async fn fail_until_refused(app: &TestApp, path: &str, described: &str) -> usize {
+    let mut failures = 0;
+    loop {
+        let (status, problem) = app.get(path, &app.read_token).await;
+        assert_eq!(status, 503, "{path}: {problem}");
+        assert_eq!(
+            problem["type"], "urn:ota:problem:dependency-unavailable",
+            "{problem}"
+        );
+        let detail = problem["detail"].as_str().unwrap();
+        if detail.contains("circuit breaker open") {
+            assert!(detail.starts_with(described), "{detail}");
+            return failures;
+        }
+        assert_eq!(
+            detail,
+            format!("{described} is unavailable; retry shortly"),
+            "{problem}"
+        );
+        failures += 1;
+        assert!(failures <= 20, "the breaker never opened");
+    }
+}
+
+/// Waits (bounded) until `path` answers 200 again and the breaker reports closed.
+async fn wait_until_recovered(app: &TestApp, path: &str, dependency: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, _) = app.get(path, &app.read_token).await;
+        let (_, ready) = app.get("/readyz", "").await;
+        if status == 200 && ready["breakers"][dependency] == "closed" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} did not recover: {status}, {ready}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// DESIGN.md §7: a broken blob store fails fast behind its breaker, the rest of the API
+/// serves on, and a probe closes the breaker once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_blob_store_opens_its_breaker_while_the_rest_of_the_api_serves_on() {
+    let options = Options {
+        breaker_open_seconds: Some(1),
+        ..Options::default()
+    };
+    let app = spawn_app_with(Backend::Sqlite, options).await.unwrap();
+    let image = app.upload("hw-b", "1.0.0", vec![7u8; 1000]).await;
+    let blob = format!("/v1/blobs/{}", image["sha256"].as_str().unwrap());
+    assert_eq!(app.get(&blob, &app.read_token).await.0, 200);
+    let (_, ready) = app.get("/readyz", "").await;
+    assert_eq!(ready["breakers"], json!({ "database": "closed", "blob_store": "closed" }));
+
+    // The blob directory replaced by a file: every read fails.
+    let dir = app.dir.path().join("blobs").join("sha256");
+    let aside = app.dir.path().join("blobs").join("sha256.aside");
+    std::fs::rename(&dir, &aside).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    let refused_before = breaker_refusals(&app, "blob_store").await;
+    let failures = fail_until_refused(&app, &blob, "the blob store").await;
+    assert_eq!(failures, 5, "opens after minimum_calls (5) failed calls");
+    assert!(breaker_refusals(&app, "blob_store").await > refused_before);
+    let (_, ready) = app.get("/readyz", "").await;
+    assert_eq!(ready["breakers"]["blob_store"], "open", "{ready}");
+    let refused = app
+        .http
+        .get(app.url(&blob))
+        .bearer_auth(&app.read_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.headers()["retry-after"], "1",
+        "Retry-After is the breaker's open time"
+    );
+    // Routes that need only the database are not behind the blob store's breaker.
+    let (status, images) = app.get("/api/v1/images", &app.read_token).await;
+    assert_eq!(status, 200, "{images}");
+    assert_eq!(ready["breakers"]["database"], "closed");
+
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&aside, &dir).unwrap();
+    wait_until_recovered(&app, &blob, "blob_store").await;
+    app.stop().await;
+}
+
+/// DESIGN.md §7: a database that refuses connections fails fast behind its breaker
+/// (503 naming it, not a 500 after the pool's timeout), and the API recovers by
+/// itself once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_opens_its_breaker_and_the_api_recovers_by_itself() {
+    let options = Options {
+        breaker_open_seconds: Some(1),
+        ..Options::default()
+    };
+    let Some(app) = spawn_app_with(Backend::Postgres, options).await else {
+        return;
+    };
+    assert_eq!(app.get("/api/v1/images", &app.read_token).await.0, 200);
+    let database = app.database().expect("a PostgreSQL test database");
+    database.allow_connections(false).await;
+    let refused_before = breaker_refusals(&app, "database").await;
+    let failures = fail_until_refused(&app, "/api/v1/images", "the database").await;
+    assert_eq!(failures, 5, "opens after minimum_calls (5) failed calls");
+    assert!(breaker_refusals(&app, "database").await > refused_before);
+    let (status, ready) = app.get("/readyz", "").await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(
+        (&ready["database"], &ready["breakers"]["database"]),
+        (&json!("unreachable"), &json!("open")),
+        "{ready}"
+    );
+    // Metrics stay outside the breakers: an outage is when they are needed.
+    assert!(app.metrics_text().await.contains("ota_dependency_breaker_state"));
+
+    database.allow_connections(true).await;
+    wait_until_recovered(&app, "/api/v1/images", "database").await;
+    app.stop().await;
+}

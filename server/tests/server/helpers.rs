@@ -135,6 +135,30 @@ impl TestDatabase {
         })
     }
 
+    /// Lets the database accept connections, or refuses them and ends the open ones
+    /// (a database outage as the server sees it).
+    pub async fn allow_connections(&self, allow: bool) {
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&self.admin_url)
+            .await
+            .expect("connecting to PostgreSQL as admin");
+        sqlx::query(&format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {allow}",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .expect("changing ALLOW_CONNECTIONS");
+        if !allow {
+            sqlx::query(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await
+            .expect("ending the database's connections");
+        }
+    }
+
     pub async fn drop_now(&self) {
         if let Ok(mut conn) =
             <sqlx::AnyConnection as sqlx::Connection>::connect(&self.admin_url).await
@@ -196,6 +220,8 @@ pub struct Options {
     pub max_concurrent_requests: Option<usize>,
     pub request_timeout_seconds: Option<u64>,
     pub upload_idle_timeout_seconds: Option<u64>,
+    /// `dependency_breakers.open_seconds`.
+    pub breaker_open_seconds: Option<u64>,
     /// `mqtt.workers` and `mqtt.queue` (the gateway's concurrency and backlog).
     pub mqtt_workers: Option<usize>,
     pub mqtt_queue: Option<usize>,
@@ -234,6 +260,9 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     }
     if let Some(seconds) = options.upload_idle_timeout_seconds {
         settings.limits.upload_idle_timeout_seconds = seconds;
+    }
+    if let Some(seconds) = options.breaker_open_seconds {
+        settings.dependency_breakers.open_seconds = seconds;
     }
     if let Some(max) = options.max_concurrent_requests {
         settings.limits.max_concurrent_requests = max;
@@ -334,6 +363,23 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+
+    /// The throwaway PostgreSQL database (None on SQLite).
+    pub fn database(&self) -> Option<&TestDatabase> {
+        self.database.as_ref()
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Signals shutdown (SIGINT/SIGTERM in production) without waiting for the server.
