@@ -127,8 +127,8 @@ pub struct LimitSettings {
 pub struct DependencyBreakerSettings {
     /// Open when at least this share (1–100) of the window's calls failed.
     pub failure_rate_percent: u8,
-    /// The last calls the share is computed over.
-    pub window_calls: usize,
+    /// The time window the share is computed over, in seconds.
+    pub window_seconds: u64,
     /// No decision before this many calls are in the window.
     pub minimum_calls: usize,
     /// How long an open breaker refuses calls before probing.
@@ -141,7 +141,7 @@ impl Default for DependencyBreakerSettings {
     fn default() -> Self {
         DependencyBreakerSettings {
             failure_rate_percent: 50,
-            window_calls: 20,
+            window_seconds: 10,
             minimum_calls: 5,
             open_seconds: 5,
             half_open_calls: 2,
@@ -160,7 +160,7 @@ impl DependencyBreakerSettings {
             ));
         }
         for (key, value) in [
-            ("window_calls", self.window_calls as u64),
+            ("window_seconds", self.window_seconds),
             ("minimum_calls", self.minimum_calls as u64),
             ("open_seconds", self.open_seconds),
             ("half_open_calls", self.half_open_calls as u64),

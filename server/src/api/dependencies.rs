@@ -8,7 +8,7 @@
 //! A request counts as a failure of a dependency when its answer is that dependency's
 //! 503 (`ApiError::DependencyUnavailable`, which marks the response with
 //! [`DependencyFailed`]); every other answer, errors of the client included, counts
-//! as a success. Over the last `window_calls` calls, with at least `minimum_calls`, a
+//! as a success. Over the last `window_seconds`, with at least `minimum_calls` calls, a
 //! failure share of `failure_rate_percent` or more opens the breaker: calls are then
 //! refused at once (503 `dependency-unavailable`, `Retry-After`) for `open_seconds`,
 //! after which `half_open_calls` probes decide between closing and opening again.
@@ -23,6 +23,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 use tower_resilience_circuitbreaker::{
     CircuitBreakerError, CircuitBreakerHandle, CircuitBreakerLayer, CircuitState, FnClassifier,
+    SlidingWindowType,
 };
 
 /// A dependency of the API with a breaker of its own.
@@ -124,7 +125,8 @@ fn breaker(
     CircuitBreakerLayer::builder()
         .name(name)
         .failure_rate_threshold(f64::from(settings.failure_rate_percent) / 100.0)
-        .sliding_window_size(settings.window_calls)
+        .sliding_window_type(SlidingWindowType::TimeBased)
+        .sliding_window_duration(Duration::from_secs(settings.window_seconds))
         .minimum_number_of_calls(settings.minimum_calls)
         .wait_duration_in_open(Duration::from_secs(settings.open_seconds))
         .permitted_calls_in_half_open(settings.half_open_calls)

@@ -583,6 +583,12 @@ async fn breaker_refusals(app: &TestApp, dependency: &str) -> u64 {
         .sum()
 }
 
+/// `/readyz`'s body, in either state (a report, not a problem).
+async fn ready(app: &TestApp) -> Value {
+    let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+    response.json().await.unwrap()
+}
+
 /// Calls `path` until the breaker of `dependency` refuses one; every answer before is
 /// that dependency's own 503. Returns how many calls failed before the refusal.
 async fn fail_until_refused(app: &TestApp, path: &str, described: &str) -> usize {
@@ -614,7 +620,7 @@ async fn wait_until_recovered(app: &TestApp, path: &str, dependency: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let (status, _) = app.get(path, &app.read_token).await;
-        let (_, ready) = app.get("/readyz", "").await;
+        let ready = ready(app).await;
         if status == 200 && ready["breakers"][dependency] == "closed" {
             return;
         }
@@ -638,8 +644,10 @@ async fn a_broken_blob_store_opens_its_breaker_while_the_rest_of_the_api_serves_
     let image = app.upload("hw-b", "1.0.0", vec![7u8; 1000]).await;
     let blob = format!("/v1/blobs/{}", image["sha256"].as_str().unwrap());
     assert_eq!(app.get(&blob, &app.read_token).await.0, 200);
-    let (_, ready) = app.get("/readyz", "").await;
-    assert_eq!(ready["breakers"], json!({ "database": "closed", "blob_store": "closed" }));
+    assert_eq!(
+        ready(&app).await["breakers"],
+        json!({ "database": "closed", "blob_store": "closed" })
+    );
 
     // The blob directory replaced by a file: every read fails.
     let dir = app.dir.path().join("blobs").join("sha256");
@@ -648,10 +656,12 @@ async fn a_broken_blob_store_opens_its_breaker_while_the_rest_of_the_api_serves_
     std::fs::write(&dir, b"not a directory").unwrap();
     let refused_before = breaker_refusals(&app, "blob_store").await;
     let failures = fail_until_refused(&app, &blob, "the blob store").await;
-    assert_eq!(failures, 5, "opens after minimum_calls (5) failed calls");
+    // Two good calls (the upload, a read) and three failed ones: five calls, the
+    // minimum, 60% failed, at least the 50% threshold.
+    assert_eq!(failures, 3, "opens as soon as the window holds enough failed calls");
     assert!(breaker_refusals(&app, "blob_store").await > refused_before);
-    let (_, ready) = app.get("/readyz", "").await;
-    assert_eq!(ready["breakers"]["blob_store"], "open", "{ready}");
+    let report = ready(&app).await;
+    assert_eq!(report["breakers"]["blob_store"], "open", "{report}");
     let refused = app
         .http
         .get(app.url(&blob))
@@ -666,7 +676,7 @@ async fn a_broken_blob_store_opens_its_breaker_while_the_rest_of_the_api_serves_
     // Routes that need only the database are not behind the blob store's breaker.
     let (status, images) = app.get("/api/v1/images", &app.read_token).await;
     assert_eq!(status, 200, "{images}");
-    assert_eq!(ready["breakers"]["database"], "closed");
+    assert_eq!(report["breakers"]["database"], "closed", "{report}");
 
     std::fs::remove_file(&dir).unwrap();
     std::fs::rename(&aside, &dir).unwrap();
@@ -691,14 +701,14 @@ async fn a_database_outage_opens_its_breaker_and_the_api_recovers_by_itself() {
     database.allow_connections(false).await;
     let refused_before = breaker_refusals(&app, "database").await;
     let failures = fail_until_refused(&app, "/api/v1/images", "the database").await;
-    assert_eq!(failures, 5, "opens after minimum_calls (5) failed calls");
+    // One good call and four failed ones: five calls, the minimum, 80% failed.
+    assert_eq!(failures, 4, "opens as soon as the window holds enough failed calls");
     assert!(breaker_refusals(&app, "database").await > refused_before);
-    let (status, ready) = app.get("/readyz", "").await;
-    assert_eq!(status, 503, "{ready}");
+    let report = ready(&app).await;
     assert_eq!(
-        (&ready["database"], &ready["breakers"]["database"]),
+        (&report["database"], &report["breakers"]["database"]),
         (&json!("unreachable"), &json!("open")),
-        "{ready}"
+        "{report}"
     );
     // Metrics stay outside the breakers: an outage is when they are needed.
     assert!(app.metrics_text().await.contains("ota_dependency_breaker_state"));
