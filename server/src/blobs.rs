@@ -214,7 +214,11 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["upload-edge", "upload-live"], "exactly the limit stays");
+        assert_eq!(
+            left,
+            ["upload-edge", "upload-live"],
+            "exactly the limit stays"
+        );
         assert!(blob.exists());
     }
 }

@@ -135,11 +135,7 @@ async fn download(
         }
         Err(e) => return Err(ApiError::blob_store(e)),
     };
-    let length = file
-        .metadata()
-        .await
-        .map_err(ApiError::blob_store)?
-        .len();
+    let length = file.metadata().await.map_err(ApiError::blob_store)?.len();
     // Blobs are immutable and named by content, so the digest is a perfect strong ETag.
     let etag = format!("\"{}\"", digest.to_hex());
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());

@@ -16,8 +16,8 @@
 //! as `ota_dependency_breaker_rejections_total`.
 
 use super::error::ApiError;
-use axum::response::{IntoResponse, Response};
 use crate::settings::DependencyBreakerSettings;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use std::convert::Infallible;
 use std::time::Duration;
@@ -73,8 +73,9 @@ fn blob_store_failed(result: &Result<Response, Infallible>) -> bool {
 
 fn failed(result: &Result<Response, Infallible>, dependency: Dependency) -> bool {
     match result {
-        Ok(response) => response.extensions().get::<DependencyFailed>()
-            == Some(&DependencyFailed(dependency)),
+        Ok(response) => {
+            response.extensions().get::<DependencyFailed>() == Some(&DependencyFailed(dependency))
+        }
         Err(never) => match *never {},
     }
 }
@@ -158,8 +159,7 @@ fn breaker(
 
 impl DependencyBreakers {
     pub fn new(settings: &DependencyBreakerSettings) -> DependencyBreakers {
-        let (database, database_handle) =
-            breaker(settings, Dependency::Database, database_failed);
+        let (database, database_handle) = breaker(settings, Dependency::Database, database_failed);
         let (blob_store, blob_store_handle) =
             breaker(settings, Dependency::BlobStore, blob_store_failed);
         DependencyBreakers {
@@ -237,7 +237,10 @@ mod tests {
 
     #[test]
     fn unavailable_database_codes_are_the_connection_and_resource_ones() {
-        for code in ["08006", "08001", "53300", "57P01", "57P03", "3D000", "55000", "5", "517", "10", "3338", "13", "14"] {
+        for code in [
+            "08006", "08001", "53300", "57P01", "57P03", "3D000", "55000", "5", "517", "10",
+            "3338", "13", "14",
+        ] {
             assert!(unavailable_code(code), "{code}");
         }
         for code in ["23505", "42P01", "40001", "22P02", "19", "2067", "1", "787"] {

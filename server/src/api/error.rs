@@ -268,9 +268,10 @@ impl IntoResponse for ApiError {
             ..
         } = self
         {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after_seconds));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(retry_after_seconds),
+            );
         }
         if let ApiError::DependencyUnavailable(dependency) = self {
             response

@@ -260,7 +260,11 @@ impl Store {
         }
         let tail = match &filter.order {
             VehicleOrder::Id { descending, after } => {
-                let (cmp, dir) = if *descending { ("<", "DESC") } else { (">", "ASC") };
+                let (cmp, dir) = if *descending {
+                    ("<", "DESC")
+                } else {
+                    (">", "ASC")
+                };
                 if let Some(after) = after {
                     f.condition(&format!("v.id {cmp} {{}}"), Param::Text(after.clone()));
                 }

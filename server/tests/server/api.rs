@@ -2683,7 +2683,10 @@ async fn lists(backend: Backend) {
     let (all, _) = follow_pages(&app, "/api/v1/vehicles?tag=eu&order=desc", 2).await;
     assert_eq!(
         field(&all, "id"),
-        (0..5).rev().map(|i| format!("veh-l{i}")).collect::<Vec<_>>()
+        (0..5)
+            .rev()
+            .map(|i| format!("veh-l{i}"))
+            .collect::<Vec<_>>()
     );
     // By last check-in: veh-l3 at t, veh-l1 and veh-l4 at t + 1 s (their order then by
     // id), the two never seen first as the oldest.
@@ -2698,9 +2701,11 @@ async fn lists(backend: Backend) {
     }
     let by_seen = ["veh-l0", "veh-l2", "veh-l3", "veh-l1", "veh-l4"];
     let (all, pages) = follow_pages(&app, "/api/v1/vehicles?sort=last_seen_at", 1).await;
-    assert_eq!((field(&all, "id"), pages), (by_seen.map(String::from).to_vec(), 5));
-    let (all, _) =
-        follow_pages(&app, "/api/v1/vehicles?sort=last_seen_at&order=desc", 2).await;
+    assert_eq!(
+        (field(&all, "id"), pages),
+        (by_seen.map(String::from).to_vec(), 5)
+    );
+    let (all, _) = follow_pages(&app, "/api/v1/vehicles?sort=last_seen_at&order=desc", 2).await;
     assert_eq!(field(&all, "id"), {
         let mut ids = by_seen.map(String::from).to_vec();
         ids.reverse();

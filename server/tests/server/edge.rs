@@ -658,7 +658,10 @@ async fn a_broken_blob_store_opens_its_breaker_while_the_rest_of_the_api_serves_
     let failures = fail_until_refused(&app, &blob, "the blob store").await;
     // Two good calls (the upload, a read) and three failed ones: five calls, the
     // minimum, 60% failed, at least the 50% threshold.
-    assert_eq!(failures, 3, "opens as soon as the window holds enough failed calls");
+    assert_eq!(
+        failures, 3,
+        "opens as soon as the window holds enough failed calls"
+    );
     assert!(breaker_refusals(&app, "blob_store").await > refused_before);
     let report = ready(&app).await;
     assert_eq!(report["breakers"]["blob_store"], "open", "{report}");
@@ -670,7 +673,8 @@ async fn a_broken_blob_store_opens_its_breaker_while_the_rest_of_the_api_serves_
         .await
         .unwrap();
     assert_eq!(
-        refused.headers()["retry-after"], "1",
+        refused.headers()["retry-after"],
+        "1",
         "Retry-After is the breaker's open time"
     );
     // Routes that need only the database are not behind the blob store's breaker.
@@ -702,7 +706,10 @@ async fn a_database_outage_opens_its_breaker_and_the_api_recovers_by_itself() {
     let refused_before = breaker_refusals(&app, "database").await;
     let failures = fail_until_refused(&app, "/api/v1/images", "the database").await;
     // One good call and four failed ones: five calls, the minimum, 80% failed.
-    assert_eq!(failures, 4, "opens as soon as the window holds enough failed calls");
+    assert_eq!(
+        failures, 4,
+        "opens as soon as the window holds enough failed calls"
+    );
     assert!(breaker_refusals(&app, "database").await > refused_before);
     let report = ready(&app).await;
     assert_eq!(
@@ -711,7 +718,10 @@ async fn a_database_outage_opens_its_breaker_and_the_api_recovers_by_itself() {
         "{report}"
     );
     // Metrics stay outside the breakers: an outage is when they are needed.
-    assert!(app.metrics_text().await.contains("ota_dependency_breaker_state"));
+    assert!(app
+        .metrics_text()
+        .await
+        .contains("ota_dependency_breaker_state"));
 
     database.allow_connections(true).await;
     wait_until_recovered(&app, "/api/v1/images", "database").await;
