@@ -192,4 +192,27 @@ mod tests {
         );
         assert!(KeyId::parse(&key.key_id().as_str().to_uppercase()).is_err());
     }
+
+    #[test]
+    fn a_signing_key_keeps_its_seed_and_debug_shows_only_the_public_key() {
+        let seed = [5u8; 32];
+        let key = SigningKey::from_seed(&seed);
+        assert_eq!(
+            key.seed(),
+            seed,
+            "the seed round-trips (key files store it)"
+        );
+        let public = key.public_key();
+        assert_eq!(public.verifying_key().to_bytes(), public.to_bytes());
+        assert_eq!(
+            format!("{public:?}"),
+            format!("PublicKey({})", public.to_hex())
+        );
+        let debug = format!("{key:?}");
+        assert_eq!(debug, format!("SigningKey(public: {})", public.to_hex()));
+        assert!(
+            !debug.contains(&hex::encode(seed)),
+            "Debug never prints the secret seed"
+        );
+    }
 }

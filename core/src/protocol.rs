@@ -323,4 +323,89 @@ mod tests {
             Err(MessageError::WrongPayloadType { .. })
         ));
     }
+
+    #[test]
+    fn every_channel_round_trips_through_its_topic() {
+        for (channel, name) in [
+            (Channel::CheckIn, "checkin"),
+            (Channel::Directive, "directive"),
+            (Channel::Progress, "progress"),
+            (Channel::Control, "control"),
+        ] {
+            let wire = topic("veh-1", channel);
+            assert_eq!(wire, format!("ota/v1/veh-1/{name}"));
+            assert_eq!(parse_topic(&wire), Some(("veh-1", channel)), "{wire}");
+        }
+    }
+
+    #[test]
+    fn vehicle_ids_are_1_to_64_characters_of_letters_digits_dot_underscore_dash() {
+        let longest = "v".repeat(64);
+        for good in ["a", "Veh_1.2-x", longest.as_str()] {
+            assert!(is_valid_vehicle_id(good), "{good:?} is a valid vehicle id");
+        }
+        let too_long = "v".repeat(65);
+        for bad in [
+            "",
+            too_long.as_str(),
+            "veh 1",
+            "veh/1",
+            "veh+",
+            "v#",
+            "v\u{e9}h",
+        ] {
+            assert!(!is_valid_vehicle_id(bad), "{bad:?} is not a vehicle id");
+        }
+    }
+
+    #[test]
+    fn progress_phases_have_their_wire_names_and_three_end_a_deployment() {
+        use ProgressPhase::*;
+        let all = [
+            Downloading,
+            Downloaded,
+            Verified,
+            Installing,
+            Installed,
+            Rebooting,
+            HealthCheck,
+            Committed,
+            Failed,
+            RolledBack,
+        ];
+        for phase in all {
+            assert_eq!(
+                serde_json::to_string(&phase).unwrap(),
+                format!("\"{}\"", phase.as_str()),
+                "as_str is the wire name of {phase:?}"
+            );
+            assert_eq!(
+                phase.is_terminal(),
+                matches!(phase, Committed | Failed | RolledBack),
+                "{phase:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_signature_under_the_device_key_id_that_does_not_verify_is_refused() {
+        let device = SigningKey::from_seed(&[3u8; 32]);
+        let forger = SigningKey::from_seed(&[4u8; 32]);
+        let mut envelope = Envelope::parse(&sign_message(
+            PAYLOAD_TYPE_CHECKIN,
+            &checkin("veh-1"),
+            &forger,
+        ))
+        .unwrap();
+        envelope.signatures[0].keyid = device.key_id().as_str().to_owned();
+        assert_eq!(
+            open_message::<CheckIn>(
+                &envelope.to_json_bytes(),
+                PAYLOAD_TYPE_CHECKIN,
+                &device.public_key()
+            ),
+            Err(MessageError::BadSignature),
+            "naming the device's key id is not signing with it"
+        );
+    }
 }

@@ -160,3 +160,32 @@ impl DirectorMetadata {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preconditions_are_unconstrained_only_when_none_is_required() {
+        assert!(Preconditions::default().is_unconstrained());
+        for required in [
+            Preconditions {
+                parked: true,
+                ..Preconditions::default()
+            },
+            Preconditions {
+                min_state_of_charge_percent: Some(0),
+                ..Preconditions::default()
+            },
+            Preconditions {
+                network: Some("wifi".to_owned()),
+                ..Preconditions::default()
+            },
+        ] {
+            assert!(
+                !required.is_unconstrained(),
+                "{required:?} requires something"
+            );
+        }
+    }
+}

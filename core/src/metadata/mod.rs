@@ -161,3 +161,26 @@ macro_rules! impl_role_document {
     };
 }
 pub(crate) use impl_role_document;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{PAYLOAD_TYPE_DIRECTOR, PAYLOAD_TYPE_ROOT, PAYLOAD_TYPE_TARGETS};
+
+    #[test]
+    fn each_role_parses_from_and_displays_as_its_name_with_its_own_payload_type() {
+        for (role, name, payload_type) in [
+            (Role::Root, "root", PAYLOAD_TYPE_ROOT),
+            (Role::Targets, "targets", PAYLOAD_TYPE_TARGETS),
+            (Role::Director, "director", PAYLOAD_TYPE_DIRECTOR),
+        ] {
+            assert_eq!(Role::parse(name), Some(role), "{name}");
+            assert_eq!(role.to_string(), name);
+            assert_eq!(role.as_str(), name);
+            assert_eq!(role.payload_type(), payload_type, "{role}");
+        }
+        for other in ["", "Root", "snapshot", "timestamp"] {
+            assert_eq!(Role::parse(other), None, "{other:?} is no role");
+        }
+    }
+}
