@@ -233,8 +233,10 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(problem_for_405))
         .layer(axum::middleware::from_fn(record_metrics))
         .with_state(state.clone());
+    // The dashboard (`/ui`) shares the API's layers: limits, timeouts, metrics.
     let router = api_routes()
         .router
+        .merge(crate::ui::router())
         .fallback(no_route)
         .layer(axum::middleware::from_fn(problem_for_405))
         .layer(axum::middleware::from_fn(record_metrics))
