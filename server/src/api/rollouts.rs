@@ -6,9 +6,9 @@ use super::extract::{parse_id, ApiJson, ApiQuery, Authorized, Caller, RolloutWri
 use super::page::{self, Page};
 use super::validate;
 use super::{AppState, Routes};
+use crate::engine::history::RolloutHistory;
 use crate::engine::plan::{PlanError, RolloutRequest};
 use crate::engine::{wall_clock_ms, ChangeFailed};
-use crate::engine::history::RolloutHistory;
 use crate::engine::{DryRun, RolloutStatus};
 use crate::rollout::{
     AbortCriteria, MaintenanceWindow, PhaseSpec, Preconditions, RateLimit, RetryPolicy,

@@ -133,8 +133,7 @@ async fn login(
         }
         Err(error) => {
             let problem = error.problem();
-            let status =
-                StatusCode::from_u16(problem.status).unwrap_or(StatusCode::UNAUTHORIZED);
+            let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::UNAUTHORIZED);
             let message = if status == StatusCode::UNAUTHORIZED {
                 format!("That token was not accepted: {}.", problem.detail)
             } else {

@@ -34,8 +34,11 @@ pub async fn list(State(state): State<AppState>, session: Session) -> Response {
         (Ok(r), Ok(i), Ok(j)) => (r, i, j),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return error_page(Some(&session), &e),
     };
-    let by_digest: BTreeMap<&str, &ImageRecord> =
-        images.items.iter().map(|i| (i.sha256.as_str(), i)).collect();
+    let by_digest: BTreeMap<&str, &ImageRecord> = images
+        .items
+        .iter()
+        .map(|i| (i.sha256.as_str(), i))
+        .collect();
     let version_of = |sha: &str| {
         by_digest
             .get(sha)
@@ -130,5 +133,8 @@ pub async fn list(State(state): State<AppState>, session: Session) -> Response {
             }
         }
     };
-    respond(StatusCode::OK, page("Releases and images", Some(&session), body))
+    respond(
+        StatusCode::OK,
+        page("Releases and images", Some(&session), body),
+    )
 }

@@ -332,10 +332,14 @@ pub async fn detail(
     let audit = if session.can(Scope::Admin) {
         let query = parse_query::<audit::AuditQuery>(&format!("limit=50&target={}", record.id));
         match query {
-            Ok(query) => audit::list(State(state.clone()), session.caller.clone(), ApiQuery(query))
-                .await
-                .map(|Json(page)| page.items)
-                .ok(),
+            Ok(query) => audit::list(
+                State(state.clone()),
+                session.caller.clone(),
+                ApiQuery(query),
+            )
+            .await
+            .map(|Json(page)| page.items)
+            .ok(),
             Err(_) => None,
         }
     } else {
@@ -441,7 +445,10 @@ pub async fn detail(
             }
         }
     };
-    respond(StatusCode::OK, page(&format!("Rollout {}", record.name), Some(&session), body))
+    respond(
+        StatusCode::OK,
+        page(&format!("Rollout {}", record.name), Some(&session), body),
+    )
 }
 
 /// The live section alone, for htmx's refresh.
@@ -500,7 +507,10 @@ pub async fn confirm(
             }
         }
     };
-    respond(StatusCode::OK, page(&format!("{title} rollout"), Some(&session), body))
+    respond(
+        StatusCode::OK,
+        page(&format!("{title} rollout"), Some(&session), body),
+    )
 }
 
 #[derive(Debug, Deserialize)]

