@@ -5,6 +5,7 @@
 #   tansu        127.0.0.1:${OTA_TEST_KAFKA_PORT:-19092}, a Kafka-protocol broker, in memory
 #                (installed with `cargo install tansu --locked --features dynostore`)
 #   SoftHSM2     PKCS#11 module + pkcs11-tool (Debian packages softhsm2, opensc)
+#   Chromium     headless browser + chromedriver (Debian packages chromium, chromium-driver)
 # Source it (`. deploy/services.sh`) to get the OTA_TEST_* variables the tests read.
 # Every service is checked at the end; a missing one is a hard failure.
 set -euo pipefail
@@ -90,5 +91,17 @@ if ! port_open 127.0.0.1 "$kafka_port"; then
   echo $! >target/tansu.pid
 fi
 wait_port tansu 127.0.0.1 "$kafka_port" 30
+
+# --- Chromium (dashboard browser tests) --------------------------------------------
+# Debian's headless Chromium and its WebDriver, driven by tests/tests/e2e/dashboard.rs.
+# Nothing is downloaded at run time; the tests run it with --no-sandbox (as root).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt_install chromium chromium-driver
+fi
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  log "chromium and chromedriver are required for the dashboard tests"
+  exit 1
+fi
+# --- end Chromium ------------------------------------------------------------------
 
 log "ready: postgres=$OTA_TEST_POSTGRES_URL mqtt=$OTA_TEST_MQTT_URL kafka=$OTA_TEST_KAFKA_BROKERS pkcs11=$OTA_TEST_PKCS11_MODULE"

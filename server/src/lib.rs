@@ -20,6 +20,7 @@
 //!   [`embedded_kafka`]: the in-process Kafka (librdkafka mock cluster) when none is configured.
 //! - [`jobs`]: the durable delta-build queue and its workers.
 //! - [`tokens`]: API bearer tokens and scopes.
+//! - [`ui`]: the dashboard under `/ui`, server-rendered HTML over the API's handlers.
 //! - [`cli`]: the `serve` and `tokens` subcommands of `ota-server`.
 //! - [`client`]: the HTTP client `otactl` uses; [`otactl`]: its commands and output.
 
@@ -47,3 +48,4 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
+pub mod ui;

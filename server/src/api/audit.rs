@@ -18,7 +18,7 @@ pub fn routes() -> Routes {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct AuditQuery {
+pub(crate) struct AuditQuery {
     #[param(value_type = Option<super::validate::schema::Limit>)]
     limit: Option<i64>,
     #[param(value_type = Option<super::validate::schema::Cursor>)]
@@ -62,7 +62,7 @@ fn time(field: &str, text: &str) -> Result<i64, ApiError> {
     responses((status = 200, description = "Audit entries", body = Page<AuditEntry>)),
     security(("bearer" = ["admin"])))]
 
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<AuditQuery>,

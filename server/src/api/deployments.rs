@@ -95,7 +95,7 @@ fn parse_state(text: &str) -> Result<DeploymentStatus, ApiError> {
     params(("id" = super::validate::schema::RolloutId, Path), ListDeployments),
     responses((status = 200, description = "Deployments", body = Page<DeploymentRecord>)),
     security(("bearer" = ["read"])))]
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -144,7 +144,7 @@ async fn list(
     params(("id" = super::validate::schema::RolloutId, Path), ("vehicle" = super::validate::schema::VehicleId, Path)),
     responses((status = 200, description = "The vehicle's deployments", body = VehicleDeployments)),
     security(("bearer" = ["read"])))]
-async fn get_one(
+pub(crate) async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, vehicle)): Path<(String, String)>,
@@ -174,7 +174,7 @@ async fn get_one(
     }))
 }
 
-async fn act(
+pub(crate) async fn act(
     state: AppState,
     caller: Caller,
     id: String,

@@ -213,10 +213,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The problem this error answers (also what the dashboard shows); an internal
+    /// error's chain is logged here and replaced by a generic detail.
+    pub fn problem(&self) -> Problem {
         let (status, slug, title) = self.parts();
-        let detail = match &self {
+        let detail = match self {
             ApiError::Internal(err) => {
                 tracing::error!(error = ?err, "internal error answering a request");
                 "the server failed to handle the request; see its log".to_owned()
@@ -228,21 +230,28 @@ impl IntoResponse for ApiError {
                 .join("; "),
             other => other.to_string(),
         };
-        let errors = match &self {
+        let errors = match self {
             ApiError::Invalid(errors) => errors.clone(),
             _ => Vec::new(),
         };
-        let body = Problem {
+        Problem {
             type_: format!("urn:ota:problem:{slug}"),
             title,
             status: status.as_u16(),
             detail,
             errors,
-            reason: match &self {
+            reason: match self {
                 ApiError::VehicleCredential(e) => Some(e.kind()),
                 _ => None,
             },
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, _, _) = self.parts();
+        let body = self.problem();
         let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],

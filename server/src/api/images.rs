@@ -155,7 +155,7 @@ async fn upload(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     #[param(value_type = Option<super::validate::schema::Name>)]
     hardware_id: Option<String>,
     #[param(value_type = Option<super::validate::schema::Name>)]
@@ -174,7 +174,7 @@ struct ListQuery {
     responses((status = 200, description = "Images", body = Page<ImageRecord>)),
     security(("bearer" = ["read"])))]
 
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -210,7 +210,7 @@ async fn list(
     params(("id" = super::validate::schema::ImageId, Path)),
     responses((status = 200, description = "The image", body = ImageRecord)),
     security(("bearer" = ["read"])))]
-async fn get_one(
+pub(crate) async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -278,6 +278,9 @@ pub fn app(state: AppState) -> Router {
     let router = store_routes()
         .router
         .merge(blob_routes().router.layer(blob_breaker))
+        // The dashboard (`/ui`) shares the API's layers: limits, timeouts, metrics and
+        // the database breaker.
+        .merge(crate::ui::router())
         .fallback(no_route)
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| request_deadline(timeout_seconds, request, next),

@@ -67,6 +67,7 @@ async fn serve(_: axum::extract::State<AppState>) -> Json<Value> {
         super::rollouts::list,
         super::rollouts::get_one,
         super::rollouts::status,
+        super::rollouts::history,
         super::rollouts::start,
         super::rollouts::pause,
         super::rollouts::resume,

@@ -218,7 +218,7 @@ async fn create(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     #[param(value_type = Option<super::validate::schema::Name>)]
     version: Option<String>,
     #[param(value_type = Option<super::validate::schema::Limit>)]
@@ -235,7 +235,7 @@ struct ListQuery {
     responses((status = 200, description = "Releases", body = Page<ReleaseRecord>)),
     security(("bearer" = ["read"])))]
 
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -265,7 +265,7 @@ async fn list(
     params(("id" = super::validate::schema::ReleaseId, Path)),
     responses((status = 200, description = "The release", body = ReleaseRecord)),
     security(("bearer" = ["read"])))]
-async fn get_one(
+pub(crate) async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -6,6 +6,7 @@ use super::extract::{parse_id, ApiJson, ApiQuery, Authorized, Caller, RolloutWri
 use super::page::{self, Page};
 use super::validate;
 use super::{AppState, Routes};
+use crate::engine::history::RolloutHistory;
 use crate::engine::plan::{PlanError, RolloutRequest};
 use crate::engine::{wall_clock_ms, ChangeFailed};
 use crate::engine::{DryRun, RolloutStatus};
@@ -28,6 +29,7 @@ pub fn routes() -> Routes {
         .add("get", "/api/v1/rollouts", get(list))
         .add("get", "/api/v1/rollouts/{id}", get(get_one))
         .add("get", "/api/v1/rollouts/{id}/status", get(status))
+        .add("get", "/api/v1/rollouts/{id}/history", get(history))
         .add("post", "/api/v1/rollouts/{id}/start", post(start))
         .add("post", "/api/v1/rollouts/{id}/pause", post(pause))
         .add("post", "/api/v1/rollouts/{id}/resume", post(resume))
@@ -222,7 +224,7 @@ async fn dry_run(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     #[param(value_type = Option<RolloutState>)]
     state: Option<String>,
     #[param(value_type = Option<super::validate::schema::ReleaseId>)]
@@ -241,7 +243,7 @@ struct ListQuery {
     responses((status = 200, description = "Rollouts", body = Page<RolloutRecord>)),
     security(("bearer" = ["read"])))]
 
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -282,7 +284,7 @@ async fn list(
     params(("id" = super::validate::schema::RolloutId, Path)),
     responses((status = 200, description = "The rollout", body = RolloutRecord)),
     security(("bearer" = ["read"])))]
-async fn get_one(
+pub(crate) async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -297,7 +299,7 @@ async fn get_one(
     params(("id" = super::validate::schema::RolloutId, Path)),
     responses((status = 200, description = "The rollout's status", body = RolloutStatus)),
     security(("bearer" = ["read"])))]
-async fn status(
+pub(crate) async fn status(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -307,7 +309,23 @@ async fn status(
     Ok(Json(state.engine.rollout_status(&id).await?))
 }
 
-async fn act(
+/// The failure ratio over time against the breaker's threshold, and the breaker's
+/// transitions (what the dashboard plots).
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/history", operation_id = "getRolloutHistory", tag = "rollouts",
+    params(("id" = super::validate::schema::RolloutId, Path)),
+    responses((status = 200, description = "The rollout's failure-ratio history", body = RolloutHistory)),
+    security(("bearer" = ["read"])))]
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutHistory>, ApiError> {
+    caller.require(Scope::Read)?;
+    let id = parse_id("rollout", "ro", &id)?;
+    Ok(Json(state.engine.rollout_history(&id).await?))
+}
+
+pub(crate) async fn act(
     state: AppState,
     caller: Caller,
     id: String,
@@ -452,7 +470,7 @@ async fn rollback(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct JobsQuery {
+pub(crate) struct JobsQuery {
     #[param(value_type = Option<super::validate::schema::RolloutId>)]
     rollout_id: Option<String>,
     #[param(value_type = Option<DeltaJobStatus>)]
@@ -471,7 +489,7 @@ struct JobsQuery {
     responses((status = 200, description = "Delta jobs", body = Page<DeltaJob>)),
     security(("bearer" = ["read"])))]
 
-async fn delta_jobs(
+pub(crate) async fn delta_jobs(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<JobsQuery>,

@@ -193,7 +193,7 @@ async fn register_bulk(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     #[param(value_type = Option<super::validate::schema::Name>)]
     hardware_id: Option<String>,
     #[param(value_type = Option<super::validate::schema::Name>)]
@@ -254,7 +254,7 @@ fn vehicle_order(
     params(ListQuery),
     responses((status = 200, description = "Vehicles", body = Page<VehicleRecord>)),
     security(("bearer" = ["read"])))]
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -314,7 +314,7 @@ pub struct VehicleDetail {
     params(("id" = super::validate::schema::VehicleId, Path)),
     responses((status = 200, description = "The vehicle", body = VehicleDetail)),
     security(("bearer" = ["read"])))]
-async fn get_one(
+pub(crate) async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

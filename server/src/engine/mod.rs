@@ -13,6 +13,7 @@
 
 pub mod assign;
 pub mod deployments;
+pub mod history;
 pub mod intake;
 pub mod plan;
 pub mod status;

@@ -33,6 +33,69 @@ pub struct RolloutStatus {
     pub totals: PhaseCounts,
     /// Delta builds of this rollout by status.
     pub delta_jobs: BTreeMap<String, u64>,
+    /// What the rollout's built deltas saved in downloads.
+    pub delta_savings: DeltaSavings,
+}
+
+/// Download bytes the rollout's built deltas saved: over the deployments that got past
+/// `assigned` from a source image with a built delta to the target (the director sends
+/// such a vehicle the delta), the full image's length against the delta's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DeltaSavings {
+    /// Deployments that downloaded a delta.
+    pub deployments: u64,
+    /// What they would have downloaded as full images.
+    pub full_bytes: u64,
+    /// What their deltas weigh.
+    pub delta_bytes: u64,
+    /// `full_bytes - delta_bytes`.
+    pub bytes_saved: u64,
+}
+
+/// The savings of built deltas over the deployments that downloaded (pure).
+pub fn delta_savings(
+    deployments: &[crate::store::DeploymentRecord],
+    jobs: &[crate::store::DeltaJob],
+    targets: &BTreeMap<String, TargetView>,
+) -> DeltaSavings {
+    use crate::director::DeploymentStatus;
+    use crate::store::DeltaJobStatus;
+    let full_length = |target: &str| {
+        targets
+            .values()
+            .find(|t| t.sha256.to_hex() == target)
+            .map(|t| t.length)
+    };
+    // Source digest (hex) -> (full image length, delta length).
+    let built: BTreeMap<&str, (u64, u64)> = jobs
+        .iter()
+        .filter(|j| j.status == DeltaJobStatus::Done)
+        .filter_map(|j| {
+            Some((
+                j.source_sha256.as_str(),
+                (full_length(&j.target_sha256)?, j.delta_length?),
+            ))
+        })
+        .collect();
+    let mut savings = DeltaSavings::default();
+    for deployment in deployments {
+        if matches!(
+            deployment.status,
+            DeploymentStatus::Assigned | DeploymentStatus::Cancelled
+        ) {
+            continue;
+        }
+        let Some(source) = deployment.from_sha256 else {
+            continue;
+        };
+        if let Some((full, delta)) = built.get(source.to_hex().as_str()) {
+            savings.deployments += 1;
+            savings.full_bytes += full;
+            savings.delta_bytes += delta;
+        }
+    }
+    savings.bytes_saved = savings.full_bytes.saturating_sub(savings.delta_bytes);
+    savings
 }
 
 /// For each phase, the vehicles whose cohort bucket falls in its band (admitted by its
@@ -181,6 +244,16 @@ impl Engine {
         Ok(dry_run_of(spec, salt_hex, &members))
     }
 
+    /// A rollout's deployment counts over all its phases: the list's progress, without
+    /// the fleet read of [`Engine::rollout_status`].
+    pub async fn rollout_totals(&self, id: &str) -> Result<PhaseCounts, StoreError> {
+        let mut totals = PhaseCounts::default();
+        for counts in self.inner.store.phase_counts(id).await?.values() {
+            totals.add_counts(counts);
+        }
+        Ok(totals)
+    }
+
     pub async fn rollout_status(&self, id: &str) -> Result<RolloutStatus, StoreError> {
         let store = &self.inner.store;
         let rollout = store.get_rollout(id).await?;
@@ -193,12 +266,8 @@ impl Engine {
             .iter()
             .map(stored_view)
             .collect();
-        let assigned = store
-            .deployments_for_rollout(id)
-            .await?
-            .into_iter()
-            .map(|d| d.vehicle_id)
-            .collect();
+        let deployments = store.deployments_for_rollout(id).await?;
+        let assigned = deployments.iter().map(|d| d.vehicle_id.clone()).collect();
         let (phases, totals) = phase_lines(
             &rollout.spec,
             &salt,
@@ -208,8 +277,9 @@ impl Engine {
             &assigned,
             &counts,
         );
+        let jobs = store.list_delta_jobs(Some(id)).await?;
         let mut delta_jobs = BTreeMap::new();
-        for job in store.list_delta_jobs(Some(id)).await? {
+        for job in &jobs {
             *delta_jobs
                 .entry(job.status.as_str().to_owned())
                 .or_insert(0) += 1;
@@ -219,6 +289,7 @@ impl Engine {
             phases,
             totals,
             delta_jobs,
+            delta_savings: delta_savings(&deployments, &jobs, &targets),
         })
     }
 }

@@ -27,6 +27,14 @@ pub struct DeploymentEvent {
     pub source: String,
 }
 
+/// An outcome a deployment reached, at a time (the failure-ratio history).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeEvent {
+    pub deployment_id: String,
+    pub at_ms: i64,
+    pub status: DeploymentStatus,
+}
+
 /// An event about to be recorded.
 #[derive(Debug, Clone)]
 pub(crate) struct Event {
@@ -161,6 +169,35 @@ impl Store {
                     sequence: row.try_get("sequence")?,
                     reason_code: row.try_get("reason_code")?,
                     source: row.try_get("source")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A rollout's outcome events (committed, failed, rolled back), in the order they
+    /// were recorded: the failure-ratio history of the rollout status read model. One
+    /// row per outcome a deployment reached, read by the deployments' rollout index.
+    pub async fn rollout_outcome_events(
+        &self,
+        rollout_id: &str,
+    ) -> Result<Vec<OutcomeEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT e.deployment_id, e.at_ms, e.status FROM deployment_events e \
+             JOIN deployments d ON d.id = e.deployment_id \
+             WHERE d.rollout_id = $1 AND e.status IN ('committed', 'failed', 'rolled_back') \
+             ORDER BY e.id",
+        )
+        .bind(rollout_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                Ok(OutcomeEvent {
+                    deployment_id: row.try_get("deployment_id")?,
+                    at_ms: row.try_get("at_ms")?,
+                    status: DeploymentStatus::parse(&status)
+                        .ok_or_else(|| corrupt("deployment event status", &status))?,
                 })
             })
             .collect()

@@ -26,7 +26,7 @@ use ota_core::encoding::Sha256Digest;
 
 pub use audit::AuditEntry;
 pub use deltas::{BuiltDelta, DeltaJob, DeltaJobStatus};
-pub use deployments::{DeploymentChange, DeploymentEvent, DeploymentQuery};
+pub use deployments::{DeploymentChange, DeploymentEvent, DeploymentQuery, OutcomeEvent};
 pub use images::{ImageRecord, NewImage};
 pub use lists::{AuditFilter, ImageFilter, Keyset, VehicleListFilter, VehicleOrder};
 pub use releases::{NewRelease, ReleaseImage, ReleaseRecord};

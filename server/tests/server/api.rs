@@ -1438,16 +1438,32 @@ async fn concurrency_limit_sheds_load_with_503() {
     app.stop().await;
 }
 
-/// A body that sends `first` and then nothing while the returned sender lives.
-fn stalled_body(
+/// The answer to a POST whose body sends `first` and then nothing while the returned
+/// sender lives: only a server-side timeout can answer it.
+async fn stalled_post(
+    app: &TestApp,
+    path: &str,
+    content_type: &str,
     first: &[u8],
 ) -> (
     tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
-    reqwest::Body,
+    (u16, Value),
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
     tx.try_send(Ok(first.to_vec())).unwrap();
-    (tx, reqwest::Body::wrap_stream(tokio_stream_from(rx)))
+    let request = app
+        .http
+        .post(app.url(path))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", content_type)
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)))
+        .send();
+    // A bound only against a hang when the timeout is broken, far above the test's.
+    let response = tokio::time::timeout(std::time::Duration::from_secs(60), request)
+        .await
+        .expect("the server must answer a stalled request by itself")
+        .expect("an answer, not a dropped connection");
+    (tx, crate::helpers::decode(response).await)
 }
 
 /// The blob store's files: every stored blob and every temporary file.
@@ -1473,20 +1489,13 @@ async fn a_request_slower_than_the_timeout_gets_408() {
     let app = spawn_app_with(Backend::Sqlite, options).await.unwrap();
     // A JSON body that never ends while `tx` lives: nothing but the server's request
     // timeout can answer it, so no sleep and no race decide the outcome.
-    let (tx, body) = stalled_body(br#"{"name": "#);
-    let request = app
-        .http
-        .post(app.url("/api/v1/releases"))
-        .bearer_auth(&app.admin_token)
-        .header("content-type", "application/json")
-        .body(body)
-        .send();
-    // A bound only against a hang when the timeout is broken, far above 1 s.
-    let response = tokio::time::timeout(std::time::Duration::from_secs(60), request)
-        .await
-        .expect("the server must answer a stalled request by itself")
-        .expect("an answer, not a dropped connection");
-    let (status, problem) = crate::helpers::decode(response).await;
+    let (tx, (status, problem)) = stalled_post(
+        &app,
+        "/api/v1/releases",
+        "application/json",
+        br#"{"name": "#,
+    )
+    .await;
     assert_eq!(status, 408, "{problem}");
     assert_eq!(
         problem["type"], "urn:ota:problem:request-timeout",
@@ -1558,19 +1567,13 @@ async fn a_stalled_upload_gets_408_after_the_idle_timeout_and_leaves_no_file() {
         ..Options::default()
     };
     let app = spawn_app_with(Backend::Sqlite, options).await.unwrap();
-    let (tx, body) = stalled_body(b"start");
-    let upload = app
-        .http
-        .post(app.url("/api/v1/images?hardware_id=slow&version=1"))
-        .bearer_auth(&app.admin_token)
-        .header("content-type", "application/octet-stream")
-        .body(body)
-        .send();
-    let response = tokio::time::timeout(std::time::Duration::from_secs(60), upload)
-        .await
-        .expect("the server must end a stalled upload by itself")
-        .expect("an answer, not a dropped connection");
-    let (status, problem) = crate::helpers::decode(response).await;
+    let (tx, (status, problem)) = stalled_post(
+        &app,
+        "/api/v1/images?hardware_id=slow&version=1",
+        "application/octet-stream",
+        b"start",
+    )
+    .await;
     assert_eq!(status, 408, "{problem}");
     assert_eq!(problem["type"], "urn:ota:problem:upload-idle", "{problem}");
     assert!(

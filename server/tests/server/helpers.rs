@@ -568,15 +568,7 @@ pub async fn decode(response: reqwest::Response) -> (u16, Value) {
 /// `<counter>{reason=...}` from `/metrics`, per reason (0 when the series does not exist
 /// yet).
 pub async fn counts_by_reason(app: &TestApp, counter: &str, reasons: &[&str]) -> Vec<u64> {
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     let series = format!("{counter}{{");
     reasons
         .iter()

@@ -117,6 +117,8 @@ pub struct Server {
     /// The broker the server uses (`mqtt://host:port`): the machine's, or its embedded one.
     pub mqtt: String,
     pub admin: String,
+    /// A token with the `read` scope only (the admin token for an attached server).
+    pub reader: String,
     pub http: reqwest::Client,
     _dir: Option<tempfile::TempDir>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -166,6 +168,10 @@ impl Server {
         let (_, admin) = create_token(&state.store, &Actor::system(), "e2e", &[Scope::Admin])
             .await
             .expect("token");
+        let (_, reader) =
+            create_token(&state.store, &Actor::system(), "e2e-reader", &[Scope::Read])
+                .await
+                .expect("token");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
@@ -174,6 +180,7 @@ impl Server {
             url,
             mqtt,
             admin,
+            reader,
             http: reqwest::Client::new(),
             _dir: Some(dir),
             shutdown: Some(tx),
@@ -202,6 +209,7 @@ impl Server {
             url: url.to_owned(),
             mqtt: mqtt.to_owned(),
             admin: admin.to_owned(),
+            reader: admin.to_owned(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()

@@ -2,6 +2,7 @@
 //! engine's builder and applier round-tripping real and hostile inputs.
 
 mod agent;
+mod dashboard;
 mod delta;
 mod fleet;
 mod keys_to_agent;
