@@ -90,8 +90,9 @@ impl Application {
                     url.split('@').next_back().unwrap_or("")
                 )
             })?;
-        let blobs =
-            BlobStore::open(&settings.data_dir.join("blobs")).context("opening the blob store")?;
+        let blobs = BlobStore::open(&settings.blobs, &settings.data_dir)
+            .await
+            .context("opening the blob store")?;
         let keys = match &settings.key_dir {
             Some(dir) => ServerKeys::load(dir)
                 .with_context(|| format!("loading keys from {}", dir.display()))?,

@@ -111,11 +111,10 @@ async fn upload(
             BlobError::Body(reason) => {
                 ApiError::BadRequest(format!("upload interrupted: {reason}"))
             }
-            BlobError::Io(io) => ApiError::Internal(io.into()),
+            // Refused before anything was stored under the empty blob's name.
+            BlobError::Empty => ApiError::invalid("body", "a non-empty image", "0 bytes"),
+            err @ (BlobError::Io(_) | BlobError::ObjectStore(_)) => ApiError::Internal(err.into()),
         })?;
-    if blob.length == 0 {
-        return Err(ApiError::invalid("body", "a non-empty image", "0 bytes"));
-    }
     let record = state
         .store
         .insert_image(

@@ -1,46 +1,26 @@
-//! The content-addressed blob store: `<dir>/sha256/<hex>`, written through a temporary
-//! file while hashing, then renamed into place, so a blob path always holds exactly the
-//! bytes its name says and a half-written upload is never visible.
+//! The local blob backend: `<dir>/sha256/<hex>`, written through a temporary file in
+//! `<dir>/tmp` while hashing, then renamed into place, so a blob path always holds exactly
+//! the bytes its name says and a half-written upload is never visible.
 
-use axum::body::Bytes;
-use futures_util::{Stream, StreamExt};
+use super::{BlobBackend, BlobError, BlobStream, StoredBlob, UploadStream};
+use futures_util::StreamExt;
 use ota_core::encoding::Sha256Digest;
 use sha2::{Digest, Sha256};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncWriteExt;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BlobError {
-    #[error("blob exceeds the {limit}-byte limit")]
-    TooLarge { limit: u64 },
-    #[error("reading the upload failed: {0}")]
-    Body(String),
-    #[error("blob store I/O: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredBlob {
-    pub sha256: Sha256Digest,
-    pub length: u64,
-}
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
 
 #[derive(Debug, Clone)]
-pub struct BlobStore {
+pub struct LocalBlobs {
     dir: PathBuf,
 }
 
-fn temp_name() -> String {
-    let mut b = [0u8; 8];
-    let _ = getrandom::getrandom(&mut b);
-    format!("upload-{}", hex::encode(b))
-}
-
-impl BlobStore {
-    pub fn open(dir: &Path) -> std::io::Result<BlobStore> {
+impl LocalBlobs {
+    pub fn open(dir: &Path) -> std::io::Result<LocalBlobs> {
         std::fs::create_dir_all(dir.join("sha256"))?;
         std::fs::create_dir_all(dir.join("tmp"))?;
-        Ok(BlobStore {
+        Ok(LocalBlobs {
             dir: dir.to_owned(),
         })
     }
@@ -49,40 +29,37 @@ impl BlobStore {
         self.dir.join("sha256").join(sha256.to_hex())
     }
 
-    /// Removes a blob nothing references any more; false if it was not there.
-    pub async fn remove(&self, sha256: &Sha256Digest) -> std::io::Result<bool> {
-        match tokio::fs::remove_file(self.path_of(sha256)).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
+    /// Temporary files live on the blobs' own file system, so a rename commits them.
+    pub fn temp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
     }
+}
 
-    pub fn temp_path(&self) -> PathBuf {
-        self.dir.join("tmp").join(temp_name())
-    }
-
-    /// Streams `body` to disk, hashing as it goes and refusing more than `limit` bytes.
+#[async_trait::async_trait]
+impl BlobBackend for LocalBlobs {
     /// Hashing each chunk inline is fine on the executor: chunks are small (tens of KiB)
     /// and SHA-256 runs at hundreds of MB/s, cheaper than the write itself.
-    pub async fn write_stream<S, E>(&self, mut body: S, limit: u64) -> Result<StoredBlob, BlobError>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-    {
-        let temp = self.temp_path();
+    async fn put_stream(
+        &self,
+        mut body: UploadStream<'_>,
+        limit: u64,
+    ) -> Result<StoredBlob, BlobError> {
+        let temp = self.temp_dir().join(super::temp_name("upload"));
         let result = async {
             let mut file = tokio::fs::File::create(&temp).await?;
             let mut hasher = Sha256::new();
             let mut length = 0u64;
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
+                let chunk = chunk?;
                 length += chunk.len() as u64;
                 if length > limit {
                     return Err(BlobError::TooLarge { limit });
                 }
                 hasher.update(&chunk);
                 file.write_all(&chunk).await?;
+            }
+            if length == 0 {
+                return Err(BlobError::Empty);
             }
             file.sync_all().await?;
             Ok(StoredBlob {
@@ -103,9 +80,8 @@ impl BlobStore {
         }
     }
 
-    /// Moves a finished file (e.g. a built delta) into the store; hashing a possibly
-    /// large file runs on the blocking pool.
-    pub async fn import_file(&self, path: &Path) -> Result<StoredBlob, BlobError> {
+    /// Hashes the file (on the blocking pool: it may be large) and renames it into place.
+    async fn put_file(&self, path: &Path) -> Result<StoredBlob, BlobError> {
         let owned = path.to_owned();
         let blob = tokio::task::spawn_blocking(move || -> std::io::Result<StoredBlob> {
             let mut file = std::fs::File::open(&owned)?;
@@ -118,21 +94,54 @@ impl BlobStore {
         })
         .await
         .map_err(|e| BlobError::Io(std::io::Error::other(e)))??;
+        if blob.length == 0 {
+            let _ = tokio::fs::remove_file(path).await;
+            return Err(BlobError::Empty);
+        }
         tokio::fs::rename(path, self.path_of(&blob.sha256)).await?;
         Ok(blob)
     }
 
-    pub async fn length_of(&self, sha256: &Sha256Digest) -> Option<u64> {
-        tokio::fs::metadata(self.path_of(sha256))
-            .await
-            .ok()
-            .map(|m| m.len())
+    async fn length(&self, sha256: &Sha256Digest) -> Result<Option<u64>, BlobError> {
+        match tokio::fs::metadata(self.path_of(sha256)).await {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// Whether the store's directory is usable (for `/readyz`).
-    pub async fn ready(&self) -> bool {
+    async fn read(
+        &self,
+        sha256: &Sha256Digest,
+        range: Range<u64>,
+    ) -> Result<Option<BlobStream>, BlobError> {
+        let mut file = match tokio::fs::File::open(self.path_of(sha256)).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if range.start > 0 {
+            file.seek(std::io::SeekFrom::Start(range.start)).await?;
+        }
+        let count = range.end.saturating_sub(range.start);
+        Ok(Some(ReaderStream::new(file.take(count)).boxed()))
+    }
+
+    async fn remove(&self, sha256: &Sha256Digest) -> Result<bool, BlobError> {
+        match tokio::fs::remove_file(self.path_of(sha256)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn ready(&self) -> bool {
         tokio::fs::metadata(self.dir.join("sha256"))
             .await
             .is_ok_and(|m| m.is_dir())
+    }
+
+    fn local_path(&self, sha256: &Sha256Digest) -> Option<PathBuf> {
+        Some(self.path_of(sha256))
     }
 }
