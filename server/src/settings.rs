@@ -661,7 +661,7 @@ mod tests {
             jail.set_env("OTA_BLOBS__BACKEND", "gcs");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(
-                err.contains("blobs.backend") && err.contains("gcs"),
+                err.to_lowercase().contains("blobs.backend") && err.contains("gcs"),
                 "an unknown backend is named: {err}"
             );
             jail.set_env("OTA_BLOBS__BACKEND", "s3");
