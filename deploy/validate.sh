@@ -98,9 +98,8 @@ def check(name, env):
     if run.returncode == 0:
         print(f"[validate] {name}: {run.stdout.strip()}", file=sys.stderr)
     else:
-        print(f"[validate] FAILED: ota-server refuses the configuration of {name}:
-"
-              f"{run.stdout}{run.stderr}", file=sys.stderr)
+        print(f"[validate] FAILED: ota-server refuses the configuration of {name}:",
+              run.stdout + run.stderr, file=sys.stderr)
         failed = True
 
 merged = subprocess.run([os.path.join(os.path.dirname(sys.executable), "podman-compose"),
