@@ -6,6 +6,8 @@
 #                (installed with `cargo install tansu --locked --features dynostore`)
 #   SoftHSM2     PKCS#11 module + pkcs11-tool (Debian packages softhsm2, opensc)
 #   Chromium     headless browser + chromedriver (Debian packages chromium, chromium-driver)
+#   s3s-fs       an S3-protocol server (`cargo install s3s-fs`); installed only: each S3
+#                blob-store test starts its own on a free loopback port ($OTA_TEST_S3S_FS)
 # Source it (`. deploy/services.sh`) to get the OTA_TEST_* variables the tests read.
 # Every service is checked at the end; a missing one is a hard failure.
 set -euo pipefail
@@ -103,5 +105,20 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   exit 1
 fi
 # --- end Chromium ------------------------------------------------------------------
+# --- S3: s3s-fs (S3-protocol server for the blob-store tests) -----------------------
+# Installed, not started: every S3 test runs its own s3s-fs on a free loopback port with
+# its own directory. 0.14.1 is the newest release that builds on this rustc (1.95).
+s3s_fs_version=0.14.1
+if ! s3s-fs --version 2>/dev/null | grep -qw "$s3s_fs_version"; then
+  log "installing s3s-fs $s3s_fs_version (cargo install, takes ~3 minutes once)"
+  cargo install s3s-fs --version "$s3s_fs_version" --features binary --locked >&2
+fi
+if ! s3s-fs --version 2>/dev/null | grep -qw "$s3s_fs_version"; then
+  log "s3s-fs $s3s_fs_version is not installed"
+  exit 1
+fi
+export OTA_TEST_S3S_FS=${OTA_TEST_S3S_FS:-$(command -v s3s-fs)}
+log "s3s-fs: $OTA_TEST_S3S_FS"
+# --- end S3 ------------------------------------------------------------------------
 
 log "ready: postgres=$OTA_TEST_POSTGRES_URL mqtt=$OTA_TEST_MQTT_URL kafka=$OTA_TEST_KAFKA_BROKERS pkcs11=$OTA_TEST_PKCS11_MODULE"

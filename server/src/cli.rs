@@ -13,6 +13,10 @@ pub struct ServeArgs {
     /// TOML configuration file; `OTA_*` environment variables override it.
     #[arg(long, short, env = "OTA_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Only read and check the configuration (file and `OTA_*` variables), say whether
+    /// it is valid and exit: nothing is opened, connected or started.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +54,17 @@ fn load(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = load(args.config.as_deref())?;
+    if args.check_config {
+        let external = |set: bool| if set { "external" } else { "embedded" };
+        println!(
+            "configuration valid (database: {:?}, blobs: {:?}, mqtt: {}, kafka: {})",
+            crate::store::Backend::from_url(&settings.database_url())?,
+            settings.blobs.backend,
+            external(settings.mqtt.url.is_some()),
+            external(settings.kafka.brokers.is_some()),
+        );
+        return Ok(());
+    }
     crate::telemetry::init_logging(&settings.log);
     runtime()?.block_on(async move {
         let app = Application::build(settings).await?;

@@ -96,18 +96,38 @@ pub async fn run_one(
             .await?;
         return Ok(JobOutcome::Failed { job: job.id, error });
     };
-    let (old, new, out) = (
-        blobs.path_of(&source),
-        blobs.path_of(&target),
-        blobs.temp_path(),
+    // Both images as local files: the store's own (local backend) or copies streamed
+    // into the scratch directory (object storage), deleted when the build is done.
+    let inputs = (
+        blobs.local_file(&source).await,
+        blobs.local_file(&target).await,
     );
-    let built = {
-        let out = out.clone();
-        tokio::task::spawn_blocking(move || engine.build_delta(&old, &new, &out))
+    let out = blobs.temp_path();
+    let built = match inputs {
+        (Ok(Some(old)), Ok(Some(new))) => {
+            let out = out.clone();
+            tokio::task::spawn_blocking(move || {
+                engine.build_delta(old.path(), new.path(), &out)
+                // `old` and `new` are dropped here, deleting any copies.
+            })
             .await
             .unwrap_or_else(|join| {
                 Err(DeltaBuildError::Failed(format!("builder panicked: {join}")))
             })
+        }
+        (old, new) => {
+            let missing = |which: &str, sha: &Sha256Digest, got: Result<Option<_>, _>| match got {
+                Ok(Some(_)) => None,
+                Ok(None) => Some(format!(
+                    "reading the {which} image failed: blob {sha} is not in the blob store"
+                )),
+                Err(err) => Some(format!("reading the {which} image failed: {err}")),
+            };
+            let reason = missing("old", &source, old)
+                .or_else(|| missing("new", &target, new))
+                .unwrap_or_default();
+            Err(DeltaBuildError::Failed(reason))
+        }
     };
     let outcome = match built {
         Ok(DeltaOutcome::Built) => match blobs.import_file(&out).await {

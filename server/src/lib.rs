@@ -6,7 +6,8 @@
 //! - [`settings`]: typed configuration from a file and `OTA_*` environment variables.
 //! - [`startup`]: `Application::build` (binds, reports its port) and `run_until_stopped`.
 //! - [`store`]: sqlx storage over SQLite or PostgreSQL, migrations, audit log.
-//! - [`blobs`]: the content-addressed blob store (streaming writes, hashed on the way).
+//! - [`blobs`]: the content-addressed blob store behind [`blobs::BlobBackend`]: a local
+//!   directory or S3-compatible object storage (streaming both ways, hashed on the way in).
 //! - [`signing`]: the server's targets/director keys (key directory or dev ephemeral set).
 //! - [`api`]: the axum web API under `/api/v1`, problem+json errors, OpenAPI document.
 //! - pure logic, no IO: [`rollout`] (spec, state machine, phases), [`breaker`],

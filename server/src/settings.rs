@@ -35,6 +35,8 @@ pub struct Settings {
     pub dependency_breakers: DependencyBreakerSettings,
     pub director: DirectorSettings,
     pub delta: DeltaSettings,
+    /// Where images and deltas are kept: `<data_dir>/blobs` or an S3-compatible bucket.
+    pub blobs: BlobSettings,
     pub log: LogSettings,
 }
 
@@ -190,6 +192,59 @@ pub struct DeltaSettings {
     pub workers: usize,
 }
 
+/// Which blob store backend keeps images and deltas.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobBackendKind {
+    /// `<data_dir>/blobs` on local disk: one replica only.
+    Local,
+    /// An S3-compatible bucket (AWS S3, MinIO, …), shared by every replica.
+    S3,
+}
+
+/// `[blobs]`: the blob store. The `s3` keys are read only with `backend = "s3"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlobSettings {
+    pub backend: BlobBackendKind,
+    /// s3: the bucket; it must exist.
+    pub bucket: Option<String>,
+    /// s3: the endpoint URL (`http://minio:9000`); unset = AWS S3 in `region`.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// s3: static credentials (both or neither). Unset: the `AWS_*` environment
+    /// (web identity, container or instance credentials) as the AWS SDKs read it.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    /// s3: allow a plain-HTTP endpoint (a private MinIO, tests).
+    pub allow_http: bool,
+}
+
+impl Default for BlobSettings {
+    fn default() -> Self {
+        BlobSettings {
+            backend: BlobBackendKind::Local,
+            bucket: None,
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+        }
+    }
+}
+
+/// A secret setting: read like a string, never shown by `Debug` (settings may be logged).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -220,6 +275,7 @@ impl Default for Settings {
             dependency_breakers: DependencyBreakerSettings::default(),
             director: DirectorSettings::default(),
             delta: DeltaSettings::default(),
+            blobs: BlobSettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -401,6 +457,45 @@ impl Settings {
                 "director.expiry_seconds",
                 format!("expected at least 30, got {}", self.director.expiry_seconds),
             );
+        }
+        if self.blobs.backend == BlobBackendKind::S3 {
+            if self.blobs.bucket.as_deref().is_none_or(str::is_empty) {
+                return bad(
+                    "blobs.bucket",
+                    "blobs.backend = \"s3\" needs a bucket".to_owned(),
+                );
+            }
+            if let Some(endpoint) = &self.blobs.endpoint {
+                if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+                    return bad(
+                        "blobs.endpoint",
+                        format!("expected http://... or https://..., got {endpoint:?}"),
+                    );
+                }
+                if endpoint.starts_with("http://") && !self.blobs.allow_http {
+                    return bad(
+                        "blobs.endpoint",
+                        format!("{endpoint:?} is plain HTTP: set blobs.allow_http = true"),
+                    );
+                }
+            }
+            if self.blobs.access_key_id.is_some() != self.blobs.secret_access_key.is_some() {
+                return bad(
+                    "blobs.access_key_id",
+                    "access_key_id and secret_access_key are set together or not at all".to_owned(),
+                );
+            }
+            // The upload is committed with one CopyObject, which S3 caps at 5 GiB.
+            if self.limits.max_image_bytes > crate::blobs::S3_MAX_COPY_BYTES {
+                return bad(
+                    "limits.max_image_bytes",
+                    format!(
+                        "expected at most {} with blobs.backend = \"s3\", got {}",
+                        crate::blobs::S3_MAX_COPY_BYTES,
+                        self.limits.max_image_bytes
+                    ),
+                );
+            }
         }
         if self.limits.max_concurrent_requests == 0 {
             return bad(
@@ -629,6 +724,71 @@ mod tests {
             assert!(err.contains("config_dir_unused"), "{err}");
             std::env::remove_var("OTA_CONFIG_DIR_UNUSED");
             Settings::load(None).map_err(|e| e.to_string())?;
+            Ok(())
+        });
+    }
+
+    /// `[blobs]` chooses the backend; the S3 keys are checked when S3 is chosen, and the
+    /// secret never shows in `Debug` output.
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn blob_settings_choose_the_backend_and_check_the_s3_keys() {
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.blobs.backend, BlobBackendKind::Local, "local by default");
+            jail.set_env("OTA_BLOBS__BACKEND", "gcs");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                err.to_lowercase().contains("blobs.backend") && err.contains("gcs"),
+                "an unknown backend is named: {err}"
+            );
+            jail.set_env("OTA_BLOBS__BACKEND", "s3");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("blobs.bucket"), "s3 needs a bucket: {err}");
+            jail.set_env("OTA_BLOBS__BUCKET", "ota-blobs");
+            jail.set_env("OTA_BLOBS__ENDPOINT", "http://127.0.0.1:9000");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("blobs.endpoint") && err.contains("allow_http"),
+                "plain HTTP only when allowed: {err}"
+            );
+            jail.set_env("OTA_BLOBS__ALLOW_HTTP", "true");
+            jail.set_env("OTA_BLOBS__ACCESS_KEY_ID", "AK");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("blobs.access_key_id"),
+                "both keys or neither: {err}"
+            );
+            jail.set_env("OTA_BLOBS__SECRET_ACCESS_KEY", "very-secret");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                (
+                    s.blobs.backend,
+                    s.blobs.bucket.as_deref(),
+                    s.blobs.endpoint.as_deref(),
+                    s.blobs.allow_http
+                ),
+                (
+                    BlobBackendKind::S3,
+                    Some("ota-blobs"),
+                    Some("http://127.0.0.1:9000"),
+                    true
+                )
+            );
+            assert_eq!(
+                s.blobs.secret_access_key,
+                Some(Secret("very-secret".to_owned()))
+            );
+            assert!(
+                !format!("{s:?}").contains("very-secret"),
+                "the secret must not appear in Debug output"
+            );
+            jail.set_env("OTA_LIMITS__MAX_IMAGE_BYTES", "6000000000");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("limits.max_image_bytes"),
+                "S3 commits an upload with one copy (5 GiB at most): {err}"
+            );
             Ok(())
         });
     }

@@ -90,9 +90,10 @@ impl Application {
                     url.split('@').next_back().unwrap_or("")
                 )
             })?;
-        let blobs =
-            BlobStore::open(&settings.data_dir.join("blobs")).context("opening the blob store")?;
-        // Temporary files of uploads and delta builds a crash or kill interrupted. A
+        let blobs = BlobStore::open(&settings.blobs, &settings.data_dir)
+            .await
+            .context("opening the blob store")?;
+        // Scratch files of uploads and delta builds a crash or kill interrupted. A
         // replica sharing the directory writes its live uploads at least once per idle
         // timeout, and its delta builds within the hour, so theirs stay.
         let stale_after = crate::blobs::STALE_TEMP_AFTER.max(Duration::from_secs(

@@ -14,8 +14,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ota_core::encoding::Sha256Digest;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 pub fn routes() -> Routes {
     Routes::default().add("get", "/v1/blobs/{sha256}", get(download))
@@ -124,18 +122,16 @@ async fn download(
         &sha256,
     )?);
     let named = permitted(&state, &caller, &digest, crate::engine::wall_clock_ms()).await?;
-    let path = state.blobs.path_of(&digest);
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::NotFound {
-                entity: "blob",
-                id: digest.to_hex(),
-            })
-        }
-        Err(e) => return Err(ApiError::blob_store(e)),
+    let not_found = || ApiError::NotFound {
+        entity: "blob",
+        id: digest.to_hex(),
     };
-    let length = file.metadata().await.map_err(ApiError::blob_store)?.len();
+    let length = state
+        .blobs
+        .length_of(&digest)
+        .await
+        .map_err(ApiError::blob_store)?
+        .ok_or_else(not_found)?;
     // Blobs are immutable and named by content, so the digest is a perfect strong ETag.
     let etag = format!("\"{}\"", digest.to_hex());
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
@@ -166,37 +162,40 @@ async fn download(
             "private, max-age=31536000, immutable".to_owned(),
         ),
     ];
+    let read_range = match range {
+        Some((first, last)) => first..last + 1,
+        None => 0..length,
+    };
+    // Blobs are never deleted while a deployment names them; one deleted meanwhile
+    // (an unused image) is a 404 like any other.
+    let bytes = state
+        .blobs
+        .read(&digest, read_range)
+        .await
+        .map_err(ApiError::blob_store)?
+        .ok_or_else(not_found)?;
+    let body = Body::from_stream(bytes);
     match range {
-        None => {
-            let body = Body::from_stream(ReaderStream::new(file));
-            Ok((
-                StatusCode::OK,
-                common,
-                [(header::CONTENT_LENGTH, length.to_string())],
-                body,
-            )
-                .into_response())
-        }
-        Some((first, last)) => {
-            file.seek(std::io::SeekFrom::Start(first))
-                .await
-                .map_err(ApiError::blob_store)?;
-            let count = last - first + 1;
-            let body = Body::from_stream(ReaderStream::new(file.take(count)));
-            Ok((
-                StatusCode::PARTIAL_CONTENT,
-                common,
-                [
-                    (header::CONTENT_LENGTH, count.to_string()),
-                    (
-                        header::CONTENT_RANGE,
-                        format!("bytes {first}-{last}/{length}"),
-                    ),
-                ],
-                body,
-            )
-                .into_response())
-        }
+        None => Ok((
+            StatusCode::OK,
+            common,
+            [(header::CONTENT_LENGTH, length.to_string())],
+            body,
+        )
+            .into_response()),
+        Some((first, last)) => Ok((
+            StatusCode::PARTIAL_CONTENT,
+            common,
+            [
+                (header::CONTENT_LENGTH, (last - first + 1).to_string()),
+                (
+                    header::CONTENT_RANGE,
+                    format!("bytes {first}-{last}/{length}"),
+                ),
+            ],
+            body,
+        )
+            .into_response()),
     }
 }
 

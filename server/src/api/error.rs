@@ -65,7 +65,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// A blob store read or write failed (a missing blob is a 404 before this).
-    pub fn blob_store(err: std::io::Error) -> ApiError {
+    pub fn blob_store(err: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %err, "the blob store failed");
         ApiError::DependencyUnavailable(super::dependencies::Dependency::BlobStore)
     }

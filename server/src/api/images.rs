@@ -124,17 +124,10 @@ async fn upload(
                 ApiError::BadRequest(format!("upload interrupted: {reason}"))
             }
             BlobError::Idle { seconds } => ApiError::UploadIdle { seconds },
-            BlobError::Io(io) => ApiError::blob_store(io),
+            // Refused before anything was stored under the empty blob's name.
+            BlobError::Empty => ApiError::invalid("body", "a non-empty image", "0 bytes"),
+            err @ (BlobError::Io(_) | BlobError::ObjectStore(_)) => ApiError::blob_store(err),
         })?;
-    if blob.length == 0 {
-        // No image can reference zero bytes: nothing of the refused request stays.
-        state
-            .blobs
-            .remove(&blob.sha256)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        return Err(ApiError::invalid("body", "a non-empty image", "0 bytes"));
-    }
     let record = state
         .store
         .insert_image(

@@ -26,6 +26,12 @@ pub fn image_pair() -> (Vec<u8>, Vec<u8>) {
     (old, new)
 }
 
+pub fn apply_bytes(container: &[u8], old: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    apply_delta(container, std::io::Cursor::new(old), &mut out).expect("container applies");
+    out
+}
+
 fn apply_file(container: &Path, old: &[u8]) -> Vec<u8> {
     let delta = std::fs::File::open(container).expect("open container");
     let mut out = Vec::new();
@@ -149,10 +155,25 @@ impl DeltaEngine for GatedEngine {
 }
 
 /// Writes `bytes` into the blob store under their digest; returns the digest in hex.
-pub fn put_blob(blobs: &BlobStore, bytes: &[u8]) -> String {
-    let digest = Sha256Digest::of(bytes);
-    std::fs::write(blobs.path_of(&digest), bytes).expect("blob written");
-    digest.to_hex()
+pub async fn put_blob(blobs: &BlobStore, bytes: &[u8]) -> String {
+    let body = futures_util::stream::iter([Ok::<_, std::io::Error>(
+        axum::body::Bytes::copy_from_slice(bytes),
+    )]);
+    let blob = blobs
+        .write_stream(body, u64::MAX, std::time::Duration::from_secs(60))
+        .await
+        .expect("blob written");
+    assert_eq!(blob.sha256, Sha256Digest::of(bytes));
+    blob.sha256.to_hex()
+}
+
+/// A blob's bytes, read back from the store.
+pub async fn blob_bytes(blobs: &BlobStore, sha256: &Sha256Digest) -> Vec<u8> {
+    blobs
+        .read_all(sha256)
+        .await
+        .expect("blob store readable")
+        .expect("the blob is in the blob store")
 }
 
 /// On a single-threaded runtime, the build waits for a message that only another task
@@ -164,9 +185,9 @@ async fn diffing_never_runs_on_the_async_executor() {
     let Some((store, _, dir)) = fresh_store(Backend::Sqlite).await else {
         unreachable!("sqlite never skips");
     };
-    let blobs = BlobStore::open(&dir.path().join("blobs")).expect("blob store");
+    let blobs = BlobStore::local(&dir.path().join("blobs")).expect("blob store");
     let (old, new) = image_pair();
-    let (old_sha, new_sha) = (put_blob(&blobs, &old), put_blob(&blobs, &new));
+    let (old_sha, new_sha) = (put_blob(&blobs, &old).await, put_blob(&blobs, &new).await);
     assert!(store
         .enqueue_delta("ro_exec", "hw-a", &old_sha, &new_sha)
         .await
@@ -186,7 +207,7 @@ async fn diffing_never_runs_on_the_async_executor() {
     let job = store.list_delta_jobs(Some("ro_exec")).await.unwrap();
     assert_eq!(job[0].status, DeltaJobStatus::Done, "{job:?}");
     let delta = Sha256Digest::parse(job[0].delta_sha256.as_deref().unwrap()).unwrap();
-    assert!(apply_file(&blobs.path_of(&delta), &old) == new);
+    assert!(apply_bytes(&blob_bytes(&blobs, &delta).await, &old) == new);
 }
 
 /// `len` incompressible bytes (as machine code mostly is), distinct per `seed`.
@@ -203,20 +224,24 @@ async fn delta_jobs_end_done_skipped_or_failed(backend: Backend) {
     let Some((store, db, dir)) = fresh_store(backend).await else {
         return;
     };
-    let blobs = BlobStore::open(&dir.path().join("blobs")).expect("blob store");
+    let blobs = BlobStore::local(&dir.path().join("blobs")).expect("blob store");
     let engine: Arc<dyn DeltaEngine> = Arc::new(BuilderEngine {
         options: BuildOptions {
             threads: 1,
             ..BuildOptions::default()
         },
     });
-    let put = |bytes: &[u8]| put_blob(&blobs, bytes);
+
     let old = incompressible(1, 64_000);
     let mut new = old.clone();
     new[1000..1008].copy_from_slice(b"NEWBYTES");
     new.drain(30_000..30_100);
     let unrelated = incompressible(2, 64_000);
-    let (old_sha, new_sha, unrelated_sha) = (put(&old), put(&new), put(&unrelated));
+    let (old_sha, new_sha, unrelated_sha) = (
+        put_blob(&blobs, &old).await,
+        put_blob(&blobs, &new).await,
+        put_blob(&blobs, &unrelated).await,
+    );
     let absent_sha = Sha256Digest::of(b"bytes the server never received").to_hex();
 
     // Enqueued in this order; the workers claim the oldest first.
@@ -255,8 +280,7 @@ async fn delta_jobs_end_done_skipped_or_failed(backend: Backend) {
         .delta_sha256
         .clone()
         .expect("a built job names its delta");
-    let container = std::fs::read(blobs.path_of(&Sha256Digest::parse(&delta_sha).unwrap()))
-        .expect("the delta is in the blob store");
+    let container = blob_bytes(&blobs, &Sha256Digest::parse(&delta_sha).unwrap()).await;
     assert_eq!(Some(container.len() as u64), built.delta_length);
     let mut rebuilt = Vec::new();
     apply_delta(&container[..], std::io::Cursor::new(&old), &mut rebuilt).expect("applies");

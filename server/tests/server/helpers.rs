@@ -90,6 +90,117 @@ fn service_flags_accept_true_and_one_in_any_case() {
     }
 }
 
+/// A program a test runs (a test service started per test, like `s3s-fs`): its path,
+/// or, when it is missing, `None` after a `SKIPPED:` line — or a failure when services
+/// are required (CI), exactly as [`require_service`] does for a server.
+pub fn require_program(name: &str, variable: &str) -> Option<std::path::PathBuf> {
+    let mut candidates: Vec<std::path::PathBuf> = Vec::new();
+    candidates.extend(std::env::var_os(variable).map(std::path::PathBuf::from));
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join(name)));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(std::path::Path::new(&home).join(".cargo/bin").join(name));
+    }
+    let found = candidates.into_iter().find(|path| path.is_file());
+    if found.is_none() {
+        if services_required() {
+            panic!("{name} is not installed (not in ${variable}, PATH or ~/.cargo/bin) and services are required (CI): deploy/services.sh installs it");
+        }
+        eprintln!("SKIPPED: {name} is not installed; run deploy/services.sh (CI=true makes this a failure)");
+    }
+    found
+}
+
+/// Access key and secret of every test S3 server.
+pub const S3_ACCESS_KEY: &str = "ota-test-access";
+pub const S3_SECRET_KEY: &str = "ota-test-secret-key";
+pub const S3_BUCKET: &str = "ota-blobs";
+
+/// A real S3-protocol server for one test: `s3s-fs` (installed by `deploy/services.sh`)
+/// on a free loopback port, serving a temporary directory whose `ota-blobs`
+/// subdirectory is the bucket. Killed when dropped.
+#[derive(Debug)]
+pub struct S3Server {
+    pub endpoint: String,
+    /// The directory s3s-fs keeps everything in (objects and multipart parts).
+    pub root: std::path::PathBuf,
+    child: Option<tokio::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    /// None = skipped (s3s-fs missing outside CI).
+    pub async fn start() -> Option<S3Server> {
+        let program = require_program("s3s-fs", "OTA_TEST_S3S_FS")?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join(S3_BUCKET)).expect("bucket directory");
+        // A free port can be taken between our probe and the child's bind: try again.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let log = std::fs::File::create(dir.path().join("s3s-fs.log")).expect("log file");
+            let mut child = tokio::process::Command::new(&program)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+                .arg(&root)
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("starting s3s-fs");
+            let address = format!("127.0.0.1:{port}");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if tokio::net::TcpStream::connect(&address).await.is_ok() {
+                    return Some(S3Server {
+                        endpoint: format!("http://{address}"),
+                        root,
+                        child: Some(child),
+                        _dir: dir,
+                    });
+                }
+                if child.try_wait().expect("s3s-fs status").is_some() {
+                    break; // exited (the port was taken): another port
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "s3s-fs did not listen on {address} within 30 s: {}",
+                    std::fs::read_to_string(dir.path().join("s3s-fs.log")).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!(
+            "s3s-fs exited at start five times: {}",
+            std::fs::read_to_string(dir.path().join("s3s-fs.log")).unwrap_or_default()
+        );
+    }
+
+    /// The server's `[blobs]` settings for this S3 server.
+    pub fn settings(&self) -> ota_server::settings::BlobSettings {
+        ota_server::settings::BlobSettings {
+            backend: ota_server::settings::BlobBackendKind::S3,
+            bucket: Some(S3_BUCKET.to_owned()),
+            endpoint: Some(self.endpoint.clone()),
+            region: "us-east-1".to_owned(),
+            access_key_id: Some(S3_ACCESS_KEY.to_owned()),
+            secret_access_key: Some(ota_server::settings::Secret(S3_SECRET_KEY.to_owned())),
+            allow_http: true,
+        }
+    }
+
+    /// Stops the server (the object store becomes unreachable).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
 pub fn postgres_url() -> String {
     std::env::var("OTA_TEST_POSTGRES_URL").unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned())
 }
@@ -205,6 +316,8 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     /// The running server's state: the same engine the MQTT gateway drives.
     pub state: ota_server::api::AppState,
+    /// The S3 server holding the blobs (`Options::s3`), kept alive with the server.
+    _s3: Option<S3Server>,
     database: Option<TestDatabase>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -230,6 +343,8 @@ pub struct Options {
     /// Kafka brokers used as is (a test-owned broker), with a topic and group of its own.
     pub kafka_brokers_unchecked: Option<String>,
     pub kafka_delivery_timeout_ms: Option<u64>,
+    /// Blobs in a test-owned S3 server (s3s-fs) instead of the data directory.
+    pub s3: bool,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -323,6 +438,18 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     if let Some(workers) = options.mqtt_workers {
         settings.mqtt.workers = workers;
     }
+    let s3 = if options.s3 {
+        let Some(s3) = S3Server::start().await else {
+            if let Some(db) = &database {
+                db.drop_now().await;
+            }
+            return None;
+        };
+        settings.blobs = s3.settings();
+        Some(s3)
+    } else {
+        None
+    };
     if let Some(queue) = options.mqtt_queue {
         settings.mqtt.queue = queue;
     }
@@ -354,6 +481,7 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
         http: reqwest::Client::new(),
         dir,
         state,
+        _s3: s3,
         database,
         shutdown: Some(tx),
         server: Some(server),

@@ -136,12 +136,12 @@ async fn upload_and_job_in_flight_at_shutdown(last: Last) {
     )
     .await
     .unwrap();
-    let blobs = BlobStore::open(&data_dir.join("blobs")).unwrap();
+    let blobs = BlobStore::local(&data_dir.join("blobs")).unwrap();
 
     // A delta job, held in flight by the gate once a worker claims it (workers look for
     // jobs every 5 s when idle).
     let (old, new) = image_pair();
-    let (old_sha, new_sha) = (put_blob(&blobs, &old), put_blob(&blobs, &new));
+    let (old_sha, new_sha) = (put_blob(&blobs, &old).await, put_blob(&blobs, &new).await);
     assert!(store
         .enqueue_delta("ro_stop", "hw-a", &old_sha, &new_sha)
         .await
@@ -232,7 +232,7 @@ async fn upload_and_job_in_flight_at_shutdown(last: Last) {
     );
     let delta = Sha256Digest::parse(job.delta_sha256.as_deref().unwrap()).unwrap();
     assert!(
-        blobs.path_of(&delta).exists(),
+        blobs.length_of(&delta).await.unwrap().is_some(),
         "the built delta is in the blob store"
     );
     let digest = Sha256Digest::of(b"start of an image");
@@ -242,7 +242,7 @@ async fn upload_and_job_in_flight_at_shutdown(last: Last) {
         (1, digest.to_hex().as_str()),
         "{images:?}"
     );
-    assert!(blobs.path_of(&digest).exists());
+    assert!(blobs.length_of(&digest).await.unwrap().is_some());
     store.close().await;
 }
 
