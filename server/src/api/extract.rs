@@ -160,6 +160,19 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The caller a live token's record stands for, in this request.
+    pub fn from_record(record: crate::store::TokenRecord, parts: &Parts) -> Caller {
+        Caller {
+            token_name: record.name,
+            scopes: record
+                .scopes
+                .iter()
+                .filter_map(|s| Scope::parse(s).ok())
+                .collect(),
+            request_id: request_id(parts),
+        }
+    }
+
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if grants(&self.scopes, scope) {
             Ok(())
@@ -223,15 +236,7 @@ impl FromRequestParts<AppState> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let record = live_token(state, token).await?;
-        Ok(Caller {
-            token_name: record.name,
-            scopes: record
-                .scopes
-                .iter()
-                .filter_map(|s| Scope::parse(s).ok())
-                .collect(),
-            request_id: request_id(parts),
-        })
+        Ok(Caller::from_record(record, parts))
     }
 }
 

@@ -10,7 +10,7 @@
 //!   this origin ([`same_origin`], on `Origin`, else `Referer`).
 
 use crate::api::error::ApiError;
-use crate::api::extract::{live_token, request_id, Caller};
+use crate::api::extract::{live_token, Caller};
 use crate::api::AppState;
 use crate::tokens::{grants, Scope};
 use axum::extract::FromRequestParts;
@@ -144,15 +144,7 @@ pub async fn session_of(parts: &Parts, state: &AppState) -> Result<Session, ApiE
         .ok_or(ApiError::Unauthorized)?;
     let record = live_token(state, &token).await?;
     Ok(Session {
-        caller: Caller {
-            token_name: record.name,
-            scopes: record
-                .scopes
-                .iter()
-                .filter_map(|s| Scope::parse(s).ok())
-                .collect(),
-            request_id: request_id(parts),
-        },
+        caller: Caller::from_record(record, parts),
         csrf: csrf_token(&token),
     })
 }
