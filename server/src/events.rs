@@ -10,6 +10,7 @@
 //! received (base64), so any consumer can verify it with the device key, beside
 //! informational copies of its fields.
 
+use crate::api::dependencies::KafkaBreakerLayer;
 use crate::engine::plan::RolloutChange;
 use crate::engine::{wall_clock_ms, Engine, NowMs};
 use crate::settings::KafkaSettings;
@@ -24,7 +25,6 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message};
 use serde::{Deserialize, Serialize};
-use crate::api::dependencies::KafkaBreakerLayer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;

@@ -65,10 +65,7 @@ impl CheckinWriter {
                 .record_checkin(&write.checkin, &write.known, write.now)
                 .await;
         }
-        let queue = self
-            .queue
-            .get_or_init(|| async { self.start() })
-            .await;
+        let queue = self.queue.get_or_init(|| async { self.start() }).await;
         let (reply, answer) = oneshot::channel();
         if let Err(mpsc::error::SendError((write, _))) = queue.send((write, reply)).await {
             // The writers are gone (shutting down): write it here.

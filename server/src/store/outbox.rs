@@ -69,12 +69,11 @@ impl Store {
 
     /// The oldest `limit` events waiting, in the order their changes committed.
     pub async fn outbox_batch(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, rollout_id, event FROM rollout_outbox ORDER BY id LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        let rows =
+            sqlx::query("SELECT id, rollout_id, event FROM rollout_outbox ORDER BY id LIMIT $1")
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await?;
         rows.iter()
             .map(|row| {
                 Ok(OutboxRow {

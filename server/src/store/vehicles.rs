@@ -341,7 +341,8 @@ impl Store {
         let mut tx = self.begin().await?;
         let mut results = Vec::with_capacity(batch.len());
         for write in batch {
-            results.push(record_checkin_in(&mut tx, &write.checkin, &write.known, write.now).await?);
+            results
+                .push(record_checkin_in(&mut tx, &write.checkin, &write.known, write.now).await?);
         }
         tx.commit().await?;
         Ok(results)

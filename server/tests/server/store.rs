@@ -705,10 +705,8 @@ async fn checkins_group_commit(backend: Backend) {
     for round in 0..5 {
         for id in &vehicles {
             let mut checkin = checkin(id, None, 0);
-            checkin.sent_at = ota_core::time::Timestamp::parse(&format!(
-                "2026-11-30T12:00:0{round}Z"
-            ))
-            .unwrap();
+            checkin.sent_at =
+                ota_core::time::Timestamp::parse(&format!("2026-11-30T12:00:0{round}Z")).unwrap();
             writes.push(CheckinWrite {
                 checkin,
                 known: Vec::new(),
@@ -759,7 +757,10 @@ async fn checkins_group_commit(backend: Backend) {
         );
     }
 }
-both_backends!(checkins_share_transactions_and_keep_their_answers, checkins_group_commit);
+both_backends!(
+    checkins_share_transactions_and_keep_their_answers,
+    checkins_group_commit
+);
 
 async fn migrations_are_idempotent(backend: Backend) {
     let Some((store, db, dir)) = fresh_store(backend).await else {
