@@ -87,9 +87,18 @@ impl RolloutRelay {
         }
     }
 
-    /// One round: take or renew the lease, publish the oldest waiting events in order,
-    /// delete those Kafka acknowledged.
+    /// One round: when events wait, take or renew the lease, publish the oldest in
+    /// order, delete those Kafka acknowledged.
     pub async fn round(&self, now: NowMs) -> Round {
+        // Looked at before the lease is written: an idle relay only reads.
+        match self.store.outbox_pending().await {
+            Ok(0) => return Round::Idle,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(%err, "reading the rollout-events outbox failed");
+                return Round::Failed { published: 0 };
+            }
+        }
         match self
             .store
             .take_outbox_lease(&self.holder, now, LEASE_TTL_MS)
