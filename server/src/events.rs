@@ -437,29 +437,50 @@ pub enum Applied {
 }
 
 /// Re-verifies (keys may have been rotated since the gateway checked) and applies one
-/// record's value. `Err` only for a database failure: the record must be retried.
+/// record's value, then supervises its rollout. `Err` only for a database failure: the
+/// record must be retried.
 pub async fn apply_record(
     engine: &Engine,
     value: &[u8],
     now: NowMs,
 ) -> Result<Applied, crate::store::StoreError> {
+    let (applied, rollout) = record_event(engine, value, now).await?;
+    if let Some(rollout) = rollout {
+        engine.supervise(&rollout, now).await?;
+    }
+    Ok(applied)
+}
+
+/// [`apply_record`] without the supervision: also returns the rollout the event
+/// changed, which the caller supervises (once for many events).
+pub async fn record_event(
+    engine: &Engine,
+    value: &[u8],
+    now: NowMs,
+) -> Result<(Applied, Option<String>), crate::store::StoreError> {
     let (event, signed) = match decode_event(value) {
         Ok(decoded) => decoded,
-        Err(err) => return Ok(Applied::Skipped(err.label())),
+        Err(err) => return Ok((Applied::Skipped(err.label()), None)),
     };
     let (progress, deployment) = match engine.verify_progress(&event.vehicle_id, &signed).await {
         Ok(verified) => verified,
         Err(crate::engine::Rejected::Store(err)) => return Err(err),
-        Err(rejected) => return Ok(Applied::Skipped(rejected.label())),
+        Err(rejected) => return Ok((Applied::Skipped(rejected.label()), None)),
     };
     Ok(
-        if engine.apply_progress(&progress, &deployment, now).await? {
-            Applied::Changed
+        if engine.record_progress(&progress, &deployment, now).await? {
+            (Applied::Changed, Some(deployment.rollout_id))
         } else {
-            Applied::Unchanged
+            (Applied::Unchanged, None)
         },
     )
 }
+
+/// Records applied before the rollouts they touched are supervised, at most.
+pub const SUPERVISE_EVERY_RECORDS: usize = 256;
+/// Time from the first unsupervised change to its rollout's supervision, at most
+/// (while records keep arriving; when none is waiting, supervision runs at once).
+pub const SUPERVISE_WITHIN: Duration = Duration::from_millis(100);
 
 /// The rollout engine's group consumer: no auto-commit (offsets are committed after
 /// the database write), from the earliest record when the group has no offset yet.
@@ -498,11 +519,31 @@ pub async fn run_consumer(
         "rollout engine consuming vehicle events"
     );
     let mut backoff = BACKOFF_START;
+    // Rollouts changed by records applied since the last supervision, and since when.
+    let mut unsupervised: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut since = tokio::time::Instant::now();
+    let mut batch = 0usize;
     loop {
-        let message = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stopped| *stopped) => return,
-            message = consumer.recv() => message,
+        // A record already waiting is taken before supervising, up to a bound on
+        // records and time, so one aggregate read serves many events; when nothing is
+        // waiting the touched rollouts are supervised at once.
+        let due = batch >= SUPERVISE_EVERY_RECORDS || since.elapsed() >= SUPERVISE_WITHIN;
+        let waiting = if unsupervised.is_empty() || due {
+            None
+        } else {
+            futures_util::FutureExt::now_or_never(consumer.recv())
+        };
+        let message = match waiting {
+            Some(message) => message,
+            None => {
+                supervise_all(&engine, &mut unsupervised).await;
+                batch = 0;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stopped| *stopped) => return,
+                    message = consumer.recv() => message,
+                }
+            }
         };
         let message = match message {
             Ok(message) => message,
@@ -520,8 +561,17 @@ pub async fn run_consumer(
         let value = message.payload().unwrap_or_default();
         // The same record until it is applied: committing a later offset would skip it.
         let applied = loop {
-            match apply_record(&engine, value, wall_clock_ms()).await {
-                Ok(applied) => break applied,
+            match record_event(&engine, value, wall_clock_ms()).await {
+                Ok((applied, rollout)) => {
+                    if let Some(rollout) = rollout {
+                        if unsupervised.is_empty() {
+                            since = tokio::time::Instant::now();
+                        }
+                        unsupervised.insert(rollout);
+                    }
+                    batch += 1;
+                    break applied;
+                }
                 Err(err) => {
                     tracing::warn!(%err, retry_in = ?backoff, "applying a vehicle event failed");
                     tokio::select! {
@@ -546,6 +596,16 @@ pub async fn run_consumer(
             // Not fatal: the next commit covers this offset; a restart re-applies the
             // record, which is idempotent.
             tracing::warn!(%err, "committing a vehicle event's offset failed");
+        }
+    }
+}
+
+/// Supervises every rollout in `rollouts` (emptying it). A failure is logged: the
+/// engine's tick supervises every active rollout again within a second.
+async fn supervise_all(engine: &Engine, rollouts: &mut std::collections::BTreeSet<String>) {
+    for rollout in std::mem::take(rollouts) {
+        if let Err(err) = engine.supervise(&rollout, wall_clock_ms()).await {
+            tracing::warn!(%err, rollout, "supervising after vehicle events failed; the tick retries");
         }
     }
 }

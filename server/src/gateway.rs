@@ -266,6 +266,22 @@ pub fn outbox(capacity: usize, health: Arc<ChannelHealth>) -> (Outbox, OutboxRec
 }
 
 impl Outbox {
+    /// Queues `message`, waiting for room; false (and counted) only when no broker
+    /// connection will ever take it (the gateway is gone or not running).
+    pub async fn send_waiting(&self, message: Outgoing) -> bool {
+        if self.health.pending_out.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.health.loop_progressed();
+        }
+        match self.tx.send(message).await {
+            Ok(()) => true,
+            Err(_) => {
+                self.health.pending_out.fetch_sub(1, Ordering::Relaxed);
+                metrics::counter!("ota_mqtt_unsent_total", "reason" => "no_broker").increment(1);
+                false
+            }
+        }
+    }
+
     /// Queues `message`; false (and counted) when it cannot be queued.
     pub fn send(&self, message: Outgoing) -> bool {
         // Counted before sending: the outbox task may take it off at once. Idle time is

@@ -134,6 +134,9 @@ impl BlobBackend for S3Blobs {
         let blob = match streamed {
             Ok(blob) => blob,
             Err(err) => {
+                // Parts still in flight finish first: a part that lands after the abort
+                // would outlive it (S3 documents this; s3s-fs left its part file).
+                let _ = writer.wait_for_capacity(1).await;
                 if let Err(abort) = writer.abort().await {
                     tracing::warn!(%abort, %temp, "aborting a refused multipart upload failed");
                 }

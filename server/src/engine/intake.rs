@@ -182,8 +182,23 @@ impl Engine {
         deployment: &DeploymentRecord,
         now: NowMs,
     ) -> Result<bool, StoreError> {
-        let changed = self
-            .inner
+        let changed = self.record_progress(event, deployment, now).await?;
+        if changed {
+            self.supervise(&deployment.rollout_id, now).await?;
+        }
+        Ok(changed)
+    }
+
+    /// Applies a verified progress event without supervising its rollout: for a caller
+    /// that applies many events and then supervises each rollout they touched once (the
+    /// Kafka consumer). Returns whether the event changed anything.
+    pub async fn record_progress(
+        &self,
+        event: &ProgressEvent,
+        deployment: &DeploymentRecord,
+        now: NowMs,
+    ) -> Result<bool, StoreError> {
+        self.inner
             .store
             .update_deployment(
                 &deployment.id,
@@ -193,11 +208,7 @@ impl Engine {
                 event.reason_code.as_deref(),
                 now,
             )
-            .await?;
-        if changed {
-            self.supervise(&deployment.rollout_id, now).await?;
-        }
-        Ok(changed)
+            .await
     }
 }
 

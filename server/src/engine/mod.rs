@@ -140,15 +140,46 @@ impl Engine {
         deployment_id: Option<String>,
         now: NowMs,
     ) {
+        self.inner
+            .outbox
+            .send(self.control_message(vehicle_id, command, deployment_id, now));
+    }
+
+    fn control_message(
+        &self,
+        vehicle_id: &str,
+        command: ControlCommand,
+        deployment_id: Option<String>,
+        now: NowMs,
+    ) -> Outgoing {
         let message = ControlMessage {
             vehicle_id: vehicle_id.to_owned(),
             command,
             deployment_id,
             issued_at: timestamp(now),
         };
-        self.inner.outbox.send(Outgoing {
+        Outgoing {
             topic: protocol::topic(vehicle_id, Channel::Control),
             payload: sign_message(PAYLOAD_TYPE_CONTROL, &message, &self.inner.keys.director),
+        }
+    }
+
+    /// Sends a change's control messages in the background, in order, each waiting for
+    /// room in the outbox: a fan-out to a whole fleet (a pause's `poll_now` to every
+    /// vehicle mid-update) is not cut at the outbox's size, and the caller (an API
+    /// request, the consumer) does not wait for the signing.
+    fn send_controls(&self, controls: Vec<(String, ControlCommand, String)>, now: NowMs) {
+        if controls.is_empty() {
+            return;
+        }
+        let engine = self.clone();
+        tokio::spawn(async move {
+            for (vehicle_id, command, deployment_id) in controls {
+                let message =
+                    engine.control_message(&vehicle_id, command, Some(deployment_id), now);
+                // Without a broker each fails at once, counted.
+                engine.inner.outbox.send_waiting(message).await;
+            }
         });
     }
 
@@ -222,18 +253,14 @@ impl Engine {
         cancelled: &[DeploymentRecord],
         now: NowMs,
     ) -> Result<(), StoreError> {
+        let mut controls = Vec::new();
         for effect in &change.effects {
             match effect {
                 Effect::Invalidate => self.inner.snapshot.invalidate(),
                 Effect::CancelUnfinished => {}
                 Effect::CancelVehicles => {
                     for d in cancelled {
-                        self.send_control(
-                            &d.vehicle_id,
-                            ControlCommand::Cancel,
-                            Some(d.id.clone()),
-                            now,
-                        );
+                        controls.push((d.vehicle_id.clone(), ControlCommand::Cancel, d.id.clone()));
                     }
                 }
                 Effect::EnqueueDeltas => {
@@ -259,24 +286,16 @@ impl Engine {
                         .await?
                     {
                         match effect {
-                            Effect::PollUnfinished if !d.status.is_terminal() => self.send_control(
-                                &d.vehicle_id,
-                                ControlCommand::PollNow,
-                                Some(d.id.clone()),
-                                now,
-                            ),
+                            Effect::PollUnfinished if !d.status.is_terminal() => {
+                                controls.push((d.vehicle_id, ControlCommand::PollNow, d.id))
+                            }
                             Effect::RollbackInstalled
                                 if matches!(
                                     d.status,
                                     DeploymentStatus::Installed | DeploymentStatus::Committed
                                 ) =>
                             {
-                                self.send_control(
-                                    &d.vehicle_id,
-                                    ControlCommand::Rollback,
-                                    Some(d.id.clone()),
-                                    now,
-                                )
+                                controls.push((d.vehicle_id, ControlCommand::Rollback, d.id))
                             }
                             _ => {}
                         }
@@ -284,6 +303,7 @@ impl Engine {
                 }
             }
         }
+        self.send_controls(controls, now);
         Ok(())
     }
 

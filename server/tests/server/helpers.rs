@@ -340,6 +340,8 @@ pub struct Options {
     /// `mqtt.workers` and `mqtt.queue` (the gateway's concurrency and backlog).
     pub mqtt_workers: Option<usize>,
     pub mqtt_queue: Option<usize>,
+    /// `mqtt.outbox` (directives and control messages waiting for the broker).
+    pub mqtt_outbox: Option<usize>,
     /// The durable lane on the test Kafka broker, with a topic and group of its own.
     pub kafka: bool,
     /// Kafka brokers used as is (a test-owned broker), with a topic and group of its own.
@@ -455,6 +457,9 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     } else {
         None
     };
+    if let Some(outbox) = options.mqtt_outbox {
+        settings.mqtt.outbox = outbox;
+    }
     if let Some(queue) = options.mqtt_queue {
         settings.mqtt.queue = queue;
     }

@@ -310,6 +310,70 @@ async fn checkins_get_signed_directives_and_bad_ones_are_dropped() {
     app.stop().await;
 }
 
+/// A pause's `poll_now` goes to every vehicle mid-update, however many: the fan-out
+/// waits for room in the outbox (here 2 messages) instead of dropping what does not fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_reaches_every_vehicle_mid_update_beyond_the_outbox_size() {
+    let Some(app) = mqtt_app_with(Options {
+        mqtt_outbox: Some(2),
+        ..Options::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let hardware = unique("hw-f");
+    let fleet: Vec<(String, SigningKey)> =
+        (0..12).map(|_| (unique("veh-"), device_key())).collect();
+    for (vid, key) in &fleet {
+        app.register_vehicle(vid, key, &hardware, &[]).await;
+    }
+    let ids: Vec<&str> = fleet.iter().map(|(v, _)| v.as_str()).collect();
+    let mut vehicles = VehicleClient::connect(&ids).await;
+    let (_, _, rollout) = app
+        .release_and_rollout(&hardware, json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let id = rollout["id"].as_str().unwrap().to_owned();
+    app.post(
+        &format!("/api/v1/rollouts/{id}/start"),
+        &app.admin_token,
+        &json!({}),
+    )
+    .await;
+    for (vid, key) in &fleet {
+        let c = signed_checkin(key, &checkin(vid, Some(("1.0.0", b"old")), 0));
+        let d = director_metadata(
+            &app,
+            &vehicles
+                .expect(
+                    &topic(vid, Channel::Directive),
+                    Some((vid, Channel::CheckIn, &c)),
+                )
+                .await,
+        );
+        assert_eq!(d.assignments.len(), 1, "{vid} is assigned");
+    }
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/pause"),
+            &app.admin_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for (vid, _) in &fleet {
+        let poll = control(
+            &app,
+            &vehicles.expect(&topic(vid, Channel::Control), None).await,
+        );
+        assert_eq!(
+            (poll.command, poll.vehicle_id.as_str()),
+            (ControlCommand::PollNow, vid.as_str())
+        );
+    }
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_and_abort_send_control_and_failures_open_the_breaker() {
     let Some(app) = mqtt_app().await else { return };
