@@ -310,6 +310,56 @@ async fn checkins_get_signed_directives_and_bad_ones_are_dropped() {
     app.stop().await;
 }
 
+/// Registers `count` vehicles of a new hardware id, starts a rollout of a new release
+/// to all of them, and has each check in once: returns the vehicles (id, key), their
+/// client, the rollout id and each vehicle's assigned deployment.
+async fn assigned_fleet(
+    app: &TestApp,
+    count: usize,
+) -> (
+    Vec<(String, SigningKey)>,
+    VehicleClient,
+    String,
+    Vec<String>,
+) {
+    let hardware = unique("hw-f");
+    let fleet: Vec<(String, SigningKey)> =
+        (0..count).map(|_| (unique("veh-"), device_key())).collect();
+    for (vid, key) in &fleet {
+        app.register_vehicle(vid, key, &hardware, &[]).await;
+    }
+    let ids: Vec<&str> = fleet.iter().map(|(v, _)| v.as_str()).collect();
+    let mut vehicles = VehicleClient::connect(&ids).await;
+    let (_, _, rollout) = app
+        .release_and_rollout(&hardware, json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let id = rollout["id"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/rollouts/{id}/start"),
+            &app.admin_token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut deployments = Vec::new();
+    for (vid, key) in &fleet {
+        let c = signed_checkin(key, &checkin(vid, Some(("1.0.0", b"old")), 0));
+        let d = director_metadata(
+            app,
+            &vehicles
+                .expect(
+                    &topic(vid, Channel::Directive),
+                    Some((vid, Channel::CheckIn, &c)),
+                )
+                .await,
+        );
+        assert_eq!(d.assignments.len(), 1, "{vid} is assigned");
+        deployments.push(d.assignments[0].deployment_id.clone());
+    }
+    (fleet, vehicles, id, deployments)
+}
+
 /// A pause's `poll_now` goes to every vehicle mid-update, however many: the fan-out
 /// waits for room in the outbox (here 2 messages) instead of dropping what does not fit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,37 +372,7 @@ async fn a_pause_reaches_every_vehicle_mid_update_beyond_the_outbox_size() {
     else {
         return;
     };
-    let hardware = unique("hw-f");
-    let fleet: Vec<(String, SigningKey)> =
-        (0..12).map(|_| (unique("veh-"), device_key())).collect();
-    for (vid, key) in &fleet {
-        app.register_vehicle(vid, key, &hardware, &[]).await;
-    }
-    let ids: Vec<&str> = fleet.iter().map(|(v, _)| v.as_str()).collect();
-    let mut vehicles = VehicleClient::connect(&ids).await;
-    let (_, _, rollout) = app
-        .release_and_rollout(&hardware, json!([{ "name": "all", "percent": 100 }]))
-        .await;
-    let id = rollout["id"].as_str().unwrap().to_owned();
-    app.post(
-        &format!("/api/v1/rollouts/{id}/start"),
-        &app.admin_token,
-        &json!({}),
-    )
-    .await;
-    for (vid, key) in &fleet {
-        let c = signed_checkin(key, &checkin(vid, Some(("1.0.0", b"old")), 0));
-        let d = director_metadata(
-            &app,
-            &vehicles
-                .expect(
-                    &topic(vid, Channel::Directive),
-                    Some((vid, Channel::CheckIn, &c)),
-                )
-                .await,
-        );
-        assert_eq!(d.assignments.len(), 1, "{vid} is assigned");
-    }
+    let (fleet, mut vehicles, id, _) = assigned_fleet(&app, 12).await;
     let (status, _) = app
         .post(
             &format!("/api/v1/rollouts/{id}/pause"),
@@ -377,35 +397,8 @@ async fn a_pause_reaches_every_vehicle_mid_update_beyond_the_outbox_size() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_and_abort_send_control_and_failures_open_the_breaker() {
     let Some(app) = mqtt_app().await else { return };
-    let (v1, v2) = (unique("veh-"), unique("veh-"));
-    let (k1, k2) = (device_key(), device_key());
-    app.register_vehicle(&v1, &k1, "hw-n", &[]).await;
-    app.register_vehicle(&v2, &k2, "hw-n", &[]).await;
-    let mut vehicles = VehicleClient::connect(&[&v1, &v2]).await;
-    let (_, _, rollout) = app
-        .release_and_rollout("hw-n", json!([{ "name": "all", "percent": 100 }]))
-        .await;
-    let id = rollout["id"].as_str().unwrap().to_owned();
-    app.post(
-        &format!("/api/v1/rollouts/{id}/start"),
-        &app.admin_token,
-        &json!({}),
-    )
-    .await;
-    let mut deployments = Vec::new();
-    for (vid, key) in [(&v1, &k1), (&v2, &k2)] {
-        let c = signed_checkin(key, &checkin(vid, Some(("1.0.0", b"old")), 0));
-        let d = director_metadata(
-            &app,
-            &vehicles
-                .expect(
-                    &topic(vid, Channel::Directive),
-                    Some((vid, Channel::CheckIn, &c)),
-                )
-                .await,
-        );
-        deployments.push(d.assignments[0].deployment_id.clone());
-    }
+    let (fleet, mut vehicles, id, deployments) = assigned_fleet(&app, 2).await;
+    let [(v1, k1), (v2, k2)] = [fleet[0].clone(), fleet[1].clone()];
     let (status, _) = app
         .post(
             &format!("/api/v1/rollouts/{id}/pause"),
