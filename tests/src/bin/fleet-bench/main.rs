@@ -106,6 +106,9 @@ struct Args {
     /// Skip verifying directive signatures against the served root (saves client CPU).
     #[arg(long)]
     no_verify: bool,
+    /// The MQTT broker, `mqtt://HOST:PORT`, or `own`: a test-owned Mosquitto for the run
+    /// that queues up to 100,000 messages per client (the default of 1,000 drops part of
+    /// a large fan-out of control messages to the benchmark's connections).
     #[arg(
         long,
         env = "OTA_TEST_MQTT_URL",
@@ -135,6 +138,9 @@ struct Args {
     /// committed deployment; events applied per second end to end (rollout on only).
     #[arg(long)]
     progress: bool,
+    /// How many of the fleet's vehicles report progress with --progress (default: all).
+    #[arg(long)]
+    progress_vehicles: Option<usize>,
     /// Progress events published and not yet taken by the gateway, at most (the
     /// broker's queue for the server is bounded: Mosquitto's default is 1,000).
     #[arg(long, default_value_t = 500)]
@@ -205,7 +211,19 @@ async fn run(args: &Args, server_bin: &Path) -> Result<()> {
     {
         bail!("--breaker-failures must be at least 1 and below --breaker-slice");
     }
-    let url: ota_core::endpoint::BrokerUrl = args.mqtt_url.parse().context("--mqtt-url")?;
+    // `--mqtt-url own`: a test-owned Mosquitto for the whole run, queueing up to 100,000
+    // messages per client (the machine's default of 1,000 drops a large fan-out of
+    // control messages to the benchmark's few connections).
+    let own_mqtt_dir = tempfile::Builder::new().prefix("fleet-bench-mqtt-").tempdir()?;
+    let own_mqtt = match args.mqtt_url.as_str() {
+        "own" => Some(BrokerProcess::mosquitto(own_mqtt_dir.path()).context("--mqtt-url own")?),
+        _ => None,
+    };
+    let mqtt_url = match &own_mqtt {
+        Some(broker) => format!("mqtt://{}", broker.address()),
+        None => args.mqtt_url.clone(),
+    };
+    let url: ota_core::endpoint::BrokerUrl = mqtt_url.parse().context("--mqtt-url")?;
     let broker = BrokerAddress {
         host: url.host(),
         port: url.port(),
@@ -214,7 +232,7 @@ async fn run(args: &Args, server_bin: &Path) -> Result<()> {
     eprintln!(
         "fleet-bench: server {}, broker {}, {} connections, window {}, {} s (+{} s warm-up) per phase",
         server_bin.display(),
-        args.mqtt_url,
+        mqtt_url,
         args.connections,
         args.window,
         args.duration_seconds,
@@ -352,7 +370,11 @@ async fn configuration(
             .map_err(anyhow::Error::msg)?,
         ..Settings::default()
     };
-    settings.mqtt.url = Some(args.mqtt_url.parse().context("--mqtt-url")?);
+    settings.mqtt.url = Some(
+        format!("mqtt://{}:{}", broker.host, broker.port)
+            .parse()
+            .context("--mqtt-url")?,
+    );
     settings.mqtt.share_group = format!("{run_id}-{backend}-{vehicles}");
     match (&own_kafka, args.kafka.as_str()) {
         (Some(kafka), _) => settings.kafka.brokers = Some(kafka.address()),
@@ -442,6 +464,7 @@ async fn configuration(
                         rollout,
                         image_length: *image_length,
                         progress: args.progress,
+                    progress_vehicles: args.progress_vehicles.unwrap_or(vehicles),
                         pause_trials: args.pause_trials,
                         breaker_trials: args.breaker_trials,
                         breaker_slice: args.breaker_slice,
