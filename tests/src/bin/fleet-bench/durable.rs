@@ -592,10 +592,9 @@ async fn progress(
     };
     let window = setup.progress_window.max(1) as u64;
     let started = Instant::now();
-    let mut published = 0u64;
     let mut taken = 0u64;
     let mut into_kafka_at = None;
-    for (index, bytes) in messages {
+    for (published, (index, bytes)) in (0u64..).zip(messages) {
         let mut moved = Instant::now();
         while published >= taken + window {
             let now = taken_by_gateway(&lane(api).await?);
@@ -615,7 +614,6 @@ async fn progress(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         link.publish(index, Channel::Progress, bytes).await?;
-        published += 1;
     }
     // Until the consumer has taken every event; note when the gateway had written all.
     let target = base.consumed + events;

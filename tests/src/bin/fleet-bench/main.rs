@@ -214,7 +214,9 @@ async fn run(args: &Args, server_bin: &Path) -> Result<()> {
     // `--mqtt-url own`: a test-owned Mosquitto for the whole run, queueing up to 100,000
     // messages per client (the machine's default of 1,000 drops a large fan-out of
     // control messages to the benchmark's few connections).
-    let own_mqtt_dir = tempfile::Builder::new().prefix("fleet-bench-mqtt-").tempdir()?;
+    let own_mqtt_dir = tempfile::Builder::new()
+        .prefix("fleet-bench-mqtt-")
+        .tempdir()?;
     let own_mqtt = match args.mqtt_url.as_str() {
         "own" => Some(BrokerProcess::mosquitto(own_mqtt_dir.path()).context("--mqtt-url own")?),
         _ => None,
@@ -464,7 +466,7 @@ async fn configuration(
                         rollout,
                         image_length: *image_length,
                         progress: args.progress,
-                    progress_vehicles: args.progress_vehicles.unwrap_or(vehicles),
+                        progress_vehicles: args.progress_vehicles.unwrap_or(vehicles),
                         pause_trials: args.pause_trials,
                         breaker_trials: args.breaker_trials,
                         breaker_slice: args.breaker_slice,
