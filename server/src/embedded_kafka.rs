@@ -141,7 +141,8 @@ mod tests {
             brokers: Some(kafka.bootstrap_servers().to_owned()),
             ..settings
         };
-        let producer = crate::events::EventProducer::new(&settings).unwrap();
+        let breakers = crate::api::dependencies::DependencyBreakers::new(&Default::default());
+        let producer = crate::events::EventProducer::new(&settings, breakers.kafka).unwrap();
         let event = crate::events::VehicleEvent {
             schema: crate::events::PROGRESS_SCHEMA.to_owned(),
             schema_version: crate::events::PROGRESS_SCHEMA_VERSION,

@@ -10,6 +10,7 @@
 //! received (base64), so any consumer can verify it with the device key, beside
 //! informational copies of its fields.
 
+use crate::api::dependencies::KafkaBreakerLayer;
 use crate::engine::plan::RolloutChange;
 use crate::engine::{wall_clock_ms, Engine, NowMs};
 use crate::settings::KafkaSettings;
@@ -27,6 +28,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tower::{Layer as _, Service as _, ServiceExt as _};
+use tower_resilience_circuitbreaker::CircuitBreakerError;
 
 /// The schema name and version every progress event carries.
 pub const PROGRESS_SCHEMA: &str = "ota.vehicle-events.progress";
@@ -154,21 +157,65 @@ fn lost_producer_state(code: RDKafkaErrorCode) -> bool {
 /// forgotten its producer id) refuses every later write for good; the replacement gets a
 /// new producer id. Records the old one had not written are sent again by the callers'
 /// retries, so the topic may hold a duplicate, which the consumer ignores by sequence.
+///
+/// Every write goes through the Kafka dependency breaker (`api::dependencies`): while it
+/// is open, writes fail at once with [`LaneError::BreakerOpen`].
 #[derive(Clone)]
-struct LaneProducer {
+pub(crate) struct LaneProducer {
     settings: KafkaSettings,
     current: Arc<std::sync::RwLock<(u64, FutureProducer)>>,
+    breaker: KafkaBreakerLayer,
+}
+
+/// One record to write: topic, key, value.
+type Record = (String, String, Vec<u8>);
+
+/// Why a write to Kafka did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// The Kafka breaker is open: the write was not tried.
+    #[error("the Kafka breaker is open: the write was not tried")]
+    BreakerOpen,
 }
 
 impl LaneProducer {
-    fn new(settings: &KafkaSettings) -> Result<LaneProducer, KafkaError> {
+    pub(crate) fn new(
+        settings: &KafkaSettings,
+        breaker: KafkaBreakerLayer,
+    ) -> Result<LaneProducer, KafkaError> {
         Ok(LaneProducer {
             settings: settings.clone(),
             current: Arc::new(std::sync::RwLock::new((0, producer(settings)?))),
+            breaker,
         })
     }
 
-    async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaError> {
+    pub(crate) async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<(), LaneError> {
+        let lane = self.clone();
+        let write = tower::service_fn(move |(topic, key, payload): Record| {
+            let lane = lane.clone();
+            async move { lane.write(&topic, &key, &payload).await }
+        });
+        let mut guarded = self.breaker.layer(write);
+        let record = (topic.to_owned(), key.to_owned(), payload.to_vec());
+        let written = match guarded.ready().await {
+            Ok(ready) => ready.call(record).await,
+            Err(err) => Err(err),
+        };
+        written.map_err(|err| match err {
+            CircuitBreakerError::OpenCircuit => LaneError::BreakerOpen,
+            CircuitBreakerError::Inner(err) => LaneError::Kafka(err),
+        })
+    }
+
+    async fn write(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaError> {
         let (generation, producer) = self
             .current
             .read()
@@ -231,15 +278,25 @@ impl std::fmt::Debug for EventProducer {
 }
 
 impl EventProducer {
-    pub fn new(settings: &KafkaSettings) -> Result<EventProducer, KafkaError> {
+    pub fn new(
+        settings: &KafkaSettings,
+        breaker: KafkaBreakerLayer,
+    ) -> Result<EventProducer, KafkaError> {
         Ok(EventProducer {
-            producer: LaneProducer::new(settings)?,
+            producer: LaneProducer::new(settings, breaker)?,
             topic: settings.topic.clone(),
         })
     }
 
-    /// Writes one event and waits until Kafka acknowledged it (or the delivery timeout).
-    pub async fn send(&self, event: &VehicleEvent) -> Result<(), KafkaError> {
+    /// The producer itself, shared with the rollout-events relay (one idempotent
+    /// producer and one Kafka breaker per process).
+    pub(crate) fn lane(&self) -> LaneProducer {
+        self.producer.clone()
+    }
+
+    /// Writes one event and waits until Kafka acknowledged it (or the delivery timeout,
+    /// or at once while the Kafka breaker is open).
+    pub async fn send(&self, event: &VehicleEvent) -> Result<(), LaneError> {
         let payload = serde_json::to_vec(event).unwrap_or_default();
         self.producer
             .send(&self.topic, &event.vehicle_id, &payload)
@@ -264,8 +321,18 @@ impl EventProducer {
                     metrics::counter!("ota_vehicle_events_produced_total").increment(1);
                     return true;
                 }
+                Err(LaneError::BreakerOpen) => {
+                    // Kafka is known to be failing: wait without trying (the MQTT message
+                    // stays unacknowledged meanwhile).
+                    metrics::counter!("ota_vehicle_events_produce_failures_total", "reason" => "breaker_open").increment(1);
+                    tokio::select! {
+                        _ = stop.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
                 Err(err) => {
-                    metrics::counter!("ota_vehicle_events_produce_failures_total").increment(1);
+                    metrics::counter!("ota_vehicle_events_produce_failures_total", "reason" => "kafka").increment(1);
                     tracing::warn!(%err, retry_in = ?backoff, "writing a vehicle event to Kafka failed");
                     tokio::select! {
                         _ = stop.cancelled() => return false,
@@ -301,7 +368,8 @@ pub async fn ensure_topic(settings: &KafkaSettings, name: &str) -> Result<(), Ka
 
 /// The schema name and version of every rollout event.
 pub const ROLLOUT_SCHEMA: &str = "ota.rollout-events.change";
-pub const ROLLOUT_SCHEMA_VERSION: u32 = 1;
+/// Version 2 added `event_id`, when events moved to the transactional outbox.
+pub const ROLLOUT_SCHEMA_VERSION: u32 = 2;
 
 /// A rollout's state as a rollout event reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,6 +387,10 @@ pub struct RolloutSide {
 pub struct RolloutEvent {
     pub schema: String,
     pub schema_version: u32,
+    /// Increasing in commit order across all rollouts (the outbox row's id): a
+    /// consumer that has seen an id drops the event as a duplicate (delivery is at least
+    /// once).
+    pub event_id: i64,
     pub rollout_id: String,
     /// The audited actions of the change, e.g. `["rollout.breaker", "rollout.rollback"]`.
     pub actions: Vec<String>,
@@ -330,11 +402,13 @@ pub struct RolloutEvent {
     pub at_ms: i64,
 }
 
-/// The event for a committed change (pure).
+/// The event for a change (pure); `event_id` is 0 until the relay publishes it with
+/// its outbox id (`rollout_relay::with_event_id`).
 pub fn rollout_event(change: &RolloutChange) -> RolloutEvent {
     RolloutEvent {
         schema: ROLLOUT_SCHEMA.to_owned(),
         schema_version: ROLLOUT_SCHEMA_VERSION,
+        event_id: 0,
         rollout_id: change.rollout_id.clone(),
         actions: change.audit.iter().map(|a| a.action.clone()).collect(),
         from: RolloutSide {
@@ -349,64 +423,6 @@ pub fn rollout_event(change: &RolloutChange) -> RolloutEvent {
         },
         breaker_reason: change.breaker_reason.clone(),
         at_ms: change.now_ms,
-    }
-}
-
-/// Publishes rollout events after their change committed. Each is sent in the
-/// background and retried with backoff for up to a minute; one that still fails is
-/// counted (`ota_rollout_events_lost_total`) — the database and its audit log stay the
-/// record of truth (a transactional outbox would make this exactly-once).
-#[derive(Clone)]
-pub struct RolloutPublisher {
-    producer: LaneProducer,
-    topic: String,
-}
-
-impl std::fmt::Debug for RolloutPublisher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RolloutPublisher")
-            .field("topic", &self.topic)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RolloutPublisher {
-    pub fn new(settings: &KafkaSettings) -> Result<RolloutPublisher, KafkaError> {
-        Ok(RolloutPublisher {
-            producer: LaneProducer::new(settings)?,
-            topic: settings.rollout_topic.clone(),
-        })
-    }
-
-    pub fn publish(&self, event: RolloutEvent) {
-        let publisher = self.clone();
-        tokio::spawn(async move {
-            let payload = serde_json::to_vec(&event).unwrap_or_default();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            let mut backoff = BACKOFF_START;
-            loop {
-                let sent = publisher
-                    .producer
-                    .send(&publisher.topic, &event.rollout_id, &payload)
-                    .await;
-                match sent {
-                    Ok(()) => {
-                        metrics::counter!("ota_rollout_events_published_total").increment(1);
-                        return;
-                    }
-                    Err(err) if tokio::time::Instant::now() + backoff > deadline => {
-                        metrics::counter!("ota_rollout_events_lost_total").increment(1);
-                        tracing::error!(%err, rollout = %event.rollout_id, "a rollout event could not be published");
-                        return;
-                    }
-                    Err(err) => {
-                        tracing::warn!(%err, retry_in = ?backoff, "publishing a rollout event failed");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                    }
-                }
-            }
-        });
     }
 }
 
@@ -559,7 +575,7 @@ mod tests {
         use crate::engine::plan::{plan, Facts, RolloutRequest};
         use crate::rollout::{RolloutAction, RolloutState};
         let schema: serde_json::Value = serde_json::from_str(include_str!(
-            "../../docs/schemas/ota.rollout-events.change.v1.json"
+            "../../docs/schemas/ota.rollout-events.change.v2.json"
         ))
         .unwrap();
         let validator = jsonschema::validator_for(&schema).unwrap();
@@ -606,8 +622,25 @@ mod tests {
         let event = rollout_event(&open);
         assert_eq!(event.actions, ["rollout.breaker", "rollout.pause"]);
         assert_eq!(event.breaker_reason.as_deref(), Some("30% failed"));
-        for change in [&start, &open] {
-            let value = serde_json::to_value(rollout_event(change)).unwrap();
+        for (id, change) in [(1, &start), (2, &open)] {
+            // As the relay publishes it: the stored event with its outbox id.
+            let stored = crate::store::OutboxRow {
+                id,
+                rollout_id: change.rollout_id.clone(),
+                event: serde_json::to_string(&rollout_event(change)).unwrap(),
+            };
+            assert!(
+                !validator.is_valid(&serde_json::from_str(&stored.event).unwrap()),
+                "an event without its outbox id is not publishable"
+            );
+            let published = crate::rollout_relay::with_event_id(&stored);
+            let value: serde_json::Value = serde_json::from_slice(&published).unwrap();
+            assert_eq!(
+                serde_json::from_value::<RolloutEvent>(value.clone())
+                    .unwrap()
+                    .event_id,
+                id
+            );
             let errors: Vec<String> = validator
                 .iter_errors(&value)
                 .map(|e| e.to_string())
@@ -615,6 +648,7 @@ mod tests {
             assert!(errors.is_empty(), "{value}: {errors:?}");
         }
         let mut wrong = serde_json::to_value(rollout_event(&open)).unwrap();
+        wrong["event_id"] = serde_json::json!(3);
         wrong["to"]["state"] = serde_json::json!("exploded");
         assert!(
             !validator.is_valid(&wrong),

@@ -43,6 +43,7 @@ pub mod jobs;
 pub mod keys;
 pub mod otactl;
 pub mod rollout;
+pub mod rollout_relay;
 pub mod settings;
 pub mod signing;
 pub mod startup;

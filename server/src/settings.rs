@@ -183,6 +183,9 @@ pub struct DirectorSettings {
     pub poll_seconds: u32,
     /// How often the engine re-evaluates breakers and phase progress.
     pub tick_milliseconds: u64,
+    /// Check-ins written per database transaction at most (group commit: those that
+    /// arrive while a batch is written go together in the next); 1 writes each alone.
+    pub checkin_batch: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -316,6 +319,7 @@ impl Default for DirectorSettings {
             expiry_seconds: 600,
             poll_seconds: 300,
             tick_milliseconds: 1000,
+            checkin_batch: 128,
         }
     }
 }
@@ -456,6 +460,12 @@ impl Settings {
             return bad(
                 "director.expiry_seconds",
                 format!("expected at least 30, got {}", self.director.expiry_seconds),
+            );
+        }
+        if !(1..=4096).contains(&self.director.checkin_batch) {
+            return bad(
+                "director.checkin_batch",
+                format!("expected 1..=4096, got {}", self.director.checkin_batch),
             );
         }
         if self.blobs.backend == BlobBackendKind::S3 {

@@ -32,6 +32,8 @@ pub struct Application {
     outbox: (Outbox, OutboxReceiver),
     /// The durable lane's producer, when `[kafka] brokers` is set (or embedded).
     events: Option<EventProducer>,
+    /// Publishes the rollout-events outbox, with Kafka.
+    relay: Option<crate::rollout_relay::RolloutRelay>,
     /// The in-process Kafka, when no brokers are configured (kept alive until the server
     /// has stopped).
     embedded_kafka: Option<crate::embedded_kafka::EmbeddedKafka>,
@@ -129,6 +131,7 @@ impl Application {
         if requeued > 0 {
             tracing::info!(requeued, "re-queued delta jobs interrupted by a restart");
         }
+        let breakers = api::dependencies::DependencyBreakers::new(&settings.dependency_breakers);
         let events = match &settings.kafka.brokers {
             Some(brokers) => {
                 // A managed cluster may forbid creating topics: then it must exist.
@@ -137,7 +140,10 @@ impl Application {
                         tracing::warn!(%err, topic, brokers, "creating the Kafka topic failed; it must exist");
                     }
                 }
-                Some(EventProducer::new(&settings.kafka).context("creating the Kafka producer")?)
+                Some(
+                    EventProducer::new(&settings.kafka, breakers.kafka.clone())
+                        .context("creating the Kafka producer")?,
+                )
             }
             None => None,
         };
@@ -149,6 +155,7 @@ impl Application {
             Duration::from_secs(settings.mqtt.stall_seconds.max(1)),
         ));
         let (outbox, outgoing) = gateway::outbox(settings.mqtt.outbox, vehicle_channel.clone());
+        let relay_wake = events.as_ref().map(|_| Arc::new(Notify::new()));
         let engine = Engine::new(
             store.clone(),
             keys.clone(),
@@ -156,19 +163,23 @@ impl Application {
             public_url.clone(),
             jobs.clone(),
             outbox.clone(),
-            match &settings.kafka.brokers {
-                Some(_) => Some(
-                    crate::events::RolloutPublisher::new(&settings.kafka)
-                        .context("creating the rollout-events producer")?,
-                ),
-                None => None,
-            },
+            relay_wake.clone(),
         );
+        let relay = match (&events, relay_wake) {
+            (Some(events), Some(wake)) => Some(crate::rollout_relay::RolloutRelay::new(
+                store.clone(),
+                events.lane(),
+                settings.kafka.rollout_topic.clone(),
+                gateway::default_client_id(),
+                wake,
+            )),
+            _ => None,
+        };
         let state = AppState {
             store,
             blobs,
             keys,
-            breakers: api::dependencies::DependencyBreakers::new(&settings.dependency_breakers),
+            breakers,
             settings,
             engine,
             vehicle_channel,
@@ -183,6 +194,7 @@ impl Application {
             delta_engine: Arc::new(BuilderEngine::default()),
             outbox: (outbox, outgoing),
             events,
+            relay,
             embedded_kafka,
         })
     }
@@ -228,6 +240,9 @@ impl Application {
         } else {
             // No broker: closing the outbox makes every send fail fast (and counted).
             drop(outgoing);
+        }
+        if let Some(relay) = self.relay {
+            background.push(tokio::spawn(relay.run(stop_rx.clone())));
         }
         if settings.kafka.brokers.is_some() {
             // The rollout engine's consumer of the durable lane, beside the gateway.

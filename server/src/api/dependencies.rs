@@ -14,6 +14,12 @@
 //! after which `half_open_calls` probes decide between closing and opening again.
 //! State changes are logged and exported as `ota_dependency_breaker_state`; refusals
 //! as `ota_dependency_breaker_rejections_total`.
+//!
+//! Kafka has a breaker of the same settings around every write of the durable lane
+//! (the gateway's vehicle events, the rollout-events relay): a failed or timed-out
+//! write counts as a failure; while it is open, writes fail at once and their callers
+//! back off (the gateway holds the MQTT message unacknowledged, the relay keeps the
+//! event in the outbox), instead of every write waiting out the delivery timeout.
 
 use super::error::ApiError;
 use crate::settings::DependencyBreakerSettings;
@@ -22,8 +28,8 @@ use serde::Serialize;
 use std::convert::Infallible;
 use std::time::Duration;
 use tower_resilience_circuitbreaker::{
-    CircuitBreakerError, CircuitBreakerHandle, CircuitBreakerLayer, CircuitState, FnClassifier,
-    SlidingWindowType,
+    CircuitBreakerConfigBuilder, CircuitBreakerError, CircuitBreakerHandle, CircuitBreakerLayer,
+    CircuitState, DefaultClassifier, FnClassifier, SlidingWindowType,
 };
 
 /// A dependency of the API with a breaker of its own.
@@ -32,6 +38,7 @@ use tower_resilience_circuitbreaker::{
 pub enum Dependency {
     Database,
     BlobStore,
+    Kafka,
 }
 
 impl Dependency {
@@ -39,6 +46,7 @@ impl Dependency {
         match self {
             Dependency::Database => "database",
             Dependency::BlobStore => "blob_store",
+            Dependency::Kafka => "kafka",
         }
     }
 
@@ -47,6 +55,7 @@ impl Dependency {
         match self {
             Dependency::Database => "the database",
             Dependency::BlobStore => "the blob store",
+            Dependency::Kafka => "Kafka",
         }
     }
 }
@@ -62,6 +71,9 @@ pub type Classifier = FnClassifier<fn(&Result<Response, Infallible>) -> bool>;
 /// The breaker layer of one dependency (a tower layer; every service it wraps shares
 /// one circuit).
 pub type BreakerLayer = CircuitBreakerLayer<Classifier>;
+
+/// The Kafka breaker's layer: every error of a write is a failure.
+pub type KafkaBreakerLayer = CircuitBreakerLayer<DefaultClassifier>;
 
 fn database_failed(result: &Result<Response, Infallible>) -> bool {
     failed(result, Dependency::Database)
@@ -85,8 +97,10 @@ fn failed(result: &Result<Response, Infallible>, dependency: Dependency) -> bool
 pub struct DependencyBreakers {
     pub database: BreakerLayer,
     pub blob_store: BreakerLayer,
+    pub kafka: KafkaBreakerLayer,
     database_handle: CircuitBreakerHandle<Classifier>,
     blob_store_handle: CircuitBreakerHandle<Classifier>,
+    kafka_handle: CircuitBreakerHandle<DefaultClassifier>,
     open_seconds: u64,
 }
 
@@ -95,6 +109,7 @@ impl std::fmt::Debug for DependencyBreakers {
         f.debug_struct("DependencyBreakers")
             .field("database", &self.state(Dependency::Database))
             .field("blob_store", &self.state(Dependency::BlobStore))
+            .field("kafka", &self.state(Dependency::Kafka))
             .finish()
     }
 }
@@ -116,11 +131,11 @@ pub fn state_name(state: CircuitState) -> &'static str {
     }
 }
 
-fn breaker(
+/// A breaker builder with the settings, metrics and logs every dependency shares.
+fn configured(
     settings: &DependencyBreakerSettings,
     dependency: Dependency,
-    classify: fn(&Result<Response, Infallible>) -> bool,
-) -> (BreakerLayer, CircuitBreakerHandle<Classifier>) {
+) -> CircuitBreakerConfigBuilder<DefaultClassifier> {
     let name = dependency.as_str();
     metrics::gauge!("ota_dependency_breaker_state", "dependency" => name).set(0.0);
     CircuitBreakerLayer::builder()
@@ -152,9 +167,19 @@ fn breaker(
             metrics::counter!("ota_dependency_breaker_rejections_total", "dependency" => name)
                 .increment(1);
         })
+}
+
+const CHECKED: &str = "dependency breaker settings are checked at load";
+
+fn breaker(
+    settings: &DependencyBreakerSettings,
+    dependency: Dependency,
+    classify: fn(&Result<Response, Infallible>) -> bool,
+) -> (BreakerLayer, CircuitBreakerHandle<Classifier>) {
+    configured(settings, dependency)
         .failure_classifier(classify)
         .build_with_handle()
-        .expect("dependency breaker settings are checked at load")
+        .expect(CHECKED)
 }
 
 impl DependencyBreakers {
@@ -162,11 +187,16 @@ impl DependencyBreakers {
         let (database, database_handle) = breaker(settings, Dependency::Database, database_failed);
         let (blob_store, blob_store_handle) =
             breaker(settings, Dependency::BlobStore, blob_store_failed);
+        let (kafka, kafka_handle) = configured(settings, Dependency::Kafka)
+            .build_with_handle()
+            .expect(CHECKED);
         DependencyBreakers {
             database,
             blob_store,
+            kafka,
             database_handle,
             blob_store_handle,
+            kafka_handle,
             open_seconds: settings.open_seconds,
         }
     }
@@ -175,6 +205,7 @@ impl DependencyBreakers {
         match dependency {
             Dependency::Database => self.database_handle.state(),
             Dependency::BlobStore => self.blob_store_handle.state(),
+            Dependency::Kafka => self.kafka_handle.state(),
         }
     }
 

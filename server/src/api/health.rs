@@ -53,6 +53,9 @@ pub struct Breakers {
     pub database: &'static str,
     #[schema(pattern = "^(closed|open|half_open)$")]
     pub blob_store: &'static str,
+    /// Writes to Kafka (the durable lane); `closed` when Kafka is not in use.
+    #[schema(pattern = "^(closed|open|half_open)$")]
+    pub kafka: &'static str,
 }
 
 /// Liveness.
@@ -94,6 +97,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             breakers: Breakers {
                 database: state_name(state.breakers.state(Dependency::Database)),
                 blob_store: state_name(state.breakers.state(Dependency::BlobStore)),
+                kafka: state_name(state.breakers.state(Dependency::Kafka)),
             },
         }),
     )

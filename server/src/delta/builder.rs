@@ -29,6 +29,12 @@ use zstd::zstd_safe::CParameter;
 
 /// Default cap on the old window and new part held in memory at once (see `chunking`).
 pub const DEFAULT_WINDOW_CAP: u64 = 256 << 20;
+/// Worker threads at most (more are clamped to this).
+pub const MAX_THREADS: usize = 1024;
+/// zstd levels the builder offers.
+pub const LEVELS: std::ops::RangeInclusive<i32> = 1..=22;
+/// The window cap the CLI accepts, in MiB (peak memory is about 7× the window).
+pub const WINDOW_MIB: std::ops::RangeInclusive<u64> = 1..=4096;
 /// zstd window of codes frames and full-image streams. The agent decodes those streaming
 /// and refuses larger windows, so this fixes its decoder memory at 8 MiB per stream.
 pub const STREAM_WINDOW_LOG: u32 = 23;
@@ -197,7 +203,7 @@ fn build_into<S: ContainerSink>(
     let options = BuildOptions {
         // The suffix array indexes with 32-bit signed offsets.
         window_cap: options.window_cap.clamp(1, suffix_array::MAX_LENGTH as u64),
-        threads: options.threads.max(1),
+        threads: options.threads.clamp(1, MAX_THREADS),
         level: options.level,
         segment_len: options.segment_len.clamp(1, SEGMENT_MAX_TARGET),
     };

@@ -1,6 +1,8 @@
 //! `ota-server delta ...` subcommands.
 
-use super::builder::{build_delta_file, BuildOptions, DEFAULT_WINDOW_CAP};
+use super::builder::{
+    build_delta_file, BuildOptions, DEFAULT_WINDOW_CAP, LEVELS, MAX_THREADS, WINDOW_MIB,
+};
 use anyhow::Context;
 use clap::Subcommand;
 
@@ -14,14 +16,16 @@ pub enum DeltaCommand {
         new: std::path::PathBuf,
         #[arg(long)]
         out: std::path::PathBuf,
-        /// Most MiB of old window / new part in memory at once (peak memory ≈ 7×).
-        #[arg(long, default_value_t = DEFAULT_WINDOW_CAP >> 20)]
+        /// Most MiB of old window / new part in memory at once (peak memory ≈ 7×), 1–4096.
+        #[arg(long, default_value_t = DEFAULT_WINDOW_CAP >> 20,
+              value_parser = clap::value_parser!(u64).range(*WINDOW_MIB.start()..=*WINDOW_MIB.end()))]
         window_mib: u64,
-        /// Worker threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
+        /// Worker threads, 1–1024 (default: all cores).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=MAX_THREADS as i64))]
+        threads: Option<u16>,
         /// zstd level of the delta streams (1–22).
-        #[arg(long, default_value_t = BuildOptions::default().level)]
+        #[arg(long, default_value_t = BuildOptions::default().level,
+              value_parser = clap::value_parser!(i32).range(*LEVELS.start() as i64..=*LEVELS.end() as i64))]
         level: i32,
     },
 }
@@ -42,7 +46,7 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 ..BuildOptions::default()
             };
             if let Some(threads) = threads {
-                options.threads = threads;
+                options.threads = usize::from(threads);
             }
             let report = build_delta_file(&old, &new, &out, &options).with_context(|| {
                 format!(

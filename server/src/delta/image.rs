@@ -64,9 +64,56 @@ pub struct FileImage {
 }
 
 impl FileImage {
+    /// Opens a regular file (sized by its metadata) or a block device (sized by seeking
+    /// to its end). Anything else is refused with `InvalidInput`, because its size
+    /// cannot be known before reading it: a FIFO, a socket, a character device such as
+    /// `/dev/zero`, a directory, or a file the file system reports as empty although it
+    /// has content (`/proc` files).
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = File::open(path)?;
-        let len = file.metadata()?.len();
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::FileTypeExt;
+        let unsized_input = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is {what}: only a regular file or a block device can be read as an image",
+                    path.display()
+                ),
+            )
+        };
+        // Judged by the path before opening: opening a FIFO to read waits for a writer.
+        let kind = std::fs::metadata(path)?.file_type();
+        let what = if kind.is_file() || kind.is_block_device() {
+            None
+        } else if kind.is_dir() {
+            Some("a directory")
+        } else if kind.is_fifo() {
+            Some("a FIFO")
+        } else if kind.is_socket() {
+            Some("a socket")
+        } else if kind.is_char_device() {
+            Some("a character device")
+        } else {
+            Some("not a regular file")
+        };
+        if let Some(what) = what {
+            return Err(unsized_input(what));
+        }
+        let mut file = File::open(path)?;
+        let metadata = file.metadata()?;
+        let len = if metadata.file_type().is_block_device() {
+            file.seek(SeekFrom::End(0))?
+        } else if metadata.file_type().is_file() {
+            if metadata.len() == 0 && file.read_at(&mut [0u8; 1], 0)? > 0 {
+                return Err(unsized_input(
+                    "a file whose size the file system reports as 0 although it has content (like /proc files)",
+                ));
+            }
+            metadata.len()
+        } else {
+            // Replaced between the look and the open.
+            return Err(unsized_input("no longer a regular file"));
+        };
         Ok(FileImage { file, len })
     }
 }

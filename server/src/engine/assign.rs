@@ -299,8 +299,12 @@ impl Engine {
         let (vehicle, checkin) = self.verify_checkin(topic_vehicle, bytes, now).await?;
         let Some(version) = self
             .inner
-            .store
-            .record_checkin(&checkin, &vehicle.ecus, now)
+            .checkins
+            .record(crate::store::CheckinWrite {
+                checkin: checkin.clone(),
+                known: vehicle.ecus.clone(),
+                now,
+            })
             .await?
         else {
             return Err(Rejected::Replayed {

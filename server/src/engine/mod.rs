@@ -12,6 +12,7 @@
 //! Every entry point takes `now` from its caller; nothing here reads the clock.
 
 pub mod assign;
+pub mod checkins;
 pub mod deployments;
 pub mod history;
 pub mod intake;
@@ -60,8 +61,11 @@ struct Inner {
     outbox: Outbox,
     jobs: Arc<Notify>,
     snapshot: assign::SnapshotCache,
-    /// Every committed rollout change goes to `ota.rollout-events` (with Kafka).
-    rollout_events: Option<crate::events::RolloutPublisher>,
+    /// Check-in writes, batched per transaction.
+    checkins: checkins::CheckinWriter,
+    /// With Kafka, every rollout change writes its event to the outbox in its own
+    /// transaction and wakes the relay that publishes it to `ota.rollout-events`.
+    rollout_relay: Option<crate::rollout_relay::RelayWake>,
 }
 
 #[derive(Clone)]
@@ -92,8 +96,18 @@ impl Engine {
         public_url: String,
         jobs: Arc<Notify>,
         outbox: Outbox,
-        rollout_events: Option<crate::events::RolloutPublisher>,
+        rollout_relay: Option<crate::rollout_relay::RelayWake>,
     ) -> Engine {
+        // SQLite has one writer at a time; PostgreSQL takes a second batch while the
+        // first commits.
+        let checkins = checkins::CheckinWriter::new(
+            store.clone(),
+            settings.director.checkin_batch,
+            match store.backend() {
+                crate::store::Backend::Sqlite => 1,
+                crate::store::Backend::Postgres => 2,
+            },
+        );
         Engine {
             inner: Arc::new(Inner {
                 store,
@@ -103,7 +117,8 @@ impl Engine {
                 outbox,
                 jobs,
                 snapshot: assign::SnapshotCache::default(),
-                rollout_events,
+                checkins,
+                rollout_relay,
             }),
         }
     }
@@ -151,10 +166,19 @@ impl Engine {
         for _ in 0..3 {
             let facts = self.facts_for(&record, request).await?;
             let change = plan::plan(&record, request, &facts, now)?;
-            match self.inner.store.apply_rollout_change(actor, &change).await {
+            let event = self.inner.rollout_relay.as_ref().map(|_| {
+                serde_json::to_string(&crate::events::rollout_event(&change))
+                    .expect("a rollout event serialises")
+            });
+            match self
+                .inner
+                .store
+                .apply_rollout_change(actor, &change, event.as_deref())
+                .await
+            {
                 Ok((updated, cancelled)) => {
-                    if let Some(publisher) = &self.inner.rollout_events {
-                        publisher.publish(crate::events::rollout_event(&change));
+                    if let Some(relay) = &self.inner.rollout_relay {
+                        relay.notify_one();
                     }
                     self.run_effects(&updated, &change, &cancelled, now).await?;
                     return Ok(updated);

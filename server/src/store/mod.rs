@@ -16,6 +16,7 @@ mod deltas;
 mod deployments;
 mod images;
 mod lists;
+mod outbox;
 mod releases;
 mod rollouts;
 mod tokens;
@@ -29,10 +30,11 @@ pub use deltas::{BuiltDelta, DeltaJob, DeltaJobStatus};
 pub use deployments::{DeploymentChange, DeploymentEvent, DeploymentQuery, OutcomeEvent};
 pub use images::{ImageRecord, NewImage};
 pub use lists::{AuditFilter, ImageFilter, Keyset, VehicleListFilter, VehicleOrder};
+pub use outbox::OutboxRow;
 pub use releases::{NewRelease, ReleaseImage, ReleaseRecord};
 pub use rollouts::{ChangeError, DeploymentRecord, NewRollout, PhaseCounts, RolloutRecord};
 pub use tokens::{TokenInfo, TokenRecord};
-pub use vehicles::{EcuRecord, NewVehicle, VehicleFilter, VehicleRecord};
+pub use vehicles::{CheckinWrite, EcuRecord, NewVehicle, VehicleFilter, VehicleRecord};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
@@ -224,8 +226,16 @@ impl Store {
         &self.pool
     }
 
+    /// Begins a write transaction. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`, waiting up to the busy timeout for another writer): a deferred
+    /// transaction that reads first and writes later fails at once with
+    /// `SQLITE_BUSY_SNAPSHOT` whenever another connection committed in between (seen
+    /// with bulk registration beside the rollout-events relay's lease renewal).
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        Ok(self.pool.begin().await?)
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// A trivial round trip, for `/readyz`.
@@ -273,6 +283,55 @@ mod tests {
         // 1 = NORMAL (2 = FULL, the default).
         assert_eq!(pragma("PRAGMA synchronous").await, "1");
         assert_eq!(pragma("PRAGMA busy_timeout").await, "5000");
+        store.close().await;
+    }
+
+    /// A write transaction that reads first must not fail when another connection
+    /// writes meanwhile: the other waits for it (`BEGIN IMMEDIATE`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_write_transactions_hold_the_write_lock_from_their_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("ota.db").display());
+        let store = Store::connect(&url, 3).await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let pool = store.pool().clone();
+        let mut other = tokio::spawn(async move {
+            sqlx::query("INSERT INTO t (x) VALUES (2)")
+                .execute(&pool)
+                .await
+                .map(|_| ())
+        });
+        // The other writer is blocked while the transaction is open (it would commit at
+        // once against a deferred transaction, and the write below would then fail).
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), &mut other)
+                .await
+                .is_err(),
+            "another writer committed inside an open write transaction"
+        );
+        sqlx::query("INSERT INTO t (x) VALUES (1)")
+            .execute(&mut *tx)
+            .await
+            .expect("the transaction's own write after its read");
+        tx.commit().await.unwrap();
+        other
+            .await
+            .unwrap()
+            .expect("the other writer went after it");
+        let rows = sqlx::query("SELECT x FROM t ORDER BY rowid")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        let order: Vec<i64> = rows.iter().map(|r| r.try_get(0).unwrap()).collect();
+        assert_eq!(order, [1, 2]);
         store.close().await;
     }
 }

@@ -258,11 +258,14 @@ impl Store {
     /// holds the values the change was planned from), its audit lines, and — when the
     /// change cancels unfinished deployments — those deployments, which are returned.
     /// A change planned from stale values is refused with [`ChangeError::Raced`], so two
-    /// operators (or two replicas) cannot both win a race.
+    /// operators (or two replicas) cannot both win a race. With `event`, the change's
+    /// rollout event goes to the outbox in the same transaction, so the event exists
+    /// if and only if the change does.
     pub async fn apply_rollout_change(
         &self,
         actor: &Actor,
         change: &RolloutChange,
+        event: Option<&str>,
     ) -> Result<(RolloutRecord, Vec<DeploymentRecord>), ChangeError> {
         let now = change.now_ms;
         let mut tx = self.begin().await?;
@@ -299,6 +302,9 @@ impl Store {
                 line.detail.clone(),
             )
             .await?;
+        }
+        if let Some(event) = event {
+            super::outbox::record(&mut tx, &change.rollout_id, event, now).await?;
         }
         let mut cancelled = Vec::new();
         if change.has(Effect::CancelUnfinished) {

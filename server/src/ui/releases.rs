@@ -14,7 +14,7 @@ use maud::html;
 use std::collections::BTreeMap;
 
 /// How many of each list the page shows (the newest).
-const SHOWN: &str = "limit=100";
+const SHOWN: &str = "limit=100&order=desc";
 
 pub async fn list(State(state): State<AppState>, session: Session) -> Response {
     let caller = || session.caller.clone();

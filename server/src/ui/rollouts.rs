@@ -116,7 +116,7 @@ pub async fn list(
         .find(|s| s.as_str() == params.state)
         .map(|s| format!("&state={}", s.as_str()))
         .unwrap_or_default();
-    let query = match parse_query::<rollouts::ListQuery>(&format!("limit=100{filter}")) {
+    let query = match parse_query::<rollouts::ListQuery>(&format!("limit=100&order=desc{filter}")) {
         Ok(query) => query,
         Err(error) => return error_page(Some(&session), &error),
     };

@@ -98,6 +98,99 @@ fn cli_reports_a_missing_image_and_writes_nothing() {
     assert!(!dir.path().join("delta").exists());
 }
 
+/// Runs `ota-server delta build` with `args` (old/new/out given in `dir` unless
+/// `args` names them); returns (success, stderr).
+fn delta_build(dir: &Path, args: &[&str]) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ota-server"));
+    command.args(["delta", "build"]).args(args);
+    if !args.contains(&"--old") {
+        command.arg("--old").arg(dir.join("old"));
+    }
+    if !args.contains(&"--new") {
+        command.arg("--new").arg(dir.join("new"));
+    }
+    command.arg("--out").arg(dir.join("delta"));
+    let output = command.output().expect("ota-server runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Inputs whose size cannot be known are refused by name, before anything is read
+/// or written: a character device, a FIFO (which would block the open), a directory,
+/// a `/proc` file that reports 0 bytes but has content.
+#[test]
+fn cli_refuses_inputs_it_cannot_size() {
+    let (old, new) = image_pair();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("old"), &old).expect("write");
+    std::fs::write(dir.path().join("new"), &new).expect("write");
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs")
+        .success());
+    let fifo = fifo.to_str().unwrap().to_owned();
+    let directory = dir.path().to_str().unwrap().to_owned();
+    for (input, expected) in [
+        ("/dev/zero", "is a character device"),
+        (fifo.as_str(), "is a FIFO"),
+        (directory.as_str(), "is a directory"),
+        ("/proc/self/status", "reports as 0 although it has content"),
+    ] {
+        for which in ["--old", "--new"] {
+            let (ok, stderr) = delta_build(dir.path(), &[which, input]);
+            assert!(!ok, "{which} {input} must be refused");
+            assert!(
+                stderr.contains(expected)
+                    && stderr.contains(&format!("reading the {} image failed", &which[2..])),
+                "{which} {input}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            assert!(!dir.path().join("delta").exists(), "nothing written");
+        }
+    }
+}
+
+/// Every numeric option has a range and a clear error outside it (once a panic, a
+/// silent 1-byte window, or an accepted level the help says is invalid).
+#[test]
+fn cli_refuses_options_out_of_range() {
+    let (old, new) = image_pair();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("old"), &old).expect("write");
+    std::fs::write(dir.path().join("new"), &new).expect("write");
+    for (option, value) in [
+        ("--threads", "0"),
+        ("--threads", "1025"),
+        ("--threads", "2305843009213693952"),
+        ("--window-mib", "0"),
+        ("--window-mib", "4097"),
+        ("--window-mib", "17592186044416"),
+        ("--level", "0"),
+        ("--level", "23"),
+        ("--level", "2147483647"),
+        ("--level", "-1"),
+    ] {
+        let (ok, stderr) = delta_build(dir.path(), &[&format!("{option}={value}")]);
+        assert!(!ok, "{option} {value} must be refused");
+        assert!(
+            stderr.contains(option) && !stderr.contains("panicked"),
+            "{option} {value}: {stderr}"
+        );
+        assert!(!dir.path().join("delta").exists(), "nothing written");
+    }
+    // The bounds themselves are accepted.
+    for (option, value) in [("--threads", "1"), ("--window-mib", "1"), ("--level", "22")] {
+        let (ok, stderr) = delta_build(dir.path(), &[option, value]);
+        assert!(ok, "{option} {value}: {stderr}");
+        assert_eq!(apply_file(&dir.path().join("delta"), &old), new);
+        std::fs::remove_file(dir.path().join("delta")).unwrap();
+    }
+}
+
 /// The production builder behind a gate: a build announces that it started, then waits
 /// for `release` before diffing. Tests use it to hold a delta job in flight.
 #[derive(Debug)]

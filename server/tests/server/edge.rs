@@ -646,7 +646,7 @@ async fn a_broken_blob_store_opens_its_breaker_while_the_rest_of_the_api_serves_
     assert_eq!(app.get(&blob, &app.read_token).await.0, 200);
     assert_eq!(
         ready(&app).await["breakers"],
-        json!({ "database": "closed", "blob_store": "closed" })
+        json!({ "database": "closed", "blob_store": "closed", "kafka": "closed" })
     );
 
     // The blob directory replaced by a file: every read fails.

@@ -335,6 +335,8 @@ pub struct Options {
     pub upload_idle_timeout_seconds: Option<u64>,
     /// `dependency_breakers.open_seconds`.
     pub breaker_open_seconds: Option<u64>,
+    /// `dependency_breakers.minimum_calls`.
+    pub breaker_minimum_calls: Option<usize>,
     /// `mqtt.workers` and `mqtt.queue` (the gateway's concurrency and backlog).
     pub mqtt_workers: Option<usize>,
     pub mqtt_queue: Option<usize>,
@@ -378,6 +380,9 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> Option<TestAp
     }
     if let Some(seconds) = options.breaker_open_seconds {
         settings.dependency_breakers.open_seconds = seconds;
+    }
+    if let Some(calls) = options.breaker_minimum_calls {
+        settings.dependency_breakers.minimum_calls = calls;
     }
     if let Some(max) = options.max_concurrent_requests {
         settings.limits.max_concurrent_requests = max;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 const SCHEMA: &str = include_str!("../../../docs/schemas/ota.vehicle-events.progress.v1.json");
 const ROLLOUT_SCHEMA: &str =
-    include_str!("../../../docs/schemas/ota.rollout-events.change.v1.json");
+    include_str!("../../../docs/schemas/ota.rollout-events.change.v2.json");
 
 fn validator() -> jsonschema::Validator {
     let schema: Value = serde_json::from_str(SCHEMA).expect("the schema file is JSON");
@@ -323,5 +323,178 @@ async fn every_rollout_change_is_published_to_rollout_events() {
         ],
         "every change, in order"
     );
+    assert_increasing_event_ids(&records);
+    wait_outbox_empty(&app).await;
+    app.stop().await;
+}
+
+fn assert_increasing_event_ids(records: &[(String, Vec<u8>)]) {
+    let ids: Vec<i64> = records
+        .iter()
+        .map(|(_, value)| {
+            let event: Value = serde_json::from_slice(value).unwrap();
+            event["event_id"].as_i64().expect("every event has an id")
+        })
+        .collect();
+    assert!(
+        ids.windows(2).all(|pair| pair[0] < pair[1]),
+        "event ids increase in commit order: {ids:?}"
+    );
+}
+
+/// Waits (at most 30 s) until the relay has published and deleted every outbox row.
+async fn wait_outbox_empty(app: &TestApp) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending = app.state.store.outbox_pending().await.unwrap();
+        if pending == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pending} rollout events still in the outbox after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `/readyz`'s report of the Kafka breaker.
+async fn kafka_breaker(app: &TestApp) -> String {
+    let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+    let body: Value = response.json().await.unwrap();
+    body["breakers"]["kafka"].as_str().unwrap().to_owned()
+}
+
+async fn wait_kafka_breaker(app: &TestApp, state: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = kafka_breaker(app).await;
+        if now == state {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the Kafka breaker is {now}, not {state}, after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A loopback port that refuses connections until `up`, then forwards them to the test
+/// Kafka (whose metadata then points clients at the broker itself): a Kafka that is
+/// unreachable at first and comes back, without touching the shared broker.
+struct KafkaProxy {
+    port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl KafkaProxy {
+    async fn reserve() -> KafkaProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        KafkaProxy { port, task: None }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn up(&mut self, target: String) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("the proxy's port is still free");
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+}
+
+impl Drop for KafkaProxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The transactional outbox: rollout changes made while Kafka is unreachable commit
+/// (the API answers 200) and their events wait in the outbox; the Kafka breaker opens
+/// and `/readyz` says so; once Kafka is back the relay publishes every held event, in
+/// order with increasing ids, the outbox empties and the breaker closes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_events_wait_in_the_outbox_while_kafka_is_down() {
+    let brokers = crate::helpers::kafka_brokers();
+    if !crate::helpers::require_service("kafka (tansu)", &brokers).await {
+        return;
+    }
+    let mut proxy = KafkaProxy::reserve().await;
+    let Some(app) = spawn_app_with(
+        Backend::Sqlite,
+        Options {
+            kafka_brokers_unchecked: Some(proxy.address()),
+            kafka_delivery_timeout_ms: Some(1000),
+            breaker_open_seconds: Some(1),
+            breaker_minimum_calls: Some(2),
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let (_, _, rollout) = app
+        .release_and_rollout(&unique("hw-o"), json!([{ "name": "all", "percent": 100 }]))
+        .await;
+    let id = rollout["id"].as_str().unwrap().to_owned();
+    for action in ["start", "pause", "resume"] {
+        let (status, body) = app
+            .post(
+                &format!("/api/v1/rollouts/{id}/{action}"),
+                &app.admin_token,
+                &json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{action} commits while Kafka is down: {body}");
+    }
+    wait_kafka_breaker(&app, "open").await;
+    assert_eq!(
+        app.state.store.outbox_pending().await.unwrap(),
+        3,
+        "nothing was published, nothing lost"
+    );
+    // Kafka comes back (the topic is created on the broker itself: the server's own
+    // attempt at start-up found no broker).
+    let kafka = ota_server::settings::KafkaSettings {
+        brokers: Some(brokers.clone()),
+        ..app.state.settings.kafka.clone()
+    };
+    ota_server::events::ensure_topic(&kafka, &kafka.rollout_topic)
+        .await
+        .unwrap();
+    proxy.up(brokers.clone()).await;
+    wait_outbox_empty(&app).await;
+    let records = topic_records(&brokers, &kafka.rollout_topic, 3).await;
+    let actions: Vec<String> = records
+        .iter()
+        .map(|(key, value)| {
+            assert_eq!(key, &id);
+            let event: Value = serde_json::from_slice(value).unwrap();
+            event["actions"][0].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        ["rollout.start", "rollout.pause", "rollout.resume"],
+        "every held event, once each, in order"
+    );
+    assert_increasing_event_ids(&records);
+    wait_kafka_breaker(&app, "closed").await;
     app.stop().await;
 }

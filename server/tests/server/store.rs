@@ -394,15 +394,32 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
         now_ms(),
     )
     .unwrap();
-    let (started, cancelled) = store.apply_rollout_change(&actor(), &start).await.unwrap();
+    let (started, cancelled) = store
+        .apply_rollout_change(&actor(), &start, Some(r#"{"n":1}"#))
+        .await
+        .unwrap();
     assert_eq!(started.state, RolloutState::Running);
     assert!(cancelled.is_empty());
     // The same change again was planned from a state that no longer holds: refused,
-    // with the rollout as it is now, and nothing written.
-    match store.apply_rollout_change(&actor(), &start).await {
+    // with the rollout as it is now, and nothing written — its event neither.
+    match store
+        .apply_rollout_change(&actor(), &start, Some(r#"{"n":2}"#))
+        .await
+    {
         Err(ChangeError::Raced(latest)) => assert_eq!(latest.state, RolloutState::Running),
         other => panic!("a stale change must be refused: {other:?}"),
     }
+    let outbox = store.outbox_batch(10).await.unwrap();
+    assert_eq!(
+        outbox
+            .iter()
+            .map(|row| (row.rollout_id.as_str(), row.event.as_str()))
+            .collect::<Vec<_>>(),
+        [(rollout.id.as_str(), r#"{"n":1}"#)],
+        "the outbox holds the committed change's event and only that"
+    );
+    assert_eq!(store.outbox_published(&[outbox[0].id]).await.unwrap(), 1);
+    assert_eq!(store.outbox_pending().await.unwrap(), 0);
     let audit = store.list_audit(100, None).await.unwrap();
     assert_eq!(
         audit.iter().filter(|a| a.action == "rollout.start").count(),
@@ -626,6 +643,123 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
 both_backends!(
     rollouts_deployments_and_delta_jobs,
     rollouts_deployments_and_jobs
+);
+
+/// One relay at a time holds the rollout-events lease; another takes over once it
+/// lapses or is given up.
+async fn outbox_lease(backend: Backend) {
+    let Some((store, _db, _dir)) = fresh_store(backend).await else {
+        return;
+    };
+    let ttl = 10_000;
+    assert!(store.take_outbox_lease("a", 1_000, ttl).await.unwrap());
+    assert!(
+        !store.take_outbox_lease("b", 2_000, ttl).await.unwrap(),
+        "b must wait while a's lease runs"
+    );
+    assert!(
+        store.take_outbox_lease("a", 5_000, ttl).await.unwrap(),
+        "a renews its own lease"
+    );
+    assert!(
+        !store.take_outbox_lease("b", 14_000, ttl).await.unwrap(),
+        "the renewal moved the expiry to 15,000"
+    );
+    assert!(store.take_outbox_lease("b", 15_000, ttl).await.unwrap());
+    assert!(!store.take_outbox_lease("a", 15_001, ttl).await.unwrap());
+    store.release_outbox_lease("b").await.unwrap();
+    assert!(
+        store.take_outbox_lease("a", 15_002, ttl).await.unwrap(),
+        "a lease given up is free at once"
+    );
+    assert_eq!(store.outbox_published(&[]).await.unwrap(), 0);
+}
+both_backends!(outbox_lease_is_held_by_one_relay_at_a_time, outbox_lease);
+
+/// Group commit: check-ins that wait together are written in one transaction, and
+/// each still gets its own answer — versions grow per vehicle in arrival order, a
+/// replay in the same batch is refused, an unknown vehicle fails alone.
+async fn checkins_group_commit(backend: Backend) {
+    use ota_server::engine::checkins::CheckinWriter;
+    use ota_server::store::CheckinWrite;
+    let Some((store, db, dir)) = fresh_store(backend).await else {
+        return;
+    };
+    let vehicles: Vec<String> = (0..20).map(|i| format!("veh-g{i:02}")).collect();
+    let new: Vec<NewVehicle> = vehicles
+        .iter()
+        .map(|id| NewVehicle {
+            id: id.clone(),
+            public_key: device_key().public_key().to_hex(),
+            tags: Vec::new(),
+            ecus: vec![("main".to_owned(), "hw-g".to_owned())],
+        })
+        .collect();
+    store.insert_vehicles(&actor(), &new).await.unwrap();
+    store.close().await;
+    let url = match &db {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}", dir.path().join("ota.db").display()),
+    };
+    let mut writes = Vec::new();
+    for round in 0..5 {
+        for id in &vehicles {
+            let mut checkin = checkin(id, None, 0);
+            checkin.sent_at =
+                ota_core::time::Timestamp::parse(&format!("2026-11-30T12:00:0{round}Z")).unwrap();
+            writes.push(CheckinWrite {
+                checkin,
+                known: Vec::new(),
+                now: now_ms(),
+            });
+        }
+    }
+    let replay = writes.len();
+    writes.push(writes[0].clone());
+    let unknown = writes.len();
+    writes.push(CheckinWrite {
+        checkin: checkin("veh-unknown", None, 0),
+        known: Vec::new(),
+        now: now_ms(),
+    });
+    // On a runtime of one thread every write is queued before a writer runs, so the
+    // batching is deterministic.
+    let (results, batches) = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let store = ota_server::store::Store::connect(&url, 3).await.unwrap();
+                let writer = CheckinWriter::new(store, 128, 2);
+                let results =
+                    futures_util::future::join_all(writes.into_iter().map(|w| writer.record(w)))
+                        .await;
+                (results, writer.batches())
+            })
+    })
+    .join()
+    .unwrap();
+    assert_eq!(batches, 1, "102 waiting check-ins go in one transaction");
+    assert!(matches!(results[replay], Ok(None)), "{:?}", results[replay]);
+    assert!(
+        matches!(results[unknown], Err(StoreError::NotFound { .. })),
+        "{:?}",
+        results[unknown]
+    );
+    for (v, _) in vehicles.iter().enumerate() {
+        let versions: Vec<u64> = (0..5)
+            .map(|round| results[round * 20 + v].as_ref().unwrap().unwrap())
+            .collect();
+        assert!(
+            versions.windows(2).all(|pair| pair[0] < pair[1]),
+            "director versions grow in arrival order: {versions:?}"
+        );
+    }
+}
+both_backends!(
+    checkins_share_transactions_and_keep_their_answers,
+    checkins_group_commit
 );
 
 async fn migrations_are_idempotent(backend: Backend) {

@@ -281,6 +281,18 @@ async fn the_dashboard_shows_a_real_rollout_and_pauses_one_in_a_browser() {
         "{list}"
     );
     assert_eq!(browser.count("#rollouts progress").await, 3);
+    let links = browser
+        .script("return [...document.querySelectorAll('#rollouts tbody th a')].map(a => a.getAttribute('href'))")
+        .await;
+    let order: Vec<String> = [&s.idle, &s.bad, &s.good]
+        .iter()
+        .map(|id| format!("/ui/rollouts/{id}"))
+        .collect();
+    assert_eq!(
+        links,
+        serde_json::json!(order),
+        "newest first, as the caption says"
+    );
     browser.screenshot("02-rollouts").await;
     browser
         .goto(&format!("{url}/ui/rollouts?state=rolled_back"))
