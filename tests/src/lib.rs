@@ -1,4 +1,5 @@
-//! End-to-end test helpers: locating the workspace's real binaries, and synthetic
+//! End-to-end test helpers: locating the workspace's real binaries, real services as
+//! child processes (`process`), reading `/metrics` (`metrics`), and synthetic
 //! firmware-like image pairs (`synthetic`) for delta tests and benchmarks.
 //!
 //! Integration tests of this crate drive `ota-server`, `otactl` and `ota-agent` as a
@@ -6,6 +7,7 @@
 //! tests, so [`binary`] runs `cargo build --bins` for the workspace once per test
 //! process (a no-op when they are fresh) and returns the path in the target directory.
 
+pub mod metrics;
 pub mod process;
 pub mod synthetic;
 pub mod vectors;

@@ -101,15 +101,7 @@ where
     }
 }
 
-/// The sum of the samples of a counter in Prometheus text (`name{labels}` prefix).
-pub fn counter(metrics: &str, name_and_labels: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name_and_labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
-}
+pub use ota_tests::metrics::counter;
 
 /// A running server.
 pub struct Server {

@@ -9,7 +9,12 @@
 //! then runs a closed-loop phase at maximum rate (`--window` check-ins in flight) and one
 //! open-loop phase per `--rate`. Before the configurations it measures the broker alone:
 //! plain messages of check-in size, publisher to subscriber, through the same number of
-//! connections and the same window. See `docs/fleet-bench.md`.
+//! connections and the same window. With `--progress`, `--pause-trials` or
+//! `--breaker-trials`, configurations with a rollout also measure the durable lane
+//! (`durable`): progress events ingested end to end, the breaker's reaction and a pause's
+//! reach. See `docs/fleet-bench.md`.
+
+mod durable;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
@@ -24,8 +29,8 @@ use ota_core::protocol::{
 use ota_core::threshold::verify_threshold;
 use ota_core::time::Timestamp;
 use ota_server::settings::{LogFormat, Settings};
-use ota_tests::process::{free_port, Database, ServerProcess, StopOutcome};
-use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
+use ota_tests::process::{free_port, BrokerProcess, Database, ServerProcess, StopOutcome};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
@@ -101,6 +106,9 @@ struct Args {
     /// Skip verifying directive signatures against the served root (saves client CPU).
     #[arg(long)]
     no_verify: bool,
+    /// The MQTT broker, `mqtt://HOST:PORT`, or `own`: a test-owned Mosquitto for the run
+    /// that queues up to 100,000 messages per client (the default of 1,000 drops part of
+    /// a large fan-out of control messages to the benchmark's connections).
     #[arg(
         long,
         env = "OTA_TEST_MQTT_URL",
@@ -121,6 +129,43 @@ struct Args {
     /// Extra environment for the server, e.g. OTA_MQTT__WORKERS=32 (repeatable).
     #[arg(long = "server-env", value_name = "KEY=VALUE")]
     server_env: Vec<String>,
+    /// The server's Kafka: `own` (a test-owned tansu per configuration, fresh topics),
+    /// `embedded` (the server's in-process Kafka), or `HOST:PORT` of a running broker
+    /// (topics and consumer group named after the run).
+    #[arg(long, default_value = "own")]
+    kafka: String,
+    /// Durable lane: every vehicle of the fleet reports the eight transitions of a
+    /// committed deployment; events applied per second end to end (rollout on only).
+    #[arg(long)]
+    progress: bool,
+    /// How many of the fleet's vehicles report progress with --progress (default: all).
+    #[arg(long)]
+    progress_vehicles: Option<usize>,
+    /// Progress events published and not yet taken by the gateway, at most (the
+    /// broker's queue for the server is bounded: Mosquitto's default is 1,000).
+    #[arg(long, default_value_t = 500)]
+    progress_window: usize,
+    /// Durable lane: this many pauses of the fleet rollout, each until every vehicle got
+    /// its `poll_now` control message, then a resume (rollout on only).
+    #[arg(long, default_value_t = 0)]
+    pause_trials: usize,
+    /// Durable lane: this many breaker trials, each a rollout over `--breaker-slice`
+    /// vehicles of their own whose canary fails (rollout on only).
+    #[arg(long, default_value_t = 0)]
+    breaker_trials: usize,
+    /// Vehicles in each breaker trial's rollout.
+    #[arg(long, default_value_t = 50)]
+    breaker_slice: usize,
+    /// Failures that open the breaker (`min_number_of_executed_things`; threshold 50 %):
+    /// the last of them is the threshold-crossing event.
+    #[arg(long, default_value_t = 5)]
+    breaker_failures: usize,
+}
+
+impl Args {
+    fn durable(&self) -> bool {
+        self.progress || self.pause_trials > 0 || self.breaker_trials > 0
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -155,7 +200,32 @@ async fn run(args: &Args, server_bin: &Path) -> Result<()> {
     if args.connections == 0 || args.window == 0 {
         bail!("--connections and --window must be at least 1");
     }
-    let url: ota_core::endpoint::BrokerUrl = args.mqtt_url.parse().context("--mqtt-url")?;
+    if args.durable() && !args.rollout.contains(&OnOff::On) {
+        bail!("--progress, --pause-trials and --breaker-trials need --rollout on");
+    }
+    if args.durable() && args.kafka == "embedded" {
+        bail!("the durable lane is measured with a real Kafka: --kafka own or HOST:PORT");
+    }
+    if args.breaker_trials > 0
+        && (args.breaker_failures == 0 || args.breaker_failures >= args.breaker_slice)
+    {
+        bail!("--breaker-failures must be at least 1 and below --breaker-slice");
+    }
+    // `--mqtt-url own`: a test-owned Mosquitto for the whole run, queueing up to 100,000
+    // messages per client (the machine's default of 1,000 drops a large fan-out of
+    // control messages to the benchmark's few connections).
+    let own_mqtt_dir = tempfile::Builder::new()
+        .prefix("fleet-bench-mqtt-")
+        .tempdir()?;
+    let own_mqtt = match args.mqtt_url.as_str() {
+        "own" => Some(BrokerProcess::mosquitto(own_mqtt_dir.path()).context("--mqtt-url own")?),
+        _ => None,
+    };
+    let mqtt_url = match &own_mqtt {
+        Some(broker) => format!("mqtt://{}", broker.address()),
+        None => args.mqtt_url.clone(),
+    };
+    let url: ota_core::endpoint::BrokerUrl = mqtt_url.parse().context("--mqtt-url")?;
     let broker = BrokerAddress {
         host: url.host(),
         port: url.port(),
@@ -164,7 +234,7 @@ async fn run(args: &Args, server_bin: &Path) -> Result<()> {
     eprintln!(
         "fleet-bench: server {}, broker {}, {} connections, window {}, {} s (+{} s warm-up) per phase",
         server_bin.display(),
-        args.mqtt_url,
+        mqtt_url,
         args.connections,
         args.window,
         args.duration_seconds,
@@ -196,6 +266,7 @@ async fn run(args: &Args, server_bin: &Path) -> Result<()> {
     );
 
     let mut rows = Vec::new();
+    let mut durables: Vec<(String, durable::Durable)> = Vec::new();
     for &backend in &args.backends {
         for &vehicles in &args.vehicles {
             for &rollout in &args.rollout {
@@ -204,7 +275,7 @@ async fn run(args: &Args, server_bin: &Path) -> Result<()> {
                     if rollout == OnOff::On { "on" } else { "off" }
                 );
                 eprintln!("== {name}");
-                let results = configuration(
+                let (results, durable) = configuration(
                     args,
                     server_bin,
                     &broker,
@@ -225,6 +296,10 @@ async fn run(args: &Args, server_bin: &Path) -> Result<()> {
                     .collect();
                 print_table(&name, &table_rows);
                 rows.extend(table_rows);
+                if let Some(durable) = durable {
+                    print_durable(&[(name.clone(), &durable)]);
+                    durables.push((name.clone(), durable));
+                }
             }
         }
     }
@@ -234,6 +309,22 @@ async fn run(args: &Args, server_bin: &Path) -> Result<()> {
         ),
         &rows,
     );
+    if !durables.is_empty() {
+        let all: Vec<(String, &durable::Durable)> =
+            durables.iter().map(|(n, d)| (n.clone(), d)).collect();
+        print_durable(&all);
+    }
+    let incomplete: Vec<&str> = durables
+        .iter()
+        .filter(|(_, d)| d.pause.as_ref().is_some_and(|p| !p.complete()))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !incomplete.is_empty() {
+        bail!(
+            "pause: some vehicles never got their poll_now control message ({})",
+            incomplete.join("; ")
+        );
+    }
     Ok(())
 }
 
@@ -258,8 +349,13 @@ async fn configuration(
     backend: Backend,
     vehicles: usize,
     rollout: bool,
-) -> Result<Vec<PhaseResult>> {
+) -> Result<(Vec<PhaseResult>, Option<durable::Durable>)> {
     let dir = tempfile::Builder::new().prefix("fleet-bench-").tempdir()?;
+    // Declared before the server: dropped after it.
+    let own_kafka = match args.kafka.as_str() {
+        "own" => Some(BrokerProcess::tansu(dir.path()).context("--kafka own")?),
+        _ => None,
+    };
     let database = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => {
@@ -276,8 +372,23 @@ async fn configuration(
             .map_err(anyhow::Error::msg)?,
         ..Settings::default()
     };
-    settings.mqtt.url = Some(args.mqtt_url.parse().context("--mqtt-url")?);
+    settings.mqtt.url = Some(
+        format!("mqtt://{}:{}", broker.host, broker.port)
+            .parse()
+            .context("--mqtt-url")?,
+    );
     settings.mqtt.share_group = format!("{run_id}-{backend}-{vehicles}");
+    match (&own_kafka, args.kafka.as_str()) {
+        (Some(kafka), _) => settings.kafka.brokers = Some(kafka.address()),
+        (None, "embedded") => {}
+        (None, address) => {
+            let name = format!("{run_id}-{backend}-{vehicles}-{}", u8::from(rollout));
+            settings.kafka.brokers = Some(address.to_owned());
+            settings.kafka.topic = format!("{name}.vehicle-events");
+            settings.kafka.rollout_topic = format!("{name}.rollout-events");
+            settings.kafka.group = format!("{name}-engine");
+        }
+    }
     settings.limits.request_timeout_seconds = 900;
     settings.log.format = LogFormat::Text;
     settings.log.filter = "warn".to_owned();
@@ -311,14 +422,17 @@ async fn configuration(
         "registered {vehicles} vehicles in {elapsed:.1} s ({:.0}/s)",
         vehicles as f64 / elapsed
     );
-    if rollout {
+    let fleet_rollout = if rollout {
         let started = Instant::now();
-        let rollout = api.rollout_to_fleet().await.context("starting a rollout")?;
+        let (rollout, image_length) = api.rollout_to_fleet().await.context("starting a rollout")?;
         eprintln!(
             "rollout {rollout} running over the whole fleet (set up in {:.1} s)",
             started.elapsed().as_secs_f64()
         );
-    }
+        Some((rollout, image_length))
+    } else {
+        None
+    };
     let director = if args.no_verify {
         None
     } else {
@@ -336,17 +450,49 @@ async fn configuration(
         modes.push(Mode::Max);
     }
     modes.extend(args.rate.iter().map(|&r| Mode::Open(r)));
-    let phases = drive_phases(args, broker, workload, &modes).await;
+    let phases = async {
+        let phases = drive_phases(args, broker, workload, &modes).await?;
+        let durable =
+            match &fleet_rollout {
+                Some((rollout, image_length)) if args.durable() => {
+                    eprintln!("  durable lane");
+                    let setup = durable::Setup {
+                        api: &api,
+                        broker,
+                        run_id,
+                        connections: args.connections,
+                        window: args.window,
+                        vehicles,
+                        rollout,
+                        image_length: *image_length,
+                        progress: args.progress,
+                        progress_vehicles: args.progress_vehicles.unwrap_or(vehicles),
+                        pause_trials: args.pause_trials,
+                        breaker_trials: args.breaker_trials,
+                        breaker_slice: args.breaker_slice,
+                        breaker_failures: args.breaker_failures,
+                        progress_window: args.progress_window,
+                    };
+                    Some(durable::run(&setup).await.with_context(|| {
+                        format!("durable lane (server log: {})", server.log_tail())
+                    })?)
+                }
+                _ => None,
+            };
+        Ok::<_, anyhow::Error>((phases, durable))
+    }
+    .await;
     let stop = server.stop();
     eprintln!("server: {stop}");
     if let Some(database) = database {
         database.drop_now().await;
     }
-    let mut phases = phases?;
+    drop(own_kafka);
+    let (mut phases, durable) = phases?;
     for phase in &mut phases {
         phase.server_stop = Some(stop.clone());
     }
-    Ok(phases)
+    Ok((phases, durable))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -369,6 +515,11 @@ impl Api {
         Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.send(self.http.get(format!("{}{path}", self.url)), path)
+            .await
+    }
+
     async fn post(&self, path: &str, body: Value) -> Result<Value> {
         self.send(
             self.http.post(format!("{}{path}", self.url)).json(&body),
@@ -378,8 +529,9 @@ impl Api {
     }
 
     /// Uploads a new image, releases it and starts a rollout to every vehicle of the
-    /// benchmark's hardware id (one phase at 100 %, no effective rate limit).
-    async fn rollout_to_fleet(&self) -> Result<String> {
+    /// benchmark's hardware id (one phase at 100 %, no effective rate limit). Returns the
+    /// rollout id and the image's length.
+    async fn rollout_to_fleet(&self) -> Result<(String, u64)> {
         let image = self
             .send(
                 self.http
@@ -414,7 +566,7 @@ impl Api {
             .to_owned();
         self.post(&format!("/api/v1/rollouts/{id}/start"), json!({}))
             .await?;
-        Ok(id)
+        Ok((id, image["length"].as_u64().unwrap_or(0)))
     }
 
     /// The director keys of the served root (version 1), to verify directives with.
@@ -756,6 +908,28 @@ impl Drop for Connections {
     }
 }
 
+/// A client of the broker (3.1.1, clean session, 1,000 in flight, `TCP_NODELAY`) with a
+/// process-unique id.
+fn mqtt_options(broker: &BrokerAddress<'_>, tag: &str) -> (AsyncClient, EventLoop) {
+    static CLIENT: AtomicU64 = AtomicU64::new(0);
+    let id = format!(
+        "fleet-bench-{}-{tag}-{}",
+        std::process::id(),
+        CLIENT.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut options = MqttOptions::new(id, broker.host, broker.port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_inflight(1000)
+        .set_clean_session(true);
+    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    (client, eventloop)
+}
+
 /// Opens `--connections` connections, each subscribed to the workload's answers through
 /// one shared subscription (each answer reaches exactly one of them).
 async fn connect(
@@ -768,23 +942,8 @@ async fn connect(
     let (subscribed_tx, mut subscribed) = tokio::sync::mpsc::channel(args.connections);
     let mut clients = Vec::new();
     let mut tasks = Vec::new();
-    static CLIENT: AtomicU64 = AtomicU64::new(0);
     for _ in 0..args.connections {
-        let id = format!(
-            "fleet-bench-{}-{}",
-            std::process::id(),
-            CLIENT.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut options = MqttOptions::new(id, broker.host, broker.port);
-        options
-            .set_keep_alive(Duration::from_secs(30))
-            .set_max_packet_size(1 << 20, 1 << 20)
-            .set_inflight(1000)
-            .set_clean_session(true);
-        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
-        let mut network = NetworkOptions::new();
-        network.set_tcp_nodelay(true);
-        eventloop.set_network_options(network);
+        let (client, mut eventloop) = mqtt_options(broker, "load");
         let subscription = workload.subscription();
         let (client2, workload, ledger, window, subscribed_tx) = (
             client.clone(),
@@ -1090,5 +1249,87 @@ fn print_table(title: &str, rows: &[Row]) {
     }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "\n{title}\n{table}");
+    let _ = out.flush();
+}
+
+/// The durable lane's tables: progress ingestion, pause reach, breaker reaction.
+fn print_durable(rows: &[(String, &durable::Durable)]) {
+    let number = |s: String| Cell::new(s).set_alignment(CellAlignment::Right);
+    let mut out = std::io::stdout().lock();
+    let mut progress = Table::new();
+    progress.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "configuration",
+        "vehicles",
+        "events",
+        "into Kafka/s",
+        "applied/s (end to end)",
+        "seconds",
+        "applied",
+        "unchanged",
+        "committed",
+    ]);
+    let mut trials = Table::new();
+    trials.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "configuration",
+        "measure",
+        "trials",
+        "received / expected",
+        "per vehicle p50 ms",
+        "p99 ms",
+        "last vehicle p50 ms",
+        "p99 ms",
+        "max ms",
+        "API answered p50 ms",
+        "unsent",
+    ]);
+    let (mut any_progress, mut any_trials) = (false, false);
+    for (name, d) in rows {
+        if let Some(p) = &d.progress {
+            any_progress = true;
+            progress.add_row(vec![
+                Cell::new(name),
+                number(p.vehicles.to_string()),
+                number(p.events.to_string()),
+                number(format!("{:.0}", p.into_kafka_per_second)),
+                number(format!("{:.0}", p.applied_per_second)),
+                number(format!("{:.1}", p.seconds)),
+                number(p.applied.to_string()),
+                number(p.unchanged.to_string()),
+                number(p.committed.to_string()),
+            ]);
+        }
+        for (measure, t) in [
+            ("pause → poll_now", &d.pause),
+            ("breaker → cancel", &d.breaker),
+        ] {
+            let Some(t) = t else { continue };
+            any_trials = true;
+            trials.add_row(vec![
+                Cell::new(name),
+                Cell::new(measure),
+                number(t.trials.to_string()),
+                number(format!("{} / {}", t.received, t.expected)),
+                number(durable::ms(&t.per_vehicle_us, 50.0)),
+                number(durable::ms(&t.per_vehicle_us, 99.0)),
+                number(durable::ms(&t.per_trial_last_us, 50.0)),
+                number(durable::ms(&t.per_trial_last_us, 99.0)),
+                number(durable::ms(&t.per_trial_last_us, 100.0)),
+                number(durable::ms(&t.answered_us, 50.0)),
+                number(t.unsent.to_string()),
+            ]);
+        }
+    }
+    if any_progress {
+        let _ = writeln!(
+            out,
+            "\nDurable lane: progress events, MQTT → gateway → Kafka → consumer → database\n{progress}"
+        );
+    }
+    if any_trials {
+        let _ = writeln!(
+            out,
+            "\nDurable lane: reaction times (from the request / the threshold-crossing event's publish)\n{trials}"
+        );
+    }
     let _ = out.flush();
 }
