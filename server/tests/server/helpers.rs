@@ -648,6 +648,20 @@ impl TestApp {
         body
     }
 
+    /// Operator actions on rollout `id`, in order; each must answer 200.
+    pub async fn act(&self, id: &str, actions: &[&str]) {
+        for action in actions {
+            let (status, body) = self
+                .post(
+                    &format!("/api/v1/rollouts/{id}/{action}"),
+                    &self.admin_token,
+                    &serde_json::json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{action}: {body}");
+        }
+    }
+
     /// Uploads one image, creates a server-signed release and a draft rollout of it.
     pub async fn release_and_rollout(
         &self,

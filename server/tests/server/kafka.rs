@@ -288,7 +288,7 @@ async fn every_rollout_change_is_published_to_rollout_events() {
     };
     let rollouts = app.state.store.list_rollouts(None).await.unwrap();
     let id = rollouts[0].id.clone();
-    act(&app, &id, &["pause", "resume", "abort"]).await;
+    app.act(&id, &["pause", "resume", "abort"]).await;
     let kafka = &app.state.settings.kafka;
     let records = topic_records(kafka.brokers.as_deref().unwrap(), &kafka.rollout_topic, 4).await;
     let schema: Value = serde_json::from_str(ROLLOUT_SCHEMA).unwrap();
@@ -317,20 +317,6 @@ async fn every_rollout_change_is_published_to_rollout_events() {
     assert_increasing_event_ids(&records);
     wait_outbox_empty(&app).await;
     app.stop().await;
-}
-
-/// Operator actions on rollout `id`, in order; each must answer 200.
-async fn act(app: &TestApp, id: &str, actions: &[&str]) {
-    for action in actions {
-        let (status, body) = app
-            .post(
-                &format!("/api/v1/rollouts/{id}/{action}"),
-                &app.admin_token,
-                &json!({}),
-            )
-            .await;
-        assert_eq!(status, 200, "{action}: {body}");
-    }
 }
 
 fn assert_increasing_event_ids(records: &[(String, Vec<u8>)]) {
@@ -459,7 +445,7 @@ async fn rollout_events_wait_in_the_outbox_while_kafka_is_down() {
         .await;
     let id = rollout["id"].as_str().unwrap().to_owned();
     // Each commits (200) while Kafka is down.
-    act(&app, &id, &["start", "pause", "resume"]).await;
+    app.act(&id, &["start", "pause", "resume"]).await;
     wait_kafka_breaker(&app, "open").await;
     assert_eq!(
         app.state.store.outbox_pending().await.unwrap(),

@@ -334,14 +334,7 @@ async fn assigned_fleet(
         .release_and_rollout(&hardware, json!([{ "name": "all", "percent": 100 }]))
         .await;
     let id = rollout["id"].as_str().unwrap().to_owned();
-    let (status, body) = app
-        .post(
-            &format!("/api/v1/rollouts/{id}/start"),
-            &app.admin_token,
-            &json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.act(&id, &["start"]).await;
     let mut deployments = Vec::new();
     for (vid, key) in &fleet {
         let c = signed_checkin(key, &checkin(vid, Some(("1.0.0", b"old")), 0));
@@ -373,14 +366,7 @@ async fn a_pause_reaches_every_vehicle_mid_update_beyond_the_outbox_size() {
         return;
     };
     let (fleet, mut vehicles, id, _) = assigned_fleet(&app, 12).await;
-    let (status, _) = app
-        .post(
-            &format!("/api/v1/rollouts/{id}/pause"),
-            &app.admin_token,
-            &json!({}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    app.act(&id, &["pause"]).await;
     for (vid, _) in &fleet {
         let poll = control(
             &app,
@@ -399,14 +385,7 @@ async fn pause_and_abort_send_control_and_failures_open_the_breaker() {
     let Some(app) = mqtt_app().await else { return };
     let (fleet, mut vehicles, id, deployments) = assigned_fleet(&app, 2).await;
     let [(v1, k1), (v2, k2)] = [fleet[0].clone(), fleet[1].clone()];
-    let (status, _) = app
-        .post(
-            &format!("/api/v1/rollouts/{id}/pause"),
-            &app.admin_token,
-            &json!({}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    app.act(&id, &["pause"]).await;
     let poll = control(
         &app,
         &vehicles.expect(&topic(&v1, Channel::Control), None).await,
