@@ -318,6 +318,34 @@ mod tests {
         );
     }
 
+    /// `verify` checks the signature over the method and target it is given (the
+    /// request received), whatever the header claims.
+    #[test]
+    fn verification_is_over_the_received_method_and_target() {
+        let credential = parse(&header("veh-1", NOW, "GET", BLOB)).unwrap();
+        let public = key().public_key();
+        assert_eq!(credential.verify(&public, "GET", BLOB), Ok(()));
+        assert_eq!(
+            credential.verify(&public, "HEAD", BLOB),
+            Err(CredentialError::BadSignature)
+        );
+        assert_eq!(
+            credential.verify(&public, "GET", "/v1/metadata/root/1.json"),
+            Err(CredentialError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn seconds_are_digits_without_a_leading_zero_except_zero_itself() {
+        assert_eq!(parse_seconds("0"), Some(0));
+        assert_eq!(parse_seconds("10"), Some(10));
+        assert_eq!(parse_seconds("01"), None);
+        assert_eq!(parse_seconds("00"), None);
+        assert_eq!(parse_seconds(""), None);
+        assert_eq!(parse_seconds("-1"), None);
+        assert_eq!(parse_seconds("9223372036854775808"), None, "past i64");
+    }
+
     #[test]
     fn a_credential_replayed_for_another_request_is_refused_by_name() {
         let value = header("veh-1", NOW, "GET", BLOB);
