@@ -350,8 +350,9 @@ mod tests {
     #[test]
     fn hostile_segment_headers_are_refused() {
         type Mutate = fn(&mut SegmentHeader);
-        let cases: &[(&str, Mutate)] = &[
-            ("zero target", |h| {
+        // Each case names the field whose check must refuse it (not merely some check).
+        let cases: &[(&str, &str, Mutate)] = &[
+            ("zero target", "target length", |h| {
                 h.target_len = 0;
                 h.diff_len = 0;
                 h.extra_len = 0;
@@ -361,52 +362,88 @@ mod tests {
                 h.codes_zlen = 0;
                 h.extra_zlen = 0;
             }),
-            ("target over the segment cap", |h| {
-                h.target_len = SEGMENT_MAX_TARGET + 1;
-                h.diff_len = SEGMENT_MAX_TARGET + 1 - h.extra_len;
-            }),
-            ("control over the cap", |h| {
+            (
+                "target over the segment cap",
+                "segment target length",
+                |h| {
+                    h.target_len = SEGMENT_MAX_TARGET + 1;
+                    h.diff_len = SEGMENT_MAX_TARGET + 1 - h.extra_len;
+                },
+            ),
+            ("control over the cap", "segment control length", |h| {
                 h.control_len = SEGMENT_MAX_CONTROL + 1
             }),
-            ("no control entries", |h| {
+            ("no control entries", "control length", |h| {
                 h.control_len = 0;
                 h.control_zlen = 0;
             }),
-            ("diff and extra do not add up", |h| h.diff_len += 1),
-            ("frame for an empty stream", |h| {
+            (
+                "diff and extra do not add up",
+                "diff and extra lengths",
+                |h| h.diff_len += 1,
+            ),
+            ("frame for an empty stream", "extra frame length", |h| {
                 h.extra_len = 0;
+                // Within the zstd bound of an empty input, so only this rule refuses it.
+                h.extra_zlen = 9;
+                h.extra_prefix_len = 0;
+                h.extra_prefix_start = 0;
                 h.diff_len = 1000;
             }),
-            ("missing frame", |h| h.codes_zlen = 0),
-            ("runs over the cap", |h| h.runs_len = SEGMENT_MAX_RUNS + 1),
-            ("prefix over the cap", |h| {
+            ("missing frame", "codes frame length", |h| h.codes_zlen = 0),
+            ("runs over the cap", "segment runs length", |h| {
+                h.runs_len = SEGMENT_MAX_RUNS + 1
+            }),
+            ("prefix over the cap", "extra prefix length", |h| {
                 h.extra_prefix_len = EXTRA_PREFIX_MAX + 1
             }),
-            ("prefix without extra bytes", |h| {
+            ("prefix without extra bytes", "extra prefix", |h| {
                 h.extra_len = 0;
                 h.extra_zlen = 0;
                 h.diff_len = 1000;
             }),
-            ("more codes than diff bytes", |h| h.codes_len = 901),
-            ("diff bytes without runs", |h| {
+            ("prefix start without extra bytes", "extra prefix", |h| {
+                h.extra_len = 0;
+                h.extra_zlen = 0;
+                h.diff_len = 1000;
+                h.extra_prefix_len = 0;
+            }),
+            ("prefix length without extra bytes", "extra prefix", |h| {
+                h.extra_len = 0;
+                h.extra_zlen = 0;
+                h.diff_len = 1000;
+                h.extra_prefix_start = 0;
+            }),
+            ("more codes than diff bytes", "codes length", |h| {
+                h.codes_len = 901
+            }),
+            ("diff bytes without runs", "runs length", |h| {
                 h.runs_len = 0;
                 h.runs_zlen = 0;
             }),
-            ("frame larger than the zstd bound", |h| {
-                h.extra_zlen = u32::MAX
-            }),
-            ("u32 overflow in the sum", |h| {
+            (
+                "frame larger than the zstd bound",
+                "extra frame length",
+                |h| h.extra_zlen = u32::MAX,
+            ),
+            ("u32 overflow in the sum", "diff and extra lengths", |h| {
                 h.diff_len = u32::MAX;
                 h.extra_len = 1001;
             }),
         ];
-        for (name, mutate) in cases {
+        for (name, field, mutate) in cases {
             let mut header = sample();
             mutate(&mut header);
             let parsed = SegmentHeader::parse(&header.encode());
-            assert!(
-                parsed.is_err(),
-                "case `{name}` should be refused, got {parsed:?}"
+            let refused_by = match &parsed {
+                Err(DeltaError::LengthOverCap { field, .. })
+                | Err(DeltaError::SegmentInconsistent { field, .. }) => Some(*field),
+                _ => None,
+            };
+            assert_eq!(
+                refused_by,
+                Some(*field),
+                "case `{name}` must be refused by the {field} check, got {parsed:?}"
             );
         }
         let mut bytes = sample().encode();
