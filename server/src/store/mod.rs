@@ -94,6 +94,14 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// `$1, $2, …, $n`: the bind placeholders of an `IN (…)` list of `n` values.
+pub(crate) fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `value` as the signed 64-bit integer the database stores, never wrapped.
 pub(crate) fn to_i64(field: &'static str, value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::OutOfRange { field, value })

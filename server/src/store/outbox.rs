@@ -91,11 +91,10 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
-        let placeholders = (1..=ids.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!("DELETE FROM rollout_outbox WHERE id IN ({placeholders})");
+        let sql = format!(
+            "DELETE FROM rollout_outbox WHERE id IN ({})",
+            super::placeholders(ids.len())
+        );
         let mut query = sqlx::query(&sql);
         for id in ids {
             query = query.bind(*id);

@@ -122,11 +122,10 @@ impl Store {
         const CHUNK: usize = 500;
         let mut tx = self.begin().await?;
         for (chunk_index, chunk) in vehicles.chunks(CHUNK).enumerate() {
-            let placeholders = (1..=chunk.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!("SELECT id FROM vehicles WHERE id IN ({placeholders})");
+            let sql = format!(
+                "SELECT id FROM vehicles WHERE id IN ({})",
+                super::placeholders(chunk.len())
+            );
             let mut query = sqlx::query(&sql);
             for vehicle in chunk {
                 query = query.bind(&vehicle.id);
