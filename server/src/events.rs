@@ -23,8 +23,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
-use rdkafka::{ClientConfig, Message};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -458,23 +459,56 @@ pub async fn record_event(
     value: &[u8],
     now: NowMs,
 ) -> Result<(Applied, Option<String>), crate::store::StoreError> {
-    let (event, signed) = match decode_event(value) {
-        Ok(decoded) => decoded,
-        Err(err) => return Ok((Applied::Skipped(err.label()), None)),
-    };
-    let (progress, deployment) = match engine.verify_progress(&event.vehicle_id, &signed).await {
-        Ok(verified) => verified,
-        Err(crate::engine::Rejected::Store(err)) => return Err(err),
-        Err(rejected) => return Ok((Applied::Skipped(rejected.label()), None)),
-    };
-    Ok(
-        if engine.record_progress(&progress, &deployment, now).await? {
-            (Applied::Changed, Some(deployment.rollout_id))
-        } else {
-            (Applied::Unchanged, None)
-        },
-    )
+    Ok(record_events(engine, &[value], now).await?.remove(0))
 }
+
+/// Applies many records' values as [`record_event`] applies each alone, in order, with
+/// two reads and one transaction for all of them: the consumer's batch. `Err` only for a
+/// database failure, after which nothing of the batch was written (retry it whole; the
+/// writes are idempotent).
+pub async fn record_events(
+    engine: &Engine,
+    values: &[&[u8]],
+    now: NowMs,
+) -> Result<Vec<(Applied, Option<String>)>, crate::store::StoreError> {
+    let decoded: Vec<Result<(VehicleEvent, Vec<u8>), EventError>> =
+        values.iter().map(|value| decode_event(value)).collect();
+    let messages: Vec<(&str, &[u8])> = decoded
+        .iter()
+        .filter_map(|d| d.as_ref().ok())
+        .map(|(event, signed)| (event.vehicle_id.as_str(), signed.as_slice()))
+        .collect();
+    let mut verified = engine.verify_progress_batch(&messages).await?.into_iter();
+    // Per record: skipped, or the index of its verified event in `accepted`.
+    let mut outcomes: Vec<Result<usize, &'static str>> = Vec::with_capacity(values.len());
+    let mut accepted = Vec::new();
+    for d in &decoded {
+        outcomes.push(match d {
+            Err(err) => Err(err.label()),
+            Ok(_) => match verified.next() {
+                Some(Ok(event)) => {
+                    accepted.push(event);
+                    Ok(accepted.len() - 1)
+                }
+                Some(Err(crate::engine::Rejected::Store(err))) => return Err(err),
+                Some(Err(rejected)) => Err(rejected.label()),
+                None => unreachable!("one verification per decoded record"),
+            },
+        });
+    }
+    let changed = engine.record_progress_batch(&accepted, now).await?;
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Err(reason) => (Applied::Skipped(reason), None),
+            Ok(i) if changed[i] => (Applied::Changed, Some(accepted[i].1.rollout_id.clone())),
+            Ok(_) => (Applied::Unchanged, None),
+        })
+        .collect())
+}
+
+/// Records the consumer applies in one database transaction, at most.
+pub const CONSUME_BATCH: usize = 256;
 
 /// Records applied before the rollouts they touched are supervised, at most.
 pub const SUPERVISE_EVERY_RECORDS: usize = 256;
@@ -495,8 +529,9 @@ pub(crate) fn engine_consumer(settings: &KafkaSettings) -> Result<StreamConsumer
 }
 
 /// The rollout engine's consumer: runs until `shutdown`, reconnecting by itself (the
-/// client library retries brokers). Offsets are committed only after the record was
-/// applied; a database failure retries the same record.
+/// client library retries brokers). It takes every record already waiting, up to
+/// [`CONSUME_BATCH`], applies them in one database transaction, and commits their
+/// offsets only after that; a database failure retries the same batch.
 pub async fn run_consumer(
     settings: KafkaSettings,
     engine: Engine,
@@ -519,34 +554,15 @@ pub async fn run_consumer(
         "rollout engine consuming vehicle events"
     );
     let mut backoff = BACKOFF_START;
-    // Rollouts changed by records applied since the last supervision, and since when.
-    let mut unsupervised: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-    let mut since = tokio::time::Instant::now();
-    let mut batch = 0usize;
+    let mut supervision = Supervision::default();
     loop {
-        // A record already waiting is taken before supervising, up to a bound on
-        // records and time, so one aggregate read serves many events; when nothing is
-        // waiting the touched rollouts are supervised at once.
-        let due = batch >= SUPERVISE_EVERY_RECORDS || since.elapsed() >= SUPERVISE_WITHIN;
-        let waiting = if unsupervised.is_empty() || due {
-            None
-        } else {
-            futures_util::FutureExt::now_or_never(consumer.recv())
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            message = consumer.recv() => message,
         };
-        let message = match waiting {
-            Some(message) => message,
-            None => {
-                supervise_all(&engine, &mut unsupervised).await;
-                batch = 0;
-                tokio::select! {
-                    biased;
-                    _ = shutdown.wait_for(|stopped| *stopped) => return,
-                    message = consumer.recv() => message,
-                }
-            }
-        };
-        let message = match message {
-            Ok(message) => message,
+        let mut batch = match first {
+            Ok(message) => vec![message],
             Err(err) => {
                 tracing::warn!(%err, retry_in = ?backoff, "reading vehicle events failed");
                 tokio::select! {
@@ -558,22 +574,26 @@ pub async fn run_consumer(
             }
         };
         backoff = BACKOFF_START;
-        let value = message.payload().unwrap_or_default();
-        // The same record until it is applied: committing a later offset would skip it.
+        // Whatever is already waiting joins the batch; a read error ends it (the next
+        // round reports it).
+        while batch.len() < CONSUME_BATCH {
+            match futures_util::FutureExt::now_or_never(consumer.recv()) {
+                Some(Ok(message)) => batch.push(message),
+                _ => break,
+            }
+        }
+        let drained = batch.len() < CONSUME_BATCH;
+        let values: Vec<&[u8]> = batch
+            .iter()
+            .map(|m| m.payload().unwrap_or_default())
+            .collect();
+        // The same records until they are applied: committing later offsets would skip
+        // them.
         let applied = loop {
-            match record_event(&engine, value, wall_clock_ms()).await {
-                Ok((applied, rollout)) => {
-                    if let Some(rollout) = rollout {
-                        if unsupervised.is_empty() {
-                            since = tokio::time::Instant::now();
-                        }
-                        unsupervised.insert(rollout);
-                    }
-                    batch += 1;
-                    break applied;
-                }
+            match record_events(&engine, &values, wall_clock_ms()).await {
+                Ok(applied) => break applied,
                 Err(err) => {
-                    tracing::warn!(%err, retry_in = ?backoff, "applying a vehicle event failed");
+                    tracing::warn!(%err, retry_in = ?backoff, records = values.len(), "applying vehicle events failed");
                     tokio::select! {
                         _ = shutdown.wait_for(|stopped| *stopped) => return,
                         _ = tokio::time::sleep(backoff) => {}
@@ -583,27 +603,89 @@ pub async fn run_consumer(
             }
         };
         backoff = BACKOFF_START;
-        let outcome = match applied {
-            Applied::Changed => "applied",
-            Applied::Unchanged => "unchanged",
-            Applied::Skipped(reason) => {
-                tracing::debug!(reason, "vehicle event skipped");
-                reason
-            }
-        };
-        metrics::counter!("ota_vehicle_events_consumed_total", "outcome" => outcome).increment(1);
-        if let Err(err) = consumer.commit_message(&message, CommitMode::Async) {
-            // Not fatal: the next commit covers this offset; a restart re-applies the
-            // record, which is idempotent.
-            tracing::warn!(%err, "committing a vehicle event's offset failed");
+        for (applied, rollout) in applied {
+            let outcome = match applied {
+                Applied::Changed => "applied",
+                Applied::Unchanged => "unchanged",
+                Applied::Skipped(reason) => {
+                    tracing::debug!(reason, "vehicle event skipped");
+                    reason
+                }
+            };
+            metrics::counter!("ota_vehicle_events_consumed_total", "outcome" => outcome)
+                .increment(1);
+            supervision.touched(rollout, tokio::time::Instant::now());
+        }
+        if let Err(err) = consumer.commit(&next_offsets(&batch), CommitMode::Async) {
+            // Not fatal: the next commit covers these offsets; a restart re-applies the
+            // records, which is idempotent.
+            tracing::warn!(%err, "committing vehicle events' offsets failed");
+        }
+        drop(batch);
+        if supervision.due(drained, tokio::time::Instant::now()) {
+            supervise_all(&engine, supervision.take()).await;
         }
     }
 }
 
-/// Supervises every rollout in `rollouts` (emptying it). A failure is logged: the
+/// The offsets to commit after `batch`: per partition, one past its last record.
+fn next_offsets<M: Message>(batch: &[M]) -> TopicPartitionList {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for m in batch {
+        let offset = next.entry((m.topic(), m.partition())).or_insert(0);
+        *offset = (*offset).max(m.offset() + 1);
+    }
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        // Only fails for an invalid offset, which `offset + 1` of a record never is.
+        let _ = list.add_partition_offset(topic, partition, Offset::Offset(offset));
+    }
+    list
+}
+
+/// When the rollouts that applied records touched get supervised (pure, `now` passed
+/// in): at once when no record is waiting, else after [`SUPERVISE_EVERY_RECORDS`]
+/// records or [`SUPERVISE_WITHIN`] since the first unsupervised change, whichever comes
+/// first, so one aggregate read serves many events without delaying a breaker.
+#[derive(Debug, Default)]
+struct Supervision {
+    rollouts: BTreeSet<String>,
+    records: usize,
+    since: Option<tokio::time::Instant>,
+}
+
+impl Supervision {
+    /// One applied record, with the rollout it changed, if any.
+    fn touched(&mut self, rollout: Option<String>, now: tokio::time::Instant) {
+        self.records += 1;
+        if let Some(rollout) = rollout {
+            self.since.get_or_insert(now);
+            self.rollouts.insert(rollout);
+        }
+    }
+
+    /// Whether to supervise now; `drained`: no record is waiting.
+    fn due(&self, drained: bool, now: tokio::time::Instant) -> bool {
+        let Some(since) = self.since else {
+            return false;
+        };
+        drained
+            || self.records >= SUPERVISE_EVERY_RECORDS
+            || now.saturating_duration_since(since) >= SUPERVISE_WITHIN
+    }
+
+    /// The rollouts to supervise; starts over.
+    fn take(&mut self) -> BTreeSet<String> {
+        self.records = 0;
+        self.since = None;
+        std::mem::take(&mut self.rollouts)
+    }
+}
+
+/// Supervises every rollout in `rollouts`. A failure is logged: the
 /// engine's tick supervises every active rollout again within a second.
-async fn supervise_all(engine: &Engine, rollouts: &mut std::collections::BTreeSet<String>) {
-    for rollout in std::mem::take(rollouts) {
+async fn supervise_all(engine: &Engine, rollouts: BTreeSet<String>) {
+    for rollout in rollouts {
         if let Err(err) = engine.supervise(&rollout, wall_clock_ms()).await {
             tracing::warn!(%err, rollout, "supervising after vehicle events failed; the tick retries");
         }
@@ -713,6 +795,75 @@ mod tests {
         assert!(
             !validator.is_valid(&wrong),
             "the schema must refuse an unknown state"
+        );
+    }
+
+    #[test]
+    fn offsets_committed_are_one_past_each_partitions_last_record() {
+        use rdkafka::message::{OwnedMessage, Timestamp as KafkaTimestamp};
+        let record = |topic: &str, partition, offset| {
+            OwnedMessage::new(
+                None,
+                None,
+                topic.to_owned(),
+                KafkaTimestamp::NotAvailable,
+                partition,
+                offset,
+                None,
+            )
+        };
+        let batch = [
+            record("events", 0, 7),
+            record("events", 1, 3),
+            record("events", 0, 9),
+            record("events", 0, 8),
+            record("other", 0, 2),
+        ];
+        let list = next_offsets(&batch);
+        let mut committed: Vec<(String, i32, Offset)> = list
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition(), e.offset()))
+            .collect();
+        committed.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        assert_eq!(
+            committed,
+            [
+                ("events".to_owned(), 0, Offset::Offset(10)),
+                ("events".to_owned(), 1, Offset::Offset(4)),
+                ("other".to_owned(), 0, Offset::Offset(3)),
+            ]
+        );
+    }
+
+    #[test]
+    fn supervision_waits_for_a_drained_queue_a_record_count_or_a_deadline() {
+        let start = tokio::time::Instant::now();
+        let mut s = Supervision::default();
+        s.touched(None, start);
+        assert!(!s.due(true, start), "nothing changed: nothing to supervise");
+        s.touched(Some("ro-1".to_owned()), start);
+        assert!(s.due(true, start), "nothing waiting: supervise at once");
+        assert!(!s.due(false, start), "records waiting: keep applying");
+        let almost = start + SUPERVISE_WITHIN - Duration::from_millis(1);
+        assert!(!s.due(false, almost));
+        assert!(s.due(false, start + SUPERVISE_WITHIN), "the deadline");
+        for _ in 3..SUPERVISE_EVERY_RECORDS {
+            s.touched(None, start);
+        }
+        assert!(!s.due(false, start), "one record short of the count");
+        s.touched(Some("ro-2".to_owned()), start);
+        assert!(s.due(false, start), "the record count");
+        assert_eq!(
+            s.take().into_iter().collect::<Vec<_>>(),
+            ["ro-1", "ro-2"],
+            "each touched rollout once"
+        );
+        assert!(!s.due(true, start), "taken: starts over");
+        s.touched(Some("ro-3".to_owned()), start + SUPERVISE_WITHIN);
+        assert!(
+            !s.due(false, start + SUPERVISE_WITHIN),
+            "the deadline counts from the first change after the last supervision"
         );
     }
 

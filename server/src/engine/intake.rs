@@ -4,7 +4,7 @@
 
 use super::{Engine, NowMs};
 use crate::director::DeploymentStatus;
-use crate::store::{DeploymentRecord, StoreError, VehicleRecord};
+use crate::store::{DeploymentRecord, DeploymentUpdate, StoreError, VehicleRecord};
 use ota_core::encoding::parse_lower_hex;
 use ota_core::key::PublicKey;
 use ota_core::protocol::{
@@ -12,6 +12,7 @@ use ota_core::protocol::{
     PAYLOAD_TYPE_CHECKIN, PAYLOAD_TYPE_PROGRESS,
 };
 use ota_core::time::Timestamp;
+use std::collections::HashMap;
 
 /// Why a vehicle message was dropped (each is counted in metrics).
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +96,8 @@ pub fn progress_status(phase: ProgressPhase) -> DeploymentStatus {
     }
 }
 
-fn device_key(vehicle: &VehicleRecord) -> Result<PublicKey, Rejected> {
-    parse_lower_hex::<32>(&vehicle.public_key)
+fn device_key(public_key_hex: &str) -> Result<PublicKey, Rejected> {
+    parse_lower_hex::<32>(public_key_hex)
         .ok()
         .and_then(|raw| PublicKey::from_bytes(&raw).ok())
         .ok_or(Rejected::Message(MessageError::BadSignature))
@@ -125,7 +126,11 @@ impl Engine {
     ) -> Result<(VehicleRecord, CheckIn), Rejected> {
         check_topic(topic_vehicle, bytes)?;
         let vehicle = self.registered(topic_vehicle).await?;
-        let checkin: CheckIn = open_message(bytes, PAYLOAD_TYPE_CHECKIN, &device_key(&vehicle)?)?;
+        let checkin: CheckIn = open_message(
+            bytes,
+            PAYLOAD_TYPE_CHECKIN,
+            &device_key(&vehicle.public_key)?,
+        )?;
         check_fresh(
             checkin.sent_at,
             now,
@@ -146,19 +151,76 @@ impl Engine {
         topic_vehicle: &str,
         bytes: &[u8],
     ) -> Result<(ProgressEvent, DeploymentRecord), Rejected> {
-        check_topic(topic_vehicle, bytes)?;
-        let vehicle = self.registered(topic_vehicle).await?;
-        let event: ProgressEvent =
-            open_message(bytes, PAYLOAD_TYPE_PROGRESS, &device_key(&vehicle)?)?;
-        let deployment = self
+        self.verify_progress_batch(&[(topic_vehicle, bytes)])
+            .await?
+            .remove(0)
+    }
+
+    /// Verifies many progress messages, each `(topic vehicle, signed bytes)`, with two
+    /// store reads in all (the device keys, then the deployments): each message gets
+    /// the answer [`Engine::verify_progress`] gives it alone. `Err` only for a store
+    /// failure.
+    pub async fn verify_progress_batch(
+        &self,
+        messages: &[(&str, &[u8])],
+    ) -> Result<Vec<Result<(ProgressEvent, DeploymentRecord), Rejected>>, StoreError> {
+        let claimed: Vec<Result<(), Rejected>> = messages
+            .iter()
+            .map(|(topic, bytes)| check_topic(topic, bytes))
+            .collect();
+        let mut vehicles: Vec<&str> = messages
+            .iter()
+            .zip(&claimed)
+            .filter(|(_, claimed)| claimed.is_ok())
+            .map(|((vehicle, _), _)| *vehicle)
+            .collect();
+        vehicles.sort_unstable();
+        vehicles.dedup();
+        let keys = self.inner.store.device_keys(&vehicles).await?;
+        let opened: Vec<Result<ProgressEvent, Rejected>> = messages
+            .iter()
+            .zip(claimed)
+            .map(|((vehicle, bytes), claimed)| {
+                claimed?;
+                let key = match keys.get(*vehicle) {
+                    None => return Err(Rejected::UnknownVehicle((*vehicle).to_owned())),
+                    Some(k) if k.decommissioned => {
+                        return Err(Rejected::Decommissioned((*vehicle).to_owned()))
+                    }
+                    Some(k) => device_key(&k.public_key)?,
+                };
+                Ok(open_message(bytes, PAYLOAD_TYPE_PROGRESS, &key)?)
+            })
+            .collect();
+        let mut ids: Vec<&str> = opened
+            .iter()
+            .filter_map(|event| event.as_ref().ok())
+            .map(|event| event.deployment_id.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let deployments: HashMap<String, DeploymentRecord> = self
             .inner
             .store
-            .deployments_for_vehicle(&vehicle.id)
+            .deployments_by_ids(&ids)
             .await?
             .into_iter()
-            .find(|d| d.id == event.deployment_id)
-            .ok_or_else(|| Rejected::UnknownDeployment(event.deployment_id.clone()))?;
-        Ok((event, deployment))
+            .map(|d| (d.id.clone(), d))
+            .collect();
+        Ok(messages
+            .iter()
+            .zip(opened)
+            .map(|((vehicle, _), opened)| {
+                let event = opened?;
+                // Only the vehicle's own deployment: another's id is as good as unknown.
+                let deployment = deployments
+                    .get(&event.deployment_id)
+                    .filter(|d| d.vehicle_id == *vehicle)
+                    .cloned()
+                    .ok_or_else(|| Rejected::UnknownDeployment(event.deployment_id.clone()))?;
+                Ok((event, deployment))
+            })
+            .collect())
     }
 
     /// Verifies and applies a progress event (the direct path, without Kafka).
@@ -189,6 +251,21 @@ impl Engine {
         Ok(changed)
     }
 
+    /// Applies verified progress events in one transaction, in order, without
+    /// supervising (the Kafka consumer's batch). Returns, per event, whether it changed
+    /// anything.
+    pub async fn record_progress_batch(
+        &self,
+        verified: &[(ProgressEvent, DeploymentRecord)],
+        now: NowMs,
+    ) -> Result<Vec<bool>, StoreError> {
+        let updates: Vec<DeploymentUpdate> = verified
+            .iter()
+            .map(|(event, deployment)| progress_update(event, deployment))
+            .collect();
+        self.inner.store.update_deployments(&updates, now).await
+    }
+
     /// Applies a verified progress event without supervising its rollout: for a caller
     /// that applies many events and then supervises each rollout they touched once (the
     /// Kafka consumer). Returns whether the event changed anything.
@@ -198,17 +275,22 @@ impl Engine {
         deployment: &DeploymentRecord,
         now: NowMs,
     ) -> Result<bool, StoreError> {
-        self.inner
-            .store
-            .update_deployment(
-                &deployment.id,
-                &deployment.vehicle_id,
-                progress_status(event.phase),
-                event.sequence,
-                event.reason_code.as_deref(),
-                now,
-            )
-            .await
+        let update = progress_update(event, deployment);
+        Ok(self.inner.store.update_deployments(&[update], now).await?[0])
+    }
+}
+
+/// The store write a verified progress event makes.
+fn progress_update<'a>(
+    event: &'a ProgressEvent,
+    deployment: &'a DeploymentRecord,
+) -> DeploymentUpdate<'a> {
+    DeploymentUpdate {
+        deployment_id: &deployment.id,
+        vehicle_id: &deployment.vehicle_id,
+        status: progress_status(event.phase),
+        sequence: event.sequence,
+        reason_code: event.reason_code.as_deref(),
     }
 }
 

@@ -32,9 +32,13 @@ pub use images::{ImageRecord, NewImage};
 pub use lists::{AuditFilter, ImageFilter, Keyset, VehicleListFilter, VehicleOrder};
 pub use outbox::OutboxRow;
 pub use releases::{NewRelease, ReleaseImage, ReleaseRecord};
-pub use rollouts::{ChangeError, DeploymentRecord, NewRollout, PhaseCounts, RolloutRecord};
+pub use rollouts::{
+    ChangeError, DeploymentRecord, DeploymentUpdate, NewRollout, PhaseCounts, RolloutRecord,
+};
 pub use tokens::{TokenInfo, TokenRecord};
-pub use vehicles::{CheckinWrite, EcuRecord, NewVehicle, VehicleFilter, VehicleRecord};
+pub use vehicles::{
+    CheckinWrite, DeviceKeyRecord, EcuRecord, NewVehicle, VehicleFilter, VehicleRecord,
+};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;

@@ -41,6 +41,17 @@ pub struct RolloutRecord {
     pub updated_at: String,
 }
 
+/// A progress report to apply to a deployment ([`Store::update_deployments`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DeploymentUpdate<'a> {
+    pub deployment_id: &'a str,
+    /// The reporting vehicle: a report for another vehicle's deployment changes nothing.
+    pub vehicle_id: &'a str,
+    pub status: DeploymentStatus,
+    pub sequence: u64,
+    pub reason_code: Option<&'a str>,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewRollout {
     pub name: String,
@@ -550,31 +561,73 @@ impl Store {
         reason_code: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let sequence = sequence.min(i64::MAX as u64) as i64;
+        let update = DeploymentUpdate {
+            deployment_id,
+            vehicle_id,
+            status,
+            sequence,
+            reason_code,
+        };
+        Ok(self.update_deployments(&[update], now).await?[0])
+    }
+
+    /// Applies progress reports in one transaction, in order, each as
+    /// [`Store::update_deployment`] would alone (a later report for the same deployment
+    /// sees the earlier one's sequence). Returns, per report, whether it changed anything.
+    pub async fn update_deployments(
+        &self,
+        updates: &[DeploymentUpdate<'_>],
+        now: i64,
+    ) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE deployments SET status = $1, last_sequence = $2, reason_code = $3, updated_ms = $4 \
-             WHERE id = $5 AND vehicle_id = $6 AND last_sequence < $2 \
-             AND status NOT IN ('committed', 'failed', 'rolled_back', 'cancelled')",
-        )
-        .bind(status.as_str())
-        .bind(sequence)
-        .bind(reason_code)
-        .bind(now)
-        .bind(deployment_id)
-        .bind(vehicle_id)
-        .execute(&mut *tx)
-        .await?;
-        let changed = updated.rows_affected() > 0;
-        if changed {
-            let mut event = Event::new(status, VEHICLE);
-            // A check-in proving a commit carries no sequence of its own.
-            event.sequence = (sequence < i64::MAX).then_some(sequence);
-            event.reason_code = reason_code.map(str::to_owned);
-            record_event(&mut tx, deployment_id, now, event).await?;
+        let mut changed = Vec::with_capacity(updates.len());
+        for u in updates {
+            let sequence = u.sequence.min(i64::MAX as u64) as i64;
+            let updated = sqlx::query(
+                "UPDATE deployments SET status = $1, last_sequence = $2, reason_code = $3, updated_ms = $4 \
+                 WHERE id = $5 AND vehicle_id = $6 AND last_sequence < $2 \
+                 AND status NOT IN ('committed', 'failed', 'rolled_back', 'cancelled')",
+            )
+            .bind(u.status.as_str())
+            .bind(sequence)
+            .bind(u.reason_code)
+            .bind(now)
+            .bind(u.deployment_id)
+            .bind(u.vehicle_id)
+            .execute(&mut *tx)
+            .await?;
+            let applied = updated.rows_affected() > 0;
+            if applied {
+                let mut event = Event::new(u.status, VEHICLE);
+                // A check-in proving a commit carries no sequence of its own.
+                event.sequence = (sequence < i64::MAX).then_some(sequence);
+                event.reason_code = u.reason_code.map(str::to_owned);
+                record_event(&mut tx, u.deployment_id, now, event).await?;
+            }
+            changed.push(applied);
         }
         tx.commit().await?;
         Ok(changed)
+    }
+
+    /// The deployments with these ids (in no particular order; unknown ids are absent).
+    pub async fn deployments_by_ids(
+        &self,
+        ids: &[&str],
+    ) -> Result<Vec<DeploymentRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT * FROM deployments WHERE id IN ({})",
+            super::placeholders(ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(self.pool()).await?;
+        rows.iter().map(deployment_from_row).collect()
     }
 
     /// Marks a deployment whose vehicle runs its previous image again as rolled back.

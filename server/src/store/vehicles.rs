@@ -7,6 +7,7 @@ use ota_core::protocol::{CheckIn, InstalledImage};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[schema(as = Ecu)]
@@ -22,6 +23,14 @@ pub struct EcuRecord {
     pub installed_sha256: Option<Sha256Digest>,
     #[schema(value_type = Option<crate::api::validate::schema::Count>)]
     pub installed_length: Option<u64>,
+}
+
+/// A vehicle's registered device key and whether it was decommissioned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceKeyRecord {
+    /// Hex of the raw Ed25519 device public key.
+    pub public_key: String,
+    pub decommissioned: bool,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -251,6 +260,41 @@ impl Store {
                 .try_get::<Option<i64>, _>("decommissioned_ms")?
                 .map(ms_to_rfc3339),
         })
+    }
+
+    /// What verifying a vehicle's messages needs, for many vehicles in one query
+    /// (unknown ids are absent).
+    pub async fn device_keys(
+        &self,
+        ids: &[&str],
+    ) -> Result<HashMap<String, DeviceKeyRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT id, public_key, decommissioned_ms FROM vehicles WHERE id IN ({})",
+            super::placeholders(ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        query
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("id")?,
+                    DeviceKeyRecord {
+                        public_key: row.try_get("public_key")?,
+                        decommissioned: row
+                            .try_get::<Option<i64>, _>("decommissioned_ms")?
+                            .is_some(),
+                    },
+                ))
+            })
+            .collect()
     }
 
     pub async fn get_vehicle(&self, id: &str) -> Result<VehicleRecord, StoreError> {

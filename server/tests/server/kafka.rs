@@ -10,7 +10,7 @@ use crate::mqtt::{director_metadata, progress, wait_ready, VehicleClient};
 use ota_core::key::SigningKey;
 use ota_core::protocol::{topic, Channel, ProgressPhase};
 use ota_server::director::DeploymentStatus;
-use ota_server::events::{apply_record, decode_event, Applied};
+use ota_server::events::{apply_record, decode_event, progress_event, record_events, Applied};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
@@ -275,6 +275,86 @@ async fn redelivered_and_stale_events_change_nothing() {
     assert_eq!(
         status_of(&app, vid, deployment).await,
         DeploymentStatus::Installed
+    );
+    app.stop().await;
+}
+
+/// The consumer's batch: records applied together get, one by one, what each would get
+/// alone, in order (a duplicate or an older event after a newer one in the same batch
+/// changes nothing; forged, foreign and unknown ones are skipped with their reason), and
+/// applying the batch again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_records_applies_each_as_it_would_alone() {
+    let Some((app, _client, vehicles)) = lane_with_deployments(None, None, 2).await else {
+        return;
+    };
+    let (a, a_key, a_dep) = &vehicles[0];
+    let (b, b_key, b_dep) = &vehicles[1];
+    let rollout = app.state.store.list_rollouts(None).await.unwrap()[0]
+        .id
+        .clone();
+    let record = |key: &SigningKey, vid: &str, deployment: &str, sequence, phase| {
+        let signed = progress(key, vid, deployment, sequence, phase);
+        let event = ota_core::protocol::ProgressEvent {
+            vehicle_id: vid.to_owned(),
+            deployment_id: deployment.to_owned(),
+            sequence,
+            phase,
+            bytes_done: 0,
+            bytes_total: 0,
+            reason_code: None,
+            at: ota_core::time::Timestamp::from_datetime(chrono::Utc::now()),
+        };
+        serde_json::to_vec(&progress_event(&event, &signed, 1)).unwrap()
+    };
+    let stranger = unique("veh-");
+    let records = [
+        record(a_key, a, a_dep, 1, ProgressPhase::Downloading),
+        record(a_key, a, a_dep, 1, ProgressPhase::Downloading),
+        record(b_key, b, b_dep, 2, ProgressPhase::Installed),
+        record(b_key, b, b_dep, 1, ProgressPhase::Downloading),
+        record(a_key, a, b_dep, 3, ProgressPhase::Failed),
+        record(&device_key(), a, a_dep, 4, ProgressPhase::Failed),
+        record(&device_key(), &stranger, a_dep, 1, ProgressPhase::Failed),
+        b"not an event".to_vec(),
+        record(a_key, a, a_dep, 2, ProgressPhase::Installed),
+    ];
+    let values: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+    let now = ota_server::engine::wall_clock_ms();
+    let applied = record_events(&app.state.engine, &values, now)
+        .await
+        .unwrap();
+    let changed = (Applied::Changed, Some(rollout.clone()));
+    let unchanged = (Applied::Unchanged, None);
+    let skipped = |reason| (Applied::Skipped(reason), None);
+    assert_eq!(
+        applied,
+        [
+            changed.clone(),
+            unchanged.clone(),
+            changed.clone(),
+            unchanged.clone(),
+            skipped("unknown_deployment"),
+            skipped("bad_signature"),
+            skipped("unknown_vehicle"),
+            skipped("malformed_event"),
+            changed,
+        ]
+    );
+    for (vid, deployment) in [(a, a_dep), (b, b_dep)] {
+        assert_eq!(
+            status_of(&app, vid, deployment).await,
+            DeploymentStatus::Installed
+        );
+    }
+    let again = record_events(&app.state.engine, &values, now)
+        .await
+        .unwrap();
+    assert!(
+        again
+            .iter()
+            .all(|(applied, _)| *applied != Applied::Changed),
+        "a batch applied again changes nothing: {again:?}"
     );
     app.stop().await;
 }
