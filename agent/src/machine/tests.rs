@@ -499,3 +499,540 @@ proptest! {
         }
     }
 }
+
+/// Every report, whole (the helpers above keep only phase, sequence and reason).
+fn full_reports(actions: &[Action]) -> Vec<Report> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Report(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn downloading() -> AgentState {
+    run(
+        &factory(),
+        vec![
+            directive(target("dep-1", None)),
+            Event::Preconditions(Ok(())),
+        ],
+    )
+    .0
+}
+
+fn after(state: &AgentState, events: Vec<Event>) -> AgentState {
+    run(state, events).0
+}
+
+fn control(command: ControlCommand, deployment_id: &str) -> Event {
+    Event::Control {
+        command,
+        deployment_id: Some(deployment_id.to_owned()),
+    }
+}
+
+#[test]
+fn each_phase_has_its_step_name_and_reports_it_in_check_ins() {
+    let cases = [
+        (Phase::Idle, "idle"),
+        (
+            Phase::Waiting {
+                unmet: "parked".to_owned(),
+            },
+            "waiting",
+        ),
+        (Phase::Downloading, "downloading"),
+        (Phase::Installing, "installing"),
+        (Phase::Installed, "installed"),
+        (Phase::Rebooting, "rebooting"),
+        (Phase::HealthCheck, "health_check"),
+        (Phase::Committing, "committing"),
+        (
+            Phase::RollingBack {
+                reason: "x".to_owned(),
+            },
+            "rolling_back",
+        ),
+        (
+            Phase::SwitchingBack {
+                to: SlotName::A,
+                deployment_id: None,
+            },
+            "switching_back",
+        ),
+    ];
+    for (phase, step_name) in cases {
+        assert_eq!(phase.step_name(), step_name);
+        if !matches!(phase, Phase::Waiting { .. }) {
+            assert_eq!(
+                phase.name(),
+                step_name,
+                "only waiting adds the unmet condition"
+            );
+        }
+    }
+}
+
+#[test]
+fn download_backoff_doubles_from_2_seconds_and_caps_at_60() {
+    let backoff: Vec<u32> = (1..=8).map(download_backoff_seconds).collect();
+    assert_eq!(backoff, vec![2, 4, 8, 16, 32, 60, 60, 60]);
+    assert_eq!(download_backoff_seconds(u32::MAX), 60);
+}
+
+#[test]
+fn the_delta_is_chosen_only_when_both_source_digest_and_length_match_the_active_image() {
+    let active = image(1, "1.0.0");
+    let delta = target("dep-1", Some(&active));
+    let kind = |t: &Target, a: &SlotImage| choose_payload(t, a).kind;
+    assert_eq!(kind(&delta, &Some(active.clone())), PayloadKind::Delta);
+    let same_digest_other_length = InstalledImage {
+        length: active.length + 1,
+        ..active.clone()
+    };
+    assert_eq!(
+        kind(&delta, &Some(same_digest_other_length)),
+        PayloadKind::Full
+    );
+    let same_length_other_digest = InstalledImage {
+        sha256: digest(7),
+        ..active.clone()
+    };
+    assert_eq!(
+        kind(&delta, &Some(same_length_other_digest)),
+        PayloadKind::Full
+    );
+    assert_eq!(
+        kind(&delta, &None),
+        PayloadKind::Full,
+        "no known source image"
+    );
+    assert_eq!(
+        kind(&target("dep-1", None), &Some(active)),
+        PayloadKind::Full,
+        "no delta offered"
+    );
+}
+
+#[test]
+fn a_directive_for_the_image_already_running_starts_no_deployment() {
+    let running = image(1, "1.0.0");
+    let mut same = target("dep-1", None);
+    same.sha256 = running.sha256;
+    same.length = running.length;
+    let (end, actions) = step(&factory(), directive(same.clone()), at(0));
+    assert_eq!(end.phase, Phase::Idle);
+    assert!(end.deployment.is_none());
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::CheckPreconditions { .. })));
+
+    // The same digest with another length, or the same length with another digest, is
+    // another image: it is deployed.
+    let mut other_length = same.clone();
+    other_length.length += 1;
+    let mut other_digest = same;
+    other_digest.sha256 = digest(7);
+    for t in [other_length, other_digest] {
+        let (end, _) = step(&factory(), directive(t), at(0));
+        assert!(matches!(end.phase, Phase::Waiting { .. }));
+        assert!(end.deployment.is_some());
+    }
+}
+
+#[test]
+fn byte_progress_is_reported_at_most_every_2_seconds_as_a_droppable_update() {
+    let start = downloading();
+    let progress = |bytes_done| Event::DownloadProgress { bytes_done };
+    let (first, actions) = step(&start, progress(100), at(0));
+    let sent = full_reports(&actions);
+    assert_eq!(sent.len(), 1, "the first byte count is due");
+    assert_eq!(
+        (
+            sent[0].phase,
+            sent[0].bytes_done,
+            sent[0].bytes_total,
+            sent[0].transition
+        ),
+        (ProgressPhase::Downloading, 100, 1002, false)
+    );
+    let d = first.deployment.as_ref().unwrap();
+    assert_eq!(
+        (d.bytes_done, d.last_byte_report),
+        (100, at(0).unix_seconds())
+    );
+
+    // One second later: the count is kept, not sent.
+    let (second, actions) = step(&first, progress(200), at(1));
+    assert!(full_reports(&actions).is_empty());
+    let d = second.deployment.as_ref().unwrap();
+    assert_eq!(
+        (d.bytes_done, d.last_byte_report),
+        (200, at(0).unix_seconds())
+    );
+
+    // Exactly two seconds after the last report: due again.
+    let (_, actions) = step(&second, progress(300), at(2));
+    assert_eq!(
+        full_reports(&actions)
+            .iter()
+            .map(|r| r.bytes_done)
+            .collect::<Vec<_>>(),
+        vec![300]
+    );
+
+    // Progress outside downloading changes nothing.
+    let installing = after(&start, vec![Event::DownloadFinished]);
+    let (same, actions) = step(&installing, progress(5), at(100));
+    assert_eq!(same, installing);
+    assert!(actions.is_empty());
+}
+
+#[test]
+fn downloading_and_failure_reports_carry_the_bytes_done_and_the_others_the_total() {
+    let (start, actions) = run(
+        &factory(),
+        vec![
+            directive(target("dep-1", None)),
+            Event::Preconditions(Ok(())),
+        ],
+    );
+    let first = full_reports(&actions);
+    assert_eq!(
+        first
+            .iter()
+            .map(|r| (r.phase, r.bytes_done, r.transition))
+            .collect::<Vec<_>>(),
+        vec![(ProgressPhase::Downloading, 0, true)]
+    );
+    let (_, actions) = run(
+        &start,
+        vec![
+            Event::DownloadProgress { bytes_done: 500 },
+            Event::DownloadFailed {
+                reason: "digest".to_owned(),
+                retryable: false,
+            },
+        ],
+    );
+    let failed = full_reports(&actions).pop().unwrap();
+    assert_eq!(
+        (failed.phase, failed.bytes_done, failed.bytes_total),
+        (ProgressPhase::Failed, 500, 1002)
+    );
+
+    let (_, actions) = step(&start, Event::DownloadFinished, at(10));
+    assert!(full_reports(&actions)
+        .iter()
+        .all(|r| r.bytes_done == 1002 && r.bytes_total == 1002 && r.transition));
+}
+
+#[test]
+fn a_finished_download_installs_the_target_into_the_inactive_slot_also_after_a_restart() {
+    let start = downloading();
+    let install = Action::Install {
+        payload: start.deployment.as_ref().unwrap().payload.clone(),
+        from: SlotName::A,
+        to: SlotName::B,
+        length: 1002,
+        sha256: digest(2),
+    };
+    let (installing, actions) = step(&start, Event::DownloadFinished, at(10));
+    assert!(actions.contains(&install));
+    let (_, actions) = step(
+        &installing,
+        Event::Started {
+            boot: boot(SlotName::A, SlotName::A, None),
+        },
+        at(20),
+    );
+    assert!(
+        actions.contains(&install),
+        "a half-written slot is written again"
+    );
+}
+
+#[test]
+fn a_failed_install_forgets_what_the_slot_held_and_reports_install_failed() {
+    let mut start = factory();
+    start.slot_b = Some(image(5, "0.5.0"));
+    let installing = after(&start, to_installing(target("dep-1", None)));
+    let failed = Event::InstallFailed {
+        reason: "write".to_owned(),
+    };
+    let (end, actions) = step(&installing, failed.clone(), at(100));
+    assert_eq!(
+        end.slot_b, None,
+        "the half-written slot holds no known image"
+    );
+    assert_eq!(end.phase, Phase::Idle);
+    assert_eq!(
+        reports(&actions).pop().map(|r| (r.0, r.2)),
+        Some((
+            ProgressPhase::Failed,
+            Some("install_failed:write".to_owned())
+        ))
+    );
+    // Outside installing, an install failure changes nothing.
+    let downloading = after(
+        &start,
+        vec![
+            directive(target("dep-1", None)),
+            Event::Preconditions(Ok(())),
+        ],
+    );
+    let (same, actions) = step(&downloading, failed, at(100));
+    assert_eq!(same, downloading);
+    assert!(actions.is_empty());
+}
+
+#[test]
+fn the_finished_memory_keeps_the_last_16_deployments_once_each() {
+    let entry = |n: usize| Finished {
+        deployment_id: format!("dep-{n}"),
+        outcome: ProgressPhase::Failed,
+        next_sequence: n as u64,
+        absent_since: false,
+        via: None,
+    };
+    let mut finished = Vec::new();
+    for n in 0..16 {
+        remember(&mut finished, entry(n));
+    }
+    assert_eq!(finished.len(), 16, "16 are kept");
+    remember(&mut finished, entry(16));
+    let ids: Vec<String> = finished.iter().map(|f| f.deployment_id.clone()).collect();
+    let expected: Vec<String> = (1..=16).map(|n| format!("dep-{n}")).collect();
+    assert_eq!(ids, expected, "the oldest is forgotten first");
+    remember(&mut finished, entry(5));
+    assert_eq!(finished.len(), 16);
+    assert_eq!(
+        finished
+            .iter()
+            .filter(|f| f.deployment_id == "dep-5")
+            .count(),
+        1,
+        "a deployment is remembered once, with its latest end"
+    );
+    assert_eq!(
+        finished.last().map(|f| f.deployment_id.as_str()),
+        Some("dep-5")
+    );
+    assert_eq!(finished[0].deployment_id, "dep-1");
+}
+
+#[test]
+fn the_agent_follows_a_bootloader_switched_behind_its_back_only_to_a_known_image() {
+    let mut both = factory();
+    both.slot_b = Some(image(2, "2.0.0"));
+    let switched = Event::Started {
+        boot: boot(SlotName::B, SlotName::B, None),
+    };
+    let (end, _) = step(&both, switched.clone(), at(0));
+    assert_eq!(end.active, SlotName::B);
+    // Slot B holds nothing known: the agent keeps A as its committed slot.
+    let (end, _) = step(&factory(), switched, at(0));
+    assert_eq!(end.active, SlotName::A);
+}
+
+fn committed() -> (AgentState, u64) {
+    let mut events = to_installing(target("dep-1", None));
+    events.extend([
+        Event::InstallFinished,
+        Event::Armed,
+        Event::Started {
+            boot: boot(SlotName::B, SlotName::A, Some(SlotName::B)),
+        },
+        Event::HealthPassed,
+        Event::Committed,
+    ]);
+    let (state, actions) = run(&factory(), events);
+    (state, reports(&actions).last().unwrap().1)
+}
+
+#[test]
+fn a_server_rollback_report_continues_the_deployments_sequence_and_clears_last_committed() {
+    let (committed, committed_sequence) = committed();
+    let switching = after(&committed, vec![control(ControlCommand::Rollback, "dep-1")]);
+    let (end, actions) = step(
+        &switching,
+        Event::Started {
+            boot: boot(SlotName::A, SlotName::A, None),
+        },
+        at(900),
+    );
+    let last = reports(&actions).pop().unwrap();
+    assert_eq!(
+        last,
+        (
+            ProgressPhase::RolledBack,
+            committed_sequence + 1,
+            Some("server_rollback".to_owned())
+        )
+    );
+    assert_eq!(
+        end.last_committed, None,
+        "slot A's image came from no known deployment"
+    );
+    let remembered = end
+        .finished
+        .iter()
+        .find(|f| f.deployment_id == "dep-1")
+        .unwrap();
+    assert_eq!(
+        (remembered.outcome, remembered.next_sequence),
+        (ProgressPhase::RolledBack, committed_sequence + 2)
+    );
+}
+
+#[test]
+fn a_server_rollback_in_idle_needs_the_last_committed_deployment_and_an_image_to_go_back_to() {
+    let (committed, _) = committed();
+    let (same, actions) = step(
+        &committed,
+        control(ControlCommand::Rollback, "dep-0"),
+        at(0),
+    );
+    assert_eq!(
+        same, committed,
+        "not the deployment the active slot came from"
+    );
+    assert!(actions.is_empty());
+    let (same, actions) = step(
+        &factory(),
+        Event::Control {
+            command: ControlCommand::Rollback,
+            deployment_id: None,
+        },
+        at(0),
+    );
+    assert_eq!(same, factory(), "slot B holds nothing to go back to");
+    assert!(actions.is_empty());
+}
+
+#[test]
+fn cancel_without_a_deployment_changes_nothing() {
+    let cancel = Event::Control {
+        command: ControlCommand::Cancel,
+        deployment_id: None,
+    };
+    let (same, actions) = step(&factory(), cancel, at(0));
+    assert_eq!(same, factory());
+    assert!(actions.is_empty());
+}
+
+#[test]
+fn a_server_rollback_of_a_download_cancels_it_and_one_naming_another_deployment_is_ignored() {
+    let start = downloading();
+    let (end, actions) = step(&start, control(ControlCommand::Rollback, "dep-1"), at(50));
+    assert!(actions.contains(&Action::StopDownload));
+    assert_eq!(
+        reports(&actions).pop().map(|r| (r.0, r.2)),
+        Some((ProgressPhase::Failed, Some("cancelled".to_owned())))
+    );
+    assert_eq!(end.phase, Phase::Idle);
+    let (same, actions) = step(&start, control(ControlCommand::Rollback, "dep-0"), at(50));
+    assert_eq!(same, start);
+    assert!(actions.is_empty());
+}
+
+#[test]
+fn a_server_rollback_of_an_install_not_yet_booted_forgets_the_slot_and_reports_rolled_back() {
+    let installed = after(
+        &downloading(),
+        vec![Event::DownloadFinished, Event::InstallFinished],
+    );
+    assert_eq!(installed.phase, Phase::Installed);
+    assert!(installed.slot_b.is_some());
+    let (end, actions) = step(
+        &installed,
+        control(ControlCommand::Rollback, "dep-1"),
+        at(50),
+    );
+    assert_eq!(end.slot_b, None);
+    assert_eq!(end.active, SlotName::A);
+    assert_eq!(end.phase, Phase::Idle);
+    assert_eq!(
+        reports(&actions).pop().map(|r| (r.0, r.2)),
+        Some((
+            ProgressPhase::RolledBack,
+            Some("server_rollback".to_owned())
+        ))
+    );
+    let (same, actions) = step(
+        &installed,
+        control(ControlCommand::Rollback, "dep-0"),
+        at(50),
+    );
+    assert_eq!(same, installed);
+    assert!(actions.is_empty());
+}
+
+#[test]
+fn a_server_rollback_after_the_reboot_falls_back_to_the_old_slot() {
+    let health_check = after(
+        &downloading(),
+        vec![
+            Event::DownloadFinished,
+            Event::InstallFinished,
+            Event::Armed,
+            Event::Started {
+                boot: boot(SlotName::B, SlotName::A, Some(SlotName::B)),
+            },
+        ],
+    );
+    assert_eq!(health_check.phase, Phase::HealthCheck);
+    let (end, actions) = step(
+        &health_check,
+        control(ControlCommand::Rollback, "dep-1"),
+        at(50),
+    );
+    assert_eq!(
+        end.phase,
+        Phase::RollingBack {
+            reason: "server_rollback".to_owned()
+        }
+    );
+    assert_eq!(actions, vec![Action::AbandonAndReboot]);
+    let (same, actions) = step(
+        &health_check,
+        control(ControlCommand::Rollback, "dep-0"),
+        at(50),
+    );
+    assert_eq!(same, health_check);
+    assert!(actions.is_empty());
+}
+
+#[test]
+fn an_action_failure_fails_a_deployment_before_the_reboot_and_falls_back_after_it() {
+    let failure = Event::ActionFailed {
+        reason: "arm".to_owned(),
+    };
+    let installed = after(
+        &downloading(),
+        vec![Event::DownloadFinished, Event::InstallFinished],
+    );
+    let (end, actions) = step(&installed, failure.clone(), at(50));
+    assert_eq!(end.phase, Phase::Idle);
+    assert_eq!(end.slot_b, None, "the written slot is not trusted");
+    assert_eq!(
+        reports(&actions).pop().map(|r| (r.0, r.2)),
+        Some((ProgressPhase::Failed, Some("agent_error:arm".to_owned())))
+    );
+
+    let rebooting = after(&installed, vec![Event::Armed]);
+    let (end, actions) = step(&rebooting, failure.clone(), at(50));
+    assert_eq!(
+        end.phase,
+        Phase::RollingBack {
+            reason: "agent_error:arm".to_owned()
+        }
+    );
+    assert_eq!(actions, vec![Action::AbandonAndReboot]);
+
+    let (same, actions) = step(&factory(), failure, at(50));
+    assert_eq!(same, factory());
+    assert!(actions.is_empty());
+}
