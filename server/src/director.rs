@@ -105,7 +105,14 @@ pub struct ExistingDeployment {
     pub attempts: u32,
     /// When its status last changed (retry backoff).
     pub updated_unix_seconds: i64,
+    /// Why it ended, for a finished one (e.g. [`STOPPED_BY_ROLLOUT`]).
+    pub reason_code: Option<String>,
 }
+
+/// The reason code of deployments cancelled because their rollout stopped them (a
+/// breaker opening, an abort, a rollback), as opposed to an operator's cancel of one
+/// vehicle or a decommissioning. In a rollout that runs again they are handed out again.
+pub const STOPPED_BY_ROLLOUT: &str = "rollout_stopped";
 
 #[derive(Debug, Clone)]
 pub struct RolloutView {
@@ -165,7 +172,8 @@ pub struct NewDeployment {
     pub deployment_id: String,
     pub ecu: String,
     pub from_sha256: Option<Sha256Digest>,
-    /// A failed deployment handed out again under the retry policy (same id).
+    /// A failed (retry policy) or cancelled (breaker resumed) deployment handed out
+    /// again (same id).
     pub retry: bool,
 }
 
@@ -315,8 +323,9 @@ fn decide_one(
         .filter_map(|ecu| rollout.targets.get(&ecu.hardware_id).map(|t| (ecu, t)))
         .collect();
     // Deployments already handed out keep being re-sent until they finish, even while the
-    // rollout is paused: pausing stops new vehicles, it does not strand ones mid-update
-    // (as AWS IoT Jobs' pause does). Abort and rollback stop them through `cancel`.
+    // rollout is paused: an operator's pause stops new vehicles, it does not strand ones
+    // mid-update (as AWS IoT Jobs' pause does). Abort, rollback and an opened breaker stop
+    // those not yet installing through `cancel`.
     let mut retries: BTreeMap<&str, &str> = BTreeMap::new();
     if !rollout.existing.is_empty() {
         let in_flight: Vec<Assignment> = targeted
@@ -347,14 +356,23 @@ fn decide_one(
             });
         }
         // Failed deployments go out again while the retry policy allows, after its
-        // backoff, through the same admission checks as a new vehicle.
+        // backoff, through the same admission checks as a new vehicle. So do the ones the
+        // rollout itself stopped: in a rollout still active only an opened breaker does
+        // that (abort and rollback end the rollout), and its resume must not lose them;
+        // that costs no attempt and waits for no backoff. An operator's cancel of one
+        // vehicle stays final.
         let retry = &rollout.spec.retry;
         for d in &rollout.existing {
             let due = d
                 .updated_unix_seconds
                 .saturating_add(retry.backoff_seconds as i64)
                 <= input.now_unix_seconds;
-            if d.status == DeploymentStatus::Failed && d.attempts < retry.max_attempts && due {
+            let again = match d.status {
+                DeploymentStatus::Failed => d.attempts < retry.max_attempts && due,
+                DeploymentStatus::Cancelled => d.reason_code.as_deref() == Some(STOPPED_BY_ROLLOUT),
+                _ => false,
+            };
+            if again {
                 retries.insert(d.ecu.as_str(), d.deployment_id.as_str());
             }
         }
@@ -699,6 +717,7 @@ mod tests {
             status: DeploymentStatus::Committed,
             attempts: 1,
             updated_unix_seconds: 0,
+            reason_code: None,
         }];
         let cases: Vec<(&str, &VehicleView, Vec<RolloutView>, Option<NothingReason>)> = vec![
             (
@@ -919,6 +938,7 @@ mod tests {
             status: DeploymentStatus::Downloading,
             attempts: 1,
             updated_unix_seconds: 0,
+            reason_code: None,
         }];
         let Directive::Assign {
             assignments,
@@ -940,6 +960,7 @@ mod tests {
             status: DeploymentStatus::Failed,
             attempts,
             updated_unix_seconds: updated,
+            reason_code: None,
         };
         let now = 12 * 3600;
         let cases = [
@@ -994,6 +1015,75 @@ mod tests {
             Some(NothingReason::Paused),
             "retries respect pause"
         );
+    }
+
+    #[test]
+    fn deployments_a_breaker_cancelled_go_out_again_when_the_rollout_runs() {
+        let now = 12 * 3600;
+        let cancelled = ExistingDeployment {
+            deployment_id: "dep_c".into(),
+            ecu: "main".into(),
+            status: DeploymentStatus::Cancelled,
+            // Beyond the retry policy and within its backoff: neither applies.
+            attempts: 5,
+            updated_unix_seconds: now,
+            reason_code: Some(STOPPED_BY_ROLLOUT.to_owned()),
+        };
+        let mut r = rollout(100.0);
+        r.spec.retry.max_attempts = 1;
+        r.spec.retry.backoff_seconds = 3600;
+        for final_reason in ["cancelled_by_operator", "decommissioned"] {
+            let mut by_hand = r.clone();
+            by_hand.existing = vec![ExistingDeployment {
+                reason_code: Some(final_reason.to_owned()),
+                ..cancelled.clone()
+            }];
+            assert_eq!(
+                reason(&run(
+                    &vehicle("veh-1", Some(1)),
+                    &[by_hand],
+                    &BTreeMap::new()
+                )),
+                Some(NothingReason::AlreadyFinished),
+                "a deployment cancelled as {final_reason} stays final"
+            );
+        }
+        r.existing = vec![cancelled];
+        let mut paused = r.clone();
+        paused.state = RolloutState::Paused;
+        assert_eq!(
+            reason(&run(
+                &vehicle("veh-1", Some(1)),
+                &[paused],
+                &BTreeMap::new()
+            )),
+            Some(NothingReason::Paused),
+            "held while the rollout is paused"
+        );
+        let mut open = r.clone();
+        open.breaker = BreakerState::Open;
+        assert_eq!(
+            reason(&run(&vehicle("veh-1", Some(1)), &[open], &BTreeMap::new())),
+            Some(NothingReason::BreakerOpen)
+        );
+        match run(&vehicle("veh-1", Some(1)), &[r], &BTreeMap::new()) {
+            Directive::Assign {
+                assignments,
+                new_deployments,
+                ..
+            } => {
+                assert_eq!(assignments[0].deployment_id, "dep_c");
+                assert_eq!(
+                    (
+                        new_deployments[0].deployment_id.as_str(),
+                        new_deployments[0].retry
+                    ),
+                    ("dep_c", true),
+                    "the same deployment, handed out again"
+                );
+            }
+            other => panic!("a resumed rollout hands the cancelled deployment out: {other:?}"),
+        }
     }
 
     #[test]

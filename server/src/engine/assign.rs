@@ -206,6 +206,7 @@ pub fn rollout_views(snapshot: &Snapshot, deployments: &[DeploymentRecord]) -> V
                         status: d.status,
                         attempts: d.attempts,
                         updated_unix_seconds: d.updated_ms / 1000,
+                        reason_code: d.reason_code.clone(),
                     })
                     .collect(),
                 spec: rollout.spec.clone(),

@@ -3,7 +3,7 @@
 //! [`Engine::change_deployment`] persists it (one transaction with its events and audit
 //! entry, conditional on the statuses it was planned from) and tells the vehicle.
 //!
-//! How it reaches the vehicle: a cancelled deployment is terminal, so the director never
+//! How it reaches the vehicle: an operator's cancel is final, so the director never
 //! sends it again (its next directive assigns nothing from this rollout) and the agent
 //! gets a signed `cancel` control message at once, stopping a download it has not
 //! installed. A retried deployment goes back to `assigned` with one more attempt: the

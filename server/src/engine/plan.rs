@@ -37,7 +37,9 @@ pub struct Facts {
 pub enum Effect {
     /// Queue delta builds for the selected fleet's installed images.
     EnqueueDeltas,
-    /// Unfinished deployments are marked cancelled (in the change's own transaction).
+    /// Deployments not yet installing (`assigned`, `downloading`) are marked cancelled
+    /// (in the change's own transaction). In a rollout that runs again they are handed
+    /// out again (`director`), so a breaker's pause loses none of them.
     CancelUnfinished,
     /// Vehicles with unfinished deployments are told to check in now (and so learn they
     /// must hold).
@@ -262,6 +264,11 @@ pub fn plan(
             if *to == BreakerState::Open && record.state == RolloutState::Running {
                 let action = breaker_policy(record, facts);
                 apply_action(&mut change, record, action, facts, reason.as_deref())?;
+                // Whatever the policy, vehicles not yet installing stop (DESIGN §7): a
+                // pause cancels their deployments too, and a resume hands them out again.
+                change.effects.retain(|e| *e != Effect::PollUnfinished);
+                change.effects.push(Effect::CancelUnfinished);
+                change.effects.push(Effect::CancelVehicles);
             }
         }
     }
@@ -420,7 +427,11 @@ mod tests {
             (
                 BreakerAction::Pause,
                 RolloutState::Paused,
-                vec![Effect::PollUnfinished, Effect::Invalidate],
+                vec![
+                    Effect::CancelUnfinished,
+                    Effect::CancelVehicles,
+                    Effect::Invalidate,
+                ],
             ),
             (
                 BreakerAction::Abort,

@@ -6,7 +6,7 @@ use super::{
 };
 use crate::blob_access::DeploymentBlobs;
 use crate::breaker::{BreakerState, Outcomes};
-use crate::director::{DeploymentStatus, NewDeployment};
+use crate::director::{DeploymentStatus, NewDeployment, STOPPED_BY_ROLLOUT};
 use crate::engine::plan::{Effect, RolloutChange};
 use crate::rollout::{RolloutSpec, RolloutState};
 use ota_core::encoding::Sha256Digest;
@@ -320,11 +320,12 @@ impl Store {
         let mut cancelled = Vec::new();
         if change.has(Effect::CancelUnfinished) {
             let rows = sqlx::query(
-                "UPDATE deployments SET status = 'cancelled', updated_ms = $1 WHERE rollout_id = $2 \
-                 AND status IN ('assigned', 'downloading') RETURNING *",
+                "UPDATE deployments SET status = 'cancelled', reason_code = $3, updated_ms = $1 \
+                 WHERE rollout_id = $2 AND status IN ('assigned', 'downloading') RETURNING *",
             )
             .bind(now)
             .bind(&change.rollout_id)
+            .bind(STOPPED_BY_ROLLOUT)
             .fetch_all(&mut *tx)
             .await?;
             cancelled = rows
@@ -333,7 +334,7 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?;
             for d in &cancelled {
                 let event = Event::new(DeploymentStatus::Cancelled, &actor.name);
-                record_event(&mut tx, &d.id, now, event.reason("rollout_stopped")).await?;
+                record_event(&mut tx, &d.id, now, event.reason(STOPPED_BY_ROLLOUT)).await?;
             }
         }
         tx.commit().await?;
@@ -435,19 +436,27 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         for d in new.iter().filter(|d| d.retry) {
-            // A retry reuses the failed deployment: back to assigned, one more attempt,
-            // progress sequences start over (the agent numbers each attempt from 1).
-            let retried = sqlx::query(
-                "UPDATE deployments SET status = 'assigned', attempts = attempts + 1, last_sequence = 0, \
-                 reason_code = NULL, assigned_ms = $1, updated_ms = $1 WHERE id = $2 AND status = 'failed'",
-            )
-            .bind(now)
-            .bind(&d.deployment_id)
-            .execute(&mut *tx)
-            .await?;
-            if retried.rows_affected() > 0 {
-                let event = Event::new(DeploymentStatus::Assigned, DIRECTOR).reason("retry_policy");
-                record_event(&mut tx, &d.deployment_id, now, event).await?;
+            // Handed out again, the deployment goes back to assigned and its progress
+            // sequences start over. A failed one (the retry policy) costs one more
+            // attempt; one its rollout stopped (a breaker's pause, resumed) costs none.
+            let stopped = format!("status = 'cancelled' AND reason_code = '{STOPPED_BY_ROLLOUT}'");
+            for (from, attempts, reason) in [
+                ("status = 'failed'", "attempts + 1", "retry_policy"),
+                (stopped.as_str(), "attempts", "resumed"),
+            ] {
+                let again = sqlx::query(&format!(
+                    "UPDATE deployments SET status = 'assigned', attempts = {attempts}, last_sequence = 0, \
+                     reason_code = NULL, assigned_ms = $1, updated_ms = $1 WHERE id = $2 AND {from}"
+                ))
+                .bind(now)
+                .bind(&d.deployment_id)
+                .execute(&mut *tx)
+                .await?;
+                if again.rows_affected() > 0 {
+                    let event = Event::new(DeploymentStatus::Assigned, DIRECTOR).reason(reason);
+                    record_event(&mut tx, &d.deployment_id, now, event).await?;
+                    break;
+                }
             }
         }
         for d in new.iter().filter(|d| !d.retry) {

@@ -102,7 +102,7 @@ async fn wait_consumed(app: &TestApp) {
     .unwrap()
 }
 
-async fn status_of(app: &TestApp, vid: &str, deployment: &str) -> DeploymentStatus {
+pub(crate) async fn status_of(app: &TestApp, vid: &str, deployment: &str) -> DeploymentStatus {
     app.state
         .store
         .deployments_for_vehicle(vid)
@@ -115,7 +115,12 @@ async fn status_of(app: &TestApp, vid: &str, deployment: &str) -> DeploymentStat
 }
 
 /// Waits (at most 30 s) until the deployment has `status`.
-async fn wait_status(app: &TestApp, vid: &str, deployment: &str, status: DeploymentStatus) {
+pub(crate) async fn wait_status(
+    app: &TestApp,
+    vid: &str,
+    deployment: &str,
+    status: DeploymentStatus,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let now = status_of(app, vid, deployment).await;

@@ -6,6 +6,7 @@ use crate::helpers::{
     checkin, device_key, mqtt_url, signed_checkin, spawn_app_with, unique, Backend, Options,
     TestApp,
 };
+use crate::kafka::{status_of, wait_status};
 use ota_core::envelope::Envelope;
 use ota_core::key::SigningKey;
 use ota_core::metadata::{parse_document, DirectorMetadata, TargetsBinding};
@@ -14,6 +15,7 @@ use ota_core::protocol::{
     ProgressPhase, PAYLOAD_TYPE_CONTROL, PAYLOAD_TYPE_PROGRESS,
 };
 use ota_core::time::Timestamp;
+use ota_server::director::DeploymentStatus;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 use std::time::Duration;
@@ -490,6 +492,105 @@ async fn pause_and_abort_send_control_and_failures_open_the_breaker() {
     assert_eq!(
         cancel.deployment_id.as_deref(),
         Some(d.assignments[0].deployment_id.as_str())
+    );
+    app.stop().await;
+}
+
+/// A breaker that opens with the `pause` policy stops the vehicles not yet installing
+/// (DESIGN §7): their deployments are cancelled and they are told `cancel`; a vehicle
+/// already installing is left to finish. The operator's resume hands each cancelled
+/// deployment out again, same id, without spending an attempt of the retry policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_pause_cancels_vehicles_not_yet_installing_and_resume_hands_them_out_again() {
+    let Some(app) = mqtt_app().await else { return };
+    let (fleet, mut vehicles, id, deployments) = assigned_fleet(&app, 4).await;
+    let publish = |i: usize, sequence, phase| {
+        let (vid, key) = &fleet[i];
+        (
+            vid.clone(),
+            progress(key, vid, &deployments[i], sequence, phase),
+        )
+    };
+    let (installing, report) = publish(2, 1, ProgressPhase::Installing);
+    vehicles
+        .publish(&installing, Channel::Progress, report)
+        .await;
+    wait_status(
+        &app,
+        &installing,
+        &deployments[2],
+        DeploymentStatus::Installed,
+    )
+    .await;
+    for i in [0, 1] {
+        let (vid, report) = publish(i, 1, ProgressPhase::Failed);
+        vehicles.publish(&vid, Channel::Progress, report).await;
+    }
+    let (waiting, waiting_key) = fleet[3].clone();
+    let cancel = control(
+        &app,
+        &vehicles
+            .expect(&topic(&waiting, Channel::Control), None)
+            .await,
+    );
+    assert_eq!(
+        (cancel.command, cancel.deployment_id.as_deref()),
+        (ControlCommand::Cancel, Some(deployments[3].as_str())),
+        "the breaker tells the vehicle not yet installing to cancel"
+    );
+    vehicles
+        .expect_silence(
+            &topic(&installing, Channel::Control),
+            Duration::from_millis(500),
+        )
+        .await;
+    let rollout = app.state.store.get_rollout(&id).await.unwrap();
+    assert_eq!(
+        (rollout.state.as_str(), rollout.breaker_state.as_str()),
+        ("paused", "open")
+    );
+    assert_eq!(
+        status_of(&app, &waiting, &deployments[3]).await,
+        DeploymentStatus::Cancelled
+    );
+    assert_eq!(
+        status_of(&app, &installing, &deployments[2]).await,
+        DeploymentStatus::Installed,
+        "a vehicle installing is not cancelled"
+    );
+
+    app.act(&id, &["resume"]).await;
+    let c = signed_checkin(&waiting_key, &checkin(&waiting, Some(("1.0.0", b"old")), 1));
+    let d = director_metadata(
+        &app,
+        &vehicles
+            .expect(
+                &topic(&waiting, Channel::Directive),
+                Some((&waiting, Channel::CheckIn, &c)),
+            )
+            .await,
+    );
+    assert_eq!(
+        d.assignments
+            .iter()
+            .map(|a| a.deployment_id.as_str())
+            .collect::<Vec<_>>(),
+        [deployments[3].as_str()],
+        "the resumed rollout hands the cancelled deployment out again"
+    );
+    let again = app
+        .state
+        .store
+        .deployments_for_vehicle(&waiting)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.id == deployments[3])
+        .unwrap();
+    assert_eq!(
+        (again.status, again.attempts),
+        (DeploymentStatus::Assigned, 1),
+        "assigned again, no attempt spent"
     );
     app.stop().await;
 }
