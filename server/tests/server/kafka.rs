@@ -300,16 +300,7 @@ async fn a_batch_of_records_applies_each_as_it_would_alone() {
         .clone();
     let record = |key: &SigningKey, vid: &str, deployment: &str, sequence, phase| {
         let signed = progress(key, vid, deployment, sequence, phase);
-        let event = ota_core::protocol::ProgressEvent {
-            vehicle_id: vid.to_owned(),
-            deployment_id: deployment.to_owned(),
-            sequence,
-            phase,
-            bytes_done: 0,
-            bytes_total: 0,
-            reason_code: None,
-            at: ota_core::time::Timestamp::from_datetime(chrono::Utc::now()),
-        };
+        let event = crate::mqtt::progress_event(vid, deployment, sequence, phase);
         serde_json::to_vec(&progress_event(&event, &signed, 1)).unwrap()
     };
     let stranger = unique("veh-");

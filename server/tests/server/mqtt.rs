@@ -193,7 +193,21 @@ pub(crate) fn progress(
     sequence: u64,
     phase: ProgressPhase,
 ) -> Vec<u8> {
-    let event = ProgressEvent {
+    sign_message(
+        PAYLOAD_TYPE_PROGRESS,
+        &progress_event(vid, deployment, sequence, phase),
+        key,
+    )
+}
+
+/// The progress event [`progress`] signs, sent now.
+pub(crate) fn progress_event(
+    vid: &str,
+    deployment: &str,
+    sequence: u64,
+    phase: ProgressPhase,
+) -> ProgressEvent {
+    ProgressEvent {
         vehicle_id: vid.to_owned(),
         deployment_id: deployment.to_owned(),
         sequence,
@@ -202,8 +216,7 @@ pub(crate) fn progress(
         bytes_total: 0,
         reason_code: Some("health_check_failed".to_owned()),
         at: Timestamp::from_datetime(chrono::Utc::now()),
-    };
-    sign_message(PAYLOAD_TYPE_PROGRESS, &event, key)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
