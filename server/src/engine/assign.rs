@@ -429,8 +429,15 @@ impl Engine {
         } = &directive
         {
             if !new_deployments.is_empty() {
-                store
-                    .insert_deployments(rollout_id, &vehicle.id, *phase, new_deployments, now)
+                self.inner
+                    .assignments
+                    .record(crate::store::AssignmentWrite {
+                        rollout_id: rollout_id.clone(),
+                        vehicle_id: vehicle.id.clone(),
+                        phase: *phase,
+                        new: new_deployments.clone(),
+                        now,
+                    })
                     .await?;
                 if let Some(r) = snapshot.active.iter().find(|r| &r.record.id == rollout_id) {
                     r.started_since.fetch_add(1, Ordering::Relaxed);

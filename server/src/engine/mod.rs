@@ -12,8 +12,8 @@
 //! Every entry point takes `now` from its caller; nothing here reads the clock.
 
 pub mod assign;
-pub mod checkins;
 pub mod deployments;
+pub mod group_commit;
 pub mod history;
 pub mod intake;
 pub mod plan;
@@ -62,7 +62,8 @@ struct Inner {
     jobs: Arc<Notify>,
     snapshot: assign::SnapshotCache,
     /// Check-in writes, batched per transaction.
-    checkins: checkins::CheckinWriter,
+    checkins: group_commit::CheckinWriter,
+    assignments: group_commit::AssignmentWriter,
     /// With Kafka, every rollout change writes its event to the outbox in its own
     /// transaction and wakes the relay that publishes it to `ota.rollout-events`.
     rollout_relay: Option<crate::rollout_relay::RelayWake>,
@@ -100,13 +101,17 @@ impl Engine {
     ) -> Engine {
         // SQLite has one writer at a time; PostgreSQL takes a second batch while the
         // first commits.
-        let checkins = checkins::CheckinWriter::new(
-            store.clone(),
-            settings.director.checkin_batch,
-            match store.backend() {
-                crate::store::Backend::Sqlite => 1,
-                crate::store::Backend::Postgres => 2,
-            },
+        let writers = match store.backend() {
+            crate::store::Backend::Sqlite => 1,
+            crate::store::Backend::Postgres => 2,
+        };
+        let batch = settings.director.checkin_batch;
+        let checkins =
+            group_commit::CheckinWriter::new(group_commit::Checkins(store.clone()), batch, writers);
+        let assignments = group_commit::AssignmentWriter::new(
+            group_commit::Assignments(store.clone()),
+            batch,
+            writers,
         );
         Engine {
             inner: Arc::new(Inner {
@@ -118,6 +123,7 @@ impl Engine {
                 jobs,
                 snapshot: assign::SnapshotCache::default(),
                 checkins,
+                assignments,
                 rollout_relay,
             }),
         }

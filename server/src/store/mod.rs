@@ -33,7 +33,8 @@ pub use lists::{AuditFilter, ImageFilter, Keyset, VehicleListFilter, VehicleOrde
 pub use outbox::OutboxRow;
 pub use releases::{NewRelease, ReleaseImage, ReleaseRecord};
 pub use rollouts::{
-    ChangeError, DeploymentRecord, DeploymentUpdate, NewRollout, PhaseCounts, RolloutRecord,
+    AssignmentWrite, ChangeError, DeploymentRecord, DeploymentUpdate, NewRollout, PhaseCounts,
+    RolloutRecord,
 };
 pub use tokens::{TokenInfo, TokenRecord};
 pub use vehicles::{

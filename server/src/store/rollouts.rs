@@ -12,7 +12,7 @@ use crate::rollout::{RolloutSpec, RolloutState};
 use ota_core::encoding::Sha256Digest;
 use serde::Serialize;
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -39,6 +39,16 @@ pub struct RolloutRecord {
     pub created_at: String,
     #[schema(value_type = crate::api::validate::schema::Timestamp)]
     pub updated_at: String,
+}
+
+/// A directive's new deployments to record ([`Store::insert_assignments`]).
+#[derive(Debug, Clone)]
+pub struct AssignmentWrite {
+    pub rollout_id: String,
+    pub vehicle_id: String,
+    pub phase: usize,
+    pub new: Vec<NewDeployment>,
+    pub now: i64,
 }
 
 /// A progress report to apply to a deployment ([`Store::update_deployments`]).
@@ -434,50 +444,29 @@ impl Store {
         new: &[NewDeployment],
         now: i64,
     ) -> Result<(), StoreError> {
+        self.insert_assignments(&[AssignmentWrite {
+            rollout_id: rollout_id.to_owned(),
+            vehicle_id: vehicle_id.to_owned(),
+            phase,
+            new: new.to_vec(),
+            now,
+        }])
+        .await
+    }
+
+    /// [`Store::insert_deployments`] for many directives, in one transaction.
+    pub async fn insert_assignments(&self, writes: &[AssignmentWrite]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        for d in new.iter().filter(|d| d.retry) {
-            // Handed out again, the deployment goes back to assigned and its progress
-            // sequences start over. A failed one (the retry policy) costs one more
-            // attempt; one its rollout stopped (a breaker's pause, resumed) costs none.
-            let stopped = format!("status = 'cancelled' AND reason_code = '{STOPPED_BY_ROLLOUT}'");
-            for (from, attempts, reason) in [
-                ("status = 'failed'", "attempts + 1", "retry_policy"),
-                (stopped.as_str(), "attempts", "resumed"),
-            ] {
-                let again = sqlx::query(&format!(
-                    "UPDATE deployments SET status = 'assigned', attempts = {attempts}, last_sequence = 0, \
-                     reason_code = NULL, assigned_ms = $1, updated_ms = $1 WHERE id = $2 AND {from}"
-                ))
-                .bind(now)
-                .bind(&d.deployment_id)
-                .execute(&mut *tx)
-                .await?;
-                if again.rows_affected() > 0 {
-                    let event = Event::new(DeploymentStatus::Assigned, DIRECTOR).reason(reason);
-                    record_event(&mut tx, &d.deployment_id, now, event).await?;
-                    break;
-                }
-            }
-        }
-        for d in new.iter().filter(|d| !d.retry) {
-            let inserted = sqlx::query(
-                "INSERT INTO deployments (id, rollout_id, vehicle_id, ecu, phase_index, status, from_sha256, \
-                 assigned_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, 'assigned', $6, $7, $7) \
-                 ON CONFLICT DO NOTHING",
+        for w in writes {
+            insert_deployments_in(
+                &mut tx,
+                &w.rollout_id,
+                &w.vehicle_id,
+                w.phase,
+                &w.new,
+                w.now,
             )
-            .bind(&d.deployment_id)
-            .bind(rollout_id)
-            .bind(vehicle_id)
-            .bind(&d.ecu)
-            .bind(phase as i64)
-            .bind(d.from_sha256.map(|s| s.to_hex()))
-            .bind(now)
-            .execute(&mut *tx)
             .await?;
-            if inserted.rows_affected() > 0 {
-                let event = Event::new(DeploymentStatus::Assigned, DIRECTOR);
-                record_event(&mut tx, &d.deployment_id, now, event).await?;
-            }
         }
         tx.commit().await?;
         Ok(())
@@ -665,4 +654,60 @@ impl Store {
         tx.commit().await?;
         Ok(changed)
     }
+}
+
+/// One directive's new deployments, inside `tx`.
+async fn insert_deployments_in(
+    tx: &mut Transaction<'static, Any>,
+    rollout_id: &str,
+    vehicle_id: &str,
+    phase: usize,
+    new: &[NewDeployment],
+    now: i64,
+) -> Result<(), StoreError> {
+    for d in new.iter().filter(|d| d.retry) {
+        // Handed out again, the deployment goes back to assigned and its progress
+        // sequences start over. A failed one (the retry policy) costs one more
+        // attempt; one its rollout stopped (a breaker's pause, resumed) costs none.
+        let stopped = format!("status = 'cancelled' AND reason_code = '{STOPPED_BY_ROLLOUT}'");
+        for (from, attempts, reason) in [
+            ("status = 'failed'", "attempts + 1", "retry_policy"),
+            (stopped.as_str(), "attempts", "resumed"),
+        ] {
+            let again = sqlx::query(&format!(
+                "UPDATE deployments SET status = 'assigned', attempts = {attempts}, last_sequence = 0, \
+                 reason_code = NULL, assigned_ms = $1, updated_ms = $1 WHERE id = $2 AND {from}"
+            ))
+            .bind(now)
+            .bind(&d.deployment_id)
+            .execute(&mut **tx)
+            .await?;
+            if again.rows_affected() > 0 {
+                let event = Event::new(DeploymentStatus::Assigned, DIRECTOR).reason(reason);
+                record_event(tx, &d.deployment_id, now, event).await?;
+                break;
+            }
+        }
+    }
+    for d in new.iter().filter(|d| !d.retry) {
+        let inserted = sqlx::query(
+            "INSERT INTO deployments (id, rollout_id, vehicle_id, ecu, phase_index, status, from_sha256, \
+             assigned_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, 'assigned', $6, $7, $7) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&d.deployment_id)
+        .bind(rollout_id)
+        .bind(vehicle_id)
+        .bind(&d.ecu)
+        .bind(phase as i64)
+        .bind(d.from_sha256.map(|s| s.to_hex()))
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        if inserted.rows_affected() > 0 {
+            let event = Event::new(DeploymentStatus::Assigned, DIRECTOR);
+            record_event(tx, &d.deployment_id, now, event).await?;
+        }
+    }
+    Ok(())
 }

@@ -636,6 +636,58 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
             && actions.contains(&"release.create".to_owned()),
         "{actions:?}"
     );
+
+    // The check-in path's group commit of new deployments: writes that wait together
+    // share a transaction; one that cannot be written (an unknown rollout) fails alone,
+    // and each of the others is written once.
+    use ota_server::engine::group_commit::{AssignmentWriter, Assignments};
+    use ota_server::store::AssignmentWrite;
+    let write = |rollout_id: &str, ecu: &str| AssignmentWrite {
+        rollout_id: rollout_id.to_owned(),
+        vehicle_id: "veh-1".to_owned(),
+        phase: 0,
+        new: vec![NewDeployment {
+            deployment_id: format!("dep_g_{ecu}"),
+            ecu: ecu.to_owned(),
+            from_sha256: None,
+            retry: false,
+        }],
+        now: now_ms(),
+    };
+    let mut writes: Vec<AssignmentWrite> = (0..12)
+        .map(|i| write(&rollout.id, &format!("e{i}")))
+        .collect();
+    writes.push(write("ro_unknown", "bad"));
+    writes.push(write(&rollout.id, "e0"));
+    assert!(
+        store.insert_assignments(&writes).await.is_err(),
+        "one bad write fails its transaction"
+    );
+    assert_eq!(
+        store.deployments_for_vehicle("veh-1").await.unwrap().len(),
+        2,
+        "nothing of a failed transaction is written"
+    );
+    let writer = AssignmentWriter::new(Assignments(store.clone()), 128, 2);
+    let results =
+        futures_util::future::join_all(writes.iter().cloned().map(|w| writer.record(w))).await;
+    for (w, result) in writes.iter().zip(&results) {
+        assert_eq!(
+            result.is_ok(),
+            w.rollout_id == rollout.id,
+            "{}: {result:?}",
+            w.new[0].ecu
+        );
+    }
+    let ids: Vec<String> = store
+        .deployments_for_vehicle("veh-1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .filter(|id| id.starts_with("dep_g_"))
+        .collect();
+    assert_eq!(ids.len(), 12, "each good write once: {ids:?}");
     if let Some(db) = db {
         db.drop_now().await;
     }
@@ -680,7 +732,7 @@ both_backends!(outbox_lease_is_held_by_one_relay_at_a_time, outbox_lease);
 /// each still gets its own answer — versions grow per vehicle in arrival order, a
 /// replay in the same batch is refused, an unknown vehicle fails alone.
 async fn checkins_group_commit(backend: Backend) {
-    use ota_server::engine::checkins::CheckinWriter;
+    use ota_server::engine::group_commit::{CheckinWriter, Checkins};
     use ota_server::store::CheckinWrite;
     let Some((store, db, dir)) = fresh_store(backend).await else {
         return;
@@ -731,7 +783,7 @@ async fn checkins_group_commit(backend: Backend) {
             .unwrap()
             .block_on(async move {
                 let store = ota_server::store::Store::connect(&url, 3).await.unwrap();
-                let writer = CheckinWriter::new(store, 128, 2);
+                let writer = CheckinWriter::new(Checkins(store), 128, 2);
                 let results =
                     futures_util::future::join_all(writes.into_iter().map(|w| writer.record(w)))
                         .await;
