@@ -284,7 +284,7 @@ impl Engine {
                         }
                     });
                 }
-                Effect::PollUnfinished | Effect::RollbackInstalled => {
+                Effect::PollUnfinished | Effect::PollStopped | Effect::RollbackInstalled => {
                     for d in self
                         .inner
                         .store
@@ -293,6 +293,13 @@ impl Engine {
                     {
                         match effect {
                             Effect::PollUnfinished if !d.status.is_terminal() => {
+                                controls.push((d.vehicle_id, ControlCommand::PollNow, d.id))
+                            }
+                            Effect::PollStopped
+                                if d.status == DeploymentStatus::Cancelled
+                                    && d.reason_code.as_deref()
+                                        == Some(crate::director::STOPPED_BY_ROLLOUT) =>
+                            {
                                 controls.push((d.vehicle_id, ControlCommand::PollNow, d.id))
                             }
                             Effect::RollbackInstalled

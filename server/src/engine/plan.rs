@@ -46,6 +46,9 @@ pub enum Effect {
     PollUnfinished,
     /// Vehicles told to `cancel` what the change cancelled.
     CancelVehicles,
+    /// Vehicles whose deployment the rollout stopped (cancelled when a breaker opened)
+    /// are told to check in now, and so get it again from the resumed rollout.
+    PollStopped,
     /// Vehicles that installed the release are told to roll back.
     RollbackInstalled,
     /// Anything cached about active rollouts is stale.
@@ -194,10 +197,12 @@ fn apply_action(
             change.window_start_ms = now;
             change.effects.push(Effect::EnqueueDeltas);
         }
-        // An operator resume half-opens an open breaker: a probe batch decides.
+        // An operator resume half-opens an open breaker: a probe batch decides, starting
+        // with the vehicles the breaker stopped.
         RolloutAction::Resume if record.breaker_state == BreakerState::Open => {
             change.breaker_state = BreakerState::HalfOpen;
             change.window_start_ms = now;
+            change.effects.push(Effect::PollStopped);
         }
         RolloutAction::Pause => change.effects.push(Effect::PollUnfinished),
         RolloutAction::Abort => {
@@ -409,12 +414,18 @@ mod tests {
             (c.state, c.breaker_state, c.window_start_ms),
             (RolloutState::Running, BreakerState::HalfOpen, 5_000)
         );
+        assert_eq!(
+            c.effects,
+            [Effect::PollStopped, Effect::Invalidate],
+            "the vehicles the breaker stopped are called back"
+        );
         r.breaker_state = BreakerState::Closed;
         let c = op(&r, RolloutAction::Resume).unwrap();
         assert_eq!(
             (c.breaker_state, c.window_start_ms),
             (BreakerState::Closed, 1_000)
         );
+        assert_eq!(c.effects, [Effect::Invalidate]);
     }
 
     #[test]

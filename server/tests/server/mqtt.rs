@@ -511,8 +511,9 @@ async fn pause_and_abort_send_control_and_failures_open_the_breaker() {
 
 /// A breaker that opens with the `pause` policy stops the vehicles not yet installing
 /// (DESIGN §7): their deployments are cancelled and they are told `cancel`; a vehicle
-/// already installing is left to finish. The operator's resume hands each cancelled
-/// deployment out again, same id, without spending an attempt of the retry policy.
+/// already installing is left to finish. The operator's resume tells each stopped
+/// vehicle `poll_now` and hands its deployment out again, same id, without spending an
+/// attempt of the retry policy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_breaker_pause_cancels_vehicles_not_yet_installing_and_resume_hands_them_out_again() {
     let Some(app) = mqtt_app().await else { return };
@@ -573,6 +574,17 @@ async fn a_breaker_pause_cancels_vehicles_not_yet_installing_and_resume_hands_th
     );
 
     app.act(&id, &["resume"]).await;
+    let poll = control(
+        &app,
+        &vehicles
+            .expect(&topic(&waiting, Channel::Control), None)
+            .await,
+    );
+    assert_eq!(
+        (poll.command, poll.deployment_id.as_deref()),
+        (ControlCommand::PollNow, Some(deployments[3].as_str())),
+        "the resume calls the stopped vehicle back"
+    );
     let c = signed_checkin(&waiting_key, &checkin(&waiting, Some(("1.0.0", b"old")), 1));
     let d = director_metadata(
         &app,
