@@ -458,15 +458,7 @@ impl Store {
     pub async fn insert_assignments(&self, writes: &[AssignmentWrite]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         for w in writes {
-            insert_deployments_in(
-                &mut tx,
-                &w.rollout_id,
-                &w.vehicle_id,
-                w.phase,
-                &w.new,
-                w.now,
-            )
-            .await?;
+            insert_deployments_in(&mut tx, w).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -659,12 +651,16 @@ impl Store {
 /// One directive's new deployments, inside `tx`.
 async fn insert_deployments_in(
     tx: &mut Transaction<'static, Any>,
-    rollout_id: &str,
-    vehicle_id: &str,
-    phase: usize,
-    new: &[NewDeployment],
-    now: i64,
+    write: &AssignmentWrite,
 ) -> Result<(), StoreError> {
+    let AssignmentWrite {
+        rollout_id,
+        vehicle_id,
+        phase,
+        new,
+        now,
+    } = write;
+    let (phase, now) = (*phase, *now);
     for d in new.iter().filter(|d| d.retry) {
         // Handed out again, the deployment goes back to assigned and its progress
         // sequences start over. A failed one (the retry policy) costs one more
