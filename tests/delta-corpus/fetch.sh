@@ -146,13 +146,19 @@ deb_pair libcurl-arm64 '/libcurl\.so\.4\.[0-9.]+$' \
   pool/main/c/curl/libcurl4_7.88.1-10+deb12u15_arm64.deb e54bdd269c960b643ded903c3dbde36fe5d4d5f5b6389b47a0344d4a711cf70a
 add libcurl-arm64 arm64-debian-lib
 
-# --- Debian arm64 kernel (trixie cloud flavour, point releases 6.12.115 -> 6.12.116),
-# the Image uncompressed (see unpack_kernel).
-deb_pair kernel-arm64 '^\./boot/vmlinuz-' \
-  pool/updates/main/l/linux/linux-image-6.12.115+deb13-cloud-arm64-unsigned_6.12.115-1_arm64.deb a596a9d0ada644f93c408fcad641b3b4d1a934b05ddaed5b5eb734001e5d22c5 \
-  pool/updates/main/l/linux/linux-image-6.12.116+deb13-cloud-arm64-unsigned_6.12.116-1_arm64.deb 0b74a386d93488d2c3ac2bf27a998420fff4419e8b05c947f7aff75c7b2b6b7e
-unpack_kernel "$dest/kernel-arm64/old"; unpack_kernel "$dest/kernel-arm64/new"
-add kernel-arm64 arm64-kernel
+# --- Debian arm64 kernels (trixie cloud flavour), the Image (see unpack_kernel): point
+# releases 6.12.115 -> 6.12.116 (366 bytes differ: that release changed modules, hardly the
+# Image) and 6.12.111 -> 6.12.115 (four point releases of code changes).
+k111=(pool/updates/main/l/linux/linux-image-6.12.111+deb13-cloud-arm64-unsigned_6.12.111-1_arm64.deb 88926feba4ab6db49c6ce072f099640cd14512af8b47a1fa2394b8d596f688da)
+k115=(pool/updates/main/l/linux/linux-image-6.12.115+deb13-cloud-arm64-unsigned_6.12.115-1_arm64.deb a596a9d0ada644f93c408fcad641b3b4d1a934b05ddaed5b5eb734001e5d22c5)
+k116=(pool/updates/main/l/linux/linux-image-6.12.116+deb13-cloud-arm64-unsigned_6.12.116-1_arm64.deb 0b74a386d93488d2c3ac2bf27a998420fff4419e8b05c947f7aff75c7b2b6b7e)
+rm -rf "$dest/kernel-arm64" # named so before there were two kernel pairs
+deb_pair kernel-arm64-111-115 '^\./boot/vmlinuz-' "${k111[@]}" "${k115[@]}"
+deb_pair kernel-arm64-115-116 '^\./boot/vmlinuz-' "${k115[@]}" "${k116[@]}"
+for pair in kernel-arm64-111-115 kernel-arm64-115-116; do
+  unpack_kernel "$dest/$pair/old"; unpack_kernel "$dest/$pair/new"
+  add "$pair" arm64-kernel
+done
 
 # --- MANIFEST: halves alternate within each family, pairs in name order (LC_ALL=C).
 export LC_ALL=C
