@@ -120,7 +120,7 @@ pub fn parse_manifest(text: &str) -> Result<BTreeMap<String, PairLabel>, Manifes
 /// The geometric mean of positive values; `None` when there are none or one is not
 /// positive (a zero-byte patch has no logarithm).
 pub fn geomean(values: &[f64]) -> Option<f64> {
-    if values.is_empty() || values.iter().any(|v| !(*v > 0.0)) {
+    if values.is_empty() || values.iter().any(|v| v.is_nan() || *v <= 0.0) {
         return None;
     }
     let sum: f64 = values.iter().map(|v| v.ln()).sum();
@@ -217,6 +217,7 @@ kernel-arm64/new 31 ff arm64-kernel tune
         assert!((g - 1000.0).abs() < 1e-6, "{g}");
         assert_eq!(geomean(&[]), None);
         assert_eq!(geomean(&[2.0, 0.0]), None);
+        assert_eq!(geomean(&[2.0, f64::NAN]), None);
     }
 
     #[test]
