@@ -7,6 +7,7 @@
 //! tests, so [`binary`] runs `cargo build --bins` for the workspace once per test
 //! process (a no-op when they are fresh) and returns the path in the target directory.
 
+pub mod delta_report;
 pub mod metrics;
 pub mod process;
 pub mod synthetic;

@@ -1,9 +1,14 @@
 //! `delta-bench`: our delta engine against the tools a user could pick instead, on real
 //! image pairs, in one run.
 //!
-//! Usage: `delta-bench [--synthetic-mib N] [--tools a,b,...] [--repeat N] CORPUS_DIR`
+//! Usage: `delta-bench [--synthetic-mib N] [--tools a,b,...] [--repeat N] [--half H] CORPUS_DIR`
 //!
-//! Every subdirectory of CORPUS_DIR holding `old` and `new` is a pair. With
+//! Every subdirectory of CORPUS_DIR holding `old` and `new` is a pair. When
+//! `CORPUS_DIR/MANIFEST` labels pairs with a family and a half (`tune` or `held-out`, as
+//! `tests/delta-corpus/fetch.sh` writes it), the report adds, for each half separately, the
+//! geometric mean of every tool's patch size per family, our patch size over the best other
+//! tool's on every pair (its max and geometric mean per family), and the pairs we lose on;
+//! `--half H` benches only that half's pairs. With
 //! `--synthetic-mib N`, a firmware-like pair of about N MiB is generated (once) into
 //! `CORPUS_DIR/synthetic-<N>mib`. For every pair and tool the diff and the apply run as
 //! separate processes under `/usr/bin/time` (wall time and peak RSS), and the applied
@@ -14,6 +19,7 @@
 //! tools with `deploy/bench-tools.sh`.
 
 use anyhow::{bail, Context, Result};
+use ota_tests::delta_report::{self, Half, PairLabel};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -114,6 +120,7 @@ fn measure(argv: &[String], scratch: &Path) -> Result<Measured> {
 }
 
 struct Row {
+    key: String,
     tool: &'static str,
     patch_len: u64,
     diff: Measured,
@@ -232,6 +239,7 @@ fn bench_pair(
         let apply = measure_best(&apply_cmd, scratch.path(), repeat)?;
         let identical = sha256_file(&out)? == expected;
         rows.push(Row {
+            key: tool.clone(),
             tool: name,
             patch_len: std::fs::metadata(&patch)?.len(),
             diff,
@@ -247,12 +255,20 @@ fn run(args: &[String]) -> Result<()> {
     let mut corpus = None;
     let mut synthetic_mib = None;
     let mut repeat = 3usize;
+    let mut only_half = None;
     let mut tools: Vec<String> = ALL_TOOLS.iter().map(|t| t.to_string()).collect();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--synthetic-mib" => {
                 synthetic_mib = Some(it.next().context("--synthetic-mib N")?.parse::<usize>()?)
+            }
+            "--half" => {
+                let text = it.next().context("--half tune|held-out")?;
+                only_half = Some(
+                    Half::parse(text)
+                        .with_context(|| format!("--half tune|held-out, not {text}"))?,
+                );
             }
             "--repeat" => repeat = it.next().context("--repeat N")?.parse::<usize>()?.max(1),
             "--tools" => {
@@ -268,7 +284,9 @@ fn run(args: &[String]) -> Result<()> {
         }
     }
     let corpus =
-        corpus.context("usage: delta-bench [--synthetic-mib N] [--tools a,b] CORPUS_DIR")?;
+        corpus.context(
+            "usage: delta-bench [--synthetic-mib N] [--tools a,b] [--repeat N] [--half tune|held-out] CORPUS_DIR",
+        )?;
     if !tools.iter().any(|t| t == "ours") {
         tools.insert(0, "ours".into());
     }
@@ -296,15 +314,35 @@ fn run(args: &[String]) -> Result<()> {
     let helper = tempfile::Builder::new().suffix(".py").tempfile()?;
     std::fs::write(helper.path(), HDIFFPATCH_TOOL)?;
 
+    let manifest = corpus.join("MANIFEST");
+    let labels = if manifest.is_file() {
+        delta_report::parse_manifest(&std::fs::read_to_string(&manifest)?)
+            .with_context(|| format!("reading {}", manifest.display()))?
+    } else {
+        BTreeMap::new()
+    };
     let mut pairs: Vec<PathBuf> = std::fs::read_dir(&corpus)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("old").is_file() && p.join("new").is_file())
+        .filter(|p| {
+            only_half.is_none_or(|half| {
+                labels
+                    .get(
+                        &p.file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .into_owned(),
+                    )
+                    .is_some_and(|label| label.half == half)
+            })
+        })
         .collect();
     pairs.sort();
     if pairs.is_empty() {
         bail!(
-            "no old/new pairs under {} (fetch: bash ../shared/delta-corpus/fetch.sh {0})",
-            corpus.display()
+            "no old/new pairs under {}{} (fetch: bash ../shared/delta-corpus/fetch.sh {0} or bash tests/delta-corpus/fetch.sh {0})",
+            corpus.display(),
+            only_half.map_or(String::new(), |h| format!(" in half {h}"))
         );
     }
 
@@ -319,6 +357,11 @@ fn run(args: &[String]) -> Result<()> {
         eprintln!("pair {name}");
         let new_len = std::fs::metadata(pair.join("new"))?.len();
         let rows = bench_pair(pair, &tools, &bin_dir, helper.path(), repeat)?;
+        let sizes: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{} {}", r.key, r.patch_len))
+            .collect();
+        eprintln!("  sizes: {}", sizes.join(", "));
         results.insert(name, (new_len, rows));
     }
 
@@ -329,9 +372,10 @@ fn run(args: &[String]) -> Result<()> {
         pairs.len(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     )?;
+    let width = results.keys().map(String::len).max().unwrap_or(0).max(20);
     writeln!(
         report,
-        "{:<20} {:<22} {:>11} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>4}",
+        "{:<width$} {:<22} {:>11} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>4}",
         "pair",
         "tool",
         "patch B",
@@ -362,7 +406,7 @@ fn run(args: &[String]) -> Result<()> {
             all_identical &= row.identical;
             writeln!(
                 report,
-                "{:<20} {:<22} {:>11} {:>7.2}% {:>8.3} {:>8.2} {:>8.2} {:>7.0}Mi {:>7.1}Mi {:>4}",
+                "{:<width$} {:<22} {:>11} {:>7.2}% {:>8.3} {:>8.2} {:>8.2} {:>7.0}Mi {:>7.1}Mi {:>4}",
                 name,
                 row.tool,
                 row.patch_len,
@@ -468,9 +512,122 @@ fn run(args: &[String]) -> Result<()> {
         "goals: every output byte-identical: {}",
         if all_identical { "met" } else { "NOT met" }
     )?;
+    if !labels.is_empty() {
+        family_report(&mut report, &results, &labels, &tools)?;
+    }
     print!("{report}");
     if !all_identical {
         bail!("some tool produced a wrong image");
     }
+    Ok(())
+}
+
+/// The per-family report of a labelled corpus (issue 13), each half on its own: geometric
+/// mean of the patch size of every tool per family, then our size over the best other
+/// tool's on every pair, and the pairs we lose on.
+fn family_report(
+    report: &mut String,
+    results: &BTreeMap<String, (u64, Vec<Row>)>,
+    labels: &BTreeMap<String, PairLabel>,
+    tools: &[String],
+) -> Result<()> {
+    for half in Half::ALL {
+        // family -> pairs of this half, in name order.
+        let mut families: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (pair, label) in labels {
+            if label.half == half && results.contains_key(pair) {
+                families.entry(&label.family).or_default().push(pair);
+            }
+        }
+        writeln!(report)?;
+        if families.is_empty() {
+            writeln!(report, "half {half}: no pair benched")?;
+            continue;
+        }
+        let pair_count: usize = families.values().map(Vec::len).sum();
+        writeln!(
+            report,
+            "half {half} ({pair_count} pairs): geometric mean of patch bytes per family; ours/best = our patch over the smallest other tool's"
+        )?;
+        let mut header = format!("{:<22} {:>5}", "family", "pairs");
+        for tool in tools {
+            write!(header, " {:>11}", tool)?;
+        }
+        write!(header, " {:>9} {:>9}", "ours/best", "max")?;
+        writeln!(report, "{header}")?;
+        let mut all_pairs: Vec<&str> = Vec::new();
+        for (family, pairs) in &families {
+            write_family_line(report, family, pairs, results, tools)?;
+            all_pairs.extend(pairs);
+        }
+        write_family_line(report, "all", &all_pairs, results, tools)?;
+        writeln!(report, "half {half}, every pair:")?;
+        let width = all_pairs.iter().map(|p| p.len()).max().unwrap_or(0).max(20);
+        let mut losses = Vec::new();
+        for (family, pairs) in &families {
+            for pair in pairs {
+                let Some((ratio, best, ours_len, best_len)) = pair_ratio(&results[*pair].1) else {
+                    continue;
+                };
+                let best_shown = format!("({best})");
+                writeln!(
+                    report,
+                    "  {pair:<width$} {family:<22} ours {ours_len:>10} B  best other {best_len:>10} B {best_shown:<23}  ours/best {ratio:.3}"
+                )?;
+                if ratio > 1.0 {
+                    losses.push(format!("{pair} {:+.1}% vs {best}", (ratio - 1.0) * 100.0));
+                }
+            }
+        }
+        writeln!(
+            report,
+            "half {half}, pairs we lose on: {}",
+            if losses.is_empty() {
+                "none".to_string()
+            } else {
+                losses.join("; ")
+            }
+        )?;
+    }
+    Ok(())
+}
+
+/// Our patch over the best other tool's on one pair: (ratio, best tool, ours, best).
+fn pair_ratio(rows: &[Row]) -> Option<(f64, &'static str, u64, u64)> {
+    let sizes: Vec<(&'static str, u64)> = rows.iter().map(|r| (r.tool, r.patch_len)).collect();
+    let (ratio, best) = delta_report::best_other_ratio(OURS, &sizes)?;
+    let ours = rows.iter().find(|r| r.tool == OURS)?.patch_len;
+    let best_len = rows.iter().find(|r| r.tool == best)?.patch_len;
+    Some((ratio, best, ours, best_len))
+}
+
+fn write_family_line(
+    report: &mut String,
+    family: &str,
+    pairs: &[&str],
+    results: &BTreeMap<String, (u64, Vec<Row>)>,
+    tools: &[String],
+) -> Result<()> {
+    let mut line = format!("{family:<22} {:>5}", pairs.len());
+    for tool in tools {
+        let sizes: Vec<f64> = pairs
+            .iter()
+            .filter_map(|p| results[*p].1.iter().find(|r| &r.key == tool))
+            .map(|r| r.patch_len as f64)
+            .collect();
+        match delta_report::geomean(&sizes) {
+            Some(g) if sizes.len() == pairs.len() => write!(line, " {:>11.0}", g)?,
+            _ => write!(line, " {:>11}", "-")?,
+        }
+    }
+    let ratios: Vec<f64> = pairs
+        .iter()
+        .filter_map(|p| pair_ratio(&results[*p].1).map(|(r, ..)| r))
+        .collect();
+    match delta_report::ratio_summary(&ratios) {
+        Some((max, geo)) => write!(line, " {geo:>9.3} {max:>9.3}")?,
+        None => write!(line, " {:>9} {:>9}", "-", "-")?,
+    }
+    writeln!(report, "{line}")?;
     Ok(())
 }
