@@ -107,6 +107,26 @@ pub(crate) fn placeholders(n: usize) -> String {
         .join(", ")
 }
 
+impl Store {
+    /// The rows of `select` (a query ending in `WHERE <column> IN`) for `ids`, in one
+    /// round trip; no ids, no query.
+    pub(crate) async fn fetch_in(
+        &self,
+        select: &str,
+        ids: &[&str],
+    ) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!("{select} ({})", placeholders(ids.len()));
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        Ok(query.fetch_all(self.pool()).await?)
+    }
+}
+
 /// `value` as the signed 64-bit integer the database stores, never wrapped.
 pub(crate) fn to_i64(field: &'static str, value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::OutOfRange { field, value })

@@ -605,19 +605,11 @@ impl Store {
         &self,
         ids: &[&str],
     ) -> Result<Vec<DeploymentRecord>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT * FROM deployments WHERE id IN ({})",
-            super::placeholders(ids.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for id in ids {
-            query = query.bind(*id);
-        }
-        let rows = query.fetch_all(self.pool()).await?;
-        rows.iter().map(deployment_from_row).collect()
+        self.fetch_in("SELECT * FROM deployments WHERE id IN", ids)
+            .await?
+            .iter()
+            .map(deployment_from_row)
+            .collect()
     }
 
     /// Marks a deployment whose vehicle runs its previous image again as rolled back.

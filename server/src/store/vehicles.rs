@@ -268,33 +268,24 @@ impl Store {
         &self,
         ids: &[&str],
     ) -> Result<HashMap<String, DeviceKeyRecord>, StoreError> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let sql = format!(
-            "SELECT id, public_key, decommissioned_ms FROM vehicles WHERE id IN ({})",
-            super::placeholders(ids.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for id in ids {
-            query = query.bind(*id);
-        }
-        query
-            .fetch_all(self.pool())
-            .await?
-            .iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("id")?,
-                    DeviceKeyRecord {
-                        public_key: row.try_get("public_key")?,
-                        decommissioned: row
-                            .try_get::<Option<i64>, _>("decommissioned_ms")?
-                            .is_some(),
-                    },
-                ))
-            })
-            .collect()
+        self.fetch_in(
+            "SELECT id, public_key, decommissioned_ms FROM vehicles WHERE id IN",
+            ids,
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get("id")?,
+                DeviceKeyRecord {
+                    public_key: row.try_get("public_key")?,
+                    decommissioned: row
+                        .try_get::<Option<i64>, _>("decommissioned_ms")?
+                        .is_some(),
+                },
+            ))
+        })
+        .collect()
     }
 
     pub async fn get_vehicle(&self, id: &str) -> Result<VehicleRecord, StoreError> {
