@@ -1,6 +1,6 @@
 //! Rollouts and their deployments (one row per vehicle ECU assigned).
 
-use super::deployments::{record_event, Event, DIRECTOR, VEHICLE};
+use super::deployments::{record_event, Event, DIRECTOR};
 use super::{
     audit, ms_to_rfc3339, new_id, now_ms, optional_digest, parse_json, Actor, Store, StoreError,
 };
@@ -559,45 +559,6 @@ impl Store {
             reason_code,
         };
         Ok(self.update_deployments(&[update], now).await?[0])
-    }
-
-    /// Applies progress reports in one transaction, in order, each as
-    /// [`Store::update_deployment`] would alone (a later report for the same deployment
-    /// sees the earlier one's sequence). Returns, per report, whether it changed anything.
-    pub async fn update_deployments(
-        &self,
-        updates: &[DeploymentUpdate<'_>],
-        now: i64,
-    ) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.begin().await?;
-        let mut changed = Vec::with_capacity(updates.len());
-        for u in updates {
-            let sequence = u.sequence.min(i64::MAX as u64) as i64;
-            let updated = sqlx::query(
-                "UPDATE deployments SET status = $1, last_sequence = $2, reason_code = $3, updated_ms = $4 \
-                 WHERE id = $5 AND vehicle_id = $6 AND last_sequence < $2 \
-                 AND status NOT IN ('committed', 'failed', 'rolled_back', 'cancelled')",
-            )
-            .bind(u.status.as_str())
-            .bind(sequence)
-            .bind(u.reason_code)
-            .bind(now)
-            .bind(u.deployment_id)
-            .bind(u.vehicle_id)
-            .execute(&mut *tx)
-            .await?;
-            let applied = updated.rows_affected() > 0;
-            if applied {
-                let mut event = Event::new(u.status, VEHICLE);
-                // A check-in proving a commit carries no sequence of its own.
-                event.sequence = (sequence < i64::MAX).then_some(sequence);
-                event.reason_code = u.reason_code.map(str::to_owned);
-                record_event(&mut tx, u.deployment_id, now, event).await?;
-            }
-            changed.push(applied);
-        }
-        tx.commit().await?;
-        Ok(changed)
     }
 
     /// The deployments with these ids (in no particular order; unknown ids are absent).

@@ -26,7 +26,8 @@ fn validator() -> jsonschema::Validator {
 }
 
 /// Every record on `topic`, from the beginning, as (key, value); waits (at most 20 s)
-/// until at least `at_least` records were read.
+/// until at least `at_least` records were read, then reads on to the end of the
+/// partition (so a count checks that nothing more was written).
 async fn topic_records(brokers: &str, topic: &str, at_least: usize) -> Vec<(String, Vec<u8>)> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
@@ -34,6 +35,7 @@ async fn topic_records(brokers: &str, topic: &str, at_least: usize) -> Vec<(Stri
             .set("bootstrap.servers", &brokers)
             .set("group.id", unique("test-reader-"))
             .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
             .create()
             .expect("test consumer");
         let mut partitions = TopicPartitionList::new();
@@ -45,13 +47,19 @@ async fn topic_records(brokers: &str, topic: &str, at_least: usize) -> Vec<(Stri
             .expect("assigning the partition");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let mut records = Vec::new();
-        while records.len() < at_least {
+        let mut at_end = false;
+        while records.len() < at_least || !at_end {
             assert!(
                 std::time::Instant::now() < deadline,
                 "only {} of {at_least} records on {topic} within 20 s",
                 records.len()
             );
             if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                if let Err(rdkafka::error::KafkaError::PartitionEOF(_)) = message {
+                    at_end = true;
+                    continue;
+                }
+                at_end = false;
                 let message = message.expect("reading the topic");
                 records.push((
                     String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
@@ -240,6 +248,67 @@ async fn progress_reaches_the_database_through_kafka_as_schema_valid_events() {
         .unwrap()
         .remove("schema_version");
     assert!(!validator.is_valid(&unversioned));
+    app.stop().await;
+}
+
+/// Progress from many vehicles arriving together is verified as a batch by the gateway:
+/// each good message is written to Kafka exactly once, under its own vehicle, and each
+/// forged or foreign one in the same batch is dropped without taking a good one with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_arriving_together_is_written_once_each_and_forgeries_are_dropped() {
+    const VEHICLES: usize = 12;
+    let Some((app, client, vehicles)) = lane_with_deployments(None, None, VEHICLES).await else {
+        return;
+    };
+    let mut expected = std::collections::BTreeSet::new();
+    for (i, (vid, key, deployment)) in vehicles.iter().enumerate() {
+        // Interleaved with the good ones: a forgery (another key) and a message about
+        // the next vehicle's deployment.
+        let forged = progress(&device_key(), vid, deployment, 5, ProgressPhase::Failed);
+        client.publish(vid, Channel::Progress, forged).await;
+        let (_, _, foreign) = &vehicles[(i + 1) % VEHICLES];
+        let misdirected = progress(key, vid, foreign, 6, ProgressPhase::Failed);
+        client.publish(vid, Channel::Progress, misdirected).await;
+        let good = progress(key, vid, deployment, 1, ProgressPhase::Installed);
+        client.publish(vid, Channel::Progress, good).await;
+        expected.insert((
+            vid.clone(),
+            deployment.clone(),
+            1u64,
+            "installed".to_owned(),
+        ));
+    }
+    for (vid, _, deployment) in &vehicles {
+        wait_status(&app, vid, deployment, DeploymentStatus::Installed).await;
+    }
+    // Every record on the topic is applied: forgeries, had any been written, are too.
+    wait_consumed(&app).await;
+    let kafka = &app.state.settings.kafka;
+    let records = topic_records(kafka.brokers.as_deref().unwrap(), &kafka.topic, VEHICLES).await;
+    let written: Vec<(String, String, u64, String)> = records
+        .iter()
+        .map(|(key, value)| {
+            let (event, _) = decode_event(value).expect("a valid record");
+            assert_eq!(key, &event.vehicle_id, "keyed by its own vehicle");
+            (
+                event.vehicle_id,
+                event.deployment_id,
+                event.sequence,
+                event.phase,
+            )
+        })
+        .collect();
+    assert_eq!(
+        written.len(),
+        VEHICLES,
+        "each good message once, no forgery: {written:?}"
+    );
+    assert_eq!(
+        written
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+        expected
+    );
     app.stop().await;
 }
 

@@ -26,18 +26,20 @@
 //! - Shutdown is checked in every loop and every wait is bounded.
 //!
 //! **With Kafka configured** (`[kafka] brokers`, see [`crate::events`]) progress events
-//! take the durable lane: MQTT runs with manual acknowledgements; a progress message is
-//! verified, written to Kafka, and acknowledged to the broker only once Kafka
-//! acknowledged the write (a Kafka outage holds it unacknowledged and retries; shutdown
+//! take the durable lane: MQTT runs with manual acknowledgements; progress messages are
+//! verified in batches and written to Kafka concurrently ([`durable`], no worker waits
+//! on Kafka), each acknowledged to the broker only once Kafka acknowledged its write (a Kafka outage holds it unacknowledged and retries; shutdown
 //! leaves it unacknowledged, so a persistent session redelivers it). Unknown or badly
 //! signed messages are dropped, counted and acknowledged. Check-ins stay on the fast
-//! path and are acknowledged once answered; a shed check-in is acknowledged at once, a
-//! shed progress event is not (the broker's in-flight window, 20 messages on
+//! path and are acknowledged as they are taken (nothing keeps them: a vehicle whose
+//! answer is lost checks in again), shed or not; a shed progress event is not (the broker's in-flight window, 20 messages on
 //! Mosquitto, is far below `workers + queue`, so shedding needs a misconfiguration).
 
+mod durable;
+
 use crate::ack_order::AckOrder;
-use crate::engine::{Engine, Rejected};
-use crate::events::{progress_event, EventProducer};
+use crate::engine::Engine;
+use crate::events::EventProducer;
 use crate::settings::MqttSettings;
 use ota_core::protocol::{parse_topic, topic, Channel};
 use rumqttc::{
@@ -323,6 +325,9 @@ struct Lane {
     events: Option<EventProducer>,
     /// Manual acks leave in arrival order (MQTT 3.1.1 §4.6).
     acks: Arc<AckSender>,
+    /// Set with `events`: where accepted progress messages go to be verified in
+    /// batches ([`durable`]) instead of to a worker each.
+    progress: Option<mpsc::UnboundedSender<durable::Accepted>>,
     stop: CancellationToken,
 }
 
@@ -377,15 +382,14 @@ impl AckSender {
     }
 }
 
-/// Handles one message; returns whether it may be acknowledged to the broker (only
-/// consulted with manual acks).
-async fn handle(lane: &Lane, topic_name: &str, payload: &[u8]) -> bool {
+/// Handles one check-in, or a progress message off the durable lane.
+async fn handle(lane: &Lane, topic_name: &str, payload: &[u8]) {
     let engine = &lane.engine;
     let outbox = &lane.outbox;
     let Some((vehicle_id, channel)) = parse_topic(topic_name) else {
         metrics::counter!("ota_vehicle_messages_dropped_total", "reason" => "bad_topic")
             .increment(1);
-        return true;
+        return;
     };
     match channel {
         Channel::CheckIn => match engine
@@ -405,9 +409,7 @@ async fn handle(lane: &Lane, topic_name: &str, payload: &[u8]) -> bool {
             }
         },
         Channel::Progress => {
-            if let Some(events) = &lane.events {
-                return produce_progress(lane, events, vehicle_id, payload).await;
-            }
+            // On the durable lane `dispatch` hands progress to `durable` instead.
             if let Err(rejected) = engine
                 .handle_progress(vehicle_id, payload, crate::engine::wall_clock_ms())
                 .await
@@ -418,7 +420,6 @@ async fn handle(lane: &Lane, topic_name: &str, payload: &[u8]) -> bool {
         }
         Channel::Directive | Channel::Control => {}
     }
-    true
 }
 
 /// The shared subscription for one channel. One group per channel
@@ -427,40 +428,6 @@ async fn handle(lane: &Lane, topic_name: &str, payload: &[u8]) -> bool {
 /// embedded broker) do not merge the two filters into one stream.
 pub fn shared_filter(share_group: &str, channel: &str) -> String {
     format!("$share/{share_group}-{channel}/ota/v1/+/{channel}")
-}
-
-/// The durable lane: verify, write to Kafka, and only then allow the acknowledgement.
-/// A database failure while verifying is retried like a Kafka failure; `false` only when
-/// shutdown came first (the message stays unacknowledged).
-async fn produce_progress(
-    lane: &Lane,
-    events: &EventProducer,
-    vehicle_id: &str,
-    payload: &[u8],
-) -> bool {
-    let received_at = crate::engine::wall_clock_ms();
-    let mut backoff = BACKOFF_START;
-    loop {
-        match lane.engine.verify_progress(vehicle_id, payload).await {
-            Ok((event, _)) => {
-                let event = progress_event(&event, payload, received_at);
-                return events.send_until_acknowledged(&event, &lane.stop).await;
-            }
-            Err(Rejected::Store(err)) => {
-                tracing::warn!(%err, retry_in = ?backoff, "verifying a progress event failed");
-                tokio::select! {
-                    _ = lane.stop.cancelled() => return false,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
-            Err(rejected) => {
-                metrics::counter!("ota_vehicle_messages_dropped_total", "reason" => rejected.label()).increment(1);
-                tracing::debug!(%rejected, "progress event dropped");
-                return true;
-            }
-        }
-    }
 }
 
 /// Moves outgoing messages into the MQTT client until `stop`.
@@ -516,20 +483,40 @@ fn dispatch(
     if health.pending_in.fetch_add(1, Ordering::Relaxed) == 0 {
         health.workers_progressed();
     }
+    if let (Some(intake), Some(ticket)) = (&lane.progress, ticket) {
+        if matches!(parse_topic(&publish.topic), Some((_, Channel::Progress))) {
+            let accepted = durable::Accepted {
+                ticket,
+                publish,
+                slot,
+            };
+            if let Err(mpsc::error::SendError(accepted)) = intake.send(accepted) {
+                // The intake is gone: shutdown. Never acknowledged, like any message
+                // shutdown caught unhandled.
+                lane.acks.order().finish(accepted.ticket, None);
+                health.pending_in.fetch_sub(1, Ordering::Relaxed);
+            }
+            return;
+        }
+    }
     let (lane, health, workers) = (lane.clone(), health.clone(), workers.clone());
     tokio::spawn(async move {
+        if let Some(ticket) = ticket {
+            // Only progress (handed to `durable` above) waits for Kafka before its
+            // acknowledgement. A check-in is acknowledged as it is taken, like a shed
+            // one: nothing keeps it, and a vehicle whose answer is lost checks in again.
+            // Holding its PUBACK until it is answered would spend the broker's in-flight
+            // window for this client (20 messages on Mosquitto) on messages nobody
+            // redelivers, and cap check-ins at `window / answer time`.
+            lane.acks.order().finish(ticket, Some(publish.clone()));
+            lane.acks.flush(&lane.client, &lane.stop).await;
+        }
         // Waiting here is fine: this is a worker task, not the event loop. A closed
         // semaphore means shutdown: the message is dropped unhandled.
         if let Ok(_worker) = workers.acquire().await {
-            let ack = handle(&lane, &publish.topic, &publish.payload).await;
-            if let Some(ticket) = ticket {
-                lane.acks.order().finish(ticket, ack.then_some(publish));
-                lane.acks.flush(&lane.client, &lane.stop).await;
-            }
+            handle(&lane, &publish.topic, &publish.payload).await;
             health.handled.fetch_add(1, Ordering::Relaxed);
             health.workers_progressed();
-        } else if let Some(ticket) = ticket {
-            lane.acks.order().finish(ticket, None);
         }
         health.pending_in.fetch_sub(1, Ordering::Relaxed);
         drop(slot);
@@ -578,13 +565,32 @@ pub async fn run(
     eventloop.set_network_options(network);
 
     let publisher = tokio::spawn(run_outbox(outgoing, client.clone(), stop.clone()));
+    let (progress, intake) = match &events {
+        Some(_) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let lane = Lane {
         engine,
         outbox,
         client: client.clone(),
-        events,
+        events: events.clone(),
         acks: Arc::new(AckSender::default()),
+        progress,
         stop: stop.clone(),
+    };
+    // The channel is unbounded but what it holds is not: every message in it holds one
+    // of the `workers + queue` acceptance slots.
+    let progress_intake = match (events, intake) {
+        (Some(events), Some(intake)) => Some(tokio::spawn(durable::run(
+            lane.clone(),
+            events,
+            health.clone(),
+            intake,
+        ))),
+        _ => None,
     };
     let workers = Arc::new(Semaphore::new(settings.workers.max(1)));
     let capacity = settings.workers.max(1) + settings.queue;
@@ -652,6 +658,9 @@ pub async fn run(
     }
     stop.cancel();
     let _ = publisher.await;
+    if let Some(progress_intake) = progress_intake {
+        let _ = progress_intake.await;
+    }
     let _ = client.try_disconnect();
     // Let the disconnect go out; the event loop must be polled for that.
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
