@@ -184,7 +184,12 @@ pub enum CodeKind {
 /// library) move by `shift` bytes of inserted code, so every relative call operand of the
 /// moved callers changes while the absolute targets do not. `shift` is rounded to a
 /// multiple of 4.
-pub fn code_release_pair(kind: CodeKind, seed: u64, len: usize, shift: usize) -> (Vec<u8>, Vec<u8>) {
+pub fn code_release_pair(
+    kind: CodeKind,
+    seed: u64,
+    len: usize,
+    shift: usize,
+) -> (Vec<u8>, Vec<u8>) {
     let mut rng = Rng::new(seed);
     let shift = shift - shift % 4;
     let library_len = (len / 2) - (len / 2) % 4;

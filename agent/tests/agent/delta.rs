@@ -60,7 +60,11 @@ fn transformed_container(transform: Transform, source: &[u8], target: &[u8]) -> 
     let (mut old_t, mut new_t) = (source.to_vec(), target.to_vec());
     transform.forward(0, &mut old_t);
     transform.forward(0, &mut new_t);
-    let diff: Vec<u8> = new_t.iter().zip(&old_t).map(|(n, o)| n.wrapping_sub(*o)).collect();
+    let diff: Vec<u8> = new_t
+        .iter()
+        .zip(&old_t)
+        .map(|(n, o)| n.wrapping_sub(*o))
+        .collect();
     let control = encode_control_block(&[Control {
         seek: 0,
         diff_len: diff.len() as u32,

@@ -47,7 +47,11 @@ impl Algorithm {
         let algorithm = match id {
             1 => Algorithm::BsdiffZstd,
             2 => Algorithm::FullZstd,
-            3 => return Ok(Algorithm::BsdiffZstdTransformed(Transform::from_id(parameter)?)),
+            3 => {
+                return Ok(Algorithm::BsdiffZstdTransformed(Transform::from_id(
+                    parameter,
+                )?))
+            }
             _ => return Err(DeltaError::UnknownAlgorithm { id }),
         };
         if parameter != 0 {

@@ -183,12 +183,18 @@ mod tests {
 
     #[test]
     fn transforms_have_stable_wire_ids_and_names() {
-        for (transform, id, name) in [(Transform::X86_64, 1, "x86-64"), (Transform::Arm64, 2, "arm64")] {
+        for (transform, id, name) in [
+            (Transform::X86_64, 1, "x86-64"),
+            (Transform::Arm64, 2, "arm64"),
+        ] {
             assert_eq!((transform.id(), transform.name()), (id, name));
             assert_eq!(Transform::from_id(id), Ok(transform));
         }
         for id in [0u8, 3, 0xFF] {
-            assert_eq!(Transform::from_id(id), Err(DeltaError::UnknownTransform { id }));
+            assert_eq!(
+                Transform::from_id(id),
+                Err(DeltaError::UnknownTransform { id })
+            );
         }
     }
 
@@ -206,7 +212,11 @@ mod tests {
         let original = code.clone();
         Transform::X86_64.forward(0, &mut code);
         for (at, target) in calls {
-            assert_eq!(&code[at + 1..at + 5], &target.to_le_bytes(), "call at {at:#x}");
+            assert_eq!(
+                &code[at + 1..at + 5],
+                &target.to_le_bytes(),
+                "call at {at:#x}"
+            );
         }
         // A backward call (negative rel) to 0x8 from offset 0x20 of a block at 64 KiB.
         let mut back = vec![0x90u8; 64];
@@ -226,7 +236,10 @@ mod tests {
         bytes[at] = 0xE8;
         let original = bytes.clone();
         Transform::X86_64.forward(0, &mut bytes);
-        assert_eq!(bytes, original, "an operand straddling a block end must stay");
+        assert_eq!(
+            bytes, original,
+            "an operand straddling a block end must stay"
+        );
     }
 
     #[test]
@@ -243,7 +256,11 @@ mod tests {
         page.copy_from_slice(&adrp_one_page.to_le_bytes());
         let original = code.clone();
         Transform::Arm64.forward(0, &mut code);
-        assert_eq!(code[0x100..0x104], code[0x200..0x204], "same target, same bytes");
+        assert_eq!(
+            code[0x100..0x104],
+            code[0x200..0x204],
+            "same target, same bytes"
+        );
         assert_eq!(
             u32::from_le_bytes(code[0x100..0x104].try_into().unwrap_or_default()),
             0x9400_0000 | (0x1000 / 4)
@@ -251,7 +268,10 @@ mod tests {
         Transform::Arm64.inverse(0, &mut code);
         assert_eq!(code, original);
         Transform::Arm64.forward(0x1000, &mut page);
-        assert_eq!(u32::from_le_bytes([page[0], page[1], page[2], page[3]]), 0x9000_0000 | (2 << 29));
+        assert_eq!(
+            u32::from_le_bytes([page[0], page[1], page[2], page[3]]),
+            0x9000_0000 | (2 << 29)
+        );
     }
 
     fn block_aligned_start() -> impl Strategy<Value = u64> {

@@ -245,12 +245,10 @@ fn build_into<S: ContainerSink>(
     let transform = match options.transform {
         TransformChoice::Off => None,
         TransformChoice::Try(transform) => Some(transform),
-        TransformChoice::Auto => {
-            detect_transform(new).map_err(|source| BuildError::ReadImage {
-                which: "new",
-                source,
-            })?
-        }
+        TransformChoice::Auto => detect_transform(new).map_err(|source| BuildError::ReadImage {
+            which: "new",
+            source,
+        })?,
     };
     let mut algorithm = Algorithm::BsdiffZstd;
     let mut body = plain;

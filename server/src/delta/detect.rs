@@ -54,8 +54,7 @@ impl CodeScore {
             score.arm64_markers += u64::from(marker);
         }
         for window in bytes.windows(5) {
-            let candidate =
-                matches!(window[0], 0xE8 | 0xE9) && matches!(window[4], 0x00 | 0xFF);
+            let candidate = matches!(window[0], 0xE8 | 0xE9) && matches!(window[4], 0x00 | 0xFF);
             score.x86_candidates += u64::from(candidate);
         }
         score
@@ -136,9 +135,17 @@ mod tests {
         };
         assert_eq!(elf_transform(&elf(62)), Some(Some(Transform::X86_64)));
         assert_eq!(elf_transform(&elf(183)), Some(Some(Transform::Arm64)));
-        assert_eq!(elf_transform(&elf(40)), Some(None), "32-bit ARM: no transform");
+        assert_eq!(
+            elf_transform(&elf(40)),
+            Some(None),
+            "32-bit ARM: no transform"
+        );
         assert_eq!(elf_transform(b"not an elf file at all, just text"), None);
-        assert_eq!(elf_transform(b"\x7fELF"), None, "too short to hold e_machine");
+        assert_eq!(
+            elf_transform(b"\x7fELF"),
+            None,
+            "too short to hold e_machine"
+        );
     }
 
     #[test]

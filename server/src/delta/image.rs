@@ -140,6 +140,7 @@ impl ImageSource for FileImage {
 /// The transformed bytes of an image: a range is read as its containing transform blocks
 /// (at absolute offsets of the image), transformed, and cut to the range. Only for
 /// matching: hashes and the full-image fallback read the image itself.
+#[derive(Debug)]
 pub struct TransformedImage<'a, I: ImageSource + ?Sized> {
     inner: &'a I,
     transform: Transform,

@@ -149,7 +149,10 @@ fn the_transform_is_dropped_where_it_does_not_win_and_not_tried_on_data() {
     // smaller and the plain delta ships.
     let old = b"calibration table for the brake controller, version 1\n".repeat(4000);
     let mut new = old.clone();
-    new.splice(1000..1000, b"a new line of text in the middle\n".iter().copied());
+    new.splice(
+        1000..1000,
+        b"a new line of text in the middle\n".iter().copied(),
+    );
     let forced = BuildOptions {
         transform: TransformChoice::Try(Transform::X86_64),
         ..options()
@@ -160,7 +163,10 @@ fn the_transform_is_dropped_where_it_does_not_win_and_not_tried_on_data() {
     assert!(transformed_len >= report.plain_delta_len);
     // Auto does not even try it on data.
     let report = round_trip(&old, &new);
-    assert_eq!(report.transformed, None, "data must not pay for a transform");
+    assert_eq!(
+        report.transformed, None,
+        "data must not pay for a transform"
+    );
     // A code pair built with the transform off ships the plain delta.
     let (old, new) = synthetic::code_release_pair(CodeKind::X86_64, 8, 100_000, 400);
     let off = BuildOptions {
@@ -168,7 +174,10 @@ fn the_transform_is_dropped_where_it_does_not_win_and_not_tried_on_data() {
         ..options()
     };
     let report = round_trip_with(&old, &new, &off);
-    assert_eq!((report.algorithm, report.transformed), (Algorithm::BsdiffZstd, None));
+    assert_eq!(
+        (report.algorithm, report.transformed),
+        (Algorithm::BsdiffZstd, None)
+    );
 }
 
 #[test]
@@ -539,8 +548,7 @@ fn mutation_samples() -> &'static [Sample] {
             extra_len: 2,
         };
         let small = handmade(&small_old, &[control], &[0, 0, 0, 1], b"XY", b"4568XY");
-        let (old_code, new_code) =
-            synthetic::code_release_pair(CodeKind::Arm64, 21, 150_000, 2000);
+        let (old_code, new_code) = synthetic::code_release_pair(CodeKind::Arm64, 21, 150_000, 2000);
         let (transformed, report) = build_delta(
             &old_code,
             &new_code,
