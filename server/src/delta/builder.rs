@@ -6,8 +6,8 @@
 //! streams of every segment (control; extra, compressed against 1 MiB of old bytes; the
 //! diff as zero runs + non-zero codes) compressed with zstd level 19 on all worker
 //! threads. Hashes of both images and a quick estimate of the full image's compressed
-//! size are computed on a side thread meanwhile. When the new image looks like machine
-//! code (`detect`), the whole pipeline runs a second time over the transformed images
+//! size are computed on a side thread meanwhile. When the new image holds ARM64 code
+//! (`detect`, `AUTO_TRANSFORMS`), the whole pipeline runs a second time over the transformed images
 //! (`ota_core::delta::Transform`) and the smaller delta is kept. When the delta is not at
 //! least 30% smaller than the full image compressed, the full image is shipped instead.
 //!
@@ -75,10 +75,18 @@ pub struct BuildOptions {
     pub transform: TransformChoice,
 }
 
+/// Transforms [`TransformChoice::Auto`] tries when `detect` finds their code. Decided on
+/// the `tune` half of `tests/delta-corpus` (docs/delta-bench.txt, 2026-12-01 transform
+/// section): ARM64 won on 3 of 7 bsdiff-shipped tune pairs (−2.4% to −20%) and on the
+/// two that ship the full image; x86-64 won on 1 of 4 tune pairs by 0.8% and lost up to
+/// 22% on the others, so it is not worth a second diff by default.
+const AUTO_TRANSFORMS: &[Transform] = &[Transform::Arm64];
+
 /// Which executable-aware transform a build tries besides the plain delta.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransformChoice {
-    /// The one `detect` finds in the new image, if any (the default).
+    /// The one `detect` finds in the new image, if it is one of the transforms worth
+    /// trying by default (ARM64; see `AUTO_TRANSFORMS`). The default.
     Auto,
     /// None: plain deltas only.
     Off,
@@ -245,10 +253,12 @@ fn build_into<S: ContainerSink>(
     let transform = match options.transform {
         TransformChoice::Off => None,
         TransformChoice::Try(transform) => Some(transform),
-        TransformChoice::Auto => detect_transform(new).map_err(|source| BuildError::ReadImage {
-            which: "new",
-            source,
-        })?,
+        TransformChoice::Auto => detect_transform(new)
+            .map_err(|source| BuildError::ReadImage {
+                which: "new",
+                source,
+            })?
+            .filter(|found| AUTO_TRANSFORMS.contains(found)),
     };
     let mut algorithm = Algorithm::BsdiffZstd;
     let mut body = plain;

@@ -11,7 +11,7 @@ use ota_core::delta::Transform;
 /// `--transform` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TransformArg {
-    /// Try the transform the new image's code calls for (if any), keep the smaller delta.
+    /// Try the ARM64 transform when the new image holds ARM64 code, keep the smaller delta.
     Auto,
     /// Plain deltas only.
     Off,

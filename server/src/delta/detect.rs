@@ -10,6 +10,7 @@
 //! - x86-64: the `E8`/`E9` operands the transform rewrites (`E8 ?? ?? ?? 00|FF`), about
 //!   60 per MiB in random bytes and thousands per MiB in code.
 //!
+//! The builder's `Auto` choice acts on ARM64 only (see `builder::AUTO_TRANSFORMS`).
 //! The thresholds were set on the `tune` half of `tests/delta-corpus` (see
 //! `docs/delta-bench.txt`); the builder still tries with and without the transform and
 //! keeps the smaller, so a wrong guess costs build time, never patch size.

@@ -116,16 +116,27 @@ fn code_images_ship_the_transformed_delta_when_it_is_smaller() {
         // Over several transform blocks, with segments and parts that do not line up
         // with them, so blocks are carried across segments and parts.
         let (old, new) = synthetic::code_release_pair(kind, 7, 300_000, 4100);
+        // Auto tries only ARM64 (x86-64 did not pay on the tune corpus); both forced.
+        let auto = round_trip(&old, &new);
+        let auto_tried = auto.transformed.map(|(tried, _)| tried);
+        match kind {
+            CodeKind::Arm64 => assert_eq!(auto_tried, Some(Transform::Arm64)),
+            CodeKind::X86_64 => assert_eq!(auto_tried, None, "auto must not try x86-64"),
+        }
+        let forced = BuildOptions {
+            transform: TransformChoice::Try(transform),
+            ..options()
+        };
         for options in [
-            options(),
+            forced.clone(),
             BuildOptions {
                 segment_len: 50_001,
                 window_cap: 120_007,
-                ..options()
+                ..forced
             },
         ] {
             let report = round_trip_with(&old, &new, &options);
-            let (tried, transformed_len) = report.transformed.expect("code must be detected");
+            let (tried, transformed_len) = report.transformed.expect("a forced transform is tried");
             assert_eq!(tried, transform, "{kind:?}: detected the wrong transform");
             assert!(
                 transformed_len < report.plain_delta_len,
@@ -168,7 +179,7 @@ fn the_transform_is_dropped_where_it_does_not_win_and_not_tried_on_data() {
         "data must not pay for a transform"
     );
     // A code pair built with the transform off ships the plain delta.
-    let (old, new) = synthetic::code_release_pair(CodeKind::X86_64, 8, 100_000, 400);
+    let (old, new) = synthetic::code_release_pair(CodeKind::Arm64, 8, 100_000, 400);
     let off = BuildOptions {
         transform: TransformChoice::Off,
         ..options()
@@ -185,7 +196,11 @@ fn transformed_deltas_read_only_the_image_part_of_a_longer_slot() {
     // The slot is a partition larger than the image: the last transform block of the
     // source ends at the image's end, not in the junk after it.
     let (old, new) = synthetic::code_release_pair(CodeKind::X86_64, 9, 200_000 + 17, 900);
-    let (container, report) = build_delta(&old, &new, &options()).expect("build");
+    let forced = BuildOptions {
+        transform: TransformChoice::Try(Transform::X86_64),
+        ..options()
+    };
+    let (container, report) = build_delta(&old, &new, &forced).expect("build");
     assert_eq!(
         report.algorithm,
         Algorithm::BsdiffZstdTransformed(Transform::X86_64)
