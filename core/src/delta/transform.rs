@@ -245,9 +245,8 @@ mod tests {
     #[test]
     fn arm64_bl_and_adrp_become_absolute() {
         // BL to word 0x400 from offset 0x100 and from offset 0x200.
-        let bl = |at: u32, target: u32| 0x9400_0000 | ((target - at) / 4 & 0x03FF_FFFF);
-        let mut code = Vec::new();
-        code.resize(0x300, 0);
+        let bl = |at: u32, target: u32| 0x9400_0000 | (((target - at) / 4) & 0x03FF_FFFF);
+        let mut code = vec![0u8; 0x300];
         code[0x100..0x104].copy_from_slice(&bl(0x100, 0x1000).to_le_bytes());
         code[0x200..0x204].copy_from_slice(&bl(0x200, 0x1000).to_le_bytes());
         // ADRP x0, +1 page at offset 0x1000 → absolute page 2 once transformed at 0x1000.
