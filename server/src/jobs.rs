@@ -61,7 +61,8 @@ impl DeltaEngine for BuilderEngine {
         let report = crate::delta::build_delta_file(old, new, out, &self.options)
             .map_err(|e| DeltaBuildError::Failed(format!("{e:#}")))?;
         Ok(match report.algorithm {
-            ota_core::delta::Algorithm::BsdiffZstd => DeltaOutcome::Built,
+            ota_core::delta::Algorithm::BsdiffZstd
+            | ota_core::delta::Algorithm::BsdiffZstdTransformed(_) => DeltaOutcome::Built,
             // The builder chose the full image: vehicles download the image itself.
             ota_core::delta::Algorithm::FullZstd => DeltaOutcome::NotWorthIt,
         })

@@ -168,3 +168,103 @@ mod tests {
         );
     }
 }
+
+/// Which instruction set [`code_release_pair`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeKind {
+    /// x86-64: filler bytes and `call rel32` (`E8`).
+    X86_64,
+    /// ARM64: filler words and `BL imm26`, functions ending in `RET`.
+    Arm64,
+}
+
+/// An old/new pair of machine-code-like images of about `len` bytes, for the
+/// executable-aware transforms: a library of functions in the first half stays where it
+/// is, and the callers in the second half (a call every few instructions into the
+/// library) move by `shift` bytes of inserted code, so every relative call operand of the
+/// moved callers changes while the absolute targets do not. `shift` is rounded to a
+/// multiple of 4.
+pub fn code_release_pair(
+    kind: CodeKind,
+    seed: u64,
+    len: usize,
+    shift: usize,
+) -> (Vec<u8>, Vec<u8>) {
+    let mut rng = Rng::new(seed);
+    let shift = shift - shift % 4;
+    let library_len = (len / 2) - (len / 2) % 4;
+    let function_len = 64usize;
+    let functions = (library_len / function_len).max(1);
+    let mut library = Vec::with_capacity(library_len);
+    while library.len() < library_len {
+        let at_function_end = library.len() % function_len == function_len - 4;
+        filler(kind, &mut rng, &mut library, at_function_end);
+    }
+    library.truncate(library_len);
+    let mut inserted = Vec::new();
+    while inserted.len() < shift {
+        filler(kind, &mut rng, &mut inserted, false);
+    }
+    inserted.truncate(shift);
+    // The callers, as (call target, filler) steps, placed at two different offsets.
+    let callers_len = len - library_len;
+    let steps: Vec<(usize, Vec<u8>)> = {
+        let mut steps = Vec::new();
+        let mut total = 0;
+        while total < callers_len {
+            let target = function_len * rng.below(functions as u64) as usize;
+            let mut fill = Vec::new();
+            for _ in 0..rng.below(3) {
+                filler(kind, &mut rng, &mut fill, false);
+            }
+            total += fill.len() + if kind == CodeKind::X86_64 { 5 } else { 4 };
+            steps.push((target, fill));
+        }
+        steps
+    };
+    let place = |base: usize| {
+        let mut out = Vec::new();
+        for (target, fill) in &steps {
+            out.extend_from_slice(fill);
+            let at = base + out.len();
+            match kind {
+                CodeKind::X86_64 => {
+                    let rel = (*target as u32).wrapping_sub(at as u32 + 5);
+                    out.push(0xE8);
+                    out.extend_from_slice(&rel.to_le_bytes());
+                }
+                CodeKind::Arm64 => {
+                    let imm = ((*target as u32).wrapping_sub(at as u32) >> 2) & 0x03FF_FFFF;
+                    out.extend_from_slice(&(0x9400_0000 | imm).to_le_bytes());
+                }
+            }
+        }
+        out
+    };
+    let mut old = library.clone();
+    old.extend(place(library_len));
+    let mut new = library;
+    new.extend_from_slice(&inserted);
+    new.extend(place(library_len + shift));
+    (old, new)
+}
+
+/// One filler instruction that neither transform rewrites (ARM64: a `RET` when
+/// `function_end`).
+fn filler(kind: CodeKind, rng: &mut Rng, out: &mut Vec<u8>, function_end: bool) {
+    match kind {
+        CodeKind::X86_64 => {
+            for _ in 0..1 + rng.below(4) {
+                out.push(0x40 + rng.below(0x50) as u8);
+            }
+        }
+        CodeKind::Arm64 => {
+            let word = if function_end {
+                0xD65F_03C0
+            } else {
+                0xF940_0000 | (rng.next_u64() as u32 & 0x003F_FFFF)
+            };
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+    }
+}

@@ -14,10 +14,17 @@
 //! runs block (≤ 4 MiB), one streaming zstd decoder for the codes with a window of at
 //! most 8 MiB, and fixed 256 KiB IO buffers: about 50 MiB in the worst case, typically
 //! far less (see `docs/delta-bench.txt`).
+//!
+//! A transformed container (`Algorithm::BsdiffZstdTransformed`) reads the transformed
+//! source: the old-byte buffer is filled with whole 64 KiB transform blocks at absolute
+//! offsets and transformed in place, so any range comes from its containing blocks; the
+//! produced bytes are the transformed target, collected one block at a time (carried
+//! across segment boundaries), inverted and only then written and hashed. That adds one
+//! 64 KiB block to the memory above.
 
 use ota_core::delta::{
     add_old_bytes, Algorithm, ContainerHeader, ControlBlock, DeltaError, RunBlock, RunPairs,
-    SegmentHeader, HEADER_LEN, SEGMENT_HEADER_LEN,
+    SegmentHeader, Transform, HEADER_LEN, SEGMENT_HEADER_LEN, TRANSFORM_BLOCK,
 };
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -88,15 +95,20 @@ pub fn apply_delta<D: Read, O: Read + Seek, W: Write>(
     let mut header_bytes = [0u8; HEADER_LEN];
     read_exact_or_truncated(&mut delta, &mut header_bytes, "container header")?;
     let header = ContainerHeader::parse(&header_bytes)?;
+    let transform = header.algorithm.transform();
     let mut target = TargetWriter {
         out,
         hasher: Sha256::new(),
         written: 0,
         declared: header.target_len,
+        inverse: transform.map(|transform| InverseBlocks {
+            transform,
+            block: Vec::with_capacity(TRANSFORM_BLOCK as usize),
+        }),
     };
     match header.algorithm {
-        Algorithm::BsdiffZstd => {
-            let mut old = OldReader::new(old);
+        Algorithm::BsdiffZstd | Algorithm::BsdiffZstdTransformed(_) => {
+            let mut old = OldReader::new(old, header.source_len, transform);
             verify_source(&mut old, &header)?;
             apply_segments(&mut delta, &mut old, &header, &mut target)?;
         }
@@ -494,12 +506,20 @@ impl<D: Read> Read for FrameReader<'_, D> {
 }
 
 /// The target, hashed and counted as it is written; refuses the first byte past the
-/// declared length.
+/// declared length. With a transform, `written` counts produced (transformed) bytes; they
+/// reach `out` and the hash a block at a time, inverted.
 struct TargetWriter<W: Write> {
     out: W,
     hasher: Sha256,
     written: u64,
     declared: u64,
+    inverse: Option<InverseBlocks>,
+}
+
+/// The transformed target bytes of the current block, not yet inverted.
+struct InverseBlocks {
+    transform: Transform,
+    block: Vec<u8>,
 }
 
 impl<W: Write> TargetWriter<W> {
@@ -512,29 +532,61 @@ impl<W: Write> TargetWriter<W> {
             }
             .into());
         }
-        self.out.write_all(bytes).map_err(ApplyError::WriteTarget)?;
-        self.hasher.update(bytes);
+        let Some(inverse) = self.inverse.as_mut() else {
+            self.out.write_all(bytes).map_err(ApplyError::WriteTarget)?;
+            self.hasher.update(bytes);
+            self.written = end;
+            return Ok(());
+        };
+        let mut pos = self.written;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            // Blocks end on multiples of the block size or at the declared target end,
+            // which is known up front, so the last block completes with the last byte.
+            let block_end = ((pos / TRANSFORM_BLOCK + 1) * TRANSFORM_BLOCK).min(self.declared);
+            let n = (rest.len() as u64).min(block_end - pos) as usize;
+            inverse.block.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            pos += n as u64;
+            if pos == block_end {
+                let block_start = pos - inverse.block.len() as u64;
+                inverse.transform.inverse(block_start, &mut inverse.block);
+                self.out
+                    .write_all(&inverse.block)
+                    .map_err(ApplyError::WriteTarget)?;
+                self.hasher.update(&inverse.block);
+                inverse.block.clear();
+            }
+        }
         self.written = end;
         Ok(())
     }
 }
 
 /// Positioned reads from the source slot through one buffer, so the many short,
-/// mostly ascending reads of a patch cost few seeks and syscalls.
+/// mostly ascending reads of a patch cost few seeks and syscalls. With a transform the
+/// buffer holds whole transform blocks of the first `source_len` bytes, transformed.
 struct OldReader<O: Read + Seek> {
     inner: O,
     buf: Vec<u8>,
     buf_start: u64,
     buf_len: usize,
+    source_len: u64,
+    transform: Option<Transform>,
 }
 
+// The buffer holds whole transform blocks.
+const _: () = assert!(IO_BUFFER as u64 % TRANSFORM_BLOCK == 0);
+
 impl<O: Read + Seek> OldReader<O> {
-    fn new(inner: O) -> Self {
+    fn new(inner: O, source_len: u64, transform: Option<Transform>) -> Self {
         OldReader {
             inner,
             buf: vec![0u8; IO_BUFFER],
             buf_start: 0,
             buf_len: 0,
+            source_len,
+            transform,
         }
     }
 
@@ -546,21 +598,40 @@ impl<O: Read + Seek> OldReader<O> {
         while !out.is_empty() {
             let in_buffer = pos >= self.buf_start && pos < self.buf_start + self.buf_len as u64;
             if !in_buffer {
+                // Transformed: from the start of pos's block, whole blocks of the image.
+                let (start, want) = match self.transform {
+                    None => (pos, self.buf.len()),
+                    Some(_) => {
+                        let start = pos - pos % TRANSFORM_BLOCK;
+                        let image_left = self.source_len.saturating_sub(start);
+                        (start, image_left.min(self.buf.len() as u64) as usize)
+                    }
+                };
                 self.inner
-                    .seek(SeekFrom::Start(pos))
+                    .seek(SeekFrom::Start(start))
                     .map_err(ApplyError::ReadSource)?;
-                self.buf_start = pos;
+                self.buf_start = start;
                 self.buf_len = 0;
-                while self.buf_len < self.buf.len() {
-                    match self.inner.read(&mut self.buf[self.buf_len..]) {
+                while self.buf_len < want {
+                    match self.inner.read(&mut self.buf[self.buf_len..want]) {
                         Ok(0) => break,
                         Ok(n) => self.buf_len += n,
                         Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                         Err(err) => return Err(ApplyError::ReadSource(err)),
                     }
                 }
-                if self.buf_len == 0 {
-                    // The slot shrank after it was verified.
+                // The slot shrank after it was verified (a transformed buffer needs every
+                // byte of its blocks).
+                let short = self.transform.is_some() && self.buf_len < want;
+                if self.buf_len == 0 || short {
+                    self.buf_len = 0;
+                    return Err(ApplyError::ReadSource(io::ErrorKind::UnexpectedEof.into()));
+                }
+                if let Some(transform) = self.transform {
+                    transform.forward(start, &mut self.buf[..self.buf_len]);
+                }
+                if pos >= self.buf_start + self.buf_len as u64 {
+                    self.buf_len = 0;
                     return Err(ApplyError::ReadSource(io::ErrorKind::UnexpectedEof.into()));
                 }
             }

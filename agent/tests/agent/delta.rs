@@ -2,6 +2,7 @@
 
 use ota_core::delta::{
     encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, SegmentHeader,
+    Transform,
 };
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -53,6 +54,55 @@ pub(crate) fn bsdiff_container(source: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (container, target)
 }
 
+/// A one-segment container diffed under `transform`: all of `target` as diff bytes
+/// against the transformed `source` from offset 0 (`target` no longer than `source`).
+fn transformed_container(transform: Transform, source: &[u8], target: &[u8]) -> Vec<u8> {
+    let (mut old_t, mut new_t) = (source.to_vec(), target.to_vec());
+    transform.forward(0, &mut old_t);
+    transform.forward(0, &mut new_t);
+    let diff: Vec<u8> = new_t
+        .iter()
+        .zip(&old_t)
+        .map(|(n, o)| n.wrapping_sub(*o))
+        .collect();
+    let control = encode_control_block(&[Control {
+        seek: 0,
+        diff_len: diff.len() as u32,
+        extra_len: 0,
+    }]);
+    let (runs, codes) = encode_runs(&diff);
+    let frame = |raw: &[u8]| {
+        if raw.is_empty() {
+            Vec::new()
+        } else {
+            zstd::bulk::compress(raw, 19).expect("zstd compresses")
+        }
+    };
+    let frames = [frame(&control), frame(&runs), frame(&codes)];
+    let header = ContainerHeader {
+        algorithm: Algorithm::BsdiffZstdTransformed(transform),
+        source_len: source.len() as u64,
+        source_sha256: Sha256::digest(source).into(),
+        target_len: target.len() as u64,
+        target_sha256: Sha256::digest(target).into(),
+    };
+    let segment = SegmentHeader {
+        target_len: target.len() as u32,
+        control_len: control.len() as u32,
+        control_zlen: frames[0].len() as u32,
+        extra_len: 0,
+        extra_zlen: 0,
+        diff_len: diff.len() as u32,
+        runs_len: runs.len() as u32,
+        runs_zlen: frames[1].len() as u32,
+        codes_len: codes.len() as u32,
+        codes_zlen: frames[2].len() as u32,
+        extra_prefix_start: 0,
+        extra_prefix_len: 0,
+    };
+    [&header.encode()[..], &segment.encode(), &frames.concat()].concat()
+}
+
 pub(crate) fn full_container(target: &[u8]) -> Vec<u8> {
     let header = ContainerHeader {
         algorithm: Algorithm::FullZstd,
@@ -95,13 +145,28 @@ fn files_in(dir: &Path) -> Vec<String> {
 fn cli_applies_bsdiff_and_full_image_containers() {
     let (bsdiff, bsdiff_target) = bsdiff_container(OLD);
     let full_target = b"a whole new image".to_vec();
+    // ARM64 code: three calls to word 64 (BL), moved by one word in the target, so the
+    // transformed diff is zero on the calls and the plain bytes differ.
+    let bl = |at: u32| (0x9400_0000u32 | ((256 - at) / 4)).to_le_bytes();
+    let arm64_old: Vec<u8> = [bl(0), bl(4), bl(8), [0x1F, 0x20, 0x03, 0xD5]].concat();
+    let arm64_new: Vec<u8> = [[0x1F, 0x20, 0x03, 0xD5], bl(4), bl(8), bl(12)].concat();
     let cases = [
         ("bsdiff-zstd", bsdiff, bsdiff_target),
         ("full-zstd", full_container(&full_target), full_target),
+        (
+            "bsdiff-zstd+arm64",
+            transformed_container(Transform::Arm64, &arm64_old, &arm64_new),
+            arm64_new.clone(),
+        ),
     ];
     for (name, container, target) in cases {
         let dir = tempfile::tempdir().expect("tempdir");
-        let output = run_apply(dir.path(), &container, OLD);
+        let old = if name == "bsdiff-zstd+arm64" {
+            &arm64_old[..]
+        } else {
+            OLD
+        };
+        let output = run_apply(dir.path(), &container, old);
         assert!(
             output.status.success(),
             "case `{name}` failed: {}",

@@ -1,6 +1,6 @@
 //! The fixed-size container header.
 
-use super::DeltaError;
+use super::{DeltaError, Transform};
 
 /// First eight bytes of every container.
 pub const MAGIC: [u8; 8] = *b"OTADELTA";
@@ -19,6 +19,9 @@ pub enum Algorithm {
     BsdiffZstd,
     /// The whole target image as a zstd stream; the source image is not used.
     FullZstd,
+    /// Segments as [`Algorithm::BsdiffZstd`], over the transformed images: the segments
+    /// read `T(old)` and produce `T(new)`, which is inverted before it is written.
+    BsdiffZstdTransformed(Transform),
 }
 
 impl Algorithm {
@@ -27,16 +30,47 @@ impl Algorithm {
         match self {
             Algorithm::BsdiffZstd => 1,
             Algorithm::FullZstd => 2,
+            Algorithm::BsdiffZstdTransformed(_) => 3,
         }
     }
 
-    /// The algorithm with wire id `id`.
-    pub fn from_id(id: u8) -> Result<Self, DeltaError> {
-        match id {
-            1 => Ok(Algorithm::BsdiffZstd),
-            2 => Ok(Algorithm::FullZstd),
-            _ => Err(DeltaError::UnknownAlgorithm { id }),
+    /// Header byte 11: the transform id for algorithm 3, zero otherwise.
+    pub fn parameter(self) -> u8 {
+        match self {
+            Algorithm::BsdiffZstd | Algorithm::FullZstd => 0,
+            Algorithm::BsdiffZstdTransformed(transform) => transform.id(),
         }
+    }
+
+    /// The algorithm with wire id `id` and header byte 11 `parameter`.
+    pub fn from_wire(id: u8, parameter: u8) -> Result<Self, DeltaError> {
+        let algorithm = match id {
+            1 => Algorithm::BsdiffZstd,
+            2 => Algorithm::FullZstd,
+            3 => {
+                return Ok(Algorithm::BsdiffZstdTransformed(Transform::from_id(
+                    parameter,
+                )?))
+            }
+            _ => return Err(DeltaError::UnknownAlgorithm { id }),
+        };
+        if parameter != 0 {
+            return Err(DeltaError::ReservedNonZero { value: parameter });
+        }
+        Ok(algorithm)
+    }
+
+    /// The transform the segments were diffed under, if any.
+    pub fn transform(self) -> Option<Transform> {
+        match self {
+            Algorithm::BsdiffZstdTransformed(transform) => Some(transform),
+            Algorithm::BsdiffZstd | Algorithm::FullZstd => None,
+        }
+    }
+
+    /// Whether the body is bsdiff-zstd segments (transformed or not).
+    pub fn is_bsdiff(self) -> bool {
+        !matches!(self, Algorithm::FullZstd)
     }
 
     /// Short stable name, for logs and reports.
@@ -44,6 +78,8 @@ impl Algorithm {
         match self {
             Algorithm::BsdiffZstd => "bsdiff-zstd",
             Algorithm::FullZstd => "full-zstd",
+            Algorithm::BsdiffZstdTransformed(Transform::X86_64) => "bsdiff-zstd+x86-64",
+            Algorithm::BsdiffZstdTransformed(Transform::Arm64) => "bsdiff-zstd+arm64",
         }
     }
 }
@@ -67,7 +103,7 @@ impl ContainerHeader {
         out[0..8].copy_from_slice(&MAGIC);
         out[8..10].copy_from_slice(&VERSION.to_le_bytes());
         out[10] = self.algorithm.id();
-        out[11] = 0;
+        out[11] = self.algorithm.parameter();
         out[12..20].copy_from_slice(&self.source_len.to_le_bytes());
         out[20..52].copy_from_slice(&self.source_sha256);
         out[52..60].copy_from_slice(&self.target_len.to_le_bytes());
@@ -93,10 +129,7 @@ impl ContainerHeader {
         if version != VERSION {
             return Err(DeltaError::UnsupportedVersion { version });
         }
-        let algorithm = Algorithm::from_id(bytes[10])?;
-        if bytes[11] != 0 {
-            return Err(DeltaError::ReservedNonZero { value: bytes[11] });
-        }
+        let algorithm = Algorithm::from_wire(bytes[10], bytes[11])?;
         let source_len = u64::from_le_bytes(array::<8>(&bytes[12..20]));
         let source_sha256 = array::<32>(&bytes[20..52]);
         let target_len = u64::from_le_bytes(array::<8>(&bytes[52..60]));
@@ -149,16 +182,38 @@ mod tests {
         for (algorithm, id, name) in [
             (Algorithm::BsdiffZstd, 1, "bsdiff-zstd"),
             (Algorithm::FullZstd, 2, "full-zstd"),
+            (
+                Algorithm::BsdiffZstdTransformed(Transform::X86_64),
+                3,
+                "bsdiff-zstd+x86-64",
+            ),
+            (
+                Algorithm::BsdiffZstdTransformed(Transform::Arm64),
+                3,
+                "bsdiff-zstd+arm64",
+            ),
         ] {
             assert_eq!((algorithm.id(), algorithm.name()), (id, name));
-            assert_eq!(Algorithm::from_id(id), Ok(algorithm));
+            assert_eq!(
+                Algorithm::from_wire(id, algorithm.parameter()),
+                Ok(algorithm)
+            );
         }
     }
 
     #[test]
-    fn encode_then_parse_is_identity_for_both_algorithms() {
+    fn encode_then_parse_is_identity_for_every_algorithm() {
         let delta = sample();
         assert_eq!(ContainerHeader::parse(&delta.encode()), Ok(delta));
+        for transform in Transform::ALL {
+            let transformed = ContainerHeader {
+                algorithm: Algorithm::BsdiffZstdTransformed(transform),
+                ..sample()
+            };
+            let encoded = transformed.encode();
+            assert_eq!((encoded[10], encoded[11]), (3, transform.id()));
+            assert_eq!(ContainerHeader::parse(&encoded), Ok(transformed));
+        }
         let full = ContainerHeader {
             algorithm: Algorithm::FullZstd,
             source_len: 0,
@@ -218,6 +273,27 @@ mod tests {
                 "reserved byte set",
                 |b| b[11] = 0x80,
                 DeltaError::ReservedNonZero { value: 0x80 },
+            ),
+            (
+                "transformed delta with transform id zero",
+                |b| b[10] = 3,
+                DeltaError::UnknownTransform { id: 0 },
+            ),
+            (
+                "transformed delta with an unknown transform id",
+                |b| {
+                    b[10] = 3;
+                    b[11] = 9;
+                },
+                DeltaError::UnknownTransform { id: 9 },
+            ),
+            (
+                "full image with a transform id",
+                |b| {
+                    b[10] = Algorithm::FullZstd.id();
+                    b[11] = Transform::X86_64.id();
+                },
+                DeltaError::ReservedNonZero { value: 1 },
             ),
             (
                 "oversized source length",
@@ -283,7 +359,7 @@ mod tests {
     fn valid_header() -> impl proptest::strategy::Strategy<Value = ContainerHeader> {
         use proptest::prelude::*;
         (
-            any::<bool>(),
+            0u8..4,
             0..=MAX_IMAGE_LEN,
             any::<[u8; 32]>(),
             0..=MAX_IMAGE_LEN,
@@ -291,10 +367,19 @@ mod tests {
         )
             .prop_map(
                 |(delta, source_len, source_sha256, target_len, target_sha256)| {
-                    let (algorithm, source_len, source_sha256) = if delta {
-                        (Algorithm::BsdiffZstd, source_len, source_sha256)
-                    } else {
-                        (Algorithm::FullZstd, 0, [0; 32])
+                    let (algorithm, source_len, source_sha256) = match delta {
+                        0 => (Algorithm::FullZstd, 0, [0; 32]),
+                        1 => (Algorithm::BsdiffZstd, source_len, source_sha256),
+                        2 => (
+                            Algorithm::BsdiffZstdTransformed(Transform::X86_64),
+                            source_len,
+                            source_sha256,
+                        ),
+                        _ => (
+                            Algorithm::BsdiffZstdTransformed(Transform::Arm64),
+                            source_len,
+                            source_sha256,
+                        ),
                     };
                     ContainerHeader {
                         algorithm,

@@ -9,6 +9,8 @@
 //! - `segment`: the 56-byte header in front of every body segment of a bsdiff-zstd delta.
 //! - `control`: the columnar control block of a segment and its bounds-checked decoding.
 //! - `runs`: the diff stream as zero runs + non-zero bytes.
+//! - `transform`: the executable-aware block transforms (x86-64, ARM64) a transformed
+//!   bsdiff-zstd container is diffed under.
 //! - `varint`: LEB128 integers of the control and runs blocks.
 //!
 //! Nothing here does IO: the applier feeds bytes in and gets typed decisions back. Every
@@ -19,6 +21,7 @@ mod control;
 mod header;
 mod runs;
 mod segment;
+mod transform;
 mod varint;
 
 pub use control::{add_old_bytes, encode_control_block, Control, ControlBlock, PlannedControl};
@@ -28,6 +31,7 @@ pub use segment::{
     zstd_compress_bound, SegmentHeader, EXTRA_PREFIX_MAX, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL,
     SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET, SEGMENT_TAG,
 };
+pub use transform::{Transform, TRANSFORM_BLOCK};
 
 /// Why a container, a segment or a control block was refused.
 ///
@@ -47,6 +51,8 @@ pub enum DeltaError {
     UnsupportedVersion { version: u16 },
     #[error("unknown delta algorithm id {id}")]
     UnknownAlgorithm { id: u8 },
+    #[error("unknown executable transform id {id}")]
+    UnknownTransform { id: u8 },
     #[error("reserved header byte is {value:#04x}, must be zero")]
     ReservedNonZero { value: u8 },
     #[error("{field} is {value}, over the cap of {cap}")]

@@ -1,10 +1,37 @@
 //! `ota-server delta ...` subcommands.
 
 use super::builder::{
-    build_delta_file, BuildOptions, DEFAULT_WINDOW_CAP, LEVELS, MAX_THREADS, WINDOW_MIB,
+    build_delta_file, BuildOptions, TransformChoice, DEFAULT_WINDOW_CAP, LEVELS, MAX_THREADS,
+    WINDOW_MIB,
 };
 use anyhow::Context;
 use clap::Subcommand;
+use ota_core::delta::Transform;
+
+/// `--transform` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransformArg {
+    /// Try the ARM64 transform when the new image holds ARM64 code, keep the smaller delta.
+    Auto,
+    /// Plain deltas only.
+    Off,
+    /// Try the x86-64 transform, keep the smaller delta.
+    #[value(name = "x86-64")]
+    X86_64,
+    /// Try the ARM64 transform, keep the smaller delta.
+    Arm64,
+}
+
+impl From<TransformArg> for TransformChoice {
+    fn from(arg: TransformArg) -> Self {
+        match arg {
+            TransformArg::Auto => TransformChoice::Auto,
+            TransformArg::Off => TransformChoice::Off,
+            TransformArg::X86_64 => TransformChoice::Try(Transform::X86_64),
+            TransformArg::Arm64 => TransformChoice::Try(Transform::Arm64),
+        }
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum DeltaCommand {
@@ -27,6 +54,9 @@ pub enum DeltaCommand {
         #[arg(long, default_value_t = BuildOptions::default().level,
               value_parser = clap::value_parser!(i32).range(*LEVELS.start() as i64..=*LEVELS.end() as i64))]
         level: i32,
+        /// Executable-aware transform to try besides the plain delta.
+        #[arg(long, value_enum, default_value_t = TransformArg::Auto)]
+        transform: TransformArg,
     },
 }
 
@@ -39,10 +69,12 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             window_mib,
             threads,
             level,
+            transform,
         } => {
             let mut options = BuildOptions {
                 window_cap: window_mib << 20,
                 level,
+                transform: transform.into(),
                 ..BuildOptions::default()
             };
             if let Some(threads) = threads {
@@ -55,13 +87,18 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                     new.display()
                 )
             })?;
+            let tried = match report.transformed {
+                Some((transform, len)) => format!(", {} transform {len} bytes", transform.name()),
+                None => String::new(),
+            };
             println!(
-                "{}: {} bytes ({} → {} bytes, delta {} bytes, {} part(s), {} segment(s))",
+                "{}: {} bytes ({} → {} bytes, delta {} bytes, plain delta {} bytes{tried}, {} part(s), {} segment(s))",
                 report.algorithm.name(),
                 report.container_len,
                 report.source_len,
                 report.target_len,
                 report.delta_container_len,
+                report.plain_delta_len,
                 report.parts,
                 report.segments
             );

@@ -1,6 +1,7 @@
 //! Where the builder reads full images from: memory or a file, by range, so a part of
 //! a multi-GiB image can be loaded without loading the rest.
 
+use ota_core::delta::{Transform, TRANSFORM_BLOCK};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::fs::File;
@@ -133,5 +134,47 @@ impl ImageSource for FileImage {
         let mut buf = vec![0u8; (range.end - range.start) as usize];
         self.file.read_exact_at(&mut buf, range.start)?;
         Ok(Cow::Owned(buf))
+    }
+}
+
+/// The transformed bytes of an image: a range is read as its containing transform blocks
+/// (at absolute offsets of the image), transformed, and cut to the range. Only for
+/// matching: hashes and the full-image fallback read the image itself.
+#[derive(Debug)]
+pub struct TransformedImage<'a, I: ImageSource + ?Sized> {
+    inner: &'a I,
+    transform: Transform,
+}
+
+impl<'a, I: ImageSource + ?Sized> TransformedImage<'a, I> {
+    pub fn new(inner: &'a I, transform: Transform) -> Self {
+        TransformedImage { inner, transform }
+    }
+}
+
+impl<I: ImageSource + ?Sized> ImageSource for TransformedImage<'_, I> {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn read_range(&self, range: Range<u64>) -> io::Result<Cow<'_, [u8]>> {
+        let len = self.inner.len();
+        if range.start > range.end || range.end > len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "range past the end of the image",
+            ));
+        }
+        let start = range.start - range.start % TRANSFORM_BLOCK;
+        let end = range
+            .end
+            .div_ceil(TRANSFORM_BLOCK)
+            .saturating_mul(TRANSFORM_BLOCK)
+            .min(len);
+        let mut bytes = self.inner.read_range(start..end)?.into_owned();
+        self.transform.forward(start, &mut bytes);
+        bytes.truncate((range.end - start) as usize);
+        bytes.drain(..(range.start - start) as usize);
+        Ok(Cow::Owned(bytes))
     }
 }

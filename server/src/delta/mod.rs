@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - `builder`: the build pipeline, the full-image fallback, and the async entry point.
+//! - `detect`: which executable-aware transform is worth trying on an image.
 //! - `chunking`: how big images are split so memory stays under an explicit cap.
 //! - `matcher`: the bsdiff-style approximate-match search over a suffix array.
 //! - `image`: reading images by range from memory or files.
@@ -10,7 +11,10 @@
 pub mod builder;
 pub mod chunking;
 pub mod cli;
+pub mod detect;
 pub mod image;
 pub mod matcher;
 
-pub use builder::{build_delta, build_delta_file, BuildError, BuildOptions, BuildReport};
+pub use builder::{
+    build_delta, build_delta_file, BuildError, BuildOptions, BuildReport, TransformChoice,
+};

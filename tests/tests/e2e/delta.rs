@@ -5,10 +5,11 @@
 use ota_agent::delta::{apply_delta, ApplyError};
 use ota_core::delta::{
     encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, DeltaError,
-    SegmentHeader, HEADER_LEN, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_TARGET,
+    SegmentHeader, Transform, HEADER_LEN, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_TARGET,
+    TRANSFORM_BLOCK,
 };
-use ota_server::delta::{build_delta, BuildOptions};
-use ota_tests::synthetic;
+use ota_server::delta::{build_delta, BuildOptions, TransformChoice};
+use ota_tests::synthetic::{self, CodeKind};
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 use std::io::Cursor;
@@ -104,6 +105,164 @@ fn similar_images_ship_a_delta_and_unrelated_images_ship_the_full_image() {
     );
     assert_eq!(Some(report.container_len), report.full_container_len);
     assert!(report.delta_container_len * 10 > report.container_len * 7);
+}
+
+#[test]
+fn code_images_ship_the_transformed_delta_when_it_is_smaller() {
+    for (kind, transform) in [
+        (CodeKind::X86_64, Transform::X86_64),
+        (CodeKind::Arm64, Transform::Arm64),
+    ] {
+        // Over several transform blocks, with segments and parts that do not line up
+        // with them, so blocks are carried across segments and parts.
+        let (old, new) = synthetic::code_release_pair(kind, 7, 300_000, 4100);
+        // Auto tries only ARM64 (x86-64 did not pay on the tune corpus); both forced.
+        let auto = round_trip(&old, &new);
+        let auto_tried = auto.transformed.map(|(tried, _)| tried);
+        match kind {
+            CodeKind::Arm64 => assert_eq!(auto_tried, Some(Transform::Arm64)),
+            CodeKind::X86_64 => assert_eq!(auto_tried, None, "auto must not try x86-64"),
+        }
+        let forced = BuildOptions {
+            transform: TransformChoice::Try(transform),
+            ..options()
+        };
+        for options in [
+            forced.clone(),
+            BuildOptions {
+                segment_len: 50_001,
+                window_cap: 120_007,
+                ..forced
+            },
+        ] {
+            let report = round_trip_with(&old, &new, &options);
+            let (tried, transformed_len) = report.transformed.expect("a forced transform is tried");
+            assert_eq!(tried, transform, "{kind:?}: detected the wrong transform");
+            assert!(
+                transformed_len < report.plain_delta_len,
+                "{kind:?}: moved callers of fixed targets must diff smaller transformed \
+                 ({transformed_len} vs {} bytes)",
+                report.plain_delta_len
+            );
+            assert_eq!(
+                report.algorithm,
+                Algorithm::BsdiffZstdTransformed(transform),
+                "{kind:?}: the smaller transformed delta must be shipped"
+            );
+            assert_eq!(report.delta_container_len, transformed_len);
+        }
+    }
+}
+
+#[test]
+fn the_transform_is_dropped_where_it_does_not_win_and_not_tried_on_data() {
+    // Text holds no call opcodes: the x86 transform changes nothing, so it cannot be
+    // smaller and the plain delta is kept (this text compresses so well that the full
+    // image ships in the end).
+    let old = b"calibration table for the brake controller, version 1\n".repeat(4000);
+    let mut new = old.clone();
+    new.splice(
+        1000..1000,
+        b"a new line of text in the middle\n".iter().copied(),
+    );
+    let forced = BuildOptions {
+        transform: TransformChoice::Try(Transform::X86_64),
+        ..options()
+    };
+    let report = round_trip_with(&old, &new, &forced);
+    assert_ne!(
+        report.algorithm,
+        Algorithm::BsdiffZstdTransformed(Transform::X86_64)
+    );
+    assert_eq!(report.delta_container_len, report.plain_delta_len);
+    let (_, transformed_len) = report.transformed.expect("a forced transform is tried");
+    assert!(transformed_len >= report.plain_delta_len);
+    // Auto does not even try it on data.
+    let report = round_trip(&old, &new);
+    assert_eq!(
+        report.transformed, None,
+        "data must not pay for a transform"
+    );
+    // A code pair built with the transform off ships the plain delta.
+    let (old, new) = synthetic::code_release_pair(CodeKind::Arm64, 8, 100_000, 400);
+    let off = BuildOptions {
+        transform: TransformChoice::Off,
+        ..options()
+    };
+    let report = round_trip_with(&old, &new, &off);
+    assert_eq!(
+        (report.algorithm, report.transformed),
+        (Algorithm::BsdiffZstd, None)
+    );
+}
+
+#[test]
+fn transformed_deltas_read_only_the_image_part_of_a_longer_slot() {
+    // The slot is a partition larger than the image: the last transform block of the
+    // source ends at the image's end, not in the junk after it.
+    let (old, new) = synthetic::code_release_pair(CodeKind::X86_64, 9, 200_000 + 17, 900);
+    let forced = BuildOptions {
+        transform: TransformChoice::Try(Transform::X86_64),
+        ..options()
+    };
+    let (container, report) = build_delta(&old, &new, &forced).expect("build");
+    assert_eq!(
+        report.algorithm,
+        Algorithm::BsdiffZstdTransformed(Transform::X86_64)
+    );
+    let mut slot = old.clone();
+    slot.extend(std::iter::repeat_n(0xE8, 70_000));
+    let (result, out) = apply(&container, &slot);
+    result.expect("a longer slot holding the base applies");
+    assert!(out == new);
+}
+
+#[test]
+fn unknown_transform_ids_are_refused_before_anything_is_written() {
+    let (old, new) = synthetic::code_release_pair(CodeKind::Arm64, 10, 60_000, 400);
+    let (mut container, report) = build_delta(&old, &new, &options()).expect("build");
+    assert_eq!(
+        report.algorithm,
+        Algorithm::BsdiffZstdTransformed(Transform::Arm64)
+    );
+    for id in [0u8, 3, 0xFF] {
+        container[11] = id;
+        let (result, out) = apply(&container, &old);
+        assert!(
+            matches!(
+                result,
+                Err(ApplyError::Container(DeltaError::UnknownTransform { id: found })) if found == id
+            ),
+            "transform id {id}: {result:?}"
+        );
+        assert!(out.is_empty());
+    }
+}
+
+#[test]
+fn transformed_deltas_round_trip_at_block_edges() {
+    // Image lengths on, just under and just over a transform block, with a changed
+    // byte at the end, for both transforms forced.
+    let block = TRANSFORM_BLOCK as usize;
+    for transform in Transform::ALL {
+        for len in [1, 4, 5, block - 1, block, block + 1, 2 * block + 3] {
+            let kind = match transform {
+                Transform::X86_64 => CodeKind::X86_64,
+                Transform::Arm64 => CodeKind::Arm64,
+            };
+            let (mut old, _) = synthetic::code_release_pair(kind, len as u64, len + 8, 0);
+            old.truncate(len);
+            let mut new = old.clone();
+            new.insert(len / 2, 0xE8);
+            new.push(0x94);
+            let options = BuildOptions {
+                transform: TransformChoice::Try(transform),
+                segment_len: 7_001,
+                ..options()
+            };
+            round_trip_with(&old, &new, &options);
+        }
+    }
 }
 
 #[test]
@@ -304,10 +463,11 @@ proptest! {
 
     #[test]
     fn mutated_containers_are_refused_or_produce_exactly_the_target(
-        which in 0usize..3,
+        which in 0usize..4,
         mutations in prop::collection::vec(container_mutation(), 1..=3),
     ) {
-        // Valid containers (several bsdiff segments, a full image, a hand-made one) with
+        // Valid containers (several bsdiff segments, a full image, a hand-made one, a
+        // transformed one with several segments) with
         // bytes flipped, inserted, deleted, cut, or a length field rewritten: unlike
         // random bodies these get past the magic and the segment tag into the inner
         // checks (segment caps, control bounds, runs sums, zstd frames, digests).
@@ -408,10 +568,25 @@ fn mutation_samples() -> &'static [Sample] {
             extra_len: 2,
         };
         let small = handmade(&small_old, &[control], &[0, 0, 0, 1], b"XY", b"4568XY");
+        let (old_code, new_code) = synthetic::code_release_pair(CodeKind::Arm64, 21, 150_000, 2000);
+        let (transformed, report) = build_delta(
+            &old_code,
+            &new_code,
+            &BuildOptions {
+                segment_len: 30_000,
+                ..options()
+            },
+        )
+        .expect("build");
+        assert_eq!(
+            report.algorithm,
+            Algorithm::BsdiffZstdTransformed(Transform::Arm64)
+        );
         vec![
             (segmented, old, new),
             (full, vec![], unrelated),
             (small, small_old, b"4568XY".to_vec()),
+            (transformed, old_code, new_code),
         ]
     })
 }
