@@ -114,7 +114,7 @@ pub fn detect_transform(image: &(impl ImageSource + ?Sized)) -> io::Result<Optio
     let samples = len.div_ceil(SAMPLE_LEN).min(SAMPLES);
     for k in 0..samples {
         // Evenly spaced, starting on multiples of 4 so ARM64 words stay aligned.
-        let start = (len - len.min(SAMPLE_LEN)) / samples.max(1) * k & !3;
+        let start = ((len - len.min(SAMPLE_LEN)) / samples.max(1) * k) & !3;
         let end = (start + SAMPLE_LEN).min(len);
         score.add(CodeScore::of(&image.read_range(start..end)?));
     }
@@ -151,15 +151,14 @@ mod tests {
 
     #[test]
     fn code_patterns_select_the_transform_and_data_selects_none() {
-        let arm64: Vec<u8> = std::iter::repeat([0x1F, 0x20, 0x03, 0xD5, 0, 0, 0, 0x94])
-            .take(4096)
+        let arm64: Vec<u8> = std::iter::repeat_n([0x1F, 0x20, 0x03, 0xD5, 0, 0, 0, 0x94], 4096)
             .flatten()
             .collect();
         assert_eq!(CodeScore::of(&arm64).transform(), Some(Transform::Arm64));
-        let x86: Vec<u8> = std::iter::repeat([0x48, 0x89, 0xE8, 0x10, 0x20, 0x00, 0x00, 0xC3])
-            .take(4096)
-            .flatten()
-            .collect();
+        let x86: Vec<u8> =
+            std::iter::repeat_n([0x48, 0x89, 0xE8, 0x10, 0x20, 0x00, 0x00, 0xC3], 4096)
+                .flatten()
+                .collect();
         assert_eq!(CodeScore::of(&x86).transform(), Some(Transform::X86_64));
         let text = b"plain configuration text, no code in here\n".repeat(1000);
         assert_eq!(CodeScore::of(&text).transform(), None);
