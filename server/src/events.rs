@@ -38,6 +38,10 @@ pub const PROGRESS_SCHEMA_VERSION: u32 = 1;
 
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The longest pause after a read error. librdkafka reports broker errors as events and
+/// reconnects by itself; a long pause per reported error would only delay the consumer's
+/// return after an outage (up to 10 s per queued error).
+const READ_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// One event on `ota.vehicle-events`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -553,7 +557,7 @@ pub async fn run_consumer(
         group = settings.group,
         "rollout engine consuming vehicle events"
     );
-    let mut backoff = BACKOFF_START;
+    let (mut backoff, mut read_backoff) = (BACKOFF_START, BACKOFF_START);
     let mut supervision = Supervision::default();
     loop {
         let first = tokio::select! {
@@ -564,16 +568,16 @@ pub async fn run_consumer(
         let mut batch = match first {
             Ok(message) => vec![message],
             Err(err) => {
-                tracing::warn!(%err, retry_in = ?backoff, "reading vehicle events failed");
+                tracing::warn!(%err, retry_in = ?read_backoff, "reading vehicle events failed");
                 tokio::select! {
                     _ = shutdown.wait_for(|stopped| *stopped) => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(read_backoff) => {}
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                read_backoff = (read_backoff * 2).min(READ_BACKOFF_MAX);
                 continue;
             }
         };
-        backoff = BACKOFF_START;
+        read_backoff = BACKOFF_START;
         // Whatever is already waiting joins the batch; a read error ends it (the next
         // round reports it).
         while batch.len() < CONSUME_BATCH {

@@ -90,15 +90,21 @@ impl RolloutRelay {
     /// One round: when events wait, take or renew the lease, publish the oldest in
     /// order, delete those Kafka acknowledged.
     pub async fn round(&self, now: NowMs) -> Round {
-        // Looked at before the lease is written: an idle relay only reads.
-        match self.store.outbox_pending().await {
-            Ok(0) => return Round::Idle,
-            Ok(_) => {}
+        // Looked at before the lease is written: an idle relay only reads. One count per
+        // round: the gauge is this count less what the round deletes.
+        let pending = match self.store.outbox_pending().await {
+            Ok(pending) => {
+                metrics::gauge!("ota_rollout_outbox_pending").set(pending as f64);
+                if pending == 0 {
+                    return Round::Idle;
+                }
+                pending
+            }
             Err(err) => {
                 tracing::warn!(%err, "reading the rollout-events outbox failed");
                 return Round::Failed { published: 0 };
             }
-        }
+        };
         match self
             .store
             .take_outbox_lease(&self.holder, now, LEASE_TTL_MS)
@@ -140,16 +146,19 @@ impl RolloutRelay {
                 }
             }
         }
-        if let Err(err) = self.store.outbox_published(&published).await {
-            // Published but not deleted: sent again next round (consumers drop it by
-            // event_id).
-            tracing::warn!(%err, "deleting published rollout events failed");
-            failed = true;
+        match self.store.outbox_published(&published).await {
+            Ok(deleted) => {
+                let left = pending.saturating_sub(i64::try_from(deleted).unwrap_or(i64::MAX));
+                metrics::gauge!("ota_rollout_outbox_pending").set(left as f64);
+            }
+            Err(err) => {
+                // Published but not deleted: sent again next round (consumers drop it
+                // by event_id).
+                tracing::warn!(%err, "deleting published rollout events failed");
+                failed = true;
+            }
         }
         metrics::counter!("ota_rollout_events_published_total").increment(published.len() as u64);
-        if let Ok(pending) = self.store.outbox_pending().await {
-            metrics::gauge!("ota_rollout_outbox_pending").set(pending as f64);
-        }
         if failed {
             Round::Failed {
                 published: published.len(),

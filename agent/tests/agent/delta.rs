@@ -36,20 +36,17 @@ pub(crate) fn bsdiff_container(source: &[u8]) -> (Vec<u8>, Vec<u8>) {
         target_len: target.len() as u64,
         target_sha256: Sha256::digest(&target).into(),
     };
-    let segment = SegmentHeader {
-        target_len: 16,
-        control_len: control.len() as u32,
-        control_zlen: frames[0].len() as u32,
-        extra_len: 1,
-        extra_zlen: frames[1].len() as u32,
-        diff_len: 15,
-        runs_len: runs.len() as u32,
-        runs_zlen: frames[2].len() as u32,
-        codes_len: codes.len() as u32,
-        codes_zlen: frames[3].len() as u32,
-        extra_prefix_start: 0,
-        extra_prefix_len: 0,
-    };
+    let segment = SegmentHeader::for_streams(
+        15,
+        [
+            control.len() as u32,
+            1,
+            runs.len() as u32,
+            codes.len() as u32,
+        ],
+        frames.each_ref().map(|f| f.len() as u32),
+        (0, 0),
+    );
     let container = [&header.encode()[..], &segment.encode(), &frames.concat()].concat();
     (container, target)
 }
@@ -86,20 +83,22 @@ fn transformed_container(transform: Transform, source: &[u8], target: &[u8]) -> 
         target_len: target.len() as u64,
         target_sha256: Sha256::digest(target).into(),
     };
-    let segment = SegmentHeader {
-        target_len: target.len() as u32,
-        control_len: control.len() as u32,
-        control_zlen: frames[0].len() as u32,
-        extra_len: 0,
-        extra_zlen: 0,
-        diff_len: diff.len() as u32,
-        runs_len: runs.len() as u32,
-        runs_zlen: frames[1].len() as u32,
-        codes_len: codes.len() as u32,
-        codes_zlen: frames[2].len() as u32,
-        extra_prefix_start: 0,
-        extra_prefix_len: 0,
-    };
+    let segment = SegmentHeader::for_streams(
+        diff.len() as u32,
+        [
+            control.len() as u32,
+            0,
+            runs.len() as u32,
+            codes.len() as u32,
+        ],
+        [
+            frames[0].len() as u32,
+            0,
+            frames[1].len() as u32,
+            frames[2].len() as u32,
+        ],
+        (0, 0),
+    );
     [&header.encode()[..], &segment.encode(), &frames.concat()].concat()
 }
 

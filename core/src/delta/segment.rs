@@ -64,6 +64,34 @@ pub struct SegmentHeader {
 }
 
 impl SegmentHeader {
+    /// The header of a segment whose four streams, in wire order (control, extra, runs,
+    /// codes), decode to `raw` bytes and take `framed` bytes as zstd frames (0 for an
+    /// empty stream); `diff_len` target bytes come from the diff stream, and the extra
+    /// frame's prefix is old bytes `extra_prefix` = (start, length), (0, 0) for none.
+    pub fn for_streams(
+        diff_len: u32,
+        raw: [u32; 4],
+        framed: [u32; 4],
+        extra_prefix: (u64, u32),
+    ) -> SegmentHeader {
+        let [control_len, extra_len, runs_len, codes_len] = raw;
+        let [control_zlen, extra_zlen, runs_zlen, codes_zlen] = framed;
+        SegmentHeader {
+            target_len: diff_len.saturating_add(extra_len),
+            control_len,
+            control_zlen,
+            extra_len,
+            extra_zlen,
+            diff_len,
+            runs_len,
+            runs_zlen,
+            codes_len,
+            codes_zlen,
+            extra_prefix_start: extra_prefix.0,
+            extra_prefix_len: extra_prefix.1,
+        }
+    }
+
     /// The header as it goes on the wire.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut out = [0u8; SEGMENT_HEADER_LEN];

@@ -766,24 +766,23 @@ fn encode_segments(
                 .unwrap_or_else(|| Err(io::Error::other("missing compression job")))
                 .map_err(BuildError::Compress)?;
         }
-        let header = SegmentHeader {
-            target_len: segment.target_len(),
-            control_len: raw[0].len() as u32,
-            control_zlen: frames[0].len() as u32,
-            extra_len: segment.extra_len,
-            extra_zlen: frames[1].len() as u32,
-            diff_len: segment.diff_len,
-            runs_len: raw[2].len() as u32,
-            runs_zlen: frames[2].len() as u32,
-            codes_len: raw[3].len() as u32,
-            codes_zlen: frames[3].len() as u32,
-            extra_prefix_start: if *prefix_len > 0 {
-                old_base + *prefix_start as u64
-            } else {
-                0
-            },
-            extra_prefix_len: *prefix_len as u32,
+        let len = |bytes: &[u8]| bytes.len() as u32;
+        let prefix_start = if *prefix_len > 0 {
+            old_base + *prefix_start as u64
+        } else {
+            0
         };
+        let header = SegmentHeader::for_streams(
+            segment.diff_len,
+            [len(&raw[0]), segment.extra_len, len(&raw[2]), len(&raw[3])],
+            [
+                len(&frames[0]),
+                len(&frames[1]),
+                len(&frames[2]),
+                len(&frames[3]),
+            ],
+            (prefix_start, *prefix_len as u32),
+        );
         encoded.push(EncodedSegment {
             header: header.encode(),
             frames,

@@ -22,7 +22,7 @@ use crate::ack_order::Ticket;
 use crate::engine::{wall_clock_ms, Rejected};
 use crate::events::{progress_event, EventProducer, VehicleEvent};
 use futures_util::stream::{FuturesOrdered, StreamExt as _};
-use ota_core::protocol::{parse_topic, ProgressEvent};
+use ota_core::protocol::ProgressEvent;
 use rumqttc::Publish;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,6 +34,8 @@ pub(super) const PROGRESS_BATCH: usize = 256;
 /// A progress message the gateway accepted, waiting to be verified.
 pub(super) struct Accepted {
     pub(super) ticket: Ticket,
+    /// The vehicle its topic names.
+    pub(super) vehicle: String,
     pub(super) publish: Publish,
     /// The gateway's acceptance slot, released once the message is finished.
     pub(super) slot: OwnedSemaphorePermit,
@@ -122,14 +124,7 @@ pub(super) async fn run(
 async fn verify(lane: &Lane, batch: &[Accepted]) -> Option<Vec<Result<ProgressEvent, Rejected>>> {
     let messages: Vec<(&str, &[u8])> = batch
         .iter()
-        .map(|accepted| {
-            // The gateway only queues progress topics here; an unparsable one cannot
-            // arrive, and "" then fails verification as any unknown vehicle would.
-            let vehicle = parse_topic(&accepted.publish.topic)
-                .map(|(vehicle, _)| vehicle)
-                .unwrap_or("");
-            (vehicle, &accepted.publish.payload[..])
-        })
+        .map(|accepted| (accepted.vehicle.as_str(), &accepted.publish.payload[..]))
         .collect();
     let mut backoff = BACKOFF_START;
     loop {
@@ -184,6 +179,7 @@ fn finish(lane: &Lane, health: &ChannelHealth, accepted: Accepted, acknowledge: 
         ticket,
         publish,
         slot,
+        ..
     } = accepted;
     lane.acks
         .order()

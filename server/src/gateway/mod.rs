@@ -26,14 +26,21 @@
 //! - Shutdown is checked in every loop and every wait is bounded.
 //!
 //! **With Kafka configured** (`[kafka] brokers`, see [`crate::events`]) progress events
-//! take the durable lane: MQTT runs with manual acknowledgements; progress messages are
-//! verified in batches and written to Kafka concurrently ([`durable`], no worker waits
-//! on Kafka), each acknowledged to the broker only once Kafka acknowledged its write (a Kafka outage holds it unacknowledged and retries; shutdown
-//! leaves it unacknowledged, so a persistent session redelivers it). Unknown or badly
-//! signed messages are dropped, counted and acknowledged. Check-ins stay on the fast
-//! path and are acknowledged as they are taken (nothing keeps them: a vehicle whose
-//! answer is lost checks in again), shed or not; a shed progress event is not (the broker's in-flight window, 20 messages on
-//! Mosquitto, is far below `workers + queue`, so shedding needs a misconfiguration).
+//! take the durable lane, on a connection of their own ([`Link::Progress`]): manual
+//! acknowledgements, a persistent session when the client id is configured. Progress
+//! messages are verified in batches and written to Kafka concurrently ([`durable`], no
+//! worker waits on Kafka), each acknowledged to the broker only once Kafka acknowledged
+//! its write (a Kafka outage holds it unacknowledged and retries; shutdown leaves it
+//! unacknowledged, so a persistent session redelivers it). Unknown or badly signed
+//! messages are dropped, counted and acknowledged. A shed progress event is not
+//! acknowledged (the broker's in-flight window, 20 messages on Mosquitto, is far below
+//! `workers + queue`, so shedding needs a misconfiguration).
+//!
+//! Check-ins take a second connection ([`Link::CheckIns`], `<client id>-checkin`, clean
+//! session, acknowledged as read), which also carries directives and control messages.
+//! On one shared connection, progress held for an unreachable Kafka would fill the
+//! broker's in-flight window for that client and the broker would stop delivering
+//! check-ins too. Without Kafka one connection ([`Link::All`]) carries everything.
 
 mod durable;
 
@@ -157,7 +164,11 @@ pub struct ChannelHealth {
     enabled: bool,
     stall_after: Duration,
     epoch: Instant,
-    connected: AtomicBool,
+    /// One flag per broker connection ([`Link`]); the channel is connected when every
+    /// connection in use is.
+    connected: [AtomicBool; LINKS],
+    /// How many of `connected` are in use (set by [`run`]).
+    links: AtomicUsize,
     /// Milliseconds since `epoch`.
     loop_progress_ms: AtomicU64,
     workers_progress_ms: AtomicU64,
@@ -182,7 +193,8 @@ impl ChannelHealth {
             enabled,
             stall_after,
             epoch: Instant::now(),
-            connected: AtomicBool::new(false),
+            connected: Default::default(),
+            links: AtomicUsize::new(1),
             loop_progress_ms: AtomicU64::new(0),
             workers_progress_ms: AtomicU64::new(0),
             pending_in: AtomicUsize::new(0),
@@ -201,8 +213,15 @@ impl ChannelHealth {
         Duration::from_millis(self.now_ms().saturating_sub(since.load(Ordering::Relaxed)))
     }
 
-    fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::Relaxed);
+    fn set_connected(&self, link: usize, connected: bool) {
+        self.connected[link].store(connected, Ordering::Relaxed);
+    }
+
+    fn is_connected(&self) -> bool {
+        let links = self.links.load(Ordering::Relaxed).clamp(1, LINKS);
+        self.connected[..links]
+            .iter()
+            .all(|link| link.load(Ordering::Relaxed))
     }
 
     fn loop_progressed(&self) {
@@ -218,7 +237,7 @@ impl ChannelHealth {
     pub fn snapshot(&self) -> ChannelSnapshot {
         ChannelSnapshot {
             enabled: self.enabled,
-            connected: self.connected.load(Ordering::Relaxed),
+            connected: self.is_connected(),
             pending_in: self.pending_in.load(Ordering::Relaxed),
             pending_out: self.pending_out.load(Ordering::Relaxed),
             loop_idle: self.idle(&self.loop_progress_ms),
@@ -307,25 +326,100 @@ impl Outbox {
     }
 }
 
-/// Whether the broker should keep this client's session (and redeliver what it did not
-/// acknowledge) across reconnects: only on the durable lane, and only with a configured
-/// client id, since a generated one is new in every process and would leave orphaned
-/// sessions behind.
-pub fn persistent_session(durable: bool, client_id_configured: bool) -> bool {
-    durable && client_id_configured
+/// Most broker connections one gateway holds.
+const LINKS: usize = 2;
+
+/// One of the gateway's broker connections and what it carries. With Kafka the gateway
+/// holds two, so that progress held unacknowledged while Kafka is unreachable (which
+/// fills the broker's in-flight window for that client) never stops check-ins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Without Kafka: check-ins and progress, acknowledged as read; directives and
+    /// control messages go out on it.
+    All,
+    /// With Kafka: check-ins only, acknowledged as read, on a clean session; directives
+    /// and control messages go out on it.
+    CheckIns,
+    /// With Kafka: progress only, each acknowledged after Kafka's acknowledgement, on a
+    /// persistent session when the client id is configured.
+    Progress,
 }
 
-/// What a worker needs to handle and acknowledge a message.
+impl Link {
+    /// The connections a gateway holds, with or without the durable lane.
+    pub fn plan(durable: bool) -> &'static [Link] {
+        if durable {
+            &[Link::CheckIns, Link::Progress]
+        } else {
+            &[Link::All]
+        }
+    }
+
+    /// The channels it subscribes to.
+    pub fn channels(self) -> &'static [&'static str] {
+        match self {
+            Link::All => &["checkin", "progress"],
+            Link::CheckIns => &["checkin"],
+            Link::Progress => &["progress"],
+        }
+    }
+
+    /// Channels it unsubscribes from on connecting: a persistent session made by a
+    /// version that took both channels on one connection still holds the other one.
+    fn unsubscribes(self) -> &'static [&'static str] {
+        match self {
+            Link::Progress => &["checkin"],
+            Link::All | Link::CheckIns => &[],
+        }
+    }
+
+    fn manual_acks(self) -> bool {
+        self == Link::Progress
+    }
+
+    /// Whether directives and control messages leave on this connection.
+    fn publishes(self) -> bool {
+        self != Link::Progress
+    }
+
+    /// Its client id from the configured (or generated) one. The progress connection
+    /// keeps it unchanged, so the broker's persistent session (and what it holds
+    /// unacknowledged) carries over from a version with one connection.
+    pub fn client_id(self, base: &str) -> String {
+        match self {
+            Link::CheckIns => format!("{base}-checkin"),
+            Link::All | Link::Progress => base.to_owned(),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Link::All => "all",
+            Link::CheckIns => "checkin",
+            Link::Progress => "progress",
+        }
+    }
+}
+
+/// Whether the broker should keep this connection's session (and redeliver what it did
+/// not acknowledge) across reconnects: only the progress connection of the durable lane,
+/// and only with a configured client id, since a generated one is new in every process
+/// and would leave orphaned sessions behind.
+pub fn persistent_session(link: Link, client_id_configured: bool) -> bool {
+    link == Link::Progress && client_id_configured
+}
+
+/// What a worker needs to handle and acknowledge a message from one connection.
 #[derive(Clone)]
 struct Lane {
     engine: Engine,
     outbox: Outbox,
     client: AsyncClient,
-    /// Set: progress goes to Kafka and MQTT acks are manual.
-    events: Option<EventProducer>,
+    /// Set on the progress connection of the durable lane: acknowledgements are manual.
+    manual_acks: bool,
     /// Manual acks leave in arrival order (MQTT 3.1.1 §4.6).
     acks: Arc<AckSender>,
-    /// Set with `events`: where accepted progress messages go to be verified in
+    /// Set with `manual_acks`: where accepted progress messages go to be verified in
     /// batches ([`durable`]) instead of to a worker each.
     progress: Option<mpsc::UnboundedSender<durable::Accepted>>,
     stop: CancellationToken,
@@ -464,17 +558,21 @@ fn dispatch(
 ) {
     health.received.fetch_add(1, Ordering::Relaxed);
     // With manual acks, this message's place in the order its ack must leave in.
-    let ticket = lane.events.is_some().then(|| lane.acks.order().ticket());
+    let ticket = lane.manual_acks.then(|| lane.acks.order().ticket());
+    // The vehicle of a progress message (only those wait for Kafka).
+    let progress_of = match parse_topic(&publish.topic) {
+        Some((vehicle, Channel::Progress)) => Some(vehicle.to_owned()),
+        _ => None,
+    };
     let Ok(slot) = accepted.clone().try_acquire_owned() else {
         health.shed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ota_vehicle_messages_shed_total").increment(1);
         if let Some(ticket) = ticket {
             // A shed check-in is acknowledged (the vehicle checks in again); shed
             // progress is not (the broker keeps it for a persistent session).
-            let progress = matches!(parse_topic(&publish.topic), Some((_, Channel::Progress)));
             lane.acks
                 .order()
-                .finish(ticket, (!progress).then_some(publish));
+                .finish(ticket, progress_of.is_none().then_some(publish));
             // Non-blocking: the request channel is drained by this very loop.
             lane.acks.try_flush(&lane.client);
         }
@@ -484,9 +582,10 @@ fn dispatch(
         health.workers_progressed();
     }
     if let (Some(intake), Some(ticket)) = (&lane.progress, ticket) {
-        if matches!(parse_topic(&publish.topic), Some((_, Channel::Progress))) {
+        if let Some(vehicle) = progress_of {
             let accepted = durable::Accepted {
                 ticket,
+                vehicle,
                 publish,
                 slot,
             };
@@ -523,8 +622,9 @@ fn dispatch(
     });
 }
 
-/// Runs until `shutdown` turns true, reconnecting with backoff. On shutdown it stops
-/// taking messages, lets in-flight ones finish (bounded), and disconnects.
+/// Runs until `shutdown` turns true: one connection per [`Link`] of the plan, each
+/// reconnecting with backoff. On shutdown each stops taking messages, lets in-flight
+/// ones finish (bounded), and disconnects.
 pub async fn run(
     settings: MqttSettings,
     events: Option<EventProducer>,
@@ -534,10 +634,9 @@ pub async fn run(
     health: Arc<ChannelHealth>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Some(url) = &settings.url else {
+    if settings.url.is_none() {
         return;
-    };
-    let (host, port) = (url.host().to_owned(), url.port());
+    }
     let stop = CancellationToken::new();
     let watcher = {
         let stop = stop.clone();
@@ -546,16 +645,90 @@ pub async fn run(
             stop.cancel();
         })
     };
-    let client_id = settings.client_id.clone().unwrap_or_else(default_client_id);
-    tracing::info!(client_id, "vehicle channel starting");
-    let mut options = MqttOptions::new(client_id, host, port);
+    let base_id = settings.client_id.clone().unwrap_or_else(default_client_id);
+    let links = Link::plan(events.is_some());
+    health.links.store(links.len(), Ordering::Relaxed);
+    // Shared: the workers are the server's capacity for check-ins, whichever connection
+    // brought them.
+    let workers = Arc::new(Semaphore::new(settings.workers.max(1)));
+    let mut outgoing = Some(outgoing);
+    let mut connections = Vec::with_capacity(links.len());
+    for (index, &link) in links.iter().enumerate() {
+        let connection = Connection {
+            index,
+            link,
+            client_id: link.client_id(&base_id),
+            settings: settings.clone(),
+            events: if link.manual_acks() {
+                events.clone()
+            } else {
+                None
+            },
+            outgoing: if link.publishes() {
+                outgoing.take()
+            } else {
+                None
+            },
+        };
+        connections.push(tokio::spawn(connect(
+            connection,
+            engine.clone(),
+            outbox.clone(),
+            health.clone(),
+            workers.clone(),
+            stop.clone(),
+        )));
+    }
+    for connection in connections {
+        let _ = connection.await;
+    }
+    watcher.abort();
+}
+
+/// One broker connection's configuration.
+struct Connection {
+    /// Its place in [`ChannelHealth`]'s connection flags.
+    index: usize,
+    link: Link,
+    client_id: String,
+    settings: MqttSettings,
+    /// Set on the progress connection of the durable lane.
+    events: Option<EventProducer>,
+    /// Set on the connection directives and control messages leave on.
+    outgoing: Option<OutboxReceiver>,
+}
+
+/// Runs one connection until `stop`, reconnecting with backoff.
+async fn connect(
+    connection: Connection,
+    engine: Engine,
+    outbox: Outbox,
+    health: Arc<ChannelHealth>,
+    workers: Arc<Semaphore>,
+    stop: CancellationToken,
+) {
+    let Connection {
+        index,
+        link,
+        client_id,
+        settings,
+        events,
+        outgoing,
+    } = connection;
+    let Some(url) = &settings.url else {
+        return;
+    };
+    let manual_acks = events.is_some();
+    tracing::info!(
+        client_id,
+        link = link.label(),
+        "vehicle channel connection starting"
+    );
+    let mut options = MqttOptions::new(client_id, url.host().to_owned(), url.port());
     options
         .set_keep_alive(Duration::from_secs(settings.keep_alive_seconds.max(5)))
-        .set_clean_session(!persistent_session(
-            events.is_some(),
-            settings.client_id.is_some(),
-        ))
-        .set_manual_acks(events.is_some())
+        .set_clean_session(!persistent_session(link, settings.client_id.is_some()))
+        .set_manual_acks(manual_acks)
         .set_max_packet_size(1024 * 1024, 1024 * 1024);
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
     let mut network = NetworkOptions::new();
@@ -564,25 +737,25 @@ pub async fn run(
     network.set_connection_timeout(5);
     eventloop.set_network_options(network);
 
-    let publisher = tokio::spawn(run_outbox(outgoing, client.clone(), stop.clone()));
-    let (progress, intake) = match &events {
-        Some(_) => {
-            let (tx, rx) = mpsc::unbounded_channel();
-            (Some(tx), Some(rx))
-        }
-        None => (None, None),
+    let publisher =
+        outgoing.map(|outgoing| tokio::spawn(run_outbox(outgoing, client.clone(), stop.clone())));
+    let (progress, intake) = if manual_acks {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
     };
     let lane = Lane {
         engine,
         outbox,
         client: client.clone(),
-        events: events.clone(),
+        manual_acks,
         acks: Arc::new(AckSender::default()),
         progress,
         stop: stop.clone(),
     };
     // The channel is unbounded but what it holds is not: every message in it holds one
-    // of the `workers + queue` acceptance slots.
+    // of this connection's `workers + queue` acceptance slots.
     let progress_intake = match (events, intake) {
         (Some(events), Some(intake)) => Some(tokio::spawn(durable::run(
             lane.clone(),
@@ -592,10 +765,11 @@ pub async fn run(
         ))),
         _ => None,
     };
-    let workers = Arc::new(Semaphore::new(settings.workers.max(1)));
+    // Per connection: progress held for Kafka never takes a check-in's slot.
     let capacity = settings.workers.max(1) + settings.queue;
     let accepted = Arc::new(Semaphore::new(capacity));
-    let subscriptions: Vec<SubscribeFilter> = ["checkin", "progress"]
+    let subscriptions: Vec<SubscribeFilter> = link
+        .channels()
         .iter()
         .map(|channel| {
             SubscribeFilter::new(
@@ -603,6 +777,11 @@ pub async fn run(
                 QoS::AtLeastOnce,
             )
         })
+        .collect();
+    let unsubscriptions: Vec<String> = link
+        .unsubscribes()
+        .iter()
+        .map(|channel| shared_filter(&settings.share_group, channel))
         .collect();
     let mut backoff = BACKOFF_START;
     while !stop.is_cancelled() {
@@ -617,15 +796,26 @@ pub async fn run(
                 backoff = BACKOFF_START;
                 // Acks of the previous connection's messages can no longer be sent.
                 lane.acks.order().reconnected();
-                health.set_connected(true);
-                tracing::info!("connected to the MQTT broker");
+                health.set_connected(index, true);
+                tracing::info!(link = link.label(), "connected to the MQTT broker");
                 // Subscribing goes through the request channel, which only this loop
                 // drains: never await it here.
-                let (client, filters, stop) = (client.clone(), subscriptions.clone(), stop.clone());
+                let (client, filters, stale, stop) = (
+                    client.clone(),
+                    subscriptions.clone(),
+                    unsubscriptions.clone(),
+                    stop.clone(),
+                );
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = stop.cancelled() => {}
-                        result = client.subscribe_many(filters) => if let Err(err) = result {
+                        result = async {
+                            client.subscribe_many(filters).await?;
+                            for filter in stale {
+                                client.unsubscribe(filter).await?;
+                            }
+                            Ok::<(), rumqttc::ClientError>(())
+                        } => if let Err(err) = result {
                             tracing::warn!(%err, "subscribing failed");
                         }
                     }
@@ -636,8 +826,8 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(err) => {
-                health.set_connected(false);
-                tracing::warn!(%err, retry_in = ?backoff, "MQTT connection error");
+                health.set_connected(index, false);
+                tracing::warn!(%err, link = link.label(), retry_in = ?backoff, "MQTT connection error");
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -654,10 +844,15 @@ pub async fn run(
         .await
         .is_err()
     {
-        tracing::warn!("vehicle messages still in flight after {DRAIN_TIMEOUT:?}");
+        tracing::warn!(
+            link = link.label(),
+            "vehicle messages still in flight after {DRAIN_TIMEOUT:?}"
+        );
     }
     stop.cancel();
-    let _ = publisher.await;
+    if let Some(publisher) = publisher {
+        let _ = publisher.await;
+    }
     if let Some(progress_intake) = progress_intake {
         let _ = progress_intake.await;
     }
@@ -667,8 +862,7 @@ pub async fn run(
         while eventloop.poll().await.is_ok() {}
     })
     .await;
-    health.set_connected(false);
-    watcher.abort();
+    health.set_connected(index, false);
 }
 
 #[cfg(test)]
@@ -676,11 +870,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_durable_lane_with_a_configured_client_id_keeps_its_session() {
-        assert!(persistent_session(true, true));
-        assert!(!persistent_session(true, false));
-        assert!(!persistent_session(false, true));
-        assert!(!persistent_session(false, false));
+    fn only_the_progress_connection_with_a_configured_client_id_keeps_its_session() {
+        assert!(persistent_session(Link::Progress, true));
+        assert!(!persistent_session(Link::Progress, false));
+        for link in [Link::All, Link::CheckIns] {
+            assert!(!persistent_session(link, true));
+            assert!(!persistent_session(link, false));
+        }
+    }
+
+    #[test]
+    fn with_kafka_check_ins_and_progress_take_separate_connections() {
+        for durable in [false, true] {
+            let links = Link::plan(durable);
+            assert!(links.len() <= LINKS);
+            let mut channels: Vec<&str> = links
+                .iter()
+                .flat_map(|link| link.channels())
+                .copied()
+                .collect();
+            channels.sort_unstable();
+            assert_eq!(
+                channels,
+                ["checkin", "progress"],
+                "each channel exactly once"
+            );
+            assert_eq!(
+                links.iter().filter(|link| link.publishes()).count(),
+                1,
+                "directives leave on one connection"
+            );
+        }
+        let durable = Link::plan(true);
+        let progress = durable
+            .iter()
+            .find(|l| l.channels() == ["progress"])
+            .unwrap();
+        assert!(progress.manual_acks() && !progress.publishes());
+        assert!(durable
+            .iter()
+            .filter(|l| **l != *progress)
+            .all(|l| !l.manual_acks() && !l.channels().contains(&"progress")));
+        // The progress connection keeps the configured id (its persistent session
+        // carries over); the other differs, so the broker never confuses the two.
+        let ids: Vec<String> = durable.iter().map(|l| l.client_id("srv-1")).collect();
+        assert_eq!(progress.client_id("srv-1"), "srv-1");
+        assert_ne!(ids[0], ids[1]);
+        assert_eq!(Link::All.client_id("srv-1"), "srv-1");
     }
 
     #[test]

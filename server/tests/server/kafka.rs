@@ -626,3 +626,88 @@ async fn rollout_events_wait_in_the_outbox_while_kafka_is_down() {
     wait_kafka_breaker(&app, "closed").await;
     app.stop().await;
 }
+
+/// Kafka unreachable while a vehicle sends more progress than the broker lets one client
+/// hold unacknowledged (20 on Mosquitto): the progress waits, and check-ins are still
+/// answered, since they arrive on a connection of their own. Once Kafka is back every
+/// held event is written once and applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_ins_are_answered_while_progress_waits_for_an_unreachable_kafka() {
+    const HELD: u64 = 60;
+    let brokers = crate::helpers::kafka_brokers();
+    if !crate::helpers::require_service("kafka (tansu)", &brokers).await {
+        return;
+    }
+    let mut proxy = KafkaProxy::reserve().await;
+    let Some((app, mut client, vehicles)) =
+        lane_with_deployments(Some(proxy.address()), None, 1).await
+    else {
+        return;
+    };
+    let (vid, key, deployment) = &vehicles[0];
+    // The topic exists (as after any earlier run); only the broker is out of reach.
+    let kafka = ota_server::settings::KafkaSettings {
+        brokers: Some(brokers.clone()),
+        ..app.state.settings.kafka.clone()
+    };
+    ota_server::events::ensure_topic(&kafka, &kafka.topic)
+        .await
+        .unwrap();
+    let received = app.state.vehicle_channel.counts().received;
+    for sequence in 1..=HELD {
+        let phase = if sequence == HELD {
+            ProgressPhase::Installed
+        } else {
+            ProgressPhase::Downloading
+        };
+        let message = progress(key, vid, deployment, sequence, phase);
+        client.publish(vid, Channel::Progress, message).await;
+    }
+    // The server holds a full window of progress it cannot write.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while app.state.vehicle_channel.counts().received < received + 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server received {} progress messages within 30 s",
+            app.state.vehicle_channel.counts().received - received
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status_of(&app, vid, deployment).await,
+        DeploymentStatus::Assigned,
+        "nothing reached the database while Kafka is unreachable"
+    );
+    // A check-in now is answered (`expect` fails after 15 s).
+    let again = signed_checkin(key, &checkin(vid, Some(("1.0.0", b"old")), 0));
+    client
+        .expect(
+            &topic(vid, Channel::Directive),
+            Some((vid, Channel::CheckIn, &again)),
+        )
+        .await;
+
+    proxy.up(brokers.clone()).await;
+    wait_status(&app, vid, deployment, DeploymentStatus::Installed).await;
+    // Batches retried apart may land in any order: read until all of them are there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let sequences = loop {
+        let records = topic_records(&brokers, &kafka.topic, 1).await;
+        let mut sequences: Vec<u64> = records
+            .iter()
+            .filter(|(record_key, _)| record_key == vid)
+            .map(|(_, value)| decode_event(value).expect("a valid record").0.sequence)
+            .collect();
+        sequences.sort_unstable();
+        if sequences.len() >= HELD as usize || tokio::time::Instant::now() > deadline {
+            break sequences;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        sequences,
+        (1..=HELD).collect::<Vec<_>>(),
+        "every held event written once"
+    );
+    app.stop().await;
+}

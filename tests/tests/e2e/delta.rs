@@ -815,20 +815,17 @@ fn handmade(old: &[u8], controls: &[Control], diff: &[u8], extra: &[u8], target:
         target_len: target.len() as u64,
         target_sha256: Sha256::digest(target).into(),
     };
-    let segment = SegmentHeader {
-        target_len: (diff.len() + extra.len()) as u32,
-        control_len: control.len() as u32,
-        control_zlen: frames[0].len() as u32,
-        extra_len: extra.len() as u32,
-        extra_zlen: frames[1].len() as u32,
-        diff_len: diff.len() as u32,
-        runs_len: runs.len() as u32,
-        runs_zlen: frames[2].len() as u32,
-        codes_len: codes.len() as u32,
-        codes_zlen: frames[3].len() as u32,
-        extra_prefix_start: 0,
-        extra_prefix_len: 0,
-    };
+    let segment = SegmentHeader::for_streams(
+        diff.len() as u32,
+        [
+            control.len() as u32,
+            extra.len() as u32,
+            runs.len() as u32,
+            codes.len() as u32,
+        ],
+        frames.each_ref().map(|f| f.len() as u32),
+        (0, 0),
+    );
     [
         &header.encode()[..],
         &segment.encode()[..],
