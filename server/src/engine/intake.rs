@@ -103,6 +103,34 @@ fn device_key(public_key_hex: &str) -> Result<PublicKey, Rejected> {
         .ok_or(Rejected::Message(MessageError::BadSignature))
 }
 
+/// Most device keys [`KeyMemo`] holds; past it, it starts again empty.
+const KEY_MEMO_CAPACITY: usize = 1 << 18;
+
+/// Parsed device keys by their stored text. Parsing one decompresses a curve point
+/// (about a tenth of a signature check); every message from the vehicle needs it. A
+/// memo of a pure function: a rotated key is different text, so nothing goes stale.
+#[derive(Default)]
+pub(super) struct KeyMemo {
+    keys: std::sync::Mutex<HashMap<String, PublicKey>>,
+}
+
+impl KeyMemo {
+    fn get(&self, public_key_hex: &str) -> Result<PublicKey, Rejected> {
+        let lock = || self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = lock().get(public_key_hex) {
+            return Ok(*key);
+        }
+        // Parsed outside the lock; a key that does not parse is not kept.
+        let key = device_key(public_key_hex)?;
+        let mut keys = lock();
+        if keys.len() >= KEY_MEMO_CAPACITY {
+            keys.clear();
+        }
+        keys.insert(public_key_hex.to_owned(), key);
+        Ok(key)
+    }
+}
+
 impl Engine {
     async fn registered(&self, vehicle_id: &str) -> Result<VehicleRecord, Rejected> {
         match self.inner.store.get_vehicle(vehicle_id).await {
@@ -129,7 +157,7 @@ impl Engine {
         let checkin: CheckIn = open_message(
             bytes,
             PAYLOAD_TYPE_CHECKIN,
-            &device_key(&vehicle.public_key)?,
+            &self.inner.device_keys.get(&vehicle.public_key)?,
         )?;
         check_fresh(
             checkin.sent_at,
@@ -187,7 +215,7 @@ impl Engine {
                     Some(k) if k.decommissioned => {
                         return Err(Rejected::Decommissioned((*vehicle).to_owned()))
                     }
-                    Some(k) => device_key(&k.public_key)?,
+                    Some(k) => self.inner.device_keys.get(&k.public_key)?,
                 };
                 Ok(open_message(bytes, PAYLOAD_TYPE_PROGRESS, &key)?)
             })
@@ -299,6 +327,29 @@ mod tests {
     use super::*;
     use ota_core::key::SigningKey;
     use ota_core::protocol::{sign_message, TrustedVersions};
+
+    #[test]
+    fn the_key_memo_answers_as_parsing_does_and_keeps_no_bad_key() {
+        let memo = KeyMemo::default();
+        let first = SigningKey::from_seed(&[1; 32]).public_key();
+        let rotated = SigningKey::from_seed(&[2; 32]).public_key();
+        for _ in 0..2 {
+            assert_eq!(memo.get(&first.to_hex()).unwrap(), first);
+            assert_eq!(memo.get(&rotated.to_hex()).unwrap(), rotated);
+        }
+        // Not hex, not lower-case hex, of small order (the identity): refused each
+        // time, never kept.
+        let identity = "01".to_owned() + &"00".repeat(31);
+        for bad in ["zz", &first.to_hex().to_uppercase(), &identity] {
+            for _ in 0..2 {
+                assert!(matches!(
+                    memo.get(bad),
+                    Err(Rejected::Message(MessageError::BadSignature))
+                ));
+            }
+        }
+        assert_eq!(memo.keys.lock().unwrap().len(), 2);
+    }
 
     fn checkin(vehicle: &str) -> Vec<u8> {
         let key = SigningKey::from_seed(&[7; 32]);

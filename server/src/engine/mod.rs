@@ -61,6 +61,8 @@ struct Inner {
     outbox: Outbox,
     jobs: Arc<Notify>,
     snapshot: assign::SnapshotCache,
+    /// Device keys already parsed (a curve point decompression per message otherwise).
+    device_keys: intake::KeyMemo,
     /// Check-in writes, batched per transaction.
     checkins: group_commit::CheckinWriter,
     assignments: group_commit::AssignmentWriter,
@@ -122,6 +124,7 @@ impl Engine {
                 outbox,
                 jobs,
                 snapshot: assign::SnapshotCache::default(),
+                device_keys: intake::KeyMemo::default(),
                 checkins,
                 assignments,
                 rollout_relay,
