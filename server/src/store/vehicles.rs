@@ -226,40 +226,13 @@ impl Store {
         .bind(id)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|row| {
-                let sha: Option<String> = row.try_get("installed_sha256")?;
-                Ok(EcuRecord {
-                    ecu: row.try_get("ecu")?,
-                    hardware_id: row.try_get("hardware_id")?,
-                    installed_version: row.try_get("installed_version")?,
-                    installed_sha256: optional_digest("ecu installed_sha256", sha)?,
-                    installed_length: row
-                        .try_get::<Option<i64>, _>("installed_length")?
-                        .map(|l| l.max(0) as u64),
-                })
-            })
-            .collect()
+        rows.iter().map(ecu_from_row).collect()
     }
 
     pub(super) async fn vehicle_from_row(&self, row: &AnyRow) -> Result<VehicleRecord, StoreError> {
         let id: String = row.try_get("id")?;
-        let tags: String = row.try_get("tags")?;
-        Ok(VehicleRecord {
-            ecus: self.vehicle_ecus(&id).await?,
-            id,
-            public_key: row.try_get("public_key")?,
-            tags: super::parse_json("vehicle tags", &tags)?,
-            created_at: ms_to_rfc3339(row.try_get("created_ms")?),
-            last_seen_at: row
-                .try_get::<Option<i64>, _>("last_seen_ms")?
-                .map(ms_to_rfc3339),
-            agent_state: row.try_get("agent_state")?,
-            director_version: row.try_get::<i64, _>("director_version")?.max(0) as u64,
-            decommissioned_at: row
-                .try_get::<Option<i64>, _>("decommissioned_ms")?
-                .map(ms_to_rfc3339),
-        })
+        let ecus = self.vehicle_ecus(&id).await?;
+        vehicle_with_ecus(row, ecus)
     }
 
     /// What verifying a vehicle's messages needs, for many vehicles in one query
@@ -288,16 +261,32 @@ impl Store {
         .collect()
     }
 
+    /// The vehicle with its ECUs, in one query (every check-in reads it).
     pub async fn get_vehicle(&self, id: &str) -> Result<VehicleRecord, StoreError> {
-        let row = sqlx::query("SELECT * FROM vehicles WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
+        let rows = sqlx::query(
+            "SELECT v.id, v.public_key, v.tags, v.created_ms, v.last_seen_ms, v.agent_state, \
+               v.director_version, v.decommissioned_ms, e.ecu, e.hardware_id, \
+               e.installed_version, e.installed_sha256, e.installed_length \
+             FROM vehicles v LEFT JOIN vehicle_ecus e ON e.vehicle_id = v.id \
+             WHERE v.id = $1 ORDER BY e.ecu",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
+        let Some(first) = rows.first() else {
+            return Err(StoreError::NotFound {
                 entity: "vehicle",
                 id: id.to_owned(),
-            })?;
-        self.vehicle_from_row(&row).await
+            });
+        };
+        // A vehicle without ECUs comes as one row whose ECU columns are NULL.
+        let mut ecus = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<String>, _>("ecu")?.is_some() {
+                ecus.push(ecu_from_row(row)?);
+            }
+        }
+        vehicle_with_ecus(first, ecus)
     }
 
     pub async fn list_vehicles(
@@ -381,6 +370,40 @@ impl Store {
         tx.commit().await?;
         Ok(results)
     }
+}
+
+/// One ECU from a row of `vehicle_ecus` columns.
+fn ecu_from_row(row: &AnyRow) -> Result<EcuRecord, StoreError> {
+    let sha: Option<String> = row.try_get("installed_sha256")?;
+    Ok(EcuRecord {
+        ecu: row.try_get("ecu")?,
+        hardware_id: row.try_get("hardware_id")?,
+        installed_version: row.try_get("installed_version")?,
+        installed_sha256: optional_digest("ecu installed_sha256", sha)?,
+        installed_length: row
+            .try_get::<Option<i64>, _>("installed_length")?
+            .map(|l| l.max(0) as u64),
+    })
+}
+
+/// A vehicle from a row of `vehicles` columns and its ECUs.
+fn vehicle_with_ecus(row: &AnyRow, ecus: Vec<EcuRecord>) -> Result<VehicleRecord, StoreError> {
+    let tags: String = row.try_get("tags")?;
+    Ok(VehicleRecord {
+        ecus,
+        id: row.try_get("id")?,
+        public_key: row.try_get("public_key")?,
+        tags: super::parse_json("vehicle tags", &tags)?,
+        created_at: ms_to_rfc3339(row.try_get("created_ms")?),
+        last_seen_at: row
+            .try_get::<Option<i64>, _>("last_seen_ms")?
+            .map(ms_to_rfc3339),
+        agent_state: row.try_get("agent_state")?,
+        director_version: row.try_get::<i64, _>("director_version")?.max(0) as u64,
+        decommissioned_at: row
+            .try_get::<Option<i64>, _>("decommissioned_ms")?
+            .map(ms_to_rfc3339),
+    })
 }
 
 /// One check-in to record (see [`Store::record_checkin`]).

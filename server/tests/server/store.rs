@@ -319,6 +319,44 @@ async fn vehicles_checkins_and_director_versions(backend: Backend) {
             .await,
         Err(StoreError::NotFound { .. })
     ));
+    // One read gives a vehicle with all its ECUs in order, or with none, as listing
+    // (a read per vehicle and one per vehicle's ECUs) does.
+    for (id, ecus) in [
+        ("veh-many", vec!["telematics", "body", "main"]),
+        ("veh-none", vec![]),
+    ] {
+        store
+            .insert_vehicle(
+                &actor(),
+                NewVehicle {
+                    id: id.into(),
+                    public_key: device_key().public_key().to_hex(),
+                    tags: vec![],
+                    ecus: ecus
+                        .iter()
+                        .map(|e| (e.to_string(), format!("hw-{e}")))
+                        .collect(),
+                },
+            )
+            .await
+            .unwrap();
+        let one = store.get_vehicle(id).await.unwrap();
+        let mut expected: Vec<&str> = ecus.clone();
+        expected.sort_unstable();
+        assert_eq!(
+            one.ecus.iter().map(|e| e.ecu.as_str()).collect::<Vec<_>>(),
+            expected
+        );
+        assert!(one.ecus.iter().all(|e| e.hardware_id == format!("hw-{}", e.ecu)));
+        let listed = store
+            .list_vehicles(&VehicleFilter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|v| v.id == id)
+            .unwrap();
+        assert_eq!(format!("{one:?}"), format!("{listed:?}"));
+    }
     if let Some(db) = db {
         db.drop_now().await;
     }

@@ -478,6 +478,7 @@ pub struct Setup<'a> {
     pub breaker_trials: usize,
     pub breaker_slice: usize,
     pub breaker_failures: usize,
+    pub breaker_action: BreakerAction,
     /// Progress events published and not yet taken by the gateway, at most.
     pub progress_window: usize,
 }
@@ -798,7 +799,34 @@ async fn pause(
     Ok(result)
 }
 
-/// Breaker trials, each a new rollout (abort policy) over the slice: every vehicle is
+/// A breaker trial's rollout policy (`abort_criteria.action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BreakerAction {
+    Pause,
+    Abort,
+    Rollback,
+}
+
+impl BreakerAction {
+    fn action(self) -> &'static str {
+        match self {
+            BreakerAction::Pause => "pause",
+            BreakerAction::Abort => "abort",
+            BreakerAction::Rollback => "rollback",
+        }
+    }
+
+    /// The rollout's state once its breaker opened.
+    fn halted_state(self) -> &'static str {
+        match self {
+            BreakerAction::Pause => "paused",
+            BreakerAction::Abort => "aborted",
+            BreakerAction::Rollback => "rolled_back",
+        }
+    }
+}
+
+/// Breaker trials, each a new rollout (policy `--breaker-action`) over the slice: every vehicle is
 /// assigned, `failures - 1` report `failed`, the others `downloading`; once the consumer
 /// applied those, the last failing vehicle's `failed` crosses the threshold. Measured:
 /// its publish → each `downloading` vehicle's `cancel`.
@@ -847,7 +875,8 @@ async fn breaker(setup: &Setup<'_>, link: &Link, slice_base: usize) -> Result<Tr
                         "rate_limit": { "maximum_per_minute": 4_000_000_000u32 },
                         "abort_criteria": { "failure_type": "all", "threshold_percentage": 50,
                                             "min_number_of_executed_things": failures,
-                                            "action": "abort", "in_progress_timeout_seconds": null } }),
+                                            "action": setup.breaker_action.action(),
+                                            "in_progress_timeout_seconds": null } }),
             )
             .await?;
         let rollout = rollout["id"]
@@ -939,8 +968,14 @@ async fn breaker(setup: &Setup<'_>, link: &Link, slice_base: usize) -> Result<Tr
                 .collect()
         };
         let state = api.get(&format!("/api/v1/rollouts/{rollout}")).await?;
-        if state["state"] != "aborted" || state["breaker_state"] != "open" {
+        if state["state"] != setup.breaker_action.halted_state() || state["breaker_state"] != "open"
+        {
             bail!("breaker trial {trial}: cancels received but the rollout is {state}");
+        }
+        if setup.breaker_action == BreakerAction::Pause {
+            // A paused rollout still holds its vehicles: the next trial needs them.
+            api.post(&format!("/api/v1/rollouts/{rollout}/abort"), json!({}))
+                .await?;
         }
         result.expected += expected as u64;
         result.received += latencies.len() as u64;

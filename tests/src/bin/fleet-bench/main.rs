@@ -160,6 +160,10 @@ struct Args {
     /// the last of them is the threshold-crossing event.
     #[arg(long, default_value_t = 5)]
     breaker_failures: usize,
+    /// What the breaker trials' rollouts do when their breaker opens (the cancels to
+    /// vehicles not yet installing come first whatever it is).
+    #[arg(long, value_enum, default_value_t = durable::BreakerAction::Abort)]
+    breaker_action: durable::BreakerAction,
 }
 
 impl Args {
@@ -471,6 +475,7 @@ async fn configuration(
                         breaker_trials: args.breaker_trials,
                         breaker_slice: args.breaker_slice,
                         breaker_failures: args.breaker_failures,
+                        breaker_action: args.breaker_action,
                         progress_window: args.progress_window,
                     };
                     Some(durable::run(&setup).await.with_context(|| {
