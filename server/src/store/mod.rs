@@ -11,6 +11,7 @@
 //! API call writes its audit entry in the same transaction as the change.
 
 mod audit;
+mod checkins;
 mod deletions;
 mod deltas;
 mod deployments;
@@ -110,7 +111,60 @@ pub(crate) fn placeholders(n: usize) -> String {
         .join(", ")
 }
 
+/// `UPDATE table SET c = CASE id WHEN $i THEN $v … END, …{also} WHERE id IN (…)` for
+/// `rows` rows: row k's parameters start at `first + k * (columns.len() + 1)`, its id
+/// first, then one per column in order. One statement sets each row to its own values.
+pub(crate) fn update_by_id_sql(
+    table: &str,
+    columns: &[&str],
+    also: &str,
+    rows: usize,
+    first: usize,
+) -> String {
+    let param = |k: usize, field: usize| format!("${}", first + k * (columns.len() + 1) + field);
+    let set: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, column)| {
+            let arms: String = (0..rows)
+                .map(|k| format!(" WHEN {} THEN {}", param(k, 0), param(k, i + 1)))
+                .collect();
+            format!("{column} = CASE id{arms} END")
+        })
+        .collect();
+    let ids: Vec<String> = (0..rows).map(|k| param(k, 0)).collect();
+    format!(
+        "UPDATE {table} SET {}{also} WHERE id IN ({})",
+        set.join(", "),
+        ids.join(", ")
+    )
+}
+
 impl Store {
+    /// The rows of `select` (`SELECT … FROM table WHERE id IN`) for `ids`, inside `tx`,
+    /// locked until it ends: PostgreSQL locks the rows read, in id order (two writers
+    /// never deadlock); SQLite's write lock is held from `BEGIN IMMEDIATE` anyway.
+    /// Nothing changes them between a plan made from them and its writes.
+    pub(crate) async fn locked_by_id(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        select: &str,
+        mut ids: Vec<&str>,
+    ) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+        ids.sort_unstable();
+        ids.dedup();
+        let lock = match self.backend {
+            Backend::Postgres => " ORDER BY id FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let sql = format!("{select} ({}){lock}", placeholders(ids.len()));
+        let mut query = sqlx::query(&sql);
+        for id in &ids {
+            query = query.bind(*id);
+        }
+        Ok(query.fetch_all(&mut **tx).await?)
+    }
+
     /// The rows of `select` (a query ending in `WHERE <column> IN`) for `ids`, in one
     /// round trip; no ids, no query.
     pub(crate) async fn fetch_in(

@@ -5,7 +5,7 @@
 
 use super::deployments::{Event, VEHICLE};
 use super::rollouts::{corrupt, DeploymentUpdate};
-use super::{Backend, Store, StoreError};
+use super::{Store, StoreError};
 use crate::director::DeploymentStatus;
 use sqlx::{Any, Row, Transaction};
 use std::collections::HashMap;
@@ -105,26 +105,17 @@ impl Store {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids: Vec<&str> = updates.iter().map(|u| u.deployment_id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        // SQLite's write lock is held from `BEGIN IMMEDIATE`; PostgreSQL locks the rows
-        // read, so nothing changes them between the plan and the writes.
         let mut tx = self.begin().await?;
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "SELECT id, vehicle_id, status, last_sequence FROM deployments WHERE id IN ({}){lock}",
-            super::placeholders(ids.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for id in &ids {
-            query = query.bind(*id);
-        }
-        let mut current = HashMap::with_capacity(ids.len());
-        for row in query.fetch_all(&mut *tx).await? {
+        let ids = updates.iter().map(|u| u.deployment_id).collect();
+        let rows = self
+            .locked_by_id(
+                &mut tx,
+                "SELECT id, vehicle_id, status, last_sequence FROM deployments WHERE id IN",
+                ids,
+            )
+            .await?;
+        let mut current = HashMap::with_capacity(rows.len());
+        for row in rows {
             let status: String = row.try_get("status")?;
             current.insert(
                 row.try_get::<String, _>("id")?,
@@ -154,23 +145,13 @@ async fn update_rows(
     rows: &[Final<'_>],
     now: i64,
 ) -> Result<(), StoreError> {
-    // Parameters: $1 = now, then per row k (0-based) id $4k+2, status $4k+3,
-    // sequence $4k+4, reason $4k+5.
-    let param = |k: usize, field: usize| format!("${}", 4 * k + 2 + field);
-    let case = |field: usize| {
-        let arms: String = (0..rows.len())
-            .map(|k| format!(" WHEN {} THEN {}", param(k, 0), param(k, field)))
-            .collect();
-        format!("CASE id{arms} END")
-    };
-    let ids: Vec<String> = (0..rows.len()).map(|k| param(k, 0)).collect();
-    let sql = format!(
-        "UPDATE deployments SET status = {}, last_sequence = {}, reason_code = {}, updated_ms = $1 \
-         WHERE id IN ({})",
-        case(1),
-        case(2),
-        case(3),
-        ids.join(", ")
+    // Parameters: $1 = now, then per row: id, status, sequence, reason.
+    let sql = super::update_by_id_sql(
+        "deployments",
+        &["status", "last_sequence", "reason_code"],
+        ", updated_ms = $1",
+        rows.len(),
+        2,
     );
     let mut query = sqlx::query(&sql).bind(now);
     for row in rows {

@@ -3,7 +3,7 @@
 use super::{audit, conflict_or, ms_to_rfc3339, now_ms, optional_digest, Actor, Store, StoreError};
 use ota_core::encoding::Sha256Digest;
 use ota_core::metadata::TargetsBinding;
-use ota_core::protocol::{CheckIn, InstalledImage};
+use ota_core::protocol::{CheckIn, EcuReport, InstalledImage};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -345,30 +345,15 @@ impl Store {
         known: &[EcuRecord],
         now: i64,
     ) -> Result<Option<u64>, StoreError> {
-        let mut tx = self.begin().await?;
-        let recorded = record_checkin_in(&mut tx, checkin, known, now).await?;
-        if recorded.is_ok() {
-            tx.commit().await?;
-        }
-        recorded
-    }
-
-    /// Records several check-ins in one transaction (group commit: one commit, so one
-    /// WAL flush, for the batch), in the order given. The outer error is a database
-    /// failure, after which nothing of the batch was written; the inner results are
-    /// each check-in's own (`None` for a replay, `NotFound` for an unknown vehicle).
-    pub async fn record_checkins(
-        &self,
-        batch: &[CheckinWrite],
-    ) -> Result<Vec<Result<Option<u64>, StoreError>>, StoreError> {
-        let mut tx = self.begin().await?;
-        let mut results = Vec::with_capacity(batch.len());
-        for write in batch {
-            results
-                .push(record_checkin_in(&mut tx, &write.checkin, &write.known, write.now).await?);
-        }
-        tx.commit().await?;
-        Ok(results)
+        let write = CheckinWrite {
+            checkin: checkin.clone(),
+            known: known.to_vec(),
+            now,
+        };
+        self.record_checkins(std::slice::from_ref(&write))
+            .await?
+            .pop()
+            .unwrap_or(Ok(None))
     }
 }
 
@@ -414,15 +399,9 @@ pub struct CheckinWrite {
     pub now: i64,
 }
 
-/// [`Store::record_checkin`] inside `tx`: the outer error is a database failure (the
-/// transaction is then unusable), the inner one the check-in's own.
-async fn record_checkin_in(
-    tx: &mut Transaction<'static, Any>,
-    checkin: &CheckIn,
-    known: &[EcuRecord],
-    now: i64,
-) -> Result<Result<Option<u64>, StoreError>, StoreError> {
-    let changed: Vec<_> = checkin
+/// The ECUs whose reported image differs from what was stored (`known`).
+pub(super) fn changed_ecus<'a>(checkin: &'a CheckIn, known: &[EcuRecord]) -> Vec<&'a EcuReport> {
+    checkin
         .ecus
         .iter()
         .filter(|report| {
@@ -430,61 +409,35 @@ async fn record_checkin_in(
                 k.ecu == report.ecu && k.installed() != report.installed.as_ref().map(image_key)
             })
         })
-        .collect();
-    let sent_ms = checkin.sent_at.unix_seconds().saturating_mul(1000);
-    let row = sqlx::query(
-        "UPDATE vehicles SET last_seen_ms = $1, agent_state = $2, \
-         last_checkin_sent_ms = $3, last_checkin_nonce = $4, director_version = \
-           CASE WHEN director_version > $5 THEN director_version + 1 ELSE $5 + 1 END \
-         WHERE id = $6 AND (last_checkin_sent_ms IS NULL OR last_checkin_sent_ms < $3 \
-         OR (last_checkin_sent_ms = $3 AND last_checkin_nonce <> $4)) \
-         RETURNING director_version",
-    )
-    .bind(now)
-    .bind(&checkin.agent_state)
-    .bind(sent_ms)
-    .bind(&checkin.nonce)
-    .bind(checkin.trusted.director.min(i64::MAX as u64 - 1) as i64)
-    .bind(&checkin.vehicle_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(row) = row else {
-        let exists = sqlx::query("SELECT id FROM vehicles WHERE id = $1")
-            .bind(&checkin.vehicle_id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .is_some();
-        if exists {
-            return Ok(Ok(None));
-        }
-        return Ok(Err(StoreError::NotFound {
-            entity: "vehicle",
-            id: checkin.vehicle_id.clone(),
-        }));
+        .collect()
+}
+
+/// Stores what one ECU reported it runs.
+pub(super) async fn update_ecu(
+    tx: &mut Transaction<'static, Any>,
+    vehicle_id: &str,
+    ecu: &EcuReport,
+) -> Result<(), StoreError> {
+    let (version, sha, length) = match &ecu.installed {
+        Some(i) => (
+            Some(i.version.clone()),
+            Some(i.sha256.to_hex()),
+            Some(i.length as i64),
+        ),
+        None => (None, None, None),
     };
-    let version = row.try_get::<i64, _>("director_version")?.max(0) as u64;
-    for ecu in changed {
-        let (version, sha, length) = match &ecu.installed {
-            Some(i) => (
-                Some(i.version.clone()),
-                Some(i.sha256.to_hex()),
-                Some(i.length as i64),
-            ),
-            None => (None, None, None),
-        };
-        sqlx::query(
-            "UPDATE vehicle_ecus SET installed_version = $1, installed_sha256 = $2, installed_length = $3 \
-             WHERE vehicle_id = $4 AND ecu = $5",
-        )
-        .bind(version)
-        .bind(sha)
-        .bind(length)
-        .bind(&checkin.vehicle_id)
-        .bind(&ecu.ecu)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(Ok(Some(version)))
+    sqlx::query(
+        "UPDATE vehicle_ecus SET installed_version = $1, installed_sha256 = $2, installed_length = $3 \
+         WHERE vehicle_id = $4 AND ecu = $5",
+    )
+    .bind(version)
+    .bind(sha)
+    .bind(length)
+    .bind(vehicle_id)
+    .bind(&ecu.ecu)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 impl Store {

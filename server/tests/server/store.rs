@@ -347,7 +347,10 @@ async fn vehicles_checkins_and_director_versions(backend: Backend) {
             one.ecus.iter().map(|e| e.ecu.as_str()).collect::<Vec<_>>(),
             expected
         );
-        assert!(one.ecus.iter().all(|e| e.hardware_id == format!("hw-{}", e.ecu)));
+        assert!(one
+            .ecus
+            .iter()
+            .all(|e| e.hardware_id == format!("hw-{}", e.ecu)));
         let listed = store
             .list_vehicles(&VehicleFilter::default())
             .await
