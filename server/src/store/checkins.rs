@@ -294,8 +294,9 @@ mod tests {
         assert_eq!(plan.finals[1].director_version, 11);
     }
 
-    /// The single-row rule as its SQL states it (`record_checkin`), one check-in at a
-    /// time against a table.
+    /// The single-row rule as the `UPDATE … WHERE … RETURNING` that `record_checkin`
+    /// ran until this module replaced it stated it, one check-in at a time against a
+    /// table: the oracle the batch plan is held to.
     fn one_at_a_time(table: &mut HashMap<String, Current>, a: &Arrival<'_>) -> Outcome {
         let Some(row) = table.get_mut(a.vehicle_id) else {
             return Outcome::Unknown;
