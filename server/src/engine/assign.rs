@@ -10,13 +10,13 @@
 //! assigned something or proves a commit. Other replicas' changes are seen within
 //! [`SNAPSHOT_MS`].
 
-use super::{timestamp, Engine, NowMs, Rejected};
+use super::{Engine, NowMs};
 use crate::director::{
-    self, DeltaBlob, DeploymentStatus, Directive, DirectorInput, DirectorIssue, EcuView,
-    ExistingDeployment, RollbackCandidate, RollbackStep, RolloutView, TargetView, VehicleView,
+    self, DeltaBlob, DeploymentStatus, Directive, DirectorInput, EcuView, ExistingDeployment,
+    RollbackCandidate, RollbackStep, RolloutView, TargetView, VehicleView,
 };
 use crate::rollout::{effective_rate_per_minute, RolloutState};
-use crate::store::{DeploymentRecord, RolloutRecord, StoreError, VehicleRecord};
+use crate::store::{AssignmentWrite, DeploymentRecord, RolloutRecord, StoreError, VehicleRecord};
 use ota_core::encoding::Sha256Digest;
 use ota_core::metadata::TargetsBinding;
 use ota_core::protocol::CheckIn;
@@ -290,64 +290,19 @@ impl Engine {
         Ok(snapshot)
     }
 
-    /// Verifies and applies a check-in; returns the signed directive's wire bytes.
-    pub async fn handle_checkin(
-        &self,
-        topic_vehicle: &str,
-        bytes: &[u8],
-        now: NowMs,
-    ) -> Result<Vec<u8>, Rejected> {
-        let (vehicle, checkin) = self.verify_checkin(topic_vehicle, bytes, now).await?;
-        let Some(version) = self
-            .inner
-            .checkins
-            .record(crate::store::CheckinWrite {
-                checkin: checkin.clone(),
-                known: vehicle.ecus.clone(),
-                now,
-            })
-            .await?
-        else {
-            return Err(Rejected::Replayed {
-                nonce: checkin.nonce,
-            });
-        };
-        let view = reported_view(&vehicle, &checkin);
-        let snapshot = self.snapshot(now).await?;
-        let directive = self.decide_and_record(&view, &snapshot, now).await?;
-        let envelope = director::sign_directive(
-            &directive,
-            &vehicle.id,
-            DirectorIssue {
-                version,
-                targets: snapshot.targets,
-            },
-            timestamp(now),
-            self.inner.settings.director.expiry_seconds,
-            &self.inner.keys.director,
-        );
-        let outcome = match &directive {
-            Directive::Nothing { .. } => "nothing",
-            Directive::Assign {
-                new_deployments, ..
-            } if new_deployments.is_empty() => "resent",
-            Directive::Assign { .. } => "assigned",
-        };
-        metrics::counter!("ota_directives_total", "outcome" => outcome).increment(1);
-        Ok(envelope.to_json_bytes())
-    }
-
-    /// Decides for one vehicle and records what the decision implies: deployments
-    /// committed (the vehicle runs the target), rolled back (it runs its previous image
-    /// again), and newly assigned.
-    async fn decide_and_record(
+    /// Decides for one vehicle, given its deployments, and records what the decision
+    /// implies about them: deployments committed (the vehicle runs the target) and
+    /// rolled back (it runs its previous image again). New deployments are returned to
+    /// be recorded (with others, [`Engine::handle_checkins`]); they already count
+    /// against their rollout's rate limit.
+    pub(super) async fn decide(
         &self,
         vehicle: &VehicleView,
+        mut deployments: Vec<DeploymentRecord>,
         snapshot: &Snapshot,
         now: NowMs,
-    ) -> Result<Directive, StoreError> {
+    ) -> Result<(Directive, Option<AssignmentWrite>), StoreError> {
         let store = &self.inner.store;
-        let mut deployments = store.deployments_for_vehicle(&vehicle.id).await?;
         let poll_seconds = self.inner.settings.director.poll_seconds;
         let input = |rollouts| DirectorInput {
             vehicle,
@@ -389,13 +344,14 @@ impl Engine {
                 }
             }
             if let Some((rollout_id, phase)) = first {
-                return Ok(Directive::Assign {
+                let directive = Directive::Assign {
                     rollout_id,
                     phase,
                     assignments,
                     new_deployments: Vec::new(),
                     next_poll_seconds: poll_seconds,
-                });
+                };
+                return Ok((directive, None));
             }
         }
         let proven: Vec<String> = proven_commits(vehicle, &deployments, &snapshot.active)
@@ -421,29 +377,27 @@ impl Engine {
         }
         let views = rollout_views(snapshot, &deployments);
         let directive = director::decide(&input(&views));
-        if let Directive::Assign {
-            rollout_id,
-            phase,
-            new_deployments,
-            ..
-        } = &directive
-        {
-            if !new_deployments.is_empty() {
-                self.inner
-                    .assignments
-                    .record(crate::store::AssignmentWrite {
-                        rollout_id: rollout_id.clone(),
-                        vehicle_id: vehicle.id.clone(),
-                        phase: *phase,
-                        new: new_deployments.clone(),
-                        now,
-                    })
-                    .await?;
+        let assignment = match &directive {
+            Directive::Assign {
+                rollout_id,
+                phase,
+                new_deployments,
+                ..
+            } if !new_deployments.is_empty() => {
+                // Counted now, so the next vehicle of the batch sees it.
                 if let Some(r) = snapshot.active.iter().find(|r| &r.record.id == rollout_id) {
                     r.started_since.fetch_add(1, Ordering::Relaxed);
                 }
+                Some(AssignmentWrite {
+                    rollout_id: rollout_id.clone(),
+                    vehicle_id: vehicle.id.clone(),
+                    phase: *phase,
+                    new: new_deployments.clone(),
+                    now,
+                })
             }
-        }
-        Ok(directive)
+            _ => None,
+        };
+        Ok((directive, assignment))
     }
 }

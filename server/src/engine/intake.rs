@@ -36,6 +36,9 @@ pub enum Rejected {
     Decommissioned(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A store failure that stopped a whole batch of messages, this one among them.
+    #[error("{0}")]
+    StoreBatch(std::sync::Arc<StoreError>),
 }
 
 impl Rejected {
@@ -49,7 +52,7 @@ impl Rejected {
             Rejected::Stale { .. } => "stale",
             Rejected::Replayed { .. } => "replayed",
             Rejected::Decommissioned(_) => "decommissioned",
-            Rejected::Store(_) => "store_error",
+            Rejected::Store(_) | Rejected::StoreBatch(_) => "store_error",
         }
     }
 }
@@ -132,19 +135,6 @@ impl KeyMemo {
 }
 
 impl Engine {
-    async fn registered(&self, vehicle_id: &str) -> Result<VehicleRecord, Rejected> {
-        match self.inner.store.get_vehicle(vehicle_id).await {
-            Ok(v) if v.decommissioned_at.is_some() => {
-                Err(Rejected::Decommissioned(vehicle_id.to_owned()))
-            }
-            Ok(v) => Ok(v),
-            Err(StoreError::NotFound { .. }) => {
-                Err(Rejected::UnknownVehicle(vehicle_id.to_owned()))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// A verified, fresh check-in from a registered vehicle, with its stored record.
     pub async fn verify_checkin(
         &self,
@@ -152,25 +142,60 @@ impl Engine {
         bytes: &[u8],
         now: NowMs,
     ) -> Result<(VehicleRecord, CheckIn), Rejected> {
-        check_topic(topic_vehicle, bytes)?;
-        let vehicle = self.registered(topic_vehicle).await?;
-        let checkin: CheckIn = open_message(
-            bytes,
-            PAYLOAD_TYPE_CHECKIN,
-            &self.inner.device_keys.get(&vehicle.public_key)?,
-        )?;
-        check_fresh(
-            checkin.sent_at,
-            now,
-            self.inner.settings.director.expiry_seconds,
-        )?;
-        if checkin.vehicle_id != vehicle.id {
-            return Err(Rejected::TopicMismatch {
-                topic: vehicle.id,
-                claimed: checkin.vehicle_id,
-            });
-        }
-        Ok((vehicle, checkin))
+        self.verify_checkins(&[(topic_vehicle, bytes)], now)
+            .await?
+            .remove(0)
+    }
+
+    /// Verifies many check-ins, each `(topic vehicle, signed bytes)`, with one store read
+    /// in all (the vehicles with their ECUs): each gets the answer
+    /// [`Engine::verify_checkin`] gives it alone. `Err` only for a store failure.
+    pub async fn verify_checkins(
+        &self,
+        messages: &[(&str, &[u8])],
+        now: NowMs,
+    ) -> Result<Vec<Result<(VehicleRecord, CheckIn), Rejected>>, StoreError> {
+        let claimed: Vec<Result<(), Rejected>> = messages
+            .iter()
+            .map(|(topic, bytes)| check_topic(topic, bytes))
+            .collect();
+        let mut ids: Vec<&str> = messages
+            .iter()
+            .zip(&claimed)
+            .filter(|(_, claimed)| claimed.is_ok())
+            .map(|((vehicle, _), _)| *vehicle)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let vehicles = self.inner.store.vehicles_by_ids(&ids).await?;
+        let window_seconds = self.inner.settings.director.expiry_seconds;
+        Ok(messages
+            .iter()
+            .zip(claimed)
+            .map(|((topic, bytes), claimed)| {
+                claimed?;
+                let vehicle = match vehicles.get(*topic) {
+                    None => return Err(Rejected::UnknownVehicle((*topic).to_owned())),
+                    Some(v) if v.decommissioned_at.is_some() => {
+                        return Err(Rejected::Decommissioned((*topic).to_owned()))
+                    }
+                    Some(v) => v,
+                };
+                let checkin: CheckIn = open_message(
+                    bytes,
+                    PAYLOAD_TYPE_CHECKIN,
+                    &self.inner.device_keys.get(&vehicle.public_key)?,
+                )?;
+                check_fresh(checkin.sent_at, now, window_seconds)?;
+                if checkin.vehicle_id != vehicle.id {
+                    return Err(Rejected::TopicMismatch {
+                        topic: vehicle.id.clone(),
+                        claimed: checkin.vehicle_id,
+                    });
+                }
+                Ok((vehicle.clone(), checkin))
+            })
+            .collect())
     }
 
     /// A verified progress event about one of the vehicle's own deployments.

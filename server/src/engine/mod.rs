@@ -4,6 +4,8 @@
 //! - [`intake`]: verifying vehicle messages (topic, signature, freshness, replay);
 //! - [`assign`]: answering a check-in with a directive, from a short-lived snapshot of
 //!   the active rollouts, so a check-in costs the same at 1,000 or 50,000 vehicles;
+//! - [`checkins`]: check-ins answered in batches (one read of the vehicles, one of
+//!   their deployments, group-committed writes);
 //! - [`supervise`]: breakers and phase gates, on every applied event and on a tick;
 //! - [`status`]: the rollout status read model;
 //! - [`plan`]: every rollout change, pure; [`Engine::change_rollout`] is the one path
@@ -12,6 +14,7 @@
 //! Every entry point takes `now` from its caller; nothing here reads the clock.
 
 pub mod assign;
+pub mod checkins;
 pub mod deployments;
 pub mod group_commit;
 pub mod history;

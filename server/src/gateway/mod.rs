@@ -15,6 +15,9 @@
 //!   would hold a slot of the broker's in-flight window for this client until the next
 //!   reconnect (with a clean session it is never redelivered anyway), and a full window
 //!   would stop delivery altogether. The vehicle checks in again at its poll interval.
+//! - **Check-ins are answered in batches** ([`checkins`]): one intake task per connection
+//!   waits for a free worker, then hands it everything that arrived meanwhile (≤ 128)
+//!   as one batch, so the database round trips of a check-in are shared by the batch.
 //! - **Handlers never wait on the broker.** Directives and control messages go into the
 //!   bounded [`Outbox`] with `try_send` (full: dropped, counted in `ota_mqtt_unsent_total`).
 //! - **One outbox task** moves them into rumqttc's request channel; it may wait there,
@@ -42,13 +45,14 @@
 //! broker's in-flight window for that client and the broker would stop delivering
 //! check-ins too. Without Kafka one connection ([`Link::All`]) carries everything.
 
+mod checkins;
 mod durable;
 
 use crate::ack_order::AckOrder;
 use crate::engine::Engine;
 use crate::events::EventProducer;
 use crate::settings::MqttSettings;
-use ota_core::protocol::{parse_topic, topic, Channel};
+use ota_core::protocol::{parse_topic, Channel};
 use rumqttc::{
     AsyncClient, Event, MqttOptions, NetworkOptions, Packet, Publish, QoS, SubscribeFilter,
 };
@@ -422,6 +426,8 @@ struct Lane {
     /// Set with `manual_acks`: where accepted progress messages go to be verified in
     /// batches ([`durable`]) instead of to a worker each.
     progress: Option<mpsc::UnboundedSender<durable::Accepted>>,
+    /// Where accepted check-ins go to be answered in batches ([`checkins`]).
+    checkins: mpsc::UnboundedSender<checkins::Accepted>,
     stop: CancellationToken,
 }
 
@@ -476,43 +482,24 @@ impl AckSender {
     }
 }
 
-/// Handles one check-in, or a progress message off the durable lane.
+/// Handles one progress message off the durable lane (check-ins go to [`checkins`]).
 async fn handle(lane: &Lane, topic_name: &str, payload: &[u8]) {
-    let engine = &lane.engine;
-    let outbox = &lane.outbox;
     let Some((vehicle_id, channel)) = parse_topic(topic_name) else {
         metrics::counter!("ota_vehicle_messages_dropped_total", "reason" => "bad_topic")
             .increment(1);
         return;
     };
-    match channel {
-        Channel::CheckIn => match engine
-            .handle_checkin(vehicle_id, payload, crate::engine::wall_clock_ms())
-            .await
-        {
-            Ok(directive) => {
-                metrics::counter!("ota_checkins_total", "outcome" => "accepted").increment(1);
-                outbox.send(Outgoing {
-                    topic: topic(vehicle_id, Channel::Directive),
-                    payload: directive,
-                });
-            }
-            Err(rejected) => {
-                metrics::counter!("ota_vehicle_messages_dropped_total", "reason" => rejected.label()).increment(1);
-                tracing::debug!(%rejected, "check-in dropped");
-            }
-        },
-        Channel::Progress => {
-            // On the durable lane `dispatch` hands progress to `durable` instead.
-            if let Err(rejected) = engine
-                .handle_progress(vehicle_id, payload, crate::engine::wall_clock_ms())
-                .await
-            {
-                metrics::counter!("ota_vehicle_messages_dropped_total", "reason" => rejected.label()).increment(1);
-                tracing::debug!(%rejected, "progress event dropped");
-            }
-        }
-        Channel::Directive | Channel::Control => {}
+    if channel != Channel::Progress {
+        return;
+    }
+    if let Err(rejected) = lane
+        .engine
+        .handle_progress(vehicle_id, payload, crate::engine::wall_clock_ms())
+        .await
+    {
+        metrics::counter!("ota_vehicle_messages_dropped_total", "reason" => rejected.label())
+            .increment(1);
+        tracing::debug!(%rejected, "progress event dropped");
     }
 }
 
@@ -559,10 +546,11 @@ fn dispatch(
     health.received.fetch_add(1, Ordering::Relaxed);
     // With manual acks, this message's place in the order its ack must leave in.
     let ticket = lane.manual_acks.then(|| lane.acks.order().ticket());
-    // The vehicle of a progress message (only those wait for Kafka).
-    let progress_of = match parse_topic(&publish.topic) {
-        Some((vehicle, Channel::Progress)) => Some(vehicle.to_owned()),
-        _ => None,
+    // The vehicle of a progress message (only those wait for Kafka), or of a check-in.
+    let (progress_of, checkin_of) = match parse_topic(&publish.topic) {
+        Some((vehicle, Channel::Progress)) => (Some(vehicle.to_owned()), None),
+        Some((vehicle, Channel::CheckIn)) => (None, Some(vehicle.to_owned())),
+        _ => (None, None),
     };
     let Ok(slot) = accepted.clone().try_acquire_owned() else {
         health.shed.fetch_add(1, Ordering::Relaxed);
@@ -598,15 +586,33 @@ fn dispatch(
             return;
         }
     }
+    if let Some(vehicle) = checkin_of {
+        // Only progress (handed to `durable` above) waits for Kafka before its
+        // acknowledgement. A check-in is acknowledged as it is taken, like a shed one:
+        // nothing keeps it, and a vehicle whose answer is lost checks in again. Holding
+        // its PUBACK until it is answered would spend the broker's in-flight window for
+        // this client (20 messages on Mosquitto) on messages nobody redelivers, and cap
+        // check-ins at `window / answer time`.
+        let accepted = checkins::Accepted {
+            ticket,
+            vehicle,
+            publish,
+            slot,
+        };
+        if let Err(mpsc::error::SendError(accepted)) = lane.checkins.send(accepted) {
+            // The intake is gone: shutdown. Dropped unanswered.
+            if let Some(ticket) = accepted.ticket {
+                lane.acks.order().finish(ticket, None);
+            }
+            health.pending_in.fetch_sub(1, Ordering::Relaxed);
+        }
+        return;
+    }
     let (lane, health, workers) = (lane.clone(), health.clone(), workers.clone());
     tokio::spawn(async move {
         if let Some(ticket) = ticket {
-            // Only progress (handed to `durable` above) waits for Kafka before its
-            // acknowledgement. A check-in is acknowledged as it is taken, like a shed
-            // one: nothing keeps it, and a vehicle whose answer is lost checks in again.
-            // Holding its PUBACK until it is answered would spend the broker's in-flight
-            // window for this client (20 messages on Mosquitto) on messages nobody
-            // redelivers, and cap check-ins at `window / answer time`.
+            // Not progress on the durable lane, nor a check-in: a message on a channel
+            // the gateway does not handle, acknowledged as taken.
             lane.acks.order().finish(ticket, Some(publish.clone()));
             lane.acks.flush(&lane.client, &lane.stop).await;
         }
@@ -745,6 +751,7 @@ async fn connect(
     } else {
         (None, None)
     };
+    let (checkins, checkin_intake) = mpsc::unbounded_channel();
     let lane = Lane {
         engine,
         outbox,
@@ -752,8 +759,17 @@ async fn connect(
         manual_acks,
         acks: Arc::new(AckSender::default()),
         progress,
+        checkins,
         stop: stop.clone(),
     };
+    // Like the progress intake's channel, bounded by the acceptance slots its messages
+    // hold.
+    let checkin_intake = tokio::spawn(checkins::run(
+        lane.clone(),
+        health.clone(),
+        workers.clone(),
+        checkin_intake,
+    ));
     // The channel is unbounded but what it holds is not: every message in it holds one
     // of this connection's `workers + queue` acceptance slots.
     let progress_intake = match (events, intake) {
@@ -856,6 +872,7 @@ async fn connect(
     if let Some(progress_intake) = progress_intake {
         let _ = progress_intake.await;
     }
+    let _ = checkin_intake.await;
     let _ = client.try_disconnect();
     // Let the disconnect go out; the event loop must be polled for that.
     let _ = tokio::time::timeout(Duration::from_millis(500), async {

@@ -82,6 +82,53 @@ pub(crate) async fn record_event(
     Ok(())
 }
 
+/// One history row for [`record_events`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EventRow<'a> {
+    pub deployment_id: &'a str,
+    pub at_ms: i64,
+    pub status: DeploymentStatus,
+    pub sequence: Option<i64>,
+    pub reason_code: Option<&'a str>,
+    pub source: &'a str,
+}
+
+/// History rows per multi-row `INSERT` (6 parameters each).
+const EVENTS_PER_INSERT: usize = 500;
+
+/// Appends history rows, in order, with one multi-row `INSERT` per
+/// [`EVENTS_PER_INSERT`], inside the transaction that changed the deployments.
+pub(crate) async fn record_events(
+    tx: &mut Transaction<'static, Any>,
+    events: &[EventRow<'_>],
+) -> Result<(), StoreError> {
+    for chunk in events.chunks(EVENTS_PER_INSERT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|k| {
+                let p: Vec<String> = (1..=6).map(|i| format!("${}", 6 * k + i)).collect();
+                format!("({})", p.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO deployment_events (deployment_id, at_ms, status, sequence, reason_code, source) \
+             VALUES {}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for e in chunk {
+            query = query
+                .bind(e.deployment_id)
+                .bind(e.at_ms)
+                .bind(e.status.as_str())
+                .bind(e.sequence)
+                .bind(e.reason_code)
+                .bind(e.source);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// Which deployments of a rollout a page holds.
 #[derive(Debug, Clone, Default)]
 pub struct DeploymentQuery {

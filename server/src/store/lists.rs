@@ -283,11 +283,7 @@ impl Store {
         };
         let sql = f.sql("SELECT * FROM vehicles v", &tail);
         let rows = f.bind(sqlx::query(&sql)).fetch_all(self.pool()).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            out.push(self.vehicle_from_row(row).await?);
-        }
-        Ok(out)
+        self.vehicles_from_rows(&rows).await
     }
 
     /// Audit entries, newest first.

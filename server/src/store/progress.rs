@@ -3,15 +3,13 @@
 //! the write lock, one `UPDATE` of every changed row, one multi-row `INSERT` of the
 //! history), instead of an `UPDATE` and an `INSERT` per report.
 
-use super::deployments::{Event, VEHICLE};
+use super::deployments::{record_events, EventRow, VEHICLE};
 use super::rollouts::{corrupt, DeploymentUpdate};
 use super::{Store, StoreError};
 use crate::director::DeploymentStatus;
 use sqlx::{Any, Row, Transaction};
 use std::collections::HashMap;
 
-/// History rows per `INSERT` (6 parameters each).
-const EVENTS_PER_INSERT: usize = 500;
 /// Deployments per `UPDATE` (4 parameters each).
 const ROWS_PER_UPDATE: usize = 500;
 
@@ -131,9 +129,19 @@ impl Store {
         for rows in plan.finals.chunks(ROWS_PER_UPDATE) {
             update_rows(&mut tx, rows, now).await?;
         }
-        for events in plan.events.chunks(EVENTS_PER_INSERT) {
-            insert_events(&mut tx, events, now).await?;
-        }
+        let events: Vec<EventRow<'_>> = plan
+            .events
+            .iter()
+            .map(|(deployment_id, status, sequence, reason_code)| EventRow {
+                deployment_id,
+                at_ms: now,
+                status: *status,
+                sequence: *sequence,
+                reason_code: *reason_code,
+                source: VEHICLE,
+            })
+            .collect();
+        record_events(&mut tx, &events).await?;
         tx.commit().await?;
         Ok(plan.changed)
     }
@@ -160,38 +168,6 @@ async fn update_rows(
             .bind(row.status.as_str())
             .bind(row.last_sequence)
             .bind(row.reason_code);
-    }
-    query.execute(&mut **tx).await?;
-    Ok(())
-}
-
-/// One multi-row `INSERT` of history rows, in order.
-async fn insert_events(
-    tx: &mut Transaction<'static, Any>,
-    events: &[(&str, DeploymentStatus, Option<i64>, Option<&str>)],
-    now: i64,
-) -> Result<(), StoreError> {
-    let values: Vec<String> = (0..events.len())
-        .map(|k| {
-            let p: Vec<String> = (1..=6).map(|i| format!("${}", 6 * k + i)).collect();
-            format!("({})", p.join(", "))
-        })
-        .collect();
-    let sql = format!(
-        "INSERT INTO deployment_events (deployment_id, at_ms, status, sequence, reason_code, source) \
-         VALUES {}",
-        values.join(", ")
-    );
-    let mut query = sqlx::query(&sql);
-    for (deployment_id, status, sequence, reason_code) in events {
-        let event = Event::new(*status, VEHICLE);
-        query = query
-            .bind(*deployment_id)
-            .bind(now)
-            .bind(event.status.as_str())
-            .bind(*sequence)
-            .bind(*reason_code)
-            .bind(event.source);
     }
     query.execute(&mut **tx).await?;
     Ok(())

@@ -1,6 +1,6 @@
 //! Rollouts and their deployments (one row per vehicle ECU assigned).
 
-use super::deployments::{record_event, Event, DIRECTOR};
+use super::deployments::{record_event, record_events, Event, EventRow, DIRECTOR};
 use super::{
     audit, ms_to_rfc3339, new_id, now_ms, optional_digest, parse_json, Actor, Store, StoreError,
 };
@@ -13,7 +13,7 @@ use ota_core::encoding::Sha256Digest;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[schema(as = Rollout)]
@@ -362,6 +362,30 @@ impl Store {
         .await
     }
 
+    /// The deployments of each of `vehicle_ids` (absent: none), in one query, each
+    /// vehicle's in the order of [`Store::deployments_for_vehicle`].
+    pub async fn deployments_for_vehicles(
+        &self,
+        vehicle_ids: &[&str],
+    ) -> Result<HashMap<String, Vec<DeploymentRecord>>, StoreError> {
+        let rows = self
+            .fetch_in("SELECT * FROM deployments WHERE vehicle_id IN", vehicle_ids)
+            .await?;
+        let mut sorted = Vec::with_capacity(rows.len());
+        for row in &rows {
+            sorted.push((
+                row.try_get::<i64, _>("assigned_ms")?,
+                deployment_from_row(row)?,
+            ));
+        }
+        sorted.sort_by(|(a_ms, a), (b_ms, b)| (a_ms, &a.id).cmp(&(b_ms, &b.id)));
+        let mut out: HashMap<String, Vec<DeploymentRecord>> = HashMap::new();
+        for (_, d) in sorted {
+            out.entry(d.vehicle_id.clone()).or_default().push(d);
+        }
+        Ok(out)
+    }
+
     pub async fn deployments_for_rollout(
         &self,
         rollout_id: &str,
@@ -454,12 +478,70 @@ impl Store {
         .await
     }
 
-    /// [`Store::insert_deployments`] for many directives, in one transaction.
+    /// [`Store::insert_deployments`] for many directives, in one transaction: the new
+    /// deployments in one multi-row `INSERT … RETURNING` per [`NEW_PER_INSERT`], the
+    /// history of those inserted in one more.
     pub async fn insert_assignments(&self, writes: &[AssignmentWrite]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         for w in writes {
-            insert_deployments_in(&mut tx, w).await?;
+            retry_deployments_in(&mut tx, w).await?;
         }
+        let new: Vec<(&AssignmentWrite, &NewDeployment)> = writes
+            .iter()
+            .flat_map(|w| w.new.iter().filter(|d| !d.retry).map(move |d| (w, d)))
+            .collect();
+        let mut inserted: HashSet<String> = HashSet::new();
+        for chunk in new.chunks(NEW_PER_INSERT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|k| {
+                    let p = |i: usize| format!("${}", 7 * k + i);
+                    format!(
+                        "({}, {}, {}, {}, {}, 'assigned', {}, {}, {})",
+                        p(1),
+                        p(2),
+                        p(3),
+                        p(4),
+                        p(5),
+                        p(6),
+                        p(7),
+                        p(7)
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO deployments (id, rollout_id, vehicle_id, ecu, phase_index, status, \
+                 from_sha256, assigned_ms, updated_ms) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (w, d) in chunk {
+                query = query
+                    .bind(&d.deployment_id)
+                    .bind(&w.rollout_id)
+                    .bind(&w.vehicle_id)
+                    .bind(&d.ecu)
+                    .bind(w.phase as i64)
+                    .bind(d.from_sha256.map(|s| s.to_hex()))
+                    .bind(w.now);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                inserted.insert(row.try_get("id")?);
+            }
+        }
+        // History for what was inserted (an id that existed already is left alone).
+        let events: Vec<EventRow<'_>> = new
+            .iter()
+            .filter(|(_, d)| inserted.remove(&d.deployment_id))
+            .map(|(w, d)| EventRow {
+                deployment_id: &d.deployment_id,
+                at_ms: w.now,
+                status: DeploymentStatus::Assigned,
+                sequence: None,
+                reason_code: None,
+                source: DIRECTOR,
+            })
+            .collect();
+        record_events(&mut tx, &events).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -601,19 +683,15 @@ impl Store {
     }
 }
 
-/// One directive's new deployments, inside `tx`.
-async fn insert_deployments_in(
+/// New deployments per multi-row `INSERT` (7 parameters each).
+const NEW_PER_INSERT: usize = 500;
+
+/// One directive's deployments handed out again, inside `tx`.
+async fn retry_deployments_in(
     tx: &mut Transaction<'static, Any>,
     write: &AssignmentWrite,
 ) -> Result<(), StoreError> {
-    let AssignmentWrite {
-        rollout_id,
-        vehicle_id,
-        phase,
-        new,
-        now,
-    } = write;
-    let (phase, now) = (*phase, *now);
+    let (new, now) = (&write.new, write.now);
     for d in new.iter().filter(|d| d.retry) {
         // Handed out again, the deployment goes back to assigned and its progress
         // sequences start over. A failed one (the retry policy) costs one more
@@ -636,26 +714,6 @@ async fn insert_deployments_in(
                 record_event(tx, &d.deployment_id, now, event).await?;
                 break;
             }
-        }
-    }
-    for d in new.iter().filter(|d| !d.retry) {
-        let inserted = sqlx::query(
-            "INSERT INTO deployments (id, rollout_id, vehicle_id, ecu, phase_index, status, from_sha256, \
-             assigned_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, 'assigned', $6, $7, $7) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&d.deployment_id)
-        .bind(rollout_id)
-        .bind(vehicle_id)
-        .bind(&d.ecu)
-        .bind(phase as i64)
-        .bind(d.from_sha256.map(|s| s.to_hex()))
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        if inserted.rows_affected() > 0 {
-            let event = Event::new(DeploymentStatus::Assigned, DIRECTOR);
-            record_event(tx, &d.deployment_id, now, event).await?;
         }
     }
     Ok(())

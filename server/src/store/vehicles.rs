@@ -218,21 +218,40 @@ impl Store {
         Ok(vehicles.len() as u64)
     }
 
-    async fn vehicle_ecus(&self, id: &str) -> Result<Vec<EcuRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT ecu, hardware_id, installed_version, installed_sha256, installed_length \
-             FROM vehicle_ecus WHERE vehicle_id = $1 ORDER BY ecu",
-        )
-        .bind(id)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(ecu_from_row).collect()
-    }
-
-    pub(super) async fn vehicle_from_row(&self, row: &AnyRow) -> Result<VehicleRecord, StoreError> {
-        let id: String = row.try_get("id")?;
-        let ecus = self.vehicle_ecus(&id).await?;
-        vehicle_with_ecus(row, ecus)
+    /// Vehicles from rows of `vehicles` columns, with their ECUs read in one query per
+    /// thousand vehicles.
+    pub(super) async fn vehicles_from_rows(
+        &self,
+        rows: &[AnyRow],
+    ) -> Result<Vec<VehicleRecord>, StoreError> {
+        let ids: Vec<String> = rows
+            .iter()
+            .map(|row| row.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        let mut ecus: HashMap<String, Vec<EcuRecord>> = HashMap::new();
+        for chunk in ids.chunks(1000) {
+            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let ecu_rows = self
+                .fetch_in(
+                    "SELECT vehicle_id, ecu, hardware_id, installed_version, installed_sha256, \
+                       installed_length FROM vehicle_ecus WHERE vehicle_id IN",
+                    &chunk,
+                )
+                .await?;
+            for row in &ecu_rows {
+                ecus.entry(row.try_get("vehicle_id")?)
+                    .or_default()
+                    .push(ecu_from_row(row)?);
+            }
+        }
+        rows.iter()
+            .zip(&ids)
+            .map(|(row, id)| {
+                let mut ecus = ecus.remove(id).unwrap_or_default();
+                ecus.sort_by(|a, b| a.ecu.cmp(&b.ecu));
+                vehicle_with_ecus(row, ecus)
+            })
+            .collect()
     }
 
     /// What verifying a vehicle's messages needs, for many vehicles in one query
@@ -261,32 +280,50 @@ impl Store {
         .collect()
     }
 
-    /// The vehicle with its ECUs, in one query (every check-in reads it).
+    /// The vehicle with its ECUs, in one query.
     pub async fn get_vehicle(&self, id: &str) -> Result<VehicleRecord, StoreError> {
-        let rows = sqlx::query(
-            "SELECT v.id, v.public_key, v.tags, v.created_ms, v.last_seen_ms, v.agent_state, \
-               v.director_version, v.decommissioned_ms, e.ecu, e.hardware_id, \
-               e.installed_version, e.installed_sha256, e.installed_length \
-             FROM vehicles v LEFT JOIN vehicle_ecus e ON e.vehicle_id = v.id \
-             WHERE v.id = $1 ORDER BY e.ecu",
-        )
-        .bind(id)
-        .fetch_all(self.pool())
-        .await?;
-        let Some(first) = rows.first() else {
-            return Err(StoreError::NotFound {
+        self.vehicles_by_ids(&[id])
+            .await?
+            .remove(id)
+            .ok_or_else(|| StoreError::NotFound {
                 entity: "vehicle",
                 id: id.to_owned(),
-            });
-        };
-        // A vehicle without ECUs comes as one row whose ECU columns are NULL.
-        let mut ecus = Vec::with_capacity(rows.len());
-        for row in &rows {
+            })
+    }
+
+    /// Vehicles with their ECUs by id, in one query (every batch of check-ins reads
+    /// it); unknown ids are absent.
+    pub async fn vehicles_by_ids(
+        &self,
+        ids: &[&str],
+    ) -> Result<HashMap<String, VehicleRecord>, StoreError> {
+        let rows = self
+            .fetch_in(
+                "SELECT v.id, v.public_key, v.tags, v.created_ms, v.last_seen_ms, v.agent_state, \
+                   v.director_version, v.decommissioned_ms, e.ecu, e.hardware_id, \
+                   e.installed_version, e.installed_sha256, e.installed_length \
+                 FROM vehicles v LEFT JOIN vehicle_ecus e ON e.vehicle_id = v.id \
+                 WHERE v.id IN",
+                ids,
+            )
+            .await?;
+        // One row per ECU; a vehicle without ECUs comes as one row whose ECU columns
+        // are NULL.
+        let mut by_id: HashMap<String, (usize, Vec<EcuRecord>)> = HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            let id: String = row.try_get("id")?;
+            let (_, ecus) = by_id.entry(id).or_insert((i, Vec::new()));
             if row.try_get::<Option<String>, _>("ecu")?.is_some() {
                 ecus.push(ecu_from_row(row)?);
             }
         }
-        vehicle_with_ecus(first, ecus)
+        by_id
+            .into_iter()
+            .map(|(id, (first, mut ecus))| {
+                ecus.sort_by(|a, b| a.ecu.cmp(&b.ecu));
+                Ok((id, vehicle_with_ecus(&rows[first], ecus)?))
+            })
+            .collect()
     }
 
     pub async fn list_vehicles(
@@ -309,11 +346,7 @@ impl Store {
         .bind(if filter.limit > 0 { filter.limit } else { 1000 })
         .fetch_all(self.pool())
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            out.push(self.vehicle_from_row(row).await?);
-        }
-        Ok(out)
+        self.vehicles_from_rows(&rows).await
     }
 
     /// Every vehicle in service, for director decisions over a fleet (bounded by

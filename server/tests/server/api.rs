@@ -1843,6 +1843,126 @@ both_backends!(
     exponential_rate
 );
 
+/// A batch of check-ins (`Engine::handle_checkins`, as the gateway hands them over) is
+/// answered as the same check-ins one at a time: each rejection its own, a vehicle's
+/// second check-in after its first (the same deployment, a newer director version), the
+/// rate limit counted across the batch, a replay refused.
+async fn checkin_batch(backend: Backend) {
+    let Some(app) = app(backend, Options::default()).await else {
+        return;
+    };
+    let keys: Vec<_> = (0..4).map(|_| device_key()).collect();
+    for (i, key) in keys.iter().enumerate() {
+        app.register_vehicle(&format!("veh-b{i}"), key, "hw-b", &[])
+            .await;
+    }
+    let image = app.upload("hw-b", "7.0.0", b"b".repeat(64)).await;
+    let (_, release) = app
+        .post("/api/v1/releases", &app.admin_token, &json!({ "name": "rb", "version": "7.0.0", "security_version": 7, "images": [image["id"]] }))
+        .await;
+    let (status, rollout) = app
+        .post(
+            "/api/v1/rollouts",
+            &app.rollout_token,
+            &json!({ "name": "rb", "release_id": release["id"],
+            "phases": [{ "name": "all", "percent": 100 }],
+            "rate_limit": { "maximum_per_minute": 2 } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    app.act(rollout["id"].as_str().unwrap(), &["start"]).await;
+    let signed = |i: usize| signed_checkin(&keys[i], &checkin(&format!("veh-b{i}"), None, 0));
+    let first_of_b1 = signed(1);
+    let forged = signed_checkin(&device_key(), &checkin("veh-b3", None, 0));
+    let batch: Vec<(&str, Vec<u8>)> = vec![
+        ("veh-b0", signed(0)),
+        ("veh-b9", signed(0)),
+        ("veh-b1", first_of_b1.clone()),
+        ("veh-b0", signed(0)),
+        ("veh-b1", first_of_b1),
+        ("veh-b2", signed(2)),
+        ("veh-b3", forged),
+        (
+            "veh-nobody",
+            signed_checkin(&device_key(), &checkin("veh-nobody", None, 0)),
+        ),
+    ];
+    let messages: Vec<(&str, &[u8])> = batch.iter().map(|(v, b)| (*v, &b[..])).collect();
+    let answers = app
+        .state
+        .engine
+        .handle_checkins(&messages, ota_server::engine::wall_clock_ms())
+        .await;
+    let labels: Vec<&str> = answers
+        .iter()
+        .map(|a| a.as_ref().err().map_or("answered", |r| r.label()))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "answered",
+            "topic_mismatch",
+            "answered",
+            "answered",
+            "replayed",
+            "answered",
+            "bad_signature",
+            "unknown_vehicle"
+        ]
+    );
+    let metadata = |i: usize| -> DirectorMetadata {
+        let bytes = answers[i].as_ref().unwrap();
+        parse_document(&Envelope::parse(bytes).unwrap().payload).unwrap()
+    };
+    let deployments = |m: &DirectorMetadata| -> Vec<String> {
+        m.assignments
+            .iter()
+            .map(|a| a.deployment_id.clone())
+            .collect()
+    };
+    let (b0, b0_again, b1, b2) = (metadata(0), metadata(3), metadata(2), metadata(5));
+    assert_eq!(deployments(&b0).len(), 1, "veh-b0 is assigned");
+    assert_eq!(
+        deployments(&b0_again),
+        deployments(&b0),
+        "its second check-in is sent the same deployment again"
+    );
+    assert!(
+        b0_again.version > b0.version,
+        "and a newer director version"
+    );
+    assert_eq!(
+        deployments(&b1).len(),
+        1,
+        "veh-b1 is the second of two per minute"
+    );
+    assert!(
+        deployments(&b2).is_empty(),
+        "the rate limit holds across the batch"
+    );
+    let (_, listed) = app
+        .get(
+            &format!(
+                "/api/v1/rollouts/{}/deployments",
+                rollout["id"].as_str().unwrap()
+            ),
+            &app.read_token,
+        )
+        .await;
+    let of_b0 = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["vehicle_id"] == "veh-b0")
+        .count();
+    assert_eq!(of_b0, 1, "one deployment for veh-b0, not two: {listed}");
+    app.stop().await;
+}
+both_backends!(
+    a_batch_of_check_ins_is_answered_as_one_at_a_time,
+    checkin_batch
+);
+
 /// Director metadata from a check-in, parsed.
 async fn directive_for(
     app: &TestApp,
