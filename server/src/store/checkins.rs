@@ -4,8 +4,9 @@
 //! per check-in. ECUs whose reported image changed are still one `UPDATE` each (rare:
 //! only after an install).
 
-use super::vehicles::{changed_ecus, update_ecu, CheckinWrite};
+use super::vehicles::{changed_ecus, update_ecus, CheckinWrite};
 use super::{Store, StoreError};
+use ota_core::protocol::EcuReport;
 use sqlx::{Any, Row, Transaction};
 use std::collections::HashMap;
 
@@ -171,12 +172,15 @@ impl Store {
             update_rows(&mut tx, rows).await?;
         }
         let mut results = Vec::with_capacity(batch.len());
+        let mut ecus = Vec::new();
         for (write, outcome) in batch.iter().zip(&plan.outcomes) {
             results.push(match outcome {
                 Outcome::Recorded(version) => {
-                    for ecu in changed_ecus(&write.checkin, &write.known) {
-                        update_ecu(&mut tx, &write.checkin.vehicle_id, ecu).await?;
-                    }
+                    ecus.extend(
+                        changed_ecus(&write.checkin, &write.known)
+                            .into_iter()
+                            .map(|ecu| (write.checkin.vehicle_id.as_str(), ecu)),
+                    );
                     Ok(Some(*version))
                 }
                 Outcome::Replayed => Ok(None),
@@ -186,9 +190,27 @@ impl Store {
                 }),
             });
         }
+        // In batch order, so a vehicle's later report in the batch is the one kept.
+        update_ecus(&mut tx, &dedup_last(ecus)).await?;
         tx.commit().await?;
         Ok(results)
     }
+}
+
+/// The last report per (vehicle, ECU), in the order of those last reports: one
+/// multi-row `UPDATE` may set each row once only.
+fn dedup_last<'a>(reports: Vec<(&'a str, &'a EcuReport)>) -> Vec<(&'a str, &'a EcuReport)> {
+    let last: HashMap<(&str, &str), usize> = reports
+        .iter()
+        .enumerate()
+        .map(|(i, (vehicle, ecu))| ((*vehicle, ecu.ecu.as_str()), i))
+        .collect();
+    reports
+        .iter()
+        .enumerate()
+        .filter(|(i, (vehicle, ecu))| last[&(*vehicle, ecu.ecu.as_str())] == *i)
+        .map(|(_, report)| *report)
+        .collect()
 }
 
 /// One `UPDATE` setting each vehicle to its final state (`CASE id WHEN … THEN …`).
@@ -227,6 +249,44 @@ async fn update_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(ecu: &str, version: &str) -> EcuReport {
+        EcuReport {
+            ecu: ecu.to_owned(),
+            hardware_id: "hw".to_owned(),
+            installed: Some(ota_core::protocol::InstalledImage {
+                version: version.to_owned(),
+                sha256: ota_core::encoding::Sha256Digest::of(version.as_bytes()),
+                length: 1,
+            }),
+            active_slot: "a".to_owned(),
+        }
+    }
+
+    #[test]
+    fn each_ecu_keeps_its_last_report_of_the_batch() {
+        let (a1, a2, b1, main2) = (
+            report("main", "1"),
+            report("main", "2"),
+            report("tcu", "1"),
+            report("main", "2"),
+        );
+        let kept = dedup_last(vec![("v1", &a1), ("v1", &b1), ("v2", &main2), ("v1", &a2)]);
+        let kept: Vec<(&str, &str, &str)> = kept
+            .iter()
+            .map(|(v, r)| {
+                (
+                    *v,
+                    r.ecu.as_str(),
+                    r.installed.as_ref().unwrap().version.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            [("v1", "tcu", "1"), ("v2", "main", "2"), ("v1", "main", "2")]
+        );
+    }
     use proptest::prelude::*;
 
     fn arrival(

@@ -445,31 +445,48 @@ pub(super) fn changed_ecus<'a>(checkin: &'a CheckIn, known: &[EcuRecord]) -> Vec
         .collect()
 }
 
-/// Stores what one ECU reported it runs.
-pub(super) async fn update_ecu(
+/// ECU rows per multi-row `UPDATE` (5 parameters each).
+const ECUS_PER_UPDATE: usize = 500;
+
+/// Stores what ECUs reported they run, each `(vehicle id, report)`: one `UPDATE … FROM
+/// (VALUES …)` per [`ECUS_PER_UPDATE`] (PostgreSQL and SQLite both name the columns of
+/// a `VALUES` list `column1`, `column2`, …).
+pub(super) async fn update_ecus(
     tx: &mut Transaction<'static, Any>,
-    vehicle_id: &str,
-    ecu: &EcuReport,
+    reports: &[(&str, &EcuReport)],
 ) -> Result<(), StoreError> {
-    let (version, sha, length) = match &ecu.installed {
-        Some(i) => (
-            Some(i.version.clone()),
-            Some(i.sha256.to_hex()),
-            Some(i.length as i64),
-        ),
-        None => (None, None, None),
-    };
-    sqlx::query(
-        "UPDATE vehicle_ecus SET installed_version = $1, installed_sha256 = $2, installed_length = $3 \
-         WHERE vehicle_id = $4 AND ecu = $5",
-    )
-    .bind(version)
-    .bind(sha)
-    .bind(length)
-    .bind(vehicle_id)
-    .bind(&ecu.ecu)
-    .execute(&mut **tx)
-    .await?;
+    for chunk in reports.chunks(ECUS_PER_UPDATE) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|k| {
+                let p: Vec<String> = (1..=5).map(|i| format!("${}", 5 * k + i)).collect();
+                format!("({})", p.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "UPDATE vehicle_ecus SET installed_version = v.column3, installed_sha256 = v.column4, \
+             installed_length = v.column5 FROM (VALUES {}) AS v \
+             WHERE vehicle_ecus.vehicle_id = v.column1 AND vehicle_ecus.ecu = v.column2",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (vehicle_id, ecu) in chunk {
+            let (version, sha, length) = match &ecu.installed {
+                Some(i) => (
+                    Some(i.version.clone()),
+                    Some(i.sha256.to_hex()),
+                    Some(i.length as i64),
+                ),
+                None => (None, None, None),
+            };
+            query = query
+                .bind(*vehicle_id)
+                .bind(&ecu.ecu)
+                .bind(version)
+                .bind(sha)
+                .bind(length);
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
