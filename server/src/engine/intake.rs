@@ -71,6 +71,26 @@ pub fn check_topic(topic_vehicle: &str, bytes: &[u8]) -> Result<(), Rejected> {
     Ok(())
 }
 
+/// [`check_topic`] for each message, and the distinct vehicles of those that pass (what
+/// a batch reads from the store).
+fn claimed_vehicles<'a>(
+    messages: &[(&'a str, &[u8])],
+) -> (Vec<Result<(), Rejected>>, Vec<&'a str>) {
+    let claimed: Vec<Result<(), Rejected>> = messages
+        .iter()
+        .map(|(topic, bytes)| check_topic(topic, bytes))
+        .collect();
+    let mut vehicles: Vec<&str> = messages
+        .iter()
+        .zip(&claimed)
+        .filter(|(_, claimed)| claimed.is_ok())
+        .map(|((vehicle, _), _)| *vehicle)
+        .collect();
+    vehicles.sort_unstable();
+    vehicles.dedup();
+    (claimed, vehicles)
+}
+
 /// A captured check-in replayed much later must not move the vehicle's recorded state
 /// backwards: its send time must be within `window_seconds` of `now` (either side).
 pub fn check_fresh(sent_at: Timestamp, now: NowMs, window_seconds: i64) -> Result<(), Rejected> {
@@ -155,18 +175,7 @@ impl Engine {
         messages: &[(&str, &[u8])],
         now: NowMs,
     ) -> Result<Vec<Result<(VehicleRecord, CheckIn), Rejected>>, StoreError> {
-        let claimed: Vec<Result<(), Rejected>> = messages
-            .iter()
-            .map(|(topic, bytes)| check_topic(topic, bytes))
-            .collect();
-        let mut ids: Vec<&str> = messages
-            .iter()
-            .zip(&claimed)
-            .filter(|(_, claimed)| claimed.is_ok())
-            .map(|((vehicle, _), _)| *vehicle)
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
+        let (claimed, ids) = claimed_vehicles(messages);
         let vehicles = self.inner.store.vehicles_by_ids(&ids).await?;
         let window_seconds = self.inner.settings.director.expiry_seconds;
         Ok(messages
@@ -217,18 +226,7 @@ impl Engine {
         &self,
         messages: &[(&str, &[u8])],
     ) -> Result<Vec<Result<(ProgressEvent, DeploymentRecord), Rejected>>, StoreError> {
-        let claimed: Vec<Result<(), Rejected>> = messages
-            .iter()
-            .map(|(topic, bytes)| check_topic(topic, bytes))
-            .collect();
-        let mut vehicles: Vec<&str> = messages
-            .iter()
-            .zip(&claimed)
-            .filter(|(_, claimed)| claimed.is_ok())
-            .map(|((vehicle, _), _)| *vehicle)
-            .collect();
-        vehicles.sort_unstable();
-        vehicles.dedup();
+        let (claimed, vehicles) = claimed_vehicles(messages);
         let keys = self.inner.store.device_keys(&vehicles).await?;
         let opened: Vec<Result<ProgressEvent, Rejected>> = messages
             .iter()

@@ -103,16 +103,10 @@ pub(crate) async fn record_events(
     events: &[EventRow<'_>],
 ) -> Result<(), StoreError> {
     for chunk in events.chunks(EVENTS_PER_INSERT) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|k| {
-                let p: Vec<String> = (1..=6).map(|i| format!("${}", 6 * k + i)).collect();
-                format!("({})", p.join(", "))
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO deployment_events (deployment_id, at_ms, status, sequence, reason_code, source) \
              VALUES {}",
-            values.join(", ")
+            super::values_rows(chunk.len(), 6)
         );
         let mut query = sqlx::query(&sql);
         for e in chunk {

@@ -111,6 +111,18 @@ pub(crate) fn placeholders(n: usize) -> String {
         .join(", ")
 }
 
+/// `($1, …, $w), ($w+1, …), …`: the bind placeholders of a multi-row `VALUES` list of
+/// `rows` rows of `width` values each.
+pub(crate) fn values_rows(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|k| {
+            let row: Vec<String> = (1..=width).map(|i| format!("${}", width * k + i)).collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `UPDATE table SET c = CASE id WHEN $i THEN $v … END, …{also} WHERE id IN (…)` for
 /// `rows` rows: row k's parameters start at `first + k * (columns.len() + 1)`, its id
 /// first, then one per column in order. One statement sets each row to its own values.

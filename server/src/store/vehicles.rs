@@ -441,17 +441,11 @@ pub(super) async fn update_ecus(
     reports: &[(&str, &EcuReport)],
 ) -> Result<(), StoreError> {
     for chunk in reports.chunks(ECUS_PER_UPDATE) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|k| {
-                let p: Vec<String> = (1..=5).map(|i| format!("${}", 5 * k + i)).collect();
-                format!("({})", p.join(", "))
-            })
-            .collect();
         let sql = format!(
             "UPDATE vehicle_ecus SET installed_version = v.column3, installed_sha256 = v.column4, \
              installed_length = v.column5 FROM (VALUES {}) AS v \
              WHERE vehicle_ecus.vehicle_id = v.column1 AND vehicle_ecus.ecu = v.column2",
-            values.join(", ")
+            super::values_rows(chunk.len(), 5)
         );
         let mut query = sqlx::query(&sql);
         for (vehicle_id, ecu) in chunk {
