@@ -50,7 +50,9 @@ fi
 }
 
 # --- the server --------------------------------------------------------------------
-cargo build --locked -q -p ota-server --bin ota-server
+# The test suite's own build (`cargo test --workspace`): building `-p ota-server` alone
+# resolves other features (no dev-dependencies) and recompiles ~85 crates.
+cargo build --locked -q --workspace --all-targets
 server="$target_dir/debug/ota-server"
 work=$(mktemp -d)
 pid=""

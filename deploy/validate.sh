@@ -81,7 +81,9 @@ for version in $KUBERNETES_VERSIONS; do
 done
 
 # --- the server's own reading of that configuration ----------------------------------
-cargo build --locked -q -p ota-server --bin ota-server
+# The test suite's own build (`cargo test --workspace`): building `-p ota-server` alone
+# resolves other features (no dev-dependencies) and recompiles ~85 crates.
+cargo build --locked -q --workspace --all-targets
 server="$target_dir/debug/ota-server"
 if ! "$venv/bin/python" - "$server" "$compose" deploy/kubernetes <<'PY'
 import os, subprocess, sys, tempfile, yaml
