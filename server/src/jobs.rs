@@ -45,7 +45,7 @@ pub trait DeltaEngine: Send + Sync + fmt::Debug + 'static {
 }
 
 /// The delta engine of `crate::delta`: suffix-array bsdiff matching, zstd streams, the
-/// full-image fallback when a delta is not at least 30% smaller.
+/// full-image fallback when a delta is not at least `min_saving_percent` smaller.
 #[derive(Debug, Clone, Default)]
 pub struct BuilderEngine {
     pub options: crate::delta::BuildOptions,

@@ -193,6 +193,9 @@ pub struct DirectorSettings {
 pub struct DeltaSettings {
     /// Concurrent delta builds (each is CPU- and memory-heavy).
     pub workers: usize,
+    /// A delta is shipped only when it is at least this many percent smaller than the
+    /// full image compressed, else vehicles download the full image (0–90).
+    pub min_saving_percent: u8,
 }
 
 /// Which blob store backend keeps images and deltas.
@@ -326,7 +329,10 @@ impl Default for DirectorSettings {
 
 impl Default for DeltaSettings {
     fn default() -> Self {
-        DeltaSettings { workers: 1 }
+        DeltaSettings {
+            workers: 1,
+            min_saving_percent: crate::delta::builder::DEFAULT_MIN_SAVING_PERCENT,
+        }
     }
 }
 
@@ -454,6 +460,18 @@ impl Settings {
             return bad(
                 "delta.workers",
                 format!("expected 1..=64, got {}", self.delta.workers),
+            );
+        }
+        let savings = crate::delta::builder::MIN_SAVING_PERCENT;
+        if !savings.contains(&self.delta.min_saving_percent) {
+            return bad(
+                "delta.min_saving_percent",
+                format!(
+                    "expected {}..={}, got {}",
+                    savings.start(),
+                    savings.end(),
+                    self.delta.min_saving_percent
+                ),
             );
         }
         if self.director.expiry_seconds < 30 {
@@ -667,6 +685,18 @@ mod tests {
             );
 
             jail.set_env("OTA_DELTA__WORKERS", "1");
+            jail.set_env("OTA_DELTA__MIN_SAVING_PERCENT", "95");
+            let err = Settings::load(Some(Path::new("ota.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("delta.min_saving_percent") && err.contains("expected 0..=90, got 95"),
+                "a delta saving above 90% is refused, naming the key and the range: {err}"
+            );
+            jail.set_env("OTA_DELTA__MIN_SAVING_PERCENT", "30");
+            let s = Settings::load(Some(Path::new("ota.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.delta.min_saving_percent, 30);
+            jail.set_env("OTA_DELTA__MIN_SAVING_PERCENT", "10");
             jail.set_env("OTA_LISTEN", "nowhere");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("listen"), "{err}");

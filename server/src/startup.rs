@@ -5,6 +5,7 @@
 
 use crate::api::{self, AppState};
 use crate::blobs::BlobStore;
+use crate::delta::BuildOptions;
 use crate::engine::Engine;
 use crate::events::EventProducer;
 use crate::gateway::{self, ChannelHealth, Outbox, OutboxReceiver};
@@ -83,6 +84,7 @@ impl Application {
                 settings.data_dir.display()
             )
         })?;
+        let delta_min_saving_percent = settings.delta.min_saving_percent;
         let url = settings.database_url();
         let store = Store::connect(&url, settings.database_max_connections)
             .await
@@ -191,7 +193,12 @@ impl Application {
             address,
             state,
             jobs,
-            delta_engine: Arc::new(BuilderEngine::default()),
+            delta_engine: Arc::new(BuilderEngine {
+                options: BuildOptions {
+                    min_saving_percent: delta_min_saving_percent,
+                    ..BuildOptions::default()
+                },
+            }),
             outbox: (outbox, outgoing),
             events,
             relay,

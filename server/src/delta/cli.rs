@@ -1,8 +1,8 @@
 //! `ota-server delta ...` subcommands.
 
 use super::builder::{
-    build_delta_file, BuildOptions, TransformChoice, DEFAULT_WINDOW_CAP, LEVELS, MAX_THREADS,
-    WINDOW_MIB,
+    build_delta_file, BuildOptions, TransformChoice, DEFAULT_MIN_SAVING_PERCENT,
+    DEFAULT_WINDOW_CAP, LEVELS, MAX_THREADS, MIN_SAVING_PERCENT, WINDOW_MIB,
 };
 use anyhow::Context;
 use clap::Subcommand;
@@ -57,6 +57,11 @@ pub enum DeltaCommand {
         /// Executable-aware transform to try besides the plain delta.
         #[arg(long, value_enum, default_value_t = TransformArg::Auto)]
         transform: TransformArg,
+        /// Ship the full image unless the delta is at least this many percent smaller
+        /// than the full image compressed (0–90).
+        #[arg(long, default_value_t = DEFAULT_MIN_SAVING_PERCENT,
+              value_parser = clap::value_parser!(u8).range(*MIN_SAVING_PERCENT.start() as i64..=*MIN_SAVING_PERCENT.end() as i64))]
+        min_saving_percent: u8,
     },
 }
 
@@ -70,11 +75,13 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             threads,
             level,
             transform,
+            min_saving_percent,
         } => {
             let mut options = BuildOptions {
                 window_cap: window_mib << 20,
                 level,
                 transform: transform.into(),
+                min_saving_percent,
                 ..BuildOptions::default()
             };
             if let Some(threads) = threads {

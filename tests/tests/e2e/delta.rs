@@ -266,6 +266,44 @@ fn transformed_deltas_round_trip_at_block_edges() {
 }
 
 #[test]
+fn the_saving_a_delta_must_make_over_the_full_image_is_a_build_option() {
+    // A fifth of the new image is the old one's start, the rest fresh random bytes: the
+    // delta saves about a fifth of the (incompressible) full image.
+    let old = random_bytes(41, 60_000);
+    let mut new = old[..12_000].to_vec();
+    new.extend(random_bytes(42, 48_000));
+    let with = |min_saving_percent| BuildOptions {
+        min_saving_percent,
+        ..options()
+    };
+    let (container, report) = build_delta(&old, &new, &with(10)).expect("build");
+    assert_eq!(report.algorithm, Algorithm::BsdiffZstd, "{report:?}");
+    let full = report
+        .full_container_len
+        .expect("the full image was compared");
+    let saving = 100 - report.delta_container_len * 100 / full;
+    assert!(
+        (15..=25).contains(&saving),
+        "the delta saves {saving}%: {report:?}"
+    );
+    let (result, out) = apply(&container, &old);
+    result.expect("apply");
+    assert!(out == new);
+    // The default asks for 10%.
+    assert_eq!(
+        build_delta(&old, &new, &options()).expect("build").1,
+        report
+    );
+    // Asking for 30%, the same pair ships its full image.
+    let (container, report) = build_delta(&old, &new, &with(30)).expect("build");
+    assert_eq!(report.algorithm, Algorithm::FullZstd, "{report:?}");
+    assert_eq!(Some(report.container_len), report.full_container_len);
+    let (result, out) = apply(&container, b"any old slot");
+    result.expect("a full image needs no base");
+    assert!(out == new);
+}
+
+#[test]
 fn full_image_container_applies_whatever_the_old_slot_holds() {
     let old = synthetic::image(5, 50_000);
     let new = synthetic::image(6, 50_000);
@@ -407,7 +445,7 @@ proptest! {
     ) {
         let report = round_trip(&old, &new);
         // Independent random bytes share nothing a delta could reuse: past a few bytes
-        // the delta can never be 30% below the full image.
+        // the delta can never be 10% below the full image.
         if new.len() >= 64 {
             prop_assert_eq!(report.algorithm, Algorithm::FullZstd, "an unrelated random pair shipped a delta");
         }
