@@ -49,7 +49,7 @@ pub const MIN_SAVING_PERCENT: std::ops::RangeInclusive<u8> = 0..=90;
 /// compressed. Measured on `tests/delta-corpus` (docs/delta-bench.txt, 2026-12-01
 /// threshold section): three far-apart ARM64 pairs' deltas are 22–28% smaller than their
 /// full images, so the former 30% shipped those pairs' full images, at up to 1.36× the
-/// best other tool's patch, where the delta is at most 1.005× it.
+/// best other tool's patch, where the delta is 0.95–1.035× it.
 pub const DEFAULT_MIN_SAVING_PERCENT: u8 = 10;
 /// Level-19 zstd is assumed to shrink a binary image by at most 40% more than level 3.
 /// Under that assumption a delta worth shipping against 60% of the level-3 size is
