@@ -51,6 +51,18 @@ pub struct BuilderEngine {
     pub options: crate::delta::BuildOptions,
 }
 
+impl BuilderEngine {
+    /// The production builder as the server's `[delta]` settings configure it.
+    pub fn from_settings(delta: &crate::settings::DeltaSettings) -> BuilderEngine {
+        BuilderEngine {
+            options: crate::delta::BuildOptions {
+                min_saving_percent: delta.min_saving_percent,
+                ..crate::delta::BuildOptions::default()
+            },
+        }
+    }
+}
+
 impl DeltaEngine for BuilderEngine {
     fn build_delta(
         &self,
@@ -216,5 +228,31 @@ pub async fn worker(
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::DeltaSettings;
+
+    #[test]
+    fn the_builder_takes_the_saving_a_delta_must_make_from_the_settings() {
+        let delta = DeltaSettings {
+            min_saving_percent: 42,
+            ..DeltaSettings::default()
+        };
+        assert_eq!(
+            BuilderEngine::from_settings(&delta)
+                .options
+                .min_saving_percent,
+            42
+        );
+        assert_eq!(
+            BuilderEngine::from_settings(&DeltaSettings::default())
+                .options
+                .min_saving_percent,
+            crate::delta::builder::DEFAULT_MIN_SAVING_PERCENT
+        );
     }
 }

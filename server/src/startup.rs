@@ -5,7 +5,6 @@
 
 use crate::api::{self, AppState};
 use crate::blobs::BlobStore;
-use crate::delta::BuildOptions;
 use crate::engine::Engine;
 use crate::events::EventProducer;
 use crate::gateway::{self, ChannelHealth, Outbox, OutboxReceiver};
@@ -84,7 +83,7 @@ impl Application {
                 settings.data_dir.display()
             )
         })?;
-        let delta_min_saving_percent = settings.delta.min_saving_percent;
+        let delta_settings = settings.delta.clone();
         let url = settings.database_url();
         let store = Store::connect(&url, settings.database_max_connections)
             .await
@@ -193,12 +192,7 @@ impl Application {
             address,
             state,
             jobs,
-            delta_engine: Arc::new(BuilderEngine {
-                options: BuildOptions {
-                    min_saving_percent: delta_min_saving_percent,
-                    ..BuildOptions::default()
-                },
-            }),
+            delta_engine: Arc::new(BuilderEngine::from_settings(&delta_settings)),
             outbox: (outbox, outgoing),
             events,
             relay,
