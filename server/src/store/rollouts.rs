@@ -2,8 +2,7 @@
 
 use super::deployments::{record_event, record_events, Event, EventRow, DIRECTOR};
 use super::{
-    audit, ms_to_rfc3339, new_id, now_ms, optional_digest, parse_json, Actor, Backend, Store,
-    StoreError,
+    audit, ms_to_rfc3339, new_id, now_ms, optional_digest, parse_json, Actor, Store, StoreError,
 };
 use crate::blob_access::DeploymentBlobs;
 use crate::breaker::{BreakerState, Outcomes};
@@ -369,39 +368,9 @@ impl Store {
         &self,
         vehicle_ids: &[&str],
     ) -> Result<HashMap<String, Vec<DeploymentRecord>>, StoreError> {
-        let mut vehicle_ids = vehicle_ids.to_vec();
-        vehicle_ids.sort_unstable();
-        vehicle_ids.dedup();
-        if vehicle_ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows = match self.backend {
-            // One index lookup per vehicle, whatever the statistics say: with an
-            // `IN` list PostgreSQL scanned the whole table while a rollout's first
-            // minute filled it faster than its statistics were refreshed. `OFFSET 0`
-            // keeps the planner from flattening the lateral subquery into a hash join.
-            Backend::Postgres => {
-                let values: Vec<String> =
-                    (1..=vehicle_ids.len()).map(|i| format!("(${i})")).collect();
-                let sql = format!(
-                    "SELECT d.* FROM (VALUES {}) AS v CROSS JOIN LATERAL \
-                     (SELECT * FROM deployments WHERE vehicle_id = v.column1 OFFSET 0) AS d",
-                    values.join(", ")
-                );
-                let mut query = sqlx::query(&sql);
-                for id in &vehicle_ids {
-                    query = query.bind(*id);
-                }
-                query.fetch_all(self.pool()).await?
-            }
-            Backend::Sqlite => {
-                self.fetch_in(
-                    "SELECT * FROM deployments WHERE vehicle_id IN",
-                    &vehicle_ids,
-                )
-                .await?
-            }
-        };
+        let rows = self
+            .fetch_in("SELECT * FROM deployments WHERE vehicle_id IN", vehicle_ids)
+            .await?;
         let mut sorted = Vec::with_capacity(rows.len());
         for row in &rows {
             sorted.push((

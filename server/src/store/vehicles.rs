@@ -295,7 +295,8 @@ impl Store {
     /// it); unknown ids are absent. Not one `LEFT JOIN`: on PostgreSQL, before the
     /// statistics of a freshly registered fleet exist, that join was planned as a hash
     /// join over every ECU row (measured: a sequential scan of 50,000 rows per batch),
-    /// while each `IN` list alone is an index scan whatever the statistics say.
+    /// while each of the two lookups ([`Store::fetch_in`]) is index lookups whatever the
+    /// statistics say.
     pub async fn vehicles_by_ids(
         &self,
         ids: &[&str],
