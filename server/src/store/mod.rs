@@ -212,7 +212,7 @@ pub(crate) fn keyed_lookup_sql(backend: Backend, select: &str, n: usize) -> Stri
             let values: Vec<String> = (1..=n).map(|i| format!("(${i})")).collect();
             format!(
                 "SELECT q.* FROM (VALUES {}) AS v CROSS JOIN LATERAL \
-                 ({lookup} <> v.column1 OFFSET 0) AS q",
+                 ({lookup} = v.column1 OFFSET 0) AS q",
                 values.join(", ")
             )
         }
