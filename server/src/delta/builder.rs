@@ -258,7 +258,8 @@ fn build_into<S: ContainerSink>(
         level: options.level,
         segment_len: options.segment_len.clamp(1, SEGMENT_MAX_TARGET),
         transform: options.transform,
-        min_saving_percent: options.min_saving_percent.min(*MIN_SAVING_PERCENT.end()),
+        // Capped at 90 by `delta_worth_shipping`.
+        min_saving_percent: options.min_saving_percent,
     };
     let (facts, body) = std::thread::scope(|scope| {
         let side = scope.spawn(|| image_facts(old, new));

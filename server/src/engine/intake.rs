@@ -243,13 +243,12 @@ impl Engine {
                 Ok(open_message(bytes, PAYLOAD_TYPE_PROGRESS, &key)?)
             })
             .collect();
-        let mut ids: Vec<&str> = opened
+        // Repeated ids are read once (`Store::fetch_in`).
+        let ids: Vec<&str> = opened
             .iter()
             .filter_map(|event| event.as_ref().ok())
             .map(|event| event.deployment_id.as_str())
             .collect();
-        ids.sort_unstable();
-        ids.dedup();
         let deployments: HashMap<String, DeploymentRecord> = self
             .inner
             .store
