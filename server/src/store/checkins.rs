@@ -1,6 +1,6 @@
 //! Check-ins recorded in bulk: a pure plan of what a batch of check-ins does to the
 //! vehicles it names, then two statements for the whole batch (read the rows under the
-//! write lock, one `UPDATE … CASE id` of every accepted vehicle), instead of an `UPDATE`
+//! write lock, one `UPDATE … FROM (VALUES …)` of every accepted vehicle), instead of an `UPDATE`
 //! per check-in. ECUs whose reported image changed are still one `UPDATE` each (rare:
 //! only after an install).
 
@@ -213,7 +213,7 @@ fn dedup_last<'a>(reports: Vec<(&'a str, &'a EcuReport)>) -> Vec<(&'a str, &'a E
         .collect()
 }
 
-/// One `UPDATE` setting each vehicle to its final state (`CASE id WHEN … THEN …`).
+/// One `UPDATE` setting each vehicle to its final state (`UPDATE … FROM (VALUES …)`).
 async fn update_rows(
     tx: &mut Transaction<'static, Any>,
     rows: &[Final<'_>],

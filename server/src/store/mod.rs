@@ -123,9 +123,11 @@ pub(crate) fn values_rows(rows: usize, width: usize) -> String {
         .join(", ")
 }
 
-/// `UPDATE table SET c = CASE id WHEN $i THEN $v … END, …{also} WHERE id IN (…)` for
-/// `rows` rows: row k's parameters start at `first + k * (columns.len() + 1)`, its id
-/// first, then one per column in order. One statement sets each row to its own values.
+/// `UPDATE table SET c = v.column2, …{also} FROM (VALUES (…), …) AS v WHERE table.id =
+/// v.column1` for `rows` rows: row k's parameters start at `first + k * (columns.len() +
+/// 1)`, its id first, then one per column in order. One statement sets each row to its
+/// own values, joined by id: its cost grows with the rows, where a `CASE id WHEN …` per
+/// column (what this built until session 11) compared every row with every arm.
 pub(crate) fn update_by_id_sql(
     table: &str,
     columns: &[&str],
@@ -133,22 +135,24 @@ pub(crate) fn update_by_id_sql(
     rows: usize,
     first: usize,
 ) -> String {
-    let param = |k: usize, field: usize| format!("${}", first + k * (columns.len() + 1) + field);
+    let width = columns.len() + 1;
+    let values: Vec<String> = (0..rows)
+        .map(|k| {
+            let row: Vec<String> = (0..width)
+                .map(|field| format!("${}", first + k * width + field))
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect();
     let set: Vec<String> = columns
         .iter()
         .enumerate()
-        .map(|(i, column)| {
-            let arms: String = (0..rows)
-                .map(|k| format!(" WHEN {} THEN {}", param(k, 0), param(k, i + 1)))
-                .collect();
-            format!("{column} = CASE id{arms} END")
-        })
+        .map(|(i, column)| format!("{column} = v.column{}", i + 2))
         .collect();
-    let ids: Vec<String> = (0..rows).map(|k| param(k, 0)).collect();
     format!(
-        "UPDATE {table} SET {}{also} WHERE id IN ({})",
+        "UPDATE {table} SET {}{also} FROM (VALUES {}) AS v WHERE {table}.id = v.column1",
         set.join(", "),
-        ids.join(", ")
+        values.join(", ")
     )
 }
 

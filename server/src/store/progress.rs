@@ -147,7 +147,7 @@ impl Store {
     }
 }
 
-/// One `UPDATE` setting each row to its final state (`CASE id WHEN … THEN …`).
+/// One `UPDATE` setting each row to its final state (`UPDATE … FROM (VALUES …)`).
 async fn update_rows(
     tx: &mut Transaction<'static, Any>,
     rows: &[Final<'_>],
