@@ -83,15 +83,16 @@ impl Engine {
         if rollout.state != RolloutState::Running {
             return Ok(());
         }
-        let window = store
-            .outcomes_since(
+        // One read of the rollout's tallies (and of its overdue deployments when a
+        // timeout is set): nothing here grows with the fleet.
+        let aggregates = store
+            .supervision_aggregates(
                 &rollout.id,
                 rollout.window_start_ms,
                 overdue_before(&rollout, now),
             )
             .await?;
-        let counts = store.phase_counts(&rollout.id).await?;
-        let Some(request) = review(&rollout, window, &counts, now) else {
+        let Some(request) = review(&rollout, aggregates.window, &aggregates.phases, now) else {
             return Ok(());
         };
         match self

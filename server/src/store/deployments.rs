@@ -3,6 +3,7 @@
 //! same transaction as the status), and operator cancel and retry.
 
 use super::rollouts::{corrupt, deployment_from_row};
+use super::window_now;
 use super::{audit, ms_to_rfc3339, Actor, DeploymentRecord, Store, StoreError};
 use crate::director::DeploymentStatus;
 use serde::Serialize;
@@ -262,9 +263,12 @@ impl Store {
                 // numbers each attempt on from the last), the backoff and the in-progress
                 // timeout count from now.
                 DeploymentStatus::Assigned => {
-                    "UPDATE deployments SET status = 'assigned', attempts = attempts + 1, \
-                     last_sequence = 0, reason_code = NULL, assigned_ms = $1, updated_ms = $1 \
-                     WHERE id = $2 AND status = $3 RETURNING *"
+                    concat!(
+                        "UPDATE deployments SET status = 'assigned', attempts = attempts + 1, \
+                         last_sequence = 0, reason_code = NULL, assigned_ms = $1, updated_ms = $1, ",
+                        window_now!(),
+                        " WHERE id = $2 AND status = $3 RETURNING *"
+                    )
                 }
                 _ => {
                     "UPDATE deployments SET status = $4, reason_code = 'cancelled_by_operator', \

@@ -21,6 +21,7 @@ mod outbox;
 mod progress;
 mod releases;
 mod rollouts;
+mod tallies;
 mod tokens;
 mod vehicle_changes;
 mod vehicles;
@@ -38,6 +39,7 @@ pub use rollouts::{
     AssignmentWrite, ChangeError, DeploymentRecord, DeploymentUpdate, NewRollout, PhaseCounts,
     RolloutRecord,
 };
+pub use tallies::{fold as fold_tallies, Aggregates, Tally, COMPACT_ABOVE};
 pub use tokens::{TokenInfo, TokenRecord};
 pub use vehicles::{
     CheckinWrite, DeviceKeyRecord, EcuRecord, NewVehicle, VehicleFilter, VehicleRecord,
@@ -111,6 +113,15 @@ pub(crate) fn placeholders(n: usize) -> String {
         .join(", ")
 }
 
+/// The `SET` item that puts a deployment handed out (again) in its rollout's current
+/// breaker window (`deployments.window_ms`; see `store/tallies.rs`).
+macro_rules! window_now {
+    () => {
+        "window_ms = (SELECT window_start_ms FROM rollouts WHERE rollouts.id = deployments.rollout_id)"
+    };
+}
+pub(crate) use window_now;
+
 /// `($1, …, $w), ($w+1, …), …`: the bind placeholders of a multi-row `VALUES` list of
 /// `rows` rows of `width` values each.
 pub(crate) fn values_rows(rows: usize, width: usize) -> String {
@@ -124,7 +135,7 @@ pub(crate) fn values_rows(rows: usize, width: usize) -> String {
 }
 
 /// `UPDATE table SET c = v.column2, …{also} FROM (VALUES (…), …) AS v WHERE table.id =
-/// v.column1` for `rows` rows: row k's parameters start at `first + k * (columns.len() +
+/// v.column1 AND table.id IN (…)` for `rows` rows: row k's parameters start at `first + k * (columns.len() +
 /// 1)`, its id first, then one per column in order. One statement sets each row to its
 /// own values, joined by id: its cost grows with the rows, where a `CASE id WHEN …` per
 /// column (what this built until session 11) compared every row with every arm.
@@ -149,10 +160,18 @@ pub(crate) fn update_by_id_sql(
         .enumerate()
         .map(|(i, column)| format!("{column} = v.column{}", i + 2))
         .collect();
+    // The ids again, as an `IN` list: without it PostgreSQL joins the `VALUES` list to a
+    // sequential scan of the whole table (a hash join: a cost that grows with the table,
+    // checked with `EXPLAIN`); with it, to an index scan of these rows.
+    let ids: Vec<String> = (0..rows)
+        .map(|k| format!("${}", first + k * width))
+        .collect();
     format!(
-        "UPDATE {table} SET {}{also} FROM (VALUES {}) AS v WHERE {table}.id = v.column1",
+        "UPDATE {table} SET {}{also} FROM (VALUES {}) AS v WHERE {table}.id = v.column1 \
+         AND {table}.id IN ({})",
         set.join(", "),
-        values.join(", ")
+        values.join(", "),
+        ids.join(", ")
     )
 }
 
@@ -405,6 +424,22 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_by_id_joins_its_values_and_names_its_ids_for_the_index() {
+        assert_eq!(
+            update_by_id_sql(
+                "deployments",
+                &["status", "reason_code"],
+                ", updated_ms = $1",
+                2,
+                2
+            ),
+            "UPDATE deployments SET status = v.column2, reason_code = v.column3, updated_ms = $1 \
+             FROM (VALUES ($2, $3, $4), ($5, $6, $7)) AS v WHERE deployments.id = v.column1 \
+             AND deployments.id IN ($2, $5)"
+        );
+    }
 
     #[test]
     fn keyed_lookups_are_index_lookups_per_key_on_postgres_and_in_lists_on_sqlite() {

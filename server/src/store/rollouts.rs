@@ -1,11 +1,12 @@
 //! Rollouts and their deployments (one row per vehicle ECU assigned).
 
 use super::deployments::{record_event, record_events, Event, EventRow, DIRECTOR};
+use super::window_now;
 use super::{
     audit, ms_to_rfc3339, new_id, now_ms, optional_digest, parse_json, Actor, Store, StoreError,
 };
 use crate::blob_access::DeploymentBlobs;
-use crate::breaker::{BreakerState, Outcomes};
+use crate::breaker::BreakerState;
 use crate::director::{DeploymentStatus, NewDeployment, STOPPED_BY_ROLLOUT};
 use crate::engine::plan::{Effect, RolloutChange};
 use crate::rollout::{RolloutSpec, RolloutState};
@@ -13,7 +14,7 @@ use ota_core::encoding::Sha256Digest;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[schema(as = Rollout)]
@@ -107,7 +108,7 @@ pub struct PhaseCounts {
 }
 
 impl PhaseCounts {
-    fn add(&mut self, status: DeploymentStatus, n: u64) {
+    pub(super) fn add(&mut self, status: DeploymentStatus, n: u64) {
         match status {
             DeploymentStatus::Assigned => self.assigned += n,
             DeploymentStatus::Downloading => self.downloading += n,
@@ -496,7 +497,8 @@ impl Store {
                 .map(|k| {
                     let p = |i: usize| format!("${}", 7 * k + i);
                     format!(
-                        "({}, {}, {}, {}, {}, 'assigned', {}, {}, {})",
+                        "({}, {}, {}, {}, {}, 'assigned', {}, {}, {}, \
+                         (SELECT window_start_ms FROM rollouts WHERE id = {}))",
                         p(1),
                         p(2),
                         p(3),
@@ -504,13 +506,14 @@ impl Store {
                         p(5),
                         p(6),
                         p(7),
-                        p(7)
+                        p(7),
+                        p(2)
                     )
                 })
                 .collect();
             let sql = format!(
                 "INSERT INTO deployments (id, rollout_id, vehicle_id, ecu, phase_index, status, \
-                 from_sha256, assigned_ms, updated_ms) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
+                 from_sha256, assigned_ms, updated_ms, window_ms) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
                 values.join(", ")
             );
             let mut query = sqlx::query(&sql);
@@ -560,65 +563,6 @@ impl Store {
         .fetch_one(self.pool())
         .await?;
         Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
-    }
-
-    /// Counts by phase and status.
-    pub async fn phase_counts(
-        &self,
-        rollout_id: &str,
-    ) -> Result<BTreeMap<usize, PhaseCounts>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT phase_index, status, COUNT(*) AS n FROM deployments WHERE rollout_id = $1 \
-             GROUP BY phase_index, status",
-        )
-        .bind(rollout_id)
-        .fetch_all(self.pool())
-        .await?;
-        let mut out: BTreeMap<usize, PhaseCounts> = BTreeMap::new();
-        for row in &rows {
-            let status: String = row.try_get("status")?;
-            let status = DeploymentStatus::parse(&status)
-                .ok_or_else(|| corrupt("deployment status", &status))?;
-            let phase = row.try_get::<i64, _>("phase_index")?.max(0) as usize;
-            out.entry(phase)
-                .or_default()
-                .add(status, row.try_get::<i64, _>("n")?.max(0) as u64);
-        }
-        Ok(out)
-    }
-
-    /// Deployments assigned since `since_ms`, by outcome (the breaker's window). With
-    /// `overdue_before_ms`, unfinished ones assigned before it count as timed out.
-    pub async fn outcomes_since(
-        &self,
-        rollout_id: &str,
-        since_ms: i64,
-        overdue_before_ms: Option<i64>,
-    ) -> Result<Outcomes, StoreError> {
-        let rows = sqlx::query(
-            "SELECT status, CASE WHEN assigned_ms < $3 THEN 1 ELSE 0 END AS overdue, COUNT(*) AS n \
-             FROM deployments WHERE rollout_id = $1 AND assigned_ms >= $2 GROUP BY status, overdue",
-        )
-        .bind(rollout_id)
-        .bind(since_ms)
-        .bind(overdue_before_ms.unwrap_or(i64::MIN))
-        .fetch_all(self.pool())
-        .await?;
-        let mut outcomes = Outcomes::default();
-        for row in &rows {
-            let status: String = row.try_get("status")?;
-            let overdue = row.try_get::<i64, _>("overdue")? == 1;
-            let n = row.try_get::<i64, _>("n")?.max(0) as u64;
-            match DeploymentStatus::parse(&status) {
-                Some(DeploymentStatus::Committed) => outcomes.succeeded += n,
-                Some(DeploymentStatus::Failed) => outcomes.failed += n,
-                Some(DeploymentStatus::RolledBack) => outcomes.rolled_back += n,
-                Some(DeploymentStatus::Cancelled) | None => {}
-                Some(_) if overdue => outcomes.timed_out += n,
-                Some(_) => {}
-            }
-        }
-        Ok(outcomes)
     }
 
     /// Applies a progress report to a deployment of `vehicle_id`. Reports with a sequence
@@ -703,7 +647,9 @@ async fn retry_deployments_in(
         ] {
             let again = sqlx::query(&format!(
                 "UPDATE deployments SET status = 'assigned', attempts = {attempts}, last_sequence = 0, \
-                 reason_code = NULL, assigned_ms = $1, updated_ms = $1 WHERE id = $2 AND {from}"
+                 reason_code = NULL, assigned_ms = $1, updated_ms = $1, {} \
+                 WHERE id = $2 AND {from}",
+                window_now!()
             ))
             .bind(now)
             .bind(&d.deployment_id)

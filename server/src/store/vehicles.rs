@@ -442,11 +442,16 @@ pub(super) async fn update_ecus(
     reports: &[(&str, &EcuReport)],
 ) -> Result<(), StoreError> {
     for chunk in reports.chunks(ECUS_PER_UPDATE) {
+        // The vehicle ids again as an `IN` list, so PostgreSQL reads these rows by index
+        // instead of joining the list to a scan of every ECU (see `update_by_id_sql`).
+        let vehicles: Vec<String> = (0..chunk.len()).map(|k| format!("${}", 5 * k + 1)).collect();
         let sql = format!(
             "UPDATE vehicle_ecus SET installed_version = v.column3, installed_sha256 = v.column4, \
              installed_length = v.column5 FROM (VALUES {}) AS v \
-             WHERE vehicle_ecus.vehicle_id = v.column1 AND vehicle_ecus.ecu = v.column2",
-            super::values_rows(chunk.len(), 5)
+             WHERE vehicle_ecus.vehicle_id = v.column1 AND vehicle_ecus.ecu = v.column2 \
+             AND vehicle_ecus.vehicle_id IN ({})",
+            super::values_rows(chunk.len(), 5),
+            vehicles.join(", ")
         );
         let mut query = sqlx::query(&sql);
         for (vehicle_id, ecu) in chunk {

@@ -8,7 +8,7 @@ use ota_server::engine::plan::{plan, Facts, RolloutRequest};
 use ota_server::rollout::{RolloutAction, RolloutSpec, RolloutState};
 use ota_server::store::{
     now_ms, Actor, BuiltDelta, ChangeError, DeltaJobStatus, NewImage, NewRelease, NewRollout,
-    NewVehicle, StoreError, VehicleFilter,
+    NewVehicle, StoreError, VehicleFilter, COMPACT_ABOVE,
 };
 
 fn actor() -> Actor {
@@ -576,7 +576,7 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
     assert_eq!(counts[&0].failed, 1);
     assert_eq!(
         store
-            .outcomes_since(&rollout.id, 0, None)
+            .window_outcomes(&rollout.id, started.window_start_ms, None)
             .await
             .unwrap()
             .failed,
@@ -596,12 +596,12 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
         .await
         .unwrap();
     let overdue = store
-        .outcomes_since(&rollout.id, 0, Some(assigned_at + 1))
+        .window_outcomes(&rollout.id, started.window_start_ms, Some(assigned_at + 1))
         .await
         .unwrap();
     assert_eq!((overdue.timed_out, overdue.failed), (1, 1));
     let in_time = store
-        .outcomes_since(&rollout.id, 0, Some(assigned_at))
+        .window_outcomes(&rollout.id, started.window_start_ms, Some(assigned_at))
         .await
         .unwrap();
     assert_eq!(in_time.timed_out, 0);
@@ -729,6 +729,60 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
         .filter(|id| id.starts_with("dep_g_"))
         .collect();
     assert_eq!(ids.len(), 12, "each good write once: {ids:?}");
+    let url = match &db {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}", _dir.path().join("ota.db").display()),
+    };
+    assert_tallies_agree(&url).await;
+
+    // Many small writes append many tally rows on PostgreSQL; a read folds them.
+    for sequence in 2..(2 * COMPACT_ABOVE as u64) {
+        let status =
+            [DeploymentStatus::Downloading, DeploymentStatus::Installed][(sequence % 2) as usize];
+        store
+            .update_deployment("dep_slow", "veh-1", status, sequence, None, now_ms())
+            .await
+            .unwrap();
+    }
+    if db.is_some() {
+        assert!(
+            tally_rows(&url).await > COMPACT_ABOVE,
+            "each statement appended its rows"
+        );
+    }
+    let before = store.phase_counts(&rollout.id).await.unwrap();
+    assert_eq!(before, store.phase_counts(&rollout.id).await.unwrap());
+    assert!(
+        tally_rows(&url).await <= 16,
+        "a read of many appended rows folds them: {} rows",
+        tally_rows(&url).await
+    );
+    assert_tallies_agree(&url).await;
+
+    // An abort cancels the deployments not yet installing.
+    let current = store.get_rollout(&rollout.id).await.unwrap();
+    let abort = plan(
+        &current,
+        &RolloutRequest::Operator(RolloutAction::Abort),
+        &Facts::default(),
+        now_ms(),
+    )
+    .unwrap();
+    let (aborted, _) = store
+        .apply_rollout_change(&actor(), &abort, None)
+        .await
+        .unwrap();
+    assert_eq!(aborted.state, RolloutState::Aborted);
+    let after = store.phase_counts(&rollout.id).await.unwrap();
+    // Not yet installing (an installed one finishes: DESIGN §7).
+    let unfinished = |c: &ota_server::store::PhaseCounts| c.assigned + c.downloading;
+    assert!(unfinished(&before[&0]) > 0);
+    assert_eq!(
+        (unfinished(&after[&0]), after[&0].cancelled),
+        (0, before[&0].cancelled + unfinished(&before[&0])),
+        "every deployment not yet installing is cancelled"
+    );
+    assert_tallies_agree(&url).await;
     if let Some(db) = db {
         db.drop_now().await;
     }
@@ -737,6 +791,62 @@ both_backends!(
     rollouts_deployments_and_delta_jobs,
     rollouts_deployments_and_jobs
 );
+
+/// The rows of `deployment_tallies`.
+async fn tally_rows(url: &str) -> i64 {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query("SELECT COUNT(*) AS n FROM deployment_tallies")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap()
+}
+
+/// The tallies the triggers keep equal the deployments counted directly, key by key.
+async fn assert_tallies_agree(url: &str) {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let read = |rows: Vec<sqlx::any::AnyRow>| {
+        let mut keys: Vec<(String, i64, String, i64, i64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.try_get("rollout_id").unwrap(),
+                    r.try_get("phase_index").unwrap(),
+                    r.try_get("status").unwrap(),
+                    r.try_get("window_ms").unwrap(),
+                    r.try_get("n").unwrap(),
+                )
+            })
+            .collect();
+        keys.sort();
+        keys
+    };
+    let direct = read(
+        sqlx::query(
+            "SELECT rollout_id, phase_index, status, window_ms, COUNT(*) AS n FROM deployments \
+             GROUP BY rollout_id, phase_index, status, window_ms",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap(),
+    );
+    let tallied = read(
+        sqlx::query(
+            "SELECT rollout_id, phase_index, status, window_ms, CAST(SUM(n) AS BIGINT) AS n \
+             FROM deployment_tallies GROUP BY rollout_id, phase_index, status, window_ms \
+             HAVING SUM(n) <> 0",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap(),
+    );
+    assert!(!direct.is_empty());
+    assert_eq!(tallied, direct, "tallies against the deployments");
+}
 
 /// One relay at a time holds the rollout-events lease; another takes over once it
 /// lapses or is given up.
