@@ -444,7 +444,9 @@ pub(super) async fn update_ecus(
     for chunk in reports.chunks(ECUS_PER_UPDATE) {
         // The vehicle ids again as an `IN` list, so PostgreSQL reads these rows by index
         // instead of joining the list to a scan of every ECU (see `update_by_id_sql`).
-        let vehicles: Vec<String> = (0..chunk.len()).map(|k| format!("${}", 5 * k + 1)).collect();
+        let vehicles: Vec<String> = (0..chunk.len())
+            .map(|k| format!("${}", 5 * k + 1))
+            .collect();
         let sql = format!(
             "UPDATE vehicle_ecus SET installed_version = v.column3, installed_sha256 = v.column4, \
              installed_length = v.column5 FROM (VALUES {}) AS v \
