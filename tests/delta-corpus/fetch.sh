@@ -6,8 +6,11 @@
 # Result: DEST/<pair>/old, DEST/<pair>/new and DEST/MANIFEST, one line per file:
 #   <pair>/<old|new> <size> <sha256> <family> <half>
 # The first three columns are those of ../shared/delta-corpus/fetch.sh. <half> is `tune` or
-# `held-out`: within a family, pairs in name order alternate tune, held-out, tune, ...
-# Tune the engine on `tune` only; `held-out` is there to check that a change generalises.
+# `held-out`: within a family, pairs in name order alternate tune, held-out, tune, ...,
+# except pairs added later with an explicit half (`add PAIR FAMILY HALF`), which keep it and
+# are left out of the alternation, so adding pairs never moves an existing pair to the
+# other half. Tune the engine on `tune` only; `held-out` is there to check that a change
+# generalises.
 # Everything is pinned (package versions, .deb sha256), so two runs give the same bytes.
 # Any failed download or missing member stops the script with an error naming it.
 set -euo pipefail
@@ -93,9 +96,14 @@ unpack_kernel() {
   mv "$f.raw" "$f"
 }
 
-# family PAIR: the family column of the MANIFEST.
-declare -A family=()
-add() { family[$1]=$2; }
+# family PAIR: the family column of the MANIFEST; fixed_half PAIR: an explicit half.
+declare -A family=() fixed_half=()
+add() {
+  family[$1]=$2
+  if [ $# -ge 3 ]; then
+    case $3 in tune | held-out) fixed_half[$1]=$3 ;; *) die "add $1: half must be tune or held-out, not $3" ;; esac
+  fi
+}
 
 # --- x86-64, Rust extensions linking OpenSSL statically (cryptography's _rust.abi3.so).
 crypto='cryptography/hazmat/bindings/_rust\.abi3\.so$'
@@ -103,6 +111,11 @@ py_pair crypto-44.0.2-44.0.3 x86_64 cryptography 44.0.2 44.0.3 "$crypto"; add cr
 py_pair crypto-45.0.4-45.0.5 x86_64 cryptography 45.0.4 45.0.5 "$crypto"; add crypto-45.0.4-45.0.5 x86-64-rust-openssl
 py_pair crypto-43.0.3-44.0.3 x86_64 cryptography 43.0.3 44.0.3 "$crypto"; add crypto-43.0.3-44.0.3 x86-64-rust-openssl
 py_pair crypto-44.0.3-45.0.5 x86_64 cryptography 44.0.3 45.0.5 "$crypto"; add crypto-44.0.3-45.0.5 x86-64-rust-openssl
+# Added for issue 13 item 2 (session 11): more one-patch-release pairs to tune on, since both
+# of the pairs above that are one patch apart are held out. Explicit half: see the header.
+py_pair crypto-43.0.0-43.0.1 x86_64 cryptography 43.0.0 43.0.1 "$crypto"; add crypto-43.0.0-43.0.1 x86-64-rust-openssl tune
+py_pair crypto-44.0.0-44.0.1 x86_64 cryptography 44.0.0 44.0.1 "$crypto"; add crypto-44.0.0-44.0.1 x86-64-rust-openssl tune
+py_pair crypto-45.0.2-45.0.3 x86_64 cryptography 45.0.2 45.0.3 "$crypto"; add crypto-45.0.2-45.0.3 x86-64-rust-openssl tune
 # --- x86-64, other Rust extensions.
 py_pair orjson-x86-64 x86_64 orjson 3.10.17 3.10.18 'orjson/orjson\..*\.so$'; add orjson-x86-64 x86-64-rust
 py_pair rpds-x86-64 x86_64 rpds-py 0.24.0 0.25.0 'rpds/rpds\..*\.so$'; add rpds-x86-64 x86-64-rust
@@ -160,15 +173,20 @@ for pair in kernel-arm64-111-115 kernel-arm64-115-116; do
   add "$pair" arm64-kernel
 done
 
-# --- MANIFEST: halves alternate within each family, pairs in name order (LC_ALL=C).
+# --- MANIFEST: halves alternate within each family, pairs in name order (LC_ALL=C), among
+# the pairs without an explicit half.
 export LC_ALL=C
 tmp_manifest="$dest/MANIFEST.part"
 : > "$tmp_manifest"
 declare -A seen=()
 for pair in $(printf '%s\n' "${!family[@]}" | sort); do
   fam=${family[$pair]}
-  n=${seen[$fam]:-0}; seen[$fam]=$((n + 1))
-  if [ $((n % 2)) -eq 0 ]; then half=tune; else half=held-out; fi
+  if [ -n "${fixed_half[$pair]:-}" ]; then
+    half=${fixed_half[$pair]}
+  else
+    n=${seen[$fam]:-0}; seen[$fam]=$((n + 1))
+    if [ $((n % 2)) -eq 0 ]; then half=tune; else half=held-out; fi
+  fi
   for side in old new; do
     f="$dest/$pair/$side"
     [ -s "$f" ] || die "$f is missing or empty"

@@ -19,6 +19,27 @@ const MISMATCH_COUNT: usize = 4;
 /// Above this length the end of a similar run is found by binary search instead of
 /// stepping byte by byte.
 const LONG_SUFFIX: usize = 256;
+/// A gap between two exact matches at least this long may be covered by extending its
+/// neighbours at a lower share of equal bytes (`LONG_GAP_MIN_EQUAL_PERMILLE`); shorter
+/// gaps keep bsdiff's rule (more equal bytes than different ones).
+///
+/// Why: a table whose every entry moved a little (x86-64 `.eh_frame_hdr`, where each
+/// 8-byte entry is two 32-bit offsets that all shift when code moves) has no exact match
+/// of `SMALL_MATCH` bytes, and on the right alignment only 40–50% of its bytes are equal,
+/// so bsdiff's rule left it literal (145 KB of literals in one gap of cryptography
+/// 45.0.2 → 45.0.3). Its difference to the old bytes is a few repeated values and
+/// compresses far better than the bytes themselves; HDiffPatch extends covers while 46%
+/// (470/1024, smoothed) of the bytes are equal, which is what covered it there. Applied
+/// to every gap, the lower share made far-apart pairs up to 1.2% larger (short gaps are
+/// mostly changed code, better sent as literals compressed against old bytes); from
+/// 4 KiB on it changed them by at most +0.03% (docs/delta-bench.txt, session 11).
+const LONG_GAP: usize = 4096;
+/// The share of equal bytes, in permille, that extends a match into a `LONG_GAP`: on the
+/// tune pairs 420 and 400 gave the same sizes within 0.01%; applied to every gap, 460,
+/// 440 and 380 were up to 0.5% larger than 420 on the static-OpenSSL tune pairs.
+const LONG_GAP_MIN_EQUAL_PERMILLE: isize = 420;
+/// bsdiff's share: more equal bytes than different ones.
+const MIN_EQUAL_PERMILLE: isize = 500;
 
 /// A run of the new slice: `diff_len` bytes derived from old bytes at `old_start`, then
 /// `extra_len` literal bytes. Consecutive matches tile the new slice with no gap.
@@ -408,8 +429,13 @@ impl Scan<'_> {
         let gap = &self.new[self.j0 + self.n0..j];
         let suffix = &self.old[(self.i0 + self.n0).min(self.old.len())..];
         let prefix = &self.old[..i];
-        let mut a0 = scan_similar(gap.iter(), suffix.iter());
-        let mut b = scan_similar(gap.iter().rev(), prefix.iter().rev());
+        let min_equal = if gap.len() >= LONG_GAP {
+            LONG_GAP_MIN_EQUAL_PERMILLE
+        } else {
+            MIN_EQUAL_PERMILLE
+        };
+        let mut a0 = scan_similar(gap.iter(), suffix.iter(), min_equal);
+        let mut b = scan_similar(gap.iter().rev(), prefix.iter().rev(), min_equal);
         if a0 + b > gap.len() {
             let n = a0 + b - gap.len();
             let xs = gap[gap.len() - b..a0].iter();
@@ -423,11 +449,13 @@ impl Scan<'_> {
     }
 }
 
-/// Length of the prefix where matches outnumber mismatches the most.
-fn scan_similar<'a, I: Iterator<Item = &'a u8>>(xs: I, ys: I) -> usize {
+/// Length of the prefix where equal bytes most exceed `min_equal` permille of its
+/// length (an equal byte scores `1000 - min_equal`, a different one `-min_equal`; at
+/// 500 that is bsdiff's "matches outnumber mismatches the most").
+fn scan_similar<'a, I: Iterator<Item = &'a u8>>(xs: I, ys: I, min_equal: isize) -> usize {
     let (mut best_len, mut matched, mut best_score) = (0, 0isize, 0isize);
     for (n, (x, y)) in (1..).zip(xs.zip(ys)) {
-        matched += if x == y { 1 } else { -1 };
+        matched += if x == y { 1000 - min_equal } else { -min_equal };
         if matched > best_score {
             best_len = n;
             best_score = matched;
@@ -545,6 +573,49 @@ mod tests {
                 index.longest_match(pattern),
                 (expected.start, expected.end - expected.start),
                 "pattern {pattern:?} must find the same match as SuffixArray::search_lcp"
+            );
+        }
+    }
+
+    /// A table between two unchanged blocks where every 20-byte entry changed in 11 of
+    /// its bytes: no exact match inside it, 45% of its bytes equal on the alignment of
+    /// the block before it. As a gap of at least `LONG_GAP` it is covered as diff bytes; the
+    /// same table shorter than `LONG_GAP` stays literal (bsdiff's rule).
+    #[test]
+    fn a_long_gap_with_few_equal_bytes_is_diffed_and_a_short_one_stays_literal() {
+        let mut state = 0x9e37_79b9_u32;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        };
+        for (table_len, literal_at_most, literal_at_least) in [
+            (4 * LONG_GAP, LONG_GAP / 8, 0),
+            (LONG_GAP / 2, usize::MAX, LONG_GAP / 4),
+        ] {
+            let old: Vec<u8> = (0..8192 + table_len + 8192).map(|_| random()).collect();
+            let mut new = old.clone();
+            for (k, byte) in new[8192..8192 + table_len].iter_mut().enumerate() {
+                if k % 20 < 11 {
+                    *byte ^= 0x5a;
+                }
+            }
+            // Bytes inserted before each unchanged block put it on an alignment of its
+            // own, so that the scan takes both as matches and the table is the gap.
+            new.splice(8192 + table_len..8192 + table_len, [1, 2, 3, 4, 5, 6, 7]);
+            new.splice(0..0, [9, 9, 9, 9, 9]);
+            let index = OldIndex::build(&old, 1);
+            let matches = find_matches(&old, &index, &new);
+            assert!(
+                tiles(new.len(), &matches),
+                "matches must tile the new image"
+            );
+            let literal = matches.iter().map(|m| m.extra_len).sum::<u64>() as usize;
+            assert!(
+                literal <= literal_at_most && literal >= literal_at_least,
+                "a {table_len}-byte table with 45% equal bytes: {literal} literal bytes, \
+                 expected between {literal_at_least} and {literal_at_most}"
             );
         }
     }
