@@ -125,9 +125,16 @@ pub(crate) use window_now;
 /// `($1, …, $w), ($w+1, …), …`: the bind placeholders of a multi-row `VALUES` list of
 /// `rows` rows of `width` values each.
 pub(crate) fn values_rows(rows: usize, width: usize) -> String {
+    values_rows_from(1, rows, width)
+}
+
+/// [`values_rows`] with the first placeholder `$first` instead of `$1`.
+pub(crate) fn values_rows_from(first: usize, rows: usize, width: usize) -> String {
     (0..rows)
         .map(|k| {
-            let row: Vec<String> = (1..=width).map(|i| format!("${}", width * k + i)).collect();
+            let row: Vec<String> = (0..width)
+                .map(|i| format!("${}", first + width * k + i))
+                .collect();
             format!("({})", row.join(", "))
         })
         .collect::<Vec<_>>()
@@ -147,14 +154,6 @@ pub(crate) fn update_by_id_sql(
     first: usize,
 ) -> String {
     let width = columns.len() + 1;
-    let values: Vec<String> = (0..rows)
-        .map(|k| {
-            let row: Vec<String> = (0..width)
-                .map(|field| format!("${}", first + k * width + field))
-                .collect();
-            format!("({})", row.join(", "))
-        })
-        .collect();
     let set: Vec<String> = columns
         .iter()
         .enumerate()
@@ -170,7 +169,7 @@ pub(crate) fn update_by_id_sql(
         "UPDATE {table} SET {}{also} FROM (VALUES {}) AS v WHERE {table}.id = v.column1 \
          AND {table}.id IN ({})",
         set.join(", "),
-        values.join(", "),
+        values_rows_from(first, rows, width),
         ids.join(", ")
     )
 }

@@ -36,7 +36,7 @@ pub struct Aggregates {
     /// Deployments by phase and status, whatever their window.
     pub phases: BTreeMap<usize, PhaseCounts>,
     /// Finished deployments of the current window by outcome; `timed_out` is 0 here
-    /// (counted separately, see [`Store::window_outcomes`]).
+    /// (counted separately, see [`Store::supervision_aggregates`]).
     pub window: Outcomes,
 }
 
@@ -139,20 +139,6 @@ impl Store {
             aggregates.window.timed_out = self.overdue(rollout_id, window_ms, before).await?;
         }
         Ok(aggregates)
-    }
-
-    /// The outcomes of the breaker window that started at `window_ms` (see
-    /// [`Store::supervision_aggregates`]).
-    pub async fn window_outcomes(
-        &self,
-        rollout_id: &str,
-        window_ms: i64,
-        overdue_before_ms: Option<i64>,
-    ) -> Result<Outcomes, StoreError> {
-        Ok(self
-            .supervision_aggregates(rollout_id, window_ms, overdue_before_ms)
-            .await?
-            .window)
     }
 
     /// Unfinished deployments of the window handed out before `before_ms` (read through

@@ -576,9 +576,10 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
     assert_eq!(counts[&0].failed, 1);
     assert_eq!(
         store
-            .window_outcomes(&rollout.id, started.window_start_ms, None)
+            .supervision_aggregates(&rollout.id, started.window_start_ms, None)
             .await
             .unwrap()
+            .window
             .failed,
         1
     );
@@ -596,14 +597,16 @@ async fn rollouts_deployments_and_jobs(backend: Backend) {
         .await
         .unwrap();
     let overdue = store
-        .window_outcomes(&rollout.id, started.window_start_ms, Some(assigned_at + 1))
+        .supervision_aggregates(&rollout.id, started.window_start_ms, Some(assigned_at + 1))
         .await
-        .unwrap();
+        .unwrap()
+        .window;
     assert_eq!((overdue.timed_out, overdue.failed), (1, 1));
     let in_time = store
-        .window_outcomes(&rollout.id, started.window_start_ms, Some(assigned_at))
+        .supervision_aggregates(&rollout.id, started.window_start_ms, Some(assigned_at))
         .await
-        .unwrap();
+        .unwrap()
+        .window;
     assert_eq!(in_time.timed_out, 0);
 
     let (aa, bb, cc) = (
