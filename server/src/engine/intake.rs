@@ -12,7 +12,8 @@ use ota_core::protocol::{
     PAYLOAD_TYPE_CHECKIN, PAYLOAD_TYPE_PROGRESS,
 };
 use ota_core::time::Timestamp;
-use std::collections::HashMap;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
 
 /// Why a vehicle message was dropped (each is counted in metrics).
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +155,93 @@ impl KeyMemo {
     }
 }
 
+/// Most progress messages [`VerifiedMemo`] remembers; past it, the oldest is forgotten.
+/// The consumer reads an event a moment after the gateway verified it, so this covers
+/// a backlog of tens of seconds at thousands of events per second (about 10 MB).
+const VERIFIED_MEMO_CAPACITY: usize = 1 << 15;
+
+/// Progress messages this process has verified, by SHA-256 of (device key ‖ signed
+/// bytes), with what they said. With Kafka each message is opened twice, by the gateway
+/// and again by the consumer (which trusts nothing read from Kafka); when both run in
+/// one process the second opening finds the first here instead of checking the Ed25519
+/// signature again. The outcome of opening is a pure function of the key and the bytes,
+/// so a remembered one is exactly what checking again would give: a record whose bytes
+/// differ by one bit, or a vehicle whose key was rotated since, misses and is checked in
+/// full. Only successes are remembered.
+pub(super) struct VerifiedMemo {
+    inner: std::sync::Mutex<VerifiedInner>,
+    capacity: usize,
+    /// Signatures checked (not remembered), for tests.
+    checked: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct VerifiedInner {
+    events: HashMap<[u8; 32], ProgressEvent>,
+    /// Insertion order, for forgetting the oldest.
+    order: VecDeque<[u8; 32]>,
+}
+
+impl Default for VerifiedMemo {
+    fn default() -> Self {
+        VerifiedMemo::with_capacity(VERIFIED_MEMO_CAPACITY)
+    }
+}
+
+impl VerifiedMemo {
+    pub(super) fn with_capacity(capacity: usize) -> Self {
+        VerifiedMemo {
+            inner: std::sync::Mutex::new(VerifiedInner::default()),
+            capacity: capacity.max(1),
+            checked: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn digest(key: &PublicKey, bytes: &[u8]) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(key.to_bytes());
+        hash.update(bytes);
+        hash.finalize().into()
+    }
+
+    /// [`open_message`] for a progress message, or what it gave for the same key and
+    /// bytes before.
+    pub(super) fn open(
+        &self,
+        bytes: &[u8],
+        key: &PublicKey,
+    ) -> Result<ProgressEvent, MessageError> {
+        let digest = Self::digest(key, bytes);
+        let lock = || self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(event) = lock().events.get(&digest) {
+            metrics::counter!("ota_progress_signature_checks_total", "outcome" => "remembered")
+                .increment(1);
+            return Ok(event.clone());
+        }
+        metrics::counter!("ota_progress_signature_checks_total", "outcome" => "checked")
+            .increment(1);
+        self.checked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Checked outside the lock.
+        let event: ProgressEvent = open_message(bytes, PAYLOAD_TYPE_PROGRESS, key)?;
+        let mut inner = lock();
+        if inner.events.insert(digest, event.clone()).is_none() {
+            inner.order.push_back(digest);
+            while inner.order.len() > self.capacity {
+                if let Some(oldest) = inner.order.pop_front() {
+                    inner.events.remove(&oldest);
+                }
+            }
+        }
+        Ok(event)
+    }
+
+    #[cfg(test)]
+    fn checked(&self) -> u64 {
+        self.checked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 impl Engine {
     /// A verified, fresh check-in from a registered vehicle, with its stored record.
     pub async fn verify_checkin(
@@ -240,7 +328,7 @@ impl Engine {
                     }
                     Some(k) => self.inner.device_keys.get(&k.public_key)?,
                 };
-                Ok(open_message(bytes, PAYLOAD_TYPE_PROGRESS, &key)?)
+                Ok(self.inner.verified_progress.open(bytes, &key)?)
             })
             .collect();
         // Repeated ids are read once (`Store::fetch_in`).
@@ -439,5 +527,75 @@ mod tests {
             progress_status(ProgressPhase::RolledBack),
             DeploymentStatus::RolledBack
         );
+    }
+
+    fn progress(key: &SigningKey, sequence: u64) -> Vec<u8> {
+        let event = ProgressEvent {
+            vehicle_id: "veh-a".to_owned(),
+            deployment_id: "dep-1".to_owned(),
+            sequence,
+            phase: ProgressPhase::Downloading,
+            bytes_done: 0,
+            bytes_total: 10,
+            reason_code: None,
+            at: Timestamp::parse("2027-01-01T00:00:00Z").unwrap(),
+        };
+        sign_message(PAYLOAD_TYPE_PROGRESS, &event, key)
+    }
+
+    #[test]
+    fn a_progress_message_opened_again_is_remembered_not_checked_again() {
+        let memo = VerifiedMemo::with_capacity(8);
+        let key = SigningKey::from_seed(&[7; 32]);
+        let bytes = progress(&key, 1);
+        let first = memo.open(&bytes, &key.public_key()).unwrap();
+        assert_eq!(memo.checked(), 1);
+        let again = memo.open(&bytes, &key.public_key()).unwrap();
+        assert_eq!(again, first, "what checking gave");
+        assert_eq!(memo.checked(), 1, "the second opening checks no signature");
+    }
+
+    #[test]
+    fn the_verified_memo_answers_as_checking_does_for_changed_bytes_and_rotated_keys() {
+        let memo = VerifiedMemo::with_capacity(8);
+        let key = SigningKey::from_seed(&[7; 32]);
+        let bytes = progress(&key, 1);
+        memo.open(&bytes, &key.public_key()).unwrap();
+        // One bit flipped in the signed payload: checked, refused.
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let payload_start = text.find("\"payload\":\"").unwrap() + 11;
+        let mut tampered = bytes.clone();
+        tampered[payload_start + 4] ^= 0x01;
+        assert!(memo.open(&tampered, &key.public_key()).is_err());
+        assert_eq!(memo.checked(), 2, "different bytes are checked");
+        // The same bytes after the vehicle's key was rotated: refused, as checking
+        // with the new key refuses them.
+        let rotated = SigningKey::from_seed(&[8; 32]).public_key();
+        assert!(matches!(
+            memo.open(&bytes, &rotated),
+            Err(MessageError::BadSignature)
+        ));
+        // Failures are not remembered: each is checked again.
+        let checked = memo.checked();
+        assert!(memo.open(&bytes, &rotated).is_err());
+        assert_eq!(memo.checked(), checked + 1);
+    }
+
+    #[test]
+    fn the_verified_memo_forgets_the_oldest_past_its_capacity() {
+        let memo = VerifiedMemo::with_capacity(2);
+        let key = SigningKey::from_seed(&[7; 32]);
+        let messages: Vec<Vec<u8>> = (1..=3).map(|s| progress(&key, s)).collect();
+        for bytes in &messages {
+            memo.open(bytes, &key.public_key()).unwrap();
+        }
+        assert_eq!(memo.checked(), 3);
+        assert_eq!(memo.inner.lock().unwrap().events.len(), 2);
+        // The two newest are remembered, the oldest is checked again.
+        memo.open(&messages[2], &key.public_key()).unwrap();
+        memo.open(&messages[1], &key.public_key()).unwrap();
+        assert_eq!(memo.checked(), 3);
+        memo.open(&messages[0], &key.public_key()).unwrap();
+        assert_eq!(memo.checked(), 4);
     }
 }

@@ -66,6 +66,8 @@ struct Inner {
     snapshot: assign::SnapshotCache,
     /// Device keys already parsed (a curve point decompression per message otherwise).
     device_keys: intake::KeyMemo,
+    /// Progress messages already verified (the consumer re-opens what the gateway did).
+    verified_progress: intake::VerifiedMemo,
     /// Check-in writes, batched per transaction.
     checkins: group_commit::CheckinWriter,
     assignments: group_commit::AssignmentWriter,
@@ -128,6 +130,7 @@ impl Engine {
                 jobs,
                 snapshot: assign::SnapshotCache::default(),
                 device_keys: intake::KeyMemo::default(),
+                verified_progress: intake::VerifiedMemo::default(),
                 checkins,
                 assignments,
                 rollout_relay,
