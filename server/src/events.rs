@@ -2,7 +2,9 @@
 //! produces each verified progress message to Kafka (`ota.vehicle-events`, keyed by
 //! vehicle id, idempotent producer, `acks=all`) and acknowledges the MQTT message only
 //! after Kafka acknowledged the write; the rollout engine's consumer (group
-//! `ota-rollout-engine`) re-verifies each event, applies it idempotently and commits
+//! `ota-rollout-engine`) re-verifies each event (a signature the gateway of the same
+//! process checked is remembered, not checked again: `engine::intake::VerifiedMemo`),
+//! applies it idempotently and commits
 //! its offset only after the database write. Check-ins stay on the MQTT fast path.
 //!
 //! The event is a versioned JSON envelope ([`VehicleEvent`]) whose contract is the JSON
