@@ -409,6 +409,16 @@ async fn the_embedded_broker_carries_check_ins_directives_and_progress() {
         applied >= vehicles as u64,
         "progress was applied by the Kafka consumer ({applied} events): {metrics}"
     );
+    // Gateway and consumer share the process: each event's signature was checked once,
+    // by the gateway, and the consumer found that check instead of repeating it.
+    let remembered = counter(
+        &metrics,
+        "ota_progress_signature_checks_total{outcome=\"remembered\"}",
+    );
+    assert!(
+        remembered >= applied,
+        "the consumer re-checked signatures the gateway had checked ({remembered} remembered, {applied} applied): {metrics}"
+    );
     fleet.stop().await;
     server.stop().await;
 }
