@@ -18,7 +18,7 @@
 use super::chunking::plan_parts;
 use super::detect::detect_transform;
 use super::image::{FileImage, ImageSource, TransformedImage};
-use super::matcher::{find_matches, prune_weak_matches, Match, OldIndex};
+use super::matcher::{cover_literal_gaps, find_matches, prune_weak_matches, Match, OldIndex};
 use ota_core::delta::{
     encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, SegmentHeader,
     Transform, EXTRA_PREFIX_MAX, HEADER_LEN, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN,
@@ -513,6 +513,7 @@ fn diff_part(old: &[u8], new: &[u8], threads: usize) -> Vec<Match> {
                 };
                 let found = find_matches(old, &old_index, &new[range.clone()]);
                 let found = prune_weak_matches(found, old, &new[range.clone()]);
+                let found = cover_literal_gaps(found, old, &new[range.clone()]);
                 if let Ok(mut slot) = results[index].lock() {
                     *slot = found;
                 }

@@ -352,6 +352,313 @@ pub fn prune_weak_matches(matches: Vec<Match>, old: &[u8], new: &[u8]) -> Vec<Ma
     out
 }
 
+/// Exact matches at least this long anchor a search for diff-covered runs inside a
+/// literal gap (HDiffPatch's shortest match, `kCoverMinMatchLen`).
+const GAP_ANCHOR_MIN: usize = 5;
+/// How far from a neighbouring match's diagonal (old offset − new offset) a gap is
+/// searched for anchors, in old bytes either side.
+const GAP_SEARCH_RADIUS: usize = 1024;
+/// Candidates examined per anchor lookup in the gap's hash chains.
+const GAP_CHAIN_STEPS: usize = 16;
+/// An extension inside a gap stops this many bytes after its best end, so that trying
+/// many anchors in a long gap stays linear in the gap's length.
+const GAP_EXTEND_LOOKAHEAD: usize = 256;
+
+/// Order-1 byte model: estimated compressed bytes of a byte after a given byte, from
+/// bigram counts (as HDiffPatch's `TCompressDetect` judges covers). It knows nothing of
+/// the old bytes the literal stream is compressed against, so it overestimates literal
+/// bytes; scaled down to the measured mean `LITERAL_COST` instead, it covered less and
+/// gave deltas up to 2.1% larger on the static-OpenSSL tune pairs
+/// (docs/delta-bench.txt, session 12).
+struct Order1Cost {
+    /// Cost in bytes, indexed by (previous byte) * 256 + byte.
+    cost: Vec<f32>,
+}
+
+impl Order1Cost {
+    /// The model of `bytes`: bigram counts with add-half smoothing.
+    fn from_bytes(bytes: &[u8]) -> Self {
+        let mut pairs = vec![0u32; 256 * 256];
+        let mut previous = 0u8;
+        for &byte in bytes {
+            pairs[usize::from(previous) * 256 + usize::from(byte)] += 1;
+            previous = byte;
+        }
+        let mut cost = vec![0f32; 256 * 256];
+        for (row, counts) in pairs.chunks(256).enumerate() {
+            let total: f64 = counts.iter().map(|&c| f64::from(c)).sum::<f64>() + 128.0;
+            for (b, &c) in counts.iter().enumerate() {
+                cost[row * 256 + b] = (-((f64::from(c) + 0.5) / total).log2() / 8.0) as f32;
+            }
+        }
+        Order1Cost { cost }
+    }
+
+    fn byte(&self, previous: u8, byte: u8) -> f32 {
+        self.cost[usize::from(previous) * 256 + usize::from(byte)]
+    }
+
+    /// Estimated cost of `bytes` sent after `previous`.
+    fn bytes(&self, mut previous: u8, bytes: &[u8]) -> f64 {
+        let mut sum = 0f64;
+        for &byte in bytes {
+            sum += f64::from(self.byte(previous, byte));
+            previous = byte;
+        }
+        sum
+    }
+}
+
+/// A stretch of a literal gap to send as diff bytes: new offset, old offset, length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GapCover {
+    new_start: usize,
+    old_start: usize,
+    len: usize,
+}
+
+/// Hash chains of 4-byte keys over one old window, reused across gaps.
+#[derive(Default)]
+struct WindowChains {
+    start: usize,
+    head: Vec<u32>,
+    previous: Vec<u32>,
+    bits: u32,
+}
+
+const NO_POSITION: u32 = u32::MAX;
+
+fn key_hash(bytes: &[u8], bits: u32) -> usize {
+    let key = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    (key.wrapping_mul(0x9e37_79b1) >> (32 - bits)) as usize
+}
+
+impl WindowChains {
+    fn index(&mut self, old: &[u8], window: std::ops::Range<usize>) {
+        let len = window.len();
+        self.start = window.start;
+        self.bits = (usize::BITS - len.max(16).leading_zeros()).clamp(4, 20);
+        self.head.clear();
+        self.head.resize(1 << self.bits, NO_POSITION);
+        self.previous.clear();
+        self.previous.resize(len, NO_POSITION);
+        for at in 0..len.saturating_sub(3) {
+            let h = key_hash(&old[window.start + at..], self.bits);
+            self.previous[at] = self.head[h];
+            self.head[h] = at as u32;
+        }
+    }
+
+    /// The best exact match of `pattern` (at least `GAP_ANCHOR_MIN` bytes) in the window,
+    /// as (old offset, length): the longest, the nearest to `expected` among equals.
+    fn best_match(&self, old: &[u8], pattern: &[u8], expected: usize) -> Option<(usize, usize)> {
+        if pattern.len() < GAP_ANCHOR_MIN || self.previous.is_empty() {
+            return None;
+        }
+        let mut at = self.head[key_hash(pattern, self.bits)];
+        let mut best: Option<(usize, usize)> = None;
+        for _ in 0..GAP_CHAIN_STEPS {
+            if at == NO_POSITION {
+                break;
+            }
+            let old_at = self.start + at as usize;
+            let len = common_prefix_len(pattern, &old[old_at..]);
+            let better = match best {
+                None => true,
+                Some((b, blen)) => {
+                    len > blen || (len == blen && old_at.abs_diff(expected) < b.abs_diff(expected))
+                }
+            };
+            if len >= GAP_ANCHOR_MIN && better {
+                best = Some((old_at, len));
+            }
+            at = self.previous[at as usize];
+        }
+        best
+    }
+}
+
+/// Estimated cost of `new` sent as diff bytes against `old` (same length): non-zero
+/// bytes under the codes model, one run pair per non-zero run, and one control entry.
+fn diff_cost(old: &[u8], new: &[u8], codes: &Order1Cost) -> f64 {
+    let (mut cost, mut previous_code, mut previous_zero) = (ENTRY_COST, 0u8, true);
+    for (o, n) in old.iter().zip(new) {
+        let d = n.wrapping_sub(*o);
+        if d != 0 {
+            cost += f64::from(codes.byte(previous_code, d));
+            if previous_zero {
+                cost += RUN_COST;
+            }
+            previous_code = d;
+        }
+        previous_zero = d == 0;
+    }
+    cost
+}
+
+/// Diff-covered stretches inside one literal gap `new[gap]`, found from exact matches of
+/// `GAP_ANCHOR_MIN` bytes or more near the given diagonals (old − new offsets), each
+/// extended both ways (bsdiff's rule) inside the gap and kept when the order-1 estimate
+/// says it costs less as diff bytes plus a control entry than as literal bytes.
+fn covers_in_gap(
+    old: &[u8],
+    new: &[u8],
+    gap: std::ops::Range<usize>,
+    diagonals: &[i64],
+    models: (&Order1Cost, &Order1Cost),
+    chains: &mut [WindowChains; 2],
+) -> Vec<GapCover> {
+    let (literals, codes) = models;
+    let mut windows = 0;
+    let mut window_diagonals = [0i64; 2];
+    for &d in diagonals.iter().take(2) {
+        let low = (gap.start as i64 + d - GAP_SEARCH_RADIUS as i64).clamp(0, old.len() as i64);
+        let high = (gap.end as i64 + d + GAP_SEARCH_RADIUS as i64).clamp(0, old.len() as i64);
+        if high - low >= GAP_ANCHOR_MIN as i64 {
+            chains[windows].index(old, low as usize..high as usize);
+            window_diagonals[windows] = d;
+            windows += 1;
+        }
+    }
+    let mut out = Vec::new();
+    let (mut cursor, mut at) = (gap.start, gap.start);
+    while at + GAP_ANCHOR_MIN <= gap.end {
+        let pattern = &new[at..gap.end];
+        let mut best: Option<(usize, usize)> = None;
+        for (window, &d) in chains[..windows].iter().zip(&window_diagonals) {
+            let expected = (at as i64 + d).max(0) as usize;
+            if let Some(found) = window.best_match(old, pattern, expected) {
+                if best.is_none_or(|b| found.1 > b.1) {
+                    best = Some(found);
+                }
+            }
+        }
+        let Some((old_at, len)) = best else {
+            at += 1;
+            continue;
+        };
+        // Extend the anchor backwards to the literal cursor and forwards to the gap end.
+        let back_limit = (at - cursor).min(old_at);
+        let back = scan_similar_near(
+            new[at - back_limit..at].iter().rev(),
+            old[old_at - back_limit..old_at].iter().rev(),
+        );
+        let forward_end = (gap.end - at).min(old.len() - old_at);
+        let forward = len
+            + scan_similar_near(
+                new[at + len..at + forward_end].iter(),
+                old[old_at + len..old_at + forward_end].iter(),
+            );
+        let (new_start, old_start, cover_len) = (at - back, old_at - back, back + forward);
+        let new_bytes = &new[new_start..new_start + cover_len];
+        let previous = new_start.checked_sub(1).map_or(0, |p| new[p]);
+        let as_literal = literals.bytes(previous, new_bytes);
+        let as_diff = diff_cost(&old[old_start..old_start + cover_len], new_bytes, codes);
+        if as_diff < as_literal {
+            out.push(GapCover {
+                new_start,
+                old_start,
+                len: cover_len,
+            });
+            cursor = new_start + cover_len;
+            at = cursor;
+        } else {
+            at += len;
+        }
+    }
+    out
+}
+
+/// Second pass over the literal gaps left by the scan (`matches` tile `new`): splits a
+/// gap into literal + diff-covered stretches + literal where short exact matches near
+/// the neighbouring matches' diagonals, extended, cost less as diff bytes than as
+/// literals by an order-1 estimate. Every existing match keeps its diff run; only
+/// literal bytes change hands.
+///
+/// Why: the bsdiff scan ignores exact matches of `SMALL_MATCH` bytes or fewer, because
+/// taking one switches the scan's alignment away from the long approximate one it is
+/// following (docs/delta-bench.txt, session 11). Inside a gap there is no alignment to
+/// lose, and HDiffPatch covers such stretches from 5-byte matches on.
+pub fn cover_literal_gaps(matches: Vec<Match>, old: &[u8], new: &[u8]) -> Vec<Match> {
+    if old.len() < GAP_ANCHOR_MIN {
+        return matches;
+    }
+    let (literal_model, code_model) = stream_models(&matches, old, new);
+    let mut chains: [WindowChains; 2] = Default::default();
+    let mut out: Vec<Match> = Vec::with_capacity(matches.len());
+    let mut new_at = 0usize;
+    for (k, m) in matches.iter().enumerate() {
+        let gap_start = new_at + m.diff_len as usize;
+        let gap = gap_start..gap_start + m.extra_len as usize;
+        new_at = gap.end;
+        let mut diagonals = Vec::with_capacity(2);
+        if m.diff_len > 0 {
+            diagonals.push((m.old_start + m.diff_len) as i64 - gap.start as i64);
+        }
+        if let Some(next) = matches.get(k + 1).filter(|n| n.diff_len > 0) {
+            let d = next.old_start as i64 - gap.end as i64;
+            if !diagonals.contains(&d) {
+                diagonals.push(d);
+            }
+        }
+        let covers = if gap.len() >= GAP_ANCHOR_MIN && !diagonals.is_empty() {
+            covers_in_gap(
+                old,
+                new,
+                gap.clone(),
+                &diagonals,
+                (&literal_model, &code_model),
+                &mut chains,
+            )
+        } else {
+            Vec::new()
+        };
+        let mut current = Match {
+            extra_len: m.extra_len,
+            ..*m
+        };
+        for cover in covers {
+            current.extra_len = (cover.new_start - (gap.end - current.extra_len as usize)) as u64;
+            let rest = gap.end - (cover.new_start + cover.len);
+            out.push(current);
+            current = Match {
+                old_start: cover.old_start as u64,
+                diff_len: cover.len as u64,
+                extra_len: rest as u64,
+            };
+        }
+        out.push(current);
+    }
+    out
+}
+
+/// Order-1 models of the literal bytes and of the non-zero diff bytes of `matches`.
+fn stream_models(matches: &[Match], old: &[u8], new: &[u8]) -> (Order1Cost, Order1Cost) {
+    let mut literals = Vec::new();
+    let mut codes = Vec::new();
+    let mut new_at = 0usize;
+    for m in matches {
+        let (diff_len, extra_len) = (m.diff_len as usize, m.extra_len as usize);
+        let olds = old
+            .get(m.old_start as usize..m.old_start as usize + diff_len)
+            .unwrap_or_default();
+        codes.extend(
+            new[new_at..new_at + diff_len]
+                .iter()
+                .zip(olds)
+                .map(|(n, o)| n.wrapping_sub(*o))
+                .filter(|&d| d != 0),
+        );
+        new_at += diff_len;
+        literals.extend_from_slice(&new[new_at..new_at + extra_len]);
+        new_at += extra_len;
+    }
+    (
+        Order1Cost::from_bytes(&literals),
+        Order1Cost::from_bytes(&codes),
+    )
+}
+
 struct Scan<'a> {
     old: &'a [u8],
     new: &'a [u8],
@@ -459,6 +766,22 @@ fn scan_similar<'a, I: Iterator<Item = &'a u8>>(xs: I, ys: I, min_equal: isize) 
         if matched > best_score {
             best_len = n;
             best_score = matched;
+        }
+    }
+    best_len
+}
+
+/// `scan_similar` at bsdiff's share, giving up `GAP_EXTEND_LOOKAHEAD` bytes after the
+/// best length so far.
+fn scan_similar_near<'a, I: Iterator<Item = &'a u8>>(xs: I, ys: I) -> usize {
+    let (mut best_len, mut matched, mut best_score) = (0, 0isize, 0isize);
+    for (n, (x, y)) in (1..).zip(xs.zip(ys)) {
+        matched += if x == y { 1 } else { -1 };
+        if matched > best_score {
+            best_len = n;
+            best_score = matched;
+        } else if n - best_len > GAP_EXTEND_LOOKAHEAD {
+            break;
         }
     }
     best_len
@@ -616,6 +939,77 @@ mod tests {
                 literal <= literal_at_most && literal >= literal_at_least,
                 "a {table_len}-byte table with 45% equal bytes: {literal} literal bytes, \
                  expected between {literal_at_least} and {literal_at_most}"
+            );
+        }
+    }
+
+    /// A gap of random bytes holding, 3 bytes off the neighbours' diagonal, a 200-byte
+    /// copy of old bytes with every 16th byte changed (no exact match longer than 15
+    /// bytes): the pass covers it as diff bytes. A gap holding only a 6-byte copy stays
+    /// literal: a control entry costs more than the 6 literal bytes.
+    #[test]
+    fn a_literal_gap_with_a_short_match_near_the_diagonal_is_covered_only_when_cheaper() {
+        let mut state = 0x1234_5678_u32;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        };
+        let old: Vec<u8> = (0..8192).map(|_| random()).collect();
+        for (copy_len, covered_at_least, covered_at_most) in [(200, 190, 210), (6, 0, 0)] {
+            let mut new = old[..2000].to_vec();
+            new.extend((0..200).map(|_| random()));
+            let copy_at = new.len();
+            new.extend(
+                old[copy_at + 3..copy_at + 3 + copy_len]
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &b)| if k % 16 == 15 { b ^ 0x21 } else { b }),
+            );
+            new.extend((0..200).map(|_| random()));
+            let gap_len = new.len() - 2000;
+            new.extend_from_slice(&old[4000..6000]);
+            let matches = vec![
+                Match {
+                    old_start: 0,
+                    diff_len: 2000,
+                    extra_len: gap_len as u64,
+                },
+                Match {
+                    old_start: 4000,
+                    diff_len: 2000,
+                    extra_len: 0,
+                },
+            ];
+            let split = cover_literal_gaps(matches.clone(), &old, &new);
+            assert!(tiles(new.len(), &split), "matches must tile the new image");
+            assert!(
+                split
+                    .iter()
+                    .all(|m| m.old_start + m.diff_len <= old.len() as u64),
+                "matches must stay inside the old image: {split:?}"
+            );
+            let literal = split.iter().map(|m| m.extra_len).sum::<u64>() as usize;
+            let covered = gap_len - literal;
+            assert!(
+                (covered_at_least..=covered_at_most).contains(&covered),
+                "a gap holding a {copy_len}-byte near copy: {covered} bytes covered, \
+                 expected {covered_at_least}..={covered_at_most} ({split:?})"
+            );
+            assert_eq!(
+                (split[0], split[split.len() - 1]),
+                (
+                    Match {
+                        extra_len: split[0].extra_len,
+                        ..matches[0]
+                    },
+                    Match {
+                        extra_len: split[split.len() - 1].extra_len,
+                        ..matches[1]
+                    }
+                ),
+                "the scan's matches keep their diff runs"
             );
         }
     }
