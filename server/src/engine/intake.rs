@@ -157,8 +157,13 @@ impl KeyMemo {
 
 /// Most progress messages [`VerifiedMemo`] remembers; past it, the oldest is forgotten.
 /// The consumer reads an event a moment after the gateway verified it, so this covers
-/// a backlog of tens of seconds at thousands of events per second (about 10 MB).
+/// a backlog of seconds at thousands of events per second.
 const VERIFIED_MEMO_CAPACITY: usize = 1 << 15;
+/// Most signed bytes the remembered messages may add up to (an event is no larger than
+/// its message): a vehicle sending validly signed messages of the broker's maximum size
+/// must not make the memo hold gigabytes. Progress messages are about 600 bytes, so the
+/// count binds first.
+const VERIFIED_MEMO_MAX_BYTES: usize = 32 << 20;
 
 /// Progress messages this process has verified, by SHA-256 of (device key ‖ signed
 /// bytes), with what they said. With Kafka each message is opened twice, by the gateway
@@ -171,6 +176,7 @@ const VERIFIED_MEMO_CAPACITY: usize = 1 << 15;
 pub(super) struct VerifiedMemo {
     inner: std::sync::Mutex<VerifiedInner>,
     capacity: usize,
+    max_bytes: usize,
     /// Signatures checked (not remembered), for tests.
     checked: std::sync::atomic::AtomicU64,
 }
@@ -178,21 +184,25 @@ pub(super) struct VerifiedMemo {
 #[derive(Default)]
 struct VerifiedInner {
     events: HashMap<[u8; 32], ProgressEvent>,
-    /// Insertion order, for forgetting the oldest.
-    order: VecDeque<[u8; 32]>,
+    /// Insertion order with each message's length, for forgetting the oldest.
+    order: VecDeque<([u8; 32], usize)>,
+    /// Sum of the remembered messages' lengths.
+    bytes: usize,
 }
 
 impl Default for VerifiedMemo {
     fn default() -> Self {
-        VerifiedMemo::with_capacity(VERIFIED_MEMO_CAPACITY)
+        VerifiedMemo::with_limits(VERIFIED_MEMO_CAPACITY, VERIFIED_MEMO_MAX_BYTES)
     }
 }
 
 impl VerifiedMemo {
-    pub(super) fn with_capacity(capacity: usize) -> Self {
+    /// At most `capacity` messages of at most `max_bytes` in all.
+    pub(super) fn with_limits(capacity: usize, max_bytes: usize) -> Self {
         VerifiedMemo {
             inner: std::sync::Mutex::new(VerifiedInner::default()),
             capacity: capacity.max(1),
+            max_bytes,
             checked: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -224,13 +234,19 @@ impl VerifiedMemo {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Checked outside the lock.
         let event: ProgressEvent = open_message(bytes, PAYLOAD_TYPE_PROGRESS, key)?;
+        if bytes.len() > self.max_bytes {
+            return Ok(event);
+        }
         let mut inner = lock();
         if inner.events.insert(digest, event.clone()).is_none() {
-            inner.order.push_back(digest);
-            while inner.order.len() > self.capacity {
-                if let Some(oldest) = inner.order.pop_front() {
-                    inner.events.remove(&oldest);
-                }
+            inner.order.push_back((digest, bytes.len()));
+            inner.bytes += bytes.len();
+            while inner.order.len() > self.capacity || inner.bytes > self.max_bytes {
+                let Some((oldest, len)) = inner.order.pop_front() else {
+                    break;
+                };
+                inner.events.remove(&oldest);
+                inner.bytes -= len;
             }
         }
         Ok(event)
@@ -545,7 +561,7 @@ mod tests {
 
     #[test]
     fn a_progress_message_opened_again_is_remembered_not_checked_again() {
-        let memo = VerifiedMemo::with_capacity(8);
+        let memo = VerifiedMemo::with_limits(8, 1 << 20);
         let key = SigningKey::from_seed(&[7; 32]);
         let bytes = progress(&key, 1);
         let first = memo.open(&bytes, &key.public_key()).unwrap();
@@ -557,7 +573,7 @@ mod tests {
 
     #[test]
     fn the_verified_memo_answers_as_checking_does_for_changed_bytes_and_rotated_keys() {
-        let memo = VerifiedMemo::with_capacity(8);
+        let memo = VerifiedMemo::with_limits(8, 1 << 20);
         let key = SigningKey::from_seed(&[7; 32]);
         let bytes = progress(&key, 1);
         memo.open(&bytes, &key.public_key()).unwrap();
@@ -583,7 +599,7 @@ mod tests {
 
     #[test]
     fn the_verified_memo_forgets_the_oldest_past_its_capacity() {
-        let memo = VerifiedMemo::with_capacity(2);
+        let memo = VerifiedMemo::with_limits(2, 1 << 20);
         let key = SigningKey::from_seed(&[7; 32]);
         let messages: Vec<Vec<u8>> = (1..=3).map(|s| progress(&key, s)).collect();
         for bytes in &messages {
@@ -597,5 +613,27 @@ mod tests {
         assert_eq!(memo.checked(), 3);
         memo.open(&messages[0], &key.public_key()).unwrap();
         assert_eq!(memo.checked(), 4);
+    }
+
+    #[test]
+    fn the_verified_memo_holds_no_more_bytes_than_its_limit() {
+        let key = SigningKey::from_seed(&[7; 32]);
+        let messages: Vec<Vec<u8>> = (1..=3).map(|s| progress(&key, s)).collect();
+        let len = messages[0].len();
+        // Room for two messages' bytes, however many it may count.
+        let memo = VerifiedMemo::with_limits(100, 2 * len + len / 2);
+        for bytes in &messages {
+            memo.open(bytes, &key.public_key()).unwrap();
+        }
+        let inner = memo.inner.lock().unwrap();
+        assert_eq!(inner.events.len(), 2);
+        assert!(inner.bytes <= 2 * len + len / 2);
+        drop(inner);
+        // A message larger than the whole limit is checked, answered and not kept.
+        let tiny = VerifiedMemo::with_limits(100, len - 1);
+        tiny.open(&messages[0], &key.public_key()).unwrap();
+        tiny.open(&messages[0], &key.public_key()).unwrap();
+        assert_eq!(tiny.checked(), 2);
+        assert_eq!(tiny.inner.lock().unwrap().bytes, 0);
     }
 }
