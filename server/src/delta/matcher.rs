@@ -741,8 +741,8 @@ impl Scan<'_> {
         } else {
             MIN_EQUAL_PERMILLE
         };
-        let mut a0 = scan_similar(gap.iter(), suffix.iter(), min_equal);
-        let mut b = scan_similar(gap.iter().rev(), prefix.iter().rev(), min_equal);
+        let mut a0 = scan_similar(gap.iter(), suffix.iter(), min_equal, usize::MAX);
+        let mut b = scan_similar(gap.iter().rev(), prefix.iter().rev(), min_equal, usize::MAX);
         if a0 + b > gap.len() {
             let n = a0 + b - gap.len();
             let xs = gap[gap.len() - b..a0].iter();
@@ -759,13 +759,22 @@ impl Scan<'_> {
 /// Length of the prefix where equal bytes most exceed `min_equal` permille of its
 /// length (an equal byte scores `1000 - min_equal`, a different one `-min_equal`; at
 /// 500 that is bsdiff's "matches outnumber mismatches the most").
-fn scan_similar<'a, I: Iterator<Item = &'a u8>>(xs: I, ys: I, min_equal: isize) -> usize {
+///
+/// It gives up `give_up_after` bytes past the best length so far (`usize::MAX`: never).
+fn scan_similar<'a, I: Iterator<Item = &'a u8>>(
+    xs: I,
+    ys: I,
+    min_equal: isize,
+    give_up_after: usize,
+) -> usize {
     let (mut best_len, mut matched, mut best_score) = (0, 0isize, 0isize);
     for (n, (x, y)) in (1..).zip(xs.zip(ys)) {
         matched += if x == y { 1000 - min_equal } else { -min_equal };
         if matched > best_score {
             best_len = n;
             best_score = matched;
+        } else if n - best_len > give_up_after {
+            break;
         }
     }
     best_len
@@ -774,17 +783,7 @@ fn scan_similar<'a, I: Iterator<Item = &'a u8>>(xs: I, ys: I, min_equal: isize) 
 /// `scan_similar` at bsdiff's share, giving up `GAP_EXTEND_LOOKAHEAD` bytes after the
 /// best length so far.
 fn scan_similar_near<'a, I: Iterator<Item = &'a u8>>(xs: I, ys: I) -> usize {
-    let (mut best_len, mut matched, mut best_score) = (0, 0isize, 0isize);
-    for (n, (x, y)) in (1..).zip(xs.zip(ys)) {
-        matched += if x == y { 1 } else { -1 };
-        if matched > best_score {
-            best_len = n;
-            best_score = matched;
-        } else if n - best_len > GAP_EXTEND_LOOKAHEAD {
-            break;
-        }
-    }
-    best_len
+    scan_similar(xs, ys, MIN_EQUAL_PERMILLE, GAP_EXTEND_LOOKAHEAD)
 }
 
 /// Where an overlap between a forward and a backward extension is best split.
@@ -900,19 +899,23 @@ mod tests {
         }
     }
 
+    /// Pseudo-random bytes (xorshift32) from `seed`.
+    fn xorshift(mut state: u32) -> impl FnMut() -> u8 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        }
+    }
+
     /// A table between two unchanged blocks where every 20-byte entry changed in 11 of
     /// its bytes: no exact match inside it, 45% of its bytes equal on the alignment of
     /// the block before it. As a gap of at least `LONG_GAP` it is covered as diff bytes; the
     /// same table shorter than `LONG_GAP` stays literal (bsdiff's rule).
     #[test]
     fn a_long_gap_with_few_equal_bytes_is_diffed_and_a_short_one_stays_literal() {
-        let mut state = 0x9e37_79b9_u32;
-        let mut random = move || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as u8
-        };
+        let mut random = xorshift(0x9e37_79b9);
         for (table_len, literal_at_most, literal_at_least) in [
             (4 * LONG_GAP, LONG_GAP / 8, 0),
             (LONG_GAP / 2, usize::MAX, LONG_GAP / 4),
@@ -949,13 +952,7 @@ mod tests {
     /// literal: a control entry costs more than the 6 literal bytes.
     #[test]
     fn a_literal_gap_with_a_short_match_near_the_diagonal_is_covered_only_when_cheaper() {
-        let mut state = 0x1234_5678_u32;
-        let mut random = move || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as u8
-        };
+        let mut random = xorshift(0x1234_5678);
         let old: Vec<u8> = (0..8192).map(|_| random()).collect();
         for (copy_len, covered_at_least, covered_at_most) in [(200, 190, 210), (6, 0, 0)] {
             let mut new = old[..2000].to_vec();
