@@ -57,6 +57,7 @@ impl BuilderEngine {
         BuilderEngine {
             options: crate::delta::BuildOptions {
                 min_saving_percent: delta.min_saving_percent,
+                lzma_diff: delta.lzma_diff,
                 ..crate::delta::BuildOptions::default()
             },
         }
@@ -74,7 +75,8 @@ impl DeltaEngine for BuilderEngine {
             .map_err(|e| DeltaBuildError::Failed(format!("{e:#}")))?;
         Ok(match report.algorithm {
             ota_core::delta::Algorithm::BsdiffZstd
-            | ota_core::delta::Algorithm::BsdiffZstdTransformed(_) => DeltaOutcome::Built,
+            | ota_core::delta::Algorithm::BsdiffZstdTransformed(_)
+            | ota_core::delta::Algorithm::BsdiffLzma(_) => DeltaOutcome::Built,
             // The builder chose the full image: vehicles download the image itself.
             ota_core::delta::Algorithm::FullZstd => DeltaOutcome::NotWorthIt,
         })
@@ -240,13 +242,15 @@ mod tests {
     fn the_builder_takes_the_saving_a_delta_must_make_from_the_settings() {
         let delta = DeltaSettings {
             min_saving_percent: 42,
+            lzma_diff: false,
             ..DeltaSettings::default()
         };
-        assert_eq!(
-            BuilderEngine::from_settings(&delta)
+        let options = BuilderEngine::from_settings(&delta).options;
+        assert_eq!((options.min_saving_percent, options.lzma_diff), (42, false));
+        assert!(
+            BuilderEngine::from_settings(&DeltaSettings::default())
                 .options
-                .min_saving_percent,
-            42
+                .lzma_diff
         );
         assert_eq!(
             BuilderEngine::from_settings(&DeltaSettings::default())

@@ -23,8 +23,9 @@
 //! 64 KiB block to the memory above.
 
 use ota_core::delta::{
-    add_old_bytes, Algorithm, ContainerHeader, ControlBlock, DeltaError, RunBlock, RunPairs,
-    SegmentHeader, Transform, HEADER_LEN, SEGMENT_HEADER_LEN, TRANSFORM_BLOCK,
+    add_old_bytes, Algorithm, ContainerHeader, ControlBlock, DeltaError, DiffCoding, RunBlock,
+    RunPairs, SegmentHeader, Transform, HEADER_LEN, LZMA_DICT_MAX, SEGMENT_HEADER_LEN,
+    TRANSFORM_BLOCK,
 };
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -107,7 +108,7 @@ pub fn apply_delta<D: Read, O: Read + Seek, W: Write>(
         }),
     };
     match header.algorithm {
-        Algorithm::BsdiffZstd | Algorithm::BsdiffZstdTransformed(_) => {
+        Algorithm::BsdiffZstd | Algorithm::BsdiffZstdTransformed(_) | Algorithm::BsdiffLzma(_) => {
             let mut old = OldReader::new(old, header.source_len, transform);
             verify_source(&mut old, &header)?;
             apply_segments(&mut delta, &mut old, &header, &mut target)?;
@@ -189,6 +190,7 @@ fn apply_segments<D: Read, O: Read + Seek, W: Write>(
         let mut segment_bytes = [0u8; SEGMENT_HEADER_LEN];
         read_exact_or_truncated(delta, &mut segment_bytes, "segment header")?;
         let segment = SegmentHeader::parse(&segment_bytes)?;
+        segment.check_coding(header.algorithm)?;
         segment.check_fits(target.written, header.target_len)?;
 
         let control = read_frame(delta, segment.control_zlen, segment.control_len, "control")?;
@@ -197,10 +199,16 @@ fn apply_segments<D: Read, O: Read + Seek, W: Write>(
         cursor = block.end_cursor;
         segment.check_prefix(header.source_len)?;
         let extra = read_extra_frame(delta, &segment, old)?;
+        // An LZMA2-coded diff has no runs block: its one stream holds every diff byte.
         let runs = read_frame(delta, segment.runs_zlen, segment.runs_len, "runs")?;
-        let runs = RunBlock::parse(&runs, segment.diff_len, segment.codes_len)?;
+        let runs = match segment.diff_coding {
+            DiffCoding::RunsAndCodes => {
+                RunBlock::parse(&runs, segment.diff_len, segment.codes_len)?
+            }
+            DiffCoding::Lzma2 => RunBlock::parse(&[], 0, 0)?,
+        };
 
-        let mut diff = DiffStream::open(delta, runs, segment.codes_zlen, segment.diff_len)?;
+        let mut diff = DiffStream::open(delta, runs, &segment)?;
         let mut extra_at = 0usize;
         for entry in &block.entries {
             let mut old_at = entry.old_start;
@@ -337,47 +345,98 @@ fn read_frame<D: Read>(
 }
 
 /// The diff bytes of one segment: zero runs from the (held) runs block, non-zero bytes
-/// from the codes frame, decoded as it is read from the delta stream.
+/// from the codes frame, decoded as it is read from the delta stream; or, for an
+/// LZMA2-coded diff, every byte from its stream (no runs, all of them "codes").
 struct DiffStream<'a, 'r, D: Read> {
     pairs: RunPairs<'r>,
     zeros_left: u64,
     codes_left: u64,
-    codes: Option<zstd::stream::read::Decoder<'static, BufReader<FrameReader<'a, D>>>>,
+    codes: Option<CodesDecoder<'a, D>>,
     declared: u64,
+}
+
+/// The streaming decoder of a segment's codes slot.
+enum CodesDecoder<'a, D: Read> {
+    Zstd(zstd::stream::read::Decoder<'static, BufReader<FrameReader<'a, D>>>),
+    Lzma(liblzma::bufread::XzDecoder<BufReader<FrameReader<'a, D>>>),
+}
+
+impl<'a, D: Read> CodesDecoder<'a, D> {
+    /// The stream's name in errors.
+    fn stream(&self) -> &'static str {
+        match self {
+            CodesDecoder::Zstd(_) => "codes",
+            CodesDecoder::Lzma(_) => "diff (lzma2)",
+        }
+    }
+
+    fn frame(&self) -> &FrameReader<'a, D> {
+        match self {
+            CodesDecoder::Zstd(decoder) => decoder.get_ref().get_ref(),
+            CodesDecoder::Lzma(decoder) => decoder.get_ref().get_ref(),
+        }
+    }
+
+    fn into_frame(self) -> BufReader<FrameReader<'a, D>> {
+        match self {
+            CodesDecoder::Zstd(decoder) => decoder.finish(),
+            CodesDecoder::Lzma(decoder) => decoder.into_inner(),
+        }
+    }
+}
+
+impl<D: Read> Read for CodesDecoder<'_, D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            CodesDecoder::Zstd(decoder) => decoder.read(buf),
+            CodesDecoder::Lzma(decoder) => decoder.read(buf),
+        }
+    }
 }
 
 impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
     fn open(
         delta: &'a mut D,
         runs: RunBlock<'r>,
-        codes_zlen: u32,
-        diff_len: u32,
+        segment: &SegmentHeader,
     ) -> Result<Self, ApplyError> {
-        let codes = if codes_zlen == 0 {
+        let mut codes_left = 0;
+        let codes = if segment.codes_zlen == 0 {
             None
         } else {
-            let corrupt = |source| ApplyError::CorruptStream {
-                stream: "codes",
-                source,
-            };
             let reader = BufReader::with_capacity(
-                IO_BUFFER.min(codes_zlen as usize),
-                FrameReader::new(delta, u64::from(codes_zlen)),
+                IO_BUFFER.min(segment.codes_zlen as usize),
+                FrameReader::new(delta, u64::from(segment.codes_zlen)),
             );
-            let mut decoder = zstd::stream::read::Decoder::with_buffer(reader)
-                .map_err(corrupt)?
-                .single_frame();
-            decoder
-                .window_log_max(MAX_STREAM_WINDOW_LOG)
-                .map_err(corrupt)?;
-            Some(decoder)
+            Some(match segment.diff_coding {
+                DiffCoding::RunsAndCodes => {
+                    let corrupt = |source| ApplyError::CorruptStream {
+                        stream: "codes",
+                        source,
+                    };
+                    let mut decoder = zstd::stream::read::Decoder::with_buffer(reader)
+                        .map_err(corrupt)?
+                        .single_frame();
+                    decoder
+                        .window_log_max(MAX_STREAM_WINDOW_LOG)
+                        .map_err(corrupt)?;
+                    CodesDecoder::Zstd(decoder)
+                }
+                DiffCoding::Lzma2 => {
+                    codes_left = u64::from(segment.diff_len);
+                    CodesDecoder::Lzma(liblzma::bufread::XzDecoder::new_stream(
+                        reader,
+                        lzma_diff_decoder(segment.diff_len)?,
+                    ))
+                }
+            })
         };
         Ok(DiffStream {
             pairs: runs.pairs(),
             zeros_left: 0,
-            codes_left: 0,
+            codes_left,
             codes,
-            declared: u64::from(diff_len),
+            declared: u64::from(segment.diff_len),
         })
     }
 
@@ -389,16 +448,17 @@ impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
     }
 
     fn codes_error(&mut self, err: io::Error) -> ApplyError {
+        let stream = self.codes.as_ref().map_or("codes", CodesDecoder::stream);
         match &self.codes {
-            Some(decoder) if decoder.get_ref().get_ref().hit_eof => ApplyError::TruncatedDelta {
+            Some(decoder) if decoder.frame().hit_eof => ApplyError::TruncatedDelta {
                 what: "codes frame",
             },
             _ if err.kind() == io::ErrorKind::UnexpectedEof => ApplyError::StreamLength {
-                stream: "codes",
+                stream,
                 declared: self.declared,
             },
             _ => ApplyError::CorruptStream {
-                stream: "codes",
+                stream,
                 source: err,
             },
         }
@@ -437,31 +497,27 @@ impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
         let Some(mut decoder) = self.codes.take() else {
             return Ok(());
         };
+        let stream = decoder.stream();
         let mut probe = [0u8; 1];
         match decoder.read(&mut probe) {
             Ok(0) => {}
             Ok(_) => {
                 return Err(ApplyError::StreamLength {
-                    stream: "codes",
+                    stream,
                     declared: self.declared,
                 })
             }
-            Err(_) if decoder.get_ref().get_ref().hit_eof => {
+            Err(_) if decoder.frame().hit_eof => {
                 return Err(ApplyError::TruncatedDelta {
                     what: "codes frame",
                 })
             }
-            Err(source) => {
-                return Err(ApplyError::CorruptStream {
-                    stream: "codes",
-                    source,
-                })
-            }
+            Err(source) => return Err(ApplyError::CorruptStream { stream, source }),
         }
-        let reader = decoder.finish();
+        let reader = decoder.into_frame();
         if !reader.buffer().is_empty() || reader.get_ref().remaining != 0 {
             return Err(ApplyError::CorruptStream {
-                stream: "codes",
+                stream,
                 source: io::Error::new(
                     io::ErrorKind::InvalidData,
                     "frame shorter than its declared length",
@@ -470,6 +526,21 @@ impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
         }
         Ok(())
     }
+}
+
+/// A raw LZMA2 decoder for a diff stream of `diff_len` bytes. Its dictionary is the
+/// format's `LZMA_DICT_MAX` or the stream's length if shorter (no match can reach further
+/// back than the bytes already produced), so it holds at most 8 MiB.
+fn lzma_diff_decoder(diff_len: u32) -> Result<liblzma::stream::Stream, ApplyError> {
+    let corrupt = |err: liblzma::stream::Error| ApplyError::CorruptStream {
+        stream: "diff (lzma2)",
+        source: io::Error::other(err),
+    };
+    let mut options = liblzma::stream::LzmaOptions::new_preset(6).map_err(corrupt)?;
+    options.dict_size(diff_len.clamp(4096, LZMA_DICT_MAX));
+    let mut filters = liblzma::stream::Filters::new();
+    filters.lzma2(&options);
+    liblzma::stream::Stream::new_raw_decoder(&filters).map_err(corrupt)
 }
 
 /// At most `remaining` bytes of the delta stream, remembering whether the stream ended

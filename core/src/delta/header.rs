@@ -22,6 +22,10 @@ pub enum Algorithm {
     /// Segments as [`Algorithm::BsdiffZstd`], over the transformed images: the segments
     /// read `T(old)` and produce `T(new)`, which is inverted before it is written.
     BsdiffZstdTransformed(Transform),
+    /// Segments as [`Algorithm::BsdiffZstd`] (over the transformed images when a
+    /// transform is named), except that a segment may carry its whole diff stream as one
+    /// raw LZMA2 stream instead of zero runs + codes (`SegmentHeader::diff_coding`).
+    BsdiffLzma(Option<Transform>),
 }
 
 impl Algorithm {
@@ -31,15 +35,14 @@ impl Algorithm {
             Algorithm::BsdiffZstd => 1,
             Algorithm::FullZstd => 2,
             Algorithm::BsdiffZstdTransformed(_) => 3,
+            Algorithm::BsdiffLzma(_) => 4,
         }
     }
 
-    /// Header byte 11: the transform id for algorithm 3, zero otherwise.
+    /// Header byte 11: the transform id for algorithms 3 and 4 (0 for none, algorithm 4
+    /// only), zero otherwise.
     pub fn parameter(self) -> u8 {
-        match self {
-            Algorithm::BsdiffZstd | Algorithm::FullZstd => 0,
-            Algorithm::BsdiffZstdTransformed(transform) => transform.id(),
-        }
+        self.transform().map_or(0, Transform::id)
     }
 
     /// The algorithm with wire id `id` and header byte 11 `parameter`.
@@ -51,6 +54,13 @@ impl Algorithm {
                 return Ok(Algorithm::BsdiffZstdTransformed(Transform::from_id(
                     parameter,
                 )?))
+            }
+            4 => {
+                let transform = match parameter {
+                    0 => None,
+                    id => Some(Transform::from_id(id)?),
+                };
+                return Ok(Algorithm::BsdiffLzma(transform));
             }
             _ => return Err(DeltaError::UnknownAlgorithm { id }),
         };
@@ -64,6 +74,7 @@ impl Algorithm {
     pub fn transform(self) -> Option<Transform> {
         match self {
             Algorithm::BsdiffZstdTransformed(transform) => Some(transform),
+            Algorithm::BsdiffLzma(transform) => transform,
             Algorithm::BsdiffZstd | Algorithm::FullZstd => None,
         }
     }
@@ -80,6 +91,24 @@ impl Algorithm {
             Algorithm::FullZstd => "full-zstd",
             Algorithm::BsdiffZstdTransformed(Transform::X86_64) => "bsdiff-zstd+x86-64",
             Algorithm::BsdiffZstdTransformed(Transform::Arm64) => "bsdiff-zstd+arm64",
+            Algorithm::BsdiffLzma(None) => "bsdiff-lzma",
+            Algorithm::BsdiffLzma(Some(Transform::X86_64)) => "bsdiff-lzma+x86-64",
+            Algorithm::BsdiffLzma(Some(Transform::Arm64)) => "bsdiff-lzma+arm64",
+        }
+    }
+
+    /// Whether segments may carry their diff stream as LZMA2 (`DiffCoding::Lzma2`).
+    pub fn allows_lzma_diff(self) -> bool {
+        matches!(self, Algorithm::BsdiffLzma(_))
+    }
+
+    /// The bsdiff algorithm for segments diffed under `transform` (none: the plain
+    /// images), with or without LZMA2-coded diff streams.
+    pub fn bsdiff(transform: Option<Transform>, lzma_diff: bool) -> Self {
+        match (transform, lzma_diff) {
+            (transform, true) => Algorithm::BsdiffLzma(transform),
+            (None, false) => Algorithm::BsdiffZstd,
+            (Some(transform), false) => Algorithm::BsdiffZstdTransformed(transform),
         }
     }
 }
@@ -192,12 +221,45 @@ mod tests {
                 3,
                 "bsdiff-zstd+arm64",
             ),
+            (Algorithm::BsdiffLzma(None), 4, "bsdiff-lzma"),
+            (
+                Algorithm::BsdiffLzma(Some(Transform::X86_64)),
+                4,
+                "bsdiff-lzma+x86-64",
+            ),
+            (
+                Algorithm::BsdiffLzma(Some(Transform::Arm64)),
+                4,
+                "bsdiff-lzma+arm64",
+            ),
         ] {
             assert_eq!((algorithm.id(), algorithm.name()), (id, name));
             assert_eq!(
                 Algorithm::from_wire(id, algorithm.parameter()),
                 Ok(algorithm)
             );
+        }
+    }
+
+    #[test]
+    fn algorithm_4_names_its_transform_in_byte_11_and_refuses_unknown_ones() {
+        assert_eq!(Algorithm::from_wire(4, 0), Ok(Algorithm::BsdiffLzma(None)));
+        assert_eq!(
+            Algorithm::from_wire(4, 2),
+            Ok(Algorithm::BsdiffLzma(Some(Transform::Arm64)))
+        );
+        assert!(matches!(
+            Algorithm::from_wire(4, 9),
+            Err(DeltaError::UnknownTransform { .. })
+        ));
+        for transform in [None, Some(Transform::X86_64)] {
+            assert_eq!(
+                Algorithm::bsdiff(transform, true),
+                Algorithm::BsdiffLzma(transform)
+            );
+            assert!(Algorithm::bsdiff(transform, true).allows_lzma_diff());
+            assert!(!Algorithm::bsdiff(transform, false).allows_lzma_diff());
+            assert_eq!(Algorithm::bsdiff(transform, false).transform(), transform);
         }
     }
 

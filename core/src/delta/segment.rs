@@ -8,8 +8,16 @@
 
 use super::DeltaError;
 
-/// First four bytes of every segment header; catches a desynchronised stream early.
+/// First four bytes of a segment header whose diff stream is zero runs + codes; catches
+/// a desynchronised stream early.
 pub const SEGMENT_TAG: [u8; 4] = *b"OSEG";
+/// First four bytes of a segment header whose diff stream is one raw LZMA2 stream
+/// (only in containers of `Algorithm::BsdiffLzma`).
+pub const SEGMENT_TAG_LZMA: [u8; 4] = *b"OSGL";
+/// Dictionary size of an LZMA2-coded diff stream at most (8 MiB): the applier decodes
+/// with a dictionary of `min(this, diff length)` bytes, so a stream that reaches further
+/// back is corrupt.
+pub const LZMA_DICT_MAX: u32 = 8 << 20;
 /// Encoded segment header size in bytes.
 pub const SEGMENT_HEADER_LEN: usize = 56;
 /// Most target bytes one segment may produce (16 MiB). The applier buffers up to this
@@ -32,6 +40,26 @@ pub fn zstd_compress_bound(raw: u32) -> u64 {
         0
     };
     raw + (raw >> 8) + small_input_margin
+}
+
+/// Worst-case size of a raw LZMA2 stream holding `raw` bytes: every 64 KiB chunk stored
+/// uncompressed (3 header bytes each) plus the end marker, as liblzma's encoder
+/// guarantees. A declared stream larger than this cannot have come from an honest
+/// encoder.
+pub fn lzma2_bound(raw: u32) -> u64 {
+    let raw = u64::from(raw);
+    raw + raw.div_ceil(1 << 16) * 3 + 1
+}
+
+/// How a segment carries its diff stream (the bytes added to old bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DiffCoding {
+    /// Zero runs in the runs block, non-zero bytes in the codes frame (tag `OSEG`).
+    RunsAndCodes,
+    /// The whole diff stream (`diff_len` bytes) as one raw LZMA2 stream in the codes
+    /// slot, no runs block (tag `OSGL`). LZMA's literal coder, conditioned on the byte
+    /// at the last match distance, models diff bytes better than zstd does.
+    Lzma2,
 }
 
 /// Sizes of one segment and of its four zstd frames. A `*_zlen` is 0 exactly when its
@@ -61,6 +89,9 @@ pub struct SegmentHeader {
     /// resemble old bytes in short pieces that bsdiff's matching does not take.
     pub extra_prefix_start: u64,
     pub extra_prefix_len: u32,
+    /// How the diff stream is carried; for [`DiffCoding::Lzma2`] the codes fields hold
+    /// the LZMA2 stream (`codes_len` = `diff_len`) and the runs fields are zero.
+    pub diff_coding: DiffCoding,
 }
 
 impl SegmentHeader {
@@ -89,13 +120,30 @@ impl SegmentHeader {
             codes_zlen,
             extra_prefix_start: extra_prefix.0,
             extra_prefix_len: extra_prefix.1,
+            diff_coding: DiffCoding::RunsAndCodes,
+        }
+    }
+
+    /// The same segment with its diff stream as an LZMA2 stream of `zlen` bytes in place
+    /// of the runs block and the codes frame.
+    pub fn with_lzma_diff(self, zlen: u32) -> SegmentHeader {
+        SegmentHeader {
+            runs_len: 0,
+            runs_zlen: 0,
+            codes_len: self.diff_len,
+            codes_zlen: zlen,
+            diff_coding: DiffCoding::Lzma2,
+            ..self
         }
     }
 
     /// The header as it goes on the wire.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut out = [0u8; SEGMENT_HEADER_LEN];
-        out[0..4].copy_from_slice(&SEGMENT_TAG);
+        out[0..4].copy_from_slice(match self.diff_coding {
+            DiffCoding::RunsAndCodes => &SEGMENT_TAG,
+            DiffCoding::Lzma2 => &SEGMENT_TAG_LZMA,
+        });
         let fields = [
             self.target_len,
             self.control_len,
@@ -128,9 +176,11 @@ impl SegmentHeader {
         };
         let mut tag = [0u8; 4];
         tag.copy_from_slice(&bytes[0..4]);
-        if tag != SEGMENT_TAG {
-            return Err(DeltaError::BadSegmentTag { found: tag });
-        }
+        let diff_coding = match tag {
+            SEGMENT_TAG => DiffCoding::RunsAndCodes,
+            SEGMENT_TAG_LZMA => DiffCoding::Lzma2,
+            _ => return Err(DeltaError::BadSegmentTag { found: tag }),
+        };
         let mut fields = bytes[4..].chunks_exact(4).map(|c| {
             let mut le = [0u8; 4];
             le.copy_from_slice(c);
@@ -150,6 +200,7 @@ impl SegmentHeader {
             codes_zlen: next(),
             extra_prefix_start: 0,
             extra_prefix_len: 0,
+            diff_coding,
         };
         let mut start = [0u8; 8];
         start.copy_from_slice(&bytes[44..52]);
@@ -224,18 +275,63 @@ impl SegmentHeader {
                 reason: "there cannot be more non-zero diff bytes than diff bytes",
             });
         }
+        if self.diff_coding == DiffCoding::Lzma2 {
+            return self.validate_lzma_diff();
+        }
         if (self.diff_len == 0) != (self.runs_len == 0) {
             return Err(DeltaError::SegmentInconsistent {
                 field: "runs length",
                 reason: "diff bytes need a runs block, and only diff bytes have one",
             });
         }
-        for (field, raw, zlen) in [
-            ("control frame length", self.control_len, self.control_zlen),
-            ("extra frame length", self.extra_len, self.extra_zlen),
+        self.validate_frames(&[
             ("runs frame length", self.runs_len, self.runs_zlen),
             ("codes frame length", self.codes_len, self.codes_zlen),
-        ] {
+        ])
+    }
+
+    /// An LZMA2-coded diff: a non-empty diff stream, all of it in the codes slot, within
+    /// the LZMA2 bound, and no runs block.
+    fn validate_lzma_diff(&self) -> Result<(), DeltaError> {
+        if self.diff_len == 0 || self.codes_len != self.diff_len {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "codes length",
+                reason:
+                    "an LZMA2-coded diff stream holds all of the segment's diff bytes, at least one",
+            });
+        }
+        if self.runs_len != 0 || self.runs_zlen != 0 {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "runs length",
+                reason: "an LZMA2-coded diff stream has no runs block",
+            });
+        }
+        if self.codes_zlen == 0 {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "codes frame length",
+                reason: "a non-empty stream needs a frame",
+            });
+        }
+        if u64::from(self.codes_zlen) > lzma2_bound(self.codes_len) {
+            return Err(DeltaError::LengthOverCap {
+                field: "codes frame length",
+                value: u64::from(self.codes_zlen),
+                cap: lzma2_bound(self.codes_len),
+            });
+        }
+        self.validate_frames(&[])
+    }
+
+    /// The zstd frames: the control and extra frames, and `more`, as (field, decoded
+    /// length, frame length).
+    fn validate_frames(&self, more: &[(&'static str, u32, u32)]) -> Result<(), DeltaError> {
+        for &(field, raw, zlen) in [
+            ("control frame length", self.control_len, self.control_zlen),
+            ("extra frame length", self.extra_len, self.extra_zlen),
+        ]
+        .iter()
+        .chain(more)
+        {
             if raw == 0 && zlen != 0 {
                 return Err(DeltaError::SegmentInconsistent {
                     field,
@@ -255,6 +351,18 @@ impl SegmentHeader {
                     cap: zstd_compress_bound(raw),
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses an LZMA2-coded diff stream in a container whose algorithm does not allow
+    /// one (an applier of algorithms 1 and 3 must never see tag `OSGL`).
+    pub fn check_coding(&self, algorithm: super::Algorithm) -> Result<(), DeltaError> {
+        if self.diff_coding == DiffCoding::Lzma2 && !algorithm.allows_lzma_diff() {
+            return Err(DeltaError::SegmentInconsistent {
+                field: "segment tag",
+                reason: "LZMA2-coded diff streams are allowed only in algorithm 4 containers",
+            });
         }
         Ok(())
     }
@@ -307,6 +415,90 @@ mod tests {
             codes_zlen: 40,
             extra_prefix_start: 7,
             extra_prefix_len: 1000,
+            diff_coding: DiffCoding::RunsAndCodes,
+        }
+    }
+
+    #[test]
+    fn an_lzma_coded_diff_round_trips_and_its_rules_hold() {
+        let lzma = sample().with_lzma_diff(700);
+        assert_eq!(&lzma.encode()[..4], b"OSGL");
+        assert_eq!(SegmentHeader::parse(&lzma.encode()), Ok(lzma));
+        assert_eq!((lzma.runs_len, lzma.codes_len), (0, lzma.diff_len));
+        let inconsistent = |h: SegmentHeader, field: &str| matches!(h.validate(), Err(DeltaError::SegmentInconsistent { field: f, .. }) if f == field);
+        assert!(inconsistent(
+            SegmentHeader {
+                runs_len: 3,
+                ..lzma
+            },
+            "runs length"
+        ));
+        assert!(inconsistent(
+            SegmentHeader {
+                runs_zlen: 3,
+                ..lzma
+            },
+            "runs length"
+        ));
+        assert!(inconsistent(
+            SegmentHeader {
+                codes_len: 899,
+                ..lzma
+            },
+            "codes length"
+        ));
+        assert!(inconsistent(
+            SegmentHeader {
+                codes_zlen: 0,
+                ..lzma
+            },
+            "codes frame length"
+        ));
+        let no_diff = SegmentHeader {
+            diff_len: 0,
+            codes_len: 0,
+            target_len: lzma.extra_len,
+            ..lzma
+        };
+        assert!(inconsistent(no_diff, "codes length"));
+        let bound = lzma2_bound(lzma.diff_len) as u32;
+        assert_eq!(bound, 900 + 3 + 1);
+        assert_eq!(
+            SegmentHeader {
+                codes_zlen: bound,
+                ..lzma
+            }
+            .validate(),
+            Ok(())
+        );
+        assert!(matches!(
+            SegmentHeader {
+                codes_zlen: bound + 1,
+                ..lzma
+            }
+            .validate(),
+            Err(DeltaError::LengthOverCap {
+                field: "codes frame length",
+                ..
+            })
+        ));
+        // Only algorithm 4 containers may hold one.
+        assert_eq!(
+            lzma.check_coding(super::super::Algorithm::BsdiffLzma(None)),
+            Ok(())
+        );
+        for algorithm in [
+            super::super::Algorithm::BsdiffZstd,
+            super::super::Algorithm::BsdiffZstdTransformed(super::super::Transform::Arm64),
+        ] {
+            assert!(matches!(
+                lzma.check_coding(algorithm),
+                Err(DeltaError::SegmentInconsistent {
+                    field: "segment tag",
+                    ..
+                })
+            ));
+            assert_eq!(sample().check_coding(algorithm), Ok(()));
         }
     }
 
@@ -581,6 +773,7 @@ mod tests {
                     codes_zlen: zlen(codes_len, zseeds[3]),
                     extra_prefix_start,
                     extra_prefix_len,
+                    diff_coding: DiffCoding::RunsAndCodes,
                 }
             },
         )

@@ -19,10 +19,11 @@ use super::chunking::plan_parts;
 use super::detect::detect_transform;
 use super::image::{FileImage, ImageSource, TransformedImage};
 use super::matcher::{cover_literal_gaps, find_matches, prune_weak_matches, Match, OldIndex};
+use liblzma::stream::{Action, Filters, LzmaOptions, MatchFinder, Mode, Status, Stream};
 use ota_core::delta::{
-    encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, SegmentHeader,
-    Transform, EXTRA_PREFIX_MAX, HEADER_LEN, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN,
-    SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET,
+    encode_control_block, encode_runs, lzma2_bound, Algorithm, ContainerHeader, Control,
+    DiffCoding, RunBlock, SegmentHeader, Transform, EXTRA_PREFIX_MAX, HEADER_LEN, LZMA_DICT_MAX,
+    MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET,
 };
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
@@ -86,6 +87,10 @@ pub struct BuildOptions {
     /// more to apply, so a saving too small to matter ships the full image); values
     /// above 90 count as 90.
     pub min_saving_percent: u8,
+    /// Whether a segment may carry its diff stream as LZMA2 where that is smaller
+    /// (algorithm 4). Off, the container is algorithm 1 or 3, which agents built before
+    /// algorithm 4 can apply.
+    pub lzma_diff: bool,
 }
 
 /// Transforms [`TransformChoice::Auto`] tries when `detect` finds their code. Decided on
@@ -116,6 +121,7 @@ impl Default for BuildOptions {
             segment_len: SEGMENT_MAX_TARGET,
             transform: TransformChoice::Auto,
             min_saving_percent: DEFAULT_MIN_SAVING_PERCENT,
+            lzma_diff: true,
         }
     }
 }
@@ -260,6 +266,7 @@ fn build_into<S: ContainerSink>(
         transform: options.transform,
         // Capped at 90 by `delta_worth_shipping`.
         min_saving_percent: options.min_saving_percent,
+        lzma_diff: options.lzma_diff,
     };
     let (facts, body) = std::thread::scope(|scope| {
         let side = scope.spawn(|| image_facts(old, new));
@@ -283,7 +290,7 @@ fn build_into<S: ContainerSink>(
             })?
             .filter(|found| AUTO_TRANSFORMS.contains(found)),
     };
-    let mut algorithm = Algorithm::BsdiffZstd;
+    let mut algorithm = Algorithm::bsdiff(None, plain.lzma_diff);
     let mut body = plain;
     let mut transformed = None;
     if let Some(transform) = transform {
@@ -307,7 +314,7 @@ fn build_into<S: ContainerSink>(
             if copied != alt_body.len {
                 return Err(BuildError::Write(io::ErrorKind::UnexpectedEof.into()));
             }
-            algorithm = Algorithm::BsdiffZstdTransformed(transform);
+            algorithm = Algorithm::bsdiff(Some(transform), alt_body.lzma_diff);
             body = alt_body;
         }
     }
@@ -446,6 +453,8 @@ struct BodyStats {
     len: u64,
     parts: usize,
     segments: usize,
+    /// Whether any segment carries its diff stream as LZMA2.
+    lzma_diff: bool,
 }
 
 fn write_delta_body(
@@ -459,6 +468,7 @@ fn write_delta_body(
         len: 0,
         parts: parts.len(),
         segments: 0,
+        lzma_diff: false,
     };
     // The old cursor runs across segments and parts: seeks are relative to it.
     let mut cursor = 0u64;
@@ -481,6 +491,7 @@ fn write_delta_body(
         let encoded = encode_segments(segments, &old_window, part.old.start, &new_part, options)?;
         stats.segments += encoded.len();
         for segment in encoded {
+            stats.lzma_diff |= segment.lzma_diff;
             let pieces = std::iter::once(&segment.header[..])
                 .chain(segment.frames.iter().map(Vec::as_slice));
             for piece in pieces {
@@ -606,6 +617,8 @@ fn plan_segments(
 
 struct EncodedSegment {
     header: [u8; SEGMENT_HEADER_LEN],
+    /// Whether the diff stream went out as LZMA2 (frames[3]; frames[2] empty).
+    lzma_diff: bool,
     /// The four frames in wire order: control, extra, runs, codes.
     frames: [Vec<u8>; 4],
 }
@@ -751,8 +764,10 @@ fn encode_segments(
         let prefix = plan.extra_prefix(old_window.len());
         fitted.push(FittedSegment { plan, raw, prefix });
     }
+    // Per segment: the four zstd frames, then the diff stream as LZMA2 (job 4), whose
+    // result replaces the runs and codes frames when it is smaller.
     let jobs: Vec<(usize, usize)> = (0..fitted.len())
-        .flat_map(|s| (0..4).map(move |k| (s, k)))
+        .flat_map(|s| (0..5).map(move |k| (s, k)))
         .collect();
     let outputs: Vec<Mutex<Option<io::Result<Vec<u8>>>>> =
         jobs.iter().map(|_| Mutex::new(None)).collect();
@@ -764,10 +779,17 @@ fn encode_segments(
                 let Some(&(segment, kind)) = jobs.get(index) else {
                     break;
                 };
-                let FittedSegment { raw, prefix, .. } = &fitted[segment];
-                let prefix = &old_window[prefix.0..prefix.0 + prefix.1];
-                let compressed =
-                    compress_stream(&raw[kind], STREAM_ORDER[kind], prefix, options.level);
+                let FittedSegment { plan, raw, prefix } = &fitted[segment];
+                let compressed = match STREAM_ORDER.get(kind) {
+                    Some(&stream) => compress_stream(
+                        &raw[kind],
+                        stream,
+                        &old_window[prefix.0..prefix.0 + prefix.1],
+                        options.level,
+                    ),
+                    None if options.lzma_diff => lzma_diff_stream(&raw[2], &raw[3], plan),
+                    None => Ok(Vec::new()),
+                };
                 if let Ok(mut slot) = outputs[index].lock() {
                     *slot = Some(compressed);
                 }
@@ -794,6 +816,10 @@ fn encode_segments(
                 .unwrap_or_else(|| Err(io::Error::other("missing compression job")))
                 .map_err(BuildError::Compress)?;
         }
+        let lzma = outputs
+            .next()
+            .unwrap_or_else(|| Err(io::Error::other("missing compression job")))
+            .map_err(BuildError::Compress)?;
         let len = |bytes: &[u8]| bytes.len() as u32;
         let prefix_start = if *prefix_len > 0 {
             old_base + *prefix_start as u64
@@ -811,12 +837,68 @@ fn encode_segments(
             ],
             (prefix_start, *prefix_len as u32),
         );
+        let zstd_diff_len = frames[2].len() + frames[3].len();
+        let header = if !lzma.is_empty()
+            && lzma.len() < zstd_diff_len
+            && lzma.len() as u64 <= lzma2_bound(segment.diff_len)
+        {
+            frames[2] = Vec::new();
+            frames[3] = lzma;
+            header.with_lzma_diff(len(&frames[3]))
+        } else {
+            header
+        };
         encoded.push(EncodedSegment {
             header: header.encode(),
+            lzma_diff: header.diff_coding == DiffCoding::Lzma2,
             frames,
         });
     }
     Ok(encoded)
+}
+
+/// The diff stream of a segment, rebuilt from its zero runs and codes, as one raw
+/// LZMA2 stream (empty when the segment has no diff bytes). The dictionary covers the
+/// whole stream up to the format's `LZMA_DICT_MAX`; literal context 3, position bits 2
+/// and the longest match length (273) measured best on the corpus (docs/delta-bench.txt).
+fn lzma_diff_stream(runs: &[u8], codes: &[u8], plan: &SegmentPlan) -> io::Result<Vec<u8>> {
+    if plan.diff_len == 0 {
+        return Ok(Vec::new());
+    }
+    let block = RunBlock::parse(runs, plan.diff_len, codes.len() as u32)
+        .map_err(|err| io::Error::other(err.to_string()))?;
+    let mut diff = Vec::with_capacity(plan.diff_len as usize);
+    let mut at = 0usize;
+    for (zeros, nonzeros) in block.pairs() {
+        diff.resize(diff.len() + zeros as usize, 0);
+        diff.extend_from_slice(&codes[at..at + nonzeros as usize]);
+        at += nonzeros as usize;
+    }
+    let mut options = LzmaOptions::new_preset(9).map_err(io::Error::other)?;
+    options
+        .dict_size(plan.diff_len.clamp(4096, LZMA_DICT_MAX))
+        .literal_context_bits(3)
+        .literal_position_bits(0)
+        .position_bits(2)
+        .nice_len(273)
+        .match_finder(MatchFinder::BinaryTree4)
+        .mode(Mode::Normal);
+    let mut filters = Filters::new();
+    filters.lzma2(&options);
+    let mut stream = Stream::new_raw_encoder(&filters).map_err(io::Error::other)?;
+    let mut out = Vec::with_capacity(1 << 16);
+    loop {
+        if out.len() == out.capacity() {
+            out.reserve(1 << 16);
+        }
+        let consumed = stream.total_in() as usize;
+        let status = stream
+            .process_vec(&diff[consumed..], &mut out, Action::Finish)
+            .map_err(io::Error::other)?;
+        if status == Status::StreamEnd {
+            return Ok(out);
+        }
+    }
 }
 
 /// One zstd frame per stream; empty streams get no frame at all. The extra frame is
