@@ -170,10 +170,7 @@ fn the_transform_is_dropped_where_it_does_not_win_and_not_tried_on_data() {
         ..options()
     };
     let report = round_trip_with(&old, &new, &forced);
-    assert_ne!(
-        report.algorithm,
-        Algorithm::BsdiffZstdTransformed(Transform::X86_64)
-    );
+    assert_ne!(report.algorithm.transform(), Some(Transform::X86_64));
     assert_eq!(report.delta_container_len, report.plain_delta_len);
     let (_, transformed_len) = report.transformed.expect("a forced transform is tried");
     assert!(transformed_len >= report.plain_delta_len);
@@ -190,10 +187,196 @@ fn the_transform_is_dropped_where_it_does_not_win_and_not_tried_on_data() {
         ..options()
     };
     let report = round_trip_with(&old, &new, &off);
+    assert!(report.algorithm.is_bsdiff());
     assert_eq!(
-        (report.algorithm, report.transformed),
-        (Algorithm::BsdiffZstd, None)
+        (report.algorithm.transform(), report.transformed),
+        (None, None)
     );
+}
+
+/// A container whose segments carry their diff streams as LZMA2, its images, and the
+/// offset of its first LZMA2-coded segment.
+fn lzma_sample() -> (Vec<u8>, Vec<u8>, Vec<u8>, usize) {
+    let (old, new) = synthetic::code_release_pair(CodeKind::Arm64, 8, 100_000, 400);
+    let (container, report) = build_delta(
+        &old,
+        &new,
+        &BuildOptions {
+            transform: TransformChoice::Off,
+            segment_len: 30_000,
+            ..options()
+        },
+    )
+    .expect("build");
+    assert_eq!(report.algorithm, Algorithm::BsdiffLzma(None));
+    assert!(report.segments >= 3);
+    let first = segment_offsets(&container)
+        .into_iter()
+        .find(|&at| container[at..at + 4] == *b"OSGL")
+        .expect("an LZMA2-coded segment");
+    (container, old, new, first)
+}
+
+/// Where each segment header of a well-formed bsdiff container starts.
+fn segment_offsets(container: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut at = HEADER_LEN;
+    while at < container.len() {
+        let segment = SegmentHeader::parse(&container[at..]).expect("own segment parses");
+        offsets.push(at);
+        at += SEGMENT_HEADER_LEN
+            + [
+                segment.control_zlen,
+                segment.extra_zlen,
+                segment.runs_zlen,
+                segment.codes_zlen,
+            ]
+            .iter()
+            .map(|&n| n as usize)
+            .sum::<usize>();
+    }
+    offsets
+}
+
+#[test]
+fn lzma_coded_diff_streams_are_smaller_and_can_be_turned_off() {
+    let (container, old, new, _) = lzma_sample();
+    let (result, out) = apply(&container, &old);
+    assert_eq!(
+        result.expect("applies").algorithm,
+        Algorithm::BsdiffLzma(None)
+    );
+    assert!(out == new);
+    // Off, every segment keeps zstd runs + codes (algorithm 1, for older agents), and
+    // the container is larger.
+    let (zstd_only, report) = build_delta(
+        &old,
+        &new,
+        &BuildOptions {
+            transform: TransformChoice::Off,
+            segment_len: 30_000,
+            lzma_diff: false,
+            ..options()
+        },
+    )
+    .expect("build");
+    assert_eq!(report.algorithm, Algorithm::BsdiffZstd);
+    assert!(segment_offsets(&zstd_only)
+        .iter()
+        .all(|&at| zstd_only[at..at + 4] == *b"OSEG"));
+    assert!(container.len() < zstd_only.len());
+    let (result, out) = apply(&zstd_only, &old);
+    result.expect("applies");
+    assert!(out == new);
+}
+
+#[test]
+fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
+    let (container, old, _, first) = lzma_sample();
+    let segment = SegmentHeader::parse(&container[first..]).expect("parses");
+    let stream_at = first
+        + SEGMENT_HEADER_LEN
+        + (segment.control_zlen + segment.extra_zlen + segment.runs_zlen) as usize;
+    let stream_end = stream_at + segment.codes_zlen as usize;
+    let rewrite = |edit: &dyn Fn(&mut SegmentHeader), body: &[u8]| -> Vec<u8> {
+        let mut header = segment;
+        edit(&mut header);
+        [
+            &container[..first],
+            &header.encode()[..],
+            &container[first + SEGMENT_HEADER_LEN..stream_at],
+            body,
+            &container[stream_end..],
+        ]
+        .concat()
+    };
+    let stream = &container[stream_at..stream_end];
+    type Check = fn(&ApplyError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Check)> = vec![
+        (
+            "an LZMA2-coded segment in an algorithm 1 container",
+            rewrite_header(&container, |h| h.algorithm = Algorithm::BsdiffZstd),
+            |e| {
+                matches!(
+                    e,
+                    ApplyError::Container(DeltaError::SegmentInconsistent {
+                        field: "segment tag",
+                        ..
+                    })
+                )
+            },
+        ),
+        (
+            "garbage inside the LZMA2 stream",
+            {
+                let mut body = stream.to_vec();
+                let middle = body.len() / 2;
+                for b in &mut body[middle..middle + 8] {
+                    *b ^= 0xa5;
+                }
+                rewrite(&|_| {}, &body)
+            },
+            |e| {
+                matches!(
+                    e,
+                    ApplyError::CorruptStream { .. }
+                        | ApplyError::StreamLength { .. }
+                        | ApplyError::TargetMismatch { .. }
+                )
+            },
+        ),
+        (
+            "the LZMA2 stream without its end marker",
+            rewrite(&|h| h.codes_zlen -= 1, &stream[..stream.len() - 1]),
+            |e| {
+                matches!(
+                    e,
+                    ApplyError::CorruptStream { .. } | ApplyError::StreamLength { .. }
+                )
+            },
+        ),
+        (
+            "bytes after the LZMA2 stream's end inside its declared length",
+            rewrite(&|h| h.codes_zlen += 1, &[stream, b"x"].concat()),
+            |e| matches!(e, ApplyError::CorruptStream { .. }),
+        ),
+        (
+            "an LZMA2 stream declaring fewer diff bytes than it holds",
+            rewrite(
+                &|h| {
+                    h.diff_len -= 1;
+                    h.codes_len -= 1;
+                    h.extra_len += 1;
+                },
+                stream,
+            ),
+            // The control entries already ask for more diff bytes than declared.
+            |e| {
+                matches!(
+                    e,
+                    ApplyError::Container(DeltaError::SegmentInconsistent {
+                        field: "diff length",
+                        ..
+                    })
+                )
+            },
+        ),
+        (
+            "an LZMA2 stream longer than its bound",
+            rewrite(
+                &|h| h.codes_zlen = ota_core::delta::lzma2_bound(h.diff_len) as u32 + 1,
+                stream,
+            ),
+            |e| matches!(e, ApplyError::Container(DeltaError::LengthOverCap { .. })),
+        ),
+    ];
+    for (name, hostile, check) in cases {
+        let (result, _) = apply(&hostile, &old);
+        match result {
+            Err(err) => assert!(check(&err), "case `{name}`: unexpected error {err:?}"),
+            Ok(report) => panic!("case `{name}`: a hostile container applied: {report:?}"),
+        }
+    }
 }
 
 #[test]
@@ -501,11 +684,11 @@ proptest! {
 
     #[test]
     fn mutated_containers_are_refused_or_produce_exactly_the_target(
-        which in 0usize..4,
+        which in 0usize..5,
         mutations in prop::collection::vec(container_mutation(), 1..=3),
     ) {
         // Valid containers (several bsdiff segments, a full image, a hand-made one, a
-        // transformed one with several segments) with
+        // transformed one with several segments, one with LZMA2-coded diffs) with
         // bytes flipped, inserted, deleted, cut, or a length field rewritten: unlike
         // random bodies these get past the magic and the segment tag into the inner
         // checks (segment caps, control bounds, runs sums, zstd frames, digests).
@@ -616,15 +799,14 @@ fn mutation_samples() -> &'static [Sample] {
             },
         )
         .expect("build");
-        assert_eq!(
-            report.algorithm,
-            Algorithm::BsdiffZstdTransformed(Transform::Arm64)
-        );
+        assert_eq!(report.algorithm.transform(), Some(Transform::Arm64));
+        let (lzma, lzma_old, lzma_new, _) = lzma_sample();
         vec![
             (segmented, old, new),
             (full, vec![], unrelated),
             (small, small_old, b"4568XY".to_vec()),
             (transformed, old_code, new_code),
+            (lzma, lzma_old, lzma_new),
         ]
     })
 }
