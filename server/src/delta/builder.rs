@@ -5,7 +5,8 @@
 //! matches (`matcher`), cut into segments of at most 16 MiB of target, and the four
 //! streams of every segment (control; extra, compressed against 1 MiB of old bytes; the
 //! diff as zero runs + non-zero codes) compressed with zstd level 19 on all worker
-//! threads. Hashes of both images and a quick estimate of the full image's compressed
+//! threads, and the diff once more as one LZMA2 stream, kept instead of the runs and
+//! codes where smaller (container algorithm 4, `BuildOptions::lzma_diff`). Hashes of both images and a quick estimate of the full image's compressed
 //! size are computed on a side thread meanwhile. When the new image holds ARM64 code
 //! (`detect`, `AUTO_TRANSFORMS`), the whole pipeline runs a second time over the transformed images
 //! (`ota_core::delta::Transform`) and the smaller delta is kept. When the delta is not at
