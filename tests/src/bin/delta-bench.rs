@@ -27,7 +27,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const OURS: &str = "ota (ours)";
-const ALL_TOOLS: &[&str] = &["ours", "qbsdiff", "bsdiff", "hdiffpatch", "xdelta3", "zstd"];
+const ALL_TOOLS: &[&str] = &[
+    "ours",
+    "qbsdiff",
+    "bsdiff",
+    "hdiffpatch",
+    "hdiffpatch-lzma2",
+    "xdelta3",
+    "zstd",
+];
 const HDIFFPATCH_TOOL: &str = include_str!("../../../deploy/hdiffpatch-tool.py");
 const APPLY_RSS_GOAL_MIB: f64 = 64.0;
 
@@ -166,6 +174,11 @@ fn tool_commands(
             "hdiffpatch+zstd19",
             s(&["python3", &helper, "diff", old, new, patch]),
             s(&["python3", &helper, "apply", old, patch, out]),
+        ),
+        "hdiffpatch-lzma2" => (
+            "hdiffpatch+lzma2-9",
+            s(&["python3", &helper, "diff", old, new, patch, "lzma2"]),
+            s(&["python3", &helper, "apply", old, patch, out, "lzma2"]),
         ),
         "xdelta3" => (
             "xdelta3 -9",
