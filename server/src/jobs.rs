@@ -57,7 +57,7 @@ impl BuilderEngine {
         BuilderEngine {
             options: crate::delta::BuildOptions {
                 min_saving_percent: delta.min_saving_percent,
-                lzma_diff: delta.lzma_diff,
+                lzma: delta.lzma,
                 ..crate::delta::BuildOptions::default()
             },
         }
@@ -242,15 +242,15 @@ mod tests {
     fn the_builder_takes_the_saving_a_delta_must_make_from_the_settings() {
         let delta = DeltaSettings {
             min_saving_percent: 42,
-            lzma_diff: false,
+            lzma: false,
             ..DeltaSettings::default()
         };
         let options = BuilderEngine::from_settings(&delta).options;
-        assert_eq!((options.min_saving_percent, options.lzma_diff), (42, false));
+        assert_eq!((options.min_saving_percent, options.lzma), (42, false));
         assert!(
             BuilderEngine::from_settings(&DeltaSettings::default())
                 .options
-                .lzma_diff
+                .lzma
         );
         assert_eq!(
             BuilderEngine::from_settings(&DeltaSettings::default())

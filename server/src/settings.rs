@@ -196,9 +196,10 @@ pub struct DeltaSettings {
     /// A delta is shipped only when it is at least this many percent smaller than the
     /// full image compressed, else vehicles download the full image (0–90).
     pub min_saving_percent: u8,
-    /// Whether deltas may carry diff streams as LZMA2 (container algorithm 4, smaller).
+    /// Whether deltas may carry diff and extra streams as LZMA2 (container algorithm 4,
+    /// smaller).
     /// Turn off while the fleet still runs agents that predate algorithm 4.
-    pub lzma_diff: bool,
+    pub lzma: bool,
 }
 
 /// Which blob store backend keeps images and deltas.
@@ -335,7 +336,7 @@ impl Default for DeltaSettings {
         DeltaSettings {
             workers: 1,
             min_saving_percent: crate::delta::builder::DEFAULT_MIN_SAVING_PERCENT,
-            lzma_diff: true,
+            lzma: true,
         }
     }
 }

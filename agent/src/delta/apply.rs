@@ -23,8 +23,8 @@
 //! 64 KiB block to the memory above.
 
 use ota_core::delta::{
-    add_old_bytes, Algorithm, ContainerHeader, ControlBlock, DeltaError, DiffCoding, RunBlock,
-    RunPairs, SegmentHeader, Transform, HEADER_LEN, LZMA_DICT_MAX, SEGMENT_HEADER_LEN,
+    add_old_bytes, Algorithm, ContainerHeader, ControlBlock, DeltaError, DiffCoding, ExtraCoding,
+    RunBlock, RunPairs, SegmentHeader, Transform, HEADER_LEN, LZMA_DICT_MAX, SEGMENT_HEADER_LEN,
     TRANSFORM_BLOCK,
 };
 use sha2::{Digest, Sha256};
@@ -296,6 +296,9 @@ fn read_extra_frame<D: Read, O: Read + Seek>(
     // against the source length.
     let mut compressed = vec![0u8; segment.extra_zlen as usize];
     read_exact_or_truncated(delta, &mut compressed, "extra frame")?;
+    if segment.extra_coding == ExtraCoding::Lzma2 {
+        return decode_lzma_extra(&compressed, segment.extra_len);
+    }
     let mut prefix = vec![0u8; segment.extra_prefix_len as usize];
     old.read_at(segment.extra_prefix_start, &mut prefix)?;
     let corrupt = |code| ApplyError::CorruptStream {
@@ -316,6 +319,45 @@ fn read_extra_frame<D: Read, O: Read + Seek>(
         });
     }
     Ok(raw)
+}
+
+/// An LZMA2-coded extra stream (no prefix), decoded in one piece into exactly
+/// `extra_len` bytes; the stream must end exactly at the end of its frame.
+fn decode_lzma_extra(compressed: &[u8], extra_len: u32) -> Result<Vec<u8>, ApplyError> {
+    const STREAM: &str = "extra (lzma2)";
+    let corrupt = |source| ApplyError::CorruptStream {
+        stream: STREAM,
+        source,
+    };
+    let wrong_length = || ApplyError::StreamLength {
+        stream: STREAM,
+        declared: u64::from(extra_len),
+    };
+    let mut decoder =
+        liblzma::bufread::XzDecoder::new_stream(compressed, lzma_decoder(extra_len, STREAM)?);
+    let mut raw = Vec::with_capacity(extra_len as usize);
+    (&mut decoder)
+        .take(u64::from(extra_len) + 1)
+        .read_to_end(&mut raw)
+        .map_err(|err| match err.kind() {
+            io::ErrorKind::UnexpectedEof => wrong_length(),
+            _ => corrupt(err),
+        })?;
+    if raw.len() != extra_len as usize {
+        return Err(wrong_length());
+    }
+    // Decoding stopped at the declared length: the stream must end there too, and the
+    // frame with it.
+    let mut probe = [0u8; 1];
+    match decoder.read(&mut probe) {
+        Ok(0) if decoder.get_ref().is_empty() => Ok(raw),
+        Ok(0) => Err(corrupt(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bytes after the end of the stream",
+        ))),
+        Ok(_) => Err(wrong_length()),
+        Err(err) => Err(corrupt(err)),
+    }
 }
 
 /// Reads a whole (small, capped) frame and decodes it into exactly `raw_len` bytes.
@@ -426,7 +468,7 @@ impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
                     codes_left = u64::from(segment.diff_len);
                     CodesDecoder::Lzma(liblzma::bufread::XzDecoder::new_stream(
                         reader,
-                        lzma_diff_decoder(segment.diff_len)?,
+                        lzma_decoder(segment.diff_len, "diff (lzma2)")?,
                     ))
                 }
             })
@@ -528,16 +570,16 @@ impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
     }
 }
 
-/// A raw LZMA2 decoder for a diff stream of `diff_len` bytes. Its dictionary is the
+/// A raw LZMA2 decoder for a stream of `len` decoded bytes. Its dictionary is the
 /// format's `LZMA_DICT_MAX` or the stream's length if shorter (no match can reach further
 /// back than the bytes already produced), so it holds at most 8 MiB.
-fn lzma_diff_decoder(diff_len: u32) -> Result<liblzma::stream::Stream, ApplyError> {
+fn lzma_decoder(len: u32, stream: &'static str) -> Result<liblzma::stream::Stream, ApplyError> {
     let corrupt = |err: liblzma::stream::Error| ApplyError::CorruptStream {
-        stream: "diff (lzma2)",
+        stream,
         source: io::Error::other(err),
     };
     let mut options = liblzma::stream::LzmaOptions::new_preset(6).map_err(corrupt)?;
-    options.dict_size(diff_len.clamp(4096, LZMA_DICT_MAX));
+    options.dict_size(len.clamp(4096, LZMA_DICT_MAX));
     let mut filters = liblzma::stream::Filters::new();
     filters.lzma2(&options);
     liblzma::stream::Stream::new_raw_decoder(&filters).map_err(corrupt)

@@ -24,7 +24,8 @@ pub enum Algorithm {
     BsdiffZstdTransformed(Transform),
     /// Segments as [`Algorithm::BsdiffZstd`] (over the transformed images when a
     /// transform is named), except that a segment may carry its whole diff stream as one
-    /// raw LZMA2 stream instead of zero runs + codes (`SegmentHeader::diff_coding`).
+    /// raw LZMA2 stream instead of zero runs + codes (`SegmentHeader::diff_coding`) and
+    /// its extra stream as one instead of a zstd frame (`SegmentHeader::extra_coding`).
     BsdiffLzma(Option<Transform>),
 }
 
@@ -97,15 +98,16 @@ impl Algorithm {
         }
     }
 
-    /// Whether segments may carry their diff stream as LZMA2 (`DiffCoding::Lzma2`).
-    pub fn allows_lzma_diff(self) -> bool {
+    /// Whether segments may carry LZMA2 streams (`DiffCoding::Lzma2`,
+    /// `ExtraCoding::Lzma2`).
+    pub fn allows_lzma(self) -> bool {
         matches!(self, Algorithm::BsdiffLzma(_))
     }
 
     /// The bsdiff algorithm for segments diffed under `transform` (none: the plain
-    /// images), with or without LZMA2-coded diff streams.
-    pub fn bsdiff(transform: Option<Transform>, lzma_diff: bool) -> Self {
-        match (transform, lzma_diff) {
+    /// images), with or without LZMA2-coded streams.
+    pub fn bsdiff(transform: Option<Transform>, lzma: bool) -> Self {
+        match (transform, lzma) {
             (transform, true) => Algorithm::BsdiffLzma(transform),
             (None, false) => Algorithm::BsdiffZstd,
             (Some(transform), false) => Algorithm::BsdiffZstdTransformed(transform),
@@ -257,8 +259,8 @@ mod tests {
                 Algorithm::bsdiff(transform, true),
                 Algorithm::BsdiffLzma(transform)
             );
-            assert!(Algorithm::bsdiff(transform, true).allows_lzma_diff());
-            assert!(!Algorithm::bsdiff(transform, false).allows_lzma_diff());
+            assert!(Algorithm::bsdiff(transform, true).allows_lzma());
+            assert!(!Algorithm::bsdiff(transform, false).allows_lzma());
             assert_eq!(Algorithm::bsdiff(transform, false).transform(), transform);
         }
     }

@@ -8,15 +8,21 @@
 
 use super::DeltaError;
 
-/// First four bytes of a segment header whose diff stream is zero runs + codes; catches
-/// a desynchronised stream early.
+/// First four bytes of a segment header whose diff stream is zero runs + codes and whose
+/// extra stream is a zstd frame (the only kind in algorithms 1 and 3); catches a
+/// desynchronised stream early.
 pub const SEGMENT_TAG: [u8; 4] = *b"OSEG";
-/// First four bytes of a segment header whose diff stream is one raw LZMA2 stream
-/// (only in containers of `Algorithm::BsdiffLzma`).
-pub const SEGMENT_TAG_LZMA: [u8; 4] = *b"OSGL";
-/// Dictionary size of an LZMA2-coded diff stream at most (8 MiB): the applier decodes
-/// with a dictionary of `min(this, diff length)` bytes, so a stream that reaches further
-/// back is corrupt.
+/// The other tags, only in containers of `Algorithm::BsdiffLzma`, and how they code the
+/// diff and the extra stream: `OSGL` an LZMA2 diff, `OSXL` an LZMA2 extra, `OSLL` both.
+pub const SEGMENT_TAGS: [([u8; 4], DiffCoding, ExtraCoding); 4] = [
+    (SEGMENT_TAG, DiffCoding::RunsAndCodes, ExtraCoding::Zstd),
+    (*b"OSGL", DiffCoding::Lzma2, ExtraCoding::Zstd),
+    (*b"OSXL", DiffCoding::RunsAndCodes, ExtraCoding::Lzma2),
+    (*b"OSLL", DiffCoding::Lzma2, ExtraCoding::Lzma2),
+];
+/// Dictionary size of an LZMA2 stream at most (8 MiB): the applier decodes with a
+/// dictionary of `min(this, max(stream's decoded length, 4 KiB))` bytes, so a stream that
+/// reaches further back is corrupt.
 pub const LZMA_DICT_MAX: u32 = 8 << 20;
 /// Encoded segment header size in bytes.
 pub const SEGMENT_HEADER_LEN: usize = 56;
@@ -51,6 +57,25 @@ pub fn lzma2_bound(raw: u32) -> u64 {
     raw + raw.div_ceil(1 << 16) * 3 + 1
 }
 
+/// A present LZMA2 stream of `raw` decoded bytes (at least one) and `zlen` bytes on the
+/// wire, within the LZMA2 bound.
+fn check_lzma_stream(field: &'static str, raw: u32, zlen: u32) -> Result<(), DeltaError> {
+    if raw == 0 || zlen == 0 {
+        return Err(DeltaError::SegmentInconsistent {
+            field,
+            reason: "an LZMA2-coded stream holds at least one byte and has a frame",
+        });
+    }
+    if u64::from(zlen) > lzma2_bound(raw) {
+        return Err(DeltaError::LengthOverCap {
+            field,
+            value: u64::from(zlen),
+            cap: lzma2_bound(raw),
+        });
+    }
+    Ok(())
+}
+
 /// How a segment carries its diff stream (the bytes added to old bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DiffCoding {
@@ -59,6 +84,16 @@ pub enum DiffCoding {
     /// The whole diff stream (`diff_len` bytes) as one raw LZMA2 stream in the codes
     /// slot, no runs block (tag `OSGL`). LZMA's literal coder, conditioned on the byte
     /// at the last match distance, models diff bytes better than zstd does.
+    Lzma2,
+}
+
+/// How a segment carries its extra (literal) stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExtraCoding {
+    /// One zstd frame, compressed against the extra prefix of old bytes.
+    Zstd,
+    /// One raw LZMA2 stream, no prefix (the prefix fields are zero). LZMA's literal
+    /// coder beats zstd's on machine code even without the old bytes as a dictionary.
     Lzma2,
 }
 
@@ -92,6 +127,9 @@ pub struct SegmentHeader {
     /// How the diff stream is carried; for [`DiffCoding::Lzma2`] the codes fields hold
     /// the LZMA2 stream (`codes_len` = `diff_len`) and the runs fields are zero.
     pub diff_coding: DiffCoding,
+    /// How the extra stream is carried; for [`ExtraCoding::Lzma2`] the extra frame is an
+    /// LZMA2 stream and there is no extra prefix.
+    pub extra_coding: ExtraCoding,
 }
 
 impl SegmentHeader {
@@ -121,6 +159,19 @@ impl SegmentHeader {
             extra_prefix_start: extra_prefix.0,
             extra_prefix_len: extra_prefix.1,
             diff_coding: DiffCoding::RunsAndCodes,
+            extra_coding: ExtraCoding::Zstd,
+        }
+    }
+
+    /// The same segment with its extra stream as an LZMA2 stream of `zlen` bytes in place
+    /// of the zstd frame and its prefix.
+    pub fn with_lzma_extra(self, zlen: u32) -> SegmentHeader {
+        SegmentHeader {
+            extra_zlen: zlen,
+            extra_prefix_start: 0,
+            extra_prefix_len: 0,
+            extra_coding: ExtraCoding::Lzma2,
+            ..self
         }
     }
 
@@ -140,10 +191,11 @@ impl SegmentHeader {
     /// The header as it goes on the wire.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut out = [0u8; SEGMENT_HEADER_LEN];
-        out[0..4].copy_from_slice(match self.diff_coding {
-            DiffCoding::RunsAndCodes => &SEGMENT_TAG,
-            DiffCoding::Lzma2 => &SEGMENT_TAG_LZMA,
-        });
+        let tag = SEGMENT_TAGS
+            .iter()
+            .find(|(_, diff, extra)| (*diff, *extra) == (self.diff_coding, self.extra_coding))
+            .map_or(SEGMENT_TAG, |(tag, _, _)| *tag);
+        out[0..4].copy_from_slice(&tag);
         let fields = [
             self.target_len,
             self.control_len,
@@ -176,10 +228,10 @@ impl SegmentHeader {
         };
         let mut tag = [0u8; 4];
         tag.copy_from_slice(&bytes[0..4]);
-        let diff_coding = match tag {
-            SEGMENT_TAG => DiffCoding::RunsAndCodes,
-            SEGMENT_TAG_LZMA => DiffCoding::Lzma2,
-            _ => return Err(DeltaError::BadSegmentTag { found: tag }),
+        let Some(&(_, diff_coding, extra_coding)) =
+            SEGMENT_TAGS.iter().find(|(known, _, _)| *known == tag)
+        else {
+            return Err(DeltaError::BadSegmentTag { found: tag });
         };
         let mut fields = bytes[4..].chunks_exact(4).map(|c| {
             let mut le = [0u8; 4];
@@ -201,6 +253,7 @@ impl SegmentHeader {
             extra_prefix_start: 0,
             extra_prefix_len: 0,
             diff_coding,
+            extra_coding,
         };
         let mut start = [0u8; 8];
         start.copy_from_slice(&bytes[44..52]);
@@ -275,63 +328,50 @@ impl SegmentHeader {
                 reason: "there cannot be more non-zero diff bytes than diff bytes",
             });
         }
-        if self.diff_coding == DiffCoding::Lzma2 {
-            return self.validate_lzma_diff();
+        let mut zstd_frames = vec![("control frame length", self.control_len, self.control_zlen)];
+        match self.extra_coding {
+            ExtraCoding::Zstd => {
+                zstd_frames.push(("extra frame length", self.extra_len, self.extra_zlen))
+            }
+            ExtraCoding::Lzma2 => {
+                if self.extra_prefix_start != 0 || self.extra_prefix_len != 0 {
+                    return Err(DeltaError::SegmentInconsistent {
+                        field: "extra prefix",
+                        reason: "an LZMA2-coded extra stream has no prefix",
+                    });
+                }
+                check_lzma_stream("extra frame length", self.extra_len, self.extra_zlen)?;
+            }
         }
-        if (self.diff_len == 0) != (self.runs_len == 0) {
-            return Err(DeltaError::SegmentInconsistent {
-                field: "runs length",
-                reason: "diff bytes need a runs block, and only diff bytes have one",
-            });
+        match self.diff_coding {
+            DiffCoding::RunsAndCodes => {
+                if (self.diff_len == 0) != (self.runs_len == 0) {
+                    return Err(DeltaError::SegmentInconsistent {
+                        field: "runs length",
+                        reason: "diff bytes need a runs block, and only diff bytes have one",
+                    });
+                }
+                zstd_frames.push(("runs frame length", self.runs_len, self.runs_zlen));
+                zstd_frames.push(("codes frame length", self.codes_len, self.codes_zlen));
+            }
+            DiffCoding::Lzma2 => {
+                // All of the diff bytes, at least one, in the codes slot; no runs block.
+                if self.codes_len != self.diff_len {
+                    return Err(DeltaError::SegmentInconsistent {
+                        field: "codes length",
+                        reason: "an LZMA2-coded diff stream holds all of the segment's diff bytes",
+                    });
+                }
+                if self.runs_len != 0 || self.runs_zlen != 0 {
+                    return Err(DeltaError::SegmentInconsistent {
+                        field: "runs length",
+                        reason: "an LZMA2-coded diff stream has no runs block",
+                    });
+                }
+                check_lzma_stream("codes frame length", self.diff_len, self.codes_zlen)?;
+            }
         }
-        self.validate_frames(&[
-            ("runs frame length", self.runs_len, self.runs_zlen),
-            ("codes frame length", self.codes_len, self.codes_zlen),
-        ])
-    }
-
-    /// An LZMA2-coded diff: a non-empty diff stream, all of it in the codes slot, within
-    /// the LZMA2 bound, and no runs block.
-    fn validate_lzma_diff(&self) -> Result<(), DeltaError> {
-        if self.diff_len == 0 || self.codes_len != self.diff_len {
-            return Err(DeltaError::SegmentInconsistent {
-                field: "codes length",
-                reason:
-                    "an LZMA2-coded diff stream holds all of the segment's diff bytes, at least one",
-            });
-        }
-        if self.runs_len != 0 || self.runs_zlen != 0 {
-            return Err(DeltaError::SegmentInconsistent {
-                field: "runs length",
-                reason: "an LZMA2-coded diff stream has no runs block",
-            });
-        }
-        if self.codes_zlen == 0 {
-            return Err(DeltaError::SegmentInconsistent {
-                field: "codes frame length",
-                reason: "a non-empty stream needs a frame",
-            });
-        }
-        if u64::from(self.codes_zlen) > lzma2_bound(self.codes_len) {
-            return Err(DeltaError::LengthOverCap {
-                field: "codes frame length",
-                value: u64::from(self.codes_zlen),
-                cap: lzma2_bound(self.codes_len),
-            });
-        }
-        self.validate_frames(&[])
-    }
-
-    /// The zstd frames: the control and extra frames, and `more`, as (field, decoded
-    /// length, frame length).
-    fn validate_frames(&self, more: &[(&'static str, u32, u32)]) -> Result<(), DeltaError> {
-        for &(field, raw, zlen) in [
-            ("control frame length", self.control_len, self.control_zlen),
-            ("extra frame length", self.extra_len, self.extra_zlen),
-        ]
-        .iter()
-        .chain(more)
-        {
+        for (field, raw, zlen) in zstd_frames {
             if raw == 0 && zlen != 0 {
                 return Err(DeltaError::SegmentInconsistent {
                     field,
@@ -355,13 +395,15 @@ impl SegmentHeader {
         Ok(())
     }
 
-    /// Refuses an LZMA2-coded diff stream in a container whose algorithm does not allow
-    /// one (an applier of algorithms 1 and 3 must never see tag `OSGL`).
+    /// Refuses LZMA2-coded streams in a container whose algorithm does not allow them (an
+    /// applier of algorithms 1 and 3 must only ever see tag `OSEG`).
     pub fn check_coding(&self, algorithm: super::Algorithm) -> Result<(), DeltaError> {
-        if self.diff_coding == DiffCoding::Lzma2 && !algorithm.allows_lzma_diff() {
+        let zstd_only =
+            (self.diff_coding, self.extra_coding) == (DiffCoding::RunsAndCodes, ExtraCoding::Zstd);
+        if !zstd_only && !algorithm.allows_lzma() {
             return Err(DeltaError::SegmentInconsistent {
                 field: "segment tag",
-                reason: "LZMA2-coded diff streams are allowed only in algorithm 4 containers",
+                reason: "LZMA2-coded streams are allowed only in algorithm 4 containers",
             });
         }
         Ok(())
@@ -416,6 +458,7 @@ mod tests {
             extra_prefix_start: 7,
             extra_prefix_len: 1000,
             diff_coding: DiffCoding::RunsAndCodes,
+            extra_coding: ExtraCoding::Zstd,
         }
     }
 
@@ -460,7 +503,7 @@ mod tests {
             target_len: lzma.extra_len,
             ..lzma
         };
-        assert!(inconsistent(no_diff, "codes length"));
+        assert!(inconsistent(no_diff, "codes frame length"));
         let bound = lzma2_bound(lzma.diff_len) as u32;
         assert_eq!(bound, 900 + 3 + 1);
         assert_eq!(
@@ -482,6 +525,39 @@ mod tests {
                 ..
             })
         ));
+        // An LZMA2-coded extra stream: no prefix, its own bound; both at once is `OSLL`.
+        let extra = sample().with_lzma_extra(80);
+        assert_eq!(&extra.encode()[..4], b"OSXL");
+        assert_eq!(SegmentHeader::parse(&extra.encode()), Ok(extra));
+        assert_eq!((extra.extra_prefix_start, extra.extra_prefix_len), (0, 0));
+        let both = lzma.with_lzma_extra(80);
+        assert_eq!(&both.encode()[..4], b"OSLL");
+        assert_eq!(SegmentHeader::parse(&both.encode()), Ok(both));
+        assert!(inconsistent(
+            SegmentHeader {
+                extra_prefix_len: 10,
+                ..extra
+            },
+            "extra prefix"
+        ));
+        assert!(inconsistent(
+            SegmentHeader {
+                extra_zlen: 0,
+                ..extra
+            },
+            "extra frame length"
+        ));
+        assert!(matches!(
+            SegmentHeader {
+                extra_zlen: lzma2_bound(extra.extra_len) as u32 + 1,
+                ..extra
+            }
+            .validate(),
+            Err(DeltaError::LengthOverCap {
+                field: "extra frame length",
+                ..
+            })
+        ));
         // Only algorithm 4 containers may hold one.
         assert_eq!(
             lzma.check_coding(super::super::Algorithm::BsdiffLzma(None)),
@@ -491,13 +567,15 @@ mod tests {
             super::super::Algorithm::BsdiffZstd,
             super::super::Algorithm::BsdiffZstdTransformed(super::super::Transform::Arm64),
         ] {
-            assert!(matches!(
-                lzma.check_coding(algorithm),
-                Err(DeltaError::SegmentInconsistent {
-                    field: "segment tag",
-                    ..
-                })
-            ));
+            for hostile in [lzma, extra, both] {
+                assert!(matches!(
+                    hostile.check_coding(algorithm),
+                    Err(DeltaError::SegmentInconsistent {
+                        field: "segment tag",
+                        ..
+                    })
+                ));
+            }
             assert_eq!(sample().check_coding(algorithm), Ok(()));
         }
     }
@@ -774,6 +852,7 @@ mod tests {
                     extra_prefix_start,
                     extra_prefix_len,
                     diff_coding: DiffCoding::RunsAndCodes,
+                    extra_coding: ExtraCoding::Zstd,
                 }
             },
         )

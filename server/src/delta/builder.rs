@@ -5,8 +5,8 @@
 //! matches (`matcher`), cut into segments of at most 16 MiB of target, and the four
 //! streams of every segment (control; extra, compressed against 1 MiB of old bytes; the
 //! diff as zero runs + non-zero codes) compressed with zstd level 19 on all worker
-//! threads, and the diff once more as one LZMA2 stream, kept instead of the runs and
-//! codes where smaller (container algorithm 4, `BuildOptions::lzma_diff`). Hashes of both images and a quick estimate of the full image's compressed
+//! threads, and the diff and the extra stream once more as LZMA2 streams, each kept
+//! instead of its zstd frames where smaller (container algorithm 4, `BuildOptions::lzma`). Hashes of both images and a quick estimate of the full image's compressed
 //! size are computed on a side thread meanwhile. When the new image holds ARM64 code
 //! (`detect`, `AUTO_TRANSFORMS`), the whole pipeline runs a second time over the transformed images
 //! (`ota_core::delta::Transform`) and the smaller delta is kept. When the delta is not at
@@ -23,8 +23,9 @@ use super::matcher::{cover_literal_gaps, find_matches, prune_weak_matches, Match
 use liblzma::stream::{Action, Filters, LzmaOptions, MatchFinder, Mode, Status, Stream};
 use ota_core::delta::{
     encode_control_block, encode_runs, lzma2_bound, Algorithm, ContainerHeader, Control,
-    DiffCoding, RunBlock, SegmentHeader, Transform, EXTRA_PREFIX_MAX, HEADER_LEN, LZMA_DICT_MAX,
-    MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET,
+    DiffCoding, ExtraCoding, RunBlock, SegmentHeader, Transform, EXTRA_PREFIX_MAX, HEADER_LEN,
+    LZMA_DICT_MAX, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS,
+    SEGMENT_MAX_TARGET,
 };
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
@@ -88,10 +89,10 @@ pub struct BuildOptions {
     /// more to apply, so a saving too small to matter ships the full image); values
     /// above 90 count as 90.
     pub min_saving_percent: u8,
-    /// Whether a segment may carry its diff stream as LZMA2 where that is smaller
-    /// (algorithm 4). Off, the container is algorithm 1 or 3, which agents built before
-    /// algorithm 4 can apply.
-    pub lzma_diff: bool,
+    /// Whether a segment may carry its diff and extra streams as LZMA2 where that is
+    /// smaller (algorithm 4). Off, the container is algorithm 1 or 3, which agents built
+    /// before algorithm 4 can apply.
+    pub lzma: bool,
 }
 
 /// Transforms [`TransformChoice::Auto`] tries when `detect` finds their code. Decided on
@@ -122,7 +123,7 @@ impl Default for BuildOptions {
             segment_len: SEGMENT_MAX_TARGET,
             transform: TransformChoice::Auto,
             min_saving_percent: DEFAULT_MIN_SAVING_PERCENT,
-            lzma_diff: true,
+            lzma: true,
         }
     }
 }
@@ -267,7 +268,7 @@ fn build_into<S: ContainerSink>(
         transform: options.transform,
         // Capped at 90 by `delta_worth_shipping`.
         min_saving_percent: options.min_saving_percent,
-        lzma_diff: options.lzma_diff,
+        lzma: options.lzma,
     };
     let (facts, body) = std::thread::scope(|scope| {
         let side = scope.spawn(|| image_facts(old, new));
@@ -291,7 +292,7 @@ fn build_into<S: ContainerSink>(
             })?
             .filter(|found| AUTO_TRANSFORMS.contains(found)),
     };
-    let mut algorithm = Algorithm::bsdiff(None, plain.lzma_diff);
+    let mut algorithm = Algorithm::bsdiff(None, plain.lzma);
     let mut body = plain;
     let mut transformed = None;
     if let Some(transform) = transform {
@@ -315,7 +316,7 @@ fn build_into<S: ContainerSink>(
             if copied != alt_body.len {
                 return Err(BuildError::Write(io::ErrorKind::UnexpectedEof.into()));
             }
-            algorithm = Algorithm::bsdiff(Some(transform), alt_body.lzma_diff);
+            algorithm = Algorithm::bsdiff(Some(transform), alt_body.lzma);
             body = alt_body;
         }
     }
@@ -454,8 +455,8 @@ struct BodyStats {
     len: u64,
     parts: usize,
     segments: usize,
-    /// Whether any segment carries its diff stream as LZMA2.
-    lzma_diff: bool,
+    /// Whether any segment carries an LZMA2 stream.
+    lzma: bool,
 }
 
 fn write_delta_body(
@@ -469,7 +470,7 @@ fn write_delta_body(
         len: 0,
         parts: parts.len(),
         segments: 0,
-        lzma_diff: false,
+        lzma: false,
     };
     // The old cursor runs across segments and parts: seeks are relative to it.
     let mut cursor = 0u64;
@@ -492,7 +493,7 @@ fn write_delta_body(
         let encoded = encode_segments(segments, &old_window, part.old.start, &new_part, options)?;
         stats.segments += encoded.len();
         for segment in encoded {
-            stats.lzma_diff |= segment.lzma_diff;
+            stats.lzma |= segment.lzma;
             let pieces = std::iter::once(&segment.header[..])
                 .chain(segment.frames.iter().map(Vec::as_slice));
             for piece in pieces {
@@ -618,8 +619,8 @@ fn plan_segments(
 
 struct EncodedSegment {
     header: [u8; SEGMENT_HEADER_LEN],
-    /// Whether the diff stream went out as LZMA2 (frames[3]; frames[2] empty).
-    lzma_diff: bool,
+    /// Whether any of its streams went out as LZMA2.
+    lzma: bool,
     /// The four frames in wire order: control, extra, runs, codes.
     frames: [Vec<u8>; 4],
 }
@@ -631,6 +632,11 @@ enum StreamKind {
     Runs,
     Codes,
 }
+
+/// Compression jobs per segment after the four zstd frames (`STREAM_ORDER`): the diff
+/// stream as LZMA2, then the extra stream as LZMA2.
+const LZMA_DIFF_JOB: usize = 4;
+const LZMA_EXTRA_JOB: usize = 5;
 
 /// Wire order of a segment's frames.
 const STREAM_ORDER: [StreamKind; 4] = [
@@ -765,10 +771,11 @@ fn encode_segments(
         let prefix = plan.extra_prefix(old_window.len());
         fitted.push(FittedSegment { plan, raw, prefix });
     }
-    // Per segment: the four zstd frames, then the diff stream as LZMA2 (job 4), whose
-    // result replaces the runs and codes frames when it is smaller.
+    // Per segment: the four zstd frames, then the diff stream as LZMA2, which replaces
+    // the runs and codes frames when it is smaller, and the extra stream as LZMA2, which
+    // replaces the extra frame (and its prefix) when it is smaller.
     let jobs: Vec<(usize, usize)> = (0..fitted.len())
-        .flat_map(|s| (0..5).map(move |k| (s, k)))
+        .flat_map(|s| (0..LZMA_EXTRA_JOB + 1).map(move |k| (s, k)))
         .collect();
     let outputs: Vec<Mutex<Option<io::Result<Vec<u8>>>>> =
         jobs.iter().map(|_| Mutex::new(None)).collect();
@@ -788,8 +795,9 @@ fn encode_segments(
                         &old_window[prefix.0..prefix.0 + prefix.1],
                         options.level,
                     ),
-                    None if options.lzma_diff => lzma_diff_stream(&raw[2], &raw[3], plan),
-                    None => Ok(Vec::new()),
+                    None if !options.lzma => Ok(Vec::new()),
+                    None if kind == LZMA_DIFF_JOB => lzma_diff_stream(&raw[2], &raw[3], plan),
+                    None => lzma_stream(&raw[1]),
                 };
                 if let Ok(mut slot) = outputs[index].lock() {
                     *slot = Some(compressed);
@@ -817,10 +825,14 @@ fn encode_segments(
                 .unwrap_or_else(|| Err(io::Error::other("missing compression job")))
                 .map_err(BuildError::Compress)?;
         }
-        let lzma = outputs
-            .next()
-            .unwrap_or_else(|| Err(io::Error::other("missing compression job")))
-            .map_err(BuildError::Compress)?;
+        let mut next_output = || {
+            outputs
+                .next()
+                .unwrap_or_else(|| Err(io::Error::other("missing compression job")))
+                .map_err(BuildError::Compress)
+        };
+        let lzma_diff = next_output()?;
+        let lzma_extra = next_output()?;
         let len = |bytes: &[u8]| bytes.len() as u32;
         let prefix_start = if *prefix_len > 0 {
             old_base + *prefix_start as u64
@@ -838,20 +850,26 @@ fn encode_segments(
             ],
             (prefix_start, *prefix_len as u32),
         );
-        let zstd_diff_len = frames[2].len() + frames[3].len();
-        let header = if !lzma.is_empty()
-            && lzma.len() < zstd_diff_len
-            && lzma.len() as u64 <= lzma2_bound(segment.diff_len)
+        let mut header = header;
+        if !lzma_diff.is_empty()
+            && lzma_diff.len() < frames[2].len() + frames[3].len()
+            && lzma_diff.len() as u64 <= lzma2_bound(segment.diff_len)
         {
             frames[2] = Vec::new();
-            frames[3] = lzma;
-            header.with_lzma_diff(len(&frames[3]))
-        } else {
-            header
-        };
+            frames[3] = lzma_diff;
+            header = header.with_lzma_diff(len(&frames[3]));
+        }
+        if !lzma_extra.is_empty()
+            && lzma_extra.len() < frames[1].len()
+            && lzma_extra.len() as u64 <= lzma2_bound(segment.extra_len)
+        {
+            frames[1] = lzma_extra;
+            header = header.with_lzma_extra(len(&frames[1]));
+        }
         encoded.push(EncodedSegment {
             header: header.encode(),
-            lzma_diff: header.diff_coding == DiffCoding::Lzma2,
+            lzma: (header.diff_coding, header.extra_coding)
+                != (DiffCoding::RunsAndCodes, ExtraCoding::Zstd),
             frames,
         });
     }
@@ -859,9 +877,7 @@ fn encode_segments(
 }
 
 /// The diff stream of a segment, rebuilt from its zero runs and codes, as one raw
-/// LZMA2 stream (empty when the segment has no diff bytes). The dictionary covers the
-/// whole stream up to the format's `LZMA_DICT_MAX`; literal context 3, position bits 2
-/// and the longest match length (273) measured best on the corpus (docs/delta-bench.txt).
+/// LZMA2 stream (empty when the segment has no diff bytes).
 fn lzma_diff_stream(runs: &[u8], codes: &[u8], plan: &SegmentPlan) -> io::Result<Vec<u8>> {
     if plan.diff_len == 0 {
         return Ok(Vec::new());
@@ -875,9 +891,20 @@ fn lzma_diff_stream(runs: &[u8], codes: &[u8], plan: &SegmentPlan) -> io::Result
         diff.extend_from_slice(&codes[at..at + nonzeros as usize]);
         at += nonzeros as usize;
     }
+    lzma_stream(&diff)
+}
+
+/// `raw` as one raw LZMA2 stream (empty for no bytes). The dictionary covers the whole
+/// stream up to the format's `LZMA_DICT_MAX`; literal context 3, position bits 2 and the
+/// longest match length (273) measured best on the corpus (docs/delta-bench.txt).
+fn lzma_stream(raw: &[u8]) -> io::Result<Vec<u8>> {
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    let len = u32::try_from(raw.len()).unwrap_or(u32::MAX);
     let mut options = LzmaOptions::new_preset(9).map_err(io::Error::other)?;
     options
-        .dict_size(plan.diff_len.clamp(4096, LZMA_DICT_MAX))
+        .dict_size(len.clamp(4096, LZMA_DICT_MAX))
         .literal_context_bits(3)
         .literal_position_bits(0)
         .position_bits(2)
@@ -894,7 +921,7 @@ fn lzma_diff_stream(runs: &[u8], codes: &[u8], plan: &SegmentPlan) -> io::Result
         }
         let consumed = stream.total_in() as usize;
         let status = stream
-            .process_vec(&diff[consumed..], &mut out, Action::Finish)
+            .process_vec(&raw[consumed..], &mut out, Action::Finish)
             .map_err(io::Error::other)?;
         if status == Status::StreamEnd {
             return Ok(out);

@@ -62,10 +62,10 @@ pub enum DeltaCommand {
         #[arg(long, default_value_t = DEFAULT_MIN_SAVING_PERCENT,
               value_parser = clap::value_parser!(u8).range(*MIN_SAVING_PERCENT.start() as i64..=*MIN_SAVING_PERCENT.end() as i64))]
         min_saving_percent: u8,
-        /// Keep every diff stream as zstd runs + codes (container algorithm 1 or 3), for
-        /// agents that predate algorithm 4 (LZMA2 diff streams).
+        /// zstd streams only (container algorithm 1 or 3), for agents that predate
+        /// algorithm 4 (LZMA2 diff and extra streams).
         #[arg(long)]
-        no_lzma_diff: bool,
+        no_lzma: bool,
     },
 }
 
@@ -80,14 +80,14 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             level,
             transform,
             min_saving_percent,
-            no_lzma_diff,
+            no_lzma,
         } => {
             let mut options = BuildOptions {
                 window_cap: window_mib << 20,
                 level,
                 transform: transform.into(),
                 min_saving_percent,
-                lzma_diff: !no_lzma_diff,
+                lzma: !no_lzma,
                 ..BuildOptions::default()
             };
             if let Some(threads) = threads {

@@ -14,6 +14,14 @@ use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 use std::io::Cursor;
 
+/// A bsdiff delta of the plain images, with or without LZMA2 streams.
+fn plain_bsdiff(algorithm: Algorithm) -> bool {
+    matches!(
+        algorithm,
+        Algorithm::BsdiffZstd | Algorithm::BsdiffLzma(None)
+    )
+}
+
 fn options() -> BuildOptions {
     BuildOptions {
         threads: 2,
@@ -85,9 +93,8 @@ fn similar_images_ship_a_delta_and_unrelated_images_ship_the_full_image() {
     let old = synthetic::image(3, 300_000);
     let new = synthetic::next_release(&old, 4, 10);
     let report = round_trip(&old, &new);
-    assert_eq!(
-        report.algorithm,
-        Algorithm::BsdiffZstd,
+    assert!(
+        plain_bsdiff(report.algorithm),
         "a small edit must ship as a delta"
     );
     assert!(
@@ -145,8 +152,8 @@ fn code_images_ship_the_transformed_delta_when_it_is_smaller() {
                 report.plain_delta_len
             );
             assert_eq!(
-                report.algorithm,
-                Algorithm::BsdiffZstdTransformed(transform),
+                report.algorithm.transform(),
+                Some(transform),
                 "{kind:?}: the smaller transformed delta must be shipped"
             );
             assert_eq!(report.delta_container_len, transformed_len);
@@ -212,9 +219,53 @@ fn lzma_sample() -> (Vec<u8>, Vec<u8>, Vec<u8>, usize) {
     assert!(report.segments >= 3);
     let first = segment_offsets(&container)
         .into_iter()
-        .find(|&at| container[at..at + 4] == *b"OSGL")
-        .expect("an LZMA2-coded segment");
+        .find(|&at| container[at..at + 4] == *b"OSGL" || container[at..at + 4] == *b"OSLL")
+        .expect("a segment with an LZMA2-coded diff");
     (container, old, new, first)
+}
+
+/// `container` with the segment at `at` given a rewritten header and its frame `frame`
+/// (0 control, 1 extra, 2 runs, 3 codes) replaced by `body`.
+fn rewrite_frame(
+    container: &[u8],
+    at: usize,
+    frame: usize,
+    edit: &dyn Fn(&mut SegmentHeader),
+    body: &[u8],
+) -> Vec<u8> {
+    let segment = SegmentHeader::parse(&container[at..]).expect("own segment parses");
+    let lens = [
+        segment.control_zlen,
+        segment.extra_zlen,
+        segment.runs_zlen,
+        segment.codes_zlen,
+    ]
+    .map(|n| n as usize);
+    let start = at + SEGMENT_HEADER_LEN + lens[..frame].iter().sum::<usize>();
+    let mut header = segment;
+    edit(&mut header);
+    [
+        &container[..at],
+        &header.encode()[..],
+        &container[at + SEGMENT_HEADER_LEN..start],
+        body,
+        &container[start + lens[frame]..],
+    ]
+    .concat()
+}
+
+/// The frame `frame` of the segment at `at`.
+fn frame_of(container: &[u8], at: usize, frame: usize) -> &[u8] {
+    let segment = SegmentHeader::parse(&container[at..]).expect("own segment parses");
+    let lens = [
+        segment.control_zlen,
+        segment.extra_zlen,
+        segment.runs_zlen,
+        segment.codes_zlen,
+    ]
+    .map(|n| n as usize);
+    let start = at + SEGMENT_HEADER_LEN + lens[..frame].iter().sum::<usize>();
+    &container[start..start + lens[frame]]
 }
 
 /// Where each segment header of a well-formed bsdiff container starts.
@@ -255,7 +306,7 @@ fn lzma_coded_diff_streams_are_smaller_and_can_be_turned_off() {
         &BuildOptions {
             transform: TransformChoice::Off,
             segment_len: 30_000,
-            lzma_diff: false,
+            lzma: false,
             ..options()
         },
     )
@@ -273,24 +324,18 @@ fn lzma_coded_diff_streams_are_smaller_and_can_be_turned_off() {
 #[test]
 fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
     let (container, old, _, first) = lzma_sample();
-    let segment = SegmentHeader::parse(&container[first..]).expect("parses");
-    let stream_at = first
-        + SEGMENT_HEADER_LEN
-        + (segment.control_zlen + segment.extra_zlen + segment.runs_zlen) as usize;
-    let stream_end = stream_at + segment.codes_zlen as usize;
     let rewrite = |edit: &dyn Fn(&mut SegmentHeader), body: &[u8]| -> Vec<u8> {
-        let mut header = segment;
-        edit(&mut header);
-        [
-            &container[..first],
-            &header.encode()[..],
-            &container[first + SEGMENT_HEADER_LEN..stream_at],
-            body,
-            &container[stream_end..],
-        ]
-        .concat()
+        rewrite_frame(&container, first, 3, edit, body)
     };
-    let stream = &container[stream_at..stream_end];
+    let stream = frame_of(&container, first, 3);
+    let extra_at = segment_offsets(&container)
+        .into_iter()
+        .find(|&at| container[at..at + 4] == *b"OSXL" || container[at..at + 4] == *b"OSLL")
+        .expect("a segment with an LZMA2-coded extra stream");
+    let extra = frame_of(&container, extra_at, 1);
+    let rewrite_extra = |edit: &dyn Fn(&mut SegmentHeader), body: &[u8]| -> Vec<u8> {
+        rewrite_frame(&container, extra_at, 1, edit, body)
+    };
     type Check = fn(&ApplyError) -> bool;
     let cases: Vec<(&str, Vec<u8>, Check)> = vec![
         (
@@ -350,16 +395,60 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
                 },
                 stream,
             ),
-            // The control entries already ask for more diff bytes than declared.
+            // The segment's own lengths, or its control entries, disagree first.
+            |e| {
+                matches!(
+                    e,
+                    ApplyError::Container(DeltaError::SegmentInconsistent { .. })
+                )
+            },
+        ),
+        (
+            "an LZMA2-coded extra stream with a prefix",
+            rewrite_extra(&|h| h.extra_prefix_len = 4096, extra),
             |e| {
                 matches!(
                     e,
                     ApplyError::Container(DeltaError::SegmentInconsistent {
-                        field: "diff length",
+                        field: "extra prefix",
                         ..
                     })
                 )
             },
+        ),
+        (
+            "garbage inside an LZMA2-coded extra stream",
+            {
+                let mut body = extra.to_vec();
+                let middle = body.len() / 2;
+                for b in &mut body[middle..middle + 4] {
+                    *b ^= 0x5a;
+                }
+                rewrite_extra(&|_| {}, &body)
+            },
+            |e| {
+                matches!(
+                    e,
+                    ApplyError::CorruptStream { .. }
+                        | ApplyError::StreamLength { .. }
+                        | ApplyError::TargetMismatch { .. }
+                )
+            },
+        ),
+        (
+            "an LZMA2-coded extra stream cut before its end marker",
+            rewrite_extra(&|h| h.extra_zlen -= 1, &extra[..extra.len() - 1]),
+            |e| {
+                matches!(
+                    e,
+                    ApplyError::CorruptStream { .. } | ApplyError::StreamLength { .. }
+                )
+            },
+        ),
+        (
+            "bytes after an LZMA2-coded extra stream's end inside its frame",
+            rewrite_extra(&|h| h.extra_zlen += 1, &[extra, b"x"].concat()),
+            |e| matches!(e, ApplyError::CorruptStream { .. }),
         ),
         (
             "an LZMA2 stream longer than its bound",
@@ -389,10 +478,7 @@ fn transformed_deltas_read_only_the_image_part_of_a_longer_slot() {
         ..options()
     };
     let (container, report) = build_delta(&old, &new, &forced).expect("build");
-    assert_eq!(
-        report.algorithm,
-        Algorithm::BsdiffZstdTransformed(Transform::X86_64)
-    );
+    assert_eq!(report.algorithm.transform(), Some(Transform::X86_64));
     let mut slot = old.clone();
     slot.extend(std::iter::repeat_n(0xE8, 70_000));
     let (result, out) = apply(&container, &slot);
@@ -403,7 +489,12 @@ fn transformed_deltas_read_only_the_image_part_of_a_longer_slot() {
 #[test]
 fn unknown_transform_ids_are_refused_before_anything_is_written() {
     let (old, new) = synthetic::code_release_pair(CodeKind::Arm64, 10, 60_000, 400);
-    let (mut container, report) = build_delta(&old, &new, &options()).expect("build");
+    // Algorithm 3, where byte 11 must name a transform (in algorithm 4, 0 means none).
+    let zstd_only = BuildOptions {
+        lzma: false,
+        ..options()
+    };
+    let (mut container, report) = build_delta(&old, &new, &zstd_only).expect("build");
     assert_eq!(
         report.algorithm,
         Algorithm::BsdiffZstdTransformed(Transform::Arm64)
@@ -460,7 +551,7 @@ fn the_saving_a_delta_must_make_over_the_full_image_is_a_build_option() {
         ..options()
     };
     let (container, report) = build_delta(&old, &new, &with(10)).expect("build");
-    assert_eq!(report.algorithm, Algorithm::BsdiffZstd, "{report:?}");
+    assert!(plain_bsdiff(report.algorithm), "{report:?}");
     let full = report
         .full_container_len
         .expect("the full image was compared");
@@ -490,7 +581,13 @@ fn the_saving_a_delta_must_make_over_the_full_image_is_a_build_option() {
 fn full_image_container_applies_whatever_the_old_slot_holds() {
     let old = synthetic::image(5, 50_000);
     let new = synthetic::image(6, 50_000);
-    let (container, report) = build_delta(&old, &new, &options()).expect("build");
+    // zstd only: the full image is zstd-compressed, and LZMA2 literals of these
+    // synthetic blocks would come out more than 10% smaller than it.
+    let zstd_only = BuildOptions {
+        lzma: false,
+        ..options()
+    };
+    let (container, report) = build_delta(&old, &new, &zstd_only).expect("build");
     assert_eq!(report.algorithm, Algorithm::FullZstd);
     let (result, out) = apply(&container, b"some other slot content");
     result.expect("a full image needs no base");
@@ -646,7 +743,7 @@ proptest! {
         let old = random_bytes(seed, len);
         let new = apply_edits(&old, &edits);
         let report = round_trip(&old, &new);
-        prop_assert_eq!(report.algorithm, Algorithm::BsdiffZstd, "a related pair shipped the full image");
+        prop_assert!(plain_bsdiff(report.algorithm), "a related pair shipped the full image");
         prop_assert_eq!(report.container_len, report.delta_container_len);
         prop_assert!(
             report.container_len * 4 < new.len() as u64,
@@ -821,6 +918,8 @@ fn sample_delta() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         &new,
         &BuildOptions {
             segment_len: 40_000,
+            // Algorithm 1: zstd streams only (`lzma_sample` is the algorithm 4 one).
+            lzma: false,
             ..options()
         },
     )
