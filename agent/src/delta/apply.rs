@@ -11,8 +11,9 @@
 //! Memory is bounded by the format's per-segment caps, never by the image size: one
 //! segment's control block (≤ 1 MiB), extra bytes (≤ 16 MiB, plus their compressed
 //! frame and their ≤ 4 MiB prefix of old bytes while they are decoded, ≤ 16 MiB) and
-//! runs block (≤ 4 MiB), one streaming zstd decoder for the codes with a window of at
-//! most 8 MiB, and fixed 256 KiB IO buffers: about 50 MiB in the worst case, typically
+//! runs block (≤ 4 MiB), one streaming decoder for the codes (zstd with a window of at
+//! most 8 MiB, or, for an LZMA2-coded diff of algorithm 4, LZMA2 with a dictionary of at
+//! most 8 MiB), and fixed 256 KiB IO buffers: about 50 MiB in the worst case, typically
 //! far less (see `docs/delta-bench.txt`).
 //!
 //! A transformed container (`Algorithm::BsdiffZstdTransformed`) reads the transformed

@@ -931,18 +931,22 @@ fn sample_delta() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
 
 #[test]
 fn truncated_containers_are_refused_as_truncated_at_every_cut() {
+    // Algorithm 1 (zstd streams) and algorithm 4 (LZMA2 streams, streamed diff).
     let (container, old, _) = sample_delta();
-    let cuts: Vec<usize> = (0..container.len())
-        .step_by(97)
-        .chain([HEADER_LEN, HEADER_LEN + 1, container.len() - 1])
-        .collect();
-    for cut in cuts {
-        let (result, _) = apply(&container[..cut], &old);
-        assert!(
-            matches!(result, Err(ApplyError::TruncatedDelta { .. })),
-            "a container cut at {cut} of {} bytes must be refused as truncated, got {result:?}",
-            container.len()
-        );
+    let (lzma, lzma_old, _, _) = lzma_sample();
+    for (container, old) in [(container, old), (lzma, lzma_old)] {
+        let cuts: Vec<usize> = (0..container.len())
+            .step_by(97)
+            .chain([HEADER_LEN, HEADER_LEN + 1, container.len() - 1])
+            .collect();
+        for cut in cuts {
+            let (result, _) = apply(&container[..cut], &old);
+            assert!(
+                matches!(result, Err(ApplyError::TruncatedDelta { .. })),
+                "a container cut at {cut} of {} bytes must be refused as truncated, got {result:?}",
+                container.len()
+            );
+        }
     }
 }
 
