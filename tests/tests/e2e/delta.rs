@@ -224,8 +224,28 @@ fn lzma_sample() -> (Vec<u8>, Vec<u8>, Vec<u8>, usize) {
     (container, old, new, first)
 }
 
+/// Where the frame `frame` (0 control, 1 extra, 2 runs, 3 codes) of the segment at `at`
+/// lies in `container`.
+fn frame_range(container: &[u8], at: usize, frame: usize) -> std::ops::Range<usize> {
+    let segment = SegmentHeader::parse(&container[at..]).expect("own segment parses");
+    let lens = [
+        segment.control_zlen,
+        segment.extra_zlen,
+        segment.runs_zlen,
+        segment.codes_zlen,
+    ]
+    .map(|n| n as usize);
+    let start = at + SEGMENT_HEADER_LEN + lens[..frame].iter().sum::<usize>();
+    start..start + lens[frame]
+}
+
+/// The frame `frame` of the segment at `at`.
+fn frame_of(container: &[u8], at: usize, frame: usize) -> &[u8] {
+    &container[frame_range(container, at, frame)]
+}
+
 /// `container` with the segment at `at` given a rewritten header and its frame `frame`
-/// (0 control, 1 extra, 2 runs, 3 codes) replaced by `body`.
+/// replaced by `body`.
 fn rewrite_frame(
     container: &[u8],
     at: usize,
@@ -233,39 +253,17 @@ fn rewrite_frame(
     edit: &dyn Fn(&mut SegmentHeader),
     body: &[u8],
 ) -> Vec<u8> {
-    let segment = SegmentHeader::parse(&container[at..]).expect("own segment parses");
-    let lens = [
-        segment.control_zlen,
-        segment.extra_zlen,
-        segment.runs_zlen,
-        segment.codes_zlen,
-    ]
-    .map(|n| n as usize);
-    let start = at + SEGMENT_HEADER_LEN + lens[..frame].iter().sum::<usize>();
-    let mut header = segment;
+    let range = frame_range(container, at, frame);
+    let mut header = SegmentHeader::parse(&container[at..]).expect("own segment parses");
     edit(&mut header);
     [
         &container[..at],
         &header.encode()[..],
-        &container[at + SEGMENT_HEADER_LEN..start],
+        &container[at + SEGMENT_HEADER_LEN..range.start],
         body,
-        &container[start + lens[frame]..],
+        &container[range.end..],
     ]
     .concat()
-}
-
-/// The frame `frame` of the segment at `at`.
-fn frame_of(container: &[u8], at: usize, frame: usize) -> &[u8] {
-    let segment = SegmentHeader::parse(&container[at..]).expect("own segment parses");
-    let lens = [
-        segment.control_zlen,
-        segment.extra_zlen,
-        segment.runs_zlen,
-        segment.codes_zlen,
-    ]
-    .map(|n| n as usize);
-    let start = at + SEGMENT_HEADER_LEN + lens[..frame].iter().sum::<usize>();
-    &container[start..start + lens[frame]]
 }
 
 /// Where each segment header of a well-formed bsdiff container starts.
