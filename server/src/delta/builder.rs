@@ -6,10 +6,11 @@
 //! streams of every segment (control; extra, compressed against 1 MiB of old bytes; the
 //! diff as zero runs + non-zero codes) compressed with zstd level 19 on all worker
 //! threads, and the diff and the extra stream once more as LZMA2 streams, each kept
-//! instead of its zstd frames where smaller (container algorithm 4, `BuildOptions::lzma`). Hashes of both images and a quick estimate of the full image's compressed
-//! size are computed on a side thread meanwhile. When the new image holds ARM64 code
-//! (`detect`, `AUTO_TRANSFORMS`), the whole pipeline runs a second time over the transformed images
-//! (`ota_core::delta::Transform`) and the smaller delta is kept. When the delta is not at
+//! instead of its zstd frames where smaller (container algorithm 4,
+//! `BuildOptions::lzma`). Hashes of both images and a quick estimate of the full image's
+//! compressed size are computed on a side thread meanwhile. When the new image holds
+//! ARM64 code (`detect`, `AUTO_TRANSFORMS`), the whole pipeline runs a second time over
+//! the transformed images (`ota_core::delta::Transform`) and the smaller delta is kept. When the delta is not at
 //! least `min_saving_percent` (default 10%) smaller than the full image compressed, the
 //! full image is shipped instead.
 //!
