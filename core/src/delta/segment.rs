@@ -57,23 +57,47 @@ pub fn lzma2_bound(raw: u32) -> u64 {
     raw + raw.div_ceil(1 << 16) * 3 + 1
 }
 
-/// A present LZMA2 stream of `raw` decoded bytes (at least one) and `zlen` bytes on the
-/// wire, within the LZMA2 bound.
-fn check_lzma_stream(field: &'static str, raw: u32, zlen: u32) -> Result<(), DeltaError> {
-    if raw == 0 || zlen == 0 {
+/// A stream of `raw` decoded bytes carried in a frame of `zlen` bytes: no frame for an
+/// empty stream, a frame for a non-empty one, and no larger than `bound(raw)`, the
+/// worst case of the stream's coder.
+fn check_frame(
+    field: &'static str,
+    raw: u32,
+    zlen: u32,
+    bound: fn(u32) -> u64,
+) -> Result<(), DeltaError> {
+    if raw == 0 && zlen != 0 {
         return Err(DeltaError::SegmentInconsistent {
             field,
-            reason: "an LZMA2-coded stream holds at least one byte and has a frame",
+            reason: "an empty stream has no frame",
         });
     }
-    if u64::from(zlen) > lzma2_bound(raw) {
+    if raw != 0 && zlen == 0 {
+        return Err(DeltaError::SegmentInconsistent {
+            field,
+            reason: "a non-empty stream needs a frame",
+        });
+    }
+    if u64::from(zlen) > bound(raw) {
         return Err(DeltaError::LengthOverCap {
             field,
             value: u64::from(zlen),
-            cap: lzma2_bound(raw),
+            cap: bound(raw),
         });
     }
     Ok(())
+}
+
+/// An LZMA2 stream: at least one decoded byte (an empty stream keeps the zstd coding,
+/// which has no frame for it), in a frame within the LZMA2 bound.
+fn check_lzma_stream(field: &'static str, raw: u32, zlen: u32) -> Result<(), DeltaError> {
+    if raw == 0 {
+        return Err(DeltaError::SegmentInconsistent {
+            field,
+            reason: "an LZMA2-coded stream holds at least one byte",
+        });
+    }
+    check_frame(field, raw, zlen, lzma2_bound)
 }
 
 /// How a segment carries its diff stream (the bytes added to old bytes).
@@ -372,35 +396,20 @@ impl SegmentHeader {
             }
         }
         for (field, raw, zlen) in zstd_frames {
-            if raw == 0 && zlen != 0 {
-                return Err(DeltaError::SegmentInconsistent {
-                    field,
-                    reason: "an empty stream has no frame",
-                });
-            }
-            if raw != 0 && zlen == 0 {
-                return Err(DeltaError::SegmentInconsistent {
-                    field,
-                    reason: "a non-empty stream needs a frame",
-                });
-            }
-            if u64::from(zlen) > zstd_compress_bound(raw) {
-                return Err(DeltaError::LengthOverCap {
-                    field,
-                    value: u64::from(zlen),
-                    cap: zstd_compress_bound(raw),
-                });
-            }
+            check_frame(field, raw, zlen, zstd_compress_bound)?;
         }
         Ok(())
+    }
+
+    /// Whether the segment carries any LZMA2 stream (any tag but `OSEG`).
+    pub fn uses_lzma(&self) -> bool {
+        (self.diff_coding, self.extra_coding) != (DiffCoding::RunsAndCodes, ExtraCoding::Zstd)
     }
 
     /// Refuses LZMA2-coded streams in a container whose algorithm does not allow them (an
     /// applier of algorithms 1 and 3 must only ever see tag `OSEG`).
     pub fn check_coding(&self, algorithm: super::Algorithm) -> Result<(), DeltaError> {
-        let zstd_only =
-            (self.diff_coding, self.extra_coding) == (DiffCoding::RunsAndCodes, ExtraCoding::Zstd);
-        if !zstd_only && !algorithm.allows_lzma() {
+        if self.uses_lzma() && !algorithm.allows_lzma() {
             return Err(DeltaError::SegmentInconsistent {
                 field: "segment tag",
                 reason: "LZMA2-coded streams are allowed only in algorithm 4 containers",

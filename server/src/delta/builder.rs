@@ -23,10 +23,9 @@ use super::image::{FileImage, ImageSource, TransformedImage};
 use super::matcher::{cover_literal_gaps, find_matches, prune_weak_matches, Match, OldIndex};
 use liblzma::stream::{Action, Filters, LzmaOptions, MatchFinder, Mode, Status, Stream};
 use ota_core::delta::{
-    encode_control_block, encode_runs, lzma2_bound, Algorithm, ContainerHeader, Control,
-    DiffCoding, ExtraCoding, RunBlock, SegmentHeader, Transform, EXTRA_PREFIX_MAX, HEADER_LEN,
-    LZMA_DICT_MAX, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS,
-    SEGMENT_MAX_TARGET,
+    encode_control_block, encode_runs, lzma2_bound, Algorithm, ContainerHeader, Control, RunBlock,
+    SegmentHeader, Transform, EXTRA_PREFIX_MAX, HEADER_LEN, LZMA_DICT_MAX, MAX_IMAGE_LEN,
+    SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET,
 };
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
@@ -494,9 +493,10 @@ fn write_delta_body(
         let encoded = encode_segments(segments, &old_window, part.old.start, &new_part, options)?;
         stats.segments += encoded.len();
         for segment in encoded {
-            stats.lzma |= segment.lzma;
-            let pieces = std::iter::once(&segment.header[..])
-                .chain(segment.frames.iter().map(Vec::as_slice));
+            stats.lzma |= segment.header.uses_lzma();
+            let header = segment.header.encode();
+            let pieces =
+                std::iter::once(&header[..]).chain(segment.frames.iter().map(Vec::as_slice));
             for piece in pieces {
                 out.write_all(piece).map_err(BuildError::Write)?;
                 stats.len += piece.len() as u64;
@@ -619,9 +619,7 @@ fn plan_segments(
 }
 
 struct EncodedSegment {
-    header: [u8; SEGMENT_HEADER_LEN],
-    /// Whether any of its streams went out as LZMA2.
-    lzma: bool,
+    header: SegmentHeader,
     /// The four frames in wire order: control, extra, runs, codes.
     frames: [Vec<u8>; 4],
 }
@@ -867,12 +865,7 @@ fn encode_segments(
             frames[1] = lzma_extra;
             header = header.with_lzma_extra(len(&frames[1]));
         }
-        encoded.push(EncodedSegment {
-            header: header.encode(),
-            lzma: (header.diff_coding, header.extra_coding)
-                != (DiffCoding::RunsAndCodes, ExtraCoding::Zstd),
-            frames,
-        });
+        encoded.push(EncodedSegment { header, frames });
     }
     Ok(encoded)
 }

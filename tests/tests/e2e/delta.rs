@@ -322,22 +322,14 @@ fn lzma_coded_diff_streams_are_smaller_and_can_be_turned_off() {
 #[test]
 fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
     let (container, old, _, first) = lzma_sample();
-    let rewrite = |edit: &dyn Fn(&mut SegmentHeader), body: &[u8]| -> Vec<u8> {
-        rewrite_frame(&container, first, 3, edit, body)
-    };
-    let stream = frame_of(&container, first, 3);
     let extra_at = segment_offsets(&container)
         .into_iter()
         .find(|&at| container[at..at + 4] == *b"OSXL" || container[at..at + 4] == *b"OSLL")
         .expect("a segment with an LZMA2-coded extra stream");
-    let extra = frame_of(&container, extra_at, 1);
-    let rewrite_extra = |edit: &dyn Fn(&mut SegmentHeader), body: &[u8]| -> Vec<u8> {
-        rewrite_frame(&container, extra_at, 1, edit, body)
-    };
     type Check = fn(&ApplyError) -> bool;
-    let cases: Vec<(&str, Vec<u8>, Check)> = vec![
+    let mut cases: Vec<(String, Vec<u8>, Check)> = vec![
         (
-            "an LZMA2-coded segment in an algorithm 1 container",
+            "an LZMA2-coded segment in an algorithm 1 container".into(),
             rewrite_header(&container, |h| h.algorithm = Algorithm::BsdiffZstd),
             |e| {
                 matches!(
@@ -350,48 +342,17 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
             },
         ),
         (
-            "garbage inside the LZMA2 stream",
-            {
-                let mut body = stream.to_vec();
-                let middle = body.len() / 2;
-                for b in &mut body[middle..middle + 8] {
-                    *b ^= 0xa5;
-                }
-                rewrite(&|_| {}, &body)
-            },
-            |e| {
-                matches!(
-                    e,
-                    ApplyError::CorruptStream { .. }
-                        | ApplyError::StreamLength { .. }
-                        | ApplyError::TargetMismatch { .. }
-                )
-            },
-        ),
-        (
-            "the LZMA2 stream without its end marker",
-            rewrite(&|h| h.codes_zlen -= 1, &stream[..stream.len() - 1]),
-            |e| {
-                matches!(
-                    e,
-                    ApplyError::CorruptStream { .. } | ApplyError::StreamLength { .. }
-                )
-            },
-        ),
-        (
-            "bytes after the LZMA2 stream's end inside its declared length",
-            rewrite(&|h| h.codes_zlen += 1, &[stream, b"x"].concat()),
-            |e| matches!(e, ApplyError::CorruptStream { .. }),
-        ),
-        (
-            "an LZMA2 stream declaring fewer diff bytes than it holds",
-            rewrite(
+            "an LZMA2 stream declaring fewer diff bytes than it holds".into(),
+            rewrite_frame(
+                &container,
+                first,
+                3,
                 &|h| {
                     h.diff_len -= 1;
                     h.codes_len -= 1;
                     h.extra_len += 1;
                 },
-                stream,
+                frame_of(&container, first, 3),
             ),
             // The segment's own lengths, or its control entries, disagree first.
             |e| {
@@ -402,8 +363,14 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
             },
         ),
         (
-            "an LZMA2-coded extra stream with a prefix",
-            rewrite_extra(&|h| h.extra_prefix_len = 4096, extra),
+            "an LZMA2-coded extra stream with a prefix".into(),
+            rewrite_frame(
+                &container,
+                extra_at,
+                1,
+                &|h| h.extra_prefix_len = 4096,
+                frame_of(&container, extra_at, 1),
+            ),
             |e| {
                 matches!(
                     e,
@@ -415,15 +382,34 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
             },
         ),
         (
-            "garbage inside an LZMA2-coded extra stream",
-            {
-                let mut body = extra.to_vec();
-                let middle = body.len() / 2;
-                for b in &mut body[middle..middle + 4] {
-                    *b ^= 0x5a;
-                }
-                rewrite_extra(&|_| {}, &body)
-            },
+            "an LZMA2 stream longer than its bound".into(),
+            rewrite_frame(
+                &container,
+                first,
+                3,
+                &|h| h.codes_zlen = ota_core::delta::lzma2_bound(h.diff_len) as u32 + 1,
+                frame_of(&container, first, 3),
+            ),
+            |e| matches!(e, ApplyError::Container(DeltaError::LengthOverCap { .. })),
+        ),
+    ];
+    // The same three attacks on each LZMA2 stream: the diff (codes slot, frame 3) and
+    // the extra stream (frame 1), each with the header field that sizes its frame.
+    type SetLen = fn(&mut SegmentHeader, fn(u32) -> u32);
+    let streams: [(&str, usize, usize, SetLen); 2] = [
+        ("diff", first, 3, |h, f| h.codes_zlen = f(h.codes_zlen)),
+        ("extra", extra_at, 1, |h, f| h.extra_zlen = f(h.extra_zlen)),
+    ];
+    for (which, at, frame, set_len) in streams {
+        let stream = frame_of(&container, at, frame);
+        let mut garbage = stream.to_vec();
+        let middle = garbage.len() / 2;
+        for b in &mut garbage[middle..middle + 4] {
+            *b ^= 0xa5;
+        }
+        cases.push((
+            format!("garbage inside the LZMA2 {which} stream"),
+            rewrite_frame(&container, at, frame, &|_| {}, &garbage),
             |e| {
                 matches!(
                     e,
@@ -432,31 +418,35 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
                         | ApplyError::TargetMismatch { .. }
                 )
             },
-        ),
-        (
-            "an LZMA2-coded extra stream cut before its end marker",
-            rewrite_extra(&|h| h.extra_zlen -= 1, &extra[..extra.len() - 1]),
+        ));
+        cases.push((
+            format!("the LZMA2 {which} stream without its end marker"),
+            rewrite_frame(
+                &container,
+                at,
+                frame,
+                &|h| set_len(h, |n| n - 1),
+                &stream[..stream.len() - 1],
+            ),
             |e| {
                 matches!(
                     e,
                     ApplyError::CorruptStream { .. } | ApplyError::StreamLength { .. }
                 )
             },
-        ),
-        (
-            "bytes after an LZMA2-coded extra stream's end inside its frame",
-            rewrite_extra(&|h| h.extra_zlen += 1, &[extra, b"x"].concat()),
-            |e| matches!(e, ApplyError::CorruptStream { .. }),
-        ),
-        (
-            "an LZMA2 stream longer than its bound",
-            rewrite(
-                &|h| h.codes_zlen = ota_core::delta::lzma2_bound(h.diff_len) as u32 + 1,
-                stream,
+        ));
+        cases.push((
+            format!("bytes after the LZMA2 {which} stream's end inside its frame"),
+            rewrite_frame(
+                &container,
+                at,
+                frame,
+                &|h| set_len(h, |n| n + 1),
+                &[stream, b"x"].concat(),
             ),
-            |e| matches!(e, ApplyError::Container(DeltaError::LengthOverCap { .. })),
-        ),
-    ];
+            |e| matches!(e, ApplyError::CorruptStream { .. }),
+        ));
+    }
     for (name, hostile, check) in cases {
         let (result, _) = apply(&hostile, &old);
         match result {
