@@ -9,10 +9,12 @@
 //! instead of its zstd frames where smaller (container algorithm 4,
 //! `BuildOptions::lzma`). Hashes of both images and a quick estimate of the full image's
 //! compressed size are computed on a side thread meanwhile. When the new image holds
-//! ARM64 code (`detect`, `AUTO_TRANSFORMS`), the whole pipeline runs a second time over
-//! the transformed images (`ota_core::delta::Transform`) and the smaller delta is kept. When the delta is not at
-//! least `min_saving_percent` (default 10%) smaller than the full image compressed, the
-//! full image is shipped instead.
+//! ARM64 code (`detect`, `AUTO_TRANSFORMS`), the pipeline runs over the plain and over
+//! the transformed images (`ota_core::delta::Transform`) with zstd streams only, and
+//! the smaller body is kept and, with LZMA2 on, encoded once more with LZMA2 streams (so
+//! LZMA2, most of the build time, runs once). When the delta is not at least
+//! `min_saving_percent` (default 10%) smaller than the full image compressed, the full
+//! image is shipped instead.
 //!
 //! Everything here is blocking and CPU-bound: the server's delta workers call it through
 //! `crate::jobs::DeltaEngine` inside `spawn_blocking`, never on the async executor.
@@ -25,7 +27,7 @@ use liblzma::stream::{Action, Filters, LzmaOptions, MatchFinder, Mode, Status, S
 use ota_core::delta::{
     encode_control_block, encode_runs, lzma2_bound, Algorithm, ContainerHeader, Control, RunBlock,
     SegmentHeader, Transform, EXTRA_PREFIX_MAX, HEADER_LEN, LZMA_DICT_MAX, MAX_IMAGE_LEN,
-    SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET,
+    SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET,
 };
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
@@ -165,12 +167,16 @@ pub struct BuildReport {
     pub algorithm: Algorithm,
     /// Size of the written container.
     pub container_len: u64,
-    /// Size of the delta container, whether or not it was shipped: the smaller of the
-    /// plain and the transformed delta.
+    /// Size of the delta container, whether or not it was shipped: the plain or the
+    /// transformed delta, whichever compared smaller.
     pub delta_container_len: u64,
-    /// Size of the plain (untransformed) delta container.
+    /// Size of the plain (untransformed) delta container. When a transform was tried
+    /// with LZMA2 on, this and the transformed size are the sizes the choice was made on:
+    /// both bodies with zstd streams only (the chosen one is then encoded with LZMA2, so
+    /// `delta_container_len` is at most the smaller of the two).
     pub plain_delta_len: u64,
-    /// The transform tried and the size of its delta container, kept or not.
+    /// The transform tried and the size of its delta container, kept or not (see
+    /// `plain_delta_len`).
     pub transformed: Option<(Transform, u64)>,
     /// Size of the full-image container, when it was computed.
     pub full_container_len: Option<u64>,
@@ -270,18 +276,6 @@ fn build_into<S: ContainerSink>(
         min_saving_percent: options.min_saving_percent,
         lzma: options.lzma,
     };
-    let (facts, body) = std::thread::scope(|scope| {
-        let side = scope.spawn(|| image_facts(old, new));
-        let body = sink
-            .write_all(&[0u8; HEADER_LEN])
-            .map_err(BuildError::Write)
-            .and_then(|()| write_delta_body(old, new, &options, sink));
-        let facts = side.join().map_err(|_| BuildError::WorkerFailed);
-        (facts, body)
-    });
-    let facts = facts??;
-    let plain = body?;
-    let plain_delta_len = HEADER_LEN as u64 + plain.len;
     let transform = match options.transform {
         TransformChoice::Off => None,
         TransformChoice::Try(transform) => Some(transform),
@@ -292,34 +286,77 @@ fn build_into<S: ContainerSink>(
             })?
             .filter(|found| AUTO_TRANSFORMS.contains(found)),
     };
-    let mut algorithm = Algorithm::bsdiff(None, plain.lzma);
-    let mut body = plain;
+    // With a transform to try, both bodies are first built with zstd streams only and
+    // compared, and only the smaller is encoded once more with LZMA2 streams: LZMA2 is
+    // most of the build time, and on the measured corpus the zstd comparison picked the
+    // same body as the LZMA2 one on all but one pair, which it missed by 0.14%
+    // (docs/delta-bench.txt, 2026-12-02 session 14).
+    let compare = BuildOptions {
+        lzma: options.lzma && transform.is_none(),
+        ..options.clone()
+    };
+    // Compared bodies are written to temporary files; without a transform the one body
+    // goes straight to the sink.
+    let mut plain_file = match transform {
+        Some(_) => Some(tempfile::tempfile().map_err(BuildError::Write)?),
+        None => None,
+    };
+    let (facts, body) = std::thread::scope(|scope| {
+        let side = scope.spawn(|| image_facts(old, new));
+        let body = match plain_file.as_mut() {
+            Some(file) => write_delta_body(old, new, &compare, file),
+            None => sink
+                .write_all(&[0u8; HEADER_LEN])
+                .map_err(BuildError::Write)
+                .and_then(|()| write_delta_body(old, new, &compare, sink)),
+        };
+        let facts = side.join().map_err(|_| BuildError::WorkerFailed);
+        (facts, body)
+    });
+    let facts = facts??;
+    let mut body = body?;
+    let plain_delta_len = HEADER_LEN as u64 + body.len;
+    let mut chosen = None;
     let mut transformed = None;
-    if let Some(transform) = transform {
+    if let (Some(transform), Some(plain_file)) = (transform, plain_file) {
+        let old_t = TransformedImage::new(old, transform);
         let mut alternative = tempfile::tempfile().map_err(BuildError::Write)?;
         let alt_body = write_delta_body(
-            &TransformedImage::new(old, transform),
+            &old_t,
             &TransformedImage::new(new, transform),
-            &options,
+            &compare,
             &mut alternative,
         )?;
         transformed = Some((transform, HEADER_LEN as u64 + alt_body.len));
-        if alt_body.len < body.len {
-            sink.start_over().map_err(BuildError::Write)?;
-            sink.write_all(&[0u8; HEADER_LEN])
-                .map_err(BuildError::Write)?;
+        let mut file = if alt_body.len < body.len {
+            chosen = Some(transform);
+            body = alt_body;
             alternative
-                .seek(SeekFrom::Start(0))
-                .map_err(BuildError::Write)?;
-            let copied = io::copy(&mut (&mut alternative).take(alt_body.len), sink)
-                .map_err(BuildError::Write)?;
-            if copied != alt_body.len {
+        } else {
+            plain_file
+        };
+        sink.start_over().map_err(BuildError::Write)?;
+        sink.write_all(&[0u8; HEADER_LEN])
+            .map_err(BuildError::Write)?;
+        file.seek(SeekFrom::Start(0)).map_err(BuildError::Write)?;
+        let mut reader = io::BufReader::new(file.take(body.len));
+        if options.lzma {
+            let recoded = match chosen {
+                Some(_) => recode_with_lzma(&mut reader, body.len, &old_t, &options, sink)?,
+                None => recode_with_lzma(&mut reader, body.len, old, &options, sink)?,
+            };
+            body = BodyStats {
+                parts: body.parts,
+                ..recoded
+            };
+        } else {
+            let copied = io::copy(&mut reader, sink).map_err(BuildError::Write)?;
+            if copied != body.len {
                 return Err(BuildError::Write(io::ErrorKind::UnexpectedEof.into()));
             }
-            algorithm = Algorithm::bsdiff(Some(transform), alt_body.lzma);
-            body = alt_body;
         }
     }
+    let algorithm = Algorithm::bsdiff(chosen, body.lzma);
     let delta_header = ContainerHeader {
         algorithm,
         source_len: old.len(),
@@ -494,13 +531,7 @@ fn write_delta_body(
         stats.segments += encoded.len();
         for segment in encoded {
             stats.lzma |= segment.header.uses_lzma();
-            let header = segment.header.encode();
-            let pieces =
-                std::iter::once(&header[..]).chain(segment.frames.iter().map(Vec::as_slice));
-            for piece in pieces {
-                out.write_all(piece).map_err(BuildError::Write)?;
-                stats.len += piece.len() as u64;
-            }
+            stats.len += write_segment(&segment, out)?;
         }
     }
     Ok(stats)
@@ -795,7 +826,8 @@ fn encode_segments(
                         options.level,
                     ),
                     None if !options.lzma => Ok(Vec::new()),
-                    None if kind == LZMA_DIFF_JOB => lzma_diff_stream(&raw[2], &raw[3], plan),
+                    None if kind == LZMA_DIFF_JOB => diff_bytes(&raw[2], &raw[3], plan.diff_len)
+                        .and_then(|diff| lzma_stream(&diff)),
                     None => lzma_stream(&raw[1]),
                 };
                 if let Ok(mut slot) = outputs[index].lock() {
@@ -849,43 +881,192 @@ fn encode_segments(
             ],
             (prefix_start, *prefix_len as u32),
         );
-        let mut header = header;
-        if !lzma_diff.is_empty()
-            && lzma_diff.len() < frames[2].len() + frames[3].len()
-            && lzma_diff.len() as u64 <= lzma2_bound(segment.diff_len)
-        {
-            frames[2] = Vec::new();
-            frames[3] = lzma_diff;
-            header = header.with_lzma_diff(len(&frames[3]));
-        }
-        if !lzma_extra.is_empty()
-            && lzma_extra.len() < frames[1].len()
-            && lzma_extra.len() as u64 <= lzma2_bound(segment.extra_len)
-        {
-            frames[1] = lzma_extra;
-            header = header.with_lzma_extra(len(&frames[1]));
-        }
-        encoded.push(EncodedSegment { header, frames });
+        encoded.push(keep_smaller_codings(
+            EncodedSegment { header, frames },
+            lzma_diff,
+            lzma_extra,
+        ));
     }
     Ok(encoded)
 }
 
-/// The diff stream of a segment, rebuilt from its zero runs and codes, as one raw
-/// LZMA2 stream (empty when the segment has no diff bytes).
-fn lzma_diff_stream(runs: &[u8], codes: &[u8], plan: &SegmentPlan) -> io::Result<Vec<u8>> {
-    if plan.diff_len == 0 {
+/// The segment with its diff stream and its extra stream each carried as the given
+/// LZMA2 stream where that is smaller than its zstd frames (an empty LZMA2 stream: not
+/// encoded, keep zstd).
+fn keep_smaller_codings(
+    segment: EncodedSegment,
+    lzma_diff: Vec<u8>,
+    lzma_extra: Vec<u8>,
+) -> EncodedSegment {
+    let EncodedSegment {
+        mut header,
+        mut frames,
+    } = segment;
+    let len = |bytes: &[u8]| bytes.len() as u32;
+    if !lzma_diff.is_empty()
+        && lzma_diff.len() < frames[2].len() + frames[3].len()
+        && lzma_diff.len() as u64 <= lzma2_bound(header.diff_len)
+    {
+        frames[2] = Vec::new();
+        frames[3] = lzma_diff;
+        header = header.with_lzma_diff(len(&frames[3]));
+    }
+    if !lzma_extra.is_empty()
+        && lzma_extra.len() < frames[1].len()
+        && lzma_extra.len() as u64 <= lzma2_bound(header.extra_len)
+    {
+        frames[1] = lzma_extra;
+        header = header.with_lzma_extra(len(&frames[1]));
+    }
+    EncodedSegment { header, frames }
+}
+
+/// Re-encodes a body of zstd-coded segments (as `write_delta_body` writes with LZMA2
+/// off), read from `body`, with each segment's diff and extra stream as LZMA2 where
+/// smaller. The zstd frames are decoded, not compressed again, and the match search is
+/// not run again: a body chosen among several is LZMA2-coded once, at the cost of
+/// decoding it. `old` is the image the body was built against (its extra frames are
+/// compressed against prefixes of it).
+fn recode_with_lzma(
+    body: &mut impl Read,
+    body_len: u64,
+    old: &(impl ImageSource + ?Sized),
+    options: &BuildOptions,
+    out: &mut impl Write,
+) -> Result<BodyStats, BuildError> {
+    let mut stats = BodyStats {
+        len: 0,
+        parts: 0,
+        segments: 0,
+        lzma: false,
+    };
+    let mut read = 0u64;
+    let bad_body =
+        |reason: String| BuildError::Compress(io::Error::new(io::ErrorKind::InvalidData, reason));
+    while read < body_len {
+        // A batch of at most `threads` segments at a time bounds the raw streams held.
+        let mut batch: Vec<(EncodedSegment, [Vec<u8>; 2])> = Vec::new();
+        while read < body_len && batch.len() < options.threads {
+            let mut header_bytes = [0u8; SEGMENT_HEADER_LEN];
+            body.read_exact(&mut header_bytes)
+                .map_err(BuildError::Write)?;
+            let header =
+                SegmentHeader::parse(&header_bytes).map_err(|err| bad_body(err.to_string()))?;
+            if header.uses_lzma() {
+                return Err(bad_body(
+                    "the body to recode already holds LZMA2 streams".into(),
+                ));
+            }
+            let mut frames: [Vec<u8>; 4] = Default::default();
+            let lens = [
+                header.control_zlen,
+                header.extra_zlen,
+                header.runs_zlen,
+                header.codes_zlen,
+            ];
+            for (frame, len) in frames.iter_mut().zip(lens) {
+                *frame = vec![0u8; len as usize];
+                body.read_exact(frame).map_err(BuildError::Write)?;
+            }
+            read += (SEGMENT_HEADER_LEN + frames.iter().map(Vec::len).sum::<usize>()) as u64;
+            let prefix_range = header.extra_prefix_start
+                ..header.extra_prefix_start + u64::from(header.extra_prefix_len);
+            let prefix = old
+                .read_range(prefix_range)
+                .map_err(|source| BuildError::ReadImage {
+                    which: "old",
+                    source,
+                })?;
+            let extra = decode_zstd(&frames[1], header.extra_len, &prefix)
+                .map_err(|err| bad_body(format!("extra frame: {err}")))?;
+            let runs = decode_zstd(&frames[2], header.runs_len, &[])
+                .map_err(|err| bad_body(format!("runs frame: {err}")))?;
+            let codes = decode_zstd(&frames[3], header.codes_len, &[])
+                .map_err(|err| bad_body(format!("codes frame: {err}")))?;
+            let diff = diff_bytes(&runs, &codes, header.diff_len).map_err(BuildError::Compress)?;
+            batch.push((EncodedSegment { header, frames }, [diff, extra]));
+        }
+        let lzma: Vec<Mutex<Option<io::Result<Vec<u8>>>>> =
+            (0..batch.len() * 2).map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..options.threads.min(lzma.len()) {
+                scope.spawn(|| loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(slot) = lzma.get(index) else {
+                        break;
+                    };
+                    let compressed = lzma_stream(&batch[index / 2].1[index % 2]);
+                    if let Ok(mut slot) = slot.lock() {
+                        *slot = Some(compressed);
+                    }
+                });
+            }
+        });
+        let mut lzma = lzma.into_iter().map(|slot| {
+            slot.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(io::Error::other("compression worker did not finish")))
+                .map_err(BuildError::Compress)
+        });
+        for (segment, _) in batch {
+            let (Some(diff), Some(extra)) = (lzma.next(), lzma.next()) else {
+                return Err(BuildError::WorkerFailed);
+            };
+            let segment = keep_smaller_codings(segment, diff?, extra?);
+            stats.segments += 1;
+            stats.len += write_segment(&segment, out)?;
+            stats.lzma |= segment.header.uses_lzma();
+        }
+    }
+    Ok(stats)
+}
+
+/// Writes a segment's header and frames; returns the bytes written.
+fn write_segment(segment: &EncodedSegment, out: &mut impl Write) -> Result<u64, BuildError> {
+    let header = segment.header.encode();
+    let pieces = std::iter::once(&header[..]).chain(segment.frames.iter().map(Vec::as_slice));
+    let mut written = 0u64;
+    for piece in pieces {
+        out.write_all(piece).map_err(BuildError::Write)?;
+        written += piece.len() as u64;
+    }
+    Ok(written)
+}
+
+/// One zstd frame of exactly `len` decoded bytes (none for an empty frame), decoded
+/// against `prefix` (empty for none).
+fn decode_zstd(frame: &[u8], len: u32, prefix: &[u8]) -> io::Result<Vec<u8>> {
+    if frame.is_empty() {
         return Ok(Vec::new());
     }
-    let block = RunBlock::parse(runs, plan.diff_len, codes.len() as u32)
+    let zstd_error = |code| io::Error::other(zstd::zstd_safe::get_error_name(code));
+    let mut dctx = zstd::zstd_safe::DCtx::create();
+    dctx.ref_prefix(prefix).map_err(zstd_error)?;
+    let mut raw = Vec::with_capacity(len as usize);
+    dctx.decompress(&mut raw, frame).map_err(zstd_error)?;
+    if raw.len() != len as usize {
+        return Err(io::Error::other("frame does not hold its declared length"));
+    }
+    Ok(raw)
+}
+
+/// The `diff_len` diff bytes of a segment, rebuilt from its zero runs and codes.
+fn diff_bytes(runs: &[u8], codes: &[u8], diff_len: u32) -> io::Result<Vec<u8>> {
+    if diff_len == 0 {
+        return Ok(Vec::new());
+    }
+    let block = RunBlock::parse(runs, diff_len, codes.len() as u32)
         .map_err(|err| io::Error::other(err.to_string()))?;
-    let mut diff = Vec::with_capacity(plan.diff_len as usize);
+    let mut diff = Vec::with_capacity(diff_len as usize);
     let mut at = 0usize;
     for (zeros, nonzeros) in block.pairs() {
         diff.resize(diff.len() + zeros as usize, 0);
         diff.extend_from_slice(&codes[at..at + nonzeros as usize]);
         at += nonzeros as usize;
     }
-    lzma_stream(&diff)
+    Ok(diff)
 }
 
 /// `raw` as one raw LZMA2 stream (empty for no bytes). The dictionary covers the whole
@@ -993,6 +1174,78 @@ impl<W: Write> Write for Tee<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Code-like old bytes and a new release of them: words changed here and there (diff
+    /// bytes), and new pieces inserted (extra bytes), some copied from elsewhere in the
+    /// old image (what the extra prefix is for).
+    fn release_pair(len: usize) -> (Vec<u8>, Vec<u8>) {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let old: Vec<u8> = (0..len)
+            .map(|i| if i % 4 == 3 { 0x94 } else { (next() % 7) as u8 })
+            .collect();
+        let mut new = Vec::with_capacity(len + len / 8);
+        let mut at = 0;
+        while at < old.len() {
+            let take = (next() % 4000) as usize + 500;
+            let end = (at + take).min(old.len());
+            new.extend(old[at..end].iter().enumerate().map(|(i, b)| {
+                let changed = i % 4 == 1 && next() % 2 == 0;
+                b.wrapping_add(changed as u8 * (1 + (next() % 3) as u8))
+            }));
+            let from = (next() as usize) % (old.len() - 200);
+            new.extend_from_slice(&old[from..from + (next() % 120) as usize]);
+            let literals = next() % 400;
+            new.extend((0..literals).map(|i| if i % 4 == 3 { 0x97 } else { (next() % 5) as u8 }));
+            at = end;
+        }
+        (old, new)
+    }
+
+    #[test]
+    fn recoding_a_zstd_body_with_lzma2_writes_what_a_direct_lzma2_build_writes() {
+        let (old, new) = release_pair(600_000);
+        // Small segments and parts: several batches of segments, prefixes in every part.
+        let options = BuildOptions {
+            threads: 2,
+            level: 3,
+            segment_len: 70_001,
+            window_cap: 250_007,
+            ..BuildOptions::default()
+        };
+        let mut direct = Vec::new();
+        let stats = write_delta_body(&old[..], &new[..], &options, &mut direct).unwrap();
+        assert!(stats.lzma, "the sample must take LZMA2 streams somewhere");
+        assert!(stats.segments > 4 && stats.parts > 1);
+        let zstd_only = BuildOptions {
+            lzma: false,
+            ..options.clone()
+        };
+        let mut body = Vec::new();
+        let zstd_stats = write_delta_body(&old[..], &new[..], &zstd_only, &mut body).unwrap();
+        assert!(!zstd_stats.lzma);
+        let mut recoded = Vec::new();
+        let recoded_stats = recode_with_lzma(
+            &mut &body[..],
+            body.len() as u64,
+            &old[..],
+            &options,
+            &mut recoded,
+        )
+        .unwrap();
+        assert_eq!(recoded_stats.segments, stats.segments);
+        assert_eq!(recoded_stats.len, recoded.len() as u64);
+        assert!(recoded_stats.lzma);
+        assert!(
+            recoded == direct,
+            "the recoded body differs from the direct build"
+        );
+    }
 
     #[test]
     fn a_delta_ships_when_it_saves_at_least_the_asked_share_of_the_full_image() {
