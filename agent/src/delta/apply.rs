@@ -24,9 +24,9 @@
 //! 64 KiB block to the memory above.
 
 use ota_core::delta::{
-    add_old_bytes, Algorithm, ContainerHeader, ControlBlock, DeltaError, DiffCoding, ExtraCoding,
-    RunBlock, RunPairs, SegmentHeader, Transform, HEADER_LEN, LZMA_DICT_MAX, SEGMENT_HEADER_LEN,
-    TRANSFORM_BLOCK,
+    add_old_bytes, Algorithm, ContainerHeader, ControlBlock, ControlCoding, DeltaError, DiffCoding,
+    ExtraCoding, RunBlock, RunPairs, SegmentHeader, Transform, HEADER_LEN, LZMA_DICT_MAX,
+    SEGMENT_HEADER_LEN, TRANSFORM_BLOCK,
 };
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -194,7 +194,17 @@ fn apply_segments<D: Read, O: Read + Seek, W: Write>(
         segment.check_coding(header.algorithm)?;
         segment.check_fits(target.written, header.target_len)?;
 
-        let control = read_frame(delta, segment.control_zlen, segment.control_len, "control")?;
+        let control = match segment.control_coding {
+            ControlCoding::Zstd => {
+                read_frame(delta, segment.control_zlen, segment.control_len, "control")?
+            }
+            ControlCoding::Lzma2 => {
+                // Both lengths were checked against their caps by `SegmentHeader::parse`.
+                let mut compressed = vec![0u8; segment.control_zlen as usize];
+                read_exact_or_truncated(delta, &mut compressed, "control frame")?;
+                decode_lzma_whole(&compressed, segment.control_len, "control (lzma2)")?
+            }
+        };
         let block = ControlBlock::parse(&control, &segment, cursor, header.source_len)?;
         drop(control);
         cursor = block.end_cursor;
@@ -298,7 +308,7 @@ fn read_extra_frame<D: Read, O: Read + Seek>(
     let mut compressed = vec![0u8; segment.extra_zlen as usize];
     read_exact_or_truncated(delta, &mut compressed, "extra frame")?;
     if segment.extra_coding == ExtraCoding::Lzma2 {
-        return decode_lzma_extra(&compressed, segment.extra_len);
+        return decode_lzma_whole(&compressed, segment.extra_len, "extra (lzma2)");
     }
     let mut prefix = vec![0u8; segment.extra_prefix_len as usize];
     old.read_at(segment.extra_prefix_start, &mut prefix)?;
@@ -322,29 +332,30 @@ fn read_extra_frame<D: Read, O: Read + Seek>(
     Ok(raw)
 }
 
-/// An LZMA2-coded extra stream (no prefix), decoded in one piece into exactly
-/// `extra_len` bytes; the stream must end exactly at the end of its frame.
-fn decode_lzma_extra(compressed: &[u8], extra_len: u32) -> Result<Vec<u8>, ApplyError> {
-    const STREAM: &str = "extra (lzma2)";
-    let corrupt = |source| ApplyError::CorruptStream {
-        stream: STREAM,
-        source,
-    };
+/// An LZMA2-coded stream decoded in one piece (an extra stream, which has no prefix, or a
+/// control block) into exactly `raw_len` bytes; the stream must end exactly at the end of
+/// its frame.
+fn decode_lzma_whole(
+    compressed: &[u8],
+    raw_len: u32,
+    stream: &'static str,
+) -> Result<Vec<u8>, ApplyError> {
+    let corrupt = |source| ApplyError::CorruptStream { stream, source };
     let wrong_length = || ApplyError::StreamLength {
-        stream: STREAM,
-        declared: u64::from(extra_len),
+        stream,
+        declared: u64::from(raw_len),
     };
     let mut decoder =
-        liblzma::bufread::XzDecoder::new_stream(compressed, lzma_decoder(extra_len, STREAM)?);
-    let mut raw = Vec::with_capacity(extra_len as usize);
+        liblzma::bufread::XzDecoder::new_stream(compressed, lzma_decoder(raw_len, stream)?);
+    let mut raw = Vec::with_capacity(raw_len as usize);
     (&mut decoder)
-        .take(u64::from(extra_len) + 1)
+        .take(u64::from(raw_len) + 1)
         .read_to_end(&mut raw)
         .map_err(|err| match err.kind() {
             io::ErrorKind::UnexpectedEof => wrong_length(),
             _ => corrupt(err),
         })?;
-    if raw.len() != extra_len as usize {
+    if raw.len() != raw_len as usize {
         return Err(wrong_length());
     }
     // Decoding stopped at the declared length: the stream must end there too, and the

@@ -170,6 +170,7 @@ mod tests {
             extra_prefix_len: 0,
             diff_coding: DiffCoding::RunsAndCodes,
             extra_coding: crate::delta::ExtraCoding::Zstd,
+            control_coding: crate::delta::ControlCoding::Zstd,
         }
     }
 
@@ -411,7 +412,7 @@ mod tests {
 
         #[test]
         fn arbitrary_blocks_never_panic(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..64), cursor in 0u64..1000, source_len in 0u64..1000) {
-            let header = SegmentHeader { target_len: 10, control_len: 8, control_zlen: 8, extra_len: 5, extra_zlen: 5, diff_len: 5, runs_len: 2, runs_zlen: 2, codes_len: 5, codes_zlen: 5, extra_prefix_start: 0, extra_prefix_len: 0, diff_coding: DiffCoding::RunsAndCodes, extra_coding: crate::delta::ExtraCoding::Zstd };
+            let header = SegmentHeader { target_len: 10, control_len: 8, control_zlen: 8, extra_len: 5, extra_zlen: 5, diff_len: 5, runs_len: 2, runs_zlen: 2, codes_len: 5, codes_zlen: 5, extra_prefix_start: 0, extra_prefix_len: 0, diff_coding: DiffCoding::RunsAndCodes, extra_coding: crate::delta::ExtraCoding::Zstd, control_coding: crate::delta::ControlCoding::Zstd };
             if let Ok(block) = ControlBlock::parse(&raw, &header, cursor, source_len) {
                 assert_sound(&block, &header, source_len)?;
             }

@@ -28,9 +28,9 @@ pub use control::{add_old_bytes, encode_control_block, Control, ControlBlock, Pl
 pub use header::{Algorithm, ContainerHeader, HEADER_LEN, MAGIC, MAX_IMAGE_LEN, VERSION};
 pub use runs::{encode_runs, RunBlock, RunPairs};
 pub use segment::{
-    lzma2_bound, zstd_compress_bound, DiffCoding, ExtraCoding, SegmentHeader, EXTRA_PREFIX_MAX,
-    LZMA_DICT_MAX, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET,
-    SEGMENT_TAG, SEGMENT_TAGS,
+    lzma2_bound, zstd_compress_bound, ControlCoding, DiffCoding, ExtraCoding, SegmentHeader,
+    EXTRA_PREFIX_MAX, LZMA_DICT_MAX, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS,
+    SEGMENT_MAX_TARGET, SEGMENT_TAG, SEGMENT_TAGS,
 };
 pub use transform::{Transform, TRANSFORM_BLOCK};
 

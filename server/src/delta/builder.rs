@@ -664,9 +664,34 @@ enum StreamKind {
 }
 
 /// Compression jobs per segment after the four zstd frames (`STREAM_ORDER`): the diff
-/// stream as LZMA2, then the extra stream as LZMA2.
+/// stream, the extra stream and the control block as LZMA2.
 const LZMA_DIFF_JOB: usize = 4;
 const LZMA_EXTRA_JOB: usize = 5;
+const LZMA_CONTROL_JOB: usize = 6;
+
+/// LZMA2 literal context, literal position and position bits of a stream.
+#[derive(Clone, Copy)]
+struct LzmaModel {
+    lc: u32,
+    lp: u32,
+    pb: u32,
+}
+
+/// For the diff and the extra stream: the smallest measured (docs/delta-bench.txt,
+/// 2026-12-02 session 13).
+const STREAM_MODEL: LzmaModel = LzmaModel {
+    lc: 3,
+    lp: 0,
+    pb: 2,
+};
+/// For the control block (three columns of varints, no 4-byte structure): one bit of
+/// literal context and no position bits were the smallest on every tune pair measured
+/// (docs/delta-bench.txt, 2026-12-02 session 14).
+const CONTROL_MODEL: LzmaModel = LzmaModel {
+    lc: 1,
+    lp: 0,
+    pb: 0,
+};
 
 /// Wire order of a segment's frames.
 const STREAM_ORDER: [StreamKind; 4] = [
@@ -805,7 +830,7 @@ fn encode_segments(
     // the runs and codes frames when it is smaller, and the extra stream as LZMA2, which
     // replaces the extra frame (and its prefix) when it is smaller.
     let jobs: Vec<(usize, usize)> = (0..fitted.len())
-        .flat_map(|s| (0..LZMA_EXTRA_JOB + 1).map(move |k| (s, k)))
+        .flat_map(|s| (0..LZMA_CONTROL_JOB + 1).map(move |k| (s, k)))
         .collect();
     let outputs: Vec<Mutex<Option<io::Result<Vec<u8>>>>> =
         jobs.iter().map(|_| Mutex::new(None)).collect();
@@ -827,8 +852,9 @@ fn encode_segments(
                     ),
                     None if !options.lzma => Ok(Vec::new()),
                     None if kind == LZMA_DIFF_JOB => diff_bytes(&raw[2], &raw[3], plan.diff_len)
-                        .and_then(|diff| lzma_stream(&diff)),
-                    None => lzma_stream(&raw[1]),
+                        .and_then(|diff| lzma_stream(&diff, STREAM_MODEL)),
+                    None if kind == LZMA_EXTRA_JOB => lzma_stream(&raw[1], STREAM_MODEL),
+                    None => lzma_stream(&raw[0], CONTROL_MODEL),
                 };
                 if let Ok(mut slot) = outputs[index].lock() {
                     *slot = Some(compressed);
@@ -862,8 +888,7 @@ fn encode_segments(
                 .unwrap_or_else(|| Err(io::Error::other("missing compression job")))
                 .map_err(BuildError::Compress)
         };
-        let lzma_diff = next_output()?;
-        let lzma_extra = next_output()?;
+        let lzma = [next_output()?, next_output()?, next_output()?];
         let len = |bytes: &[u8]| bytes.len() as u32;
         let prefix_start = if *prefix_len > 0 {
             old_base + *prefix_start as u64
@@ -883,21 +908,17 @@ fn encode_segments(
         );
         encoded.push(keep_smaller_codings(
             EncodedSegment { header, frames },
-            lzma_diff,
-            lzma_extra,
+            lzma,
         ));
     }
     Ok(encoded)
 }
 
-/// The segment with its diff stream and its extra stream each carried as the given
-/// LZMA2 stream where that is smaller than its zstd frames (an empty LZMA2 stream: not
-/// encoded, keep zstd).
-fn keep_smaller_codings(
-    segment: EncodedSegment,
-    lzma_diff: Vec<u8>,
-    lzma_extra: Vec<u8>,
-) -> EncodedSegment {
+/// The segment with its diff stream, its extra stream and its control block each carried
+/// as the given LZMA2 stream (`lzma` in that order) where that is smaller than its zstd
+/// frames (an empty LZMA2 stream: not encoded, keep zstd).
+fn keep_smaller_codings(segment: EncodedSegment, lzma: [Vec<u8>; 3]) -> EncodedSegment {
+    let [lzma_diff, lzma_extra, lzma_control] = lzma;
     let EncodedSegment {
         mut header,
         mut frames,
@@ -917,6 +938,13 @@ fn keep_smaller_codings(
     {
         frames[1] = lzma_extra;
         header = header.with_lzma_extra(len(&frames[1]));
+    }
+    if !lzma_control.is_empty()
+        && lzma_control.len() < frames[0].len()
+        && lzma_control.len() as u64 <= lzma2_bound(header.control_len)
+    {
+        frames[0] = lzma_control;
+        header = header.with_lzma_control(len(&frames[0]));
     }
     EncodedSegment { header, frames }
 }
@@ -945,7 +973,7 @@ fn recode_with_lzma(
         |reason: String| BuildError::Compress(io::Error::new(io::ErrorKind::InvalidData, reason));
     while read < body_len {
         // A batch of at most `threads` segments at a time bounds the raw streams held.
-        let mut batch: Vec<(EncodedSegment, [Vec<u8>; 2])> = Vec::new();
+        let mut batch: Vec<(EncodedSegment, [Vec<u8>; 3])> = Vec::new();
         while read < body_len && batch.len() < options.threads {
             let mut header_bytes = [0u8; SEGMENT_HEADER_LEN];
             body.read_exact(&mut header_bytes)
@@ -983,11 +1011,13 @@ fn recode_with_lzma(
                 .map_err(|err| bad_body(format!("runs frame: {err}")))?;
             let codes = decode_zstd(&frames[3], header.codes_len, &[])
                 .map_err(|err| bad_body(format!("codes frame: {err}")))?;
+            let control = decode_zstd(&frames[0], header.control_len, &[])
+                .map_err(|err| bad_body(format!("control frame: {err}")))?;
             let diff = diff_bytes(&runs, &codes, header.diff_len).map_err(BuildError::Compress)?;
-            batch.push((EncodedSegment { header, frames }, [diff, extra]));
+            batch.push((EncodedSegment { header, frames }, [diff, extra, control]));
         }
         let lzma: Vec<Mutex<Option<io::Result<Vec<u8>>>>> =
-            (0..batch.len() * 2).map(|_| Mutex::new(None)).collect();
+            (0..batch.len() * 3).map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
         std::thread::scope(|scope| {
             for _ in 0..options.threads.min(lzma.len()) {
@@ -996,7 +1026,8 @@ fn recode_with_lzma(
                     let Some(slot) = lzma.get(index) else {
                         break;
                     };
-                    let compressed = lzma_stream(&batch[index / 2].1[index % 2]);
+                    let model = [STREAM_MODEL, STREAM_MODEL, CONTROL_MODEL][index % 3];
+                    let compressed = lzma_stream(&batch[index / 3].1[index % 3], model);
                     if let Ok(mut slot) = slot.lock() {
                         *slot = Some(compressed);
                     }
@@ -1011,10 +1042,11 @@ fn recode_with_lzma(
                 .map_err(BuildError::Compress)
         });
         for (segment, _) in batch {
-            let (Some(diff), Some(extra)) = (lzma.next(), lzma.next()) else {
+            let (Some(diff), Some(extra), Some(control)) = (lzma.next(), lzma.next(), lzma.next())
+            else {
                 return Err(BuildError::WorkerFailed);
             };
-            let segment = keep_smaller_codings(segment, diff?, extra?);
+            let segment = keep_smaller_codings(segment, [diff?, extra?, control?]);
             stats.segments += 1;
             stats.len += write_segment(&segment, out)?;
             stats.lzma |= segment.header.uses_lzma();
@@ -1070,9 +1102,9 @@ fn diff_bytes(runs: &[u8], codes: &[u8], diff_len: u32) -> io::Result<Vec<u8>> {
 }
 
 /// `raw` as one raw LZMA2 stream (empty for no bytes). The dictionary covers the whole
-/// stream up to the format's `LZMA_DICT_MAX`; literal context 3, position bits 2 and the
-/// longest match length (273) measured best on the corpus (docs/delta-bench.txt).
-fn lzma_stream(raw: &[u8]) -> io::Result<Vec<u8>> {
+/// stream up to the format's `LZMA_DICT_MAX`; the longest match length (273) measured
+/// best on the corpus (docs/delta-bench.txt), the literal model is `model`.
+fn lzma_stream(raw: &[u8], model: LzmaModel) -> io::Result<Vec<u8>> {
     if raw.is_empty() {
         return Ok(Vec::new());
     }
@@ -1080,9 +1112,9 @@ fn lzma_stream(raw: &[u8]) -> io::Result<Vec<u8>> {
     let mut options = LzmaOptions::new_preset(9).map_err(io::Error::other)?;
     options
         .dict_size(len.clamp(4096, LZMA_DICT_MAX))
-        .literal_context_bits(3)
-        .literal_position_bits(0)
-        .position_bits(2)
+        .literal_context_bits(model.lc)
+        .literal_position_bits(model.lp)
+        .position_bits(model.pb)
         .nice_len(273)
         .match_finder(MatchFinder::BinaryTree4)
         .mode(Mode::Normal);

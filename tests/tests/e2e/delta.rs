@@ -4,9 +4,9 @@
 
 use ota_agent::delta::{apply_delta, ApplyError};
 use ota_core::delta::{
-    encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, DeltaError,
-    SegmentHeader, Transform, HEADER_LEN, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_TARGET,
-    TRANSFORM_BLOCK,
+    encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, ControlCoding,
+    DeltaError, DiffCoding, ExtraCoding, SegmentHeader, Transform, HEADER_LEN, MAX_IMAGE_LEN,
+    SEGMENT_HEADER_LEN, SEGMENT_MAX_TARGET, TRANSFORM_BLOCK,
 };
 use ota_server::delta::{build_delta, BuildOptions, TransformChoice};
 use ota_tests::synthetic::{self, CodeKind};
@@ -239,11 +239,16 @@ fn lzma_sample() -> (Vec<u8>, Vec<u8>, Vec<u8>, usize) {
     .expect("build");
     assert_eq!(report.algorithm, Algorithm::BsdiffLzma(None));
     assert!(report.segments >= 3);
-    let first = segment_offsets(&container)
-        .into_iter()
-        .find(|&at| container[at..at + 4] == *b"OSGL" || container[at..at + 4] == *b"OSLL")
+    let first = segment_with(&container, |h| h.diff_coding == DiffCoding::Lzma2)
         .expect("a segment with an LZMA2-coded diff");
     (container, old, new, first)
+}
+
+/// Where the first segment of `container` that `pick` chooses starts.
+fn segment_with(container: &[u8], pick: fn(&SegmentHeader) -> bool) -> Option<usize> {
+    segment_offsets(container)
+        .into_iter()
+        .find(|&at| pick(&SegmentHeader::parse(&container[at..]).expect("own segment parses")))
 }
 
 /// Where the frame `frame` (0 control, 1 extra, 2 runs, 3 codes) of the segment at `at`
@@ -344,10 +349,18 @@ fn lzma_coded_diff_streams_are_smaller_and_can_be_turned_off() {
 #[test]
 fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
     let (container, old, _, first) = lzma_sample();
-    let extra_at = segment_offsets(&container)
-        .into_iter()
-        .find(|&at| container[at..at + 4] == *b"OSXL" || container[at..at + 4] == *b"OSLL")
+    let extra_at = segment_with(&container, |h| h.extra_coding == ExtraCoding::Lzma2)
         .expect("a segment with an LZMA2-coded extra stream");
+    // The sample's control blocks are too short to compress (stored in LZMA2 at their
+    // bound, where a byte more is refused by the bound already): the control attacks use
+    // a release with many edits, whose control block compresses.
+    let many_edits = synthetic::next_release(&old, 11, 300);
+    let (control_container, _) = build_delta(&old, &many_edits, &options()).expect("build");
+    let control_at = segment_with(&control_container, |h| {
+        h.control_coding == ControlCoding::Lzma2
+            && u64::from(h.control_zlen) < ota_core::delta::lzma2_bound(h.control_len)
+    })
+    .expect("a segment with a compressed LZMA2-coded control block");
     type Check = fn(&ApplyError) -> bool;
     let mut cases: Vec<(String, Vec<u8>, Check)> = vec![
         (
@@ -415,15 +428,23 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
             |e| matches!(e, ApplyError::Container(DeltaError::LengthOverCap { .. })),
         ),
     ];
-    // The same three attacks on each LZMA2 stream: the diff (codes slot, frame 3) and
-    // the extra stream (frame 1), each with the header field that sizes its frame.
+    // The same three attacks on each LZMA2 stream: the diff (codes slot, frame 3), the
+    // extra stream (frame 1) and the control block (frame 0), each with the header field
+    // that sizes its frame.
     type SetLen = fn(&mut SegmentHeader, fn(u32) -> u32);
-    let streams: [(&str, usize, usize, SetLen); 2] = [
-        ("diff", first, 3, |h, f| h.codes_zlen = f(h.codes_zlen)),
-        ("extra", extra_at, 1, |h, f| h.extra_zlen = f(h.extra_zlen)),
+    let streams: [(&str, &[u8], usize, usize, SetLen); 3] = [
+        ("diff", &container, first, 3, |h, f| {
+            h.codes_zlen = f(h.codes_zlen)
+        }),
+        ("extra", &container, extra_at, 1, |h, f| {
+            h.extra_zlen = f(h.extra_zlen)
+        }),
+        ("control", &control_container, control_at, 0, |h, f| {
+            h.control_zlen = f(h.control_zlen)
+        }),
     ];
-    for (which, at, frame, set_len) in streams {
-        let stream = frame_of(&container, at, frame);
+    for (which, container, at, frame, set_len) in streams {
+        let stream = frame_of(container, at, frame);
         let mut garbage = stream.to_vec();
         let middle = garbage.len() / 2;
         for b in &mut garbage[middle..middle + 4] {
@@ -431,20 +452,22 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
         }
         cases.push((
             format!("garbage inside the LZMA2 {which} stream"),
-            rewrite_frame(&container, at, frame, &|_| {}, &garbage),
+            rewrite_frame(container, at, frame, &|_| {}, &garbage),
             |e| {
                 matches!(
                     e,
                     ApplyError::CorruptStream { .. }
                         | ApplyError::StreamLength { .. }
                         | ApplyError::TargetMismatch { .. }
+                        // A control block decoded from garbage fails its own checks.
+                        | ApplyError::Container(_)
                 )
             },
         ));
         cases.push((
             format!("the LZMA2 {which} stream without its end marker"),
             rewrite_frame(
-                &container,
+                container,
                 at,
                 frame,
                 &|h| set_len(h, |n| n - 1),
@@ -460,7 +483,7 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
         cases.push((
             format!("bytes after the LZMA2 {which} stream's end inside its frame"),
             rewrite_frame(
-                &container,
+                container,
                 at,
                 frame,
                 &|h| set_len(h, |n| n + 1),
