@@ -1147,7 +1147,7 @@ fn compress_stream(raw: &[u8], kind: StreamKind, prefix: &[u8], level: i32) -> i
         let mut cctx = zstd::zstd_safe::CCtx::create();
         cctx.set_parameter(CParameter::CompressionLevel(level))
             .map_err(zstd_error)?;
-        cctx.set_parameter(CParameter::ChecksumFlag(true))
+        cctx.set_parameter(CParameter::ChecksumFlag(false))
             .map_err(zstd_error)?;
         // Matches must reach back over the whole prefix (≤ 4 MiB) from the end of the
         // extra bytes (≤ 16 MiB); the agent decodes in one piece, so this costs it nothing.
@@ -1159,7 +1159,9 @@ fn compress_stream(raw: &[u8], kind: StreamKind, prefix: &[u8], level: i32) -> i
         return Ok(out);
     }
     let mut compressor = zstd::bulk::Compressor::new(level)?;
-    compressor.set_parameter(CParameter::ChecksumFlag(true))?;
+    // No 4-byte frame checksum: the container's target SHA-256 covers every byte a frame
+    // produces, and the applier checks each frame's decoded length.
+    compressor.set_parameter(CParameter::ChecksumFlag(false))?;
     match kind {
         // The agent streams codes frames, so their window is capped at what it accepts.
         StreamKind::Codes => compressor.set_parameter(CParameter::WindowLog(STREAM_WINDOW_LOG))?,
