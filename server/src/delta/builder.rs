@@ -285,9 +285,9 @@ fn build_into<S: ContainerSink>(
         TransformChoice::Try(transform) => Some(transform),
         TransformChoice::Auto => detected.filter(|found| AUTO_TRANSFORMS.contains(found)),
     };
-    let stream_model = match detected {
-        Some(Transform::Arm64) => ARM64_STREAM_MODEL,
-        _ => STREAM_MODEL,
+    let diff_model = match detected {
+        Some(Transform::Arm64) => ARM64_DIFF_MODEL,
+        _ => DIFF_MODEL,
     };
     // With a transform to try, both bodies are first built with zstd streams only and
     // compared, and only the smaller is encoded once more with LZMA2 streams: LZMA2 is
@@ -307,11 +307,11 @@ fn build_into<S: ContainerSink>(
     let (facts, body) = std::thread::scope(|scope| {
         let side = scope.spawn(|| image_facts(old, new));
         let body = match plain_file.as_mut() {
-            Some(file) => write_delta_body(old, new, &compare, stream_model, file),
+            Some(file) => write_delta_body(old, new, &compare, diff_model, file),
             None => sink
                 .write_all(&[0u8; HEADER_LEN])
                 .map_err(BuildError::Write)
-                .and_then(|()| write_delta_body(old, new, &compare, stream_model, sink)),
+                .and_then(|()| write_delta_body(old, new, &compare, diff_model, sink)),
         };
         let facts = side.join().map_err(|_| BuildError::WorkerFailed);
         (facts, body)
@@ -328,7 +328,7 @@ fn build_into<S: ContainerSink>(
             &old_t,
             &TransformedImage::new(new, transform),
             &compare,
-            stream_model,
+            diff_model,
             &mut alternative,
         )?;
         transformed = Some((transform, HEADER_LEN as u64 + alt_body.len));
@@ -347,9 +347,9 @@ fn build_into<S: ContainerSink>(
         if options.lzma {
             let recoded = match chosen {
                 Some(_) => {
-                    recode_with_lzma(&mut reader, body.len, &old_t, &options, stream_model, sink)?
+                    recode_with_lzma(&mut reader, body.len, &old_t, &options, diff_model, sink)?
                 }
-                None => recode_with_lzma(&mut reader, body.len, old, &options, stream_model, sink)?,
+                None => recode_with_lzma(&mut reader, body.len, old, &options, diff_model, sink)?,
             };
             body = BodyStats {
                 parts: body.parts,
@@ -506,7 +506,7 @@ fn write_delta_body(
     old: &(impl ImageSource + ?Sized),
     new: &(impl ImageSource + ?Sized),
     options: &BuildOptions,
-    stream_model: LzmaModel,
+    diff_model: LzmaModel,
     out: &mut impl Write,
 ) -> Result<BodyStats, BuildError> {
     let parts = plan_parts(old.len(), new.len(), options.window_cap);
@@ -540,7 +540,7 @@ fn write_delta_body(
             part.old.start,
             &new_part,
             options,
-            stream_model,
+            diff_model,
         )?;
         stats.segments += encoded.len();
         for segment in encoded {
@@ -691,17 +691,24 @@ struct LzmaModel {
     pb: u32,
 }
 
-/// For the diff and the extra stream: the smallest measured (docs/delta-bench.txt,
-/// 2026-12-02 session 13).
-const STREAM_MODEL: LzmaModel = LzmaModel {
+/// For the diff stream: the smallest measured (docs/delta-bench.txt, 2026-12-02 session
+/// 13).
+const DIFF_MODEL: LzmaModel = LzmaModel {
     lc: 3,
     lp: 0,
     pb: 2,
 };
-/// For the diff and the extra stream of an image holding ARM64 code: no position bits
-/// measured up to 1.5% smaller on the ARM64 tune pairs' diff streams, and 0.6% larger
-/// on an x86-64 one (docs/delta-bench.txt, 2026-12-02 sessions 13 and 14).
-const ARM64_STREAM_MODEL: LzmaModel = LzmaModel {
+/// For the diff stream of an image holding ARM64 code: no position bits measured up to
+/// 1.5% smaller on the ARM64 tune pairs' diff streams, and 0.6% larger on an x86-64 one
+/// (docs/delta-bench.txt, 2026-12-02 sessions 13 and 14).
+const ARM64_DIFF_MODEL: LzmaModel = LzmaModel {
+    lc: 3,
+    lp: 0,
+    pb: 0,
+};
+/// For the extra stream, whatever the image: no position bits were smaller or equal on
+/// every tune pair (docs/delta-bench.txt, 2026-12-02 session 14).
+const EXTRA_MODEL: LzmaModel = LzmaModel {
     lc: 3,
     lp: 0,
     pb: 0,
@@ -832,7 +839,7 @@ fn encode_segments(
     old_base: u64,
     new_part: &[u8],
     options: &BuildOptions,
-    stream_model: LzmaModel,
+    diff_model: LzmaModel,
 ) -> Result<Vec<EncodedSegment>, BuildError> {
     let mut pending: Vec<SegmentPlan> = segments.into_iter().rev().collect();
     let mut fitted: Vec<FittedSegment> = Vec::new();
@@ -875,8 +882,8 @@ fn encode_segments(
                     ),
                     None if !options.lzma => Ok(Vec::new()),
                     None if kind == LZMA_DIFF_JOB => diff_bytes(&raw[2], &raw[3], plan.diff_len)
-                        .and_then(|diff| lzma_stream(&diff, stream_model)),
-                    None if kind == LZMA_EXTRA_JOB => lzma_stream(&raw[1], stream_model),
+                        .and_then(|diff| lzma_stream(&diff, diff_model)),
+                    None if kind == LZMA_EXTRA_JOB => lzma_stream(&raw[1], EXTRA_MODEL),
                     None => lzma_stream(&raw[0], CONTROL_MODEL),
                 };
                 if let Ok(mut slot) = outputs[index].lock() {
@@ -983,7 +990,7 @@ fn recode_with_lzma(
     body_len: u64,
     old: &(impl ImageSource + ?Sized),
     options: &BuildOptions,
-    stream_model: LzmaModel,
+    diff_model: LzmaModel,
     out: &mut impl Write,
 ) -> Result<BodyStats, BuildError> {
     let mut stats = BodyStats {
@@ -1050,7 +1057,7 @@ fn recode_with_lzma(
                     let Some(slot) = lzma.get(index) else {
                         break;
                     };
-                    let model = [stream_model, stream_model, CONTROL_MODEL][index % 3];
+                    let model = [diff_model, EXTRA_MODEL, CONTROL_MODEL][index % 3];
                     let compressed = lzma_stream(&batch[index / 3].1[index % 3], model);
                     if let Ok(mut slot) = slot.lock() {
                         *slot = Some(compressed);
@@ -1278,7 +1285,7 @@ mod tests {
         };
         let mut direct = Vec::new();
         let stats =
-            write_delta_body(&old[..], &new[..], &options, STREAM_MODEL, &mut direct).unwrap();
+            write_delta_body(&old[..], &new[..], &options, DIFF_MODEL, &mut direct).unwrap();
         assert!(stats.lzma, "the sample must take LZMA2 streams somewhere");
         assert!(stats.segments > 4 && stats.parts > 1);
         let zstd_only = BuildOptions {
@@ -1287,7 +1294,7 @@ mod tests {
         };
         let mut body = Vec::new();
         let zstd_stats =
-            write_delta_body(&old[..], &new[..], &zstd_only, STREAM_MODEL, &mut body).unwrap();
+            write_delta_body(&old[..], &new[..], &zstd_only, DIFF_MODEL, &mut body).unwrap();
         assert!(!zstd_stats.lzma);
         let mut recoded = Vec::new();
         let recoded_stats = recode_with_lzma(
@@ -1295,7 +1302,7 @@ mod tests {
             body.len() as u64,
             &old[..],
             &options,
-            STREAM_MODEL,
+            DIFF_MODEL,
             &mut recoded,
         )
         .unwrap();

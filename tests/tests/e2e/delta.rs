@@ -346,52 +346,55 @@ fn lzma_coded_diff_streams_are_smaller_and_can_be_turned_off() {
     assert!(out == new);
 }
 
-/// The LZMA2 properties byte `(pb · 5 + lp) · 9 + lc` of each LZMA2-coded diff and extra
-/// stream of `container` whose first chunk is compressed (a stored chunk carries none).
-fn lzma_stream_properties(container: &[u8]) -> Vec<u8> {
+/// The LZMA2 properties byte `(pb · 5 + lp) · 9 + lc` of each LZMA2-coded stream in
+/// frame `frame` (1 extra, 3 diff) of `container` whose first chunk is compressed (a
+/// stored chunk carries none).
+fn lzma_stream_properties(container: &[u8], frame: usize) -> Vec<u8> {
     let mut found = Vec::new();
     for at in segment_offsets(container) {
         let header = SegmentHeader::parse(&container[at..]).expect("own segment parses");
-        let streams = [
-            (header.diff_coding == DiffCoding::Lzma2, 3),
-            (header.extra_coding == ExtraCoding::Lzma2, 1),
-        ];
-        for (_, frame) in streams.into_iter().filter(|(lzma, _)| *lzma) {
-            let stream = frame_of(container, at, frame);
-            // Control byte 0xE0-0xFF: a compressed chunk that resets the dictionary and
-            // sets new properties, which follow the two 16-bit sizes.
-            if stream[0] >= 0xe0 {
-                found.push(stream[5]);
-            }
+        let lzma = match frame {
+            1 => header.extra_coding == ExtraCoding::Lzma2,
+            _ => header.diff_coding == DiffCoding::Lzma2,
+        };
+        let stream = frame_of(container, at, frame);
+        // Control byte 0xE0-0xFF: a compressed chunk that resets the dictionary and sets
+        // new properties, which follow the two 16-bit sizes.
+        if lzma && stream[0] >= 0xe0 {
+            found.push(stream[5]);
         }
     }
     found
 }
 
 #[test]
-fn lzma2_streams_of_arm64_code_use_no_position_bits() {
-    // ARM64 code: lc 3, lp 0, pb 0 (measured smaller on the ARM64 tune pairs); anything
-    // else: lc 3, lp 0, pb 2.
+fn lzma2_literal_models_follow_the_stream_and_the_instruction_set() {
+    // Diff streams: lc 3, lp 0, pb 0 in an image of ARM64 code (measured smaller on the
+    // ARM64 tune pairs), pb 2 otherwise; extra streams: pb 0 in every image.
+    const PB0: u8 = 3;
+    const PB2: u8 = (2 * 5) * 9 + 3;
     let (arm64, _, _, _) = lzma_sample();
-    let arm64 = lzma_stream_properties(&arm64);
-    assert!(
-        !arm64.is_empty(),
-        "the ARM64 sample has compressed LZMA2 streams"
-    );
-    assert!(arm64.iter().all(|&props| props == 3), "{arm64:?}");
+    // Data (no code) with a dense, word-structured change, which LZMA2 codes smaller
+    // than zero runs + codes, and new pieces (extra bytes).
     let old = synthetic::image(5, 300_000);
-    let new = synthetic::next_release(&old, 11, 300);
+    let mut new = synthetic::next_release(&old, 11, 300);
+    for (i, byte) in new.iter_mut().enumerate().filter(|(i, _)| i % 4 == 1) {
+        *byte = byte.wrapping_add((i / 4096 % 3) as u8 + (i % 7 == 0) as u8);
+    }
     let (data, report) = build_delta(&old, &new, &options()).expect("build");
     assert_eq!(report.algorithm, Algorithm::BsdiffLzma(None));
-    let data = lzma_stream_properties(&data);
-    assert!(
-        !data.is_empty(),
-        "the data sample has compressed LZMA2 streams"
-    );
-    assert!(
-        data.iter().all(|&props| props == (2 * 5) * 9 + 3),
-        "{data:?}"
-    );
+    for (name, container, frame, expected) in [
+        ("ARM64 diff", &arm64, 3, PB0),
+        ("data diff", &data, 3, PB2),
+        ("data extra", &data, 1, PB0),
+    ] {
+        let found = lzma_stream_properties(container, frame);
+        assert!(
+            !found.is_empty(),
+            "{name}: the sample has compressed LZMA2 streams"
+        );
+        assert!(found.iter().all(|&p| p == expected), "{name}: {found:?}");
+    }
 }
 
 #[test]
