@@ -24,8 +24,9 @@ pub enum Algorithm {
     BsdiffZstdTransformed(Transform),
     /// Segments as [`Algorithm::BsdiffZstd`] (over the transformed images when a
     /// transform is named), except that a segment may carry its whole diff stream as one
-    /// raw LZMA2 stream instead of zero runs + codes (`SegmentHeader::diff_coding`) and
-    /// its extra stream as one instead of a zstd frame (`SegmentHeader::extra_coding`).
+    /// raw LZMA2 stream instead of zero runs + codes (`SegmentHeader::diff_coding`), and
+    /// its extra stream and its control block each as one instead of a zstd frame
+    /// (`SegmentHeader::extra_coding`, `SegmentHeader::control_coding`).
     BsdiffLzma(Option<Transform>),
 }
 
@@ -99,7 +100,7 @@ impl Algorithm {
     }
 
     /// Whether segments may carry LZMA2 streams (`DiffCoding::Lzma2`,
-    /// `ExtraCoding::Lzma2`).
+    /// `ExtraCoding::Lzma2`, `ControlCoding::Lzma2`).
     pub fn allows_lzma(self) -> bool {
         matches!(self, Algorithm::BsdiffLzma(_))
     }

@@ -8,9 +8,9 @@
 
 use super::DeltaError;
 
-/// First four bytes of a segment header whose diff stream is zero runs + codes and whose
-/// extra stream is a zstd frame (the only kind in algorithms 1 and 3); catches a
-/// desynchronised stream early.
+/// First four bytes of a segment header whose control block and extra stream are zstd
+/// frames and whose diff stream is zero runs + codes (the only kind in algorithms 1 and
+/// 3); catches a desynchronised stream early.
 pub const SEGMENT_TAG: [u8; 4] = *b"OSEG";
 /// Every tag and how it codes the control block, the diff and the extra stream. All but
 /// `OSEG` are only in containers of `Algorithm::BsdiffLzma`: `OSGL` an LZMA2 diff, `OSXL`
@@ -152,7 +152,8 @@ pub enum ControlCoding {
     /// One zstd frame (tags `OS..`).
     Zstd,
     /// One raw LZMA2 stream (tags `OC..`): the control block's varints are small numbers
-    /// in three columns, which LZMA's bit-level models code 2-10% smaller than zstd.
+    /// in three columns, which LZMA's bit-level models coded 4-14% smaller than zstd on
+    /// the measured corpus (and a tiny block stored, without zstd's frame overhead).
     Lzma2,
 }
 

@@ -5,9 +5,9 @@
 //! matches (`matcher`), cut into segments of at most 16 MiB of target, and the four
 //! streams of every segment (control; extra, compressed against 1 MiB of old bytes; the
 //! diff as zero runs + non-zero codes) compressed with zstd level 19 on all worker
-//! threads, and the diff and the extra stream once more as LZMA2 streams, each kept
-//! instead of its zstd frames where smaller (container algorithm 4,
-//! `BuildOptions::lzma`). Hashes of both images and a quick estimate of the full image's
+//! threads, and the diff stream, the extra stream and the control block once more as
+//! LZMA2 streams, each kept instead of its zstd frames where smaller (container
+//! algorithm 4, `BuildOptions::lzma`). Hashes of both images and a quick estimate of the full image's
 //! compressed size are computed on a side thread meanwhile. When the new image holds
 //! ARM64 code (`detect`, `AUTO_TRANSFORMS`), the pipeline runs over the plain and over
 //! the transformed images (`ota_core::delta::Transform`) with zstd streams only, and
@@ -156,6 +156,10 @@ pub enum BuildError {
     Compress(#[source] io::Error),
     #[error("writing the container failed")]
     Write(#[source] io::Error),
+    /// Reading back a body this build wrote, to recode it with LZMA2 streams, failed (an
+    /// I/O error on the temporary file, or a body that does not decode as written).
+    #[error("recoding the delta body with LZMA2 failed: {0}")]
+    Recode(String),
     #[error("the build worker did not finish (panicked or cancelled)")]
     WorkerFailed,
 }
@@ -699,23 +703,25 @@ const DIFF_MODEL: LzmaModel = LzmaModel {
     pb: 2,
 };
 /// For the diff stream of an image holding ARM64 code: no position bits measured up to
-/// 1.5% smaller on the ARM64 tune pairs' diff streams, and 0.6% larger on an x86-64 one
-/// (docs/delta-bench.txt, 2026-12-02 sessions 13 and 14).
+/// 1.5% smaller on the ARM64 tune pairs' diff streams (0.26% larger on one,
+/// crypto-43.0.3-44.0.3-arm64), and 0.6% larger on an x86-64 one (docs/delta-bench.txt,
+/// 2026-12-02 sessions 13 and 14).
 const ARM64_DIFF_MODEL: LzmaModel = LzmaModel {
     lc: 3,
     lp: 0,
     pb: 0,
 };
-/// For the extra stream, whatever the image: no position bits were smaller or equal on
-/// every tune pair (docs/delta-bench.txt, 2026-12-02 session 14).
+/// For the extra stream, whatever the image: no position bits were smaller on most tune
+/// pairs, at most 0.02% larger on the others (docs/delta-bench.txt, 2026-12-02 sessions
+/// 13 and 14).
 const EXTRA_MODEL: LzmaModel = LzmaModel {
     lc: 3,
     lp: 0,
     pb: 0,
 };
 /// For the control block (three columns of varints, no 4-byte structure): one bit of
-/// literal context and no position bits were the smallest on every tune pair measured
-/// (docs/delta-bench.txt, 2026-12-02 session 14).
+/// literal context and no position bits were the smallest, or within 0.3% of it, on every
+/// tune pair measured (docs/delta-bench.txt, 2026-12-02 session 14).
 const CONTROL_MODEL: LzmaModel = LzmaModel {
     lc: 1,
     lp: 0,
@@ -832,7 +838,8 @@ struct FittedSegment {
 }
 
 /// Raw streams of every segment (splitting segments whose runs block would pass its
-/// cap), then all 4 × segments zstd jobs spread over the worker threads.
+/// cap), then all 7 × segments jobs (4 zstd frames, 3 LZMA2 streams) spread over the
+/// worker threads.
 fn encode_segments(
     segments: Vec<SegmentPlan>,
     old_window: &[u8],
@@ -857,8 +864,9 @@ fn encode_segments(
         fitted.push(FittedSegment { plan, raw, prefix });
     }
     // Per segment: the four zstd frames, then the diff stream as LZMA2, which replaces
-    // the runs and codes frames when it is smaller, and the extra stream as LZMA2, which
-    // replaces the extra frame (and its prefix) when it is smaller.
+    // the runs and codes frames when it is smaller, the extra stream as LZMA2, which
+    // replaces the extra frame (and its prefix) when it is smaller, and the control block
+    // as LZMA2, which replaces the control frame when it is smaller.
     let jobs: Vec<(usize, usize)> = (0..fitted.len())
         .flat_map(|s| (0..LZMA_CONTROL_JOB + 1).map(move |k| (s, k)))
         .collect();
@@ -980,8 +988,8 @@ fn keep_smaller_codings(segment: EncodedSegment, lzma: [Vec<u8>; 3]) -> EncodedS
 }
 
 /// Re-encodes a body of zstd-coded segments (as `write_delta_body` writes with LZMA2
-/// off), read from `body`, with each segment's diff and extra stream as LZMA2 where
-/// smaller. The zstd frames are decoded, not compressed again, and the match search is
+/// off), read from `body`, with each segment's diff stream, extra stream and control
+/// block as LZMA2 where smaller. The zstd frames are decoded, not compressed again, and the match search is
 /// not run again: a body chosen among several is LZMA2-coded once, at the cost of
 /// decoding it. `old` is the image the body was built against (its extra frames are
 /// compressed against prefixes of it).
@@ -1000,15 +1008,14 @@ fn recode_with_lzma(
         lzma: false,
     };
     let mut read = 0u64;
-    let bad_body =
-        |reason: String| BuildError::Compress(io::Error::new(io::ErrorKind::InvalidData, reason));
+    let bad_body = BuildError::Recode;
     while read < body_len {
         // A batch of at most `threads` segments at a time bounds the raw streams held.
         let mut batch: Vec<(EncodedSegment, [Vec<u8>; 3])> = Vec::new();
         while read < body_len && batch.len() < options.threads {
             let mut header_bytes = [0u8; SEGMENT_HEADER_LEN];
             body.read_exact(&mut header_bytes)
-                .map_err(BuildError::Write)?;
+                .map_err(|err| bad_body(format!("reading a segment header: {err}")))?;
             let header =
                 SegmentHeader::parse(&header_bytes).map_err(|err| bad_body(err.to_string()))?;
             if header.uses_lzma() {
@@ -1025,7 +1032,8 @@ fn recode_with_lzma(
             ];
             for (frame, len) in frames.iter_mut().zip(lens) {
                 *frame = vec![0u8; len as usize];
-                body.read_exact(frame).map_err(BuildError::Write)?;
+                body.read_exact(frame)
+                    .map_err(|err| bad_body(format!("reading a frame: {err}")))?;
             }
             read += (SEGMENT_HEADER_LEN + frames.iter().map(Vec::len).sum::<usize>()) as u64;
             let prefix_range = header.extra_prefix_start
@@ -1044,7 +1052,8 @@ fn recode_with_lzma(
                 .map_err(|err| bad_body(format!("codes frame: {err}")))?;
             let control = decode_zstd(&frames[0], header.control_len, &[])
                 .map_err(|err| bad_body(format!("control frame: {err}")))?;
-            let diff = diff_bytes(&runs, &codes, header.diff_len).map_err(BuildError::Compress)?;
+            let diff = diff_bytes(&runs, &codes, header.diff_len)
+                .map_err(|err| bad_body(format!("diff stream: {err}")))?;
             batch.push((EncodedSegment { header, frames }, [diff, extra, control]));
         }
         let lzma: Vec<Mutex<Option<io::Result<Vec<u8>>>>> =
@@ -1283,36 +1292,55 @@ mod tests {
             window_cap: 250_007,
             ..BuildOptions::default()
         };
-        let mut direct = Vec::new();
-        let stats =
-            write_delta_body(&old[..], &new[..], &options, DIFF_MODEL, &mut direct).unwrap();
-        assert!(stats.lzma, "the sample must take LZMA2 streams somewhere");
-        assert!(stats.segments > 4 && stats.parts > 1);
         let zstd_only = BuildOptions {
             lzma: false,
             ..options.clone()
         };
-        let mut body = Vec::new();
-        let zstd_stats =
-            write_delta_body(&old[..], &new[..], &zstd_only, DIFF_MODEL, &mut body).unwrap();
-        assert!(!zstd_stats.lzma);
-        let mut recoded = Vec::new();
-        let recoded_stats = recode_with_lzma(
-            &mut &body[..],
-            body.len() as u64,
-            &old[..],
-            &options,
-            DIFF_MODEL,
-            &mut recoded,
-        )
-        .unwrap();
-        assert_eq!(recoded_stats.segments, stats.segments);
-        assert_eq!(recoded_stats.len, recoded.len() as u64);
-        assert!(recoded_stats.lzma);
-        assert!(
-            recoded == direct,
-            "the recoded body differs from the direct build"
+        // The plain images, and the ARM64-transformed ones with the ARM64 diff model (the
+        // recode reads its extra prefixes from the transformed old image).
+        let (old_t, new_t) = (
+            TransformedImage::new(&old[..], Transform::Arm64),
+            TransformedImage::new(&new[..], Transform::Arm64),
         );
+        type Case<'a> = (
+            &'a dyn Fn(&BuildOptions, LzmaModel, &mut Vec<u8>) -> BodyStats,
+            &'a dyn Fn(&[u8], &BuildOptions, LzmaModel, &mut Vec<u8>) -> BodyStats,
+            LzmaModel,
+        );
+        let plain_build = |o: &BuildOptions, m: LzmaModel, out: &mut Vec<u8>| {
+            write_delta_body(&old[..], &new[..], o, m, out).unwrap()
+        };
+        let plain_recode = |body: &[u8], o: &BuildOptions, m: LzmaModel, out: &mut Vec<u8>| {
+            recode_with_lzma(&mut &body[..], body.len() as u64, &old[..], o, m, out).unwrap()
+        };
+        let arm64_build = |o: &BuildOptions, m: LzmaModel, out: &mut Vec<u8>| {
+            write_delta_body(&old_t, &new_t, o, m, out).unwrap()
+        };
+        let arm64_recode = |body: &[u8], o: &BuildOptions, m: LzmaModel, out: &mut Vec<u8>| {
+            recode_with_lzma(&mut &body[..], body.len() as u64, &old_t, o, m, out).unwrap()
+        };
+        let cases: [Case; 2] = [
+            (&plain_build, &plain_recode, DIFF_MODEL),
+            (&arm64_build, &arm64_recode, ARM64_DIFF_MODEL),
+        ];
+        for (build, recode, model) in cases {
+            let mut direct = Vec::new();
+            let stats = build(&options, model, &mut direct);
+            assert!(stats.lzma, "the sample must take LZMA2 streams somewhere");
+            assert!(stats.segments > 4 && stats.parts > 1);
+            let mut body = Vec::new();
+            let zstd_stats = build(&zstd_only, model, &mut body);
+            assert!(!zstd_stats.lzma);
+            let mut recoded = Vec::new();
+            let recoded_stats = recode(&body, &options, model, &mut recoded);
+            assert_eq!(recoded_stats.segments, stats.segments);
+            assert_eq!(recoded_stats.len, recoded.len() as u64);
+            assert!(recoded_stats.lzma);
+            assert!(
+                recoded == direct,
+                "the recoded body differs from the direct build"
+            );
+        }
     }
 
     #[test]

@@ -101,6 +101,12 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 )
             })?;
             let tried = match report.transformed {
+                // With LZMA2 on, the two were compared with zstd streams only and the one
+                // kept was then LZMA2-coded (the "delta" size).
+                Some((transform, len)) if options.lzma => format!(
+                    ", {} transform {len} bytes, both compared with zstd streams only",
+                    transform.name()
+                ),
                 Some((transform, len)) => format!(", {} transform {len} bytes", transform.name()),
                 None => String::new(),
             };

@@ -203,6 +203,37 @@ fn the_transform_is_dropped_where_it_does_not_win_and_not_tried_on_data() {
     assert!(report.delta_container_len <= report.plain_delta_len);
     let (_, transformed_len) = report.transformed.expect("a forced transform is tried");
     assert!(transformed_len >= report.plain_delta_len);
+    // Where the transform loses outright (data whose 0xE8 bytes it rewrites, so every
+    // insertion changes the rewritten bytes after it), the plain delta ships, with zstd
+    // streams only exactly the plain body compared, and with LZMA2 no larger than it.
+    let old = synthetic::image(3, 200_000);
+    let new = synthetic::next_release(&old, 5, 50);
+    for lzma in [false, true] {
+        let report = round_trip_with(
+            &old,
+            &new,
+            &BuildOptions {
+                lzma,
+                min_saving_percent: 0,
+                ..forced.clone()
+            },
+        );
+        let (_, transformed_len) = report.transformed.expect("a forced transform is tried");
+        assert!(
+            transformed_len > report.plain_delta_len,
+            "the sample must make the transform lose ({transformed_len} vs {})",
+            report.plain_delta_len
+        );
+        assert!(
+            report.algorithm.is_bsdiff(),
+            "a delta ships (no minimum saving)"
+        );
+        assert_eq!(report.algorithm.transform(), None, "the plain delta ships");
+        match lzma {
+            false => assert_eq!(report.delta_container_len, report.plain_delta_len),
+            true => assert!(report.delta_container_len <= report.plain_delta_len),
+        }
+    }
     // Auto does not even try it on data.
     let report = round_trip(&old, &new);
     assert_eq!(
@@ -347,13 +378,14 @@ fn lzma_coded_diff_streams_are_smaller_and_can_be_turned_off() {
 }
 
 /// The LZMA2 properties byte `(pb · 5 + lp) · 9 + lc` of each LZMA2-coded stream in
-/// frame `frame` (1 extra, 3 diff) of `container` whose first chunk is compressed (a
-/// stored chunk carries none).
+/// frame `frame` (0 control, 1 extra, 3 diff) of `container` whose first chunk is
+/// compressed (a stored chunk carries none).
 fn lzma_stream_properties(container: &[u8], frame: usize) -> Vec<u8> {
     let mut found = Vec::new();
     for at in segment_offsets(container) {
         let header = SegmentHeader::parse(&container[at..]).expect("own segment parses");
         let lzma = match frame {
+            0 => header.control_coding == ControlCoding::Lzma2,
             1 => header.extra_coding == ExtraCoding::Lzma2,
             _ => header.diff_coding == DiffCoding::Lzma2,
         };
@@ -370,10 +402,29 @@ fn lzma_stream_properties(container: &[u8], frame: usize) -> Vec<u8> {
 #[test]
 fn lzma2_literal_models_follow_the_stream_and_the_instruction_set() {
     // Diff streams: lc 3, lp 0, pb 0 in an image of ARM64 code (measured smaller on the
-    // ARM64 tune pairs), pb 2 otherwise; extra streams: pb 0 in every image.
+    // ARM64 tune pairs), pb 2 otherwise; extra streams: pb 0 in every image; control
+    // blocks: lc 1, lp 0, pb 0.
     const PB0: u8 = 3;
     const PB2: u8 = (2 * 5) * 9 + 3;
-    let (arm64, _, _, _) = lzma_sample();
+    const CONTROL: u8 = 1;
+    let (arm64, arm64_old, arm64_new, _) = lzma_sample();
+    // The same images built with the transform tried: both bodies compared with zstd
+    // streams, the kept one recoded with LZMA2 (`recode_with_lzma`), with the same models.
+    // (A dense, word-structured change on top, so that the kept body's diff streams
+    // take LZMA2 too.)
+    let mut arm64_new = arm64_new;
+    for (i, byte) in arm64_new.iter_mut().enumerate().filter(|(i, _)| i % 4 == 1) {
+        *byte = byte.wrapping_add((i / 4096 % 3) as u8 + (i % 7 == 0) as u8);
+    }
+    let auto = BuildOptions {
+        segment_len: 30_000,
+        ..options()
+    };
+    let (recoded, report) = build_delta(&arm64_old, &arm64_new, &auto).expect("build");
+    assert_eq!(
+        report.algorithm,
+        Algorithm::BsdiffLzma(Some(Transform::Arm64))
+    );
     // Data (no code) with a dense, word-structured change, which LZMA2 codes smaller
     // than zero runs + codes, and new pieces (extra bytes).
     let old = synthetic::image(5, 300_000);
@@ -383,10 +434,14 @@ fn lzma2_literal_models_follow_the_stream_and_the_instruction_set() {
     }
     let (data, report) = build_delta(&old, &new, &options()).expect("build");
     assert_eq!(report.algorithm, Algorithm::BsdiffLzma(None));
+    let many_edits = synthetic::next_release(&old, 12, 300);
+    let (controls, _) = build_delta(&old, &many_edits, &options()).expect("build");
     for (name, container, frame, expected) in [
         ("ARM64 diff", &arm64, 3, PB0),
+        ("recoded ARM64 diff", &recoded, 3, PB0),
         ("data diff", &data, 3, PB2),
         ("data extra", &data, 1, PB0),
+        ("control", &controls, 0, CONTROL),
     ] {
         let found = lzma_stream_properties(container, frame);
         assert!(
@@ -501,19 +556,30 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
         for b in &mut garbage[middle..middle + 4] {
             *b ^= 0xa5;
         }
-        cases.push((
-            format!("garbage inside the LZMA2 {which} stream"),
-            rewrite_frame(container, at, frame, &|_| {}, &garbage),
-            |e| {
+        let garbage_refused: Check = match frame {
+            // A control block decoded from garbage may also fail its own checks.
+            0 => |e| {
                 matches!(
                     e,
                     ApplyError::CorruptStream { .. }
                         | ApplyError::StreamLength { .. }
                         | ApplyError::TargetMismatch { .. }
-                        // A control block decoded from garbage fails its own checks.
                         | ApplyError::Container(_)
                 )
             },
+            _ => |e| {
+                matches!(
+                    e,
+                    ApplyError::CorruptStream { .. }
+                        | ApplyError::StreamLength { .. }
+                        | ApplyError::TargetMismatch { .. }
+                )
+            },
+        };
+        cases.push((
+            format!("garbage inside the LZMA2 {which} stream"),
+            rewrite_frame(container, at, frame, &|_| {}, &garbage),
+            garbage_refused,
         ));
         cases.push((
             format!("the LZMA2 {which} stream without its end marker"),
