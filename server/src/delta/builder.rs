@@ -565,27 +565,44 @@ fn diff_part(old: &[u8], new: &[u8], threads: usize) -> Vec<Match> {
         .step_by(slice_len)
         .map(|start| start..(start + slice_len).min(new.len()))
         .collect();
+    run_jobs(threads, slices.len(), |index| {
+        let new = &new[slices[index].clone()];
+        let found = find_matches(old, &old_index, new);
+        let found = prune_weak_matches(found, old, new);
+        cover_literal_gaps(found, old, new)
+    })
+    .into_iter()
+    .flat_map(Option::unwrap_or_default)
+    .collect()
+}
+
+/// Runs `job(0..count)` on up to `threads` scoped threads, each taking the next index
+/// until none is left, and returns the results in index order; `None` for a job whose
+/// thread panicked.
+fn run_jobs<T: Send>(
+    threads: usize,
+    count: usize,
+    job: impl Fn(usize) -> T + Sync,
+) -> Vec<Option<T>> {
     let next = AtomicUsize::new(0);
-    let results: Vec<Mutex<Vec<Match>>> = slices.iter().map(|_| Mutex::new(Vec::new())).collect();
+    let results: Vec<Mutex<Option<T>>> = (0..count).map(|_| Mutex::new(None)).collect();
     std::thread::scope(|scope| {
-        for _ in 0..threads.min(slices.len()) {
+        for _ in 0..threads.min(count) {
             scope.spawn(|| loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some(range) = slices.get(index) else {
+                if index >= count {
                     break;
-                };
-                let found = find_matches(old, &old_index, &new[range.clone()]);
-                let found = prune_weak_matches(found, old, &new[range.clone()]);
-                let found = cover_literal_gaps(found, old, &new[range.clone()]);
+                }
+                let result = job(index);
                 if let Ok(mut slot) = results[index].lock() {
-                    *slot = found;
+                    *slot = Some(result);
                 }
             });
         }
     });
     results
         .into_iter()
-        .flat_map(|slot| slot.into_inner().unwrap_or_default())
+        .map(|slot| slot.into_inner().ok().flatten())
         .collect()
 }
 
@@ -711,14 +728,10 @@ const ARM64_DIFF_MODEL: LzmaModel = LzmaModel {
     lp: 0,
     pb: 0,
 };
-/// For the extra stream, whatever the image: no position bits were smaller on most tune
-/// pairs, at most 0.02% larger on the others (docs/delta-bench.txt, 2026-12-02 sessions
-/// 13 and 14).
-const EXTRA_MODEL: LzmaModel = LzmaModel {
-    lc: 3,
-    lp: 0,
-    pb: 0,
-};
+/// For the extra stream, whatever the image, the ARM64 diff model (no position bits):
+/// smaller on most tune pairs, at most 0.02% larger on the others (docs/delta-bench.txt,
+/// 2026-12-02 sessions 13 and 14).
+const EXTRA_MODEL: LzmaModel = ARM64_DIFF_MODEL;
 /// For the control block (three columns of varints, no 4-byte structure): one bit of
 /// literal context and no position bits were the smallest, or within 0.3% of it, on every
 /// tune pair measured (docs/delta-bench.txt, 2026-12-02 session 14).
@@ -870,41 +883,25 @@ fn encode_segments(
     let jobs: Vec<(usize, usize)> = (0..fitted.len())
         .flat_map(|s| (0..LZMA_CONTROL_JOB + 1).map(move |k| (s, k)))
         .collect();
-    let outputs: Vec<Mutex<Option<io::Result<Vec<u8>>>>> =
-        jobs.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..options.threads.min(jobs.len()) {
-            scope.spawn(|| loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&(segment, kind)) = jobs.get(index) else {
-                    break;
-                };
-                let FittedSegment { plan, raw, prefix } = &fitted[segment];
-                let compressed = match STREAM_ORDER.get(kind) {
-                    Some(&stream) => compress_stream(
-                        &raw[kind],
-                        stream,
-                        &old_window[prefix.0..prefix.0 + prefix.1],
-                        options.level,
-                    ),
-                    None if !options.lzma => Ok(Vec::new()),
-                    None if kind == LZMA_DIFF_JOB => diff_bytes(&raw[2], &raw[3], plan.diff_len)
-                        .and_then(|diff| lzma_stream(&diff, diff_model)),
-                    None if kind == LZMA_EXTRA_JOB => lzma_stream(&raw[1], EXTRA_MODEL),
-                    None => lzma_stream(&raw[0], CONTROL_MODEL),
-                };
-                if let Ok(mut slot) = outputs[index].lock() {
-                    *slot = Some(compressed);
-                }
-            });
+    let outputs = run_jobs(options.threads, jobs.len(), |index| {
+        let (segment, kind) = jobs[index];
+        let FittedSegment { plan, raw, prefix } = &fitted[segment];
+        match STREAM_ORDER.get(kind) {
+            Some(&stream) => compress_stream(
+                &raw[kind],
+                stream,
+                &old_window[prefix.0..prefix.0 + prefix.1],
+                options.level,
+            ),
+            None if !options.lzma => Ok(Vec::new()),
+            None if kind == LZMA_DIFF_JOB => diff_bytes(&raw[2], &raw[3], plan.diff_len)
+                .and_then(|diff| lzma_stream(&diff, diff_model)),
+            None if kind == LZMA_EXTRA_JOB => lzma_stream(&raw[1], EXTRA_MODEL),
+            None => lzma_stream(&raw[0], CONTROL_MODEL),
         }
     });
-    let mut outputs = outputs.into_iter().map(|slot| {
-        slot.into_inner()
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| Err(io::Error::other("compression worker did not finish")))
+    let mut outputs = outputs.into_iter().map(|output| {
+        output.unwrap_or_else(|| Err(io::Error::other("compression worker did not finish")))
     });
     let mut encoded = Vec::with_capacity(fitted.len());
     for FittedSegment {
@@ -1056,28 +1053,12 @@ fn recode_with_lzma(
                 .map_err(|err| bad_body(format!("diff stream: {err}")))?;
             batch.push((EncodedSegment { header, frames }, [diff, extra, control]));
         }
-        let lzma: Vec<Mutex<Option<io::Result<Vec<u8>>>>> =
-            (0..batch.len() * 3).map(|_| Mutex::new(None)).collect();
-        let next = AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            for _ in 0..options.threads.min(lzma.len()) {
-                scope.spawn(|| loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(slot) = lzma.get(index) else {
-                        break;
-                    };
-                    let model = [diff_model, EXTRA_MODEL, CONTROL_MODEL][index % 3];
-                    let compressed = lzma_stream(&batch[index / 3].1[index % 3], model);
-                    if let Ok(mut slot) = slot.lock() {
-                        *slot = Some(compressed);
-                    }
-                });
-            }
+        let lzma = run_jobs(options.threads, batch.len() * 3, |index| {
+            let model = [diff_model, EXTRA_MODEL, CONTROL_MODEL][index % 3];
+            lzma_stream(&batch[index / 3].1[index % 3], model)
         });
-        let mut lzma = lzma.into_iter().map(|slot| {
-            slot.into_inner()
-                .ok()
-                .flatten()
+        let mut lzma = lzma.into_iter().map(|output| {
+            output
                 .unwrap_or_else(|| Err(io::Error::other("compression worker did not finish")))
                 .map_err(BuildError::Compress)
         });
