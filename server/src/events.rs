@@ -177,6 +177,10 @@ pub(crate) struct LaneProducer {
 /// One record to write: topic, key, value.
 type Record = (String, String, Vec<u8>);
 
+/// A batch ([`LaneProducer::send_many`]) of which some record failed: every record's
+/// outcome, in order.
+struct PartlyWritten(Vec<Result<(), KafkaError>>);
+
 /// Why a write to Kafka did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum LaneError {
@@ -220,6 +224,47 @@ impl LaneProducer {
             CircuitBreakerError::OpenCircuit => LaneError::BreakerOpen,
             CircuitBreakerError::Inner(err) => LaneError::Kafka(err),
         })
+    }
+
+    /// Writes many records to `topic` as one call through the breaker, each `(key,
+    /// value)`: every record's outcome, in order, or [`LaneError::BreakerOpen`] when the
+    /// breaker refused the call (nothing was tried). The call counts as one failure for
+    /// the breaker when any record failed.
+    ///
+    /// One call per batch rather than per record: the breaker's time window keeps one
+    /// entry per call and scans them all on every call, which at thousands of records a
+    /// second cost about a sixth of the server's CPU (docs/fleet-bench.md, session 15).
+    pub(crate) async fn send_many(
+        &self,
+        topic: &str,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<Result<(), KafkaError>>, LaneError> {
+        let lane = self.clone();
+        let topic = topic.to_owned();
+        let write = tower::service_fn(move |records: Vec<(String, Vec<u8>)>| {
+            let (lane, topic) = (lane.clone(), topic.clone());
+            async move {
+                let writes = records
+                    .iter()
+                    .map(|(key, payload)| lane.write(&topic, key, payload));
+                let results = futures_util::future::join_all(writes).await;
+                if results.iter().all(Result::is_ok) {
+                    Ok(results)
+                } else {
+                    Err(PartlyWritten(results))
+                }
+            }
+        });
+        let mut guarded = self.breaker.layer(write);
+        let written = match guarded.ready().await {
+            Ok(ready) => ready.call(records).await,
+            Err(err) => Err(err),
+        };
+        match written {
+            Ok(results) => Ok(results),
+            Err(CircuitBreakerError::Inner(PartlyWritten(results))) => Ok(results),
+            Err(CircuitBreakerError::OpenCircuit) => Err(LaneError::BreakerOpen),
+        }
     }
 
     async fn write(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaError> {
@@ -310,18 +355,55 @@ impl EventProducer {
             .await
     }
 
+    /// Writes many events in one call through the Kafka breaker ([`LaneProducer::send_many`]):
+    /// each event's outcome, in order. While the breaker is open every event gets
+    /// [`LaneError::BreakerOpen`] (nothing was tried).
+    pub async fn send_many(&self, events: &[VehicleEvent]) -> Vec<Result<(), LaneError>> {
+        let records = events
+            .iter()
+            .map(|event| {
+                (
+                    event.vehicle_id.clone(),
+                    serde_json::to_vec(event).unwrap_or_default(),
+                )
+            })
+            .collect();
+        match self.producer.send_many(&self.topic, records).await {
+            Ok(results) => results
+                .into_iter()
+                .map(|result| result.map_err(LaneError::Kafka))
+                .collect(),
+            Err(_) => events.iter().map(|_| Err(LaneError::BreakerOpen)).collect(),
+        }
+    }
+
     /// Sends until Kafka acknowledges or `stop` is set (then false: not written).
     pub async fn send_until_acknowledged(
         &self,
         event: &VehicleEvent,
         stop: &tokio_util::sync::CancellationToken,
     ) -> bool {
+        self.retry_until_acknowledged(event, None, stop).await
+    }
+
+    /// [`EventProducer::send_until_acknowledged`] after a first attempt made elsewhere
+    /// (`first`: its outcome, counted and backed off from as if made here), or from the
+    /// start (`None`).
+    pub async fn retry_until_acknowledged(
+        &self,
+        event: &VehicleEvent,
+        mut first: Option<Result<(), LaneError>>,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> bool {
         let mut backoff = BACKOFF_START;
         loop {
-            let sent = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return false,
-                sent = self.send(event) => sent,
+            let sent = match first.take() {
+                Some(sent) => sent,
+                None => tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return false,
+                    sent = self.send(event) => sent,
+                },
             };
             match sent {
                 Ok(()) => {
@@ -703,6 +785,63 @@ mod tests {
     use super::*;
     use ota_core::protocol::ProgressPhase;
     use ota_core::time::Timestamp;
+
+    /// The gateway writes a batch of progress as one call through the Kafka breaker: one
+    /// entry in its window however many records, a failure when any record failed (each
+    /// record's own outcome still returned), and once open every record of a batch is
+    /// refused without being tried. Kafka here is a loopback port nothing listens on.
+    #[tokio::test]
+    async fn a_batch_is_one_call_through_the_kafka_breaker() {
+        use crate::api::dependencies::{Dependency, DependencyBreakers};
+        use tower_resilience_circuitbreaker::CircuitState;
+        let breakers = DependencyBreakers::new(&crate::settings::DependencyBreakerSettings {
+            minimum_calls: 2,
+            open_seconds: 600,
+            ..Default::default()
+        });
+        let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = unused.local_addr().unwrap().to_string();
+        drop(unused);
+        let settings = KafkaSettings {
+            brokers: Some(address),
+            delivery_timeout_ms: 1000,
+            ..KafkaSettings::default()
+        };
+        let lane = LaneProducer::new(&settings, breakers.kafka.clone()).unwrap();
+        let batch =
+            || -> Vec<(String, Vec<u8>)> { (0..5u8).map(|i| (format!("v{i}"), vec![i])).collect() };
+        let first = lane.send_many("t", batch()).await.expect("tried");
+        assert_eq!(first.len(), 5, "an outcome per record");
+        assert!(first.iter().all(Result::is_err), "nothing was written");
+        assert_eq!(
+            breakers.kafka_window().await,
+            (1, 1),
+            "five records, one failed call"
+        );
+        assert_eq!(breakers.state(Dependency::Kafka), CircuitState::Closed);
+        lane.send_many("t", batch()).await.expect("tried");
+        assert_eq!(
+            breakers.state(Dependency::Kafka),
+            CircuitState::Open,
+            "two failed calls of the two needed"
+        );
+        assert!(matches!(
+            lane.send_many("t", batch()).await,
+            Err(LaneError::BreakerOpen)
+        ));
+        let events = EventProducer {
+            producer: lane,
+            topic: "t".to_owned(),
+        };
+        let one = progress_event(&progress(), b"signed", 0);
+        let refused = events.send_many(&[one.clone(), one]).await;
+        assert!(
+            refused
+                .iter()
+                .all(|r| matches!(r, Err(LaneError::BreakerOpen))),
+            "every event of a refused batch is refused"
+        );
+    }
 
     fn progress() -> ProgressEvent {
         ProgressEvent {

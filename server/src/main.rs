@@ -3,6 +3,12 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: the vehicle channel allocates and frees many
+/// small buffers per message, and glibc's malloc took about a fifth of the server's CPU
+/// under load (docs/fleet-bench.md, session 15).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "ota-server", version, about = "OTA orchestration server")]
 struct Cli {

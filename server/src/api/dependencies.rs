@@ -209,6 +209,12 @@ impl DependencyBreakers {
         }
     }
 
+    /// The calls in the Kafka breaker's current window and how many of them failed.
+    pub async fn kafka_window(&self) -> (usize, usize) {
+        let metrics = self.kafka_handle.metrics().await;
+        (metrics.total_calls, metrics.failure_count)
+    }
+
     /// The answer to a call the open breaker of `dependency` refused: 503 with
     /// `Retry-After` (the breaker's open time).
     pub fn refused(&self, dependency: Dependency) -> Response {

@@ -157,12 +157,29 @@ async fn produce(
     health: Arc<ChannelHealth>,
     sends: Vec<(Accepted, VehicleEvent)>,
 ) {
+    // One attempt for the whole batch (one call through the Kafka breaker), then each
+    // event that was not written retries on its own.
+    let batch: Vec<VehicleEvent> = sends.iter().map(|(_, event)| event.clone()).collect();
+    let firsts = tokio::select! {
+        biased;
+        _ = lane.stop.cancelled() => None,
+        firsts = events.send_many(&batch) => Some(firsts),
+    };
+    let Some(firsts) = firsts else {
+        for (accepted, _) in sends {
+            finish(&lane, &health, accepted, false);
+        }
+        return;
+    };
     let mut pending: FuturesOrdered<_> = sends
         .into_iter()
-        .map(|(accepted, event)| {
+        .zip(firsts)
+        .map(|((accepted, event), first)| {
             let (events, stop) = (events.clone(), lane.stop.clone());
             async move {
-                let written = events.send_until_acknowledged(&event, &stop).await;
+                let written = events
+                    .retry_until_acknowledged(&event, Some(first), &stop)
+                    .await;
                 (accepted, written)
             }
         })
