@@ -7,8 +7,9 @@
 //! whatever has arrived (up to [`PROGRESS_BATCH`]), verifies it with two store reads in
 //! all ([`Engine::verify_progress_batch`](crate::engine::Engine::verify_progress_batch)),
 //! and hands the verified events to a task per batch that enqueues them in arrival
-//! order and records each outcome as Kafka answers; meanwhile the next batch is already
-//! being verified. What is outstanding is bounded by the gateway's acceptance slots and,
+//! order, as one call through the Kafka breaker, and records each outcome as Kafka
+//! answers (a record that failed then retries alone); meanwhile the next batch is
+//! already being verified. What is outstanding is bounded by the gateway's acceptance slots and,
 //! in practice, by the broker's in-flight window for this client (the acknowledgement
 //! leaves only after Kafka's).
 //!
