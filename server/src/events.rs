@@ -12,7 +12,7 @@
 //! received (base64), so any consumer can verify it with the device key, beside
 //! informational copies of its fields.
 
-use crate::api::dependencies::KafkaBreakerLayer;
+use crate::api::dependencies::KafkaBreaker;
 use crate::engine::plan::RolloutChange;
 use crate::engine::{wall_clock_ms, Engine, NowMs};
 use crate::settings::KafkaSettings;
@@ -171,15 +171,22 @@ fn lost_producer_state(code: RDKafkaErrorCode) -> bool {
 pub(crate) struct LaneProducer {
     settings: KafkaSettings,
     current: Arc<std::sync::RwLock<(u64, FutureProducer)>>,
-    breaker: KafkaBreakerLayer,
+    breaker: KafkaBreaker,
 }
 
 /// One record to write: topic, key, value.
 type Record = (String, String, Vec<u8>);
 
-/// A batch ([`LaneProducer::send_many`]) of which some record failed: every record's
+/// A batch ([`LaneProducer::send_many`]) that counts as a failed call: every record's
 /// outcome, in order.
 struct PartlyWritten(Vec<Result<(), KafkaError>>);
+
+/// Whether a batch of writes counts as a failed call: at least `failure_share` of its
+/// records failed (pure). A batch of one fails exactly when its record failed.
+fn batch_failed<T, E>(results: &[Result<T, E>], failure_share: f64) -> bool {
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    failed > 0 && failed as f64 >= failure_share * results.len() as f64
+}
 
 /// Why a write to Kafka did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -194,7 +201,7 @@ pub enum LaneError {
 impl LaneProducer {
     pub(crate) fn new(
         settings: &KafkaSettings,
-        breaker: KafkaBreakerLayer,
+        breaker: KafkaBreaker,
     ) -> Result<LaneProducer, KafkaError> {
         Ok(LaneProducer {
             settings: settings.clone(),
@@ -214,7 +221,7 @@ impl LaneProducer {
             let lane = lane.clone();
             async move { lane.write(&topic, &key, &payload).await }
         });
-        let mut guarded = self.breaker.layer(write);
+        let mut guarded = self.breaker.layer.layer(write);
         let record = (topic.to_owned(), key.to_owned(), payload.to_vec());
         let written = match guarded.ready().await {
             Ok(ready) => ready.call(record).await,
@@ -229,7 +236,8 @@ impl LaneProducer {
     /// Writes many records to `topic` as one call through the breaker, each `(key,
     /// value)`: every record's outcome, in order, or [`LaneError::BreakerOpen`] when the
     /// breaker refused the call (nothing was tried). The call counts as one failure for
-    /// the breaker when any record failed.
+    /// the breaker when the share of its records that failed reaches the breaker's
+    /// failure share ([`KafkaBreaker`]), else as one success.
     ///
     /// One call per batch rather than per record: the breaker's time window keeps one
     /// entry per call and scans them all on every call, which at thousands of records a
@@ -241,6 +249,7 @@ impl LaneProducer {
     ) -> Result<Vec<Result<(), KafkaError>>, LaneError> {
         let lane = self.clone();
         let topic = topic.to_owned();
+        let failure_share = self.breaker.failure_share;
         let write = tower::service_fn(move |records: Vec<(String, Vec<u8>)>| {
             let (lane, topic) = (lane.clone(), topic.clone());
             async move {
@@ -248,14 +257,14 @@ impl LaneProducer {
                     .iter()
                     .map(|(key, payload)| lane.write(&topic, key, payload));
                 let results = futures_util::future::join_all(writes).await;
-                if results.iter().all(Result::is_ok) {
-                    Ok(results)
-                } else {
+                if batch_failed(&results, failure_share) {
                     Err(PartlyWritten(results))
+                } else {
+                    Ok(results)
                 }
             }
         });
-        let mut guarded = self.breaker.layer(write);
+        let mut guarded = self.breaker.layer.layer(write);
         let written = match guarded.ready().await {
             Ok(ready) => ready.call(records).await,
             Err(err) => Err(err),
@@ -332,7 +341,7 @@ impl std::fmt::Debug for EventProducer {
 impl EventProducer {
     pub fn new(
         settings: &KafkaSettings,
-        breaker: KafkaBreakerLayer,
+        breaker: KafkaBreaker,
     ) -> Result<EventProducer, KafkaError> {
         Ok(EventProducer {
             producer: LaneProducer::new(settings, breaker)?,
@@ -374,62 +383,6 @@ impl EventProducer {
                 .map(|result| result.map_err(LaneError::Kafka))
                 .collect(),
             Err(_) => events.iter().map(|_| Err(LaneError::BreakerOpen)).collect(),
-        }
-    }
-
-    /// Sends until Kafka acknowledges or `stop` is set (then false: not written).
-    pub async fn send_until_acknowledged(
-        &self,
-        event: &VehicleEvent,
-        stop: &tokio_util::sync::CancellationToken,
-    ) -> bool {
-        self.retry_until_acknowledged(event, None, stop).await
-    }
-
-    /// [`EventProducer::send_until_acknowledged`] after a first attempt made elsewhere
-    /// (`first`: its outcome, counted and backed off from as if made here), or from the
-    /// start (`None`).
-    pub async fn retry_until_acknowledged(
-        &self,
-        event: &VehicleEvent,
-        mut first: Option<Result<(), LaneError>>,
-        stop: &tokio_util::sync::CancellationToken,
-    ) -> bool {
-        let mut backoff = BACKOFF_START;
-        loop {
-            let sent = match first.take() {
-                Some(sent) => sent,
-                None => tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => return false,
-                    sent = self.send(event) => sent,
-                },
-            };
-            match sent {
-                Ok(()) => {
-                    metrics::counter!("ota_vehicle_events_produced_total").increment(1);
-                    return true;
-                }
-                Err(LaneError::BreakerOpen) => {
-                    // Kafka is known to be failing: wait without trying (the MQTT message
-                    // stays unacknowledged meanwhile).
-                    metrics::counter!("ota_vehicle_events_produce_failures_total", "reason" => "breaker_open").increment(1);
-                    tokio::select! {
-                        _ = stop.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-                Err(err) => {
-                    metrics::counter!("ota_vehicle_events_produce_failures_total", "reason" => "kafka").increment(1);
-                    tracing::warn!(%err, retry_in = ?backoff, "writing a vehicle event to Kafka failed");
-                    tokio::select! {
-                        _ = stop.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
         }
     }
 }
@@ -841,6 +794,29 @@ mod tests {
                 .all(|r| matches!(r, Err(LaneError::BreakerOpen))),
             "every event of a refused batch is refused"
         );
+    }
+
+    #[test]
+    fn a_batch_is_a_failed_call_from_the_breakers_failure_share_of_its_records() {
+        let (ok, err) = (Ok::<(), ()>(()), Err::<(), ()>(()));
+        for (results, share, failed) in [
+            (vec![], 0.5, false),
+            (vec![ok], 0.5, false),
+            (vec![err], 0.5, true),
+            (vec![err], 1.0, true),
+            (vec![ok, err], 0.5, true),
+            (vec![ok, ok, err], 0.5, false),
+            (vec![ok, ok, err], 0.3, true),
+            (vec![ok, err], 1.0, false),
+            (vec![err, err], 1.0, true),
+            (vec![ok, ok, ok, err], 0.01, true),
+        ] {
+            assert_eq!(
+                batch_failed(&results, share),
+                failed,
+                "{results:?} at a failure share of {share}"
+            );
+        }
     }
 
     fn progress() -> ProgressEvent {

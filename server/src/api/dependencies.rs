@@ -17,7 +17,8 @@
 //!
 //! Kafka has a breaker of the same settings around every write of the durable lane
 //! (the gateway's vehicle events, the rollout-events relay): a failed or timed-out
-//! write counts as a failure; while it is open, writes fail at once and their callers
+//! write counts as a failure (the gateway writes a batch of events as one call, failed
+//! when at least `failure_rate_percent` of its records failed: [`KafkaBreaker`]); while it is open, writes fail at once and their callers
 //! back off (the gateway holds the MQTT message unacknowledged, the relay keeps the
 //! event in the outbox), instead of every write waiting out the delivery timeout.
 
@@ -75,6 +76,24 @@ pub type BreakerLayer = CircuitBreakerLayer<Classifier>;
 /// The Kafka breaker's layer: every error of a write is a failure.
 pub type KafkaBreakerLayer = CircuitBreakerLayer<DefaultClassifier>;
 
+/// The Kafka breaker, with the failure share (`failure_rate_percent` ÷ 100) at which a
+/// batch of writes made as one call counts as a failed call
+/// ([`crate::events::LaneProducer::send_many`]): a batch then stands for its records,
+/// so the breaker opens at the same share of failed records as with a call per record.
+#[derive(Clone)]
+pub struct KafkaBreaker {
+    pub layer: KafkaBreakerLayer,
+    pub failure_share: f64,
+}
+
+impl std::fmt::Debug for KafkaBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBreaker")
+            .field("failure_share", &self.failure_share)
+            .finish_non_exhaustive()
+    }
+}
+
 fn database_failed(result: &Result<Response, Infallible>) -> bool {
     failed(result, Dependency::Database)
 }
@@ -97,7 +116,7 @@ fn failed(result: &Result<Response, Infallible>, dependency: Dependency) -> bool
 pub struct DependencyBreakers {
     pub database: BreakerLayer,
     pub blob_store: BreakerLayer,
-    pub kafka: KafkaBreakerLayer,
+    pub kafka: KafkaBreaker,
     database_handle: CircuitBreakerHandle<Classifier>,
     blob_store_handle: CircuitBreakerHandle<Classifier>,
     kafka_handle: CircuitBreakerHandle<DefaultClassifier>,
@@ -193,7 +212,10 @@ impl DependencyBreakers {
         DependencyBreakers {
             database,
             blob_store,
-            kafka,
+            kafka: KafkaBreaker {
+                layer: kafka,
+                failure_share: f64::from(settings.failure_rate_percent) / 100.0,
+            },
             database_handle,
             blob_store_handle,
             kafka_handle,

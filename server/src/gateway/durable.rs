@@ -7,9 +7,9 @@
 //! whatever has arrived (up to [`PROGRESS_BATCH`]), verifies it with two store reads in
 //! all ([`Engine::verify_progress_batch`](crate::engine::Engine::verify_progress_batch)),
 //! and hands the verified events to a task per batch that enqueues them in arrival
-//! order, as one call through the Kafka breaker, and records each outcome as Kafka
-//! answers (a record that failed then retries alone); meanwhile the next batch is
-//! already being verified. What is outstanding is bounded by the gateway's acceptance slots and,
+//! order, as one call through the Kafka breaker, and acknowledges those Kafka wrote
+//! once the batch's writes have all answered (those that failed go again together after
+//! a backoff); meanwhile the next batch is already being verified. What is outstanding is bounded by the gateway's acceptance slots and,
 //! in practice, by the broker's in-flight window for this client (the acknowledgement
 //! leaves only after Kafka's).
 //!
@@ -21,12 +21,12 @@
 use super::{ChannelHealth, Lane, BACKOFF_MAX, BACKOFF_START};
 use crate::ack_order::Ticket;
 use crate::engine::{wall_clock_ms, Rejected};
-use crate::events::{progress_event, EventProducer, VehicleEvent};
-use futures_util::stream::{FuturesOrdered, StreamExt as _};
+use crate::events::{progress_event, EventProducer, LaneError, VehicleEvent};
 use ota_core::protocol::ProgressEvent;
 use rumqttc::Publish;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 /// Most progress messages verified together.
@@ -150,44 +150,70 @@ async fn verify(lane: &Lane, batch: &[Accepted]) -> Option<Vec<Result<ProgressEv
     }
 }
 
-/// Writes a verified batch to Kafka: enqueued in arrival order, each outcome recorded as
-/// its write is acknowledged (or given up at shutdown).
+/// Writes a verified batch to Kafka in rounds until every event is written or `stop` is
+/// set: each round is one call through the Kafka breaker for the events not yet written
+/// (enqueued in arrival order); the written ones are acknowledged, the others wait a
+/// backoff (0.2 s doubling to 10 s) and go again together. While the breaker is open a
+/// round tries nothing and only waits. At shutdown what is not written is never
+/// acknowledged (a persistent session redelivers it).
 async fn produce(
     lane: Lane,
     events: EventProducer,
     health: Arc<ChannelHealth>,
     sends: Vec<(Accepted, VehicleEvent)>,
 ) {
-    // One attempt for the whole batch (one call through the Kafka breaker), then each
-    // event that was not written retries on its own.
-    let batch: Vec<VehicleEvent> = sends.iter().map(|(_, event)| event.clone()).collect();
-    let firsts = tokio::select! {
-        biased;
-        _ = lane.stop.cancelled() => None,
-        firsts = events.send_many(&batch) => Some(firsts),
-    };
-    let Some(firsts) = firsts else {
-        for (accepted, _) in sends {
-            finish(&lane, &health, accepted, false);
-        }
-        return;
-    };
-    let mut pending: FuturesOrdered<_> = sends
-        .into_iter()
-        .zip(firsts)
-        .map(|((accepted, event), first)| {
-            let (events, stop) = (events.clone(), lane.stop.clone());
-            async move {
-                let written = events
-                    .retry_until_acknowledged(&event, Some(first), &stop)
-                    .await;
-                (accepted, written)
+    let mut pending = sends;
+    let mut backoff = BACKOFF_START;
+    // Not the gateway's 30 s: a Kafka back from an outage is written to within 10 s.
+    const WRITE_BACKOFF_MAX: Duration = Duration::from_secs(10);
+    loop {
+        let batch: Vec<VehicleEvent> = pending.iter().map(|(_, event)| event.clone()).collect();
+        let outcomes = tokio::select! {
+            biased;
+            _ = lane.stop.cancelled() => None,
+            outcomes = events.send_many(&batch) => Some(outcomes),
+        };
+        let Some(outcomes) = outcomes else {
+            break;
+        };
+        let mut failed = Vec::new();
+        let mut error = None;
+        for ((accepted, event), outcome) in pending.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => {
+                    metrics::counter!("ota_vehicle_events_produced_total").increment(1);
+                    finish(&lane, &health, accepted, true);
+                }
+                Err(err) => {
+                    let reason = match err {
+                        LaneError::BreakerOpen => "breaker_open",
+                        LaneError::Kafka(_) => "kafka",
+                    };
+                    metrics::counter!("ota_vehicle_events_produce_failures_total", "reason" => reason)
+                        .increment(1);
+                    error.get_or_insert(err);
+                    failed.push((accepted, event));
+                }
             }
-        })
-        .collect();
-    while let Some((accepted, written)) = pending.next().await {
-        finish(&lane, &health, accepted, written);
+        }
         lane.acks.flush(&lane.client, &lane.stop).await;
+        pending = failed;
+        let Some(error) = error else {
+            return;
+        };
+        if let LaneError::Kafka(err) = &error {
+            tracing::warn!(%err, events = pending.len(), retry_in = ?backoff, "writing vehicle events to Kafka failed");
+        }
+        // Kafka is failing (or known to be, with the breaker open): wait, the MQTT
+        // messages unacknowledged meanwhile.
+        tokio::select! {
+            _ = lane.stop.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(WRITE_BACKOFF_MAX);
+    }
+    for (accepted, _) in pending {
+        finish(&lane, &health, accepted, false);
     }
 }
 
