@@ -18,9 +18,10 @@
 //! Kafka has a breaker of the same settings around every write of the durable lane
 //! (the gateway's vehicle events, the rollout-events relay): a failed or timed-out
 //! write counts as a failure (the gateway writes a batch of events as one call, failed
-//! when at least `failure_rate_percent` of its records failed: [`KafkaBreaker`]); while it is open, writes fail at once and their callers
-//! back off (the gateway holds the MQTT message unacknowledged, the relay keeps the
-//! event in the outbox), instead of every write waiting out the delivery timeout.
+//! when at least `failure_rate_percent` of its records failed: [`KafkaBreaker`]); while
+//! it is open, writes fail at once and their callers back off (the gateway holds the
+//! MQTT message unacknowledged, the relay keeps the event in the outbox), instead of
+//! every write waiting out the delivery timeout.
 
 use super::error::ApiError;
 use crate::settings::DependencyBreakerSettings;

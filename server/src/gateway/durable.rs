@@ -9,9 +9,9 @@
 //! and hands the verified events to a task per batch that enqueues them in arrival
 //! order, as one call through the Kafka breaker, and acknowledges those Kafka wrote
 //! once the batch's writes have all answered (those that failed go again together after
-//! a backoff); meanwhile the next batch is already being verified. What is outstanding is bounded by the gateway's acceptance slots and,
-//! in practice, by the broker's in-flight window for this client (the acknowledgement
-//! leaves only after Kafka's).
+//! a backoff); meanwhile the next batch is already being verified. What is outstanding
+//! is bounded by the gateway's acceptance slots and, in practice, by the broker's
+//! in-flight window for this client (the acknowledgement leaves only after Kafka's).
 //!
 //! Outcomes, per message: verified → written → acknowledged; rejected (unknown vehicle,
 //! bad signature, not its deployment…) → dropped, counted and acknowledged; a store
@@ -26,7 +26,6 @@ use ota_core::protocol::ProgressEvent;
 use rumqttc::Publish;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 /// Most progress messages verified together.
@@ -163,21 +162,18 @@ async fn produce(
     sends: Vec<(Accepted, VehicleEvent)>,
 ) {
     let mut pending = sends;
-    let mut backoff = BACKOFF_START;
-    // Not the gateway's 30 s: a Kafka back from an outage is written to within 10 s.
-    const WRITE_BACKOFF_MAX: Duration = Duration::from_secs(10);
+    let mut backoff = crate::events::BACKOFF_START;
     loop {
-        let batch: Vec<VehicleEvent> = pending.iter().map(|(_, event)| event.clone()).collect();
         let outcomes = tokio::select! {
             biased;
             _ = lane.stop.cancelled() => None,
-            outcomes = events.send_many(&batch) => Some(outcomes),
+            outcomes = events.send_many(pending.iter().map(|(_, event)| event)) => Some(outcomes),
         };
         let Some(outcomes) = outcomes else {
             break;
         };
         let mut failed = Vec::new();
-        let mut error = None;
+        let mut kafka_error = None;
         for ((accepted, event), outcome) in pending.into_iter().zip(outcomes) {
             match outcome {
                 Ok(()) => {
@@ -187,21 +183,23 @@ async fn produce(
                 Err(err) => {
                     let reason = match err {
                         LaneError::BreakerOpen => "breaker_open",
-                        LaneError::Kafka(_) => "kafka",
+                        LaneError::Kafka(err) => {
+                            kafka_error.get_or_insert(err);
+                            "kafka"
+                        }
                     };
                     metrics::counter!("ota_vehicle_events_produce_failures_total", "reason" => reason)
                         .increment(1);
-                    error.get_or_insert(err);
                     failed.push((accepted, event));
                 }
             }
         }
         lane.acks.flush(&lane.client, &lane.stop).await;
         pending = failed;
-        let Some(error) = error else {
+        if pending.is_empty() {
             return;
-        };
-        if let LaneError::Kafka(err) = &error {
+        }
+        if let Some(err) = kafka_error {
             tracing::warn!(%err, events = pending.len(), retry_in = ?backoff, "writing vehicle events to Kafka failed");
         }
         // Kafka is failing (or known to be, with the breaker open): wait, the MQTT
@@ -210,7 +208,7 @@ async fn produce(
             _ = lane.stop.cancelled() => break,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(WRITE_BACKOFF_MAX);
+        backoff = (backoff * 2).min(crate::events::BACKOFF_MAX);
     }
     for (accepted, _) in pending {
         finish(&lane, &health, accepted, false);
