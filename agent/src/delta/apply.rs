@@ -211,9 +211,17 @@ fn apply_segments<D: Read, O: Read + Seek, W: Write>(
         segment.check_prefix(header.source_len)?;
         let extra = read_extra_frame(delta, &segment, old)?;
         // An LZMA2-coded diff has no runs block: its one stream holds every diff byte.
-        let runs = read_frame(delta, segment.runs_zlen, segment.runs_len, "runs")?;
         let runs = match segment.diff_coding {
-            DiffCoding::RunsAndCodes => {
+            DiffCoding::RunsAndCodesLzma2 => {
+                // Both lengths were checked against their caps by `SegmentHeader::parse`.
+                let mut compressed = vec![0u8; segment.runs_zlen as usize];
+                read_exact_or_truncated(delta, &mut compressed, "runs frame")?;
+                decode_lzma_whole(&compressed, segment.runs_len, "runs (lzma2)")?
+            }
+            _ => read_frame(delta, segment.runs_zlen, segment.runs_len, "runs")?,
+        };
+        let runs = match segment.diff_coding {
+            DiffCoding::RunsAndCodes | DiffCoding::RunsAndCodesLzma2 => {
                 RunBlock::parse(&runs, segment.diff_len, segment.codes_len)?
             }
             DiffCoding::Lzma2 => RunBlock::parse(&[], 0, 0)?,
@@ -399,8 +407,9 @@ fn read_frame<D: Read>(
 }
 
 /// The diff bytes of one segment: zero runs from the (held) runs block, non-zero bytes
-/// from the codes frame, decoded as it is read from the delta stream; or, for an
-/// LZMA2-coded diff, every byte from its stream (no runs, all of them "codes").
+/// from the codes frame (zstd or LZMA2), decoded as it is read from the delta stream;
+/// or, for an LZMA2-coded diff, every byte from its stream (no runs, all of them
+/// "codes").
 struct DiffStream<'a, 'r, D: Read> {
     pairs: RunPairs<'r>,
     zeros_left: u64,
@@ -412,7 +421,11 @@ struct DiffStream<'a, 'r, D: Read> {
 /// The streaming decoder of a segment's codes slot.
 enum CodesDecoder<'a, D: Read> {
     Zstd(zstd::stream::read::Decoder<'static, BufReader<FrameReader<'a, D>>>),
-    Lzma(liblzma::bufread::XzDecoder<BufReader<FrameReader<'a, D>>>),
+    /// An LZMA2 stream, with its name in errors.
+    Lzma(
+        liblzma::bufread::XzDecoder<BufReader<FrameReader<'a, D>>>,
+        &'static str,
+    ),
 }
 
 impl<'a, D: Read> CodesDecoder<'a, D> {
@@ -420,21 +433,21 @@ impl<'a, D: Read> CodesDecoder<'a, D> {
     fn stream(&self) -> &'static str {
         match self {
             CodesDecoder::Zstd(_) => "codes",
-            CodesDecoder::Lzma(_) => "diff (lzma2)",
+            CodesDecoder::Lzma(_, stream) => stream,
         }
     }
 
     fn frame(&self) -> &FrameReader<'a, D> {
         match self {
             CodesDecoder::Zstd(decoder) => decoder.get_ref().get_ref(),
-            CodesDecoder::Lzma(decoder) => decoder.get_ref().get_ref(),
+            CodesDecoder::Lzma(decoder, _) => decoder.get_ref().get_ref(),
         }
     }
 
     fn into_frame(self) -> BufReader<FrameReader<'a, D>> {
         match self {
             CodesDecoder::Zstd(decoder) => decoder.finish(),
-            CodesDecoder::Lzma(decoder) => decoder.into_inner(),
+            CodesDecoder::Lzma(decoder, _) => decoder.into_inner(),
         }
     }
 }
@@ -443,7 +456,7 @@ impl<D: Read> Read for CodesDecoder<'_, D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             CodesDecoder::Zstd(decoder) => decoder.read(buf),
-            CodesDecoder::Lzma(decoder) => decoder.read(buf),
+            CodesDecoder::Lzma(decoder, _) => decoder.read(buf),
         }
     }
 }
@@ -478,10 +491,24 @@ impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
                 }
                 DiffCoding::Lzma2 => {
                     codes_left = u64::from(segment.diff_len);
-                    CodesDecoder::Lzma(liblzma::bufread::XzDecoder::new_stream(
-                        reader,
-                        lzma_decoder(segment.diff_len, "diff (lzma2)")?,
-                    ))
+                    let stream = "diff (lzma2)";
+                    CodesDecoder::Lzma(
+                        liblzma::bufread::XzDecoder::new_stream(
+                            reader,
+                            lzma_decoder(segment.diff_len, stream)?,
+                        ),
+                        stream,
+                    )
+                }
+                DiffCoding::RunsAndCodesLzma2 => {
+                    let stream = "codes (lzma2)";
+                    CodesDecoder::Lzma(
+                        liblzma::bufread::XzDecoder::new_stream(
+                            reader,
+                            lzma_decoder(segment.codes_len, stream)?,
+                        ),
+                        stream,
+                    )
                 }
             })
         };

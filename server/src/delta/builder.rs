@@ -5,10 +5,11 @@
 //! matches (`matcher`), cut into segments of at most 16 MiB of target, and the four
 //! streams of every segment (control; extra, compressed against 1 MiB of old bytes; the
 //! diff as zero runs + non-zero codes) compressed with zstd level 19 on all worker
-//! threads, and the diff stream, the extra stream and the control block once more as
-//! LZMA2 streams, each kept instead of its zstd frames where smaller (container
-//! algorithm 4, `BuildOptions::lzma`). Hashes of both images and a quick estimate of the full image's
-//! compressed size are computed on a side thread meanwhile. When the new image holds
+//! threads, and the diff stream, the extra stream, the control block, the runs block
+//! and the codes once more as LZMA2 streams; per segment each stream keeps its smallest
+//! coding (container algorithm 4, `BuildOptions::lzma`). Hashes of both images and a
+//! quick estimate of the full image's compressed size are computed on a side thread
+//! meanwhile. When the new image holds
 //! ARM64 code (`detect`, `AUTO_TRANSFORMS`), the pipeline runs over the plain and over
 //! the transformed images (`ota_core::delta::Transform`) with zstd streams only, and
 //! the smaller body is kept and, with LZMA2 on, encoded once more with LZMA2 streams (so
@@ -699,10 +700,28 @@ enum StreamKind {
 }
 
 /// Compression jobs per segment after the four zstd frames (`STREAM_ORDER`): the diff
-/// stream, the extra stream and the control block as LZMA2.
+/// stream, the extra stream, the control block, the runs block and the codes as LZMA2.
 const LZMA_DIFF_JOB: usize = 4;
 const LZMA_EXTRA_JOB: usize = 5;
 const LZMA_CONTROL_JOB: usize = 6;
+const LZMA_RUNS_JOB: usize = 7;
+const LZMA_CODES_JOB: usize = 8;
+/// Jobs per segment.
+const JOBS_PER_SEGMENT: usize = LZMA_CODES_JOB + 1;
+/// The order the jobs of all segments are started in: the LZMA2 diff streams first (by
+/// far the longest jobs: on a one-segment image the other jobs all fit beside it on the
+/// other threads), the small control blocks last.
+const JOB_START_ORDER: [usize; JOBS_PER_SEGMENT] = [
+    LZMA_DIFF_JOB,
+    LZMA_EXTRA_JOB,
+    1, // zstd extra
+    3, // zstd codes
+    LZMA_CODES_JOB,
+    2, // zstd runs
+    LZMA_RUNS_JOB,
+    0, // zstd control
+    LZMA_CONTROL_JOB,
+];
 
 /// LZMA2 literal context, literal position and position bits of a stream.
 #[derive(Clone, Copy)]
@@ -737,6 +756,18 @@ const EXTRA_MODEL: LzmaModel = ARM64_DIFF_MODEL;
 /// tune pair measured (docs/delta-bench.txt, 2026-12-02 session 14).
 const CONTROL_MODEL: LzmaModel = LzmaModel {
     lc: 1,
+    lp: 0,
+    pb: 0,
+};
+/// For a runs block (two columns of escaped run lengths, like the control block's
+/// varints): the control block's model was the smallest, or within 0.05% of it, on every
+/// tune pair (docs/delta-bench.txt, 2026-12-02 session 16).
+const RUNS_MODEL: LzmaModel = CONTROL_MODEL;
+/// For the codes (the non-zero diff bytes, without the zeros that kept them aligned): no
+/// literal context and no position bits were the smallest on 11 of 12 tune pairs, within
+/// 0.3% on the other (docs/delta-bench.txt, 2026-12-02 session 16).
+const CODES_MODEL: LzmaModel = LzmaModel {
+    lc: 0,
     lp: 0,
     pb: 0,
 };
@@ -880,10 +911,11 @@ fn encode_segments(
     // the runs and codes frames when it is smaller, the extra stream as LZMA2, which
     // replaces the extra frame (and its prefix) when it is smaller, and the control block
     // as LZMA2, which replaces the control frame when it is smaller.
-    let jobs: Vec<(usize, usize)> = (0..fitted.len())
-        .flat_map(|s| (0..LZMA_CONTROL_JOB + 1).map(move |k| (s, k)))
+    let jobs: Vec<(usize, usize)> = JOB_START_ORDER
+        .iter()
+        .flat_map(|&k| (0..fitted.len()).map(move |s| (s, k)))
         .collect();
-    let outputs = run_jobs(options.threads, jobs.len(), |index| {
+    let started = run_jobs(options.threads, jobs.len(), |index| {
         let (segment, kind) = jobs[index];
         let FittedSegment { plan, raw, prefix } = &fitted[segment];
         match STREAM_ORDER.get(kind) {
@@ -897,10 +929,19 @@ fn encode_segments(
             None if kind == LZMA_DIFF_JOB => diff_bytes(&raw[2], &raw[3], plan.diff_len)
                 .and_then(|diff| lzma_stream(&diff, diff_model)),
             None if kind == LZMA_EXTRA_JOB => lzma_stream(&raw[1], EXTRA_MODEL),
+            None if kind == LZMA_RUNS_JOB => lzma_stream(&raw[2], RUNS_MODEL),
+            None if kind == LZMA_CODES_JOB => lzma_stream(&raw[3], CODES_MODEL),
             None => lzma_stream(&raw[0], CONTROL_MODEL),
         }
     });
-    let mut outputs = outputs.into_iter().map(|output| {
+    // Back in (segment, job) order.
+    let mut by_segment: Vec<Vec<Option<io::Result<Vec<u8>>>>> = (0..fitted.len())
+        .map(|_| (0..JOBS_PER_SEGMENT).map(|_| None).collect())
+        .collect();
+    for ((segment, kind), output) in jobs.into_iter().zip(started) {
+        by_segment[segment][kind] = output;
+    }
+    let mut outputs = by_segment.into_iter().flatten().map(|output| {
         output.unwrap_or_else(|| Err(io::Error::other("compression worker did not finish")))
     });
     let mut encoded = Vec::with_capacity(fitted.len());
@@ -923,7 +964,13 @@ fn encode_segments(
                 .unwrap_or_else(|| Err(io::Error::other("missing compression job")))
                 .map_err(BuildError::Compress)
         };
-        let lzma = [next_output()?, next_output()?, next_output()?];
+        let lzma = [
+            next_output()?,
+            next_output()?,
+            next_output()?,
+            next_output()?,
+            next_output()?,
+        ];
         let len = |bytes: &[u8]| bytes.len() as u32;
         let prefix_start = if *prefix_len > 0 {
             old_base + *prefix_start as u64
@@ -949,20 +996,38 @@ fn encode_segments(
     Ok(encoded)
 }
 
-/// The segment with its diff stream, its extra stream and its control block each carried
-/// as the given LZMA2 stream (`lzma` in that order) where that is smaller than its zstd
-/// frames (an empty LZMA2 stream: not encoded, keep zstd).
-fn keep_smaller_codings(segment: EncodedSegment, lzma: [Vec<u8>; 3]) -> EncodedSegment {
-    let [lzma_diff, lzma_extra, lzma_control] = lzma;
+/// The segment with each of its streams in the smallest of its codings: the diff stream
+/// as its zstd runs and codes frames, as one LZMA2 stream, or as its runs block and codes
+/// each an LZMA2 stream; the extra stream and the control block as their zstd frame or
+/// an LZMA2 stream. `lzma` holds the LZMA2 streams of the diff, the extra stream, the
+/// control block, the runs block and the codes, in that order (an empty one: not
+/// encoded, or nothing to encode). A tie keeps the coding listed first.
+fn keep_smaller_codings(segment: EncodedSegment, lzma: [Vec<u8>; 5]) -> EncodedSegment {
+    let [lzma_diff, lzma_extra, lzma_control, lzma_runs, lzma_codes] = lzma;
     let EncodedSegment {
         mut header,
         mut frames,
     } = segment;
     let len = |bytes: &[u8]| bytes.len() as u32;
-    if !lzma_diff.is_empty()
-        && lzma_diff.len() < frames[2].len() + frames[3].len()
-        && lzma_diff.len() as u64 <= lzma2_bound(header.diff_len)
-    {
+    let zstd_diff = frames[2].len() + frames[3].len();
+    let lzma_diff_fits =
+        !lzma_diff.is_empty() && lzma_diff.len() as u64 <= lzma2_bound(header.diff_len);
+    // The codes stream is empty exactly when every diff byte is zero.
+    let lzma_pair_fits = !lzma_runs.is_empty()
+        && lzma_runs.len() as u64 <= lzma2_bound(header.runs_len)
+        && lzma_codes.is_empty() == (header.codes_len == 0)
+        && lzma_codes.len() as u64 <= lzma2_bound(header.codes_len);
+    let lzma_pair = lzma_runs.len() + lzma_codes.len();
+    let lzma_diff_len = if lzma_diff_fits {
+        lzma_diff.len()
+    } else {
+        usize::MAX
+    };
+    if lzma_pair_fits && lzma_pair < zstd_diff && lzma_pair < lzma_diff_len {
+        frames[2] = lzma_runs;
+        frames[3] = lzma_codes;
+        header = header.with_lzma_runs_and_codes(len(&frames[2]), len(&frames[3]));
+    } else if lzma_diff_fits && lzma_diff.len() < zstd_diff {
         frames[2] = Vec::new();
         frames[3] = lzma_diff;
         header = header.with_lzma_diff(len(&frames[3]));
@@ -1008,7 +1073,7 @@ fn recode_with_lzma(
     let bad_body = BuildError::Recode;
     while read < body_len {
         // A batch of at most `threads` segments at a time bounds the raw streams held.
-        let mut batch: Vec<(EncodedSegment, [Vec<u8>; 3])> = Vec::new();
+        let mut batch: Vec<(EncodedSegment, [Vec<u8>; 5])> = Vec::new();
         while read < body_len && batch.len() < options.threads {
             let mut header_bytes = [0u8; SEGMENT_HEADER_LEN];
             body.read_exact(&mut header_bytes)
@@ -1051,11 +1116,21 @@ fn recode_with_lzma(
                 .map_err(|err| bad_body(format!("control frame: {err}")))?;
             let diff = diff_bytes(&runs, &codes, header.diff_len)
                 .map_err(|err| bad_body(format!("diff stream: {err}")))?;
-            batch.push((EncodedSegment { header, frames }, [diff, extra, control]));
+            batch.push((
+                EncodedSegment { header, frames },
+                [diff, extra, control, runs, codes],
+            ));
         }
-        let lzma = run_jobs(options.threads, batch.len() * 3, |index| {
-            let model = [diff_model, EXTRA_MODEL, CONTROL_MODEL][index % 3];
-            lzma_stream(&batch[index / 3].1[index % 3], model)
+        let models = [
+            diff_model,
+            EXTRA_MODEL,
+            CONTROL_MODEL,
+            RUNS_MODEL,
+            CODES_MODEL,
+        ];
+        let lzma = run_jobs(options.threads, batch.len() * models.len(), |index| {
+            let (segment, stream) = (index / models.len(), index % models.len());
+            lzma_stream(&batch[segment].1[stream], models[stream])
         });
         let mut lzma = lzma.into_iter().map(|output| {
             output
@@ -1063,11 +1138,9 @@ fn recode_with_lzma(
                 .map_err(BuildError::Compress)
         });
         for (segment, _) in batch {
-            let (Some(diff), Some(extra), Some(control)) = (lzma.next(), lzma.next(), lzma.next())
-            else {
-                return Err(BuildError::WorkerFailed);
-            };
-            let segment = keep_smaller_codings(segment, [diff?, extra?, control?]);
+            let mut next = || lzma.next().ok_or(BuildError::WorkerFailed)?;
+            let streams = [next()?, next()?, next()?, next()?, next()?];
+            let segment = keep_smaller_codings(segment, streams);
             stats.segments += 1;
             stats.len += write_segment(&segment, out)?;
             stats.lzma |= segment.header.uses_lzma();

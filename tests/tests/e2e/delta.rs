@@ -275,6 +275,32 @@ fn lzma_sample() -> (Vec<u8>, Vec<u8>, Vec<u8>, usize) {
     (container, old, new, first)
 }
 
+/// A container whose segments carry their runs blocks and codes as LZMA2 streams (a
+/// release that changes one byte in 401: long zero runs around few codes), its
+/// images, and the offset of its first segment.
+fn sparse_sample() -> (Vec<u8>, Vec<u8>, Vec<u8>, usize) {
+    let old = synthetic::image(5, 300_000);
+    let mut new = old.clone();
+    for (i, byte) in new.iter_mut().enumerate().filter(|(i, _)| i % 401 == 17) {
+        *byte = byte.wrapping_add(1 + (i % 3) as u8);
+    }
+    let (container, report) = build_delta(
+        &old,
+        &new,
+        &BuildOptions {
+            segment_len: 30_000,
+            ..options()
+        },
+    )
+    .expect("build");
+    assert_eq!(report.algorithm, Algorithm::BsdiffLzma(None));
+    let first = segment_with(&container, |h| {
+        h.diff_coding == DiffCoding::RunsAndCodesLzma2 && h.codes_len > 0
+    })
+    .expect("a segment with LZMA2-coded runs and codes");
+    (container, old, new, first)
+}
+
 /// Where the first segment of `container` that `pick` chooses starts.
 fn segment_with(container: &[u8], pick: fn(&SegmentHeader) -> bool) -> Option<usize> {
     segment_offsets(container)
@@ -377,9 +403,110 @@ fn lzma_coded_diff_streams_are_smaller_and_can_be_turned_off() {
     assert!(out == new);
 }
 
+#[test]
+fn runs_and_codes_are_lzma2_coded_where_that_is_smallest() {
+    let (container, old, new, _) = sparse_sample();
+    let (result, out) = apply(&container, &old);
+    assert_eq!(
+        result.expect("applies").algorithm,
+        Algorithm::BsdiffLzma(None)
+    );
+    assert!(out == new);
+    let offsets = segment_offsets(&container);
+    assert!(offsets.len() >= 5);
+    // Every segment of this release: long zero runs, few codes.
+    assert!(offsets.iter().all(|&at| {
+        SegmentHeader::parse(&container[at..])
+            .expect("own segment parses")
+            .diff_coding
+            == DiffCoding::RunsAndCodesLzma2
+    }));
+    // Smaller than with zstd frames only.
+    let (zstd_only, _) = build_delta(
+        &old,
+        &new,
+        &BuildOptions {
+            segment_len: 30_000,
+            lzma: false,
+            ..options()
+        },
+    )
+    .expect("build");
+    assert!(container.len() < zstd_only.len());
+    // A dense, word-structured change still takes the one-stream LZMA2 diff.
+    let (dense, ..) = lzma_sample();
+    assert!(segment_with(&dense, |h| h.diff_coding == DiffCoding::Lzma2).is_some());
+    // Hand-made: LZMA2-coded runs with no codes stream (every diff byte zero), and
+    // with one code.
+    let old = b"0123456789abcdef";
+    let copy = Control {
+        seek: 0,
+        diff_len: 16,
+        extra_len: 0,
+    };
+    let (result, out) = apply(&handmade_lzma_runs(old, copy, &[0; 16], old), old);
+    result.expect("runs without codes apply");
+    assert_eq!(out, old);
+    let mut diff = [0u8; 16];
+    diff[5] = 1;
+    let (result, out) = apply(
+        &handmade_lzma_runs(old, copy, &diff, b"0123466789abcdef"),
+        old,
+    );
+    result.expect("runs with one code apply");
+    assert_eq!(out, b"0123466789abcdef");
+}
+
+/// A one-segment algorithm 4 container of one control entry whose runs block and codes
+/// are LZMA2 streams (each one stored chunk).
+fn handmade_lzma_runs(old: &[u8], control: Control, diff: &[u8], target: &[u8]) -> Vec<u8> {
+    let stored = |raw: &[u8]| -> Vec<u8> {
+        if raw.is_empty() {
+            return Vec::new();
+        }
+        // Chunk control 0x01: uncompressed, dictionary reset; size - 1, big-endian; the
+        // bytes; then the end marker.
+        let size = (raw.len() - 1) as u16;
+        [&[0x01][..], &size.to_be_bytes(), raw, &[0x00]].concat()
+    };
+    let control_block = encode_control_block(&[control]);
+    let (runs, codes) = encode_runs(diff);
+    let frames = [
+        zstd::bulk::compress(&control_block, 3).expect("zstd"),
+        stored(&runs),
+        stored(&codes),
+    ];
+    let header = ContainerHeader {
+        algorithm: Algorithm::BsdiffLzma(None),
+        source_len: old.len() as u64,
+        source_sha256: Sha256::digest(old).into(),
+        target_len: target.len() as u64,
+        target_sha256: Sha256::digest(target).into(),
+    };
+    let segment = SegmentHeader::for_streams(
+        diff.len() as u32,
+        [
+            control_block.len() as u32,
+            0,
+            runs.len() as u32,
+            codes.len() as u32,
+        ],
+        [frames[0].len() as u32, 0, 0, 0],
+        (0, 0),
+    )
+    .with_lzma_runs_and_codes(frames[1].len() as u32, frames[2].len() as u32);
+    [
+        &header.encode()[..],
+        &segment.encode()[..],
+        &frames.concat(),
+    ]
+    .concat()
+}
+
 /// The LZMA2 properties byte `(pb · 5 + lp) · 9 + lc` of each LZMA2-coded stream in
-/// frame `frame` (0 control, 1 extra, 3 diff) of `container` whose first chunk is
-/// compressed (a stored chunk carries none).
+/// frame `frame` (0 control, 1 extra, 2 runs, 3 diff, 4 the codes frame of LZMA2-coded
+/// runs and codes) of `container` whose first chunk is compressed (a stored chunk
+/// carries none).
 fn lzma_stream_properties(container: &[u8], frame: usize) -> Vec<u8> {
     let mut found = Vec::new();
     for at in segment_offsets(container) {
@@ -387,12 +514,14 @@ fn lzma_stream_properties(container: &[u8], frame: usize) -> Vec<u8> {
         let lzma = match frame {
             0 => header.control_coding == ControlCoding::Lzma2,
             1 => header.extra_coding == ExtraCoding::Lzma2,
+            2 | 4 => header.diff_coding == DiffCoding::RunsAndCodesLzma2,
             _ => header.diff_coding == DiffCoding::Lzma2,
         };
+        let frame = frame.min(3);
         let stream = frame_of(container, at, frame);
         // Control byte 0xE0-0xFF: a compressed chunk that resets the dictionary and sets
         // new properties, which follow the two 16-bit sizes.
-        if lzma && stream[0] >= 0xe0 {
+        if lzma && stream.first().is_some_and(|&control| control >= 0xe0) {
             found.push(stream[5]);
         }
     }
@@ -403,10 +532,12 @@ fn lzma_stream_properties(container: &[u8], frame: usize) -> Vec<u8> {
 fn lzma2_literal_models_follow_the_stream_and_the_instruction_set() {
     // Diff streams: lc 3, lp 0, pb 0 in an image of ARM64 code (measured smaller on the
     // ARM64 tune pairs), pb 2 otherwise; extra streams: pb 0 in every image; control
-    // blocks: lc 1, lp 0, pb 0.
+    // blocks and runs blocks: lc 1, lp 0, pb 0; codes: lc 0, lp 0, pb 0.
     const PB0: u8 = 3;
     const PB2: u8 = (2 * 5) * 9 + 3;
     const CONTROL: u8 = 1;
+    const CODES: u8 = 0;
+    let (sparse, ..) = sparse_sample();
     let (arm64, arm64_old, arm64_new, _) = lzma_sample();
     // The same images built with the transform tried: both bodies compared with zstd
     // streams, the kept one recoded with LZMA2 (`recode_with_lzma`), with the same models.
@@ -442,6 +573,8 @@ fn lzma2_literal_models_follow_the_stream_and_the_instruction_set() {
         ("data diff", &data, 3, PB2),
         ("data extra", &data, 1, PB0),
         ("control", &controls, 0, CONTROL),
+        ("runs", &sparse, 2, CONTROL),
+        ("codes", &sparse, 4, CODES),
     ] {
         let found = lzma_stream_properties(container, frame);
         assert!(
@@ -468,7 +601,7 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
     })
     .expect("a segment with a compressed LZMA2-coded control block");
     type Check = fn(&ApplyError) -> bool;
-    let mut cases: Vec<(String, Vec<u8>, Check)> = vec![
+    let cases: Vec<(String, Vec<u8>, Check)> = vec![
         (
             "an LZMA2-coded segment in an algorithm 1 container".into(),
             rewrite_header(&container, |h| h.algorithm = Algorithm::BsdiffZstd),
@@ -534,22 +667,42 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
             |e| matches!(e, ApplyError::Container(DeltaError::LengthOverCap { .. })),
         ),
     ];
-    // The same three attacks on each LZMA2 stream: the diff (codes slot, frame 3), the
-    // extra stream (frame 1) and the control block (frame 0), each with the header field
-    // that sizes its frame.
+    // The same three attacks on each LZMA2 stream: the runs block (frame 2) and the codes
+    // (frame 3) of LZMA2-coded runs and codes, the diff (codes slot, frame 3), the extra
+    // stream (frame 1) and the control block (frame 0), each with the header field that
+    // sizes its frame.
     type SetLen = fn(&mut SegmentHeader, fn(u32) -> u32);
-    let streams: [(&str, &[u8], usize, usize, SetLen); 3] = [
-        ("diff", &container, first, 3, |h, f| {
+    // Each case with the old image it applies to.
+    let mut cases: Vec<(String, Vec<u8>, &[u8], Check)> = cases
+        .into_iter()
+        .map(|(name, hostile, check)| (name, hostile, &old[..], check))
+        .collect();
+    let (sparse, sparse_old, _, sparse_at) = sparse_sample();
+    /// (stream, container, its old image, segment offset, frame, frame length setter)
+    type Attacked<'a> = (&'a str, &'a [u8], &'a [u8], usize, usize, SetLen);
+    let streams: [Attacked; 5] = [
+        ("runs", &sparse, &sparse_old, sparse_at, 2, |h, f| {
+            h.runs_zlen = f(h.runs_zlen)
+        }),
+        ("codes", &sparse, &sparse_old, sparse_at, 3, |h, f| {
             h.codes_zlen = f(h.codes_zlen)
         }),
-        ("extra", &container, extra_at, 1, |h, f| {
+        ("diff", &container, &old, first, 3, |h, f| {
+            h.codes_zlen = f(h.codes_zlen)
+        }),
+        ("extra", &container, &old, extra_at, 1, |h, f| {
             h.extra_zlen = f(h.extra_zlen)
         }),
-        ("control", &control_container, control_at, 0, |h, f| {
-            h.control_zlen = f(h.control_zlen)
-        }),
+        (
+            "control",
+            &control_container,
+            &old,
+            control_at,
+            0,
+            |h, f| h.control_zlen = f(h.control_zlen),
+        ),
     ];
-    for (which, container, at, frame, set_len) in streams {
+    for (which, container, base, at, frame, set_len) in streams {
         let stream = frame_of(container, at, frame);
         let mut garbage = stream.to_vec();
         let middle = garbage.len() / 2;
@@ -557,8 +710,9 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
             *b ^= 0xa5;
         }
         let garbage_refused: Check = match frame {
-            // A control block decoded from garbage may also fail its own checks.
-            0 => |e| {
+            // A control block or a runs block decoded from garbage may also fail its own
+            // checks.
+            0 | 2 => |e| {
                 matches!(
                     e,
                     ApplyError::CorruptStream { .. }
@@ -579,6 +733,7 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
         cases.push((
             format!("garbage inside the LZMA2 {which} stream"),
             rewrite_frame(container, at, frame, &|_| {}, &garbage),
+            base,
             garbage_refused,
         ));
         cases.push((
@@ -590,6 +745,7 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
                 &|h| set_len(h, |n| n - 1),
                 &stream[..stream.len() - 1],
             ),
+            base,
             |e| {
                 matches!(
                     e,
@@ -606,11 +762,12 @@ fn hostile_lzma_coded_segments_are_refused_with_typed_errors() {
                 &|h| set_len(h, |n| n + 1),
                 &[stream, b"x"].concat(),
             ),
+            base,
             |e| matches!(e, ApplyError::CorruptStream { .. }),
         ));
     }
-    for (name, hostile, check) in cases {
-        let (result, _) = apply(&hostile, &old);
+    for (name, hostile, base, check) in cases {
+        let (result, _) = apply(&hostile, base);
         match result {
             Err(err) => assert!(check(&err), "case `{name}`: unexpected error {err:?}"),
             Ok(report) => panic!("case `{name}`: a hostile container applied: {report:?}"),
@@ -1048,7 +1205,9 @@ fn mutation_samples() -> &'static [Sample] {
         .expect("build");
         assert_eq!(report.algorithm.transform(), Some(Transform::Arm64));
         let (lzma, lzma_old, lzma_new, _) = lzma_sample();
+        let (sparse, sparse_old, sparse_new, _) = sparse_sample();
         vec![
+            (sparse, sparse_old, sparse_new),
             (segmented, old, new),
             (full, vec![], unrelated),
             (small, small_old, b"4568XY".to_vec()),
