@@ -198,33 +198,34 @@ fn apply_segments<D: Read, O: Read + Seek, W: Write>(
             ControlCoding::Zstd => {
                 read_frame(delta, segment.control_zlen, segment.control_len, "control")?
             }
-            ControlCoding::Lzma2 => {
-                // Both lengths were checked against their caps by `SegmentHeader::parse`.
-                let mut compressed = vec![0u8; segment.control_zlen as usize];
-                read_exact_or_truncated(delta, &mut compressed, "control frame")?;
-                decode_lzma_whole(&compressed, segment.control_len, "control (lzma2)")?
-            }
+            ControlCoding::Lzma2 => read_lzma_whole(
+                delta,
+                segment.control_zlen,
+                segment.control_len,
+                ("control frame", "control (lzma2)"),
+            )?,
         };
         let block = ControlBlock::parse(&control, &segment, cursor, header.source_len)?;
         drop(control);
         cursor = block.end_cursor;
         segment.check_prefix(header.source_len)?;
         let extra = read_extra_frame(delta, &segment, old)?;
-        // An LZMA2-coded diff has no runs block: its one stream holds every diff byte.
         let runs = match segment.diff_coding {
-            DiffCoding::RunsAndCodesLzma2 => {
-                // Both lengths were checked against their caps by `SegmentHeader::parse`.
-                let mut compressed = vec![0u8; segment.runs_zlen as usize];
-                read_exact_or_truncated(delta, &mut compressed, "runs frame")?;
-                decode_lzma_whole(&compressed, segment.runs_len, "runs (lzma2)")?
+            DiffCoding::RunsAndCodes => {
+                read_frame(delta, segment.runs_zlen, segment.runs_len, "runs")?
             }
-            _ => read_frame(delta, segment.runs_zlen, segment.runs_len, "runs")?,
+            DiffCoding::RunsAndCodesLzma2 => read_lzma_whole(
+                delta,
+                segment.runs_zlen,
+                segment.runs_len,
+                ("runs frame", "runs (lzma2)"),
+            )?,
+            // An LZMA2-coded diff has no runs block: its one stream holds every diff byte.
+            DiffCoding::Lzma2 => Vec::new(),
         };
         let runs = match segment.diff_coding {
-            DiffCoding::RunsAndCodes | DiffCoding::RunsAndCodesLzma2 => {
-                RunBlock::parse(&runs, segment.diff_len, segment.codes_len)?
-            }
             DiffCoding::Lzma2 => RunBlock::parse(&[], 0, 0)?,
+            _ => RunBlock::parse(&runs, segment.diff_len, segment.codes_len)?,
         };
 
         let mut diff = DiffStream::open(delta, runs, &segment)?;
@@ -313,11 +314,16 @@ fn read_extra_frame<D: Read, O: Read + Seek>(
     }
     // Frame length and prefix length were checked against their caps, the prefix range
     // against the source length.
+    if segment.extra_coding == ExtraCoding::Lzma2 {
+        return read_lzma_whole(
+            delta,
+            segment.extra_zlen,
+            segment.extra_len,
+            ("extra frame", "extra (lzma2)"),
+        );
+    }
     let mut compressed = vec![0u8; segment.extra_zlen as usize];
     read_exact_or_truncated(delta, &mut compressed, "extra frame")?;
-    if segment.extra_coding == ExtraCoding::Lzma2 {
-        return decode_lzma_whole(&compressed, segment.extra_len, "extra (lzma2)");
-    }
     let mut prefix = vec![0u8; segment.extra_prefix_len as usize];
     old.read_at(segment.extra_prefix_start, &mut prefix)?;
     let corrupt = |code| ApplyError::CorruptStream {
@@ -340,9 +346,24 @@ fn read_extra_frame<D: Read, O: Read + Seek>(
     Ok(raw)
 }
 
-/// An LZMA2-coded stream decoded in one piece (an extra stream, which has no prefix, or a
-/// control block) into exactly `raw_len` bytes; the stream must end exactly at the end of
-/// its frame.
+/// Reads a whole LZMA2 frame of `zlen` bytes (the control block, the extra stream or a
+/// runs block) and decodes it into exactly `raw_len` bytes; `frame` and `stream` name
+/// it in truncation and in decoding errors. Both lengths were checked
+/// against their caps by `SegmentHeader::parse`.
+fn read_lzma_whole<D: Read>(
+    delta: &mut D,
+    zlen: u32,
+    raw_len: u32,
+    (frame, stream): (&'static str, &'static str),
+) -> Result<Vec<u8>, ApplyError> {
+    let mut compressed = vec![0u8; zlen as usize];
+    read_exact_or_truncated(delta, &mut compressed, frame)?;
+    decode_lzma_whole(&compressed, raw_len, stream)
+}
+
+/// An LZMA2-coded stream decoded in one piece (an extra stream, which has no prefix, a
+/// control block or a runs block) into exactly `raw_len` bytes; the stream must end
+/// exactly at the end of its frame.
 fn decode_lzma_whole(
     compressed: &[u8],
     raw_len: u32,
@@ -415,7 +436,10 @@ struct DiffStream<'a, 'r, D: Read> {
     zeros_left: u64,
     codes_left: u64,
     codes: Option<CodesDecoder<'a, D>>,
+    /// Diff bytes the segment declares.
     declared: u64,
+    /// Bytes the codes stream declares (every diff byte for an LZMA2-coded diff).
+    codes_declared: u64,
 }
 
 /// The streaming decoder of a segment's codes slot.
@@ -489,19 +513,14 @@ impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
                         .map_err(corrupt)?;
                     CodesDecoder::Zstd(decoder)
                 }
-                DiffCoding::Lzma2 => {
-                    codes_left = u64::from(segment.diff_len);
-                    let stream = "diff (lzma2)";
-                    CodesDecoder::Lzma(
-                        liblzma::bufread::XzDecoder::new_stream(
-                            reader,
-                            lzma_decoder(segment.diff_len, stream)?,
-                        ),
-                        stream,
-                    )
-                }
-                DiffCoding::RunsAndCodesLzma2 => {
-                    let stream = "codes (lzma2)";
+                lzma => {
+                    let stream = if lzma == DiffCoding::Lzma2 {
+                        // Every diff byte comes from this stream (`codes_len` = `diff_len`).
+                        codes_left = u64::from(segment.codes_len);
+                        "diff (lzma2)"
+                    } else {
+                        "codes (lzma2)"
+                    };
                     CodesDecoder::Lzma(
                         liblzma::bufread::XzDecoder::new_stream(
                             reader,
@@ -518,6 +537,7 @@ impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
             codes_left,
             codes,
             declared: u64::from(segment.diff_len),
+            codes_declared: u64::from(segment.codes_len),
         })
     }
 
@@ -536,7 +556,7 @@ impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
             },
             _ if err.kind() == io::ErrorKind::UnexpectedEof => ApplyError::StreamLength {
                 stream,
-                declared: self.declared,
+                declared: self.codes_declared,
             },
             _ => ApplyError::CorruptStream {
                 stream,
@@ -585,7 +605,7 @@ impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
             Ok(_) => {
                 return Err(ApplyError::StreamLength {
                     stream,
-                    declared: self.declared,
+                    declared: self.codes_declared,
                 })
             }
             Err(_) if decoder.frame().hit_eof => {

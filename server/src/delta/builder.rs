@@ -92,8 +92,8 @@ pub struct BuildOptions {
     /// more to apply, so a saving too small to matter ships the full image); values
     /// above 90 count as 90.
     pub min_saving_percent: u8,
-    /// Whether a segment may carry its diff and extra streams as LZMA2 where that is
-    /// smaller (algorithm 4). Off, the container is algorithm 1 or 3, which agents built
+    /// Whether a segment may carry its streams as LZMA2 where that is smaller
+    /// (algorithm 4). Off, the container is algorithm 1 or 3, which agents built
     /// before algorithm 4 can apply.
     pub lzma: bool,
 }
@@ -764,13 +764,22 @@ const CONTROL_MODEL: LzmaModel = LzmaModel {
 /// tune pair (docs/delta-bench.txt, 2026-12-02 session 16).
 const RUNS_MODEL: LzmaModel = CONTROL_MODEL;
 /// For the codes (the non-zero diff bytes, without the zeros that kept them aligned): no
-/// literal context and no position bits were the smallest on 11 of 12 tune pairs, within
-/// 0.3% on the other (docs/delta-bench.txt, 2026-12-02 session 16).
-const CODES_MODEL: LzmaModel = LzmaModel {
-    lc: 0,
-    lp: 0,
-    pb: 0,
-};
+/// position bits, and either no literal context (the smallest on 11 of 12 tune pairs) or
+/// three bits of it (up to 0.6% smaller on segments of the shared corpus), whichever
+/// codes the segment's codes smaller: an LZMA2 chunk carries its own properties, so the
+/// applier needs no word of it (docs/delta-bench.txt, 2026-12-02 session 16).
+const CODES_MODELS: [LzmaModel; 2] = [
+    LzmaModel {
+        lc: 0,
+        lp: 0,
+        pb: 0,
+    },
+    LzmaModel {
+        lc: 3,
+        lp: 0,
+        pb: 0,
+    },
+];
 
 /// Wire order of a segment's frames.
 const STREAM_ORDER: [StreamKind; 4] = [
@@ -882,7 +891,7 @@ struct FittedSegment {
 }
 
 /// Raw streams of every segment (splitting segments whose runs block would pass its
-/// cap), then all 7 × segments jobs (4 zstd frames, 3 LZMA2 streams) spread over the
+/// cap), then all 9 × segments jobs (4 zstd frames, 5 LZMA2 streams) spread over the
 /// worker threads.
 fn encode_segments(
     segments: Vec<SegmentPlan>,
@@ -907,10 +916,9 @@ fn encode_segments(
         let prefix = plan.extra_prefix(old_window.len());
         fitted.push(FittedSegment { plan, raw, prefix });
     }
-    // Per segment: the four zstd frames, then the diff stream as LZMA2, which replaces
-    // the runs and codes frames when it is smaller, the extra stream as LZMA2, which
-    // replaces the extra frame (and its prefix) when it is smaller, and the control block
-    // as LZMA2, which replaces the control frame when it is smaller.
+    // Per segment: the four zstd frames and the five LZMA2 streams of `lzma_job`, started
+    // in `JOB_START_ORDER`; `keep_smaller_codings` then keeps each stream's smallest
+    // coding.
     let jobs: Vec<(usize, usize)> = JOB_START_ORDER
         .iter()
         .flat_map(|&k| (0..fitted.len()).map(move |s| (s, k)))
@@ -926,12 +934,7 @@ fn encode_segments(
                 options.level,
             ),
             None if !options.lzma => Ok(Vec::new()),
-            None if kind == LZMA_DIFF_JOB => diff_bytes(&raw[2], &raw[3], plan.diff_len)
-                .and_then(|diff| lzma_stream(&diff, diff_model)),
-            None if kind == LZMA_EXTRA_JOB => lzma_stream(&raw[1], EXTRA_MODEL),
-            None if kind == LZMA_RUNS_JOB => lzma_stream(&raw[2], RUNS_MODEL),
-            None if kind == LZMA_CODES_JOB => lzma_stream(&raw[3], CODES_MODEL),
-            None => lzma_stream(&raw[0], CONTROL_MODEL),
+            None => lzma_job(kind, raw, plan.diff_len, diff_model),
         }
     });
     // Back in (segment, job) order.
@@ -996,6 +999,29 @@ fn encode_segments(
     Ok(encoded)
 }
 
+/// LZMA2 job `kind` (`LZMA_DIFF_JOB` ..= `LZMA_CODES_JOB`) of a segment whose decoded
+/// streams, in wire order (control, extra, runs, codes), are `raw`, with `diff_len` diff
+/// bytes: the one place that says which stream each job codes with which literal
+/// models, so a recoded body is byte-identical to a direct build.
+fn lzma_job(
+    kind: usize,
+    raw: &[Vec<u8>; 4],
+    diff_len: u32,
+    diff_model: LzmaModel,
+) -> io::Result<Vec<u8>> {
+    let [control, extra, runs, codes] = raw;
+    match kind {
+        LZMA_DIFF_JOB => {
+            diff_bytes(runs, codes, diff_len).and_then(|diff| lzma_stream(&diff, diff_model))
+        }
+        LZMA_EXTRA_JOB => lzma_stream(extra, EXTRA_MODEL),
+        LZMA_CONTROL_JOB => lzma_stream(control, CONTROL_MODEL),
+        LZMA_RUNS_JOB => lzma_stream(runs, RUNS_MODEL),
+        LZMA_CODES_JOB => smallest_lzma_stream(codes, &CODES_MODELS),
+        _ => Err(io::Error::other(format!("no LZMA2 job {kind}"))),
+    }
+}
+
 /// The segment with each of its streams in the smallest of its codings: the diff stream
 /// as its zstd runs and codes frames, as one LZMA2 stream, or as its runs block and codes
 /// each an LZMA2 stream; the extra stream and the control block as their zstd frame or
@@ -1050,10 +1076,10 @@ fn keep_smaller_codings(segment: EncodedSegment, lzma: [Vec<u8>; 5]) -> EncodedS
 }
 
 /// Re-encodes a body of zstd-coded segments (as `write_delta_body` writes with LZMA2
-/// off), read from `body`, with each segment's diff stream, extra stream and control
-/// block as LZMA2 where smaller. The zstd frames are decoded, not compressed again, and the match search is
-/// not run again: a body chosen among several is LZMA2-coded once, at the cost of
-/// decoding it. `old` is the image the body was built against (its extra frames are
+/// off), read from `body`, with each segment's streams in their smallest codings, as a
+/// direct build with LZMA2 on chooses them (`lzma_job`, `keep_smaller_codings`). The
+/// zstd frames are decoded, not compressed again, and the match search is not run again:
+/// a body chosen among several is LZMA2-coded once, at the cost of decoding it. `old` is the image the body was built against (its extra frames are
 /// compressed against prefixes of it).
 fn recode_with_lzma(
     body: &mut impl Read,
@@ -1073,7 +1099,7 @@ fn recode_with_lzma(
     let bad_body = BuildError::Recode;
     while read < body_len {
         // A batch of at most `threads` segments at a time bounds the raw streams held.
-        let mut batch: Vec<(EncodedSegment, [Vec<u8>; 5])> = Vec::new();
+        let mut batch: Vec<(EncodedSegment, [Vec<u8>; 4])> = Vec::new();
         while read < body_len && batch.len() < options.threads {
             let mut header_bytes = [0u8; SEGMENT_HEADER_LEN];
             body.read_exact(&mut header_bytes)
@@ -1114,23 +1140,16 @@ fn recode_with_lzma(
                 .map_err(|err| bad_body(format!("codes frame: {err}")))?;
             let control = decode_zstd(&frames[0], header.control_len, &[])
                 .map_err(|err| bad_body(format!("control frame: {err}")))?;
-            let diff = diff_bytes(&runs, &codes, header.diff_len)
-                .map_err(|err| bad_body(format!("diff stream: {err}")))?;
             batch.push((
                 EncodedSegment { header, frames },
-                [diff, extra, control, runs, codes],
+                [control, extra, runs, codes],
             ));
         }
-        let models = [
-            diff_model,
-            EXTRA_MODEL,
-            CONTROL_MODEL,
-            RUNS_MODEL,
-            CODES_MODEL,
-        ];
-        let lzma = run_jobs(options.threads, batch.len() * models.len(), |index| {
-            let (segment, stream) = (index / models.len(), index % models.len());
-            lzma_stream(&batch[segment].1[stream], models[stream])
+        const LZMA_JOBS: usize = JOBS_PER_SEGMENT - LZMA_DIFF_JOB;
+        let lzma = run_jobs(options.threads, batch.len() * LZMA_JOBS, |index| {
+            let (segment, raw) = &batch[index / LZMA_JOBS];
+            let kind = LZMA_DIFF_JOB + index % LZMA_JOBS;
+            lzma_job(kind, raw, segment.header.diff_len, diff_model)
         });
         let mut lzma = lzma.into_iter().map(|output| {
             output
@@ -1193,6 +1212,22 @@ fn diff_bytes(runs: &[u8], codes: &[u8], diff_len: u32) -> io::Result<Vec<u8>> {
         at += nonzeros as usize;
     }
     Ok(diff)
+}
+
+/// `raw` as the smallest of the raw LZMA2 streams with each of `models` (the first of
+/// equally small ones).
+fn smallest_lzma_stream(raw: &[u8], models: &[LzmaModel]) -> io::Result<Vec<u8>> {
+    let mut smallest: Option<Vec<u8>> = None;
+    for &model in models {
+        let stream = lzma_stream(raw, model)?;
+        if smallest
+            .as_ref()
+            .is_none_or(|best| stream.len() < best.len())
+        {
+            smallest = Some(stream);
+        }
+    }
+    Ok(smallest.unwrap_or_default())
 }
 
 /// `raw` as one raw LZMA2 stream (empty for no bytes). The dictionary covers the whole
@@ -1303,6 +1338,52 @@ impl<W: Write> Write for Tee<'_, W> {
 mod tests {
     use super::*;
 
+    /// The LZMA2 properties byte of a stream whose first chunk is compressed.
+    fn properties(stream: &[u8]) -> u8 {
+        assert!(stream[0] >= 0xe0, "a compressed first chunk");
+        stream[5]
+    }
+
+    #[test]
+    fn the_codes_take_the_smaller_of_their_literal_models() {
+        let [no_context, context] = CODES_MODELS;
+        // Each byte's top three bits follow from the previous byte's (the next of eight
+        // in turn), the low five are noise: three bits of literal context predict the
+        // top bits, no context cannot.
+        let mut state = 7u32;
+        let chained: Vec<u8> = (0..60_000)
+            .scan(0u8, |prev, _| {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                *prev = (prev.wrapping_add(0x20) & 0xe0) | ((state >> 16) as u8 & 0x1f);
+                Some(*prev)
+            })
+            .collect();
+        // A few thousand values from a skewed set in random order: the previous byte
+        // tells nothing, and the context-free model learns the skew eight times as fast.
+        let unordered: Vec<u8> = (0..3_000)
+            .map(|_| {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                [1u8, 2, 3, 0xfe, 0xff][(state >> 16) as usize % 5]
+            })
+            .collect();
+        for (name, raw, expected) in [
+            ("chained", &chained, context),
+            ("unordered", &unordered, no_context),
+        ] {
+            let sizes: Vec<usize> = CODES_MODELS
+                .iter()
+                .map(|&model| lzma_stream(raw, model).expect("lzma").len())
+                .collect();
+            let smallest = smallest_lzma_stream(raw, &CODES_MODELS).expect("lzma");
+            assert_eq!(smallest.len(), *sizes.iter().min().expect("two"), "{name}");
+            let lc = u32::from(properties(&smallest) % 9);
+            assert_eq!(lc, expected.lc, "{name}: sizes {sizes:?}");
+        }
+        assert!(smallest_lzma_stream(&[], &CODES_MODELS)
+            .expect("lzma")
+            .is_empty());
+    }
+
     /// Code-like old bytes and a new release of them: words changed here and there (diff
     /// bytes), and new pieces inserted (extra bytes), some copied from elsewhere in the
     /// old image (what the extra prefix is for).
@@ -1381,6 +1462,8 @@ mod tests {
             let mut direct = Vec::new();
             let stats = build(&options, model, &mut direct);
             assert!(stats.lzma, "the sample must take LZMA2 streams somewhere");
+            // Runs and codes as LZMA2 streams among them, each stream with its own model.
+            assert!(diff_codings(&direct).contains(&ota_core::delta::DiffCoding::RunsAndCodesLzma2));
             assert!(stats.segments > 4 && stats.parts > 1);
             let mut body = Vec::new();
             let zstd_stats = build(&zstd_only, model, &mut body);
@@ -1395,6 +1478,139 @@ mod tests {
                 "the recoded body differs from the direct build"
             );
         }
+    }
+
+    #[test]
+    fn every_job_is_started_once() {
+        let mut order = JOB_START_ORDER;
+        order.sort_unstable();
+        assert_eq!(order, std::array::from_fn(|kind| kind));
+        // Every LZMA2 job codes something.
+        let raw: [Vec<u8>; 4] = std::array::from_fn(|_| vec![1, 0, 0, 2]);
+        for kind in LZMA_DIFF_JOB..JOBS_PER_SEGMENT {
+            let diff = encode_runs(&[1, 0, 0, 2]);
+            let raw = [raw[0].clone(), raw[1].clone(), diff.0, diff.1];
+            assert!(!lzma_job(kind, &raw, 4, DIFF_MODEL)
+                .expect("codes")
+                .is_empty());
+        }
+        assert!(lzma_job(JOBS_PER_SEGMENT, &raw, 4, DIFF_MODEL).is_err());
+    }
+
+    /// A segment whose zstd frames are `control`, `extra`, `runs` and `codes` bytes long
+    /// (decoded: 100 control, 1000 extra, 100 runs, 100 codes, 10,000 diff bytes).
+    fn zstd_segment(frames: [usize; 4]) -> EncodedSegment {
+        let header = SegmentHeader::for_streams(
+            10_000,
+            [100, 1000, 100, 100],
+            frames.map(|n| n as u32),
+            (0, 0),
+        );
+        EncodedSegment {
+            header,
+            frames: frames.map(|n| vec![7u8; n]),
+        }
+    }
+
+    #[test]
+    fn each_stream_keeps_its_smallest_coding_and_a_tie_keeps_the_first() {
+        use ota_core::delta::{ControlCoding, DiffCoding, ExtraCoding};
+        // [diff, extra, control, runs, codes] as LZMA2 streams of these lengths.
+        let lzma = |lens: [usize; 5]| lens.map(|n| vec![9u8; n]);
+        let diff_of = |frames: [usize; 4], lens: [usize; 5]| {
+            let kept = keep_smaller_codings(zstd_segment(frames), lzma(lens));
+            // Whatever it keeps is a valid segment header.
+            assert_eq!(SegmentHeader::parse(&kept.header.encode()), Ok(kept.header));
+            (
+                kept.header.diff_coding,
+                kept.frames[2].len(),
+                kept.frames[3].len(),
+            )
+        };
+        let zstd = [50, 500, 30, 40];
+        // zstd runs + codes: 70 bytes.
+        assert_eq!(
+            diff_of(zstd, [60, 0, 0, 30, 25]),
+            (DiffCoding::RunsAndCodesLzma2, 30, 25)
+        );
+        assert_eq!(
+            diff_of(zstd, [60, 0, 0, 30, 31]),
+            (DiffCoding::Lzma2, 0, 60)
+        );
+        // Ties: zstd before one LZMA2 stream before runs + codes.
+        assert_eq!(
+            diff_of(zstd, [60, 0, 0, 30, 30]),
+            (DiffCoding::Lzma2, 0, 60)
+        );
+        assert_eq!(
+            diff_of(zstd, [70, 0, 0, 30, 40]),
+            (DiffCoding::RunsAndCodes, 30, 40)
+        );
+        assert_eq!(
+            diff_of(zstd, [0, 0, 0, 35, 35]),
+            (DiffCoding::RunsAndCodes, 30, 40)
+        );
+        // LZMA2 off (no streams): zstd; a stream over its LZMA2 bound is never kept.
+        assert_eq!(diff_of(zstd, [0; 5]), (DiffCoding::RunsAndCodes, 30, 40));
+        assert_eq!(
+            diff_of(zstd, [0, 0, 0, 1, 0]),
+            (DiffCoding::RunsAndCodes, 30, 40)
+        );
+        // zstd frames near their bound (163 bytes for 100), LZMA2 streams a byte over
+        // theirs (104): smaller, and still not kept.
+        let big = [50, 500, 160, 160];
+        let over = lzma2_bound(100) as usize + 1;
+        assert_eq!(
+            diff_of(big, [0, 0, 0, 10, 10]).0,
+            DiffCoding::RunsAndCodesLzma2
+        );
+        assert_eq!(
+            diff_of(big, [0, 0, 0, over, 10]).0,
+            DiffCoding::RunsAndCodes
+        );
+        assert_eq!(
+            diff_of(big, [0, 0, 0, 10, over]).0,
+            DiffCoding::RunsAndCodes
+        );
+        // No codes (every diff byte zero): runs alone, no codes stream.
+        let zeros = EncodedSegment {
+            header: SegmentHeader::for_streams(
+                10_000,
+                [100, 1000, 100, 0],
+                [50, 500, 30, 0],
+                (0, 0),
+            ),
+            frames: [vec![7; 50], vec![7; 500], vec![7; 30], Vec::new()],
+        };
+        let kept = keep_smaller_codings(zeros, lzma([0, 0, 0, 20, 0]));
+        assert_eq!(kept.header.diff_coding, DiffCoding::RunsAndCodesLzma2);
+        assert_eq!((kept.header.runs_zlen, kept.header.codes_zlen), (20, 0));
+        // The extra stream and the control block: strictly smaller only.
+        let kept = keep_smaller_codings(zstd_segment(zstd), lzma([0, 499, 50, 0, 0]));
+        assert_eq!(kept.header.extra_coding, ExtraCoding::Lzma2);
+        assert_eq!(kept.header.control_coding, ControlCoding::Zstd);
+        assert_eq!(SegmentHeader::parse(&kept.header.encode()), Ok(kept.header));
+    }
+
+    /// The diff coding of each segment of a body.
+    fn diff_codings(body: &[u8]) -> Vec<ota_core::delta::DiffCoding> {
+        let mut codings = Vec::new();
+        let mut at = 0;
+        while at < body.len() {
+            let header = SegmentHeader::parse(&body[at..]).expect("own segment parses");
+            codings.push(header.diff_coding);
+            at += SEGMENT_HEADER_LEN
+                + [
+                    header.control_zlen,
+                    header.extra_zlen,
+                    header.runs_zlen,
+                    header.codes_zlen,
+                ]
+                .iter()
+                .map(|&n| n as usize)
+                .sum::<usize>();
+        }
+        codings
     }
 
     #[test]

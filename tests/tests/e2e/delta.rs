@@ -532,7 +532,8 @@ fn lzma_stream_properties(container: &[u8], frame: usize) -> Vec<u8> {
 fn lzma2_literal_models_follow_the_stream_and_the_instruction_set() {
     // Diff streams: lc 3, lp 0, pb 0 in an image of ARM64 code (measured smaller on the
     // ARM64 tune pairs), pb 2 otherwise; extra streams: pb 0 in every image; control
-    // blocks and runs blocks: lc 1, lp 0, pb 0; codes: lc 0, lp 0, pb 0.
+    // blocks and runs blocks: lc 1, lp 0, pb 0; codes: lc 0 (or 3 where smaller, see
+    // `the_codes_take_the_smaller_of_their_literal_models`), lp 0, pb 0.
     const PB0: u8 = 3;
     const PB2: u8 = (2 * 5) * 9 + 3;
     const CONTROL: u8 = 1;
@@ -1088,11 +1089,12 @@ proptest! {
 
     #[test]
     fn mutated_containers_are_refused_or_produce_exactly_the_target(
-        which in 0usize..5,
+        which in 0..mutation_samples().len(),
         mutations in prop::collection::vec(container_mutation(), 1..=3),
     ) {
         // Valid containers (several bsdiff segments, a full image, a hand-made one, a
-        // transformed one with several segments, one with LZMA2-coded diffs) with
+        // transformed one with several segments, one with LZMA2-coded diffs, one with
+        // LZMA2-coded runs and codes) with
         // bytes flipped, inserted, deleted, cut, or a length field rewritten: unlike
         // random bodies these get past the magic and the segment tag into the inner
         // checks (segment caps, control bounds, runs sums, zstd frames, digests).
@@ -1240,10 +1242,12 @@ fn sample_delta() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
 
 #[test]
 fn truncated_containers_are_refused_as_truncated_at_every_cut() {
-    // Algorithm 1 (zstd streams) and algorithm 4 (LZMA2 streams, streamed diff).
+    // Algorithm 1 (zstd streams) and algorithm 4 (LZMA2 streams: a streamed diff, and
+    // runs blocks decoded whole with streamed codes).
     let (container, old, _) = sample_delta();
     let (lzma, lzma_old, _, _) = lzma_sample();
-    for (container, old) in [(container, old), (lzma, lzma_old)] {
+    let (sparse, sparse_old, _, _) = sparse_sample();
+    for (container, old) in [(container, old), (lzma, lzma_old), (sparse, sparse_old)] {
         let cuts: Vec<usize> = (0..container.len())
             .step_by(97)
             .chain([HEADER_LEN, HEADER_LEN + 1, container.len() - 1])
