@@ -540,6 +540,22 @@ impl SegmentHeader {
         Ok(())
     }
 
+    /// The lengths of the segment's four frames in wire order (control, extra, runs,
+    /// codes), 0 for an absent one.
+    pub fn frame_lens(&self) -> [u32; 4] {
+        [
+            self.control_zlen,
+            self.extra_zlen,
+            self.runs_zlen,
+            self.codes_zlen,
+        ]
+    }
+
+    /// Bytes the segment takes on the wire: its header and its frames.
+    pub fn encoded_len(&self) -> u64 {
+        SEGMENT_HEADER_LEN as u64 + self.frame_lens().iter().map(|&n| u64::from(n)).sum::<u64>()
+    }
+
     /// Whether the segment carries any LZMA2 stream (any tag but `OSEG`).
     pub fn uses_lzma(&self) -> bool {
         (self.control_coding, self.diff_coding, self.extra_coding)
@@ -961,6 +977,8 @@ mod tests {
 
     #[test]
     fn encode_then_parse_is_identity() {
+        assert_eq!(sample().frame_lens(), [19, 90, 25, 40]);
+        assert_eq!(sample().encoded_len(), 56 + 19 + 90 + 25 + 40);
         assert_eq!(SegmentHeader::parse(&sample().encode()), Ok(sample()));
     }
 

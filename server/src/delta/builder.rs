@@ -1112,18 +1112,12 @@ fn recode_with_lzma(
                 ));
             }
             let mut frames: [Vec<u8>; 4] = Default::default();
-            let lens = [
-                header.control_zlen,
-                header.extra_zlen,
-                header.runs_zlen,
-                header.codes_zlen,
-            ];
-            for (frame, len) in frames.iter_mut().zip(lens) {
+            for (frame, len) in frames.iter_mut().zip(header.frame_lens()) {
                 *frame = vec![0u8; len as usize];
                 body.read_exact(frame)
                     .map_err(|err| bad_body(format!("reading a frame: {err}")))?;
             }
-            read += (SEGMENT_HEADER_LEN + frames.iter().map(Vec::len).sum::<usize>()) as u64;
+            read += header.encoded_len();
             let prefix_range = header.extra_prefix_start
                 ..header.extra_prefix_start + u64::from(header.extra_prefix_len);
             let prefix = old
@@ -1599,16 +1593,7 @@ mod tests {
         while at < body.len() {
             let header = SegmentHeader::parse(&body[at..]).expect("own segment parses");
             codings.push(header.diff_coding);
-            at += SEGMENT_HEADER_LEN
-                + [
-                    header.control_zlen,
-                    header.extra_zlen,
-                    header.runs_zlen,
-                    header.codes_zlen,
-                ]
-                .iter()
-                .map(|&n| n as usize)
-                .sum::<usize>();
+            at += header.encoded_len() as usize;
         }
         codings
     }

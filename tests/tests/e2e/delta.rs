@@ -312,13 +312,7 @@ fn segment_with(container: &[u8], pick: fn(&SegmentHeader) -> bool) -> Option<us
 /// lies in `container`.
 fn frame_range(container: &[u8], at: usize, frame: usize) -> std::ops::Range<usize> {
     let segment = SegmentHeader::parse(&container[at..]).expect("own segment parses");
-    let lens = [
-        segment.control_zlen,
-        segment.extra_zlen,
-        segment.runs_zlen,
-        segment.codes_zlen,
-    ]
-    .map(|n| n as usize);
+    let lens = segment.frame_lens().map(|n| n as usize);
     let start = at + SEGMENT_HEADER_LEN + lens[..frame].iter().sum::<usize>();
     start..start + lens[frame]
 }
@@ -357,16 +351,7 @@ fn segment_offsets(container: &[u8]) -> Vec<usize> {
     while at < container.len() {
         let segment = SegmentHeader::parse(&container[at..]).expect("own segment parses");
         offsets.push(at);
-        at += SEGMENT_HEADER_LEN
-            + [
-                segment.control_zlen,
-                segment.extra_zlen,
-                segment.runs_zlen,
-                segment.codes_zlen,
-            ]
-            .iter()
-            .map(|&n| n as usize)
-            .sum::<usize>();
+        at += segment.encoded_len() as usize;
     }
     offsets
 }
@@ -444,63 +429,17 @@ fn runs_and_codes_are_lzma2_coded_where_that_is_smallest() {
         diff_len: 16,
         extra_len: 0,
     };
-    let (result, out) = apply(&handmade_lzma_runs(old, copy, &[0; 16], old), old);
+    let (result, out) = apply(&handmade_lzma_runs(old, &[copy], &[0; 16], old), old);
     result.expect("runs without codes apply");
     assert_eq!(out, old);
     let mut diff = [0u8; 16];
     diff[5] = 1;
     let (result, out) = apply(
-        &handmade_lzma_runs(old, copy, &diff, b"0123466789abcdef"),
+        &handmade_lzma_runs(old, &[copy], &diff, b"0123466789abcdef"),
         old,
     );
     result.expect("runs with one code apply");
     assert_eq!(out, b"0123466789abcdef");
-}
-
-/// A one-segment algorithm 4 container of one control entry whose runs block and codes
-/// are LZMA2 streams (each one stored chunk).
-fn handmade_lzma_runs(old: &[u8], control: Control, diff: &[u8], target: &[u8]) -> Vec<u8> {
-    let stored = |raw: &[u8]| -> Vec<u8> {
-        if raw.is_empty() {
-            return Vec::new();
-        }
-        // Chunk control 0x01: uncompressed, dictionary reset; size - 1, big-endian; the
-        // bytes; then the end marker.
-        let size = (raw.len() - 1) as u16;
-        [&[0x01][..], &size.to_be_bytes(), raw, &[0x00]].concat()
-    };
-    let control_block = encode_control_block(&[control]);
-    let (runs, codes) = encode_runs(diff);
-    let frames = [
-        zstd::bulk::compress(&control_block, 3).expect("zstd"),
-        stored(&runs),
-        stored(&codes),
-    ];
-    let header = ContainerHeader {
-        algorithm: Algorithm::BsdiffLzma(None),
-        source_len: old.len() as u64,
-        source_sha256: Sha256::digest(old).into(),
-        target_len: target.len() as u64,
-        target_sha256: Sha256::digest(target).into(),
-    };
-    let segment = SegmentHeader::for_streams(
-        diff.len() as u32,
-        [
-            control_block.len() as u32,
-            0,
-            runs.len() as u32,
-            codes.len() as u32,
-        ],
-        [frames[0].len() as u32, 0, 0, 0],
-        (0, 0),
-    )
-    .with_lzma_runs_and_codes(frames[1].len() as u32, frames[2].len() as u32);
-    [
-        &header.encode()[..],
-        &segment.encode()[..],
-        &frames.concat(),
-    ]
-    .concat()
 }
 
 /// The LZMA2 properties byte `(pb · 5 + lp) · 9 + lc` of each LZMA2-coded stream in
@@ -1434,6 +1373,25 @@ fn garbage_anywhere_in_the_body_is_refused() {
 
 /// A hand-written one-segment container, to reach checks the builder never trips.
 fn handmade(old: &[u8], controls: &[Control], diff: &[u8], extra: &[u8], target: &[u8]) -> Vec<u8> {
+    handmade_coded(old, controls, diff, extra, target, false)
+}
+
+/// A one-segment algorithm 4 container like [`handmade`]'s, without extra bytes, whose
+/// runs block and codes are LZMA2 streams (each one stored chunk).
+fn handmade_lzma_runs(old: &[u8], controls: &[Control], diff: &[u8], target: &[u8]) -> Vec<u8> {
+    handmade_coded(old, controls, diff, &[], target, true)
+}
+
+/// A one-segment container: zstd frames (algorithm 1), or with `lzma_runs` the runs block
+/// and the codes as stored LZMA2 streams (algorithm 4).
+fn handmade_coded(
+    old: &[u8],
+    controls: &[Control],
+    diff: &[u8],
+    extra: &[u8],
+    target: &[u8],
+    lzma_runs: bool,
+) -> Vec<u8> {
     let control = encode_control_block(controls);
     let (runs, codes) = encode_runs(diff);
     let frame = |raw: &[u8]| {
@@ -1443,15 +1401,34 @@ fn handmade(old: &[u8], controls: &[Control], diff: &[u8], extra: &[u8], target:
             zstd::bulk::compress(raw, 3).expect("zstd")
         }
     };
-    let frames = [frame(&control), frame(extra), frame(&runs), frame(&codes)];
+    // LZMA2 chunk control 0x01: uncompressed, dictionary reset; size - 1, big-endian;
+    // the bytes; then the end marker.
+    let stored = |raw: &[u8]| -> Vec<u8> {
+        if raw.is_empty() {
+            return Vec::new();
+        }
+        let size = (raw.len() - 1) as u16;
+        [&[0x01][..], &size.to_be_bytes(), raw, &[0x00]].concat()
+    };
+    let diff_frame = if lzma_runs { stored } else { frame };
+    let frames = [
+        frame(&control),
+        frame(extra),
+        diff_frame(&runs),
+        diff_frame(&codes),
+    ];
     let header = ContainerHeader {
-        algorithm: Algorithm::BsdiffZstd,
+        algorithm: if lzma_runs {
+            Algorithm::BsdiffLzma(None)
+        } else {
+            Algorithm::BsdiffZstd
+        },
         source_len: old.len() as u64,
         source_sha256: Sha256::digest(old).into(),
         target_len: target.len() as u64,
         target_sha256: Sha256::digest(target).into(),
     };
-    let segment = SegmentHeader::for_streams(
+    let mut segment = SegmentHeader::for_streams(
         diff.len() as u32,
         [
             control.len() as u32,
@@ -1462,6 +1439,9 @@ fn handmade(old: &[u8], controls: &[Control], diff: &[u8], extra: &[u8], target:
         frames.each_ref().map(|f| f.len() as u32),
         (0, 0),
     );
+    if lzma_runs {
+        segment = segment.with_lzma_runs_and_codes(frames[2].len() as u32, frames[3].len() as u32);
+    }
     [
         &header.encode()[..],
         &segment.encode()[..],
