@@ -14,6 +14,7 @@
 //! (`durable`): progress events ingested end to end, the breaker's reaction and a pause's
 //! reach. See `docs/fleet-bench.md`.
 
+mod ceiling;
 mod durable;
 
 use anyhow::{bail, Context, Result};
@@ -245,8 +246,18 @@ async fn run(args: &Args, server_bin: &Path) -> Result<()> {
         args.warmup_seconds
     );
 
+    // The signatures alone, before anything else loads the machine.
+    let sample_key = vehicle_key(&run_id, 0);
+    let sample_vehicle = vehicle_id(&run_id, 0);
+    let sample = checkin_bytes(&sample_key, &sample_vehicle, 0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let signatures = ceiling::SignatureCost::measure(&sample, &sample_key, || {
+        checkin_bytes(&sample_key, &sample_vehicle, 1)
+    })?;
+    let signature_line = signatures_line(&signatures, cores);
+    eprintln!("{signature_line}");
+
     // The broker alone, same connections and window, messages of check-in size.
-    let sample = checkin_bytes(&vehicle_key(&run_id, 0), &vehicle_id(&run_id, 0), 0);
     let largest_fleet = args.vehicles.iter().copied().max().unwrap_or(1000);
     let broker_workload = Workload::Broker {
         run_id: run_id.clone(),
@@ -313,6 +324,7 @@ async fn run(args: &Args, server_bin: &Path) -> Result<()> {
         ),
         &rows,
     );
+    println!("{signature_line}");
     if !durables.is_empty() {
         let all: Vec<(String, &durable::Durable)> =
             durables.iter().map(|(n, d)| (n.clone(), d)).collect();
@@ -708,6 +720,25 @@ fn directive(root: Option<&Root>, bytes: &[u8]) -> Option<DirectorMetadata> {
         .ok()?;
     }
     parse_document(&envelope.payload).ok()
+}
+
+/// The signatures' cost and the rates it caps, as printed before and after the run.
+fn signatures_line(cost: &ceiling::SignatureCost, cores: usize) -> String {
+    let (checkins_here, checkins_apart) = cost.checkin_ceilings(cores);
+    let (progress_here, progress_apart) = cost.progress_ceilings(cores);
+    format!(
+        "Signatures alone (Ed25519, one thread, median): per check-in the server {:.1} µs \
+         (check it, sign the directive) and the vehicle {:.1} µs (sign it, check the \
+         directive); per progress event the server {:.1} µs, the vehicle {:.1} µs.\n\
+         On {cores} cores that caps check-ins at {checkins_here:.0}/s with the simulated \
+         vehicles on the same machine ({checkins_apart:.0}/s if they ran elsewhere), and \
+         progress events at {progress_here:.0}/s ({progress_apart:.0}/s), before any \
+         other work.",
+        cost.server_checkin_us,
+        cost.vehicle_checkin_us,
+        cost.server_progress_us,
+        cost.vehicle_progress_us,
+    )
 }
 
 fn vehicle_id(run_id: &str, index: usize) -> String {
