@@ -1,7 +1,7 @@
 //! Structured logs (text or JSON) via `tracing`, and the Prometheus recorder.
 
 use crate::settings::{LogFormat, LogSettings};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use tracing_subscriber::EnvFilter;
 
@@ -19,13 +19,45 @@ pub fn init_logging(settings: &LogSettings) {
     };
 }
 
+/// Request durations in seconds: 1 ms to the 30 s request timeout.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Check-ins (or assignments) written per group commit: 1 to the largest batch.
+const BATCH_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Every histogram as a Prometheus histogram (`_bucket{le=...}` series) rather than the
+/// exporter's default summary: buckets from two replicas add up into fleet-wide
+/// quantiles (`histogram_quantile` over `sum by (le)`), where each replica's summary
+/// quantiles cannot be combined; and rendering `/metrics` reads counters instead of
+/// computing quantiles over a sketch per series on every scrape.
+fn with_buckets(builder: PrometheusBuilder) -> Result<PrometheusBuilder, BuildError> {
+    builder
+        .set_buckets_for_metric(
+            Matcher::Full("ota_http_request_duration_seconds".to_owned()),
+            &DURATION_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("ota_checkin_batch_size".to_owned()),
+            &BATCH_BUCKETS,
+        )
+}
+
 /// The process-wide Prometheus recorder. `metrics` has one global recorder, so every
 /// `Application` in a process (tests start many) shares it.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = with_buckets(PrometheusBuilder::new())
+                .unwrap_or_else(|err| {
+                    tracing::error!(%err, "histogram buckets refused; exporting summaries");
+                    PrometheusBuilder::new()
+                })
+                .build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; then our handle renders
             // nothing, which /metrics tests would catch.

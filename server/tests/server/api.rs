@@ -41,6 +41,17 @@ async fn health_ready_and_metrics() {
         metrics.contains("ota_http_requests_total"),
         "metrics must count requests: {metrics}"
     );
+    // Histograms, not summaries: buckets add up across replicas.
+    assert!(
+        metrics.contains("ota_http_request_duration_seconds_bucket{")
+            && metrics.contains("le=\"0.005\"")
+            && metrics.contains("ota_http_request_duration_seconds_count{"),
+        "request durations must be a histogram: {metrics}"
+    );
+    assert!(
+        !metrics.contains("quantile="),
+        "no summary quantiles: {metrics}"
+    );
     app.stop().await;
 }
 
