@@ -19,23 +19,27 @@ pub fn init_logging(settings: &LogSettings) {
     };
 }
 
-/// Request durations in seconds: 1 ms to the 30 s request timeout.
+/// Request durations in seconds, 1 ms to 30 s (longer ones, such as image uploads, land
+/// in `+Inf`); also the buckets of any histogram added without its own.
 const DURATION_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Check-ins (or assignments) written per group commit: 1 to the largest batch.
-const BATCH_BUCKETS: [f64; 11] = [
-    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+/// Check-ins (or assignments) written per group commit: 1 to 4,096, the largest
+/// `director.checkin_batch` allowed.
+const BATCH_BUCKETS: [f64; 13] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
 ];
 
-/// Every histogram as a Prometheus histogram (`_bucket{le=...}` series) rather than the
-/// exporter's default summary: buckets from two replicas add up into fleet-wide
+/// Histograms as Prometheus histograms (`_bucket{le=...}` series) rather than the
+/// exporter's default summaries: buckets from two replicas add up into fleet-wide
 /// quantiles (`histogram_quantile` over `sum by (le)`), where each replica's summary
 /// quantiles cannot be combined; and rendering `/metrics` reads counters instead of
-/// computing quantiles over a sketch per series on every scrape.
+/// computing quantiles over a sketch per series on every scrape. `Err` only for an
+/// empty bucket list.
 fn with_buckets(builder: PrometheusBuilder) -> Result<PrometheusBuilder, BuildError> {
     builder
+        .set_buckets(&DURATION_BUCKETS)?
         .set_buckets_for_metric(
             Matcher::Full("ota_http_request_duration_seconds".to_owned()),
             &DURATION_BUCKETS,

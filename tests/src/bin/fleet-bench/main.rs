@@ -732,8 +732,9 @@ fn signatures_line(cost: &ceiling::SignatureCost, cores: usize) -> String {
          directive); per progress event the server {:.1} µs, the vehicle {:.1} µs.\n\
          On {cores} cores that caps check-ins at {checkins_here:.0}/s with the simulated \
          vehicles on the same machine ({checkins_apart:.0}/s if they ran elsewhere), and \
-         progress events at {progress_here:.0}/s ({progress_apart:.0}/s), before any \
-         other work.",
+         progress events at {progress_apart:.0}/s (signed before the clock starts, as \
+         by vehicles elsewhere; {progress_here:.0}/s with the signing on these cores), \
+         before any other work.",
         cost.server_checkin_us,
         cost.vehicle_checkin_us,
         cost.server_progress_us,
