@@ -19,8 +19,9 @@ pub fn init_logging(settings: &LogSettings) {
     };
 }
 
-/// Request durations in seconds, 1 ms to 30 s (longer ones, such as image uploads, land
-/// in `+Inf`); also the buckets of any histogram added without its own.
+/// Every histogram's buckets unless it has its own: request durations
+/// (`ota_http_request_duration_seconds`) in seconds, 1 ms to 30 s (longer ones, such as
+/// image uploads, land in `+Inf`).
 const DURATION_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -40,10 +41,6 @@ const BATCH_BUCKETS: [f64; 13] = [
 fn with_buckets(builder: PrometheusBuilder) -> Result<PrometheusBuilder, BuildError> {
     builder
         .set_buckets(&DURATION_BUCKETS)?
-        .set_buckets_for_metric(
-            Matcher::Full("ota_http_request_duration_seconds".to_owned()),
-            &DURATION_BUCKETS,
-        )?
         .set_buckets_for_metric(
             Matcher::Full("ota_checkin_batch_size".to_owned()),
             &BATCH_BUCKETS,

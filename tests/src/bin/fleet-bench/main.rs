@@ -251,7 +251,7 @@ async fn run(args: &Args, server_bin: &Path) -> Result<()> {
     let sample_vehicle = vehicle_id(&run_id, 0);
     let sample = checkin_bytes(&sample_key, &sample_vehicle, 0);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let signatures = ceiling::SignatureCost::measure(&sample, &sample_key, || {
+    let signatures = ceiling::SignatureCost::measure(&sample_key, || {
         checkin_bytes(&sample_key, &sample_vehicle, 1)
     })?;
     let signature_line = signatures_line(&signatures, cores);
