@@ -9,11 +9,11 @@
 //! and the codes once more as LZMA2 streams; per segment each stream keeps its smallest
 //! coding (container algorithm 4, `BuildOptions::lzma`). Hashes of both images and a
 //! quick estimate of the full image's compressed size are computed on a side thread
-//! meanwhile. When the new image holds
-//! ARM64 code (`detect`, `AUTO_TRANSFORMS`), the pipeline runs over the plain and over
-//! the transformed images (`ota_core::delta::Transform`) with zstd streams only, and
-//! the smaller body is kept and, with LZMA2 on, encoded once more with LZMA2 streams (so
-//! LZMA2, most of the build time, runs once). When the delta is not at least
+//! meanwhile. The pipeline runs once per match-scan profile (`matcher::SCAN_PROFILES`)
+//! and, when the new image holds ARM64 code (`detect`, `AUTO_TRANSFORMS`), once more
+//! per profile over the transformed images (`ota_core::delta::Transform`), all with zstd
+//! streams only; the smallest body is kept and, with LZMA2 on, encoded once more with
+//! LZMA2 streams (so LZMA2, most of the build time, runs once). When the delta is not at least
 //! `min_saving_percent` (default 10%) smaller than the full image compressed, the full
 //! image is shipped instead.
 //!
@@ -23,7 +23,10 @@
 use super::chunking::plan_parts;
 use super::detect::detect_transform;
 use super::image::{FileImage, ImageSource, TransformedImage};
-use super::matcher::{cover_literal_gaps, find_matches, prune_weak_matches, Match, OldIndex};
+use super::matcher::{
+    cover_literal_gaps, find_matches, prune_weak_matches, Match, OldIndex, ScanProfile,
+    SCAN_PROFILES,
+};
 use liblzma::stream::{Action, Filters, LzmaOptions, MatchFinder, Mode, Status, Stream};
 use ota_core::delta::{
     encode_control_block, encode_runs, lzma2_bound, Algorithm, ContainerHeader, Control, RunBlock,
@@ -96,6 +99,10 @@ pub struct BuildOptions {
     /// (algorithm 4). Off, the container is algorithm 1 or 3, which agents built
     /// before algorithm 4 can apply.
     pub lzma: bool,
+    /// The match scan's profile; `None` (the default) tries every one of
+    /// [`SCAN_PROFILES`] and keeps the smallest delta, which costs a match search and a
+    /// zstd pass per profile.
+    pub scan: Option<ScanProfile>,
 }
 
 /// Transforms [`TransformChoice::Auto`] tries when `detect` finds their code. Decided on
@@ -127,6 +134,7 @@ impl Default for BuildOptions {
             transform: TransformChoice::Auto,
             min_saving_percent: DEFAULT_MIN_SAVING_PERCENT,
             lzma: true,
+            scan: None,
         }
     }
 }
@@ -183,6 +191,11 @@ pub struct BuildReport {
     /// The transform tried and the size of its delta container, kept or not (see
     /// `plain_delta_len`).
     pub transformed: Option<(Transform, u64)>,
+    /// The match scan's profile of the delta kept.
+    pub scan: ScanProfile,
+    /// Every body compared, with its container size (zstd streams only): empty when
+    /// there was only one to build.
+    pub candidates: Vec<CandidateSize>,
     /// Size of the full-image container, when it was computed.
     pub full_container_len: Option<u64>,
     pub source_len: u64,
@@ -190,6 +203,15 @@ pub struct BuildReport {
     /// How many parts the images were split into (1 unless over the window cap).
     pub parts: usize,
     pub segments: usize,
+}
+
+/// One delta body a build compared (see [`BuildReport::candidates`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CandidateSize {
+    pub scan: ScanProfile,
+    pub transform: Option<Transform>,
+    /// Its container size with zstd streams only.
+    pub delta_len: u64,
 }
 
 /// Builds a container from in-memory images.
@@ -280,6 +302,7 @@ fn build_into<S: ContainerSink>(
         // Capped at 90 by `delta_worth_shipping`.
         min_saving_percent: options.min_saving_percent,
         lzma: options.lzma,
+        scan: options.scan,
     };
     let detected = detect_transform(new).map_err(|source| BuildError::ReadImage {
         which: "new",
@@ -294,67 +317,103 @@ fn build_into<S: ContainerSink>(
         Some(Transform::Arm64) => ARM64_DIFF_MODEL,
         _ => DIFF_MODEL,
     };
-    // With a transform to try, both bodies are first built with zstd streams only and
-    // compared, and only the smaller is encoded once more with LZMA2 streams: LZMA2 is
-    // most of the build time, and on the measured corpus the zstd comparison picked the
-    // same body as the LZMA2 one on all but one pair, which it missed by 0.14%
-    // (docs/delta-bench.txt, 2026-12-02 session 14).
+    // Candidates: every scan profile (`SCAN_PROFILES`, or the one asked for), over the
+    // plain images and, with a transform to try, over the transformed ones; a tie keeps
+    // the earlier (plain before transformed, `Eager` before `Steady`). With more than one,
+    // every body is first built with zstd streams only and compared, and only the
+    // smallest is encoded once more with LZMA2 streams: LZMA2 is most of the build time,
+    // and on the measured corpus the zstd comparison picked the same transform as the
+    // LZMA2 one on all but one pair, which it missed by 0.14% (docs/delta-bench.txt,
+    // 2026-12-02 session 14), and the same scan profile on every tune pair (session 18).
+    let scans: Vec<ScanProfile> = match options.scan {
+        Some(only) => vec![only],
+        None => SCAN_PROFILES.to_vec(),
+    };
+    let candidates: Vec<(ScanProfile, Option<Transform>)> = std::iter::once(None)
+        .chain(transform.map(Some))
+        .flat_map(|t| scans.iter().map(move |&scan| (scan, t)))
+        .collect();
     let compare = BuildOptions {
-        lzma: options.lzma && transform.is_none(),
+        lzma: options.lzma && candidates.len() == 1,
         ..options.clone()
     };
-    // Compared bodies are written to temporary files; without a transform the one body
-    // goes straight to the sink.
-    let mut plain_file = match transform {
-        Some(_) => Some(tempfile::tempfile().map_err(BuildError::Write)?),
-        None => None,
-    };
-    let (facts, body) = std::thread::scope(|scope| {
+    let old_t = transform.map(|t| TransformedImage::new(old, t));
+    let new_t = transform.map(|t| TransformedImage::new(new, t));
+    let build_candidate =
+        |(scan, t): (ScanProfile, Option<Transform>), mut out: &mut dyn Write| match (
+            &old_t, &new_t, t,
+        ) {
+            (Some(old_t), Some(new_t), Some(_)) => {
+                write_delta_body(old_t, new_t, &compare, scan, diff_model, &mut out)
+            }
+            _ => write_delta_body(old, new, &compare, scan, diff_model, &mut out),
+        };
+    let (facts, kept) = std::thread::scope(|scope| {
         let side = scope.spawn(|| image_facts(old, new));
-        let body = match plain_file.as_mut() {
-            Some(file) => write_delta_body(old, new, &compare, diff_model, file),
-            None => sink
-                .write_all(&[0u8; HEADER_LEN])
+        let kept = if candidates.len() == 1 {
+            // One candidate goes straight to the sink, in its final coding.
+            sink.write_all(&[0u8; HEADER_LEN])
                 .map_err(BuildError::Write)
-                .and_then(|()| write_delta_body(old, new, &compare, diff_model, sink)),
+                .and_then(|()| build_candidate(candidates[0], &mut *sink))
+                .map(|body| (candidates[0], body, None, Vec::new()))
+        } else {
+            // Compared bodies are written to temporary files; the smallest is kept.
+            let mut kept: Option<((ScanProfile, Option<Transform>), BodyStats, std::fs::File)> =
+                None;
+            let mut sizes = Vec::with_capacity(candidates.len());
+            let mut result = Ok(());
+            for &candidate in &candidates {
+                let built = tempfile::tempfile()
+                    .map_err(BuildError::Write)
+                    .and_then(|mut file| Ok((build_candidate(candidate, &mut file)?, file)));
+                match built {
+                    Ok((body, file)) => {
+                        sizes.push(CandidateSize {
+                            scan: candidate.0,
+                            transform: candidate.1,
+                            delta_len: HEADER_LEN as u64 + body.len,
+                        });
+                        if kept.as_ref().is_none_or(|(_, best, _)| body.len < best.len) {
+                            kept = Some((candidate, body, file));
+                        }
+                    }
+                    Err(err) => {
+                        result = Err(err);
+                        break;
+                    }
+                }
+            }
+            result.and_then(|()| {
+                let (candidate, body, file) = kept.ok_or(BuildError::WorkerFailed)?;
+                Ok((candidate, body, Some(file), sizes))
+            })
         };
         let facts = side.join().map_err(|_| BuildError::WorkerFailed);
-        (facts, body)
+        (facts, kept)
     });
     let facts = facts??;
-    let mut body = body?;
-    let plain_delta_len = HEADER_LEN as u64 + body.len;
-    let mut chosen = None;
-    let mut transformed = None;
-    if let (Some(transform), Some(plain_file)) = (transform, plain_file) {
-        let old_t = TransformedImage::new(old, transform);
-        let mut alternative = tempfile::tempfile().map_err(BuildError::Write)?;
-        let alt_body = write_delta_body(
-            &old_t,
-            &TransformedImage::new(new, transform),
-            &compare,
-            diff_model,
-            &mut alternative,
-        )?;
-        transformed = Some((transform, HEADER_LEN as u64 + alt_body.len));
-        let mut file = if alt_body.len < body.len {
-            chosen = Some(transform);
-            body = alt_body;
-            alternative
-        } else {
-            plain_file
-        };
+    let ((scan, chosen), mut body, kept_file, candidate_sizes) = kept?;
+    let smallest = |want: Option<Transform>| {
+        candidate_sizes
+            .iter()
+            .filter(|c| c.transform == want)
+            .map(|c| c.delta_len)
+            .min()
+    };
+    let plain_delta_len = smallest(None).unwrap_or(HEADER_LEN as u64 + body.len);
+    let transformed = transform.and_then(|t| Some((t, smallest(Some(t))?)));
+    if let Some(mut file) = kept_file {
         sink.start_over().map_err(BuildError::Write)?;
         sink.write_all(&[0u8; HEADER_LEN])
             .map_err(BuildError::Write)?;
         file.seek(SeekFrom::Start(0)).map_err(BuildError::Write)?;
         let mut reader = io::BufReader::new(file.take(body.len));
         if options.lzma {
-            let recoded = match chosen {
-                Some(_) => {
-                    recode_with_lzma(&mut reader, body.len, &old_t, &options, diff_model, sink)?
+            let recoded = match (&old_t, chosen) {
+                (Some(old_t), Some(_)) => {
+                    recode_with_lzma(&mut reader, body.len, old_t, &options, diff_model, sink)?
                 }
-                None => recode_with_lzma(&mut reader, body.len, old, &options, diff_model, sink)?,
+                _ => recode_with_lzma(&mut reader, body.len, old, &options, diff_model, sink)?,
             };
             body = BodyStats {
                 parts: body.parts,
@@ -386,6 +445,8 @@ fn build_into<S: ContainerSink>(
         delta_container_len,
         plain_delta_len,
         transformed,
+        scan,
+        candidates: candidate_sizes,
         full_container_len: None,
         source_len: old.len(),
         target_len: new.len(),
@@ -511,6 +572,7 @@ fn write_delta_body(
     old: &(impl ImageSource + ?Sized),
     new: &(impl ImageSource + ?Sized),
     options: &BuildOptions,
+    scan: ScanProfile,
     diff_model: LzmaModel,
     out: &mut impl Write,
 ) -> Result<BodyStats, BuildError> {
@@ -536,7 +598,7 @@ fn write_delta_body(
                     which: "new",
                     source,
                 })?;
-        let matches = diff_part(&old_window, &new_part, options.threads);
+        let matches = diff_part(&old_window, &new_part, options.threads, scan);
         let segments = plan_segments(&matches, part.old.start, options.segment_len, &mut cursor);
         drop(matches);
         let encoded = encode_segments(
@@ -557,7 +619,7 @@ fn write_delta_body(
 }
 
 /// Matches of a whole new part against its old window, searched in parallel slices.
-fn diff_part(old: &[u8], new: &[u8], threads: usize) -> Vec<Match> {
+fn diff_part(old: &[u8], new: &[u8], threads: usize, scan: ScanProfile) -> Vec<Match> {
     let old_index = OldIndex::build(old, threads);
     // Several slices per thread balance the load; slices of at least 256 KiB keep the
     // matches lost at slice edges negligible.
@@ -568,7 +630,7 @@ fn diff_part(old: &[u8], new: &[u8], threads: usize) -> Vec<Match> {
         .collect();
     run_jobs(threads, slices.len(), |index| {
         let new = &new[slices[index].clone()];
-        let found = find_matches(old, &old_index, new);
+        let found = find_matches(old, &old_index, new, scan);
         let found = prune_weak_matches(found, old, new);
         cover_literal_gaps(found, old, new)
     })
@@ -1426,7 +1488,8 @@ mod tests {
             ..options.clone()
         };
         // The plain images, and the ARM64-transformed ones with the ARM64 diff model (the
-        // recode reads its extra prefixes from the transformed old image).
+        // recode reads its extra prefixes from the transformed old image); one scanned
+        // with each profile.
         let (old_t, new_t) = (
             TransformedImage::new(&old[..], Transform::Arm64),
             TransformedImage::new(&new[..], Transform::Arm64),
@@ -1437,13 +1500,13 @@ mod tests {
             LzmaModel,
         );
         let plain_build = |o: &BuildOptions, m: LzmaModel, out: &mut Vec<u8>| {
-            write_delta_body(&old[..], &new[..], o, m, out).unwrap()
+            write_delta_body(&old[..], &new[..], o, ScanProfile::Eager, m, out).unwrap()
         };
         let plain_recode = |body: &[u8], o: &BuildOptions, m: LzmaModel, out: &mut Vec<u8>| {
             recode_with_lzma(&mut &body[..], body.len() as u64, &old[..], o, m, out).unwrap()
         };
         let arm64_build = |o: &BuildOptions, m: LzmaModel, out: &mut Vec<u8>| {
-            write_delta_body(&old_t, &new_t, o, m, out).unwrap()
+            write_delta_body(&old_t, &new_t, o, ScanProfile::Steady, m, out).unwrap()
         };
         let arm64_recode = |body: &[u8], o: &BuildOptions, m: LzmaModel, out: &mut Vec<u8>| {
             recode_with_lzma(&mut &body[..], body.len() as u64, &old_t, o, m, out).unwrap()

@@ -4,6 +4,7 @@ use super::builder::{
     build_delta_file, BuildOptions, TransformChoice, DEFAULT_MIN_SAVING_PERCENT,
     DEFAULT_WINDOW_CAP, LEVELS, MAX_THREADS, MIN_SAVING_PERCENT, WINDOW_MIB,
 };
+use super::matcher::ScanProfile;
 use anyhow::Context;
 use clap::Subcommand;
 use ota_core::delta::Transform;
@@ -29,6 +30,28 @@ impl From<TransformArg> for TransformChoice {
             TransformArg::Off => TransformChoice::Off,
             TransformArg::X86_64 => TransformChoice::Try(Transform::X86_64),
             TransformArg::Arm64 => TransformChoice::Try(Transform::Arm64),
+        }
+    }
+}
+
+/// `--scan` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScanArg {
+    /// Try every scan profile and keep the smallest delta (a match search and a zstd pass
+    /// per profile).
+    Auto,
+    /// Leave the current alignment for an exact match 4 bytes better.
+    Eager,
+    /// Leave it only for one 6 bytes better.
+    Steady,
+}
+
+impl From<ScanArg> for Option<ScanProfile> {
+    fn from(arg: ScanArg) -> Self {
+        match arg {
+            ScanArg::Auto => None,
+            ScanArg::Eager => Some(ScanProfile::Eager),
+            ScanArg::Steady => Some(ScanProfile::Steady),
         }
     }
 }
@@ -66,6 +89,9 @@ pub enum DeltaCommand {
         /// algorithm 4 (LZMA2 diff and extra streams).
         #[arg(long)]
         no_lzma: bool,
+        /// Match scan profile(s) to try.
+        #[arg(long, value_enum, default_value_t = ScanArg::Auto)]
+        scan: ScanArg,
     },
 }
 
@@ -81,6 +107,7 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             transform,
             min_saving_percent,
             no_lzma,
+            scan,
         } => {
             let mut options = BuildOptions {
                 window_cap: window_mib << 20,
@@ -88,6 +115,7 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 transform: transform.into(),
                 min_saving_percent,
                 lzma: !no_lzma,
+                scan: scan.into(),
                 ..BuildOptions::default()
             };
             if let Some(threads) = threads {
@@ -110,13 +138,27 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 Some((transform, len)) => format!(", {} transform {len} bytes", transform.name()),
                 None => String::new(),
             };
+            let compared = report
+                .candidates
+                .iter()
+                .map(|c| {
+                    let t = c.transform.map_or("plain", |t| t.name());
+                    format!("{t}/{} {}", c.scan.name(), c.delta_len)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let compared = match compared.is_empty() {
+                true => String::new(),
+                false => format!(", compared with zstd streams only: {compared}"),
+            };
             println!(
-                "{}: {} bytes ({} → {} bytes, delta {} bytes, plain delta {} bytes{tried}, {} part(s), {} segment(s))",
+                "{}: {} bytes ({} → {} bytes, delta {} bytes, {} scan, plain delta {} bytes{tried}{compared}, {} part(s), {} segment(s))",
                 report.algorithm.name(),
                 report.container_len,
                 report.source_len,
                 report.target_len,
                 report.delta_container_len,
+                report.scan.name(),
                 report.plain_delta_len,
                 report.parts,
                 report.segments

@@ -12,10 +12,46 @@ use suffix_array::SuffixArray;
 
 /// Exact matches this short are ignored: they cost more in control data than they save.
 const SMALL_MATCH: usize = 12;
-/// A new exact match is taken only when it beats the current alignment by more than this
-/// many bytes. qbsdiff uses 8; on the corpus 4 gave 1–2% smaller deltas (grid over
-/// {4, 8, 16} × small-match lengths {8, 12, 16, 24}; 12 and 4 were best on every pair).
-const MISMATCH_COUNT: usize = 4;
+/// How readily the scan leaves the alignment it follows for a new exact match: the match
+/// is taken only when it beats the current alignment by more than `mismatch_count`
+/// bytes. No one setting is smallest everywhere, and the sizes do not move monotonically
+/// with it (cryptography 45.0.2 → 45.0.3, LZMA2 container bytes: 4 → 497,556,
+/// 5 → 503,443, 6 → 453,000, 7 → 458,502, 8 → 455,020, 12 → 464,739, 16 → 522,447), so a
+/// build tries every profile in [`SCAN_PROFILES`] and keeps the smallest delta
+/// (docs/delta-bench.txt, session 18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanProfile {
+    /// 4 bytes: on the shared corpus 1–2% smaller than qbsdiff's 8 (grid over {4, 8, 16}
+    /// × small-match lengths {8, 12, 16, 24}), and up to 2.6% smaller than 6 on the ARM64
+    /// tune pairs (rpds, numpy's OpenBLAS).
+    Eager,
+    /// 6 bytes: the scan stays on an alignment through slightly better exact matches
+    /// elsewhere. 9% smaller than `Eager` on a static-OpenSSL tune pair one patch release
+    /// apart (cryptography 45.0.2 → 45.0.3), 0.2–1% on 9 of the other 15 tune pairs.
+    /// 8 (qbsdiff's) beat 6 on one tune pair only (libcrypto, by 0.5%).
+    Steady,
+}
+
+/// Every profile a build tries, in the order a tie is decided (the first wins).
+pub const SCAN_PROFILES: [ScanProfile; 2] = [ScanProfile::Eager, ScanProfile::Steady];
+
+impl ScanProfile {
+    /// Bytes by which a new exact match must beat the current alignment.
+    pub fn mismatch_count(self) -> usize {
+        match self {
+            ScanProfile::Eager => 4,
+            ScanProfile::Steady => 6,
+        }
+    }
+
+    /// The name `ota-server delta build` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScanProfile::Eager => "eager",
+            ScanProfile::Steady => "steady",
+        }
+    }
+}
 /// Above this length the end of a similar run is found by binary search instead of
 /// stepping byte by byte.
 const LONG_SUFFIX: usize = 256;
@@ -253,8 +289,13 @@ fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
     at
 }
 
-/// Matches tiling all of `new` against `old`, indexed by `index`.
-pub fn find_matches(old: &[u8], index: &OldIndex<'_>, new: &[u8]) -> Vec<Match> {
+/// Matches tiling all of `new` against `old`, indexed by `index`, scanned with `profile`.
+pub fn find_matches(
+    old: &[u8],
+    index: &OldIndex<'_>,
+    new: &[u8],
+    profile: ScanProfile,
+) -> Vec<Match> {
     if new.is_empty() {
         return Vec::new();
     }
@@ -269,6 +310,7 @@ pub fn find_matches(old: &[u8], index: &OldIndex<'_>, new: &[u8]) -> Vec<Match> 
         old,
         new,
         index,
+        mismatch_count: profile.mismatch_count(),
         i0: 0,
         j0: 0,
         n0: 0,
@@ -663,6 +705,8 @@ struct Scan<'a> {
     old: &'a [u8],
     new: &'a [u8],
     index: &'a OldIndex<'a>,
+    /// See [`ScanProfile::mismatch_count`].
+    mismatch_count: usize,
     /// Old offset, new offset and length of the previous exact match, and how many
     /// similar bytes precede it.
     i0: usize,
@@ -697,7 +741,7 @@ impl Scan<'_> {
             } else if m == n || n <= SMALL_MATCH {
                 j += n;
                 m = 0;
-            } else if n <= m + MISMATCH_COUNT {
+            } else if n <= m + self.mismatch_count {
                 // Mostly predicted by the current alignment: skip ahead, by binary
                 // search over the suffix when the match is long.
                 let next = if n <= LONG_SUFFIX {
@@ -828,20 +872,23 @@ mod tests {
         // between edits, so that matches must be stitched across piece edges.
         for (pieces, overlap) in [(1, 0), (3, 1_000)] {
             let index = OldIndex::with_pieces(&old, pieces, overlap);
-            for (name, old_bytes, new_bytes) in cases {
-                let matches = find_matches(old_bytes, &index, new_bytes);
+            for ((name, old_bytes, new_bytes), profile) in cases
+                .into_iter()
+                .flat_map(|case| SCAN_PROFILES.map(|profile| (case, profile)))
+            {
+                let matches = find_matches(old_bytes, &index, new_bytes, profile);
                 assert!(
                     tiles(new_bytes.len(), &matches),
-                    "case `{name}`, {pieces} pieces: matches must tile the new slice"
+                    "case `{name}`, {pieces} pieces, {profile:?}: matches must tile the new slice"
                 );
                 for m in &matches {
                     assert!(
                         m.old_start + m.diff_len <= old_bytes.len() as u64,
-                        "case `{name}`, {pieces} pieces: {m:?} reads past the old slice"
+                        "case `{name}`, {pieces} pieces, {profile:?}: {m:?} reads past the old slice"
                     );
                 }
             }
-            let identical = find_matches(&old, &index, &old);
+            let identical = find_matches(&old, &index, &old, ScanProfile::Eager);
             let literal: u64 = identical.iter().map(|m| m.extra_len).sum();
             assert_eq!(
                 literal, 0,
@@ -932,7 +979,7 @@ mod tests {
             new.splice(8192 + table_len..8192 + table_len, [1, 2, 3, 4, 5, 6, 7]);
             new.splice(0..0, [9, 9, 9, 9, 9]);
             let index = OldIndex::build(&old, 1);
-            let matches = find_matches(&old, &index, &new);
+            let matches = find_matches(&old, &index, &new, ScanProfile::Eager);
             assert!(
                 tiles(new.len(), &matches),
                 "matches must tile the new image"
@@ -1012,10 +1059,50 @@ mod tests {
     }
 
     #[test]
+    fn a_short_match_off_the_alignment_moves_the_eager_scan_and_not_the_steady_one() {
+        let mut random = xorshift(0x1234_5678);
+        let mut old: Vec<u8> = (0..60_000).map(|_| random()).collect();
+        // Far from where it is used, old holds a near-copy of the 20 bytes at 30,000:
+        // 14 of them equal. The new image is old with those 20 bytes replaced by the
+        // near-copy, so at 30,000 the scan finds an exact 20-byte match 20,000 bytes
+        // away that beats its alignment by 6 bytes: more than `Eager`'s 4, not more
+        // than `Steady`'s 6.
+        let (at, far, len) = (30_000usize, 10_000usize, 20usize);
+        let mut copy = old[at..at + len].to_vec();
+        for k in [1, 4, 8, 11, 15, 18] {
+            copy[k] ^= 0xa5;
+        }
+        old[far..far + len].copy_from_slice(&copy);
+        // Bytes around the copy differ so that the exact match is exactly `len` long.
+        old[far - 1] = old[at - 1] ^ 0xff;
+        old[far + len] = old[at + len] ^ 0xff;
+        let mut new = old.clone();
+        new[at..at + len].copy_from_slice(&copy);
+        let index = OldIndex::build(&old, 1);
+        // Whether a match reads old bytes off the diagonal (old offset = new offset).
+        let reads_far = |profile| {
+            let mut new_at = 0u64;
+            find_matches(&old, &index, &new, profile).iter().any(|m| {
+                let off_diagonal = m.diff_len > 0 && m.old_start != new_at;
+                new_at += m.diff_len + m.extra_len;
+                off_diagonal
+            })
+        };
+        assert!(
+            reads_far(ScanProfile::Eager),
+            "the eager scan must take the 20-byte match off its alignment"
+        );
+        assert!(
+            !reads_far(ScanProfile::Steady),
+            "the steady scan must stay on its alignment"
+        );
+    }
+
+    #[test]
     fn empty_old_makes_everything_literal() {
         let index = OldIndex::build(&[], 2);
         assert_eq!(
-            find_matches(&[], &index, b"abc"),
+            find_matches(&[], &index, b"abc", ScanProfile::Steady),
             vec![Match {
                 old_start: 0,
                 diff_len: 0,

@@ -16,5 +16,7 @@ pub mod image;
 pub mod matcher;
 
 pub use builder::{
-    build_delta, build_delta_file, BuildError, BuildOptions, BuildReport, TransformChoice,
+    build_delta, build_delta_file, BuildError, BuildOptions, BuildReport, CandidateSize,
+    TransformChoice,
 };
+pub use matcher::{ScanProfile, SCAN_PROFILES};

@@ -8,7 +8,9 @@ use ota_core::delta::{
     DeltaError, DiffCoding, ExtraCoding, SegmentHeader, Transform, HEADER_LEN, MAX_IMAGE_LEN,
     SEGMENT_HEADER_LEN, SEGMENT_MAX_TARGET, TRANSFORM_BLOCK,
 };
-use ota_server::delta::{build_delta, BuildOptions, TransformChoice};
+use ota_server::delta::{
+    build_delta, BuildOptions, CandidateSize, ScanProfile, TransformChoice, SCAN_PROFILES,
+};
 use ota_tests::synthetic::{self, CodeKind};
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
@@ -180,6 +182,123 @@ fn code_images_ship_the_transformed_delta_when_it_is_smaller() {
                 assert!(report.delta_container_len < transformed_len);
             }
         }
+    }
+}
+
+/// A release where, at 100 places, 20 bytes were replaced by a near-copy of them found
+/// far away in the old image (14 of 20 bytes equal, the others one more): the eager
+/// scan leaves its alignment for each exact 20-byte match (6 bytes better) and back, two
+/// control entries with irregular seeks each; the steady one stays on it, with six
+/// diff bytes of 1.
+fn steady_sample() -> (Vec<u8>, Vec<u8>) {
+    let mut old = synthetic::image(11, 300_000);
+    let mut copies = Vec::new();
+    for k in 0..100 {
+        let (at, far) = (1_000 + k * 1_400, 155_000 + k * 1_400 + k * k * 37 % 700);
+        let mut copy = old[at..at + 20].to_vec();
+        for flip in [1, 4, 8, 11, 15, 18] {
+            copy[flip] = copy[flip].wrapping_add(1);
+        }
+        old[far..far + 20].copy_from_slice(&copy);
+        old[far - 1] = old[at - 1] ^ 0xff;
+        old[far + 20] = old[at + 20] ^ 0xff;
+        copies.push((at, copy));
+    }
+    let mut new = old.clone();
+    for (at, copy) in copies {
+        new[at..at + 20].copy_from_slice(&copy);
+    }
+    (old, new)
+}
+
+#[test]
+fn every_scan_profile_is_compared_and_the_smallest_delta_kept() {
+    let zstd_only = BuildOptions {
+        lzma: false,
+        min_saving_percent: 0,
+        ..options()
+    };
+    let (old, new) = steady_sample();
+    let only = |scan| {
+        let options = BuildOptions {
+            scan: Some(scan),
+            ..zstd_only.clone()
+        };
+        let report = round_trip_with(&old, &new, &options);
+        assert_eq!(report.scan, scan);
+        assert!(
+            report.candidates.is_empty(),
+            "one profile, nothing to compare"
+        );
+        report.delta_container_len
+    };
+    let sizes: Vec<u64> = SCAN_PROFILES.iter().map(|&scan| only(scan)).collect();
+    let (eager, steady) = (sizes[0], sizes[1]);
+    assert!(
+        steady < eager,
+        "the sample must make the steady scan smaller ({steady} vs {eager} bytes)"
+    );
+    // Both profiles are built (the sizes are those of single-profile builds) and the
+    // smaller kept.
+    let auto = round_trip_with(&old, &new, &zstd_only);
+    assert_eq!(
+        auto.candidates,
+        vec![
+            CandidateSize {
+                scan: ScanProfile::Eager,
+                transform: None,
+                delta_len: eager
+            },
+            CandidateSize {
+                scan: ScanProfile::Steady,
+                transform: None,
+                delta_len: steady
+            },
+        ]
+    );
+    assert_eq!(
+        (auto.scan, auto.delta_container_len, auto.plain_delta_len),
+        (ScanProfile::Steady, steady, steady)
+    );
+    // With LZMA2 the choice is made on the zstd bodies and the kept one recoded: no
+    // larger.
+    let lzma = round_trip_with(
+        &old,
+        &new,
+        &BuildOptions {
+            lzma: true,
+            ..zstd_only.clone()
+        },
+    );
+    assert_eq!(
+        (lzma.scan, &lzma.candidates),
+        (ScanProfile::Steady, &auto.candidates)
+    );
+    assert!(lzma.delta_container_len <= steady);
+    // Where the two are equal, the first profile is kept; where eager is smaller, it is.
+    for (old, new) in [
+        {
+            let old = synthetic::image(12, 100_000);
+            let new = old.clone();
+            (old, new)
+        },
+        {
+            let old = synthetic::image(3, 200_000);
+            let new = synthetic::next_release(&old, 5, 50);
+            (old, new)
+        },
+    ] {
+        let report = round_trip_with(&old, &new, &zstd_only);
+        let (first, second) = (report.candidates[0], report.candidates[1]);
+        let expected = if second.delta_len < first.delta_len {
+            second
+        } else {
+            first
+        };
+        assert_eq!(
+            (report.scan, report.delta_container_len),
+            (expected.scan, expected.delta_len)
+        );
     }
 }
 
