@@ -16,7 +16,7 @@ const SMALL_MATCH: usize = 12;
 /// is taken only when it beats the current alignment by more than `mismatch_count`
 /// bytes. No one setting is smallest everywhere, and the sizes do not move monotonically
 /// with it (cryptography 45.0.2 → 45.0.3, LZMA2 container bytes: 4 → 497,556,
-/// 5 → 503,443, 6 → 453,000, 7 → 458,502, 8 → 455,020, 12 → 464,739, 16 → 522,447), so a
+/// 5 → 503,443, 6 → 453,000, 7 → 458,502, 8 → 455,025, 12 → 464,739, 16 → 522,447), so a
 /// build tries every profile in [`SCAN_PROFILES`] and keeps the smallest delta
 /// (docs/delta-bench.txt, session 18).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub enum ScanProfile {
     Eager,
     /// 6 bytes: the scan stays on an alignment through slightly better exact matches
     /// elsewhere. 9% smaller than `Eager` on a static-OpenSSL tune pair one patch release
-    /// apart (cryptography 45.0.2 → 45.0.3), 0.2–1% on 9 of the other 15 tune pairs.
+    /// apart (cryptography 45.0.2 → 45.0.3), 0.03–1.0% on 9 of the other 15 tune pairs.
     /// 8 (qbsdiff's) beat 6 on one tune pair only (libcrypto, by 0.5%).
     Steady,
 }
