@@ -58,6 +58,7 @@ impl BuilderEngine {
             options: crate::delta::BuildOptions {
                 min_saving_percent: delta.min_saving_percent,
                 lzma: delta.lzma,
+                scan: delta.scan.profile(),
                 ..crate::delta::BuildOptions::default()
             },
         }
@@ -73,6 +74,14 @@ impl DeltaEngine for BuilderEngine {
     ) -> Result<DeltaOutcome, DeltaBuildError> {
         let report = crate::delta::build_delta_file(old, new, out, &self.options)
             .map_err(|e| DeltaBuildError::Failed(format!("{e:#}")))?;
+        tracing::info!(
+            algorithm = report.algorithm.name(),
+            container_len = report.container_len,
+            delta_container_len = report.delta_container_len,
+            scan = report.scan.name(),
+            candidates = ?report.candidates,
+            "delta built"
+        );
         Ok(match report.algorithm {
             ota_core::delta::Algorithm::BsdiffZstd
             | ota_core::delta::Algorithm::BsdiffZstdTransformed(_)
@@ -243,10 +252,21 @@ mod tests {
         let delta = DeltaSettings {
             min_saving_percent: 42,
             lzma: false,
+            scan: crate::delta::ScanChoice::Eager,
             ..DeltaSettings::default()
         };
         let options = BuilderEngine::from_settings(&delta).options;
-        assert_eq!((options.min_saving_percent, options.lzma), (42, false));
+        assert_eq!(
+            (options.min_saving_percent, options.lzma, options.scan),
+            (42, false, Some(crate::delta::ScanProfile::Eager))
+        );
+        assert_eq!(
+            BuilderEngine::from_settings(&DeltaSettings::default())
+                .options
+                .scan,
+            None,
+            "every profile by default"
+        );
         assert!(
             BuilderEngine::from_settings(&DeltaSettings::default())
                 .options

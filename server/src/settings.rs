@@ -200,6 +200,10 @@ pub struct DeltaSettings {
     /// smaller).
     /// Turn off while the fleet still runs agents that predate algorithm 4.
     pub lzma: bool,
+    /// Match-scan profiles each build tries: "auto" (every one, the smallest delta
+    /// kept; a match search and a zstd pass per profile), "eager" or "steady" (one,
+    /// faster).
+    pub scan: crate::delta::ScanChoice,
 }
 
 /// Which blob store backend keeps images and deltas.
@@ -337,6 +341,7 @@ impl Default for DeltaSettings {
             workers: 1,
             min_saving_percent: crate::delta::builder::DEFAULT_MIN_SAVING_PERCENT,
             lzma: true,
+            scan: crate::delta::ScanChoice::Auto,
         }
     }
 }
@@ -702,6 +707,19 @@ mod tests {
             let s = Settings::load(Some(Path::new("ota.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.delta.min_saving_percent, 30);
             jail.set_env("OTA_DELTA__MIN_SAVING_PERCENT", "10");
+            assert_eq!(s.delta.scan, crate::delta::ScanChoice::Auto);
+            jail.set_env("OTA_DELTA__SCAN", "steady");
+            let s = Settings::load(Some(Path::new("ota.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.delta.scan, crate::delta::ScanChoice::Steady);
+            jail.set_env("OTA_DELTA__SCAN", "sideways");
+            let err = Settings::load(Some(Path::new("ota.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("sideways") && err.contains("eager"),
+                "an unknown scan profile is refused, naming the known ones: {err}"
+            );
+            jail.set_env("OTA_DELTA__SCAN", "auto");
             jail.set_env("OTA_LISTEN", "nowhere");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("listen"), "{err}");

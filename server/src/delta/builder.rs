@@ -75,6 +75,42 @@ const _: () = assert!(EXTRA_PREFIX_LEN <= EXTRA_PREFIX_MAX as usize);
 /// entry plus the count) stays under `SEGMENT_MAX_CONTROL`.
 const MAX_ENTRIES_PER_SEGMENT: usize = (SEGMENT_MAX_CONTROL as usize - 16) / 20;
 
+/// Which match-scan profiles a build tries (`ota-server delta build --scan`, server
+/// setting `[delta] scan`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanChoice {
+    /// Every profile of [`SCAN_PROFILES`], the smallest delta kept (a match search and a
+    /// zstd pass per profile).
+    #[default]
+    Auto,
+    /// Only [`ScanProfile::Eager`].
+    Eager,
+    /// Only [`ScanProfile::Steady`].
+    Steady,
+}
+
+impl ScanChoice {
+    /// The one profile to use, or `None` for all of them ([`BuildOptions::scan`]).
+    pub fn profile(self) -> Option<ScanProfile> {
+        match self {
+            ScanChoice::Auto => None,
+            ScanChoice::Eager => Some(ScanProfile::Eager),
+            ScanChoice::Steady => Some(ScanProfile::Steady),
+        }
+    }
+}
+
 /// Tuning of a build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -109,7 +145,7 @@ pub struct BuildOptions {
 /// the `tune` half of `tests/delta-corpus` (docs/delta-bench.txt, 2026-12-01 transform
 /// section): ARM64 won on 3 of 7 bsdiff-shipped tune pairs (−2.4% to −20%) and on the
 /// two that ship the full image; x86-64 won on 1 of 4 tune pairs by 0.8% and lost up to
-/// 22% on the others, so it is not worth a second diff by default.
+/// 22% on the others, so it is not worth more diffs by default.
 const AUTO_TRANSFORMS: &[Transform] = &[Transform::Arm64];
 
 /// Which executable-aware transform a build tries besides the plain delta.
@@ -180,21 +216,23 @@ pub struct BuildReport {
     pub algorithm: Algorithm,
     /// Size of the written container.
     pub container_len: u64,
-    /// Size of the delta container, whether or not it was shipped: the plain or the
-    /// transformed delta, whichever compared smaller.
+    /// Size of the delta container, whether or not it was shipped: the candidate that
+    /// compared smallest, in its final coding (LZMA2-recoded when LZMA2 is on).
     pub delta_container_len: u64,
-    /// Size of the plain (untransformed) delta container. When a transform was tried
-    /// with LZMA2 on, this and the transformed size are the sizes the choice was made on:
-    /// both bodies with zstd streams only (the chosen one is then encoded with LZMA2, so
-    /// `delta_container_len` is at most the smaller of the two).
+    /// Size of the smallest plain (untransformed) delta container over the scan
+    /// profiles tried. When more than one body was built (several profiles, or a
+    /// transform), this and the transformed size are sizes the choice was made on, with
+    /// zstd streams only (the kept one is then encoded with LZMA2 when it is on, so
+    /// `delta_container_len` is at most the smaller of the two); with one body it is
+    /// that body's final size.
     pub plain_delta_len: u64,
-    /// The transform tried and the size of its delta container, kept or not (see
-    /// `plain_delta_len`).
+    /// The transform tried and the size of its smallest delta container over the scan
+    /// profiles, kept or not (see `plain_delta_len`).
     pub transformed: Option<(Transform, u64)>,
     /// The match scan's profile of the delta kept.
     pub scan: ScanProfile,
-    /// Every body compared, with its container size (zstd streams only): empty when
-    /// there was only one to build.
+    /// Every body compared, in the order built, with its container size (zstd streams
+    /// only): empty when there was only one to build.
     pub candidates: Vec<CandidateSize>,
     /// Size of the full-image container, when it was computed.
     pub full_container_len: Option<u64>,

@@ -1,10 +1,9 @@
 //! `ota-server delta ...` subcommands.
 
 use super::builder::{
-    build_delta_file, BuildOptions, TransformChoice, DEFAULT_MIN_SAVING_PERCENT,
+    build_delta_file, BuildOptions, ScanChoice, TransformChoice, DEFAULT_MIN_SAVING_PERCENT,
     DEFAULT_WINDOW_CAP, LEVELS, MAX_THREADS, MIN_SAVING_PERCENT, WINDOW_MIB,
 };
-use super::matcher::ScanProfile;
 use anyhow::Context;
 use clap::Subcommand;
 use ota_core::delta::Transform;
@@ -30,28 +29,6 @@ impl From<TransformArg> for TransformChoice {
             TransformArg::Off => TransformChoice::Off,
             TransformArg::X86_64 => TransformChoice::Try(Transform::X86_64),
             TransformArg::Arm64 => TransformChoice::Try(Transform::Arm64),
-        }
-    }
-}
-
-/// `--scan` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ScanArg {
-    /// Try every scan profile and keep the smallest delta (a match search and a zstd pass
-    /// per profile).
-    Auto,
-    /// Leave the current alignment for an exact match 4 bytes better.
-    Eager,
-    /// Leave it only for one 6 bytes better.
-    Steady,
-}
-
-impl From<ScanArg> for Option<ScanProfile> {
-    fn from(arg: ScanArg) -> Self {
-        match arg {
-            ScanArg::Auto => None,
-            ScanArg::Eager => Some(ScanProfile::Eager),
-            ScanArg::Steady => Some(ScanProfile::Steady),
         }
     }
 }
@@ -89,9 +66,10 @@ pub enum DeltaCommand {
         /// algorithm 4 (LZMA2 diff and extra streams).
         #[arg(long)]
         no_lzma: bool,
-        /// Match scan profile(s) to try.
-        #[arg(long, value_enum, default_value_t = ScanArg::Auto)]
-        scan: ScanArg,
+        /// Match-scan profile(s) to try: `auto` builds with each and keeps the smaller
+        /// delta; `eager` or `steady` builds once, faster.
+        #[arg(long, value_enum, default_value_t = ScanChoice::Auto)]
+        scan: ScanChoice,
     },
 }
 
@@ -115,7 +93,7 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 transform: transform.into(),
                 min_saving_percent,
                 lzma: !no_lzma,
-                scan: scan.into(),
+                scan: scan.profile(),
                 ..BuildOptions::default()
             };
             if let Some(threads) = threads {

@@ -1064,9 +1064,9 @@ mod tests {
         let mut old: Vec<u8> = (0..60_000).map(|_| random()).collect();
         // Far from where it is used, old holds a near-copy of the 20 bytes at 30,000:
         // 14 of them equal. The new image is old with those 20 bytes replaced by the
-        // near-copy, so at 30,000 the scan finds an exact 20-byte match 20,000 bytes
-        // away that beats its alignment by 6 bytes: more than `Eager`'s 4, not more
-        // than `Steady`'s 6.
+        // near-copy, so at 30,001 (the first changed byte) the scan finds an exact 19-byte
+        // match 20,000 bytes away that beats its alignment by 6 bytes: more than
+        // `Eager`'s 4, not more than `Steady`'s 6.
         let (at, far, len) = (30_000usize, 10_000usize, 20usize);
         let mut copy = old[at..at + len].to_vec();
         for k in [1, 4, 8, 11, 15, 18] {
@@ -1090,7 +1090,7 @@ mod tests {
         };
         assert!(
             reads_far(ScanProfile::Eager),
-            "the eager scan must take the 20-byte match off its alignment"
+            "the eager scan must take the 19-byte match off its alignment"
         );
         assert!(
             !reads_far(ScanProfile::Steady),

@@ -17,6 +17,6 @@ pub mod matcher;
 
 pub use builder::{
     build_delta, build_delta_file, BuildError, BuildOptions, BuildReport, CandidateSize,
-    TransformChoice,
+    ScanChoice, TransformChoice,
 };
 pub use matcher::{ScanProfile, SCAN_PROFILES};

@@ -158,8 +158,8 @@ fn code_images_ship_the_transformed_delta_when_it_is_smaller() {
                 Some(transform),
                 "{kind:?}: the smaller transformed delta must be shipped"
             );
-            // The two bodies are compared with zstd streams only (LZMA2 runs once, on the
-            // one kept): the sizes compared are those of a build with LZMA2 off, and the
+            // The bodies (plain and transformed, each scanned with every profile) are
+            // compared with zstd streams only (LZMA2 runs once, on the one kept): the sizes compared are those of a build with LZMA2 off, and the
             // shipped delta, LZMA2-coded, is no larger.
             let zstd_only = round_trip_with(
                 &old,
@@ -187,9 +187,9 @@ fn code_images_ship_the_transformed_delta_when_it_is_smaller() {
 
 /// A release where, at 100 places, 20 bytes were replaced by a near-copy of them found
 /// far away in the old image (14 of 20 bytes equal, the others one more): the eager
-/// scan leaves its alignment for each exact 20-byte match (6 bytes better) and back, two
-/// control entries with irregular seeks each; the steady one stays on it, with six
-/// diff bytes of 1.
+/// scan leaves its alignment for each exact match (19 bytes from the first changed one,
+/// 6 better than the alignment) and back, two control entries with irregular seeks
+/// each; the steady one stays on it, with six diff bytes of 1.
 fn steady_sample() -> (Vec<u8>, Vec<u8>) {
     let mut old = synthetic::image(11, 300_000);
     let mut copies = Vec::new();
@@ -274,32 +274,46 @@ fn every_scan_profile_is_compared_and_the_smallest_delta_kept() {
         (lzma.scan, &lzma.candidates),
         (ScanProfile::Steady, &auto.candidates)
     );
+    assert!(lzma.algorithm.allows_lzma());
     assert!(lzma.delta_container_len <= steady);
-    // Where the two are equal, the first profile is kept; where eager is smaller, it is.
-    for (old, new) in [
-        {
-            let old = synthetic::image(12, 100_000);
-            let new = old.clone();
-            (old, new)
-        },
-        {
-            let old = synthetic::image(3, 200_000);
-            let new = synthetic::next_release(&old, 5, 50);
-            (old, new)
-        },
-    ] {
-        let report = round_trip_with(&old, &new, &zstd_only);
-        let (first, second) = (report.candidates[0], report.candidates[1]);
-        let expected = if second.delta_len < first.delta_len {
-            second
-        } else {
-            first
-        };
-        assert_eq!(
-            (report.scan, report.delta_container_len),
-            (expected.scan, expected.delta_len)
-        );
-    }
+    // Where the two are equal (an unchanged image), the first profile is kept.
+    let old = synthetic::image(12, 100_000);
+    let report = round_trip_with(&old, &old, &zstd_only);
+    let sizes: Vec<u64> = report.candidates.iter().map(|c| c.delta_len).collect();
+    assert_eq!(sizes, vec![sizes[0]; 2], "the sample must tie");
+    assert_eq!(report.scan, ScanProfile::Eager);
+    // With a transform to try, each profile runs over the plain and over the transformed
+    // images: four bodies, in tie order, and the smallest kept.
+    let (old, new) = synthetic::code_release_pair(CodeKind::Arm64, 7, 300_000, 4100);
+    let report = round_trip_with(&old, &new, &zstd_only);
+    let tried: Vec<_> = report
+        .candidates
+        .iter()
+        .map(|c| (c.scan, c.transform))
+        .collect();
+    let arm64 = Some(Transform::Arm64);
+    assert_eq!(
+        tried,
+        vec![
+            (ScanProfile::Eager, None),
+            (ScanProfile::Steady, None),
+            (ScanProfile::Eager, arm64),
+            (ScanProfile::Steady, arm64),
+        ]
+    );
+    let smallest = report
+        .candidates
+        .iter()
+        .min_by_key(|c| c.delta_len)
+        .expect("four candidates");
+    assert_eq!(
+        (
+            report.scan,
+            report.algorithm.transform(),
+            report.delta_container_len
+        ),
+        (smallest.scan, smallest.transform, smallest.delta_len)
+    );
 }
 
 #[test]
@@ -598,7 +612,7 @@ fn lzma2_literal_models_follow_the_stream_and_the_instruction_set() {
     const CODES: u8 = 0;
     let (sparse, ..) = sparse_sample();
     let (arm64, arm64_old, arm64_new, _) = lzma_sample();
-    // The same images built with the transform tried: both bodies compared with zstd
+    // The same images built with the transform tried: every body compared with zstd
     // streams, the kept one recoded with LZMA2 (`recode_with_lzma`), with the same models.
     // (A dense, word-structured change on top, so that the kept body's diff streams
     // take LZMA2 too.)
