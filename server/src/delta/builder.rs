@@ -12,7 +12,8 @@
 //! meanwhile. The pipeline runs once per match-scan profile (`matcher::SCAN_PROFILES`)
 //! and, when the new image holds ARM64 code (`detect`, `AUTO_TRANSFORMS`), once more
 //! per profile over the transformed images (`ota_core::delta::Transform`), all with zstd
-//! streams only; the smallest body is kept and, with LZMA2 on, encoded once more with
+//! streams only, the profiles over one pair of images sharing one suffix array per
+//! part (`write_delta_bodies`); the smallest body is kept and, with LZMA2 on, encoded once more with
 //! LZMA2 streams (so LZMA2, most of the build time, runs once). When the delta is not at least
 //! `min_saving_percent` (default 10%) smaller than the full image compressed, the full
 //! image is shipped instead.
@@ -377,22 +378,23 @@ fn build_into<S: ContainerSink>(
     };
     let old_t = transform.map(|t| TransformedImage::new(old, t));
     let new_t = transform.map(|t| TransformedImage::new(new, t));
-    let build_candidate =
-        |(scan, t): (ScanProfile, Option<Transform>), mut out: &mut dyn Write| match (
-            &old_t, &new_t, t,
-        ) {
-            (Some(old_t), Some(new_t), Some(_)) => {
-                write_delta_body(old_t, new_t, &compare, scan, diff_model, &mut out)
-            }
-            _ => write_delta_body(old, new, &compare, scan, diff_model, &mut out),
-        };
+    // All the bodies over one pair of images (plain or transformed), one per profile,
+    // built from one index of each old window.
+    let build_bodies = |t: Option<Transform>, outs: &mut [&mut dyn Write]| match (&old_t, &new_t, t)
+    {
+        (Some(old_t), Some(new_t), Some(_)) => {
+            write_delta_bodies(old_t, new_t, &compare, &scans, diff_model, outs)
+        }
+        _ => write_delta_bodies(old, new, &compare, &scans, diff_model, outs),
+    };
     let (facts, kept) = std::thread::scope(|scope| {
         let side = scope.spawn(|| image_facts(old, new));
         let kept = if candidates.len() == 1 {
             // One candidate goes straight to the sink, in its final coding.
             sink.write_all(&[0u8; HEADER_LEN])
                 .map_err(BuildError::Write)
-                .and_then(|()| build_candidate(candidates[0], &mut *sink))
+                .and_then(|()| build_bodies(candidates[0].1, &mut [&mut *sink]))
+                .and_then(|mut bodies| bodies.pop().ok_or(BuildError::WorkerFailed))
                 .map(|body| (candidates[0], body, None, Vec::new()))
         } else {
             // Compared bodies are written to temporary files; the smallest is kept.
@@ -400,19 +402,29 @@ fn build_into<S: ContainerSink>(
                 None;
             let mut sizes = Vec::with_capacity(candidates.len());
             let mut result = Ok(());
-            for &candidate in &candidates {
-                let built = tempfile::tempfile()
+            for t in std::iter::once(None).chain(transform.map(Some)) {
+                let built = scans
+                    .iter()
+                    .map(|_| tempfile::tempfile())
+                    .collect::<io::Result<Vec<_>>>()
                     .map_err(BuildError::Write)
-                    .and_then(|mut file| Ok((build_candidate(candidate, &mut file)?, file)));
+                    .and_then(|mut files| {
+                        let mut outs: Vec<&mut dyn Write> =
+                            files.iter_mut().map(|f| f as &mut dyn Write).collect();
+                        let bodies = build_bodies(t, &mut outs)?;
+                        Ok(bodies.into_iter().zip(files).collect::<Vec<_>>())
+                    });
                 match built {
-                    Ok((body, file)) => {
-                        sizes.push(CandidateSize {
-                            scan: candidate.0,
-                            transform: candidate.1,
-                            delta_len: HEADER_LEN as u64 + body.len,
-                        });
-                        if kept.as_ref().is_none_or(|(_, best, _)| body.len < best.len) {
-                            kept = Some((candidate, body, file));
+                    Ok(bodies) => {
+                        for (&scan, (body, file)) in scans.iter().zip(bodies) {
+                            sizes.push(CandidateSize {
+                                scan,
+                                transform: t,
+                                delta_len: HEADER_LEN as u64 + body.len,
+                            });
+                            if kept.as_ref().is_none_or(|(_, best, _)| body.len < best.len) {
+                                kept = Some(((scan, t), body, file));
+                            }
                         }
                     }
                     Err(err) => {
@@ -614,15 +626,36 @@ fn write_delta_body(
     diff_model: LzmaModel,
     out: &mut impl Write,
 ) -> Result<BodyStats, BuildError> {
+    let mut outs: [&mut dyn Write; 1] = [out];
+    let mut stats = write_delta_bodies(old, new, options, &[scan], diff_model, &mut outs)?;
+    stats.pop().ok_or(BuildError::WorkerFailed)
+}
+
+/// One delta body per scan profile in `scans`, the body for `scans[i]` written to
+/// `outs[i]` (as many as `scans`). Per part, the old window is read and indexed once and
+/// every profile's matches are searched in that index; the index is dropped before the
+/// segments are encoded, so peak memory is that of one body.
+fn write_delta_bodies(
+    old: &(impl ImageSource + ?Sized),
+    new: &(impl ImageSource + ?Sized),
+    options: &BuildOptions,
+    scans: &[ScanProfile],
+    diff_model: LzmaModel,
+    outs: &mut [&mut dyn Write],
+) -> Result<Vec<BodyStats>, BuildError> {
+    debug_assert_eq!(scans.len(), outs.len());
     let parts = plan_parts(old.len(), new.len(), options.window_cap);
-    let mut stats = BodyStats {
-        len: 0,
-        parts: parts.len(),
-        segments: 0,
-        lzma: false,
-    };
-    // The old cursor runs across segments and parts: seeks are relative to it.
-    let mut cursor = 0u64;
+    let mut stats: Vec<BodyStats> = scans
+        .iter()
+        .map(|_| BodyStats {
+            len: 0,
+            parts: parts.len(),
+            segments: 0,
+            lzma: false,
+        })
+        .collect();
+    // Each body's old cursor runs across its segments and parts: seeks are relative to it.
+    let mut cursors = vec![0u64; scans.len()];
     for part in parts {
         let old_window =
             old.read_range(part.old.clone())
@@ -636,28 +669,36 @@ fn write_delta_body(
                     which: "new",
                     source,
                 })?;
-        let matches = diff_part(&old_window, &new_part, options.threads, scan);
-        let segments = plan_segments(&matches, part.old.start, options.segment_len, &mut cursor);
-        drop(matches);
-        let encoded = encode_segments(
-            segments,
-            &old_window,
-            part.old.start,
-            &new_part,
-            options,
-            diff_model,
-        )?;
-        stats.segments += encoded.len();
-        for segment in encoded {
-            stats.lzma |= segment.header.uses_lzma();
-            stats.len += write_segment(&segment, out)?;
+        let all_matches = diff_part(&old_window, &new_part, options.threads, scans);
+        for (((matches, out), cursor), stats) in all_matches
+            .into_iter()
+            .zip(outs.iter_mut())
+            .zip(cursors.iter_mut())
+            .zip(stats.iter_mut())
+        {
+            let segments = plan_segments(&matches, part.old.start, options.segment_len, cursor);
+            drop(matches);
+            let encoded = encode_segments(
+                segments,
+                &old_window,
+                part.old.start,
+                &new_part,
+                options,
+                diff_model,
+            )?;
+            stats.segments += encoded.len();
+            for segment in encoded {
+                stats.lzma |= segment.header.uses_lzma();
+                stats.len += write_segment(&segment, out)?;
+            }
         }
     }
     Ok(stats)
 }
 
-/// Matches of a whole new part against its old window, searched in parallel slices.
-fn diff_part(old: &[u8], new: &[u8], threads: usize, scan: ScanProfile) -> Vec<Match> {
+/// Matches of a whole new part against its old window, one list per scan profile in
+/// `scans`, all searched in one index of the old window, in parallel slices.
+fn diff_part(old: &[u8], new: &[u8], threads: usize, scans: &[ScanProfile]) -> Vec<Vec<Match>> {
     let old_index = OldIndex::build(old, threads);
     // Several slices per thread balance the load; slices of at least 256 KiB keep the
     // matches lost at slice edges negligible.
@@ -666,15 +707,20 @@ fn diff_part(old: &[u8], new: &[u8], threads: usize, scan: ScanProfile) -> Vec<M
         .step_by(slice_len)
         .map(|start| start..(start + slice_len).min(new.len()))
         .collect();
-    run_jobs(threads, slices.len(), |index| {
-        let new = &new[slices[index].clone()];
-        let found = find_matches(old, &old_index, new, scan);
-        let found = prune_weak_matches(found, old, new);
-        cover_literal_gaps(found, old, new)
-    })
-    .into_iter()
-    .flat_map(Option::unwrap_or_default)
-    .collect()
+    scans
+        .iter()
+        .map(|&scan| {
+            run_jobs(threads, slices.len(), |index| {
+                let new = &new[slices[index].clone()];
+                let found = find_matches(old, &old_index, new, scan);
+                let found = prune_weak_matches(found, old, new);
+                cover_literal_gaps(found, old, new)
+            })
+            .into_iter()
+            .flat_map(Option::unwrap_or_default)
+            .collect()
+        })
+        .collect()
 }
 
 /// Runs `job(0..count)` on up to `threads` scoped threads, each taking the next index
@@ -1572,6 +1618,86 @@ mod tests {
                 recoded == direct,
                 "the recoded body differs from the direct build"
             );
+        }
+    }
+
+    #[test]
+    fn bodies_searched_in_one_index_equal_bodies_built_one_profile_at_a_time() {
+        // At 100 places, 20 bytes of random data replaced by a near-copy of them planted
+        // nearby in the old image (14 of 20 bytes equal): the eager scan leaves its
+        // alignment for each 19-byte exact match, the steady one stays on it (matcher
+        // test a_short_match_off_the_alignment_moves_the_eager_scan_and_not_the_steady_one).
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut old: Vec<u8> = (0..600_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let mut copies = Vec::new();
+        for k in 0..100 {
+            let (at, far) = (1_000 + k * 5_900, 4_000 + k * 5_900 + k * k * 37 % 700);
+            let mut copy = old[at..at + 20].to_vec();
+            for flip in [1, 4, 8, 11, 15, 18] {
+                copy[flip] = copy[flip].wrapping_add(1);
+            }
+            old[far..far + 20].copy_from_slice(&copy);
+            old[far - 1] = old[at - 1] ^ 0xff;
+            old[far + 20] = old[at + 20] ^ 0xff;
+            copies.push((at, copy));
+        }
+        let mut new = old.clone();
+        for (at, copy) in copies {
+            new[at..at + 20].copy_from_slice(&copy);
+        }
+        // Several parts (one index each) and several segments per part.
+        let options = BuildOptions {
+            threads: 2,
+            level: 3,
+            segment_len: 70_001,
+            window_cap: 250_007,
+            lzma: false,
+            ..BuildOptions::default()
+        };
+        let alone: Vec<(Vec<u8>, BodyStats)> = SCAN_PROFILES
+            .iter()
+            .map(|&scan| {
+                let mut body = Vec::new();
+                let stats =
+                    write_delta_body(&old[..], &new[..], &options, scan, DIFF_MODEL, &mut body)
+                        .unwrap();
+                (body, stats)
+            })
+            .collect();
+        assert_ne!(
+            alone[0].0, alone[1].0,
+            "the profiles must find different bodies"
+        );
+        let mut outs = [Vec::new(), Vec::new()];
+        let stats = {
+            let [a, b] = &mut outs;
+            let mut sinks: [&mut dyn Write; 2] = [a, b];
+            write_delta_bodies(
+                &old[..],
+                &new[..],
+                &options,
+                &SCAN_PROFILES,
+                DIFF_MODEL,
+                &mut sinks,
+            )
+            .unwrap()
+        };
+        assert_eq!(stats.len(), SCAN_PROFILES.len());
+        for ((together, stats), (body, alone_stats)) in outs.iter().zip(&stats).zip(&alone) {
+            assert!(together == body, "a body searched beside another differs");
+            assert_eq!(stats.len, body.len() as u64);
+            assert_eq!(
+                (stats.parts, stats.segments),
+                (alone_stats.parts, alone_stats.segments)
+            );
+            assert!(stats.parts > 1 && stats.segments > stats.parts);
         }
     }
 
