@@ -618,6 +618,9 @@ struct BodyStats {
     lzma: bool,
 }
 
+/// One delta body, with scan profile `scan` (`write_delta_bodies` for one profile; the
+/// tests' way to build a body).
+#[cfg(test)]
 fn write_delta_body(
     old: &(impl ImageSource + ?Sized),
     new: &(impl ImageSource + ?Sized),
