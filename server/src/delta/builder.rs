@@ -9,12 +9,13 @@
 //! and the codes once more as LZMA2 streams; per segment each stream keeps its smallest
 //! coding (container algorithm 4, `BuildOptions::lzma`). Hashes of both images and a
 //! quick estimate of the full image's compressed size are computed on a side thread
-//! meanwhile. The pipeline runs once per match-scan profile (`matcher::SCAN_PROFILES`)
-//! and, when the new image holds ARM64 code (`detect`, `AUTO_TRANSFORMS`), once more
-//! per profile over the transformed images (`ota_core::delta::Transform`), all with zstd
-//! streams only, the profiles over one pair of images sharing one suffix array per
-//! part (`write_delta_bodies`); the smallest body is kept and, with LZMA2 on, encoded once more with
-//! LZMA2 streams (so LZMA2, most of the build time, runs once). When the delta is not at least
+//! meanwhile. The match search, segmenting and zstd pass run once per match-scan
+//! profile (`matcher::SCAN_PROFILES`) and, when the new image holds ARM64 code
+//! (`detect`, `AUTO_TRANSFORMS`), once more per profile over the transformed images
+//! (`ota_core::delta::Transform`), all with zstd streams only; the windows are read and
+//! the suffix arrays built once per pair of images, for all profiles
+//! (`write_delta_bodies`). The smallest body is kept and, with LZMA2 on, encoded once
+//! more with LZMA2 streams (so LZMA2, most of the build time, runs once). When the delta is not at least
 //! `min_saving_percent` (default 10%) smaller than the full image compressed, the full
 //! image is shipped instead.
 //!
@@ -637,7 +638,8 @@ fn write_delta_body(
 /// One delta body per scan profile in `scans`, the body for `scans[i]` written to
 /// `outs[i]` (as many as `scans`). Per part, the old window is read and indexed once and
 /// every profile's matches are searched in that index; the index is dropped before the
-/// segments are encoded, so peak memory is that of one body.
+/// segments are encoded, so peak memory is that of one body plus the other profiles'
+/// match lists (24 bytes per match).
 fn write_delta_bodies(
     old: &(impl ImageSource + ?Sized),
     new: &(impl ImageSource + ?Sized),
@@ -1224,7 +1226,7 @@ fn keep_smaller_codings(segment: EncodedSegment, lzma: [Vec<u8>; 5]) -> EncodedS
     EncodedSegment { header, frames }
 }
 
-/// Re-encodes a body of zstd-coded segments (as `write_delta_body` writes with LZMA2
+/// Re-encodes a body of zstd-coded segments (as `write_delta_bodies` writes with LZMA2
 /// off), read from `body`, with each segment's streams in their smallest codings, as a
 /// direct build with LZMA2 on chooses them (`lzma_job`, `keep_smaller_codings`). The
 /// zstd frames are decoded, not compressed again, and the match search is not run again:
