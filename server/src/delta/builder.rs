@@ -12,10 +12,12 @@
 //! meanwhile. The match search, segmenting and zstd pass run once per match-scan
 //! profile (`matcher::SCAN_PROFILES`) and, when the new image holds ARM64 code
 //! (`detect`, `AUTO_TRANSFORMS`), once more per profile over the transformed images
-//! (`ota_core::delta::Transform`), all with zstd streams only; the windows are read and
-//! the suffix arrays built once per pair of images, for all profiles
-//! (`write_delta_bodies`). The smallest body is kept and, with LZMA2 on, encoded once
-//! more with LZMA2 streams (so LZMA2, most of the build time, runs once). When the delta is not at least
+//! (`ota_core::delta::Transform`), all with zstd streams only at `COMPARE_LEVEL`; the
+//! windows are read and the suffix arrays built once per pair of images, for all
+//! profiles (`write_delta_bodies`). The smallest body is kept and coded in full
+//! (`recode_body`: the build's zstd level and, with LZMA2 on, LZMA2 streams), and so is
+//! the runner-up when it compared within `FINALIST_MARGIN_BASIS_POINTS` of it; the smaller
+//! coded one ships (so LZMA2, most of the build time, runs at most twice). When the delta is not at least
 //! `min_saving_percent` (default 10%) smaller than the full image compressed, the full
 //! image is shipped instead.
 //!
@@ -35,6 +37,7 @@ use ota_core::delta::{
     SegmentHeader, Transform, EXTRA_PREFIX_MAX, HEADER_LEN, LZMA_DICT_MAX, MAX_IMAGE_LEN,
     SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET,
 };
+use std::borrow::Cow;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::Path;
@@ -67,6 +70,21 @@ pub const DEFAULT_MIN_SAVING_PERCENT: u8 = 10;
 /// certainly worth shipping against the level-19 one, whose expensive compression is
 /// then skipped.
 const LEVEL19_MIN_PERCENT_OF_LEVEL3: u64 = 60;
+/// zstd level at which the candidate bodies of a build (scan profiles, plain and
+/// transformed) are coded to be compared (or the build's level, when lower). The kept
+/// body is then coded at the build's level, with LZMA2 where it is on, from its decoded
+/// streams. Level 6 ranked the candidates as level 19 did wherever they compared more
+/// than 1% apart, and with the runner-up check (`FINALIST_MARGIN_BASIS_POINTS`) no pair of
+/// the corpus got larger than with level-19 comparisons, while its passes are several
+/// times faster (docs/delta-bench.txt, 2026-12-03 session 20).
+pub const COMPARE_LEVEL: i32 = 6;
+/// The runner-up of the compared bodies is coded in full too, and the smaller kept, when
+/// its compared size is within this many hundredths of a percent (0.25%) of the
+/// smallest's: zstd sizes rank candidates that close differently from their full
+/// (LZMA2) coding on some pairs (at level 6, four of the five runner-ups that coded
+/// smaller compared 0.03–0.2% apart, and the largest loss was 2.8%); a wider margin
+/// codes most builds twice for little (docs/delta-bench.txt, 2026-12-03 session 20).
+pub const FINALIST_MARGIN_BASIS_POINTS: u64 = 25;
 /// Old bytes the extra frame of a segment is compressed against (at most the format's
 /// `EXTRA_PREFIX_MAX`). On the corpus 4 MiB made deltas another 1–2.5% smaller than
 /// 1 MiB but doubled the build time (zstd indexes the whole prefix at level 19), and
@@ -92,13 +110,15 @@ const MAX_ENTRIES_PER_SEGMENT: usize = (SEGMENT_MAX_CONTROL as usize - 16) / 20;
 )]
 #[serde(rename_all = "lowercase")]
 pub enum ScanChoice {
-    /// Every profile of [`SCAN_PROFILES`], the smallest delta kept (a match search and a
-    /// zstd pass per profile).
+    /// Both profiles, eager and steady, the smallest delta kept (a match search and a
+    /// fast zstd pass per profile)
     #[default]
     Auto,
-    /// Only [`ScanProfile::Eager`].
+    /// Only the eager profile: leaves the alignment it follows for an exact match more
+    /// than 4 bytes better
     Eager,
-    /// Only [`ScanProfile::Steady`].
+    /// Only the steady profile: leaves it only for an exact match more than 6 bytes
+    /// better
     Steady,
 }
 
@@ -162,6 +182,14 @@ pub enum TransformChoice {
     Try(Transform),
 }
 
+impl BuildOptions {
+    /// The zstd level candidate bodies are compared at: `COMPARE_LEVEL`, or the build's
+    /// level when lower.
+    pub fn compare_level(&self) -> i32 {
+        self.level.min(COMPARE_LEVEL)
+    }
+}
+
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
@@ -218,15 +246,15 @@ pub struct BuildReport {
     pub algorithm: Algorithm,
     /// Size of the written container.
     pub container_len: u64,
-    /// Size of the delta container, whether or not it was shipped: the candidate that
-    /// compared smallest, in its final coding (LZMA2-recoded when LZMA2 is on).
+    /// Size of the delta container, whether or not it was shipped: the candidate kept
+    /// (see `candidates`), in its full coding (the build's zstd level, and LZMA2 streams
+    /// where smaller when LZMA2 is on).
     pub delta_container_len: u64,
     /// Size of the smallest plain (untransformed) delta container over the scan
     /// profiles tried. When more than one body was built (several profiles, or a
     /// transform), this and the transformed size are sizes the choice was made on, with
-    /// zstd streams only (the kept one is then encoded with LZMA2 when it is on, so
-    /// `delta_container_len` is at most the smaller of the two); with one body it is
-    /// that body's final size.
+    /// zstd streams only at `BuildOptions::compare_level` (the kept one is then coded in
+    /// full); with one body it is that body's final size.
     pub plain_delta_len: u64,
     /// The transform tried and the size of its smallest delta container over the scan
     /// profiles, kept or not (see `plain_delta_len`).
@@ -250,9 +278,20 @@ pub struct BuildReport {
 pub struct CandidateSize {
     pub scan: ScanProfile,
     pub transform: Option<Transform>,
-    /// Its container size with zstd streams only.
+    /// Its container size with zstd streams only, at level `COMPARE_LEVEL` (or the
+    /// build's level, when lower): what the bodies are compared on.
     pub delta_len: u64,
+    /// Its container size in the build's full coding, for the two smallest when both
+    /// were coded in full (the runner-up compared within `FINALIST_MARGIN_BASIS_POINTS` of
+    /// the smallest); `None` otherwise.
+    pub coded_len: Option<u64>,
 }
+
+/// A body's scan profile and transform.
+type Candidate = (ScanProfile, Option<Transform>);
+/// A compared body kept: what it is, its stats, and the file it was written to (`None`:
+/// written straight to the sink in its final coding).
+type Finalist = (Candidate, BodyStats, Option<std::fs::File>);
 
 /// Builds a container from in-memory images.
 pub fn build_delta(
@@ -360,11 +399,11 @@ fn build_into<S: ContainerSink>(
     // Candidates: every scan profile (`SCAN_PROFILES`, or the one asked for), over the
     // plain images and, with a transform to try, over the transformed ones; a tie keeps
     // the earlier (plain before transformed, `Eager` before `Steady`). With more than one,
-    // every body is first built with zstd streams only and compared, and only the
-    // smallest is encoded once more with LZMA2 streams: LZMA2 is most of the build time,
-    // and on the measured corpus the zstd comparison picked the same transform as the
-    // LZMA2 one on all but one pair, which it missed by 0.14% (docs/delta-bench.txt,
-    // 2026-12-02 session 14), and the same scan profile on every tune pair (session 18).
+    // every body is first built with zstd streams only at `COMPARE_LEVEL` and compared,
+    // and only the smallest, and the runner-up when it compared within
+    // `FINALIST_MARGIN_BASIS_POINTS` of it, are coded in full (the build's level, LZMA2):
+    // LZMA2 is most of the build time, and the zstd sizes rank candidates far apart as
+    // LZMA2 does, but not always close ones (docs/delta-bench.txt, sessions 14, 18, 20).
     let scans: Vec<ScanProfile> = match options.scan {
         Some(only) => vec![only],
         None => SCAN_PROFILES.to_vec(),
@@ -373,9 +412,14 @@ fn build_into<S: ContainerSink>(
         .chain(transform.map(Some))
         .flat_map(|t| scans.iter().map(move |&scan| (scan, t)))
         .collect();
-    let compare = BuildOptions {
-        lzma: options.lzma && candidates.len() == 1,
-        ..options.clone()
+    let compare = if candidates.len() == 1 {
+        options.clone()
+    } else {
+        BuildOptions {
+            lzma: false,
+            level: options.compare_level(),
+            ..options.clone()
+        }
     };
     let old_t = transform.map(|t| TransformedImage::new(old, t));
     let new_t = transform.map(|t| TransformedImage::new(new, t));
@@ -396,14 +440,14 @@ fn build_into<S: ContainerSink>(
                 .map_err(BuildError::Write)
                 .and_then(|()| build_bodies(candidates[0].1, &mut [&mut *sink]))
                 .and_then(|mut bodies| bodies.pop().ok_or(BuildError::WorkerFailed))
-                .map(|body| (candidates[0], body, None, Vec::new()))
+                .map(|body| (vec![(candidates[0], body, None)], Vec::new()))
         } else {
-            // Compared bodies are written to temporary files; the smallest is kept.
-            let mut kept: Option<((ScanProfile, Option<Transform>), BodyStats, std::fs::File)> =
-                None;
+            // Compared bodies are written to temporary files; the two smallest are kept
+            // (a tie keeps the earlier).
+            let mut kept: Vec<Finalist> = Vec::with_capacity(3);
             let mut sizes = Vec::with_capacity(candidates.len());
             let mut result = Ok(());
-            for t in std::iter::once(None).chain(transform.map(Some)) {
+            for t in candidates.chunks(scans.len()).map(|chunk| chunk[0].1) {
                 let built = scans
                     .iter()
                     .map(|_| tempfile::tempfile())
@@ -422,10 +466,11 @@ fn build_into<S: ContainerSink>(
                                 scan,
                                 transform: t,
                                 delta_len: HEADER_LEN as u64 + body.len,
+                                coded_len: None,
                             });
-                            if kept.as_ref().is_none_or(|(_, best, _)| body.len < best.len) {
-                                kept = Some(((scan, t), body, file));
-                            }
+                            let at = kept.partition_point(|(_, kept, _)| kept.len <= body.len);
+                            kept.insert(at, ((scan, t), body, Some(file)));
+                            kept.truncate(2);
                         }
                     }
                     Err(err) => {
@@ -435,15 +480,120 @@ fn build_into<S: ContainerSink>(
                 }
             }
             result.and_then(|()| {
-                let (candidate, body, file) = kept.ok_or(BuildError::WorkerFailed)?;
-                Ok((candidate, body, Some(file), sizes))
+                // The runner-up is coded in full too when it compared close to the
+                // smallest and the full coding differs from the compared one.
+                let recoded = options.lzma || compare.level != options.level;
+                match kept.as_slice() {
+                    [] => return Err(BuildError::WorkerFailed),
+                    [(_, first, _), (_, second, _)]
+                        if recoded
+                            && (HEADER_LEN as u64 + second.len) * 10_000
+                                <= (HEADER_LEN as u64 + first.len)
+                                    * (10_000 + FINALIST_MARGIN_BASIS_POINTS) => {}
+                    _ => kept.truncate(1),
+                }
+                Ok((kept, sizes))
             })
         };
         let facts = side.join().map_err(|_| BuildError::WorkerFailed);
         (facts, kept)
     });
     let facts = facts??;
-    let ((scan, chosen), mut body, kept_file, candidate_sizes) = kept?;
+    let (finalists, mut candidate_sizes) = kept?;
+    // The kept bodies in their final coding: one straight into the sink, two each into a
+    // temporary file first, the smaller then copied into the sink (a tie keeps the
+    // smaller compared).
+    let code_fully = |(candidate, body, file): Finalist,
+                      out: &mut dyn Write|
+     -> Result<(Candidate, BodyStats), BuildError> {
+        let Some(mut file) = file else {
+            return Ok((candidate, body));
+        };
+        file.seek(SeekFrom::Start(0)).map_err(BuildError::Write)?;
+        let mut reader = io::BufReader::new(file.take(body.len));
+        let mut out = out;
+        if options.lzma || compare.level != options.level {
+            let level = compare.level;
+            let recoded = match (&old_t, candidate.1) {
+                (Some(old_t), Some(_)) => recode_body(
+                    &mut reader,
+                    body.len,
+                    level,
+                    old_t,
+                    &options,
+                    diff_model,
+                    &mut out,
+                )?,
+                _ => recode_body(
+                    &mut reader,
+                    body.len,
+                    level,
+                    old,
+                    &options,
+                    diff_model,
+                    &mut out,
+                )?,
+            };
+            Ok((
+                candidate,
+                BodyStats {
+                    parts: body.parts,
+                    ..recoded
+                },
+            ))
+        } else {
+            let copied = io::copy(&mut reader, &mut out).map_err(BuildError::Write)?;
+            if copied != body.len {
+                return Err(BuildError::Write(io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok((candidate, body))
+        }
+    };
+    let direct = finalists.len() == 1 && finalists[0].2.is_none();
+    let ((scan, chosen), body) = if direct {
+        let finalist = finalists
+            .into_iter()
+            .next()
+            .ok_or(BuildError::WorkerFailed)?;
+        code_fully(finalist, &mut *sink)?
+    } else if finalists.len() == 1 {
+        sink.start_over().map_err(BuildError::Write)?;
+        sink.write_all(&[0u8; HEADER_LEN])
+            .map_err(BuildError::Write)?;
+        let finalist = finalists
+            .into_iter()
+            .next()
+            .ok_or(BuildError::WorkerFailed)?;
+        code_fully(finalist, &mut *sink)?
+    } else {
+        let mut best: Option<(Candidate, BodyStats, std::fs::File)> = None;
+        for finalist in finalists {
+            let mut coded = tempfile::tempfile().map_err(BuildError::Write)?;
+            let (candidate, stats) = code_fully(finalist, &mut coded)?;
+            if let Some(size) = candidate_sizes
+                .iter_mut()
+                .find(|c| (c.scan, c.transform) == candidate)
+            {
+                size.coded_len = Some(HEADER_LEN as u64 + stats.len);
+            }
+            if best
+                .as_ref()
+                .is_none_or(|(_, kept, _)| stats.len < kept.len)
+            {
+                best = Some((candidate, stats, coded));
+            }
+        }
+        let (candidate, stats, mut coded) = best.ok_or(BuildError::WorkerFailed)?;
+        sink.start_over().map_err(BuildError::Write)?;
+        sink.write_all(&[0u8; HEADER_LEN])
+            .map_err(BuildError::Write)?;
+        coded.seek(SeekFrom::Start(0)).map_err(BuildError::Write)?;
+        let copied = io::copy(&mut coded, sink).map_err(BuildError::Write)?;
+        if copied != stats.len {
+            return Err(BuildError::Write(io::ErrorKind::UnexpectedEof.into()));
+        }
+        (candidate, stats)
+    };
     let smallest = |want: Option<Transform>| {
         candidate_sizes
             .iter()
@@ -453,30 +603,6 @@ fn build_into<S: ContainerSink>(
     };
     let plain_delta_len = smallest(None).unwrap_or(HEADER_LEN as u64 + body.len);
     let transformed = transform.and_then(|t| Some((t, smallest(Some(t))?)));
-    if let Some(mut file) = kept_file {
-        sink.start_over().map_err(BuildError::Write)?;
-        sink.write_all(&[0u8; HEADER_LEN])
-            .map_err(BuildError::Write)?;
-        file.seek(SeekFrom::Start(0)).map_err(BuildError::Write)?;
-        let mut reader = io::BufReader::new(file.take(body.len));
-        if options.lzma {
-            let recoded = match (&old_t, chosen) {
-                (Some(old_t), Some(_)) => {
-                    recode_with_lzma(&mut reader, body.len, old_t, &options, diff_model, sink)?
-                }
-                _ => recode_with_lzma(&mut reader, body.len, old, &options, diff_model, sink)?,
-            };
-            body = BodyStats {
-                parts: body.parts,
-                ..recoded
-            };
-        } else {
-            let copied = io::copy(&mut reader, sink).map_err(BuildError::Write)?;
-            if copied != body.len {
-                return Err(BuildError::Write(io::ErrorKind::UnexpectedEof.into()));
-            }
-        }
-    }
     let algorithm = Algorithm::bsdiff(chosen, body.lzma);
     let delta_header = ContainerHeader {
         algorithm,
@@ -1033,14 +1159,6 @@ impl SegmentPlan {
     }
 }
 
-/// A segment whose streams fit the caps: its plan, its decoded streams in wire order,
-/// and its extra prefix as (offset in the old window, length).
-struct FittedSegment {
-    plan: SegmentPlan,
-    raw: [Vec<u8>; 4],
-    prefix: (usize, usize),
-}
-
 /// Raw streams of every segment (splitting segments whose runs block would pass its
 /// cap), then all 9 × segments jobs (4 zstd frames, 5 LZMA2 streams) spread over the
 /// worker threads.
@@ -1053,7 +1171,7 @@ fn encode_segments(
     diff_model: LzmaModel,
 ) -> Result<Vec<EncodedSegment>, BuildError> {
     let mut pending: Vec<SegmentPlan> = segments.into_iter().rev().collect();
-    let mut fitted: Vec<FittedSegment> = Vec::new();
+    let mut fitted: Vec<RawSegment> = Vec::new();
     while let Some(plan) = pending.pop() {
         let raw = plan.raw_streams(old_window, new_part);
         // Runs take at most about two bytes per diff byte, so halving terminates well
@@ -1064,83 +1182,101 @@ fn encode_segments(
             pending.push(first);
             continue;
         }
-        let prefix = plan.extra_prefix(old_window.len());
-        fitted.push(FittedSegment { plan, raw, prefix });
+        let (start, len) = plan.extra_prefix(old_window.len());
+        fitted.push(RawSegment {
+            diff_len: plan.diff_len,
+            raw,
+            prefix_start: if len > 0 { old_base + start as u64 } else { 0 },
+            prefix: Cow::Borrowed(&old_window[start..start + len]),
+        });
     }
-    // Per segment: the four zstd frames and the five LZMA2 streams of `lzma_job`, started
-    // in `JOB_START_ORDER`; `keep_smaller_codings` then keeps each stream's smallest
-    // coding.
+    compress_segments(&fitted, None, options, diff_model)
+}
+
+/// A segment ready to be compressed: its decoded streams in wire order (control, extra,
+/// runs, codes), its diff length, and the old bytes its extra frame is compressed
+/// against, with their offset in the old image (0 and none for no prefix).
+struct RawSegment<'a> {
+    diff_len: u32,
+    raw: [Vec<u8>; 4],
+    prefix_start: u64,
+    prefix: Cow<'a, [u8]>,
+}
+
+/// Every segment with each stream in its smallest coding (`keep_smaller_codings`): the
+/// four zstd frames at `options.level` (or, given `frames`, those frames, one array per
+/// segment, compressed no more) and, with `options.lzma`, the five LZMA2 streams of
+/// `lzma_job`. All 9 × segments jobs are spread over the worker threads, started in
+/// `JOB_START_ORDER`.
+fn compress_segments(
+    segments: &[RawSegment],
+    frames: Option<Vec<[Vec<u8>; 4]>>,
+    options: &BuildOptions,
+    diff_model: LzmaModel,
+) -> Result<Vec<EncodedSegment>, BuildError> {
+    let compress_zstd = frames.is_none();
     let jobs: Vec<(usize, usize)> = JOB_START_ORDER
         .iter()
-        .flat_map(|&k| (0..fitted.len()).map(move |s| (s, k)))
+        .filter(|&&kind| {
+            if kind < LZMA_DIFF_JOB {
+                compress_zstd
+            } else {
+                options.lzma
+            }
+        })
+        .flat_map(|&k| (0..segments.len()).map(move |s| (s, k)))
         .collect();
     let started = run_jobs(options.threads, jobs.len(), |index| {
         let (segment, kind) = jobs[index];
-        let FittedSegment { plan, raw, prefix } = &fitted[segment];
+        let RawSegment { raw, prefix, .. } = &segments[segment];
         match STREAM_ORDER.get(kind) {
-            Some(&stream) => compress_stream(
-                &raw[kind],
-                stream,
-                &old_window[prefix.0..prefix.0 + prefix.1],
-                options.level,
-            ),
-            None if !options.lzma => Ok(Vec::new()),
-            None => lzma_job(kind, raw, plan.diff_len, diff_model),
+            Some(&stream) => compress_stream(&raw[kind], stream, prefix, options.level),
+            None => lzma_job(kind, raw, segments[segment].diff_len, diff_model),
         }
     });
-    // Back in (segment, job) order.
-    let mut by_segment: Vec<Vec<Option<io::Result<Vec<u8>>>>> = (0..fitted.len())
-        .map(|_| (0..JOBS_PER_SEGMENT).map(|_| None).collect())
+    // Back in (segment, job) order; a job not run leaves its coding empty.
+    let mut by_segment: Vec<Vec<Option<io::Result<Vec<u8>>>>> = (0..segments.len())
+        .map(|_| {
+            (0..JOBS_PER_SEGMENT)
+                .map(|_| Some(Ok(Vec::new())))
+                .collect()
+        })
         .collect();
+    if let Some(frames) = frames {
+        if frames.len() != segments.len() {
+            return Err(BuildError::WorkerFailed);
+        }
+        for (outputs, frames) in by_segment.iter_mut().zip(frames) {
+            for (output, frame) in outputs.iter_mut().zip(frames) {
+                *output = Some(Ok(frame));
+            }
+        }
+    }
     for ((segment, kind), output) in jobs.into_iter().zip(started) {
         by_segment[segment][kind] = output;
     }
-    let mut outputs = by_segment.into_iter().flatten().map(|output| {
-        output.unwrap_or_else(|| Err(io::Error::other("compression worker did not finish")))
-    });
-    let mut encoded = Vec::with_capacity(fitted.len());
-    for FittedSegment {
-        plan: segment,
-        raw,
-        prefix: (prefix_start, prefix_len),
-    } in &fitted
-    {
-        let mut frames: [Vec<u8>; 4] = Default::default();
-        for frame in &mut frames {
-            *frame = outputs
-                .next()
-                .unwrap_or_else(|| Err(io::Error::other("missing compression job")))
-                .map_err(BuildError::Compress)?;
-        }
-        let mut next_output = || {
-            outputs
-                .next()
-                .unwrap_or_else(|| Err(io::Error::other("missing compression job")))
+    let mut encoded = Vec::with_capacity(segments.len());
+    for (segment, outputs) in segments.iter().zip(by_segment) {
+        let mut outputs = outputs.into_iter().map(|output| {
+            output
+                .unwrap_or_else(|| Err(io::Error::other("compression worker did not finish")))
                 .map_err(BuildError::Compress)
-        };
-        let lzma = [
-            next_output()?,
-            next_output()?,
-            next_output()?,
-            next_output()?,
-            next_output()?,
-        ];
+        });
+        let mut next = || outputs.next().ok_or(BuildError::WorkerFailed)?;
+        let frames = [next()?, next()?, next()?, next()?];
+        let lzma = [next()?, next()?, next()?, next()?, next()?];
         let len = |bytes: &[u8]| bytes.len() as u32;
-        let prefix_start = if *prefix_len > 0 {
-            old_base + *prefix_start as u64
-        } else {
-            0
-        };
+        let raw = &segment.raw;
         let header = SegmentHeader::for_streams(
             segment.diff_len,
-            [len(&raw[0]), segment.extra_len, len(&raw[2]), len(&raw[3])],
+            [len(&raw[0]), len(&raw[1]), len(&raw[2]), len(&raw[3])],
             [
                 len(&frames[0]),
                 len(&frames[1]),
                 len(&frames[2]),
                 len(&frames[3]),
             ],
-            (prefix_start, *prefix_len as u32),
+            (segment.prefix_start, segment.prefix.len() as u32),
         );
         encoded.push(keep_smaller_codings(
             EncodedSegment { header, frames },
@@ -1227,14 +1363,17 @@ fn keep_smaller_codings(segment: EncodedSegment, lzma: [Vec<u8>; 5]) -> EncodedS
 }
 
 /// Re-encodes a body of zstd-coded segments (as `write_delta_bodies` writes with LZMA2
-/// off), read from `body`, with each segment's streams in their smallest codings, as a
-/// direct build with LZMA2 on chooses them (`lzma_job`, `keep_smaller_codings`). The
-/// zstd frames are decoded, not compressed again, and the match search is not run again:
-/// a body chosen among several is LZMA2-coded once, at the cost of decoding it. `old` is the image the body was built against (its extra frames are
+/// off), read from `body`, with each segment's streams in their smallest codings at
+/// `options`, as a direct build with those options chooses them (`compress_segments`).
+/// The frames are decoded, not searched again: a body chosen among several is coded in
+/// full once, at the cost of decoding it. The body's frames are at zstd level
+/// `body_level`; at `options.level` they are kept as they are, otherwise compressed
+/// again. `old` is the image the body was built against (its extra frames are
 /// compressed against prefixes of it).
-fn recode_with_lzma(
+fn recode_body(
     body: &mut impl Read,
     body_len: u64,
+    body_level: i32,
     old: &(impl ImageSource + ?Sized),
     options: &BuildOptions,
     diff_model: LzmaModel,
@@ -1250,7 +1389,8 @@ fn recode_with_lzma(
     let bad_body = BuildError::Recode;
     while read < body_len {
         // A batch of at most `threads` segments at a time bounds the raw streams held.
-        let mut batch: Vec<(EncodedSegment, [Vec<u8>; 4])> = Vec::new();
+        let mut batch: Vec<RawSegment> = Vec::new();
+        let mut batch_frames: Vec<[Vec<u8>; 4]> = Vec::new();
         while read < body_len && batch.len() < options.threads {
             let mut header_bytes = [0u8; SEGMENT_HEADER_LEN];
             body.read_exact(&mut header_bytes)
@@ -1285,26 +1425,16 @@ fn recode_with_lzma(
                 .map_err(|err| bad_body(format!("codes frame: {err}")))?;
             let control = decode_zstd(&frames[0], header.control_len, &[])
                 .map_err(|err| bad_body(format!("control frame: {err}")))?;
-            batch.push((
-                EncodedSegment { header, frames },
-                [control, extra, runs, codes],
-            ));
+            batch.push(RawSegment {
+                diff_len: header.diff_len,
+                raw: [control, extra, runs, codes],
+                prefix_start: header.extra_prefix_start,
+                prefix,
+            });
+            batch_frames.push(frames);
         }
-        const LZMA_JOBS: usize = JOBS_PER_SEGMENT - LZMA_DIFF_JOB;
-        let lzma = run_jobs(options.threads, batch.len() * LZMA_JOBS, |index| {
-            let (segment, raw) = &batch[index / LZMA_JOBS];
-            let kind = LZMA_DIFF_JOB + index % LZMA_JOBS;
-            lzma_job(kind, raw, segment.header.diff_len, diff_model)
-        });
-        let mut lzma = lzma.into_iter().map(|output| {
-            output
-                .unwrap_or_else(|| Err(io::Error::other("compression worker did not finish")))
-                .map_err(BuildError::Compress)
-        });
-        for (segment, _) in batch {
-            let mut next = || lzma.next().ok_or(BuildError::WorkerFailed)?;
-            let streams = [next()?, next()?, next()?, next()?, next()?];
-            let segment = keep_smaller_codings(segment, streams);
+        let keep = (body_level == options.level).then_some(batch_frames);
+        for segment in compress_segments(&batch, keep, options, diff_model)? {
             stats.segments += 1;
             stats.len += write_segment(&segment, out)?;
             stats.lzma |= segment.header.uses_lzma();
@@ -1585,20 +1715,29 @@ mod tests {
         );
         type Case<'a> = (
             &'a dyn Fn(&BuildOptions, LzmaModel, &mut Vec<u8>) -> BodyStats,
-            &'a dyn Fn(&[u8], &BuildOptions, LzmaModel, &mut Vec<u8>) -> BodyStats,
+            &'a dyn Fn(&[u8], i32, &BuildOptions, LzmaModel, &mut Vec<u8>) -> BodyStats,
             LzmaModel,
         );
         let plain_build = |o: &BuildOptions, m: LzmaModel, out: &mut Vec<u8>| {
             write_delta_body(&old[..], &new[..], o, ScanProfile::Eager, m, out).unwrap()
         };
-        let plain_recode = |body: &[u8], o: &BuildOptions, m: LzmaModel, out: &mut Vec<u8>| {
-            recode_with_lzma(&mut &body[..], body.len() as u64, &old[..], o, m, out).unwrap()
+        let plain_recode = |body: &[u8], level, o: &BuildOptions, m, out: &mut Vec<u8>| {
+            recode_body(
+                &mut &body[..],
+                body.len() as u64,
+                level,
+                &old[..],
+                o,
+                m,
+                out,
+            )
+            .unwrap()
         };
         let arm64_build = |o: &BuildOptions, m: LzmaModel, out: &mut Vec<u8>| {
             write_delta_body(&old_t, &new_t, o, ScanProfile::Steady, m, out).unwrap()
         };
-        let arm64_recode = |body: &[u8], o: &BuildOptions, m: LzmaModel, out: &mut Vec<u8>| {
-            recode_with_lzma(&mut &body[..], body.len() as u64, &old_t, o, m, out).unwrap()
+        let arm64_recode = |body: &[u8], level, o: &BuildOptions, m, out: &mut Vec<u8>| {
+            recode_body(&mut &body[..], body.len() as u64, level, &old_t, o, m, out).unwrap()
         };
         let cases: [Case; 2] = [
             (&plain_build, &plain_recode, DIFF_MODEL),
@@ -1615,7 +1754,7 @@ mod tests {
             let zstd_stats = build(&zstd_only, model, &mut body);
             assert!(!zstd_stats.lzma);
             let mut recoded = Vec::new();
-            let recoded_stats = recode(&body, &options, model, &mut recoded);
+            let recoded_stats = recode(&body, options.level, &options, model, &mut recoded);
             assert_eq!(recoded_stats.segments, stats.segments);
             assert_eq!(recoded_stats.len, recoded.len() as u64);
             assert!(recoded_stats.lzma);
@@ -1623,6 +1762,29 @@ mod tests {
                 recoded == direct,
                 "the recoded body differs from the direct build"
             );
+            // A body compared at a lower zstd level: its frames are coded again at the
+            // build's level, with LZMA2 and without.
+            let fast = BuildOptions {
+                level: 1,
+                ..zstd_only.clone()
+            };
+            let mut fast_body = Vec::new();
+            build(&fast, model, &mut fast_body);
+            assert!(
+                fast_body != body,
+                "level 1 must code the sample differently"
+            );
+            for (target, direct) in [(&options, &direct), (&zstd_only, &body)] {
+                let mut recoded = Vec::new();
+                let recoded_stats = recode(&fast_body, fast.level, target, model, &mut recoded);
+                assert_eq!(recoded_stats.len, recoded.len() as u64);
+                assert_eq!(recoded_stats.lzma, target.lzma);
+                assert!(
+                    &recoded == direct,
+                    "a body recoded from level 1 differs from the direct build (LZMA2 {})",
+                    target.lzma
+                );
+            }
         }
     }
 

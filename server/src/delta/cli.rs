@@ -107,12 +107,6 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 )
             })?;
             let tried = match report.transformed {
-                // With LZMA2 on, the two were compared with zstd streams only and the one
-                // kept was then LZMA2-coded (the "delta" size).
-                Some((transform, len)) if options.lzma => format!(
-                    ", {} transform {len} bytes, both compared with zstd streams only",
-                    transform.name()
-                ),
                 Some((transform, len)) => format!(", {} transform {len} bytes", transform.name()),
                 None => String::new(),
             };
@@ -121,13 +115,19 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 .iter()
                 .map(|c| {
                     let t = c.transform.map_or("plain", |t| t.name());
-                    format!("{t}/{} {}", c.scan.name(), c.delta_len)
+                    let coded = c
+                        .coded_len
+                        .map_or(String::new(), |len| format!(" (coded {len})"));
+                    format!("{t}/{} {}{coded}", c.scan.name(), c.delta_len)
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
             let compared = match compared.is_empty() {
                 true => String::new(),
-                false => format!(", compared with zstd streams only: {compared}"),
+                false => format!(
+                    ", compared with zstd streams only at level {}: {compared}",
+                    options.compare_level()
+                ),
             };
             println!(
                 "{}: {} bytes ({} → {} bytes, delta {} bytes, {} scan, plain delta {} bytes{tried}{compared}, {} part(s), {} segment(s))",

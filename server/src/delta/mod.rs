@@ -17,6 +17,6 @@ pub mod matcher;
 
 pub use builder::{
     build_delta, build_delta_file, BuildError, BuildOptions, BuildReport, CandidateSize,
-    ScanChoice, TransformChoice,
+    ScanChoice, TransformChoice, COMPARE_LEVEL, FINALIST_MARGIN_BASIS_POINTS,
 };
 pub use matcher::{ScanProfile, SCAN_PROFILES};

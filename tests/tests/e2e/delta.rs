@@ -9,7 +9,8 @@ use ota_core::delta::{
     SEGMENT_HEADER_LEN, SEGMENT_MAX_TARGET, TRANSFORM_BLOCK,
 };
 use ota_server::delta::{
-    build_delta, BuildOptions, CandidateSize, ScanProfile, TransformChoice, SCAN_PROFILES,
+    build_delta, BuildOptions, CandidateSize, ScanProfile, TransformChoice, COMPARE_LEVEL,
+    FINALIST_MARGIN_BASIS_POINTS, SCAN_PROFILES,
 };
 use ota_tests::synthetic::{self, CodeKind};
 use proptest::prelude::*;
@@ -159,8 +160,9 @@ fn code_images_ship_the_transformed_delta_when_it_is_smaller() {
                 "{kind:?}: the smaller transformed delta must be shipped"
             );
             // The bodies (plain and transformed, each scanned with every profile) are
-            // compared with zstd streams only (LZMA2 runs once, on the one kept): the sizes compared are those of a build with LZMA2 off, and the
-            // shipped delta, LZMA2-coded, is no larger.
+            // compared with zstd streams only at COMPARE_LEVEL (LZMA2 runs once, on the
+            // one kept): the sizes compared are those of a build with LZMA2 off, and the
+            // shipped delta, coded at level 19 with LZMA2, is no larger.
             let zstd_only = round_trip_with(
                 &old,
                 &new,
@@ -174,8 +176,8 @@ fn code_images_ship_the_transformed_delta_when_it_is_smaller() {
                 (zstd_only.plain_delta_len, zstd_only.transformed),
                 "{kind:?}: the comparison must be made on the zstd-only bodies"
             );
-            assert_eq!(zstd_only.delta_container_len, transformed_len);
-            assert!(report.delta_container_len <= transformed_len);
+            assert!(zstd_only.delta_container_len <= transformed_len);
+            assert!(report.delta_container_len <= zstd_only.delta_container_len);
             if kind == CodeKind::Arm64 {
                 // The sample takes LZMA2 streams, so the check above is not vacuous.
                 assert!(report.algorithm.allows_lzma());
@@ -219,9 +221,12 @@ fn every_scan_profile_is_compared_and_the_smallest_delta_kept() {
         ..options()
     };
     let (old, new) = steady_sample();
-    let only = |scan| {
+    // Candidates are compared coded at zstd level COMPARE_LEVEL; the kept one is then
+    // coded at the build's level (19 here).
+    let only = |scan, level| {
         let options = BuildOptions {
             scan: Some(scan),
+            level,
             ..zstd_only.clone()
         };
         let report = round_trip_with(&old, &new, &options);
@@ -232,14 +237,26 @@ fn every_scan_profile_is_compared_and_the_smallest_delta_kept() {
         );
         report.delta_container_len
     };
-    let sizes: Vec<u64> = SCAN_PROFILES.iter().map(|&scan| only(scan)).collect();
+    assert!(COMPARE_LEVEL < zstd_only.level);
+    let sizes: Vec<u64> = SCAN_PROFILES
+        .iter()
+        .map(|&scan| only(scan, COMPARE_LEVEL))
+        .collect();
     let (eager, steady) = (sizes[0], sizes[1]);
-    assert!(
-        steady < eager,
-        "the sample must make the steady scan smaller ({steady} vs {eager} bytes)"
+    let steady_final = only(ScanProfile::Steady, zstd_only.level);
+    assert_ne!(
+        steady_final, steady,
+        "the levels must code the sample apart"
     );
-    // Both profiles are built (the sizes are those of single-profile builds) and the
-    // smaller kept.
+    assert!(
+        steady * (10_000 + FINALIST_MARGIN_BASIS_POINTS) < eager * 10_000,
+        "the sample must make the steady scan smaller, beyond the finalist margin \
+         ({steady} vs {eager} bytes)"
+    );
+    // Both profiles are built (the sizes are those of single-profile builds at the
+    // comparison level) and the smaller kept, coded at the build's level as a
+    // single-profile build codes it; the other compared more than
+    // FINALIST_MARGIN_BASIS_POINTS larger, so it is not coded in full.
     let auto = round_trip_with(&old, &new, &zstd_only);
     assert_eq!(
         auto.candidates,
@@ -247,18 +264,20 @@ fn every_scan_profile_is_compared_and_the_smallest_delta_kept() {
             CandidateSize {
                 scan: ScanProfile::Eager,
                 transform: None,
-                delta_len: eager
+                delta_len: eager,
+                coded_len: None,
             },
             CandidateSize {
                 scan: ScanProfile::Steady,
                 transform: None,
-                delta_len: steady
+                delta_len: steady,
+                coded_len: None,
             },
         ]
     );
     assert_eq!(
         (auto.scan, auto.delta_container_len, auto.plain_delta_len),
-        (ScanProfile::Steady, steady, steady)
+        (ScanProfile::Steady, steady_final, steady)
     );
     // With LZMA2 the choice is made on the zstd bodies and the kept one recoded: no
     // larger.
@@ -275,7 +294,7 @@ fn every_scan_profile_is_compared_and_the_smallest_delta_kept() {
         (ScanProfile::Steady, &auto.candidates)
     );
     assert!(lzma.algorithm.allows_lzma());
-    assert!(lzma.delta_container_len <= steady);
+    assert!(lzma.delta_container_len <= steady_final);
     // Where the two are equal (an unchanged image), the first profile is kept.
     let old = synthetic::image(12, 100_000);
     let report = round_trip_with(&old, &old, &zstd_only);
@@ -306,14 +325,36 @@ fn every_scan_profile_is_compared_and_the_smallest_delta_kept() {
         .iter()
         .min_by_key(|c| c.delta_len)
         .expect("four candidates");
+    // The two profiles over the transformed images compare equal, so within
+    // FINALIST_MARGIN_BASIS_POINTS of each other: both are coded in full (zstd level 19),
+    // and the smaller coded ships, a tie keeping the one compared first.
+    let coded: Vec<((ScanProfile, Option<Transform>), u64)> = report
+        .candidates
+        .iter()
+        .filter_map(|c| Some(((c.scan, c.transform), c.coded_len?)))
+        .collect();
+    assert_eq!(
+        coded.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        vec![(ScanProfile::Eager, arm64), (ScanProfile::Steady, arm64)],
+        "the two smallest compared must both be coded in full"
+    );
+    let best = coded
+        .iter()
+        .fold(None, |best: Option<&(_, u64)>, c| match best {
+            Some(b) if b.1 <= c.1 => Some(b),
+            _ => Some(c),
+        })
+        .expect("two coded");
     assert_eq!(
         (
-            report.scan,
-            report.algorithm.transform(),
+            (report.scan, report.algorithm.transform()),
             report.delta_container_len
         ),
-        (smallest.scan, smallest.transform, smallest.delta_len)
+        *best
     );
+    assert_eq!((smallest.scan, smallest.transform), best.0);
+    // Coded again at level 19: no larger than at the comparison level.
+    assert!(report.delta_container_len <= smallest.delta_len);
 }
 
 #[test]
@@ -337,8 +378,9 @@ fn the_transform_is_dropped_where_it_does_not_win_and_not_tried_on_data() {
     let (_, transformed_len) = report.transformed.expect("a forced transform is tried");
     assert!(transformed_len >= report.plain_delta_len);
     // Where the transform loses outright (data whose 0xE8 bytes it rewrites, so every
-    // insertion changes the rewritten bytes after it), the plain delta ships, with zstd
-    // streams only exactly the plain body compared, and with LZMA2 no larger than it.
+    // insertion changes the rewritten bytes after it), the plain delta ships: exactly
+    // what a build of the plain body alone (same scan profile) ships, and no larger
+    // than its size compared (at COMPARE_LEVEL, zstd streams only).
     let old = synthetic::image(3, 200_000);
     let new = synthetic::next_release(&old, 5, 50);
     for lzma in [false, true] {
@@ -362,10 +404,19 @@ fn the_transform_is_dropped_where_it_does_not_win_and_not_tried_on_data() {
             "a delta ships (no minimum saving)"
         );
         assert_eq!(report.algorithm.transform(), None, "the plain delta ships");
-        match lzma {
-            false => assert_eq!(report.delta_container_len, report.plain_delta_len),
-            true => assert!(report.delta_container_len <= report.plain_delta_len),
-        }
+        let alone = round_trip_with(
+            &old,
+            &new,
+            &BuildOptions {
+                lzma,
+                min_saving_percent: 0,
+                transform: TransformChoice::Off,
+                scan: Some(report.scan),
+                ..options()
+            },
+        );
+        assert_eq!(report.delta_container_len, alone.delta_container_len);
+        assert!(report.delta_container_len <= report.plain_delta_len);
     }
     // Auto does not even try it on data.
     let report = round_trip(&old, &new);
@@ -613,7 +664,7 @@ fn lzma2_literal_models_follow_the_stream_and_the_instruction_set() {
     let (sparse, ..) = sparse_sample();
     let (arm64, arm64_old, arm64_new, _) = lzma_sample();
     // The same images built with the transform tried: every body compared with zstd
-    // streams, the kept one recoded with LZMA2 (`recode_with_lzma`), with the same models.
+    // streams, the kept one recoded with LZMA2 (`recode_body`), with the same models.
     // (A dense, word-structured change on top, so that the kept body's diff streams
     // take LZMA2 too.)
     let mut arm64_new = arm64_new;
