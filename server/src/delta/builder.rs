@@ -231,9 +231,10 @@ pub enum BuildError {
     Compress(#[source] io::Error),
     #[error("writing the container failed")]
     Write(#[source] io::Error),
-    /// Reading back a body this build wrote, to recode it with LZMA2 streams, failed (an
-    /// I/O error on the temporary file, or a body that does not decode as written).
-    #[error("recoding the delta body with LZMA2 failed: {0}")]
+    /// Reading back a body this build wrote, to code it in full (the build's zstd level,
+    /// LZMA2 streams), failed (an I/O error on the temporary file, or a body that does
+    /// not decode as written).
+    #[error("coding the kept delta body in full failed: {0}")]
     Recode(String),
     #[error("the build worker did not finish (panicked or cancelled)")]
     WorkerFailed,
@@ -252,17 +253,21 @@ pub struct BuildReport {
     pub delta_container_len: u64,
     /// Size of the smallest plain (untransformed) delta container over the scan
     /// profiles tried. When more than one body was built (several profiles, or a
-    /// transform), this and the transformed size are sizes the choice was made on, with
-    /// zstd streams only at `BuildOptions::compare_level` (the kept one is then coded in
-    /// full); with one body it is that body's final size.
+    /// transform), this and the transformed size are compared sizes, with zstd streams
+    /// only at `BuildOptions::compare_level`: the smallest is kept, or, when the runner-up
+    /// compared close, whichever of the two codes smaller in full (`candidates`), so the
+    /// delta shipped need not be the smaller of these two. With one body it is that
+    /// body's final size.
     pub plain_delta_len: u64,
     /// The transform tried and the size of its smallest delta container over the scan
     /// profiles, kept or not (see `plain_delta_len`).
     pub transformed: Option<(Transform, u64)>,
     /// The match scan's profile of the delta kept.
     pub scan: ScanProfile,
-    /// Every body compared, in the order built, with its container size (zstd streams
-    /// only): empty when there was only one to build.
+    /// Every body compared, in the order built, with its compared container size (zstd
+    /// streams only, at `BuildOptions::compare_level`) and, for the two coded in full
+    /// when they compared close, their coded size: empty when there was only one to
+    /// build.
     pub candidates: Vec<CandidateSize>,
     /// Size of the full-image container, when it was computed.
     pub full_container_len: Option<u64>,
@@ -421,6 +426,8 @@ fn build_into<S: ContainerSink>(
             ..options.clone()
         }
     };
+    // Whether coding a compared body in full changes it (LZMA2, or a higher zstd level).
+    let full_coding_differs = options.lzma || compare.level != options.level;
     let old_t = transform.map(|t| TransformedImage::new(old, t));
     let new_t = transform.map(|t| TransformedImage::new(new, t));
     // All the bodies over one pair of images (plain or transformed), one per profile,
@@ -482,14 +489,14 @@ fn build_into<S: ContainerSink>(
             result.and_then(|()| {
                 // The runner-up is coded in full too when it compared close to the
                 // smallest and the full coding differs from the compared one.
-                let recoded = options.lzma || compare.level != options.level;
                 match kept.as_slice() {
                     [] => return Err(BuildError::WorkerFailed),
                     [(_, first, _), (_, second, _)]
-                        if recoded
-                            && (HEADER_LEN as u64 + second.len) * 10_000
-                                <= (HEADER_LEN as u64 + first.len)
-                                    * (10_000 + FINALIST_MARGIN_BASIS_POINTS) => {}
+                        if full_coding_differs
+                            && runner_up_is_close(
+                                HEADER_LEN as u64 + first.len,
+                                HEADER_LEN as u64 + second.len,
+                            ) => {}
                     _ => kept.truncate(1),
                 }
                 Ok((kept, sizes))
@@ -500,9 +507,7 @@ fn build_into<S: ContainerSink>(
     });
     let facts = facts??;
     let (finalists, mut candidate_sizes) = kept?;
-    // The kept bodies in their final coding: one straight into the sink, two each into a
-    // temporary file first, the smaller then copied into the sink (a tie keeps the
-    // smaller compared).
+    // The kept bodies coded in full (a body written straight to the sink already is).
     let code_fully = |(candidate, body, file): Finalist,
                       out: &mut dyn Write|
      -> Result<(Candidate, BodyStats), BuildError> {
@@ -512,88 +517,50 @@ fn build_into<S: ContainerSink>(
         file.seek(SeekFrom::Start(0)).map_err(BuildError::Write)?;
         let mut reader = io::BufReader::new(file.take(body.len));
         let mut out = out;
-        if options.lzma || compare.level != options.level {
-            let level = compare.level;
-            let recoded = match (&old_t, candidate.1) {
-                (Some(old_t), Some(_)) => recode_body(
-                    &mut reader,
-                    body.len,
-                    level,
-                    old_t,
-                    &options,
-                    diff_model,
-                    &mut out,
-                )?,
-                _ => recode_body(
-                    &mut reader,
-                    body.len,
-                    level,
-                    old,
-                    &options,
-                    diff_model,
-                    &mut out,
-                )?,
-            };
-            Ok((
-                candidate,
-                BodyStats {
-                    parts: body.parts,
-                    ..recoded
-                },
-            ))
-        } else {
-            let copied = io::copy(&mut reader, &mut out).map_err(BuildError::Write)?;
-            if copied != body.len {
-                return Err(BuildError::Write(io::ErrorKind::UnexpectedEof.into()));
-            }
-            Ok((candidate, body))
+        if !full_coding_differs {
+            copy_exact(&mut reader, &mut out, body.len)?;
+            return Ok((candidate, body));
         }
+        let level = compare.level;
+        let recoded = match (&old_t, candidate.1) {
+            (Some(old_t), Some(_)) => recode_body(
+                &mut reader,
+                body.len,
+                level,
+                old_t,
+                &options,
+                diff_model,
+                &mut out,
+            )?,
+            _ => recode_body(
+                &mut reader,
+                body.len,
+                level,
+                old,
+                &options,
+                diff_model,
+                &mut out,
+            )?,
+        };
+        let stats = BodyStats {
+            parts: body.parts,
+            ..recoded
+        };
+        Ok((candidate, stats))
     };
-    let direct = finalists.len() == 1 && finalists[0].2.is_none();
-    let ((scan, chosen), body) = if direct {
-        let finalist = finalists
-            .into_iter()
-            .next()
-            .ok_or(BuildError::WorkerFailed)?;
-        code_fully(finalist, &mut *sink)?
-    } else if finalists.len() == 1 {
-        sink.start_over().map_err(BuildError::Write)?;
-        sink.write_all(&[0u8; HEADER_LEN])
-            .map_err(BuildError::Write)?;
-        let finalist = finalists
-            .into_iter()
-            .next()
-            .ok_or(BuildError::WorkerFailed)?;
-        code_fully(finalist, &mut *sink)?
-    } else {
-        let mut best: Option<(Candidate, BodyStats, std::fs::File)> = None;
-        for finalist in finalists {
-            let mut coded = tempfile::tempfile().map_err(BuildError::Write)?;
-            let (candidate, stats) = code_fully(finalist, &mut coded)?;
-            if let Some(size) = candidate_sizes
-                .iter_mut()
-                .find(|c| (c.scan, c.transform) == candidate)
-            {
-                size.coded_len = Some(HEADER_LEN as u64 + stats.len);
-            }
-            if best
-                .as_ref()
-                .is_none_or(|(_, kept, _)| stats.len < kept.len)
-            {
-                best = Some((candidate, stats, coded));
-            }
+    let Shipped {
+        candidate: (scan, chosen),
+        stats: body,
+        coded,
+    } = ship_smaller_coding(finalists, sink, code_fully)?;
+    for (candidate, len) in coded {
+        if let Some(size) = candidate_sizes
+            .iter_mut()
+            .find(|c| (c.scan, c.transform) == candidate)
+        {
+            size.coded_len = Some(len);
         }
-        let (candidate, stats, mut coded) = best.ok_or(BuildError::WorkerFailed)?;
-        sink.start_over().map_err(BuildError::Write)?;
-        sink.write_all(&[0u8; HEADER_LEN])
-            .map_err(BuildError::Write)?;
-        coded.seek(SeekFrom::Start(0)).map_err(BuildError::Write)?;
-        let copied = io::copy(&mut coded, sink).map_err(BuildError::Write)?;
-        if copied != stats.len {
-            return Err(BuildError::Write(io::ErrorKind::UnexpectedEof.into()));
-        }
-        (candidate, stats)
-    };
+    }
     let smallest = |want: Option<Transform>| {
         candidate_sizes
             .iter()
@@ -651,6 +618,78 @@ fn build_into<S: ContainerSink>(
     }
     sink.flush().map_err(BuildError::Write)?;
     Ok(report)
+}
+
+/// Whether a runner-up whose compared container is `second` bytes is coded in full
+/// beside the smallest, `first` bytes: within `FINALIST_MARGIN_BASIS_POINTS` of it.
+fn runner_up_is_close(first: u64, second: u64) -> bool {
+    u128::from(second) * 10_000
+        <= u128::from(first) * (10_000 + u128::from(FINALIST_MARGIN_BASIS_POINTS))
+}
+
+/// Codes the kept bodies (the smallest compared first) in full with `code` and leaves
+/// the smallest coding in `sink`, after room for the header: the first straight into
+/// the sink, a second into a temporary file, copied over the first only when strictly
+/// smaller (so a tie keeps the smaller compared). Returns the candidate shipped, its
+/// stats, and, with two, both candidates' coded container sizes.
+fn ship_smaller_coding<S: ContainerSink>(
+    finalists: Vec<Finalist>,
+    sink: &mut S,
+    mut code: impl FnMut(Finalist, &mut dyn Write) -> Result<(Candidate, BodyStats), BuildError>,
+) -> Result<Shipped, BuildError> {
+    let restart = |sink: &mut S| -> Result<(), BuildError> {
+        sink.start_over().map_err(BuildError::Write)?;
+        sink.write_all(&[0u8; HEADER_LEN])
+            .map_err(BuildError::Write)
+    };
+    let mut finalists = finalists.into_iter();
+    let first = finalists.next().ok_or(BuildError::WorkerFailed)?;
+    // A body written to a file was compared; one not is in the sink, coded in full.
+    if first.2.is_some() {
+        restart(sink)?;
+    }
+    let (mut shipped, mut stats) = code(first, &mut *sink)?;
+    let mut coded = Vec::new();
+    if let Some(second) = finalists.next() {
+        let mut file = tempfile::tempfile().map_err(BuildError::Write)?;
+        let (other, other_stats) = code(second, &mut file)?;
+        coded = vec![
+            (shipped, HEADER_LEN as u64 + stats.len),
+            (other, HEADER_LEN as u64 + other_stats.len),
+        ];
+        if other_stats.len < stats.len {
+            restart(sink)?;
+            file.seek(SeekFrom::Start(0)).map_err(BuildError::Write)?;
+            copy_exact(&mut file, sink, other_stats.len)?;
+            (shipped, stats) = (other, other_stats);
+        }
+    }
+    Ok(Shipped {
+        candidate: shipped,
+        stats,
+        coded,
+    })
+}
+
+/// What `ship_smaller_coding` left in the sink.
+struct Shipped {
+    candidate: Candidate,
+    stats: BodyStats,
+    /// With two finalists, each one's container size coded in full.
+    coded: Vec<(Candidate, u64)>,
+}
+
+/// Copies exactly `len` bytes.
+fn copy_exact(
+    from: &mut impl Read,
+    to: &mut (impl Write + ?Sized),
+    len: u64,
+) -> Result<(), BuildError> {
+    let copied = io::copy(&mut from.take(len), to).map_err(BuildError::Write)?;
+    if copied != len {
+        return Err(BuildError::Write(io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(())
 }
 
 fn image_facts(
@@ -1214,6 +1253,12 @@ fn compress_segments(
     options: &BuildOptions,
     diff_model: LzmaModel,
 ) -> Result<Vec<EncodedSegment>, BuildError> {
+    if frames
+        .as_ref()
+        .is_some_and(|frames| frames.len() != segments.len())
+    {
+        return Err(BuildError::WorkerFailed);
+    }
     let compress_zstd = frames.is_none();
     let jobs: Vec<(usize, usize)> = JOB_START_ORDER
         .iter()
@@ -1243,9 +1288,6 @@ fn compress_segments(
         })
         .collect();
     if let Some(frames) = frames {
-        if frames.len() != segments.len() {
-            return Err(BuildError::WorkerFailed);
-        }
         for (outputs, frames) in by_segment.iter_mut().zip(frames) {
             for (output, frame) in outputs.iter_mut().zip(frames) {
                 *output = Some(Ok(frame));
@@ -1866,6 +1908,73 @@ mod tests {
             );
             assert!(stats.parts > 1 && stats.segments > stats.parts);
         }
+    }
+
+    #[test]
+    fn the_smaller_full_coding_ships_and_a_tie_keeps_the_first() {
+        let eager = (ScanProfile::Eager, None);
+        let steady = (ScanProfile::Steady, Some(Transform::Arm64));
+        let stats = |len: usize| BodyStats {
+            len: len as u64,
+            parts: 1,
+            segments: 1,
+            lzma: false,
+        };
+        // Each finalist "coded in full" as the bytes given for it; both were compared
+        // (written to a file), so the sink holds a stale body to start over from.
+        let ship = |first: &[u8], second: Option<&[u8]>| {
+            let mut sink = io::Cursor::new(b"stale compared body".to_vec());
+            sink.seek(SeekFrom::End(0)).unwrap();
+            let finalist = |candidate| -> Finalist {
+                (candidate, stats(1), Some(tempfile::tempfile().unwrap()))
+            };
+            let finalists: Vec<Finalist> = std::iter::once(finalist(eager))
+                .chain(second.map(|_| finalist(steady)))
+                .collect();
+            let Shipped {
+                candidate: shipped,
+                stats: shipped_stats,
+                coded,
+            } = ship_smaller_coding(finalists, &mut sink, |(candidate, _, _), out| {
+                let bytes = if candidate == eager {
+                    first
+                } else {
+                    second.unwrap()
+                };
+                out.write_all(bytes).map_err(BuildError::Write)?;
+                Ok((candidate, stats(bytes.len())))
+            })
+            .unwrap();
+            let body = sink.into_inner();
+            assert_eq!(
+                &body[..HEADER_LEN],
+                &[0u8; HEADER_LEN],
+                "room for the header"
+            );
+            assert_eq!(shipped_stats.len as usize, body.len() - HEADER_LEN);
+            (shipped, body[HEADER_LEN..].to_vec(), coded)
+        };
+        let header = HEADER_LEN as u64;
+        // The runner-up codes smaller: it replaces the first in the sink.
+        let (shipped, body, coded) = ship(b"first, coded longer", Some(b"second"));
+        assert_eq!((shipped, body.as_slice()), (steady, &b"second"[..]));
+        assert_eq!(coded, vec![(eager, header + 19), (steady, header + 6)]);
+        // The first codes smaller, or as small: it stays.
+        for second in [&b"the second, coded longer"[..], b"same length"] {
+            let (shipped, body, coded) = ship(b"first codes", Some(second));
+            assert_eq!((shipped, body.as_slice()), (eager, &b"first codes"[..]));
+            assert_eq!(coded.len(), 2);
+        }
+        // One finalist: no coded sizes to report.
+        let (shipped, body, coded) = ship(b"alone", None);
+        assert_eq!(
+            (shipped, body.as_slice(), coded),
+            (eager, &b"alone"[..], vec![])
+        );
+        // The runner-up is coded when within 0.25% of the smallest, not beyond.
+        assert!(runner_up_is_close(100_000, 100_250));
+        assert!(!runner_up_is_close(100_000, 100_251));
+        assert!(runner_up_is_close(u64::MAX / 2, u64::MAX / 2));
     }
 
     #[test]

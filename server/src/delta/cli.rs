@@ -107,7 +107,9 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 )
             })?;
             let tried = match report.transformed {
-                Some((transform, len)) => format!(", {} transform {len} bytes", transform.name()),
+                Some((transform, len)) => {
+                    format!(", {} transform {len} bytes compared", transform.name())
+                }
                 None => String::new(),
             };
             let compared = report
@@ -129,8 +131,12 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                     options.compare_level()
                 ),
             };
+            let plain_compared = match report.candidates.is_empty() {
+                true => "",
+                false => " compared",
+            };
             println!(
-                "{}: {} bytes ({} → {} bytes, delta {} bytes, {} scan, plain delta {} bytes{tried}{compared}, {} part(s), {} segment(s))",
+                "{}: {} bytes ({} → {} bytes, delta {} bytes, {} scan, plain delta {} bytes{plain_compared}{tried}{compared}, {} part(s), {} segment(s))",
                 report.algorithm.name(),
                 report.container_len,
                 report.source_len,
