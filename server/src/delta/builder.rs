@@ -1837,7 +1837,7 @@ mod tests {
         // alignment for each 19-byte exact match, the steady one stays on it (matcher
         // test a_short_match_off_the_alignment_moves_the_eager_scan_and_not_the_steady_one).
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut old: Vec<u8> = (0..600_000)
+        let old: Vec<u8> = (0..600_000)
             .map(|_| {
                 state ^= state << 13;
                 state ^= state >> 7;
@@ -1845,22 +1845,7 @@ mod tests {
                 state as u8
             })
             .collect();
-        let mut copies = Vec::new();
-        for k in 0..100 {
-            let (at, far) = (1_000 + k * 5_900, 4_000 + k * 5_900 + k * k * 37 % 700);
-            let mut copy = old[at..at + 20].to_vec();
-            for flip in [1, 4, 8, 11, 15, 18] {
-                copy[flip] = copy[flip].wrapping_add(1);
-            }
-            old[far..far + 20].copy_from_slice(&copy);
-            old[far - 1] = old[at - 1] ^ 0xff;
-            old[far + 20] = old[at + 20] ^ 0xff;
-            copies.push((at, copy));
-        }
-        let mut new = old.clone();
-        for (at, copy) in copies {
-            new[at..at + 20].copy_from_slice(&copy);
-        }
+        let (old, new) = crate::delta::samples::near_copy_release(old, 5_900, 3_000);
         // Several parts (one index each) and several segments per part.
         let options = BuildOptions {
             threads: 2,

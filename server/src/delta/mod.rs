@@ -7,6 +7,7 @@
 //! - `matcher`: the bsdiff-style approximate-match search over a suffix array.
 //! - `image`: reading images by range from memory or files.
 //! - `cli`: `ota-server delta build`.
+//! - `samples`: image pairs for tests (feature `test-support`).
 
 pub mod builder;
 pub mod chunking;
@@ -14,6 +15,8 @@ pub mod cli;
 pub mod detect;
 pub mod image;
 pub mod matcher;
+#[cfg(any(test, feature = "test-support"))]
+pub mod samples;
 
 pub use builder::{
     build_delta, build_delta_file, BuildError, BuildOptions, BuildReport, CandidateSize,

@@ -194,24 +194,7 @@ fn code_images_ship_the_transformed_delta_when_it_is_smaller() {
 /// 6 better than the alignment) and back, two control entries with irregular seeks
 /// each; the steady one stays on it, with six diff bytes of 1.
 fn steady_sample() -> (Vec<u8>, Vec<u8>) {
-    let mut old = synthetic::image(11, 300_000);
-    let mut copies = Vec::new();
-    for k in 0..100 {
-        let (at, far) = (1_000 + k * 1_400, 155_000 + k * 1_400 + k * k * 37 % 700);
-        let mut copy = old[at..at + 20].to_vec();
-        for flip in [1, 4, 8, 11, 15, 18] {
-            copy[flip] = copy[flip].wrapping_add(1);
-        }
-        old[far..far + 20].copy_from_slice(&copy);
-        old[far - 1] = old[at - 1] ^ 0xff;
-        old[far + 20] = old[at + 20] ^ 0xff;
-        copies.push((at, copy));
-    }
-    let mut new = old.clone();
-    for (at, copy) in copies {
-        new[at..at + 20].copy_from_slice(&copy);
-    }
-    (old, new)
+    ota_server::delta::samples::near_copy_release(synthetic::image(11, 300_000), 1_400, 154_000)
 }
 
 #[test]
