@@ -6,6 +6,14 @@
 //! Publishes are tracked to their acknowledgement: each publish carries a caller id, and
 //! [`LinkEvent::Delivered`] reports it once the broker acknowledged it (QoS 1: PUBACK;
 //! QoS 0: handed to the network). The progress outbox deletes an event only then.
+//!
+//! rumqttc reports a publish by packet id only, so the ids are matched to publishes in
+//! the order rumqttc takes them ([`Tracker`]). When a connection fails, rumqttc keeps
+//! what it had not sent (and what the broker had not acknowledged) for the next session,
+//! and drops all of it when the broker answers that it holds no session for this client
+//! (a broker that lost its state). The tracker forgets exactly those publishes then, so
+//! no later acknowledgement is credited to a publish that never reached the broker; the
+//! driver sends every unacknowledged outbox event again on [`LinkEvent::Connected`].
 
 use ota_core::endpoint::{BrokerUrl, BrokerUrlError};
 use ota_core::protocol::{parse_topic, topic, Channel};
@@ -50,8 +58,94 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), MqttError> {
 /// waiting for their PUBACK.
 #[derive(Debug, Default)]
 struct Tracker {
+    /// In the order rumqttc takes them: each `Outgoing::Publish` with a new packet id is
+    /// the oldest one here.
     queued: VecDeque<(u64, QoS)>,
     inflight: HashMap<u16, u64>,
+    /// After a connection error: how many of the oldest `queued` publishes rumqttc holds
+    /// for the next session only (its pending list, or reported by events it has not
+    /// handed out yet). Acted on at the next CONNACK.
+    held_for_session: usize,
+}
+
+impl Tracker {
+    /// Queues a publish handed to rumqttc.
+    fn queue(&mut self, id: u64, qos: QoS) {
+        self.queued.push_back((id, qos));
+    }
+
+    /// rumqttc sent a publish with packet id `pkid` (0 for QoS 0). Returns the caller id
+    /// it delivered, for QoS 0.
+    fn sent(&mut self, pkid: u16) -> Option<u64> {
+        if pkid != 0 && self.inflight.contains_key(&pkid) {
+            // A QoS 1 publish retransmitted after a reconnect.
+            return None;
+        }
+        match self.queued.pop_front()? {
+            (id, QoS::AtMostOnce) => Some(id),
+            (id, _) => {
+                self.inflight.insert(pkid, id);
+                None
+            }
+        }
+    }
+
+    /// The broker acknowledged packet id `pkid`: the caller id it delivered.
+    fn acknowledged(&mut self, pkid: u16) -> Option<u64> {
+        self.inflight.remove(&pkid)
+    }
+
+    /// A connection failed; rumqttc holds the oldest `held` queued publishes for the next
+    /// session (the rest are still in its request channel and go out whatever happens).
+    fn connection_lost(&mut self, held: usize) {
+        self.held_for_session = held.min(self.queued.len());
+    }
+
+    /// A CONNACK. When the broker resumed the session rumqttc sends what it held; when it
+    /// did not, rumqttc dropped that and the old session's unacknowledged publishes: they
+    /// are forgotten, and their count returned.
+    fn session_started(&mut self, resumed: bool) -> usize {
+        let held = std::mem::take(&mut self.held_for_session);
+        if resumed {
+            return 0;
+        }
+        let unacknowledged = self.inflight.len();
+        self.inflight.clear();
+        self.queued.drain(..held.min(self.queued.len())).count() + unacknowledged
+    }
+}
+
+/// How many of the tracker's queued publishes rumqttc holds for the next session after a
+/// connection error: those whose `Outgoing::Publish` it has not handed out yet, the one
+/// parked on a packet-id collision, and the new ones (packet id 0) in its pending list —
+/// in that order, the oldest queued ones. Its pending list also holds retransmissions,
+/// which already have a packet id and are not queued.
+fn held_for_next_session(eventloop: &rumqttc::EventLoop) -> usize {
+    let unreported = eventloop
+        .state
+        .events
+        .iter()
+        .filter(|event| matches!(event, Event::Outgoing(Outgoing::Publish(_))))
+        .count();
+    let pending = eventloop
+        .pending
+        .iter()
+        .filter(|request| matches!(request, rumqttc::Request::Publish(p) if p.pkid == 0))
+        .count();
+    unreported + usize::from(eventloop.state.collision.is_some()) + pending
+}
+
+/// At a CONNACK without a session: drops what rumqttc still had from the old one (the
+/// events reporting publishes it will never send, a publish parked on a collision whose
+/// acknowledgement cannot come), matching [`Tracker::session_started`].
+fn forget_old_session(eventloop: &mut rumqttc::EventLoop) {
+    eventloop.state.events.retain(|event| {
+        !matches!(
+            event,
+            Event::Outgoing(Outgoing::Publish(_) | Outgoing::AwaitAck(_))
+        )
+    });
+    eventloop.state.collision = None;
 }
 
 /// The connected link.
@@ -104,8 +198,23 @@ impl MqttLink {
             let mut failures = 0u32;
             loop {
                 match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         failures = 0;
+                        if !ack.session_present {
+                            forget_old_session(&mut eventloop);
+                        }
+                        let forgotten = tracker
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .session_started(ack.session_present);
+                        if forgotten > 0 {
+                            eprintln!(
+                                "ota-agent {}: the broker holds no session for this vehicle \
+                                 (it lost its state): {forgotten} publishes it had not \
+                                 acknowledged are forgotten; the outbox sends its events again",
+                                subscriber.vehicle_id
+                            );
+                        }
                         // The broker keeps subscriptions of a persistent session, but a
                         // first connection (or a broker that lost its state) has none.
                         for channel in [Channel::Directive, Channel::Control] {
@@ -133,22 +242,8 @@ impl MqttLink {
                         }
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        let delivered = {
-                            let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
-                            if pkid != 0 && t.inflight.contains_key(&pkid) {
-                                // A QoS 1 publish retransmitted after a reconnect.
-                                None
-                            } else {
-                                match t.queued.pop_front() {
-                                    Some((id, QoS::AtMostOnce)) => Some(id),
-                                    Some((id, _)) => {
-                                        t.inflight.insert(pkid, id);
-                                        None
-                                    }
-                                    None => None,
-                                }
-                            }
-                        };
+                        let delivered =
+                            tracker.lock().unwrap_or_else(|e| e.into_inner()).sent(pkid);
                         if let Some(id) = delivered {
                             let _ = tx.send(LinkEvent::Delivered(id));
                         }
@@ -157,14 +252,19 @@ impl MqttLink {
                         let id = tracker
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .inflight
-                            .remove(&ack.pkid);
+                            .acknowledged(ack.pkid);
                         if let Some(id) = id {
                             let _ = tx.send(LinkEvent::Delivered(id));
                         }
                     }
                     Ok(_) => {}
                     Err(err) => {
+                        // rumqttc has moved what it did not send to its pending list
+                        // (and drained its request channel into it).
+                        tracker
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .connection_lost(held_for_next_session(&eventloop));
                         if tx
                             .send(LinkEvent::Disconnected {
                                 reason: err.to_string(),
@@ -195,8 +295,7 @@ impl MqttLink {
         self.tracker
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .queued
-            .push_back((id, qos));
+            .queue(id, qos);
         self.client
             .publish(topic(&self.vehicle_id, channel), qos, false, payload)
             .await
@@ -226,6 +325,97 @@ mod tests {
         assert!(parse_broker_url("http://x:1").is_err());
         assert!(parse_broker_url("mqtt://:1").is_err());
         assert!(parse_broker_url("mqtt://h:99999").is_err());
+    }
+
+    #[test]
+    fn publishes_are_matched_to_packet_ids_in_order_and_retransmissions_are_not_new() {
+        let mut t = Tracker::default();
+        t.queue(1, QoS::AtLeastOnce);
+        t.queue(2, QoS::AtMostOnce);
+        t.queue(3, QoS::AtLeastOnce);
+        assert_eq!(t.sent(7), None);
+        assert_eq!(t.sent(0), Some(2), "QoS 0 is delivered when sent");
+        assert_eq!(t.sent(8), None);
+        // The connection fails with nothing held back; the broker resumes the session and
+        // rumqttc retransmits packet 7 before sending a new publish.
+        t.connection_lost(0);
+        assert_eq!(t.session_started(true), 0);
+        assert_eq!(t.sent(7), None);
+        t.queue(4, QoS::AtLeastOnce);
+        assert_eq!(t.sent(9), None);
+        assert_eq!(t.acknowledged(8), Some(3));
+        assert_eq!(t.acknowledged(7), Some(1));
+        assert_eq!(t.acknowledged(9), Some(4));
+        assert_eq!(t.acknowledged(9), None);
+    }
+
+    #[test]
+    fn a_broker_without_the_session_never_gets_a_later_ack_credited_to_a_dropped_publish() {
+        let mut t = Tracker::default();
+        t.queue(1, QoS::AtLeastOnce);
+        assert_eq!(t.sent(5), None);
+        t.queue(2, QoS::AtLeastOnce);
+        t.queue(3, QoS::AtLeastOnce);
+        // The connection fails: rumqttc holds 2 and 3 (and the unacknowledged 1) for the
+        // next session; 4 is published after that and waits in its request channel.
+        t.connection_lost(2);
+        t.queue(4, QoS::AtLeastOnce);
+        // Reconnecting finds no session: rumqttc drops 1, 2 and 3.
+        assert_eq!(t.session_started(false), 3);
+        assert_eq!(t.sent(6), None);
+        assert_eq!(t.acknowledged(6), Some(4), "packet 6 carried 4, not 2");
+        assert_eq!(
+            t.acknowledged(5),
+            None,
+            "the old session's packet 5 is forgotten"
+        );
+        // With the session resumed, what was held goes out first.
+        t.queue(5, QoS::AtLeastOnce);
+        t.connection_lost(1);
+        t.queue(6, QoS::AtLeastOnce);
+        assert_eq!(t.session_started(true), 0);
+        assert_eq!(t.sent(7), None);
+        assert_eq!(t.sent(8), None);
+        assert_eq!(t.acknowledged(7), Some(5));
+        assert_eq!(t.acknowledged(8), Some(6));
+    }
+
+    #[tokio::test]
+    async fn what_rumqttc_holds_for_the_next_session_is_counted_from_its_own_state() {
+        let (client, mut eventloop) =
+            AsyncClient::new(MqttOptions::new("ota-agent-test", "127.0.0.1", 1), 16);
+        for n in 0..3u8 {
+            client
+                .try_publish("ota/v1/v/progress", QoS::AtLeastOnce, false, vec![n])
+                .unwrap();
+        }
+        client
+            .try_publish("ota/v1/v/progress", QoS::AtMostOnce, false, vec![9])
+            .unwrap();
+        // A connection error drains the request channel into the pending list.
+        eventloop.clean();
+        assert_eq!(held_for_next_session(&eventloop), 4);
+        // rumqttc takes the first one (a packet id and an event it has not reported), and
+        // the connection fails again: the publish is now a retransmission in the pending
+        // list, its event still unreported.
+        let first = eventloop.pending.pop_front().unwrap();
+        eventloop.state.handle_outgoing_packet(first).unwrap();
+        eventloop.clean();
+        assert_eq!(eventloop.pending.len(), 4);
+        assert_eq!(held_for_next_session(&eventloop), 4);
+        // Once the event is reported, the retransmission is no longer counted.
+        let reported = eventloop.state.events.pop_front();
+        assert!(matches!(
+            reported,
+            Some(Event::Outgoing(Outgoing::Publish(1)))
+        ));
+        assert_eq!(held_for_next_session(&eventloop), 3);
+        eventloop
+            .state
+            .handle_outgoing_packet(eventloop.pending[1].clone())
+            .unwrap();
+        forget_old_session(&mut eventloop);
+        assert!(eventloop.state.events.is_empty());
     }
 
     #[test]

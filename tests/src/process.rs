@@ -367,11 +367,19 @@ impl BrokerProcess {
             .context("mosquitto is not installed (deploy/services.sh installs it)")?;
         let port = free_port();
         let config = dir.join("mosquitto.conf");
+        // Started as root, mosquitto drops to the `mosquitto` user, which cannot write
+        // its persistence file in a test's private directory: it would lose every session
+        // on a restart. It keeps the user that owns the directory instead.
+        let stay = if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dir)?) == 0 {
+            "user root\n"
+        } else {
+            ""
+        };
         std::fs::write(
             &config,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nmax_queued_messages 100000\n",
+                 persistence_location {}/\nmax_queued_messages 100000\n{stay}",
                 dir.display()
             ),
         )?;

@@ -413,6 +413,12 @@ pub fn persistent_session(link: Link, client_id_configured: bool) -> bool {
     link == Link::Progress && client_id_configured
 }
 
+/// Whether a CONNACK shows that the broker lost a persistent session it had (not the
+/// first connection, which has none yet).
+fn session_lost(persistent: bool, connected_before: bool, session_present: bool) -> bool {
+    persistent && connected_before && !session_present
+}
+
 /// What a worker needs to handle and acknowledge a message from one connection.
 #[derive(Clone)]
 struct Lane {
@@ -799,6 +805,8 @@ async fn connect(
         .iter()
         .map(|channel| shared_filter(&settings.share_group, channel))
         .collect();
+    let persistent = persistent_session(link, settings.client_id.is_some());
+    let mut connected_before = false;
     let mut backoff = BACKOFF_START;
     while !stop.is_cancelled() {
         let event = tokio::select! {
@@ -808,8 +816,21 @@ async fn connect(
         };
         health.loop_progressed();
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = BACKOFF_START;
+                if session_lost(persistent, connected_before, ack.session_present) {
+                    // What the broker held for this session (progress not yet
+                    // acknowledged, and what arrived while the gateway was away) is gone.
+                    metrics::counter!("ota_mqtt_sessions_lost_total", "link" => link.label())
+                        .increment(1);
+                    tracing::warn!(
+                        link = link.label(),
+                        "the MQTT broker no longer holds this connection's persistent \
+                         session (it lost its state): vehicle messages it held for the \
+                         gateway are lost; keep the broker's sessions persistent"
+                    );
+                }
+                connected_before = true;
                 // Acks of the previous connection's messages can no longer be sent.
                 lane.acks.order().reconnected();
                 health.set_connected(index, true);
@@ -894,6 +915,20 @@ mod tests {
             assert!(!persistent_session(link, true));
             assert!(!persistent_session(link, false));
         }
+    }
+
+    #[test]
+    fn a_persistent_session_missing_on_a_reconnect_is_lost() {
+        assert!(session_lost(true, true, false));
+        assert!(
+            !session_lost(true, false, false),
+            "the first connection has none"
+        );
+        assert!(!session_lost(true, true, true));
+        assert!(
+            !session_lost(false, true, false),
+            "a clean session is never kept"
+        );
     }
 
     #[test]

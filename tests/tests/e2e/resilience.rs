@@ -2,8 +2,10 @@
 //! (PostgreSQL, an MQTT broker, a Kafka-protocol broker) and a simulated fleet of real
 //! agents: the server killed mid-rollout, Kafka unreachable for 30 s, the MQTT broker
 //! restarted, and two server replicas sharing one database, broker and consumer group.
-//! Every test checks that the fleet finishes and that the Kafka topic holds every
-//! progress transition of every vehicle: nothing a vehicle reported was lost.
+//! Every one of these tests checks that the fleet finishes and that the Kafka topic holds
+//! every progress transition of every vehicle: nothing a vehicle reported was lost. One
+//! more kills the MQTT broker so that it loses its sessions (and what they held): the
+//! fleet still finishes and the server reports the loss.
 
 use crate::fleet::{counter, mqtt_url, services_required, unique, wait_for, Server, SimFleet};
 use ota_server::settings::{LogFormat, Settings};
@@ -430,7 +432,58 @@ async fn a_restarted_mqtt_broker_is_rejoined_and_the_fleet_finishes() {
     let vehicles = 12;
     let (fleet, rollout) = mid_rollout(&api, &hardware_id, vehicles).await;
     mosquitto.restart("TERM").expect("mosquitto restarts");
+    assert!(
+        broker_dir.path().join("mosquitto.db").is_file(),
+        "mosquitto saved its sessions when it stopped: this test is about a broker that keeps them"
+    );
     finishes_with_every_transition(&api, &lane, &hardware_id, &rollout, vehicles).await;
+    fleet.stop().await;
+    server.stop();
+    lane.database.drop_now().await;
+}
+
+/// The MQTT broker killed (SIGKILL: it saves nothing) in the middle of a rollout comes
+/// back without the sessions it held: the server counts the lost persistent session of
+/// its progress connection, and the fleet still finishes — every vehicle commits and
+/// none fails (progress the broker lost, the vehicles' check-ins make up for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_lost_its_sessions_is_reported_and_the_fleet_still_finishes() {
+    if !services_present(true) {
+        return;
+    }
+    let broker_dir = tempfile::tempdir().unwrap();
+    let Some(mut mosquitto) = own_broker(BrokerProcess::mosquitto(broker_dir.path())) else {
+        return;
+    };
+    let lane = Lane::new(format!("mqtt://{}", mosquitto.address()), kafka_brokers()).await;
+    let mut server = lane.server(0).await;
+    let api = attach(&server, &lane.mqtt);
+    let hardware_id = unique("hw-mqtt-lost-");
+    let vehicles = 12;
+    let (fleet, rollout) = mid_rollout(&api, &hardware_id, vehicles).await;
+    let before = counter(&api.metrics().await, "ota_mqtt_sessions_lost_total");
+    mosquitto.restart("KILL").expect("mosquitto restarts");
+    assert!(
+        !broker_dir.path().join("mosquitto.db").exists(),
+        "a killed mosquitto saved nothing: it comes back without sessions"
+    );
+    let status = wait_all_committed(&api, &rollout, vehicles, 240).await;
+    assert_eq!(status["totals"]["failed"], 0, "{status}");
+    let lost = wait_for("the server to count the lost session", 60, || async {
+        let metrics = api.metrics().await;
+        let lost = counter(&metrics, "ota_mqtt_sessions_lost_total{link=\"progress\"}");
+        (lost > before).then_some(lost)
+    })
+    .await;
+    assert_eq!(
+        counter(
+            &api.metrics().await,
+            "ota_mqtt_sessions_lost_total{link=\"checkin\"}"
+        ),
+        0,
+        "the check-in connection has a clean session: nothing of it can be lost"
+    );
+    eprintln!("lost persistent sessions counted: {lost}");
     fleet.stop().await;
     server.stop();
     lane.database.drop_now().await;
