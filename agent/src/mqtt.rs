@@ -9,16 +9,17 @@
 //!
 //! rumqttc reports a publish by packet id only, so the ids are matched to publishes in
 //! the order rumqttc takes them ([`Tracker`]). When a connection fails, rumqttc keeps
-//! what it had not sent (and what the broker had not acknowledged) for the next session,
-//! and drops all of it when the broker answers that it holds no session for this client
-//! (a broker that lost its state). The tracker forgets exactly those publishes then, so
-//! no later acknowledgement is credited to a publish that never reached the broker; the
+//! what it had not sent (and what the broker had not acknowledged) for the next session.
+//! When the broker answers that it holds no session for this client (a broker that lost
+//! its state), rumqttc drops its pending list, the link drops what else is left of the
+//! old session ([`forget_old_session`]), and the tracker forgets those publishes, so no
+//! later acknowledgement is credited to a publish that never reached the broker; the
 //! driver sends every unacknowledged outbox event again on [`LinkEvent::Connected`].
 
 use ota_core::endpoint::{BrokerUrl, BrokerUrlError};
 use ota_core::protocol::{parse_topic, topic, Channel};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -116,17 +117,28 @@ impl Tracker {
 }
 
 /// How many of the tracker's queued publishes rumqttc holds for the next session after a
-/// connection error: those whose `Outgoing::Publish` it has not handed out yet, the one
-/// parked on a packet-id collision, and the new ones (packet id 0) in its pending list —
-/// in that order, the oldest queued ones. Its pending list also holds retransmissions,
-/// which already have a packet id and are not queued.
-fn held_for_next_session(eventloop: &rumqttc::EventLoop) -> usize {
-    let unreported = eventloop
-        .state
-        .events
-        .iter()
-        .filter(|event| matches!(event, Event::Outgoing(Outgoing::Publish(_))))
-        .count();
+/// connection error: those whose `Outgoing::Publish` it has not handed out yet and that
+/// [`Tracker::sent`] would take as new (its events are replayed against the packet ids
+/// the tracker knows in flight, `inflight`, so a retransmission whose write failed is not
+/// counted), the one parked on a packet-id collision, and the new ones (packet id 0) in
+/// its pending list. Its pending list also holds retransmissions, which already have a
+/// packet id and are not queued.
+fn held_for_next_session(eventloop: &rumqttc::EventLoop, inflight: &HashMap<u16, u64>) -> usize {
+    let mut known: HashSet<u16> = inflight.keys().copied().collect();
+    let mut unreported = 0;
+    for event in &eventloop.state.events {
+        match event {
+            Event::Incoming(Packet::PubAck(ack)) => {
+                known.remove(&ack.pkid);
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if *pkid == 0 || known.insert(*pkid) {
+                    unreported += 1;
+                }
+            }
+            _ => {}
+        }
+    }
     let pending = eventloop
         .pending
         .iter()
@@ -261,10 +273,11 @@ impl MqttLink {
                     Err(err) => {
                         // rumqttc has moved what it did not send to its pending list
                         // (and drained its request channel into it).
-                        tracker
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .connection_lost(held_for_next_session(&eventloop));
+                        {
+                            let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+                            let held = held_for_next_session(&eventloop, &t.inflight);
+                            t.connection_lost(held);
+                        }
                         if tx
                             .send(LinkEvent::Disconnected {
                                 reason: err.to_string(),
@@ -384,17 +397,20 @@ mod tests {
     async fn what_rumqttc_holds_for_the_next_session_is_counted_from_its_own_state() {
         let (client, mut eventloop) =
             AsyncClient::new(MqttOptions::new("ota-agent-test", "127.0.0.1", 1), 16);
+        let mut t = Tracker::default();
         for n in 0..3u8 {
+            t.queue(u64::from(n), QoS::AtLeastOnce);
             client
                 .try_publish("ota/v1/v/progress", QoS::AtLeastOnce, false, vec![n])
                 .unwrap();
         }
+        t.queue(3, QoS::AtMostOnce);
         client
             .try_publish("ota/v1/v/progress", QoS::AtMostOnce, false, vec![9])
             .unwrap();
         // A connection error drains the request channel into the pending list.
         eventloop.clean();
-        assert_eq!(held_for_next_session(&eventloop), 4);
+        assert_eq!(held_for_next_session(&eventloop, &t.inflight), 4);
         // rumqttc takes the first one (a packet id and an event it has not reported), and
         // the connection fails again: the publish is now a retransmission in the pending
         // list, its event still unreported.
@@ -402,20 +418,32 @@ mod tests {
         eventloop.state.handle_outgoing_packet(first).unwrap();
         eventloop.clean();
         assert_eq!(eventloop.pending.len(), 4);
-        assert_eq!(held_for_next_session(&eventloop), 4);
+        assert_eq!(held_for_next_session(&eventloop, &t.inflight), 4);
         // Once the event is reported, the retransmission is no longer counted.
-        let reported = eventloop.state.events.pop_front();
-        assert!(matches!(
-            reported,
-            Some(Event::Outgoing(Outgoing::Publish(1)))
-        ));
-        assert_eq!(held_for_next_session(&eventloop), 3);
+        let Some(Event::Outgoing(Outgoing::Publish(pkid))) = eventloop.state.events.pop_front()
+        else {
+            panic!("the first publish's event");
+        };
+        assert_eq!(t.sent(pkid), None);
+        assert_eq!(held_for_next_session(&eventloop, &t.inflight), 3);
+        // The session resumes, rumqttc retransmits it and the write fails: the event it
+        // leaves unreported is a retransmission, not a new publish.
+        let retransmission = eventloop.pending.pop_back().unwrap();
         eventloop
             .state
-            .handle_outgoing_packet(eventloop.pending[1].clone())
+            .handle_outgoing_packet(retransmission)
             .unwrap();
+        eventloop.clean();
+        assert_eq!(held_for_next_session(&eventloop, &t.inflight), 3);
+        t.connection_lost(held_for_next_session(&eventloop, &t.inflight));
+        t.queue(4, QoS::AtLeastOnce);
+        // Without a session all three are dropped, and the publish made since is the
+        // next one sent.
         forget_old_session(&mut eventloop);
         assert!(eventloop.state.events.is_empty());
+        assert_eq!(t.session_started(false), 4);
+        assert_eq!(t.sent(1), None);
+        assert_eq!(t.acknowledged(1), Some(4));
     }
 
     #[test]

@@ -360,8 +360,8 @@ pub struct BrokerProcess {
 
 impl BrokerProcess {
     /// Mosquitto on `127.0.0.1:<free port>`, anonymous, persisting its sessions and
-    /// queued messages in `dir` when it stops cleanly (a SIGKILL loses what it held
-    /// since its last save).
+    /// queued messages in `dir` when it stops cleanly, and only then (`autosave_interval
+    /// 0`): a SIGKILL loses everything it held.
     pub fn mosquitto(dir: &Path) -> Result<BrokerProcess> {
         let program = which("mosquitto", &["/usr/sbin/mosquitto"])
             .context("mosquitto is not installed (deploy/services.sh installs it)")?;
@@ -379,7 +379,7 @@ impl BrokerProcess {
             &config,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nmax_queued_messages 100000\n{stay}",
+                 persistence_location {}/\nautosave_interval 0\nmax_queued_messages 100000\n{stay}",
                 dir.display()
             ),
         )?;

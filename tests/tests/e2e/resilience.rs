@@ -475,14 +475,6 @@ async fn a_broker_that_lost_its_sessions_is_reported_and_the_fleet_still_finishe
         (lost > before).then_some(lost)
     })
     .await;
-    assert_eq!(
-        counter(
-            &api.metrics().await,
-            "ota_mqtt_sessions_lost_total{link=\"checkin\"}"
-        ),
-        0,
-        "the check-in connection has a clean session: nothing of it can be lost"
-    );
     eprintln!("lost persistent sessions counted: {lost}");
     fleet.stop().await;
     server.stop();
