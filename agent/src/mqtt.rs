@@ -132,9 +132,7 @@ fn held_for_next_session(eventloop: &rumqttc::EventLoop, inflight: &HashMap<u16,
                 known.remove(&ack.pkid);
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if *pkid == 0 || known.insert(*pkid) {
-                    unreported += 1;
-                }
+                unreported += usize::from(*pkid == 0 || known.insert(*pkid));
             }
             _ => {}
         }
