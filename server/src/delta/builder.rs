@@ -1655,6 +1655,30 @@ impl<W: Write> Write for Tee<'_, W> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_scan_help_names_each_profile_s_own_threshold() {
+        use clap::ValueEnum;
+        for (choice, profile) in [
+            (ScanChoice::Eager, ScanProfile::Eager),
+            (ScanChoice::Steady, ScanProfile::Steady),
+        ] {
+            let value = choice.to_possible_value().expect("a --scan value");
+            let help = value.get_help().expect("help text").to_string();
+            let threshold = format!("more than {} bytes", profile.mismatch_count());
+            assert!(help.contains(&threshold), "{help:?} names {threshold:?}");
+            assert_eq!(value.get_name(), profile.name());
+        }
+        let auto = ScanChoice::Auto.to_possible_value().unwrap();
+        let help = auto.get_help().unwrap().to_string();
+        for profile in SCAN_PROFILES {
+            assert!(
+                help.contains(profile.name()),
+                "{help:?} names {}",
+                profile.name()
+            );
+        }
+    }
+
     /// The LZMA2 properties byte of a stream whose first chunk is compressed.
     fn properties(stream: &[u8]) -> u8 {
         assert!(stream[0] >= 0xe0, "a compressed first chunk");
