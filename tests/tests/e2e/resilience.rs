@@ -413,33 +413,75 @@ async fn a_kafka_outage_of_30_seconds_loses_no_event_and_recovers_by_itself() {
     lane.database.drop_now().await;
 }
 
+/// A rollout to 12 vehicles under way through a test-owned Mosquitto, ready for the
+/// broker to be broken ([`mid_rollout`]).
+struct OwnBrokerRollout {
+    broker_dir: tempfile::TempDir,
+    mosquitto: BrokerProcess,
+    lane: Lane,
+    server: ServerProcess,
+    api: Server,
+    hardware_id: String,
+    vehicles: usize,
+    fleet: SimFleet,
+    rollout: String,
+}
+
+impl OwnBrokerRollout {
+    /// `None` when the services (or Mosquitto) are missing and not required.
+    async fn start(hardware_prefix: &str) -> Option<OwnBrokerRollout> {
+        if !services_present(true) {
+            return None;
+        }
+        let broker_dir = tempfile::tempdir().unwrap();
+        let mosquitto = own_broker(BrokerProcess::mosquitto(broker_dir.path()))?;
+        let lane = Lane::new(format!("mqtt://{}", mosquitto.address()), kafka_brokers()).await;
+        let server = lane.server(0).await;
+        let api = attach(&server, &lane.mqtt);
+        let hardware_id = unique(hardware_prefix);
+        let vehicles = 12;
+        let (fleet, rollout) = mid_rollout(&api, &hardware_id, vehicles).await;
+        Some(OwnBrokerRollout {
+            broker_dir,
+            mosquitto,
+            lane,
+            server,
+            api,
+            hardware_id,
+            vehicles,
+            fleet,
+            rollout,
+        })
+    }
+
+    /// Whether the broker has saved its sessions to its persistence file.
+    fn broker_saved(&self) -> bool {
+        self.broker_dir.path().join("mosquitto.db").is_file()
+    }
+
+    async fn stop(mut self) {
+        self.fleet.stop().await;
+        self.server.stop();
+        self.lane.database.drop_now().await;
+    }
+}
+
 /// The MQTT broker restarted in the middle of a rollout: the server and every agent
 /// reconnect by themselves, the fleet finishes, and (the broker keeping its sessions
 /// across a clean restart) no transition is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_mqtt_broker_is_rejoined_and_the_fleet_finishes() {
-    if !services_present(true) {
-        return;
-    }
-    let broker_dir = tempfile::tempdir().unwrap();
-    let Some(mut mosquitto) = own_broker(BrokerProcess::mosquitto(broker_dir.path())) else {
+    let Some(mut run) = OwnBrokerRollout::start("hw-mqtt-").await else {
         return;
     };
-    let lane = Lane::new(format!("mqtt://{}", mosquitto.address()), kafka_brokers()).await;
-    let mut server = lane.server(0).await;
-    let api = attach(&server, &lane.mqtt);
-    let hardware_id = unique("hw-mqtt-");
-    let vehicles = 12;
-    let (fleet, rollout) = mid_rollout(&api, &hardware_id, vehicles).await;
-    mosquitto.restart("TERM").expect("mosquitto restarts");
+    run.mosquitto.restart("TERM").expect("mosquitto restarts");
     assert!(
-        broker_dir.path().join("mosquitto.db").is_file(),
+        run.broker_saved(),
         "mosquitto saved its sessions when it stopped: this test is about a broker that keeps them"
     );
-    finishes_with_every_transition(&api, &lane, &hardware_id, &rollout, vehicles).await;
-    fleet.stop().await;
-    server.stop();
-    lane.database.drop_now().await;
+    let (api, lane) = (&run.api, &run.lane);
+    finishes_with_every_transition(api, lane, &run.hardware_id, &run.rollout, run.vehicles).await;
+    run.stop().await;
 }
 
 /// The MQTT broker killed (SIGKILL: it saves nothing) in the middle of a rollout comes
@@ -448,26 +490,17 @@ async fn a_restarted_mqtt_broker_is_rejoined_and_the_fleet_finishes() {
 /// none fails (progress the broker lost, the vehicles' check-ins make up for).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_lost_its_sessions_is_reported_and_the_fleet_still_finishes() {
-    if !services_present(true) {
-        return;
-    }
-    let broker_dir = tempfile::tempdir().unwrap();
-    let Some(mut mosquitto) = own_broker(BrokerProcess::mosquitto(broker_dir.path())) else {
+    let Some(mut run) = OwnBrokerRollout::start("hw-mqtt-lost-").await else {
         return;
     };
-    let lane = Lane::new(format!("mqtt://{}", mosquitto.address()), kafka_brokers()).await;
-    let mut server = lane.server(0).await;
-    let api = attach(&server, &lane.mqtt);
-    let hardware_id = unique("hw-mqtt-lost-");
-    let vehicles = 12;
-    let (fleet, rollout) = mid_rollout(&api, &hardware_id, vehicles).await;
+    let api = &run.api;
     let before = counter(&api.metrics().await, "ota_mqtt_sessions_lost_total");
-    mosquitto.restart("KILL").expect("mosquitto restarts");
+    run.mosquitto.restart("KILL").expect("mosquitto restarts");
     assert!(
-        !broker_dir.path().join("mosquitto.db").exists(),
+        !run.broker_saved(),
         "a killed mosquitto saved nothing: it comes back without sessions"
     );
-    let status = wait_all_committed(&api, &rollout, vehicles, 240).await;
+    let status = wait_all_committed(api, &run.rollout, run.vehicles, 240).await;
     assert_eq!(status["totals"]["failed"], 0, "{status}");
     let lost = wait_for("the server to count the lost session", 60, || async {
         let metrics = api.metrics().await;
@@ -476,9 +509,7 @@ async fn a_broker_that_lost_its_sessions_is_reported_and_the_fleet_still_finishe
     })
     .await;
     eprintln!("lost persistent sessions counted: {lost}");
-    fleet.stop().await;
-    server.stop();
-    lane.database.drop_now().await;
+    run.stop().await;
 }
 
 /// Two replicas on one database, broker (one MQTT share group) and Kafka consumer
