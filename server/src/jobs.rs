@@ -59,6 +59,7 @@ impl BuilderEngine {
                 min_saving_percent: delta.min_saving_percent,
                 lzma: delta.lzma,
                 scan: delta.scan.profile(),
+                one_stream: delta.one_stream,
                 ..crate::delta::BuildOptions::default()
             },
         }
@@ -85,7 +86,8 @@ impl DeltaEngine for BuilderEngine {
         Ok(match report.algorithm {
             ota_core::delta::Algorithm::BsdiffZstd
             | ota_core::delta::Algorithm::BsdiffZstdTransformed(_)
-            | ota_core::delta::Algorithm::BsdiffLzma(_) => DeltaOutcome::Built,
+            | ota_core::delta::Algorithm::BsdiffLzma(_)
+            | ota_core::delta::Algorithm::BsdiffOneStream(_) => DeltaOutcome::Built,
             // The builder chose the full image: vehicles download the image itself.
             ota_core::delta::Algorithm::FullZstd => DeltaOutcome::NotWorthIt,
         })
@@ -253,12 +255,23 @@ mod tests {
             min_saving_percent: 42,
             lzma: false,
             scan: crate::delta::ScanChoice::Eager,
+            one_stream: false,
             ..DeltaSettings::default()
         };
         let options = BuilderEngine::from_settings(&delta).options;
         assert_eq!(
-            (options.min_saving_percent, options.lzma, options.scan),
-            (42, false, Some(crate::delta::ScanProfile::Eager))
+            (
+                options.min_saving_percent,
+                options.lzma,
+                options.scan,
+                options.one_stream
+            ),
+            (42, false, Some(crate::delta::ScanProfile::Eager), false)
+        );
+        assert!(
+            BuilderEngine::from_settings(&DeltaSettings::default())
+                .options
+                .one_stream
         );
         assert_eq!(
             BuilderEngine::from_settings(&DeltaSettings::default())

@@ -204,6 +204,10 @@ pub struct DeltaSettings {
     /// kept; a match search and a zstd pass per profile), "eager" or "steady" (one,
     /// faster).
     pub scan: crate::delta::ScanChoice,
+    /// Whether a small delta may ship as one LZMA2 stream instead of segments (container
+    /// algorithm 5, smaller where a release changes little; needs `lzma`).
+    /// Turn off while the fleet still runs agents that predate algorithm 5.
+    pub one_stream: bool,
 }
 
 /// Which blob store backend keeps images and deltas.
@@ -342,6 +346,7 @@ impl Default for DeltaSettings {
             min_saving_percent: crate::delta::builder::DEFAULT_MIN_SAVING_PERCENT,
             lzma: true,
             scan: crate::delta::ScanChoice::Auto,
+            one_stream: true,
         }
     }
 }

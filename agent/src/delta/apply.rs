@@ -16,6 +16,10 @@
 //! most 8 MiB), and fixed 256 KiB IO buffers: about 50 MiB in the worst case, typically
 //! far less (see `docs/delta-bench.txt`).
 //!
+//! A one-stream container (`Algorithm::BsdiffOneStream`) is one segment's streams in
+//! one LZMA2 stream, under the same caps: its control block, extra bytes and runs block
+//! are held whole, its codes decoded as they are needed.
+//!
 //! A transformed container (`Algorithm::BsdiffZstdTransformed`) reads the transformed
 //! source: the old-byte buffer is filled with whole 64 KiB transform blocks at absolute
 //! offsets and transformed in place, so any range comes from its containing blocks; the
@@ -25,8 +29,8 @@
 
 use ota_core::delta::{
     add_old_bytes, Algorithm, ContainerHeader, ControlBlock, ControlCoding, DeltaError, DiffCoding,
-    ExtraCoding, RunBlock, RunPairs, SegmentHeader, Transform, HEADER_LEN, LZMA_DICT_MAX,
-    SEGMENT_HEADER_LEN, TRANSFORM_BLOCK,
+    ExtraCoding, OneStreamHeader, RunBlock, RunCoding, RunPairs, SegmentHeader, Transform,
+    HEADER_LEN, LZMA_DICT_MAX, SEGMENT_HEADER_LEN, TRANSFORM_BLOCK,
 };
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -109,12 +113,16 @@ pub fn apply_delta<D: Read, O: Read + Seek, W: Write>(
         }),
     };
     match header.algorithm {
-        Algorithm::BsdiffZstd | Algorithm::BsdiffZstdTransformed(_) | Algorithm::BsdiffLzma(_) => {
+        Algorithm::FullZstd => apply_full(&mut delta, &mut target)?,
+        bsdiff => {
             let mut old = OldReader::new(old, header.source_len, transform);
             verify_source(&mut old, &header)?;
-            apply_segments(&mut delta, &mut old, &header, &mut target)?;
+            if let Algorithm::BsdiffOneStream(_) = bsdiff {
+                apply_one_stream(&mut delta, &mut old, &header, &mut target)?;
+            } else {
+                apply_segments(&mut delta, &mut old, &header, &mut target)?;
+            }
         }
-        Algorithm::FullZstd => apply_full(&mut delta, &mut target)?,
     }
     let mut probe = [0u8; 1];
     match delta.read(&mut probe) {
@@ -185,8 +193,7 @@ fn apply_segments<D: Read, O: Read + Seek, W: Write>(
     target: &mut TargetWriter<W>,
 ) -> Result<(), ApplyError> {
     let mut cursor = 0u64;
-    let mut diff_buf = vec![0u8; IO_BUFFER];
-    let mut old_buf = vec![0u8; IO_BUFFER];
+    let mut buffers = ApplyBuffers::new();
     while target.written < header.target_len {
         let mut segment_bytes = [0u8; SEGMENT_HEADER_LEN];
         read_exact_or_truncated(delta, &mut segment_bytes, "segment header")?;
@@ -229,24 +236,129 @@ fn apply_segments<D: Read, O: Read + Seek, W: Write>(
         };
 
         let mut diff = DiffStream::open(delta, runs, &segment)?;
-        let mut extra_at = 0usize;
-        for entry in &block.entries {
-            let mut old_at = entry.old_start;
-            let mut remaining = entry.diff_len as usize;
-            while remaining > 0 {
-                let n = remaining.min(IO_BUFFER);
-                diff.read_exact(&mut diff_buf[..n])?;
-                old.read_at(old_at, &mut old_buf[..n])?;
-                add_old_bytes(&mut diff_buf[..n], &old_buf[..n]);
-                target.write(&diff_buf[..n])?;
-                old_at += n as u64;
-                remaining -= n;
-            }
-            let extra_len = entry.extra_len as usize;
-            target.write(&extra[extra_at..extra_at + extra_len])?;
-            extra_at += extra_len;
-        }
+        write_entries(&block, &extra, &mut diff, old, target, &mut buffers)?;
         diff.finish()?;
+    }
+    Ok(())
+}
+
+/// The body of a one-stream container (algorithm 5): its short header of lengths, then
+/// one LZMA2 stream read front to back, the control block, the extra bytes and the runs
+/// block held whole (under the segment caps) and the codes decoded as they are needed.
+fn apply_one_stream<D: Read, O: Read + Seek, W: Write>(
+    delta: &mut D,
+    old: &mut OldReader<O>,
+    header: &ContainerHeader,
+    target: &mut TargetWriter<W>,
+) -> Result<(), ApplyError> {
+    const STREAM: &str = "body (lzma2)";
+    // The header is a few varints: read a byte at a time until it parses, so not one
+    // byte of the stream behind it is consumed.
+    let mut header_bytes = Vec::with_capacity(16);
+    let body = loop {
+        match OneStreamHeader::parse(&header_bytes, header.target_len) {
+            Ok((body, _)) => break body,
+            Err(DeltaError::Truncated { .. }) => {
+                let mut byte = [0u8; 1];
+                read_exact_or_truncated(delta, &mut byte, "one-stream header")?;
+                header_bytes.push(byte[0]);
+            }
+            Err(err) => return Err(err.into()),
+        }
+    };
+    let segment = body.as_segment(header.target_len);
+    let reader = BufReader::with_capacity(
+        IO_BUFFER.min(body.stream_len as usize),
+        FrameReader::new(delta, body.stream_len),
+    );
+    let dictionary = u32::try_from(body.decoded_len()).unwrap_or(u32::MAX);
+    let mut decoder =
+        liblzma::bufread::XzDecoder::new_stream(reader, lzma_decoder(dictionary, STREAM)?);
+    let mut read_whole = |len: u32| -> Result<Vec<u8>, ApplyError> {
+        let mut raw = vec![0u8; len as usize];
+        decoder.read_exact(&mut raw).map_err(|err| {
+            if decoder.get_ref().get_ref().hit_eof {
+                ApplyError::TruncatedDelta {
+                    what: "one-stream body",
+                }
+            } else if err.kind() == io::ErrorKind::UnexpectedEof {
+                ApplyError::StreamLength {
+                    stream: STREAM,
+                    declared: body.decoded_len(),
+                }
+            } else {
+                ApplyError::CorruptStream {
+                    stream: STREAM,
+                    source: err,
+                }
+            }
+        })?;
+        Ok(raw)
+    };
+    let control = read_whole(body.control_len)?;
+    let block = ControlBlock::parse(&control, &segment, 0, header.source_len)?;
+    drop(control);
+    let extra = read_whole(body.extra_len)?;
+    let runs = read_whole(body.runs_len)?;
+    let runs = RunBlock::parse_coded(
+        &runs,
+        segment.diff_len,
+        segment.codes_len,
+        RunCoding::Leb128,
+    )?;
+    let mut diff = DiffStream::new(runs, &segment, Some(CodesDecoder::Lzma(decoder, STREAM)), 0);
+    write_entries(
+        &block,
+        &extra,
+        &mut diff,
+        old,
+        target,
+        &mut ApplyBuffers::new(),
+    )?;
+    diff.finish()
+}
+
+/// The IO buffers of an apply: diff bytes and old bytes, one block each.
+struct ApplyBuffers {
+    diff: Vec<u8>,
+    old: Vec<u8>,
+}
+
+impl ApplyBuffers {
+    fn new() -> Self {
+        ApplyBuffers {
+            diff: vec![0u8; IO_BUFFER],
+            old: vec![0u8; IO_BUFFER],
+        }
+    }
+}
+
+/// Writes the target bytes of a control block's entries: each entry's diff bytes added
+/// to its old bytes, then its extra bytes.
+fn write_entries<D: Read, O: Read + Seek, W: Write>(
+    block: &ControlBlock,
+    extra: &[u8],
+    diff: &mut DiffStream<'_, '_, D>,
+    old: &mut OldReader<O>,
+    target: &mut TargetWriter<W>,
+    buffers: &mut ApplyBuffers,
+) -> Result<(), ApplyError> {
+    let mut extra_at = 0usize;
+    for entry in &block.entries {
+        let mut old_at = entry.old_start;
+        let mut remaining = entry.diff_len as usize;
+        while remaining > 0 {
+            let n = remaining.min(IO_BUFFER);
+            diff.read_exact(&mut buffers.diff[..n])?;
+            old.read_at(old_at, &mut buffers.old[..n])?;
+            add_old_bytes(&mut buffers.diff[..n], &buffers.old[..n]);
+            target.write(&buffers.diff[..n])?;
+            old_at += n as u64;
+            remaining -= n;
+        }
+        let extra_len = entry.extra_len as usize;
+        target.write(&extra[extra_at..extra_at + extra_len])?;
+        extra_at += extra_len;
     }
     Ok(())
 }
@@ -531,14 +643,26 @@ impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
                 }
             })
         };
-        Ok(DiffStream {
+        Ok(DiffStream::new(runs, segment, codes, codes_left))
+    }
+
+    /// The diff stream of `segment`: zero runs from `runs`, the codes from `codes`
+    /// (none when the segment has no codes frame); `codes_left` codes are due before
+    /// the first pair (all of them for an LZMA2-coded diff, which has no runs).
+    fn new(
+        runs: RunBlock<'r>,
+        segment: &SegmentHeader,
+        codes: Option<CodesDecoder<'a, D>>,
+        codes_left: u64,
+    ) -> Self {
+        DiffStream {
             pairs: runs.pairs(),
             zeros_left: 0,
             codes_left,
             codes,
             declared: u64::from(segment.diff_len),
             codes_declared: u64::from(segment.codes_len),
-        })
+        }
     }
 
     fn too_short(&self) -> ApplyError {

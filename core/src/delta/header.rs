@@ -28,6 +28,12 @@ pub enum Algorithm {
     /// its extra stream and its control block each as one instead of a zstd frame
     /// (`SegmentHeader::extra_coding`, `SegmentHeader::control_coding`).
     BsdiffLzma(Option<Transform>),
+    /// No segments: one short header of lengths (`OneStreamHeader`) and one raw LZMA2
+    /// stream holding the control block, the extra bytes, the runs block and the codes
+    /// of the whole target (over the transformed images when a transform is named).
+    /// Smaller than segments for small deltas, where per-segment and per-frame overhead
+    /// is most of the container.
+    BsdiffOneStream(Option<Transform>),
 }
 
 impl Algorithm {
@@ -38,11 +44,12 @@ impl Algorithm {
             Algorithm::FullZstd => 2,
             Algorithm::BsdiffZstdTransformed(_) => 3,
             Algorithm::BsdiffLzma(_) => 4,
+            Algorithm::BsdiffOneStream(_) => 5,
         }
     }
 
-    /// Header byte 11: the transform id for algorithms 3 and 4 (0 for none, algorithm 4
-    /// only), zero otherwise.
+    /// Header byte 11: the transform id for algorithms 3, 4 and 5 (0 for none, algorithms
+    /// 4 and 5 only), zero otherwise.
     pub fn parameter(self) -> u8 {
         self.transform().map_or(0, Transform::id)
     }
@@ -57,12 +64,16 @@ impl Algorithm {
                     parameter,
                 )?))
             }
-            4 => {
+            4 | 5 => {
                 let transform = match parameter {
                     0 => None,
                     id => Some(Transform::from_id(id)?),
                 };
-                return Ok(Algorithm::BsdiffLzma(transform));
+                return Ok(if id == 4 {
+                    Algorithm::BsdiffLzma(transform)
+                } else {
+                    Algorithm::BsdiffOneStream(transform)
+                });
             }
             _ => return Err(DeltaError::UnknownAlgorithm { id }),
         };
@@ -76,12 +87,12 @@ impl Algorithm {
     pub fn transform(self) -> Option<Transform> {
         match self {
             Algorithm::BsdiffZstdTransformed(transform) => Some(transform),
-            Algorithm::BsdiffLzma(transform) => transform,
+            Algorithm::BsdiffLzma(transform) | Algorithm::BsdiffOneStream(transform) => transform,
             Algorithm::BsdiffZstd | Algorithm::FullZstd => None,
         }
     }
 
-    /// Whether the body is bsdiff-zstd segments (transformed or not).
+    /// Whether the body is a bsdiff delta (segments or one stream, transformed or not).
     pub fn is_bsdiff(self) -> bool {
         !matches!(self, Algorithm::FullZstd)
     }
@@ -96,6 +107,9 @@ impl Algorithm {
             Algorithm::BsdiffLzma(None) => "bsdiff-lzma",
             Algorithm::BsdiffLzma(Some(Transform::X86_64)) => "bsdiff-lzma+x86-64",
             Algorithm::BsdiffLzma(Some(Transform::Arm64)) => "bsdiff-lzma+arm64",
+            Algorithm::BsdiffOneStream(None) => "bsdiff-one-stream",
+            Algorithm::BsdiffOneStream(Some(Transform::X86_64)) => "bsdiff-one-stream+x86-64",
+            Algorithm::BsdiffOneStream(Some(Transform::Arm64)) => "bsdiff-one-stream+arm64",
         }
     }
 
@@ -235,6 +249,17 @@ mod tests {
                 4,
                 "bsdiff-lzma+arm64",
             ),
+            (Algorithm::BsdiffOneStream(None), 5, "bsdiff-one-stream"),
+            (
+                Algorithm::BsdiffOneStream(Some(Transform::X86_64)),
+                5,
+                "bsdiff-one-stream+x86-64",
+            ),
+            (
+                Algorithm::BsdiffOneStream(Some(Transform::Arm64)),
+                5,
+                "bsdiff-one-stream+arm64",
+            ),
         ] {
             assert_eq!((algorithm.id(), algorithm.name()), (id, name));
             assert_eq!(
@@ -254,6 +279,16 @@ mod tests {
         assert!(matches!(
             Algorithm::from_wire(4, 9),
             Err(DeltaError::UnknownTransform { .. })
+        ));
+        assert!(matches!(
+            Algorithm::from_wire(5, 3),
+            Err(DeltaError::UnknownTransform { .. })
+        ));
+        assert!(!Algorithm::BsdiffOneStream(None).allows_lzma());
+        assert!(Algorithm::BsdiffOneStream(None).is_bsdiff());
+        assert!(matches!(
+            Algorithm::from_wire(6, 0),
+            Err(DeltaError::UnknownAlgorithm { id: 6 })
         ));
         for transform in [None, Some(Transform::X86_64)] {
             assert_eq!(

@@ -7,6 +7,8 @@
 //! - `header`: the fixed 92-byte container header (magic, version, algorithm, source and
 //!   target length + SHA-256).
 //! - `segment`: the 56-byte header in front of every body segment of a bsdiff-zstd delta.
+//! - `one_stream`: the short header of a one-stream body (algorithm 5), a small delta's
+//!   streams as one LZMA2 stream instead of segments.
 //! - `control`: the columnar control block of a segment and its bounds-checked decoding.
 //! - `runs`: the diff stream as zero runs + non-zero bytes.
 //! - `transform`: the executable-aware block transforms (x86-64, ARM64) a transformed
@@ -19,6 +21,7 @@
 
 mod control;
 mod header;
+mod one_stream;
 mod runs;
 mod segment;
 mod transform;
@@ -26,7 +29,8 @@ mod varint;
 
 pub use control::{add_old_bytes, encode_control_block, Control, ControlBlock, PlannedControl};
 pub use header::{Algorithm, ContainerHeader, HEADER_LEN, MAGIC, MAX_IMAGE_LEN, VERSION};
-pub use runs::{encode_runs, RunBlock, RunPairs};
+pub use one_stream::{OneStreamHeader, ONE_STREAM_HEADER_MAX};
+pub use runs::{encode_run_pairs, encode_runs, RunBlock, RunCoding, RunPairs};
 pub use segment::{
     lzma2_bound, zstd_compress_bound, ControlCoding, DiffCoding, ExtraCoding, SegmentHeader,
     EXTRA_PREFIX_MAX, LZMA_DICT_MAX, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS,

@@ -25,6 +25,47 @@ fn put_escaped(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+/// How a runs block codes its lengths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunCoding {
+    /// Escape coding (the module doc): the runs block of a segment (algorithms 1–4).
+    Escaped,
+    /// LEB128 varints, as the control block's columns: the runs block of a one-stream
+    /// body (algorithm 5). Long zero runs between few changes, where a one-stream body
+    /// pays, are hundreds of 0xFF bytes each escaped, which LZMA2 codes far larger than
+    /// their two or three varint bytes (docs/delta-bench.txt, session 22).
+    Leb128,
+}
+
+/// Reads lengths of one column in its coding.
+enum LengthReader<'a> {
+    Escaped(EscapedReader<'a>),
+    Leb128(VarintReader<'a>),
+}
+
+impl<'a> LengthReader<'a> {
+    fn new(bytes: &'a [u8], coding: RunCoding) -> Self {
+        match coding {
+            RunCoding::Escaped => LengthReader::Escaped(EscapedReader::new(bytes)),
+            RunCoding::Leb128 => LengthReader::Leb128(VarintReader::new(bytes, "runs block")),
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        match self {
+            LengthReader::Escaped(reader) => reader.remaining(),
+            LengthReader::Leb128(reader) => reader.remaining(),
+        }
+    }
+
+    fn next(&mut self) -> Result<u64, DeltaError> {
+        match self {
+            LengthReader::Escaped(reader) => reader.next(),
+            LengthReader::Leb128(reader) => reader.next(),
+        }
+    }
+}
+
 /// Reads escape-coded values (see the module doc) from a column.
 struct EscapedReader<'a> {
     bytes: &'a [u8],
@@ -61,26 +102,37 @@ impl<'a> EscapedReader<'a> {
 
 /// Splits raw diff bytes into a runs block and the codes (non-zero bytes).
 pub fn encode_runs(diff: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let mut zeros = Vec::new();
-    let mut nonzeros = Vec::new();
+    let mut pairs = Vec::new();
     let mut codes = Vec::new();
     let mut at = 0;
-    let mut count = 0u64;
     while at < diff.len() {
         let zero = diff[at..].iter().take_while(|&&b| b == 0).count();
         at += zero;
         let nonzero = diff[at..].iter().take_while(|&&b| b != 0).count();
         codes.extend_from_slice(&diff[at..at + nonzero]);
         at += nonzero;
-        put_escaped(&mut zeros, zero as u64);
-        put_escaped(&mut nonzeros, nonzero as u64);
-        count += 1;
+        pairs.push((zero as u64, nonzero as u64));
+    }
+    (encode_run_pairs(&pairs, RunCoding::Escaped), codes)
+}
+
+/// The runs block of `(zero run, non-zero run)` pairs, in order, in `coding`.
+pub fn encode_run_pairs(pairs: &[(u64, u64)], coding: RunCoding) -> Vec<u8> {
+    let put = match coding {
+        RunCoding::Escaped => put_escaped,
+        RunCoding::Leb128 => put_varint,
+    };
+    let mut zeros = Vec::new();
+    let mut nonzeros = Vec::new();
+    for &(zero, nonzero) in pairs {
+        put(&mut zeros, zero);
+        put(&mut nonzeros, nonzero);
     }
     let mut runs = Vec::with_capacity(zeros.len() + nonzeros.len() + 10);
-    put_varint(&mut runs, count);
+    put_varint(&mut runs, pairs.len() as u64);
     runs.extend_from_slice(&zeros);
     runs.extend_from_slice(&nonzeros);
-    (runs, codes)
+    runs
 }
 
 /// A validated runs block; iterate it with [`RunBlock::pairs`].
@@ -91,6 +143,7 @@ pub struct RunBlock<'a> {
     /// Offset of the first zero-run length and of the first non-zero-run length.
     zeros_at: usize,
     nonzeros_at: usize,
+    coding: RunCoding,
 }
 
 impl<'a> RunBlock<'a> {
@@ -98,6 +151,16 @@ impl<'a> RunBlock<'a> {
     /// well-formed varints, no empty pair, no trailing bytes, and sums that match.
     /// Nothing is allocated, whatever the block claims.
     pub fn parse(raw: &'a [u8], diff_len: u32, codes_len: u32) -> Result<Self, DeltaError> {
+        Self::parse_coded(raw, diff_len, codes_len, RunCoding::Escaped)
+    }
+
+    /// [`RunBlock::parse`] for a block whose lengths are in `coding`.
+    pub fn parse_coded(
+        raw: &'a [u8],
+        diff_len: u32,
+        codes_len: u32,
+        coding: RunCoding,
+    ) -> Result<Self, DeltaError> {
         // A segment of literal bytes only has no diff stream at all.
         if raw.is_empty() && diff_len == 0 && codes_len == 0 {
             return Ok(RunBlock {
@@ -105,6 +168,7 @@ impl<'a> RunBlock<'a> {
                 count: 0,
                 zeros_at: 0,
                 nonzeros_at: 0,
+                coding,
             });
         }
         let mut header = VarintReader::new(raw, "runs block");
@@ -114,7 +178,7 @@ impl<'a> RunBlock<'a> {
         if count.saturating_mul(2) > header.remaining() as u64 {
             return Err(header.malformed("pair count does not fit the block"));
         }
-        let mut zeros = EscapedReader::new(&raw[zeros_at..]);
+        let mut zeros = LengthReader::new(&raw[zeros_at..], coding);
         for _ in 0..count {
             zeros.next()?;
         }
@@ -124,9 +188,10 @@ impl<'a> RunBlock<'a> {
             count,
             zeros_at,
             nonzeros_at,
+            coding,
         };
-        let mut zeros = EscapedReader::new(&raw[zeros_at..nonzeros_at]);
-        let mut nonzeros = EscapedReader::new(&raw[nonzeros_at..]);
+        let mut zeros = LengthReader::new(&raw[zeros_at..nonzeros_at], coding);
+        let mut nonzeros = LengthReader::new(&raw[nonzeros_at..], coding);
         let (mut total, mut codes) = (0u64, 0u64);
         for _ in 0..count {
             let zero = zeros.next()?;
@@ -158,8 +223,8 @@ impl<'a> RunBlock<'a> {
     /// The (zero run, non-zero run) pairs, in order.
     pub fn pairs(&self) -> RunPairs<'a> {
         RunPairs {
-            zeros: EscapedReader::new(&self.raw[self.zeros_at..self.nonzeros_at]),
-            nonzeros: EscapedReader::new(&self.raw[self.nonzeros_at..]),
+            zeros: LengthReader::new(&self.raw[self.zeros_at..self.nonzeros_at], self.coding),
+            nonzeros: LengthReader::new(&self.raw[self.nonzeros_at..], self.coding),
             left: self.count,
         }
     }
@@ -167,8 +232,8 @@ impl<'a> RunBlock<'a> {
 
 /// Iterator over a validated runs block.
 pub struct RunPairs<'a> {
-    zeros: EscapedReader<'a>,
-    nonzeros: EscapedReader<'a>,
+    zeros: LengthReader<'a>,
+    nonzeros: LengthReader<'a>,
     left: u64,
 }
 
@@ -268,6 +333,32 @@ mod tests {
     }
 
     #[test]
+    fn leb128_runs_round_trip_and_escaped_blocks_do_not_parse_as_them() {
+        let pairs = [(0u64, 3u64), (70_000, 1), (254, 255), (300, 0)];
+        let diff_len: u64 = pairs.iter().map(|(z, n)| z + n).sum();
+        let codes_len: u64 = pairs.iter().map(|(_, n)| n).sum();
+        let raw = encode_run_pairs(&pairs, RunCoding::Leb128);
+        // Two bytes for seventy thousand zeros, not 275 escapes.
+        assert_eq!(raw.len(), 1 + (1 + 3 + 2 + 2) + (1 + 1 + 2 + 1));
+        let block =
+            RunBlock::parse_coded(&raw, diff_len as u32, codes_len as u32, RunCoding::Leb128)
+                .expect("own LEB128 runs parse");
+        assert_eq!(block.pairs().collect::<Vec<_>>(), pairs);
+        let escaped = encode_run_pairs(&pairs, RunCoding::Escaped);
+        assert_ne!(escaped, raw);
+        assert!(RunBlock::parse_coded(
+            &escaped,
+            diff_len as u32,
+            codes_len as u32,
+            RunCoding::Leb128
+        )
+        .is_err());
+        // An overlong varint is malformed, not a huge run.
+        let overlong = [&[1u8][..], &[0x80; 11], &[1]].concat();
+        assert!(RunBlock::parse_coded(&overlong, 1, 1, RunCoding::Leb128).is_err());
+    }
+
+    #[test]
     fn hostile_runs_blocks_are_refused() {
         let (good, codes) = encode_runs(&[0, 0, 5, 0, 7]);
         let codes_len = codes.len() as u32;
@@ -303,6 +394,7 @@ mod tests {
             diff in proptest::collection::vec(proptest::prop_oneof![8 => proptest::strategy::Just(0u8), 1 => 1u8..=255], 1..2000),
             mutations in proptest::collection::vec(crate::delta::mutate::mutation(), 0..=3),
             length_edit in proptest::option::of((proptest::bool::ANY, proptest::num::u32::ANY)),
+            leb128 in proptest::bool::ANY,
         ) {
             let (runs, codes) = encode_runs(&diff);
             let (mut diff_len, mut codes_len) = (diff.len() as u32, codes.len() as u32);
@@ -311,7 +403,17 @@ mod tests {
             if let Some((diff_field, value)) = length_edit {
                 if diff_field { diff_len = value } else { codes_len = value }
             }
-            if let Ok(block) = RunBlock::parse(&hostile, diff_len, codes_len) {
+            let coding = if leb128 { RunCoding::Leb128 } else { RunCoding::Escaped };
+            let hostile = if leb128 {
+                let pairs: Vec<_> = RunBlock::parse(&runs, diff.len() as u32, codes.len() as u32)
+                    .expect("own runs parse")
+                    .pairs()
+                    .collect();
+                crate::delta::mutate::apply(&encode_run_pairs(&pairs, coding), &mutations)
+            } else {
+                hostile
+            };
+            if let Ok(block) = RunBlock::parse_coded(&hostile, diff_len, codes_len, coding) {
                 // Accepted: the pairs the applier will iterate cover exactly the declared
                 // diff bytes and consume exactly the declared codes, with no empty pair.
                 let (mut total, mut nonzero_total) = (0u64, 0u64);

@@ -31,6 +31,7 @@ use super::matcher::{
     cover_literal_gaps, find_matches, prune_weak_matches, Match, OldIndex, ScanProfile,
     SCAN_PROFILES,
 };
+use super::one_stream::{one_stream_body, ONE_STREAM_MAX_BODY};
 use liblzma::stream::{Action, Filters, LzmaOptions, MatchFinder, Mode, Status, Stream};
 use ota_core::delta::{
     encode_control_block, encode_runs, lzma2_bound, Algorithm, ContainerHeader, Control, RunBlock,
@@ -161,6 +162,10 @@ pub struct BuildOptions {
     /// [`SCAN_PROFILES`] and keeps the smallest delta, which costs a match search and a
     /// zstd pass per profile.
     pub scan: Option<ScanProfile>,
+    /// Whether a small delta may ship as one LZMA2 stream instead of segments
+    /// (algorithm 5, needs `lzma`) where that is smaller. Off, agents built before
+    /// algorithm 5 can apply every delta.
+    pub one_stream: bool,
 }
 
 /// Transforms [`TransformChoice::Auto`] tries when `detect` finds their code. Decided on
@@ -201,6 +206,7 @@ impl Default for BuildOptions {
             min_saving_percent: DEFAULT_MIN_SAVING_PERCENT,
             lzma: true,
             scan: None,
+            one_stream: true,
         }
     }
 }
@@ -333,7 +339,7 @@ pub fn build_delta_file(
 }
 
 /// A container destination that can be started over (for the full-image fallback).
-trait ContainerSink: Write + Seek {
+trait ContainerSink: Read + Write + Seek {
     fn start_over(&mut self) -> io::Result<()>;
 }
 
@@ -387,6 +393,7 @@ fn build_into<S: ContainerSink>(
         min_saving_percent: options.min_saving_percent,
         lzma: options.lzma,
         scan: options.scan,
+        one_stream: options.one_stream,
     };
     let detected = detect_transform(new).map_err(|source| BuildError::ReadImage {
         which: "new",
@@ -570,7 +577,28 @@ fn build_into<S: ContainerSink>(
     };
     let plain_delta_len = smallest(None).unwrap_or(HEADER_LEN as u64 + body.len);
     let transformed = transform.and_then(|t| Some((t, smallest(Some(t))?)));
-    let algorithm = Algorithm::bsdiff(chosen, body.lzma);
+    let mut algorithm = Algorithm::bsdiff(chosen, body.lzma);
+    let mut body = body;
+    // A small body is tried as one stream (algorithm 5) and shipped so when smaller.
+    if options.lzma && options.one_stream && body.len <= ONE_STREAM_MAX_BODY {
+        let mut shipped = vec![0u8; body.len as usize];
+        sink.seek(SeekFrom::Start(HEADER_LEN as u64))
+            .and_then(|_| sink.read_exact(&mut shipped))
+            .map_err(BuildError::Write)?;
+        let one = match (&old_t, chosen) {
+            (Some(old_t), Some(_)) => one_stream_body(&shipped, old_t, new.len())?,
+            _ => one_stream_body(&shipped, old, new.len())?,
+        };
+        if let Some(one) = one.filter(|one| (one.len() as u64) < body.len) {
+            sink.start_over()
+                .and_then(|()| sink.write_all(&[0u8; HEADER_LEN]))
+                .and_then(|()| sink.write_all(&one))
+                .map_err(BuildError::Write)?;
+            algorithm = Algorithm::BsdiffOneStream(chosen);
+            body.len = one.len() as u64;
+            body.segments = 1;
+        }
+    }
     let delta_header = ContainerHeader {
         algorithm,
         source_len: old.len(),
@@ -1041,7 +1069,7 @@ const JOB_START_ORDER: [usize; JOBS_PER_SEGMENT] = [
 
 /// LZMA2 literal context, literal position and position bits of a stream.
 #[derive(Clone, Copy)]
-struct LzmaModel {
+pub(super) struct LzmaModel {
     lc: u32,
     lp: u32,
     pb: u32,
@@ -1096,6 +1124,12 @@ const CODES_MODELS: [LzmaModel; 2] = [
         pb: 0,
     },
 ];
+
+/// For a one-stream body (control, extra, runs and codes in one LZMA2 stream), the
+/// smallest of: the diff model, no position bits with three or one bits of literal
+/// context, and no context at all.
+pub(super) const ONE_STREAM_MODELS: [LzmaModel; 4] =
+    [DIFF_MODEL, ARM64_DIFF_MODEL, CONTROL_MODEL, CODES_MODELS[0]];
 
 /// Wire order of a segment's frames.
 const STREAM_ORDER: [StreamKind; 4] = [
@@ -1499,7 +1533,7 @@ fn write_segment(segment: &EncodedSegment, out: &mut impl Write) -> Result<u64, 
 
 /// One zstd frame of exactly `len` decoded bytes (none for an empty frame), decoded
 /// against `prefix` (empty for none).
-fn decode_zstd(frame: &[u8], len: u32, prefix: &[u8]) -> io::Result<Vec<u8>> {
+pub(super) fn decode_zstd(frame: &[u8], len: u32, prefix: &[u8]) -> io::Result<Vec<u8>> {
     if frame.is_empty() {
         return Ok(Vec::new());
     }
@@ -1533,7 +1567,7 @@ fn diff_bytes(runs: &[u8], codes: &[u8], diff_len: u32) -> io::Result<Vec<u8>> {
 
 /// `raw` as the smallest of the raw LZMA2 streams with each of `models` (the first of
 /// equally small ones).
-fn smallest_lzma_stream(raw: &[u8], models: &[LzmaModel]) -> io::Result<Vec<u8>> {
+pub(super) fn smallest_lzma_stream(raw: &[u8], models: &[LzmaModel]) -> io::Result<Vec<u8>> {
     let mut smallest: Option<Vec<u8>> = None;
     for &model in models {
         let stream = lzma_stream(raw, model)?;

@@ -66,6 +66,10 @@ pub enum DeltaCommand {
         /// algorithm 4 (LZMA2 diff and extra streams).
         #[arg(long)]
         no_lzma: bool,
+        /// Segments only, never one stream (container algorithm 5), for agents that
+        /// predate algorithm 5 (implied by `--no-lzma`).
+        #[arg(long)]
+        no_one_stream: bool,
         /// Match-scan profile(s) to try: `auto` builds with each and keeps the smaller
         /// delta; `eager` or `steady` builds once, faster.
         #[arg(long, value_enum, default_value_t = ScanChoice::Auto)]
@@ -85,6 +89,7 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             transform,
             min_saving_percent,
             no_lzma,
+            no_one_stream,
             scan,
         } => {
             let mut options = BuildOptions {
@@ -94,6 +99,7 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 min_saving_percent,
                 lzma: !no_lzma,
                 scan: scan.profile(),
+                one_stream: !no_one_stream,
                 ..BuildOptions::default()
             };
             if let Some(threads) = threads {

@@ -6,6 +6,7 @@
 //! - `chunking`: how big images are split so memory stays under an explicit cap.
 //! - `matcher`: the bsdiff-style approximate-match search over a suffix array.
 //! - `image`: reading images by range from memory or files.
+//! - `one_stream`: a small shipped body rewritten as one LZMA2 stream (algorithm 5).
 //! - `cli`: `ota-server delta build`.
 //! - `samples`: image pairs for tests (feature `test-support`).
 
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod detect;
 pub mod image;
 pub mod matcher;
+pub mod one_stream;
 #[cfg(any(test, feature = "test-support"))]
 pub mod samples;
 

@@ -4,9 +4,10 @@
 
 use ota_agent::delta::{apply_delta, ApplyError};
 use ota_core::delta::{
-    encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, ControlCoding,
-    DeltaError, DiffCoding, ExtraCoding, SegmentHeader, Transform, HEADER_LEN, MAX_IMAGE_LEN,
-    SEGMENT_HEADER_LEN, SEGMENT_MAX_TARGET, TRANSFORM_BLOCK,
+    encode_control_block, encode_run_pairs, encode_runs, Algorithm, ContainerHeader, Control,
+    ControlCoding, DeltaError, DiffCoding, ExtraCoding, OneStreamHeader, RunBlock, RunCoding,
+    SegmentHeader, Transform, HEADER_LEN, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL,
+    SEGMENT_MAX_TARGET, TRANSFORM_BLOCK,
 };
 use ota_server::delta::{
     build_delta, BuildOptions, CandidateSize, ScanProfile, TransformChoice, COMPARE_LEVEL,
@@ -17,11 +18,12 @@ use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 use std::io::Cursor;
 
-/// A bsdiff delta of the plain images, with or without LZMA2 streams.
+/// A bsdiff delta of the plain images, with or without LZMA2 streams, in segments or
+/// as one stream.
 fn plain_bsdiff(algorithm: Algorithm) -> bool {
     matches!(
         algorithm,
-        Algorithm::BsdiffZstd | Algorithm::BsdiffLzma(None)
+        Algorithm::BsdiffZstd | Algorithm::BsdiffLzma(None) | Algorithm::BsdiffOneStream(None)
     )
 }
 
@@ -438,6 +440,7 @@ fn lzma_sample() -> (Vec<u8>, Vec<u8>, Vec<u8>, usize) {
         &BuildOptions {
             transform: TransformChoice::Off,
             segment_len: 30_000,
+            one_stream: false,
             ..options()
         },
     )
@@ -463,6 +466,7 @@ fn sparse_sample() -> (Vec<u8>, Vec<u8>, Vec<u8>, usize) {
         &new,
         &BuildOptions {
             segment_len: 30_000,
+            one_stream: false,
             ..options()
         },
     )
@@ -1207,7 +1211,7 @@ proptest! {
     ) {
         // Valid containers (several bsdiff segments, a full image, a hand-made one, a
         // transformed one with several segments, one with LZMA2-coded diffs, one with
-        // LZMA2-coded runs and codes) with
+        // LZMA2-coded runs and codes, one stream) with
         // bytes flipped, inserted, deleted, cut, or a length field rewritten: unlike
         // random bodies these get past the magic and the segment tag into the inner
         // checks (segment caps, control bounds, runs sums, zstd frames, digests).
@@ -1321,7 +1325,9 @@ fn mutation_samples() -> &'static [Sample] {
         assert_eq!(report.algorithm.transform(), Some(Transform::Arm64));
         let (lzma, lzma_old, lzma_new, _) = lzma_sample();
         let (sparse, sparse_old, sparse_new, _) = sparse_sample();
+        let (one, _, one_old, one_new) = one_stream_sample();
         vec![
+            (one, one_old, one_new),
             (sparse, sparse_old, sparse_new),
             (segmented, old, new),
             (full, vec![], unrelated),
@@ -1360,10 +1366,18 @@ fn truncated_containers_are_refused_as_truncated_at_every_cut() {
     let (container, old, _) = sample_delta();
     let (lzma, lzma_old, _, _) = lzma_sample();
     let (sparse, sparse_old, _, _) = sparse_sample();
-    for (container, old) in [(container, old), (lzma, lzma_old), (sparse, sparse_old)] {
+    // Algorithm 5: cut inside its header of varints too.
+    let (one, _, one_old, _) = one_stream_sample();
+    for (container, old) in [
+        (container, old),
+        (lzma, lzma_old),
+        (sparse, sparse_old),
+        (one, one_old),
+    ] {
         let cuts: Vec<usize> = (0..container.len())
             .step_by(97)
-            .chain([HEADER_LEN, HEADER_LEN + 1, container.len() - 1])
+            .chain(HEADER_LEN..HEADER_LEN + 12)
+            .chain([container.len() - 1])
             .collect();
         for cut in cuts {
             let (result, _) = apply(&container[..cut], &old);
@@ -1683,4 +1697,309 @@ fn handmade_containers_apply_and_out_of_bounds_seeks_are_refused() {
             "case `{name}`: nothing may be written for a refused segment"
         );
     }
+}
+
+/// A small release of a 200 KB image diffed in 30 KB segments: the container the build
+/// ships (one stream, algorithm 5), the one it ships with one stream off (segments,
+/// algorithm 4), and the images.
+fn one_stream_sample() -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let old = synthetic::image(31, 200_000);
+    let new = synthetic::next_release(&old, 32, 6);
+    let segmented_options = BuildOptions {
+        segment_len: 30_000,
+        one_stream: false,
+        ..options()
+    };
+    let (segmented, report) = build_delta(&old, &new, &segmented_options).expect("build");
+    assert_eq!(report.algorithm, Algorithm::BsdiffLzma(None));
+    assert!(report.segments >= 6, "{report:?}");
+    let (one, report) = build_delta(
+        &old,
+        &new,
+        &BuildOptions {
+            one_stream: true,
+            ..segmented_options
+        },
+    )
+    .expect("build");
+    assert_eq!(report.algorithm, Algorithm::BsdiffOneStream(None));
+    assert_eq!(
+        (report.segments, report.container_len),
+        (1, one.len() as u64)
+    );
+    (one, segmented, old, new)
+}
+
+/// The one-stream header of a container and where its stream starts.
+fn one_stream_header(container: &[u8]) -> (OneStreamHeader, usize) {
+    let target_len = ContainerHeader::parse(container)
+        .expect("own header parses")
+        .target_len;
+    let (header, used) = OneStreamHeader::parse(&container[HEADER_LEN..], target_len)
+        .expect("own one-stream header parses");
+    (header, HEADER_LEN + used)
+}
+
+fn rewrite_one_stream_header(container: &[u8], edit: impl FnOnce(&mut OneStreamHeader)) -> Vec<u8> {
+    let (mut header, stream_at) = one_stream_header(container);
+    edit(&mut header);
+    [
+        &container[..HEADER_LEN],
+        &header.encode()[..],
+        &container[stream_at..],
+    ]
+    .concat()
+}
+
+#[test]
+fn a_small_release_ships_as_one_stream_smaller_than_its_segments() {
+    let (one, segmented, old, new) = one_stream_sample();
+    assert!(
+        one.len() < segmented.len(),
+        "one stream {} B, segments {} B",
+        one.len(),
+        segmented.len()
+    );
+    for container in [&one, &segmented] {
+        let (result, out) = apply(container, &old);
+        result.expect("applies");
+        assert!(out == new);
+    }
+    let (header, stream_at) = one_stream_header(&one);
+    assert_eq!(header.stream_len, (one.len() - stream_at) as u64);
+    // Zstd only (agents before algorithm 4) never ships one stream either.
+    let (_, report) = build_delta(
+        &old,
+        &new,
+        &BuildOptions {
+            segment_len: 30_000,
+            lzma: false,
+            ..options()
+        },
+    )
+    .expect("build");
+    assert_eq!(report.algorithm, Algorithm::BsdiffZstd);
+}
+
+#[test]
+fn a_one_stream_delta_of_transformed_images_applies() {
+    // An ARM64 release whose moved code changes every call: the transformed candidate
+    // is the smaller, and its body is small enough for one stream.
+    let (old, new) = synthetic::code_release_pair(CodeKind::Arm64, 41, 120_000, 64);
+    let report = round_trip_with(
+        &old,
+        &new,
+        &BuildOptions {
+            transform: TransformChoice::Try(Transform::Arm64),
+            ..options()
+        },
+    );
+    assert_eq!(
+        report.algorithm,
+        Algorithm::BsdiffOneStream(Some(Transform::Arm64)),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn hostile_one_stream_bodies_are_refused_with_typed_errors() {
+    let (one, _, old, _) = one_stream_sample();
+    let (header, _) = one_stream_header(&one);
+    let over = |field: &str| move |e: &ApplyError| matches!(e, ApplyError::Container(DeltaError::LengthOverCap { field: f, .. }) if *f == field);
+    let inconsistent = |field: &str| move |e: &ApplyError| matches!(e, ApplyError::Container(DeltaError::SegmentInconsistent { field: f, .. }) if *f == field);
+    type Check = Box<dyn Fn(&ApplyError) -> bool>;
+    let cases: Vec<(&str, Vec<u8>, Check, bool)> = vec![
+        (
+            "control block over its cap",
+            rewrite_one_stream_header(&one, |h| h.control_len = SEGMENT_MAX_CONTROL + 1),
+            Box::new(over("control length")),
+            true,
+        ),
+        (
+            "more extra bytes than the target",
+            rewrite_one_stream_header(&one, |h| h.extra_len = new_len(&one) as u32 + 1),
+            Box::new(inconsistent("extra length")),
+            true,
+        ),
+        (
+            "no stream",
+            rewrite_one_stream_header(&one, |h| h.stream_len = 0),
+            Box::new(inconsistent("stream length")),
+            true,
+        ),
+        (
+            "stream longer than any LZMA2 coding of its bytes",
+            rewrite_one_stream_header(&one, |h| h.stream_len = h.decoded_len() * 2 + 100),
+            Box::new(inconsistent("stream length")),
+            true,
+        ),
+        (
+            "codes that do not add up with the runs",
+            rewrite_one_stream_header(&one, |h| h.codes_len -= 1),
+            Box::new(|e: &ApplyError| {
+                matches!(
+                    e,
+                    ApplyError::Container(DeltaError::SegmentInconsistent { .. })
+                )
+            }),
+            true,
+        ),
+        (
+            "a stream declared one byte longer than it is",
+            rewrite_one_stream_header(&one, |h| h.stream_len += 1),
+            Box::new(
+                |e: &ApplyError| matches!(e, ApplyError::CorruptStream { stream, .. } if *stream == "body (lzma2)"),
+            ),
+            false,
+        ),
+        (
+            "a byte after the stream",
+            [&one[..], &[0u8]].concat(),
+            Box::new(|e: &ApplyError| matches!(e, ApplyError::TrailingData)),
+            false,
+        ),
+        (
+            "a varint longer than ten bytes",
+            [&one[..HEADER_LEN], &[0x80u8; 11][..], &one[HEADER_LEN..]].concat(),
+            Box::new(|e: &ApplyError| {
+                matches!(e, ApplyError::Container(DeltaError::Malformed { .. }))
+            }),
+            true,
+        ),
+        (
+            "a stream declared shorter than it is",
+            rewrite_one_stream_header(&one, |h| h.stream_len -= 1),
+            Box::new(|e: &ApplyError| {
+                matches!(
+                    e,
+                    ApplyError::CorruptStream { .. } | ApplyError::StreamLength { .. }
+                )
+            }),
+            false,
+        ),
+    ];
+    assert!(header.codes_len > 0 && header.extra_len > 0, "{header:?}");
+    for (name, hostile, check, nothing_written) in cases {
+        let (result, out) = apply(&hostile, &old);
+        let err = result.expect_err(name);
+        assert!(check(&err), "case `{name}`: got {err:?}");
+        if nothing_written {
+            assert!(out.is_empty(), "case `{name}`: {} bytes written", out.len());
+        }
+    }
+}
+
+/// The target length a container declares.
+fn new_len(container: &[u8]) -> u64 {
+    ContainerHeader::parse(container)
+        .expect("own header parses")
+        .target_len
+}
+
+/// A one-stream container (algorithm 5) made by hand: `controls`, `extra`, the runs
+/// (LEB128) and codes of `diff` as one stored LZMA2 chunk (no compression) behind the
+/// header, the chunk passed through `chunk` (to break it).
+fn handmade_one_stream(
+    old: &[u8],
+    controls: &[Control],
+    diff: &[u8],
+    extra: &[u8],
+    target: &[u8],
+    chunk: impl FnOnce(Vec<u8>) -> Vec<u8>,
+) -> Vec<u8> {
+    let control = encode_control_block(controls);
+    let (escaped, codes) = encode_runs(diff);
+    let pairs: Vec<(u64, u64)> = RunBlock::parse(&escaped, diff.len() as u32, codes.len() as u32)
+        .expect("own runs parse")
+        .pairs()
+        .collect();
+    let runs = encode_run_pairs(&pairs, RunCoding::Leb128);
+    let raw = [&control[..], extra, &runs, &codes].concat();
+    // LZMA2 chunk control 0x01: uncompressed, dictionary reset; size - 1, big-endian;
+    // the bytes; then the end marker.
+    let size = (raw.len() - 1) as u16;
+    let stream = chunk([&[0x01][..], &size.to_be_bytes(), &raw, &[0x00]].concat());
+    let body = OneStreamHeader {
+        control_len: control.len() as u32,
+        extra_len: extra.len() as u32,
+        runs_len: runs.len() as u32,
+        codes_len: codes.len() as u32,
+        stream_len: stream.len() as u64,
+    };
+    let header = ContainerHeader {
+        algorithm: Algorithm::BsdiffOneStream(None),
+        source_len: old.len() as u64,
+        source_sha256: Sha256::digest(old).into(),
+        target_len: target.len() as u64,
+        target_sha256: Sha256::digest(target).into(),
+    };
+    [&header.encode()[..], &body.encode(), &stream].concat()
+}
+
+#[test]
+fn handmade_one_stream_containers_apply_and_hostile_ones_are_refused() {
+    let old = b"0123456789abcdef";
+    let control = Control {
+        seek: 4,
+        diff_len: 4,
+        extra_len: 2,
+    };
+    let made = |control: Control, chunk: fn(Vec<u8>) -> Vec<u8>| {
+        handmade_one_stream(old, &[control], &[0, 0, 0, 1], b"XY", b"4568XY", chunk)
+    };
+    let (result, out) = apply(&made(control, |stream| stream), old);
+    assert_eq!(
+        result
+            .expect("a hand-made one-stream container applies")
+            .algorithm,
+        Algorithm::BsdiffOneStream(None)
+    );
+    assert_eq!(out, b"4568XY");
+
+    let out_of_bounds = made(
+        Control {
+            seek: 14,
+            ..control
+        },
+        |stream| stream,
+    );
+    let (result, out) = apply(&out_of_bounds, old);
+    assert!(
+        matches!(
+            result,
+            Err(ApplyError::Container(DeltaError::ControlOutOfBounds { .. }))
+        ),
+        "{result:?}"
+    );
+    assert!(out.is_empty());
+
+    // Chunk control 0x03 is no LZMA2 chunk type.
+    let corrupt = made(control, |mut stream| {
+        stream[0] = 0x03;
+        stream
+    });
+    let (result, out) = apply(&corrupt, old);
+    assert!(
+        matches!(result, Err(ApplyError::CorruptStream { stream, .. }) if stream == "body (lzma2)"),
+        "{result:?}"
+    );
+    assert!(out.is_empty());
+
+    // The stream ends (end marker) before the codes it declares.
+    let short = made(control, |mut stream| {
+        let end = stream.len() - 1;
+        stream[1..3].copy_from_slice(&((end - 3 - 2) as u16).to_be_bytes());
+        stream.remove(end - 1);
+        stream
+    });
+    let (result, _) = apply(&short, old);
+    assert!(result.is_err(), "{result:?}");
+
+    // A wrong base is refused before anything is written.
+    let (result, out) = apply(&made(control, |stream| stream), b"0123456789abcdeX");
+    assert!(
+        matches!(result, Err(ApplyError::WrongBase { .. })),
+        "{result:?}"
+    );
+    assert!(out.is_empty());
 }
