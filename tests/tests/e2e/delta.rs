@@ -2036,3 +2036,33 @@ fn handmade_one_stream_containers_apply_and_hostile_ones_are_refused() {
     );
     assert!(out.is_empty());
 }
+
+#[test]
+fn one_stream_ships_only_where_it_is_smaller() {
+    // A small dense change and a few edits: the body's own per-stream codings are
+    // smaller than one stream here, so the segments ship.
+    let old = synthetic::image(101, 40_000);
+    let mut new = synthetic::next_release(&old, 201, 6);
+    for (i, byte) in new.iter_mut().enumerate().filter(|(i, _)| i % 4 == 1) {
+        *byte = byte.wrapping_add((i / 4096 % 3) as u8 + (i % 7 == 0) as u8);
+    }
+    let segmented_options = BuildOptions {
+        one_stream: false,
+        ..options()
+    };
+    let (segmented, report) = build_delta(&old, &new, &segmented_options).expect("build");
+    assert_eq!(report.algorithm, Algorithm::BsdiffLzma(None));
+    let body = &segmented[HEADER_LEN..];
+    let one = ota_server::delta::one_stream::one_stream_body(body, &old[..], new.len() as u64)
+        .expect("the body decodes")
+        .expect("the body fits one stream");
+    assert!(
+        one.len() > body.len(),
+        "the sample must be one where one stream is larger: {} vs {} B",
+        one.len(),
+        body.len()
+    );
+    let (shipped, report) = build_delta(&old, &new, &options()).expect("build");
+    assert_eq!(report.algorithm, Algorithm::BsdiffLzma(None));
+    assert_eq!(shipped, segmented);
+}
