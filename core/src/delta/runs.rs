@@ -398,6 +398,7 @@ mod tests {
         ) {
             let (runs, codes) = encode_runs(&diff);
             let (mut diff_len, mut codes_len) = (diff.len() as u32, codes.len() as u32);
+            let (own_diff_len, own_codes_len) = (diff_len, codes_len);
             proptest::prop_assert_eq!(decode(&runs, &codes, diff.len()), diff);
             let hostile = crate::delta::mutate::apply(&runs, &mutations);
             if let Some((diff_field, value)) = length_edit {
@@ -405,7 +406,7 @@ mod tests {
             }
             let coding = if leb128 { RunCoding::Leb128 } else { RunCoding::Escaped };
             let hostile = if leb128 {
-                let pairs: Vec<_> = RunBlock::parse(&runs, diff.len() as u32, codes.len() as u32)
+                let pairs: Vec<_> = RunBlock::parse(&runs, own_diff_len, own_codes_len)
                     .expect("own runs parse")
                     .pairs()
                     .collect();
