@@ -268,7 +268,7 @@ fn apply_one_stream<D: Read, O: Read + Seek, W: Write>(
     };
     let segment = body.as_segment(header.target_len);
     let reader = BufReader::with_capacity(
-        IO_BUFFER.min(body.stream_len as usize),
+        IO_BUFFER.min(usize::try_from(body.stream_len).unwrap_or(usize::MAX)),
         FrameReader::new(delta, body.stream_len),
     );
     let dictionary = u32::try_from(body.decoded_len()).unwrap_or(u32::MAX);

@@ -67,7 +67,7 @@ impl Algorithm {
             4 | 5 => {
                 let transform = match parameter {
                     0 => None,
-                    id => Some(Transform::from_id(id)?),
+                    transform_id => Some(Transform::from_id(transform_id)?),
                 };
                 return Ok(if id == 4 {
                     Algorithm::BsdiffLzma(transform)

@@ -71,18 +71,17 @@ impl OneStreamHeader {
         let mut reader = VarintReader::new(bytes, "one-stream header");
         let mut fields = [0u64; 5];
         for field in &mut fields {
-            *field = match reader.next() {
-                Ok(value) => value,
-                // Ten bytes or fewer and no terminating byte: more may come.
-                Err(_) if reader.remaining() == 0 && bytes.len() < ONE_STREAM_HEADER_MAX => {
-                    return Err(DeltaError::Truncated {
-                        what: "one-stream header",
-                        needed: bytes.len() + 1,
-                        available: bytes.len(),
-                    })
-                }
-                Err(err) => return Err(err),
-            };
+            // Fewer than ten bytes left, all with the continuation bit: the varint may
+            // still end in the next byte. Anything else that fails is malformed.
+            let rest = &bytes[bytes.len() - reader.remaining()..];
+            if rest.len() < 10 && rest.iter().all(|byte| byte & 0x80 != 0) {
+                return Err(DeltaError::Truncated {
+                    what: "one-stream header",
+                    needed: bytes.len() + 1,
+                    available: bytes.len(),
+                });
+            }
+            *field = reader.next()?;
         }
         let used = bytes.len() - reader.remaining();
         let [control_len, extra_len, runs_len, codes_len, stream_len] = fields;
@@ -303,11 +302,23 @@ mod tests {
     }
 
     #[test]
-    fn a_varint_longer_than_ten_bytes_is_malformed_not_truncated() {
-        let bytes = [0x80u8; 11];
+    fn a_varint_that_cannot_end_is_malformed_not_truncated() {
+        // Ten continuation bytes (no eleventh may follow), or a tenth byte that
+        // overflows 64 bits: a reader must not wait for more.
+        let overflow = [[0xFFu8; 9].as_slice(), &[0x02]].concat();
+        for bytes in [vec![0x80u8; 10], vec![0x80u8; 11], overflow] {
+            assert!(
+                matches!(
+                    OneStreamHeader::parse(&bytes, 1000),
+                    Err(DeltaError::Malformed { .. })
+                ),
+                "{bytes:02x?}"
+            );
+        }
+        // Nine continuation bytes may still end in a tenth.
         assert!(matches!(
-            OneStreamHeader::parse(&bytes, 1000),
-            Err(DeltaError::Malformed { .. })
+            OneStreamHeader::parse(&[0x80u8; 9], 1000),
+            Err(DeltaError::Truncated { .. })
         ));
     }
 

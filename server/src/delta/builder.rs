@@ -586,9 +586,15 @@ fn build_into<S: ContainerSink>(
             .and_then(|_| sink.read_exact(&mut shipped))
             .map_err(BuildError::Write)?;
         let one = match (&old_t, chosen) {
-            (Some(old_t), Some(_)) => one_stream_body(&shipped, old_t, new.len())?,
-            _ => one_stream_body(&shipped, old, new.len())?,
-        };
+            (Some(old_t), Some(_)) => one_stream_body(&shipped, old_t, new.len()),
+            _ => one_stream_body(&shipped, old, new.len()),
+        }
+        // Only a smaller coding of a body already built: where it fails, the segments
+        // ship (and the failure is logged, as it means a defect).
+        .unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "one-stream coding failed; shipping the segments");
+            None
+        });
         if let Some(one) = one.filter(|one| (one.len() as u64) < body.len) {
             sink.start_over()
                 .and_then(|()| sink.write_all(&[0u8; HEADER_LEN]))

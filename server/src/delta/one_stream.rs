@@ -27,6 +27,13 @@ use std::io::{self, Read};
 /// second (docs/delta-bench.txt, session 22).
 pub const ONE_STREAM_MAX_BODY: u64 = 16 << 10;
 
+/// Most decoded bytes (control, extra, runs and codes together) a body is merged into
+/// one stream with. A body of at most `ONE_STREAM_MAX_BODY` bytes holds far fewer unless
+/// it codes long zero runs (30.9 MB of kernel image with 366 changed bytes: 121 KB of
+/// escaped runs); this bounds the merge's memory and its LZMA2 passes whatever the body
+/// decodes to.
+const ONE_STREAM_MAX_RAW: u64 = 8 << 20;
+
 /// The streams of a whole body merged as one segment's, decoded.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct MergedStreams {
@@ -34,6 +41,13 @@ struct MergedStreams {
     extra: Vec<u8>,
     runs: Vec<u8>,
     codes: Vec<u8>,
+}
+
+impl MergedStreams {
+    /// Decoded bytes of the four streams.
+    fn len(&self) -> u64 {
+        (self.control.len() + self.extra.len() + self.runs.len() + self.codes.len()) as u64
+    }
 }
 
 /// `body`, a segmented body of a container with a `target_len`-byte target whose
@@ -45,6 +59,9 @@ pub fn one_stream_body(
     old: &(impl ImageSource + ?Sized),
     target_len: u64,
 ) -> Result<Option<Vec<u8>>, BuildError> {
+    if declared_raw_len(body)? > ONE_STREAM_MAX_RAW {
+        return Ok(None);
+    }
     let Some(merged) = merge_segments(body, old)? else {
         return Ok(None);
     };
@@ -52,7 +69,8 @@ pub fn one_stream_body(
     let fits = merged.control.len() <= SEGMENT_MAX_CONTROL as usize
         && merged.extra.len() <= SEGMENT_MAX_TARGET as usize
         && merged.runs.len() <= SEGMENT_MAX_RUNS as usize
-        && diff_len.is_some_and(|len| len <= u64::from(u32::MAX));
+        && diff_len.is_some_and(|len| len <= u64::from(u32::MAX))
+        && merged.len() <= ONE_STREAM_MAX_RAW;
     if !fits {
         return Ok(None);
     }
@@ -73,7 +91,34 @@ pub fn one_stream_body(
     };
     let mut out = header.encode();
     out.extend_from_slice(&stream);
+    // What the applier would refuse is not offered (e.g. a body of no control entry).
+    if OneStreamHeader::parse(&out, target_len).is_err() {
+        return Ok(None);
+    }
     Ok(Some(out))
+}
+
+/// Decoded bytes the segments of `body` declare, codes left out where a segment carries
+/// its whole diff stream (their count is known only once decoded).
+fn declared_raw_len(body: &[u8]) -> Result<u64, BuildError> {
+    let mut total = 0u64;
+    let mut rest = body;
+    while !rest.is_empty() {
+        let header = SegmentHeader::parse(rest)
+            .map_err(|err| BuildError::Recode(format!("one-stream body: segment header: {err}")))?;
+        let codes = match header.diff_coding {
+            DiffCoding::Lzma2 => 0,
+            _ => header.codes_len,
+        };
+        total += [header.control_len, header.extra_len, header.runs_len, codes]
+            .iter()
+            .map(|&len| u64::from(len))
+            .sum::<u64>();
+        rest = rest
+            .get(header.encoded_len() as usize..)
+            .unwrap_or_default();
+    }
+    Ok(total)
 }
 
 /// Decodes every segment of `body` and merges their streams; `None` when a merged
@@ -190,16 +235,23 @@ fn merge_segments(
 /// has no extra bytes and this one reads on where the last stopped (the planner cuts
 /// entries at part and segment ends; the cut costs a column value each).
 fn join_entry(entries: &mut Vec<Control>, entry: Control) {
-    match entries.last_mut() {
-        Some(last) if last.extra_len == 0 && entry.seek == 0 => {
-            if let Some(diff_len) = last.diff_len.checked_add(entry.diff_len) {
+    let joined = match entries.last_mut() {
+        // Diff bytes read on from the last entry's: after them come this one's extra.
+        Some(last) if entry.seek == 0 && last.extra_len == 0 => {
+            last.diff_len.checked_add(entry.diff_len).map(|diff_len| {
                 last.diff_len = diff_len;
                 last.extra_len = entry.extra_len;
-                return;
-            }
-            entries.push(entry);
+            })
         }
-        _ => entries.push(entry),
+        // Extra bytes only: more of the last entry's extra.
+        Some(last) if entry.seek == 0 && entry.diff_len == 0 => last
+            .extra_len
+            .checked_add(entry.extra_len)
+            .map(|extra_len| last.extra_len = extra_len),
+        _ => None,
+    };
+    if joined.is_none() {
+        entries.push(entry);
     }
 }
 
@@ -250,21 +302,25 @@ mod tests {
         for next in [
             entry(0, 10, 0),
             entry(0, 5, 2),
+            entry(0, 0, 3),
             entry(0, 4, 0),
             entry(3, 6, 0),
             entry(0, u32::MAX, 1),
+            entry(0, 0, u32::MAX),
         ] {
             join_entry(&mut entries, next);
         }
-        // 10 + 5 read on (then 2 extra bytes); after the extra bytes a new entry; a seek
-        // starts one; a sum past 32 bits does not join.
+        // 10 + 5 read on (then 2 extra bytes, and 3 more from an extra-only entry);
+        // after extra bytes, diff bytes start a new entry; a seek starts one; sums past
+        // 32 bits do not join.
         assert_eq!(
             entries,
             vec![
-                entry(0, 15, 2),
+                entry(0, 15, 5),
                 entry(0, 4, 0),
                 entry(3, 6, 0),
-                entry(0, u32::MAX, 1)
+                entry(0, u32::MAX, 1),
+                entry(0, 0, u32::MAX)
             ]
         );
     }

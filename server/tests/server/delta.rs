@@ -66,10 +66,8 @@ fn cli_builds_a_delta_that_applies_back_to_the_new_image() {
     );
     let container = std::fs::read(dir.path().join("delta")).expect("container written");
     let header = ContainerHeader::parse(&container).expect("header parses");
-    assert!(matches!(
-        header.algorithm,
-        Algorithm::BsdiffZstd | Algorithm::BsdiffLzma(None)
-    ));
+    // Three small edits: the body is small, and one stream (algorithm 5) ships.
+    assert_eq!(header.algorithm, Algorithm::BsdiffOneStream(None));
     assert_eq!(header.source_len, old.len() as u64);
     assert_eq!(header.source_sha256, <[u8; 32]>::from(Sha256::digest(&old)));
     assert_eq!(header.target_sha256, <[u8; 32]>::from(Sha256::digest(&new)));
@@ -78,6 +76,29 @@ fn cli_builds_a_delta_that_applies_back_to_the_new_image() {
         "three edits should cost far less than the image"
     );
     assert!(apply_file(&dir.path().join("delta"), &old) == new);
+    // `--no-one-stream` (for agents before algorithm 5): segments, algorithm 4.
+    let output = Command::new(env!("CARGO_BIN_EXE_ota-server"))
+        .args([
+            "delta",
+            "build",
+            "--threads",
+            "2",
+            "--no-one-stream",
+            "--old",
+        ])
+        .arg(dir.path().join("old"))
+        .arg("--new")
+        .arg(dir.path().join("new"))
+        .arg("--out")
+        .arg(dir.path().join("segmented"))
+        .output()
+        .expect("ota-server runs");
+    assert!(output.status.success());
+    let segmented = std::fs::read(dir.path().join("segmented")).expect("container written");
+    let header = ContainerHeader::parse(&segmented).expect("header parses");
+    assert_eq!(header.algorithm, Algorithm::BsdiffLzma(None));
+    assert!(segmented.len() > container.len());
+    assert!(apply_file(&dir.path().join("segmented"), &old) == new);
 }
 
 #[test]

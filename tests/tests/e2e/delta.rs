@@ -9,6 +9,7 @@ use ota_core::delta::{
     SegmentHeader, Transform, HEADER_LEN, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL,
     SEGMENT_MAX_TARGET, TRANSFORM_BLOCK,
 };
+use ota_server::delta::one_stream::one_stream_body;
 use ota_server::delta::{
     build_delta, BuildOptions, CandidateSize, ScanProfile, TransformChoice, COMPARE_LEVEL,
     FINALIST_MARGIN_BASIS_POINTS, SCAN_PROFILES,
@@ -1053,6 +1054,8 @@ fn big_images_are_split_into_parts_and_segments_and_still_round_trip() {
             &BuildOptions {
                 window_cap,
                 segment_len,
+                // Segments even where the body is small: they are what this counts.
+                one_stream: false,
                 ..options()
             },
         );
@@ -1895,6 +1898,24 @@ fn hostile_one_stream_bodies_are_refused_with_typed_errors() {
             true,
         ),
         (
+            "the boundary between extra and runs moved",
+            rewrite_one_stream_header(&one, |h| {
+                h.extra_len += 1;
+                h.runs_len -= 1;
+            }),
+            Box::new(|e: &ApplyError| matches!(e, ApplyError::Container(_))),
+            true,
+        ),
+        (
+            "the boundary between control and extra moved",
+            rewrite_one_stream_header(&one, |h| {
+                h.control_len += 1;
+                h.extra_len -= 1;
+            }),
+            Box::new(|e: &ApplyError| matches!(e, ApplyError::Container(_))),
+            true,
+        ),
+        (
             "a stream declared shorter than it is",
             rewrite_one_stream_header(&one, |h| h.stream_len -= 1),
             Box::new(|e: &ApplyError| {
@@ -2026,7 +2047,10 @@ fn handmade_one_stream_containers_apply_and_hostile_ones_are_refused() {
         stream
     });
     let (result, _) = apply(&short, old);
-    assert!(result.is_err(), "{result:?}");
+    assert!(
+        matches!(result, Err(ApplyError::StreamLength { stream, .. }) if stream == "body (lzma2)"),
+        "{result:?}"
+    );
 
     // A wrong base is refused before anything is written.
     let (result, out) = apply(&made(control, |stream| stream), b"0123456789abcdeX");
@@ -2053,7 +2077,7 @@ fn one_stream_ships_only_where_it_is_smaller() {
     let (segmented, report) = build_delta(&old, &new, &segmented_options).expect("build");
     assert_eq!(report.algorithm, Algorithm::BsdiffLzma(None));
     let body = &segmented[HEADER_LEN..];
-    let one = ota_server::delta::one_stream::one_stream_body(body, &old[..], new.len() as u64)
+    let one = one_stream_body(body, &old[..], new.len() as u64)
         .expect("the body decodes")
         .expect("the body fits one stream");
     assert!(
@@ -2062,7 +2086,123 @@ fn one_stream_ships_only_where_it_is_smaller() {
         one.len(),
         body.len()
     );
+    // The larger one stream is still a correct container of the same release.
+    let (result, out) = apply(&as_one_stream(&segmented, &one), &old);
+    result.expect("the one-stream coding applies");
+    assert!(out == new);
     let (shipped, report) = build_delta(&old, &new, &options()).expect("build");
     assert_eq!(report.algorithm, Algorithm::BsdiffLzma(None));
     assert_eq!(shipped, segmented);
+}
+
+/// Whole 64 KiB transform blocks of `image` at their absolute offsets, forward or back.
+fn transform_image(image: &[u8], transform: Transform, forward: bool) -> Vec<u8> {
+    let mut out = image.to_vec();
+    for (k, block) in out.chunks_mut(TRANSFORM_BLOCK as usize).enumerate() {
+        let start = k as u64 * TRANSFORM_BLOCK;
+        if forward {
+            transform.forward(start, block);
+        } else {
+            transform.inverse(start, block);
+        }
+    }
+    out
+}
+
+/// `new` with, in the transformed domain, 2 KB inserted in the middle: 16-byte pieces of
+/// the transformed old image between 16 random bytes each. They are too short for the
+/// match search, so they become extra bytes, and a zstd extra frame finds them in its
+/// prefix of transformed old bytes only (in plain bytes the pieces' calls differ).
+fn with_transformed_old_pieces(old: &[u8], new: &[u8], transform: Transform) -> Vec<u8> {
+    let old_t = transform_image(old, transform, true);
+    let mut new_t = transform_image(new, transform, true);
+    let mut rng = synthetic::Rng::new(77);
+    // Pieces where the transform changed at least two of the four words.
+    let pieces: Vec<usize> = (0..old.len() - 16)
+        .step_by(256)
+        .filter(|&at| {
+            (at..at + 16)
+                .step_by(4)
+                .filter(|&w| old[w..w + 4] != old_t[w..w + 4])
+                .count()
+                >= 2
+        })
+        .take(64)
+        .collect();
+    assert_eq!(
+        pieces.len(),
+        64,
+        "the code sample must hold transformed words"
+    );
+    let mut inserted = Vec::new();
+    for at in pieces {
+        inserted.extend_from_slice(&old_t[at..at + 16]);
+        inserted.extend((0..4).flat_map(|_| (rng.next_u64() as u32).to_le_bytes()));
+    }
+    let middle = new_t.len() / 2 / 4 * 4;
+    new_t.splice(middle..middle, inserted);
+    transform_image(&new_t, transform, false)
+}
+
+/// `container`'s header, now naming algorithm 5 (same transform), followed by `body`.
+fn as_one_stream(container: &[u8], body: &[u8]) -> Vec<u8> {
+    let header = rewrite_header(container, |h| {
+        h.algorithm = Algorithm::BsdiffOneStream(h.algorithm.transform())
+    });
+    [&header[..HEADER_LEN], body].concat()
+}
+
+#[test]
+fn every_segment_coding_merges_into_one_stream_that_applies() {
+    // Segments whose diff is one LZMA2 stream (re-split into runs and codes), whose runs
+    // and codes are LZMA2 streams, and zstd segments of transformed images whose extra
+    // frames are compressed against prefixes of the transformed old image.
+    let (lzma, lzma_old, lzma_new, _) = lzma_sample();
+    let (sparse, sparse_old, sparse_new, _) = sparse_sample();
+    let (old_code, new_code) = synthetic::code_release_pair(CodeKind::Arm64, 21, 150_000, 2000);
+    let new_code = with_transformed_old_pieces(&old_code, &new_code, Transform::Arm64);
+    let (transformed, report) = build_delta(
+        &old_code,
+        &new_code,
+        &BuildOptions {
+            transform: TransformChoice::Try(Transform::Arm64),
+            segment_len: 30_000,
+            lzma: false,
+            ..options()
+        },
+    )
+    .expect("build");
+    assert_eq!(
+        report.algorithm,
+        Algorithm::BsdiffZstdTransformed(Transform::Arm64)
+    );
+    assert!(segment_offsets(&transformed).iter().any(|&at| {
+        SegmentHeader::parse(&transformed[at..])
+            .expect("own segment parses")
+            .extra_prefix_len
+            > 0
+    }));
+    let old_t = ota_server::delta::image::TransformedImage::new(&old_code[..], Transform::Arm64);
+    for (name, container, old, new) in [
+        ("LZMA2 diffs", &lzma, &lzma_old, &lzma_new),
+        ("LZMA2 runs and codes", &sparse, &sparse_old, &sparse_new),
+        (
+            "transformed, zstd extra against prefixes",
+            &transformed,
+            &old_code,
+            &new_code,
+        ),
+    ] {
+        let body = &container[HEADER_LEN..];
+        let one = if name.starts_with("transformed") {
+            one_stream_body(body, &old_t, new.len() as u64)
+        } else {
+            one_stream_body(body, &old[..], new.len() as u64)
+        }
+        .expect("the body decodes")
+        .expect("the body fits one stream");
+        let (result, out) = apply(&as_one_stream(container, &one), old);
+        result.unwrap_or_else(|err| panic!("case `{name}`: {err:?}"));
+        assert!(out == *new, "case `{name}`");
+    }
 }
