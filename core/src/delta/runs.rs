@@ -12,7 +12,8 @@
 //! byte `v % 255`. Most runs are short, so nearly every length is one byte whose value
 //! zstd's entropy coder models directly; on the corpus this was 1–4% smaller than LEB128
 //! columns. Pair i stands for `zero_i` zero bytes followed by the next `nonzero_i` bytes
-//! of the codes stream. Every pair covers at least one byte.
+//! of the codes stream. Every pair covers at least one byte. A one-stream body
+//! (algorithm 5) writes the same columns as LEB128 varints instead ([`RunCoding`]).
 
 use super::varint::{put_varint, VarintReader};
 use super::DeltaError;

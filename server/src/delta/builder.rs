@@ -17,7 +17,9 @@
 //! profiles (`write_delta_bodies`). The smallest body is kept and coded in full
 //! (`recode_body`: the build's zstd level and, with LZMA2 on, LZMA2 streams), and so is
 //! the runner-up when it compared within `FINALIST_MARGIN_BASIS_POINTS` of it; the smaller
-//! coded one ships (so LZMA2, most of the build time, runs at most twice). When the delta is not at least
+//! coded one ships (so LZMA2, most of the build time, runs at most twice). A shipped body
+//! of at most `ONE_STREAM_MAX_BODY` is also rewritten as one LZMA2 stream (`one_stream`,
+//! container algorithm 5, `BuildOptions::one_stream`), which ships when smaller. When the delta is not at least
 //! `min_saving_percent` (default 10%) smaller than the full image compressed, the full
 //! image is shipped instead.
 //!
@@ -255,7 +257,7 @@ pub struct BuildReport {
     pub container_len: u64,
     /// Size of the delta container, whether or not it was shipped: the candidate kept
     /// (see `candidates`), in its full coding (the build's zstd level, and LZMA2 streams
-    /// where smaller when LZMA2 is on).
+    /// where smaller when LZMA2 is on; as one stream, algorithm 5, where that is smaller).
     pub delta_container_len: u64,
     /// Size of the smallest plain (untransformed) delta container over the scan
     /// profiles tried. When more than one body was built (several profiles, or a
@@ -263,7 +265,7 @@ pub struct BuildReport {
     /// only at `BuildOptions::compare_level`: the smallest is kept, or, when the runner-up
     /// compared close, whichever of the two codes smaller in full (`candidates`), so the
     /// delta shipped need not be the smaller of these two. With one body it is that
-    /// body's final size.
+    /// body's final size in segments (before any one-stream rewrite).
     pub plain_delta_len: u64,
     /// The transform tried and the size of its smallest delta container over the scan
     /// profiles, kept or not (see `plain_delta_len`).
@@ -281,6 +283,7 @@ pub struct BuildReport {
     pub target_len: u64,
     /// How many parts the images were split into (1 unless over the window cap).
     pub parts: usize,
+    /// Body segments (1 for a one-stream body, algorithm 5).
     pub segments: usize,
 }
 
