@@ -10,6 +10,7 @@
 //! control, extra and runs are held whole under the segment caps, the codes are read as
 //! they are needed, so the applier's memory bound is unchanged.
 
+use super::segment::lzma2_bound_u64;
 use super::varint::{put_varint, VarintReader};
 use super::{DeltaError, SegmentHeader, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET};
 
@@ -123,7 +124,7 @@ impl OneStreamHeader {
             codes_len: codes_len as u32,
             stream_len,
         };
-        let bound = lzma2_stream_bound(header.decoded_len());
+        let bound = lzma2_bound_u64(header.decoded_len());
         if stream_len == 0 || stream_len > bound {
             return inconsistent(
                 "stream length",
@@ -153,11 +154,6 @@ impl OneStreamHeader {
             (0, 0),
         )
     }
-}
-
-/// Worst-case raw LZMA2 stream of `raw` bytes (as `lzma2_bound`, over 64-bit lengths).
-fn lzma2_stream_bound(raw: u64) -> u64 {
-    raw + raw.div_ceil(1 << 16) * 3 + 1
 }
 
 #[cfg(test)]

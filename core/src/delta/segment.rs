@@ -124,7 +124,11 @@ pub fn zstd_compress_bound(raw: u32) -> u64 {
 /// guarantees. A declared stream larger than this cannot have come from an honest
 /// encoder.
 pub fn lzma2_bound(raw: u32) -> u64 {
-    let raw = u64::from(raw);
+    lzma2_bound_u64(u64::from(raw))
+}
+
+/// [`lzma2_bound`] over a 64-bit length (a one-stream body's four streams together).
+pub(super) fn lzma2_bound_u64(raw: u64) -> u64 {
     raw + raw.div_ceil(1 << 16) * 3 + 1
 }
 

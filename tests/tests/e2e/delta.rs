@@ -1606,14 +1606,12 @@ fn handmade_coded(
             zstd::bulk::compress(raw, 3).expect("zstd")
         }
     };
-    // LZMA2 chunk control 0x01: uncompressed, dictionary reset; size - 1, big-endian;
-    // the bytes; then the end marker.
     let stored = |raw: &[u8]| -> Vec<u8> {
         if raw.is_empty() {
-            return Vec::new();
+            Vec::new()
+        } else {
+            stored_lzma2(raw)
         }
-        let size = (raw.len() - 1) as u16;
-        [&[0x01][..], &size.to_be_bytes(), raw, &[0x00]].concat()
     };
     let diff_frame = if lzma_runs { stored } else { frame };
     let frames = [
@@ -1622,17 +1620,12 @@ fn handmade_coded(
         diff_frame(&runs),
         diff_frame(&codes),
     ];
-    let header = ContainerHeader {
-        algorithm: if lzma_runs {
-            Algorithm::BsdiffLzma(None)
-        } else {
-            Algorithm::BsdiffZstd
-        },
-        source_len: old.len() as u64,
-        source_sha256: Sha256::digest(old).into(),
-        target_len: target.len() as u64,
-        target_sha256: Sha256::digest(target).into(),
+    let algorithm = if lzma_runs {
+        Algorithm::BsdiffLzma(None)
+    } else {
+        Algorithm::BsdiffZstd
     };
+    let header = header_for(algorithm, old, target);
     let mut segment = SegmentHeader::for_streams(
         diff.len() as u32,
         [
@@ -1833,6 +1826,10 @@ fn hostile_one_stream_bodies_are_refused_with_typed_errors() {
                 if *f == field)
         })
     }
+    /// Refused by a check of the container (any `DeltaError`).
+    fn refused() -> Check {
+        Box::new(|e| matches!(e, ApplyError::Container(_)))
+    }
     fn inconsistent(field: &'static str) -> Check {
         Box::new(move |e| {
             matches!(e, ApplyError::Container(DeltaError::SegmentInconsistent { field: f, .. })
@@ -1903,7 +1900,7 @@ fn hostile_one_stream_bodies_are_refused_with_typed_errors() {
                 h.extra_len += 1;
                 h.runs_len -= 1;
             }),
-            Box::new(|e: &ApplyError| matches!(e, ApplyError::Container(_))),
+            refused(),
             true,
         ),
         (
@@ -1912,7 +1909,7 @@ fn hostile_one_stream_bodies_are_refused_with_typed_errors() {
                 h.control_len += 1;
                 h.extra_len -= 1;
             }),
-            Box::new(|e: &ApplyError| matches!(e, ApplyError::Container(_))),
+            refused(),
             true,
         ),
         (
@@ -1969,10 +1966,7 @@ fn handmade_one_stream(
         .collect();
     let runs = encode_run_pairs(&pairs, RunCoding::Leb128);
     let raw = [&control[..], extra, &runs, &codes].concat();
-    // LZMA2 chunk control 0x01: uncompressed, dictionary reset; size - 1, big-endian;
-    // the bytes; then the end marker.
-    let size = (raw.len() - 1) as u16;
-    let stream = chunk([&[0x01][..], &size.to_be_bytes(), &raw, &[0x00]].concat());
+    let stream = chunk(stored_lzma2(&raw));
     let body = OneStreamHeader {
         control_len: control.len() as u32,
         extra_len: extra.len() as u32,
@@ -1980,14 +1974,26 @@ fn handmade_one_stream(
         codes_len: codes.len() as u32,
         stream_len: stream.len() as u64,
     };
-    let header = ContainerHeader {
-        algorithm: Algorithm::BsdiffOneStream(None),
+    let header = header_for(Algorithm::BsdiffOneStream(None), old, target);
+    [&header.encode()[..], &body.encode(), &stream].concat()
+}
+
+/// The container header of `algorithm` turning `old` into `target`.
+fn header_for(algorithm: Algorithm, old: &[u8], target: &[u8]) -> ContainerHeader {
+    ContainerHeader {
+        algorithm,
         source_len: old.len() as u64,
         source_sha256: Sha256::digest(old).into(),
         target_len: target.len() as u64,
         target_sha256: Sha256::digest(target).into(),
-    };
-    [&header.encode()[..], &body.encode(), &stream].concat()
+    }
+}
+
+/// `raw` (1 to 65,536 bytes) as an LZMA2 stream of one stored chunk: control 0x01
+/// (uncompressed, dictionary reset), size − 1 big-endian, the bytes, the end marker.
+fn stored_lzma2(raw: &[u8]) -> Vec<u8> {
+    let size = u16::try_from(raw.len() - 1).expect("one stored chunk holds at most 64 KiB");
+    [&[0x01][..], &size.to_be_bytes(), raw, &[0x00]].concat()
 }
 
 #[test]
