@@ -44,19 +44,18 @@ fn apply_file(container: &Path, old: &[u8]) -> Vec<u8> {
     out
 }
 
-#[test]
-fn cli_builds_a_delta_that_applies_back_to_the_new_image() {
-    let (old, new) = image_pair();
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("old"), &old).expect("write");
-    std::fs::write(dir.path().join("new"), &new).expect("write");
+/// Runs `ota-server delta build` on `dir`'s `old` and `new` with `args`, writing `dir/out`;
+/// returns the container.
+fn build_in(dir: &Path, out: &str, args: &[&str]) -> Vec<u8> {
     let output = Command::new(env!("CARGO_BIN_EXE_ota-server"))
-        .args(["delta", "build", "--threads", "2", "--old"])
-        .arg(dir.path().join("old"))
+        .args(["delta", "build", "--threads", "2"])
+        .args(args)
+        .arg("--old")
+        .arg(dir.join("old"))
         .arg("--new")
-        .arg(dir.path().join("new"))
+        .arg(dir.join("new"))
         .arg("--out")
-        .arg(dir.path().join("delta"))
+        .arg(dir.join(out))
         .output()
         .expect("ota-server runs");
     assert!(
@@ -64,7 +63,16 @@ fn cli_builds_a_delta_that_applies_back_to_the_new_image() {
         "build failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let container = std::fs::read(dir.path().join("delta")).expect("container written");
+    std::fs::read(dir.join(out)).expect("container written")
+}
+
+#[test]
+fn cli_builds_a_delta_that_applies_back_to_the_new_image() {
+    let (old, new) = image_pair();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("old"), &old).expect("write");
+    std::fs::write(dir.path().join("new"), &new).expect("write");
+    let container = build_in(dir.path(), "delta", &[]);
     let header = ContainerHeader::parse(&container).expect("header parses");
     // Three small edits: the body is small, and one stream (algorithm 5) ships.
     assert_eq!(header.algorithm, Algorithm::BsdiffOneStream(None));
@@ -77,24 +85,7 @@ fn cli_builds_a_delta_that_applies_back_to_the_new_image() {
     );
     assert!(apply_file(&dir.path().join("delta"), &old) == new);
     // `--no-one-stream` (for agents before algorithm 5): segments, algorithm 4.
-    let output = Command::new(env!("CARGO_BIN_EXE_ota-server"))
-        .args([
-            "delta",
-            "build",
-            "--threads",
-            "2",
-            "--no-one-stream",
-            "--old",
-        ])
-        .arg(dir.path().join("old"))
-        .arg("--new")
-        .arg(dir.path().join("new"))
-        .arg("--out")
-        .arg(dir.path().join("segmented"))
-        .output()
-        .expect("ota-server runs");
-    assert!(output.status.success());
-    let segmented = std::fs::read(dir.path().join("segmented")).expect("container written");
+    let segmented = build_in(dir.path(), "segmented", &["--no-one-stream"]);
     let header = ContainerHeader::parse(&segmented).expect("header parses");
     assert_eq!(header.algorithm, Algorithm::BsdiffLzma(None));
     assert!(segmented.len() > container.len());
