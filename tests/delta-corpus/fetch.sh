@@ -116,6 +116,14 @@ py_pair crypto-44.0.3-45.0.5 x86_64 cryptography 44.0.3 45.0.5 "$crypto"; add cr
 py_pair crypto-43.0.0-43.0.1 x86_64 cryptography 43.0.0 43.0.1 "$crypto"; add crypto-43.0.0-43.0.1 x86-64-rust-openssl tune
 py_pair crypto-44.0.0-44.0.1 x86_64 cryptography 44.0.0 44.0.1 "$crypto"; add crypto-44.0.0-44.0.1 x86-64-rust-openssl tune
 py_pair crypto-45.0.2-45.0.3 x86_64 cryptography 45.0.2 45.0.3 "$crypto"; add crypto-45.0.2-45.0.3 x86-64-rust-openssl tune
+# Added in session 23 as a blind check (benched once before anything was looked at, see
+# docs/delta-bench.txt): more one-patch-release pairs of other major versions. The two
+# whose streams were then looked at are tune; the four others stay held-out.
+py_pair crypto-41.0.6-41.0.7 x86_64 cryptography 41.0.6 41.0.7 "$crypto"; add crypto-41.0.6-41.0.7 x86-64-rust-openssl held-out
+py_pair crypto-42.0.7-42.0.8 x86_64 cryptography 42.0.7 42.0.8 "$crypto"; add crypto-42.0.7-42.0.8 x86-64-rust-openssl tune
+py_pair crypto-45.0.6-45.0.7 x86_64 cryptography 45.0.6 45.0.7 "$crypto"; add crypto-45.0.6-45.0.7 x86-64-rust-openssl held-out
+py_pair crypto-46.0.2-46.0.3 x86_64 cryptography 46.0.2 46.0.3 "$crypto"; add crypto-46.0.2-46.0.3 x86-64-rust-openssl tune
+py_pair crypto-46.0.6-46.0.7 x86_64 cryptography 46.0.6 46.0.7 "$crypto"; add crypto-46.0.6-46.0.7 x86-64-rust-openssl held-out
 # --- x86-64, other Rust extensions.
 py_pair orjson-x86-64 x86_64 orjson 3.10.17 3.10.18 'orjson/orjson\..*\.so$'; add orjson-x86-64 x86-64-rust
 py_pair rpds-x86-64 x86_64 rpds-py 0.24.0 0.25.0 'rpds/rpds\..*\.so$'; add rpds-x86-64 x86-64-rust
@@ -126,6 +134,7 @@ py_pair pillow-x86-64 x86_64 pillow 11.1.0 11.2.1 'PIL/_imaging\..*\.so$'; add p
 # --- ARM64 wheels (manylinux aarch64).
 py_pair crypto-44.0.2-44.0.3-arm64 aarch64 cryptography 44.0.2 44.0.3 "$crypto"; add crypto-44.0.2-44.0.3-arm64 arm64-rust-openssl
 py_pair crypto-43.0.3-44.0.3-arm64 aarch64 cryptography 43.0.3 44.0.3 "$crypto"; add crypto-43.0.3-44.0.3-arm64 arm64-rust-openssl
+py_pair crypto-46.0.2-46.0.3-arm64 aarch64 cryptography 46.0.2 46.0.3 "$crypto"; add crypto-46.0.2-46.0.3-arm64 arm64-rust-openssl held-out # session 23, blind check
 py_pair pydantic-core-arm64 aarch64 pydantic-core 2.33.1 2.33.2 '_pydantic_core\..*\.so$'; add pydantic-core-arm64 arm64-rust
 py_pair orjson-arm64 aarch64 orjson 3.10.17 3.10.18 'orjson/orjson\..*\.so$'; add orjson-arm64 arm64-rust
 py_pair rpds-arm64 aarch64 rpds-py 0.24.0 0.25.0 'rpds/rpds\..*\.so$'; add rpds-arm64 arm64-rust

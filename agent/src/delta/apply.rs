@@ -252,6 +252,7 @@ fn apply_one_stream<D: Read, O: Read + Seek, W: Write>(
     target: &mut TargetWriter<W>,
 ) -> Result<(), ApplyError> {
     const STREAM: &str = "body (lzma2)";
+    const BODY: &str = "one-stream body";
     // The header is a few varints: read a byte at a time until it parses, so not one
     // byte of the stream behind it is consumed.
     let mut header_bytes = Vec::with_capacity(16);
@@ -278,9 +279,7 @@ fn apply_one_stream<D: Read, O: Read + Seek, W: Write>(
         let mut raw = vec![0u8; len as usize];
         decoder.read_exact(&mut raw).map_err(|err| {
             if decoder.get_ref().get_ref().hit_eof {
-                ApplyError::TruncatedDelta {
-                    what: "one-stream body",
-                }
+                ApplyError::TruncatedDelta { what: BODY }
             } else if err.kind() == io::ErrorKind::UnexpectedEof {
                 ApplyError::StreamLength {
                     stream: STREAM,
@@ -306,7 +305,12 @@ fn apply_one_stream<D: Read, O: Read + Seek, W: Write>(
         segment.codes_len,
         RunCoding::Leb128,
     )?;
-    let mut diff = DiffStream::new(runs, &segment, Some(CodesDecoder::Lzma(decoder, STREAM)), 0);
+    let mut diff = DiffStream::new(
+        runs,
+        &segment,
+        Some(CodesDecoder::Lzma(decoder, STREAM, BODY)),
+        0,
+    );
     write_entries(
         &block,
         &extra,
@@ -557,9 +561,11 @@ struct DiffStream<'a, 'r, D: Read> {
 /// The streaming decoder of a segment's codes slot.
 enum CodesDecoder<'a, D: Read> {
     Zstd(zstd::stream::read::Decoder<'static, BufReader<FrameReader<'a, D>>>),
-    /// An LZMA2 stream, with its name in errors.
+    /// An LZMA2 stream, with its name in errors and what holds it (a segment's codes
+    /// frame, or a one-stream body) for a truncation error.
     Lzma(
         liblzma::bufread::XzDecoder<BufReader<FrameReader<'a, D>>>,
+        &'static str,
         &'static str,
     ),
 }
@@ -569,21 +575,29 @@ impl<'a, D: Read> CodesDecoder<'a, D> {
     fn stream(&self) -> &'static str {
         match self {
             CodesDecoder::Zstd(_) => "codes",
-            CodesDecoder::Lzma(_, stream) => stream,
+            CodesDecoder::Lzma(_, stream, _) => stream,
+        }
+    }
+
+    /// What the stream is read from, for `ApplyError::TruncatedDelta`.
+    fn frame_name(&self) -> &'static str {
+        match self {
+            CodesDecoder::Zstd(_) => "codes frame",
+            CodesDecoder::Lzma(_, _, frame) => frame,
         }
     }
 
     fn frame(&self) -> &FrameReader<'a, D> {
         match self {
             CodesDecoder::Zstd(decoder) => decoder.get_ref().get_ref(),
-            CodesDecoder::Lzma(decoder, _) => decoder.get_ref().get_ref(),
+            CodesDecoder::Lzma(decoder, ..) => decoder.get_ref().get_ref(),
         }
     }
 
     fn into_frame(self) -> BufReader<FrameReader<'a, D>> {
         match self {
             CodesDecoder::Zstd(decoder) => decoder.finish(),
-            CodesDecoder::Lzma(decoder, _) => decoder.into_inner(),
+            CodesDecoder::Lzma(decoder, ..) => decoder.into_inner(),
         }
     }
 }
@@ -592,7 +606,7 @@ impl<D: Read> Read for CodesDecoder<'_, D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             CodesDecoder::Zstd(decoder) => decoder.read(buf),
-            CodesDecoder::Lzma(decoder, _) => decoder.read(buf),
+            CodesDecoder::Lzma(decoder, ..) => decoder.read(buf),
         }
     }
 }
@@ -639,6 +653,7 @@ impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
                             lzma_decoder(segment.codes_len, stream)?,
                         ),
                         stream,
+                        "codes frame",
                     )
                 }
             })
@@ -676,7 +691,7 @@ impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
         let stream = self.codes.as_ref().map_or("codes", CodesDecoder::stream);
         match &self.codes {
             Some(decoder) if decoder.frame().hit_eof => ApplyError::TruncatedDelta {
-                what: "codes frame",
+                what: decoder.frame_name(),
             },
             _ if err.kind() == io::ErrorKind::UnexpectedEof => ApplyError::StreamLength {
                 stream,
@@ -734,7 +749,7 @@ impl<'a, 'r, D: Read> DiffStream<'a, 'r, D> {
             }
             Err(_) if decoder.frame().hit_eof => {
                 return Err(ApplyError::TruncatedDelta {
-                    what: "codes frame",
+                    what: decoder.frame_name(),
                 })
             }
             Err(source) => return Err(ApplyError::CorruptStream { stream, source }),

@@ -1385,6 +1385,22 @@ fn truncated_containers_are_refused_as_truncated_at_every_cut() {
     let (sparse, sparse_old, _, _) = sparse_sample();
     // Algorithm 5: cut inside its header of varints too.
     let (one, _, one_old, _) = one_stream_sample();
+    // A cut inside algorithm 5's stream names the one-stream body, wherever the applier
+    // is in it (the control block, the extra bytes, the runs block or the codes).
+    let stream_start = HEADER_LEN + one_stream_header(&one).1;
+    for cut in (stream_start..one.len()).step_by(13) {
+        let (result, _) = apply(&one[..cut], &one_old);
+        assert!(
+            matches!(
+                result,
+                Err(ApplyError::TruncatedDelta {
+                    what: "one-stream body"
+                })
+            ),
+            "one stream cut at {cut} of {}: {result:?}",
+            one.len()
+        );
+    }
     for (container, old) in [
         (container, old),
         (lzma, lzma_old),
