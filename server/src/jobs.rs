@@ -60,6 +60,7 @@ impl BuilderEngine {
                 lzma: delta.lzma,
                 scan: delta.scan.profile(),
                 one_stream: delta.one_stream,
+                eh_table: delta.eh_table,
                 ..crate::delta::BuildOptions::default()
             },
         }
@@ -256,6 +257,7 @@ mod tests {
             lzma: false,
             scan: crate::delta::ScanChoice::Eager,
             one_stream: false,
+            eh_table: false,
             ..DeltaSettings::default()
         };
         let options = BuilderEngine::from_settings(&delta).options;
@@ -264,9 +266,21 @@ mod tests {
                 options.min_saving_percent,
                 options.lzma,
                 options.scan,
-                options.one_stream
+                options.one_stream,
+                options.eh_table
             ),
-            (42, false, Some(crate::delta::ScanProfile::Eager), false)
+            (
+                42,
+                false,
+                Some(crate::delta::ScanProfile::Eager),
+                false,
+                false
+            )
+        );
+        assert!(
+            BuilderEngine::from_settings(&DeltaSettings::default())
+                .options
+                .eh_table
         );
         assert!(
             BuilderEngine::from_settings(&DeltaSettings::default())

@@ -208,6 +208,10 @@ pub struct DeltaSettings {
     /// algorithm 5, smaller where a release changes little; needs `lzma`).
     /// Turn off while the fleet still runs agents that predate algorithm 5.
     pub one_stream: bool,
+    /// Whether builds also try ELF images with their unwind table (`.eh_frame_hdr`)
+    /// delta-coded (container transform ids 3-5, smaller on every ELF pair measured).
+    /// Turn off while the fleet still runs agents that predate those transform ids.
+    pub eh_table: bool,
 }
 
 /// Which blob store backend keeps images and deltas.
@@ -347,6 +351,7 @@ impl Default for DeltaSettings {
             lzma: true,
             scan: crate::delta::ScanChoice::Auto,
             one_stream: true,
+            eh_table: true,
         }
     }
 }

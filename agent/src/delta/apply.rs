@@ -29,8 +29,8 @@
 
 use ota_core::delta::{
     add_old_bytes, Algorithm, ContainerHeader, ControlBlock, ControlCoding, DeltaError, DiffCoding,
-    ExtraCoding, OneStreamHeader, RunBlock, RunCoding, RunPairs, SegmentHeader, Transform,
-    HEADER_LEN, LZMA_DICT_MAX, SEGMENT_HEADER_LEN, TRANSFORM_BLOCK,
+    ExtraCoding, OneStreamHeader, RunBlock, RunCoding, RunPairs, SegmentHeader, TableLocator,
+    TableSpan, Transform, HEADER_LEN, LZMA_DICT_MAX, SEGMENT_HEADER_LEN, TRANSFORM_BLOCK,
 };
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -110,6 +110,7 @@ pub fn apply_delta<D: Read, O: Read + Seek, W: Write>(
         inverse: transform.map(|transform| InverseBlocks {
             transform,
             block: Vec::with_capacity(TRANSFORM_BLOCK as usize),
+            table: TableLocator::new(header.target_len),
         }),
     };
     match header.algorithm {
@@ -827,10 +828,14 @@ struct TargetWriter<W: Write> {
     inverse: Option<InverseBlocks>,
 }
 
-/// The transformed target bytes of the current block, not yet inverted.
+/// The transformed target bytes of the current block, not yet inverted, and, for a
+/// transform that delta-codes the unwind table, the locator of the target's table: fed
+/// every block once its code part is undone (the bytes it reads are ones the table part
+/// never changes), it knows the span before the first block holding entries.
 struct InverseBlocks {
     transform: Transform,
     block: Vec<u8>,
+    table: TableLocator,
 }
 
 impl<W: Write> TargetWriter<W> {
@@ -861,7 +866,17 @@ impl<W: Write> TargetWriter<W> {
             pos += n as u64;
             if pos == block_end {
                 let block_start = pos - inverse.block.len() as u64;
-                inverse.transform.inverse(block_start, &mut inverse.block);
+                inverse
+                    .transform
+                    .inverse_code(block_start, &mut inverse.block);
+                if inverse.transform.uses_table() {
+                    inverse.table.observe(block_start, &inverse.block);
+                }
+                inverse.transform.inverse_table(
+                    inverse.table.span(),
+                    block_start,
+                    &mut inverse.block,
+                );
                 self.out
                     .write_all(&inverse.block)
                     .map_err(ApplyError::WriteTarget)?;
@@ -884,6 +899,9 @@ struct OldReader<O: Read + Seek> {
     buf_len: usize,
     source_len: u64,
     transform: Option<Transform>,
+    /// The source's unwind-table span, once located (on the first read, for a transform
+    /// that delta-codes the table).
+    table: Option<Option<TableSpan>>,
 }
 
 // The buffer holds whole transform blocks.
@@ -898,7 +916,30 @@ impl<O: Read + Seek> OldReader<O> {
             buf_len: 0,
             source_len,
             transform,
+            table: None,
         }
+    }
+
+    /// Locates the source's table from its first block and the block holding the
+    /// table header, as the builder did.
+    fn locate_table(&mut self) -> Result<Option<TableSpan>, ApplyError> {
+        let mut locator = TableLocator::new(self.source_len);
+        // Block 0, then at most the one block it names.
+        let mut next = Some(0);
+        for _ in 0..2 {
+            let Some(start) = next else { break };
+            let len = (self.source_len.saturating_sub(start)).min(TRANSFORM_BLOCK) as usize;
+            let mut block = vec![0u8; len];
+            self.inner
+                .seek(SeekFrom::Start(start))
+                .map_err(ApplyError::ReadSource)?;
+            self.inner
+                .read_exact(&mut block)
+                .map_err(ApplyError::ReadSource)?;
+            locator.observe(start, &block);
+            next = locator.header_block();
+        }
+        Ok(locator.span())
     }
 
     fn invalidate(&mut self) {
@@ -910,6 +951,14 @@ impl<O: Read + Seek> OldReader<O> {
             let in_buffer = pos >= self.buf_start && pos < self.buf_start + self.buf_len as u64;
             if !in_buffer {
                 // Transformed: from the start of pos's block, whole blocks of the image.
+                let span = match (self.transform, self.table) {
+                    (Some(transform), None) if transform.uses_table() => {
+                        let span = self.locate_table()?;
+                        self.table = Some(span);
+                        span
+                    }
+                    (_, table) => table.flatten(),
+                };
                 let (start, want) = match self.transform {
                     None => (pos, self.buf.len()),
                     Some(_) => {
@@ -939,7 +988,7 @@ impl<O: Read + Seek> OldReader<O> {
                     return Err(ApplyError::ReadSource(io::ErrorKind::UnexpectedEof.into()));
                 }
                 if let Some(transform) = self.transform {
-                    transform.forward(start, &mut self.buf[..self.buf_len]);
+                    transform.forward_table(span, start, &mut self.buf[..self.buf_len]);
                 }
                 if pos >= self.buf_start + self.buf_len as u64 {
                     self.buf_len = 0;

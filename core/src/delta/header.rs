@@ -104,12 +104,29 @@ impl Algorithm {
             Algorithm::FullZstd => "full-zstd",
             Algorithm::BsdiffZstdTransformed(Transform::X86_64) => "bsdiff-zstd+x86-64",
             Algorithm::BsdiffZstdTransformed(Transform::Arm64) => "bsdiff-zstd+arm64",
+            Algorithm::BsdiffZstdTransformed(Transform::EhTable) => "bsdiff-zstd+eh-table",
+            Algorithm::BsdiffZstdTransformed(Transform::X86_64EhTable) => {
+                "bsdiff-zstd+x86-64+eh-table"
+            }
+            Algorithm::BsdiffZstdTransformed(Transform::Arm64EhTable) => {
+                "bsdiff-zstd+arm64+eh-table"
+            }
             Algorithm::BsdiffLzma(None) => "bsdiff-lzma",
             Algorithm::BsdiffLzma(Some(Transform::X86_64)) => "bsdiff-lzma+x86-64",
             Algorithm::BsdiffLzma(Some(Transform::Arm64)) => "bsdiff-lzma+arm64",
+            Algorithm::BsdiffLzma(Some(Transform::EhTable)) => "bsdiff-lzma+eh-table",
+            Algorithm::BsdiffLzma(Some(Transform::X86_64EhTable)) => "bsdiff-lzma+x86-64+eh-table",
+            Algorithm::BsdiffLzma(Some(Transform::Arm64EhTable)) => "bsdiff-lzma+arm64+eh-table",
             Algorithm::BsdiffOneStream(None) => "bsdiff-one-stream",
             Algorithm::BsdiffOneStream(Some(Transform::X86_64)) => "bsdiff-one-stream+x86-64",
             Algorithm::BsdiffOneStream(Some(Transform::Arm64)) => "bsdiff-one-stream+arm64",
+            Algorithm::BsdiffOneStream(Some(Transform::EhTable)) => "bsdiff-one-stream+eh-table",
+            Algorithm::BsdiffOneStream(Some(Transform::X86_64EhTable)) => {
+                "bsdiff-one-stream+x86-64+eh-table"
+            }
+            Algorithm::BsdiffOneStream(Some(Transform::Arm64EhTable)) => {
+                "bsdiff-one-stream+arm64+eh-table"
+            }
         }
     }
 
@@ -260,6 +277,21 @@ mod tests {
                 5,
                 "bsdiff-one-stream+arm64",
             ),
+            (
+                Algorithm::BsdiffZstdTransformed(Transform::EhTable),
+                3,
+                "bsdiff-zstd+eh-table",
+            ),
+            (
+                Algorithm::BsdiffLzma(Some(Transform::X86_64EhTable)),
+                4,
+                "bsdiff-lzma+x86-64+eh-table",
+            ),
+            (
+                Algorithm::BsdiffOneStream(Some(Transform::Arm64EhTable)),
+                5,
+                "bsdiff-one-stream+arm64+eh-table",
+            ),
         ] {
             assert_eq!((algorithm.id(), algorithm.name()), (id, name));
             assert_eq!(
@@ -280,8 +312,12 @@ mod tests {
             Algorithm::from_wire(4, 9),
             Err(DeltaError::UnknownTransform { .. })
         ));
+        assert_eq!(
+            Algorithm::from_wire(5, 5),
+            Ok(Algorithm::BsdiffOneStream(Some(Transform::Arm64EhTable)))
+        );
         assert!(matches!(
-            Algorithm::from_wire(5, 3),
+            Algorithm::from_wire(5, 6),
             Err(DeltaError::UnknownTransform { .. })
         ));
         assert!(!Algorithm::BsdiffOneStream(None).allows_lzma());

@@ -20,6 +20,7 @@
 //! because a container may come from a hostile or corrupted download.
 
 mod control;
+mod eh_table;
 mod header;
 mod one_stream;
 mod runs;
@@ -28,6 +29,7 @@ mod transform;
 mod varint;
 
 pub use control::{add_old_bytes, encode_control_block, Control, ControlBlock, PlannedControl};
+pub use eh_table::{TableLocator, TableSpan};
 pub use header::{Algorithm, ContainerHeader, HEADER_LEN, MAGIC, MAX_IMAGE_LEN, VERSION};
 pub use one_stream::{OneStreamHeader, ONE_STREAM_HEADER_MAX};
 pub use runs::{encode_run_pairs, encode_runs, RunBlock, RunCoding, RunPairs};

@@ -30,6 +30,7 @@
 //! All arithmetic wraps on 32-bit offsets, so images over 4 GiB transform too (with
 //! targets folded modulo 2^32, which only costs compression, never correctness).
 
+use super::eh_table::{table_block, TableSpan};
 use super::DeltaError;
 
 /// Size of the blocks transforms work on, at absolute offsets of the image (64 KiB).
@@ -42,17 +43,32 @@ pub enum Transform {
     X86_64,
     /// ARM64 `BL` and `ADRP` immediates.
     Arm64,
+    /// The ELF unwind search table delta-coded (`eh_table`), alone.
+    EhTable,
+    /// x86-64 operands, then the unwind table.
+    X86_64EhTable,
+    /// ARM64 immediates, then the unwind table.
+    Arm64EhTable,
 }
 
 impl Transform {
     /// Every transform, in wire-id order.
-    pub const ALL: [Transform; 2] = [Transform::X86_64, Transform::Arm64];
+    pub const ALL: [Transform; 5] = [
+        Transform::X86_64,
+        Transform::Arm64,
+        Transform::EhTable,
+        Transform::X86_64EhTable,
+        Transform::Arm64EhTable,
+    ];
 
     /// Wire id of the transform (header byte 11 of an algorithm-3 container).
     pub fn id(self) -> u8 {
         match self {
             Transform::X86_64 => 1,
             Transform::Arm64 => 2,
+            Transform::EhTable => 3,
+            Transform::X86_64EhTable => 4,
+            Transform::Arm64EhTable => 5,
         }
     }
 
@@ -61,6 +77,9 @@ impl Transform {
         match id {
             1 => Ok(Transform::X86_64),
             2 => Ok(Transform::Arm64),
+            3 => Ok(Transform::EhTable),
+            4 => Ok(Transform::X86_64EhTable),
+            5 => Ok(Transform::Arm64EhTable),
             _ => Err(DeltaError::UnknownTransform { id }),
         }
     }
@@ -70,11 +89,67 @@ impl Transform {
         match self {
             Transform::X86_64 => "x86-64",
             Transform::Arm64 => "arm64",
+            Transform::EhTable => "eh-table",
+            Transform::X86_64EhTable => "x86-64+eh-table",
+            Transform::Arm64EhTable => "arm64+eh-table",
+        }
+    }
+
+    /// The code transform part (x86-64 or ARM64 operands), if any.
+    pub fn code(self) -> Option<Transform> {
+        match self {
+            Transform::X86_64 | Transform::X86_64EhTable => Some(Transform::X86_64),
+            Transform::Arm64 | Transform::Arm64EhTable => Some(Transform::Arm64),
+            Transform::EhTable => None,
+        }
+    }
+
+    /// Whether the transform delta-codes the unwind table: its users locate the
+    /// image's [`TableSpan`] with a [`TableLocator`](super::TableLocator) fed the image's
+    /// own blocks, and pass it to [`Transform::forward_table`] /
+    /// [`Transform::inverse_table`].
+    pub fn uses_table(self) -> bool {
+        matches!(
+            self,
+            Transform::EhTable | Transform::X86_64EhTable | Transform::Arm64EhTable
+        )
+    }
+
+    /// This transform with the unwind table added (itself if it has it).
+    pub fn with_table(self) -> Transform {
+        match self {
+            Transform::X86_64 | Transform::X86_64EhTable => Transform::X86_64EhTable,
+            Transform::Arm64 | Transform::Arm64EhTable => Transform::Arm64EhTable,
+            Transform::EhTable => Transform::EhTable,
+        }
+    }
+
+    /// The whole transform over blocks from `start`: the table part over `span` (the
+    /// image's table, located as [`Transform::uses_table`] says; none: no table part),
+    /// then the code part.
+    pub fn forward_table(self, span: Option<TableSpan>, start: u64, bytes: &mut [u8]) {
+        if let (true, Some(span)) = (self.uses_table(), span) {
+            table_blocks(span, start, bytes, false);
+        }
+        self.blocks(start, bytes, Direction::Forward);
+    }
+
+    /// The first half of undoing [`Transform::forward_table`]: the code part. After it
+    /// the bytes a [`TableLocator`](super::TableLocator) reads are the image's own.
+    pub fn inverse_code(self, start: u64, bytes: &mut [u8]) {
+        self.blocks(start, bytes, Direction::Inverse);
+    }
+
+    /// The second half: the table part over `span`.
+    pub fn inverse_table(self, span: Option<TableSpan>, start: u64, bytes: &mut [u8]) {
+        if let (true, Some(span)) = (self.uses_table(), span) {
+            table_blocks(span, start, bytes, true);
         }
     }
 
     /// Transforms `bytes`, the whole blocks (or the image's final short block) starting
-    /// at absolute offset `start`. A block boundary falls on every multiple of
+    /// at absolute offset `start`: the code part only (for a transform that
+    /// [uses the table](Transform::uses_table), [`Transform::forward_table`] is the whole). A block boundary falls on every multiple of
     /// [`TRANSFORM_BLOCK`]; `bytes` must start on one and end on one or at the image end
     /// for the result to be the image's transformed bytes.
     pub fn forward(self, start: u64, bytes: &mut [u8]) {
@@ -96,10 +171,29 @@ impl Transform {
             match self {
                 Transform::X86_64 => x86_block(at, block, direction),
                 Transform::Arm64 => arm64_block(at, block, direction),
+                // The code part of a table transform (its table part is `table_blocks`).
+                Transform::EhTable | Transform::X86_64EhTable | Transform::Arm64EhTable => {
+                    if let Some(code) = self.code() {
+                        code.blocks(at, block, direction);
+                    }
+                }
             }
             at += n as u64;
             rest = tail;
         }
+    }
+}
+
+/// [`table_block`] over every transform block of `bytes`, which start at `start`.
+fn table_blocks(span: TableSpan, start: u64, bytes: &mut [u8], inverse: bool) {
+    let mut at = start;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = (rest.len() as u64).min(TRANSFORM_BLOCK - at % TRANSFORM_BLOCK) as usize;
+        let (block, tail) = rest.split_at_mut(n);
+        table_block(span, at, block, inverse);
+        at += n as u64;
+        rest = tail;
     }
 }
 
@@ -186,11 +280,14 @@ mod tests {
         for (transform, id, name) in [
             (Transform::X86_64, 1, "x86-64"),
             (Transform::Arm64, 2, "arm64"),
+            (Transform::EhTable, 3, "eh-table"),
+            (Transform::X86_64EhTable, 4, "x86-64+eh-table"),
+            (Transform::Arm64EhTable, 5, "arm64+eh-table"),
         ] {
             assert_eq!((transform.id(), transform.name()), (id, name));
             assert_eq!(Transform::from_id(id), Ok(transform));
         }
-        for id in [0u8, 3, 0xFF] {
+        for id in [0u8, 6, 0xFF] {
             assert_eq!(
                 Transform::from_id(id),
                 Err(DeltaError::UnknownTransform { id })
@@ -307,7 +404,7 @@ mod tests {
         fn inverse_undoes_forward_for_any_bytes_and_offset(
             bytes in prop_oneof![code_like_bytes(), proptest::collection::vec(any::<u8>(), 0..3000)],
             start in prop_oneof![block_aligned_start(), any::<u64>()],
-            which in 0usize..2,
+            which in 0usize..5,
         ) {
             let transform = Transform::ALL[which];
             let mut work = bytes.clone();
@@ -324,7 +421,7 @@ mod tests {
         fn any_range_is_transformed_by_its_containing_blocks(
             bytes in code_like_bytes(),
             cut in any::<proptest::sample::Index>(),
-            which in 0usize..2,
+            which in 0usize..5,
         ) {
             // Small blocks are not available, so check the block-locality the applier
             // relies on with a 64 KiB boundary inside the range: transforming two

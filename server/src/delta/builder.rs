@@ -168,6 +168,10 @@ pub struct BuildOptions {
     /// (algorithm 5, needs `lzma`) where that is smaller. Off, agents built before
     /// algorithm 5 can apply every delta.
     pub one_stream: bool,
+    /// Whether [`TransformChoice::Auto`] delta-codes an ELF unwind table it finds in the
+    /// new image (transform ids 3-5). Off, agents built before those ids can apply
+    /// every delta `Auto` builds.
+    pub eh_table: bool,
 }
 
 /// Transforms [`TransformChoice::Auto`] tries when `detect` finds their code. Decided on
@@ -181,7 +185,9 @@ const AUTO_TRANSFORMS: &[Transform] = &[Transform::Arm64];
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransformChoice {
     /// The one `detect` finds in the new image, if it is one of the transforms worth
-    /// trying by default (ARM64; see `AUTO_TRANSFORMS`). The default.
+    /// trying by default (ARM64; see `AUTO_TRANSFORMS`), with the ELF unwind table
+    /// delta-coded when the new image has one (`Transform::EhTable` alone if no code
+    /// transform is tried). The default.
     Auto,
     /// None: plain deltas only.
     Off,
@@ -209,6 +215,7 @@ impl Default for BuildOptions {
             lzma: true,
             scan: None,
             one_stream: true,
+            eh_table: true,
         }
     }
 }
@@ -397,6 +404,7 @@ fn build_into<S: ContainerSink>(
         lzma: options.lzma,
         scan: options.scan,
         one_stream: options.one_stream,
+        eh_table: options.eh_table,
     };
     let detected = detect_transform(new).map_err(|source| BuildError::ReadImage {
         which: "new",
@@ -405,7 +413,25 @@ fn build_into<S: ContainerSink>(
     let transform = match options.transform {
         TransformChoice::Off => None,
         TransformChoice::Try(transform) => Some(transform),
-        TransformChoice::Auto => detected.filter(|found| AUTO_TRANSFORMS.contains(found)),
+        TransformChoice::Auto => {
+            let code = detected.filter(|found| AUTO_TRANSFORMS.contains(found));
+            // With an unwind table in the new image, the table is delta-coded too (with
+            // the code transform, if any): smaller on every ELF pair of both halves
+            // (docs/delta-bench.txt, 2026-12-03 session 23).
+            let table = options.eh_table
+                && TransformedImage::new(new, Transform::EhTable)
+                    .map_err(|source| BuildError::ReadImage {
+                        which: "new",
+                        source,
+                    })?
+                    .span()
+                    .is_some();
+            match (code, table) {
+                (Some(code), true) => Some(code.with_table()),
+                (None, true) => Some(Transform::EhTable),
+                (code, false) => code,
+            }
+        }
     };
     let diff_model = match detected {
         Some(Transform::Arm64) => ARM64_DIFF_MODEL,
@@ -438,8 +464,20 @@ fn build_into<S: ContainerSink>(
     };
     // Whether coding a compared body in full changes it (LZMA2, or a higher zstd level).
     let full_coding_differs = options.lzma || compare.level != options.level;
-    let old_t = transform.map(|t| TransformedImage::new(old, t));
-    let new_t = transform.map(|t| TransformedImage::new(new, t));
+    let old_t = transform
+        .map(|t| TransformedImage::new(old, t))
+        .transpose()
+        .map_err(|source| BuildError::ReadImage {
+            which: "old",
+            source,
+        })?;
+    let new_t = transform
+        .map(|t| TransformedImage::new(new, t))
+        .transpose()
+        .map_err(|source| BuildError::ReadImage {
+            which: "new",
+            source,
+        })?;
     // All the bodies over one pair of images (plain or transformed), one per profile,
     // built from one index of each old window.
     let build_bodies = |t: Option<Transform>, outs: &mut [&mut dyn Write]| match (&old_t, &new_t, t)
@@ -1819,8 +1857,8 @@ mod tests {
         // recode reads its extra prefixes from the transformed old image); one scanned
         // with each profile.
         let (old_t, new_t) = (
-            TransformedImage::new(&old[..], Transform::Arm64),
-            TransformedImage::new(&new[..], Transform::Arm64),
+            TransformedImage::new(&old[..], Transform::Arm64).expect("in memory"),
+            TransformedImage::new(&new[..], Transform::Arm64).expect("in memory"),
         );
         type Case<'a> = (
             &'a dyn Fn(&BuildOptions, LzmaModel, &mut Vec<u8>) -> BodyStats,

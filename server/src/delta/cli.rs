@@ -11,7 +11,8 @@ use ota_core::delta::Transform;
 /// `--transform` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TransformArg {
-    /// Try the ARM64 transform when the new image holds ARM64 code, keep the smaller delta.
+    /// Try the ARM64 transform when the new image holds ARM64 code, and delta-code the
+    /// ELF unwind table when the new image has one; keep the smaller delta.
     Auto,
     /// Plain deltas only.
     Off,
@@ -20,6 +21,14 @@ pub enum TransformArg {
     X86_64,
     /// Try the ARM64 transform, keep the smaller delta.
     Arm64,
+    /// Try the ELF unwind table delta-coded, keep the smaller delta.
+    EhTable,
+    /// Try the x86-64 transform with the unwind table, keep the smaller delta.
+    #[value(name = "x86-64+eh-table")]
+    X86_64EhTable,
+    /// Try the ARM64 transform with the unwind table, keep the smaller delta.
+    #[value(name = "arm64+eh-table")]
+    Arm64EhTable,
 }
 
 impl From<TransformArg> for TransformChoice {
@@ -29,6 +38,9 @@ impl From<TransformArg> for TransformChoice {
             TransformArg::Off => TransformChoice::Off,
             TransformArg::X86_64 => TransformChoice::Try(Transform::X86_64),
             TransformArg::Arm64 => TransformChoice::Try(Transform::Arm64),
+            TransformArg::EhTable => TransformChoice::Try(Transform::EhTable),
+            TransformArg::X86_64EhTable => TransformChoice::Try(Transform::X86_64EhTable),
+            TransformArg::Arm64EhTable => TransformChoice::Try(Transform::Arm64EhTable),
         }
     }
 }
@@ -70,6 +82,10 @@ pub enum DeltaCommand {
         /// predate algorithm 5 (implied by `--no-lzma`).
         #[arg(long)]
         no_one_stream: bool,
+        /// Never delta-code the ELF unwind table (transform ids 3-5), for agents that
+        /// predate them.
+        #[arg(long)]
+        no_eh_table: bool,
         /// Match-scan profile(s) to try: `auto` builds with each and keeps the smaller
         /// delta; `eager` or `steady` builds once, faster.
         #[arg(long, value_enum, default_value_t = ScanChoice::Auto)]
@@ -90,6 +106,7 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             min_saving_percent,
             no_lzma,
             no_one_stream,
+            no_eh_table,
             scan,
         } => {
             let mut options = BuildOptions {
@@ -100,6 +117,7 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 lzma: !no_lzma,
                 scan: scan.profile(),
                 one_stream: !no_one_stream,
+                eh_table: !no_eh_table,
                 ..BuildOptions::default()
             };
             if let Some(threads) = threads {

@@ -1,7 +1,7 @@
 //! Where the builder reads full images from: memory or a file, by range, so a part of
 //! a multi-GiB image can be loaded without loading the rest.
 
-use ota_core::delta::{Transform, TRANSFORM_BLOCK};
+use ota_core::delta::{TableLocator, TableSpan, Transform, TRANSFORM_BLOCK};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::fs::File;
@@ -140,15 +140,43 @@ impl ImageSource for FileImage {
 /// The transformed bytes of an image: a range is read as its containing transform blocks
 /// (at absolute offsets of the image), transformed, and cut to the range. Only for
 /// matching: hashes and the full-image fallback read the image itself.
+/// With a transform that delta-codes the unwind table, the table's span is located
+/// once, from the image's first block and the block holding the table header, as the
+/// applier locates it (`TableLocator`).
 #[derive(Debug)]
 pub struct TransformedImage<'a, I: ImageSource + ?Sized> {
     inner: &'a I,
     transform: Transform,
+    span: Option<TableSpan>,
 }
 
 impl<'a, I: ImageSource + ?Sized> TransformedImage<'a, I> {
-    pub fn new(inner: &'a I, transform: Transform) -> Self {
-        TransformedImage { inner, transform }
+    pub fn new(inner: &'a I, transform: Transform) -> io::Result<Self> {
+        let mut span = None;
+        if transform.uses_table() {
+            let len = inner.len();
+            let mut locator = TableLocator::new(len);
+            let feed = |locator: &mut TableLocator, start: u64| -> io::Result<()> {
+                let block = inner.read_range(start..(start + TRANSFORM_BLOCK).min(len))?;
+                locator.observe(start, &block);
+                Ok(())
+            };
+            feed(&mut locator, 0)?;
+            if let Some(start) = locator.header_block() {
+                feed(&mut locator, start)?;
+            }
+            span = locator.span();
+        }
+        Ok(TransformedImage {
+            inner,
+            transform,
+            span,
+        })
+    }
+
+    /// The unwind table's span the transform uses (none: no table part, or no table).
+    pub fn span(&self) -> Option<TableSpan> {
+        self.span
     }
 }
 
@@ -172,7 +200,7 @@ impl<I: ImageSource + ?Sized> ImageSource for TransformedImage<'_, I> {
             .saturating_mul(TRANSFORM_BLOCK)
             .min(len);
         let mut bytes = self.inner.read_range(start..end)?.into_owned();
-        self.transform.forward(start, &mut bytes);
+        self.transform.forward_table(self.span, start, &mut bytes);
         bytes.truncate((range.end - start) as usize);
         bytes.drain(..(range.start - start) as usize);
         Ok(Cow::Owned(bytes))

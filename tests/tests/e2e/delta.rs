@@ -960,9 +960,9 @@ fn transformed_deltas_round_trip_at_block_edges() {
     let block = TRANSFORM_BLOCK as usize;
     for transform in Transform::ALL {
         for len in [1, 4, 5, block - 1, block, block + 1, 2 * block + 3] {
-            let kind = match transform {
-                Transform::X86_64 => CodeKind::X86_64,
-                Transform::Arm64 => CodeKind::Arm64,
+            let kind = match transform.code() {
+                Some(Transform::Arm64) => CodeKind::Arm64,
+                _ => CodeKind::X86_64,
             };
             let (mut old, _) = synthetic::code_release_pair(kind, len as u64, len + 8, 0);
             old.truncate(len);
@@ -2204,7 +2204,8 @@ fn every_segment_coding_merges_into_one_stream_that_applies() {
             .extra_prefix_len
             > 0
     }));
-    let old_t = ota_server::delta::image::TransformedImage::new(&old_code[..], Transform::Arm64);
+    let old_t = ota_server::delta::image::TransformedImage::new(&old_code[..], Transform::Arm64)
+        .expect("in memory");
     for (name, container, old, new) in [
         ("LZMA2 diffs", &lzma, &lzma_old, &lzma_new),
         ("LZMA2 runs and codes", &sparse, &sparse_old, &sparse_new),
@@ -2226,5 +2227,149 @@ fn every_segment_coding_merges_into_one_stream_that_applies() {
         let (result, out) = apply(&as_one_stream(container, &one), old);
         result.unwrap_or_else(|err| panic!("case `{name}`: {err:?}"));
         assert!(out == *new, "case `{name}`");
+    }
+}
+
+/// An ELF64 image of `len` bytes for `machine` (62 x86-64, 183 AArch64): code bytes
+/// from `code`, program headers naming an unwind table at `table_at`, and the table of
+/// one `(location, FDE)` pair per function of `sizes`, starting at location `first`.
+fn elf_with_unwind_table(
+    code: &[u8],
+    machine: u16,
+    len: usize,
+    table_at: usize,
+    first: i32,
+    sizes: &[i32],
+) -> Vec<u8> {
+    let mut image = code[..len].to_vec();
+    image[..64].fill(0);
+    image[..6].copy_from_slice(b"\x7fELF\x02\x01");
+    image[0x12..0x14].copy_from_slice(&machine.to_le_bytes());
+    image[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+    image[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+    image[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+    let table_len = 12 + 8 * sizes.len();
+    let mut phdr = [0u8; 56];
+    phdr[..4].copy_from_slice(&0x6474_e550u32.to_le_bytes());
+    phdr[8..16].copy_from_slice(&(table_at as u64).to_le_bytes());
+    phdr[32..40].copy_from_slice(&(table_len as u64).to_le_bytes());
+    image[64..120].copy_from_slice(&phdr);
+    let table = &mut image[table_at..table_at + table_len];
+    table[..4].copy_from_slice(&[1, 0x1b, 0x03, 0x3b]);
+    table[8..12].copy_from_slice(&(sizes.len() as u32).to_le_bytes());
+    let (mut location, mut fde) = (first, 0x40i32);
+    for (k, size) in sizes.iter().enumerate() {
+        let at = 12 + 8 * k;
+        table[at..at + 4].copy_from_slice(&location.to_le_bytes());
+        table[at + 4..at + 8].copy_from_slice(&fde.to_le_bytes());
+        location += size;
+        fde += 24 + size % 16;
+    }
+    image
+}
+
+/// An old and a new release whose unwind tables list `count` functions at `table_at`,
+/// the new one with a function of 48 bytes inserted near the start (every later entry
+/// moved, one entry more), over `kind` code.
+fn unwind_table_pair(
+    kind: CodeKind,
+    machine: u16,
+    table_at: usize,
+    count: usize,
+) -> (Vec<u8>, Vec<u8>) {
+    let len = 400_000;
+    let (old_code, new_code) = synthetic::code_release_pair(kind, 77, len, 0);
+    let mut rng = 0x2026_1203u64;
+    let sizes: Vec<i32> = (0..count)
+        .map(|_| {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            16 + ((rng >> 33) % 400) as i32
+        })
+        .collect();
+    let mut new_sizes = sizes.clone();
+    new_sizes.insert(10, 48);
+    let old = elf_with_unwind_table(&old_code, machine, len, table_at, -0x2_0000, &sizes);
+    let new = elf_with_unwind_table(&new_code, machine, len, table_at, -0x2_0000, &new_sizes);
+    (old, new)
+}
+
+#[test]
+fn an_unwind_table_of_moved_functions_is_delta_coded_and_applies() {
+    let block = TRANSFORM_BLOCK as usize;
+    // The table in block 3; across two block ends (its header just before one); in
+    // block 0 with the program headers.
+    let layouts = [(200_000, 6_000), (3 * block - 20, 10_000), (2_000, 3_000)];
+    for (kind, machine, code, auto) in [
+        (CodeKind::X86_64, 62, None, Transform::EhTable),
+        (
+            CodeKind::Arm64,
+            183,
+            Some(Transform::Arm64),
+            Transform::Arm64EhTable,
+        ),
+    ] {
+        for (table_at, count) in layouts {
+            let (old, new) = unwind_table_pair(kind, machine, table_at, count);
+            let report = round_trip_with(&old, &new, &options());
+            assert_eq!(report.algorithm.transform(), Some(auto), "{report:?}");
+            // Against the same build without the table part: the table's moved entries
+            // cost thousands of bytes.
+            let without = round_trip_with(
+                &old,
+                &new,
+                &BuildOptions {
+                    transform: code.map_or(TransformChoice::Off, TransformChoice::Try),
+                    ..options()
+                },
+            );
+            assert!(
+                report.container_len + 2_000 < without.container_len,
+                "{auto:?} at {table_at}: {} vs {} without the table",
+                report.container_len,
+                without.container_len
+            );
+            // `eh_table = false`: `Auto` never delta-codes the table.
+            let off = round_trip_with(
+                &old,
+                &new,
+                &BuildOptions {
+                    eh_table: false,
+                    ..options()
+                },
+            );
+            assert!(
+                off.algorithm.transform().is_none_or(|t| !t.uses_table()),
+                "{off:?}"
+            );
+            // Forced, every table transform applies and beats its code part alone,
+            // segmented and as one stream (on the first layout).
+            if table_at != layouts[0].0 {
+                continue;
+            }
+            for transform in [
+                Transform::EhTable,
+                Transform::X86_64EhTable,
+                Transform::Arm64EhTable,
+            ] {
+                for one_stream in [false, true] {
+                    let forced = |transform: Option<Transform>| BuildOptions {
+                        transform: transform.map_or(TransformChoice::Off, TransformChoice::Try),
+                        segment_len: 150_001,
+                        one_stream,
+                        ..options()
+                    };
+                    let with = round_trip_with(&old, &new, &forced(Some(transform)));
+                    let without = round_trip_with(&old, &new, &forced(transform.code()));
+                    assert!(
+                        with.container_len < without.container_len,
+                        "{transform:?} at {table_at}: {} vs {}",
+                        with.container_len,
+                        without.container_len
+                    );
+                }
+            }
+        }
     }
 }
