@@ -6,11 +6,13 @@
 //! (each column modulo 2^32), which turns a table of moved functions into one that
 //! mostly matches its old self (docs/delta-bench.txt, 2026-12-03 session 23).
 //!
-//! The table's place, a [`TableSpan`], is found by [`TableLocator`] from bytes the
-//! transform never changes: the ELF header and program headers (all within the first
-//! transform block) and the table's 12-byte header (within one block). So an applier
-//! finds the source's span from the source slot, and the target's from the target's own
-//! blocks as they are produced in order, before any of its entries is inverted.
+//! The table's place, a [`TableSpan`], is found by [`TableLocator`] from the image's own
+//! bytes that the table part never changes: the ELF header and program headers (all
+//! within the first transform block) and the table's 12-byte header (within one block).
+//! The table part runs before a code part (x86-64, ARM64), which may change those bytes,
+//! so an applier finds the source's span from the source slot as it is, and the
+//! target's from the target's blocks in order, each once its code part is undone and
+//! before its table part is.
 //!
 //! The transform stays block-local given the span: an entry is differenced only when it
 //! and its predecessor lie wholly in the block being transformed (the first entry of a
@@ -42,7 +44,8 @@ pub struct TableSpan {
     pub count: u64,
 }
 
-/// Finds an image's [`TableSpan`] from its transform blocks, fed in ascending order
+/// Finds an image's [`TableSpan`] from the image's own bytes (not code-transformed),
+/// one transform block at a time in ascending order
 /// (only block 0 and the block holding the table header are read; feeding others is
 /// harmless). Anything that is not a little-endian ELF64 image with a well-formed
 /// table of the accepted encodings, laid out as the transform needs, gives no span.

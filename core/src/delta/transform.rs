@@ -4,7 +4,7 @@
 //! BCJ filters). A transformed delta diffs `T(old)` against `T(new)`; the applier
 //! produces `T(new)` and writes `inverse(T(new))`.
 //!
-//! Both transforms are **block-local** over fixed blocks of [`TRANSFORM_BLOCK`] bytes at
+//! The code transforms are **block-local** over fixed blocks of [`TRANSFORM_BLOCK`] bytes at
 //! absolute image offsets `[k·B, min((k+1)·B, image length))`: nothing depends on bytes
 //! outside a block, so the transformed bytes of any range of the old image come from
 //! reading and transforming its containing blocks (the applier reads the source slot
@@ -27,6 +27,13 @@
 //!   21-bit page immediate fits 18 signed bits (±512 MiB) gets `imm + offset/4096`
 //!   modulo 2^18, stored sign-extended to 21 bits (xz's ARM64 filter does the same).
 //!
+//! - The unwind-table transforms ([`Transform::EhTable`], and with a code transform
+//!   [`Transform::X86_64EhTable`], [`Transform::Arm64EhTable`]): see `eh_table`. They are
+//!   block-local given the image's table span, which a `TableLocator` finds from the
+//!   image's own bytes; [`Transform::forward_table`] runs the table part, then the code
+//!   part; [`Transform::inverse_code`] and [`Transform::inverse_table`] undo them in the
+//!   other order. [`Transform::forward`] / [`Transform::inverse`] are the code part only.
+//!
 //! All arithmetic wraps on 32-bit offsets, so images over 4 GiB transform too (with
 //! targets folded modulo 2^32, which only costs compression, never correctness).
 
@@ -45,9 +52,9 @@ pub enum Transform {
     Arm64,
     /// The ELF unwind search table delta-coded (`eh_table`), alone.
     EhTable,
-    /// x86-64 operands, then the unwind table.
+    /// The unwind table, then x86-64 operands.
     X86_64EhTable,
-    /// ARM64 immediates, then the unwind table.
+    /// The unwind table, then ARM64 immediates.
     Arm64EhTable,
 }
 

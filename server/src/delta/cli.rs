@@ -82,8 +82,8 @@ pub enum DeltaCommand {
         /// predate algorithm 5 (implied by `--no-lzma`).
         #[arg(long)]
         no_one_stream: bool,
-        /// Never delta-code the ELF unwind table (transform ids 3-5), for agents that
-        /// predate them.
+        /// With `--transform auto`, never delta-code the ELF unwind table (transform ids
+        /// 3-5), for agents that predate them (a `--transform` naming one still does).
         #[arg(long)]
         no_eh_table: bool,
         /// Match-scan profile(s) to try: `auto` builds with each and keeps the smaller

@@ -956,7 +956,8 @@ fn unknown_transform_ids_are_refused_before_anything_is_written() {
 #[test]
 fn transformed_deltas_round_trip_at_block_edges() {
     // Image lengths on, just under and just over a transform block, with a changed
-    // byte at the end, for both transforms forced.
+    // byte at the end, for every transform forced (the unwind-table ones find no table
+    // in these images: their code part).
     let block = TRANSFORM_BLOCK as usize;
     for transform in Transform::ALL {
         for len in [1, 4, 5, block - 1, block, block + 1, 2 * block + 3] {
@@ -2251,6 +2252,10 @@ fn elf_with_unwind_table(
     let table_len = 12 + 8 * sizes.len();
     let mut phdr = [0u8; 56];
     phdr[..4].copy_from_slice(&0x6474_e550u32.to_le_bytes());
+    // p_flags' top byte 0xE8 ("call"), its operand p_offset's low four bytes ending in
+    // 0x00: the x86-64 code part rewrites p_offset, so a locator reading code-transformed
+    // bytes, not the image's own, would miss the table.
+    phdr[4..8].copy_from_slice(&0xE800_0000u32.to_le_bytes());
     phdr[8..16].copy_from_slice(&(table_at as u64).to_le_bytes());
     phdr[32..40].copy_from_slice(&(table_len as u64).to_le_bytes());
     image[64..120].copy_from_slice(&phdr);
