@@ -464,20 +464,8 @@ fn build_into<S: ContainerSink>(
     };
     // Whether coding a compared body in full changes it (LZMA2, or a higher zstd level).
     let full_coding_differs = options.lzma || compare.level != options.level;
-    let old_t = transform
-        .map(|t| TransformedImage::new(old, t))
-        .transpose()
-        .map_err(|source| BuildError::ReadImage {
-            which: "old",
-            source,
-        })?;
-    let new_t = transform
-        .map(|t| TransformedImage::new(new, t))
-        .transpose()
-        .map_err(|source| BuildError::ReadImage {
-            which: "new",
-            source,
-        })?;
+    let old_t = transformed(old, transform, "old")?;
+    let new_t = transformed(new, transform, "new")?;
     // All the bodies over one pair of images (plain or transformed), one per profile,
     // built from one index of each old window.
     let build_bodies = |t: Option<Transform>, outs: &mut [&mut dyn Write]| match (&old_t, &new_t, t)
@@ -1177,6 +1165,18 @@ const CODES_MODELS: [LzmaModel; 2] = [
 /// context, and no context at all.
 pub(super) const ONE_STREAM_MODELS: [LzmaModel; 4] =
     [DIFF_MODEL, ARM64_DIFF_MODEL, CONTROL_MODEL, CODES_MODELS[0]];
+
+/// `image` under `transform`, if any (its unwind-table span located once).
+fn transformed<'a, I: ImageSource + ?Sized>(
+    image: &'a I,
+    transform: Option<Transform>,
+    which: &'static str,
+) -> Result<Option<TransformedImage<'a, I>>, BuildError> {
+    transform
+        .map(|t| TransformedImage::new(image, t))
+        .transpose()
+        .map_err(|source| BuildError::ReadImage { which, source })
+}
 
 /// Wire order of a segment's frames.
 const STREAM_ORDER: [StreamKind; 4] = [
