@@ -11,7 +11,8 @@
 //! quick estimate of the full image's compressed size are computed on a side thread
 //! meanwhile. The match search, segmenting and zstd pass run once per match-scan
 //! profile (`matcher::SCAN_PROFILES`) and, when the new image holds ARM64 code
-//! (`detect`, `AUTO_TRANSFORMS`), once more per profile over the transformed images
+//! (`detect`, `AUTO_TRANSFORMS`) or an ELF unwind table, once more per profile over the
+//! images under each transform tried (the table alone and with the ARM64 transform)
 //! (`ota_core::delta::Transform`), all with zstd streams only at `COMPARE_LEVEL`; the
 //! windows are read and the suffix arrays built once per pair of images, for all
 //! profiles (`write_delta_bodies`). The smallest body is kept and coded in full
@@ -187,7 +188,8 @@ pub enum TransformChoice {
     /// The one `detect` finds in the new image, if it is one of the transforms worth
     /// trying by default (ARM64; see `AUTO_TRANSFORMS`), with the ELF unwind table
     /// delta-coded when the new image has one (`Transform::EhTable` alone if no code
-    /// transform is tried). The default.
+    /// transform is tried, and as well as the code transform with the table if one is).
+    /// The default.
     Auto,
     /// None: plain deltas only.
     Off,
@@ -274,8 +276,9 @@ pub struct BuildReport {
     /// delta shipped need not be the smaller of these two. With one body it is that
     /// body's final size in segments (before any one-stream rewrite).
     pub plain_delta_len: u64,
-    /// The transform tried and the size of its smallest delta container over the scan
-    /// profiles, kept or not (see `plain_delta_len`).
+    /// The transform tried whose delta container was the smallest over the scan profiles
+    /// (the first of equally small ones when several were tried) and that size, kept or
+    /// not (see `plain_delta_len`).
     pub transformed: Option<(Transform, u64)>,
     /// The match scan's profile of the delta kept.
     pub scan: ScanProfile,
@@ -410,14 +413,16 @@ fn build_into<S: ContainerSink>(
         which: "new",
         source,
     })?;
-    let transform = match options.transform {
-        TransformChoice::Off => None,
-        TransformChoice::Try(transform) => Some(transform),
+    let transforms: Vec<Transform> = match options.transform {
+        TransformChoice::Off => Vec::new(),
+        TransformChoice::Try(transform) => vec![transform],
         TransformChoice::Auto => {
             let code = detected.filter(|found| AUTO_TRANSFORMS.contains(found));
             // With an unwind table in the new image, the table is delta-coded too (with
             // the code transform, if any): smaller on every ELF pair of both halves
-            // (docs/delta-bench.txt, 2026-12-03 session 23).
+            // (docs/delta-bench.txt, 2026-12-03 session 23). With a code transform the
+            // table alone is a candidate too: where the code transform loses, the table
+            // alone still wins (three ARM64 pairs, session 24).
             let table = options.eh_table
                 && TransformedImage::new(new, Transform::EhTable)
                     .map_err(|source| BuildError::ReadImage {
@@ -427,9 +432,10 @@ fn build_into<S: ContainerSink>(
                     .span()
                     .is_some();
             match (code, table) {
-                (Some(code), true) => Some(code.with_table()),
-                (None, true) => Some(Transform::EhTable),
-                (code, false) => code,
+                (Some(code), true) => vec![Transform::EhTable, code.with_table()],
+                (None, true) => vec![Transform::EhTable],
+                (Some(code), false) => vec![code],
+                (None, false) => Vec::new(),
             }
         }
     };
@@ -450,7 +456,7 @@ fn build_into<S: ContainerSink>(
         None => SCAN_PROFILES.to_vec(),
     };
     let candidates: Vec<(ScanProfile, Option<Transform>)> = std::iter::once(None)
-        .chain(transform.map(Some))
+        .chain(transforms.iter().map(|&t| Some(t)))
         .flat_map(|t| scans.iter().map(move |&scan| (scan, t)))
         .collect();
     let compare = if candidates.len() == 1 {
@@ -464,16 +470,22 @@ fn build_into<S: ContainerSink>(
     };
     // Whether coding a compared body in full changes it (LZMA2, or a higher zstd level).
     let full_coding_differs = options.lzma || compare.level != options.level;
-    let old_t = transformed(old, transform, "old")?;
-    let new_t = transformed(new, transform, "new")?;
+    // The old and new images under each transform tried.
+    let images = transforms
+        .iter()
+        .map(|&t| Ok((t, transformed(old, t, "old")?, transformed(new, t, "new")?)))
+        .collect::<Result<Vec<_>, BuildError>>()?;
+    let images_for = |t: Option<Transform>| {
+        t.and_then(|t| images.iter().find(|(tried, _, _)| *tried == t))
+            .map(|(_, old_t, new_t)| (old_t, new_t))
+    };
     // All the bodies over one pair of images (plain or transformed), one per profile,
     // built from one index of each old window.
-    let build_bodies = |t: Option<Transform>, outs: &mut [&mut dyn Write]| match (&old_t, &new_t, t)
-    {
-        (Some(old_t), Some(new_t), Some(_)) => {
+    let build_bodies = |t: Option<Transform>, outs: &mut [&mut dyn Write]| match images_for(t) {
+        Some((old_t, new_t)) => {
             write_delta_bodies(old_t, new_t, &compare, &scans, diff_model, outs)
         }
-        _ => write_delta_bodies(old, new, &compare, &scans, diff_model, outs),
+        None => write_delta_bodies(old, new, &compare, &scans, diff_model, outs),
     };
     let (facts, kept) = std::thread::scope(|scope| {
         let side = scope.spawn(|| image_facts(old, new));
@@ -558,8 +570,8 @@ fn build_into<S: ContainerSink>(
             return Ok((candidate, body));
         }
         let level = compare.level;
-        let recoded = match (&old_t, candidate.1) {
-            (Some(old_t), Some(_)) => recode_body(
+        let recoded = match images_for(candidate.1) {
+            Some((old_t, _)) => recode_body(
                 &mut reader,
                 body.len,
                 level,
@@ -605,7 +617,11 @@ fn build_into<S: ContainerSink>(
             .min()
     };
     let plain_delta_len = smallest(None).unwrap_or(HEADER_LEN as u64 + body.len);
-    let transformed = transform.and_then(|t| Some((t, smallest(Some(t))?)));
+    // The first of the smallest transformed candidates.
+    let transformed = transforms
+        .iter()
+        .filter_map(|&t| Some((t, smallest(Some(t))?)))
+        .min_by_key(|&(_, len)| len);
     let mut algorithm = Algorithm::bsdiff(chosen, body.lzma);
     let mut body = body;
     // A small body is tried as one stream (algorithm 5) and shipped so when smaller.
@@ -614,8 +630,8 @@ fn build_into<S: ContainerSink>(
         sink.seek(SeekFrom::Start(HEADER_LEN as u64))
             .and_then(|_| sink.read_exact(&mut shipped))
             .map_err(BuildError::Write)?;
-        let one = match (&old_t, chosen) {
-            (Some(old_t), Some(_)) => one_stream_body(&shipped, old_t, new.len()),
+        let one = match images_for(chosen) {
+            Some((old_t, _)) => one_stream_body(&shipped, old_t, new.len()),
             _ => one_stream_body(&shipped, old, new.len()),
         }
         // Only a smaller coding of a body already built: where it fails, the segments
@@ -1169,12 +1185,10 @@ pub(super) const ONE_STREAM_MODELS: [LzmaModel; 4] =
 /// `image` under `transform`, if any (its unwind-table span located once).
 fn transformed<'a, I: ImageSource + ?Sized>(
     image: &'a I,
-    transform: Option<Transform>,
+    transform: Transform,
     which: &'static str,
-) -> Result<Option<TransformedImage<'a, I>>, BuildError> {
-    transform
-        .map(|t| TransformedImage::new(image, t))
-        .transpose()
+) -> Result<TransformedImage<'a, I>, BuildError> {
+    TransformedImage::new(image, transform)
         .map_err(|source| BuildError::ReadImage { which, source })
 }
 

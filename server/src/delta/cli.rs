@@ -12,7 +12,8 @@ use ota_core::delta::Transform;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TransformArg {
     /// Try the ARM64 transform when the new image holds ARM64 code, and delta-code the
-    /// ELF unwind table when the new image has one; keep the smaller delta.
+    /// ELF unwind table when the new image has one (with ARM64 code: with and without the
+    /// ARM64 transform); keep the smallest delta.
     Auto,
     /// Plain deltas only.
     Off,

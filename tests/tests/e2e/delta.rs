@@ -2283,7 +2283,7 @@ fn unwind_table_pair(
     count: usize,
 ) -> (Vec<u8>, Vec<u8>) {
     let len = 400_000;
-    let (old_code, new_code) = synthetic::code_release_pair(kind, 77, len, 0);
+    let (old_code, new_code) = synthetic::code_release_pair(kind, 77, len, 4100);
     let mut rng = 0x2026_1203u64;
     let sizes: Vec<i32> = (0..count)
         .map(|_| {
@@ -2377,4 +2377,24 @@ fn an_unwind_table_of_moved_functions_is_delta_coded_and_applies() {
             }
         }
     }
+    // An AArch64 ELF whose code the ARM64 transform does not fit (x86-64 code): `auto`
+    // tries the table with and without the ARM64 part, and ships the table alone.
+    let (old, new) = unwind_table_pair(CodeKind::X86_64, 183, layouts[0].0, layouts[0].1);
+    let report = round_trip_with(&old, &new, &options());
+    let tried: Vec<Option<Transform>> = report.candidates.iter().map(|c| c.transform).collect();
+    for transform in [
+        None,
+        Some(Transform::EhTable),
+        Some(Transform::Arm64EhTable),
+    ] {
+        assert!(
+            tried.contains(&transform),
+            "{transform:?} not tried: {report:?}"
+        );
+    }
+    assert_eq!(
+        report.algorithm.transform(),
+        Some(Transform::EhTable),
+        "{report:?}"
+    );
 }
