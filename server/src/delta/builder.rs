@@ -445,7 +445,8 @@ fn build_into<S: ContainerSink>(
     };
     // Candidates: every scan profile (`SCAN_PROFILES`, or the one asked for), over the
     // plain images and, with a transform to try, over the transformed ones; a tie keeps
-    // the earlier (plain before transformed, `Eager` before `Steady`). With more than one,
+    // the earlier (plain before transformed, in `transforms` order, `Eager` before
+    // `Steady`). With more than one,
     // every body is first built with zstd streams only at `COMPARE_LEVEL` and compared,
     // and only the smallest, and the runner-up when it compared within
     // `FINALIST_MARGIN_BASIS_POINTS` of it, are coded in full (the build's level, LZMA2):
@@ -1182,7 +1183,7 @@ const CODES_MODELS: [LzmaModel; 2] = [
 pub(super) const ONE_STREAM_MODELS: [LzmaModel; 4] =
     [DIFF_MODEL, ARM64_DIFF_MODEL, CONTROL_MODEL, CODES_MODELS[0]];
 
-/// `image` under `transform`, if any (its unwind-table span located once).
+/// `image` under `transform` (its unwind-table span located once).
 fn transformed<'a, I: ImageSource + ?Sized>(
     image: &'a I,
     transform: Transform,
