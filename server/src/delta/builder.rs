@@ -12,7 +12,8 @@
 //! meanwhile. The match search, segmenting and zstd pass run once per match-scan
 //! profile (`matcher::SCAN_PROFILES`) and, when the new image holds ARM64 code
 //! (`detect`, `AUTO_TRANSFORMS`) or an ELF unwind table, once more per profile over the
-//! images under each transform tried (the table alone and with the ARM64 transform)
+//! images under each transform tried (the table alone and with the ARM64 transform, or
+//! the ARM64 transform alone without a table)
 //! (`ota_core::delta::Transform`), all with zstd streams only at `COMPARE_LEVEL`; the
 //! windows are read and the suffix arrays built once per pair of images, for all
 //! profiles (`write_delta_bodies`). The smallest body is kept and coded in full
@@ -150,7 +151,7 @@ pub struct BuildOptions {
     /// Most target bytes per segment, at most `SEGMENT_MAX_TARGET` (the default).
     /// Smaller segments lower the agent's memory and cost some compression.
     pub segment_len: u32,
-    /// Whether to try an executable-aware transform.
+    /// Which executable-aware transforms to try.
     pub transform: TransformChoice,
     /// The delta is shipped only when it is at least this many percent smaller than the
     /// full image compressed (a delta needs the exact old image on the vehicle and costs
@@ -182,7 +183,7 @@ pub struct BuildOptions {
 /// 22% on the others, so it is not worth more diffs by default.
 const AUTO_TRANSFORMS: &[Transform] = &[Transform::Arm64];
 
-/// Which executable-aware transform a build tries besides the plain delta.
+/// Which executable-aware transforms a build tries besides the plain delta.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransformChoice {
     /// The one `detect` finds in the new image, if it is one of the transforms worth
@@ -421,8 +422,8 @@ fn build_into<S: ContainerSink>(
             // With an unwind table in the new image, the table is delta-coded too (with
             // the code transform, if any): smaller on every ELF pair of both halves
             // (docs/delta-bench.txt, 2026-12-03 session 23). With a code transform the
-            // table alone is a candidate too: where the code transform loses, the table
-            // alone still wins (three ARM64 pairs, session 24).
+            // table alone is a candidate too: smaller on five ARM64 pairs, larger on none
+            // (session 24).
             let table = options.eh_table
                 && TransformedImage::new(new, Transform::EhTable)
                     .map_err(|source| BuildError::ReadImage {

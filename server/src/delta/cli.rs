@@ -67,7 +67,7 @@ pub enum DeltaCommand {
         #[arg(long, default_value_t = BuildOptions::default().level,
               value_parser = clap::value_parser!(i32).range(*LEVELS.start() as i64..=*LEVELS.end() as i64))]
         level: i32,
-        /// Executable-aware transform to try besides the plain delta.
+        /// Executable-aware transforms to try besides the plain delta.
         #[arg(long, value_enum, default_value_t = TransformArg::Auto)]
         transform: TransformArg,
         /// Ship the full image unless the delta is at least this many percent smaller

@@ -2275,7 +2275,7 @@ fn elf_with_unwind_table(
 
 /// An old and a new release whose unwind tables list `count` functions at `table_at`,
 /// the new one with a function of 48 bytes inserted near the start (every later entry
-/// moved, one entry more), over `kind` code.
+/// moved, one entry more), over `kind` code whose second half moves by 4,100 bytes.
 fn unwind_table_pair(
     kind: CodeKind,
     machine: u16,
@@ -2381,20 +2381,40 @@ fn an_unwind_table_of_moved_functions_is_delta_coded_and_applies() {
     // tries the table with and without the ARM64 part, and ships the table alone.
     let (old, new) = unwind_table_pair(CodeKind::X86_64, 183, layouts[0].0, layouts[0].1);
     let report = round_trip_with(&old, &new, &options());
-    let tried: Vec<Option<Transform>> = report.candidates.iter().map(|c| c.transform).collect();
-    for transform in [
+    // In this order (a tie keeps the earlier), once per scan profile.
+    let tried: Vec<(ScanProfile, Option<Transform>)> = report
+        .candidates
+        .iter()
+        .map(|c| (c.scan, c.transform))
+        .collect();
+    let expected: Vec<(ScanProfile, Option<Transform>)> = [
         None,
         Some(Transform::EhTable),
         Some(Transform::Arm64EhTable),
-    ] {
-        assert!(
-            tried.contains(&transform),
-            "{transform:?} not tried: {report:?}"
-        );
-    }
+    ]
+    .into_iter()
+    .flat_map(|t| [(ScanProfile::Eager, t), (ScanProfile::Steady, t)])
+    .collect();
+    assert_eq!(tried, expected, "{report:?}");
     assert_eq!(
         report.algorithm.transform(),
         Some(Transform::EhTable),
+        "{report:?}"
+    );
+    // The report names the smaller of the two transforms tried, with its size.
+    let smallest = |t: Transform| {
+        report
+            .candidates
+            .iter()
+            .filter(|c| c.transform == Some(t))
+            .map(|c| c.delta_len)
+            .min()
+            .expect("tried")
+    };
+    assert!(smallest(Transform::EhTable) < smallest(Transform::Arm64EhTable));
+    assert_eq!(
+        report.transformed,
+        Some((Transform::EhTable, smallest(Transform::EhTable))),
         "{report:?}"
     );
 }
