@@ -425,11 +425,7 @@ fn build_into<S: ContainerSink>(
             // table alone is a candidate too: smaller on five ARM64 pairs, larger on none
             // (session 24).
             let table = options.eh_table
-                && TransformedImage::new(new, Transform::EhTable)
-                    .map_err(|source| BuildError::ReadImage {
-                        which: "new",
-                        source,
-                    })?
+                && transformed(new, Transform::EhTable, "new")?
                     .span()
                     .is_some();
             match (code, table) {
