@@ -12,12 +12,16 @@
 //! past `expected.length` before writing it, and an install succeeds only when exactly
 //! `expected.length` bytes with SHA-256 `expected.sha256` were written. A delta's header
 //! must name the same target before any byte is written, and its base is checked
-//! against the source slot by [`apply_delta`] before any byte is written.
+//! against the source slot by [`apply_delta_known`] before any byte is written. A delta
+//! whose header carries no digests (format version 2) is checked against the signed
+//! ones alone: the target's, and the base's from the delta entry (`source_sha256`).
 //!
 //! Memory is bounded: 256 KiB IO buffers, plus the delta applier's per-segment buffers.
 
-use crate::delta::apply::{apply_delta, ApplyError};
-use ota_core::delta::{Algorithm, ContainerHeader, DeltaError, HEADER_LEN};
+use crate::delta::apply::{apply_delta_known, ApplyError};
+use ota_core::delta::{
+    Algorithm, ContainerHeader, DeltaError, KnownDigests, HEADER_LEN, HEADER_PREFIX_LEN,
+};
 use ota_core::encoding::Sha256Digest;
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
@@ -88,6 +92,13 @@ pub enum InstallError {
         declared_sha256: Sha256Digest,
         expected_length: u64,
         expected_sha256: Sha256Digest,
+    },
+    #[error(
+        "the delta builds {declared_length} bytes, the signed target is {expected_length} bytes"
+    )]
+    DeltaLengthMismatch {
+        declared_length: u64,
+        expected_length: u64,
     },
     #[error("applying the delta")]
     Apply(#[source] ApplyError),
@@ -235,16 +246,21 @@ pub fn install_full(
 }
 
 /// Applies a delta container read from `delta` to the source slot `source` (read-only)
-/// and writes the target into `slot`.
+/// and writes the target into `slot`. `base` is the SHA-256 the signed metadata names
+/// for the source (the delta entry's `source_sha256`): it must match a digest the header
+/// carries, and it is required when the header carries none.
 pub fn install_delta(
     delta: impl Read,
     source: &Path,
     slot: &Path,
     expected: &Expected,
+    base: Option<&Sha256Digest>,
 ) -> Result<InstallReport, InstallError> {
-    // Refuse a container for another target before the slot is even opened.
+    // Refuse a container for another target or base before the slot is even opened.
     let (header, delta) = read_header(delta)?;
     check_header(&header, expected)?;
+    let known = known_digests(Some(expected), base);
+    header.digests(&known).map_err(InstallError::DeltaHeader)?;
     let old = File::open(source).map_err(|err| InstallError::OpenSource {
         path: source.to_owned(),
         source: err,
@@ -260,7 +276,7 @@ pub fn install_delta(
         BufWriter::with_capacity(IO_BUFFER, &target.file),
         expected.length,
     );
-    let applied = apply_delta(delta, old, &mut out);
+    let applied = apply_delta_known(delta, old, &mut out, &known);
     let report = match applied {
         Ok(report) => report,
         Err(ApplyError::WriteTarget(source)) => return Err(target.write_error(&out, source)),
@@ -270,34 +286,35 @@ pub fn install_delta(
 }
 
 /// Applies a delta to any writer, bounded by `expected` (or, without it, by the header's
-/// own target). Used by `ota-agent delta apply` for its temporary file; the header is
-/// checked against `expected` before any byte is written.
+/// own target, which a header with detached digests does not have). Used by `ota-agent
+/// delta apply` for its temporary file; the header is checked against `expected` and
+/// `base` (as in [`install_delta`]) before any byte is written.
 pub fn apply_delta_bounded<W: Write>(
     delta: impl Read,
     source: impl Read + io::Seek,
     out: W,
     expected: Option<&Expected>,
+    base: Option<&Sha256Digest>,
 ) -> Result<(InstallMethod, Expected, BoundedWriter<W>), InstallError> {
     let (header, delta) = read_header(delta)?;
-    let expected = match expected {
-        Some(expected) => {
-            check_header(&header, expected)?;
-            *expected
-        }
-        None => Expected {
-            length: header.target_len,
-            sha256: Sha256Digest(header.target_sha256),
-        },
+    if let Some(expected) = expected {
+        check_header(&header, expected)?;
+    }
+    let known = known_digests(expected, base);
+    let digests = header.digests(&known).map_err(InstallError::DeltaHeader)?;
+    let expected = Expected {
+        length: header.target_len,
+        sha256: Sha256Digest(digests.target),
     };
     let mut out = BoundedWriter::new(out, expected.length);
-    let report = match apply_delta(delta, source, &mut out) {
+    let report = match apply_delta_known(delta, source, &mut out, &known) {
         Ok(report) => report,
         Err(ApplyError::WriteTarget(_)) if out.overran() => {
             return Err(InstallError::Overrun { limit: out.limit() })
         }
         Err(err) => return Err(InstallError::Apply(err)),
     };
-    // `apply_delta` flushed `out` before it returned.
+    // `apply_delta_known` flushed `out` before it returned.
     out.check(&expected)?;
     Ok((InstallMethod::Delta(report.algorithm), expected, out))
 }
@@ -488,31 +505,55 @@ fn same_file(a: &File, b: &File) -> bool {
     }
 }
 
-/// Reads and parses the container header, and gives back a reader that yields the whole
-/// container again (header included) for [`apply_delta`].
-fn read_header<R: Read>(mut delta: R) -> Result<(ContainerHeader, impl Read), InstallError> {
+/// Reads and parses the container header (either format version), and gives back a
+/// reader that yields the whole container again (header included) for
+/// [`apply_delta_known`].
+pub fn read_header<R: Read>(mut delta: R) -> Result<(ContainerHeader, impl Read), InstallError> {
     let mut bytes = [0u8; HEADER_LEN];
-    delta
-        .read_exact(&mut bytes)
-        .map_err(|err| match err.kind() {
+    let mut read = |buf: &mut [u8]| {
+        delta.read_exact(buf).map_err(|err| match err.kind() {
             io::ErrorKind::UnexpectedEof => InstallError::TruncatedDeltaHeader,
             _ => InstallError::ReadDeltaHeader(err),
-        })?;
-    let header = ContainerHeader::parse(&bytes).map_err(InstallError::DeltaHeader)?;
-    let whole = io::Cursor::new(bytes).chain(BufReader::with_capacity(IO_BUFFER, delta));
+        })
+    };
+    read(&mut bytes[..HEADER_PREFIX_LEN])?;
+    let len = ContainerHeader::encoded_len_of(&bytes).map_err(InstallError::DeltaHeader)?;
+    read(&mut bytes[HEADER_PREFIX_LEN..len])?;
+    let header = ContainerHeader::parse(&bytes[..len]).map_err(InstallError::DeltaHeader)?;
+    let whole = io::Cursor::new(bytes)
+        .take(len as u64)
+        .chain(BufReader::with_capacity(IO_BUFFER, delta));
     Ok((header, whole))
 }
 
-fn check_header(header: &ContainerHeader, expected: &Expected) -> Result<(), InstallError> {
-    if header.target_len != expected.length || header.target_sha256 != expected.sha256.0 {
-        return Err(InstallError::DeltaTargetMismatch {
-            declared_length: header.target_len,
-            declared_sha256: Sha256Digest(header.target_sha256),
-            expected_length: expected.length,
-            expected_sha256: expected.sha256,
-        });
+/// What the signed metadata says about the images a delta turns one into the other.
+fn known_digests(expected: Option<&Expected>, base: Option<&Sha256Digest>) -> KnownDigests {
+    KnownDigests {
+        source: base.map(|digest| digest.0),
+        target: expected.map(|expected| expected.sha256.0),
     }
-    Ok(())
+}
+
+/// The header must build the signed target: its length, and its digest when it carries
+/// one.
+fn check_header(header: &ContainerHeader, expected: &Expected) -> Result<(), InstallError> {
+    match header.digests {
+        Some(digests)
+            if header.target_len != expected.length || digests.target != expected.sha256.0 =>
+        {
+            Err(InstallError::DeltaTargetMismatch {
+                declared_length: header.target_len,
+                declared_sha256: Sha256Digest(digests.target),
+                expected_length: expected.length,
+                expected_sha256: expected.sha256,
+            })
+        }
+        None if header.target_len != expected.length => Err(InstallError::DeltaLengthMismatch {
+            declared_length: header.target_len,
+            expected_length: expected.length,
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

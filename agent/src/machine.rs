@@ -317,6 +317,9 @@ pub enum Action {
         to: SlotName,
         length: u64,
         sha256: Sha256Digest,
+        /// For a delta payload, the SHA-256 of the image it applies to, as the signed
+        /// delta entry names it: the applier checks the source slot against it.
+        base: Option<Sha256Digest>,
     },
     /// Arm a try of `slot` with the boot counter.
     ArmTry {
@@ -434,12 +437,17 @@ impl Step {
 
     fn install(&mut self) {
         if let Some(d) = &self.state.deployment {
+            let base = match d.payload.kind {
+                PayloadKind::Delta => d.target.delta.as_ref().map(|delta| delta.source_sha256),
+                PayloadKind::Full => None,
+            };
             self.actions.push(Action::Install {
                 payload: d.payload.clone(),
                 from: d.from,
                 to: d.to,
                 length: d.target.length,
                 sha256: d.target.sha256,
+                base,
             });
         }
     }

@@ -576,7 +576,8 @@ impl<T: Transport + 'static> Driver<T> {
                 to,
                 length,
                 sha256,
-            } => self.start_install(payload, from, to, length, sha256),
+                base,
+            } => self.start_install(payload, from, to, length, sha256, base),
             Action::ArmTry { slot, tries } => match self.parts.bootloader.arm_try(
                 slot,
                 if self.parts.boot_tries > 0 {
@@ -775,6 +776,7 @@ impl<T: Transport + 'static> Driver<T> {
         to: SlotName,
         length: u64,
         sha256: Sha256Digest,
+        base: Option<Sha256Digest>,
     ) {
         let tx = self.events_tx.clone();
         if self.parts.faults.fail_install && self.faults_hit() {
@@ -794,7 +796,9 @@ impl<T: Transport + 'static> Driver<T> {
                 let reader = std::io::BufReader::with_capacity(256 << 10, file);
                 match payload.kind {
                     PayloadKind::Full => install_full(reader, &to_path, &expected),
-                    PayloadKind::Delta => install_delta(reader, &from_path, &to_path, &expected),
+                    PayloadKind::Delta => {
+                        install_delta(reader, &from_path, &to_path, &expected, base.as_ref())
+                    }
                 }
                 .map(|_| ())
                 .map_err(|e| e.to_string())

@@ -61,6 +61,7 @@ impl BuilderEngine {
                 scan: delta.scan.profile(),
                 one_stream: delta.one_stream,
                 eh_table: delta.eh_table,
+                detached_digests: delta.detached_digests,
                 ..crate::delta::BuildOptions::default()
             },
         }
@@ -258,6 +259,7 @@ mod tests {
             scan: crate::delta::ScanChoice::Eager,
             one_stream: false,
             eh_table: false,
+            detached_digests: false,
             ..DeltaSettings::default()
         };
         let options = BuilderEngine::from_settings(&delta).options;
@@ -267,12 +269,14 @@ mod tests {
                 options.lzma,
                 options.scan,
                 options.one_stream,
-                options.eh_table
+                options.eh_table,
+                options.detached_digests
             ),
             (
                 42,
                 false,
                 Some(crate::delta::ScanProfile::Eager),
+                false,
                 false,
                 false
             )
@@ -281,6 +285,12 @@ mod tests {
             BuilderEngine::from_settings(&DeltaSettings::default())
                 .options
                 .eh_table
+        );
+        assert!(
+            BuilderEngine::from_settings(&DeltaSettings::default())
+                .options
+                .detached_digests,
+            "the server ships detached digests by default: its agents have them signed"
         );
         assert!(
             BuilderEngine::from_settings(&DeltaSettings::default())

@@ -212,6 +212,11 @@ pub struct DeltaSettings {
     /// delta-coded (container transform ids 3-5, smaller on every ELF pair measured).
     /// Turn off while the fleet still runs agents that predate those transform ids.
     pub eh_table: bool,
+    /// Whether deltas leave their source and target SHA-256 to the signed metadata
+    /// (the director's delta entry `source_sha256` and the targets entry `sha256`, which
+    /// agents check them against anyway): container format version 2, a 28-byte header
+    /// instead of 92. Turn off while the fleet still runs agents that predate version 2.
+    pub detached_digests: bool,
 }
 
 /// Which blob store backend keeps images and deltas.
@@ -352,6 +357,7 @@ impl Default for DeltaSettings {
             scan: crate::delta::ScanChoice::Auto,
             one_stream: true,
             eh_table: true,
+            detached_digests: true,
         }
     }
 }

@@ -5,7 +5,8 @@
 //! is written sequentially and hashed while it is written.
 //!
 //! Architecture Invariant: no target byte is written before the source slot's SHA-256
-//! and length matched the container header. A wrong base is refused with
+//! and length matched the container header (the SHA-256 known from the signed metadata
+//! when the header's digests are detached). A wrong base is refused with
 //! [`ApplyError::WrongBase`] and the output is untouched.
 //!
 //! Memory is bounded by the format's per-segment caps, never by the image size: one
@@ -29,8 +30,9 @@
 
 use ota_core::delta::{
     add_old_bytes, Algorithm, ContainerHeader, ControlBlock, ControlCoding, DeltaError, DiffCoding,
-    ExtraCoding, OneStreamHeader, RunBlock, RunCoding, RunPairs, SegmentHeader, TableLocator,
-    TableSpan, Transform, HEADER_LEN, LZMA_DICT_MAX, SEGMENT_HEADER_LEN, TRANSFORM_BLOCK,
+    ExtraCoding, ImageDigests, KnownDigests, OneStreamHeader, RunBlock, RunCoding, RunPairs,
+    SegmentHeader, TableLocator, TableSpan, Transform, HEADER_LEN, HEADER_PREFIX_LEN,
+    LZMA_DICT_MAX, SEGMENT_HEADER_LEN, TRANSFORM_BLOCK,
 };
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -92,15 +94,40 @@ pub enum ApplyError {
 }
 
 /// Applies the container read from `delta` to the source slot `old`, writing the target
-/// to `out`. On success the target's length and SHA-256 matched the header.
+/// to `out`. On success the target's length and SHA-256 matched the header. A container
+/// whose digests are detached (format version 2) is refused: use [`apply_delta_known`].
 pub fn apply_delta<D: Read, O: Read + Seek, W: Write>(
-    mut delta: D,
+    delta: D,
     old: O,
     out: W,
 ) -> Result<ApplyReport, ApplyError> {
+    apply_delta_known(delta, old, out, &KnownDigests::default())
+}
+
+/// [`apply_delta`] with the source and target SHA-256 known from the signed metadata that
+/// named the container: they must equal the digests a version 1 header carries, and they
+/// are the ones checked for a version 2 header, which carries none. Either way the
+/// source is checked before any target byte is written, the target at the end.
+pub fn apply_delta_known<D: Read, O: Read + Seek, W: Write>(
+    mut delta: D,
+    old: O,
+    out: W,
+    known: &KnownDigests,
+) -> Result<ApplyReport, ApplyError> {
     let mut header_bytes = [0u8; HEADER_LEN];
-    read_exact_or_truncated(&mut delta, &mut header_bytes, "container header")?;
-    let header = ContainerHeader::parse(&header_bytes)?;
+    read_exact_or_truncated(
+        &mut delta,
+        &mut header_bytes[..HEADER_PREFIX_LEN],
+        "container header",
+    )?;
+    let header_len = ContainerHeader::encoded_len_of(&header_bytes)?;
+    read_exact_or_truncated(
+        &mut delta,
+        &mut header_bytes[HEADER_PREFIX_LEN..header_len],
+        "container header",
+    )?;
+    let header = ContainerHeader::parse(&header_bytes[..header_len])?;
+    let digests = header.digests(known)?;
     let transform = header.algorithm.transform();
     let mut target = TargetWriter {
         out,
@@ -117,7 +144,7 @@ pub fn apply_delta<D: Read, O: Read + Seek, W: Write>(
         Algorithm::FullZstd => apply_full(&mut delta, &mut target)?,
         bsdiff => {
             let mut old = OldReader::new(old, header.source_len, transform);
-            verify_source(&mut old, &header)?;
+            verify_source(&mut old, &header, &digests)?;
             if let Algorithm::BsdiffOneStream(_) = bsdiff {
                 apply_one_stream(&mut delta, &mut old, &header, &mut target)?;
             } else {
@@ -138,7 +165,7 @@ pub fn apply_delta<D: Read, O: Read + Seek, W: Write>(
     };
     let expected = ImageId {
         len: header.target_len,
-        sha256: header.target_sha256,
+        sha256: digests.target,
     };
     if actual != expected {
         return Err(ApplyError::TargetMismatch { expected, actual });
@@ -150,10 +177,12 @@ pub fn apply_delta<D: Read, O: Read + Seek, W: Write>(
 }
 
 /// Hashes the first `source_len` bytes of the slot (a partition may be larger than the
-/// image it holds) and refuses a slot that does not match the header.
+/// image it holds) and refuses a slot that does not match the header's length and the
+/// source digest.
 fn verify_source<O: Read + Seek>(
     old: &mut OldReader<O>,
     header: &ContainerHeader,
+    digests: &ImageDigests,
 ) -> Result<(), ApplyError> {
     let slot = &mut old.inner;
     slot.seek(SeekFrom::Start(0))
@@ -178,7 +207,7 @@ fn verify_source<O: Read + Seek>(
     };
     let expected = ImageId {
         len: header.source_len,
-        sha256: header.source_sha256,
+        sha256: digests.source,
     };
     if actual != expected {
         return Err(ApplyError::WrongBase { expected, actual });

@@ -3,10 +3,10 @@
 use crate::install::{self, resolve_slot, Expected, InstallMethod, SlotKind};
 use anyhow::Context;
 use clap::Subcommand;
-use ota_core::delta::{ContainerHeader, HEADER_LEN};
+use ota_core::delta::KnownDigests;
 use ota_core::encoding::Sha256Digest;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read};
+use std::io::{BufReader, BufWriter};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -38,6 +38,12 @@ pub enum DeltaCommand {
         /// Signed SHA-256 of the new image (lowercase hex); the delta must build exactly it.
         #[arg(long, requires = "expect_length", value_parser = Sha256Digest::parse)]
         expect_sha256: Option<Sha256Digest>,
+        /// Signed SHA-256 of the old image the delta applies to (lowercase hex: the delta
+        /// entry's source_sha256). A delta built with detached digests (format version 2,
+        /// `ota-server delta build --detached-digests`) carries none of its own and needs
+        /// this and --expect-length/--expect-sha256; for one that does, they must match.
+        #[arg(long, value_parser = Sha256Digest::parse)]
+        source_sha256: Option<Sha256Digest>,
     },
 }
 
@@ -49,6 +55,7 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             out,
             expect_length,
             expect_sha256,
+            source_sha256,
         } => {
             let expected = match (expect_length, expect_sha256) {
                 (Some(length), Some(sha256)) => Some(Expected { length, sha256 }),
@@ -58,9 +65,15 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 resolve_slot(&out).with_context(|| format!("resolving --out {}", out.display()))?;
             let (method, target) = match kind {
                 SlotKind::BlockDevice | SlotKind::CharDevice => {
-                    apply_in_place(&old, &delta, &resolved, expected)?
+                    apply_in_place(&old, &delta, &resolved, expected, source_sha256.as_ref())?
                 }
-                SlotKind::File => apply_to_file(&old, &delta, &resolved, expected.as_ref())?,
+                SlotKind::File => apply_to_file(
+                    &old,
+                    &delta,
+                    &resolved,
+                    expected.as_ref(),
+                    source_sha256.as_ref(),
+                )?,
             };
             let algorithm = match method {
                 InstallMethod::Delta(algorithm) => algorithm.name(),
@@ -88,6 +101,7 @@ fn apply_in_place(
     delta: &Path,
     device: &Path,
     expected: Option<Expected>,
+    base: Option<&Sha256Digest>,
 ) -> anyhow::Result<(InstallMethod, Expected)> {
     let mut delta_file =
         File::open(delta).with_context(|| format!("opening the delta {}", delta.display()))?;
@@ -96,28 +110,28 @@ fn apply_in_place(
         None => header_target(&mut delta_file)
             .with_context(|| format!("reading the header of {}", delta.display()))?,
     };
-    let report = install::install_delta(delta_file, old, device, &expected).with_context(|| {
-        format!(
-            "applying {} to {} into {}",
-            delta.display(),
-            old.display(),
-            device.display()
-        )
-    })?;
+    let report =
+        install::install_delta(delta_file, old, device, &expected, base).with_context(|| {
+            format!(
+                "applying {} to {} into {}",
+                delta.display(),
+                old.display(),
+                device.display()
+            )
+        })?;
     Ok((report.method, expected))
 }
 
 /// The target the container declares (when no signed target was given), leaving the
-/// file at its start.
+/// file at its start. A header with detached digests declares none: refused.
 fn header_target(delta: &mut File) -> anyhow::Result<Expected> {
     use std::io::Seek;
-    let mut bytes = [0u8; HEADER_LEN];
-    delta.read_exact(&mut bytes)?;
-    let header = ContainerHeader::parse(&bytes)?;
+    let (header, _) = install::read_header(&mut *delta)?;
+    let digests = header.digests(&KnownDigests::default())?;
     delta.rewind()?;
     Ok(Expected {
         length: header.target_len,
-        sha256: Sha256Digest(header.target_sha256),
+        sha256: Sha256Digest(digests.target),
     })
 }
 
@@ -128,6 +142,7 @@ fn apply_to_file(
     delta: &Path,
     out: &Path,
     expected: Option<&Expected>,
+    base: Option<&Sha256Digest>,
 ) -> anyhow::Result<(InstallMethod, Expected)> {
     let old_file =
         File::open(old).with_context(|| format!("opening the old image {}", old.display()))?;
@@ -154,6 +169,7 @@ fn apply_to_file(
         old_file,
         BufWriter::with_capacity(256 << 10, temp.as_file()),
         expected,
+        base,
     )
     .with_context(|| format!("applying {} to {}", delta.display(), old.display()))?;
     drop(writer);

@@ -7,4 +7,4 @@
 pub mod apply;
 pub mod cli;
 
-pub use apply::{apply_delta, ApplyError, ApplyReport, ImageId};
+pub use apply::{apply_delta, apply_delta_known, ApplyError, ApplyReport, ImageId};

@@ -128,6 +128,13 @@ fn a_delta_update_walks_every_phase_to_committed_with_growing_sequences() {
         a,
         Action::Download { payload, .. } if payload.kind == PayloadKind::Delta
     )));
+    // The delta is checked against the base the signed delta entry names (its
+    // container may carry no digests of its own).
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Install { payload, base: Some(base), .. }
+            if payload.kind == PayloadKind::Delta && *base == digest(1)
+    )));
     assert!(actions.contains(&Action::Commit {
         slot: SlotName::B,
         security_version: 2
@@ -738,6 +745,7 @@ fn a_finished_download_installs_the_target_into_the_inactive_slot_also_after_a_r
         to: SlotName::B,
         length: 1002,
         sha256: digest(2),
+        base: None,
     };
     let (installing, actions) = step(&start, Event::DownloadFinished, at(10));
     assert!(actions.contains(&install));

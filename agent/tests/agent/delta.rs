@@ -1,8 +1,8 @@
 //! `ota-agent delta apply`, run as the real binary on hand-built containers.
 
 use ota_core::delta::{
-    encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, SegmentHeader,
-    Transform,
+    encode_control_block, encode_runs, Algorithm, ContainerHeader, Control, ImageDigests,
+    SegmentHeader, Transform,
 };
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -32,9 +32,11 @@ pub(crate) fn bsdiff_container(source: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let header = ContainerHeader {
         algorithm: Algorithm::BsdiffZstd,
         source_len: source.len() as u64,
-        source_sha256: Sha256::digest(source).into(),
         target_len: target.len() as u64,
-        target_sha256: Sha256::digest(&target).into(),
+        digests: Some(ImageDigests {
+            source: Sha256::digest(source).into(),
+            target: Sha256::digest(&target).into(),
+        }),
     };
     let segment = SegmentHeader::for_streams(
         15,
@@ -79,9 +81,11 @@ fn transformed_container(transform: Transform, source: &[u8], target: &[u8]) -> 
     let header = ContainerHeader {
         algorithm: Algorithm::BsdiffZstdTransformed(transform),
         source_len: source.len() as u64,
-        source_sha256: Sha256::digest(source).into(),
         target_len: target.len() as u64,
-        target_sha256: Sha256::digest(target).into(),
+        digests: Some(ImageDigests {
+            source: Sha256::digest(source).into(),
+            target: Sha256::digest(target).into(),
+        }),
     };
     let segment = SegmentHeader::for_streams(
         diff.len() as u32,
@@ -106,9 +110,11 @@ pub(crate) fn full_container(target: &[u8]) -> Vec<u8> {
     let header = ContainerHeader {
         algorithm: Algorithm::FullZstd,
         source_len: 0,
-        source_sha256: [0; 32],
         target_len: target.len() as u64,
-        target_sha256: Sha256::digest(target).into(),
+        digests: Some(ImageDigests {
+            source: [0; 32],
+            target: Sha256::digest(target).into(),
+        }),
     };
     [
         &header.encode()[..],
@@ -181,6 +187,52 @@ fn cli_applies_bsdiff_and_full_image_containers() {
             "case `{name}` reports its algorithm"
         );
     }
+}
+
+#[test]
+fn cli_applies_a_detached_digests_container_only_with_the_signed_digests() {
+    let (container, target) = bsdiff_container(OLD);
+    let mut header = ContainerHeader::parse(&container).expect("parses");
+    let body = &container[header.encoded_len()..];
+    header.digests = None;
+    let detached = [&header.encode()[..], body].concat();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Without the digests: refused, nothing written.
+    let output = run_apply(dir.path(), &detached, OLD);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("detached digests"),
+        "the error names what is missing: {stderr}"
+    );
+    assert_eq!(files_in(dir.path()), ["delta", "old"]);
+    let hex = |bytes: &[u8]| hex::encode(Sha256::digest(bytes));
+    let with_digests = |source: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ota-agent"))
+            .args(["delta", "apply", "--old"])
+            .arg(dir.path().join("old"))
+            .arg("--delta")
+            .arg(dir.path().join("delta"))
+            .arg("--out")
+            .arg(dir.path().join("new"))
+            .args(["--source-sha256", source])
+            .args(["--expect-length", &target.len().to_string()])
+            .args(["--expect-sha256", &hex(&target)])
+            .output()
+            .expect("ota-agent runs")
+    };
+    // Another signed base: refused, nothing written.
+    let output = with_digests(&hex(b"another base"));
+    assert!(!output.status.success());
+    assert_eq!(files_in(dir.path()), ["delta", "old"]);
+    // The signed base: the new image.
+    let output = with_digests(&hex(OLD));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(std::fs::read(dir.path().join("new")).expect("new"), target);
 }
 
 #[test]
@@ -351,9 +403,11 @@ fn cli_refuses_a_delta_larger_than_the_signed_target_before_writing() {
     let header = ContainerHeader {
         algorithm: Algorithm::FullZstd,
         source_len: 0,
-        source_sha256: [0; 32],
         target_len: huge,
-        target_sha256: [7; 32],
+        digests: Some(ImageDigests {
+            source: [0; 32],
+            target: [7; 32],
+        }),
     };
     let mut encoder = zstd::stream::Encoder::new(Vec::new(), 19).expect("zstd");
     std::io::copy(&mut std::io::repeat(0).take(huge), &mut encoder).expect("compress");
@@ -398,9 +452,11 @@ fn cli_stops_an_overlong_stream_at_the_signed_length() {
     let header = ContainerHeader {
         algorithm: Algorithm::FullZstd,
         source_len: 0,
-        source_sha256: [0; 32],
         target_len: target.len() as u64,
-        target_sha256: Sha256::digest(&target).into(),
+        digests: Some(ImageDigests {
+            source: [0; 32],
+            target: Sha256::digest(&target).into(),
+        }),
     };
     let longer = [&target[..], &[0u8; 1 << 20]].concat();
     let container = [

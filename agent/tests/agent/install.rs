@@ -5,6 +5,7 @@ use crate::delta::{bsdiff_container, full_container, OLD};
 use ota_agent::install::{
     install_delta, install_full, slot_digest, Expected, InstallError, InstallMethod,
 };
+use ota_core::delta::{ContainerHeader, DeltaError};
 use ota_core::encoding::Sha256Digest;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -110,6 +111,7 @@ fn a_delta_and_a_compressed_full_image_install_byte_identical() {
             &slot.source(),
             &slot.link(),
             &expected(&target),
+            None,
         )
         .unwrap_or_else(|err| panic!("{name}: {err:?}"));
         assert!(
@@ -145,6 +147,7 @@ fn a_wrong_base_leaves_the_slot_byte_for_byte_unchanged() {
         &slot.source(),
         &slot.link(),
         &expected(&target),
+        None,
     )
     .expect_err("a wrong base must be refused");
     assert!(
@@ -168,10 +171,116 @@ fn a_delta_for_another_target_is_refused_before_any_write() {
         &slot.source(),
         &slot.link(),
         &expected(signed),
+        None,
     )
     .expect_err("header and signed target differ");
     assert!(
         matches!(err, InstallError::DeltaTargetMismatch { .. }),
+        "got {err:?}"
+    );
+    assert_eq!(std::fs::read(slot.target()).expect("read"), before);
+}
+
+/// The container with its header's digests detached (format version 2).
+fn detached(container: &[u8]) -> Vec<u8> {
+    let mut header = ContainerHeader::parse(container).expect("parses");
+    let body = &container[header.encoded_len()..];
+    header.digests = None;
+    [&header.encode()[..], body].concat()
+}
+
+#[test]
+fn a_delta_with_detached_digests_installs_against_the_signed_base_and_target() {
+    let (container, target) = bsdiff_container(OLD);
+    let container = detached(&container);
+    let base = Sha256Digest::of(OLD);
+    let before = b"slot b before".to_vec();
+    // Without the signed base there is nothing to check the source slot against:
+    // refused before the slot is opened.
+    let slot = LinkedSlot::new(&before);
+    let err = install_delta(
+        &container[..],
+        &slot.source(),
+        &slot.link(),
+        &expected(&target),
+        None,
+    )
+    .expect_err("no base digest");
+    assert!(
+        matches!(
+            err,
+            InstallError::DeltaHeader(DeltaError::DigestNotKnown { image: "source" })
+        ),
+        "got {err:?}"
+    );
+    assert_eq!(std::fs::read(slot.target()).expect("read"), before);
+    // A signed base the source slot does not hold: refused before writing.
+    let other = Sha256Digest::of(b"another base");
+    let err = install_delta(
+        &container[..],
+        &slot.source(),
+        &slot.link(),
+        &expected(&target),
+        Some(&other),
+    )
+    .expect_err("wrong base");
+    assert!(
+        matches!(
+            err,
+            InstallError::Apply(ota_agent::delta::ApplyError::WrongBase { .. })
+        ),
+        "got {err:?}"
+    );
+    assert_eq!(std::fs::read(slot.target()).expect("read"), before);
+    // A signed target of another length: refused before the slot is opened.
+    let err = install_delta(
+        &container[..],
+        &slot.source(),
+        &slot.link(),
+        &expected(b"a longer image than the delta builds"),
+        Some(&base),
+    )
+    .expect_err("other target");
+    assert!(
+        matches!(err, InstallError::DeltaLengthMismatch { .. }),
+        "got {err:?}"
+    );
+    assert_eq!(std::fs::read(slot.target()).expect("read"), before);
+    // The signed base and target: installed.
+    let report = install_delta(
+        &container[..],
+        &slot.source(),
+        &slot.link(),
+        &expected(&target),
+        Some(&base),
+    )
+    .expect("install");
+    assert_eq!(report.sha256, Sha256Digest::of(&target));
+    assert_eq!(std::fs::read(slot.target()).expect("read"), target);
+}
+
+#[test]
+fn a_self_describing_delta_for_another_signed_base_is_refused_before_any_write() {
+    let (container, target) = bsdiff_container(OLD);
+    let before = b"slot b before".to_vec();
+    let slot = LinkedSlot::new(&before);
+    let other = Sha256Digest::of(b"the base the delta entry signed");
+    let err = install_delta(
+        &container[..],
+        &slot.source(),
+        &slot.link(),
+        &expected(&target),
+        Some(&other),
+    )
+    .expect_err("header and signed base differ");
+    assert!(
+        matches!(
+            err,
+            InstallError::DeltaHeader(DeltaError::DigestMismatch {
+                image: "source",
+                ..
+            })
+        ),
         "got {err:?}"
     );
     assert_eq!(std::fs::read(slot.target()).expect("read"), before);
@@ -208,6 +317,7 @@ fn installing_into_the_source_slot_is_refused() {
         &slot.source(),
         &slot.source(),
         &expected(&target),
+        None,
     )
     .expect_err("slot is the source");
     assert!(
@@ -271,6 +381,7 @@ fn a_delta_body_decoding_past_the_signed_length_never_writes_beyond_it() {
         &slot.source(),
         &slot.link(),
         &expected(signed),
+        None,
     )
     .expect_err("a body longer than its signed target must be refused");
     assert!(
@@ -306,6 +417,7 @@ fn a_delta_rebuilding_other_bytes_of_the_signed_length_is_refused() {
         &slot.source(),
         &slot.link(),
         &expected(&real),
+        None,
     )
     .expect_err("other bytes than the signed image must be refused");
     // The decoder checks the bytes it built against the header; the install checks what

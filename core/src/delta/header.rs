@@ -1,13 +1,25 @@
-//! The fixed-size container header.
+//! The container header: fixed-size for each format version.
+//!
+//! Version 1 carries the source and target SHA-256 (92 bytes); version 2 leaves them to
+//! the signed metadata the container is delivered with (28 bytes), and the applier is
+//! given them ([`KnownDigests`]). Both are checked the same way: the source before any
+//! target byte is written, the target at the end.
 
 use super::{DeltaError, Transform};
 
 /// First eight bytes of every container.
 pub const MAGIC: [u8; 8] = *b"OTADELTA";
-/// The only container format version this build writes and reads.
+/// Format version whose header carries the source and target SHA-256.
 pub const VERSION: u16 = 1;
-/// Encoded header size in bytes.
+/// Format version whose header carries no digests ("detached"): the applier must be
+/// given them, from the signed metadata that names the container.
+pub const VERSION_DETACHED: u16 = 2;
+/// Encoded size in bytes of a version 1 header, the largest header.
 pub const HEADER_LEN: usize = 92;
+/// Encoded size in bytes of a version 2 (detached digests) header.
+pub const HEADER_LEN_DETACHED: usize = 28;
+/// Bytes a reader needs to know a header's length: the magic and the version.
+pub const HEADER_PREFIX_LEN: usize = 10;
 /// Largest source or target image a container may declare (64 GiB). Far above any ECU
 /// image we ship, low enough that a declared length can never overflow offset arithmetic.
 pub const MAX_IMAGE_LEN: u64 = 64 << 30;
@@ -147,56 +159,114 @@ impl Algorithm {
     }
 }
 
+/// The SHA-256 of the image a delta applies to and of the image it produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageDigests {
+    /// All zero for [`Algorithm::FullZstd`], which has no source.
+    pub source: [u8; 32],
+    pub target: [u8; 32],
+}
+
+/// The digests an applier knows from outside the container (the signed metadata that
+/// named it): required for a detached header, and checked against an embedded one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KnownDigests {
+    pub source: Option<[u8; 32]>,
+    pub target: Option<[u8; 32]>,
+}
+
 /// The container header: what the delta turns into what.
 ///
-/// For [`Algorithm::FullZstd`] the source fields are all zero: a full image has no base.
+/// For [`Algorithm::FullZstd`] the source length (and an embedded source digest) is all
+/// zero: a full image has no base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContainerHeader {
     pub algorithm: Algorithm,
     pub source_len: u64,
-    pub source_sha256: [u8; 32],
     pub target_len: u64,
-    pub target_sha256: [u8; 32],
+    /// `Some`: format version 1, the digests are in the header. `None`: version 2, they
+    /// are detached (in the signed metadata) and the applier must be given them.
+    pub digests: Option<ImageDigests>,
 }
 
 impl ContainerHeader {
-    /// The header as it goes on the wire.
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
-        let mut out = [0u8; HEADER_LEN];
-        out[0..8].copy_from_slice(&MAGIC);
-        out[8..10].copy_from_slice(&VERSION.to_le_bytes());
-        out[10] = self.algorithm.id();
-        out[11] = self.algorithm.parameter();
-        out[12..20].copy_from_slice(&self.source_len.to_le_bytes());
-        out[20..52].copy_from_slice(&self.source_sha256);
-        out[52..60].copy_from_slice(&self.target_len.to_le_bytes());
-        out[60..92].copy_from_slice(&self.target_sha256);
+    /// Encoded length of this header: [`HEADER_LEN`] or [`HEADER_LEN_DETACHED`].
+    pub fn encoded_len(&self) -> usize {
+        match self.digests {
+            Some(_) => HEADER_LEN,
+            None => HEADER_LEN_DETACHED,
+        }
+    }
+
+    /// The header as it goes on the wire ([`Self::encoded_len`] bytes).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN);
+        out.extend_from_slice(&MAGIC);
+        let version = match self.digests {
+            Some(_) => VERSION,
+            None => VERSION_DETACHED,
+        };
+        out.extend_from_slice(&version.to_le_bytes());
+        out.push(self.algorithm.id());
+        out.push(self.algorithm.parameter());
+        out.extend_from_slice(&self.source_len.to_le_bytes());
+        if let Some(digests) = &self.digests {
+            out.extend_from_slice(&digests.source);
+        }
+        out.extend_from_slice(&self.target_len.to_le_bytes());
+        if let Some(digests) = &self.digests {
+            out.extend_from_slice(&digests.target);
+        }
         out
     }
 
-    /// Parses the first [`HEADER_LEN`] bytes of `bytes`; extra bytes are ignored (they
-    /// are the body). Refuses anything this build would not have written.
-    pub fn parse(bytes: &[u8]) -> Result<Self, DeltaError> {
-        let Some(bytes) = bytes.get(..HEADER_LEN) else {
+    /// The length of the header that starts with `prefix` (at least
+    /// [`HEADER_PREFIX_LEN`] bytes: magic and version), so a streaming reader knows how
+    /// many bytes to read before [`Self::parse`].
+    pub fn encoded_len_of(prefix: &[u8]) -> Result<usize, DeltaError> {
+        let Some(prefix) = prefix.get(..HEADER_PREFIX_LEN) else {
             return Err(DeltaError::Truncated {
                 what: "container header",
-                needed: HEADER_LEN,
-                available: bytes.len(),
+                needed: HEADER_PREFIX_LEN,
+                available: prefix.len(),
             });
         };
-        let magic = array::<8>(&bytes[0..8]);
+        let magic = array::<8>(&prefix[0..8]);
         if magic != MAGIC {
             return Err(DeltaError::BadMagic { found: magic });
         }
-        let version = u16::from_le_bytes(array::<2>(&bytes[8..10]));
-        if version != VERSION {
-            return Err(DeltaError::UnsupportedVersion { version });
+        match u16::from_le_bytes(array::<2>(&prefix[8..10])) {
+            VERSION => Ok(HEADER_LEN),
+            VERSION_DETACHED => Ok(HEADER_LEN_DETACHED),
+            version => Err(DeltaError::UnsupportedVersion { version }),
         }
+    }
+
+    /// Parses the header at the start of `bytes`; bytes after it are ignored (they are
+    /// the body). Refuses anything this build would not have written.
+    pub fn parse(bytes: &[u8]) -> Result<Self, DeltaError> {
+        let len = Self::encoded_len_of(bytes)?;
+        let Some(bytes) = bytes.get(..len) else {
+            return Err(DeltaError::Truncated {
+                what: "container header",
+                needed: len,
+                available: bytes.len(),
+            });
+        };
         let algorithm = Algorithm::from_wire(bytes[10], bytes[11])?;
         let source_len = u64::from_le_bytes(array::<8>(&bytes[12..20]));
-        let source_sha256 = array::<32>(&bytes[20..52]);
-        let target_len = u64::from_le_bytes(array::<8>(&bytes[52..60]));
-        let target_sha256 = array::<32>(&bytes[60..92]);
+        let (target_len, digests) = if len == HEADER_LEN {
+            let digests = ImageDigests {
+                source: array::<32>(&bytes[20..52]),
+                target: array::<32>(&bytes[60..92]),
+            };
+            (
+                u64::from_le_bytes(array::<8>(&bytes[52..60])),
+                Some(digests),
+            )
+        } else {
+            (u64::from_le_bytes(array::<8>(&bytes[20..28])), None)
+        };
         for (field, value) in [("source length", source_len), ("target length", target_len)] {
             if value > MAX_IMAGE_LEN {
                 return Err(DeltaError::LengthOverCap {
@@ -206,16 +276,44 @@ impl ContainerHeader {
                 });
             }
         }
-        if algorithm == Algorithm::FullZstd && (source_len != 0 || source_sha256 != [0; 32]) {
+        let declares_source_digest = digests.is_some_and(|d| d.source != [0; 32]);
+        if algorithm == Algorithm::FullZstd && (source_len != 0 || declares_source_digest) {
             return Err(DeltaError::FullImageWithSource);
         }
         Ok(ContainerHeader {
             algorithm,
             source_len,
-            source_sha256,
             target_len,
-            target_sha256,
+            digests,
         })
+    }
+
+    /// The digests an apply checks: the header's own, or for a detached header the
+    /// `known` ones. A known digest must equal an embedded one (a container for another
+    /// image is refused before anything is written); a detached header without a known
+    /// digest is refused. A full image has no source, so its source is never needed.
+    pub fn digests(&self, known: &KnownDigests) -> Result<ImageDigests, DeltaError> {
+        let resolve =
+            |image: &'static str, embedded: Option<[u8; 32]>, known: Option<[u8; 32]>| match (
+                embedded, known,
+            ) {
+                (Some(embedded), Some(known)) if embedded != known => {
+                    Err(DeltaError::DigestMismatch {
+                        image,
+                        container: hex::encode(embedded),
+                        known: hex::encode(known),
+                    })
+                }
+                (Some(digest), _) | (None, Some(digest)) => Ok(digest),
+                (None, None) => Err(DeltaError::DigestNotKnown { image }),
+            };
+        let source = if self.algorithm == Algorithm::FullZstd {
+            [0; 32]
+        } else {
+            resolve("source", self.digests.map(|d| d.source), known.source)?
+        };
+        let target = resolve("target", self.digests.map(|d| d.target), known.target)?;
+        Ok(ImageDigests { source, target })
     }
 }
 
@@ -234,9 +332,18 @@ mod tests {
         ContainerHeader {
             algorithm: Algorithm::BsdiffZstd,
             source_len: 1234,
-            source_sha256: [0x11; 32],
             target_len: 5678,
-            target_sha256: [0x22; 32],
+            digests: Some(ImageDigests {
+                source: [0x11; 32],
+                target: [0x22; 32],
+            }),
+        }
+    }
+
+    fn detached() -> ContainerHeader {
+        ContainerHeader {
+            digests: None,
+            ..sample()
         }
     }
 
@@ -353,10 +460,115 @@ mod tests {
         let full = ContainerHeader {
             algorithm: Algorithm::FullZstd,
             source_len: 0,
-            source_sha256: [0; 32],
+            digests: Some(ImageDigests {
+                source: [0; 32],
+                target: [0x22; 32],
+            }),
             ..sample()
         };
         assert_eq!(ContainerHeader::parse(&full.encode()), Ok(full));
+        for header in [
+            detached(),
+            ContainerHeader {
+                algorithm: Algorithm::BsdiffOneStream(Some(Transform::Arm64EhTable)),
+                ..detached()
+            },
+            ContainerHeader {
+                algorithm: Algorithm::FullZstd,
+                source_len: 0,
+                ..detached()
+            },
+        ] {
+            let encoded = header.encode();
+            assert_eq!(encoded.len(), HEADER_LEN_DETACHED);
+            assert_eq!(&encoded[8..10], &VERSION_DETACHED.to_le_bytes());
+            assert_eq!(
+                ContainerHeader::encoded_len_of(&encoded),
+                Ok(HEADER_LEN_DETACHED)
+            );
+            assert_eq!(ContainerHeader::parse(&encoded), Ok(header));
+        }
+        assert_eq!(sample().encode().len(), HEADER_LEN);
+        assert_eq!(
+            ContainerHeader::encoded_len_of(&sample().encode()),
+            Ok(HEADER_LEN)
+        );
+    }
+
+    #[test]
+    fn digests_come_from_the_header_or_from_what_the_applier_knows_and_must_agree() {
+        let embedded = sample();
+        let source = [0x11; 32];
+        let target = [0x22; 32];
+        let both = ImageDigests { source, target };
+        let known = KnownDigests {
+            source: Some(source),
+            target: Some(target),
+        };
+        assert_eq!(embedded.digests(&KnownDigests::default()), Ok(both));
+        assert_eq!(embedded.digests(&known), Ok(both));
+        assert_eq!(detached().digests(&known), Ok(both));
+        let other_target = KnownDigests {
+            target: Some([0x33; 32]),
+            ..known
+        };
+        assert_eq!(
+            embedded.digests(&other_target),
+            Err(DeltaError::DigestMismatch {
+                image: "target",
+                container: hex::encode(target),
+                known: hex::encode([0x33; 32]),
+            })
+        );
+        let other_source = KnownDigests {
+            source: Some([0x44; 32]),
+            ..known
+        };
+        assert!(matches!(
+            embedded.digests(&other_source),
+            Err(DeltaError::DigestMismatch {
+                image: "source",
+                ..
+            })
+        ));
+        for (missing, image) in [
+            (KnownDigests::default(), "source"),
+            (
+                KnownDigests {
+                    target: None,
+                    ..known
+                },
+                "target",
+            ),
+            (
+                KnownDigests {
+                    source: None,
+                    ..known
+                },
+                "source",
+            ),
+        ] {
+            assert_eq!(
+                detached().digests(&missing),
+                Err(DeltaError::DigestNotKnown { image })
+            );
+        }
+        // A full image has no source: none is needed, and a known one is not compared.
+        let full = ContainerHeader {
+            algorithm: Algorithm::FullZstd,
+            source_len: 0,
+            ..detached()
+        };
+        let target_only = KnownDigests {
+            source: None,
+            target: Some(target),
+        };
+        let full_digests = ImageDigests {
+            source: [0; 32],
+            target,
+        };
+        assert_eq!(full.digests(&target_only), Ok(full_digests));
+        assert_eq!(full.digests(&other_source), Ok(full_digests));
     }
 
     #[test]
@@ -368,8 +580,17 @@ mod tests {
                 |b| b.clear(),
                 DeltaError::Truncated {
                     what: "container header",
-                    needed: HEADER_LEN,
+                    needed: HEADER_PREFIX_LEN,
                     available: 0,
+                },
+            ),
+            (
+                "no whole version field",
+                |b| b.truncate(HEADER_PREFIX_LEN - 1),
+                DeltaError::Truncated {
+                    what: "container header",
+                    needed: HEADER_PREFIX_LEN,
+                    available: HEADER_PREFIX_LEN - 1,
                 },
             ),
             (
@@ -392,8 +613,45 @@ mod tests {
             ),
             (
                 "future version",
-                |b| b[8] = 2,
-                DeltaError::UnsupportedVersion { version: 2 },
+                |b| b[8] = 3,
+                DeltaError::UnsupportedVersion { version: 3 },
+            ),
+            (
+                "version zero",
+                |b| b[8] = 0,
+                DeltaError::UnsupportedVersion { version: 0 },
+            ),
+            (
+                "detached header one byte short",
+                |b| {
+                    *b = detached().encode();
+                    b.pop();
+                },
+                DeltaError::Truncated {
+                    what: "container header",
+                    needed: HEADER_LEN_DETACHED,
+                    available: HEADER_LEN_DETACHED - 1,
+                },
+            ),
+            (
+                "detached full image that declares a source length",
+                |b| {
+                    *b = detached().encode();
+                    b[10] = Algorithm::FullZstd.id();
+                },
+                DeltaError::FullImageWithSource,
+            ),
+            (
+                "detached target length over the cap",
+                |b| {
+                    *b = detached().encode();
+                    b[20..28].copy_from_slice(&(MAX_IMAGE_LEN + 1).to_le_bytes());
+                },
+                DeltaError::LengthOverCap {
+                    field: "target length",
+                    value: MAX_IMAGE_LEN + 1,
+                    cap: MAX_IMAGE_LEN,
+                },
             ),
             (
                 "unknown algorithm",
@@ -500,9 +758,10 @@ mod tests {
             any::<[u8; 32]>(),
             0..=MAX_IMAGE_LEN,
             any::<[u8; 32]>(),
+            any::<bool>(),
         )
             .prop_map(
-                |(delta, source_len, source_sha256, target_len, target_sha256)| {
+                |(delta, source_len, source_sha256, target_len, target_sha256, embedded)| {
                     let (algorithm, source_len, source_sha256) = match delta {
                         0 => (Algorithm::FullZstd, 0, [0; 32]),
                         1 => (Algorithm::BsdiffZstd, source_len, source_sha256),
@@ -520,9 +779,11 @@ mod tests {
                     ContainerHeader {
                         algorithm,
                         source_len,
-                        source_sha256,
                         target_len,
-                        target_sha256,
+                        digests: embedded.then_some(ImageDigests {
+                            source: source_sha256,
+                            target: target_sha256,
+                        }),
                     }
                 },
             )
@@ -550,15 +811,15 @@ mod tests {
                 // Accepted only if it is what this build writes for some header: nothing
                 // outside the fields is ignored, no field is read leniently.
                 Ok(parsed) => {
-                    proptest::prop_assert_eq!(&parsed.encode()[..], &hostile[..HEADER_LEN]);
+                    proptest::prop_assert_eq!(&parsed.encode()[..], &hostile[..parsed.encoded_len()]);
                     proptest::prop_assert!(parsed.source_len <= MAX_IMAGE_LEN && parsed.target_len <= MAX_IMAGE_LEN);
                 }
                 Err(DeltaError::Truncated { needed, available, .. }) => {
-                    proptest::prop_assert_eq!(needed, HEADER_LEN);
+                    proptest::prop_assert!([HEADER_PREFIX_LEN, HEADER_LEN_DETACHED, HEADER_LEN].contains(&needed));
                     proptest::prop_assert_eq!(available, hostile.len());
-                    proptest::prop_assert!(hostile.len() < HEADER_LEN);
+                    proptest::prop_assert!(hostile.len() < needed);
                 }
-                Err(_) => proptest::prop_assert_ne!(&hostile[..HEADER_LEN], &encoded[..]),
+                Err(_) => proptest::prop_assert_ne!(hostile.get(..encoded.len()), Some(&encoded[..])),
             }
         }
 
@@ -570,7 +831,8 @@ mod tests {
         ) {
             let header = ContainerHeader { algorithm: Algorithm::BsdiffZstd, ..header };
             let mut bytes = header.encode();
-            let (at, field) = if target { (52, "target length") } else { (12, "source length") };
+            let target_at = if header.digests.is_some() { 52 } else { 20 };
+            let (at, field) = if target { (target_at, "target length") } else { (12, "source length") };
             bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
             let parsed = ContainerHeader::parse(&bytes);
             if value > MAX_IMAGE_LEN {

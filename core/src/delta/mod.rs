@@ -4,8 +4,9 @@
 //! strict parser. The byte-level description is in `docs/DELTA-FORMAT.md`.
 //!
 //! Layout:
-//! - `header`: the fixed 92-byte container header (magic, version, algorithm, source and
-//!   target length + SHA-256).
+//! - `header`: the container header (magic, version, algorithm, source and target length,
+//!   and in version 1 their SHA-256: 92 bytes; version 2 leaves the digests to the signed
+//!   metadata: 28 bytes).
 //! - `segment`: the 56-byte header in front of every body segment of a bsdiff-zstd delta.
 //! - `one_stream`: the short header of a one-stream body (algorithm 5), a small delta's
 //!   streams as one LZMA2 stream instead of segments.
@@ -30,7 +31,10 @@ mod varint;
 
 pub use control::{add_old_bytes, encode_control_block, Control, ControlBlock, PlannedControl};
 pub use eh_table::{TableLocator, TableSpan};
-pub use header::{Algorithm, ContainerHeader, HEADER_LEN, MAGIC, MAX_IMAGE_LEN, VERSION};
+pub use header::{
+    Algorithm, ContainerHeader, ImageDigests, KnownDigests, HEADER_LEN, HEADER_LEN_DETACHED,
+    HEADER_PREFIX_LEN, MAGIC, MAX_IMAGE_LEN, VERSION, VERSION_DETACHED,
+};
 pub use one_stream::{OneStreamHeader, ONE_STREAM_HEADER_MAX};
 pub use runs::{encode_run_pairs, encode_runs, RunBlock, RunCoding, RunPairs};
 pub use segment::{
@@ -54,7 +58,7 @@ pub enum DeltaError {
     },
     #[error("bad magic {found:02x?}: not an OTA delta container")]
     BadMagic { found: [u8; 8] },
-    #[error("unsupported container format version {version} (this build reads {VERSION})")]
+    #[error("unsupported container format version {version} (this build reads {VERSION} and {VERSION_DETACHED})")]
     UnsupportedVersion { version: u16 },
     #[error("unknown delta algorithm id {id}")]
     UnknownAlgorithm { id: u8 },
@@ -70,6 +74,14 @@ pub enum DeltaError {
     },
     #[error("a full-image container must not declare a source image")]
     FullImageWithSource,
+    #[error("the container's {image} SHA-256 {container} is not the expected {known}")]
+    DigestMismatch {
+        image: &'static str,
+        container: String,
+        known: String,
+    },
+    #[error("the container does not carry the {image} SHA-256 (detached digests, format version 2) and it was not given: pass it from the signed metadata")]
+    DigestNotKnown { image: &'static str },
     #[error("bad segment tag {found:02x?}")]
     BadSegmentTag { found: [u8; 4] },
     #[error("segment field {field} is inconsistent: {reason}")]

@@ -38,9 +38,10 @@ use super::matcher::{
 use super::one_stream::{one_stream_body, ONE_STREAM_MAX_BODY};
 use liblzma::stream::{Action, Filters, LzmaOptions, MatchFinder, Mode, Status, Stream};
 use ota_core::delta::{
-    encode_control_block, encode_runs, lzma2_bound, Algorithm, ContainerHeader, Control, RunBlock,
-    SegmentHeader, Transform, EXTRA_PREFIX_MAX, HEADER_LEN, LZMA_DICT_MAX, MAX_IMAGE_LEN,
-    SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET,
+    encode_control_block, encode_runs, lzma2_bound, Algorithm, ContainerHeader, Control,
+    ImageDigests, RunBlock, SegmentHeader, Transform, EXTRA_PREFIX_MAX, HEADER_LEN,
+    HEADER_LEN_DETACHED, LZMA_DICT_MAX, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL,
+    SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET,
 };
 use std::borrow::Cow;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -174,6 +175,12 @@ pub struct BuildOptions {
     /// new image (transform ids 3-5). Off, agents built before those ids can apply
     /// every delta `Auto` builds.
     pub eh_table: bool,
+    /// Whether the container leaves the source and target SHA-256 to the signed metadata
+    /// that names it (format version 2, a 28-byte header instead of 92). The applier
+    /// must then be given both (the agent has them from the director's delta entry and
+    /// the targets entry). Off (the library's and the CLI's default), the container is
+    /// self-describing (version 1), which agents built before version 2 can apply.
+    pub detached_digests: bool,
 }
 
 /// Transforms [`TransformChoice::Auto`] tries when `detect` finds their code. Decided on
@@ -204,6 +211,33 @@ impl BuildOptions {
     pub fn compare_level(&self) -> i32 {
         self.level.min(COMPARE_LEVEL)
     }
+
+    /// Length of the container header these options write.
+    pub fn header_len(&self) -> usize {
+        if self.detached_digests {
+            HEADER_LEN_DETACHED
+        } else {
+            HEADER_LEN
+        }
+    }
+
+    /// The header of a container for these options: digests embedded or detached.
+    fn header(
+        &self,
+        algorithm: Algorithm,
+        source: (u64, [u8; 32]),
+        target: (u64, [u8; 32]),
+    ) -> ContainerHeader {
+        ContainerHeader {
+            algorithm,
+            source_len: source.0,
+            target_len: target.0,
+            digests: (!self.detached_digests).then_some(ImageDigests {
+                source: source.1,
+                target: target.1,
+            }),
+        }
+    }
 }
 
 impl Default for BuildOptions {
@@ -219,6 +253,7 @@ impl Default for BuildOptions {
             scan: None,
             one_stream: true,
             eh_table: true,
+            detached_digests: false,
         }
     }
 }
@@ -292,6 +327,9 @@ pub struct BuildReport {
     pub full_container_len: Option<u64>,
     pub source_len: u64,
     pub target_len: u64,
+    /// SHA-256 of the source (old) and target (new) images: what an applier must be
+    /// given for a container with detached digests ([`BuildOptions::detached_digests`]).
+    pub digests: ImageDigests,
     /// How many parts the images were split into (1 unless over the window cap).
     pub parts: usize,
     /// Body segments (1 for a one-stream body, algorithm 5).
@@ -409,6 +447,7 @@ fn build_into<S: ContainerSink>(
         scan: options.scan,
         one_stream: options.one_stream,
         eh_table: options.eh_table,
+        detached_digests: options.detached_digests,
     };
     let detected = detect_transform(new).map_err(|source| BuildError::ReadImage {
         which: "new",
@@ -467,6 +506,7 @@ fn build_into<S: ContainerSink>(
         }
     };
     // Whether coding a compared body in full changes it (LZMA2, or a higher zstd level).
+    let header_len = options.header_len();
     let full_coding_differs = options.lzma || compare.level != options.level;
     // The old and new images under each transform tried.
     let images = transforms
@@ -486,10 +526,10 @@ fn build_into<S: ContainerSink>(
         None => write_delta_bodies(old, new, &compare, &scans, diff_model, outs),
     };
     let (facts, kept) = std::thread::scope(|scope| {
-        let side = scope.spawn(|| image_facts(old, new));
+        let side = scope.spawn(|| image_facts(old, new, header_len));
         let kept = if candidates.len() == 1 {
             // One candidate goes straight to the sink, in its final coding.
-            sink.write_all(&[0u8; HEADER_LEN])
+            sink.write_all(&vec![0u8; header_len])
                 .map_err(BuildError::Write)
                 .and_then(|()| build_bodies(candidates[0].1, &mut [&mut *sink]))
                 .and_then(|mut bodies| bodies.pop().ok_or(BuildError::WorkerFailed))
@@ -518,7 +558,7 @@ fn build_into<S: ContainerSink>(
                             sizes.push(CandidateSize {
                                 scan,
                                 transform: t,
-                                delta_len: HEADER_LEN as u64 + body.len,
+                                delta_len: header_len as u64 + body.len,
                                 coded_len: None,
                             });
                             let at = kept.partition_point(|(_, kept, _)| kept.len <= body.len);
@@ -540,8 +580,8 @@ fn build_into<S: ContainerSink>(
                     [(_, first, _), (_, second, _)]
                         if full_coding_differs
                             && runner_up_is_close(
-                                HEADER_LEN as u64 + first.len,
-                                HEADER_LEN as u64 + second.len,
+                                header_len as u64 + first.len,
+                                header_len as u64 + second.len,
                             ) => {}
                     _ => kept.truncate(1),
                 }
@@ -598,7 +638,7 @@ fn build_into<S: ContainerSink>(
         candidate: (scan, chosen),
         stats: body,
         coded,
-    } = ship_smaller_coding(finalists, sink, code_fully)?;
+    } = ship_smaller_coding(finalists, header_len, sink, code_fully)?;
     for (candidate, len) in coded {
         if let Some(size) = candidate_sizes
             .iter_mut()
@@ -614,7 +654,7 @@ fn build_into<S: ContainerSink>(
             .map(|c| c.delta_len)
             .min()
     };
-    let plain_delta_len = smallest(None).unwrap_or(HEADER_LEN as u64 + body.len);
+    let plain_delta_len = smallest(None).unwrap_or(header_len as u64 + body.len);
     // The first of the smallest transformed candidates.
     let transformed = transforms
         .iter()
@@ -625,7 +665,7 @@ fn build_into<S: ContainerSink>(
     // A small body is tried as one stream (algorithm 5) and shipped so when smaller.
     if options.lzma && options.one_stream && body.len <= ONE_STREAM_MAX_BODY {
         let mut shipped = vec![0u8; body.len as usize];
-        sink.seek(SeekFrom::Start(HEADER_LEN as u64))
+        sink.seek(SeekFrom::Start(header_len as u64))
             .and_then(|_| sink.read_exact(&mut shipped))
             .map_err(BuildError::Write)?;
         let one = match images_for(chosen) {
@@ -640,7 +680,7 @@ fn build_into<S: ContainerSink>(
         });
         if let Some(one) = one.filter(|one| (one.len() as u64) < body.len) {
             sink.start_over()
-                .and_then(|()| sink.write_all(&[0u8; HEADER_LEN]))
+                .and_then(|()| sink.write_all(&vec![0u8; header_len]))
                 .and_then(|()| sink.write_all(&one))
                 .map_err(BuildError::Write)?;
             algorithm = Algorithm::BsdiffOneStream(chosen);
@@ -648,18 +688,16 @@ fn build_into<S: ContainerSink>(
             body.segments = 1;
         }
     }
-    let delta_header = ContainerHeader {
+    let delta_header = options.header(
         algorithm,
-        source_len: old.len(),
-        source_sha256: facts.old_sha256,
-        target_len: new.len(),
-        target_sha256: facts.new_sha256,
-    };
+        (old.len(), facts.old_sha256),
+        (new.len(), facts.new_sha256),
+    );
     sink.seek(SeekFrom::Start(0)).map_err(BuildError::Write)?;
     sink.write_all(&delta_header.encode())
         .map_err(BuildError::Write)?;
     sink.seek(SeekFrom::End(0)).map_err(BuildError::Write)?;
-    let delta_container_len = HEADER_LEN as u64 + body.len;
+    let delta_container_len = header_len as u64 + body.len;
     let mut report = BuildReport {
         algorithm,
         container_len: delta_container_len,
@@ -671,6 +709,10 @@ fn build_into<S: ContainerSink>(
         full_container_len: None,
         source_len: old.len(),
         target_len: new.len(),
+        digests: ImageDigests {
+            source: facts.old_sha256,
+            target: facts.new_sha256,
+        },
         parts: body.parts,
         segments: body.segments,
     };
@@ -711,12 +753,13 @@ fn runner_up_is_close(first: u64, second: u64) -> bool {
 /// stats, and, with two, both candidates' coded container sizes.
 fn ship_smaller_coding<S: ContainerSink>(
     finalists: Vec<Finalist>,
+    header_len: usize,
     sink: &mut S,
     mut code: impl FnMut(Finalist, &mut dyn Write) -> Result<(Candidate, BodyStats), BuildError>,
 ) -> Result<Shipped, BuildError> {
     let restart = |sink: &mut S| -> Result<(), BuildError> {
         sink.start_over().map_err(BuildError::Write)?;
-        sink.write_all(&[0u8; HEADER_LEN])
+        sink.write_all(&vec![0u8; header_len])
             .map_err(BuildError::Write)
     };
     let mut finalists = finalists.into_iter();
@@ -731,8 +774,8 @@ fn ship_smaller_coding<S: ContainerSink>(
         let mut file = tempfile::tempfile().map_err(BuildError::Write)?;
         let (other, other_stats) = code(second, &mut file)?;
         coded = vec![
-            (shipped, HEADER_LEN as u64 + stats.len),
-            (other, HEADER_LEN as u64 + other_stats.len),
+            (shipped, header_len as u64 + stats.len),
+            (other, header_len as u64 + other_stats.len),
         ];
         if other_stats.len < stats.len {
             restart(sink)?;
@@ -772,6 +815,7 @@ fn copy_exact(
 fn image_facts(
     old: &(impl ImageSource + ?Sized),
     new: &(impl ImageSource + ?Sized),
+    header_len: usize,
 ) -> Result<ImageFacts, BuildError> {
     let old_sha256 = old.sha256().map_err(|source| BuildError::ReadImage {
         which: "old",
@@ -786,7 +830,7 @@ fn image_facts(
     Ok(ImageFacts {
         old_sha256,
         new_sha256,
-        fast_full_len: HEADER_LEN as u64 + counter.0,
+        fast_full_len: header_len as u64 + counter.0,
     })
 }
 
@@ -797,13 +841,7 @@ fn write_full_container(
     options: &BuildOptions,
     out: &mut impl Write,
 ) -> Result<u64, BuildError> {
-    let header = ContainerHeader {
-        algorithm: Algorithm::FullZstd,
-        source_len: 0,
-        source_sha256: [0; 32],
-        target_len: new.len(),
-        target_sha256: new_sha256,
-    };
+    let header = options.header(Algorithm::FullZstd, (0, [0; 32]), (new.len(), new_sha256));
     let mut counter = CountingWriter(0);
     let mut tee = Tee {
         out,
@@ -2037,15 +2075,20 @@ mod tests {
                 candidate: shipped,
                 stats: shipped_stats,
                 coded,
-            } = ship_smaller_coding(finalists, &mut sink, |(candidate, _, _), out| {
-                let bytes = if candidate == eager {
-                    first
-                } else {
-                    second.unwrap()
-                };
-                out.write_all(bytes).map_err(BuildError::Write)?;
-                Ok((candidate, stats(bytes.len())))
-            })
+            } = ship_smaller_coding(
+                finalists,
+                HEADER_LEN,
+                &mut sink,
+                |(candidate, _, _), out| {
+                    let bytes = if candidate == eager {
+                        first
+                    } else {
+                        second.unwrap()
+                    };
+                    out.write_all(bytes).map_err(BuildError::Write)?;
+                    Ok((candidate, stats(bytes.len())))
+                },
+            )
             .unwrap();
             let body = sink.into_inner();
             assert_eq!(

@@ -87,6 +87,12 @@ pub enum DeltaCommand {
         /// 3-5), for agents that predate them (a `--transform` naming one still does).
         #[arg(long)]
         no_eh_table: bool,
+        /// Leave the source and target SHA-256 out of the container (format version 2,
+        /// 64 bytes smaller), for delivery with signed metadata that carries them (the
+        /// server does this by default). `ota-agent delta apply` then needs
+        /// --source-sha256, --expect-length and --expect-sha256; they are printed here.
+        #[arg(long)]
+        detached_digests: bool,
         /// Match-scan profile(s) to try: `auto` builds with each and keeps the smaller
         /// delta; `eager` or `steady` builds once, faster.
         #[arg(long, value_enum, default_value_t = ScanChoice::Auto)]
@@ -108,6 +114,7 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
             no_lzma,
             no_one_stream,
             no_eh_table,
+            detached_digests,
             scan,
         } => {
             let mut options = BuildOptions {
@@ -119,6 +126,7 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 scan: scan.profile(),
                 one_stream: !no_one_stream,
                 eh_table: !no_eh_table,
+                detached_digests,
                 ..BuildOptions::default()
             };
             if let Some(threads) = threads {
@@ -172,6 +180,14 @@ pub fn run(cmd: DeltaCommand) -> anyhow::Result<()> {
                 report.parts,
                 report.segments
             );
+            if options.detached_digests {
+                println!(
+                    "detached digests (give them to `ota-agent delta apply`): --source-sha256 {} --expect-length {} --expect-sha256 {}",
+                    hex::encode(report.digests.source),
+                    report.target_len,
+                    hex::encode(report.digests.target)
+                );
+            }
             Ok(())
         }
     }

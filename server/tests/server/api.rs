@@ -1306,9 +1306,38 @@ async fn delta_jobs(backend: Backend) {
         .unwrap()
         .to_vec();
     assert_eq!(bytes.len() as u64, delta.length);
+    // The server's deltas leave their digests to this signed metadata by default
+    // (`[delta] detached_digests`): the applier refuses one without them, and applies
+    // it with the delta entry's source and the image's target digest.
+    let header = ota_core::delta::ContainerHeader::parse(&bytes).unwrap();
+    assert_eq!(
+        header.digests, None,
+        "a detached-digests container is served"
+    );
     let mut rebuilt = Vec::new();
-    ota_agent::delta::apply_delta(&bytes[..], std::io::Cursor::new(&old), &mut rebuilt)
-        .expect("the agent applies the server's delta");
+    let refused =
+        ota_agent::delta::apply_delta(&bytes[..], std::io::Cursor::new(&old), &mut rebuilt);
+    assert!(
+        matches!(
+            refused,
+            Err(ota_agent::delta::ApplyError::Container(
+                ota_core::delta::DeltaError::DigestNotKnown { image: "source" }
+            ))
+        ),
+        "{refused:?}"
+    );
+    assert!(rebuilt.is_empty(), "nothing is written without the digests");
+    let known = ota_core::delta::KnownDigests {
+        source: Some(delta.source_sha256.0),
+        target: Some(metadata.assignments[0].image.sha256.0),
+    };
+    ota_agent::delta::apply_delta_known(
+        &bytes[..],
+        std::io::Cursor::new(&old),
+        &mut rebuilt,
+        &known,
+    )
+    .expect("the agent applies the server's delta");
     assert_eq!(
         Sha256Digest::of(&rebuilt).to_hex(),
         image["sha256"].as_str().unwrap(),

@@ -2,8 +2,8 @@
 //! every container is applied back with the agent's applier.
 
 use crate::helpers::{fresh_store, Backend};
-use ota_agent::delta::apply_delta;
-use ota_core::delta::{Algorithm, ContainerHeader};
+use ota_agent::delta::{apply_delta, apply_delta_known};
+use ota_core::delta::{Algorithm, ContainerHeader, ImageDigests, KnownDigests};
 use ota_core::encoding::Sha256Digest;
 use ota_server::blobs::BlobStore;
 use ota_server::delta::BuildOptions;
@@ -77,8 +77,14 @@ fn cli_builds_a_delta_that_applies_back_to_the_new_image() {
     // Three small edits: the body is small, and one stream (algorithm 5) ships.
     assert_eq!(header.algorithm, Algorithm::BsdiffOneStream(None));
     assert_eq!(header.source_len, old.len() as u64);
-    assert_eq!(header.source_sha256, <[u8; 32]>::from(Sha256::digest(&old)));
-    assert_eq!(header.target_sha256, <[u8; 32]>::from(Sha256::digest(&new)));
+    assert_eq!(
+        header.digests,
+        Some(ImageDigests {
+            source: Sha256::digest(&old).into(),
+            target: Sha256::digest(&new).into(),
+        }),
+        "the CLI's default container carries its digests"
+    );
     assert!(
         container.len() < new.len() / 20,
         "three edits should cost far less than the image"
@@ -90,6 +96,54 @@ fn cli_builds_a_delta_that_applies_back_to_the_new_image() {
     assert_eq!(header.algorithm, Algorithm::BsdiffLzma(None));
     assert!(segmented.len() > container.len());
     assert!(apply_file(&dir.path().join("segmented"), &old) == new);
+}
+
+#[test]
+fn cli_builds_a_detached_digests_delta_and_prints_what_the_applier_needs() {
+    let (old, new) = image_pair();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("old"), &old).expect("write");
+    std::fs::write(dir.path().join("new"), &new).expect("write");
+    let embedded = build_in(dir.path(), "embedded", &[]);
+    let output = Command::new(env!("CARGO_BIN_EXE_ota-server"))
+        .args(["delta", "build", "--threads", "2", "--detached-digests"])
+        .arg("--old")
+        .arg(dir.path().join("old"))
+        .arg("--new")
+        .arg(dir.path().join("new"))
+        .arg("--out")
+        .arg(dir.path().join("detached"))
+        .output()
+        .expect("ota-server runs");
+    assert!(output.status.success());
+    let detached = std::fs::read(dir.path().join("detached")).expect("written");
+    let header = ContainerHeader::parse(&detached).expect("header parses");
+    assert_eq!(header.digests, None);
+    assert_eq!(
+        detached.len() + 64,
+        embedded.len(),
+        "64 bytes of digests fewer"
+    );
+    let (source, target) = (
+        hex::encode(Sha256::digest(&old)),
+        hex::encode(Sha256::digest(&new)),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "--source-sha256 {source} --expect-length {} --expect-sha256 {target}",
+            new.len()
+        )),
+        "the digests the applier needs are printed: {stdout}"
+    );
+    let mut out = Vec::new();
+    let known = KnownDigests {
+        source: Some(Sha256::digest(&old).into()),
+        target: Some(Sha256::digest(&new).into()),
+    };
+    apply_delta_known(&detached[..], std::io::Cursor::new(&old), &mut out, &known)
+        .expect("applies with the printed digests");
+    assert!(out == new);
 }
 
 #[test]

@@ -15,8 +15,11 @@
 //! output must be byte-identical to `new`. The machine may be shared, so each command
 //! runs `--repeat` times (default 3) and the fastest run counts (peak RSS: the largest). Our engine runs as the real `ota-server` and
 //! `ota-agent` binaries, found next to this one (build them with
-//! `cargo build --release -p ota-server -p ota-agent -p ota-tests`). Install the other
-//! tools with `deploy/bench-tools.sh`.
+//! `cargo build --release -p ota-server -p ota-agent -p ota-tests`), as the server ships
+//! deltas (`--detached-digests`, the default `[delta] detached_digests`: the two images'
+//! SHA-256s are in the signed metadata, not in the container) and applied as the agent
+//! applies them, given those digests. Install the other tools with
+//! `deploy/bench-tools.sh`.
 
 use anyhow::{bail, Context, Result};
 use ota_tests::delta_report::{self, Half, PairLabel};
@@ -136,6 +139,14 @@ struct Row {
     identical: bool,
 }
 
+/// What the signed metadata says of a pair: the digests our applier is given.
+struct Signed {
+    source_sha256: String,
+    target_len: String,
+    target_sha256: String,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn tool_commands(
     tool: &str,
     old: &str,
@@ -144,6 +155,7 @@ fn tool_commands(
     out: &str,
     bin_dir: &Path,
     helper: &Path,
+    signed: &Signed,
 ) -> Result<(&'static str, Vec<String>, Vec<String>)> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let me = std::env::current_exe()?.display().to_string();
@@ -154,10 +166,33 @@ fn tool_commands(
         "ours" => (
             OURS,
             s(&[
-                &server, "delta", "build", "--old", old, "--new", new, "--out", patch,
+                &server,
+                "delta",
+                "build",
+                "--detached-digests",
+                "--old",
+                old,
+                "--new",
+                new,
+                "--out",
+                patch,
             ]),
             s(&[
-                &agent, "delta", "apply", "--old", old, "--delta", patch, "--out", out,
+                &agent,
+                "delta",
+                "apply",
+                "--old",
+                old,
+                "--delta",
+                patch,
+                "--out",
+                out,
+                "--source-sha256",
+                &signed.source_sha256,
+                "--expect-length",
+                &signed.target_len,
+                "--expect-sha256",
+                &signed.target_sha256,
             ]),
         ),
         "qbsdiff" => (
@@ -233,6 +268,11 @@ fn bench_pair(
     let new_path = pair.join("new");
     let new = new_path.display().to_string();
     let expected = sha256_file(&new_path)?;
+    let signed = Signed {
+        source_sha256: hex::encode(sha256_file(&pair.join("old"))?),
+        target_len: std::fs::metadata(&new_path)?.len().to_string(),
+        target_sha256: hex::encode(expected),
+    };
     let mut rows = Vec::new();
     for tool in tools {
         let patch = scratch.path().join(format!("{tool}.patch"));
@@ -245,6 +285,7 @@ fn bench_pair(
             &out.display().to_string(),
             bin_dir,
             helper,
+            &signed,
         )?;
         eprintln!("  {name}: diff");
         let diff = measure_best(&diff_cmd, scratch.path(), repeat)?;

@@ -2,11 +2,12 @@
 //! round-trip every image pair, and the applier must refuse hostile containers with
 //! typed errors, writing nothing when the base is wrong.
 
-use ota_agent::delta::{apply_delta, ApplyError};
+use ota_agent::delta::{apply_delta, apply_delta_known, ApplyError};
 use ota_core::delta::{
     encode_control_block, encode_run_pairs, encode_runs, Algorithm, ContainerHeader, Control,
-    ControlCoding, DeltaError, DiffCoding, ExtraCoding, OneStreamHeader, RunBlock, RunCoding,
-    SegmentHeader, Transform, HEADER_LEN, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL,
+    ControlCoding, DeltaError, DiffCoding, ExtraCoding, ImageDigests, KnownDigests,
+    OneStreamHeader, RunBlock, RunCoding, SegmentHeader, Transform, HEADER_LEN,
+    HEADER_LEN_DETACHED, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL,
     SEGMENT_MAX_TARGET, TRANSFORM_BLOCK,
 };
 use ota_server::delta::one_stream::one_stream_body;
@@ -50,6 +51,30 @@ fn apply(
     let mut out = Vec::new();
     let result = apply_delta(container, Cursor::new(old), &mut out);
     (result, out)
+}
+
+/// [`apply`] with the digests the signed metadata would give.
+fn apply_known(
+    container: &[u8],
+    old: &[u8],
+    known: &KnownDigests,
+) -> (Result<ota_agent::delta::ApplyReport, ApplyError>, Vec<u8>) {
+    let mut out = Vec::new();
+    let result = apply_delta_known(container, Cursor::new(old), &mut out, known);
+    (result, out)
+}
+
+/// What signed metadata says of a delta from `old` to `new`.
+fn signed(old: &[u8], new: &[u8]) -> KnownDigests {
+    KnownDigests {
+        source: Some(Sha256::digest(old).into()),
+        target: Some(Sha256::digest(new).into()),
+    }
+}
+
+/// The same container with its header's digests detached (format version 2).
+fn detach(container: &[u8]) -> Vec<u8> {
+    rewrite_header(container, |h| h.digests = None)
 }
 
 /// Builds with `options`, applies, and checks the result is `new`, byte for byte.
@@ -1229,14 +1254,18 @@ proptest! {
     ) {
         // Valid containers (several bsdiff segments, a full image, a hand-made one, a
         // transformed one with several segments, one with LZMA2-coded diffs, one with
-        // LZMA2-coded runs and codes, one stream) with
+        // LZMA2-coded runs and codes, one stream, two with detached digests) with
         // bytes flipped, inserted, deleted, cut, or a length field rewritten: unlike
         // random bodies these get past the magic and the segment tag into the inner
         // checks (segment caps, control bounds, runs sums, zstd frames, digests).
         let (container, old, new) = &mutation_samples()[which];
         let hostile = mutate_container(container, &mutations);
         let declared = ContainerHeader::parse(&hostile).map(|h| h.target_len);
-        let (result, out) = apply(&hostile, old);
+        // A detached-digests sample is applied as the agent applies it, with the signed
+        // digests (which a mutation of the container cannot reach).
+        let detached = ContainerHeader::parse(container).expect("sample parses").digests.is_none();
+        let known = if detached { signed(old, new) } else { KnownDigests::default() };
+        let (result, out) = apply_known(&hostile, old, &known);
         match result {
             // A mutation the applier cannot see (e.g. inside a zstd frame's unused bits)
             // must still produce the very target: the header's digest is checked.
@@ -1344,7 +1373,12 @@ fn mutation_samples() -> &'static [Sample] {
         let (lzma, lzma_old, lzma_new, _) = lzma_sample();
         let (sparse, sparse_old, sparse_new, _) = sparse_sample();
         let (one, _, one_old, one_new) = one_stream_sample();
+        // Detached digests (format version 2): applied with the signed digests.
+        let detached_one = detach(&one);
+        let detached_segmented = detach(&segmented);
         vec![
+            (detached_one, one_old.clone(), one_new.clone()),
+            (detached_segmented, old.clone(), new.clone()),
             (one, one_old, one_new),
             (sparse, sparse_old, sparse_new),
             (segmented, old, new),
@@ -1453,6 +1487,157 @@ fn wrong_base_is_refused_before_writing_anything() {
 }
 
 #[test]
+fn detached_digests_save_64_bytes_and_apply_only_with_the_signed_digests() {
+    let (one, _, old, new) = one_stream_sample();
+    let (segmented, seg_old, seg_new) = sample_delta();
+    // Built so by the builder: the same body behind a 28-byte header instead of 92.
+    let (built, report) = build_delta(
+        &old,
+        &new,
+        &BuildOptions {
+            segment_len: 30_000,
+            detached_digests: true,
+            ..options()
+        },
+    )
+    .expect("build");
+    assert_eq!(report.algorithm, Algorithm::BsdiffOneStream(None));
+    assert_eq!(built.len() + 64, one.len());
+    assert_eq!(report.container_len, built.len() as u64);
+    assert_eq!(&built[..], &detach(&one)[..]);
+    assert_eq!(&built[HEADER_LEN_DETACHED..], &one[HEADER_LEN..]);
+    assert_eq!(
+        report.digests,
+        ImageDigests {
+            source: Sha256::digest(&old).into(),
+            target: Sha256::digest(&new).into(),
+        }
+    );
+    let header = ContainerHeader::parse(&built).expect("parses");
+    assert_eq!(
+        (header.digests, header.encoded_len()),
+        (None, HEADER_LEN_DETACHED)
+    );
+    let detached_segmented = detach(&segmented);
+    for (name, container, old, new) in [
+        ("one stream", &built, &old, &new),
+        ("segments", &detached_segmented, &seg_old, &seg_new),
+    ] {
+        let good = signed(old, new);
+        let (result, out) = apply_known(container, old, &good);
+        result.unwrap_or_else(|err| panic!("{name}: {err:?}"));
+        assert!(
+            out == *new,
+            "{name}: the signed digests rebuild the new image"
+        );
+        // Without the signed digests there is nothing to check against: refused, and
+        // nothing written.
+        let missing_target = KnownDigests {
+            target: None,
+            ..good
+        };
+        let missing_source = KnownDigests {
+            source: None,
+            ..good
+        };
+        for (known, image) in [
+            (KnownDigests::default(), "source"),
+            (missing_source, "source"),
+            (missing_target, "target"),
+        ] {
+            let (result, out) = apply_known(container, old, &known);
+            assert!(
+                matches!(
+                    result,
+                    Err(ApplyError::Container(DeltaError::DigestNotKnown { image: i })) if i == image
+                ),
+                "{name}, {image} not given: {result:?}"
+            );
+            assert!(out.is_empty(), "{name}: wrote without the {image} digest");
+        }
+        // A signed base that is not the slot's: refused before writing.
+        let mut other_base = good;
+        other_base.source.as_mut().unwrap()[0] ^= 1;
+        let (result, out) = apply_known(container, old, &other_base);
+        assert!(
+            matches!(result, Err(ApplyError::WrongBase { .. })),
+            "{name}: {result:?}"
+        );
+        assert!(out.is_empty(), "{name}: wrote over a wrong base");
+        // A signed target the container does not build: refused at the end.
+        let mut other_target = good;
+        other_target.target.as_mut().unwrap()[0] ^= 1;
+        let (result, _) = apply_known(container, old, &other_target);
+        assert!(
+            matches!(result, Err(ApplyError::TargetMismatch { .. })),
+            "{name}: {result:?}"
+        );
+        // Cut anywhere, the header included: truncated.
+        for cut in (0..container.len())
+            .step_by(7)
+            .chain(0..HEADER_LEN_DETACHED + 2)
+        {
+            let (result, _) = apply_known(&container[..cut], old, &good);
+            assert!(
+                matches!(result, Err(ApplyError::TruncatedDelta { .. })),
+                "{name} cut at {cut}: {result:?}"
+            );
+        }
+    }
+    // A self-describing container with signed digests: they must agree with its own,
+    // else it is refused before anything is written.
+    let good = signed(&old, &new);
+    let (result, out) = apply_known(&one, &old, &good);
+    result.expect("agreeing digests");
+    assert!(out == new);
+    for (known, image) in [
+        (
+            KnownDigests {
+                source: Some(Sha256::digest(&new).into()),
+                ..good
+            },
+            "source",
+        ),
+        (
+            KnownDigests {
+                target: Some(Sha256::digest(&old).into()),
+                ..good
+            },
+            "target",
+        ),
+    ] {
+        let (result, out) = apply_known(&one, &old, &known);
+        assert!(
+            matches!(
+                result,
+                Err(ApplyError::Container(DeltaError::DigestMismatch { image: i, .. })) if i == image
+            ),
+            "{image}: {result:?}"
+        );
+        assert!(out.is_empty(), "wrote with a disagreeing {image} digest");
+    }
+    // A full image with detached digests needs only the target's.
+    let unrelated = synthetic::image(23, 800);
+    let (full, report) = build_delta(
+        &[],
+        &unrelated,
+        &BuildOptions {
+            detached_digests: true,
+            ..options()
+        },
+    )
+    .expect("build");
+    assert_eq!(report.algorithm, Algorithm::FullZstd);
+    let target_only = KnownDigests {
+        source: None,
+        target: Some(Sha256::digest(&unrelated).into()),
+    };
+    let (result, out) = apply_known(&full, b"whatever the slot holds", &target_only);
+    result.expect("a full image needs no base");
+    assert!(out == unrelated);
+}
+
+#[test]
 fn a_larger_slot_whose_prefix_is_the_base_is_accepted() {
     // A/B slots are partitions, usually larger than the image they hold.
     let (container, old, new) = sample_delta();
@@ -1465,8 +1650,9 @@ fn a_larger_slot_whose_prefix_is_the_base_is_accepted() {
 
 fn rewrite_header(container: &[u8], edit: impl FnOnce(&mut ContainerHeader)) -> Vec<u8> {
     let mut header = ContainerHeader::parse(container).expect("own header parses");
+    let body = &container[header.encoded_len()..];
     edit(&mut header);
-    [&header.encode()[..], &container[HEADER_LEN..]].concat()
+    [&header.encode()[..], body].concat()
 }
 
 fn rewrite_first_segment(container: &[u8], edit: impl FnOnce(&mut SegmentHeader)) -> Vec<u8> {
@@ -1534,7 +1720,11 @@ fn hostile_containers_are_refused_with_typed_errors() {
         ),
         (
             "wrong target digest",
-            rewrite_header(&container, |h| h.target_sha256[0] ^= 1),
+            rewrite_header(&container, |h| {
+                if let Some(digests) = h.digests.as_mut() {
+                    digests.target[0] ^= 1;
+                }
+            }),
             |e| matches!(e, ApplyError::TargetMismatch { .. }),
         ),
         (
@@ -2000,9 +2190,11 @@ fn header_for(algorithm: Algorithm, old: &[u8], target: &[u8]) -> ContainerHeade
     ContainerHeader {
         algorithm,
         source_len: old.len() as u64,
-        source_sha256: Sha256::digest(old).into(),
         target_len: target.len() as u64,
-        target_sha256: Sha256::digest(target).into(),
+        digests: Some(ImageDigests {
+            source: Sha256::digest(old).into(),
+            target: Sha256::digest(target).into(),
+        }),
     }
 }
 
