@@ -256,7 +256,9 @@ pub fn install_delta(
     expected: &Expected,
     base: Option<&Sha256Digest>,
 ) -> Result<InstallReport, InstallError> {
-    // Refuse a container for another target or base before the slot is even opened.
+    // Refuse a container for another target, or one whose embedded base is not the
+    // signed one, or with detached digests and no signed base, before the slot is even
+    // opened; the source slot itself is checked against the base before any write.
     let (header, delta) = read_header(delta)?;
     check_header(&header, expected)?;
     let known = known_digests(Some(expected), base);

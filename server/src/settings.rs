@@ -215,7 +215,9 @@ pub struct DeltaSettings {
     /// Whether deltas leave their source and target SHA-256 to the signed metadata
     /// (the director's delta entry `source_sha256` and the targets entry `sha256`, which
     /// agents check them against anyway): container format version 2, a 28-byte header
-    /// instead of 92. Turn off while the fleet still runs agents that predate version 2.
+    /// instead of 92. Turn off while the fleet still runs agents that predate version 2,
+    /// before deltas are built: a delta already built for a source and target pair is
+    /// served as it is, and such agents fail its install.
     pub detached_digests: bool,
 }
 

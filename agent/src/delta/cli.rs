@@ -3,7 +3,6 @@
 use crate::install::{self, resolve_slot, Expected, InstallMethod, SlotKind};
 use anyhow::Context;
 use clap::Subcommand;
-use ota_core::delta::KnownDigests;
 use ota_core::encoding::Sha256Digest;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -127,7 +126,12 @@ fn apply_in_place(
 fn header_target(delta: &mut File) -> anyhow::Result<Expected> {
     use std::io::Seek;
     let (header, _) = install::read_header(&mut *delta)?;
-    let digests = header.digests(&KnownDigests::default())?;
+    let Some(digests) = header.digests else {
+        anyhow::bail!(
+            "the delta's header carries no digests (detached digests, format version 2): \
+             give --expect-length, --expect-sha256 and --source-sha256 from the signed metadata"
+        );
+    };
     delta.rewind()?;
     Ok(Expected {
         length: header.target_len,

@@ -91,6 +91,22 @@ fn to_installing(t: Target) -> Vec<Event> {
 }
 
 #[test]
+fn a_delta_for_another_base_installs_the_full_image_without_a_base() {
+    // The director offers a delta from an image this vehicle does not run: the full
+    // image is downloaded and installed, and no delta base is passed on.
+    let start = factory();
+    let other = image(7, "0.9.0");
+    let (_, actions) = run(&start, to_installing(target("dep-1", Some(&other))));
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Install { payload, base: None, .. } if payload.kind == PayloadKind::Full
+        )),
+        "{actions:?}"
+    );
+}
+
+#[test]
 fn a_delta_update_walks_every_phase_to_committed_with_growing_sequences() {
     let start = factory();
     let mut events = to_installing(target("dep-1", start.installed().as_ref()));

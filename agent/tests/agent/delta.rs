@@ -224,6 +224,8 @@ fn cli_applies_a_detached_digests_container_only_with_the_signed_digests() {
     // Another signed base: refused, nothing written.
     let output = with_digests(&hex(b"another base"));
     assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("wrong base"), "{stderr}");
     assert_eq!(files_in(dir.path()), ["delta", "old"]);
     // The signed base: the new image.
     let output = with_digests(&hex(OLD));

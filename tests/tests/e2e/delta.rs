@@ -1628,6 +1628,23 @@ fn detached_digests_save_64_bytes_and_apply_only_with_the_signed_digests() {
     )
     .expect("build");
     assert_eq!(report.algorithm, Algorithm::FullZstd);
+    assert_eq!(report.container_len, full.len() as u64);
+    let header = ContainerHeader::parse(&full).expect("parses");
+    assert_eq!(
+        (header.digests, header.encoded_len()),
+        (None, HEADER_LEN_DETACHED)
+    );
+    let (result, out) = apply_known(&full, b"whatever the slot holds", &KnownDigests::default());
+    assert!(
+        matches!(
+            result,
+            Err(ApplyError::Container(DeltaError::DigestNotKnown {
+                image: "target"
+            }))
+        ),
+        "{result:?}"
+    );
+    assert!(out.is_empty());
     let target_only = KnownDigests {
         source: None,
         target: Some(Sha256::digest(&unrelated).into()),
