@@ -1518,6 +1518,29 @@ fn detached_digests_save_64_bytes_and_apply_only_with_the_signed_digests() {
         (header.digests, header.encoded_len()),
         (None, HEADER_LEN_DETACHED)
     );
+    // One candidate (one scan profile, no transform) goes straight to the sink: the
+    // same 64 bytes fewer there.
+    let single = BuildOptions {
+        segment_len: 30_000,
+        scan: Some(ScanProfile::Eager),
+        transform: TransformChoice::Off,
+        ..options()
+    };
+    let (single_embedded, report) = build_delta(&old, &new, &single).expect("build");
+    assert!(report.candidates.is_empty(), "one candidate: {report:?}");
+    let (single_detached, _) = build_delta(
+        &old,
+        &new,
+        &BuildOptions {
+            detached_digests: true,
+            ..single
+        },
+    )
+    .expect("build");
+    assert_eq!(&single_detached[..], &detach(&single_embedded)[..]);
+    let (result, out) = apply_known(&single_detached, &old, &signed(&old, &new));
+    result.expect("the single candidate applies with the signed digests");
+    assert!(out == new);
     let detached_segmented = detach(&segmented);
     for (name, container, old, new) in [
         ("one stream", &built, &old, &new),
