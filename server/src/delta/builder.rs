@@ -594,7 +594,10 @@ fn build_into<S: ContainerSink>(
     let facts = facts??;
     let (finalists, mut candidate_sizes) = kept?;
     // The kept bodies coded in full (a body written straight to the sink already is).
+    // `threads`: the worker threads this coding may use (two finalists are coded at once,
+    // each on its share).
     let code_fully = |(candidate, body, file): Finalist,
+                      threads: usize,
                       out: &mut dyn Write|
      -> Result<(Candidate, BodyStats), BuildError> {
         let Some(mut file) = file else {
@@ -608,6 +611,12 @@ fn build_into<S: ContainerSink>(
             return Ok((candidate, body));
         }
         let level = compare.level;
+        // The coded bytes do not depend on the thread count (each segment's streams are
+        // coded alone), only the time and the segments held at once do.
+        let options = BuildOptions {
+            threads,
+            ..options.clone()
+        };
         let recoded = match images_for(candidate.1) {
             Some((old_t, _)) => recode_body(
                 &mut reader,
@@ -638,7 +647,7 @@ fn build_into<S: ContainerSink>(
         candidate: (scan, chosen),
         stats: body,
         coded,
-    } = ship_smaller_coding(finalists, header_len, sink, code_fully)?;
+    } = ship_smaller_coding(finalists, header_len, options.threads, sink, code_fully)?;
     for (candidate, len) in coded {
         if let Some(size) = candidate_sizes
             .iter_mut()
@@ -751,11 +760,18 @@ fn runner_up_is_close(first: u64, second: u64) -> bool {
 /// the sink, a second into a temporary file, copied over the first only when strictly
 /// smaller (so a tie keeps the smaller compared). Returns the candidate shipped, its
 /// stats, and, with two, both candidates' coded container sizes.
+///
+/// Two finalists are coded at the same time, each with half of the `threads` (the first
+/// the larger half): a body's coding is bound by its longest job (the LZMA2 diff stream
+/// of its largest segment, one thread), so coding them one after the other left a core
+/// idle for most of each (docs/delta-bench.txt, session 26). With one thread they are
+/// coded one after the other. Memory stays that of `threads` segments in all.
 fn ship_smaller_coding<S: ContainerSink>(
     finalists: Vec<Finalist>,
     header_len: usize,
+    threads: usize,
     sink: &mut S,
-    mut code: impl FnMut(Finalist, &mut dyn Write) -> Result<(Candidate, BodyStats), BuildError>,
+    code: impl Fn(Finalist, usize, &mut dyn Write) -> Result<(Candidate, BodyStats), BuildError> + Sync,
 ) -> Result<Shipped, BuildError> {
     let restart = |sink: &mut S| -> Result<(), BuildError> {
         sink.start_over().map_err(BuildError::Write)?;
@@ -768,21 +784,39 @@ fn ship_smaller_coding<S: ContainerSink>(
     if first.2.is_some() {
         restart(sink)?;
     }
-    let (mut shipped, mut stats) = code(first, &mut *sink)?;
-    let mut coded = Vec::new();
-    if let Some(second) = finalists.next() {
-        let mut file = tempfile::tempfile().map_err(BuildError::Write)?;
-        let (other, other_stats) = code(second, &mut file)?;
-        coded = vec![
-            (shipped, header_len as u64 + stats.len),
-            (other, header_len as u64 + other_stats.len),
-        ];
-        if other_stats.len < stats.len {
-            restart(sink)?;
-            file.seek(SeekFrom::Start(0)).map_err(BuildError::Write)?;
-            copy_exact(&mut file, sink, other_stats.len)?;
-            (shipped, stats) = (other, other_stats);
-        }
+    let Some(second) = finalists.next() else {
+        let (candidate, stats) = code(first, threads, &mut *sink)?;
+        return Ok(Shipped {
+            candidate,
+            stats,
+            coded: Vec::new(),
+        });
+    };
+    let mut file = tempfile::tempfile().map_err(BuildError::Write)?;
+    let code_second = |file: &mut std::fs::File, threads: usize| code(second, threads, file);
+    let (first_coded, second_coded) = if threads >= 2 {
+        let second_threads = threads / 2;
+        std::thread::scope(|scope| {
+            let other = scope.spawn(|| code_second(&mut file, second_threads));
+            let first_coded = code(first, threads - second_threads, &mut *sink);
+            let second_coded = other.join().unwrap_or(Err(BuildError::WorkerFailed));
+            (first_coded, second_coded)
+        })
+    } else {
+        let first_coded = code(first, threads, &mut *sink);
+        (first_coded, code_second(&mut file, threads))
+    };
+    let (mut shipped, mut stats) = first_coded?;
+    let (other, other_stats) = second_coded?;
+    let coded = vec![
+        (shipped, header_len as u64 + stats.len),
+        (other, header_len as u64 + other_stats.len),
+    ];
+    if other_stats.len < stats.len {
+        restart(sink)?;
+        file.seek(SeekFrom::Start(0)).map_err(BuildError::Write)?;
+        copy_exact(&mut file, sink, other_stats.len)?;
+        (shipped, stats) = (other, other_stats);
     }
     Ok(Shipped {
         candidate: shipped,
@@ -2062,7 +2096,8 @@ mod tests {
         };
         // Each finalist "coded in full" as the bytes given for it; both were compared
         // (written to a file), so the sink holds a stale body to start over from.
-        let ship = |first: &[u8], second: Option<&[u8]>| {
+        let ship = |first: &[u8], second: Option<&[u8]>, threads: usize| {
+            let shares = std::sync::Mutex::new(Vec::new());
             let mut sink = io::Cursor::new(b"stale compared body".to_vec());
             sink.seek(SeekFrom::End(0)).unwrap();
             let finalist = |candidate| -> Finalist {
@@ -2078,8 +2113,10 @@ mod tests {
             } = ship_smaller_coding(
                 finalists,
                 HEADER_LEN,
+                threads,
                 &mut sink,
-                |(candidate, _, _), out| {
+                |(candidate, _, _), share, out| {
+                    shares.lock().unwrap().push(share);
                     let bytes = if candidate == eager {
                         first
                     } else {
@@ -2097,25 +2134,36 @@ mod tests {
                 "room for the header"
             );
             assert_eq!(shipped_stats.len as usize, body.len() - HEADER_LEN);
+            // Two finalists share the threads (each gets at least one); one gets them all.
+            let mut shares = shares.into_inner().unwrap();
+            shares.sort_unstable();
+            let expected = match (second, threads) {
+                (None, _) => vec![threads],
+                (Some(_), 1) => vec![1, 1],
+                (Some(_), _) => vec![threads / 2, threads - threads / 2],
+            };
+            assert_eq!(shares, expected, "thread shares with {threads} threads");
             (shipped, body[HEADER_LEN..].to_vec(), coded)
         };
-        let header = HEADER_LEN as u64;
-        // The runner-up codes smaller: it replaces the first in the sink.
-        let (shipped, body, coded) = ship(b"first, coded longer", Some(b"second"));
-        assert_eq!((shipped, body.as_slice()), (steady, &b"second"[..]));
-        assert_eq!(coded, vec![(eager, header + 19), (steady, header + 6)]);
-        // The first codes smaller, or as small: it stays.
-        for second in [&b"the second, coded longer"[..], b"same length"] {
-            let (shipped, body, coded) = ship(b"first codes", Some(second));
-            assert_eq!((shipped, body.as_slice()), (eager, &b"first codes"[..]));
-            assert_eq!(coded.len(), 2);
+        for threads in [1, 2, 3] {
+            let header = HEADER_LEN as u64;
+            // The runner-up codes smaller: it replaces the first in the sink.
+            let (shipped, body, coded) = ship(b"first, coded longer", Some(b"second"), threads);
+            assert_eq!((shipped, body.as_slice()), (steady, &b"second"[..]));
+            assert_eq!(coded, vec![(eager, header + 19), (steady, header + 6)]);
+            // The first codes smaller, or as small: it stays.
+            for second in [&b"the second, coded longer"[..], b"same length"] {
+                let (shipped, body, coded) = ship(b"first codes", Some(second), threads);
+                assert_eq!((shipped, body.as_slice()), (eager, &b"first codes"[..]));
+                assert_eq!(coded.len(), 2);
+            }
+            // One finalist: no coded sizes to report.
+            let (shipped, body, coded) = ship(b"alone", None, threads);
+            assert_eq!(
+                (shipped, body.as_slice(), coded),
+                (eager, &b"alone"[..], vec![])
+            );
         }
-        // One finalist: no coded sizes to report.
-        let (shipped, body, coded) = ship(b"alone", None);
-        assert_eq!(
-            (shipped, body.as_slice(), coded),
-            (eager, &b"alone"[..], vec![])
-        );
         // The runner-up is coded when within 0.25% of the smallest, not beyond.
         assert!(runner_up_is_close(100_000, 100_250));
         assert!(!runner_up_is_close(100_000, 100_251));
