@@ -490,3 +490,72 @@ fn cli_stops_an_overlong_stream_at_the_signed_length() {
     );
     assert_eq!(files_in(dir.path()), vec!["delta", "old"]);
 }
+
+/// The device path with a detached-digests container (format version 2): without the
+/// signed digests it is refused before anything is written and the error names the flags;
+/// with another signed base it is refused as a wrong base; with the signed base it is
+/// written in place.
+#[test]
+fn cli_writes_a_detached_digests_container_to_a_device_only_with_the_signed_digests() {
+    let (container, target) = bsdiff_container(OLD);
+    let mut header = ContainerHeader::parse(&container).expect("parses");
+    let body = &container[header.encoded_len()..];
+    header.digests = None;
+    let detached = [&header.encode()[..], body].concat();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let device = crate::install::null_device(dir.path());
+    let hex = |bytes: &[u8]| hex::encode(Sha256::digest(bytes));
+    let len = target.len().to_string();
+    let target_sha = hex(&target);
+
+    let output = run_apply_to(dir.path(), &detached, &device, &[]);
+    assert!(!output.status.success(), "no digests: refused");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--expect-length") && stderr.contains("--source-sha256"),
+        "the error names the missing flags: {stderr}"
+    );
+
+    let other_base = hex(b"another base");
+    let output = run_apply_to(
+        dir.path(),
+        &detached,
+        &device,
+        &[
+            "--source-sha256",
+            &other_base,
+            "--expect-length",
+            &len,
+            "--expect-sha256",
+            &target_sha,
+        ],
+    );
+    assert!(!output.status.success(), "another signed base: refused");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("wrong base"), "{stderr}");
+
+    let base = hex(OLD);
+    let output = run_apply_to(
+        dir.path(),
+        &detached,
+        &device,
+        &[
+            "--source-sha256",
+            &base,
+            "--expect-length",
+            &len,
+            "--expect-sha256",
+            &target_sha,
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("in place") && stdout.contains(&target_sha),
+        "{stdout}"
+    );
+}
