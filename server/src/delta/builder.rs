@@ -32,7 +32,7 @@ use super::chunking::plan_parts;
 use super::detect::detect_transform;
 use super::image::{FileImage, ImageSource, TransformedImage};
 use super::matcher::{
-    cover_literal_gaps, find_matches, prune_weak_matches, Match, OldIndex, ScanProfile,
+    cover_literal_gaps, find_matches_each, prune_weak_matches, Match, OldIndex, ScanProfile,
     SCAN_PROFILES,
 };
 use super::one_stream::{one_stream_body, ONE_STREAM_MAX_BODY};
@@ -1026,20 +1026,25 @@ fn diff_part(old: &[u8], new: &[u8], threads: usize, scans: &[ScanProfile]) -> V
         .step_by(slice_len)
         .map(|start| start..(start + slice_len).min(new.len()))
         .collect();
-    scans
-        .iter()
-        .map(|&scan| {
-            run_jobs(threads, slices.len(), |index| {
-                let new = &new[slices[index].clone()];
-                let found = find_matches(old, &old_index, new, scan);
+    // Each slice job scans with every profile, sharing its lookups (`find_matches_each`).
+    let per_slice = run_jobs(threads, slices.len(), |index| {
+        let new = &new[slices[index].clone()];
+        find_matches_each(old, &old_index, new, scans)
+            .into_iter()
+            .map(|found| {
                 let found = prune_weak_matches(found, old, new);
                 cover_literal_gaps(found, old, new)
             })
-            .into_iter()
-            .flat_map(Option::unwrap_or_default)
-            .collect()
-        })
-        .collect()
+            .collect::<Vec<_>>()
+    });
+    let mut all: Vec<Vec<Match>> = vec![Vec::new(); scans.len()];
+    for slice in per_slice {
+        let slice = slice.unwrap_or_else(|| vec![Vec::new(); scans.len()]);
+        for (matches, found) in all.iter_mut().zip(slice) {
+            matches.extend(found);
+        }
+    }
+    all
 }
 
 /// Runs `job(0..count)` on up to `threads` scoped threads, each taking the next index

@@ -296,49 +296,147 @@ pub fn find_matches(
     new: &[u8],
     profile: ScanProfile,
 ) -> Vec<Match> {
+    find_matches_each(old, index, new, &[profile])
+        .pop()
+        .unwrap_or_default()
+}
+
+/// [`find_matches`] for each of `profiles` over the same slices, in that order.
+///
+/// The longest match of the suffix at a new offset does not depend on the profile, and
+/// the profiles' scans look up mostly the same offsets. So the scans advance in step
+/// (the one furthest behind goes next) and keep their recent lookups in a small cache
+/// (`LookupCache`) that the others read instead of searching the index again. The cache
+/// only saves searches: the matches are exactly those of `find_matches` per profile.
+pub fn find_matches_each(
+    old: &[u8],
+    index: &OldIndex<'_>,
+    new: &[u8],
+    profiles: &[ScanProfile],
+) -> Vec<Vec<Match>> {
     if new.is_empty() {
-        return Vec::new();
+        return vec![Vec::new(); profiles.len()];
     }
     if old.is_empty() {
-        return vec![Match {
+        let literal = Match {
             old_start: 0,
             diff_len: 0,
             extra_len: new.len() as u64,
-        }];
+        };
+        return vec![vec![literal]; profiles.len()];
     }
-    let mut scan = Scan {
-        old,
-        new,
-        index,
-        mismatch_count: profile.mismatch_count(),
-        i0: 0,
-        j0: 0,
-        n0: 0,
-        b0: 0,
-    };
-    let mut out = Vec::new();
-    // Old offset where the next match's diff run starts (the "source position" of
-    // bsdiff); kept signed because a seek may move it backwards.
-    let mut old_cursor: i64 = 0;
-    while let Some((i, j, n)) = scan.search_next() {
+    let mut cache = LookupCache::new(if profiles.len() > 1 {
+        LOOKUP_CACHE_ENTRIES
+    } else {
+        0
+    });
+    let mut runs: Vec<ScanRun> = profiles
+        .iter()
+        .map(|&profile| ScanRun {
+            scan: Scan {
+                old,
+                new,
+                index,
+                mismatch_count: profile.mismatch_count(),
+                i0: 0,
+                j0: 0,
+                n0: 0,
+                b0: 0,
+            },
+            out: Vec::new(),
+            old_cursor: 0,
+            done: false,
+        })
+        .collect();
+    while let Some(run) = runs
+        .iter_mut()
+        .filter(|run| !run.done)
+        .min_by_key(|run| run.scan.j0 + run.scan.n0)
+    {
+        run.done = !run.step(&mut cache);
+    }
+    runs.into_iter()
+        .map(|run| {
+            let mut out = run.out;
+            out.retain(|m| m.diff_len + m.extra_len > 0);
+            out
+        })
+        .collect()
+}
+
+/// Cache entries of [`find_matches_each`] (12 bytes each): the scans stay within one
+/// match of each other, far fewer new offsets than this.
+const LOOKUP_CACHE_ENTRIES: usize = 1 << 18;
+
+/// Longest matches looked up recently, by new offset: direct-mapped, an entry holding
+/// the offset + 1 (0: empty), the old offset and the length. A miss only costs a search.
+struct LookupCache {
+    entries: Vec<[u32; 3]>,
+}
+
+impl LookupCache {
+    /// A cache of `entries` entries (0: keeps nothing).
+    fn new(entries: usize) -> Self {
+        LookupCache {
+            entries: vec![[0; 3]; entries],
+        }
+    }
+
+    fn get(&self, j: usize) -> Option<(usize, usize)> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let [tag, i, n] = self.entries[j % self.entries.len()];
+        (u32::try_from(j + 1) == Ok(tag)).then_some((i as usize, n as usize))
+    }
+
+    fn put(&mut self, j: usize, (i, n): (usize, usize)) {
+        if self.entries.is_empty() {
+            return;
+        }
+        let slot = j % self.entries.len();
+        // Offsets beyond 32 bits are not kept (suffix array offsets never are).
+        if let (Ok(tag), Ok(i), Ok(n)) = (u32::try_from(j + 1), u32::try_from(i), u32::try_from(n))
+        {
+            self.entries[slot] = [tag, i, n];
+        }
+    }
+}
+
+/// One profile's scan in progress and the matches it has found.
+struct ScanRun<'a> {
+    scan: Scan<'a>,
+    out: Vec<Match>,
+    /// Old offset where the next match's diff run starts (the "source position" of
+    /// bsdiff); kept signed because a seek may move it backwards.
+    old_cursor: i64,
+    done: bool,
+}
+
+impl ScanRun<'_> {
+    /// Finds the next match and records the one it ends; false once the scan is over.
+    fn step(&mut self, cache: &mut LookupCache) -> bool {
+        let Some((i, j, n)) = self.scan.search_next(cache) else {
+            return false;
+        };
+        let scan = &mut self.scan;
         let (i0, j0, n0, b0) = (scan.i0, scan.j0, scan.n0, scan.b0);
         let (a0, b) = scan.shrink_gap(i, j);
         let diff_len = (b0 + n0 + a0) as u64;
         let extra_len = ((j - b) - (j0 + n0 + a0)) as u64;
         let seek = (i as i64 - b as i64) - (i0 + n0 + a0) as i64;
-        out.push(Match {
-            old_start: old_cursor.max(0) as u64,
+        self.out.push(Match {
+            old_start: self.old_cursor.max(0) as u64,
             diff_len,
             extra_len,
         });
-        old_cursor += diff_len as i64 + seek;
+        self.old_cursor += diff_len as i64 + seek;
         scan.i0 = i;
         scan.j0 = j;
         scan.n0 = n;
         scan.b0 = b;
+        true
     }
-    out.retain(|m| m.diff_len + m.extra_len > 0);
-    out
 }
 
 /// Estimated compressed cost, in bytes, of one literal byte, one non-zero diff byte and
@@ -716,9 +814,19 @@ struct Scan<'a> {
 }
 
 impl Scan<'_> {
+    /// The longest match of the new bytes from offset `j` on, as (old offset, length).
+    fn longest_match_at(&self, j: usize, cache: &mut LookupCache) -> (usize, usize) {
+        if let Some(found) = cache.get(j) {
+            return found;
+        }
+        let found = self.index.longest_match(&self.new[j..]);
+        cache.put(j, found);
+        found
+    }
+
     /// The next exact match worth switching to, as (old offset, new offset, length);
     /// the end of the input counts as a final empty match.
-    fn search_next(&mut self) -> Option<(usize, usize, usize)> {
+    fn search_next(&mut self, cache: &mut LookupCache) -> Option<(usize, usize, usize)> {
         if self.j0 == self.new.len() && self.b0 == 0 {
             return None;
         }
@@ -726,7 +834,7 @@ impl Scan<'_> {
         let mut k = j;
         let mut m = 0;
         while j < self.new.len().saturating_sub(SMALL_MATCH) {
-            let (i, n) = self.index.longest_match(&self.new[j..]);
+            let (i, n) = self.longest_match_at(j, cache);
             // Count how many of these bytes the current alignment already predicts.
             while k < j + n {
                 let i = self.i0.saturating_add(k - self.j0);
@@ -750,7 +858,7 @@ impl Scan<'_> {
                     let (mut x, mut y) = (0, n);
                     while x < y {
                         let z = x + (y - x) / 2;
-                        let (iz, nz) = self.index.longest_match(&self.new[j + z..]);
+                        let (iz, nz) = self.longest_match_at(j + z, cache);
                         if i + n == iz + nz && j + n == j + z + nz {
                             x = z + 1;
                         } else {
@@ -853,6 +961,52 @@ mod tests {
             .map(|m| m.diff_len + m.extra_len)
             .sum::<u64>()
             == new_len as u64
+    }
+
+    /// Profiles scanning together (sharing their lookups) find exactly what each finds
+    /// alone, in either order, on a pair where they find different matches.
+    #[test]
+    fn profiles_sharing_lookups_find_what_each_finds_alone() {
+        // Pseudo-random old bytes over small alphabets (many alternative exact matches);
+        // the new bytes copy them with scattered one-byte edits, an insertion and a
+        // deletion. On some of these pairs the profiles' thresholds decide differently.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut differing = 0;
+        for (alphabet, edits) in [(2u64, 4_000), (3, 8_000), (4, 2_000), (7, 12_000)] {
+            let old: Vec<u8> = (0..100_000).map(|_| (next() % alphabet) as u8).collect();
+            let mut new = old.clone();
+            for _ in 0..edits {
+                let at = (next() % new.len() as u64) as usize;
+                new[at] = new[at].wrapping_add(1);
+            }
+            new.splice(30_000..30_000, old[60_000..61_000].iter().copied());
+            new.drain(80_000..80_300);
+            let index = OldIndex::with_pieces(&old, 2, 10_000);
+            let alone: Vec<Vec<Match>> = SCAN_PROFILES
+                .iter()
+                .map(|&profile| find_matches(&old, &index, &new, profile))
+                .collect();
+            differing += usize::from(alone[0] != alone[1]);
+            assert_eq!(find_matches_each(&old, &index, &new, &SCAN_PROFILES), alone);
+            let reversed: Vec<ScanProfile> = SCAN_PROFILES.iter().rev().copied().collect();
+            let mut expected = alone.clone();
+            expected.reverse();
+            assert_eq!(find_matches_each(&old, &index, &new, &reversed), expected);
+            assert_eq!(
+                find_matches_each(&old, &index, &new, &[ScanProfile::Steady]),
+                vec![alone[1].clone()]
+            );
+        }
+        assert!(
+            differing > 0,
+            "the profiles must differ on some pair for this to test anything"
+        );
     }
 
     #[test]
