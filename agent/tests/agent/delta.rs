@@ -189,13 +189,19 @@ fn cli_applies_bsdiff_and_full_image_containers() {
     }
 }
 
+/// `container` with its header rewritten as format version 2 (detached digests): the
+/// same body, no source or target SHA-256.
+fn detached_digests(container: &[u8]) -> Vec<u8> {
+    let mut header = ContainerHeader::parse(container).expect("parses");
+    let body = &container[header.encoded_len()..];
+    header.digests = None;
+    [&header.encode()[..], body].concat()
+}
+
 #[test]
 fn cli_applies_a_detached_digests_container_only_with_the_signed_digests() {
     let (container, target) = bsdiff_container(OLD);
-    let mut header = ContainerHeader::parse(&container).expect("parses");
-    let body = &container[header.encoded_len()..];
-    header.digests = None;
-    let detached = [&header.encode()[..], body].concat();
+    let detached = detached_digests(&container);
     let dir = tempfile::tempdir().expect("tempdir");
     // Without the digests: refused, nothing written.
     let output = run_apply(dir.path(), &detached, OLD);
@@ -498,10 +504,7 @@ fn cli_stops_an_overlong_stream_at_the_signed_length() {
 #[test]
 fn cli_writes_a_detached_digests_container_to_a_device_only_with_the_signed_digests() {
     let (container, target) = bsdiff_container(OLD);
-    let mut header = ContainerHeader::parse(&container).expect("parses");
-    let body = &container[header.encoded_len()..];
-    header.digests = None;
-    let detached = [&header.encode()[..], body].concat();
+    let detached = detached_digests(&container);
     let dir = tempfile::tempdir().expect("tempdir");
     let device = crate::install::null_device(dir.path());
     let hex = |bytes: &[u8]| hex::encode(Sha256::digest(bytes));

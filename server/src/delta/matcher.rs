@@ -325,8 +325,9 @@ pub fn find_matches_each(
         };
         return vec![vec![literal]; profiles.len()];
     }
+    // No more entries than new offsets; none for one profile.
     let mut cache = LookupCache::new(if profiles.len() > 1 {
-        LOOKUP_CACHE_ENTRIES
+        LOOKUP_CACHE_ENTRIES.min(new.len())
     } else {
         0
     });
@@ -970,19 +971,15 @@ mod tests {
         // Pseudo-random old bytes over small alphabets (many alternative exact matches);
         // the new bytes copy them with scattered one-byte edits, an insertion and a
         // deletion. On some of these pairs the profiles' thresholds decide differently.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut byte = xorshift(0x2545_f491);
+        // A pseudo-random number below `n` (≤ 2^24).
+        let mut below = |n: usize| u32::from_le_bytes([byte(), byte(), byte(), 0]) as usize % n;
         let mut differing = 0;
-        for (alphabet, edits) in [(2u64, 4_000), (3, 8_000), (4, 2_000), (7, 12_000)] {
-            let old: Vec<u8> = (0..100_000).map(|_| (next() % alphabet) as u8).collect();
+        for (alphabet, edits) in [(2, 4_000), (3, 8_000), (4, 2_000), (7, 12_000)] {
+            let old: Vec<u8> = (0..100_000).map(|_| below(alphabet) as u8).collect();
             let mut new = old.clone();
             for _ in 0..edits {
-                let at = (next() % new.len() as u64) as usize;
+                let at = below(new.len());
                 new[at] = new[at].wrapping_add(1);
             }
             new.splice(30_000..30_000, old[60_000..61_000].iter().copied());
