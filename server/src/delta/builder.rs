@@ -7,7 +7,8 @@
 //! diff as zero runs + non-zero codes) compressed with zstd level 19 on all worker
 //! threads, and the diff stream, the extra stream, the control block, the runs block
 //! and the codes once more as LZMA2 streams; per segment each stream keeps its smallest
-//! coding (container algorithm 4, `BuildOptions::lzma`). Hashes of both images and a
+//! coding (container algorithm 4, `BuildOptions::lzma`; a diff stream longer than the
+//! LZMA2 dictionary, given spare threads, is coded in parts on several of them: `lzma2`). Hashes of both images and a
 //! quick estimate of the full image's compressed size are computed on a side thread
 //! meanwhile. The match search, segmenting and zstd pass run once per match-scan
 //! profile (`matcher::SCAN_PROFILES`) and, when the new image holds ARM64 code
@@ -31,17 +32,20 @@
 use super::chunking::plan_parts;
 use super::detect::detect_transform;
 use super::image::{FileImage, ImageSource, TransformedImage};
+use super::lzma2::{
+    diff_part_stream, diff_parts, join_parts, lzma_stream, max_diff_parts, smallest_lzma_stream,
+    LzmaModel,
+};
 use super::matcher::{
     cover_literal_gaps, find_matches_each, prune_weak_matches, Match, OldIndex, ScanProfile,
     SCAN_PROFILES,
 };
 use super::one_stream::{one_stream_body, ONE_STREAM_MAX_BODY};
-use liblzma::stream::{Action, Filters, LzmaOptions, MatchFinder, Mode, Status, Stream};
 use ota_core::delta::{
     encode_control_block, encode_runs, lzma2_bound, Algorithm, ContainerHeader, Control,
     ImageDigests, RunBlock, SegmentHeader, Transform, EXTRA_PREFIX_MAX, HEADER_LEN,
-    HEADER_LEN_DETACHED, LZMA_DICT_MAX, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL,
-    SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET,
+    HEADER_LEN_DETACHED, MAX_IMAGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS,
+    SEGMENT_MAX_TARGET,
 };
 use std::borrow::Cow;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -611,8 +615,9 @@ fn build_into<S: ContainerSink>(
             return Ok((candidate, body));
         }
         let level = compare.level;
-        // The coded bytes do not depend on the thread count (each segment's streams are
-        // coded alone), only the time and the segments held at once do.
+        // Each segment's streams are coded alone, so the thread count changes the time
+        // and the segments held at once, and the coded bytes only where a long diff
+        // stream gets threads to itself (`lzma2::max_diff_parts`: coded in parts).
         let options = BuildOptions {
             threads,
             ..options.clone()
@@ -1193,14 +1198,6 @@ const JOB_START_ORDER: [usize; JOBS_PER_SEGMENT] = [
     LZMA_CONTROL_JOB,
 ];
 
-/// LZMA2 literal context, literal position and position bits of a stream.
-#[derive(Clone, Copy)]
-pub(super) struct LzmaModel {
-    lc: u32,
-    lp: u32,
-    pb: u32,
-}
-
 /// For the diff stream: the smallest measured (docs/delta-bench.txt, 2026-12-02 session
 /// 13).
 const DIFF_MODEL: LzmaModel = LzmaModel {
@@ -1430,23 +1427,21 @@ fn compress_segments(
         return Err(BuildError::WorkerFailed);
     }
     let compress_zstd = frames.is_none();
-    let jobs: Vec<(usize, usize)> = JOB_START_ORDER
-        .iter()
-        .filter(|&&kind| {
-            if kind < LZMA_DIFF_JOB {
-                compress_zstd
-            } else {
-                options.lzma
-            }
-        })
-        .flat_map(|&k| (0..segments.len()).map(move |s| (s, k)))
-        .collect();
+    let diff_lens: Vec<u32> = segments.iter().map(|segment| segment.diff_len).collect();
+    let max_parts = max_diff_parts(diff_lens.iter().map(|&len| len as usize), options.threads);
+    let jobs = segment_jobs(&diff_lens, max_parts, compress_zstd, options.lzma);
     let started = run_jobs(options.threads, jobs.len(), |index| {
-        let (segment, kind) = jobs[index];
+        let (segment, kind, part) = jobs[index];
         let RawSegment { raw, prefix, .. } = &segments[segment];
         match STREAM_ORDER.get(kind) {
             Some(&stream) => compress_stream(&raw[kind], stream, prefix, options.level),
-            None => lzma_job(kind, raw, segments[segment].diff_len, diff_model),
+            None => lzma_job(
+                kind,
+                (part, max_parts),
+                raw,
+                segments[segment].diff_len,
+                diff_model,
+            ),
         }
     });
     // Back in (segment, job) order; a job not run leaves its coding empty.
@@ -1464,8 +1459,20 @@ fn compress_segments(
             }
         }
     }
-    for ((segment, kind), output) in jobs.into_iter().zip(started) {
-        by_segment[segment][kind] = output;
+    // A diff stream's parts, in order, joined into its one LZMA2 stream.
+    let mut diff_parts_of: Vec<Vec<Option<io::Result<Vec<u8>>>>> =
+        (0..segments.len()).map(|_| Vec::new()).collect();
+    for ((segment, kind, _), output) in jobs.into_iter().zip(started) {
+        if kind == LZMA_DIFF_JOB {
+            diff_parts_of[segment].push(output);
+        } else {
+            by_segment[segment][kind] = output;
+        }
+    }
+    for (outputs, parts) in by_segment.iter_mut().zip(diff_parts_of) {
+        if !parts.is_empty() {
+            outputs[LZMA_DIFF_JOB] = Some(join_diff_parts(parts));
+        }
     }
     let mut encoded = Vec::with_capacity(segments.len());
     for (segment, outputs) in segments.iter().zip(by_segment) {
@@ -1498,26 +1505,87 @@ fn compress_segments(
     Ok(encoded)
 }
 
+/// The compression jobs of segments with these diff lengths, as (segment, job kind,
+/// part), in the order they are started: `JOB_START_ORDER`, each kind for every segment
+/// in turn; the zstd jobs only with `zstd`, the LZMA2 jobs only with `lzma`. A diff
+/// stream's LZMA2 job is one job per part of `diff_parts` with at most `max_parts`
+/// (one for an empty stream), in part order; every other job has part 0 only.
+fn segment_jobs(
+    diff_lens: &[u32],
+    max_parts: usize,
+    zstd: bool,
+    lzma: bool,
+) -> Vec<(usize, usize, usize)> {
+    JOB_START_ORDER
+        .iter()
+        .filter(|&&kind| if kind < LZMA_DIFF_JOB { zstd } else { lzma })
+        .flat_map(|&kind| {
+            diff_lens
+                .iter()
+                .enumerate()
+                .flat_map(move |(segment, &diff_len)| {
+                    let parts = if kind == LZMA_DIFF_JOB {
+                        diff_parts(diff_len as usize, max_parts).len().max(1)
+                    } else {
+                        1
+                    };
+                    (0..parts).map(move |part| (segment, kind, part))
+                })
+        })
+        .collect()
+}
+
 /// LZMA2 job `kind` (`LZMA_DIFF_JOB` ..= `LZMA_CODES_JOB`) of a segment whose decoded
 /// streams, in wire order (control, extra, runs, codes), are `raw`, with `diff_len` diff
 /// bytes: the one place that says which stream each job codes with which literal
-/// models, so a recoded body is byte-identical to a direct build.
+/// models, so a recoded body is byte-identical to a direct build. The diff stream's job
+/// codes part `part` of its `diff_parts` with at most `max_parts` (`join_diff_parts`
+/// joins them); the other jobs have part 0 only.
 fn lzma_job(
     kind: usize,
+    (part, max_parts): (usize, usize),
     raw: &[Vec<u8>; 4],
     diff_len: u32,
     diff_model: LzmaModel,
 ) -> io::Result<Vec<u8>> {
     let [control, extra, runs, codes] = raw;
+    if kind != LZMA_DIFF_JOB && part != 0 {
+        return Err(io::Error::other(format!(
+            "no part {part} of LZMA2 job {kind}"
+        )));
+    }
     match kind {
         LZMA_DIFF_JOB => {
-            diff_bytes(runs, codes, diff_len).and_then(|diff| lzma_stream(&diff, diff_model))
+            let diff = diff_bytes(runs, codes, diff_len)?;
+            if diff.is_empty() {
+                return Ok(Vec::new());
+            }
+            let range = diff_parts(diff.len(), max_parts)
+                .get(part)
+                .cloned()
+                .ok_or_else(|| io::Error::other(format!("no diff part {part}")))?;
+            diff_part_stream(&diff, range, diff_model)
         }
         LZMA_EXTRA_JOB => lzma_stream(extra, EXTRA_MODEL),
         LZMA_CONTROL_JOB => lzma_stream(control, CONTROL_MODEL),
         LZMA_RUNS_JOB => lzma_stream(runs, RUNS_MODEL),
         LZMA_CODES_JOB => smallest_lzma_stream(codes, &CODES_MODELS),
         _ => Err(io::Error::other(format!("no LZMA2 job {kind}"))),
+    }
+}
+
+/// A diff stream's LZMA2 parts (the outputs of its `lzma_job`s, in part order) as its one
+/// stream: empty for an empty diff (one empty part), the first failure if any failed.
+fn join_diff_parts(parts: Vec<Option<io::Result<Vec<u8>>>>) -> io::Result<Vec<u8>> {
+    let parts = parts
+        .into_iter()
+        .map(|output| {
+            output.unwrap_or_else(|| Err(io::Error::other("compression worker did not finish")))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    match parts.as_slice() {
+        [only] if only.is_empty() => Ok(Vec::new()),
+        _ => join_parts(parts),
     }
 }
 
@@ -1701,57 +1769,6 @@ fn diff_bytes(runs: &[u8], codes: &[u8], diff_len: u32) -> io::Result<Vec<u8>> {
     Ok(diff)
 }
 
-/// `raw` as the smallest of the raw LZMA2 streams with each of `models` (the first of
-/// equally small ones).
-pub(super) fn smallest_lzma_stream(raw: &[u8], models: &[LzmaModel]) -> io::Result<Vec<u8>> {
-    let mut smallest: Option<Vec<u8>> = None;
-    for &model in models {
-        let stream = lzma_stream(raw, model)?;
-        if smallest
-            .as_ref()
-            .is_none_or(|best| stream.len() < best.len())
-        {
-            smallest = Some(stream);
-        }
-    }
-    Ok(smallest.unwrap_or_default())
-}
-
-/// `raw` as one raw LZMA2 stream (empty for no bytes). The dictionary covers the whole
-/// stream up to the format's `LZMA_DICT_MAX`; the longest match length (273) measured
-/// best on the corpus (docs/delta-bench.txt), the literal model is `model`.
-fn lzma_stream(raw: &[u8], model: LzmaModel) -> io::Result<Vec<u8>> {
-    if raw.is_empty() {
-        return Ok(Vec::new());
-    }
-    let len = u32::try_from(raw.len()).unwrap_or(u32::MAX);
-    let mut options = LzmaOptions::new_preset(9).map_err(io::Error::other)?;
-    options
-        .dict_size(len.clamp(4096, LZMA_DICT_MAX))
-        .literal_context_bits(model.lc)
-        .literal_position_bits(model.lp)
-        .position_bits(model.pb)
-        .nice_len(273)
-        .match_finder(MatchFinder::BinaryTree4)
-        .mode(Mode::Normal);
-    let mut filters = Filters::new();
-    filters.lzma2(&options);
-    let mut stream = Stream::new_raw_encoder(&filters).map_err(io::Error::other)?;
-    let mut out = Vec::with_capacity(1 << 16);
-    loop {
-        if out.len() == out.capacity() {
-            out.reserve(1 << 16);
-        }
-        let consumed = stream.total_in() as usize;
-        let status = stream
-            .process_vec(&raw[consumed..], &mut out, Action::Finish)
-            .map_err(io::Error::other)?;
-        if status == Status::StreamEnd {
-            return Ok(out);
-        }
-    }
-}
-
 /// One zstd frame per stream; empty streams get no frame at all. The extra frame is
 /// compressed against `prefix` (old bytes), the others on their own.
 fn compress_stream(raw: &[u8], kind: StreamKind, prefix: &[u8], level: i32) -> io::Result<Vec<u8>> {
@@ -1823,6 +1840,7 @@ impl<W: Write> Write for Tee<'_, W> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::lzma2::{decode_lzma, DIFF_PART_MAX};
     use super::*;
 
     #[test]
@@ -2185,11 +2203,83 @@ mod tests {
         for kind in LZMA_DIFF_JOB..JOBS_PER_SEGMENT {
             let diff = encode_runs(&[1, 0, 0, 2]);
             let raw = [raw[0].clone(), raw[1].clone(), diff.0, diff.1];
-            assert!(!lzma_job(kind, &raw, 4, DIFF_MODEL)
+            assert!(!lzma_job(kind, (0, 1), &raw, 4, DIFF_MODEL)
                 .expect("codes")
                 .is_empty());
         }
-        assert!(lzma_job(JOBS_PER_SEGMENT, &raw, 4, DIFF_MODEL).is_err());
+        assert!(lzma_job(JOBS_PER_SEGMENT, (0, 1), &raw, 4, DIFF_MODEL).is_err());
+    }
+
+    #[test]
+    fn a_long_diff_stream_is_one_job_per_part_and_every_other_stream_one_job() {
+        let long = (DIFF_PART_MAX * 2 + 1) as u32;
+        let jobs = segment_jobs(&[0, long, 10], 3, true, true);
+        assert_eq!(jobs.len(), 3 * JOBS_PER_SEGMENT + 2);
+        // Started in `JOB_START_ORDER`, the diff parts of a segment in part order.
+        let kinds: Vec<usize> = jobs.iter().map(|&(_, kind, _)| kind).collect();
+        let mut expected = Vec::new();
+        for kind in JOB_START_ORDER {
+            let count = if kind == LZMA_DIFF_JOB { 5 } else { 3 };
+            expected.extend(std::iter::repeat_n(kind, count));
+        }
+        assert_eq!(kinds, expected);
+        let diff_jobs: Vec<(usize, usize)> = jobs
+            .iter()
+            .filter(|&&(_, kind, _)| kind == LZMA_DIFF_JOB)
+            .map(|&(segment, _, part)| (segment, part))
+            .collect();
+        assert_eq!(diff_jobs, [(0, 0), (1, 0), (1, 1), (1, 2), (2, 0)]);
+        assert!(jobs
+            .iter()
+            .all(|&(_, kind, part)| kind == LZMA_DIFF_JOB || part == 0));
+        // Without LZMA2 only the zstd jobs; without zstd (a recode) only the LZMA2 jobs.
+        // At most `max_parts` parts.
+        let two = segment_jobs(&[long], 2, true, true);
+        assert_eq!(
+            two.iter()
+                .filter(|&&(_, kind, _)| kind == LZMA_DIFF_JOB)
+                .count(),
+            2
+        );
+        let zstd = segment_jobs(&[long], 3, true, false);
+        assert!(zstd.iter().all(|&(_, kind, _)| kind < LZMA_DIFF_JOB) && zstd.len() == 4);
+        let lzma = segment_jobs(&[long], 3, false, true);
+        assert!(lzma.iter().all(|&(_, kind, _)| kind >= LZMA_DIFF_JOB) && lzma.len() == 7);
+    }
+
+    #[test]
+    fn a_long_diff_stream_s_parts_join_into_one_stream_the_agent_decodes() {
+        // Mostly zeros with sparse codes, like a release's diff stream, a little longer
+        // than one part.
+        let len = DIFF_PART_MAX + 70_001;
+        let mut diff = vec![0u8; len];
+        for at in (0..len).step_by(97) {
+            // A multiplicative hash of the offset: a code at about a third of them.
+            let word = (at as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+            if word % 3 == 0 {
+                diff[at] = (word >> 8) as u8 | 1;
+            }
+        }
+        let (runs, codes) = encode_runs(&diff);
+        let raw = [Vec::new(), Vec::new(), runs, codes];
+        let parts = diff_parts(len, 4);
+        assert_eq!(parts.len(), 2);
+        let job = |kind, part| lzma_job(kind, (part, 4), &raw, len as u32, DIFF_MODEL);
+        let coded: Vec<Option<io::Result<Vec<u8>>>> = (0..parts.len())
+            .map(|part| Some(job(LZMA_DIFF_JOB, part)))
+            .collect();
+        assert!(job(LZMA_DIFF_JOB, parts.len()).is_err());
+        assert!(job(LZMA_EXTRA_JOB, 1).is_err());
+        let stream = join_diff_parts(coded).expect("joins");
+        assert_eq!(decode_lzma(&stream, len as u32).expect("decodes"), diff);
+        // A part that failed fails the stream; a diff of no bytes has no stream.
+        let failed = vec![Some(Ok(vec![0])), Some(Err(io::Error::other("worker")))];
+        assert!(join_diff_parts(failed).is_err());
+        assert!(join_diff_parts(vec![None]).is_err());
+        assert_eq!(
+            join_diff_parts(vec![Some(Ok(Vec::new()))]).expect("empty"),
+            Vec::<u8>::new()
+        );
     }
 
     /// A segment whose zstd frames are `control`, `extra`, `runs` and `codes` bytes long

@@ -15,6 +15,7 @@ pub mod chunking;
 pub mod cli;
 pub mod detect;
 pub mod image;
+mod lzma2;
 pub mod matcher;
 pub mod one_stream;
 #[cfg(any(test, feature = "test-support"))]

@@ -10,14 +10,14 @@
 //! (`ota_core::delta::OneStreamHeader`, `docs/DELTA-FORMAT.md` section 8). The builder
 //! keeps whichever is smaller. Pure apart from reading the extra prefixes' old bytes.
 
-use super::builder::{decode_zstd, smallest_lzma_stream, BuildError, ONE_STREAM_MODELS};
+use super::builder::{decode_zstd, BuildError, ONE_STREAM_MODELS};
 use super::image::ImageSource;
+use super::lzma2::{decode_lzma, smallest_lzma_stream};
 use ota_core::delta::{
     encode_control_block, encode_run_pairs, encode_runs, Control, ControlBlock, ControlCoding,
-    DiffCoding, ExtraCoding, OneStreamHeader, RunBlock, RunCoding, SegmentHeader, LZMA_DICT_MAX,
+    DiffCoding, ExtraCoding, OneStreamHeader, RunBlock, RunCoding, SegmentHeader,
     SEGMENT_HEADER_LEN, SEGMENT_MAX_CONTROL, SEGMENT_MAX_RUNS, SEGMENT_MAX_TARGET,
 };
-use std::io::{self, Read};
 
 /// Largest shipped body (bytes) the builder tries as one stream. The saving is fixed
 /// overhead (tens of bytes per segment and frame), which only matters in a small delta;
@@ -265,26 +265,6 @@ fn join_pair(pairs: &mut Vec<(u64, u64)>, (zeros, nonzeros): (u64, u64)) {
         }
         _ => pairs.push((zeros, nonzeros)),
     }
-}
-
-/// One raw LZMA2 stream of exactly `len` decoded bytes.
-fn decode_lzma(frame: &[u8], len: u32) -> io::Result<Vec<u8>> {
-    if frame.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut options = liblzma::stream::LzmaOptions::new_preset(6).map_err(io::Error::other)?;
-    options.dict_size(len.clamp(4096, LZMA_DICT_MAX));
-    let mut filters = liblzma::stream::Filters::new();
-    filters.lzma2(&options);
-    let stream = liblzma::stream::Stream::new_raw_decoder(&filters).map_err(io::Error::other)?;
-    let mut raw = Vec::with_capacity(len as usize);
-    liblzma::bufread::XzDecoder::new_stream(frame, stream)
-        .take(u64::from(len) + 1)
-        .read_to_end(&mut raw)?;
-    if raw.len() != len as usize {
-        return Err(io::Error::other("stream does not hold its declared length"));
-    }
-    Ok(raw)
 }
 
 #[cfg(test)]
