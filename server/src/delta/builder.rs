@@ -50,6 +50,7 @@ use ota_core::delta::{
 use std::borrow::Cow;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -1053,8 +1054,9 @@ fn diff_part(old: &[u8], new: &[u8], threads: usize, scans: &[ScanProfile]) -> V
 }
 
 /// Runs `job(0..count)` on up to `threads` scoped threads, each taking the next index
-/// until none is left, and returns the results in index order; `None` for a job whose
-/// thread panicked.
+/// until none is left, and returns the results in index order; `None` for a job that
+/// panicked (its callers turn that into `BuildError::WorkerFailed`/`Compress`, or, for a
+/// match-search slice, no matches: its bytes coded as literals).
 fn run_jobs<T: Send>(
     threads: usize,
     count: usize,
@@ -1069,7 +1071,11 @@ fn run_jobs<T: Send>(
                 if index >= count {
                     break;
                 }
-                let result = job(index);
+                // A job that panics leaves its slot empty; the thread goes on to the
+                // next job (so the scope does not re-raise the panic).
+                let Ok(result) = panic::catch_unwind(AssertUnwindSafe(|| job(index))) else {
+                    continue;
+                };
                 if let Ok(mut slot) = results[index].lock() {
                     *slot = Some(result);
                 }
@@ -2208,6 +2214,17 @@ mod tests {
                 .is_empty());
         }
         assert!(lzma_job(JOBS_PER_SEGMENT, (0, 1), &raw, 4, DIFF_MODEL).is_err());
+    }
+
+    #[test]
+    fn a_job_that_panics_yields_none_and_the_others_still_run() {
+        for threads in [1, 2] {
+            let results = run_jobs(threads, 5, |index| {
+                assert!(index != 1, "job 1 fails");
+                index * 10
+            });
+            assert_eq!(results, [Some(0), None, Some(20), Some(30), Some(40)]);
+        }
     }
 
     #[test]

@@ -4,14 +4,15 @@
 //! decoder whose dictionary is the stream's length up to `LZMA_DICT_MAX`:
 //!
 //! - liblzma (`lzma_stream`), for the extra stream, the control block, the runs block,
-//!   the codes, one-stream bodies, and a diff stream of at most `DIFF_PART_MAX` bytes;
-//! - lzma-rust2 (a port of XZ for Java's encoder), for a longer diff stream, cut into
-//!   parts of at most `DIFF_PART_MAX` bytes (`diff_parts`) that are coded on their own,
-//!   each on a worker thread, and joined (`join_parts`). Each part's first chunk resets
+//!   the codes, one-stream bodies, and a diff stream coded as one part;
+//! - lzma-rust2 (a port of XZ for Java's encoder), for a diff stream longer than
+//!   `DIFF_PART_MAX` that has threads to spare (`max_diff_parts`), cut into parts
+//!   (`diff_parts`) that are coded on their own, each on a worker thread, and joined
+//!   (`join_parts`). Each part's first chunk resets
 //!   the dictionary and carries its properties, so the joined parts are one valid stream.
-//!   On the corpus's diff streams this encoder's optimal parser codes 0.8–2.1% smaller
-//!   than liblzma's at the same settings, and in parts the longest job of a build is
-//!   about half as long (docs/delta-bench.txt, session 27).
+//!   On the corpus's diff streams this encoder codes 0.07–2.25% smaller than liblzma
+//!   at the same settings, at up to 1.6× its CPU time; in parts on spare threads the
+//!   longest job of a build is about half as long (docs/delta-bench.txt, session 27).
 //!
 //! Every stream coded by lzma-rust2 is decoded again with liblzma before it is used
 //! (`check_decodes`): a stream the agent could not decode fails the build instead of
@@ -61,7 +62,7 @@ pub(super) fn diff_parts(len: usize, max_parts: usize) -> Vec<Range<usize>> {
 /// How many parts each diff stream of a batch of segments may be coded in, given the
 /// batch's `threads`: the threads left to each of its long streams (longer than half
 /// of `DIFF_PART_MAX`: each keeps a core busy for most of the coding), so the second
-/// encoder's extra work (1.3-1.6x liblzma's CPU time per byte on the corpus) only runs
+/// encoder's extra work (up to 1.6x liblzma's CPU time on the corpus) only runs
 /// on a core that would otherwise wait for the longest job. With one thread, or as many
 /// long streams as threads, every stream is one part.
 pub(super) fn max_diff_parts(diff_lens: impl IntoIterator<Item = usize>, threads: usize) -> usize {
